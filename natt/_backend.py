@@ -1,0 +1,121 @@
+"""The seam between the control plane (``natt.Offload``) and a data path.
+
+``Offload`` validates every request, owns handles, parser-entry reference
+counts and duplicate detection, and hands a backend only requests that are
+already known to be good. A backend (``natt._reference.ReferenceBackend``,
+``natt._fastpath.FastBackend``) keeps its own lookup tables, keyed crypto,
+replay state and counters, and runs the data path. Both backends implement
+:class:`Backend` with identical semantics (docs/semantics.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Protocol
+
+from ._constants import UdpEncapType
+from ._suites import Suite
+
+if TYPE_CHECKING:
+    from ._batch import DecapResult, EncapResult, PacketBatch
+
+__all__ = ["SaConfig", "Backend", "COUNTER_NAMES"]
+
+
+@dataclasses.dataclass(eq=False)
+class SaConfig:
+    """Everything a backend needs to install one SA (already validated).
+
+    Addresses are host-order ``int`` values of the dotted quad (0 = none).
+    Key material lives in ``key`` only: a ``bytearray`` the control plane
+    zeroes when the SA is deleted; it is excluded from ``repr``.
+    """
+
+    handle: int                  # non-zero, never reused within an Offload
+    inbound: bool
+    spi: int                     # 1 .. 2**32-1
+    suite: Suite                 # icv_len already resolved (GCM: 8/12/16)
+    tunnel: bool
+    # Inbound lookup key (DESIGN "Decisions"): tunnel -> (dst_tunnel_addr, 0xFFFFFFFF);
+    # transport -> (dst_addr, dst_mask); (0, 0) matches any destination.
+    dst_addr: int
+    dst_mask: int
+    # Tunnel end points (outer addresses written by encap of a tunnel SA).
+    src_tunnel_addr: int
+    dst_tunnel_addr: int
+    # Parser entry (inbound; 0 / OTHER / 0 for outbound SAs, which use
+    # ``encap_type`` only to choose the framing they write).
+    entry_handle: int
+    encap_type: UdpEncapType
+    port: int
+    # Outer UDP ports written by encap (outbound).
+    encap_src_port: int
+    encap_dst_port: int
+    replay_window: int           # 0 = anti-replay off, else 32..65536
+    esn: bool
+    replay_seq: int              # inbound: highest sequence number already seen
+    replay_oseq: int             # outbound: last sequence number sent
+    nat_oa_src: int              # transport inbound: NAT-OA original addresses (0 = unset)
+    nat_oa_dst: int
+    key: bytearray = dataclasses.field(repr=False)   # enc key ‖ salt ‖ auth key
+
+    @property
+    def enc_key(self) -> bytes:
+        return bytes(self.key[: self.suite.enc_key_len])
+
+    @property
+    def salt(self) -> bytes:
+        s = self.suite
+        return bytes(self.key[s.enc_key_len: s.enc_key_len + s.salt_len])
+
+    @property
+    def auth_key(self) -> bytes:
+        s = self.suite
+        return bytes(self.key[s.enc_key_len + s.salt_len:])
+
+
+#: Keys of the per-SA counter dict every backend returns from ``counters``.
+COUNTER_NAMES = (
+    "packets",        # decap: OK + DUMMY; encap: OK
+    "bytes",          # decap: output octets of OK packets; encap: input octets of OK packets
+    "auth_failures",  # AUTH_FAILED
+    "replays",        # REPLAY
+    "malformed",      # MALFORMED after the SA was found (decap) / inner packet rejected (encap)
+    "dummy",          # DUMMY
+    "protocol",       # PROTOCOL
+    "seq_overflows",  # SEQ_OVERFLOW (encap)
+    "errors",         # ERROR
+)
+
+
+class Backend(Protocol):
+    """What ``Offload`` needs from a data path. Calls are serialised by ``Offload``'s lock,
+    except that ``decap``/``encap`` may run concurrently with each other and with control
+    calls; a backend must make that safe (docs/semantics.md, "Concurrency")."""
+
+    name: str
+
+    def add_entry(self, handle: int, encap_type: UdpEncapType, port: int) -> None:
+        """Install parser entry ``handle``: packets to UDP ``port`` are parsed with ``encap_type``."""
+
+    def remove_entry(self, handle: int) -> None:
+        """Remove a parser entry (no SA refers to it any more)."""
+
+    def add_sa(self, cfg: SaConfig) -> None:
+        """Install an SA. May raise ``MemoryError``/``RuntimeError``; then nothing is installed."""
+
+    def remove_sa(self, handle: int) -> None:
+        """Remove an SA and wipe every copy of its keys the backend made."""
+
+    def counters(self, handle: int) -> dict[str, int]:
+        """COUNTER_NAMES plus ``replay_seq`` (inbound: highest accepted) and
+        ``replay_oseq`` (outbound: last sent)."""
+
+    def decap(self, batch: "PacketBatch", out: "DecapResult", threads: int | None) -> None:
+        """Fill ``out`` (already sized for ``batch``) with one result per packet."""
+
+    def encap(self, batch: "PacketBatch", handle: int, out: "EncapResult", threads: int | None) -> None:
+        """Encapsulate every packet of ``batch`` with outbound SA ``handle`` into ``out``."""
+
+    def close(self) -> None:
+        """Drop every SA (wiping keys) and entry."""

@@ -1,0 +1,224 @@
+"""Packet batches and per-batch results (DESIGN "Packet batches", "Data path").
+
+A batch is one contiguous ``uint8`` buffer plus ``int64`` offsets and lengths,
+one entry per packet. Everything is validated once, here, so the kernels can
+trust bounds and dtypes (they still re-check each segment against the buffer,
+because the caller keeps write access to the arrays).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Union
+
+import numpy as np
+
+from ._constants import Status
+
+__all__ = ["PacketBatch", "BatchResult", "DecapResult", "EncapResult", "ENCAP_OVERHEAD", "as_batch"]
+
+BytesLike = Union[bytes, bytearray, memoryview, np.ndarray]
+
+#: Octets encap may add to a packet: outer IPv4 (20) + UDP (8) + non-IKE marker (8)
+#: + ESP header (8) + IV (≤16) + padding, pad length and next header (≤17) + ICV (≤32).
+ENCAP_OVERHEAD = 128
+_MAX_SEGMENT = 2**31 - 1
+
+
+def _index_array(name: str, a: Any) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy int64 array, got {type(a).__name__}")
+    if a.dtype != np.int64:
+        raise ValueError(f"{name}: dtype must be int64, got {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"{name}: must be one-dimensional, got {a.ndim} dimensions")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: must be C-contiguous (use np.ascontiguousarray)")
+    return a
+
+
+class PacketBatch:
+    """A batch of packets in one buffer: ``data[offsets[i] : offsets[i] + lengths[i]]``.
+
+    ``data`` is a 1-D C-contiguous ``uint8`` array; ``offsets`` and ``lengths``
+    are 1-D C-contiguous ``int64`` arrays of equal size. Segments must lie
+    inside ``data``, must not overlap, and must each be shorter than 2**31
+    octets; anything else raises ``ValueError`` naming the field.
+    """
+
+    __slots__ = ("data", "offsets", "lengths")
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = np.frombuffer(data, dtype=np.uint8)
+        if not isinstance(data, np.ndarray):
+            raise ValueError(f"data: expected a numpy uint8 array, got {type(data).__name__}")
+        if data.dtype != np.uint8:
+            raise ValueError(f"data: dtype must be uint8, got {data.dtype}")
+        if data.ndim != 1:
+            raise ValueError(f"data: must be one-dimensional, got {data.ndim} dimensions")
+        if not data.flags.c_contiguous:
+            raise ValueError("data: must be C-contiguous (use np.ascontiguousarray)")
+        offsets = _index_array("offsets", offsets)
+        lengths = _index_array("lengths", lengths)
+        if offsets.shape != lengths.shape:
+            raise ValueError(f"offsets/lengths: sizes differ ({offsets.size} vs {lengths.size})")
+        if offsets.size:
+            if int(offsets.min()) < 0:
+                raise ValueError(f"offsets: negative offset at index {int(np.argmin(offsets))}")
+            if int(lengths.min()) < 0:
+                raise ValueError(f"lengths: negative length at index {int(np.argmin(lengths))}")
+            if int(lengths.max()) > _MAX_SEGMENT:
+                raise ValueError(f"lengths: segment {int(np.argmax(lengths))} is 2**31 octets or longer")
+            ends = offsets + lengths
+            if int(ends.max()) > data.size:
+                i = int(np.argmax(ends > data.size))
+                raise ValueError(f"offsets/lengths: segment {i} ends at {int(ends[i])}, "
+                                 f"past the end of data ({data.size} octets)")
+            _check_overlap(offsets, lengths, ends)
+        self.data = data
+        self.offsets = offsets
+        self.lengths = lengths
+
+    @classmethod
+    def from_packets(cls, packets: Iterable[BytesLike]) -> "PacketBatch":
+        """Copy an iterable of bytes-like packets into one new batch."""
+        views = [memoryview(p).cast("B") if not isinstance(p, np.ndarray) else memoryview(np.ascontiguousarray(p, dtype=np.uint8)) for p in packets]
+        lengths = np.fromiter((v.nbytes for v in views), dtype=np.int64, count=len(views))
+        offsets = np.zeros(len(views), dtype=np.int64)
+        if len(views) > 1:
+            np.cumsum(lengths[:-1], out=offsets[1:])
+        data = np.frombuffer(b"".join(views), dtype=np.uint8) if views else np.zeros(0, np.uint8)
+        return cls(data, offsets, lengths)
+
+    def __len__(self) -> int:
+        return int(self.offsets.size)
+
+    def __getitem__(self, i: int) -> bytes:
+        o = int(self.offsets[i])
+        return self.data[o: o + int(self.lengths[i])].tobytes()
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"PacketBatch({len(self)} packets, {int(self.lengths.sum()) if len(self) else 0} octets)"
+
+
+def _check_overlap(offsets: np.ndarray, lengths: np.ndarray, ends: np.ndarray) -> None:
+    nonempty = lengths > 0
+    o, e = offsets[nonempty], ends[nonempty]
+    if o.size < 2:
+        return
+    if not np.all(o[1:] >= e[:-1]):
+        order = np.argsort(o, kind="stable")
+        o, e = o[order], e[order]
+        bad = np.nonzero(o[1:] < e[:-1])[0]
+        if bad.size:
+            idx = np.nonzero(nonempty)[0][order]
+            raise ValueError(f"offsets: segments {int(idx[bad[0]])} and {int(idx[bad[0] + 1])} overlap")
+
+
+def as_batch(packets: Union[PacketBatch, Iterable[BytesLike]]) -> PacketBatch:
+    """A ``PacketBatch`` as is, or a new one copied from an iterable of bytes-like packets."""
+    if isinstance(packets, PacketBatch):
+        return packets
+    if isinstance(packets, (bytes, bytearray, memoryview)):
+        raise ValueError("packets: expected a PacketBatch or an iterable of packets, got one bytes object")
+    return PacketBatch.from_packets(packets)
+
+
+class BatchResult:
+    """Per-packet results of one ``decap``/``encap`` call, plus the output batch.
+
+    ``status`` (uint8, :class:`natt.Status`), ``sa`` (int64 handle, 0 if none),
+    ``seq`` (uint64 full sequence number, 0 if not parsed), ``next_header``
+    (uint8), and the output batch ``data``/``offsets``/``lengths``. Output
+    packet ``i`` occupies a slot starting at ``offsets[i]``; ``res[i]`` copies it.
+
+    A result can be passed back as ``out=`` to reuse its buffers: it grows
+    when a batch needs more room and otherwise allocates nothing.
+    """
+
+    __slots__ = ("status", "sa", "seq", "next_header", "data", "offsets", "lengths",
+                 "_status", "_sa", "_seq", "_nh", "_data", "_offsets", "_lengths")
+
+    def __init__(self) -> None:
+        self._status = np.zeros(0, np.uint8)
+        self._sa = np.zeros(0, np.int64)
+        self._seq = np.zeros(0, np.uint64)
+        self._nh = np.zeros(0, np.uint8)
+        self._offsets = np.zeros(0, np.int64)
+        self._lengths = np.zeros(0, np.int64)
+        self._data = np.zeros(0, np.uint8)
+        self._view(0, 0)
+
+    def _view(self, n: int, nbytes: int) -> None:
+        self.status = self._status[:n]
+        self.sa = self._sa[:n]
+        self.seq = self._seq[:n]
+        self.next_header = self._nh[:n]
+        self.offsets = self._offsets[:n]
+        self.lengths = self._lengths[:n]
+        self.data = self._data[:nbytes]
+
+    def _prepare(self, batch: PacketBatch, slot_extra: int) -> None:
+        """Size the result for ``batch``: slot ``i`` holds ``lengths[i] + slot_extra`` octets."""
+        n = len(batch)
+        if self._status.size < n:
+            cap = max(n, 2 * self._status.size)
+            self._status = np.empty(cap, np.uint8)
+            self._sa = np.empty(cap, np.int64)
+            self._seq = np.empty(cap, np.uint64)
+            self._nh = np.empty(cap, np.uint8)
+            self._offsets = np.empty(cap, np.int64)
+            self._lengths = np.empty(cap, np.int64)
+        offsets = self._offsets[:n]
+        if n:
+            offsets[0] = 0
+            np.cumsum(batch.lengths[:-1], out=offsets[1:])
+            if slot_extra:
+                offsets += np.arange(n, dtype=np.int64) * slot_extra
+            nbytes = int(offsets[-1] + batch.lengths[-1]) + slot_extra
+        else:
+            nbytes = 0
+        if self._data.size < nbytes:
+            self._data = np.empty(max(nbytes, self._data.size + self._data.size // 2), np.uint8)
+        self._view(n, nbytes)
+
+    def __len__(self) -> int:
+        return int(self.status.size)
+
+    def __getitem__(self, i: int) -> bytes:
+        o = int(self.offsets[i])
+        return self.data[o: o + int(self.lengths[i])].tobytes()
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def counts(self) -> dict[Status, int]:
+        """How many packets ended with each status (statuses with no packet are left out)."""
+        c = np.bincount(self.status, minlength=len(Status))
+        return {Status(v): int(c[v]) for v in range(len(Status)) if c[v]}
+
+    def batch(self) -> PacketBatch:
+        """The output packets as a :class:`PacketBatch` (shares this result's buffer)."""
+        return PacketBatch(self.data, self.offsets, self.lengths)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{s.name}={n}" for s, n in self.counts().items())
+        return f"{type(self).__name__}({len(self)} packets: {counts or 'none'})"
+
+
+class DecapResult(BatchResult):
+    """Result of :meth:`natt.Offload.decap`; output slot ``i`` is as long as input ``i``."""
+
+    __slots__ = ()
+
+
+class EncapResult(BatchResult):
+    """Result of :meth:`natt.Offload.encap`; output slot ``i`` is ``ENCAP_OVERHEAD`` longer than input ``i``."""
+
+    __slots__ = ()

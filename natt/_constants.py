@@ -1,0 +1,145 @@
+"""Names and numbers of the public contract (DESIGN.md, "API contract").
+
+Every value here is fixed: tests outside this repository compare against them.
+NDIS values are those of ``ntddndis.h`` (spec/udp-esp-offload.md §3); the
+``natt.Status`` numbering is natt's own and equally fixed.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "OID_TCP_TASK_OFFLOAD",
+    "OID_TCP_TASK_IPSEC_ADD_UDPESP_SA",
+    "OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA",
+    "OFFLOAD_INBOUND_SA",
+    "OFFLOAD_OUTBOUND_SA",
+    "OFFLOAD_MAX_SAS",
+    "UdpEncapType",
+    "Operation",
+    "NdisStatus",
+    "ConfAlgo",
+    "IntegrityAlgo",
+    "Status",
+    "ndis_receive_info",
+]
+
+OID_TCP_TASK_OFFLOAD = 0xFC010201
+OID_TCP_TASK_IPSEC_ADD_UDPESP_SA = 0xFC010205
+OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA = 0xFC010206
+
+OFFLOAD_INBOUND_SA = 1
+OFFLOAD_OUTBOUND_SA = 2
+#: Size of ``SecAssoc[]`` in OFFLOAD_IPSEC_ADD_UDPESP_SA (spec §3.1).
+OFFLOAD_MAX_SAS = 3
+
+
+class UdpEncapType(enum.IntEnum):
+    """UDP_ENCAP_TYPE of a parser entry (spec §1.1, §1.3).
+
+    ``OTHER`` is RFC 3948 framing (normally port 4500); ``IKE`` is the legacy
+    draft framing with an 8-octet zero non-IKE marker before ESP.
+    """
+
+    IKE = 0
+    OTHER = 1
+
+
+class Operation(enum.IntEnum):
+    """OFFLOAD_OPERATION_E."""
+
+    AUTHENTICATE = 1
+    ENCRYPT = 2
+
+
+class NdisStatus(enum.IntEnum):
+    """NDIS_STATUS values returned by the control plane."""
+
+    SUCCESS = 0x00000000
+    FAILURE = 0xC0000001
+    INVALID_PARAMETER = 0xC000000D
+    RESOURCES = 0xC000009A
+    NOT_SUPPORTED = 0xC00000BB
+    INVALID_LENGTH = 0xC0010014
+    INVALID_DATA = 0xC0010015
+    INVALID_OID = 0xC0010017
+
+
+class ConfAlgo(enum.IntEnum):
+    """OFFLOAD_CONF_ALGO: NDIS v1 values, NDIS v2 AES values, natt's ChaCha20."""
+
+    NONE = 0
+    DES = 1
+    RESERVED = 2
+    TRIPLE_DES = 3
+    AES_GCM_128 = 0x8
+    AES_GCM_192 = 0x10
+    AES_GCM_256 = 0x20
+    AES_CBC_128 = 0x40
+    AES_CBC_192 = 0x80
+    AES_CBC_256 = 0x100
+    CHACHA20_POLY1305 = 0x200
+
+
+class IntegrityAlgo(enum.IntEnum):
+    """OFFLOAD_INTEGRITY_ALGO: NDIS v1 values, NDIS v2 values, natt's SHA-384/512."""
+
+    NONE = 0
+    MD5 = 1
+    SHA = 2
+    SHA_256 = 0x4
+    AES_GMAC_128 = 0x8
+    AES_GMAC_192 = 0x10
+    AES_GMAC_256 = 0x20
+    SHA_384 = 0x400
+    SHA_512 = 0x800
+
+
+class Status(enum.IntEnum):
+    """Per-packet result of ``decap`` / ``encap`` (uint8, fixed numbering)."""
+
+    OK = 0
+    NOT_ESP = 1
+    IKE = 2
+    KEEPALIVE = 3
+    FRAGMENT = 4
+    NO_SA = 5
+    MALFORMED = 6
+    AUTH_FAILED = 7
+    REPLAY = 8
+    DUMMY = 9
+    PROTOCOL = 10
+    SEQ_OVERFLOW = 11
+    ERROR = 12
+
+
+# CryptoStatus values of NDIS (spec §4.2); Linux's xfrm bit flags differ.
+_CRYPTO_SUCCESS = 0
+_CRYPTO_GENERIC_ERROR = 1
+_CRYPTO_TRANSPORT_ESP_AUTH_FAILED = 3
+_CRYPTO_TUNNEL_ESP_AUTH_FAILED = 5
+_CRYPTO_INVALID_PACKET_SYNTAX = 6
+_CRYPTO_INVALID_PROTOCOL = 7
+
+
+def ndis_receive_info(status: int, tunnel: bool) -> tuple[int, int, int]:
+    """Map a decap :class:`Status` onto NDIS per-packet receive info.
+
+    Returns ``(crypto_done, next_crypto_done, crypto_status)`` as the
+    ``NDIS_IPSEC_OFFLOAD_V1_NET_BUFFER_LIST_INFO.Receive`` fields (spec §4.2).
+    ``tunnel`` says whether the SA that handled the packet is a tunnel SA; it
+    only matters for AUTH_FAILED.
+    """
+    s = Status(status)
+    if s in (Status.OK, Status.DUMMY):
+        return (1, 0, _CRYPTO_SUCCESS)
+    if s is Status.AUTH_FAILED:
+        return (1, 0, _CRYPTO_TUNNEL_ESP_AUTH_FAILED if tunnel else _CRYPTO_TRANSPORT_ESP_AUTH_FAILED)
+    if s is Status.MALFORMED:
+        return (1, 0, _CRYPTO_INVALID_PACKET_SYNTAX)
+    if s is Status.PROTOCOL:
+        return (1, 0, _CRYPTO_INVALID_PROTOCOL)
+    if s in (Status.REPLAY, Status.ERROR):
+        return (1, 0, _CRYPTO_GENERIC_ERROR)
+    return (0, 0, _CRYPTO_SUCCESS)
