@@ -82,9 +82,6 @@ class Suite:
             return self.enc_key_len + self.salt_len
         return self.auth_key_len
 
-    def with_icv(self, icv_len: int) -> "Suite":
-        return dataclasses.replace(self, icv_len=icv_len)
-
 
 _MACS = {
     # keyword: (Mac, IntegrityAlgo, key octets, ICV octets) — RFC 2403/2404/4868

@@ -1,0 +1,669 @@
+"""``natt.Offload``: the "miniport" — control plane in front of a data path.
+
+The control plane validates every request in the fixed order of
+docs/semantics.md §5 before touching any table, so a refused request leaves
+nothing behind; only then does it install the SA in the backend (and roll the
+parser entry back if that fails). The OID layer (``set_oid``) and the Pythonic
+layer (``add_sa``) share one code path: ``add_sa`` builds the OID request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any, Optional, Union
+
+from ._backend import Backend, SaConfig
+from ._batch import ENCAP_OVERHEAD, DecapResult, EncapResult, PacketBatch, as_batch
+from ._constants import (
+    OFFLOAD_INBOUND_SA,
+    OFFLOAD_MAX_SAS,
+    OFFLOAD_OUTBOUND_SA,
+    OID_TCP_TASK_IPSEC_ADD_UDPESP_SA,
+    OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA,
+    OID_TCP_TASK_OFFLOAD,
+    ConfAlgo,
+    IntegrityAlgo,
+    NdisStatus,
+    Operation,
+    UdpEncapType,
+)
+from ._oid import (
+    AddUdpEspSa,
+    Address,
+    AlgoInfo,
+    DeleteUdpEspSa,
+    EncapTypeEntry,
+    OffloadCapabilities,
+    OffloadError,
+    OffloadSecurityAssociation,
+)
+from ._suites import SUITES, Cipher, Suite, parse_suite, suite_for_algos
+
+__all__ = ["Offload", "backends"]
+
+log = logging.getLogger("natt")
+
+REPLAY_WINDOW_MIN = 32
+REPLAY_WINDOW_MAX = 65536
+DEFAULT_MAX_SAS = 1 << 20
+DEFAULT_MAX_PARSER_ENTRIES = 64
+
+_SUPPORTED_CONF = tuple(a for a in ConfAlgo if a not in (ConfAlgo.DES, ConfAlgo.RESERVED))
+_SUPPORTED_INTEG = tuple(IntegrityAlgo)
+
+
+def backends() -> list[str]:
+    """Names of the data paths this installation can run, fastest first."""
+    names = []
+    try:
+        from . import _fastpath
+        if hasattr(_fastpath, "FastBackend"):
+            names.append("fast")
+    except ImportError:  # pragma: no cover - only when the extension failed to build
+        pass
+    names.append("reference")
+    return names
+
+
+def _make_backend(name: Optional[str]) -> Backend:
+    if name is None:
+        name = backends()[0]
+    if name == "fast":
+        try:
+            from ._fastpath import FastBackend
+        except ImportError as e:
+            raise ValueError(f"backend: 'fast' is not available in this build ({e})") from None
+        return FastBackend()
+    if name == "reference":
+        from ._reference import ReferenceBackend
+        return ReferenceBackend()
+    raise ValueError(f"backend: unknown backend {name!r}; choose from {backends()}")
+
+
+class _Reject(Exception):
+    """A request check failed: carries the status and a message naming the field."""
+
+    def __init__(self, status: NdisStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _int(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: expected an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {value} is outside {lo}..{hi}")
+    return int(value)
+
+
+def _addr(name: str, value: Any) -> int:
+    """Host-order int of an IPv4 address given as int, dotted quad or IPv4Address (0 = any)."""
+    if isinstance(value, ipaddress.IPv4Address):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(ipaddress.IPv4Address(value.strip()))
+        except ValueError:
+            raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {value!r} is not an IPv4 address") from None
+    if value is None:
+        return 0
+    return _int(name, value, 0, 0xFFFFFFFF)
+
+
+def _mask(name: str, value: Any) -> int:
+    m = _addr(name, value)
+    inv = ~m & 0xFFFFFFFF
+    if inv & (inv + 1):
+        raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {ipaddress.IPv4Address(m)} is not a contiguous netmask")
+    return m
+
+
+@dataclasses.dataclass
+class _Entry:
+    handle: int
+    encap_type: UdpEncapType
+    port: int
+    refcount: int = 0
+
+
+class Offload:
+    """A software NIC with IPsec task offload for UDP-encapsulated ESP.
+
+    Starts empty: no parser entries, no SAs. Configure it through the OID
+    layer (:meth:`set_oid`, :meth:`query_oid`) or the Pythonic layer
+    (:meth:`add_sa`, :meth:`delete_sa`, :meth:`sa_stats`), then run batches
+    through :meth:`decap` and :meth:`encap`.
+
+    ``backend`` is ``"fast"`` (Cython over OpenSSL; the default) or
+    ``"reference"`` (pure Python over ``cryptography``); :func:`natt.backends`
+    lists what is available. ``max_sas`` and ``max_parser_entries`` bound the
+    tables (a full table answers ``NdisStatus.RESOURCES``).
+
+    An ``Offload`` is a context manager; :meth:`close` wipes every key. It
+    cannot be pickled (it holds key material).
+    """
+
+    def __init__(self, backend: Optional[str] = None, *, max_sas: int = DEFAULT_MAX_SAS,
+                 max_parser_entries: int = DEFAULT_MAX_PARSER_ENTRIES) -> None:
+        if isinstance(max_sas, bool) or not isinstance(max_sas, int) or max_sas < 1:
+            raise ValueError(f"max_sas: expected a positive integer, got {max_sas!r}")
+        if isinstance(max_parser_entries, bool) or not isinstance(max_parser_entries, int) or max_parser_entries < 1:
+            raise ValueError(f"max_parser_entries: expected a positive integer, got {max_parser_entries!r}")
+        self._backend = _make_backend(backend)
+        self.backend: str = self._backend.name
+        self.max_sas = max_sas
+        self.max_parser_entries = max_parser_entries
+        self._lock = threading.RLock()
+        # The reference path walks Python dicts per packet: keep control calls out while it runs.
+        self._dp_lock: Optional[threading.RLock] = None if getattr(self._backend, "thread_safe", False) else self._lock
+        self._next_handle = 1
+        self._entries: dict[int, _Entry] = {}
+        self._entry_by_key: dict[tuple[int, int], int] = {}
+        self._sas: dict[int, SaConfig] = {}
+        self._inbound_keys: set[tuple[int, int, int, int]] = set()
+        self._closed = False
+
+    # ------------------------------------------------------------------ life cycle
+
+    def close(self) -> None:
+        """Delete every SA and parser entry and wipe all key material. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._backend.close()
+            for cfg in self._sas.values():
+                _wipe(cfg)
+            self._sas.clear()
+            self._entries.clear()
+            self._entry_by_key.clear()
+            self._inbound_keys.clear()
+
+    def __enter__(self) -> "Offload":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __reduce__(self) -> Any:
+        raise TypeError("natt.Offload holds key material and cannot be pickled; "
+                        "save the SA set with natt.keys instead")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._sas)} SAs, {len(self._entries)} parser entries"
+        return f"<natt.Offload backend={self.backend!r} {state}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OffloadError(NdisStatus.FAILURE, "Offload: this instance is closed")
+
+    # ------------------------------------------------------------------ OID layer
+
+    def set_oid(self, oid: int, request: Any) -> NdisStatus:
+        """Issue a set request; returns an :class:`NdisStatus` and never raises for bad contents.
+
+        ``OID_TCP_TASK_IPSEC_ADD_UDPESP_SA`` takes an :class:`AddUdpEspSa` and
+        writes the handles back on success; ``OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA``
+        takes a :class:`DeleteUdpEspSa`. Any other OID gives ``INVALID_OID``.
+        """
+        if oid == OID_TCP_TASK_IPSEC_ADD_UDPESP_SA:
+            return self._add(request)[0]
+        if oid == OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA:
+            return self._delete(request)[0]
+        return NdisStatus.INVALID_OID
+
+    def query_oid(self, oid: int) -> OffloadCapabilities:
+        """Answer a query request: only ``OID_TCP_TASK_OFFLOAD`` (the capabilities).
+
+        Raises :class:`OffloadError` with ``INVALID_OID`` for any other OID.
+        """
+        if oid != OID_TCP_TASK_OFFLOAD:
+            raise OffloadError(NdisStatus.INVALID_OID, f"oid: 0x{oid:08X} cannot be queried"
+                               if isinstance(oid, int) else f"oid: {oid!r} is not an OID")
+        with self._lock:
+            return OffloadCapabilities(
+                backend=self.backend,
+                conf_algos=_SUPPORTED_CONF,
+                integrity_algos=_SUPPORTED_INTEG,
+                encap_types=(UdpEncapType.IKE, UdpEncapType.OTHER),
+                udp_esp_flags=0x01 | 0x02 | 0x10 | 0x20,
+                transport=True,
+                tunnel=True,
+                esn=True,
+                replay_window_min=REPLAY_WINDOW_MIN,
+                replay_window_max=REPLAY_WINDOW_MAX,
+                max_sas=self.max_sas,
+                max_parser_entries=self.max_parser_entries,
+                sa_count=len(self._sas),
+                parser_entry_count=len(self._entries),
+            )
+
+    # ------------------------------------------------------------------ add
+
+    def _add(self, req: Any) -> tuple[NdisStatus, str]:
+        with self._lock:
+            if self._closed:
+                return NdisStatus.FAILURE, "Offload: this instance is closed"
+            try:
+                cfg, entry_plan = self._validate_add(req)
+            except _Reject as r:
+                log.debug("add refused: %s (%s)", r, r.status.name)
+                return r.status, str(r)
+            return self._install(req, cfg, entry_plan)
+
+    def _validate_add(self, req: Any) -> tuple[SaConfig, tuple[Optional[int], UdpEncapType, int]]:
+        """All checks of docs/semantics.md §5, in order; raises _Reject. Touches no table."""
+        INVALID_PARAMETER, INVALID_DATA, NOT_SUPPORTED = (
+            NdisStatus.INVALID_PARAMETER, NdisStatus.INVALID_DATA, NdisStatus.NOT_SUPPORTED)
+        if not isinstance(req, AddUdpEspSa):
+            raise _Reject(NdisStatus.INVALID_LENGTH, f"request: expected AddUdpEspSa, got {type(req).__name__}")
+        flags = req.flags
+        if isinstance(flags, bool) or flags not in (OFFLOAD_INBOUND_SA, OFFLOAD_OUTBOUND_SA):
+            raise _Reject(INVALID_PARAMETER, f"flags: {flags!r} is neither OFFLOAD_INBOUND_SA nor OFFLOAD_OUTBOUND_SA")
+        inbound = flags == OFFLOAD_INBOUND_SA
+        sas = req.sec_assoc
+        if not isinstance(sas, (list, tuple)) or not 1 <= len(sas) <= OFFLOAD_MAX_SAS:
+            n = len(sas) if isinstance(sas, (list, tuple)) else type(sas).__name__
+            raise _Reject(INVALID_DATA, f"sec_assoc: needs 1..{OFFLOAD_MAX_SAS} elements, got {n}")
+        if len(sas) > 1:
+            raise _Reject(NOT_SUPPORTED, "sec_assoc: only one ESP element is supported (AH cannot cross a NAT)")
+        sa = sas[0]
+        if not isinstance(sa, OffloadSecurityAssociation):
+            raise _Reject(INVALID_DATA, f"sec_assoc[0]: expected OffloadSecurityAssociation, got {type(sa).__name__}")
+        if sa.operation == Operation.AUTHENTICATE and not isinstance(sa.operation, bool):
+            raise _Reject(NOT_SUPPORTED, "sec_assoc[0].operation: AUTHENTICATE (AH) is not supported over UDP")
+        if isinstance(sa.operation, bool) or sa.operation != Operation.ENCRYPT:
+            raise _Reject(INVALID_PARAMETER, f"sec_assoc[0].operation: {sa.operation!r} is not an Operation")
+        spi = _int("sec_assoc[0].spi", sa.spi, 0, 0xFFFFFFFF)
+        if spi == 0:
+            raise _Reject(INVALID_PARAMETER, "sec_assoc[0].spi: 0 is reserved (RFC 4303 §2.1)")
+
+        conf, integ = sa.conf_algo, sa.integrity_algo
+        for field, info, enum_type in (("conf_algo", conf, ConfAlgo), ("integrity_algo", integ, IntegrityAlgo)):
+            if not isinstance(info, AlgoInfo):
+                raise _Reject(INVALID_PARAMETER, f"sec_assoc[0].{field}: expected AlgoInfo, got {type(info).__name__}")
+            ident = info.identifier
+            if isinstance(ident, bool) or not isinstance(ident, int) or ident not in enum_type._value2member_map_:
+                raise _Reject(NOT_SUPPORTED, f"sec_assoc[0].{field}.identifier: {ident!r} is not a known algorithm")
+        if conf.identifier in (ConfAlgo.DES, ConfAlgo.RESERVED):
+            raise _Reject(NOT_SUPPORTED, f"sec_assoc[0].conf_algo.identifier: {ConfAlgo(conf.identifier).name} "
+                                         "is not supported (single DES is broken, RFC 4835)")
+        if conf.identifier == ConfAlgo.NONE and integ.identifier == IntegrityAlgo.NONE:
+            raise _Reject(INVALID_PARAMETER, "sec_assoc[0]: conf_algo and integrity_algo cannot both be NONE "
+                                             "(RFC 4303 §3.2)")
+        suite = suite_for_algos(conf.identifier, integ.identifier)
+        if suite is None:
+            raise _Reject(NOT_SUPPORTED, f"sec_assoc[0]: {ConfAlgo(conf.identifier).name} with "
+                                         f"{IntegrityAlgo(integ.identifier).name} is not a supported combination")
+        for field, info, want in (("conf_algo", conf, suite.conf_key_len), ("integrity_algo", integ, suite.integ_key_len)):
+            if isinstance(info.key_len, bool) or not isinstance(info.key_len, int) or info.key_len != want:
+                raise _Reject(INVALID_DATA, f"sec_assoc[0].{field}.key_len: {info.key_len!r} octets, "
+                                            f"the algorithm needs {want}")
+        key_mat = req.key_mat
+        if not isinstance(key_mat, (bytes, bytearray, memoryview)):
+            raise _Reject(INVALID_DATA, f"key_mat: expected bytes, got {type(key_mat).__name__}")
+        key = bytearray(key_mat)
+        if len(key) != conf.key_len + integ.key_len:
+            n = len(key)
+            key[:] = bytes(len(key))
+            raise _Reject(INVALID_DATA, f"key_mat: {n} octets, the key lengths add up to {conf.key_len + integ.key_len}")
+        try:
+            return self._validate_rest(req, inbound, spi, suite, key)
+        except _Reject:
+            key[:] = bytes(len(key))
+            raise
+
+    def _validate_rest(self, req: AddUdpEspSa, inbound: bool, spi: int, suite: Suite,
+                       key: bytearray) -> tuple[SaConfig, tuple[Optional[int], UdpEncapType, int]]:
+        INVALID_PARAMETER = NdisStatus.INVALID_PARAMETER
+        if req.icv_len is not None:
+            # RFC 4106 §8 allows 8, 12 and 16-octet GCM tags; every other transform has one ICV length.
+            allowed = (8, 12, 16) if suite.cipher is Cipher.AES_GCM else (suite.icv_len,)
+            icv = _int("icv_len", req.icv_len, 0, 255)
+            if icv not in allowed:
+                raise _Reject(INVALID_PARAMETER, f"icv_len: {icv} octets; this algorithm allows "
+                                                 f"{', '.join(map(str, allowed))}")
+            if suite.cipher is Cipher.AES_GCM:
+                suite = SUITES[f"aes{suite.enc_key_len * 8}gcm{icv}"]
+
+        src_addr = _addr("src_addr", req.src_addr)
+        _mask("src_mask", req.src_mask)
+        dst_addr = _addr("dst_addr", req.dst_addr)
+        dst_mask = _mask("dst_mask", req.dst_mask)
+        _int("protocol", req.protocol, 0, 255)
+        _int("src_port", req.src_port, 0, 65535)
+        _int("dst_port", req.dst_port, 0, 65535)
+        src_tun = _addr("src_tunnel_addr", req.src_tunnel_addr)
+        dst_tun = _addr("dst_tunnel_addr", req.dst_tunnel_addr)
+        if bool(src_tun) != bool(dst_tun):
+            missing = "src_tunnel_addr" if not src_tun else "dst_tunnel_addr"
+            raise _Reject(INVALID_PARAMETER, f"{missing}: a tunnel SA needs both tunnel addresses (0 means transport)")
+        del src_addr
+        tunnel = bool(dst_tun)
+        if tunnel:
+            key_addr, key_mask = dst_tun, 0xFFFFFFFF
+        elif dst_addr:
+            # NDIS leaves a zero mask beside a set address undefined; natt reads it as a host (/32).
+            key_addr, key_mask = dst_addr & (dst_mask or 0xFFFFFFFF), dst_mask or 0xFFFFFFFF
+        else:
+            key_addr, key_mask = 0, 0
+
+        esn = req.esn
+        if not isinstance(esn, bool):
+            raise _Reject(INVALID_PARAMETER, f"esn: expected True or False, got {esn!r}")
+        window = _int("replay_window", req.replay_window, 0, REPLAY_WINDOW_MAX)
+        if window and window < REPLAY_WINDOW_MIN:
+            raise _Reject(INVALID_PARAMETER, f"replay_window: {window}; use 0 (off) or "
+                                             f"{REPLAY_WINDOW_MIN}..{REPLAY_WINDOW_MAX}")
+        if esn and not window:
+            raise _Reject(INVALID_PARAMETER, "esn: extended sequence numbers need anti-replay (replay_window > 0)")
+        if window and not suite.has_integrity:
+            raise _Reject(INVALID_PARAMETER, "replay_window: anti-replay needs an integrity algorithm "
+                                             "(RFC 4303 §3.4.3); use replay_window=0")
+        seq_max = (1 << 64) - 1 if esn else 0xFFFFFFFF
+        replay_seq = _int("replay_seq", req.replay_seq, 0, seq_max)
+        replay_oseq = _int("replay_oseq", req.replay_oseq, 0, seq_max)
+        sport = _int("encap_src_port", req.encap_src_port, 1, 65535)
+        dport = _int("encap_dst_port", req.encap_dst_port, 1, 65535)
+        oa_src = _addr("nat_oa_src", req.nat_oa_src)
+        oa_dst = _addr("nat_oa_dst", req.nat_oa_dst)
+        if (oa_src or oa_dst) and (tunnel or not inbound):
+            field = "nat_oa_src" if oa_src else "nat_oa_dst"
+            raise _Reject(INVALID_PARAMETER, f"{field}: NAT-OA checksum repair applies to inbound transport SAs only "
+                                             "(RFC 3948 §3.1.2)")
+
+        entry = req.encap_type_entry
+        if not isinstance(entry, EncapTypeEntry):
+            raise _Reject(INVALID_PARAMETER, f"encap_type_entry: expected EncapTypeEntry, got {type(entry).__name__}")
+        et = entry.udp_encap_type
+        if isinstance(et, bool) or not isinstance(et, int) or et not in UdpEncapType._value2member_map_:
+            raise _Reject(NdisStatus.NOT_SUPPORTED, f"encap_type_entry.udp_encap_type: {et!r} is not IKE (0) or OTHER (1)")
+        encap_type = UdpEncapType(et)
+        entry_handle: Optional[int] = 0
+        port = 0
+        if inbound:
+            port = _int("encap_type_entry.dst_encap_port", entry.dst_encap_port, 1, 65535)
+            h = req.encap_type_entry_offld_handle
+            if isinstance(h, bool) or not isinstance(h, int):
+                raise _Reject(INVALID_PARAMETER, f"encap_type_entry_offld_handle: expected an integer, got {type(h).__name__}")
+            if h:
+                e = self._entries.get(h)
+                if e is None:
+                    raise _Reject(INVALID_PARAMETER, f"encap_type_entry_offld_handle: {h} names no parser entry")
+                if (e.encap_type, e.port) != (encap_type, port):
+                    raise _Reject(INVALID_PARAMETER, f"encap_type_entry_offld_handle: entry {h} is "
+                                                     f"({e.encap_type.name}, {e.port}), not ({encap_type.name}, {port})")
+                entry_handle = h
+            else:
+                entry_handle = self._entry_by_key.get((encap_type, port))
+                if entry_handle is None:
+                    other = self._entry_by_key.get((UdpEncapType(1 - encap_type), port))
+                    if other is not None:
+                        raise _Reject(INVALID_PARAMETER, f"encap_type_entry.dst_encap_port: port {port} is already "
+                                                         f"parsed as {UdpEncapType(1 - encap_type).name} by entry {other}")
+            if entry_handle is not None and (entry_handle, spi, key_addr, key_mask) in self._inbound_keys:
+                raise _Reject(NdisStatus.INVALID_DATA, f"sec_assoc[0].spi: 0x{spi:08x} is already installed on parser "
+                                                       f"entry {entry_handle} for the same destination")
+        if len(self._sas) >= self.max_sas:
+            raise _Reject(NdisStatus.RESOURCES, f"SA table full ({self.max_sas} SAs)")
+        if inbound and entry_handle is None and len(self._entries) >= self.max_parser_entries:
+            raise _Reject(NdisStatus.RESOURCES, f"parser-entry table full ({self.max_parser_entries} entries)")
+
+        cfg = SaConfig(
+            handle=0, inbound=inbound, spi=spi, suite=suite, tunnel=tunnel,
+            dst_addr=key_addr, dst_mask=key_mask, src_tunnel_addr=src_tun, dst_tunnel_addr=dst_tun,
+            entry_handle=0, encap_type=encap_type, port=port,
+            encap_src_port=sport, encap_dst_port=dport, replay_window=window, esn=esn,
+            replay_seq=replay_seq, replay_oseq=replay_oseq, nat_oa_src=oa_src, nat_oa_dst=oa_dst, key=key)
+        return cfg, (entry_handle, encap_type, port)
+
+    def _handle(self) -> int:
+        h = self._next_handle
+        self._next_handle += 1
+        return h
+
+    def _install(self, req: AddUdpEspSa, cfg: SaConfig,
+                 entry_plan: tuple[Optional[int], UdpEncapType, int]) -> tuple[NdisStatus, str]:
+        entry_handle, encap_type, port = entry_plan
+        new_entry: Optional[_Entry] = None
+        if cfg.inbound and entry_handle is None:
+            new_entry = _Entry(self._handle(), encap_type, port)
+            entry_handle = new_entry.handle
+        cfg.handle = self._handle()
+        cfg.entry_handle = entry_handle or 0
+        try:
+            if new_entry is not None:
+                self._backend.add_entry(new_entry.handle, encap_type, port)
+            try:
+                self._backend.add_sa(cfg)
+            except BaseException:
+                if new_entry is not None:
+                    self._backend.remove_entry(new_entry.handle)
+                raise
+        except Exception as e:  # the backend could not install: nothing stays behind
+            _wipe(cfg)
+            log.warning("add of SA spi=0x%08x failed in the %s backend: %s", cfg.spi, self.backend, type(e).__name__)
+            return NdisStatus.FAILURE, f"backend: could not install the SA ({type(e).__name__})"
+        if new_entry is not None:
+            self._entries[new_entry.handle] = new_entry
+            self._entry_by_key[(encap_type, port)] = new_entry.handle
+        if cfg.inbound:
+            self._entries[cfg.entry_handle].refcount += 1
+            self._inbound_keys.add((cfg.entry_handle, cfg.spi, cfg.dst_addr, cfg.dst_mask))
+        self._sas[cfg.handle] = cfg
+        req.offload_handle = cfg.handle
+        req.encap_type_entry_offld_handle = cfg.entry_handle
+        log.debug("added SA handle=%d spi=0x%08x %s %s entry=%d", cfg.handle, cfg.spi,
+                  "in" if cfg.inbound else "out", cfg.suite.name, cfg.entry_handle)
+        return NdisStatus.SUCCESS, ""
+
+    # ------------------------------------------------------------------ delete
+
+    def _delete(self, req: Any) -> tuple[NdisStatus, str]:
+        with self._lock:
+            if self._closed:
+                return NdisStatus.FAILURE, "Offload: this instance is closed"
+            if not isinstance(req, DeleteUdpEspSa):
+                return NdisStatus.INVALID_LENGTH, f"request: expected DeleteUdpEspSa, got {type(req).__name__}"
+            h, eh = req.offload_handle, req.encap_type_entry_offld_handle
+            cfg = self._sas.get(h) if isinstance(h, int) and not isinstance(h, bool) else None
+            if cfg is None:
+                return NdisStatus.INVALID_PARAMETER, f"offload_handle: {h!r} names no SA"
+            if isinstance(eh, bool) or not isinstance(eh, int):
+                return NdisStatus.INVALID_PARAMETER, f"encap_type_entry_offld_handle: expected an integer, got {eh!r}"
+            if eh:
+                entry = self._entries.get(eh)
+                if entry is None:
+                    return NdisStatus.INVALID_PARAMETER, f"encap_type_entry_offld_handle: {eh} names no parser entry"
+                if eh != cfg.entry_handle:
+                    return NdisStatus.INVALID_PARAMETER, (f"encap_type_entry_offld_handle: SA {h} does not use "
+                                                          f"parser entry {eh}")
+                if entry.refcount > 1:
+                    return NdisStatus.INVALID_PARAMETER, (f"encap_type_entry_offld_handle: parser entry {eh} is "
+                                                          f"still used by {entry.refcount - 1} other SA(s)")
+            self._remove_sa(cfg)
+            if eh:
+                self._remove_entry(eh)
+            return NdisStatus.SUCCESS, ""
+
+    def _remove_sa(self, cfg: SaConfig) -> None:
+        self._backend.remove_sa(cfg.handle)
+        del self._sas[cfg.handle]
+        if cfg.inbound:
+            self._entries[cfg.entry_handle].refcount -= 1
+            self._inbound_keys.discard((cfg.entry_handle, cfg.spi, cfg.dst_addr, cfg.dst_mask))
+        _wipe(cfg)
+        log.debug("deleted SA handle=%d spi=0x%08x", cfg.handle, cfg.spi)
+
+    def _remove_entry(self, handle: int) -> None:
+        e = self._entries.pop(handle)
+        del self._entry_by_key[(e.encap_type, e.port)]
+        self._backend.remove_entry(handle)
+        log.debug("deleted parser entry handle=%d (%s, %d)", handle, e.encap_type.name, e.port)
+
+    # ------------------------------------------------------------------ Pythonic layer
+
+    def add_sa(self, spi: int, key: Union[bytes, bytearray, memoryview], suite: str, direction: str = "in", *,
+               mode: str = "tunnel", src: Optional[Address] = None, dst: Optional[Address] = None,
+               encap: UdpEncapType = UdpEncapType.OTHER, port: int = 4500, sport: int = 4500, dport: int = 4500,
+               replay_window: int = 64, esn: bool = False, nat_oa_src: Optional[Address] = None,
+               nat_oa_dst: Optional[Address] = None, replay_seq: int = 0, replay_oseq: int = 0) -> int:
+        """Install one SA and return its handle; raises :class:`OffloadError` naming the field at fault.
+
+        ``suite`` is a strongSwan ESP proposal keyword (``aes128gcm16``,
+        ``aes256-sha256``, ``chacha20poly1305``, … optionally ``-esn``).
+        ``key`` is the encryption key (with its 4-octet salt for AEADs)
+        followed by the integrity key. ``src``/``dst`` are the outer
+        addresses: the tunnel ends (both required) for ``mode="tunnel"``, the
+        hosts for ``mode="transport"`` (``dst`` then restricts which
+        destination the inbound SA accepts). Inbound SAs use the parser entry
+        (``encap``, ``port``), created on first use; outbound SAs write UDP
+        ports ``sport`` → ``dport`` and the framing ``encap``.
+        """
+        try:
+            s, suite_esn = parse_suite(suite)
+        except ValueError as e:
+            raise OffloadError(NdisStatus.NOT_SUPPORTED, str(e)) from None
+        if direction not in ("in", "out"):
+            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"direction: {direction!r} is neither 'in' nor 'out'")
+        if mode not in ("tunnel", "transport"):
+            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"mode: {mode!r} is neither 'tunnel' nor 'transport'")
+        if mode == "tunnel" and (src is None or dst is None):
+            raise OffloadError(NdisStatus.INVALID_PARAMETER,
+                               f"{'src' if src is None else 'dst'}: a tunnel SA needs both src and dst")
+        if not isinstance(key, (bytes, bytearray, memoryview)):
+            raise OffloadError(NdisStatus.INVALID_DATA, f"key: expected bytes, got {type(key).__name__}")
+        if len(key) != s.key_len:
+            raise OffloadError(NdisStatus.INVALID_DATA, f"key: {len(key)} octets, {s.name} needs {s.key_len} "
+                               f"({s.enc_key_len} key + {s.salt_len} salt + {s.auth_key_len} integrity)"
+                               if s.aead else f"key: {len(key)} octets, {s.name} needs {s.key_len} "
+                               f"({s.enc_key_len} encryption + {s.auth_key_len} integrity)")
+        req = AddUdpEspSa(
+            flags=OFFLOAD_INBOUND_SA if direction == "in" else OFFLOAD_OUTBOUND_SA,
+            sec_assoc=[OffloadSecurityAssociation(
+                Operation.ENCRYPT, spi,
+                integrity_algo=AlgoInfo(s.integ_algo, s.integ_key_len),
+                conf_algo=AlgoInfo(s.conf_algo, s.conf_key_len))],
+            encap_type_entry=EncapTypeEntry(encap, port),
+            key_mat=key, replay_window=replay_window, esn=esn or suite_esn, icv_len=s.icv_len,
+            encap_src_port=sport, encap_dst_port=dport,
+            nat_oa_src=0 if nat_oa_src is None else nat_oa_src,
+            nat_oa_dst=0 if nat_oa_dst is None else nat_oa_dst,
+            replay_seq=replay_seq, replay_oseq=replay_oseq)
+        if mode == "tunnel":
+            req.src_tunnel_addr, req.dst_tunnel_addr = src, dst
+        else:
+            req.src_addr = 0 if src is None else src
+            req.dst_addr = 0 if dst is None else dst
+        status, message = self._add(req)
+        if status != NdisStatus.SUCCESS:
+            raise OffloadError(status, message)
+        return req.offload_handle
+
+    def delete_sa(self, handle: int) -> None:
+        """Delete an SA; its parser entry goes too when this was the entry's last SA."""
+        with self._lock:
+            self._check_open()
+            cfg = self._sa(handle)
+            entry = self._entries.get(cfg.entry_handle) if cfg.inbound else None
+            self._remove_sa(cfg)
+            if entry is not None and entry.refcount == 0:
+                self._remove_entry(entry.handle)
+
+    def sa_stats(self, handle: int) -> dict[str, Any]:
+        """Counters and settings of one SA, like ``ip -s xfrm state`` (never any key)."""
+        with self._lock:
+            self._check_open()
+            cfg = self._sa(handle)
+            stats: dict[str, Any] = {
+                "handle": cfg.handle, "spi": cfg.spi, "direction": "in" if cfg.inbound else "out",
+                "mode": "tunnel" if cfg.tunnel else "transport", "suite": cfg.suite.name,
+                "esn": cfg.esn, "replay_window": cfg.replay_window,
+                "encap": cfg.encap_type.name, "port": cfg.port, "entry_handle": cfg.entry_handle,
+            }
+            stats.update(self._backend.counters(handle))
+            return stats
+
+    def sa_handles(self) -> list[int]:
+        """Handles of the installed SAs, in the order they were added."""
+        with self._lock:
+            return list(self._sas)
+
+    def _sa(self, handle: Any) -> SaConfig:
+        cfg = self._sas.get(handle) if isinstance(handle, int) and not isinstance(handle, bool) else None
+        if cfg is None:
+            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {handle!r} names no SA")
+        return cfg
+
+    # ------------------------------------------------------------------ data path
+
+    def decap(self, packets: Union[PacketBatch, Iterable[Any]], *, threads: Optional[int] = None,
+              out: Optional[DecapResult] = None) -> DecapResult:
+        """Decapsulate a batch of received IPv4 packets; one result per packet, never raises on content.
+
+        ``packets`` is a :class:`PacketBatch` or an iterable of bytes-like
+        packets. ``threads=N`` splits the work over N native threads (fast
+        backend) with results identical to ``threads=None``. Pass a previous
+        result as ``out`` to reuse its buffers.
+        """
+        batch = as_batch(packets)
+        _check_threads(threads)
+        if out is None:
+            out = DecapResult()
+        elif not isinstance(out, DecapResult):
+            raise TypeError(f"out: expected a DecapResult, got {type(out).__name__}")
+        out._prepare(batch, 0)
+        self._run(self._backend.decap, batch, out, threads)
+        return out
+
+    def encap(self, packets: Union[PacketBatch, Iterable[Any]], handle: int, *, threads: Optional[int] = None,
+              out: Optional[EncapResult] = None) -> EncapResult:
+        """Encapsulate inner IPv4 (tunnel: IPv4 or IPv6) datagrams with outbound SA ``handle``.
+
+        Returns UDP-encapsulated ESP IPv4 packets, one result per input.
+        Raises :class:`OffloadError` if ``handle`` is not an outbound SA.
+        """
+        batch = as_batch(packets)
+        _check_threads(threads)
+        with self._lock:
+            self._check_open()
+            cfg = self._sa(handle)
+            if cfg.inbound:
+                raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: SA {handle} is inbound; encap needs an "
+                                                                 "outbound SA")
+        if out is None:
+            out = EncapResult()
+        elif not isinstance(out, EncapResult):
+            raise TypeError(f"out: expected an EncapResult, got {type(out).__name__}")
+        out._prepare(batch, ENCAP_OVERHEAD)
+        self._run(self._backend.encap, batch, handle, out, threads)
+        return out
+
+    def _run(self, fn: Any, *args: Any) -> None:
+        if self._dp_lock is None:
+            self._check_open()
+            fn(*args)
+            return
+        with self._dp_lock:
+            self._check_open()
+            fn(*args)
+
+
+def _check_threads(threads: Optional[int]) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256):
+        raise ValueError(f"threads: expected None or an integer 1..256, got {threads!r}")
+
+
+def _wipe(cfg: SaConfig) -> None:
+    """Zero the SA's only key copy held by the control plane."""
+    cfg.key[:] = bytes(len(cfg.key))
