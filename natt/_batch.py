@@ -70,6 +70,12 @@ class PacketBatch:
                 raise ValueError(f"lengths: negative length at index {int(np.argmin(lengths))}")
             if int(lengths.max()) > _MAX_SEGMENT:
                 raise ValueError(f"lengths: segment {int(np.argmax(lengths))} is 2**31 octets or longer")
+            # Bound the offsets first: offsets + lengths must not wrap around int64
+            # (an offset near 2**63 would otherwise yield a negative end that passes).
+            if int(offsets.max()) > data.size:
+                i = int(np.argmax(offsets))
+                raise ValueError(f"offsets: segment {i} starts at {int(offsets[i])}, "
+                                 f"past the end of data ({data.size} octets)")
             ends = offsets + lengths
             if int(ends.max()) > data.size:
                 i = int(np.argmax(ends > data.size))
