@@ -1,0 +1,899 @@
+"""Streaming pcap / pcapng reader and writer that hands IPv4 datagrams to natt as batches.
+
+Reading::
+
+    with natt.pcap.PcapReader("capture.pcapng") as reader:
+        with natt.pcap.PcapWriter.like(reader, "out.pcapng") as writer:
+            for chunk in reader:                      # a few MiB of records at a time
+                res = nic.decap(chunk.batch)          # one segment per frame
+                writer.write_chunk(chunk, res.batch(), replace=res.status == natt.Status.OK)
+
+A :class:`Chunk` covers a run of consecutive packet records. ``chunk.batch`` has one segment
+per frame, aligned with every per-frame array: for an IPv4 frame the segment is the datagram
+(from the IPv4 header to the end of the captured frame, link padding and any FCS included,
+which decap ignores past the IPv4 total length), sliced out of the read buffer without a copy;
+for any other frame it is empty, and ``chunk.ipv4`` is False. A whole capture is never held in
+memory: the reader keeps one chunk (``chunk_size`` octets, default 8 MiB) and the unfinished
+record that follows it.
+
+Formats: classic pcap (both byte orders; microsecond magic ``a1b2c3d4``, nanosecond magic
+``a1b23c4d``, and Kuznetzov's ``a1b2cd34`` with its 24-octet record header) and pcapng (every
+section with its own byte order; Interface Description, Enhanced Packet, Simple Packet and the
+obsolete Packet block; each interface with its own link type, ``if_tsresol`` and ``if_tsoffset``).
+Other pcapng blocks (name resolution, statistics, secrets, custom) are skipped.
+
+Link types: Ethernet (``LINKTYPE_ETHERNET`` 1, any number of 802.1Q / 802.1ad / QinQ tags),
+Linux cooked v1 (113) and v2 (276), raw IPv4 (228), and raw IP (101, and the BSD value 12)
+when the first nibble is 4. Frames of any other kind pass through untouched.
+
+Writing: :class:`PcapWriter` writes records back in the input's format. A replaced frame keeps
+its link header octet for octet (none of Ethernet, 802.1Q or Linux cooked headers carry a length
+that would need fixing) followed by the new datagram; its captured and original lengths become
+the new frame length. Frames not replaced are written as read, with their original lengths.
+Timestamps are kept: classic pcap keeps the input's resolution and byte order; pcapng is written
+little-endian with nanosecond ``if_tsresol`` on every interface (exact for every decimal
+resolution up to 1 ns), one section whose interfaces are every section's interfaces in order.
+pcapng block options (comments, flags, hashes) of packet records are not carried over.
+
+Corrupt or truncated input raises :class:`PcapError` (a ``ValueError``) whose ``offset`` is the
+file offset of the record at fault; records before it have already been yielded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import struct
+import sys
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO, Optional, Union
+
+import numpy as np
+
+from ._batch import PacketBatch
+
+__all__ = [
+    "PcapError", "Interface", "Chunk", "PcapReader", "PcapWriter",
+    "read_frames", "write_datagrams",
+    "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_BSD_RAW", "LINKTYPE_LINUX_SLL",
+    "LINKTYPE_LINUX_SLL2", "LINKTYPE_IPV4",
+]
+
+LINKTYPE_ETHERNET = 1
+LINKTYPE_BSD_RAW = 12     # DLT_RAW on BSD/OpenBSD: raw IP (version in the first nibble)
+LINKTYPE_RAW = 101        # LINKTYPE_RAW: raw IPv4 or IPv6
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_LINUX_SLL2 = 276
+
+_ETHERTYPE_IPV4 = 0x0800
+# 802.1Q C-tag, 802.1ad S-tag, and the pre-standard QinQ values still seen in captures.
+_VLAN_ETHERTYPES = (0x8100, 0x88A8, 0x9100, 0x9200)
+_MAX_VLAN_TAGS = 8
+
+_PCAP_MAGIC_US = 0xA1B2C3D4
+_PCAP_MAGIC_NS = 0xA1B23C4D
+_PCAP_MAGIC_KUZNETZOV = 0xA1B2CD34   # patched libpcap: 24-octet record header (ifindex, protocol, type)
+
+_PCAPNG_SHB = 0x0A0D0D0A
+_PCAPNG_IDB = 0x00000001
+_PCAPNG_PB = 0x00000002     # obsolete Packet Block
+_PCAPNG_SPB = 0x00000003
+_PCAPNG_EPB = 0x00000006
+_PCAPNG_BOM = 0x1A2B3C4D
+
+# A record longer than this is taken as corruption rather than a frame (libpcap's
+# MAXIMUM_SNAPLEN is 262144; wiretap accepts up to 256 MiB for a few link types).
+_MAX_RECORD = 1 << 28
+DEFAULT_CHUNK_SIZE = 8 << 20
+
+PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
+
+
+class PcapError(ValueError):
+    """A capture file is corrupt, truncated or of an unsupported kind.
+
+    ``offset`` is the file offset (octets from the start of the file) of the header or record
+    at fault, or ``None`` when the error is not about one place in the file.
+    """
+
+    def __init__(self, message: str, offset: Optional[int] = None) -> None:
+        self.offset = offset
+        super().__init__(message if offset is None else f"{message} (at file offset {offset})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Interface:
+    """One capture interface: classic pcap has exactly one, pcapng one per IDB.
+
+    ``tsresol`` is the pcapng ``if_tsresol`` octet (6 = microseconds, 9 = nanoseconds; high bit
+    set = a power of two) and ``tsoffset`` the ``if_tsoffset`` seconds added to every timestamp.
+    """
+
+    linktype: int
+    snaplen: int = 262144
+    tsresol: int = 6
+    tsoffset: int = 0
+    name: str = ""
+
+
+@dataclasses.dataclass(eq=False)
+class Chunk:
+    """A run of consecutive packet records, parsed.
+
+    Every per-frame array has one entry per record, in file order:
+
+    * ``batch`` -- :class:`natt.PacketBatch` over ``buffer``: frame ``i``'s IPv4 datagram, or
+      an empty segment when ``ipv4[i]`` is False;
+    * ``ipv4`` (bool) -- the frame carries IPv4 by its link type (Ethertype 0x0800, or raw IP
+      whose first nibble is 4);
+    * ``ts_ns`` (int64) -- timestamp, nanoseconds since the epoch;
+    * ``iface`` (int32) -- interface index into ``interfaces`` (always 0 for classic pcap);
+    * ``linktype`` (int32) -- link type of the frame's interface;
+    * ``link_len`` (int64) -- octets of link header before the IPv4 header (0 when not IPv4);
+    * ``frame_offsets``, ``caplen`` (int64) -- the captured frame is
+      ``buffer[frame_offsets[i] : frame_offsets[i] + caplen[i]]``;
+    * ``origlen`` (int64) -- the frame's length on the wire;
+    * ``file_offsets`` (int64) -- where each record starts in the file (for error messages).
+    """
+
+    buffer: np.ndarray
+    batch: PacketBatch
+    ipv4: np.ndarray
+    ts_ns: np.ndarray
+    iface: np.ndarray
+    linktype: np.ndarray
+    link_len: np.ndarray
+    frame_offsets: np.ndarray
+    caplen: np.ndarray
+    origlen: np.ndarray
+    file_offsets: np.ndarray
+    interfaces: tuple[Interface, ...]
+
+    def __len__(self) -> int:
+        return int(self.caplen.size)
+
+    def frame(self, i: int) -> bytes:
+        """Captured frame ``i`` (link header included), as bytes."""
+        o = int(self.frame_offsets[i])
+        return self.buffer[o: o + int(self.caplen[i])].tobytes()
+
+    def __repr__(self) -> str:
+        return f"Chunk({len(self)} frames, {int(self.ipv4.sum())} IPv4)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Link layer
+
+
+def _gather_be16(buf: np.ndarray, pos: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Big-endian 16-bit values at ``pos`` (0 where ``valid`` is False; never reads out of bounds)."""
+    last = buf.size - 2
+    p = np.where(valid, pos, 0)
+    if buf.size < 2:
+        return np.zeros(pos.shape, np.int64)
+    p = np.minimum(p, last)
+    v = (buf[p].astype(np.int64) << 8) | buf[p + 1]
+    return np.where(valid, v, 0)
+
+
+def _link_layer(buf: np.ndarray, linktype: np.ndarray, foff: np.ndarray, caplen: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: (is IPv4, link header length), vectorised per link type."""
+    n = foff.size
+    ipv4 = np.zeros(n, bool)
+    link_len = np.zeros(n, np.int64)
+    for lt in np.unique(linktype).tolist():
+        sel = np.nonzero(linktype == lt)[0]
+        fo, cl = foff[sel], caplen[sel]
+        if lt == LINKTYPE_ETHERNET:
+            hl = np.full(sel.size, 14, np.int64)
+            ok = cl >= 14
+            et = _gather_be16(buf, fo + 12, ok)
+            # Each 802.1Q/802.1ad tag is 4 octets (TPID, TCI) before the next Ethertype.
+            for _ in range(_MAX_VLAN_TAGS):
+                tagged = ok & np.isin(et, _VLAN_ETHERTYPES)
+                if not tagged.any():
+                    break
+                ok = ok & (~tagged | (cl >= hl + 4))
+                hl = np.where(tagged, hl + 4, hl)
+                et = np.where(tagged, _gather_be16(buf, fo + hl - 2, tagged & ok), et)
+            is4 = ok & (et == _ETHERTYPE_IPV4) & (cl > hl)
+        elif lt == LINKTYPE_LINUX_SLL:
+            hl = np.full(sel.size, 16, np.int64)
+            ok = cl > 16
+            is4 = ok & (_gather_be16(buf, fo + 14, ok) == _ETHERTYPE_IPV4)
+        elif lt == LINKTYPE_LINUX_SLL2:
+            hl = np.full(sel.size, 20, np.int64)
+            ok = cl > 20
+            is4 = ok & (_gather_be16(buf, fo, ok) == _ETHERTYPE_IPV4)
+        elif lt == LINKTYPE_IPV4:
+            hl = np.zeros(sel.size, np.int64)
+            is4 = cl > 0
+        elif lt in (LINKTYPE_RAW, LINKTYPE_BSD_RAW):
+            hl = np.zeros(sel.size, np.int64)
+            ok = cl > 0
+            first = buf[np.where(ok, np.minimum(fo, max(buf.size - 1, 0)), 0)] if buf.size else np.zeros(sel.size, np.uint8)
+            is4 = ok & ((first >> 4) == 4)
+        else:
+            continue
+        ipv4[sel] = is4
+        link_len[sel] = np.where(is4, hl, 0)
+    return ipv4, link_len
+
+
+def _make_batch(buf: np.ndarray, foff: np.ndarray, caplen: np.ndarray, ipv4: np.ndarray,
+                link_len: np.ndarray) -> PacketBatch:
+    offsets = np.ascontiguousarray(np.where(ipv4, foff + link_len, foff), dtype=np.int64)
+    lengths = np.ascontiguousarray(np.where(ipv4, caplen - link_len, 0), dtype=np.int64)
+    return PacketBatch(buf, offsets, lengths)
+
+
+# ----------------------------------------------------------------------------------------------
+# Record walking: the one inherently sequential step (each record's position depends on the
+# length of the one before it). It only reads one length per record; every other field is
+# then gathered for the whole chunk at once with numpy.
+
+
+def _u32_views(buf: np.ndarray) -> list[memoryview]:
+    """Four native-order uint32 views of ``buf`` at byte offsets 0..3, so that the 32-bit value
+    at any offset ``q`` is ``views[q & 3][q >> 2]`` (a fast memoryview index, no copy)."""
+    mv = memoryview(buf)
+    out = []
+    for k in range(4):
+        m = max((buf.size - k) // 4, 0)
+        out.append(mv[k: k + 4 * m].cast("I"))
+    return out
+
+
+def _walk(buf: np.ndarray, start: int, len_at: int, base: int, scale_min: int, swap: bool,
+          pad4: bool) -> tuple[list[int], int]:
+    """Offsets of the complete records in ``buf[start:]``.
+
+    A record at ``p`` is ``base + L`` octets long where ``L`` is the 32-bit value at
+    ``p + len_at`` (pcap: header + caplen; pcapng: ``base`` 0 and ``L`` the block length,
+    which must be at least ``scale_min``). Stops at the first record that is incomplete or
+    whose length is impossible; returns (offsets, position where it stopped).
+    """
+    views = _u32_views(buf)
+    end = buf.size
+    offs: list[int] = []
+    append = offs.append
+    p = start
+    need = len_at + 4
+    if not swap and not pad4:
+        # Classic pcap, native order: the hot loop, kept minimal.
+        while p + need <= end:
+            q = p + len_at
+            nxt = p + base + views[q & 3][q >> 2]
+            if nxt > end:
+                break
+            append(p)
+            p = nxt
+        return offs, p
+    while p + need <= end:
+        q = p + len_at
+        v = views[q & 3][q >> 2]
+        if swap:
+            v = int.from_bytes(v.to_bytes(4, sys.byteorder), "big" if sys.byteorder == "little" else "little")
+        if v < scale_min or (pad4 and v & 3):
+            break
+        nxt = p + base + v
+        if nxt > end:
+            break
+        append(p)
+        p = nxt
+    return offs, p
+
+
+def _gather_u32(buf: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
+    """32-bit values at byte positions ``pos`` (all in bounds), as int64."""
+    b = buf[pos[:, None] + np.arange(4)].astype(np.int64)
+    if big_endian:
+        return (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
+    return (b[:, 3] << 24) | (b[:, 2] << 16) | (b[:, 1] << 8) | b[:, 0]
+
+
+def _gather_u16(buf: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
+    b0 = buf[pos].astype(np.int64)
+    b1 = buf[pos + 1].astype(np.int64)
+    return (b0 << 8) | b1 if big_endian else (b1 << 8) | b0
+
+
+def _tsresol_to_ns(ticks: np.ndarray, tsresol: int) -> np.ndarray:
+    """Timestamps in units of ``if_tsresol`` -> nanoseconds (pcapng §4.2, option if_tsresol)."""
+    v = tsresol & 0x7F
+    if tsresol & 0x80:   # 2**-v seconds per tick
+        if v == 0:
+            return ticks * 1_000_000_000
+        whole = ticks >> v
+        frac = ticks & ((1 << v) - 1)
+        if v <= 32:
+            return whole * 1_000_000_000 + ((frac * 1_000_000_000) >> v)
+        # Fractions finer than 2**-32 s: float is exact enough below one nanosecond.
+        return whole * 1_000_000_000 + (frac.astype(np.float64) * (1e9 / 2.0 ** v)).astype(np.int64)
+    if v <= 9:
+        return ticks * (10 ** (9 - v))
+    return ticks // (10 ** (v - 9))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reader
+
+
+class PcapReader:
+    """Iterate over a pcap or pcapng capture as :class:`Chunk` objects.
+
+    ``source`` is a path or a binary file object opened for reading (not closed by the reader
+    unless it opened it). ``chunk_size`` is the number of octets read per chunk; a record larger
+    than that is read whole. After the first chunk (or :meth:`open` time for classic pcap),
+    ``format`` is ``"pcap"`` or ``"pcapng"``; ``interfaces`` lists every interface seen so far.
+    """
+
+    def __init__(self, source: PathOrFile, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        if chunk_size < 4096:
+            raise ValueError(f"chunk_size: at least 4096 octets, got {chunk_size}")
+        self.chunk_size = chunk_size
+        if isinstance(source, (str, os.PathLike)):
+            self._file: BinaryIO = open(source, "rb")
+            self._owns = True
+            self.name = os.fspath(source)
+        else:
+            self._file = source
+            self._owns = False
+            self.name = getattr(source, "name", "<stream>")
+        self.interfaces: list[Interface] = []
+        self.format = ""
+        self.byteorder = "<"           # of the classic pcap file / of the current pcapng section
+        self.nanosecond = False        # classic pcap: nanosecond magic
+        self.snaplen = 262144
+        self._rec_hdr = 16
+        self._pos = 0                  # file offset of self._buf[0]
+        self._buf = np.zeros(0, np.uint8)
+        self._eof = False
+        self._section_base = 0         # interface index of the current section's interface 0
+        self._started = False
+        try:
+            self._read_file_header()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def __enter__(self) -> "PcapReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file if this reader opened it."""
+        if self._owns and not self._file.closed:
+            self._file.close()
+
+    def _fill(self, want: int) -> None:
+        """Make ``self._buf`` hold at least ``want`` octets unless the file ends first."""
+        if self._buf.size >= want or self._eof:
+            return
+        need = max(want - self._buf.size, self.chunk_size)
+        data = self._file.read(need)
+        if not data or len(data) < need:
+            self._eof = True
+        if data:
+            new = np.frombuffer(data, dtype=np.uint8)
+            self._buf = np.concatenate([self._buf, new]) if self._buf.size else new
+            if self._buf.size < want and not self._eof:
+                self._fill(want)
+
+    def _consume(self, n: int) -> None:
+        self._pos += n
+        self._buf = self._buf[n:]
+
+    def _read_file_header(self) -> None:
+        self._fill(24)
+        b = self._buf
+        if b.size < 4:
+            raise PcapError(f"{self.name}: empty or too short to be a capture file ({b.size} octets)", 0)
+        head = b[:4].tobytes()
+        if head == struct.pack("<I", _PCAPNG_SHB):
+            self.format = "pcapng"
+            return        # the SHB is parsed as the first block of the stream
+        for order in ("<", ">"):
+            magic = struct.unpack(order + "I", head)[0]
+            if magic in (_PCAP_MAGIC_US, _PCAP_MAGIC_NS, _PCAP_MAGIC_KUZNETZOV):
+                break
+        else:
+            raise PcapError(f"{self.name}: not a pcap or pcapng file (magic {head.hex()})", 0)
+        if b.size < 24:
+            raise PcapError(f"{self.name}: pcap file header truncated ({b.size} of 24 octets)", 0)
+        self.format = "pcap"
+        self.byteorder = order
+        self.nanosecond = magic == _PCAP_MAGIC_NS
+        self._rec_hdr = 24 if magic == _PCAP_MAGIC_KUZNETZOV else 16
+        _, major, minor, _zone, _sigfigs, snaplen, network = struct.unpack(order + "IHHiIII", b[:24].tobytes())
+        if major != 2:
+            raise PcapError(f"{self.name}: unsupported pcap version {major}.{minor}", 4)
+        self.snaplen = snaplen
+        self._magic = magic
+        # The upper bits of the link-type field may carry FCS information (pcap spec §4: LinkType
+        # and additional information); the link type proper is the low 16 bits.
+        self.interfaces.append(Interface(network & 0xFFFF, snaplen, 9 if self.nanosecond else 6))
+        self._file_header = b[:24].tobytes()
+        self._consume(24)
+
+    # -- iteration -------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Chunk]:
+        if self._started:
+            raise RuntimeError("a PcapReader can be iterated only once")
+        self._started = True
+        return self._chunks_pcap() if self.format == "pcap" else self._chunks_pcapng()
+
+    def _truncated(self, what: str) -> PcapError:
+        return PcapError(f"{self.name}: truncated {what}: the file ends {self._buf.size} octets "
+                         f"into it", self._pos)
+
+    def _chunks_pcap(self) -> Iterator[Chunk]:
+        big = self.byteorder == ">"
+        swap = big != (sys.byteorder == "big")
+        h = self._rec_hdr
+        max_cap = max(self.snaplen, 262144, _MAX_RECORD if self.snaplen == 0 else 0)
+        iface = self.interfaces[0]
+        while True:
+            self._fill(self.chunk_size)
+            buf = self._buf
+            if buf.size == 0:
+                return
+            offs, stop = _walk(buf, 0, 8, h, 0, swap, False)
+            if offs:
+                off = np.asarray(offs, dtype=np.int64)
+                sec = _gather_u32(buf, off, big)
+                frac = _gather_u32(buf, off + 4, big)
+                caplen = _gather_u32(buf, off + 8, big)
+                origlen = _gather_u32(buf, off + 12, big)
+                bad = caplen > max_cap
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    # Records before the bad one are still good: hand them out first.
+                    if i:
+                        yield self._pcap_chunk(buf, off[:i], sec[:i], frac[:i], caplen[:i], origlen[:i], iface)
+                    raise PcapError(f"{self.name}: corrupt pcap record: captured length "
+                                    f"{int(caplen[i])} exceeds the maximum {max_cap}", self._pos + int(off[i]))
+                yield self._pcap_chunk(buf, off, sec, frac, caplen, origlen, iface)
+                self._consume(stop)
+                continue
+            # Not even one complete record in the buffer.
+            if self._eof:
+                if buf.size < h:
+                    raise self._truncated("pcap record header")
+                cap = int(_gather_u32(buf, np.zeros(1, np.int64) + 8, big)[0])
+                if cap > max_cap:
+                    raise PcapError(f"{self.name}: corrupt pcap record: captured length {cap} "
+                                    f"exceeds the maximum {max_cap}", self._pos)
+                raise self._truncated(f"pcap record ({h + cap} octets)")
+            cap = int(_gather_u32(buf, np.zeros(1, np.int64) + 8, big)[0])
+            if cap > max_cap:
+                raise PcapError(f"{self.name}: corrupt pcap record: captured length {cap} "
+                                f"exceeds the maximum {max_cap}", self._pos)
+            self._fill(h + cap)
+
+    def _pcap_chunk(self, buf: np.ndarray, off: np.ndarray, sec: np.ndarray, frac: np.ndarray,
+                    caplen: np.ndarray, origlen: np.ndarray, iface: Interface) -> Chunk:
+        n = off.size
+        ts = sec * 1_000_000_000 + (frac if self.nanosecond else frac * 1000)
+        foff = off + self._rec_hdr
+        linktype = np.full(n, iface.linktype, np.int32)
+        ipv4, link_len = _link_layer(buf, linktype, foff, caplen)
+        return Chunk(buf, _make_batch(buf, foff, caplen, ipv4, link_len), ipv4, ts,
+                     np.zeros(n, np.int32), linktype, link_len, foff, caplen, origlen,
+                     off + self._pos, tuple(self.interfaces))
+
+    # -- pcapng ----------------------------------------------------------------------------
+
+    def _parse_shb(self) -> int:
+        """Parse the SHB at the start of the buffer; returns its length."""
+        self._fill(12)
+        b = self._buf
+        if b.size < 12:
+            raise self._truncated("pcapng Section Header Block")
+        bom = b[8:12].tobytes()
+        if bom == struct.pack("<I", _PCAPNG_BOM):
+            order = "<"
+        elif bom == struct.pack(">I", _PCAPNG_BOM):
+            order = ">"
+        else:
+            raise PcapError(f"{self.name}: corrupt pcapng Section Header Block: byte-order magic "
+                            f"{bom.hex()}", self._pos + 8)
+        length = struct.unpack(order + "I", b[4:8].tobytes())[0]
+        if length < 28 or length % 4 or length > _MAX_RECORD:
+            raise PcapError(f"{self.name}: corrupt pcapng Section Header Block length {length}", self._pos + 4)
+        self._fill(length)
+        if self._buf.size < length:
+            raise self._truncated("pcapng Section Header Block")
+        major = struct.unpack(order + "H", self._buf[12:14].tobytes())[0]
+        if major != 1:
+            raise PcapError(f"{self.name}: unsupported pcapng version {major}", self._pos + 12)
+        self.byteorder = order
+        self._section_base = len(self.interfaces)
+        return length
+
+    def _parse_idb(self, block: bytes, file_offset: int) -> None:
+        o = self.byteorder
+        if len(block) < 20:
+            raise PcapError(f"{self.name}: corrupt pcapng Interface Description Block", file_offset)
+        linktype, _, snaplen = struct.unpack(o + "HHI", block[8:16])
+        tsresol, tsoffset, name = 6, 0, ""
+        p, end = 16, len(block) - 4
+        while p + 4 <= end:
+            code, olen = struct.unpack(o + "HH", block[p: p + 4])
+            val = block[p + 4: p + 4 + olen]
+            if code == 0:
+                break
+            if p + 4 + olen > end:
+                raise PcapError(f"{self.name}: corrupt pcapng option (code {code}, length {olen})",
+                                file_offset + p)
+            if code == 9 and olen >= 1:       # if_tsresol
+                tsresol = val[0]
+            elif code == 14 and olen >= 8:    # if_tsoffset (seconds)
+                tsoffset = struct.unpack(o + "q", val[:8])[0]
+            elif code == 2:                   # if_name
+                name = val.decode("utf-8", "replace").rstrip("\0")
+            p += 4 + ((olen + 3) & ~3)
+        if (tsresol & 0x7F) > 63 or (not tsresol & 0x80 and (tsresol & 0x7F) > 18):
+            raise PcapError(f"{self.name}: unsupported if_tsresol {tsresol:#x}", file_offset)
+        self.interfaces.append(Interface(linktype, snaplen, tsresol, tsoffset, name))
+
+    def _chunks_pcapng(self) -> Iterator[Chunk]:
+        while True:
+            self._fill(self.chunk_size)
+            buf = self._buf
+            if buf.size == 0:
+                return
+            if buf.size < 12:
+                raise self._truncated("pcapng block header")
+            big = self.byteorder == ">"
+            btype = int(_gather_u32(buf, np.zeros(1, np.int64), big)[0])
+            if btype == _PCAPNG_SHB:
+                self._consume(self._parse_shb())
+                continue
+            if self._pos == 0:
+                raise PcapError(f"{self.name}: pcapng file does not start with a Section Header Block", 0)
+            swap = big != (sys.byteorder == "big")
+            offs, stop = _walk(buf, 0, 4, 0, 12, swap, True)
+            off = np.asarray(offs, dtype=np.int64)
+            types = _gather_u32(buf, off, big)
+            error: Optional[PcapError] = None
+            # A new section may change byte order: end this chunk at its SHB.
+            shb = np.nonzero(types == _PCAPNG_SHB)[0]
+            if shb.size:
+                k = int(shb[0])
+                stop = int(off[k])
+                off, types = off[:k], types[:k]
+            elif stop < buf.size:
+                # The walk stopped before the end: a block not yet read whole, or corruption.
+                blen = int(_gather_u32(buf, np.array([stop + 4], np.int64), big)[0]) if stop + 8 <= buf.size else -1
+                if blen != -1 and (blen < 12 or blen % 4 or blen > _MAX_RECORD):
+                    error = PcapError(f"{self.name}: corrupt pcapng block length {blen}", self._pos + stop + 4)
+                elif self._eof:
+                    error = PcapError(f"{self.name}: truncated pcapng block: the file ends "
+                                      f"{buf.size - stop} octets into it", self._pos + stop)
+            if off.size:
+                yield from self._pcapng_runs(buf, off, types, big)
+            if error is not None:
+                raise error
+            self._consume(stop)
+            if not off.size and not shb.size:
+                # Not one whole block in the buffer: read until the next block is complete.
+                self._fill(blen)
+
+    def _pcapng_runs(self, buf: np.ndarray, off: np.ndarray, types: np.ndarray, big: bool) -> Iterator[Chunk]:
+        """Turn the blocks at ``off`` into one chunk of packet records (other blocks handled in order)."""
+        o = "<>"[big]
+        is_pkt = (types == _PCAPNG_EPB) | (types == _PCAPNG_SPB) | (types == _PCAPNG_PB)
+        for i in np.nonzero(~is_pkt)[0].tolist():
+            if int(types[i]) == _PCAPNG_IDB:
+                p = int(off[i])
+                blen = struct.unpack(o + "I", buf[p + 4: p + 8].tobytes())[0]
+                self._parse_idb(buf[p: p + blen].tobytes(), self._pos + p)
+        # IDBs inside this run are parsed above, before any packet is interpreted: a packet
+        # can only name an interface whose IDB came earlier, which the check below enforces.
+        idb_before = np.cumsum(types == _PCAPNG_IDB) - (types == _PCAPNG_IDB)
+        po = off[is_pkt]
+        pt = types[is_pkt]
+        if po.size == 0:
+            return
+        n_before = len(self.interfaces) - int((types == _PCAPNG_IDB).sum())
+        blen = _gather_u32(buf, po + 4, big)
+        n = po.size
+        epb = pt != _PCAPNG_SPB
+        iface = np.zeros(n, np.int64)
+        caplen = np.zeros(n, np.int64)
+        origlen = np.zeros(n, np.int64)
+        ticks = np.zeros(n, np.int64)
+        foff = np.where(epb, po + 28, po + 12)
+        if epb.any():
+            e = np.nonzero(epb)[0]
+            pe = po[e]
+            ifid = _gather_u32(buf, pe + 8, big)
+            pb = pt[e] == _PCAPNG_PB
+            if pb.any():
+                ifid = np.where(pb, _gather_u16(buf, pe + 8, big), ifid)
+            iface[e] = ifid
+            ticks[e] = (_gather_u32(buf, pe + 12, big) << 32) | _gather_u32(buf, pe + 16, big)
+            caplen[e] = _gather_u32(buf, pe + 20, big)
+            origlen[e] = _gather_u32(buf, pe + 24, big)
+            short = (caplen[e] + 32 > blen[e]) | (blen[e] < 32)
+            if short.any():
+                k = int(e[np.argmax(short)])
+                raise PcapError(f"{self.name}: corrupt pcapng packet block: captured length "
+                                f"{int(caplen[k])} does not fit its block of {int(blen[k])} octets",
+                                self._pos + int(po[k]))
+        if (~epb).any():
+            s = np.nonzero(~epb)[0]
+            if n_before + int((types == _PCAPNG_IDB).sum()) == 0:
+                raise PcapError(f"{self.name}: Simple Packet Block without an interface", self._pos + int(po[s[0]]))
+            origlen[s] = _gather_u32(buf, po[s] + 8, big)
+            snap = self.interfaces[self._section_base].snaplen if len(self.interfaces) > self._section_base else 0
+            room = blen[s] - 16
+            c = np.minimum(origlen[s], room)
+            caplen[s] = np.minimum(c, snap) if snap else c
+            iface[s] = 0
+            ticks[s] = 0   # an SPB has no timestamp
+        # Interface ids are per section; make them global indexes into self.interfaces.
+        known = idb_before[is_pkt] + n_before - self._section_base
+        bad = iface >= known
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise PcapError(f"{self.name}: packet block names interface {int(iface[k])}, but the "
+                            f"section has {int(known[k])} interface(s) before it", self._pos + int(po[k]))
+        iface = iface + self._section_base
+        ifs = self.interfaces
+        linktype = np.array([i.linktype for i in ifs], np.int32)[iface]
+        ts = np.empty(n, np.int64)
+        for k in np.unique(iface).tolist():
+            m = iface == k
+            ts[m] = _tsresol_to_ns(ticks[m], ifs[k].tsresol) + ifs[k].tsoffset * 1_000_000_000
+        ipv4, link_len = _link_layer(buf, linktype, foff, caplen)
+        yield Chunk(buf, _make_batch(buf, foff, caplen, ipv4, link_len), ipv4, ts,
+                    iface.astype(np.int32), linktype, link_len, foff, caplen, origlen,
+                    po + self._pos, tuple(ifs))
+
+
+# ----------------------------------------------------------------------------------------------
+# Writer
+
+
+def _pad4(n: int) -> int:
+    return (4 - n % 4) % 4
+
+
+class PcapWriter:
+    """Write packet records as classic pcap or pcapng.
+
+    ``fmt`` is ``"pcap"`` or ``"pcapng"``. For classic pcap, ``linktype``, ``nanosecond`` and
+    ``byteorder`` (``"<"`` or ``">"``) choose the file header; for pcapng, ``interfaces``
+    lists the interfaces to declare up front (more are declared as records name them, see
+    :meth:`write_chunk`). Use :meth:`like` to write in a reader's format.
+    """
+
+    def __init__(self, dest: PathOrFile, *, fmt: str = "pcap", linktype: int = LINKTYPE_ETHERNET,
+                 nanosecond: bool = False, byteorder: str = "<", snaplen: int = 262144,
+                 interfaces: Iterable[Interface] = ()) -> None:
+        if fmt not in ("pcap", "pcapng"):
+            raise ValueError(f"fmt: 'pcap' or 'pcapng', got {fmt!r}")
+        if byteorder not in ("<", ">"):
+            raise ValueError(f"byteorder: '<' or '>', got {byteorder!r}")
+        if isinstance(dest, (str, os.PathLike)):
+            self._file: BinaryIO = open(dest, "wb")
+            self._owns = True
+        else:
+            self._file = dest
+            self._owns = False
+        self.fmt = fmt
+        self.byteorder = byteorder if fmt == "pcap" else "<"
+        self.nanosecond = nanosecond
+        self.linktype = linktype
+        self._declared: list[Interface] = []
+        self.frames_written = 0
+        if fmt == "pcap":
+            magic = _PCAP_MAGIC_NS if nanosecond else _PCAP_MAGIC_US
+            self._file.write(struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
+        else:
+            # SHB: byte-order magic, version 1.0, section length unknown (-1).
+            self._file.write(struct.pack("<IIIHHqI", _PCAPNG_SHB, 28, _PCAPNG_BOM, 1, 0, -1, 28))
+            for itf in interfaces:
+                self._declare(itf)
+
+    @classmethod
+    def like(cls, reader: PcapReader, dest: PathOrFile) -> "PcapWriter":
+        """A writer producing the same format as ``reader`` (pcap: same link type, timestamp
+        resolution and byte order; pcapng: the reader's interfaces, declared as they appear)."""
+        if reader.format == "pcap":
+            itf = reader.interfaces[0]
+            return cls(dest, fmt="pcap", linktype=itf.linktype, nanosecond=reader.nanosecond,
+                       byteorder=reader.byteorder, snaplen=max(reader.snaplen, 65535))
+        return cls(dest, fmt="pcapng", interfaces=reader.interfaces)
+
+    def __enter__(self) -> "PcapWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush, and close the file if this writer opened it."""
+        if self._file.closed:
+            return
+        self._file.flush()
+        if self._owns:
+            self._file.close()
+
+    def _declare(self, itf: Interface) -> None:
+        # Nanosecond resolution for every interface: the reader hands out nanoseconds.
+        opts = struct.pack("<HHB3x", 9, 1, 9)
+        name = itf.name.encode()
+        if name:
+            opts += struct.pack("<HH", 2, len(name)) + name + b"\0" * _pad4(len(name))
+        opts += struct.pack("<HH", 0, 0)
+        blen = 20 + len(opts)
+        self._file.write(struct.pack("<IIHHI", _PCAPNG_IDB, blen, itf.linktype & 0xFFFF, 0, itf.snaplen)
+                         + opts + struct.pack("<I", blen))
+        self._declared.append(itf)
+
+    def _record_headers(self, ts_ns: np.ndarray, caplen: np.ndarray, origlen: np.ndarray,
+                        iface: np.ndarray) -> np.ndarray:
+        """Per-record headers as an (n, h) uint8 array (pcap: 16 octets; pcapng EPB: 28)."""
+        n = ts_ns.size
+        if self.fmt == "pcap":
+            dt = np.dtype([("sec", "u4"), ("frac", "u4"), ("cap", "u4"), ("orig", "u4")]).newbyteorder(self.byteorder)
+            h = np.empty(n, dt)
+            sec, rem = np.divmod(ts_ns, 1_000_000_000)
+            h["sec"] = sec
+            h["frac"] = rem if self.nanosecond else rem // 1000
+            h["cap"] = caplen
+            h["orig"] = origlen
+            return h.view(np.uint8).reshape(n, 16)
+        dt = np.dtype([("type", "<u4"), ("blen", "<u4"), ("if", "<u4"), ("hi", "<u4"), ("lo", "<u4"),
+                       ("cap", "<u4"), ("orig", "<u4")])
+        h = np.empty(n, dt)
+        h["type"] = _PCAPNG_EPB
+        h["blen"] = 32 + caplen + (-caplen % 4)
+        h["if"] = iface
+        t = ts_ns.astype(np.uint64)
+        h["hi"] = t >> np.uint64(32)
+        h["lo"] = t & np.uint64(0xFFFFFFFF)
+        h["cap"] = caplen
+        h["orig"] = origlen
+        return h.view(np.uint8).reshape(n, 28)
+
+    def write_chunk(self, chunk: Chunk, datagrams: Optional[PacketBatch] = None,
+                    replace: Optional[np.ndarray] = None, keep: Optional[np.ndarray] = None) -> int:
+        """Write ``chunk``'s frames, in order; returns how many were written.
+
+        Frame ``i`` is written as read unless ``replace[i]``: then its link header (the
+        ``link_len[i]`` octets before the IPv4 header) is followed by ``datagrams[i]``. Only
+        IPv4 frames can be replaced. Frames with ``keep[i]`` False are left out.
+        """
+        n = len(chunk)
+        if replace is None:
+            replace = np.zeros(n, bool)
+        replace = np.asarray(replace, bool)
+        if replace.shape != (n,):
+            raise ValueError(f"replace: expected {n} flags, got shape {replace.shape}")
+        if replace.any():
+            if datagrams is None or len(datagrams) != n:
+                raise ValueError("datagrams: one entry per frame is needed when replacing frames")
+            if (replace & ~chunk.ipv4).any():
+                raise ValueError("replace: only IPv4 frames can be replaced")
+        keepm = np.ones(n, bool) if keep is None else np.asarray(keep, bool)
+        if keepm.shape != (n,):
+            raise ValueError(f"keep: expected {n} flags, got shape {keepm.shape}")
+        if self.fmt == "pcapng":
+            top = int(chunk.iface.max()) + 1 if n else 0
+            while len(self._declared) < top:
+                self._declare(chunk.interfaces[len(self._declared)])
+        elif n and (chunk.linktype != self.linktype).any():
+            raise ValueError("a classic pcap file has one link type; this chunk has frames of another")
+        idx = np.nonzero(keepm)[0]
+        if idx.size == 0:
+            return 0
+        rep = replace[idx]
+        link = chunk.link_len[idx]
+        if datagrams is not None and rep.any():
+            dlen = np.where(rep, datagrams.lengths[idx] if len(datagrams) == n else 0, 0)
+        else:
+            dlen = np.zeros(idx.size, np.int64)
+        caplen = np.where(rep, link + dlen, chunk.caplen[idx])
+        origlen = np.where(rep, caplen, chunk.origlen[idx])
+        hdrs = self._record_headers(chunk.ts_ns[idx], caplen, origlen, chunk.iface[idx])
+        buf = chunk.buffer
+        fo = chunk.frame_offsets[idx]
+        ng = self.fmt == "pcapng"
+        pads = (-caplen % 4) if ng else None
+        zeros = b"\0\0\0"
+        pieces: list = []
+        add = pieces.append
+        rep_l = rep.tolist()
+        fo_l = fo.tolist()
+        cap_l = chunk.caplen[idx].tolist()
+        link_l = link.tolist()
+        if datagrams is not None:
+            doff_l = datagrams.offsets[idx].tolist()
+            dlen_l = dlen.tolist()
+            ddata = datagrams.data
+        for k in range(idx.size):
+            add(hdrs[k])
+            o = fo_l[k]
+            if rep_l[k]:
+                add(buf[o: o + link_l[k]])
+                d = doff_l[k]
+                add(ddata[d: d + dlen_l[k]])
+            else:
+                add(buf[o: o + cap_l[k]])
+            if ng:
+                p = int(pads[k])
+                if p:
+                    add(zeros[:p])
+                add(hdrs[k][4:8])       # the trailing Block Total Length repeats the leading one
+        self._file.write(b"".join(pieces))
+        self.frames_written += idx.size
+        return int(idx.size)
+
+    def write_frames(self, frames: Iterable[bytes], ts_ns: Optional[Iterable[int]] = None,
+                     iface: int = 0) -> int:
+        """Write whole link-layer frames (no parsing); timestamps default to 0."""
+        frames = [bytes(f) for f in frames]
+        if self.fmt == "pcapng":
+            if not self._declared:
+                self._declare(Interface(self.linktype))
+        n = len(frames)
+        ts = np.zeros(n, np.int64) if ts_ns is None else np.asarray(list(ts_ns), np.int64)
+        caplen = np.array([len(f) for f in frames], np.int64)
+        hdrs = self._record_headers(ts, caplen, caplen, np.full(n, iface, np.int64))
+        out = io.BytesIO()
+        for k, f in enumerate(frames):
+            out.write(hdrs[k].tobytes())
+            out.write(f)
+            if self.fmt == "pcapng":
+                out.write(b"\0" * _pad4(len(f)))
+                out.write(hdrs[k][4:8].tobytes())
+        self._file.write(out.getvalue())
+        self.frames_written += n
+        return n
+
+
+# ----------------------------------------------------------------------------------------------
+# Conveniences
+
+
+_ETH_HEADER = bytes.fromhex("020000000002" "020000000001" "0800")
+
+
+def write_datagrams(dest: PathOrFile, datagrams: Iterable[bytes], *, ts_ns: Optional[Iterable[int]] = None,
+                    fmt: str = "pcap", linktype: int = LINKTYPE_ETHERNET, nanosecond: bool = True) -> int:
+    """Write IPv4 datagrams as a capture: each in an Ethernet frame (locally administered
+    MAC addresses) for ``LINKTYPE_ETHERNET``, or bare for ``LINKTYPE_IPV4``/``LINKTYPE_RAW``."""
+    if linktype == LINKTYPE_ETHERNET:
+        frames = [_ETH_HEADER + bytes(d) for d in datagrams]
+    elif linktype in (LINKTYPE_IPV4, LINKTYPE_RAW):
+        frames = [bytes(d) for d in datagrams]
+    else:
+        raise ValueError(f"linktype: write_datagrams supports 1, 101 and 228, got {linktype}")
+    with PcapWriter(dest, fmt=fmt, linktype=linktype, nanosecond=nanosecond) as w:
+        return w.write_frames(frames, ts_ns)
+
+
+def read_frames(source: PathOrFile) -> list[tuple[int, int, bytes, Optional[bytes]]]:
+    """Every record of a capture as ``(ts_ns, interface, frame, ipv4_datagram_or_None)``.
+
+    Reads the whole file: for tests and small captures. Use :class:`PcapReader` for big ones.
+    """
+    out = []
+    with PcapReader(source) as r:
+        for c in r:
+            for i in range(len(c)):
+                out.append((int(c.ts_ns[i]), int(c.iface[i]), c.frame(i),
+                            c.batch[i] if c.ipv4[i] else None))
+    return out
