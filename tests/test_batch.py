@@ -1,0 +1,304 @@
+"""PacketBatch validation and result-buffer behaviour (DESIGN "Packet batches", "Data path").
+
+A batch is validated once, when it is built, so that the kernels can trust
+bounds and dtypes: every malformed batch must be refused there with a
+``ValueError`` that names the field at fault, and nothing may reach a kernel.
+The data-path tests run on both backends through the ``nic`` fixture.
+"""
+
+from __future__ import annotations
+
+import array
+import struct
+
+import numpy as np
+import pytest
+
+import natt
+from natt import PacketBatch, Status
+
+I64 = np.int64
+
+
+def _arr(*values: int) -> np.ndarray:
+    return np.array(values, dtype=I64)
+
+
+# --------------------------------------------------------------------------- packets
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s > 0xFFFF:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def inner_udp(payload: bytes = b"hello, natt", src: int = 0x0A010002, dst: int = 0x0A020007) -> bytes:
+    """A well-formed inner IPv4/UDP datagram (UDP checksum 0: not under test here)."""
+    udp = struct.pack("!HHHH", 1234, 5678, 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(udp), 7, 0, 64, 17, 0, src, dst)
+    hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
+    return hdr + udp
+
+
+SUITE = "aes128gcm16"
+KEY = bytes(range(0x40, 0x40 + 20))      # 16-octet AES key + 4-octet salt
+
+
+def sa_pair(nic: natt.Offload, *, replay_window: int = 64) -> tuple[int, int]:
+    """An outbound SA and the inbound SA that accepts what it produces (same SPI and key)."""
+    kw = dict(mode="tunnel", src="198.51.100.2", dst="203.0.113.5")
+    out = nic.add_sa(0x1001, KEY, SUITE, "out", **kw)
+    inb = nic.add_sa(0x1001, KEY, SUITE, "in", replay_window=replay_window, **kw)
+    return out, inb
+
+
+# --------------------------------------------------------------------------- construction
+
+def test_valid_batch_indexing_and_repr():
+    data = np.frombuffer(b"aaaabbbbbbcc", dtype=np.uint8)
+    b = PacketBatch(data, _arr(0, 4, 10), _arr(4, 6, 2))
+    assert len(b) == 3
+    assert [b[0], b[1], b[2]] == [b"aaaa", b"bbbbbb", b"cc"]
+    assert b[-1] == b"cc"
+    assert list(b) == [b"aaaa", b"bbbbbb", b"cc"]
+    assert repr(b) == "PacketBatch(3 packets, 12 octets)"
+
+
+def test_bytes_like_data_is_accepted():
+    b = PacketBatch(b"abcdef", _arr(0, 3), _arr(3, 3))
+    assert list(b) == [b"abc", b"def"]
+    b = PacketBatch(bytearray(b"abcdef"), _arr(1), _arr(2))
+    assert b[0] == b"bc"
+
+
+def test_segments_in_any_order_and_adjacent_are_accepted():
+    data = np.arange(10, dtype=np.uint8)
+    b = PacketBatch(data, _arr(6, 0, 3), _arr(4, 3, 3))   # [6,10) [0,3) [3,6): touching, not overlapping
+    assert b[0] == bytes(range(6, 10)) and b[1] == bytes(range(3)) and b[2] == bytes(range(3, 6))
+
+
+def test_zero_length_segments_never_overlap():
+    data = np.arange(8, dtype=np.uint8)
+    # Empty segments inside another segment, at offset 0 and at the very end of the buffer.
+    b = PacketBatch(data, _arr(0, 2, 0, 8, 8), _arr(8, 0, 0, 0, 0))
+    assert [len(p) for p in b] == [8, 0, 0, 0, 0]
+
+
+def _bad_cases():
+    d = np.zeros(16, np.uint8)
+    o, n = _arr(0, 8), _arr(8, 8)
+    big = np.zeros((2, 8), np.uint8)
+    yield "data dtype int8", (d.astype(np.int8), o, n), r"^data: dtype"
+    yield "data dtype uint16", (np.zeros(8, np.uint16), o, n), r"^data: dtype"
+    yield "data 2-D", (big, o, n), r"^data: .*one-dimensional"
+    yield "data not contiguous", (np.zeros(32, np.uint8)[::2], o, n), r"^data: .*C-contiguous"
+    yield "data a list", (list(range(16)), o, n), r"^data: expected"
+    yield "offsets dtype int32", (d, o.astype(np.int32), n), r"^offsets: dtype"
+    yield "offsets dtype uint64", (d, o.astype(np.uint64), n), r"^offsets: dtype"
+    yield "offsets dtype float", (d, o.astype(np.float64), n), r"^offsets: dtype"
+    yield "offsets big-endian", (d, o.astype(">i8"), n), r"^offsets: dtype"
+    yield "offsets a list", (d, [0, 8], n), r"^offsets: expected"
+    yield "offsets 2-D", (d, o.reshape(2, 1), n), r"^offsets: .*one-dimensional"
+    yield "offsets not contiguous", (d, _arr(0, 99, 8, 99)[::2], n), r"^offsets: .*C-contiguous"
+    yield "lengths dtype int32", (d, o, n.astype(np.int32)), r"^lengths: dtype"
+    yield "lengths 2-D", (d, o, n.reshape(1, 2)), r"^lengths: .*one-dimensional"
+    yield "lengths not contiguous", (d, o, _arr(8, 99, 8, 99)[::2]), r"^lengths: .*C-contiguous"
+    yield "size mismatch", (d, o, _arr(8)), r"^offsets/lengths: sizes differ"
+    yield "negative offset", (d, _arr(0, -1), n), r"^offsets: negative offset at index 1"
+    yield "negative length", (d, o, _arr(8, -3)), r"^lengths: negative length at index 1"
+    yield "length 2**31", (d, o, _arr(8, 2**31)), r"^lengths: segment 1 is 2\*\*31"
+    yield "length int64 max", (d, o, _arr(8, 2**63 - 1)), r"^lengths: segment 1"
+    yield "segment past the end", (d, o, _arr(8, 9)), r"^offsets/lengths: segment 1 ends at 17"
+    yield "offset past the end, empty", (d, _arr(0, 17), _arr(8, 0)), r"^offsets: segment 1 starts at 17"
+    # An offset near 2**63 must not wrap offsets + lengths round to a negative end.
+    yield "offset wraps int64", (d, _arr(0, 2**63 - 1), _arr(8, 1)), r"^offsets: segment 1"
+    yield "offset wraps int64 (2)", (d, _arr(0, 2**63 - 5), _arr(8, 10)), r"^offsets: segment 1"
+    yield "overlap", (d, _arr(0, 7), _arr(8, 8)), r"^offsets: segments 0 and 1 overlap"
+    yield "overlap unsorted", (d, _arr(8, 0, 4), _arr(8, 4, 5)), r"^offsets: segments \d and \d overlap"
+    yield "same segment twice", (d, _arr(4, 4), _arr(2, 2)), r"^offsets: segments 0 and 1 overlap"
+
+
+@pytest.mark.parametrize("args,match", [pytest.param(a, m, id=i) for i, a, m in _bad_cases()])
+def test_invalid_batch_raises_value_error_naming_the_field(args, match):
+    with pytest.raises(ValueError, match=match):
+        PacketBatch(*args)
+
+
+def test_empty_batch():
+    b = PacketBatch(np.zeros(0, np.uint8), _arr(), _arr())
+    assert len(b) == 0 and list(b) == [] and repr(b) == "PacketBatch(0 packets, 0 octets)"
+    assert len(PacketBatch.from_packets([])) == 0
+    # An empty batch ignores the contents of data entirely.
+    assert len(PacketBatch(np.zeros(5, np.uint8), _arr(), _arr())) == 0
+
+
+# --------------------------------------------------------------------------- from_packets
+
+def test_from_packets_mixed_bytes_like_inputs():
+    backing = np.arange(40, dtype=np.uint8)
+    packets = [
+        b"\x01\x02\x03",
+        bytearray(b"\x04\x05"),
+        memoryview(b"xxabcxx")[2:5],
+        np.array([9, 8, 7], dtype=np.uint8),
+        backing[::3],                                   # non-contiguous ndarray: copied, not viewed
+        array.array("B", [250, 251]),
+        memoryview(array.array("H", [0x0102, 0x0304])),  # multi-octet items: taken as raw octets
+        b"",
+    ]
+    b = PacketBatch.from_packets(iter(packets))          # any iterable, consumed once
+    expected = [bytes(memoryview(p).cast("B")) if not isinstance(p, np.ndarray) else p.tobytes()
+                for p in packets]
+    assert list(b) == expected
+    assert b.data.dtype == np.uint8 and b.offsets.dtype == I64 and b.lengths.dtype == I64
+    assert b.lengths.tolist() == [len(e) for e in expected]
+    # The batch owns a copy: changing the sources afterwards changes nothing.
+    packets[1][0] = 0xEE
+    backing[:] = 0
+    assert b[1] == b"\x04\x05" and b[4] == bytes(range(0, 40, 3))
+
+
+def test_from_packets_refuses_non_bytes():
+    with pytest.raises(TypeError):
+        PacketBatch.from_packets([b"ok", "text is not a packet"])
+    with pytest.raises(TypeError):
+        PacketBatch.from_packets([b"ok", 17])
+
+
+# --------------------------------------------------------------------------- through the data path
+
+def test_invalid_arguments_raise_before_any_kernel_runs(nic, monkeypatch):
+    out_h, _ = sa_pair(nic)
+    calls = []
+    monkeypatch.setattr(nic._backend, "decap", lambda *a: calls.append("decap"))
+    monkeypatch.setattr(nic._backend, "encap", lambda *a: calls.append("encap"))
+    pkts = [inner_udp()]
+    with pytest.raises(ValueError, match="^threads"):
+        nic.decap(pkts, threads=0)
+    with pytest.raises(ValueError, match="^threads"):
+        nic.encap(pkts, out_h, threads=True)
+    with pytest.raises(TypeError, match="^out"):
+        nic.decap(pkts, out=natt.EncapResult())
+    with pytest.raises(TypeError, match="^out"):
+        nic.encap(pkts, out_h, out=natt.DecapResult())
+    with pytest.raises(ValueError, match="^packets"):
+        nic.decap(b"one packet, not an iterable of packets")
+    with pytest.raises(TypeError):
+        nic.decap([inner_udp(), 42])
+    with pytest.raises(natt.OffloadError):
+        nic.encap(pkts, 987654)
+    assert calls == []
+
+
+def test_empty_batch_through_decap_and_encap(nic):
+    out_h, _ = sa_pair(nic)
+    for packets in ([], PacketBatch(np.zeros(0, np.uint8), _arr(), _arr())):
+        res = nic.decap(packets)
+        assert len(res) == 0 and res.counts() == {} and list(res) == []
+        assert res.status.dtype == np.uint8 and res.sa.dtype == I64
+        assert res.seq.dtype == np.uint64 and res.next_header.dtype == np.uint8
+        enc = nic.encap(packets, out_h)
+        assert len(enc) == 0 and enc.counts() == {}
+    assert nic.sa_stats(out_h)["replay_oseq"] == 0
+
+
+def test_zero_length_segments_and_segment_at_end_of_buffer(nic):
+    out_h, in_h = sa_pair(nic)
+    enc = nic.encap([inner_udp(b"a"), inner_udp(b"bb")], out_h)
+    assert enc.counts() == {Status.OK: 2}
+    p0, p1 = enc[0], enc[1]
+    # Layout: empty at 0, p0, empty between, p1 flush with the end, empty at data.size.
+    data = np.frombuffer(p0 + p1, dtype=np.uint8)
+    n = data.size
+    b = PacketBatch(data, _arr(0, 0, len(p0), len(p0), n), _arr(0, len(p0), 0, len(p1), 0))
+    res = nic.decap(b)
+    assert res.status.tolist() == [Status.NOT_ESP, Status.OK, Status.NOT_ESP, Status.OK, Status.NOT_ESP]
+    assert [res[i] for i in (0, 2, 4)] == [b"", b"", b""]
+    assert res[1] == inner_udp(b"a") and res[3] == inner_udp(b"bb")
+    assert res.sa.tolist() == [0, in_h, 0, in_h, 0]
+    assert res.seq.tolist() == [0, 1, 0, 2, 0]
+
+
+def test_encap_of_zero_length_segment_is_malformed(nic):
+    out_h, _ = sa_pair(nic)
+    enc = nic.encap([b"", inner_udp(), b""], out_h)
+    assert enc.status.tolist() == [Status.MALFORMED, Status.OK, Status.MALFORMED]
+    assert enc[0] == b"" and enc[2] == b""
+    assert enc.seq[1] == 1                   # the rejected packets consumed no sequence number
+    assert nic.sa_stats(out_h)["replay_oseq"] == 1
+
+
+def test_batch_mutated_after_validation_gives_error_not_a_crash(nic):
+    """The caller keeps write access to the arrays; the kernels re-check each segment."""
+    out_h, _ = sa_pair(nic)
+    enc = nic.encap([inner_udp(), inner_udp()], out_h)
+    b = PacketBatch.from_packets([enc[0], enc[1]])
+    b.lengths[0] = b.data.size + 1000           # now runs past the buffer
+    res = nic.decap(b)
+    assert res.status[0] == Status.ERROR and res[0] == b""
+    assert res.status[1] == Status.OK
+
+
+def _decoded(res) -> list:
+    return [(int(res.status[i]), int(res.sa[i]), int(res.seq[i]), int(res.next_header[i]), res[i])
+            for i in range(len(res))]
+
+
+def test_out_reuse_grows_and_shrinks(nic):
+    out_h, _ = sa_pair(nic, replay_window=0)    # no anti-replay: the same packets decap again
+    inner = [inner_udp(bytes([i]) * (i * 37 % 300)) for i in range(40)]
+    enc = nic.encap(inner, out_h)
+    assert enc.counts() == {Status.OK: 40}
+    ciphertexts = list(enc)
+    big, small = ciphertexts, ciphertexts[:3]
+
+    res = nic.decap(big)
+    first = _decoded(res)
+    assert [r[4] for r in first] == inner
+    buffer = res.data.base if res.data.base is not None else res.data
+
+    again = nic.decap(small, out=res)
+    assert again is res and len(res) == 3
+    assert _decoded(res) == first[:3]
+    # Shrinking reuses the same memory.
+    assert np.shares_memory(res.data, buffer) and res.data.size <= buffer.size
+
+    huge = big * 3
+    again = nic.decap(huge, out=res)
+    assert again is res and len(res) == 120
+    assert _decoded(res) == first * 3
+    assert res.counts() == {Status.OK: 120}
+
+    # Encap results reuse the same way.
+    eres = nic.encap(inner[:2], out_h)
+    eres2 = nic.encap(inner, out_h, out=eres)
+    assert eres2 is eres and len(eres) == 40 and eres.counts() == {Status.OK: 40}
+    assert nic.decap(list(eres)).counts() == {Status.OK: 40}
+    nic.encap(inner[:1], out_h, out=eres)
+    assert len(eres) == 1 and nic.decap([eres[0]]).status.tolist() == [Status.OK]
+
+
+def test_counts_and_indexing(nic):
+    out_h, in_h = sa_pair(nic)
+    enc = nic.encap([inner_udp(b"x"), inner_udp(b"y")], out_h)
+    keepalive = bytes.fromhex("450000 1d 0000 0000 4011 0000 c0000201 cb007105") + struct.pack("!HHHH", 4500, 4500, 9, 0) + b"\xff"
+    keepalive = keepalive[:10] + struct.pack("!H", _checksum(keepalive[:20])) + keepalive[12:]
+    packets = [enc[0], b"\x60" + bytes(39), keepalive, enc[0], enc[1], b"junk"]
+    res = nic.decap(packets)
+    assert res.counts() == {Status.OK: 2, Status.NOT_ESP: 2, Status.KEEPALIVE: 1, Status.REPLAY: 1}
+    assert all(isinstance(k, Status) for k in res.counts())
+    assert sum(res.counts().values()) == len(res) == 6
+    assert res[0] == inner_udp(b"x") and res[4] == inner_udp(b"y")
+    assert res[-1] == b"junk" and res[1] == packets[1] and res[2] == keepalive
+    assert res[3] == enc[0]                              # REPLAY: input unchanged
+    assert list(res) == [res[i] for i in range(6)]
+    assert res.sa.tolist() == [in_h, 0, 0, in_h, in_h, 0]
+    with pytest.raises(IndexError):
+        res[6]
+    # The output batch is a valid PacketBatch over the result's buffer.
+    ob = res.batch()
+    assert list(ob) == list(res)
+    assert "OK=2" in repr(res) and "REPLAY=1" in repr(res)
