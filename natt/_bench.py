@@ -1,0 +1,893 @@
+"""``natt bench`` / ``python -m benchmarks.compare``: natt's data path against the crypto under it.
+
+Everything runs in one process on the same packets, so the figures are
+ratios, not absolute claims (the machines this runs on are shared and
+noisy). For AES-128-GCM in tunnel mode with one SA it times
+
+* natt decap on the fast backend, ``threads=None`` and ``threads=2``;
+* a plain Python loop over ``cryptography``'s ``AESGCM`` doing the same
+  decrypts;
+* a bare C loop doing only the EVP calls (keyed once; per packet: set IV,
+  AAD, decrypt, set tag, final), compiled here at run time with ``cc``
+  against the libcrypto natt links, loaded with ctypes and run on the very
+  same numpy buffers;
+* scapy's ``SecurityAssociation.decrypt`` on a subset (it is slow);
+
+and then AES-CBC + HMAC-SHA1-96 against a C loop making the same cipher and
+HMAC calls, encap against decap, 100 000 SAs with random SPIs against one
+SA, and the fixed cost of one decap call on a batch of one packet.
+
+Every natt run is checked: each timed decap must report ``Status.OK`` for
+every packet and every baseline must verify every tag, or the run aborts,
+so no figure ever comes from a fast failure path. Anti-replay stays on
+(window 64, natt's default); because a second pass over the same packets
+would be all replays, the inbound SAs are installed afresh (untimed) before
+each timed repetition.
+
+Variants that are compared with each other are timed interleaved (one
+repetition of each in turn), so a noisy neighbour slows all of them alike;
+each figure is the median of the repetitions, with min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from ._batch import DecapResult, EncapResult, PacketBatch
+from ._constants import Status
+from ._offload import Offload, backends
+from ._suites import Cipher, Mac, Suite, parse_suite
+from ._version import __version__
+
+__all__ = ["main", "Timing", "Workload", "build_workload", "inner_packets", "EvpLoop"]
+
+TUNNEL_SRC = "198.51.100.2"   # RFC 5737 documentation addresses
+TUNNEL_DST = "203.0.113.5"
+NATT_PORT = 4500              # RFC 3948 §2.1
+REPLAY_WINDOW = 64            # natt's default (Offload.add_sa)
+
+# OpenSSL names of the transforms the C loop can run (RFC 4106, RFC 7634, RFC 3602, RFC 2451).
+_EVP_CIPHER = {
+    (Cipher.AES_GCM, 16): "AES-128-GCM", (Cipher.AES_GCM, 24): "AES-192-GCM", (Cipher.AES_GCM, 32): "AES-256-GCM",
+    (Cipher.CHACHA20_POLY1305, 32): "ChaCha20-Poly1305",
+    (Cipher.AES_CBC, 16): "AES-128-CBC", (Cipher.AES_CBC, 24): "AES-192-CBC", (Cipher.AES_CBC, 32): "AES-256-CBC",
+    (Cipher.TRIPLE_DES_CBC, 24): "DES-EDE3-CBC",
+}
+_EVP_DIGEST = {Mac.HMAC_MD5_96: "MD5", Mac.HMAC_SHA1_96: "SHA1", Mac.HMAC_SHA256_128: "SHA256",
+               Mac.HMAC_SHA384_192: "SHA384", Mac.HMAC_SHA512_256: "SHA512"}
+
+
+# ---------------------------------------------------------------------------------------------- packets
+
+def inner_packets(n: int, size: int, rng: np.random.Generator) -> PacketBatch:
+    """``n`` IPv4/UDP datagrams of exactly ``size`` octets (random payload, valid header checksum)."""
+    if size < 28:
+        raise ValueError(f"size: an IPv4/UDP datagram needs at least 28 octets, got {size}")
+    rows = rng.integers(0, 256, size=(n, size), dtype=np.uint8)
+    hdr = np.array([0x45, 0, size >> 8, size & 0xFF, 0, 0, 0x40, 0, 64, 17, 0, 0,
+                    10, 0, 0, 1, 10, 0, 0, 2], dtype=np.uint8)
+    rows[:, :20] = hdr
+    ident = np.arange(n, dtype=np.uint32) & 0xFFFF
+    rows[:, 4] = ident >> 8
+    rows[:, 5] = ident & 0xFF
+    words = rows[:, :20].reshape(n, 10, 2).astype(np.uint32)
+    s = (words[:, :, 0] << 8 | words[:, :, 1]).sum(axis=1)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    csum = ~s & 0xFFFF
+    rows[:, 10] = csum >> 8
+    rows[:, 11] = csum & 0xFF
+    # UDP: ports 5000 -> 5001, length, checksum 0 (allowed for IPv4 UDP, RFC 768).
+    rows[:, 20:28] = np.array([0x13, 0x88, 0x13, 0x89, (size - 20) >> 8, (size - 20) & 0xFF, 0, 0], np.uint8)
+    data = rows.reshape(-1)
+    offsets = np.arange(n, dtype=np.int64) * size
+    return PacketBatch(data, offsets, np.full(n, size, dtype=np.int64))
+
+
+def _compact(res: Any) -> PacketBatch:
+    """A result's output packets copied into a fresh, gap-free batch (the result buffer gets reused)."""
+    lengths = np.ascontiguousarray(res.lengths, dtype=np.int64).copy()
+    offsets = np.zeros(lengths.size, dtype=np.int64)
+    if lengths.size > 1:
+        np.cumsum(lengths[:-1], out=offsets[1:])
+    data = np.empty(int(lengths.sum()), dtype=np.uint8)
+    # One slice copy per packet, outside every timed region.
+    for i, (src, n) in enumerate(zip(res.offsets.tolist(), lengths.tolist())):
+        data[offsets[i]: offsets[i] + n] = res.data[src: src + n]
+    return PacketBatch(data, offsets, lengths)
+
+
+@dataclasses.dataclass(eq=False)
+class Workload:
+    """Received ESP-in-UDP packets (tunnel mode) for ``n_sas`` inbound SAs with random SPIs.
+
+    ``esp`` is what decap eats; ``inner`` the datagrams they carry (encap's
+    input); ``sa_index[i]`` the SA of packet ``i``. Keys are random and stay
+    out of ``repr``.
+    """
+
+    suite: str
+    size: int
+    inner: PacketBatch
+    esp: PacketBatch
+    spis: np.ndarray
+    sa_index: np.ndarray
+    keys: list[bytes] = dataclasses.field(repr=False)
+
+    @property
+    def n_sas(self) -> int:
+        return len(self.keys)
+
+    def receiver(self, backend: str, replay_window: int = REPLAY_WINDOW) -> Offload:
+        """A fresh ``Offload`` holding the inbound SAs (replay state starts empty)."""
+        nic = Offload(backend=backend, max_sas=max(self.n_sas, 1))
+        for spi, key in zip(self.spis.tolist(), self.keys):
+            nic.add_sa(spi=spi, key=key, suite=self.suite, direction="in", mode="tunnel",
+                       src=TUNNEL_SRC, dst=TUNNEL_DST, port=NATT_PORT, replay_window=replay_window)
+        return nic
+
+    def sender(self, backend: str, sa: int = 0) -> tuple[Offload, int]:
+        """A fresh ``Offload`` with SA ``sa``'s outbound twin, and its handle."""
+        nic = Offload(backend=backend)
+        h = nic.add_sa(spi=int(self.spis[sa]), key=self.keys[sa], suite=self.suite, direction="out",
+                       mode="tunnel", src=TUNNEL_SRC, dst=TUNNEL_DST, sport=NATT_PORT, dport=NATT_PORT)
+        return nic, h
+
+
+def _random_spis(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` distinct random SPIs in 256 .. 2**32-1 (RFC 4303 §2.1 reserves 1..255)."""
+    spis = np.zeros(0, dtype=np.int64)
+    while spis.size < n:
+        cand = rng.integers(256, 2**32, size=2 * n, dtype=np.int64)
+        merged = np.concatenate([spis, cand])
+        _, first = np.unique(merged, return_index=True)
+        spis = merged[np.sort(first)]
+    return spis[:n]
+
+
+def build_workload(backend: str, suite: str, size: int, n_packets: int, n_sas: int = 1,
+                   seed: int = 0x4E415454) -> Workload:
+    """Build ``n_packets`` tunnel-mode packets of ``size``-octet inner datagrams with natt's own encap.
+
+    With several SAs each packet picks one at random, so consecutive
+    packets hit unrelated SPIs (the cache-unfriendly case of a busy gateway).
+    """
+    rng = np.random.default_rng(seed)
+    s, _ = parse_suite(suite)
+    inner = inner_packets(n_packets, size, rng)
+    spis = _random_spis(n_sas, rng)
+    keys = [rng.bytes(s.key_len) for _ in range(n_sas)]
+    sa_index = (np.zeros(n_packets, dtype=np.int64) if n_sas == 1
+                else rng.integers(0, n_sas, size=n_packets, dtype=np.int64))
+    wl = Workload(suite, size, inner, inner, spis, sa_index, keys)
+    if n_sas == 1:
+        tx, h = wl.sender(backend)
+        res = tx.encap(inner, h)
+        _require_ok(res, f"encap {suite} {size}")
+        wl.esp = _compact(res)
+        tx.close()
+        return wl
+    # One encap call per SA over that SA's packets, then back into packet order.
+    out: list[Optional[bytes]] = [None] * n_packets
+    order = np.argsort(sa_index, kind="stable")
+    bounds = np.searchsorted(sa_index[order], np.arange(n_sas + 1))
+    tx = Offload(backend=backend, max_sas=n_sas)
+    for j in range(n_sas):
+        idx = order[bounds[j]: bounds[j + 1]]
+        if not idx.size:
+            continue
+        h = tx.add_sa(spi=int(spis[j]), key=keys[j], suite=suite, direction="out", mode="tunnel",
+                      src=TUNNEL_SRC, dst=TUNNEL_DST, sport=NATT_PORT, dport=NATT_PORT)
+        res = tx.encap(PacketBatch(inner.data, inner.offsets[idx], inner.lengths[idx]), h)
+        _require_ok(res, f"encap {suite} {size} SA {j}")
+        for k, i in enumerate(idx.tolist()):
+            out[i] = res[k]
+    tx.close()
+    wl.esp = PacketBatch.from_packets(out)  # type: ignore[arg-type]
+    return wl
+
+
+def _require_ok(res: Any, what: str) -> None:
+    bad = np.flatnonzero(res.status != Status.OK)
+    if bad.size:
+        raise RuntimeError(f"{what}: {bad.size} of {len(res)} packets not OK "
+                           f"(first: packet {int(bad[0])}, {Status(int(res.status[bad[0]])).name})")
+
+
+# ---------------------------------------------------------------------------------------------- the C loop
+
+_EVP_LOOP_C = r"""
+/* Bare EVP loops over UDP-encapsulated ESP packets (RFC 3948): only the libcrypto calls
+ * a data path cannot avoid, keyed once. Written and compiled by natt._bench at run time. */
+#include <stdint.h>
+#include <string.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
+/* ESP starts after the IPv4 header (IHL words) and the 8-octet UDP header. */
+static const uint8_t *natt_esp(const uint8_t *pkt, int64_t len, int64_t *esp_len)
+{
+    int64_t hl = (int64_t)(pkt[0] & 15) * 4 + 8;
+    *esp_len = len - hl;
+    return pkt + hl;
+}
+
+/* AEAD (RFC 4106 / RFC 7634): nonce = salt || 8-octet IV, AAD = SPI || seq, tag at the end.
+ * For GCM the salt is set once as the fixed IV part and each packet only supplies the
+ * explicit IV (EVP_CTRL_GCM_SET_IV_INV, the TLS/IPsec interface): measured ~10% cheaper
+ * than a full re-init per packet at 64 octets, so the baseline is the faster of the two.
+ * Returns the number of packets whose tag verified, or -1 if the context could not be set up. */
+int64_t natt_bench_aead_decrypt(const char *cipher_name, int gcm, const uint8_t *key, const uint8_t *salt,
+                                int icv_len, const uint8_t *data, const int64_t *offsets,
+                                const int64_t *lengths, int64_t n, uint8_t *out)
+{
+    EVP_CIPHER *cipher = EVP_CIPHER_fetch(NULL, cipher_name, NULL);
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    uint8_t nonce[12];
+    int64_t ok = -1;
+
+    if (cipher == NULL || ctx == NULL || EVP_DecryptInit_ex2(ctx, cipher, key, NULL, NULL) != 1)
+        goto done;
+    memcpy(nonce, salt, 4);
+    if (gcm && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IV_FIXED, 4, nonce) != 1)
+        goto done;
+    ok = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t esp_len;
+        const uint8_t *esp = natt_esp(data + offsets[i], lengths[i], &esp_len);
+        int ct_len = (int)(esp_len - 16 - icv_len);
+        uint8_t *dst = out + offsets[i];
+        int outl, finl, iv_ok;
+
+        if (ct_len < 0)
+            continue;
+        if (gcm) {
+            iv_ok = EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IV_INV, 8, (void *)(esp + 8)) == 1;
+        } else {
+            memcpy(nonce + 4, esp + 8, 8);
+            iv_ok = EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) == 1;
+        }
+        if (iv_ok
+            && EVP_DecryptUpdate(ctx, NULL, &outl, esp, 8) == 1
+            && EVP_DecryptUpdate(ctx, dst, &outl, esp + 16, ct_len) == 1
+            && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, icv_len, (void *)(esp + esp_len - icv_len)) == 1
+            && EVP_DecryptFinal_ex(ctx, dst + outl, &finl) == 1)
+            ok++;
+    }
+done:
+    EVP_CIPHER_CTX_free(ctx);
+    EVP_CIPHER_free(cipher);
+    return ok;
+}
+
+/* CBC + HMAC (RFC 3602 / RFC 2451 with RFC 2404 / RFC 4868): HMAC over SPI .. next header,
+ * truncated ICV compared in constant time, then CBC decrypt without PKCS#7 unpadding. */
+int64_t natt_bench_cbc_hmac_decrypt(const char *cipher_name, const uint8_t *enc_key, int iv_len,
+                                    const char *digest_name, const uint8_t *auth_key, int auth_key_len,
+                                    int icv_len, const uint8_t *data, const int64_t *offsets,
+                                    const int64_t *lengths, int64_t n, uint8_t *out)
+{
+    EVP_CIPHER *cipher = EVP_CIPHER_fetch(NULL, cipher_name, NULL);
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *mctx = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
+    OSSL_PARAM params[2];
+    uint8_t md[EVP_MAX_MD_SIZE];
+    int64_t ok = -1;
+
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)digest_name, 0);
+    params[1] = OSSL_PARAM_construct_end();
+    if (cipher == NULL || ctx == NULL || mctx == NULL
+        || EVP_DecryptInit_ex2(ctx, cipher, enc_key, NULL, NULL) != 1
+        || EVP_CIPHER_CTX_set_padding(ctx, 0) != 1
+        || EVP_MAC_init(mctx, auth_key, (size_t)auth_key_len, params) != 1)
+        goto done;
+    ok = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t esp_len;
+        const uint8_t *esp = natt_esp(data + offsets[i], lengths[i], &esp_len);
+        int64_t auth_len = esp_len - icv_len;
+        int ct_len = (int)(auth_len - 8 - iv_len);
+        uint8_t *dst = out + offsets[i];
+        size_t mdl;
+        int outl, finl;
+
+        if (ct_len < 0)
+            continue;
+        /* A NULL key re-initialises the HMAC with the key it already holds. */
+        if (EVP_MAC_init(mctx, NULL, 0, NULL) != 1 || EVP_MAC_update(mctx, esp, (size_t)auth_len) != 1
+            || EVP_MAC_final(mctx, md, &mdl, sizeof md) != 1 || CRYPTO_memcmp(md, esp + auth_len, icv_len) != 0)
+            continue;
+        if (EVP_DecryptInit_ex2(ctx, NULL, NULL, esp + 8, NULL) == 1
+            && EVP_DecryptUpdate(ctx, dst, &outl, esp + 8 + iv_len, ct_len) == 1
+            && EVP_DecryptFinal_ex(ctx, dst + outl, &finl) == 1)
+            ok++;
+    }
+done:
+    EVP_MAC_CTX_free(mctx);
+    EVP_MAC_free(mac);
+    EVP_CIPHER_CTX_free(ctx);
+    EVP_CIPHER_free(cipher);
+    return ok;
+}
+"""
+
+
+def _pkg_config(flag: str) -> list[str]:
+    try:
+        out = subprocess.run(["pkg-config", flag, "libcrypto"], check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return out.stdout.split()
+
+
+class EvpLoop:
+    """The bare C baseline: compiled with ``cc`` into a temporary directory and loaded with ctypes.
+
+    Raises ``RuntimeError`` (with the compiler's message) if there is no C
+    compiler or no libcrypto headers; callers then skip the C rows.
+    """
+
+    def __init__(self) -> None:
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            raise RuntimeError("no C compiler (cc) on PATH")
+        with tempfile.TemporaryDirectory(prefix="natt-bench-") as tmp:
+            src = os.path.join(tmp, "natt_bench_evp.c")
+            lib = os.path.join(tmp, "natt_bench_evp.so")
+            with open(src, "w") as f:
+                f.write(_EVP_LOOP_C)
+            cmd = [cc, "-O2", "-shared", "-fPIC", "-o", lib, src,
+                   *_pkg_config("--cflags"), *(_pkg_config("--libs") or ["-lcrypto"])]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"compiling the EVP loop failed: {' '.join(cmd)}\n{r.stderr.strip()}")
+            # The mapping outlives the file once dlopen has it.
+            self._lib = ctypes.CDLL(lib)
+        self.compiler = cc
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        c_int, c_str = ctypes.c_int, ctypes.c_char_p
+        self._lib.natt_bench_aead_decrypt.argtypes = [c_str, c_int, p, p, c_int, p, p, p, i64, p]
+        self._lib.natt_bench_aead_decrypt.restype = i64
+        self._lib.natt_bench_cbc_hmac_decrypt.argtypes = [c_str, p, c_int, c_str, p, c_int, c_int, p, p, p, i64, p]
+        self._lib.natt_bench_cbc_hmac_decrypt.restype = i64
+
+    def decrypt(self, suite: Suite, key: bytes, batch: PacketBatch, out: np.ndarray) -> int:
+        """Decrypt (and verify) every packet of ``batch`` into ``out`` at the same offsets; returns
+        how many verified. ``out`` must be at least as large as ``batch.data``."""
+        if out.size < batch.data.size:
+            raise ValueError("out: smaller than the batch buffer")
+        cipher = _EVP_CIPHER.get((suite.cipher, suite.enc_key_len))
+        if cipher is None:
+            raise ValueError(f"suite: the C loop has no {suite.name}")
+        key_buf = ctypes.create_string_buffer(bytes(key), len(key))
+        args = (batch.data.ctypes.data, batch.offsets.ctypes.data, batch.lengths.ctypes.data,
+                len(batch), out.ctypes.data)
+        try:
+            if suite.cipher in (Cipher.AES_GCM, Cipher.CHACHA20_POLY1305):
+                salt = ctypes.addressof(key_buf) + suite.enc_key_len
+                n = self._lib.natt_bench_aead_decrypt(cipher.encode(), int(suite.cipher is Cipher.AES_GCM),
+                                                      key_buf, salt, suite.icv_len, *args)
+            elif suite.mac in _EVP_DIGEST:
+                auth = ctypes.addressof(key_buf) + suite.enc_key_len
+                n = self._lib.natt_bench_cbc_hmac_decrypt(
+                    cipher.encode(), key_buf, suite.iv_len, _EVP_DIGEST[suite.mac].encode(), auth,
+                    suite.auth_key_len, suite.icv_len, *args)
+            else:
+                raise ValueError(f"suite: the C loop has no {suite.name}")
+        finally:
+            ctypes.memset(key_buf, 0, len(key))
+        if n < 0:
+            raise RuntimeError(f"the EVP loop could not set up {cipher}")
+        return int(n)
+
+
+# ---------------------------------------------------------------------------------------------- Python baselines
+
+def python_aesgcm_loop(suite: Suite, key: bytes, buf: bytes, offsets: list[int], lengths: list[int]) -> int:
+    """Decrypt with ``cryptography``'s AESGCM, one call per packet; returns how many verified."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead = AESGCM(key[: suite.enc_key_len])
+    salt = key[suite.enc_key_len: suite.enc_key_len + 4]
+    ok = 0
+    for off, n in zip(offsets, lengths):
+        esp = off + (buf[off] & 15) * 4 + 8
+        try:
+            aead.decrypt(salt + buf[esp + 8: esp + 16], buf[esp + 16: off + n], buf[esp: esp + 8])
+        except InvalidTag:
+            continue
+        ok += 1
+    return ok
+
+
+def _scapy_decryptor(wl: Workload) -> Callable[[list[bytes]], int]:
+    """scapy's ``SecurityAssociation.decrypt`` over raw packets (parse included, as a scapy user pays it)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.ipsec import ESP, SecurityAssociation
+
+    s, _ = parse_suite(wl.suite)
+    if s.cipher is not Cipher.AES_GCM:
+        raise ValueError("scapy baseline: AES-GCM only")
+    sa = SecurityAssociation(ESP, spi=int(wl.spis[0]), crypt_algo="AES-GCM", crypt_key=wl.keys[0],
+                             crypt_icv_size=s.icv_len, tunnel_header=IP(src=TUNNEL_SRC, dst=TUNNEL_DST),
+                             nat_t_header=UDP(sport=NATT_PORT, dport=NATT_PORT))
+
+    def run(packets: list[bytes]) -> int:
+        ok = 0
+        for raw in packets:
+            try:
+                sa.decrypt(IP(raw))
+            except Exception:  # scapy raises IPSecIntegrityError and others; a miss is counted, not fatal
+                continue
+            ok += 1
+        return ok
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+@dataclasses.dataclass
+class Timing:
+    """Wall-clock seconds of the repetitions of one variant."""
+
+    key: str
+    label: str
+    packets: int
+    octets: int            # input octets per repetition
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def ns_per_packet(self, which: str = "median") -> float:
+        t = {"median": self.median, "min": min(self.seconds), "max": max(self.seconds)}[which]
+        return t / self.packets * 1e9
+
+    @property
+    def mpps(self) -> float:
+        return self.packets / self.median / 1e6
+
+    @property
+    def gbps(self) -> float:
+        return self.octets * 8 / self.median / 1e9
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "label": self.label, "packets": self.packets, "octets": self.octets,
+                "seconds": self.seconds, "median_ns_per_packet": self.ns_per_packet("median"),
+                "min_ns_per_packet": self.ns_per_packet("min"), "max_ns_per_packet": self.ns_per_packet("max"),
+                "mpps": self.mpps, "gbit_s": self.gbps, "note": self.note}
+
+
+@dataclasses.dataclass
+class _Variant:
+    timing: Timing
+    run: Callable[[Any], Any]                       # timed; gets what setup returned
+    setup: Optional[Callable[[], Any]] = None       # untimed, before every repetition
+    check: Optional[Callable[[Any], None]] = None   # untimed, after every repetition
+
+
+def _interleaved(variants: Sequence[_Variant], reps: int, log: Callable[[str], None]) -> None:
+    """One untimed warm-up each, then ``reps`` rounds of one timed repetition per variant."""
+    for v in variants:
+        r = v.run(v.setup() if v.setup else None)
+        if v.check:
+            v.check(r)
+    for _ in range(reps):
+        for v in variants:
+            arg = v.setup() if v.setup else None
+            gc.collect()
+            gc.disable()
+            try:
+                t0 = time.perf_counter()
+                r = v.run(arg)
+                dt = time.perf_counter() - t0
+            finally:
+                gc.enable()
+            if v.check:
+                v.check(r)
+            v.timing.seconds.append(dt)
+    for v in variants:
+        t = v.timing
+        log(f"  {t.label:<52} {t.ns_per_packet():9.1f} ns/pkt  ({t.ns_per_packet('min'):.1f} .. "
+            f"{t.ns_per_packet('max'):.1f})")
+
+
+def _expect(total: int, what: str) -> Callable[[Any], None]:
+    """A check that a baseline verified all ``total`` packets."""
+    def check(ok: Any) -> None:
+        if ok != total:
+            raise RuntimeError(f"{what}: {ok} of {total} packets verified")
+    return check
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    batch: int = 100_000
+    many_sas: int = 100_000
+    reps: int = 7
+    sizes: tuple[int, ...] = (64, 512, 1400)
+    scapy_packets: int = 2_000
+    single_calls: int = 20_000
+    threads: int = 2
+    backend: str = "fast"
+    gcm_suite: str = "aes128gcm16"
+    cbc_suite: str = "aes128-sha1"
+    seed: int = 0x4E415454
+
+    @classmethod
+    def quick(cls, **kw: Any) -> "Config":
+        base = dict(batch=10_000, many_sas=10_000, reps=3, sizes=(64, 1400), scapy_packets=200,
+                    single_calls=5_000)
+        base.update(kw)
+        return cls(**base)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ratio:
+    name: str
+    value: float           # from the medians
+    low: float             # the least favourable pairing of min/max repetitions
+    high: float            # the most favourable
+    target: str
+    met: Optional[bool]
+
+
+def _speed_ratio(name: str, fast: Timing, base: Timing, target: float) -> Ratio:
+    """How many times faster ``fast`` is than ``base`` per packet (target: at least ``target``)."""
+    v = base.ns_per_packet() / fast.ns_per_packet()
+    lo = base.ns_per_packet("min") / fast.ns_per_packet("max")
+    hi = base.ns_per_packet("max") / fast.ns_per_packet("min")
+    return Ratio(name, v, lo, hi, f">= {target:g}", v >= target)
+
+
+def _decap_variant(key: str, label: str, wl: Workload, backend: str, threads: Optional[int],
+                   replay_window: int = REPLAY_WINDOW) -> _Variant:
+    out = DecapResult()
+    t = Timing(key, label, len(wl.esp), int(wl.esp.lengths.sum()))
+
+    def setup() -> Offload:
+        return wl.receiver(backend, replay_window)
+
+    def run(nic: Offload) -> DecapResult:
+        return nic.decap(wl.esp, threads=threads, out=out)
+
+    def check(res: DecapResult) -> None:
+        _require_ok(res, label)
+
+    return _Variant(t, run, setup, check)
+
+
+def _encap_variant(key: str, label: str, wl: Workload, backend: str, threads: Optional[int]) -> _Variant:
+    out = EncapResult()
+    nic, h = wl.sender(backend)
+    t = Timing(key, label, len(wl.inner), int(wl.inner.lengths.sum()))
+
+    def run(_: Any) -> EncapResult:
+        return nic.encap(wl.inner, h, threads=threads, out=out)
+
+    def check(res: EncapResult) -> None:
+        _require_ok(res, label)
+
+    return _Variant(t, run, None, check)
+
+
+def _c_variant(key: str, label: str, wl: Workload, evp: EvpLoop) -> _Variant:
+    s, _ = parse_suite(wl.suite)
+    out = np.empty(wl.esp.data.size, dtype=np.uint8)
+    t = Timing(key, label, len(wl.esp), int(wl.esp.lengths.sum()))
+    return _Variant(t, lambda _: evp.decrypt(s, wl.keys[0], wl.esp, out), None,
+                    _expect(len(wl.esp), label))
+
+
+def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every comparison of ``cfg``; returns the timings, ratios and machine description."""
+    if cfg.backend not in backends():
+        raise RuntimeError(f"backend {cfg.backend!r} is not available (have {backends()})")
+    timings: dict[str, Timing] = {}
+    ratios: list[Ratio] = []
+    notes: list[str] = []
+    try:
+        evp: Optional[EvpLoop] = EvpLoop()
+    except RuntimeError as e:
+        evp = None
+        notes.append(f"C loop skipped: {e}")
+        log(f"! {notes[-1]}")
+    gcm, _ = parse_suite(cfg.gcm_suite)
+    th = cfg.threads
+    b = cfg.backend
+
+    for size in cfg.sizes:
+        log(f"{cfg.gcm_suite}, tunnel, 1 SA, {cfg.batch} packets of {size} octets (inner)")
+        wl = build_workload(b, cfg.gcm_suite, size, cfg.batch, 1, cfg.seed)
+        variants = [
+            _decap_variant(f"gcm.decap.{size}", f"natt decap ({b}, threads=None)", wl, b, None),
+            _decap_variant(f"gcm.decap_t{th}.{size}", f"natt decap ({b}, threads={th})", wl, b, th),
+            _encap_variant(f"gcm.encap.{size}", f"natt encap ({b}, threads=None)", wl, b, None),
+        ]
+        if evp is not None:
+            variants.append(_c_variant(f"gcm.evp.{size}", "bare EVP loop (C, ctypes)", wl, evp))
+        buf = wl.esp.data.tobytes()
+        offs, lens = wl.esp.offsets.tolist(), wl.esp.lengths.tolist()
+        variants.append(_Variant(
+            Timing(f"gcm.python.{size}", "Python loop over cryptography AESGCM", len(wl.esp), len(buf)),
+            lambda _: python_aesgcm_loop(gcm, wl.keys[0], buf, offs, lens), None,
+            _expect(len(wl.esp), "AESGCM loop")))
+        if cfg.scapy_packets:
+            try:
+                dec = _scapy_decryptor(wl)
+            except ImportError as e:
+                notes.append(f"scapy baseline skipped: {e}")
+            else:
+                sub = [wl.esp[i] for i in range(min(cfg.scapy_packets, len(wl.esp)))]
+                variants.append(_Variant(
+                    Timing(f"gcm.scapy.{size}", f"scapy SecurityAssociation.decrypt ({len(sub)} pkts)",
+                           len(sub), sum(map(len, sub))),
+                    lambda _, sub=sub, dec=dec: dec(sub), None, _expect(len(sub), "scapy")))
+        _interleaved(variants, cfg.reps, log)
+        for v in variants:
+            timings[v.timing.key] = v.timing
+        del wl, buf, variants
+        gc.collect()
+
+    # Many SAs: a fresh receiver with cfg.many_sas SAs per repetition (installing is untimed).
+    for size in (min(cfg.sizes), max(cfg.sizes)):
+        log(f"{cfg.gcm_suite}, {cfg.many_sas} SAs with random SPIs vs 1 SA, {cfg.batch} packets of {size}")
+        t0 = time.perf_counter()
+        wl_many = build_workload(b, cfg.gcm_suite, size, cfg.batch, cfg.many_sas, cfg.seed + 1)
+        t_build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        wl_many.receiver(b).close()
+        t_install = time.perf_counter() - t0
+        log(f"  (built in {t_build:.1f} s; installing {cfg.many_sas} inbound SAs takes {t_install:.2f} s, "
+            f"{t_install / cfg.many_sas * 1e6:.1f} us per SA)")
+        wl_one = build_workload(b, cfg.gcm_suite, size, cfg.batch, 1, cfg.seed + 1)
+        variants = [
+            _decap_variant(f"gcm.decap_1sa.{size}", f"natt decap ({b}), 1 SA", wl_one, b, None),
+            _decap_variant(f"gcm.decap_many.{size}", f"natt decap ({b}), {cfg.many_sas} SAs", wl_many, b, None),
+        ]
+        variants[1].timing.note = f"SA install {t_install / cfg.many_sas * 1e6:.1f} us/SA (untimed)"
+        _interleaved(variants, cfg.reps, log)
+        for v in variants:
+            timings[v.timing.key] = v.timing
+        del wl_many, wl_one, variants
+        gc.collect()
+
+    # AES-CBC + HMAC-SHA1-96 against a C loop with the same cipher and HMAC calls.
+    for size in (min(cfg.sizes), max(cfg.sizes)):
+        log(f"{cfg.cbc_suite}, tunnel, 1 SA, {cfg.batch} packets of {size}")
+        wl = build_workload(b, cfg.cbc_suite, size, cfg.batch, 1, cfg.seed + 2)
+        variants = [
+            _decap_variant(f"cbc.decap.{size}", f"natt decap ({b}, threads=None)", wl, b, None),
+            _encap_variant(f"cbc.encap.{size}", f"natt encap ({b}, threads=None)", wl, b, None),
+        ]
+        if evp is not None:
+            variants.append(_c_variant(f"cbc.evp.{size}", "bare EVP + HMAC loop (C, ctypes)", wl, evp))
+        _interleaved(variants, cfg.reps, log)
+        for v in variants:
+            timings[v.timing.key] = v.timing
+        del wl, variants
+        gc.collect()
+
+    # Fixed cost of a call: many decap calls of one 64-octet packet each (distinct sequence numbers,
+    # so anti-replay stays on and every call decrypts).
+    log(f"fixed cost: {cfg.single_calls} decap calls on a batch of one")
+    wl = build_workload(b, cfg.gcm_suite, 64, cfg.single_calls, 1, cfg.seed + 3)
+    singles = [PacketBatch(wl.esp.data, wl.esp.offsets[i: i + 1], wl.esp.lengths[i: i + 1])
+               for i in range(len(wl.esp))]
+    out1 = DecapResult()
+
+    def one_by_one(nic: Offload) -> int:
+        ok = 0
+        for pb in singles:
+            ok += nic.decap(pb, out=out1).status[0] == Status.OK
+        return ok
+
+    v = _Variant(Timing("call.decap1", f"natt decap ({b}) call on a batch of one", len(singles),
+                        int(wl.esp.lengths.sum())),
+                 one_by_one, lambda: wl.receiver(b), _expect(len(singles), "batch-of-one decap"))
+    _interleaved([v], cfg.reps, log)
+    timings[v.timing.key] = v.timing
+
+    ratios = _ratios(cfg, timings)
+    return {"natt_version": __version__, "config": dataclasses.asdict(cfg), "machine": machine(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "timings": [t.as_dict() for t in timings.values()],
+            "ratios": [dataclasses.asdict(r) for r in ratios], "notes": notes}
+
+
+def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
+    lo, hi, th = min(cfg.sizes), max(cfg.sizes), cfg.threads
+    out: list[Ratio] = []
+
+    def have(*keys: str) -> bool:
+        return all(k in t for k in keys)
+
+    for size in cfg.sizes:
+        if have(f"gcm.decap.{size}", f"gcm.evp.{size}"):
+            target = 0.85 if size == hi else 0.75 if size == lo else 0.0
+            r = _speed_ratio(f"natt decap / bare EVP loop, {size} octets", t[f"gcm.decap.{size}"],
+                             t[f"gcm.evp.{size}"], target)
+            out.append(r if target else dataclasses.replace(r, target="-", met=None))
+    for size in cfg.sizes:
+        if have(f"gcm.decap.{size}", f"gcm.python.{size}"):
+            target = 5.0 if size == lo else 0.0
+            r = _speed_ratio(f"natt decap / Python AESGCM loop, {size} octets", t[f"gcm.decap.{size}"],
+                             t[f"gcm.python.{size}"], target)
+            out.append(r if target else dataclasses.replace(r, target="-", met=None))
+    for size in cfg.sizes:
+        if have(f"gcm.decap.{size}", f"gcm.scapy.{size}"):
+            r = _speed_ratio(f"natt decap / scapy decrypt, {size} octets", t[f"gcm.decap.{size}"],
+                             t[f"gcm.scapy.{size}"], 0)
+            out.append(dataclasses.replace(r, target="-", met=None))
+    for size in cfg.sizes:
+        if have(f"gcm.decap_t{th}.{size}", f"gcm.decap.{size}"):
+            out.append(_speed_ratio(f"natt decap threads={th} / threads=None, {size} octets",
+                                    t[f"gcm.decap_t{th}.{size}"], t[f"gcm.decap.{size}"], 1.8))
+    for size in (lo, hi):
+        if have(f"gcm.decap_many.{size}", f"gcm.decap_1sa.{size}"):
+            out.append(_speed_ratio(f"natt decap {cfg.many_sas} SAs / 1 SA, {size} octets",
+                                    t[f"gcm.decap_many.{size}"], t[f"gcm.decap_1sa.{size}"], 0.8))
+    for size in (lo, hi):
+        if have(f"cbc.decap.{size}", f"cbc.evp.{size}"):
+            out.append(_speed_ratio(f"natt {cfg.cbc_suite} decap / bare EVP+HMAC loop, {size} octets",
+                                    t[f"cbc.decap.{size}"], t[f"cbc.evp.{size}"], 0.8))
+    for prefix, suite in (("gcm", cfg.gcm_suite), ("cbc", cfg.cbc_suite)):
+        for size in cfg.sizes:
+            if have(f"{prefix}.encap.{size}", f"{prefix}.decap.{size}"):
+                e, d = t[f"{prefix}.encap.{size}"], t[f"{prefix}.decap.{size}"]
+                # Per packet time of encap over decap (same packets, one direction each way).
+                v = e.ns_per_packet() / d.ns_per_packet()
+                out.append(Ratio(f"{suite} encap time / decap time, {size} octets", v,
+                                 e.ns_per_packet("max") / d.ns_per_packet("min"),
+                                 e.ns_per_packet("min") / d.ns_per_packet("max"), "<= 1.2", v <= 1.2))
+    if "call.decap1" in t:
+        c = t["call.decap1"]
+        us = c.ns_per_packet() / 1000
+        out.append(Ratio("fixed cost of one decap call, batch of one (us)", us,
+                         c.ns_per_packet("max") / 1000, c.ns_per_packet("min") / 1000, "<= 5", us <= 5))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- machine, output
+
+def _run_text(*cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: CPU, cores, the libcrypto natt links, library versions."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "nproc": os.cpu_count(), "numpy": np.__version__}
+    for line in _run_text("lscpu").splitlines():
+        k, _, v = line.partition(":")
+        if k.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Hypervisor vendor", "L2 cache", "L3 cache"):
+            info[k.strip()] = v.strip()
+    try:
+        libcrypto = ctypes.CDLL("libcrypto.so.3")
+        libcrypto.OpenSSL_version.restype = ctypes.c_char_p
+        info["libcrypto"] = libcrypto.OpenSSL_version(0).decode()
+    except (OSError, AttributeError):
+        info["libcrypto"] = _run_text("openssl", "version")
+    try:
+        import cryptography
+        from cryptography.hazmat.backends.openssl.backend import backend as ossl
+
+        info["cryptography"] = f"{cryptography.__version__} ({ossl.openssl_version_text()})"
+    except Exception:  # an informational field only
+        info["cryptography"] = "unavailable"
+    try:
+        import scapy
+
+        info["scapy"] = scapy.VERSION
+    except ImportError:
+        info["scapy"] = "unavailable"
+    return info
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The timings and ratios as two plain-text tables."""
+    lines = [f"natt {result['natt_version']} on {result['machine'].get('Model name', '?')}, "
+             f"{result['machine'].get('nproc')} CPUs, {result['machine'].get('libcrypto', '?')}",
+             f"{result['config']['reps']} repetitions; per packet: median (min .. max)", ""]
+    lines.append(f"{'case':<26} {'variant':<52} {'ns/pkt':>9} {'min':>9} {'max':>9} {'Mpps':>7} {'Gbit/s':>7}")
+    for t in result["timings"]:
+        lines.append(f"{t['key']:<26} {t['label']:<52} {t['median_ns_per_packet']:9.1f} "
+                     f"{t['min_ns_per_packet']:9.1f} {t['max_ns_per_packet']:9.1f} {t['mpps']:7.3f} "
+                     f"{t['gbit_s']:7.2f}")
+    lines += ["", f"{'ratio':<62} {'median':>8} {'range':>17}  {'target':<7} met"]
+    for r in result["ratios"]:
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+        rng = f"{r['low']:.2f} .. {r['high']:.2f}"
+        lines.append(f"{r['name']:<62} {r['value']:8.2f} {rng:>17}  {r['target']:<7} {met}")
+    for n in result["notes"]:
+        lines.append(f"note: {n}")
+    return "\n".join(lines)
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return v
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sorted({int(x) for x in text.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,512,1400, got {text!r}") from None
+    if not sizes or sizes[0] < 28 or sizes[-1] > 65000:
+        raise argparse.ArgumentTypeError("sizes must be 28..65000 octets")
+    return sizes
+
+
+def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=(
+        "Time natt's decap/encap against a bare C EVP loop, a Python AESGCM loop and scapy, on the same "
+        "packets in one process, and print the ratios (see BENCHMARKS.md)."))
+    p.add_argument("--quick", action="store_true", help="CI-sized run: 10 000 packets, 3 repetitions")
+    p.add_argument("--batch", type=_positive, help="packets per batch (default 100000; quick 10000)")
+    p.add_argument("--sas", type=_positive, help="SAs of the many-SA case (default 100000; quick 10000)")
+    p.add_argument("--reps", type=_positive, help="timed repetitions per variant (default 7; quick 3)")
+    p.add_argument("--sizes", type=_sizes, help="inner packet sizes, e.g. 64,512,1400")
+    p.add_argument("--threads", type=_positive, default=2, help="threads of the threaded decap (default 2)")
+    p.add_argument("--scapy-packets", type=int, help="packets of the scapy subset (0 skips scapy)")
+    p.add_argument("--backend", default="fast", help="natt backend to time (default fast)")
+    p.add_argument("--json", metavar="OUT.json", help="also write every timing and ratio as JSON")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``natt bench`` and ``python -m benchmarks.compare``; returns the exit status.
+
+    0: ran (whether or not every target was met; the table says), 2: bad
+    arguments or the backend/baselines could not run.
+    """
+    args = build_parser().parse_args(argv)
+    given = {k: v for k, v in (("batch", args.batch), ("many_sas", args.sas), ("reps", args.reps),
+                               ("sizes", args.sizes), ("scapy_packets", args.scapy_packets)) if v is not None}
+    given.update(threads=args.threads, backend=args.backend)
+    cfg = Config.quick(**given) if args.quick else Config(**given)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        result = run(cfg, log)
+    except (RuntimeError, ValueError, MemoryError) as e:
+        print(f"natt bench: {e}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+    return 0
