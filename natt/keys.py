@@ -1,0 +1,515 @@
+"""SA sets on disk: natt's JSON key files and Wireshark's ``esp_sa`` table.
+
+An SA set is a list of :class:`SaSpec`. :func:`load` reads either format (told apart by
+content), :func:`save` writes either (by ``fmt`` or the file name), and :func:`install` puts a
+set into a :class:`natt.Offload`.
+
+JSON schema
+-----------
+
+A JSON key file is a list of SA objects (or an object ``{"sas": [...]}``). Fields:
+
+=================  ========================  ===================================================
+field              type / default            meaning
+=================  ========================  ===================================================
+``spi``            int or ``"0x…"`` string   Security Parameters Index, 1 .. 2**32-1 (required)
+``suite``          string                    strongSwan ESP proposal keyword, e.g. ``aes128gcm16``,
+                                             ``aes256-sha256``, ``3des-sha1``, ``chacha20poly1305``;
+                                             a ``-esn`` suffix means ``esn: true`` (required)
+``key``            hex string                encryption key, then the 4-octet salt (AEADs), then
+                                             the integrity key; ``0x`` prefix, spaces and ``:``
+                                             allowed (required)
+``direction``      ``"in"`` / ``"out"``      ``"in"`` (decap) or ``"out"`` (encap); default ``"in"``
+``mode``           ``"tunnel"``/``"transport"``  default ``"tunnel"``
+``src``, ``dst``   dotted quad or null       outer addresses: tunnel end points, or transport
+                                             hosts (``dst`` restricts an inbound transport SA)
+``encap``          ``"OTHER"`` / ``"IKE"``   UDP framing: RFC 3948 (``OTHER``, default) or the
+                                             legacy non-IKE-marker draft (``IKE``)
+``port``           int, 4500                 parser-entry port (inbound)
+``sport``,         int, 4500                 outer UDP ports written by encap (outbound)
+``dport``
+``esn``            bool, false               64-bit extended sequence numbers (RFC 4303 §2.2.1)
+``replay_window``  int, 64                   0 (off) or 32 .. 65536
+``replay_seq``     int, 0                    inbound: highest sequence number already accepted
+``replay_oseq``    int, 0                    outbound: last sequence number sent
+``nat_oa_src``,    dotted quad or null       NAT-OA original addresses (inbound transport SAs,
+``nat_oa_dst``                               RFC 3948 §3.1.2)
+``inner_src``,     CIDR or null              outbound tunnel SAs: which inner packets ``natt
+``inner_dst``                                encap`` sends through this SA (traffic selectors)
+``name``           string, ""                a label for reports
+=================  ========================  ===================================================
+
+Wireshark ``esp_sa``
+--------------------
+
+The UAT file Wireshark keeps in its profile directory (and strongSwan's ``save-keys`` plugin
+writes), tshark 4.0 form: one SA per line, eight double-quoted, comma-separated fields::
+
+    "IPv4","198.51.100.2","203.0.113.5","0x00001001","AES-GCM with 16 octet ICV [RFC4106]","0x…","NULL",""
+
+protocol, source, destination (``*`` = any), SPI, encryption algorithm, encryption key,
+authentication algorithm, authentication key. Algorithm names are those of Wireshark's
+``packet-esp.c``; the key lengths choose among AES-128/192/256. Wireshark's AES-GCM key includes
+the 4-octet salt, as natt's does. Lines starting with ``#`` are comments; further fields (newer
+Wireshark versions) are ignored. The table has no direction, mode or port: loaded SAs get
+``direction=None`` (see :func:`install`) and the ``mode`` passed to :func:`load`.
+
+Keys never appear in a ``repr``, ``str`` or exception message of this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional, Union
+
+from ._constants import UdpEncapType
+from ._suites import Cipher, Mac, Suite, parse_suite
+
+__all__ = ["SaSpec", "KeyFileError", "load", "loads", "save", "dumps", "install",
+           "to_esp_sa", "from_esp_sa", "WIRESHARK_ENC", "WIRESHARK_AUTH"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class KeyFileError(ValueError):
+    """A key file could not be read or an SA in it is not usable; names the place, never a key."""
+
+
+@dataclasses.dataclass(eq=False)
+class SaSpec:
+    """One SA as a key file describes it (see the module docstring for each field).
+
+    ``key`` is excluded from ``repr`` (and there is no ``str`` that shows it).
+    ``direction`` is ``None`` for SAs read from a Wireshark table, which has no direction.
+    """
+
+    spi: int
+    suite: str
+    key: bytes = dataclasses.field(repr=False)
+    direction: Optional[str] = "in"
+    mode: str = "tunnel"
+    src: Optional[str] = None
+    dst: Optional[str] = None
+    encap: UdpEncapType = UdpEncapType.OTHER
+    port: int = 4500
+    sport: int = 4500
+    dport: int = 4500
+    esn: bool = False
+    replay_window: int = 64
+    replay_seq: int = 0
+    replay_oseq: int = 0
+    nat_oa_src: Optional[str] = None
+    nat_oa_dst: Optional[str] = None
+    inner_src: Optional[str] = None
+    inner_dst: Optional[str] = None
+    name: str = ""
+
+    @property
+    def suite_info(self) -> Suite:
+        """The :class:`natt.Suite` of ``suite`` (ESN suffix stripped)."""
+        return parse_suite(self.suite)[0]
+
+    @property
+    def uses_esn(self) -> bool:
+        return self.esn or parse_suite(self.suite)[1]
+
+    def label(self) -> str:
+        """``name`` or ``spi=0x… suite`` -- for tables and messages."""
+        return self.name or f"spi=0x{self.spi:08x} {self.suite}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Field parsing (every error names the SA and the field, never the key's value)
+
+
+def _where(i: int, spi: Any = None) -> str:
+    return f"SA #{i + 1}" + (f" (spi 0x{spi:08x})" if isinstance(spi, int) else "")
+
+
+def _spi(v: Any, where: str) -> int:
+    try:
+        spi = int(v, 0) if isinstance(v, str) else v
+    except ValueError:
+        raise KeyFileError(f"{where}: spi: {v!r} is not a number") from None
+    if isinstance(spi, bool) or not isinstance(spi, int) or not 0 < spi < 2**32:
+        raise KeyFileError(f"{where}: spi: must be 1 .. 2**32-1, got {v!r}")
+    return spi
+
+
+_HEX_JUNK = re.compile(r"[\s:]")
+
+
+def _key(v: Any, where: str, field: str = "key") -> bytes:
+    if not isinstance(v, str):
+        raise KeyFileError(f"{where}: {field}: expected a hex string, got {type(v).__name__}")
+    h = _HEX_JUNK.sub("", v)
+    if h[:2].lower() == "0x":
+        h = h[2:]
+    try:
+        return bytes.fromhex(h)
+    except ValueError:
+        # Say how long and where it broke, not what it holds.
+        raise KeyFileError(f"{where}: {field}: not a hex string ({len(h)} characters)") from None
+
+
+def _addr(v: Any, where: str, field: str) -> Optional[str]:
+    if v is None or v == "*" or v == "":
+        return None
+    try:
+        return str(ipaddress.IPv4Address(v))
+    except (ValueError, TypeError):
+        raise KeyFileError(f"{where}: {field}: {v!r} is not an IPv4 address") from None
+
+
+def _net(v: Any, where: str, field: str) -> Optional[str]:
+    if v is None or v == "*" or v == "":
+        return None
+    try:
+        return str(ipaddress.IPv4Network(v, strict=False))
+    except (ValueError, TypeError):
+        raise KeyFileError(f"{where}: {field}: {v!r} is not an IPv4 network (a.b.c.d/len)") from None
+
+
+def _port(v: Any, where: str, field: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 65536:
+        raise KeyFileError(f"{where}: {field}: must be 1 .. 65535, got {v!r}")
+    return v
+
+
+def _int(v: Any, where: str, field: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise KeyFileError(f"{where}: {field}: must be a non-negative integer, got {v!r}")
+    return v
+
+
+_FIELDS = {f.name for f in dataclasses.fields(SaSpec)}
+
+
+def _spec_from_json(i: int, obj: Any) -> SaSpec:
+    if not isinstance(obj, dict):
+        raise KeyFileError(f"{_where(i)}: expected an object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - _FIELDS)
+    if unknown:
+        raise KeyFileError(f"{_where(i)}: unknown field(s) {', '.join(unknown)}")
+    for req in ("spi", "suite", "key"):
+        if req not in obj:
+            raise KeyFileError(f"{_where(i, obj.get('spi'))}: missing field {req!r}")
+    spi = _spi(obj["spi"], _where(i))
+    w = _where(i, spi)
+    try:
+        suite, suite_esn = parse_suite(obj["suite"])
+    except ValueError as e:
+        raise KeyFileError(f"{w}: {e}") from None
+    key = _key(obj["key"], w)
+    if len(key) != suite.key_len:
+        raise KeyFileError(f"{w}: key: {len(key)} octets, {suite.name} needs {suite.key_len}")
+    direction = obj.get("direction", "in")
+    if direction not in ("in", "out"):
+        raise KeyFileError(f"{w}: direction: 'in' or 'out', got {direction!r}")
+    mode = obj.get("mode", "tunnel")
+    if mode not in ("tunnel", "transport"):
+        raise KeyFileError(f"{w}: mode: 'tunnel' or 'transport', got {mode!r}")
+    encap = obj.get("encap", "OTHER")
+    try:
+        encap_t = UdpEncapType[encap.upper()] if isinstance(encap, str) else UdpEncapType(encap)
+    except (KeyError, ValueError):
+        raise KeyFileError(f"{w}: encap: 'OTHER' (RFC 3948) or 'IKE' (non-IKE marker), got {encap!r}") from None
+    esn = obj.get("esn", False)
+    if not isinstance(esn, bool):
+        raise KeyFileError(f"{w}: esn: expected true or false, got {esn!r}")
+    name = obj.get("name", "")
+    if not isinstance(name, str):
+        raise KeyFileError(f"{w}: name: expected a string")
+    return SaSpec(
+        spi=spi, suite=obj["suite"], key=key, direction=direction, mode=mode,
+        src=_addr(obj.get("src"), w, "src"), dst=_addr(obj.get("dst"), w, "dst"), encap=encap_t,
+        port=_port(obj.get("port", 4500), w, "port"), sport=_port(obj.get("sport", 4500), w, "sport"),
+        dport=_port(obj.get("dport", 4500), w, "dport"), esn=esn or suite_esn,
+        replay_window=_int(obj.get("replay_window", 64), w, "replay_window"),
+        replay_seq=_int(obj.get("replay_seq", 0), w, "replay_seq"),
+        replay_oseq=_int(obj.get("replay_oseq", 0), w, "replay_oseq"),
+        nat_oa_src=_addr(obj.get("nat_oa_src"), w, "nat_oa_src"),
+        nat_oa_dst=_addr(obj.get("nat_oa_dst"), w, "nat_oa_dst"),
+        inner_src=_net(obj.get("inner_src"), w, "inner_src"),
+        inner_dst=_net(obj.get("inner_dst"), w, "inner_dst"), name=name)
+
+
+def _spec_to_json(s: SaSpec) -> dict[str, Any]:
+    d: dict[str, Any] = {"spi": f"0x{s.spi:08x}", "suite": s.suite, "key": s.key.hex()}
+    if s.direction is not None:
+        d["direction"] = s.direction
+    d["mode"] = s.mode
+    defaults = SaSpec(0, "", b"")
+    for f in ("src", "dst", "encap", "port", "sport", "dport", "esn", "replay_window", "replay_seq",
+              "replay_oseq", "nat_oa_src", "nat_oa_dst", "inner_src", "inner_dst", "name"):
+        v = getattr(s, f)
+        if f in ("src", "dst") or v != getattr(defaults, f):
+            d[f] = v.name if isinstance(v, UdpEncapType) else v
+    return d
+
+
+# ----------------------------------------------------------------------------------------------
+# Wireshark esp_sa
+
+#: Wireshark's encryption algorithm names (packet-esp.c, esp_encryption_type_vals) that natt
+#: implements -> natt cipher family. The AES key size follows from the key length.
+WIRESHARK_ENC = {
+    "NULL": "null",
+    "TripleDES-CBC [RFC2451]": "3des",
+    "AES-CBC [RFC3602]": "aes-cbc",
+    "AES-GCM with 8 octet ICV [RFC4106]": "gcm8",
+    "AES-GCM with 12 octet ICV [RFC4106]": "gcm12",
+    "AES-GCM with 16 octet ICV [RFC4106]": "gcm16",
+    # Wireshark >= 4.2 (not in tshark 4.0, which cannot decrypt it).
+    "ChaCha20 with Poly1305 [RFC7634]": "chacha20poly1305",
+}
+# Accepted on reading only: the deprecated ICV-less GCM name (Wireshark reads it as a 16-octet
+# ICV; strongSwan's save-keys writes it for every GCM ICV size) and save-keys' spelling of 3DES.
+_ENC_READ_ALIASES = {"AES-GCM [RFC4106]": "gcm16", "TripleDes-CBC [RFC2451]": "3des"}
+
+#: Wireshark's authentication algorithm names (esp_authentication_type_vals) -> natt MAC keyword.
+WIRESHARK_AUTH = {
+    "NULL": "",
+    "HMAC-MD5-96 [RFC2403]": "md5",
+    "HMAC-SHA-1-96 [RFC2404]": "sha1",
+    "HMAC-SHA-256-128 [RFC4868]": "sha256",
+    "HMAC-SHA-384-192 [RFC4868]": "sha384",
+    "HMAC-SHA-512-256 [RFC4868]": "sha512",
+}
+_MAC_WIRESHARK = {v: k for k, v in WIRESHARK_AUTH.items()}
+_MAC_KEYWORD = {Mac.HMAC_MD5_96: "md5", Mac.HMAC_SHA1_96: "sha1", Mac.HMAC_SHA256_128: "sha256",
+                Mac.HMAC_SHA384_192: "sha384", Mac.HMAC_SHA512_256: "sha512"}
+
+_UAT_FIELD = re.compile(r'\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+
+
+def _uat_fields(line: str) -> Optional[list[str]]:
+    fields, pos = [], 0
+    while pos < len(line):
+        m = _UAT_FIELD.match(line, pos)
+        if not m or m.end() == pos:
+            return None
+        # UAT escapes non-printable octets as \xNN and quotes as \"; keys are plain hex.
+        fields.append(re.sub(r"\\x([0-9a-fA-F]{2})|\\(.)",
+                             lambda mm: chr(int(mm.group(1), 16)) if mm.group(1) else mm.group(2), m.group(1)))
+        pos = m.end()
+    return fields
+
+
+def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
+    where = f"line {lineno}"
+    if len(fields) < 8:
+        raise KeyFileError(f"{where}: expected 8 quoted fields, got {len(fields)}")
+    proto, src, dst, spi_s, enc, ekey_s, auth, akey_s = fields[:8]
+    if proto != "IPv4":
+        raise KeyFileError(f"{where}: protocol {proto!r}: natt handles IPv4 SAs only")
+    if spi_s.strip() in ("*", ""):
+        raise KeyFileError(f"{where}: SPI '*': natt needs the SPI of each SA")
+    spi = _spi(spi_s.strip(), where)
+    where = f"line {lineno} (spi 0x{spi:08x})"
+    ekey = _key(ekey_s or "", where, "encryption key")
+    akey = _key(akey_s or "", where, "authentication key")
+    fam = WIRESHARK_ENC.get(enc) or _ENC_READ_ALIASES.get(enc)
+    if fam is None:
+        raise KeyFileError(f"{where}: encryption algorithm {enc!r} is not one natt implements "
+                           f"(natt knows: {', '.join(WIRESHARK_ENC)})")
+    if auth not in WIRESHARK_AUTH:
+        why = " (natt always verifies the ICV, so it needs the real algorithm and key)" if auth.startswith("ANY ") else ""
+        raise KeyFileError(f"{where}: authentication algorithm {auth!r} is not one natt implements{why}")
+    mac = WIRESHARK_AUTH[auth]
+    aead = fam.startswith("gcm") or fam == "chacha20poly1305"
+    if aead:
+        if mac:
+            raise KeyFileError(f"{where}: {enc} is an AEAD: its authentication algorithm must be NULL")
+        bits = (len(ekey) - 4) * 8
+        if fam == "chacha20poly1305":
+            suite = "chacha20poly1305"
+        elif bits in (128, 192, 256):
+            suite = f"aes{bits}{fam}"
+        else:
+            raise KeyFileError(f"{where}: encryption key: {len(ekey)} octets; AES-GCM needs 20, 28 or 36 "
+                               f"(key and 4-octet salt)")
+    else:
+        if not mac:
+            raise KeyFileError(f"{where}: authentication NULL with {enc}: natt needs an integrity "
+                               f"algorithm for non-AEAD SAs")
+        if fam == "aes-cbc":
+            if len(ekey) not in (16, 24, 32):
+                raise KeyFileError(f"{where}: encryption key: {len(ekey)} octets; AES-CBC needs 16, 24 or 32")
+            suite = f"aes{len(ekey) * 8}-{mac}"
+        else:
+            suite = f"{fam}-{mac}"
+    s, _ = parse_suite(suite)
+    key = ekey + akey
+    if len(key) != s.key_len:
+        raise KeyFileError(f"{where}: keys: {len(ekey)} + {len(akey)} octets, {s.name} needs "
+                           f"{s.enc_key_len + s.salt_len} + {s.auth_key_len}")
+    return SaSpec(spi=spi, suite=s.name, key=key, direction=None, mode=mode,
+                  src=_addr(src, where, "source"), dst=_addr(dst, where, "destination"))
+
+
+def from_esp_sa(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
+    """Parse Wireshark ``esp_sa`` UAT text (or strongSwan save-keys output)."""
+    specs = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = _uat_fields(line)
+        if fields is None:
+            raise KeyFileError(f"line {lineno}: not a list of double-quoted fields")
+        specs.append(_esp_sa_spec(lineno, fields, mode))
+    return specs
+
+
+def to_esp_sa(specs: Iterable[SaSpec]) -> str:
+    """Wireshark ``esp_sa`` UAT text (tshark 4.0 form) for ``specs``.
+
+    Raises :class:`KeyFileError` for a suite Wireshark cannot decrypt (AES-GMAC). ESN SAs are
+    written too, but Wireshark 4.0 assumes 32-bit sequence numbers and will fail their ICVs.
+    """
+    lines = ["# Wireshark ESP SA table (esp_sa), written by natt. Fields: protocol, source,",
+             "# destination, SPI, encryption algorithm, encryption key, authentication algorithm,",
+             "# authentication key."]
+    for s in specs:
+        su = s.suite_info
+        enc_key = s.key[: su.enc_key_len + su.salt_len]
+        auth_key = s.key[su.enc_key_len + su.salt_len:]
+        if su.cipher is Cipher.AES_GCM:
+            enc = f"AES-GCM with {su.icv_len} octet ICV [RFC4106]"
+        elif su.cipher is Cipher.CHACHA20_POLY1305:
+            enc = "ChaCha20 with Poly1305 [RFC7634]"
+        elif su.cipher is Cipher.AES_CBC:
+            enc = "AES-CBC [RFC3602]"
+        elif su.cipher is Cipher.TRIPLE_DES_CBC:
+            enc = "TripleDES-CBC [RFC2451]"
+        elif su.cipher is Cipher.NULL:
+            enc = "NULL"
+        else:
+            raise KeyFileError(f"spi 0x{s.spi:08x}: Wireshark's esp_sa table has no {su.name} (AES-GMAC)")
+        auth = _MAC_WIRESHARK[_MAC_KEYWORD[su.mac]] if su.mac is not Mac.NONE else "NULL"
+        fields = ["IPv4", s.src or "*", s.dst or "*", f"0x{s.spi:08x}", enc,
+                  f"0x{enc_key.hex()}" if enc_key else "", auth, f"0x{auth_key.hex()}" if auth_key else ""]
+        lines.append(",".join(f'"{f}"' for f in fields))
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def loads(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
+    """Parse a key file's text: JSON when it starts with ``[`` or ``{``, else ``esp_sa``.
+
+    ``mode`` applies to ``esp_sa`` SAs only (the table does not say); JSON SAs carry their own.
+    """
+    if mode not in ("tunnel", "transport"):
+        raise ValueError(f"mode: 'tunnel' or 'transport', got {mode!r}")
+    stripped = text.lstrip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            # The message carries position only; json's own text could quote the document.
+            raise KeyFileError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        if isinstance(doc, dict):
+            if "sas" not in doc:
+                raise KeyFileError("a JSON key file is a list of SAs or an object with an 'sas' list")
+            doc = doc["sas"]
+        if not isinstance(doc, list):
+            raise KeyFileError("a JSON key file is a list of SAs or an object with an 'sas' list")
+        return [_spec_from_json(i, o) for i, o in enumerate(doc)]
+    return from_esp_sa(text, mode=mode)
+
+
+def load(path: PathLike, *, mode: str = "tunnel") -> list[SaSpec]:
+    """Read a JSON key file or a Wireshark/strongSwan ``esp_sa`` file.
+
+    Raises :class:`KeyFileError` (with the file name) when the file is not a usable key file,
+    and ``OSError`` when it cannot be read.
+    """
+    with open(path, encoding="utf-8", errors="strict") as f:
+        try:
+            text = f.read()
+        except UnicodeDecodeError:
+            raise KeyFileError(f"{os.fspath(path)}: not a text file (invalid UTF-8)") from None
+    try:
+        return loads(text, mode=mode)
+    except KeyFileError as e:
+        raise KeyFileError(f"{os.fspath(path)}: {e}") from None
+
+
+def dumps(specs: Iterable[SaSpec], fmt: str = "json") -> str:
+    """Serialise ``specs`` as ``"json"`` or ``"esp_sa"``."""
+    if fmt == "json":
+        return json.dumps([_spec_to_json(s) for s in specs], indent=2) + "\n"
+    if fmt == "esp_sa":
+        return to_esp_sa(specs)
+    raise ValueError(f"fmt: 'json' or 'esp_sa', got {fmt!r}")
+
+
+def save(path: PathLike, specs: Iterable[SaSpec], fmt: Optional[str] = None) -> None:
+    """Write ``specs``; ``fmt`` defaults to ``esp_sa`` when the file is named ``esp_sa`` or
+    ends in ``.esp_sa``, else JSON. The file is created with mode 0600: it holds keys."""
+    if fmt is None:
+        base = os.path.basename(os.fspath(path))
+        fmt = "esp_sa" if base == "esp_sa" or base.endswith(".esp_sa") else "json"
+    text = dumps(specs, fmt)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Installing
+
+
+def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] = None) -> list[int]:
+    """Install ``specs`` on ``offload`` (a :class:`natt.Offload`); returns one handle per spec.
+
+    ``direction=None`` installs each SA with its own direction (an SA with none -- from an
+    ``esp_sa`` table -- is refused). ``"in"`` or ``"out"`` installs every SA that way: decrypting
+    a capture uses ``"in"`` for every SA, whichever way its traffic went.
+
+    An inbound tunnel SA with no source address (``*``) gets its destination as source: decap
+    never looks at an SA's source (DESIGN "Inbound SA lookup"), but a tunnel SA needs one.
+
+    All or nothing: if one SA is refused, those already installed are deleted again and
+    :class:`KeyFileError` names the SA (its ``natt.OffloadError`` is the ``__cause__``).
+    """
+    if direction not in (None, "in", "out"):
+        raise ValueError(f"direction: None, 'in' or 'out', got {direction!r}")
+    handles: list[int] = []
+    try:
+        for i, s in enumerate(specs):
+            d = direction or s.direction
+            if d is None:
+                raise KeyFileError(f"{_where(i, s.spi)}: no direction (esp_sa tables have none); "
+                                   f"pass direction='in' or 'out'")
+            src, dst = s.src, s.dst
+            if s.mode == "tunnel" and d == "in" and src is None and dst is not None:
+                src = dst
+            if s.mode == "tunnel" and (src is None or dst is None):
+                raise KeyFileError(f"{_where(i, s.spi)}: a tunnel-mode SA needs its tunnel end "
+                                   f"addresses (src and dst); for a wildcard destination use "
+                                   f"transport mode")
+            try:
+                h = offload.add_sa(
+                    s.spi, s.key, s.suite, d, mode=s.mode, src=src, dst=dst, encap=s.encap,
+                    port=s.port, sport=s.sport, dport=s.dport, replay_window=s.replay_window,
+                    esn=s.esn, nat_oa_src=s.nat_oa_src if d == "in" else None,
+                    nat_oa_dst=s.nat_oa_dst if d == "in" else None,
+                    replay_seq=s.replay_seq, replay_oseq=s.replay_oseq)
+            except Exception as e:   # OffloadError; its message names the field, never the key
+                raise KeyFileError(f"{_where(i, s.spi)}: {e}") from e
+            handles.append(h)
+    except BaseException:
+        for h in handles:
+            offload.delete_sa(h)
+        raise
+    return handles
