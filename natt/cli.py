@@ -1,0 +1,721 @@
+"""The ``natt`` command line: decrypt and build NAT-T captures, run the demo and the benchmark.
+
+Every subcommand is a thin layer over :mod:`natt.pcap`, :mod:`natt.keys` and
+:class:`natt.Offload`; ``main(argv)`` returns the exit status (0 success, 1 failure with a
+one-line message on stderr, 2 bad usage) and never prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Optional, TextIO
+
+import numpy as np
+
+from . import keys as keyfile
+from . import pcap
+from ._batch import PacketBatch
+from ._constants import Status
+from ._offload import Offload, backends
+from ._version import __version__
+
+__all__ = ["main", "build_parser", "CaptureStats"]
+
+_FAILURES = (Status.NO_SA, Status.MALFORMED, Status.AUTH_FAILED, Status.REPLAY, Status.PROTOCOL,
+             Status.SEQ_OVERFLOW, Status.ERROR)
+# Statuses of frames that are not ESP at all: never "undecrypted", never dropped.
+_NOT_ESP = (Status.NOT_ESP, Status.IKE, Status.KEEPALIVE, Status.FRAGMENT)
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr (exit status 1)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+
+
+@dataclasses.dataclass
+class CaptureStats:
+    """Per-SA and overall counts of one ``decap``/``encap`` run over a capture."""
+
+    labels: list[str]                         # one per SA, in key-file order
+    frames: int = 0
+    ipv4: int = 0
+    written: int = 0
+    elapsed: float = 0.0
+    crypto_seconds: float = 0.0
+    # counts[k, s]: packets of SA k (row len(labels) = no SA) with status s; octets: OK output octets.
+    counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    octets: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        self.counts = np.zeros((len(self.labels) + 1, len(Status)), np.int64)
+        self.octets = np.zeros(len(self.labels) + 1, np.int64)
+
+    def add(self, sa_index: np.ndarray, status: np.ndarray, out_lengths: np.ndarray) -> None:
+        """Count one chunk: ``sa_index`` is the key-file index of each packet's SA (-1 = none)."""
+        row = np.where(sa_index < 0, len(self.labels), sa_index)
+        flat = row * len(Status) + status.astype(np.int64)
+        self.counts += np.bincount(flat, minlength=self.counts.size).reshape(self.counts.shape)
+        ok = status == Status.OK
+        self.octets += np.bincount(row[ok], weights=out_lengths[ok], minlength=self.octets.size).astype(np.int64)
+
+    def totals(self) -> dict[str, int]:
+        t = self.counts.sum(axis=0)
+        return {s.name: int(t[s]) for s in Status if t[s]}
+
+    def as_dict(self) -> dict[str, Any]:
+        rows = []
+        for k, label in enumerate(self.labels + ["(no SA)"]):
+            c = self.counts[k]
+            if k == len(self.labels) and not c.sum():
+                continue
+            rows.append({"sa": label, "packets": int(c[Status.OK]), "bytes": int(self.octets[k]),
+                         **{s.name.lower(): int(c[s]) for s in _FAILURES + (Status.DUMMY,)}})
+        return {"frames": self.frames, "ipv4_frames": self.ipv4, "frames_written": self.written,
+                "statuses": self.totals(), "sas": rows, "elapsed_seconds": round(self.elapsed, 6),
+                "data_path_seconds": round(self.crypto_seconds, 6)}
+
+    def table(self) -> str:
+        """The per-SA summary table printed at the end of a run."""
+        cols = ["packets", "bytes"] + [s.name.lower() for s in _FAILURES if s is not Status.NO_SA] + ["no_sa", "dummy"]
+        rows = []
+        for r in self.as_dict()["sas"]:
+            rows.append([r["sa"]] + [str(r[c]) for c in cols])
+        head = ["SA"] + cols
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+        fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+        lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+        other = {k: v for k, v in self.totals().items() if Status[k] in _NOT_ESP}
+        lines.append(f"{self.frames} frames ({self.ipv4} IPv4), {self.written} written"
+                     + (", not ESP: " + ", ".join(f"{k.lower()} {v}" for k, v in other.items()) if other else ""))
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _progress(args: argparse.Namespace, total: int, desc: str) -> Any:
+    """A tqdm bar on stderr that appears only once the work has taken more than a second."""
+    from tqdm import tqdm
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, delay=1.0,
+                disable=not show, file=sys.stderr, leave=False)
+
+
+def _load_keys(path: str, mode: str) -> list[keyfile.SaSpec]:
+    try:
+        specs = keyfile.load(path, mode=mode)
+    except OSError as e:
+        raise CliError(f"cannot read key file {path}: {e.strerror or e}") from None
+    except keyfile.KeyFileError as e:
+        raise CliError(f"bad key file: {e}") from None
+    if not specs:
+        raise CliError(f"key file {path} holds no SA")
+    return specs
+
+
+def _open_capture(path: str, chunk_size: int) -> pcap.PcapReader:
+    try:
+        return pcap.PcapReader(path, chunk_size=chunk_size)
+    except OSError as e:
+        raise CliError(f"cannot read capture {path}: {e.strerror or e}") from None
+    except pcap.PcapError as e:
+        raise CliError(str(e)) from None
+
+
+def _offload(args: argparse.Namespace, n_sas: int) -> Offload:
+    name = args.backend
+    if name is None:
+        name = "fast" if "fast" in backends() else "reference"
+    try:
+        return Offload(backend=name, max_sas=max(n_sas, 1))
+    except Exception as e:  # unknown or unavailable backend
+        raise CliError(f"backend {name!r}: {e}") from None
+
+
+def _install(nic: Offload, specs: list[keyfile.SaSpec], direction: str) -> list[int]:
+    try:
+        return keyfile.install(nic, specs, direction=direction)
+    except keyfile.KeyFileError as e:
+        raise CliError(f"cannot install SA: {e}") from None
+
+
+def _sa_index(handles: list[int], sa: np.ndarray) -> np.ndarray:
+    """Key-file index of each result's SA handle (-1 for none)."""
+    lut = np.full(max(handles) + 1 if handles else 1, -1, np.int64)
+    lut[handles] = np.arange(len(handles))
+    s = np.asarray(sa, np.int64)
+    return np.where((s > 0) & (s < lut.size), lut[np.clip(s, 0, lut.size - 1)], -1)
+
+
+def _finish(args: argparse.Namespace, stats: CaptureStats, out: TextIO) -> None:
+    print(stats.table(), file=out)
+    rate = stats.frames / stats.elapsed if stats.elapsed > 0 else 0.0
+    print(f"{stats.elapsed:.3f} s, {rate:,.0f} frames/s", file=out)
+    if getattr(args, "report", None):
+        doc = {"command": args.command, "input": args.input, "output": args.output, **stats.as_dict()}
+        try:
+            with open(args.report, "w") as f:
+                json.dump(doc, f, indent=2)
+                f.write("\n")
+        except OSError as e:
+            raise CliError(f"cannot write report {args.report}: {e.strerror or e}") from None
+
+
+def _chunks(reader: pcap.PcapReader, bar: Any) -> Any:
+    """Iterate a reader's chunks, turning PcapError into CliError and advancing the bar."""
+    it = iter(reader)
+    while True:
+        try:
+            chunk = next(it)
+        except StopIteration:
+            return
+        except pcap.PcapError as e:
+            raise CliError(str(e)) from None
+        yield chunk
+        if len(chunk):
+            bar.update(max(0, int(chunk.file_offsets[-1]) - bar.n))
+
+
+# ----------------------------------------------------------------------------------------------
+# decap
+
+
+def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: pcap.PcapReader,
+                  writer: pcap.PcapWriter, *, threads: Optional[int] = None, drop_undecrypted: bool = False,
+                  bar: Any = None) -> CaptureStats:
+    """Decap every IPv4 frame of ``reader`` into ``writer``: OK frames get their inner packet,
+    DUMMY frames are dropped, others are written as read (or dropped when undecrypted and
+    ``drop_undecrypted``)."""
+    stats = CaptureStats(labels)
+    t0 = time.perf_counter()
+    for chunk in (_chunks(reader, bar) if bar is not None else reader):
+        t1 = time.perf_counter()
+        res = nic.decap(chunk.batch, threads=threads)
+        stats.crypto_seconds += time.perf_counter() - t1
+        st = res.status
+        ipv4 = chunk.ipv4
+        ok = (st == Status.OK) & ipv4
+        keep = st != Status.DUMMY
+        if drop_undecrypted:
+            keep &= ok | np.isin(st, _NOT_ESP) | ~ipv4
+        stats.written += writer.write_chunk(chunk, res.batch(), replace=ok, keep=keep)
+        stats.frames += len(chunk)
+        stats.ipv4 += int(ipv4.sum())
+        stats.add(_sa_index(handles, res.sa)[ipv4], st[ipv4], res.lengths[ipv4])
+    stats.elapsed = time.perf_counter() - t0
+    return stats
+
+
+def _cmd_decap(args: argparse.Namespace) -> int:
+    specs = _load_keys(args.keys, args.mode)
+    reader = _open_capture(args.input, args.chunk_size)
+    with reader:
+        nic = _offload(args, len(specs))
+        handles = _install(nic, specs, "in")
+        try:
+            writer = pcap.PcapWriter.like(reader, args.output)
+        except OSError as e:
+            raise CliError(f"cannot write {args.output}: {e.strerror or e}") from None
+        with writer, _progress(args, os.path.getsize(args.input), "decap") as bar:
+            stats = decap_capture(nic, handles, [s.label() for s in specs], reader, writer,
+                                  threads=args.threads, drop_undecrypted=args.drop_undecrypted, bar=bar)
+    _finish(args, stats, sys.stdout)
+    if stats.counts[:, Status.PROTOCOL].sum() and args.mode == "tunnel":
+        print("hint: PROTOCOL means a tunnel SA received a transport-mode packet; "
+              "try --mode transport for esp_sa keys", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# encap
+
+
+def _outbound(specs: list[keyfile.SaSpec]) -> list[keyfile.SaSpec]:
+    return [s for s in specs if s.direction in ("out", None)]
+
+
+def choose_sa(specs: Sequence[keyfile.SaSpec], src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Index into ``specs`` of the SA that carries each inner packet (-1: none). The rule:
+
+    * a transport SA carries packets from its ``src`` to its ``dst`` (an unset address matches
+      any); a tunnel SA carries packets whose addresses lie in its ``inner_src``/``inner_dst``
+      networks (unset = any);
+    * among the SAs that match, the most specific wins (transport: each set address counts 32
+      bits; tunnel: the two prefix lengths), and on a tie the one earlier in the key file.
+    """
+    best = np.full(src.size, -1, np.int64)
+    best_score = np.full(src.size, -1, np.int64)
+    for k, s in enumerate(specs):
+        m = np.ones(src.size, bool)
+        score = 0
+        if s.mode == "transport":
+            for addr, col in ((s.src, src), (s.dst, dst)):
+                if addr is not None:
+                    m &= col == int(ipaddress.IPv4Address(addr))
+                    score += 32
+        else:
+            for net, col in ((s.inner_src, src), (s.inner_dst, dst)):
+                if net is not None:
+                    n = ipaddress.IPv4Network(net)
+                    m &= (col & int(n.netmask)) == int(n.network_address)
+                    score += n.prefixlen
+        better = m & (score > best_score)
+        best[better] = k
+        best_score[better] = score
+    return best
+
+
+def _ip_addresses(batch: PacketBatch, ipv4: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(usable, src, dst) per segment: usable = IPv4 frame of at least 20 octets, version 4."""
+    d = batch.data
+    usable = ipv4 & (batch.lengths >= 20)
+    o = np.where(usable, batch.offsets, 0)
+    if d.size < 20:
+        z = np.zeros(batch.offsets.size, np.int64)
+        return np.zeros_like(usable), z, z
+    o = np.minimum(o, d.size - 20)
+    usable &= (d[o] >> 4) == 4
+    b = d[o[:, None] + np.arange(12, 20)].astype(np.int64)
+    src = (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
+    dst = (b[:, 4] << 24) | (b[:, 5] << 16) | (b[:, 6] << 8) | b[:, 7]
+    return usable, src, dst
+
+
+def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSpec], reader: pcap.PcapReader,
+                  writer: pcap.PcapWriter, *, threads: Optional[int] = None, bar: Any = None) -> CaptureStats:
+    """Encap every IPv4 frame of ``reader`` that an SA is chosen for (:func:`choose_sa`)."""
+    stats = CaptureStats([s.label() for s in specs])
+    t0 = time.perf_counter()
+    for chunk in (_chunks(reader, bar) if bar is not None else reader):
+        n = len(chunk)
+        b = chunk.batch
+        usable, src, dst = _ip_addresses(b, chunk.ipv4)
+        which = np.where(usable, choose_sa(specs, src, dst), -1)
+        status = np.full(n, Status.NO_SA, np.uint8)
+        out_off = np.zeros(n, np.int64)
+        out_len = np.zeros(n, np.int64)
+        parts = []
+        base = 0
+        t1 = time.perf_counter()
+        for k in np.unique(which[which >= 0]).tolist():
+            idx = np.nonzero(which == k)[0]
+            sub = PacketBatch(b.data, np.ascontiguousarray(b.offsets[idx]), np.ascontiguousarray(b.lengths[idx]))
+            res = nic.encap(sub, handles[k], threads=threads)
+            status[idx] = res.status
+            out_off[idx] = res.offsets + base
+            out_len[idx] = res.lengths
+            parts.append(res.data.copy())
+            base += res.data.size
+        stats.crypto_seconds += time.perf_counter() - t1
+        data = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+        replace = (status == Status.OK) & (which >= 0)
+        out = PacketBatch(data, np.where(replace, out_off, 0), np.where(replace, out_len, 0))
+        stats.written += writer.write_chunk(chunk, out, replace=replace)
+        stats.frames += n
+        stats.ipv4 += int(chunk.ipv4.sum())
+        sel = chunk.ipv4
+        stats.add(which[sel], status[sel], out_len[sel])
+    stats.elapsed = time.perf_counter() - t0
+    return stats
+
+
+def _cmd_encap(args: argparse.Namespace) -> int:
+    specs = _outbound(_load_keys(args.keys, args.mode))
+    if not specs:
+        raise CliError(f"key file {args.keys} has no outbound SA (direction \"out\")")
+    reader = _open_capture(args.input, args.chunk_size)
+    with reader:
+        nic = _offload(args, len(specs))
+        handles = _install(nic, specs, "out")
+        try:
+            writer = pcap.PcapWriter.like(reader, args.output)
+        except OSError as e:
+            raise CliError(f"cannot write {args.output}: {e.strerror or e}") from None
+        with writer, _progress(args, os.path.getsize(args.input), "encap") as bar:
+            stats = encap_capture(nic, handles, specs, reader, writer, threads=args.threads, bar=bar)
+    _finish(args, stats, sys.stdout)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# demo
+
+# Suites Wireshark 4.0 can decrypt too, so demo.pcap opens decrypted with demo.esp_sa.
+DEMO_SUITES = ("aes128gcm16", "aes256gcm16", "aes128-sha1", "aes256-sha256", "3des-sha1")
+DEMO_TUNNEL = ("198.51.100.2", "203.0.113.5")     # RFC 5737 documentation addresses
+
+
+def _demo_specs(seed: int) -> list[keyfile.SaSpec]:
+    import random
+    from ._suites import parse_suite
+    rng = random.Random(seed)
+    specs = []
+    for i, name in enumerate(DEMO_SUITES):
+        n = parse_suite(name)[0].key_len
+        specs.append(keyfile.SaSpec(spi=0xC0DE0000 + i + 1, suite=name, key=rng.randbytes(n), direction="out",
+                                    mode="tunnel", src=DEMO_TUNNEL[0], dst=DEMO_TUNNEL[1],
+                                    inner_src=f"10.1.{i}.0/24", name=f"demo-{name}"))
+    return specs
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import traffic
+    os.makedirs(args.out_dir, exist_ok=True)
+    specs = _demo_specs(args.seed)
+    tx = _offload(args, len(specs))
+    handles = _install(tx, specs, "out")
+    # Inner traffic per SA: ICMP echo, UDP and TCP between documentation-style private hosts.
+    frames: list[bytes] = []
+    t_enc = 0.0
+    per = max(args.packets // len(specs), 1)
+    for i, (s, h) in enumerate(zip(specs, handles)):
+        inner = traffic.inner_traffic(args.seed + i, per, src=f"10.1.{i}.2", dst="10.2.0.7")
+        t = time.perf_counter()
+        res = tx.encap(inner, h)
+        t_enc += time.perf_counter() - t
+        if res.counts().get(Status.OK, 0) != len(inner):
+            raise CliError(f"demo: encap with {s.suite} failed: {res.counts()}")
+        frames.extend(res)
+    # Interleave the SAs' packets as a real capture would, with 10 µs between frames.
+    order = sorted(range(len(frames)), key=lambda j: (j % per, j // per))
+    frames = [frames[j] for j in order]
+    ts = [1_700_000_000_000_000_000 + 10_000 * j for j in range(len(frames))]
+    pcap_path = os.path.join(args.out_dir, "demo.pcap")
+    pcap.write_datagrams(pcap_path, frames, ts_ns=ts)
+    keyfile.save(os.path.join(args.out_dir, "demo.esp_sa"), specs)
+    keyfile.save(os.path.join(args.out_dir, "demo-keys.json"), specs)
+    # Decap the capture back through the same path as `natt decap`.
+    rx = _offload(args, len(specs))
+    rx_handles = _install(rx, specs, "in")
+    out_path = os.path.join(args.out_dir, "demo-decap.pcap")
+    with pcap.PcapReader(pcap_path) as reader, pcap.PcapWriter.like(reader, out_path) as writer, \
+            _progress(args, os.path.getsize(pcap_path), "demo") as bar:
+        stats = decap_capture(rx, rx_handles, [s.label() for s in specs], reader, writer, bar=bar)
+    print(stats.table())
+    n = stats.ipv4
+    octets = int(stats.octets.sum())
+    print(f"encap: {len(frames)} packets in {t_enc:.3f} s ({len(frames) / t_enc:,.0f} packets/s)"
+          if t_enc > 0 else "encap: done")
+    if stats.crypto_seconds > 0:
+        print(f"decap: {n} packets in {stats.crypto_seconds:.3f} s ({n / stats.crypto_seconds:,.0f} packets/s, "
+              f"{octets * 8 / stats.crypto_seconds / 1e6:,.1f} Mbit/s of inner packets; "
+              f"backend {rx.backend})")
+    print(f"wrote {pcap_path}, {out_path},\n      {os.path.join(args.out_dir, 'demo.esp_sa')} "
+          f"(Wireshark: copy to ~/.config/wireshark/esp_sa, or use the command below),\n"
+          f"      {os.path.join(args.out_dir, 'demo-keys.json')} (natt decap -k)")
+    esp_sa = os.path.join(args.out_dir, "demo.esp_sa")
+    print(f"try:  tshark -o esp.enable_encryption_decode:TRUE -o esp.enable_authentication_check:TRUE "
+          f"-o \"uat:esp_sa:$(grep -v '^#' {esp_sa} | head -1)\" -r {pcap_path}")
+    print(f"      natt decap {pcap_path} -k {esp_sa} -o clear.pcap")
+    ok = stats.counts[:, Status.OK].sum()
+    if ok != len(frames):
+        raise CliError(f"demo: only {ok} of {len(frames)} packets decapsulated: {stats.totals()}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# explain
+
+
+_STEP_OF = {Status.NOT_ESP: None, Status.MALFORMED: None, Status.FRAGMENT: 3, Status.IKE: 5,
+            Status.KEEPALIVE: 5, Status.NO_SA: 6, Status.REPLAY: 8, Status.AUTH_FAILED: 9,
+            Status.DUMMY: 11, Status.PROTOCOL: 11, Status.OK: 12, Status.ERROR: None}
+
+
+def explain_packet(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSpec], p: bytes) -> list[str]:
+    """Lines walking docs/semantics.md §1 for packet ``p`` up to the step that decides it.
+
+    The verdict (status, SA, sequence number, next header) is the data path's own: ``p`` is
+    decapsulated once by ``nic``. The walk re-reads only header fields to say which step that
+    verdict comes from and why; it never decides anything itself.
+    """
+    res = nic.decap([p])
+    st, sa, seq, nh = Status(int(res.status[0])), int(res.sa[0]), int(res.seq[0]), int(res.next_header[0])
+    out = [f"packet: {len(p)} octets"]
+
+    def stop(step: int, why: str) -> list[str]:
+        out.append(f"step {step}: {why}")
+        out.append(f"=> {st.name} (step {step})")
+        return out
+
+    # 1-2: IPv4 header.
+    if len(p) < 20 or p[0] >> 4 != 4:
+        return stop(1, f"not IPv4 ({'shorter than 20 octets' if len(p) < 20 else f'version {p[0] >> 4}'})")
+    ihl, tl = (p[0] & 15) * 4, int.from_bytes(p[2:4], "big")
+    out.append(f"step 1: IPv4, {ipaddress.IPv4Address(p[12:16])} -> {ipaddress.IPv4Address(p[16:20])}")
+    if st is Status.MALFORMED and (ihl < 20 or tl < ihl or tl > len(p)):
+        return stop(2, f"IPv4 header inconsistent: IHL {ihl} octets, total length {tl}, {len(p)} octets present")
+    out.append(f"step 2: header length {ihl}, total length {tl}"
+               + (f" ({len(p) - tl} octets of link padding ignored)" if len(p) > tl else ""))
+    ip = p[:tl]
+    if ip[9] != 17:
+        return stop(3, f"protocol {ip[9]}, not UDP (17)")
+    ff = int.from_bytes(ip[6:8], "big")
+    if st is Status.FRAGMENT:
+        return stop(3, f"IPv4 fragment (MF {(ff >> 13) & 1}, offset {(ff & 0x1FFF) * 8}): a NIC does not reassemble")
+    out.append("step 3: UDP, not a fragment")
+    udp = ip[ihl:]
+    if st is Status.MALFORMED and (tl - ihl < 8 or int.from_bytes(udp[4:6], "big") != tl - ihl):
+        return stop(4, "UDP header incomplete" if tl - ihl < 8 else
+                    f"UDP length {int.from_bytes(udp[4:6], 'big')} != IP payload length {tl - ihl}")
+    sport, dport = int.from_bytes(udp[0:2], "big"), int.from_bytes(udp[2:4], "big")
+    if st is Status.NOT_ESP:
+        return stop(4, f"UDP {sport} -> {dport}: port {dport} is no parser entry's "
+                       f"(the SAs of the key file listen on {sorted({s.port for s in specs})})")
+    out.append(f"step 4: UDP {sport} -> {dport}, a parser entry's port")
+    u = udp[8:]
+    if st is Status.KEEPALIVE:
+        return stop(5, "a single 0xFF octet: NAT-keepalive (RFC 3948 §2.3)")
+    if st is Status.IKE:
+        return stop(5, "non-ESP marker (four zero octets, RFC 3948 §2.2) or legacy framing without the "
+                       "8-octet non-IKE marker: IKE")
+    marker = 8 if len(u) > 16 and u[:8] == bytes(8) else 0
+    esp = u[marker:]
+    if st is Status.MALFORMED and sa == 0:
+        return stop(5, f"ESP payload of {len(esp)} octets: not even SPI and sequence number (8 octets)")
+    spi = int.from_bytes(esp[0:4], "big")
+    out.append(f"step 5: ESP, SPI 0x{spi:08x}, sequence number {int.from_bytes(esp[4:8], 'big')}")
+    if st is Status.NO_SA:
+        same = [s for s in specs if s.spi == spi]
+        why = (f"no inbound SA with SPI 0x{spi:08x} on port {dport}" if not same else
+               f"SPI 0x{spi:08x} is in the key file, but not for destination "
+               f"{ipaddress.IPv4Address(ip[16:20])} on port {dport} "
+               f"(key file: dst {', '.join(str(s.dst) for s in same)}, port {', '.join(str(s.port) for s in same)})")
+        return stop(6, why)
+    k = handles.index(sa) if sa in handles else -1
+    spec = specs[k] if k >= 0 else None
+    su = spec.suite_info if spec else None
+    out.append(f"step 6: SA {spec.label() if spec else sa} ({spec.mode if spec else '?'} mode)")
+    if st is Status.MALFORMED and su is not None and nh == 0:
+        need = 8 + su.iv_len + su.icv_len + 2
+        if len(esp) < need:
+            return stop(7, f"ESP is {len(esp)} octets; {su.name} needs at least {need} "
+                           f"(header 8 + IV {su.iv_len} + trailer 2 + ICV {su.icv_len})")
+        ct = len(esp) - 8 - su.iv_len - su.icv_len
+        if su.block_size > 1 and ct % su.block_size:
+            return stop(7, f"ciphertext of {ct} octets is not a whole number of {su.block_size}-octet blocks")
+    out.append("step 7: lengths fit the suite")
+    if st is Status.REPLAY:
+        return stop(8, f"sequence number {seq} already seen or left of the replay window "
+                       f"({spec.replay_window if spec else '?'} packets); the SA has not moved")
+    out.append(f"step 8: sequence number {seq} passes the preliminary replay check")
+    if st is Status.AUTH_FAILED:
+        return stop(9, "ICV / AEAD tag does not verify: wrong key or suite, or the packet was altered")
+    out.append("step 9: ICV verified; the replay window moves")
+    if st is Status.MALFORMED:
+        return stop(10, "decrypted trailer invalid: pad length beyond the payload, or padding not 1, 2, 3, ...")
+    out.append(f"step 10: decrypted, padding valid, next header {nh}")
+    if st is Status.DUMMY:
+        return stop(11, "next header 59: a dummy packet (RFC 4303 §2.6), verified and discarded")
+    if st is Status.PROTOCOL:
+        return stop(11, f"next header {nh} in a tunnel-mode SA (4 or 41 expected): "
+                        f"is this a transport-mode SA? (try --mode transport)")
+    if st is Status.OK:
+        return stop(12, f"decapsulated: {int(res.lengths[0])} octets out")
+    out.append(f"=> {st.name}")
+    return out
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    text = "".join(args.hex.replace(":", " ").split())
+    if text[:2].lower() == "0x":
+        text = text[2:]
+    try:
+        packet = bytes.fromhex(text)
+    except ValueError:
+        raise CliError("HEX: not a hex string (the IPv4 packet, starting at the IP header)") from None
+    specs = _load_keys(args.keys, args.mode)
+    nic = Offload(backend="reference", max_sas=max(len(specs), 1))
+    handles = _install(nic, specs, "in")
+    for line in explain_packet(nic, handles, specs, packet):
+        print(line)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# bench
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from . import _bench
+    except ImportError as e:
+        raise CliError(f"the benchmark module is not available: {e}") from None
+    return int(_bench.main(args.bench_args, prog="natt bench"))
+
+
+# ----------------------------------------------------------------------------------------------
+# argument parsing
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _common(p: argparse.ArgumentParser, *, io: bool = True) -> None:
+    if io:
+        p.add_argument("--threads", type=_positive, default=None, metavar="N",
+                       help="data-path threads per batch (results are identical to one thread)")
+        p.add_argument("--chunk-size", type=_positive, default=pcap.DEFAULT_CHUNK_SIZE, metavar="OCTETS",
+                       help=f"octets of capture read per batch (default {pcap.DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--backend", choices=("fast", "reference"), default=None,
+                   help="data path: fast (Cython/OpenSSL, default when built) or reference (pure Python)")
+    prog = p.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="show a progress bar even when stderr is not a terminal")
+    prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+
+
+_KEYS_HELP = ("SA file: natt JSON (docs/keys.md) or a Wireshark/strongSwan esp_sa table")
+_MODE_HELP = ("IPsec mode of SAs read from an esp_sa table, which does not record it "
+              "(default tunnel; JSON key files carry their own)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``natt`` argument parser (every subcommand has a description and examples)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="natt", formatter_class=fmt,
+        description="Software IPsec task offload for UDP-encapsulated ESP (NAT traversal, RFC 3948).\n"
+                    "Decrypt NAT-T captures with keys from Wireshark or strongSwan, build NAT-T traffic,\n"
+                    "and measure the data path.",
+        epilog="examples:\n"
+               "  natt demo --out-dir /tmp/natt-demo          # no input needed: make, decap, summarise\n"
+               "  natt decap capture.pcap -k esp_sa -o clear.pcap\n"
+               "  natt encap clear.pcap -k keys.json -o natt.pcap\n"
+               "  natt explain 4500009c... -k keys.json       # why did this packet fail?\n"
+               "  natt bench --quick\n"
+               "run 'natt COMMAND --help' for each command's options.")
+    p.add_argument("--version", action="version", version=f"natt {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser(
+        "decap", formatter_class=fmt, help="decrypt the NAT-T ESP packets of a capture",
+        description="Read a pcap/pcapng capture, decapsulate every UDP-encapsulated ESP packet an SA of\n"
+                    "KEYS decrypts, and write a capture of the same format in which those packets are\n"
+                    "replaced by their inner packets (tunnel mode: the inner datagram; transport mode:\n"
+                    "the outer header with the decrypted payload). Every other frame is written as read,\n"
+                    "unless --drop-undecrypted. Every SA of KEYS is installed inbound, whichever way its\n"
+                    "traffic went. A per-SA summary (packets, bytes, each failure kind) ends the run.",
+        epilog="examples:\n"
+               "  natt decap capture.pcapng -k ~/.config/wireshark/esp_sa -o clear.pcapng\n"
+               "  natt decap l2tp.pcap -k esp_sa --mode transport -o clear.pcap\n"
+               "  natt decap big.pcap -k keys.json -o clear.pcap --threads 2 --report report.json\n"
+               "  natt decap capture.pcap -k keys.json -o only-decrypted.pcap --drop-undecrypted\n"
+               "exit status: 0 done, 1 unreadable capture or keys (message on stderr), 2 bad usage.")
+    d.add_argument("input", metavar="IN", help="capture to read (pcap or pcapng)")
+    d.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
+    d.add_argument("-o", "--output", required=True, metavar="OUT", help="capture to write (same format as IN)")
+    d.add_argument("--report", metavar="REPORT.json", help="also write the summary as JSON")
+    d.add_argument("--drop-undecrypted", action="store_true",
+                   help="leave out ESP packets that could not be decrypted (no SA, ICV failure, replay, "
+                        "malformed, ...); frames that are not ESP are still written")
+    d.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
+    _common(d)
+    d.set_defaults(func=_cmd_decap)
+
+    e = sub.add_parser(
+        "encap", formatter_class=fmt, help="turn the IPv4 packets of a capture into NAT-T traffic",
+        description="Read a capture and encapsulate its IPv4 packets with the outbound SAs of KEYS\n"
+                    "(SAs with direction \"out\", or every SA of an esp_sa table) into UDP-encapsulated\n"
+                    "ESP (RFC 3948), writing a capture of the same format.\n\n"
+                    "Which SA carries a packet: a transport SA carries packets from its src to its dst\n"
+                    "(an unset address matches any); a tunnel SA carries packets whose source and\n"
+                    "destination lie in its inner_src / inner_dst networks (unset = any). The most\n"
+                    "specific match wins (each set transport address counts 32, a tunnel SA its two\n"
+                    "prefix lengths); on a tie, the SA earlier in the file. Packets no SA matches, and\n"
+                    "frames that are not IPv4, are written unchanged.",
+        epilog="examples:\n"
+               "  natt encap clear.pcap -k keys.json -o natt.pcap\n"
+               "  natt encap clear.pcapng -k keys.json -o natt.pcapng --report encap.json\n"
+               "keys.json example (one outbound tunnel SA for 10.1.0.0/16 -> anywhere):\n"
+               '  [{"spi": "0x1001", "suite": "aes128gcm16", "key": "<40 hex digits>",\n'
+               '    "direction": "out", "src": "198.51.100.2", "dst": "203.0.113.5",\n'
+               '    "inner_src": "10.1.0.0/16"}]')
+    e.add_argument("input", metavar="IN", help="capture of inner packets (pcap or pcapng)")
+    e.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
+    e.add_argument("-o", "--output", required=True, metavar="OUT", help="capture to write (same format as IN)")
+    e.add_argument("--report", metavar="REPORT.json", help="also write the summary as JSON")
+    e.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
+    _common(e)
+    e.set_defaults(func=_cmd_encap)
+
+    m = sub.add_parser(
+        "demo", formatter_class=fmt, help="built-in scenario: make NAT-T traffic, decap it, summarise",
+        description="Encapsulate inner traffic (ICMP, UDP, TCP) with one tunnel SA per suite\n"
+                    f"({', '.join(DEMO_SUITES)}), write it as demo.pcap with its keys as\n"
+                    "demo.esp_sa (Wireshark) and demo-keys.json (natt), then decapsulate demo.pcap as\n"
+                    "'natt decap' would into demo-decap.pcap and print the per-SA summary and throughput.",
+        epilog="examples:\n"
+               "  natt demo\n"
+               "  natt demo --out-dir /tmp/natt-demo --packets 20000\n"
+               "  natt decap /tmp/natt-demo/demo.pcap -k /tmp/natt-demo/demo.esp_sa -o /tmp/clear.pcap")
+    m.add_argument("--out-dir", default="natt-demo", metavar="DIR", help="where to write the files (default ./natt-demo)")
+    m.add_argument("--packets", type=_positive, default=5000, help="packets in total (default 5000)")
+    m.add_argument("--seed", type=int, default=1, help="seed of keys and traffic (default 1)")
+    _common(m, io=False)
+    m.set_defaults(func=_cmd_demo)
+
+    x = sub.add_parser(
+        "explain", formatter_class=fmt, help="say where and why decap stops for one packet",
+        description="Walk docs/semantics.md's decision order (§1, steps 1-12) for one IPv4 packet and\n"
+                    "print each step until the one that decides its status, with the reason. The verdict\n"
+                    "is the reference data path's own; the SAs of KEYS are installed inbound.",
+        epilog="examples:\n"
+               "  natt explain 4500003c0001000040113... -k keys.json\n"
+               "  natt explain \"$(tshark -r cap.pcap -Y frame.number==7 -T fields -e ip.raw)\" -k esp_sa\n"
+               "  natt explain 45:00:00:3c:... -k esp_sa --mode transport")
+    x.add_argument("hex", metavar="HEX", help="the packet in hex, from its IPv4 header (spaces and ':' allowed)")
+    x.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
+    x.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
+    x.set_defaults(func=_cmd_explain)
+
+    b = sub.add_parser(
+        "bench", formatter_class=fmt, add_help=False,
+        help="time the data path against bare OpenSSL, cryptography and scapy",
+        description="Runs natt's benchmark (natt._bench); every option is passed on to it.",
+        epilog="examples:\n  natt bench --quick\n  natt bench --sizes 64,1400 --json bench.json\n"
+               "  natt bench --help      # the benchmark's own options")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``natt`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:   # --help, --version, usage errors
+        return int(e.code or 0)
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"natt {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"natt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
