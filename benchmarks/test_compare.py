@@ -1,0 +1,121 @@
+"""Checks of the ratio benchmark's own machinery (``natt._bench``), so its baselines can be trusted.
+
+A baseline that silently skipped work would make natt look slow; one that
+accepted forged packets would not be doing the work it claims. These run in
+a plain ``pytest benchmarks`` (they are not benchmarks, so ``--benchmark-only``
+leaves them out).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from natt import PacketBatch, Status
+from natt._bench import EvpLoop, build_workload, inner_packets, main, python_aesgcm_loop, _scapy_decryptor
+from natt._suites import parse_suite
+
+BACKEND = "reference"   # the workload builder only needs a correct encap
+
+
+def _tampered(batch: PacketBatch, index: int) -> PacketBatch:
+    """A copy of ``batch`` with the last octet (inside the ICV) of packet ``index`` flipped."""
+    data = batch.data.copy()
+    data[int(batch.offsets[index] + batch.lengths[index] - 1)] ^= 0x01
+    return PacketBatch(data, batch.offsets, batch.lengths)
+
+
+@pytest.fixture(scope="module")
+def evp() -> EvpLoop:
+    return EvpLoop()
+
+
+def test_inner_packets_are_valid_ipv4_udp() -> None:
+    b = inner_packets(50, 100, np.random.default_rng(1))
+    assert len(b) == 50 and set(b.lengths.tolist()) == {100}
+    for p in b:
+        words = np.frombuffer(p[:20], dtype=">u2").astype(np.uint32)
+        s = int(words.sum())
+        assert (s & 0xFFFF) + (s >> 16) == 0xFFFF          # header checksum verifies (RFC 1071)
+        assert p[0] == 0x45 and p[9] == 17 and int.from_bytes(p[2:4], "big") == 100
+        assert int.from_bytes(p[24:26], "big") == 80        # UDP length
+    with pytest.raises(ValueError, match="size"):
+        inner_packets(1, 27, np.random.default_rng(1))
+
+
+@pytest.mark.parametrize("suite", ["aes128gcm16", "aes256gcm12", "chacha20poly1305", "aes128-sha1",
+                                   "aes256-sha256", "3des-sha1"])
+def test_evp_loop_decrypts_and_rejects_forgeries(evp: EvpLoop, suite: str) -> None:
+    wl = build_workload(BACKEND, suite, 200, 32)
+    s, _ = parse_suite(suite)
+    out = np.zeros(wl.esp.data.size, dtype=np.uint8)
+
+    assert evp.decrypt(s, wl.keys[0], wl.esp, out) == 32
+    for i in (0, 31):
+        o = int(wl.esp.offsets[i])
+        # Tunnel mode: the plaintext starts with the inner datagram (padding and trailer follow).
+        assert out[o: o + 200].tobytes() == wl.inner[i]
+    assert evp.decrypt(s, wl.keys[0], _tampered(wl.esp, 7), out) == 31
+    wrong_key = bytes(len(wl.keys[0]))
+    assert evp.decrypt(s, wrong_key, wl.esp, out) == 0
+
+
+def test_evp_loop_refuses_a_too_small_output(evp: EvpLoop) -> None:
+    wl = build_workload(BACKEND, "aes128gcm16", 64, 4)
+    s, _ = parse_suite("aes128gcm16")
+    with pytest.raises(ValueError, match="out"):
+        evp.decrypt(s, wl.keys[0], wl.esp, np.zeros(wl.esp.data.size - 1, dtype=np.uint8))
+
+
+def test_python_loop_decrypts_and_rejects_forgeries() -> None:
+    wl = build_workload(BACKEND, "aes128gcm16", 64, 32)
+    s, _ = parse_suite("aes128gcm16")
+    offs, lens = wl.esp.offsets.tolist(), wl.esp.lengths.tolist()
+    assert python_aesgcm_loop(s, wl.keys[0], wl.esp.data.tobytes(), offs, lens) == 32
+    assert python_aesgcm_loop(s, wl.keys[0], _tampered(wl.esp, 3).data.tobytes(), offs, lens) == 31
+
+
+def test_scapy_baseline_decrypts_and_rejects_forgeries() -> None:
+    pytest.importorskip("scapy")
+    wl = build_workload(BACKEND, "aes128gcm16", 64, 8)
+    run = _scapy_decryptor(wl)
+    assert run(list(wl.esp)) == 8
+    assert run(list(_tampered(wl.esp, 2))) == 7
+
+
+def test_many_sa_workload_uses_distinct_random_spis() -> None:
+    wl = build_workload(BACKEND, "aes128gcm16", 64, 200, n_sas=50)
+    assert len(set(wl.spis.tolist())) == 50 and min(wl.spis.tolist()) >= 256
+    assert len(set(wl.sa_index.tolist())) > 30               # packets spread over the SAs
+    spi_on_wire = [int.from_bytes(p[28:32], "big") for p in wl.esp]
+    assert spi_on_wire == [int(wl.spis[j]) for j in wl.sa_index.tolist()]
+    rx = wl.receiver(BACKEND)
+    assert rx.decap(wl.esp).counts() == {Status.OK: 200}
+    rx.close()
+
+
+def test_main_runs_every_comparison_and_writes_json(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    rc = main(["--backend", BACKEND, "--batch", "40", "--sas", "20", "--reps", "1", "--sizes", "64,200",
+               "--scapy-packets", "5", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    keys = {t["key"] for t in result["timings"]}
+    for k in ("gcm.decap.64", "gcm.decap_t2.200", "gcm.encap.64", "gcm.evp.200", "gcm.python.64",
+              "gcm.scapy.64", "gcm.decap_many.64", "gcm.decap_1sa.200", "cbc.decap.64", "cbc.evp.200",
+              "cbc.encap.200", "call.decap1"):
+        assert k in keys
+    assert all(t["median_ns_per_packet"] > 0 and len(t["seconds"]) == 1 for t in result["timings"])
+    names = [r["name"] for r in result["ratios"]]
+    assert "natt decap / bare EVP loop, 200 octets" in names
+    assert "fixed cost of one decap call, batch of one (us)" in names
+    assert result["machine"]["nproc"] >= 1
+    table = capsys.readouterr().out
+    assert "natt decap / bare EVP loop, 64 octets" in table and "gcm.evp.200" in table
+
+
+def test_main_reports_an_unavailable_backend(capsys) -> None:
+    assert main(["--backend", "no-such-backend", "--batch", "10"]) == 2
+    assert "no-such-backend" in capsys.readouterr().err
