@@ -1,0 +1,1318 @@
+"""Realistic NAT-T test traffic, built without any I/O.
+
+Three layers, each usable on its own:
+
+* **Inner packets** — :func:`ipv4`, :func:`ipv6`, :func:`icmp_echo`, :func:`udp_datagram`,
+  :func:`tcp_segment`, :func:`icmp6_echo`, :func:`udp6_datagram`, :func:`inner_traffic`: well-formed
+  IPv4 (and, for tunnel mode, IPv6) datagrams with correct checksums.
+* **ESP-in-UDP by hand** — :class:`EspSealer` seals an ESP payload for one SA with the ``cryptography``
+  package (independently of natt's own data paths), and :func:`esp_in_udp` wraps it into the
+  UDP-encapsulated IPv4 packet a NAT-T peer sends (RFC 3948 §2, either framing). Sealer options build
+  what a conforming peer never sends — bad padding, bad pad length, odd next headers — with valid ICVs.
+* **Scenarios** — :func:`make_sa_pair` installs a matched outbound/inbound SA pair on one or two
+  :class:`natt.Offload` instances; :func:`mixed_traffic` builds a deterministic mixed batch (every
+  suite, both modes, both framings, ESN, corruptions, replays, reorderings, truncations, length edits,
+  IKE, keepalives, fragments, non-ESP, unknown SPIs, padding errors, dummy packets) together with the
+  inbound SA set it is meant for and, where the outcome is certain, the status natt must give.
+
+Everything is deterministic for a given seed (random.Random; CBC IVs come from the same generator),
+so a failing differential or fuzzing case can be rebuilt from its seed alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import itertools
+import os
+import random
+import struct
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher as _CryptoCipher
+from cryptography.hazmat.primitives.ciphers import algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from ._constants import Status, UdpEncapType
+from ._suites import SUITES, Cipher, Mac, Suite, parse_suite
+
+if TYPE_CHECKING:
+    from ._batch import EncapResult, PacketBatch
+
+__all__ = [
+    "Address",
+    "internet_checksum",
+    "ipv4",
+    "ipv6",
+    "icmp_echo",
+    "udp_datagram",
+    "tcp_segment",
+    "icmp6_echo",
+    "udp6_datagram",
+    "inner_traffic",
+    "EspSealer",
+    "esp_in_udp",
+    "udp_encapsulate",
+    "SaPair",
+    "make_sa_pair",
+    "SaSpec",
+    "MixedTraffic",
+    "mixed_traffic",
+    "MIXED_KINDS",
+]
+
+Address = Union[int, str, ipaddress.IPv4Address]
+
+PROTO_ICMP = 1
+PROTO_IPIP = 4      # next header of an IPv4 datagram in tunnel mode (RFC 4303 §2.6)
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_IPV6 = 41     # next header of an IPv6 datagram in tunnel mode
+PROTO_ESP = 50
+PROTO_ICMPV6 = 58
+PROTO_NONE = 59     # "no next header": an ESP dummy packet (RFC 4303 §2.6)
+
+IP_FLAG_DF = 0b010
+IP_FLAG_MF = 0b001
+
+#: Default UDP port per framing: RFC 3948 on 4500; the legacy non-IKE-marker framing
+#: (draft-ietf-ipsec-udp-encaps-00/01) shared IKE's port 500.
+DEFAULT_PORT = {UdpEncapType.OTHER: 4500, UdpEncapType.IKE: 500}
+
+
+# --------------------------------------------------------------------------------------------------
+# Inner packets
+# --------------------------------------------------------------------------------------------------
+
+def _v4(a: Address) -> int:
+    if isinstance(a, int):
+        if not 0 <= a <= 0xFFFFFFFF:
+            raise ValueError(f"address: {a} is not a 32-bit value")
+        return a
+    return int(ipaddress.IPv4Address(a))
+
+
+def _v6(a: Union[int, str, ipaddress.IPv6Address]) -> bytes:
+    return ipaddress.IPv6Address(a).packed
+
+
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 one's-complement checksum of ``data`` (zero-padded to an even length)."""
+    if len(data) & 1:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _payload(p: Union[bytes, int], fill: int = 0) -> bytes:
+    # An int asks for that many octets of a recognisable counting pattern (like ping's -p).
+    if isinstance(p, int):
+        return bytes((fill + i) & 0xFF for i in range(p))
+    return bytes(p)
+
+
+def ipv4(src: Address, dst: Address, protocol: int, payload: bytes, *, tos: int = 0, ip_id: int = 0,
+         ip_flags: int = IP_FLAG_DF, frag_offset: int = 0, ttl: int = 64, options: bytes = b"") -> bytes:
+    """An IPv4 datagram (RFC 791) with a correct header checksum.
+
+    ``options`` must be a multiple of 4 octets (at most 40); ``ip_flags`` is the 3-bit flags field
+    (``IP_FLAG_DF``, ``IP_FLAG_MF``); ``frag_offset`` is in 8-octet units. The packet builders
+    below pass these keywords through (``**ip``).
+    """
+    if len(options) % 4 or len(options) > 40:
+        raise ValueError("options: length must be a multiple of 4, at most 40 octets")
+    ihl = 5 + len(options) // 4
+    hdr = struct.pack("!BBHHHBBHII", 0x40 | ihl, tos, ihl * 4 + len(payload), ip_id & 0xFFFF,
+                      (ip_flags & 7) << 13 | (frag_offset & 0x1FFF), ttl, protocol, 0, _v4(src), _v4(dst))
+    hdr += options
+    return hdr[:10] + struct.pack("!H", internet_checksum(hdr)) + hdr[12:] + payload
+
+
+def ipv6(src: Union[int, str, ipaddress.IPv6Address], dst: Union[int, str, ipaddress.IPv6Address],
+         next_header: int, payload: bytes, *, traffic_class: int = 0, flow_label: int = 0,
+         hop_limit: int = 64) -> bytes:
+    """An IPv6 datagram (RFC 8200) with no extension headers."""
+    first = 6 << 28 | (traffic_class & 0xFF) << 20 | (flow_label & 0xFFFFF)
+    return struct.pack("!IHBB", first, len(payload), next_header, hop_limit) + _v6(src) + _v6(dst) + payload
+
+
+def _pseudo4(src: Address, dst: Address, proto: int, length: int) -> bytes:
+    return struct.pack("!IIBBH", _v4(src), _v4(dst), 0, proto, length)
+
+
+def _pseudo6(src: Any, dst: Any, proto: int, length: int) -> bytes:
+    return _v6(src) + _v6(dst) + struct.pack("!I3xB", length, proto)
+
+
+def _l4_checksum(pseudo: bytes, segment: bytes, offset: int, *, udp: bool) -> bytes:
+    c = internet_checksum(pseudo + segment)
+    if udp and c == 0:
+        c = 0xFFFF  # RFC 768: a computed zero is sent as all ones (zero means "no checksum")
+    return segment[:offset] + struct.pack("!H", c) + segment[offset + 2:]
+
+
+def icmp_echo(src: Address, dst: Address, *, ident: int = 1, seq: int = 1,
+              payload: Union[bytes, int] = 56, reply: bool = False, **ip: Any) -> bytes:
+    """An IPv4 ICMP echo request (or reply) as ``ping`` sends it (RFC 792)."""
+    body = struct.pack("!BBHHH", 0 if reply else 8, 0, 0, ident & 0xFFFF, seq & 0xFFFF) + _payload(payload)
+    body = body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
+    return ipv4(src, dst, PROTO_ICMP, body, **ip)
+
+
+def udp_datagram(src: Address, dst: Address, sport: int, dport: int, payload: Union[bytes, int] = 0, *,
+                 checksum: bool = True, **ip: Any) -> bytes:
+    """An IPv4 UDP datagram (RFC 768); ``checksum=False`` sends the checksum as 0."""
+    data = _payload(payload)
+    seg = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+    if checksum:
+        seg = _l4_checksum(_pseudo4(src, dst, PROTO_UDP, len(seg)), seg, 6, udp=True)
+    return ipv4(src, dst, PROTO_UDP, seg, **ip)
+
+
+def tcp_segment(src: Address, dst: Address, sport: int, dport: int, payload: Union[bytes, int] = 0, *,
+                seq: int = 0, ack: int = 0, flags: int = 0x18, window: int = 65535, **ip: Any) -> bytes:
+    """An IPv4 TCP segment (RFC 9293) without options; ``flags`` defaults to PSH|ACK."""
+    data = _payload(payload)
+    seg = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags,
+                      window, 0, 0) + data
+    seg = _l4_checksum(_pseudo4(src, dst, PROTO_TCP, len(seg)), seg, 16, udp=False)
+    return ipv4(src, dst, PROTO_TCP, seg, **ip)
+
+
+def icmp6_echo(src: Any, dst: Any, *, ident: int = 1, seq: int = 1, payload: Union[bytes, int] = 56,
+               **ip6: Any) -> bytes:
+    """An ICMPv6 echo request (RFC 4443) in an IPv6 datagram (for tunnel mode)."""
+    body = struct.pack("!BBHHH", 128, 0, 0, ident & 0xFFFF, seq & 0xFFFF) + _payload(payload)
+    body = _l4_checksum(_pseudo6(src, dst, PROTO_ICMPV6, len(body)), body, 2, udp=False)
+    return ipv6(src, dst, PROTO_ICMPV6, body, **ip6)
+
+
+def udp6_datagram(src: Any, dst: Any, sport: int, dport: int, payload: Union[bytes, int] = 0,
+                  **ip6: Any) -> bytes:
+    """An IPv6 UDP datagram (the checksum is mandatory over IPv6, RFC 8200 §8.1)."""
+    data = _payload(payload)
+    seg = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+    seg = _l4_checksum(_pseudo6(src, dst, PROTO_UDP, len(seg)), seg, 6, udp=True)
+    return ipv6(src, dst, PROTO_UDP, seg, **ip6)
+
+
+# Typical sizes of real traffic: TCP ACKs, DNS, VoIP, ping, MSS-sized segments near the MTU.
+_SIZES = (0, 1, 20, 32, 56, 64, 100, 160, 200, 512, 536, 1000, 1200, 1300, 1380, 1400)
+
+
+def _random_inner(rng: random.Random, src: Address, dst: Address, *, ipv6_ok: bool,
+                  max_payload: int = 1400, options_ok: bool = False) -> bytes:
+    """One random but well-formed inner datagram between ``src`` and ``dst`` (IPv4 addresses)."""
+    size = min(rng.choice(_SIZES) if rng.random() < 0.7 else rng.randrange(0, max_payload + 1), max_payload)
+    data = rng.randbytes(size)
+    if ipv6_ok and rng.random() < 0.25:
+        s6 = f"2001:db8:{_v4(src) & 0xFFFF:x}::{rng.randrange(1, 0xFFFF):x}"
+        d6 = f"2001:db8:{_v4(dst) & 0xFFFF:x}::{rng.randrange(1, 0xFFFF):x}"
+        ip6 = {"traffic_class": rng.choice((0, 0, 0x28, 0xB8)), "hop_limit": rng.choice((64, 255))}
+        if rng.random() < 0.5:
+            return icmp6_echo(s6, d6, ident=rng.getrandbits(16), seq=rng.getrandbits(16), payload=data, **ip6)
+        return udp6_datagram(s6, d6, rng.getrandbits(16), rng.choice((53, 443, 5060)), data, **ip6)
+    ip: dict[str, Any] = {"tos": rng.choice((0, 0, 0, 0x10, 0xB8)), "ip_id": rng.getrandbits(16),
+                          "ttl": rng.choice((64, 128, 255)), "ip_flags": rng.choice((IP_FLAG_DF, 0))}
+    if options_ok and rng.random() < 0.15:
+        # NOP padding then an End of Options list: harmless options that must survive transport mode.
+        n = rng.choice((4, 8, 40))
+        ip["options"] = b"\x01" * (n - 1) + b"\x00"
+    kind = rng.random()
+    if kind < 0.4:
+        return tcp_segment(src, dst, rng.getrandbits(16), rng.choice((80, 443, 22)), data,
+                           seq=rng.getrandbits(32), ack=rng.getrandbits(32), **ip)
+    if kind < 0.75:
+        return udp_datagram(src, dst, rng.getrandbits(16), rng.choice((53, 123, 5060)), data,
+                            checksum=rng.random() < 0.9, **ip)
+    return icmp_echo(src, dst, ident=rng.getrandbits(16), seq=rng.getrandbits(16), payload=data, **ip)
+
+
+def inner_traffic(seed: int, n: int, *, src: Address = "10.1.0.2", dst: Address = "10.2.0.7",
+                  ipv6: bool = False, max_payload: int = 1400) -> list[bytes]:
+    """``n`` random well-formed inner datagrams (TCP, UDP, ICMP echo; IPv6 too when ``ipv6``).
+
+    Deterministic for ``seed``. IPv4 datagrams go from ``src`` to ``dst``; IPv6 ones use
+    documentation addresses (2001:db8::/32). Payloads are at most ``max_payload`` octets.
+    """
+    rng = random.Random(seed)
+    return [_random_inner(rng, src, dst, ipv6_ok=ipv6, max_payload=max_payload) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------------------------------
+# ESP by hand (RFC 4303 §2), independent of natt's data paths
+# --------------------------------------------------------------------------------------------------
+
+_HASHES = {Mac.HMAC_MD5_96: hashes.MD5, Mac.HMAC_SHA1_96: hashes.SHA1, Mac.HMAC_SHA256_128: hashes.SHA256,
+           Mac.HMAC_SHA384_192: hashes.SHA384, Mac.HMAC_SHA512_256: hashes.SHA512}
+
+
+def default_padding(payload_len: int, block_size: int) -> bytes:
+    """RFC 4303 §2.4 default padding 1, 2, 3, …: the fewest octets that make
+    ``payload_len + padding + 2`` a multiple of both the cipher block and 4."""
+    align = block_size * 4 // _gcd(block_size, 4)
+    n = -(payload_len + 2) % align
+    return bytes(range(1, n + 1))
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+class EspSealer:
+    """Builds ESP packets (SPI through ICV) for one SA with the ``cryptography`` package.
+
+    A third implementation of the ESP transforms, written from the RFCs and docs/semantics.md §1
+    rather than from natt's code, so it can check both data paths. The key is held privately and
+    never shown by ``repr``.
+
+    ``suite`` is a :class:`natt.Suite` or a strongSwan keyword (``"aes128gcm16"``; a ``-esn``
+    suffix sets ``esn``). ``key`` is laid out as for ``Offload.add_sa``: encryption key, salt
+    (AEAD), integrity key.
+    """
+
+    __slots__ = ("suite", "spi", "esn", "_enc", "_salt", "_auth", "_aead")
+
+    def __init__(self, suite: Union[Suite, str], key: bytes, spi: int, *, esn: bool = False) -> None:
+        if isinstance(suite, str):
+            suite, esn_kw = parse_suite(suite)
+            esn = esn or esn_kw
+        if len(key) != suite.key_len:
+            raise ValueError(f"key: {suite.name} needs {suite.key_len} octets, got {len(key)}")
+        self.suite = suite
+        self.spi = spi
+        self.esn = esn
+        k = bytes(key)
+        self._enc = k[: suite.enc_key_len]
+        self._salt = k[suite.enc_key_len: suite.enc_key_len + suite.salt_len]
+        self._auth = k[suite.enc_key_len + suite.salt_len:]
+        self._aead: Any = None
+        if suite.cipher in (Cipher.AES_GCM, Cipher.AES_GMAC):
+            self._aead = AESGCM(self._enc)
+        elif suite.cipher is Cipher.CHACHA20_POLY1305:
+            self._aead = ChaCha20Poly1305(self._enc)
+
+    def __repr__(self) -> str:
+        return f"EspSealer(suite={self.suite.name!r}, spi=0x{self.spi:08x}, esn={self.esn})"
+
+    def seal(self, seq: int, payload: bytes, next_header: int, *, iv: Optional[bytes] = None,
+             padding: Optional[bytes] = None, pad_len: Optional[int] = None,
+             rng: Optional[random.Random] = None) -> bytes:
+        """ESP = SPI ‖ seq (low 32 bits) ‖ IV ‖ E(payload ‖ padding ‖ pad_len ‖ next_header) ‖ ICV.
+
+        ``seq`` is the full sequence number (64-bit with ESN; its high half enters only the ICV or
+        AAD, RFC 4303 §2.2.1). ``iv`` defaults to the 64-bit ``seq`` for the counter-IV suites
+        (GCM, GMAC, ChaCha20-Poly1305, as natt's encap does, RFC 4106 §3.1) and to random octets
+        from ``rng`` (or ``os.urandom``) for CBC. ``padding`` replaces the default padding and
+        ``pad_len`` the value written in the pad length octet: both exist to build malformed
+        trailers that still carry a valid ICV.
+        """
+        s = self.suite
+        seql = seq & 0xFFFFFFFF
+        seq_hi = struct.pack("!I", seq >> 32) if self.esn else b""
+        header = struct.pack("!II", self.spi, seql)
+        if padding is None:
+            padding = default_padding(len(payload), s.block_size)
+        trailer = padding + bytes((len(padding) if pad_len is None else pad_len, next_header))
+        plain = payload + trailer
+        if iv is None:
+            if s.cipher in (Cipher.AES_GCM, Cipher.AES_GMAC, Cipher.CHACHA20_POLY1305):
+                iv = struct.pack("!Q", seq)
+            elif s.iv_len:
+                iv = rng.randbytes(s.iv_len) if rng is not None else _urandom(s.iv_len)
+            else:
+                iv = b""
+        if len(iv) != s.iv_len:
+            raise ValueError(f"iv: {s.name} needs {s.iv_len} octets, got {len(iv)}")
+        if s.cipher in (Cipher.AES_GCM, Cipher.CHACHA20_POLY1305):
+            # RFC 4106 §5 / RFC 7634 §2.1: AAD = SPI ‖ [seq_hi ‖] seql; nonce = salt ‖ IV.
+            aad = header[:4] + seq_hi + header[4:]
+            sealed = self._aead.encrypt(self._salt + iv, plain, aad)
+            # A truncated GCM tag is the leading octets of the full one (NIST SP 800-38D §5.2.1.2).
+            return header + iv + sealed[:-16] + sealed[-16:][: s.icv_len]
+        if s.cipher is Cipher.AES_GMAC:
+            # RFC 4543 §3.5: everything after the ESP header, IV included, is authenticated only.
+            aad = header[:4] + seq_hi + header[4:] + iv + plain
+            return header + iv + plain + self._aead.encrypt(self._salt + iv, b"", aad)
+        if s.cipher is Cipher.NULL:
+            body = plain
+        else:
+            algo = algorithms.AES(self._enc) if s.cipher is Cipher.AES_CBC else TripleDES(self._enc)
+            if len(plain) % s.block_size:
+                raise ValueError(f"padding: plaintext of {len(plain)} octets is not a whole number of "
+                                 f"{s.block_size}-octet blocks")
+            enc = _CryptoCipher(algo, modes.CBC(iv)).encryptor()
+            body = enc.update(plain) + enc.finalize()
+        esp = header + iv + body
+        if s.mac is Mac.NONE:
+            return esp
+        mac = hmac.HMAC(self._auth, _HASHES[s.mac]())
+        mac.update(esp + seq_hi)  # RFC 4303 §2.2.1: seq_hi is authenticated after the payload, never sent
+        return esp + mac.finalize()[: s.icv_len]
+
+
+def _urandom(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def udp_encapsulate(esp: bytes, src: Address, dst: Address, *, sport: int = 4500, dport: int = 4500,
+                    framing: UdpEncapType = UdpEncapType.OTHER, udp_checksum: bool = False,
+                    **ip: Any) -> bytes:
+    """Wrap an ESP packet (or any UDP payload) in UDP and a fresh IPv4 header (``**ip``: see :func:`ipv4`).
+
+    ``framing=IKE`` puts the 8-octet zero non-IKE marker in front (legacy draft framing).
+    RFC 3948 §2.1 says the UDP checksum SHOULD be 0; ``udp_checksum=True`` sends a real one,
+    which receivers must accept as well.
+    """
+    ip.setdefault("ip_flags", 0)
+    return ipv4(src, dst, PROTO_UDP, _udp(esp, _v4(src), _v4(dst), sport, dport, framing, udp_checksum), **ip)
+
+
+def _udp(esp: bytes, src: int, dst: int, sport: int, dport: int, framing: UdpEncapType,
+         udp_checksum: bool) -> bytes:
+    if framing == UdpEncapType.IKE:
+        esp = bytes(8) + esp
+    seg = struct.pack("!HHHH", sport, dport, 8 + len(esp), 0) + esp
+    if udp_checksum:
+        seg = _l4_checksum(_pseudo4(src, dst, PROTO_UDP, len(seg)), seg, 6, udp=True)
+    return seg
+
+
+def _transport_outer(inner_header: bytes, esp: bytes, src: Optional[Address], dst: Optional[Address],
+                     sport: int, dport: int, framing: UdpEncapType, udp_checksum: bool) -> bytes:
+    # RFC 3948 §3.1: the transport-mode outer header is the original one with protocol UDP.
+    hdr = bytearray(inner_header)
+    if src is not None:
+        hdr[12:16] = struct.pack("!I", _v4(src))
+    if dst is not None:
+        hdr[16:20] = struct.pack("!I", _v4(dst))
+    seg = _udp(esp, _int(hdr[12:16]), _int(hdr[16:20]), sport, dport, framing, udp_checksum)
+    hdr[2:4] = struct.pack("!H", len(hdr) + len(seg))
+    hdr[9] = PROTO_UDP
+    hdr[10:12] = b"\0\0"
+    hdr[10:12] = struct.pack("!H", internet_checksum(bytes(hdr)))
+    return bytes(hdr) + seg
+
+
+def _split_inner(inner: bytes, tunnel: bool) -> tuple[bytes, int, int]:
+    """(ESP payload, next header, TOS) of an inner datagram, as natt's encap takes them (semantics §2.1)."""
+    if tunnel:
+        version = inner[0] >> 4 if inner else 0
+        if version == 6:
+            return inner, PROTO_IPV6, (inner[0] & 0x0F) << 4 | inner[1] >> 4
+        return inner, PROTO_IPIP, inner[1] if len(inner) > 1 else 0
+    ihl = (inner[0] & 15) * 4
+    tl = struct.unpack_from("!H", inner, 2)[0]
+    return inner[ihl:tl], inner[9], inner[1]
+
+
+def esp_in_udp(sealer: EspSealer, seq: int, inner: bytes, *, tunnel: bool,
+               src: Optional[Address] = None, dst: Optional[Address] = None,
+               sport: int = 4500, dport: int = 4500, framing: UdpEncapType = UdpEncapType.OTHER,
+               udp_checksum: bool = False, next_header: Optional[int] = None, **seal: Any) -> bytes:
+    """The UDP-encapsulated ESP IPv4 packet a NAT-T peer sends for ``inner`` (RFC 3948 §2).
+
+    Tunnel mode: ``inner`` (IPv4 or IPv6) is the ESP payload, next header 4 or 41, and the outer
+    header is the one natt's encap writes (docs/semantics.md §2.7: TOS from the inner packet, ID =
+    ``seq & 0xFFFF``, flags 0, TTL 64, ``src`` → ``dst``). Transport mode: ``inner`` must be IPv4;
+    its payload is protected and its header (options kept) becomes the outer one with protocol 17;
+    ``src``/``dst`` when given replace its addresses, as a NAT on the path would.
+    ``next_header`` overrides the value written in the trailer; ``seal`` goes to
+    :meth:`EspSealer.seal`.
+    """
+    payload, nh, tos = _split_inner(inner, tunnel)
+    esp = sealer.seal(seq, payload, nh if next_header is None else next_header, **seal)
+    if not tunnel:
+        return _transport_outer(inner[: (inner[0] & 15) * 4], esp, src, dst, sport, dport, framing, udp_checksum)
+    if src is None or dst is None:
+        raise ValueError("src/dst: tunnel mode needs the outer (tunnel end point) addresses")
+    return udp_encapsulate(esp, src, dst, sport=sport, dport=dport, framing=framing,
+                           udp_checksum=udp_checksum, tos=tos, ip_id=seq & 0xFFFF)
+
+
+def _int(b: Union[bytes, bytearray]) -> int:
+    return int.from_bytes(b, "big")
+
+
+# --------------------------------------------------------------------------------------------------
+# A matched SA pair on natt Offload instances
+# --------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(eq=False)
+class SaPair:
+    """An outbound SA on ``out_nic`` and the inbound SA that receives it on ``in_nic``.
+
+    Built by :func:`make_sa_pair`. ``key`` is excluded from ``repr``.
+    """
+
+    out_nic: Any
+    in_nic: Any
+    out_handle: int
+    in_handle: int
+    spi: int
+    suite: str
+    esn: bool
+    tunnel: bool
+    framing: UdpEncapType
+    src: str
+    dst: str
+    port: int
+    key: bytes = dataclasses.field(repr=False)
+
+    def encap(self, packets: Union["PacketBatch", Iterable[bytes]], *,
+              threads: Optional[int] = None) -> "EncapResult":
+        """Encapsulate inner datagrams with the outbound SA (``out_nic.encap``)."""
+        return self.out_nic.encap(packets, self.out_handle, threads=threads)
+
+    def sealer(self) -> EspSealer:
+        """An :class:`EspSealer` with this pair's SPI, suite and key (to forge packets by hand)."""
+        return EspSealer(self.suite, self.key, self.spi, esn=self.esn)
+
+    def delete(self) -> None:
+        """Delete both SAs (and the inbound parser entry when it was the last SA on it)."""
+        self.out_nic.delete_sa(self.out_handle)
+        self.in_nic.delete_sa(self.in_handle)
+
+
+def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16", mode: str = "tunnel",
+                 framing: UdpEncapType = UdpEncapType.OTHER, esn: bool = False, spi: int = 0x1001,
+                 key: Optional[bytes] = None, seed: int = 0, src: str = "198.51.100.2",
+                 dst: str = "203.0.113.5", port: Optional[int] = None, replay_window: int = 64,
+                 replay_seq: int = 0, replay_oseq: int = 0) -> SaPair:
+    """Install a matched outbound/inbound SA pair and return it.
+
+    The outbound SA goes on ``out_nic`` and the inbound one on ``in_nic`` (the same Offload when
+    ``in_nic`` is None, as a loopback). ``src``/``dst`` are the outer addresses (tunnel end points
+    or transport hosts) of the outbound direction; ``port`` (default 4500 for RFC 3948 framing, 500
+    for the legacy ``IKE`` framing) is both the parser entry port and the outer UDP ports. ``key``
+    defaults to octets drawn from ``seed``. ``suite`` is a strongSwan keyword; a ``-esn`` suffix is
+    the same as ``esn=True``.
+    """
+    s, esn_kw = parse_suite(suite)
+    esn = esn or esn_kw
+    if in_nic is None:
+        in_nic = out_nic
+    if key is None:
+        key = random.Random(seed).randbytes(s.key_len)
+    if port is None:
+        port = DEFAULT_PORT[UdpEncapType(framing)]
+    common = dict(spi=spi, key=key, suite=s.name, mode=mode, src=src, dst=dst, encap=UdpEncapType(framing),
+                  port=port, esn=esn)
+    h_in = in_nic.add_sa(direction="in", replay_window=replay_window, replay_seq=replay_seq, **common)
+    try:
+        h_out = out_nic.add_sa(direction="out", sport=port, dport=port, replay_window=replay_window,
+                               replay_oseq=replay_oseq, **common)
+    except BaseException:
+        in_nic.delete_sa(h_in)
+        raise
+    return SaPair(out_nic, in_nic, h_out, h_in, spi, s.name, esn, mode == "tunnel", UdpEncapType(framing),
+                  src, dst, port, bytes(key))
+
+
+# --------------------------------------------------------------------------------------------------
+# Mixed traffic for differential testing and fuzzing
+# --------------------------------------------------------------------------------------------------
+
+#: Relative weights of the packet kinds :func:`mixed_traffic` draws (override with ``kinds=``).
+#: Valid traffic dominates, as on a real link; every other kind exercises one decap rule.
+MIXED_KINDS: dict[str, float] = {
+    "ok": 40.0,            # a valid packet with the next sequence number
+    "reorder": 5.0,        # 2-6 valid packets with consecutive numbers, delivered shuffled
+    "jump": 1.5,           # the sender skips ahead (lost packets), sometimes past the window
+    "replay": 4.0,         # an exact copy of an earlier valid packet
+    "old": 1.0,            # a fresh, valid packet numbered left of the receiver's window
+    "seq_zero": 0.5,       # valid ICV over sequence number 0 (never sent, RFC 4303 §3.3.3)
+    "dummy": 2.0,          # next header 59 (RFC 4303 §2.6)
+    "protocol": 1.5,       # tunnel SA, next header neither 4 nor 41
+    "tfc": 1.0,            # tunnel SA with TFC padding after the inner datagram (RFC 4303 §2.7)
+    "long_padding": 1.0,   # valid padding longer than needed (up to 255 octets)
+    "bad_padding": 1.5,    # padding octets not 1, 2, 3, … (valid ICV)
+    "bad_pad_len": 1.5,    # pad length beyond the plaintext (valid ICV)
+    "flip_spi": 1.0,       # one bit flipped in the SPI
+    "flip_seq": 1.5,       # … in the sequence number
+    "flip_iv": 1.0,        # … in the IV
+    "flip_ct": 2.0,        # … in the ciphertext / trailer
+    "flip_icv": 2.0,       # … in the ICV
+    "flip_outer": 2.0,     # … in the outer IPv4 or UDP header
+    "truncate_frame": 1.5, # buffer cut short, header lengths unchanged
+    "truncate_esp": 2.0,   # ESP cut short, IPv4 and UDP lengths adjusted
+    "ip_len": 1.0,         # IPv4 total length edited
+    "udp_len": 1.0,        # UDP length edited
+    "link_padding": 2.0,   # octets after the IPv4 total length (Ethernet minimum frame padding)
+    "udp_checksum": 2.0,   # valid packet with a non-zero UDP checksum (RFC 3948 §2.1)
+    "ike": 2.0,            # IKE message on an encapsulation port
+    "keepalive": 1.5,      # NAT keepalive, one 0xFF octet (RFC 3948 §2.3)
+    "empty_udp": 0.5,      # UDP with no payload on an encapsulation port
+    "short_esp": 0.5,      # 1-7 octets that are neither keepalive nor IKE
+    "fragment": 1.5,       # a valid packet fragmented by the path (both fragments)
+    "non_udp": 1.5,        # TCP, ICMP, GRE, … instead of UDP
+    "esp_in_ip": 0.5,      # plain ESP (protocol 50) carrying a valid packet
+    "wrong_port": 1.0,     # a valid packet to a UDP port with no parser entry
+    "unknown_spi": 2.0,    # an SPI no SA uses
+    "wrong_dst": 1.0,      # a valid packet to a destination its SA does not match
+    "not_ipv4": 1.0,       # IPv6, runts, junk
+}
+
+_M32 = 0xFFFFFFFF
+_ENTRIES = ((UdpEncapType.OTHER, 4500), (UdpEncapType.OTHER, 4501), (UdpEncapType.IKE, 500))
+_UNUSED_PORTS = (4499, 4502, 501, 1701, 53, 443)
+
+
+@dataclasses.dataclass(frozen=True)
+class SaSpec:
+    """One SA of a mixed scenario, as the OID layer takes it (see :meth:`request`).
+
+    Tunnel SAs have ``src``/``dst`` tunnel end points (``dst`` is the destination key); transport
+    SAs have a destination key ``dst``/``dst_mask`` (``dst=None``: any destination) and may carry
+    NAT-OA addresses. Addresses are dotted quads. ``key`` is excluded from ``repr``.
+    """
+
+    spi: int
+    suite: str
+    esn: bool
+    tunnel: bool
+    framing: UdpEncapType
+    port: int
+    src: Optional[str]
+    dst: Optional[str]
+    dst_mask: int
+    replay_window: int
+    replay_seq: int
+    nat_oa_src: Optional[str]
+    nat_oa_dst: Optional[str]
+    key: bytes = dataclasses.field(repr=False)
+
+    @property
+    def mode(self) -> str:
+        return "tunnel" if self.tunnel else "transport"
+
+    def request(self, direction: str = "in", replay_oseq: int = 0) -> Any:
+        """An ``AddUdpEspSa`` installing this SA inbound (or, ``direction="out"``, its outbound twin)."""
+        from ._constants import OFFLOAD_INBOUND_SA, OFFLOAD_OUTBOUND_SA, Operation
+        from ._oid import AddUdpEspSa, AlgoInfo, EncapTypeEntry, OffloadSecurityAssociation
+
+        s = SUITES[self.suite]
+        inbound = direction == "in"
+        req = AddUdpEspSa(
+            flags=OFFLOAD_INBOUND_SA if inbound else OFFLOAD_OUTBOUND_SA,
+            sec_assoc=[OffloadSecurityAssociation(Operation.ENCRYPT, self.spi,
+                                                  integrity_algo=AlgoInfo(s.integ_algo, s.integ_key_len),
+                                                  conf_algo=AlgoInfo(s.conf_algo, s.conf_key_len))],
+            encap_type_entry=EncapTypeEntry(self.framing, self.port),
+            key_mat=self.key, replay_window=self.replay_window, esn=self.esn, icv_len=s.icv_len,
+            encap_src_port=self.port, encap_dst_port=self.port,
+            replay_seq=self.replay_seq if inbound else 0, replay_oseq=0 if inbound else replay_oseq)
+        if self.tunnel:
+            req.src_tunnel_addr, req.dst_tunnel_addr = self.src, self.dst
+        else:
+            req.dst_addr = self.dst or 0
+            req.dst_mask = self.dst_mask if self.dst else 0
+            if inbound:
+                req.nat_oa_src = self.nat_oa_src or 0
+                req.nat_oa_dst = self.nat_oa_dst or 0
+        return req
+
+    def sealer(self) -> EspSealer:
+        """An :class:`EspSealer` for this SA (what its peer would send)."""
+        return EspSealer(SUITES[self.suite], self.key, self.spi, esn=self.esn)
+
+
+@dataclasses.dataclass(eq=False)
+class MixedTraffic:
+    """A mixed batch and the inbound SA set it is meant for (built by :func:`mixed_traffic`).
+
+    ``expected[i]`` is the :class:`~natt.Status` docs/semantics.md §1 gives packet ``i`` when
+    ``sas`` are installed, in order, on an empty Offload and the packets are decapsulated in
+    order (in any batch split); ``expected_sa[i]`` is the index in ``sas`` of the SA the lookup
+    finds (-1: none). ``kinds[i]`` names how packet ``i`` was made (a :data:`MIXED_KINDS` key).
+    """
+
+    seed: int
+    sas: list[SaSpec]
+    packets: list[bytes]
+    kinds: list[str]
+    expected: list[Status]
+    expected_sa: list[int]
+
+    def __len__(self) -> int:
+        return len(self.packets)
+
+    def __repr__(self) -> str:
+        return f"MixedTraffic(seed={self.seed}, {len(self.packets)} packets, {len(self.sas)} SAs)"
+
+    def batch(self, start: int = 0, stop: Optional[int] = None) -> "PacketBatch":
+        """Packets ``start:stop`` as a :class:`natt.PacketBatch`."""
+        from ._batch import PacketBatch
+        return PacketBatch.from_packets(self.packets[start:stop])
+
+    def install(self, nic: Any) -> list[int]:
+        """Install :attr:`sas` inbound on ``nic`` through the OID layer; returns their handles in order.
+
+        Raises :class:`natt.OffloadError` if the Offload refuses one (nothing of it is installed).
+        """
+        from ._constants import NdisStatus, OID_TCP_TASK_IPSEC_ADD_UDPESP_SA
+        from ._oid import OffloadError
+
+        handles = []
+        for spec in self.sas:
+            req = spec.request("in")
+            status = nic.set_oid(OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req)
+            if status != NdisStatus.SUCCESS:
+                raise OffloadError(status, f"SA spi=0x{spec.spi:08x} ({spec.suite}, {spec.mode}) refused")
+            handles.append(req.offload_handle)
+        return handles
+
+
+class _Window:
+    """Receiver anti-replay state of one SA, exactly as docs/semantics.md §3 states it."""
+
+    __slots__ = ("w", "t", "bits", "esn")
+
+    def __init__(self, window: int, replay_seq: int, esn: bool) -> None:
+        self.w = window
+        self.t = replay_seq
+        self.esn = esn
+        self.bits = (1 << window) - 1  # bit i: number t - i seen; every number <= replay_seq counts as seen
+
+    def infer(self, seql: int) -> Optional[int]:
+        """The full sequence number for ``seql`` (RFC 4303 Appendix A); None when unrepresentable."""
+        if not self.esn:
+            return seql
+        w, tl, th = self.w, self.t & _M32, self.t >> 32
+        if tl >= w - 1:
+            hi = th if seql >= tl - w + 1 else th + 1
+        else:
+            hi = th - 1 if seql >= (tl - w + 1) & _M32 else th
+        if hi < 0 or hi > _M32:
+            return None
+        return hi << 32 | seql
+
+    def replayed(self, seq: int) -> bool:
+        if not self.w:
+            return False
+        if seq == 0 or seq <= self.t - self.w:
+            return True
+        return seq <= self.t and bool(self.bits >> (self.t - seq) & 1)
+
+    def accept(self, seq: int) -> None:
+        if not self.w:
+            self.t = max(self.t, seq)
+            return
+        if seq > self.t:
+            self.bits = (self.bits << (seq - self.t)) & ((1 << self.w) - 1)
+            self.t = seq
+        self.bits |= 1 << (self.t - seq)
+
+
+class _Sa:
+    """Generator-side state of one SA: the peer's sender and the receiver's window model."""
+
+    __slots__ = ("index", "spec", "suite", "sealer", "window", "next_seq", "history", "key_addr", "key_mask",
+                 "peer")
+
+    def __init__(self, index: int, spec: SaSpec, peer: str) -> None:
+        self.index = index
+        self.spec = spec
+        self.suite = SUITES[spec.suite]
+        self.sealer = spec.sealer()
+        self.window = _Window(spec.replay_window, spec.replay_seq, spec.esn)
+        self.next_seq = spec.replay_seq + 1
+        self.history: list[tuple[bytes, _Origin]] = []   # recent packets that authenticated
+        if spec.tunnel:
+            self.key_addr, self.key_mask = _v4(spec.dst or 0), _M32
+        elif spec.dst:
+            self.key_mask = spec.dst_mask
+            self.key_addr = _v4(spec.dst) & self.key_mask
+        else:
+            self.key_addr = self.key_mask = 0
+        self.peer = peer                  # the peer's public (post-NAT) address
+
+    def exhausted(self, k: int = 1) -> bool:
+        return self.next_seq + k - 1 > ((1 << 64) - 1 if self.spec.esn else _M32)
+
+    def take(self) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+
+@dataclasses.dataclass
+class _Origin:
+    """What the generator sealed: lets the model decide authentication without any crypto."""
+
+    sa: _Sa
+    seq: int
+    esp: bytes
+    post: Status  # the status once the ICV verifies: OK, DUMMY, PROTOCOL or MALFORMED (trailer)
+
+
+class _Model:
+    """Status (and SA) per docs/semantics.md §1 for generated packets, in order.
+
+    Crypto is not redone: a packet authenticates iff its ESP octets are exactly what the generator
+    sealed for the SA the lookup finds, with the sequence number the sender used.
+    """
+
+    def __init__(self, sas: list[_Sa]) -> None:
+        self.entries = {port: framing for framing, port in _ENTRIES}
+        self.by_spi: dict[tuple[int, int], list[_Sa]] = {}
+        for sa in sas:
+            self.by_spi.setdefault((sa.spec.port, sa.spec.spi), []).append(sa)
+
+    def lookup(self, port: int, spi: int, dst: int) -> Optional[_Sa]:
+        best: Optional[_Sa] = None
+        for sa in self.by_spi.get((port, spi), ()):
+            if dst & sa.key_mask == sa.key_addr and (best is None or sa.key_mask > best.key_mask):
+                best = sa
+        return best
+
+    def decide(self, p: bytes, origin: Optional[_Origin]) -> tuple[Status, int, bool]:
+        """(status, SA index or -1, whether the packet authenticated and moved the window)."""
+        status, sa = self._decide(p, origin)
+        return status, sa, sa >= 0 and self._authenticated
+
+    def _decide(self, p: bytes, origin: Optional[_Origin]) -> tuple[Status, int]:
+        self._authenticated = False
+        if len(p) < 20 or p[0] >> 4 != 4:
+            return Status.NOT_ESP, -1
+        ihl = (p[0] & 15) * 4
+        tl = p[2] << 8 | p[3]
+        if ihl < 20 or tl < ihl or tl > len(p):
+            return Status.MALFORMED, -1
+        p = p[:tl]
+        if p[9] != PROTO_UDP:
+            return Status.NOT_ESP, -1
+        if (p[6] << 8 | p[7]) & 0x3FFF:
+            return Status.FRAGMENT, -1
+        if tl - ihl < 8 or (p[ihl + 4] << 8 | p[ihl + 5]) != tl - ihl:
+            return Status.MALFORMED, -1
+        framing = self.entries.get(p[ihl + 2] << 8 | p[ihl + 3])
+        if framing is None:
+            return Status.NOT_ESP, -1
+        u = p[ihl + 8:]
+        if len(u) == 1 and u[0] == 0xFF:
+            return Status.KEEPALIVE, -1
+        if framing == UdpEncapType.OTHER:
+            if len(u) >= 4 and u[:4] == b"\0\0\0\0":
+                return Status.IKE, -1
+            if not u:
+                return Status.MALFORMED, -1
+            esp = u
+        else:
+            if len(u) > 16 and u[:8] == bytes(8):
+                esp = u[8:]
+            else:
+                return Status.IKE, -1
+        if len(esp) < 8:
+            return Status.MALFORMED, -1
+        spi, seql = struct.unpack_from("!II", esp)
+        sa = self.lookup(p[ihl + 2] << 8 | p[ihl + 3], spi, _int(p[16:20]))
+        if sa is None:
+            return Status.NO_SA, -1
+        s = sa.suite
+        if len(esp) < 8 + s.iv_len + s.icv_len + 2:
+            return Status.MALFORMED, sa.index
+        if (len(esp) - 8 - s.iv_len - s.icv_len) % s.block_size:
+            return Status.MALFORMED, sa.index
+        seq = sa.window.infer(seql)
+        if seq is None or sa.window.replayed(seq):
+            return Status.REPLAY, sa.index
+        if origin is None or origin.sa is not sa or origin.seq != seq or origin.esp != esp:
+            return Status.AUTH_FAILED, sa.index
+        sa.window.accept(seq)
+        self._authenticated = True
+        return origin.post, sa.index
+
+
+class _Generator:
+    def __init__(self, seed: int, suites: Sequence[str], kinds: dict[str, float], max_payload: int) -> None:
+        self.rng = random.Random(seed)
+        self.max_payload = max_payload
+        self.kind_names = list(kinds)
+        self.kind_weights = list(itertools.accumulate(kinds.values()))
+        self.sas = self._make_sas(suites)
+        self.model = _Model(self.sas)
+        self.packets: list[bytes] = []
+        self.kinds: list[str] = []
+        self.expected: list[Status] = []
+        self.expected_sa: list[int] = []
+
+    # ---------------------------------------------------------------- the SA set
+
+    def _make_sas(self, suites: Sequence[str]) -> list[_Sa]:
+        r = self.rng
+        specs: list[tuple[SaSpec, str]] = []
+        used: set[int] = set()
+
+        def fresh_spi() -> int:
+            while True:
+                spi = r.randrange(0x100, 1 << 32)
+                if spi not in used:
+                    used.add(spi)
+                    return spi
+
+        def spec(suite: str, spi: int, *, tunnel: bool, entry: tuple[UdpEncapType, int],
+                 dst: Optional[str] = None, mask: int = _M32, nat_oa: bool = False) -> tuple[SaSpec, str]:
+            s = SUITES[suite]
+            esn = r.random() < 0.35
+            window = r.choice((32, 64, 64, 128, 1024)) if esn else r.choice((0, 32, 64, 64, 128, 1024))
+            if esn:
+                # Around 2**32 the high half must be inferred across the wrap; small Tl exercises
+                # Appendix A case B; 0 makes "below zero" reachable.
+                replay_seq = r.choice((0, r.randrange(1, 2000), (1 << 32) - r.randrange(1, 300),
+                                       (r.randrange(1, 8) << 32) + r.randrange(0, 40),
+                                       (1 << 40) + r.randrange(1 << 32)))
+            else:
+                replay_seq = r.choice((0, 0, r.randrange(1, 5000), (1 << 32) - r.randrange(200, 5000)))
+            n = len(specs) + 1
+            peer = f"198.51.100.{n % 250 + 1}"
+            if tunnel:
+                src, dst = f"100.64.{n // 250}.{n % 250 + 1}", f"203.0.113.{n % 250 + 1}"
+            src_oa = dst_oa = None
+            if nat_oa:
+                src_oa, dst_oa = f"10.0.{n % 250}.2", f"10.1.{n % 250}.2"
+            key = r.randbytes(s.key_len)
+            return (SaSpec(spi, suite, esn, tunnel, entry[0], entry[1], src if tunnel else None, dst,
+                           mask if dst else 0, window, replay_seq, src_oa, dst_oa, key), peer)
+
+        for i, suite in enumerate(suites):
+            entry = _ENTRIES[i % len(_ENTRIES)] if i < len(_ENTRIES) else r.choice(_ENTRIES + _ENTRIES[:1])
+            tunnel = r.random() < 0.5
+            dst = None if tunnel or r.random() < 0.5 else f"192.0.2.{i % 250 + 1}"
+            specs.append(spec(suite, fresh_spi(), tunnel=tunnel, entry=entry, dst=dst,
+                              nat_oa=not tunnel and r.random() < 0.3))
+        # One SPI on one entry, four destination keys: the longest mask must win (semantics §1.6).
+        shared = fresh_spi()
+        for dst, mask, tunnel in ((None, 0, False), ("10.9.0.0", 0xFFFF0000, False), ("10.9.9.9", _M32, False),
+                                  (None, _M32, True)):
+            specs.append(spec(r.choice(suites), shared, tunnel=tunnel, entry=_ENTRIES[0], dst=dst, mask=mask))
+        return [_Sa(i, sp, peer) for i, (sp, peer) in enumerate(specs)]
+
+    # ---------------------------------------------------------------- packets
+
+    def emit(self, kind: str, p: bytes, origin: Optional[_Origin]) -> None:
+        status, sa, authenticated = self.model.decide(p, origin)
+        self.packets.append(p)
+        self.kinds.append(kind)
+        self.expected.append(status)
+        self.expected_sa.append(sa)
+        if authenticated and origin is not None:
+            hist = origin.sa.history
+            hist.append((p, origin))
+            if len(hist) > 64:
+                del hist[:32]
+
+    def pick_sa(self, k: int = 1) -> _Sa:
+        for _ in range(8):
+            sa = self.rng.choice(self.sas)
+            if not sa.exhausted(k):
+                return sa
+        live = [sa for sa in self.sas if not sa.exhausted(k)]
+        if not live:
+            raise ValueError("n: every SA ran out of sequence numbers; ask for fewer packets")
+        return self.rng.choice(live)
+
+    def outer_dst(self, sa: _Sa) -> str:
+        if sa.spec.tunnel:
+            return sa.spec.dst or ""
+        if sa.key_mask == _M32:
+            return sa.spec.dst or ""
+        if sa.key_mask:
+            return str(ipaddress.IPv4Address(sa.key_addr | self.rng.randrange(1 << 16)))
+        return f"192.0.2.{self.rng.randrange(200, 255)}"
+
+    def inner(self, sa: _Sa, max_payload: Optional[int] = None) -> bytes:
+        spec = sa.spec
+        mp = self.max_payload if max_payload is None else max_payload
+        if spec.tunnel:
+            return _random_inner(self.rng, "10.20.0.2", "10.30.0.9", ipv6_ok=True, max_payload=mp)
+        # Transport: the peer's own (pre-NAT) address and ours, which NAT-OA would report.
+        return _random_inner(self.rng, spec.nat_oa_src or "10.0.0.2", spec.nat_oa_dst or "192.0.2.1",
+                             ipv6_ok=False, max_payload=mp, options_ok=True)
+
+    def build(self, sa: _Sa, seq: int, *, inner: Optional[bytes] = None, next_header: Optional[int] = None,
+              extra: bytes = b"", padding: Optional[bytes] = None, pad_len: Optional[int] = None,
+              post: Status = Status.OK, udp_checksum: bool = False, dst: Optional[str] = None,
+              dport: Optional[int] = None) -> tuple[bytes, _Origin]:
+        """One packet of ``sa`` with sequence number ``seq`` and the origin record the model needs."""
+        r = self.rng
+        spec = sa.spec
+        if inner is None:
+            inner = self.inner(sa)
+        payload, nh, tos = _split_inner(inner, spec.tunnel)
+        if next_header is not None:
+            nh = next_header
+        esp = sa.sealer.seal(seq, payload + extra, nh, padding=padding, pad_len=pad_len, rng=r)
+        if post is Status.OK and spec.tunnel and nh not in (PROTO_IPIP, PROTO_IPV6):
+            post = Status.PROTOCOL
+        if post is Status.OK and nh == PROTO_NONE:
+            post = Status.DUMMY
+        # A NAT rebinds the peer's source port; the destination is the receiver's parser entry.
+        sport = r.choice((spec.port, r.randrange(1024, 65536)))
+        dport = spec.port if dport is None else dport
+        dst = self.outer_dst(sa) if dst is None else dst
+        if spec.tunnel:
+            p = udp_encapsulate(esp, spec.src or sa.peer, dst, sport=sport, dport=dport, framing=spec.framing,
+                                udp_checksum=udp_checksum, tos=tos, ip_id=seq & 0xFFFF,
+                                ttl=r.choice((64, 63, 50)))
+        else:
+            ihl = (inner[0] & 15) * 4
+            p = _transport_outer(inner[:ihl], esp, sa.peer, dst, sport, dport, spec.framing, udp_checksum)
+        return p, _Origin(sa, seq, esp, post)
+
+    def fresh(self, kind: str, **kw: Any) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.take(), **kw)
+        self.emit(kind, p, origin)
+
+    def one(self) -> None:
+        r = self.rng
+        kind = r.choices(self.kind_names, cum_weights=self.kind_weights)[0]
+        getattr(self, "k_" + kind)(kind)
+
+    # ---------------------------------------------------------------- kinds
+
+    def k_ok(self, kind: str) -> None:
+        self.fresh(kind)
+
+    def k_reorder(self, kind: str) -> None:
+        k = self.rng.randrange(2, 7)
+        sa = self.pick_sa(k)
+        group = [self.build(sa, sa.take()) for _ in range(k)]
+        self.rng.shuffle(group)
+        for p, origin in group:
+            self.emit(kind, p, origin)
+
+    def k_jump(self, kind: str) -> None:
+        sa = self.pick_sa()
+        gap = self.rng.randrange(1, 2 * max(sa.spec.replay_window, 32) + 2)
+        if sa.exhausted(gap + 1):
+            return self.k_ok(kind)
+        sa.next_seq += gap
+        p, origin = self.build(sa, sa.take())
+        self.emit(kind, p, origin)
+
+    def k_replay(self, kind: str) -> None:
+        candidates = [sa for sa in self.sas if sa.history]
+        if not candidates:
+            return self.k_ok(kind)
+        sa = self.rng.choice(candidates)
+        p, origin = self.rng.choice(sa.history)  # byte for byte what was accepted before
+        self.emit(kind, p, origin)
+
+    def k_old(self, kind: str) -> None:
+        sa = self.pick_sa()
+        w = max(sa.spec.replay_window, 1)
+        seq = sa.window.t - w - self.rng.randrange(0, 3 * w)
+        if seq < 1:
+            return self.k_ok(kind)
+        p, origin = self.build(sa, seq)
+        self.emit(kind, p, origin)
+
+    def k_seq_zero(self, kind: str) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.window.t & ~_M32 if sa.spec.esn else 0)
+        self.emit(kind, p, origin)
+
+    def k_dummy(self, kind: str) -> None:
+        sa = self.pick_sa()
+        # RFC 4303 §2.6: a dummy packet's payload is random octets the receiver discards.
+        junk = self.rng.randbytes(self.rng.randrange(0, 200))
+        seq = sa.take()
+        esp = sa.sealer.seal(seq, junk, PROTO_NONE, rng=self.rng)
+        self._wrap_emit(kind, sa, seq, esp, Status.DUMMY)
+
+    def _wrap_emit(self, kind: str, sa: _Sa, seq: int, esp: bytes, post: Status) -> None:
+        spec = sa.spec
+        p = udp_encapsulate(esp, sa.peer, self.outer_dst(sa), sport=spec.port, dport=spec.port,
+                            framing=spec.framing, ip_id=self.rng.getrandbits(16))
+        self.emit(kind, p, _Origin(sa, seq, esp, post))
+
+    def k_protocol(self, kind: str) -> None:
+        tunnels = [sa for sa in self.sas if sa.spec.tunnel and not sa.exhausted()]
+        if not tunnels:
+            return self.k_ok(kind)
+        sa = self.rng.choice(tunnels)
+        p, origin = self.build(sa, sa.take(), next_header=self.rng.choice((PROTO_TCP, PROTO_UDP, PROTO_ICMP,
+                                                                             PROTO_ESP, 0, 255)))
+        self.emit(kind, p, origin)
+
+    def k_tfc(self, kind: str) -> None:
+        tunnels = [sa for sa in self.sas if sa.spec.tunnel and not sa.exhausted()]
+        if not tunnels:
+            return self.k_ok(kind)
+        sa = self.rng.choice(tunnels)
+        p, origin = self.build(sa, sa.take(), extra=bytes(self.rng.randrange(1, 300)))
+        self.emit(kind, p, origin)
+
+    def _aligned_padding(self, sa: _Sa, payload_len: int, extra_units: int) -> bytes:
+        s = sa.suite
+        align = s.block_size * 4 // _gcd(s.block_size, 4)
+        n = len(default_padding(payload_len, s.block_size)) + align * extra_units
+        while n > 255:
+            n -= align
+        return bytes(range(1, n + 1))
+
+    def k_long_padding(self, kind: str) -> None:
+        sa = self.pick_sa()
+        inner = self.inner(sa, max_payload=600)
+        payload, _, _ = _split_inner(inner, sa.spec.tunnel)
+        pad = self._aligned_padding(sa, len(payload), self.rng.randrange(1, 16))
+        p, origin = self.build(sa, sa.take(), inner=inner, padding=pad)
+        self.emit(kind, p, origin)
+
+    def k_bad_padding(self, kind: str) -> None:
+        sa = self.pick_sa()
+        inner = self.inner(sa, max_payload=600)
+        payload, _, _ = _split_inner(inner, sa.spec.tunnel)
+        pad = bytearray(self._aligned_padding(sa, len(payload), self.rng.randrange(1, 4)))
+        i = self.rng.randrange(len(pad))
+        pad[i] = (pad[i] + self.rng.randrange(1, 256)) & 0xFF
+        p, origin = self.build(sa, sa.take(), inner=inner, padding=bytes(pad), post=Status.MALFORMED)
+        self.emit(kind, p, origin)
+
+    def k_bad_pad_len(self, kind: str) -> None:
+        sa = self.pick_sa()
+        seq = sa.take()
+        junk = self.rng.randbytes(self.rng.randrange(0, 40))
+        pad = default_padding(len(junk), sa.suite.block_size)
+        plain_len = len(junk) + len(pad) + 2
+        esp = sa.sealer.seal(seq, junk, self.rng.choice((PROTO_IPIP, PROTO_TCP)), padding=pad,
+                             pad_len=self.rng.randrange(plain_len - 1, 256), rng=self.rng)
+        self._wrap_emit(kind, sa, seq, esp, Status.MALFORMED)
+
+    def _flip(self, kind: str, lo: Any, hi: Any) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.take())
+        ihl = (p[0] & 15) * 4
+        base = ihl + 8 + (8 if sa.spec.framing == UdpEncapType.IKE else 0)
+        s = sa.suite
+        a, b = base + lo(s, len(origin.esp)), base + hi(s, len(origin.esp))
+        if b <= a:
+            a, b = base + 8, len(p)
+        q = bytearray(p)
+        q[self.rng.randrange(a, b)] ^= 1 << self.rng.randrange(8)
+        self.emit(kind, bytes(q), origin)
+
+    def k_flip_spi(self, kind: str) -> None:
+        self._flip(kind, lambda s, n: 0, lambda s, n: 4)
+
+    def k_flip_seq(self, kind: str) -> None:
+        self._flip(kind, lambda s, n: 4, lambda s, n: 8)
+
+    def k_flip_iv(self, kind: str) -> None:
+        self._flip(kind, lambda s, n: 8, lambda s, n: 8 + s.iv_len)
+
+    def k_flip_ct(self, kind: str) -> None:
+        self._flip(kind, lambda s, n: 8 + s.iv_len, lambda s, n: n - s.icv_len)
+
+    def k_flip_icv(self, kind: str) -> None:
+        self._flip(kind, lambda s, n: n - s.icv_len, lambda s, n: n)
+
+    def k_flip_outer(self, kind: str) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.take())
+        q = bytearray(p)
+        q[self.rng.randrange((p[0] & 15) * 4 + 8)] ^= 1 << self.rng.randrange(8)
+        self.emit(kind, bytes(q), origin)
+
+    def k_truncate_frame(self, kind: str) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.take())
+        self.emit(kind, p[: self.rng.randrange(len(p))], origin)
+
+    def k_truncate_esp(self, kind: str) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.take())
+        ihl = (p[0] & 15) * 4
+        cut = self.rng.randrange(1, len(p) - ihl - 8 + 1)
+        self.emit(kind, _set_lengths(p[: len(p) - cut]), origin)
+
+    def k_ip_len(self, kind: str) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.take())
+        tl = p[2] << 8 | p[3]
+        new = self.rng.choice((self.rng.randrange(0, tl), tl + self.rng.randrange(1, 64)))
+        q = bytearray(p)
+        q[2:4] = struct.pack("!H", min(new, 0xFFFF))
+        self.emit(kind, _fix_ip_checksum(q), origin)
+
+    def k_udp_len(self, kind: str) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.take())
+        ihl = (p[0] & 15) * 4
+        ulen = p[ihl + 4] << 8 | p[ihl + 5]
+        q = bytearray(p)
+        q[ihl + 4: ihl + 6] = struct.pack("!H", (ulen + self.rng.choice((-1, 1, -8, 8, 256, -ulen))) & 0xFFFF)
+        self.emit(kind, bytes(q), origin)
+
+    def k_link_padding(self, kind: str) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.take())
+        self.emit(kind, p + bytes(self.rng.randrange(1, 46)), origin)
+
+    def k_udp_checksum(self, kind: str) -> None:
+        self.fresh(kind, udp_checksum=True)
+
+    def _entry(self) -> tuple[UdpEncapType, int]:
+        return self.rng.choice(_ENTRIES)
+
+    def _udp_to(self, payload: bytes, port: int, framing: UdpEncapType = UdpEncapType.OTHER) -> bytes:
+        r = self.rng
+        return udp_encapsulate(payload, f"198.51.100.{r.randrange(1, 255)}", f"203.0.113.{r.randrange(1, 255)}",
+                               sport=r.choice((500, 4500, r.randrange(1024, 65536))), dport=port,
+                               ip_id=r.getrandbits(16))
+
+    def k_ike(self, kind: str) -> None:
+        r = self.rng
+        framing, port = self._entry()
+        # An IKEv2 header (RFC 7296 §3.1): initiator SPI, responder SPI, next payload, version 2.0, ...
+        ike = r.randbytes(8) + bytes(8) + bytes((33, 0x20, 34, 0x08)) + r.randbytes(4)
+        ike += struct.pack("!I", 28 + (n := r.randrange(0, 300))) + r.randbytes(n)
+        if framing == UdpEncapType.OTHER:
+            # RFC 3948 §2.2: on the NAT-T port IKE carries the 4-zero-octet non-ESP marker.
+            payload = bytes(4) + ike
+        elif r.random() < 0.2:
+            payload = bytes(8) + r.randbytes(r.randrange(0, 9))  # marker but too short for ESP: IKE
+        else:
+            payload = b"\x01" + ike[1:]  # plain IKE on the legacy port (first octet non-zero)
+        self.emit(kind, self._udp_to(payload, port), None)
+
+    def k_keepalive(self, kind: str) -> None:
+        self.emit(kind, self._udp_to(b"\xff", self._entry()[1]), None)
+
+    def k_empty_udp(self, kind: str) -> None:
+        self.emit(kind, self._udp_to(b"", self._entry()[1]), None)
+
+    def k_short_esp(self, kind: str) -> None:
+        r = self.rng
+        n = r.randrange(1, 8)
+        data = bytes([r.randrange(1, 255)]) + r.randbytes(n - 1)
+        self.emit(kind, self._udp_to(data, self._entry()[1]), None)
+
+    def k_fragment(self, kind: str) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.take())
+        ihl = (p[0] & 15) * 4
+        body = p[ihl:]
+        if len(body) < 16:
+            return self.emit(kind, p, origin)
+        cut = self.rng.randrange(1, len(body) // 8) * 8
+        hdr = bytearray(p[:ihl])
+        first, second = bytearray(hdr), bytearray(hdr)
+        first[2:4] = struct.pack("!H", ihl + cut)
+        first[6:8] = struct.pack("!H", 0x2000)                      # MF, offset 0
+        second[2:4] = struct.pack("!H", ihl + len(body) - cut)
+        second[6:8] = struct.pack("!H", cut // 8)                   # last fragment
+        self.emit(kind, _fix_ip_checksum(first) + body[:cut], origin)
+        self.emit(kind, _fix_ip_checksum(second) + body[cut:], origin)
+
+    def k_non_udp(self, kind: str) -> None:
+        r = self.rng
+        proto = r.choice((PROTO_TCP, PROTO_ICMP, 47, 51, 132))
+        src, dst = f"198.51.100.{r.randrange(1, 255)}", f"203.0.113.{r.randrange(1, 255)}"
+        if proto == PROTO_TCP:
+            p = tcp_segment(src, dst, r.randrange(1024, 65536), 4500, r.randbytes(r.randrange(0, 100)))
+        elif proto == PROTO_ICMP:
+            p = icmp_echo(src, dst, ident=r.getrandbits(16), payload=r.randrange(0, 100))
+        else:
+            p = ipv4(src, dst, proto, r.randbytes(r.randrange(0, 100)))
+        self.emit(kind, p, None)
+
+    def k_esp_in_ip(self, kind: str) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.take())
+        ihl = (p[0] & 15) * 4
+        q = bytearray(p[:ihl])
+        q[9] = PROTO_ESP
+        q[2:4] = struct.pack("!H", ihl + len(origin.esp))
+        self.emit(kind, _fix_ip_checksum(q) + origin.esp, origin)
+
+    def k_wrong_port(self, kind: str) -> None:
+        sa = self.pick_sa()
+        p, origin = self.build(sa, sa.take(), dport=self.rng.choice(_UNUSED_PORTS))
+        self.emit(kind, p, origin)
+
+    def k_unknown_spi(self, kind: str) -> None:
+        sa = self.pick_sa()
+        seq = sa.take()
+        spi = self.rng.randrange(1, 1 << 32)
+        esp = EspSealer(sa.suite, sa.spec.key, spi, esn=sa.spec.esn).seal(seq, self.rng.randbytes(40), PROTO_IPIP,
+                                                                            rng=self.rng)
+        self._wrap_emit(kind, sa, seq, esp, Status.OK)
+
+    def k_wrong_dst(self, kind: str) -> None:
+        sa = self.pick_sa()
+        dst = self.rng.choice(("192.0.2.77", "10.9.9.8", "10.10.9.9", "203.0.113.251", "172.16.0.1"))
+        p, origin = self.build(sa, sa.take(), dst=dst)
+        self.emit(kind, p, origin)
+
+    def k_not_ipv4(self, kind: str) -> None:
+        r = self.rng
+        c = r.randrange(4)
+        if c == 0:
+            p = icmp6_echo("2001:db8::1", "2001:db8::2", payload=r.randrange(0, 64))
+        elif c == 1:
+            p = r.randbytes(r.randrange(0, 20))              # a runt
+        elif c == 2:
+            p = bytes([r.choice((0x00, 0x50, 0x60, 0xF5))]) + r.randbytes(r.randrange(19, 80))
+        else:
+            p = b""
+        self.emit(kind, p, None)
+
+
+def _fix_ip_checksum(h: Union[bytes, bytearray]) -> bytes:
+    h = bytearray(h)
+    ihl = (h[0] & 15) * 4
+    h[10:12] = b"\0\0"
+    h[10:12] = struct.pack("!H", internet_checksum(bytes(h[:ihl])))
+    return bytes(h)
+
+
+def _set_lengths(p: bytes) -> bytes:
+    """Make the IPv4 total length and UDP length match a packet that was cut short."""
+    q = bytearray(p)
+    ihl = (q[0] & 15) * 4
+    q[2:4] = struct.pack("!H", len(q))
+    q[ihl + 4: ihl + 6] = struct.pack("!H", len(q) - ihl)
+    return _fix_ip_checksum(q)
+
+
+def mixed_traffic(seed: int, n: int, *, suites: Optional[Iterable[str]] = None,
+                  kinds: Optional[dict[str, float]] = None, max_payload: int = 1400) -> MixedTraffic:
+    """A deterministic mixed batch of ``n`` received packets and the inbound SAs it is meant for.
+
+    One inbound SA per suite (default: every suite natt has), each on a random mode, parser entry
+    (RFC 3948 framing on UDP 4500 and 4501, legacy framing on 500), ESN setting, replay window and
+    starting sequence number (some right below 2**32, so ESN inference crosses the wrap); some
+    transport SAs have a destination key or NAT-OA addresses; four more share one SPI on port 4500
+    with different destination keys. Packets are drawn by the weights in ``kinds`` (default
+    :data:`MIXED_KINDS`); valid ESP is sealed with :class:`EspSealer`.
+
+    Install with :meth:`MixedTraffic.install` on an empty Offload, then ``decap`` the packets in
+    order (any batch split or thread count): ``expected``/``expected_sa`` are what
+    docs/semantics.md §1 requires.
+    """
+    if n < 0:
+        raise ValueError(f"n: expected a non-negative count, got {n}")
+    names = sorted(SUITES) if suites is None else [parse_suite(x)[0].name for x in suites]
+    if not names:
+        raise ValueError("suites: at least one suite is needed")
+    weights = dict(MIXED_KINDS if kinds is None else kinds)
+    unknown = set(weights) - set(MIXED_KINDS)
+    if unknown:
+        raise ValueError(f"kinds: unknown packet kinds {sorted(unknown)}; known: {', '.join(MIXED_KINDS)}")
+    if not any(w > 0 for w in weights.values()):
+        raise ValueError("kinds: at least one weight must be positive")
+    g = _Generator(seed, names, weights, max_payload)
+    while len(g.packets) < n:
+        g.one()
+    return MixedTraffic(seed, [sa.spec for sa in g.sas], g.packets[:n], g.kinds[:n], g.expected[:n],
+                        g.expected_sa[:n])
