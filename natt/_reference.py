@@ -550,23 +550,21 @@ class ReferenceBackend:
         # 6. UDP, checksum 0 (RFC 3948 §2.1 SHOULD); legacy framing puts the marker first.
         if cfg.encap_type is UdpEncapType.IKE:
             esp = _NON_IKE_MARKER + esp
+        # 8 (checked before any header is packed). The outer header is 20 octets (tunnel) or
+        # the inner header with its options (transport).
+        ihl = 20 if cfg.tunnel else (p[0] & 15) * 4
+        total = ihl + 8 + len(esp)
+        if total > _MAX_IP_LEN:
+            c["malformed"] += 1
+            return Status.MALFORMED, 0, seq, 0, None
         udp = struct.pack("!HHHH", cfg.encap_src_port, cfg.encap_dst_port, 8 + len(esp), 0) + esp
-        # 7–8. Outer IPv4 header.
+        # 7. Outer IPv4 header.
         if cfg.tunnel:
-            total = 20 + len(udp)
-            if total > _MAX_IP_LEN:
-                c["malformed"] += 1
-                return Status.MALFORMED, 0, seq, 0, None
             tos = p[1] if nh == _NH_IPV4 else ((p[0] & 0x0F) << 4 | p[1] >> 4)
             header = struct.pack("!BBHHHBBHII", 0x45, tos, total, seq & 0xFFFF, 0, _TUNNEL_TTL,
                                  _PROTO_UDP, 0, cfg.src_tunnel_addr, cfg.dst_tunnel_addr)
             header = _with_ip_fields(header, _PROTO_UDP, total)
         else:
-            ihl = (p[0] & 15) * 4
-            total = ihl + len(udp)
-            if total > _MAX_IP_LEN:
-                c["malformed"] += 1
-                return Status.MALFORMED, 0, seq, 0, None
             header = _with_ip_fields(p[:ihl], _PROTO_UDP, total)
         sa.oseq = seq                          # advances only for packets that get OK
         c["packets"] += 1
