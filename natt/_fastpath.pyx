@@ -1,3 +1,1545 @@
-# cython: language_level=3
-# Placeholder until the fast-path kernels land (issue 3); replaced wholesale.
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The fast data path: C-level SA tables and batch kernels over OpenSSL libcrypto.
+
+:class:`FastBackend` implements the :class:`natt._backend.Backend` protocol
+with exactly the semantics of docs/semantics.md (the same as
+``natt._reference``, which the tests compare it with packet for packet).
+
+Layout
+------
+* Parser entries: a 65 536-entry port table (port → entry handle, framing).
+* Inbound SAs: a chained hash table keyed by (entry handle, SPI); a chain
+  may hold several SAs with the same key and different destination keys,
+  the numerically largest matching ``dst_mask`` wins (semantics §1 step 6).
+* Every SA (inbound and outbound) also sits in a slot array so a handle
+  maps to it in O(1) (a Python dict gives handle → slot).
+* Per SA: algorithms fetched once, one cipher context keyed once at add time
+  (the *template*, never used for crypto), lazily made per-thread copies of
+  it, HMAC inner/outer digest states fed with key ⊕ ipad / key ⊕ opad once,
+  the anti-replay window (a ring bitmap of up to 65 536 bits), counters, ESN
+  state and the outbound sequence number.
+
+Concurrency
+-----------
+One ``pthread_mutex_t`` per backend. A batch holds it for its whole
+duration (with the GIL released); ``add_sa``/``remove_sa``/entries/counters
+take it too, so a control call waits for the running batch and never frees
+memory a batch could still reach (an SA is unlinked and freed only while
+the mutex is held or after it is released by the remover). A reader-writer
+lock would let two batches run at once, but batches also *write* per-SA
+state (replay window, counters, outbound sequence number) and must see one
+another's effects in call order, so they would need per-SA locks in the hot
+loop; parallelism inside a batch (``threads=N``) is the intended way to use
+several cores. Nobody ever waits for the mutex while holding the GIL, so
+the GIL and the mutex cannot deadlock.
+
+``threads=N`` runs four phases (the results are identical to
+``threads=None``, replay decisions and ESN inference included):
+
+1. parallel: parse, classify and look up every packet (tables are read-only
+   during a batch); packets that end before the SA lookup are finished here;
+2. serial: speculative ESN inference and preliminary replay check, assuming
+   every earlier packet will authenticate; decides which packets get crypto;
+3. parallel: verify and decrypt with per-thread contexts;
+4. serial, in packet order: the exact serial algorithm against the real
+   window; a packet's crypto result is reused only if it was computed for
+   the ``seq_hi`` the real window infers, else the crypto is redone here.
+"""
+
+from libc.stdint cimport UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy, memset
+
+cimport numpy as cnp
+from cython.parallel cimport prange, threadid
+
+from natt._openssl cimport (
+    CRYPTO_memcmp, ENGINE, ERR_clear_error, EVP_CIPHER, EVP_CIPHER_CTX, EVP_CIPHER_CTX_copy,
+    EVP_CIPHER_CTX_ctrl, EVP_CIPHER_CTX_free, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_set_padding,
+    EVP_CIPHER_fetch, EVP_CIPHER_free, EVP_CipherFinal_ex, EVP_CipherInit_ex, EVP_CipherUpdate,
+    EVP_CTRL_AEAD_GET_TAG, EVP_CTRL_AEAD_SET_TAG, EVP_DigestFinal_ex, EVP_DigestInit_ex,
+    EVP_DigestUpdate, EVP_MAX_MD_SIZE, EVP_MD, EVP_MD_CTX, EVP_MD_CTX_copy_ex, EVP_MD_CTX_free,
+    EVP_MD_CTX_new, EVP_MD_fetch, EVP_MD_free, EVP_MD_get_block_size, EVP_MD_get_size,
+    OPENSSL_cleanse, RAND_bytes,
+)
+
+from ._backend import COUNTER_NAMES
+from ._batch import ENCAP_OVERHEAD as _ENCAP_OVERHEAD
+from ._constants import UdpEncapType
+from ._suites import Cipher, Mac
+
+cnp.import_array()
+
 BACKEND_NAME = "fast"
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+
+
+# --------------------------------------------------------------------------- constants
+
+cdef enum:
+    NATT_MAX_THREADS = 16        # per-SA per-thread context slots; threads=N is clamped to it
+    NATT_ENCAP_OVERHEAD = 128    # natt._batch.ENCAP_OVERHEAD (checked at import)
+    NATT_CONT = 255              # parse status: an SA was found, the packet goes on
+
+# natt.Status (fixed numbering, DESIGN "Data path")
+cdef enum:
+    NATT_OK = 0
+    NATT_NOT_ESP = 1
+    NATT_IKE = 2
+    NATT_KEEPALIVE = 3
+    NATT_FRAGMENT = 4
+    NATT_NO_SA = 5
+    NATT_MALFORMED = 6
+    NATT_AUTH_FAILED = 7
+    NATT_REPLAY = 8
+    NATT_DUMMY = 9
+    NATT_PROTOCOL = 10
+    NATT_SEQ_OVERFLOW = 11
+    NATT_ERROR = 12
+
+# natt._suites.Cipher / Mac values
+cdef enum:
+    NATT_CIPHER_NULL = 0
+    NATT_CIPHER_AES_CBC = 1
+    NATT_CIPHER_3DES_CBC = 2
+    NATT_CIPHER_AES_GCM = 3
+    NATT_CIPHER_CHACHA20_POLY1305 = 4
+    NATT_CIPHER_AES_GMAC = 5
+    NATT_MAC_NONE = 0
+
+# Counter indices, in natt._backend.COUNTER_NAMES order.
+cdef enum:
+    NATT_C_PACKETS = 0
+    NATT_C_BYTES = 1
+    NATT_C_AUTH_FAILURES = 2
+    NATT_C_REPLAYS = 3
+    NATT_C_MALFORMED = 4
+    NATT_C_DUMMY = 5
+    NATT_C_PROTOCOL = 6
+    NATT_C_SEQ_OVERFLOWS = 7
+    NATT_C_ERRORS = 8
+    NATT_N_COUNTERS = 9
+
+# Results of the stateless crypto step (natt_open).
+cdef enum:
+    NATT_CR_NONE = 0     # not computed
+    NATT_CR_OK = 1       # authenticated, trailer well formed
+    NATT_CR_AUTH = 2     # ICV / tag mismatch
+    NATT_CR_PAD = 3      # authenticated, trailer malformed (semantics §1 step 10)
+    NATT_CR_ERR = 4      # crypto library failure
+    NATT_CR_WANT = 5     # phase 2 asks phase 3 to compute it
+
+cdef enum:
+    NATT_PROTO_TCP = 6
+    NATT_PROTO_UDP = 17
+    NATT_NH_IPV4 = 4     # RFC 2003
+    NATT_NH_IPV6 = 41    # RFC 2473
+    NATT_NH_NONE = 59    # RFC 4303 §2.6 dummy packet
+    NATT_TUNNEL_TTL = 64
+    NATT_MAX_IP_LEN = 65535
+    NATT_ENCAP_IKE = 0   # UdpEncapType.IKE: legacy 8-octet non-IKE marker
+    NATT_ENCAP_OTHER = 1
+
+
+# --------------------------------------------------------------------------- C structures
+
+cdef struct natt_sa:
+    natt_sa *hnext                # hash chain (inbound)
+    int64_t handle
+    int64_t entry_handle          # parser entry (inbound)
+    int32_t slot
+    uint32_t spi
+    uint32_t dst_addr             # inbound lookup key
+    uint32_t dst_mask
+    uint32_t src_tunnel_addr
+    uint32_t dst_tunnel_addr
+    uint32_t nat_oa_src
+    uint32_t nat_oa_dst
+    uint16_t encap_src_port
+    uint16_t encap_dst_port
+    uint8_t inbound
+    uint8_t tunnel
+    uint8_t esn
+    uint8_t encap_ike             # outbound framing: write the non-IKE marker
+    int32_t cipher
+    int32_t mac
+    int32_t iv_len
+    int32_t icv_len
+    int32_t block
+    uint8_t salt[4]               # AEAD nonce salt (RFC 4106 §4): key material, cleansed on free
+    # anti-replay (semantics §3): T = top; bit (s & bmask) of bitmap stands for number s,
+    # valid for s in (top - window, top]; the ring has a power-of-two number of bits >= window.
+    uint32_t window
+    uint64_t top
+    uint64_t *bitmap
+    uint64_t bmask
+    uint64_t oseq                 # outbound: last sequence number sent
+    uint64_t spec_top             # phase 2 speculative top
+    uint64_t spec_epoch
+    EVP_CIPHER *evp_cipher
+    EVP_CIPHER_CTX *tmpl          # keyed once; only ever copied, never used for crypto
+    EVP_CIPHER_CTX *tctx[NATT_MAX_THREADS]
+    EVP_MD *evp_md
+    EVP_MD_CTX *inner             # HMAC: digest state after key ^ ipad (RFC 2104)
+    EVP_MD_CTX *outer             # HMAC: digest state after key ^ opad
+    uint64_t ctr[NATT_N_COUNTERS]
+
+
+cdef struct natt_pkt:
+    # Per-packet scratch of the threaded decap pipeline.
+    natt_sa *sa
+    int32_t ihl4
+    int32_t esp_off
+    int32_t esp_len
+    int32_t payload_len
+    uint32_t seql
+    uint32_t seq_hi               # seq_hi the cached crypto result was computed with
+    uint8_t status                # NATT_CONT: SA found; else final
+    uint8_t bad_len               # semantics §1 step 7 failed
+    uint8_t crypto                # NATT_CR_*
+    uint8_t nh
+
+
+cdef struct natt_io:
+    const uint8_t *data
+    int64_t data_len
+    const int64_t *off
+    const int64_t *len
+    int64_t n
+    uint8_t *odata
+    int64_t odata_len
+    const int64_t *ooff
+    int64_t *olen
+    uint8_t *ostatus
+    int64_t *osa
+    uint64_t *oseq
+    uint8_t *onh
+
+
+cdef struct natt_state:
+    pthread_mutex_t lock
+    int64_t *port_handle          # port -> parser entry handle (0: none)
+    uint8_t *port_type            # port -> UdpEncapType
+    natt_sa **buckets
+    uint64_t nbuckets             # power of two
+    uint64_t n_inbound
+    natt_sa **slots
+    int32_t nslots
+    int32_t *free_slots
+    int32_t n_free
+    natt_pkt *scratch
+    int64_t scratch_cap
+    uint64_t epoch
+    EVP_MD_CTX *mdw[NATT_MAX_THREADS]   # per-thread HMAC work contexts
+
+
+# --------------------------------------------------------------------------- small helpers
+
+cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
+    return <uint16_t>((<uint16_t>p[0] << 8) | p[1])
+
+
+cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline void wr16(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 8)
+    p[1] = <uint8_t>v
+
+
+cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 24)
+    p[1] = <uint8_t>(v >> 16)
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>v
+
+
+cdef inline uint16_t natt_ip_checksum(const uint8_t *h, int32_t n) noexcept nogil:
+    """RFC 791 header checksum of ``h`` (its checksum field must already be zero)."""
+    cdef uint32_t s = 0
+    cdef int32_t k
+    for k in range(0, n - 1, 2):
+        s += rd16(h + k)
+    while s > 0xFFFF:
+        s = (s & 0xFFFF) + (s >> 16)
+    return <uint16_t>(~s & 0xFFFF)
+
+
+cdef inline void natt_set_ip_fields(uint8_t *h, int32_t ihl4, uint8_t protocol, uint32_t total) noexcept nogil:
+    wr16(h + 2, total)
+    h[9] = protocol
+    h[10] = 0
+    h[11] = 0
+    wr16(h + 10, natt_ip_checksum(h, ihl4))
+
+
+cdef inline uint32_t natt_csum_update32(uint32_t hc, uint32_t old, uint32_t new) noexcept nogil:
+    """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for a 32-bit field (two 16-bit words)."""
+    cdef uint32_t s = ~hc & 0xFFFF
+    s += (~(old >> 16) & 0xFFFF) + ((new >> 16) & 0xFFFF)
+    s += (~old & 0xFFFF) + (new & 0xFFFF)
+    while s > 0xFFFF:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+cdef inline uint64_t natt_hash(int64_t entry, uint32_t spi, uint64_t mask) noexcept nogil:
+    # Fibonacci hashing of the (entry, SPI) pair: SPIs may be sequential or random, and the
+    # multiply spreads both over the high bits, which the fold brings down.
+    cdef uint64_t x = (<uint64_t>spi) ^ ((<uint64_t>entry) << 32) ^ (<uint64_t>entry >> 32)
+    x *= <uint64_t>0x9E3779B97F4A7C15
+    return (x ^ (x >> 29)) & mask
+
+
+# --------------------------------------------------------------------------- anti-replay (semantics §3)
+
+cdef inline bint natt_infer_seq(uint64_t top, uint32_t window, bint esn, uint32_t seql,
+                                uint64_t *seq) noexcept nogil:
+    """Full sequence number of ``seql`` (RFC 4303 Appendix A); False if not representable."""
+    cdef uint32_t tl, th, w1
+    if not esn:
+        seq[0] = seql
+        return True
+    tl = <uint32_t>top
+    th = <uint32_t>(top >> 32)
+    w1 = window - 1
+    if tl >= w1:                                  # case A
+        if seql >= tl - w1:
+            seq[0] = (<uint64_t>th << 32) | seql
+        elif th == UINT32_MAX:
+            return False                          # seq_hi = Th + 1 does not fit
+        else:
+            seq[0] = (<uint64_t>(th + 1) << 32) | seql
+    else:                                         # case B: the window spans a 2**32 boundary
+        if seql >= <uint32_t>(tl - w1):
+            if th == 0:
+                return False                      # "below 0"
+            seq[0] = (<uint64_t>(th - 1) << 32) | seql
+        else:
+            seq[0] = (<uint64_t>th << 32) | seql
+    return True
+
+
+cdef inline bint natt_is_replay(const natt_sa *sa, uint64_t seq) noexcept nogil:
+    """Preliminary check (RFC 4303 §3.4.3): 0, left of the window, or already seen."""
+    cdef uint64_t pos
+    if seq == 0:
+        return True
+    if sa.top >= sa.window and seq <= sa.top - sa.window:
+        return True
+    if seq > sa.top:
+        return False
+    pos = seq & sa.bmask
+    return (sa.bitmap[pos >> 6] >> (pos & 63)) & 1
+
+
+cdef inline void natt_clear_bits(uint64_t *bm, uint64_t bmask, uint64_t start, uint64_t count) noexcept nogil:
+    """Clear the ring positions of numbers start .. start+count-1 (count <= ring size)."""
+    cdef uint64_t pos, b, take, m
+    while count:
+        pos = start & bmask
+        b = pos & 63
+        take = 64 - b
+        if take > count:
+            take = count
+        m = (~(<uint64_t>0)) if take == 64 else (((<uint64_t>1 << take) - 1) << b)
+        bm[pos >> 6] &= ~m
+        start += take
+        count -= take
+
+
+cdef inline void natt_accept(natt_sa *sa, uint64_t seq) noexcept nogil:
+    """Record an authenticated ``seq``: slide the window if it is new, mark its bit."""
+    cdef uint64_t diff, pos
+    if sa.window == 0:
+        if seq > sa.top:
+            sa.top = seq
+        return
+    if seq > sa.top:
+        diff = seq - sa.top
+        if diff > sa.bmask:
+            memset(sa.bitmap, 0, ((sa.bmask + 1) >> 6) * sizeof(uint64_t))
+        else:
+            natt_clear_bits(sa.bitmap, sa.bmask, sa.top + 1, diff)
+        sa.top = seq
+    pos = seq & sa.bmask
+    sa.bitmap[pos >> 6] |= (<uint64_t>1) << (pos & 63)
+
+
+# --------------------------------------------------------------------------- crypto (stateless per packet)
+
+cdef inline EVP_CIPHER_CTX *natt_tctx(natt_sa *sa, int tid) noexcept nogil:
+    """This thread's cipher context of ``sa``, copied from the keyed template on first use.
+
+    Only thread ``tid`` ever writes slot ``tid``; the template is only read (copied).
+    """
+    cdef EVP_CIPHER_CTX *c = sa.tctx[tid]
+    if c == NULL:
+        c = EVP_CIPHER_CTX_new()
+        if c == NULL:
+            return NULL
+        if EVP_CIPHER_CTX_copy(c, sa.tmpl) != 1:
+            EVP_CIPHER_CTX_free(c)
+            return NULL
+        sa.tctx[tid] = c
+    return c
+
+
+cdef inline bint natt_hmac(const natt_sa *sa, EVP_MD_CTX *w, const uint8_t *d, int32_t n,
+                           bint esn, uint32_t seq_hi, uint8_t *mac) noexcept nogil:
+    """HMAC (RFC 2104) of ``d`` ‖ [seq_hi] from the precomputed inner/outer states."""
+    cdef uint8_t hi[4]
+    cdef unsigned int ml = 0
+    if EVP_MD_CTX_copy_ex(w, sa.inner) != 1 or EVP_DigestUpdate(w, d, n) != 1:
+        return False
+    if esn:
+        # RFC 4303 §2.2.1 / §3.3.2.1: seq_hi is covered by the ICV but never sent.
+        wr32(hi, seq_hi)
+        if EVP_DigestUpdate(w, hi, 4) != 1:
+            return False
+    if EVP_DigestFinal_ex(w, mac, &ml) != 1:
+        return False
+    if EVP_MD_CTX_copy_ex(w, sa.outer) != 1 or EVP_DigestUpdate(w, mac, ml) != 1:
+        return False
+    return EVP_DigestFinal_ex(w, mac, &ml) == 1
+
+
+cdef inline int32_t natt_aad(const natt_sa *sa, const uint8_t *esp, uint32_t seq_hi, uint8_t *aad) noexcept nogil:
+    """RFC 4106 §5 / RFC 7634 §2.1: SPI ‖ seql, or SPI ‖ seq_hi ‖ seql with ESN."""
+    memcpy(aad, esp, 4)
+    if sa.esn:
+        wr32(aad + 4, seq_hi)
+        memcpy(aad + 8, esp + 4, 4)
+        return 12
+    memcpy(aad + 4, esp + 4, 4)
+    return 8
+
+
+cdef int natt_open(natt_sa *sa, int tid, EVP_MD_CTX *mdw, const uint8_t *esp, int32_t esp_len,
+                   uint32_t seq_hi, uint8_t *dst, natt_pkt *pk) noexcept nogil:
+    """Verify and decrypt one ESP packet (semantics §1 steps 9–10) into ``dst``.
+
+    Stateless given ``seq_hi``: only this thread's contexts are touched. Sets
+    ``pk.nh`` and ``pk.payload_len`` when the packet authenticates.
+    """
+    cdef int32_t iv_len = sa.iv_len, icv_len = sa.icv_len
+    cdef int32_t ct_len = esp_len - 8 - iv_len - icv_len
+    cdef const uint8_t *iv = esp + 8
+    cdef const uint8_t *ct = iv + iv_len
+    cdef const uint8_t *icv = esp + esp_len - icv_len
+    cdef uint8_t nonce[12]
+    cdef uint8_t aad[12]
+    cdef uint8_t mac[EVP_MAX_MD_SIZE]
+    cdef int32_t aad_len, k, pad_len
+    cdef int outl = 0, outl2 = 0
+    cdef EVP_CIPHER_CTX *ctx = NULL
+    cdef int cipher = sa.cipher
+
+    if cipher != NATT_CIPHER_NULL:
+        ctx = natt_tctx(sa, tid)
+        if ctx == NULL:
+            return NATT_CR_ERR
+    if cipher == NATT_CIPHER_AES_GCM or cipher == NATT_CIPHER_CHACHA20_POLY1305 or cipher == NATT_CIPHER_AES_GMAC:
+        memcpy(nonce, sa.salt, 4)              # RFC 4106 §4, RFC 7634 §2: salt ‖ IV
+        memcpy(nonce + 4, iv, 8)
+        aad_len = natt_aad(sa, esp, seq_hi, aad)
+        if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 0) != 1:
+            return NATT_CR_ERR
+        if EVP_CipherUpdate(ctx, NULL, &outl, aad, aad_len) != 1:
+            return NATT_CR_ERR
+        if cipher == NATT_CIPHER_AES_GMAC:
+            # RFC 4543 §3: IV, payload and trailer are AAD too; nothing is encrypted.
+            if EVP_CipherUpdate(ctx, NULL, &outl, iv, iv_len + ct_len) != 1:
+                return NATT_CR_ERR
+            memcpy(dst, ct, ct_len)
+            outl = 0
+        elif EVP_CipherUpdate(ctx, dst, &outl, ct, ct_len) != 1:
+            return NATT_CR_ERR
+        if EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, icv_len, <void *>icv) != 1:
+            return NATT_CR_ERR
+        if EVP_CipherFinal_ex(ctx, dst + outl, &outl2) <= 0:
+            return NATT_CR_AUTH
+    else:
+        if sa.mac != NATT_MAC_NONE:
+            # RFC 4303 §3.4.4: verify the ICV first, in constant time, then decrypt.
+            if not natt_hmac(sa, mdw, esp, esp_len - icv_len, sa.esn, seq_hi, mac):
+                return NATT_CR_ERR
+            if CRYPTO_memcmp(mac, icv, icv_len) != 0:
+                return NATT_CR_AUTH
+        if cipher == NATT_CIPHER_NULL:
+            memcpy(dst, ct, ct_len)
+        else:
+            if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, 0) != 1:
+                return NATT_CR_ERR
+            if EVP_CipherUpdate(ctx, dst, &outl, ct, ct_len) != 1 or outl != ct_len:
+                return NATT_CR_ERR
+    # Trailer (RFC 4303 §2.4, default padding 1, 2, 3, ...).
+    pad_len = dst[ct_len - 2]
+    pk.nh = dst[ct_len - 1]
+    if pad_len > ct_len - 2:
+        return NATT_CR_PAD
+    for k in range(pad_len):
+        if dst[ct_len - 2 - pad_len + k] != <uint8_t>(k + 1):
+            return NATT_CR_PAD
+    pk.payload_len = ct_len - 2 - pad_len
+    return NATT_CR_OK
+
+
+cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t ct_len,
+                    uint32_t seq_hi) noexcept nogil:
+    """Encrypt ``esp`` in place (header and IV written, plaintext trailer-padded at esp+8+iv)
+    and append the ICV (semantics §2 steps 4–5)."""
+    cdef int32_t iv_len = sa.iv_len, icv_len = sa.icv_len
+    cdef uint8_t *iv = esp + 8
+    cdef uint8_t *ct = iv + iv_len
+    cdef uint8_t *icv = ct + ct_len
+    cdef uint8_t nonce[12]
+    cdef uint8_t aad[12]
+    cdef uint8_t mac[EVP_MAX_MD_SIZE]
+    cdef int32_t aad_len
+    cdef int outl = 0, outl2 = 0
+    cdef EVP_CIPHER_CTX *ctx = NULL
+    cdef int cipher = sa.cipher
+
+    if cipher != NATT_CIPHER_NULL:
+        ctx = natt_tctx(sa, tid)
+        if ctx == NULL:
+            return False
+    if cipher == NATT_CIPHER_AES_GCM or cipher == NATT_CIPHER_CHACHA20_POLY1305 or cipher == NATT_CIPHER_AES_GMAC:
+        memcpy(nonce, sa.salt, 4)
+        memcpy(nonce + 4, iv, 8)
+        aad_len = natt_aad(sa, esp, seq_hi, aad)
+        if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 1) != 1:
+            return False
+        if EVP_CipherUpdate(ctx, NULL, &outl, aad, aad_len) != 1:
+            return False
+        if cipher == NATT_CIPHER_AES_GMAC:
+            if EVP_CipherUpdate(ctx, NULL, &outl, iv, iv_len + ct_len) != 1:
+                return False
+            outl = 0
+        elif EVP_CipherUpdate(ctx, ct, &outl, ct, ct_len) != 1:
+            return False
+        if EVP_CipherFinal_ex(ctx, ct + outl, &outl2) != 1:
+            return False
+        # A truncated GCM ICV is the leading octets of the tag (RFC 4106 §6).
+        return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, icv_len, icv) == 1
+    if cipher != NATT_CIPHER_NULL:
+        if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, 1) != 1:
+            return False
+        if EVP_CipherUpdate(ctx, ct, &outl, ct, ct_len) != 1 or outl != ct_len:
+            return False
+    if sa.mac != NATT_MAC_NONE:
+        if not natt_hmac(sa, mdw, esp, 8 + iv_len + ct_len, sa.esn, seq_hi, mac):
+            return False
+        memcpy(icv, mac, icv_len)
+    return True
+
+
+# --------------------------------------------------------------------------- decap kernel
+
+cdef inline bint natt_slot_ok(const natt_io *io, int64_t i, int64_t extra) noexcept nogil:
+    """Re-check segment ``i`` and its output slot against the buffers (the caller may have
+    rewritten the index arrays after validation: then the packet gets ERROR, never a crash)."""
+    cdef int64_t o = io.off[i], n = io.len[i], oo = io.ooff[i]
+    return (o >= 0 and n >= 0 and n <= io.data_len - o and oo >= 0
+            and n + extra <= io.odata_len - oo)
+
+
+cdef inline void natt_put(natt_io *io, int64_t i, uint8_t status, int64_t sa, uint64_t seq,
+                          uint8_t nh) noexcept nogil:
+    io.ostatus[i] = status
+    io.osa[i] = sa
+    io.oseq[i] = seq
+    io.onh[i] = nh
+
+
+cdef inline void natt_copy_input(natt_io *io, int64_t i) noexcept nogil:
+    cdef int64_t n = io.len[i]
+    memcpy(io.odata + io.ooff[i], io.data + io.off[i], n)
+    io.olen[i] = n
+
+
+cdef inline natt_sa *natt_lookup(const natt_state *st, int64_t entry, uint32_t spi, uint32_t dst) noexcept nogil:
+    """Inbound SA for (entry, SPI) whose destination key matches ``dst``; largest mask wins."""
+    cdef natt_sa *sa = st.buckets[natt_hash(entry, spi, st.nbuckets - 1)]
+    cdef natt_sa *best = NULL
+    while sa != NULL:
+        if (sa.spi == spi and sa.entry_handle == entry
+                and (dst & sa.dst_mask) == (sa.dst_addr & sa.dst_mask)
+                and (best == NULL or sa.dst_mask > best.dst_mask)):
+            best = sa
+        sa = sa.hnext
+    return best
+
+
+cdef void natt_decap_parse(const natt_state *st, natt_io *io, int64_t i, natt_pkt *pk) noexcept nogil:
+    """Semantics §1 steps 1–7 (stateless). Packets that end before an SA is found are
+    finished here (status, output); others get ``pk.status = NATT_CONT``."""
+    cdef const uint8_t *p
+    cdef const uint8_t *u
+    cdef int64_t n
+    cdef int32_t ihl4, tl, ulen, esp_off, esp_len, ct_len
+    cdef uint16_t port
+    cdef int64_t entry
+    cdef natt_sa *sa
+    cdef uint8_t status
+    cdef uint32_t seql = 0
+
+    pk.sa = NULL
+    pk.crypto = NATT_CR_NONE
+    pk.bad_len = 0
+    if not natt_slot_ok(io, i, 0):
+        pk.status = NATT_ERROR
+        natt_put(io, i, NATT_ERROR, 0, 0, 0)
+        io.olen[i] = 0
+        return
+    p = io.data + io.off[i]
+    n = io.len[i]
+    status = NATT_CONT
+    while True:                              # one pass; "break" = status decided
+        if n < 20 or (p[0] >> 4) != 4:
+            status = NATT_NOT_ESP
+            break
+        ihl4 = (p[0] & 15) * 4
+        tl = rd16(p + 2)
+        if ihl4 < 20 or tl < ihl4 or tl > n:
+            status = NATT_MALFORMED
+            break
+        if p[9] != NATT_PROTO_UDP:
+            status = NATT_NOT_ESP
+            break
+        if (p[6] & 0x20) or (rd16(p + 6) & 0x1FFF):
+            status = NATT_FRAGMENT       # MF or an offset: a NIC does not reassemble
+            break
+        if tl - ihl4 < 8 or rd16(p + ihl4 + 4) != tl - ihl4:
+            status = NATT_MALFORMED
+            break
+        port = rd16(p + ihl4 + 2)
+        entry = st.port_handle[port]
+        if entry == 0:
+            status = NATT_NOT_ESP
+            break
+        u = p + ihl4 + 8
+        ulen = tl - ihl4 - 8
+        if ulen == 1 and u[0] == 0xFF:
+            status = NATT_KEEPALIVE      # RFC 3948 §2.3
+            break
+        if st.port_type[port] == NATT_ENCAP_OTHER:
+            if ulen == 0:
+                status = NATT_MALFORMED
+                break
+            if ulen >= 4 and u[0] == 0 and u[1] == 0 and u[2] == 0 and u[3] == 0:
+                status = NATT_IKE        # RFC 3948 §2.2 non-ESP marker
+                break
+            esp_off = ihl4 + 8
+        else:
+            if not (ulen > 16 and rd32(u) == 0 and rd32(u + 4) == 0):
+                status = NATT_IKE
+                break
+            esp_off = ihl4 + 16
+        esp_len = tl - esp_off
+        if esp_len < 8:
+            status = NATT_MALFORMED
+            break
+        seql = rd32(p + esp_off + 4)
+        sa = natt_lookup(st, entry, rd32(p + esp_off), rd32(p + 16))
+        if sa == NULL:
+            status = NATT_NO_SA
+            break
+        pk.sa = sa
+        pk.ihl4 = ihl4
+        pk.esp_off = esp_off
+        pk.esp_len = esp_len
+        pk.seql = seql
+        ct_len = esp_len - 8 - sa.iv_len - sa.icv_len
+        if ct_len < 2 or (sa.block > 1 and ct_len % sa.block != 0):
+            pk.bad_len = 1
+        break
+    pk.status = status
+    if status != NATT_CONT:
+        natt_put(io, i, status, 0, seql if status == NATT_NO_SA else 0, 0)
+        natt_copy_input(io, i)
+
+
+cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk, bint cached) noexcept nogil:
+    """Semantics §1 steps 6 (ESN inference) and 7–12 for a packet whose SA was found, in
+    packet order against the real replay window; reuses ``pk``'s crypto result when it was
+    computed for the same ``seq_hi``."""
+    cdef natt_sa *sa = pk.sa
+    cdef uint64_t seq = 0
+    cdef bint ok
+    cdef uint32_t seq_hi
+    cdef int r
+    cdef const uint8_t *p = io.data + io.off[i]
+    cdef uint8_t *o = io.odata + io.ooff[i]
+    cdef int32_t dst_off = 0 if sa.tunnel else pk.ihl4
+    cdef int32_t plen, off
+    cdef uint8_t nh
+    cdef uint32_t hc
+
+    ok = natt_infer_seq(sa.top, sa.window, sa.esn, pk.seql, &seq)
+    natt_put(io, i, NATT_OK, sa.handle, seq if ok else pk.seql, 0)
+    if pk.bad_len:
+        sa.ctr[NATT_C_MALFORMED] += 1
+        io.ostatus[i] = NATT_MALFORMED
+        natt_copy_input(io, i)
+        return
+    if sa.window and (not ok or natt_is_replay(sa, seq)):
+        sa.ctr[NATT_C_REPLAYS] += 1
+        io.ostatus[i] = NATT_REPLAY
+        natt_copy_input(io, i)
+        return
+    seq_hi = <uint32_t>(seq >> 32)
+    if cached and pk.crypto != NATT_CR_NONE and pk.crypto != NATT_CR_WANT and pk.seq_hi == seq_hi:
+        r = pk.crypto
+    else:
+        r = natt_open(sa, 0, st.mdw[0], p + pk.esp_off, pk.esp_len, seq_hi, o + dst_off, pk)
+    if r == NATT_CR_ERR:
+        ERR_clear_error()
+        sa.ctr[NATT_C_ERRORS] += 1
+        io.ostatus[i] = NATT_ERROR
+        natt_copy_input(io, i)
+        return
+    if r == NATT_CR_AUTH:
+        sa.ctr[NATT_C_AUTH_FAILURES] += 1
+        io.ostatus[i] = NATT_AUTH_FAILED
+        natt_copy_input(io, i)
+        return
+    # Authenticated: the window moves now, whatever the trailer says (RFC 4303 §3.4.3).
+    natt_accept(sa, seq)
+    nh = pk.nh
+    io.onh[i] = nh
+    if r == NATT_CR_PAD:
+        sa.ctr[NATT_C_MALFORMED] += 1
+        io.ostatus[i] = NATT_MALFORMED
+        natt_copy_input(io, i)
+        return
+    if nh == NATT_NH_NONE:
+        sa.ctr[NATT_C_PACKETS] += 1
+        sa.ctr[NATT_C_DUMMY] += 1
+        io.ostatus[i] = NATT_DUMMY
+        io.olen[i] = 0
+        return
+    plen = pk.payload_len
+    if sa.tunnel:
+        if nh != NATT_NH_IPV4 and nh != NATT_NH_IPV6:
+            sa.ctr[NATT_C_PROTOCOL] += 1
+            io.ostatus[i] = NATT_PROTOCOL
+            natt_copy_input(io, i)
+            return
+        io.olen[i] = plen
+    else:
+        memcpy(o, p, pk.ihl4)
+        natt_set_ip_fields(o, pk.ihl4, nh, pk.ihl4 + plen)
+        if sa.nat_oa_src or sa.nat_oa_dst:
+            # Semantics §4 (RFC 3948 §3.1.2): the sender summed its pseudo-header with the
+            # original addresses (NAT-OA); swap them for the received ones.
+            off = -1
+            if nh == NATT_PROTO_TCP and plen >= 18:
+                off = 16
+            elif nh == NATT_PROTO_UDP and plen >= 8:
+                off = 6
+            if off >= 0:
+                hc = rd16(o + pk.ihl4 + off)
+                if not (nh == NATT_PROTO_UDP and hc == 0):   # RFC 768: 0 = no checksum
+                    if sa.nat_oa_src:
+                        hc = natt_csum_update32(hc, sa.nat_oa_src, rd32(p + 12))
+                    if sa.nat_oa_dst:
+                        hc = natt_csum_update32(hc, sa.nat_oa_dst, rd32(p + 16))
+                    if nh == NATT_PROTO_UDP and hc == 0:
+                        hc = 0xFFFF
+                    wr16(o + pk.ihl4 + off, hc)
+        io.olen[i] = pk.ihl4 + plen
+    sa.ctr[NATT_C_PACKETS] += 1
+    sa.ctr[NATT_C_BYTES] += <uint64_t>io.olen[i]
+
+
+cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
+    cdef int64_t i
+    cdef natt_pkt pk
+    for i in range(io.n):
+        natt_decap_parse(st, io, i, &pk)
+        if pk.status == NATT_CONT:
+            natt_decap_finish(st, io, i, &pk, False)
+
+
+cdef void natt_decap_speculate(natt_state *st, natt_io *io) noexcept nogil:
+    """Phase 2: in order, guess each packet's seq_hi assuming every earlier candidate will
+    authenticate, and mark the packets worth decrypting in parallel."""
+    cdef int64_t i
+    cdef natt_pkt *pk
+    cdef natt_sa *sa
+    cdef uint64_t seq
+    st.epoch += 1
+    for i in range(io.n):
+        pk = &st.scratch[i]
+        if pk.status != NATT_CONT or pk.bad_len:
+            continue
+        sa = pk.sa
+        if sa.spec_epoch != st.epoch:
+            sa.spec_epoch = st.epoch
+            sa.spec_top = sa.top
+        if not natt_infer_seq(sa.spec_top, sa.window, sa.esn, pk.seql, &seq):
+            continue
+        # Replay against the window as the batch found it is final: the window only moves
+        # right and only sets bits, so phase 4 would say REPLAY too; skip the crypto.
+        if sa.window and natt_is_replay(sa, seq):
+            continue
+        pk.crypto = NATT_CR_WANT
+        pk.seq_hi = <uint32_t>(seq >> 32)
+        if seq > sa.spec_top:
+            sa.spec_top = seq
+
+
+cdef void natt_decap_parallel(natt_state *st, natt_io *io, int nt) noexcept nogil:
+    cdef int64_t i
+    cdef int tid
+    cdef natt_pkt *pk
+    cdef natt_sa *sa
+    for i in prange(io.n, num_threads=nt, schedule="static"):
+        natt_decap_parse(st, io, i, &st.scratch[i])
+    natt_decap_speculate(st, io)
+    for i in prange(io.n, num_threads=nt, schedule="static"):
+        pk = &st.scratch[i]
+        if pk.crypto == NATT_CR_WANT:
+            tid = threadid()
+            sa = pk.sa
+            pk.crypto = natt_open(sa, tid, st.mdw[tid], io.data + io.off[i] + pk.esp_off, pk.esp_len,
+                                  pk.seq_hi, io.odata + io.ooff[i] + (0 if sa.tunnel else pk.ihl4), pk)
+    for i in range(io.n):
+        pk = &st.scratch[i]
+        if pk.status == NATT_CONT:
+            natt_decap_finish(st, io, i, pk, True)
+    ERR_clear_error()
+
+
+# --------------------------------------------------------------------------- encap kernel
+
+cdef inline bint natt_inner(const natt_sa *sa, const uint8_t *p, int64_t n, int32_t *hdr,
+                            int32_t *plen, uint8_t *nh, uint8_t *tos) noexcept nogil:
+    """Semantics §2 step 1: where the inner payload starts and how long it is."""
+    cdef int32_t ihl4, tl
+    if n >= 20 and (p[0] >> 4) == 4:
+        ihl4 = (p[0] & 15) * 4
+        tl = rd16(p + 2)
+        if ihl4 < 20 or tl < ihl4 or tl > n:
+            return False
+        tos[0] = p[1]
+        if sa.tunnel:
+            hdr[0] = 0
+            plen[0] = tl
+            nh[0] = NATT_NH_IPV4
+        else:
+            hdr[0] = ihl4
+            plen[0] = tl - ihl4
+            nh[0] = p[9]
+        return True
+    if sa.tunnel and n >= 40 and (p[0] >> 4) == 6:
+        tl = 40 + rd16(p + 4)
+        if tl > n:
+            return False
+        hdr[0] = 0
+        plen[0] = tl
+        nh[0] = NATT_NH_IPV6
+        tos[0] = <uint8_t>(((p[0] & 0x0F) << 4) | (p[1] >> 4))   # IPv6 traffic class
+        return True
+    return False
+
+
+cdef inline int32_t natt_encap_len(const natt_sa *sa, int32_t hdr, int32_t plen, int32_t *ct_len) noexcept nogil:
+    """Total length of the encapsulated packet (semantics §2 steps 3, 6, 7)."""
+    cdef int32_t align = sa.block if sa.block > 4 else 4     # CBC blocks (8, 16) are multiples of 4
+    cdef int32_t pad = (align - (plen + 2) % align) % align
+    ct_len[0] = plen + pad + 2
+    return ((20 if sa.tunnel else hdr) + 8 + (8 if sa.encap_ike else 0)
+            + 8 + sa.iv_len + ct_len[0] + sa.icv_len)
+
+
+cdef void natt_encap_assign(natt_sa *sa, natt_io *io) noexcept nogil:
+    """Serial pass: statuses decided before crypto, and sequence numbers in packet order."""
+    cdef int64_t i, n
+    cdef const uint8_t *p
+    cdef int32_t hdr = 0, plen = 0, ct_len = 0, total
+    cdef uint8_t nh = 0, tos = 0
+    cdef uint64_t limit = UINT64_MAX if sa.esn else UINT32_MAX
+    for i in range(io.n):
+        if not natt_slot_ok(io, i, NATT_ENCAP_OVERHEAD):
+            natt_put(io, i, NATT_ERROR, 0, 0, 0)
+            io.olen[i] = 0
+            continue
+        p = io.data + io.off[i]
+        n = io.len[i]
+        if not natt_inner(sa, p, n, &hdr, &plen, &nh, &tos):
+            sa.ctr[NATT_C_MALFORMED] += 1
+            natt_put(io, i, NATT_MALFORMED, 0, 0, 0)
+            natt_copy_input(io, i)
+            continue
+        if sa.oseq == limit:
+            # RFC 4303 §3.3.3: the counter never cycles.
+            sa.ctr[NATT_C_SEQ_OVERFLOWS] += 1
+            natt_put(io, i, NATT_SEQ_OVERFLOW, 0, 0, 0)
+            io.olen[i] = 0
+            continue
+        total = natt_encap_len(sa, hdr, plen, &ct_len)
+        if total > NATT_MAX_IP_LEN:
+            sa.ctr[NATT_C_MALFORMED] += 1
+            natt_put(io, i, NATT_MALFORMED, 0, sa.oseq + 1, 0)
+            natt_copy_input(io, i)
+            continue
+        sa.oseq += 1
+        sa.ctr[NATT_C_PACKETS] += 1
+        sa.ctr[NATT_C_BYTES] += <uint64_t>n
+        natt_put(io, i, NATT_OK, sa.handle, sa.oseq, nh)
+        io.olen[i] = total
+
+
+cdef bint natt_encap_build(natt_sa *sa, int tid, EVP_MD_CTX *mdw, natt_io *io, int64_t i) noexcept nogil:
+    """Write packet ``i`` (status OK, seq assigned) into its output slot. False on a crypto
+    library failure."""
+    cdef const uint8_t *p = io.data + io.off[i]
+    cdef uint8_t *o = io.odata + io.ooff[i]
+    cdef int32_t hdr = 0, plen = 0, ct_len = 0, total, k, pad, ohdr, marker
+    cdef uint8_t nh = 0, tos = 0
+    cdef uint64_t seq = io.oseq[i]
+    cdef uint8_t *esp
+    cdef uint8_t *ct
+    natt_inner(sa, p, io.len[i], &hdr, &plen, &nh, &tos)
+    total = natt_encap_len(sa, hdr, plen, &ct_len)
+    ohdr = 20 if sa.tunnel else hdr
+    marker = 8 if sa.encap_ike else 0
+    esp = o + ohdr + 8 + marker
+    wr32(esp, sa.spi)
+    wr32(esp + 4, <uint32_t>seq)
+    if sa.cipher == NATT_CIPHER_AES_GCM or sa.cipher == NATT_CIPHER_CHACHA20_POLY1305 or sa.cipher == NATT_CIPHER_AES_GMAC:
+        # RFC 4106 §3.1: the IV only has to be unique under the key; the 64-bit seq is.
+        wr32(esp + 8, <uint32_t>(seq >> 32))
+        wr32(esp + 12, <uint32_t>seq)
+    elif sa.iv_len:
+        if RAND_bytes(esp + 8, sa.iv_len) != 1:     # RFC 3602 §2.1: unpredictable CBC IV
+            return False
+    ct = esp + 8 + sa.iv_len
+    memcpy(ct, p + hdr, plen)
+    pad = ct_len - 2 - plen
+    for k in range(pad):
+        ct[plen + k] = <uint8_t>(k + 1)
+    ct[plen + pad] = <uint8_t>pad
+    ct[plen + pad + 1] = nh
+    if not natt_seal(sa, tid, mdw, esp, ct_len, <uint32_t>(seq >> 32)):
+        return False
+    # UDP (RFC 3948 §2.1: checksum 0), then the legacy non-IKE marker if the SA's framing wants it.
+    wr16(o + ohdr, sa.encap_src_port)
+    wr16(o + ohdr + 2, sa.encap_dst_port)
+    wr16(o + ohdr + 4, total - ohdr)
+    wr16(o + ohdr + 6, 0)
+    if marker:
+        memset(o + ohdr + 8, 0, 8)
+    if sa.tunnel:
+        o[0] = 0x45
+        o[1] = tos
+        wr16(o + 4, <uint32_t>(seq & 0xFFFF))
+        wr16(o + 6, 0)
+        o[8] = NATT_TUNNEL_TTL
+        wr32(o + 12, sa.src_tunnel_addr)
+        wr32(o + 16, sa.dst_tunnel_addr)
+    else:
+        memcpy(o, p, hdr)
+    natt_set_ip_fields(o, ohdr, NATT_PROTO_UDP, total)
+    return True
+
+
+cdef void natt_encap_fail(natt_sa *sa, natt_io *io, int64_t i) noexcept nogil:
+    """Undo an OK the assignment pass counted, for a packet whose crypto failed."""
+    sa.ctr[NATT_C_PACKETS] -= 1
+    sa.ctr[NATT_C_BYTES] -= <uint64_t>io.len[i]
+    sa.ctr[NATT_C_ERRORS] += 1
+    natt_put(io, i, NATT_ERROR, 0, 0, 0)
+    natt_copy_input(io, i)
+
+
+cdef void natt_encap_run(natt_state *st, natt_sa *sa, natt_io *io, int nt) noexcept nogil:
+    cdef int64_t i
+    cdef int tid
+    cdef int64_t failed = 0
+    natt_encap_assign(sa, io)
+    if nt <= 0:
+        for i in range(io.n):
+            if io.ostatus[i] == NATT_OK and not natt_encap_build(sa, 0, st.mdw[0], io, i):
+                natt_encap_fail(sa, io, i)
+        ERR_clear_error()
+        return
+    for i in prange(io.n, num_threads=nt, schedule="static"):
+        if io.ostatus[i] == NATT_OK:
+            tid = threadid()
+            if not natt_encap_build(sa, tid, st.mdw[tid], io, i):
+                # Marked here, counted serially below: counters are not shared between threads.
+                io.osa[i] = -1
+                failed += 1
+    if failed:
+        for i in range(io.n):
+            if io.ostatus[i] == NATT_OK and io.osa[i] == -1:
+                natt_encap_fail(sa, io, i)
+    ERR_clear_error()
+
+
+# --------------------------------------------------------------------------- SA lifetime
+
+cdef void natt_sa_free(natt_sa *sa) noexcept nogil:
+    """Free an SA that no table references any more, wiping its key-derived state.
+
+    EVP_CIPHER_CTX_free and EVP_MD_CTX_free cleanse the provider contexts (key
+    schedules, HMAC pad states) before freeing them; the salt is ours to wipe.
+    """
+    cdef int t
+    if sa == NULL:
+        return
+    for t in range(NATT_MAX_THREADS):
+        if sa.tctx[t] != NULL:
+            EVP_CIPHER_CTX_free(sa.tctx[t])
+    if sa.tmpl != NULL:
+        EVP_CIPHER_CTX_free(sa.tmpl)
+    if sa.inner != NULL:
+        EVP_MD_CTX_free(sa.inner)
+    if sa.outer != NULL:
+        EVP_MD_CTX_free(sa.outer)
+    if sa.evp_cipher != NULL:
+        EVP_CIPHER_free(sa.evp_cipher)
+    if sa.evp_md != NULL:
+        EVP_MD_free(sa.evp_md)
+    free(sa.bitmap)
+    OPENSSL_cleanse(sa, sizeof(natt_sa))
+    free(sa)
+
+
+cdef const char *_cipher_name(int cipher, int key_len) noexcept:
+    """libcrypto's name of an SA's cipher (fetched from the default provider)."""
+    if cipher == NATT_CIPHER_AES_GCM or cipher == NATT_CIPHER_AES_GMAC:
+        if key_len == 16:
+            return b"AES-128-GCM"
+        if key_len == 24:
+            return b"AES-192-GCM"
+        return b"AES-256-GCM"
+    if cipher == NATT_CIPHER_AES_CBC:
+        if key_len == 16:
+            return b"AES-128-CBC"
+        if key_len == 24:
+            return b"AES-192-CBC"
+        return b"AES-256-CBC"
+    if cipher == NATT_CIPHER_3DES_CBC:
+        return b"DES-EDE3-CBC"
+    if cipher == NATT_CIPHER_CHACHA20_POLY1305:
+        return b"ChaCha20-Poly1305"
+    return NULL
+
+
+cdef const char *_md_name(int mac) noexcept:
+    """libcrypto's name of the digest behind an HMAC transform (RFC 2403, 2404, 4868)."""
+    if mac == 1:
+        return b"MD5"
+    if mac == 2:
+        return b"SHA1"
+    if mac == 3:
+        return b"SHA256"
+    if mac == 4:
+        return b"SHA384"
+    if mac == 5:
+        return b"SHA512"
+    return NULL
+
+
+cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8_t *key) except -1:
+    """Fetch the algorithms and key the template contexts once (DESIGN "Layers")."""
+    cdef const char *name
+    cdef uint8_t pad[128]
+    cdef int block, k, enc = 0 if sa.inbound else 1
+    if sa.cipher != NATT_CIPHER_NULL:
+        name = _cipher_name(sa.cipher, enc_key_len)
+        sa.evp_cipher = EVP_CIPHER_fetch(NULL, name, NULL)
+        if sa.evp_cipher == NULL:
+            raise RuntimeError(f"libcrypto has no {name.decode()} cipher")
+        sa.tmpl = EVP_CIPHER_CTX_new()
+        if sa.tmpl == NULL:
+            raise MemoryError()
+        if EVP_CipherInit_ex(sa.tmpl, sa.evp_cipher, NULL, key, NULL, enc) != 1:
+            raise RuntimeError(f"libcrypto could not key {name.decode()}")
+        if sa.cipher == NATT_CIPHER_AES_CBC or sa.cipher == NATT_CIPHER_3DES_CBC:
+            EVP_CIPHER_CTX_set_padding(sa.tmpl, 0)   # ESP pads itself (RFC 4303 §2.4)
+        # Thread 0's context now, so a cipher whose contexts cannot be copied fails the add.
+        if natt_tctx(sa, 0) == NULL:
+            raise RuntimeError(f"libcrypto could not copy a {name.decode()} context")
+    if sa.mac != NATT_MAC_NONE:
+        name = _md_name(sa.mac)
+        sa.evp_md = EVP_MD_fetch(NULL, name, NULL)
+        if sa.evp_md == NULL:
+            raise RuntimeError(f"libcrypto has no {name.decode()} digest")
+        block = EVP_MD_get_block_size(sa.evp_md)
+        if auth_key_len > block or block > 128:
+            raise RuntimeError("HMAC key longer than the digest block")
+        sa.inner = EVP_MD_CTX_new()
+        sa.outer = EVP_MD_CTX_new()
+        if sa.inner == NULL or sa.outer == NULL:
+            raise MemoryError()
+        # RFC 2104 §2: H(K ^ opad, H(K ^ ipad, text)); both pads are hashed once, here.
+        try:
+            for k in range(block):
+                pad[k] = (key[enc_key_len + k] if k < auth_key_len else 0) ^ 0x36
+            if EVP_DigestInit_ex(sa.inner, sa.evp_md, NULL) != 1 or EVP_DigestUpdate(sa.inner, pad, block) != 1:
+                raise RuntimeError(f"libcrypto could not start {name.decode()}")
+            for k in range(block):
+                pad[k] = (key[enc_key_len + k] if k < auth_key_len else 0) ^ 0x5C
+            if EVP_DigestInit_ex(sa.outer, sa.evp_md, NULL) != 1 or EVP_DigestUpdate(sa.outer, pad, block) != 1:
+                raise RuntimeError(f"libcrypto could not start {name.decode()}")
+        finally:
+            OPENSSL_cleanse(pad, sizeof(pad))
+    return 0
+
+
+cdef inline void _wipe(object key):
+    """Zero the control plane's key bytearray in place (every copy is wiped on removal)."""
+    if isinstance(key, bytearray):
+        key[:] = bytes(len(key))
+
+
+cdef inline uint64_t _u64(object v):
+    return <uint64_t>int(v)
+
+
+# --------------------------------------------------------------------------- numpy checks
+
+cdef int _arr(object a, str name, int typenum, int64_t n, bint writable, void **ptr, int64_t *size) except -1:
+    """Check one 1-D C-contiguous array of ``typenum`` (and length ``n`` when n >= 0)."""
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_Check(a):
+        raise ValueError(f"{name}: expected a numpy array, got {type(a).__name__}")
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != typenum:
+        raise ValueError(f"{name}: wrong dtype {arr.dtype}")
+    if cnp.PyArray_NDIM(arr) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        raise ValueError(f"{name}: must be one-dimensional and C-contiguous")
+    if writable and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{name}: must be writable")
+    size[0] = cnp.PyArray_DIM(arr, 0)
+    if n >= 0 and size[0] != n:
+        raise ValueError(f"{name}: has {size[0]} elements, the batch has {n} packets")
+    ptr[0] = cnp.PyArray_DATA(arr)
+    return 0
+
+
+cdef int _setup_io(natt_io *io, object batch, object out) except -1:
+    """Validate dtypes, shapes and sizes once per batch (segments are re-checked in the kernel)."""
+    cdef void *ptr
+    cdef int64_t size, n
+    _arr(batch.offsets, "batch.offsets", cnp.NPY_INT64, -1, False, &ptr, &n)
+    io.off = <const int64_t *>ptr
+    io.n = n
+    _arr(batch.lengths, "batch.lengths", cnp.NPY_INT64, n, False, &ptr, &size)
+    io.len = <const int64_t *>ptr
+    _arr(batch.data, "batch.data", cnp.NPY_UINT8, -1, False, &ptr, &size)
+    io.data = <const uint8_t *>ptr
+    io.data_len = size
+    _arr(out.data, "out.data", cnp.NPY_UINT8, -1, True, &ptr, &size)
+    io.odata = <uint8_t *>ptr
+    io.odata_len = size
+    _arr(out.offsets, "out.offsets", cnp.NPY_INT64, n, False, &ptr, &size)
+    io.ooff = <const int64_t *>ptr
+    _arr(out.lengths, "out.lengths", cnp.NPY_INT64, n, True, &ptr, &size)
+    io.olen = <int64_t *>ptr
+    _arr(out.status, "out.status", cnp.NPY_UINT8, n, True, &ptr, &size)
+    io.ostatus = <uint8_t *>ptr
+    _arr(out.sa, "out.sa", cnp.NPY_INT64, n, True, &ptr, &size)
+    io.osa = <int64_t *>ptr
+    _arr(out.seq, "out.seq", cnp.NPY_UINT64, n, True, &ptr, &size)
+    io.oseq = <uint64_t *>ptr
+    _arr(out.next_header, "out.next_header", cnp.NPY_UINT8, n, True, &ptr, &size)
+    io.onh = <uint8_t *>ptr
+    if io.odata == <uint8_t *>io.data:
+        raise ValueError("out.data: must not be the input buffer")
+    return 0
+
+
+cdef inline int _threads(object threads) except -2:
+    """0 for the serial kernel, else the number of native threads (clamped)."""
+    cdef long t
+    if threads is None:
+        return 0
+    t = threads
+    if t < 1:
+        raise ValueError(f"threads: expected None or a positive integer, got {threads!r}")
+    return NATT_MAX_THREADS if t > NATT_MAX_THREADS else <int>t
+
+
+if _ENCAP_OVERHEAD != NATT_ENCAP_OVERHEAD:   # pragma: no cover - guards a silent layout change
+    raise ImportError("natt._fastpath was built for a different ENCAP_OVERHEAD")
+
+
+# --------------------------------------------------------------------------- the backend
+
+cdef class FastBackend:
+    """Cython/OpenSSL implementation of the :class:`natt._backend.Backend` protocol.
+
+    Safe to call from several Python threads at once (``thread_safe``): one
+    mutex serialises batches against each other and against control calls
+    (see the module docstring for why), always taken with the GIL released.
+    """
+
+    name = "fast"
+    #: Offload need not serialise data-path calls: this backend locks itself.
+    thread_safe = True
+    #: Upper bound of ``threads=N`` (larger values are clamped).
+    max_threads = NATT_MAX_THREADS
+
+    cdef natt_state st
+    # An instance dict, so tests (and tools) may wrap a method on one backend object.
+    cdef dict __dict__
+    cdef dict _slot_of        # SA handle -> slot
+    cdef dict _keys           # SA handle -> the SaConfig.key bytearray, zeroed on removal
+    cdef dict _entries        # parser entry handle -> port
+    cdef bint _lock_ready
+
+    def __cinit__(self) -> None:
+        cdef int t
+        memset(&self.st, 0, sizeof(natt_state))
+        self._slot_of = {}
+        self._keys = {}
+        self._entries = {}
+        if pthread_mutex_init(&self.st.lock, NULL) != 0:
+            raise MemoryError()
+        self._lock_ready = True
+        self.st.port_handle = <int64_t *>calloc(65536, sizeof(int64_t))
+        self.st.port_type = <uint8_t *>calloc(65536, sizeof(uint8_t))
+        self.st.nbuckets = 1024
+        self.st.buckets = <natt_sa **>calloc(self.st.nbuckets, sizeof(natt_sa *))
+        if self.st.port_handle == NULL or self.st.port_type == NULL or self.st.buckets == NULL:
+            raise MemoryError()
+        for t in range(NATT_MAX_THREADS):
+            self.st.mdw[t] = EVP_MD_CTX_new()
+            if self.st.mdw[t] == NULL:
+                raise MemoryError()
+
+    def __dealloc__(self) -> None:
+        cdef int t
+        self._drop_all()
+        for t in range(NATT_MAX_THREADS):
+            if self.st.mdw[t] != NULL:
+                EVP_MD_CTX_free(self.st.mdw[t])
+        free(self.st.port_handle)
+        free(self.st.port_type)
+        free(self.st.buckets)
+        free(self.st.slots)
+        free(self.st.free_slots)
+        free(self.st.scratch)
+        if self._lock_ready:
+            pthread_mutex_destroy(&self.st.lock)
+
+    def __repr__(self) -> str:
+        return f"FastBackend({len(self._slot_of)} SAs, {len(self._entries)} parser entries)"
+
+    cdef inline void _lock(self) noexcept:
+        # Never wait for the mutex while holding the GIL (see the module docstring).
+        with nogil:
+            pthread_mutex_lock(&self.st.lock)
+
+    cdef inline void _unlock(self) noexcept:
+        pthread_mutex_unlock(&self.st.lock)
+
+    cdef void _drop_all(self) noexcept:
+        """Free every SA; the caller holds the mutex or is the only owner."""
+        cdef int32_t s
+        if self.st.slots != NULL:
+            for s in range(self.st.nslots):
+                if self.st.slots[s] != NULL:
+                    natt_sa_free(self.st.slots[s])
+                    self.st.slots[s] = NULL
+                    self.st.free_slots[self.st.n_free] = s
+                    self.st.n_free += 1
+        if self.st.buckets != NULL:
+            memset(self.st.buckets, 0, self.st.nbuckets * sizeof(natt_sa *))
+        self.st.n_inbound = 0
+        if self.st.port_handle != NULL:
+            memset(self.st.port_handle, 0, 65536 * sizeof(int64_t))
+
+    # ---- control plane (requests already validated by natt.Offload)
+
+    def add_entry(self, handle: int, encap_type: UdpEncapType, port: int) -> None:
+        """Install parser entry ``handle``: packets to UDP ``port`` are parsed with ``encap_type``."""
+        cdef int64_t h = handle
+        cdef uint16_t p = port
+        cdef uint8_t t = <uint8_t>int(UdpEncapType(encap_type))
+        if not 1 <= port <= 65535 or h == 0:
+            raise ValueError("port/handle out of range")
+        self._lock()
+        self.st.port_handle[p] = h
+        self.st.port_type[p] = t
+        self._entries[h] = p
+        self._unlock()
+
+    def remove_entry(self, handle: int) -> None:
+        """Remove a parser entry (no SA refers to it any more)."""
+        cdef int64_t h = handle
+        self._lock()
+        port = self._entries.pop(h, None)
+        if port is not None and self.st.port_handle[<uint16_t>port] == h:
+            self.st.port_handle[<uint16_t>port] = 0
+        self._unlock()
+
+    def add_sa(self, cfg) -> None:
+        """Install an SA: fetch its algorithms and key its contexts once. Raises
+        ``MemoryError``/``RuntimeError`` (never naming key material); then nothing is installed."""
+        cdef natt_sa *sa = <natt_sa *>calloc(1, sizeof(natt_sa))
+        cdef uint8_t key[128]
+        cdef int k, klen
+        cdef uint64_t nbits
+        if sa == NULL:
+            raise MemoryError()
+        suite = cfg.suite
+        try:
+            sa.handle = cfg.handle
+            sa.inbound = bool(cfg.inbound)
+            sa.spi = cfg.spi
+            sa.tunnel = bool(cfg.tunnel)
+            sa.esn = bool(cfg.esn)
+            sa.dst_addr = cfg.dst_addr
+            sa.dst_mask = cfg.dst_mask
+            sa.src_tunnel_addr = cfg.src_tunnel_addr
+            sa.dst_tunnel_addr = cfg.dst_tunnel_addr
+            sa.nat_oa_src = cfg.nat_oa_src
+            sa.nat_oa_dst = cfg.nat_oa_dst
+            sa.entry_handle = cfg.entry_handle
+            sa.encap_ike = int(cfg.encap_type) == NATT_ENCAP_IKE
+            sa.encap_src_port = cfg.encap_src_port
+            sa.encap_dst_port = cfg.encap_dst_port
+            sa.cipher = int(suite.cipher)
+            sa.mac = int(suite.mac)
+            sa.iv_len = suite.iv_len
+            sa.icv_len = suite.icv_len
+            sa.block = suite.block_size
+            sa.window = cfg.replay_window
+            sa.top = _u64(cfg.replay_seq)
+            sa.oseq = _u64(cfg.replay_oseq)
+            if sa.handle == 0 or sa.window > 65536 or (sa.esn and sa.window == 0):
+                raise ValueError("SaConfig: handle 0, or replay window out of range")
+            if sa.window:
+                # Ring of a power-of-two number of bits (>= 64) covering the window; full at
+                # creation: every number <= replay_seq counts as seen (semantics §3).
+                nbits = 64
+                while nbits < sa.window:
+                    nbits <<= 1
+                sa.bmask = nbits - 1
+                sa.bitmap = <uint64_t *>malloc((nbits >> 6) * sizeof(uint64_t))
+                if sa.bitmap == NULL:
+                    raise MemoryError()
+                memset(sa.bitmap, 0xFF, (nbits >> 6) * sizeof(uint64_t))
+            klen = len(cfg.key)
+            if klen != suite.enc_key_len + suite.salt_len + suite.auth_key_len or klen > 128:
+                raise ValueError("SaConfig: key length does not match the suite")
+            for k in range(klen):
+                key[k] = cfg.key[k]
+            try:
+                if suite.salt_len:
+                    memcpy(sa.salt, key + <int>suite.enc_key_len, 4)
+                # The integrity key follows the encryption key; only AEADs have a salt and
+                # they have no separate integrity key.
+                natt_sa_key(sa, suite.enc_key_len, suite.auth_key_len, key)
+            finally:
+                OPENSSL_cleanse(key, sizeof(key))
+        except BaseException:
+            ERR_clear_error()
+            natt_sa_free(sa)
+            raise
+        self._lock()
+        try:
+            self._insert(sa)
+        except BaseException:
+            self._unlock()
+            natt_sa_free(sa)
+            raise
+        self._slot_of[sa.handle] = sa.slot
+        self._keys[sa.handle] = cfg.key
+        self._unlock()
+
+    cdef int _insert(self, natt_sa *sa) except -1:
+        """Link ``sa`` into the slot array (and the inbound hash); the mutex is held."""
+        cdef int32_t s, cap
+        cdef natt_sa **slots
+        cdef int32_t *free_slots
+        if sa.handle in self._slot_of:
+            raise ValueError(f"SA handle {sa.handle} is already installed")
+        if self.st.n_free == 0:
+            cap = 64 if self.st.nslots == 0 else self.st.nslots * 2
+            slots = <natt_sa **>realloc(self.st.slots, cap * sizeof(natt_sa *))
+            if slots == NULL:
+                raise MemoryError()
+            self.st.slots = slots
+            free_slots = <int32_t *>realloc(self.st.free_slots, cap * sizeof(int32_t))
+            if free_slots == NULL:
+                raise MemoryError()
+            self.st.free_slots = free_slots
+            for s in range(cap - 1, self.st.nslots - 1, -1):
+                self.st.slots[s] = NULL
+                self.st.free_slots[self.st.n_free] = s
+                self.st.n_free += 1
+            self.st.nslots = cap
+        if sa.inbound and self.st.n_inbound + 1 > self.st.nbuckets:
+            self._rehash(self.st.nbuckets * 2)
+        self.st.n_free -= 1
+        s = self.st.free_slots[self.st.n_free]
+        sa.slot = s
+        self.st.slots[s] = sa
+        if sa.inbound:
+            h = natt_hash(sa.entry_handle, sa.spi, self.st.nbuckets - 1)
+            sa.hnext = self.st.buckets[h]
+            self.st.buckets[h] = sa
+            self.st.n_inbound += 1
+        return 0
+
+    cdef int _rehash(self, uint64_t nb) except -1:
+        cdef natt_sa **b = <natt_sa **>calloc(nb, sizeof(natt_sa *))
+        cdef natt_sa *sa
+        cdef natt_sa *nxt
+        cdef uint64_t i, h
+        if b == NULL:
+            raise MemoryError()
+        for i in range(self.st.nbuckets):
+            sa = self.st.buckets[i]
+            while sa != NULL:
+                nxt = sa.hnext
+                h = natt_hash(sa.entry_handle, sa.spi, nb - 1)
+                sa.hnext = b[h]
+                b[h] = sa
+                sa = nxt
+        free(self.st.buckets)
+        self.st.buckets = b
+        self.st.nbuckets = nb
+        return 0
+
+    def remove_sa(self, handle: int) -> None:
+        """Remove an SA and free (cleansing) every keyed context and the salt it held."""
+        cdef natt_sa *sa
+        cdef natt_sa **pp
+        self._lock()
+        slot = self._slot_of.pop(handle, None)
+        if slot is None:
+            self._unlock()
+            return
+        _wipe(self._keys.pop(handle, None))
+        sa = self.st.slots[<int32_t>slot]
+        self.st.slots[<int32_t>slot] = NULL
+        self.st.free_slots[self.st.n_free] = <int32_t>slot
+        self.st.n_free += 1
+        if sa.inbound:
+            pp = &self.st.buckets[natt_hash(sa.entry_handle, sa.spi, self.st.nbuckets - 1)]
+            while pp[0] != NULL and pp[0] != sa:
+                pp = &pp[0].hnext
+            if pp[0] == sa:
+                pp[0] = sa.hnext
+            self.st.n_inbound -= 1
+        self._unlock()
+        # Unlinked while holding the mutex, so no batch can reach it any more.
+        natt_sa_free(sa)
+
+    def counters(self, handle: int) -> dict:
+        """COUNTER_NAMES plus ``replay_seq`` (highest authenticated) and ``replay_oseq`` (last sent)."""
+        cdef natt_sa *sa
+        cdef uint64_t c[NATT_N_COUNTERS]
+        cdef uint64_t top, oseq
+        self._lock()
+        slot = self._slot_of.get(handle)
+        if slot is None:
+            self._unlock()
+            raise KeyError(handle)
+        sa = self.st.slots[<int32_t>slot]
+        memcpy(c, sa.ctr, sizeof(c))
+        top = sa.top
+        oseq = sa.oseq
+        self._unlock()
+        d = {name: c[k] for k, name in enumerate(COUNTER_NAMES)}
+        d["replay_seq"] = top
+        d["replay_oseq"] = oseq
+        return d
+
+    def close(self) -> None:
+        """Drop every SA (cleansing its keyed state) and every parser entry."""
+        self._lock()
+        self._drop_all()
+        for key in self._keys.values():
+            _wipe(key)
+        self._keys.clear()
+        self._slot_of.clear()
+        self._entries.clear()
+        self._unlock()
+
+    # ---- data path
+
+    cdef int _scratch(self, int64_t n) noexcept nogil:
+        """Grow the per-packet scratch of the threaded pipeline (kept between batches)."""
+        cdef natt_pkt *s
+        cdef int64_t cap
+        if n <= self.st.scratch_cap:
+            return 0
+        cap = n if n > 2 * self.st.scratch_cap else 2 * self.st.scratch_cap
+        s = <natt_pkt *>realloc(self.st.scratch, cap * sizeof(natt_pkt))
+        if s == NULL:
+            return -1
+        self.st.scratch = s
+        self.st.scratch_cap = cap
+        return 0
+
+    def decap(self, batch, out, threads) -> None:
+        """Decapsulate every packet of ``batch`` into ``out`` (already ``_prepare``d for it).
+
+        Validation errors of the arrays raise ``ValueError``; packet contents never raise.
+        """
+        cdef natt_io io
+        cdef int nt = _threads(threads)
+        cdef int rc = 0
+        _setup_io(&io, batch, out)
+        with nogil:
+            pthread_mutex_lock(&self.st.lock)
+            if nt == 0:
+                natt_decap_serial(&self.st, &io)
+            else:
+                rc = self._scratch(io.n)
+                if rc == 0:
+                    natt_decap_parallel(&self.st, &io, nt)
+            pthread_mutex_unlock(&self.st.lock)
+        if rc != 0:
+            raise MemoryError()
+
+    def encap(self, batch, handle: int, out, threads) -> None:
+        """Encapsulate every packet of ``batch`` with outbound SA ``handle`` into ``out``
+        (already ``_prepare``d with ENCAP_OVERHEAD). Raises ``KeyError`` for an unknown handle,
+        ``ValueError`` for an inbound one."""
+        cdef natt_io io
+        cdef int nt = _threads(threads)
+        cdef int rc = 0
+        cdef int32_t s
+        cdef int64_t h = handle
+        cdef natt_sa *sa
+        _setup_io(&io, batch, out)
+        slot = self._slot_of.get(handle)
+        if slot is None:
+            raise KeyError(handle)
+        s = slot
+        with nogil:
+            pthread_mutex_lock(&self.st.lock)
+            # Re-check under the mutex: the SA may have been removed since the dict lookup
+            # (handles are never reused, so a live slot with this handle is this SA).
+            sa = self.st.slots[s] if s < self.st.nslots else NULL
+            if sa == NULL or sa.handle != h:
+                rc = 1
+            elif sa.inbound:
+                rc = 2
+            else:
+                natt_encap_run(&self.st, sa, &io, nt)
+            pthread_mutex_unlock(&self.st.lock)
+        if rc == 1:
+            raise KeyError(handle)
+        if rc == 2:
+            raise ValueError(f"handle: SA {handle} is inbound; encap needs an outbound SA")
