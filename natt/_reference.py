@@ -359,14 +359,16 @@ class ReferenceBackend:
             for i in range(len(batch)):
                 p = _segment(batch, i)
                 sa: Optional[_Sa] = None
+                found: list[_Sa] = []          # the SA of step 6, kept if a later step fails
                 if p is None:
                     status, seq, nh, output = Status.ERROR, 0, 0, b""
                 else:
                     try:
-                        status, sa, seq, nh, output = self._decap_one(p)
+                        status, sa, seq, nh, output = self._decap_one(p, found)
                     except Exception:   # noqa: BLE001 — the data path never raises (DESIGN)
                         status, seq, nh, output = Status.ERROR, 0, 0, None
-                        if sa is not None:
+                        if found:
+                            sa = found[0]
                             sa.counters["errors"] += 1
                 _store(out, i, status, sa.cfg.handle if sa else 0, seq, nh,
                        p if output is None else output)
@@ -391,7 +393,7 @@ class ReferenceBackend:
     # ---- decap, one packet (semantics §1). Returns (status, sa, seq, next_header, output);
     # output None means "the input segment unchanged".
 
-    def _decap_one(self, p: bytes) -> tuple[Status, Optional[_Sa], int, int, Optional[bytes]]:
+    def _decap_one(self, p: bytes, found: list[_Sa]) -> tuple[Status, Optional[_Sa], int, int, Optional[bytes]]:
         # 1. IPv4 at all?
         if len(p) < 20 or p[0] >> 4 != 4:
             return Status.NOT_ESP, None, 0, 0, None
@@ -441,6 +443,7 @@ class ReferenceBackend:
                    if dst & x.cfg.dst_mask == x.cfg.dst_addr & x.cfg.dst_mask), None)
         if sa is None:
             return Status.NO_SA, None, seql, 0, None
+        found.append(sa)
         seq = sa.infer_seq(seql)
         res_seq = seql if seq is None else seq
         s = sa.suite

@@ -1182,3 +1182,23 @@ def test_backend_remove_sa_wipes_key(backend):
     assert key_for(GCM, 2).hex() not in repr(b) and key_for(GCM, 2).hex() not in str(b.counters(8))
     b.close()
     assert key2 == bytearray(len(key2))
+
+
+def test_internal_failure_is_error_not_exception(monkeypatch):
+    """ERROR (status 12) has no packet that provokes it; force a crypto failure in the
+    reference path and check the contract: no exception, input unchanged, ``errors`` counted."""
+    import natt._reference as ref
+
+    def broken(self, esp, seq_hi):
+        raise RuntimeError("simulated crypto library failure")
+
+    with natt.Offload(backend="reference") as nic:
+        h, peer = add_in(nic)
+        monkeypatch.setattr(ref._Sa, "open", broken)
+        p = peer.packet(1)
+        res = nic.decap([p, outer(b"\xff", dst=US)])
+        assert statuses(res) == [Status.ERROR, Status.KEEPALIVE]
+        assert res[0] == p and res.sa[0] == h
+        assert stats(nic, h)["errors"] == 1
+        monkeypatch.undo()
+        assert decap1(nic, p)[0] is Status.OK          # the failure did not consume seq 1
