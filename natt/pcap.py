@@ -42,6 +42,7 @@ file offset of the record at fault; records before it have already been yielded.
 from __future__ import annotations
 
 import dataclasses
+import array
 import io
 import os
 import struct
@@ -184,8 +185,9 @@ def _link_layer(buf: np.ndarray, linktype: np.ndarray, foff: np.ndarray, caplen:
     n = foff.size
     ipv4 = np.zeros(n, bool)
     link_len = np.zeros(n, np.int64)
-    for lt in np.unique(linktype).tolist():
-        sel = np.nonzero(linktype == lt)[0]
+    single = n and not (linktype != linktype[0]).any()
+    for lt in ([int(linktype[0])] if single else np.unique(linktype).tolist()):
+        sel = np.arange(n) if single else np.nonzero(linktype == lt)[0]
         fo, cl = foff[sel], caplen[sel]
         if lt == LINKTYPE_ETHERNET:
             hl = np.full(sel.size, 14, np.int64)
@@ -247,52 +249,110 @@ def _u32_views(buf: np.ndarray) -> list[memoryview]:
     return out
 
 
-def _walk(buf: np.ndarray, start: int, len_at: int, base: int, scale_min: int, swap: bool,
-          pad4: bool) -> tuple[list[int], int]:
-    """Offsets of the complete records in ``buf[start:]``.
+_RUN_MIN = 16          # records a vectorised run check must cover to be worth its numpy overhead
+_RUN_MAX = 1 << 16
+
+
+def _walk(buf: np.ndarray, start: int, len_at: int, base: int, min_len: int, swap: bool,
+          pad4: bool) -> tuple[np.ndarray, int]:
+    """Offsets (int64 array) of the complete records in ``buf[start:]``, and where it stopped.
 
     A record at ``p`` is ``base + L`` octets long where ``L`` is the 32-bit value at
-    ``p + len_at`` (pcap: header + caplen; pcapng: ``base`` 0 and ``L`` the block length,
-    which must be at least ``scale_min``). Stops at the first record that is incomplete or
-    whose length is impossible; returns (offsets, position where it stopped).
+    ``p + len_at`` (pcap: 16 + caplen; pcapng: ``base`` 0 and ``L`` the block length, at
+    least ``min_len`` and, with ``pad4``, a multiple of 4). Stops at the first record that is
+    incomplete or whose length is impossible.
+
+    Each position depends on the length before it, so this step is sequential. Two things keep
+    it fast in Python: one memoryview index per record, and runs of equal-length records
+    (bulk transfers at the MTU, fixed-size test traffic) confirmed in one numpy step: if the
+    record at ``p`` is ``L`` long, the candidates ``p + k*L`` are checked together and every
+    one up to the first whose length differs is a real record.
     """
     views = _u32_views(buf)
     end = buf.size
-    offs: list[int] = []
+    need = len_at + 4
+    pieces: list[np.ndarray] = []
+    offs = array.array("q")
     append = offs.append
     p = start
-    need = len_at + 4
-    if not swap and not pad4:
-        # Classic pcap, native order: the hot loop, kept minimal.
-        while p + need <= end:
-            q = p + len_at
-            nxt = p + base + views[q & 3][q >> 2]
-            if nxt > end:
-                break
-            append(p)
-            p = nxt
-        return offs, p
+    run = _RUN_MIN
+    cool = 0
+    big = swap != (sys.byteorder == "big")
+    dt = np.dtype(">u4" if big else "<u4")
     while p + need <= end:
         q = p + len_at
         v = views[q & 3][q >> 2]
         if swap:
             v = int.from_bytes(v.to_bytes(4, sys.byteorder), "big" if sys.byteorder == "little" else "little")
-        if v < scale_min or (pad4 and v & 3):
+        if v < min_len or (pad4 and v & 3):
             break
-        nxt = p + base + v
+        size = base + v
+        nxt = p + size
         if nxt > end:
             break
         append(p)
         p = nxt
-    return offs, p
+        if cool:
+            cool -= 1
+            continue
+        m = min(run, (end - p) // size) if size else 0     # candidates that would fit whole
+        if m < _RUN_MIN:
+            continue
+        cand = p + len_at + size * np.arange(m, dtype=np.int64)
+        lens = buf[cand[:, None] + np.arange(4)].view(dt).ravel()
+        same = lens == v
+        k = m if same.all() else int(np.argmin(same))
+        if k:
+            if len(offs):
+                pieces.append(np.frombuffer(offs, dtype=np.int64).copy())
+                offs = array.array("q")
+                append = offs.append
+            pieces.append(cand[:k] - len_at)
+            p += k * size
+        if k == m:
+            run = min(run * 2, _RUN_MAX)
+        else:
+            run = _RUN_MIN
+            if k < 4:
+                cool = 32     # mixed sizes: back off before trying again
+    if len(offs):
+        pieces.append(np.frombuffer(offs, dtype=np.int64).copy())
+    if not pieces:
+        return np.zeros(0, np.int64), p
+    return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces)), p
 
 
 def _gather_u32(buf: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
     """32-bit values at byte positions ``pos`` (all in bounds), as int64."""
-    b = buf[pos[:, None] + np.arange(4)].astype(np.int64)
-    if big_endian:
-        return (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
-    return (b[:, 3] << 24) | (b[:, 2] << 16) | (b[:, 1] << 8) | b[:, 0]
+    return _gather_words(buf, pos, 1, big_endian)[:, 0]
+
+
+def _gather_words(buf: np.ndarray, pos: np.ndarray, words: int, big_endian: bool) -> np.ndarray:
+    """``words`` consecutive 32-bit values at each of ``pos`` (all in bounds): an (n, words)
+    int64 array.
+
+    Gathers whole 32-bit words through one of four word views of ``buf`` (by ``pos & 3``), a
+    quarter of the elements a byte gather would move; pcapng blocks are all 4-aligned, so
+    there is one group.
+    """
+    dt = ">u4" if big_endian else "<u4"
+    out = np.empty((pos.size, words), np.int64)
+    if pos.size == 0:
+        return out
+    align = pos & 3
+    cols = np.arange(words)
+    first = int(align[0])
+    groups = [first] if not (align != first).any() else np.unique(align).tolist()
+    for k in groups:
+        view = np.frombuffer(buf, dtype=dt, offset=k, count=(buf.size - k) // 4) if buf.size > k else None
+        if view is None:
+            continue
+        if len(groups) == 1:
+            out[:] = view[(pos >> 2)[:, None] + cols]
+        else:
+            sel = np.nonzero(align == k)[0]
+            out[sel] = view[(pos[sel] >> 2)[:, None] + cols]
+    return out
 
 
 def _gather_u16(buf: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
@@ -374,18 +434,25 @@ class PcapReader:
             self._file.close()
 
     def _fill(self, want: int) -> None:
-        """Make ``self._buf`` hold at least ``want`` octets unless the file ends first."""
-        if self._buf.size >= want or self._eof:
-            return
-        need = max(want - self._buf.size, self.chunk_size)
-        data = self._file.read(need)
-        if not data or len(data) < need:
-            self._eof = True
-        if data:
-            new = np.frombuffer(data, dtype=np.uint8)
-            self._buf = np.concatenate([self._buf, new]) if self._buf.size else new
-            if self._buf.size < want and not self._eof:
-                self._fill(want)
+        """Make ``self._buf`` hold at least ``want`` octets unless the file ends first.
+
+        Reads straight into a new array after the unconsumed tail (one copy of the tail, none
+        of the data): chunks handed out earlier keep their own buffers.
+        """
+        while self._buf.size < want and not self._eof:
+            need = max(want - self._buf.size, self.chunk_size)
+            tail = self._buf.size
+            new = np.empty(tail + need, np.uint8)
+            new[:tail] = self._buf
+            view = memoryview(new)[tail:]
+            got = 0
+            while got < need:
+                n = self._file.readinto(view[got:])
+                if not n:
+                    self._eof = True
+                    break
+                got += n
+            self._buf = new[: tail + got]
 
     def _consume(self, n: int) -> None:
         self._pos += n
@@ -446,13 +513,10 @@ class PcapReader:
             buf = self._buf
             if buf.size == 0:
                 return
-            offs, stop = _walk(buf, 0, 8, h, 0, swap, False)
-            if offs:
-                off = np.asarray(offs, dtype=np.int64)
-                sec = _gather_u32(buf, off, big)
-                frac = _gather_u32(buf, off + 4, big)
-                caplen = _gather_u32(buf, off + 8, big)
-                origlen = _gather_u32(buf, off + 12, big)
+            off, stop = _walk(buf, 0, 8, h, 0, swap, False)
+            if off.size:
+                hdr = _gather_words(buf, off, 4, big)
+                sec, frac, caplen, origlen = hdr[:, 0], hdr[:, 1], hdr[:, 2], hdr[:, 3]
                 bad = caplen > max_cap
                 if bad.any():
                     i = int(np.argmax(bad))
@@ -561,8 +625,7 @@ class PcapReader:
             if self._pos == 0:
                 raise PcapError(f"{self.name}: pcapng file does not start with a Section Header Block", 0)
             swap = big != (sys.byteorder == "big")
-            offs, stop = _walk(buf, 0, 4, 0, 12, swap, True)
-            off = np.asarray(offs, dtype=np.int64)
+            off, stop = _walk(buf, 0, 4, 0, 12, swap, True)
             types = _gather_u32(buf, off, big)
             error: Optional[PcapError] = None
             # A new section may change byte order: end this chunk at its SHB.
@@ -571,8 +634,9 @@ class PcapReader:
                 k = int(shb[0])
                 stop = int(off[k])
                 off, types = off[:k], types[:k]
-            elif stop < buf.size:
-                # The walk stopped before the end: a block not yet read whole, or corruption.
+            elif stop < buf.size and not (stop + 4 <= buf.size and buf[stop: stop + 4].tobytes() == b"\n\r\r\n"):
+                # The walk stopped before the end (and not at a next section, whose length it
+                # may have read in the wrong byte order): a block not read whole yet, or corruption.
                 blen = int(_gather_u32(buf, np.array([stop + 4], np.int64), big)[0]) if stop + 8 <= buf.size else -1
                 if blen != -1 and (blen < 12 or blen % 4 or blen > _MAX_RECORD):
                     error = PcapError(f"{self.name}: corrupt pcapng block length {blen}", self._pos + stop + 4)
@@ -616,14 +680,15 @@ class PcapReader:
         if epb.any():
             e = np.nonzero(epb)[0]
             pe = po[e]
-            ifid = _gather_u32(buf, pe + 8, big)
+            hdr = _gather_words(buf, pe + 8, 5, big)
+            ifid = hdr[:, 0]
             pb = pt[e] == _PCAPNG_PB
             if pb.any():
                 ifid = np.where(pb, _gather_u16(buf, pe + 8, big), ifid)
             iface[e] = ifid
-            ticks[e] = (_gather_u32(buf, pe + 12, big) << 32) | _gather_u32(buf, pe + 16, big)
-            caplen[e] = _gather_u32(buf, pe + 20, big)
-            origlen[e] = _gather_u32(buf, pe + 24, big)
+            ticks[e] = (hdr[:, 1] << 32) | hdr[:, 2]
+            caplen[e] = hdr[:, 3]
+            origlen[e] = hdr[:, 4]
             short = (caplen[e] + 32 > blen[e]) | (blen[e] < 32)
             if short.any():
                 k = int(e[np.argmax(short)])

@@ -1,0 +1,359 @@
+"""natt.pcap: classic pcap and pcapng reading/writing, link types, chunking, corruption.
+
+Captures are built by hand with struct (independent of natt's writer) or by scapy, so the
+reader is checked against formats it did not produce.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+
+from natt import pcap
+
+IP = bytes.fromhex("4500001c0001000040117cce7f0000017f000001" "00350035000801 72".replace(" ", ""))
+ETH = bytes.fromhex("020000000002020000000001") + b"\x08\x00"
+
+
+def classic(records, *, order="<", magic=0xA1B2C3D4, linktype=1, snaplen=65535, rec_extra=b""):
+    out = struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)
+    for sec, frac, frame, *orig in records:
+        origlen = orig[0] if orig else len(frame)
+        out += struct.pack(order + "IIII", sec, frac, len(frame), origlen) + rec_extra + frame
+    return out
+
+
+def ng_block(btype, body, order="<"):
+    body += b"\0" * (-len(body) % 4)
+    n = 12 + len(body)
+    return struct.pack(order + "II", btype, n) + body + struct.pack(order + "I", n)
+
+
+def ng_shb(order="<"):
+    return ng_block(0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1), order)
+
+
+def ng_idb(linktype, order="<", tsresol=None, snaplen=0, tsoffset=None):
+    opts = b""
+    if tsresol is not None:
+        opts += struct.pack(order + "HHB3x", 9, 1, tsresol)
+    if tsoffset is not None:
+        opts += struct.pack(order + "HHq", 14, 8, tsoffset)
+    if opts:
+        opts += struct.pack(order + "HH", 0, 0)
+    return ng_block(1, struct.pack(order + "HHI", linktype, 0, snaplen) + opts, order)
+
+
+def ng_epb(iface, ticks, frame, order="<", origlen=None):
+    return ng_block(6, struct.pack(order + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(frame),
+                                   len(frame) if origlen is None else origlen) + frame, order)
+
+
+def ng_spb(frame, order="<"):
+    return ng_block(3, struct.pack(order + "I", len(frame)) + frame, order)
+
+
+def read_all(data: bytes, **kw):
+    with pcap.PcapReader(io.BytesIO(data), **kw) as r:
+        chunks = list(r)
+    return r, chunks
+
+
+def frames_of(chunks):
+    return [(int(c.ts_ns[i]), int(c.iface[i]), c.frame(i), c.batch[i] if c.ipv4[i] else None)
+            for c in chunks for i in range(len(c))]
+
+
+# ---------------------------------------------------------------------------------------------- classic
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("nano", [False, True])
+def test_classic_pcap_byte_orders_and_resolutions(order, nano):
+    magic = 0xA1B23C4D if nano else 0xA1B2C3D4
+    data = classic([(1700000000, 123456, ETH + IP), (1700000001, 7, ETH + IP + b"\0" * 10)],
+                   order=order, magic=magic)
+    r, chunks = read_all(data)
+    assert r.format == "pcap" and r.byteorder == order and r.nanosecond is nano
+    got = frames_of(chunks)
+    unit = 1 if nano else 1000
+    assert [g[0] for g in got] == [1700000000 * 10**9 + 123456 * unit, 1700000001 * 10**9 + 7 * unit]
+    assert got[0][2] == ETH + IP and got[0][3] == IP
+    # Link padding stays part of the datagram segment (decap ignores octets past total length).
+    assert got[1][3] == IP + b"\0" * 10
+
+
+def test_kuznetzov_magic_has_24_octet_record_headers():
+    data = classic([(1, 2, ETH + IP)], magic=0xA1B2CD34, rec_extra=b"\xaa" * 8)
+    _, chunks = read_all(data)
+    assert frames_of(chunks) == [(1_000_002_000, 0, ETH + IP, IP)]
+
+
+def test_ethernet_vlan_qinq_and_non_ipv4():
+    q = ETH[:12] + b"\x81\x00\x00\x05"
+    qinq = ETH[:12] + b"\x88\xa8\x00\x64" + b"\x81\x00\x00\x05"
+    arp = ETH[:12] + b"\x08\x06" + b"\x00" * 28
+    ipv6 = ETH[:12] + b"\x86\xdd" + b"\x60" + b"\x00" * 39
+    data = classic([(0, 0, q + b"\x08\x00" + IP), (0, 0, qinq + b"\x08\x00" + IP), (0, 0, arp), (0, 0, ipv6),
+                    (0, 0, ETH[:12] + b"\x81\x00\x00")])   # tag cut short
+    _, chunks = read_all(data)
+    c = chunks[0]
+    assert c.ipv4.tolist() == [True, True, False, False, False]
+    assert c.link_len.tolist() == [18, 22, 0, 0, 0]
+    assert [c.batch[i] for i in range(5)] == [IP, IP, b"", b"", b""]
+
+
+@pytest.mark.parametrize("linktype,header,is4", [
+    (113, b"\x00\x00\x00\x01\x00\x06" + b"\x02" * 8 + b"\x08\x00", True),      # Linux cooked v1
+    (113, b"\x00\x00\x00\x01\x00\x06" + b"\x02" * 8 + b"\x86\xdd", False),
+    (276, b"\x08\x00\x00\x00" + b"\x00\x00\x00\x02" + b"\x00\x01\x00\x06" + b"\x02" * 8, True),   # v2
+    (276, b"\x86\xdd\x00\x00" + b"\x00\x00\x00\x02" + b"\x00\x01\x00\x06" + b"\x02" * 8, False),
+    (228, b"", True),
+    (101, b"", True),
+    (12, b"", True),
+])
+def test_link_types(linktype, header, is4):
+    data = classic([(0, 0, header + IP)], linktype=linktype)
+    _, chunks = read_all(data)
+    c = chunks[0]
+    assert bool(c.ipv4[0]) is is4
+    assert c.batch[0] == (IP if is4 else b"")
+    assert int(c.link_len[0]) == (len(header) if is4 else 0)
+
+
+def test_raw_ip_with_ipv6_first_nibble_is_not_ipv4():
+    v6 = b"\x60" + b"\x00" * 39
+    _, chunks = read_all(classic([(0, 0, v6), (0, 0, IP)], linktype=101))
+    assert chunks[0].ipv4.tolist() == [False, True]
+
+
+def test_unknown_link_type_passes_through():
+    _, chunks = read_all(classic([(0, 0, IP)], linktype=105))    # 802.11
+    assert chunks[0].ipv4.tolist() == [False]
+    assert chunks[0].frame(0) == IP
+
+
+def test_batch_is_a_view_of_the_read_buffer():
+    _, chunks = read_all(classic([(0, 0, ETH + IP)] * 3))
+    c = chunks[0]
+    assert c.batch.data is c.buffer
+    assert np.shares_memory(c.batch.data, c.buffer)
+
+
+def test_chunking_covers_every_record_once_in_order():
+    recs = [(i, 0, ETH + IP + bytes([i & 0xFF]) * (i % 300)) for i in range(3000)]
+    data = classic(recs)
+    _, chunks = read_all(data, chunk_size=4096)
+    assert len(chunks) > 10
+    got = frames_of(chunks)
+    assert [g[2] for g in got] == [r[2] for r in recs]
+    assert [g[0] for g in got] == [i * 10**9 for i in range(3000)]
+    offs = np.concatenate([c.file_offsets for c in chunks])
+    assert offs[0] == 24 and np.all(np.diff(offs) > 0)
+
+
+def test_record_larger_than_chunk_size_is_read_whole():
+    big = ETH + IP + b"\x55" * 20000
+    _, chunks = read_all(classic([(0, 0, ETH + IP), (1, 0, big), (2, 0, ETH + IP)]), chunk_size=4096)
+    assert [g[2] for g in frames_of(chunks)] == [ETH + IP, big, ETH + IP]
+
+
+# ---------------------------------------------------------------------------------------------- pcapng
+
+
+def test_pcapng_interfaces_with_own_link_types_and_resolutions():
+    data = (ng_shb() + ng_idb(1) + ng_idb(228, tsresol=9) + ng_idb(113, tsresol=0x80 | 10, tsoffset=100)
+            + ng_epb(0, 1_700_000_000_123456, ETH + IP)
+            + ng_epb(1, 1_700_000_000_123456789, IP)
+            + ng_epb(2, 3 * 1024 + 512, b"\x00\x00\x00\x01\x00\x06" + b"\x02" * 8 + b"\x08\x00" + IP))
+    r, chunks = read_all(data)
+    assert r.format == "pcapng"
+    assert [i.linktype for i in r.interfaces] == [1, 228, 113]
+    got = frames_of(chunks)
+    assert [g[0] for g in got] == [1_700_000_000_123456_000, 1_700_000_000_123456789,
+                                   100 * 10**9 + 3 * 10**9 + 500_000_000]
+    assert [g[1] for g in got] == [0, 1, 2]
+    assert [g[3] for g in got] == [IP, IP, IP]
+
+
+def test_pcapng_big_endian_section_then_little_endian_section():
+    data = (ng_shb(">") + ng_idb(1, ">") + ng_epb(0, 5, ETH + IP, ">")
+            + ng_shb("<") + ng_idb(228) + ng_epb(0, 6, IP))
+    r, chunks = read_all(data)
+    got = frames_of(chunks)
+    assert [(g[0], g[1], g[3]) for g in got] == [(5000, 0, IP), (6000, 1, IP)]
+    assert [i.linktype for i in r.interfaces] == [1, 228]
+
+
+def test_pcapng_simple_packet_block_and_obsolete_packet_block():
+    pb = ng_block(2, struct.pack("<HHIIII", 0, 0, 0, 7, len(ETH + IP), len(ETH + IP)) + ETH + IP)
+    data = ng_shb() + ng_idb(1, snaplen=0) + ng_spb(ETH + IP) + pb
+    _, chunks = read_all(data)
+    got = frames_of(chunks)
+    assert [g[2] for g in got] == [ETH + IP, ETH + IP]
+    assert got[1][0] == 7000
+
+
+def test_pcapng_skips_other_blocks():
+    nrb = ng_block(4, struct.pack("<HH", 0, 0))
+    data = ng_shb() + ng_idb(1) + nrb + ng_epb(0, 1, ETH + IP) + ng_block(5, b"\0" * 8)
+    _, chunks = read_all(data)
+    assert [g[3] for g in frames_of(chunks)] == [IP]
+
+
+# ---------------------------------------------------------------------------------------------- scapy-written files
+
+
+def test_reads_what_scapy_writes(tmp_path):
+    scapy = pytest.importorskip("scapy.all")
+    pkts = [scapy.Ether() / scapy.IP(dst="192.0.2.9") / scapy.UDP(dport=4500) / scapy.Raw(b"x" * 30),
+            scapy.Ether() / scapy.Dot1Q(vlan=3) / scapy.IP() / scapy.ICMP(),
+            scapy.Ether() / scapy.ARP()]
+    for i, p in enumerate(pkts):
+        p.time = 1700000000 + i
+    for name, write in (("a.pcap", scapy.wrpcap), ("a.pcapng", scapy.wrpcapng)):
+        path = tmp_path / name
+        write(str(path), pkts)
+        got = pcap.read_frames(path)
+        assert [g[2] for g in got] == [bytes(p) for p in pkts]
+        assert [g[3] for g in got] == [bytes(pkts[0][scapy.IP]), bytes(pkts[1][scapy.IP]), None]
+        assert [g[0] // 10**9 for g in got] == [1700000000, 1700000001, 1700000002]
+
+
+# ---------------------------------------------------------------------------------------------- writer
+
+
+def test_classic_round_trip_is_byte_identical():
+    data = classic([(1, 2, ETH + IP), (3, 4, ETH[:12] + b"\x08\x06" + b"\0" * 28, 60)], order=">",
+                   magic=0xA1B23C4D)
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data)) as r, pcap.PcapWriter.like(r, out) as w:
+        for c in r:
+            w.write_chunk(c)
+        assert out.getvalue()[24:] == data[24:]
+        assert out.getvalue()[:4] == data[:4]
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_writer_replaces_ipv4_keeps_link_header_and_timestamps(fmt):
+    q = ETH[:12] + b"\x81\x00\x00\x05\x08\x00"
+    arp = ETH[:12] + b"\x08\x06" + b"\0" * 28
+    if fmt == "pcap":
+        data = classic([(10, 1, q + IP), (11, 2, arp), (12, 3, ETH + IP)], magic=0xA1B23C4D)
+    else:
+        data = ng_shb() + ng_idb(1, tsresol=9) + ng_epb(0, 10_000_000_001, q + IP) + ng_epb(
+            0, 11_000_000_002, arp) + ng_epb(0, 12_000_000_003, ETH + IP)
+    new = [b"\x45" + b"N" * 40, b"", b"\x45" + b"M" * 5]
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data)) as r, pcap.PcapWriter.like(r, out) as w:
+        for c in r:
+            w.write_chunk(c, pcap.PacketBatch.from_packets(new), replace=np.array([True, False, True]))
+    out.seek(0)
+    with pcap.PcapReader(out) as r2:
+        got = frames_of(list(r2))
+        assert r2.format == fmt
+    assert [g[2] for g in got] == [q + new[0], arp, ETH + new[2]]
+    assert [g[0] for g in got] == [10_000_000_001, 11_000_000_002, 12_000_000_003]
+
+
+def test_writer_keep_mask_and_refuses_replacing_non_ipv4():
+    arp = ETH[:12] + b"\x08\x06" + b"\0" * 28
+    data = classic([(1, 0, ETH + IP), (2, 0, arp)])
+    with pcap.PcapReader(io.BytesIO(data)) as r:
+        c = next(iter(r))
+    out = io.BytesIO()
+    w = pcap.PcapWriter(out)
+    assert w.write_chunk(c, keep=np.array([False, True])) == 1
+    with pytest.raises(ValueError, match="only IPv4"):
+        w.write_chunk(c, pcap.PacketBatch.from_packets([b"", b"x"]), replace=np.array([False, True]))
+    out.seek(0)
+    assert [g[2] for g in pcap.read_frames(out)] == [arp]
+
+
+def test_pcapng_writer_declares_every_interface():
+    data = ng_shb() + ng_idb(1) + ng_idb(228) + ng_epb(1, 5, IP) + ng_epb(0, 6, ETH + IP)
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data)) as r, pcap.PcapWriter.like(r, out) as w:
+        for c in r:
+            w.write_chunk(c)
+    out.seek(0)
+    with pcap.PcapReader(out) as r2:
+        got = frames_of(list(r2))
+        assert [i.linktype for i in r2.interfaces] == [1, 228]
+    assert [(g[0], g[1], g[3]) for g in got] == [(5000, 1, IP), (6000, 0, IP)]
+
+
+# ---------------------------------------------------------------------------------------------- corruption
+
+
+def test_truncated_record_reports_its_offset_after_yielding_good_ones():
+    data = classic([(1, 0, ETH + IP), (2, 0, ETH + IP)])
+    cut = data[:-5]
+    second = 24 + 16 + len(ETH + IP)
+    got = []
+    with pytest.raises(pcap.PcapError) as ei:
+        with pcap.PcapReader(io.BytesIO(cut)) as r:
+            for c in r:
+                got.extend(c.frame(i) for i in range(len(c)))
+    assert got == [ETH + IP]
+    assert ei.value.offset == second and f"offset {second}" in str(ei.value)
+    assert isinstance(ei.value, ValueError)
+
+
+@pytest.mark.parametrize("data,offset", [
+    (b"", 0),
+    (b"\xd4\xc3", 0),
+    (b"GIF89a" + b"\0" * 30, 0),
+    (struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)[:20], 0),
+    (struct.pack("<IHHiIII", 0xA1B2C3D4, 3, 0, 0, 0, 65535, 1), 4),
+])
+def test_bad_headers(data, offset):
+    with pytest.raises(pcap.PcapError) as ei:
+        read_all(data)
+    assert ei.value.offset == offset
+
+
+def test_absurd_captured_length_is_corruption_not_a_hang():
+    data = classic([(1, 0, ETH + IP)]) + struct.pack("<IIII", 2, 0, 0x7FFFFFFF, 60) + b"\0" * 100
+    with pytest.raises(pcap.PcapError, match="captured length") as ei:
+        read_all(data)
+    assert ei.value.offset == 24 + 16 + len(ETH + IP)
+
+
+@pytest.mark.parametrize("blen", [0, 8, 13])
+def test_pcapng_bad_block_length(blen):
+    data = ng_shb() + ng_idb(1) + struct.pack("<II", 6, blen) + b"\0" * 40
+    with pytest.raises(pcap.PcapError, match="block length") as ei:
+        read_all(data)
+    assert ei.value.offset == len(ng_shb() + ng_idb(1)) + 4
+
+
+def test_pcapng_packet_naming_missing_interface():
+    with pytest.raises(pcap.PcapError, match="interface 3"):
+        read_all(ng_shb() + ng_idb(1) + ng_epb(3, 0, ETH + IP))
+
+
+def test_pcapng_captured_length_beyond_block():
+    epb = bytearray(ng_epb(0, 0, ETH + IP))
+    struct.pack_into("<I", epb, 20, 4000)
+    with pytest.raises(pcap.PcapError, match="does not fit"):
+        read_all(ng_shb() + ng_idb(1) + bytes(epb))
+
+
+def test_random_garbage_never_crashes_or_hangs():
+    rng = np.random.default_rng(7)
+    good = classic([(i, 0, ETH + IP) for i in range(50)])
+    ng = ng_shb() + ng_idb(1) + b"".join(ng_epb(0, i, ETH + IP) for i in range(50))
+    for base in (good, ng):
+        for _ in range(200):
+            b = bytearray(base)
+            for pos in rng.integers(0, len(b), size=rng.integers(1, 6)):
+                b[pos] = int(rng.integers(0, 256))
+            b = bytes(b[: int(rng.integers(len(b) // 2, len(b) + 1))])
+            try:
+                read_all(b, chunk_size=4096)
+            except pcap.PcapError:
+                pass
