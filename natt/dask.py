@@ -1,0 +1,955 @@
+"""Decrypt capture sets on a Dask cluster with exactly the per-SA semantics of one machine.
+
+``pip install natt[dask]`` (``dask`` and ``distributed``). One call::
+
+    from distributed import Client
+    from natt.dask import decap_captures
+
+    with Client("tcp://scheduler:8786") as client:
+        stats = decap_captures(["day1.pcapng", "day2.pcapng"], "keys.json", "clear/", client)
+    print(stats.table())
+
+What "the same as one machine" means
+------------------------------------
+
+The reference is a single process that installs every SA of the key file inbound on one
+:class:`natt.Offload` and decapsulates the captures **in the order given, each capture's frames
+in file order** (``natt decap`` run on each file in turn with one Offload kept across them).
+Every output frame, every status and every per-SA count of :func:`decap_captures` equals that
+run's, replay and ESN decisions included; ``tests/test_dask.py`` checks it, with a worker killed
+half-way through as well.
+
+How the work is spread
+----------------------
+
+A NIC spreads received packets over queues with RSS and keeps each flow on one queue; this module
+does the same with Dask tasks, the flow being an inbound SA's lookup key (parser-entry port, SPI):
+
+1. ``scan`` (one task per capture, on a worker): walks the record headers and cuts the file into
+   ranges of about ``chunk_size`` octets at record boundaries. Each range is read later on its
+   own, behind a copy of the file header (pcapng: every Section Header and Interface Description
+   Block before it), with :class:`natt.pcap.PcapReader` -- so a range parses exactly as it does
+   inside the whole file.
+2. ``split`` (one task per range): reads the range and routes every IPv4 frame to a *lane*: the
+   lane of its (UDP destination port, SPI) when that is an SA's key, else any lane (such a frame
+   cannot reach an SA, so no lane's state can change its result). Lanes are fixed up front,
+   keys dealt round-robin in key-file order, like an RSS indirection table.
+3. ``step`` (lane x range): each lane is a chain of tasks, one per range in input order, so all
+   packets of one SA are decapsulated in input order by one task at a time. A step hands the next
+   one the lane's anti-replay state -- per SA the highest authenticated number ``T`` and the
+   window bitmap (RFC 4303 §3.4.3). A step that finds the lane's Offload of the previous step
+   cached on its worker goes on with it; otherwise (the lane moved, or a worker died and Dask
+   re-ran the chain) it rebuilds the state exactly: it installs the SA with ``replay_seq`` at the
+   highest number below which the bitmap is full, then marks the remaining bits by decapsulating
+   dummy packets (next header 59, docs/semantics.md §1 step 11) it seals itself for those
+   numbers. Those packets never leave the worker. Lanes are pinned (loosely) to workers so the
+   cache normally hits.
+4. ``part`` (one task per range): re-reads the range, merges the lanes' results back into frame
+   order and writes the range's records to a part file next to the output; ``finish`` (one per
+   capture) writes the file header and concatenates the parts. The output is the file
+   ``natt decap`` writes, octet for octet (pcapng interface blocks included, at the same places).
+
+Keys travel once per job: the SA set is ``scatter``-ed to the cluster and every task refers to
+it; task keys are ``natt-<stage>-<job id>`` with integer indexes and never hold key material, and
+neither do logs, task results or the dashboard's task descriptions.
+
+Storage: every worker must see the captures and the output directory at the same paths (NFS,
+CephFS, a cloud bucket mounted with FUSE, or one machine). The client needs neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import ipaddress
+import mmap
+import operator
+import os
+import re
+import shutil
+import struct
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from . import keys as keyfile
+from . import pcap
+from ._batch import PacketBatch
+from ._constants import Status, UdpEncapType
+from ._offload import Offload, backends
+from ._suites import Cipher, parse_suite
+from .cli import _NOT_ESP, CaptureStats, _sa_index
+
+__all__ = ["decap_captures", "cli_decap", "add_cli_arguments"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# ----------------------------------------------------------------------------------------------
+# Scanning: cut a capture into independently readable ranges
+
+
+_PCAP_MAGICS = {0xA1B2C3D4: 16, 0xA1B23C4D: 16, 0xA1B2CD34: 24}   # magic -> record header octets
+_PCAPNG_SHB = 0x0A0D0D0A
+_PCAPNG_IDB = 0x00000001
+_PCAPNG_BOM = 0x1A2B3C4D
+_MAX_RECORD = 1 << 28          # natt.pcap's limit: a longer record is corruption
+
+
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    """Octets ``[start, end)`` of a capture, read behind ``plan.prefixes[prefix]``."""
+
+    start: int
+    end: int
+    prefix: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _FilePlan:
+    """How one capture is cut: its format, the header copies and the ranges in file order."""
+
+    index: int
+    path: str
+    output: str
+    fmt: str                       # "pcap" or "pcapng"
+    prefixes: tuple[bytes, ...]    # file header (pcap) / SHBs and IDBs so far (pcapng)
+    ranges: tuple[_Range, ...]
+    size: int
+
+
+def _scan(index: int, path: str, output: str, chunk_size: int) -> _FilePlan:
+    """Walk ``path``'s record headers (no packet data) and cut it into ranges of about
+    ``chunk_size`` octets. Anything the walk cannot make sense of (a truncated or corrupt record)
+    goes, with the rest of the file, into the last range, where PcapReader reports it."""
+    with pcap.PcapReader(path) as r:          # validates the file header, raises PcapError
+        fmt = r.format
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        if fmt == "pcap":
+            prefixes, cuts = _walk_pcap(mm, size, chunk_size)
+        else:
+            prefixes, cuts = _walk_pcapng(mm, size, chunk_size)
+    finally:
+        mm.close()
+    ranges = tuple(_Range(s, e, p) for s, e, p in cuts)
+    return _FilePlan(index, path, output, fmt, tuple(prefixes), ranges, size)
+
+
+def _walk_pcap(mm: mmap.mmap, size: int, chunk_size: int) -> tuple[list[bytes], list[tuple[int, int, int]]]:
+    magic_le = struct.unpack_from("<I", mm, 0)[0]
+    order = "<" if magic_le in _PCAP_MAGICS else ">"
+    hdr_len = _PCAP_MAGICS[struct.unpack_from(order + "I", mm, 0)[0]]
+    cap_at = struct.Struct(order + "I")
+    cuts: list[tuple[int, int, int]] = []
+    start = pos = 24
+    while pos + hdr_len <= size:
+        rec = hdr_len + cap_at.unpack_from(mm, pos + 8)[0]
+        if rec > _MAX_RECORD or pos + rec > size:
+            break
+        if pos > start and pos + rec - start > chunk_size:
+            cuts.append((start, pos, 0))
+            start = pos
+        pos += rec
+    if start < size:
+        cuts.append((start, size, 0))
+    return [bytes(mm[:24])], cuts
+
+
+def _walk_pcapng(mm: mmap.mmap, size: int, chunk_size: int) -> tuple[list[bytes], list[tuple[int, int, int]]]:
+    prefixes: list[bytes] = []
+    cuts: list[tuple[int, int, int]] = []
+    closed = b""         # SHB + IDBs of every finished section
+    section = b""        # SHB + IDBs of the current section so far
+    order = "<"
+    start = pos = 0
+    prefix_at_start = b""
+
+    def prefix_id(p: bytes) -> int:
+        if not prefixes or prefixes[-1] != p:
+            prefixes.append(p)
+        return len(prefixes) - 1
+
+    while pos + 12 <= size:
+        btype = struct.unpack_from(order + "I", mm, pos)[0]
+        if btype == _PCAPNG_SHB:          # the same value in both byte orders
+            bom = mm[pos + 8: pos + 12]
+            if bom == struct.pack("<I", _PCAPNG_BOM):
+                order = "<"
+            elif bom == struct.pack(">I", _PCAPNG_BOM):
+                order = ">"
+            else:
+                break
+        blen = struct.unpack_from(order + "I", mm, pos + 4)[0]
+        if blen < 12 or blen % 4 or blen > _MAX_RECORD or pos + blen > size:
+            break
+        if pos > start and pos + blen - start > chunk_size:
+            cuts.append((start, pos, prefix_id(prefix_at_start)))
+            start = pos
+            prefix_at_start = closed + section
+        if btype == _PCAPNG_SHB:
+            closed += section
+            section = bytes(mm[pos: pos + blen])
+        elif btype == _PCAPNG_IDB:
+            section += bytes(mm[pos: pos + blen])
+        pos += blen
+    if start < size:
+        cuts.append((start, size, prefix_id(prefix_at_start)))
+    return prefixes, cuts
+
+
+class _NamedBytesIO(io.BytesIO):
+    """A BytesIO with a ``name``, so PcapReader's messages name the capture."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+
+_AT_OFFSET = re.compile(r" \(at file offset \d+\)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class _RangeSpec:
+    """Everything a task needs to read one range (small: tasks carry it, not the whole plan)."""
+
+    path: str
+    fmt: str
+    header: bytes        # the capture's first prefix (pcap: its 24-octet file header)
+    prefix: bytes
+    start: int
+    end: int
+
+
+def _range_spec(plan: _FilePlan, r: int) -> _RangeSpec:
+    rng = plan.ranges[r]
+    return _RangeSpec(plan.path, plan.fmt, plan.prefixes[0] if plan.prefixes else b"",
+                      plan.prefixes[rng.prefix], rng.start, rng.end)
+
+
+def _read_range(rs: _RangeSpec) -> list[pcap.Chunk]:
+    """The chunks of a range, parsed by PcapReader exactly as inside the whole file."""
+    with open(rs.path, "rb") as f:
+        f.seek(rs.start)
+        data = f.read(rs.end - rs.start)
+    if len(data) != rs.end - rs.start:
+        raise pcap.PcapError(f"{rs.path}: the file shrank while it was being read", rs.start + len(data))
+    prefix = rs.prefix if rs.start else b""
+    stream = _NamedBytesIO(prefix + data, rs.path)
+    # One read of the whole range: a chunk ends only where the file starts a new pcapng section.
+    reader = pcap.PcapReader(stream, chunk_size=max(4096, len(prefix) + len(data) + 1))
+    shift = rs.start - len(prefix)
+    try:
+        return list(reader)
+    except pcap.PcapError as e:
+        # Offsets inside the synthetic stream -> offsets in the capture.
+        off = None if e.offset is None else e.offset + shift
+        raise pcap.PcapError(_AT_OFFSET.sub("", str(e)), off) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Routing (RSS by SA lookup key)
+
+
+class _SaSet:
+    """The job's SA set as it travels to the workers (scattered once). Never shows a key."""
+
+    def __init__(self, specs: Sequence[keyfile.SaSpec]) -> None:
+        self.specs = list(specs)
+
+    def __repr__(self) -> str:
+        return f"<natt SA set: {len(self.specs)} SAs>"
+
+    def __sizeof__(self) -> int:
+        return 64 + 128 * len(self.specs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Routing:
+    """Parser entries and the lane of every SA lookup key (parser port, SPI)."""
+
+    framing: dict[int, int]                 # port -> UdpEncapType value
+    lane_of_key: dict[tuple[int, int], int]
+    lane_of_sa: tuple[int, ...]             # per key-file index
+    lanes: int
+
+
+def _routing(specs: Sequence[keyfile.SaSpec], lanes: int) -> _Routing:
+    framing: dict[int, int] = {}
+    lane_of_key: dict[tuple[int, int], int] = {}
+    for s in specs:
+        framing.setdefault(s.port, int(s.encap))
+        key = (s.port, s.spi)
+        if key not in lane_of_key:
+            lane_of_key[key] = len(lane_of_key) % lanes
+    return _Routing(framing, lane_of_key, tuple(lane_of_key[(s.port, s.spi)] for s in specs), lanes)
+
+
+def _be(buf: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
+    """Big-endian ``n``-octet values at ``pos`` (callers guarantee bounds)."""
+    v = np.zeros(pos.shape, np.int64)
+    for k in range(n):
+        v = (v << 8) | buf[pos + k]
+    return v
+
+
+def _route(batch: PacketBatch, ipv4: np.ndarray, routing: _Routing, first_index: int) -> np.ndarray:
+    """Lane of every frame (-1: not IPv4, nothing to decap).
+
+    A packet reaches an SA only after docs/semantics.md §1 steps 1-5 pass, and then its UDP
+    destination port and SPI are read exactly where this reads them (after ``ihl*4`` octets of
+    IPv4 header; SPI right after the UDP header, or after the 8-octet non-IKE marker for IKE
+    framing). Frames whose bytes are too short or whose key is no SA's go round-robin: they
+    cannot reach an SA, so their result depends on no lane's state.
+    """
+    n = len(batch)
+    lane = np.where(ipv4, (np.arange(n) + first_index) % routing.lanes, -1).astype(np.int64)
+    if not routing.lane_of_key or not n:
+        return lane
+    buf, off, ln = batch.data, batch.offsets, batch.lengths
+    ok = ipv4 & (ln >= 20)
+    ihl = np.zeros(n, np.int64)
+    ihl[ok] = (buf[off[ok]] & 15).astype(np.int64) * 4
+    ok &= ihl >= 20
+    ok &= ln >= ihl + 16          # UDP header and a 4-octet SPI at least
+    idx = np.nonzero(ok)[0]
+    if not idx.size:
+        return lane
+    udp = off[idx] + ihl[idx]
+    port = _be(buf, udp + 2, 2)
+    for p, fr in routing.framing.items():
+        sel = np.nonzero(port == p)[0]
+        if not sel.size:
+            continue
+        esp = udp[sel] + (16 if fr == UdpEncapType.IKE else 8)
+        fits = esp + 4 <= off[idx[sel]] + ln[idx[sel]]
+        sel, esp = sel[fits], esp[fits]
+        spi = _be(buf, esp, 4)
+        for i, s in zip(idx[sel].tolist(), spi.tolist()):
+            k = routing.lane_of_key.get((p, s))
+            if k is not None:
+                lane[i] = k
+    return lane
+
+
+@dataclasses.dataclass
+class _LanePackets:
+    """The packets one range sends to one lane: frame positions in the range and datagrams."""
+
+    pos: np.ndarray
+    data: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+
+def _compact(batch: PacketBatch, pos: np.ndarray, sel: np.ndarray) -> _LanePackets:
+    """Copy the selected segments into one small buffer (only they travel to the lane)."""
+    lengths = batch.lengths[sel].astype(np.int64)
+    offsets = np.zeros(sel.size, np.int64)
+    if sel.size:
+        offsets[1:] = np.cumsum(lengths)[:-1]
+    total = int(lengths.sum())
+    data = np.empty(total, np.uint8)
+    src = batch.data
+    for o_in, o_out, n in zip(batch.offsets[sel].tolist(), offsets.tolist(), lengths.tolist()):
+        data[o_out: o_out + n] = src[o_in: o_in + n]
+    return _LanePackets(pos[sel], data, offsets, lengths)
+
+
+def _split(rs: _RangeSpec, sa_set: _SaSet, lanes: int) -> tuple:
+    """Read range ``r`` and route its frames; returns one _LanePackets per lane, then the
+    range's (frame count, pcapng interfaces declared by its writer)."""
+    routing = _routing(sa_set.specs, lanes)
+    chunks = _read_range(rs)
+    per_lane: list[list[_LanePackets]] = [[] for _ in range(lanes)]
+    base = 0
+    top = 0
+    for ch in chunks:
+        n = len(ch)
+        lane = _route(ch.batch, ch.ipv4, routing, base)
+        pos = np.arange(base, base + n, dtype=np.int64)
+        for k in range(lanes):
+            sel = np.nonzero(lane == k)[0]
+            if sel.size:
+                per_lane[k].append(_compact(ch.batch, pos, sel))
+        if n:
+            top = max(top, int(ch.iface.max()) + 1)
+        base += n
+    out = []
+    for parts in per_lane:
+        if not parts:
+            out.append(_LanePackets(np.zeros(0, np.int64), np.zeros(0, np.uint8),
+                                    np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        elif len(parts) == 1:
+            out.append(parts[0])
+        else:
+            shift = np.cumsum([0] + [p.data.size for p in parts[:-1]])
+            out.append(_LanePackets(np.concatenate([p.pos for p in parts]),
+                                    np.concatenate([p.data for p in parts]),
+                                    np.concatenate([p.offsets + s for p, s in zip(parts, shift)]),
+                                    np.concatenate([p.lengths for p in parts])))
+    return (*out, (base, top))
+
+
+# ----------------------------------------------------------------------------------------------
+# Lanes: anti-replay state carried from step to step
+
+
+@dataclasses.dataclass(frozen=True)
+class _LaneState:
+    """A lane's anti-replay state after a step: per key-file index of an SA with a window,
+    ``(T, bitmap)`` where bit ``i`` of ``bitmap`` stands for number ``T - i`` (as natt's
+    reference data path keeps it). ``token`` names the Offload that holds exactly this state,
+    so that the next step on the same worker may go on with it."""
+
+    token: str
+    windows: dict[int, tuple[int, int]]
+
+
+@dataclasses.dataclass
+class _LaneResult:
+    """Decap results of one lane for one range, by frame position (outputs of OK frames only)."""
+
+    pos: np.ndarray
+    status: np.ndarray
+    sa_index: np.ndarray
+    data: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    seconds: float
+
+
+@dataclasses.dataclass
+class _CachedLane:
+    token: str
+    nic: Offload
+    handles: list[int]
+
+
+# Per worker process: the Offload each lane's last step left, keyed by (job, lane).
+_LANE_CACHE: dict[tuple[str, int], _CachedLane] = {}
+_LANE_CACHE_LOCK = threading.Lock()
+
+
+def _initial_state(specs: Sequence[keyfile.SaSpec], routing: _Routing, lane: int) -> _LaneState:
+    # At SA creation every number <= replay_seq counts as seen: a full bitmap (semantics §3).
+    return _LaneState("", {i: (s.replay_seq, (1 << s.replay_window) - 1)
+                           for i, s in enumerate(specs)
+                           if routing.lane_of_sa[i] == lane and s.replay_window > 0})
+
+
+def _base_and_extra(t: int, bits: int, w: int) -> tuple[int, list[int]]:
+    """Install-time ``replay_seq`` and the numbers to mark on top of it to rebuild ``(t, bits)``.
+
+    An SA installed with ``replay_seq = b`` has every number up to ``b`` seen. ``b`` is the top
+    of the run of set bits at the window's left edge; the numbers above it whose bit is set are
+    then marked in ascending order, which slides the window to ``t`` exactly as it went.
+    """
+    run = 0
+    while run < w and bits >> (w - 1 - run) & 1:
+        run += 1
+    base = max(t - w + run, 0)
+    extra = [t - i for i in range(w - 1 - run, -1, -1) if bits >> i & 1 and t - i > base]
+    return base, extra
+
+
+def _forge_address(spec: keyfile.SaSpec, specs: Sequence[keyfile.SaSpec]) -> str:
+    """An outer destination the SA lookup maps to ``spec`` (tunnel: its end; transport: its
+    destination, or when it has none an address no other SA of the same key claims)."""
+    if spec.dst is not None:
+        return spec.dst
+    taken = {s.dst for s in specs if (s.port, s.spi) == (spec.port, spec.spi) and s.dst is not None}
+    a = int(ipaddress.IPv4Address("192.0.2.1"))
+    while str(ipaddress.IPv4Address(a)) in taken:
+        a += 1
+    return str(ipaddress.IPv4Address(a))
+
+
+def _restore(specs: Sequence[keyfile.SaSpec], state: _LaneState, backend: Optional[str]
+             ) -> tuple[Offload, list[int]]:
+    """A fresh Offload with every SA, the lane's SAs in exactly ``state``'s anti-replay state."""
+    from .traffic import EspSealer, udp_encapsulate   # only needed off the fast path
+
+    plans = {i: _base_and_extra(t, bits, specs[i].replay_window) for i, (t, bits) in state.windows.items()}
+    installed = [dataclasses.replace(s, replay_seq=plans[i][0]) if i in plans else s for i, s in enumerate(specs)]
+    nic = Offload(backend=backend, max_sas=max(len(specs), 1))
+    try:
+        handles = keyfile.install(nic, installed, direction="in")
+        packets: list[bytes] = []
+        owners: list[int] = []
+        for i, (_, extra) in plans.items():
+            if not extra:
+                continue
+            s = specs[i]
+            sealer = EspSealer(s.suite, s.key, s.spi, esn=s.uses_esn)
+            dst = _forge_address(s, specs)
+            for seq in extra:
+                # Next header 59: a dummy packet (RFC 4303 §2.6), accepted and then discarded.
+                esp = sealer.seal(seq, b"", 59)
+                packets.append(udp_encapsulate(esp, "192.0.2.254", dst, sport=s.port, dport=s.port,
+                                               framing=s.encap))
+                owners.append(handles[i])
+        if packets:
+            res = nic.decap(packets)
+            if not ((res.status == Status.DUMMY).all() and (res.sa == np.asarray(owners)).all()):
+                raise RuntimeError("natt.dask: rebuilding a lane's anti-replay state failed "
+                                   f"(statuses {res.counts()})")
+    except BaseException:
+        nic.close()
+        raise
+    return nic, handles
+
+
+def _authenticated(pk: _LanePackets, status: np.ndarray, sa_index: np.ndarray,
+                   specs: Sequence[keyfile.SaSpec]) -> np.ndarray:
+    """Which packets passed the ICV check (docs/semantics.md §1 step 9), so moved the window.
+
+    OK, DUMMY and PROTOCOL come after step 9. MALFORMED with an SA comes from step 7 (lengths,
+    before the ICV) or step 10 (padding, after it); step 7's test is recomputed here to tell
+    them apart. ERROR comes from a crypto library failure before the verdict.
+    """
+    auth = np.isin(status, (Status.OK, Status.DUMMY, Status.PROTOCOL)) & (sa_index >= 0)
+    mal = np.nonzero((status == Status.MALFORMED) & (sa_index >= 0))[0]
+    if mal.size:
+        d, o = pk.data, pk.offsets[mal]
+        ihl = (d[o] & 15).astype(np.int64) * 4
+        tl = _be(d, o + 2, 2)
+        for j, i, h, t in zip(mal.tolist(), sa_index[mal].tolist(), ihl.tolist(), tl.tolist()):
+            s = specs[i]
+            su = parse_suite(s.suite)[0]
+            esp_len = t - h - 8 - (8 if s.encap == UdpEncapType.IKE else 0)
+            ct = esp_len - 8 - su.iv_len - su.icv_len
+            short = esp_len < 8 + su.iv_len + su.icv_len + 2
+            unaligned = su.cipher in (Cipher.AES_CBC, Cipher.TRIPLE_DES_CBC) and ct % su.block_size != 0
+            auth[j] = not (short or unaligned)
+    return auth
+
+
+def _advance(windows: dict[int, tuple[int, int]], specs: Sequence[keyfile.SaSpec],
+             sa_index: np.ndarray, seq: np.ndarray, auth: np.ndarray) -> dict[int, tuple[int, int]]:
+    """The windows after the authenticated packets (RFC 4303 §3.4.3: slide to a new highest
+    number, clearing the skipped ones; set the number's bit). Only the set of authenticated
+    numbers matters: a bit, once set, stays set while its number is in the window."""
+    out = dict(windows)
+    for i in np.unique(sa_index[auth]).tolist():
+        if i not in out:
+            continue
+        w = specs[i].replay_window
+        t0, bits0 = out[i]
+        seqs = sorted(set(seq[auth & (sa_index == i)].tolist()))
+        t = max(t0, seqs[-1])
+        # Numbers up to t0 keep their old bits; newer ones are set only if authenticated.
+        bits = (bits0 << (t - t0)) & ((1 << w) - 1) if t - t0 < w else 0
+        for s in seqs:
+            if s > t - w:
+                bits |= 1 << (t - s)
+        out[i] = (t, bits)
+    return out
+
+
+def _step(sa_set: _SaSet, prev: _LaneState, pk: _LanePackets, job: str, lane: int, lanes: int,
+          backend: Optional[str], threads: Optional[int], last: bool) -> tuple[_LaneState, _LaneResult]:
+    """Decap one range's packets of one lane, in order, continuing the lane's state."""
+    specs = sa_set.specs
+    if prev is None:
+        prev = _initial_state(specs, _routing(specs, lanes), lane)
+    with _LANE_CACHE_LOCK:
+        cached = _LANE_CACHE.pop((job, lane), None)
+    if cached is not None and prev.token and cached.token == prev.token:
+        nic, handles = cached.nic, cached.handles
+    else:
+        if cached is not None:
+            cached.nic.close()
+        nic, handles = _restore(specs, prev, backend)
+    try:
+        n = pk.pos.size
+        t0 = time.perf_counter()
+        if n:
+            res = nic.decap(PacketBatch(pk.data, pk.offsets, pk.lengths), threads=threads)
+            status, sa_index, seq = res.status.copy(), _sa_index(handles, res.sa), res.seq
+        else:
+            status, sa_index, seq = np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.uint64)
+        seconds = time.perf_counter() - t0
+        windows = prev.windows
+        if n:
+            auth = _authenticated(pk, status, sa_index, specs)
+            windows = _advance(windows, specs, sa_index, seq, auth)
+            # Cheap cross-check of the mirror against the data path itself.
+            for i in np.unique(sa_index[auth]).tolist():
+                if i in windows and nic.sa_stats(handles[i])["replay_seq"] != windows[i][0]:
+                    raise RuntimeError(f"natt.dask: lane {lane}: SA #{i + 1}'s highest authenticated "
+                                       f"number differs from the mirrored window")
+            ok = np.nonzero(status == Status.OK)[0]
+            lengths = np.zeros(n, np.int64)
+            lengths[ok] = res.lengths[ok]
+            offsets = np.zeros(n, np.int64)
+            offsets[ok] = np.cumsum(lengths[ok]) - lengths[ok]
+            data = np.empty(int(lengths.sum()), np.uint8)
+            for o_in, o_out, m in zip(res.offsets[ok].tolist(), offsets[ok].tolist(), lengths[ok].tolist()):
+                data[o_out: o_out + m] = res.data[o_in: o_in + m]
+        else:
+            lengths = offsets = np.zeros(0, np.int64)
+            data = np.zeros(0, np.uint8)
+        state = _LaneState(uuid.uuid4().hex, windows)
+    except BaseException:
+        nic.close()
+        raise
+    if last:
+        nic.close()
+    else:
+        with _LANE_CACHE_LOCK:
+            _LANE_CACHE[(job, lane)] = _CachedLane(state.token, nic, handles)
+    return state, _LaneResult(pk.pos, status, sa_index, data, offsets, lengths, seconds)
+
+
+def _forget_job(job: str) -> int:
+    """Drop (and wipe the keys of) every cached lane Offload of ``job`` on this worker."""
+    with _LANE_CACHE_LOCK:
+        mine = [k for k in _LANE_CACHE if k[0] == job]
+        gone = [_LANE_CACHE.pop(k) for k in mine]
+    for c in gone:
+        c.nic.close()
+    return len(gone)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def _header(rs: _RangeSpec) -> bytes:
+    """The file header ``natt decap``'s writer puts first (``PcapWriter.like``)."""
+    buf = io.BytesIO()
+    if rs.fmt == "pcap":
+        with pcap.PcapReader(_NamedBytesIO(rs.header, rs.path)) as r:
+            pcap.PcapWriter.like(r, buf).close()
+    else:
+        # A pcapng reader knows no interface before its first block: the header is the SHB alone.
+        pcap.PcapWriter(buf, fmt="pcapng").close()
+    return buf.getvalue()
+
+
+def _declared(prev: int, meta: tuple[int, int]) -> int:
+    """Interfaces the pcapng writer has declared after a range: write_chunk declares up to the
+    highest interface any frame of a chunk names."""
+    return max(prev, meta[1])
+
+
+def _part(rs: _RangeSpec, n_specs: int, declared_before: int, drop_undecrypted: bool,
+          part_path: str, *results: _LaneResult) -> dict[str, Any]:
+    """Write the range's records, in file order, to ``part_path``; return its statistics."""
+    chunks = _read_range(rs)
+    total = sum(len(c) for c in chunks)
+    status = np.full(total, Status.NOT_ESP, np.uint8)      # an empty segment is NOT_ESP (§1 step 1)
+    sa_index = np.full(total, -1, np.int64)
+    out_len = np.zeros(total, np.int64)
+    out_off = np.zeros(total, np.int64)
+    src = np.full(total, -1, np.int64)
+    datas = [res.data for res in results]
+    for k, res in enumerate(results):
+        status[res.pos] = res.status
+        sa_index[res.pos] = res.sa_index
+        out_len[res.pos] = res.lengths
+        out_off[res.pos] = res.offsets
+        src[res.pos] = k
+    # One buffer of every OK output of the range, in frame order.
+    ok_all = np.nonzero(status == Status.OK)[0]
+    data = np.concatenate([datas[k][o: o + m] for k, o, m in
+                           zip(src[ok_all].tolist(), out_off[ok_all].tolist(), out_len[ok_all].tolist())]
+                          ) if ok_all.size else np.zeros(0, np.uint8)
+    new_off = np.zeros(total, np.int64)
+    new_off[ok_all] = np.cumsum(out_len[ok_all]) - out_len[ok_all]
+
+    buf = io.BytesIO()
+    if rs.fmt == "pcap":
+        with pcap.PcapReader(_NamedBytesIO(rs.header, rs.path)) as r0:
+            writer = pcap.PcapWriter.like(r0, buf)
+    else:
+        ifs = chunks[0].interfaces if chunks else ()
+        writer = pcap.PcapWriter(buf, fmt="pcapng", interfaces=ifs[:declared_before])
+    head = buf.tell()
+    stats = CaptureStats([""] * n_specs)
+    base = 0
+    for ch in chunks:
+        n = len(ch)
+        sl = slice(base, base + n)
+        st = status[sl]
+        ipv4 = ch.ipv4
+        ok = (st == Status.OK) & ipv4
+        keep = st != Status.DUMMY
+        if drop_undecrypted:
+            keep &= ok | np.isin(st, _NOT_ESP) | ~ipv4
+        outs = PacketBatch(data, np.ascontiguousarray(new_off[sl]), np.ascontiguousarray(out_len[sl]))
+        stats.written += writer.write_chunk(ch, outs, replace=ok, keep=keep)
+        stats.frames += n
+        stats.ipv4 += int(ipv4.sum())
+        stats.add(sa_index[sl][ipv4], st[ipv4], out_len[sl][ipv4])
+        base += n
+    writer.close()
+    records = buf.getbuffer()[head:]
+    tmp = part_path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(records)
+    os.replace(tmp, part_path)      # a re-run task overwrites, never appends
+    return {"counts": stats.counts, "octets": stats.octets, "frames": stats.frames, "ipv4": stats.ipv4,
+            "written": stats.written, "octets_read": rs.end - rs.start,
+            "seconds": sum(res.seconds for res in results)}
+
+
+def _finish(head: _RangeSpec, output: str, part_paths: list[str], *parts_done: Any) -> int:
+    """Write the output capture: header, then every part in order; returns its size."""
+    tmp = output + ".natt-tmp"
+    with open(tmp, "wb") as out:
+        out.write(_header(head))
+        for p in part_paths:
+            with open(p, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+    os.replace(tmp, output)
+    for p in part_paths:
+        try:
+            os.remove(p)
+        except FileNotFoundError:
+            pass
+    return os.path.getsize(output)
+
+
+# ----------------------------------------------------------------------------------------------
+# The job
+
+
+def _outputs(paths: Sequence[str], out_dir: str) -> list[str]:
+    names = [os.path.basename(os.fspath(p)) for p in paths]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ValueError(f"paths: two inputs share the name {sorted(dup)[0]!r}; their outputs would "
+                         f"collide in {out_dir}")
+    outs = [os.path.join(out_dir, n) for n in names]
+    for p, o in zip(paths, outs):
+        if os.path.abspath(p) == os.path.abspath(o):
+            raise ValueError(f"out_dir: writing {o} would overwrite its input")
+    return outs
+
+
+def _progress_bar(progress: Optional[bool], total: int) -> Any:
+    from tqdm import tqdm
+    show = progress if progress is not None else sys.stderr.isatty()
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="decap (dask)", delay=1.0,
+                disable=not show, file=sys.stderr, leave=False)
+
+
+def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[keyfile.SaSpec]],
+                   out_dir: PathLike, client: Any = None, *, chunk_size: int = pcap.DEFAULT_CHUNK_SIZE,
+                   threads: Optional[int] = None, drop_undecrypted: bool = False,
+                   progress: Optional[bool] = None, backend: Optional[str] = None,
+                   lanes: Optional[int] = None, mode: str = "tunnel") -> CaptureStats:
+    """Decap every capture of ``paths`` on a Dask cluster into ``out_dir`` (one output per input,
+    same file name, same format, every frame in its original order).
+
+    ``keys`` is a key file (natt JSON or Wireshark ``esp_sa``; ``mode`` as for ``natt decap``)
+    or a list of :class:`natt.keys.SaSpec`; every SA is installed inbound. ``client`` is a
+    ``distributed.Client`` (default: the current one). ``chunk_size`` is the octets of capture per
+    task; ``threads`` the data-path threads per task; ``lanes`` the number of SA lanes (default:
+    twice the cluster's worker threads, at most one per SA key). ``progress`` shows a bar on
+    stderr (default: when stderr is a terminal).
+
+    Returns the merged per-SA summary, the :class:`natt.cli.CaptureStats` ``natt decap`` prints,
+    equal to that of one process decapsulating the captures in order with one Offload (module
+    docstring). Raises :class:`natt.pcap.PcapError` for an unreadable capture and
+    :class:`natt.keys.KeyFileError` for unusable keys; nothing is written then... except outputs
+    of captures finished before the error.
+    """
+    import distributed
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    t_start = time.perf_counter()
+    if isinstance(keys, (str, os.PathLike)):
+        specs = keyfile.load(keys, mode=mode)
+    else:
+        specs = list(keys)
+    if not specs:
+        raise keyfile.KeyFileError("the key set holds no SA")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 4096:
+        raise ValueError(f"chunk_size: at least 4096 octets, got {chunk_size!r}")
+    if backend is None:
+        backend = "fast" if "fast" in backends() else "reference"
+    # Refuse a bad SA set here, not in a hundred tasks: install it once on a throwaway Offload.
+    with Offload(backend=backend, max_sas=len(specs)) as probe:
+        keyfile.install(probe, specs, direction="in")
+    paths = [os.fspath(p) for p in paths]
+    out_dir = os.fspath(out_dir)
+    outputs = _outputs(paths, out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+
+    own_cluster = None
+    if client is None:
+        try:
+            client = distributed.get_client()
+        except ValueError:
+            own_cluster = distributed.LocalCluster(processes=True)
+            client = distributed.Client(own_cluster)
+    job = uuid.uuid4().hex[:16]
+    parts_dir = os.path.join(out_dir, f".natt-dask-{job}")
+    os.makedirs(parts_dir)
+    try:
+        workers = sorted(client.scheduler_info(n_workers=-1)["workers"].items())
+        n_threads = sum(w.get("nthreads", 1) for _, w in workers) or 1
+        n_keys = len({(s.port, s.spi) for s in specs})
+        if lanes is None:
+            lanes = max(1, min(n_keys, 2 * n_threads))
+        elif isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes: expected a positive integer, got {lanes!r}")
+
+        # Stage 1: cut the captures into ranges (on the workers: they see the files).
+        scan = [client.submit(_scan, i, p, o, chunk_size, key=(f"natt-scan-{job}", i), pure=False)
+                for i, (p, o) in enumerate(zip(paths, outputs))]
+        plans: list[_FilePlan] = client.gather(scan)
+        del scan
+        sa_future = client.scatter(_SaSet(specs), hash=False)
+
+        # Stage 2: the graph. Keys are (stage-job, integers): never anything derived from keys.
+        # Three kinds of layer: reading/routing, one per lane (annotated with the lane's worker:
+        # RSS-style affinity keeps a lane on one worker so its Offload is reused), and writing.
+        read: dict[Any, Any] = {}
+        lane_layers: list[dict[Any, Any]] = [{} for _ in range(lanes)]
+        write: dict[Any, Any] = {}
+        part_keys, finish_keys, sizes = [], [], []
+        prev_state: list[Any] = [None] * lanes
+        steps_total = sum(len(p.ranges) for p in plans)
+        g = 0
+        for plan in plans:
+            declared_key: Any = 0
+            part_paths = []
+            file_parts = []
+            for r in range(len(plan.ranges)):
+                rs = _range_spec(plan, r)
+                split = (f"natt-split-{job}", g)
+                read[split] = (_split, rs, sa_future, lanes)
+                meta = (f"natt-meta-{job}", g)
+                read[meta] = (operator.getitem, split, lanes)
+                outs = []
+                for k in range(lanes):
+                    lane_in = (f"natt-lanein-{job}", k, g)
+                    step = (f"natt-step-{job}", k, g)
+                    state = (f"natt-state-{job}", k, g)
+                    out = (f"natt-out-{job}", k, g)
+                    read[lane_in] = (operator.getitem, split, k)
+                    lane_layers[k][step] = (_step, sa_future, prev_state[k], lane_in, job, k, lanes, backend,
+                                            threads, g == steps_total - 1)
+                    lane_layers[k][state] = (operator.getitem, step, 0)
+                    lane_layers[k][out] = (operator.getitem, step, 1)
+                    prev_state[k] = state
+                    outs.append(out)
+                part = (f"natt-part-{job}", g)
+                part_path = os.path.join(parts_dir, f"{plan.index:06d}-{r:08d}.part")
+                write[part] = (_part, rs, len(specs), declared_key, drop_undecrypted, part_path, *outs)
+                declared = (f"natt-declared-{job}", g)
+                write[declared] = (_declared, declared_key, meta)
+                declared_key = declared
+                part_paths.append(part_path)
+                file_parts.append(part)
+                part_keys.append(part)
+                sizes.append(plan.ranges[r].end - plan.ranges[r].start)
+                g += 1
+            fin = (f"natt-finish-{job}", plan.index)
+            head = _RangeSpec(plan.path, plan.fmt, plan.prefixes[0] if plan.prefixes else b"", b"", 0, 0)
+            write[fin] = (_finish, head, plan.output, part_paths, *file_parts)
+            finish_keys.append(fin)
+
+        layers: dict[str, Any] = {f"natt-read-{job}": MaterializedLayer(read)}
+        deps: dict[str, set[str]] = {f"natt-read-{job}": set()}
+        for k, layer in enumerate(lane_layers):
+            ann = {"workers": [workers[k % len(workers)][0]], "allow_other_workers": True} if workers else None
+            layers[f"natt-lane-{job}-{k}"] = MaterializedLayer(layer, annotations=ann)
+            deps[f"natt-lane-{job}-{k}"] = {f"natt-read-{job}"}
+        layers[f"natt-write-{job}"] = MaterializedLayer(write)
+        deps[f"natt-write-{job}"] = set(layers) - {f"natt-write-{job}"}
+        graph = HighLevelGraph(layers, deps)
+        futures = client.get(graph, part_keys + finish_keys, sync=False)
+        part_futures = futures[: len(part_keys)]
+        finish_futures = futures[len(part_keys):]
+        size_of = {f.key: s for f, s in zip(part_futures, sizes)}
+        stats = CaptureStats([s.label() for s in specs])
+        with _progress_bar(progress, sum(p.size for p in plans)) as bar:
+            for fut in distributed.as_completed(part_futures):
+                d = fut.result()
+                stats.counts += d["counts"]
+                stats.octets += d["octets"]
+                stats.frames += d["frames"]
+                stats.ipv4 += d["ipv4"]
+                stats.written += d["written"]
+                stats.crypto_seconds += d["seconds"]
+                bar.update(size_of[fut.key])
+            client.gather(finish_futures)
+        stats.elapsed = time.perf_counter() - t_start
+        return stats
+    finally:
+        try:
+            client.run(_forget_job, job)
+        except Exception:   # pragma: no cover - a cluster going away while we clean up
+            pass
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        if own_cluster is not None:
+            client.close()
+            own_cluster.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_cli_arguments(parser: Any) -> None:
+    """Add ``--dask ADDRESS`` / ``--workers N`` to ``natt decap``'s argument parser."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--dask", metavar="SCHEDULER", default=None,
+                   help="decap on this Dask cluster (e.g. tcp://10.0.0.5:8786); IN may then name several "
+                        "captures and -o is a directory (needs natt[dask])")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="decap on a local Dask cluster of N worker processes (needs natt[dask])")
+
+
+def cli_decap(args: Any) -> int:
+    """``natt decap IN... -k KEYS -o OUTDIR (--dask ADDRESS | --workers N)``: the Dask path.
+
+    ``args`` is natt decap's namespace (``input`` a path or a list of them, ``output`` the output
+    directory, ``keys``, ``mode``, ``chunk_size``, ``threads``, ``backend``, ``progress``,
+    ``drop_undecrypted``, ``report``, and ``dask`` or ``workers``). Prints the same per-SA
+    summary table as ``natt decap``; returns the exit status.
+    """
+    from .cli import CliError, _finish, _load_keys
+
+    try:
+        import distributed
+    except ImportError:
+        raise CliError("--dask/--workers need the dask extra: pip install 'natt[dask]'") from None
+    inputs = args.input if isinstance(args.input, (list, tuple)) else [args.input]
+    specs = _load_keys(args.keys, args.mode)
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise CliError(f"--workers: must be at least 1, got {args.workers}")
+    cluster = None
+    try:
+        if getattr(args, "dask", None):
+            client = distributed.Client(args.dask)
+        else:
+            cluster = distributed.LocalCluster(n_workers=args.workers or 1, threads_per_worker=1, processes=True)
+            client = distributed.Client(cluster)
+    except OSError as e:
+        raise CliError(f"cannot reach the Dask scheduler {args.dask}: {e}") from None
+    try:
+        stats = decap_captures(inputs, specs, args.output, client, chunk_size=args.chunk_size,
+                               threads=args.threads, drop_undecrypted=args.drop_undecrypted,
+                               progress=args.progress, backend=args.backend)
+    except (pcap.PcapError, keyfile.KeyFileError, ValueError) as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{e.filename or 'I/O'}: {e.strerror or e}") from None
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    _finish(args, stats, sys.stdout)
+    return 0
