@@ -1,0 +1,231 @@
+"""natt.keys: JSON key files, Wireshark esp_sa tables, installing SA sets."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+import natt
+from natt import keys
+from natt import traffic
+
+K16 = bytes(range(16))
+K20 = bytes(range(100, 120))
+
+
+def spec(**kw):
+    base = dict(spi=0x1001, suite="aes128gcm16", key=K20, direction="in", mode="tunnel",
+                src="198.51.100.2", dst="203.0.113.5")
+    base.update(kw)
+    return keys.SaSpec(**base)
+
+
+# ---------------------------------------------------------------------------------------------- JSON
+
+
+def test_json_round_trip_keeps_every_field(tmp_path):
+    specs = [
+        spec(),
+        keys.SaSpec(spi=0xDEADBEEF, suite="aes256-sha256-esn", key=bytes(64), direction="out",
+                    mode="transport", src="192.0.2.1", dst=None, encap=natt.UdpEncapType.IKE, port=500,
+                    sport=1234, dport=4501, esn=True, replay_window=0, replay_seq=7, replay_oseq=9,
+                    nat_oa_src="10.0.0.1", nat_oa_dst="10.0.0.2", inner_src="10.1.0.0/16",
+                    inner_dst="10.2.3.0/24", name="peer-b"),
+    ]
+    path = tmp_path / "k.json"
+    keys.save(path, specs)
+    back = keys.load(path)
+    for a, b in zip(specs, back):
+        assert dataclasses_equal(a, b)
+
+
+def dataclasses_equal(a, b):
+    import dataclasses
+    return dataclasses.asdict(a) == dataclasses.asdict(b)
+
+
+def test_json_accepts_sas_object_int_spi_and_spaced_hex():
+    text = json.dumps({"sas": [{"spi": 4097, "suite": "aes128-sha1",
+                                "key": "0x" + " ".join(f"{b:02x}" for b in bytes(36))}]})
+    (s,) = keys.loads(text)
+    assert s.spi == 4097 and s.key == bytes(36) and s.direction == "in" and s.mode == "tunnel"
+
+
+def test_suite_esn_suffix_sets_esn():
+    (s,) = keys.loads(json.dumps([{"spi": 1, "suite": "aes128gcm16-esn", "key": K20.hex()}]))
+    assert s.esn and s.uses_esn
+
+
+@pytest.mark.parametrize("sa,message", [
+    ({"suite": "aes128gcm16", "key": K20.hex()}, "missing field 'spi'"),
+    ({"spi": 0, "suite": "aes128gcm16", "key": K20.hex()}, "spi"),
+    ({"spi": "0x1g", "suite": "aes128gcm16", "key": K20.hex()}, "spi"),
+    ({"spi": 1, "suite": "rot13", "key": K20.hex()}, "unknown ESP proposal"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K16.hex()}, "16 octets, aes128gcm16 needs 20"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": "zz" + K20.hex()}, "not a hex string"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "direction": "up"}, "direction"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "src": "300.1.1.1"}, "src"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "port": 70000}, "port"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "encap": "GRE"}, "encap"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "colour": "red"}, "unknown field"),
+])
+def test_json_errors_name_the_sa_and_field_never_the_key(sa, message):
+    with pytest.raises(keys.KeyFileError, match=message) as ei:
+        keys.loads(json.dumps([sa]))
+    assert "SA #1" in str(ei.value)
+    assert K20.hex() not in str(ei.value) and K16.hex() not in str(ei.value)
+
+
+def test_invalid_json_reports_position_only():
+    secret = "00112233445566778899aabbccddeeff"
+    with pytest.raises(keys.KeyFileError, match="line 1") as ei:
+        keys.loads('[{"spi": 1, "key": "' + secret + '",,}]')
+    assert secret not in str(ei.value)
+
+
+def test_repr_hides_key():
+    s = spec(key=bytes.fromhex("a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"))
+    assert "a1b2c3d4" not in repr(s) and "a1b2c3d4" not in str(s)
+    assert "key" not in repr(s)
+
+
+def test_saved_files_are_private(tmp_path):
+    for name in ("k.json", "esp_sa"):
+        keys.save(tmp_path / name, [spec()])
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600
+
+
+# ---------------------------------------------------------------------------------------------- esp_sa
+
+
+WIRESHARK_LINES = [
+    # (esp_sa line, suite natt must map it to)
+    ('"IPv4","192.0.2.1","192.0.2.2","0x00000101","AES-GCM with 16 octet ICV [RFC4106]","0x{k20}","NULL",""',
+     "aes128gcm16"),
+    ('"IPv4","192.0.2.1","192.0.2.2","0x00000102","AES-GCM with 8 octet ICV [RFC4106]","0x{k36}","NULL",""',
+     "aes256gcm8"),
+    ('"IPv4","192.0.2.1","192.0.2.2","0x00000103","AES-GCM with 12 octet ICV [RFC4106]","0x{k28}","NULL",""',
+     "aes192gcm12"),
+    ('"IPv4","192.0.2.1","*","0x00000104","AES-CBC [RFC3602]","0x{k16}","HMAC-SHA-1-96 [RFC2404]","0x{k20}"',
+     "aes128-sha1"),
+    ('"IPv4","*","192.0.2.2","0x00000105","AES-CBC [RFC3602]","0x{k32}","HMAC-SHA-256-128 [RFC4868]","0x{k32}"',
+     "aes256-sha256"),
+    ('"IPv4","192.0.2.1","192.0.2.2","0x00000106","TripleDES-CBC [RFC2451]","0x{k24}","HMAC-MD5-96 [RFC2403]","0x{k16}"',
+     "3des-md5"),
+    ('"IPv4","192.0.2.1","192.0.2.2","0x00000107","NULL","","HMAC-SHA-1-96 [RFC2404]","0x{k20}"', "null-sha1"),
+    ('"IPv4","192.0.2.1","192.0.2.2","0x00000108","AES-CBC [RFC3602]","0x{k24}","HMAC-SHA-384-192 [RFC4868]","0x{k48}"',
+     "aes192-sha384"),
+    ('"IPv4","192.0.2.1","192.0.2.2","0x00000109","AES-CBC [RFC3602]","0x{k32}","HMAC-SHA-512-256 [RFC4868]","0x{k64}"',
+     "aes256-sha512"),
+    ('"IPv4","192.0.2.1","192.0.2.2","0x0000010a","ChaCha20 with Poly1305 [RFC7634]","0x{k36}","NULL",""',
+     "chacha20poly1305"),
+    # strongSwan save-keys spellings: "TripleDes" and the ICV-less GCM name (read as 16 octets).
+    ('"IPv4","192.0.2.1","192.0.2.2","0x0000010b","TripleDes-CBC [RFC2451]","0x{k24}","HMAC-SHA-1-96 [RFC2404]","0x{k20}"',
+     "3des-sha1"),
+    ('"IPv4","192.0.2.1","192.0.2.2","0x0000010c","AES-GCM [RFC4106]","0x{k20}","NULL",""', "aes128gcm16"),
+]
+
+
+def _fill(line):
+    return line.format(**{f"k{n}": bytes(range(n)).hex() for n in (16, 20, 24, 28, 32, 36, 48, 64)})
+
+
+@pytest.mark.parametrize("line,suite", WIRESHARK_LINES)
+def test_esp_sa_algorithm_names_map_to_suites(line, suite):
+    (s,) = keys.loads(_fill(line))
+    assert s.suite == suite
+    assert s.direction is None and s.mode == "tunnel"
+    su = natt.parse_suite(suite)[0]
+    assert len(s.key) == su.key_len
+
+
+def test_esp_sa_wildcards_and_comments():
+    text = "# a comment\n\n" + _fill(WIRESHARK_LINES[3][0]) + "\n" + _fill(WIRESHARK_LINES[4][0]) + "\n"
+    a, b = keys.loads(text, mode="transport")
+    assert (a.src, a.dst, b.src, b.dst) == ("192.0.2.1", None, None, "192.0.2.2")
+    assert a.mode == b.mode == "transport"
+
+
+def test_esp_sa_round_trip_every_wireshark_suite(tmp_path):
+    specs = [spec(spi=0x200 + i, suite=name, key=os.urandom(natt.parse_suite(name)[0].key_len), direction=None)
+             for i, name in enumerate(["aes128gcm8", "aes192gcm12", "aes256gcm16", "aes128-sha1", "aes192-sha256",
+                                       "aes256-sha384", "aes128-sha512", "3des-md5", "null-sha256",
+                                       "chacha20poly1305"])]
+    path = tmp_path / "esp_sa"
+    keys.save(path, specs)
+    text = path.read_text()
+    assert all(line.count('","') == 7 for line in text.splitlines() if not line.startswith("#"))
+    back = keys.load(path)
+    assert [(s.spi, s.suite, s.key, s.src, s.dst) for s in back] == \
+        [(s.spi, s.suite, s.key, s.src, s.dst) for s in specs]
+
+
+@pytest.mark.parametrize("line,message", [
+    ('"IPv4","*","*","0x1","CAST5-CBC [RFC2144]","0x00","NULL",""', "CAST5-CBC"),
+    ('"IPv4","*","*","0x1","AES-CBC [RFC3602]","0x{k16}","ANY 96 bit authentication [no checking]",""',
+     "always verifies the ICV"),
+    ('"IPv4","*","*","0x1","AES-CBC [RFC3602]","0x{k16}","NULL",""', "integrity algorithm"),
+    ('"IPv6","*","*","0x1","NULL","","HMAC-SHA-1-96 [RFC2404]","0x{k20}"', "IPv4"),
+    ('"IPv4","*","*","*","NULL","","HMAC-SHA-1-96 [RFC2404]","0x{k20}"', "SPI"),
+    ('"IPv4","*","*","0x1","AES-CBC [RFC3602]","0x{k20}","HMAC-SHA-1-96 [RFC2404]","0x{k20}"', "AES-CBC needs"),
+    ('"IPv4","*","*","0x1","AES-CBC [RFC3602]","0x{k16}","HMAC-SHA-1-96 [RFC2404]","0x{k16}"', "needs 16 \\+ 20"),
+    ('"IPv4","*","*","0x1","AES-GCM with 16 octet ICV [RFC4106]","0x{k20}","HMAC-SHA-1-96 [RFC2404]","0x{k20}"',
+     "must be NULL"),
+    ('IPv4,*,*', "double-quoted"),
+    ('"IPv4","*","*","0x1"', "8 quoted fields"),
+])
+def test_esp_sa_errors_name_the_line_never_the_key(line, message):
+    with pytest.raises(keys.KeyFileError, match=message) as ei:
+        keys.loads("# header\n" + _fill(line))
+    assert "line 2" in str(ei.value)
+    assert bytes(range(16)).hex() not in str(ei.value)
+
+
+def test_gmac_cannot_go_to_wireshark():
+    with pytest.raises(keys.KeyFileError, match="GMAC"):
+        keys.to_esp_sa([spec(suite="aes128gmac", key=bytes(20))])
+
+
+# ---------------------------------------------------------------------------------------------- install
+
+
+def test_install_and_decap_what_the_peer_sent():
+    specs = [spec(direction="out"), spec(spi=0x1002, suite="aes256-sha256", key=os.urandom(64))]
+    tx = natt.Offload(backend="reference")
+    out_handles = keys.install(tx, specs, direction="out")
+    rx = natt.Offload(backend="reference")
+    in_handles = keys.install(rx, specs, direction="in")
+    inner = traffic.inner_traffic(3, 4)
+    for o, i in zip(out_handles, in_handles):
+        res = rx.decap(tx.encap(inner, o))
+        assert res.status.tolist() == [natt.Status.OK] * 4
+        assert set(res.sa.tolist()) == {i}
+        assert list(res) == inner
+
+
+def test_install_uses_own_directions_and_refuses_esp_sa_without_one():
+    nic = natt.Offload(backend="reference")
+    h_in, h_out = keys.install(nic, [spec(), spec(spi=0x2002, direction="out")])
+    assert nic.sa_stats(h_in)["direction"] == "in" and nic.sa_stats(h_out)["direction"] == "out"
+    with pytest.raises(keys.KeyFileError, match="no direction"):
+        keys.install(nic, [spec(spi=0x3003, direction=None)])
+
+
+def test_install_is_all_or_nothing():
+    nic = natt.Offload(backend="reference")
+    bad = spec(spi=0x1002, replay_window=5)
+    with pytest.raises(keys.KeyFileError, match=r"SA #2 \(spi 0x00001002\).*replay_window") as ei:
+        keys.install(nic, [spec(), bad])
+    assert isinstance(ei.value.__cause__, natt.OffloadError)
+    assert nic.sa_handles() == []
+
+
+def test_inbound_tunnel_sa_with_wildcard_source_is_installed():
+    nic = natt.Offload(backend="reference")
+    (h,) = keys.install(nic, [spec(src=None)], direction="in")
+    assert nic.sa_stats(h)["mode"] == "tunnel"
+    with pytest.raises(keys.KeyFileError, match="tunnel end"):
+        keys.install(nic, [spec(spi=0x1003, dst=None)], direction="in")
