@@ -858,41 +858,51 @@ class _Generator:
                     used.add(spi)
                     return spi
 
-        def spec(suite: str, spi: int, *, tunnel: bool, entry: tuple[UdpEncapType, int],
+        # Features cycle rather than being drawn, so every scenario covers all of them:
+        # (mode, framing, ESN) by SA index, windows and starting numbers by counters.
+        cycle = {"esn": 0, "plain": 0}
+
+        def spec(suite: str, spi: int, *, tunnel: bool, entry: tuple[UdpEncapType, int], esn: bool,
                  dst: Optional[str] = None, mask: int = _M32, nat_oa: bool = False) -> tuple[SaSpec, str]:
             s = SUITES[suite]
-            esn = r.random() < 0.35
-            window = r.choice((32, 64, 64, 128, 1024)) if esn else r.choice((0, 32, 64, 64, 128, 1024))
+            k = cycle["esn" if esn else "plain"]
+            cycle["esn" if esn else "plain"] += 1
             if esn:
-                # Around 2**32 the high half must be inferred across the wrap; small Tl exercises
-                # Appendix A case B; 0 makes "below zero" reachable.
-                replay_seq = r.choice((0, r.randrange(1, 2000), (1 << 32) - r.randrange(1, 300),
-                                       (r.randrange(1, 8) << 32) + r.randrange(0, 40),
-                                       (1 << 40) + r.randrange(1 << 32)))
+                window = (32, 64, 128, 1024)[k % 4]
+                # Right below 2**32 the receiver must infer seq_hi + 1 across the wrap; a small Tl
+                # with Th > 0 is Appendix A case B; 0 makes a number "below zero" reachable.
+                replay_seq = ((1 << 32) - r.randrange(1, 300), 0, r.randrange(1, 2000),
+                              (r.randrange(1, 8) << 32) + r.randrange(0, 40),
+                              (1 << 40) + r.randrange(1 << 32))[k % 5]
             else:
-                replay_seq = r.choice((0, 0, r.randrange(1, 5000), (1 << 32) - r.randrange(200, 5000)))
+                window = (0, 64, 32, 128, 1024, 64)[k % 6]
+                replay_seq = (0, r.randrange(1, 5000), (1 << 32) - r.randrange(200, 5000))[k % 3]
             n = len(specs) + 1
             peer = f"198.51.100.{n % 250 + 1}"
+            src = None
             if tunnel:
                 src, dst = f"100.64.{n // 250}.{n % 250 + 1}", f"203.0.113.{n % 250 + 1}"
             src_oa = dst_oa = None
             if nat_oa:
                 src_oa, dst_oa = f"10.0.{n % 250}.2", f"10.1.{n % 250}.2"
             key = r.randbytes(s.key_len)
-            return (SaSpec(spi, suite, esn, tunnel, entry[0], entry[1], src if tunnel else None, dst,
+            return (SaSpec(spi, suite, esn, tunnel, entry[0], entry[1], src, dst,
                            mask if dst else 0, window, replay_seq, src_oa, dst_oa, key), peer)
 
-        for i, suite in enumerate(suites):
-            entry = _ENTRIES[i % len(_ENTRIES)] if i < len(_ENTRIES) else r.choice(_ENTRIES + _ENTRIES[:1])
-            tunnel = r.random() < 0.5
+        order = list(suites)
+        r.shuffle(order)
+        for i, suite in enumerate(order):
+            tunnel, esn, legacy = bool(i & 1), bool(i & 2), bool(i & 4)
+            entry = _ENTRIES[2] if legacy else _ENTRIES[(i >> 3) & 1]
             dst = None if tunnel or r.random() < 0.5 else f"192.0.2.{i % 250 + 1}"
-            specs.append(spec(suite, fresh_spi(), tunnel=tunnel, entry=entry, dst=dst,
-                              nat_oa=not tunnel and r.random() < 0.3))
+            specs.append(spec(suite, fresh_spi(), tunnel=tunnel, entry=entry, esn=esn, dst=dst,
+                              nat_oa=not tunnel and i % 3 == 0))
         # One SPI on one entry, four destination keys: the longest mask must win (semantics §1.6).
         shared = fresh_spi()
         for dst, mask, tunnel in ((None, 0, False), ("10.9.0.0", 0xFFFF0000, False), ("10.9.9.9", _M32, False),
                                   (None, _M32, True)):
-            specs.append(spec(r.choice(suites), shared, tunnel=tunnel, entry=_ENTRIES[0], dst=dst, mask=mask))
+            specs.append(spec(r.choice(order), shared, tunnel=tunnel, entry=_ENTRIES[0], esn=r.random() < 0.5,
+                              dst=dst, mask=mask))
         return [_Sa(i, sp, peer) for i, (sp, peer) in enumerate(specs)]
 
     # ---------------------------------------------------------------- packets
