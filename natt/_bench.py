@@ -219,10 +219,8 @@ _EVP_LOOP_C = r"""
  * a data path cannot avoid, keyed once. Written and compiled by natt._bench at run time. */
 #include <stdint.h>
 #include <string.h>
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/params.h>
 
 /* ESP starts after the IPv4 header (IHL words) and the 8-octet UDP header. */
 static const uint8_t *natt_esp(const uint8_t *pkt, int64_t len, int64_t *esp_len)
@@ -280,27 +278,58 @@ done:
     return ok;
 }
 
+/* HMAC (RFC 2104) as two digest states fed with key ^ ipad and key ^ opad once (keys longer
+ * than a block are hashed first); per packet each state is copied and finished. This is the
+ * cheapest way to run a keyed HMAC per packet on OpenSSL 3.0 (measured 5-30% faster than
+ * re-initialising an EVP_MAC context, most for small packets), so the baseline gets it too. */
+static int natt_hmac_states(const EVP_MD *md, const uint8_t *key, int key_len,
+                            EVP_MD_CTX *inner, EVP_MD_CTX *outer)
+{
+    uint8_t k[EVP_MAX_MD_SIZE > 128 ? EVP_MAX_MD_SIZE : 128], pad[128];
+    int bs = EVP_MD_get_block_size(md);
+    unsigned int kl = (unsigned int)key_len;
+
+    if (bs <= 0 || bs > 128)
+        return 0;
+    memset(k, 0, sizeof k);
+    if (key_len > bs) {
+        if (EVP_Digest(key, (size_t)key_len, k, &kl, md, NULL) != 1)
+            return 0;
+    } else {
+        memcpy(k, key, (size_t)key_len);
+    }
+    for (int i = 0; i < bs; i++)
+        pad[i] = k[i] ^ 0x36;
+    if (EVP_DigestInit_ex(inner, md, NULL) != 1 || EVP_DigestUpdate(inner, pad, (size_t)bs) != 1)
+        return 0;
+    for (int i = 0; i < bs; i++)
+        pad[i] = k[i] ^ 0x5c;
+    if (EVP_DigestInit_ex(outer, md, NULL) != 1 || EVP_DigestUpdate(outer, pad, (size_t)bs) != 1)
+        return 0;
+    OPENSSL_cleanse(k, sizeof k);
+    OPENSSL_cleanse(pad, sizeof pad);
+    return 1;
+}
+
 /* CBC + HMAC (RFC 3602 / RFC 2451 with RFC 2404 / RFC 4868): HMAC over SPI .. next header,
- * truncated ICV compared in constant time, then CBC decrypt without PKCS#7 unpadding. */
+ * truncated ICV compared in constant time, then CBC decrypt (padding off: ESP's own trailer
+ * is not PKCS#7, so there is no Final to call). */
 int64_t natt_bench_cbc_hmac_decrypt(const char *cipher_name, const uint8_t *enc_key, int iv_len,
                                     const char *digest_name, const uint8_t *auth_key, int auth_key_len,
                                     int icv_len, const uint8_t *data, const int64_t *offsets,
                                     const int64_t *lengths, int64_t n, uint8_t *out)
 {
     EVP_CIPHER *cipher = EVP_CIPHER_fetch(NULL, cipher_name, NULL);
+    EVP_MD *md = EVP_MD_fetch(NULL, digest_name, NULL);
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    EVP_MAC_CTX *mctx = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
-    OSSL_PARAM params[2];
-    uint8_t md[EVP_MAX_MD_SIZE];
+    EVP_MD_CTX *inner = EVP_MD_CTX_new(), *outer = EVP_MD_CTX_new(), *w = EVP_MD_CTX_new();
+    uint8_t mac[EVP_MAX_MD_SIZE];
     int64_t ok = -1;
 
-    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)digest_name, 0);
-    params[1] = OSSL_PARAM_construct_end();
-    if (cipher == NULL || ctx == NULL || mctx == NULL
+    if (cipher == NULL || md == NULL || ctx == NULL || inner == NULL || outer == NULL || w == NULL
         || EVP_DecryptInit_ex2(ctx, cipher, enc_key, NULL, NULL) != 1
         || EVP_CIPHER_CTX_set_padding(ctx, 0) != 1
-        || EVP_MAC_init(mctx, auth_key, (size_t)auth_key_len, params) != 1)
+        || !natt_hmac_states(md, auth_key, auth_key_len, inner, outer))
         goto done;
     ok = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -309,24 +338,27 @@ int64_t natt_bench_cbc_hmac_decrypt(const char *cipher_name, const uint8_t *enc_
         int64_t auth_len = esp_len - icv_len;
         int ct_len = (int)(auth_len - 8 - iv_len);
         uint8_t *dst = out + offsets[i];
-        size_t mdl;
-        int outl, finl;
+        unsigned int ml;
+        int outl;
 
         if (ct_len < 0)
             continue;
-        /* A NULL key re-initialises the HMAC with the key it already holds. */
-        if (EVP_MAC_init(mctx, NULL, 0, NULL) != 1 || EVP_MAC_update(mctx, esp, (size_t)auth_len) != 1
-            || EVP_MAC_final(mctx, md, &mdl, sizeof md) != 1 || CRYPTO_memcmp(md, esp + auth_len, icv_len) != 0)
+        if (EVP_MD_CTX_copy_ex(w, inner) != 1 || EVP_DigestUpdate(w, esp, (size_t)auth_len) != 1
+            || EVP_DigestFinal_ex(w, mac, &ml) != 1
+            || EVP_MD_CTX_copy_ex(w, outer) != 1 || EVP_DigestUpdate(w, mac, ml) != 1
+            || EVP_DigestFinal_ex(w, mac, &ml) != 1
+            || CRYPTO_memcmp(mac, esp + auth_len, (size_t)icv_len) != 0)
             continue;
         if (EVP_DecryptInit_ex2(ctx, NULL, NULL, esp + 8, NULL) == 1
-            && EVP_DecryptUpdate(ctx, dst, &outl, esp + 8 + iv_len, ct_len) == 1
-            && EVP_DecryptFinal_ex(ctx, dst + outl, &finl) == 1)
+            && EVP_DecryptUpdate(ctx, dst, &outl, esp + 8 + iv_len, ct_len) == 1 && outl == ct_len)
             ok++;
     }
 done:
-    EVP_MAC_CTX_free(mctx);
-    EVP_MAC_free(mac);
+    EVP_MD_CTX_free(w);
+    EVP_MD_CTX_free(outer);
+    EVP_MD_CTX_free(inner);
     EVP_CIPHER_CTX_free(ctx);
+    EVP_MD_free(md);
     EVP_CIPHER_free(cipher);
     return ok;
 }
