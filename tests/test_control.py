@@ -2,7 +2,8 @@
 
 The request checks are table-driven: ``FAULTS`` holds one or more faulty requests per row of the
 §5 check table. Each must reach its row's status and leave nothing installed; and for every pair of
-faults from different rows with different statuses, a request carrying both reports the earlier row.
+faults from different rows, with different statuses and touching different fields, a request carrying
+both reports the earlier row (731 pairs covering 130 row pairs).
 
 Installed state is always observed from outside: later adds and deletes, ``query_oid`` capabilities,
 and what decap does with the derived framing fixtures of spec test-vectors.md §6 (D1 is the GCM-B
