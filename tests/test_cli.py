@@ -1,0 +1,276 @@
+"""The natt command line: run in-process through main() and as a subprocess."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import natt
+from natt import cli, keys, pcap, traffic
+
+BACKEND = ["--backend", "reference"]
+TUNNEL = ("198.51.100.2", "203.0.113.5")
+ARP = bytes.fromhex("ffffffffffff020000000001" "0806") + bytes(28)
+
+
+def make_specs():
+    out = []
+    for i, name in enumerate(("aes128gcm16", "aes256-sha256", "3des-sha1")):
+        n = natt.parse_suite(name)[0].key_len
+        out.append(keys.SaSpec(spi=0x5000 + i, suite=name, key=os.urandom(n), direction="out", mode="tunnel",
+                               src=TUNNEL[0], dst=TUNNEL[1], inner_src=f"10.1.{i}.0/24"))
+    return out
+
+
+@pytest.fixture()
+def scenario(tmp_path):
+    """A capture with ESP for three SAs, one ESP packet with a flipped ICV bit, an ARP frame and
+    an IKE packet; returns (capture path, key path, inner packets of the good ESP frames, specs)."""
+    specs = make_specs()
+    tx = natt.Offload(backend="reference")
+    handles = keys.install(tx, specs, direction="out")
+    inner_all, frames = [], []
+    for i, h in enumerate(handles):
+        inner = traffic.inner_traffic(10 + i, 4, src=f"10.1.{i}.2", dst="10.2.0.7")
+        res = tx.encap(inner, h)
+        assert res.status.tolist() == [0] * 4
+        inner_all += inner
+        frames += [pcap._ETH_HEADER + p for p in res]
+    # A fresh sequence number (a copy of an earlier packet would be a replay) with a flipped ICV bit.
+    bad = bytearray(pcap._ETH_HEADER + tx.encap([inner_all[0]], handles[0])[0])
+    bad[-1] ^= 1
+    ike = traffic.udp_datagram(TUNNEL[0], TUNNEL[1], 4500, 4500, b"\0\0\0\0" + bytes(40))
+    frames += [bytes(bad), ARP, pcap._ETH_HEADER + ike]
+    cap = tmp_path / "in.pcap"
+    with pcap.PcapWriter(cap, nanosecond=True) as w:
+        w.write_frames(frames, ts_ns=[1000 * (k + 1) for k in range(len(frames))])
+    keyfile = tmp_path / "keys.json"
+    keys.save(keyfile, specs)
+    return cap, keyfile, inner_all, specs, frames
+
+
+def run(argv, capsys):
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ---------------------------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("cmd", [[], ["decap"], ["encap"], ["demo"], ["explain"]])
+def test_help_has_description_and_examples(cmd, capsys):
+    rc, out, _ = run(cmd + ["--help"], capsys)
+    assert rc == 0
+    assert "examples:" in out and "usage: natt" in out
+
+
+def test_bench_delegates_to_the_benchmark_module(capsys):
+    rc, out, _ = run(["bench", "--help"], capsys)
+    assert rc == 0 and "--quick" in out and "natt bench" in out
+
+
+def test_bad_usage_exits_2(capsys):
+    rc, _, err = run(["decap", "x.pcap"], capsys)
+    assert rc == 2 and "-k/--keys" in err
+
+
+# ---------------------------------------------------------------------------------------------- decap
+
+
+def test_decap_replaces_ok_packets_and_keeps_the_rest(scenario, tmp_path, capsys):
+    cap, keyfile, inner, specs, frames = scenario
+    out = tmp_path / "out.pcap"
+    report = tmp_path / "r.json"
+    rc, text, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(out), "--report", str(report)] + BACKEND,
+                        capsys)
+    assert rc == 0, err
+    got = pcap.read_frames(out)
+    assert [g[3] for g in got[:12]] == inner
+    assert [g[2] for g in got[12:]] == frames[12:]         # bad ICV, ARP and IKE as read
+    assert [g[0] for g in got] == [1000 * (k + 1) for k in range(15)]
+    doc = json.loads(report.read_text())
+    assert doc["frames"] == 15 and doc["frames_written"] == 15
+    assert doc["ipv4_frames"] == 14                       # the ARP frame is passed through uncounted
+    assert doc["statuses"] == {"OK": 12, "AUTH_FAILED": 1, "IKE": 1}
+    rows = {r["sa"]: r for r in doc["sas"]}
+    first = rows[specs[0].label()]
+    assert first["packets"] == 4 and first["auth_failed"] == 1
+    assert first["bytes"] == sum(len(p) for p in inner[:4])
+    assert specs[1].label() in text and "auth_failed" in text
+
+
+def test_decap_drop_undecrypted(scenario, tmp_path, capsys):
+    cap, keyfile, inner, _, frames = scenario
+    out = tmp_path / "out.pcap"
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(out), "--drop-undecrypted"] + BACKEND, capsys)
+    assert rc == 0, err
+    got = pcap.read_frames(out)
+    assert [g[2] for g in got[12:]] == [ARP, frames[14]]   # the failed ESP frame is gone
+
+
+def test_decap_with_esp_sa_keys_and_pcapng_output_format(scenario, tmp_path, capsys):
+    cap, _, inner, specs, _ = scenario
+    ng = tmp_path / "in.pcapng"
+    with pcap.PcapReader(cap) as r, pcap.PcapWriter(ng, fmt="pcapng") as w:
+        for c in r:
+            w.write_chunk(c)
+    esp_sa = tmp_path / "esp_sa"
+    keys.save(esp_sa, specs)
+    out = tmp_path / "out.pcapng"
+    rc, _, err = run(["decap", str(ng), "-k", str(esp_sa), "-o", str(out), "--threads", "2"] + BACKEND, capsys)
+    assert rc == 0, err
+    with pcap.PcapReader(out) as r:
+        chunks = list(r)
+        assert r.format == "pcapng"
+    assert [c.batch[i] for c in chunks for i in range(len(c))][:12] == inner
+
+
+def test_decap_same_result_in_small_chunks(scenario, tmp_path, capsys):
+    cap, keyfile, *_ = scenario
+    a, b = tmp_path / "a.pcap", tmp_path / "b.pcap"
+    assert run(["decap", str(cap), "-k", str(keyfile), "-o", str(a)] + BACKEND, capsys)[0] == 0
+    assert run(["decap", str(cap), "-k", str(keyfile), "-o", str(b), "--chunk-size", "4096"] + BACKEND, capsys)[0] == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("problem", ["missing-keys", "bad-keys", "missing-capture", "corrupt-capture"])
+def test_decap_errors_are_one_line_and_exit_1(problem, scenario, tmp_path, capsys):
+    cap, keyfile, *_ = scenario
+    if problem == "missing-keys":
+        keyfile = tmp_path / "nope.json"
+    elif problem == "bad-keys":
+        keyfile.write_text('[{"spi": 1, "suite": "aes128gcm16", "key": "00"}]')
+    elif problem == "missing-capture":
+        cap = tmp_path / "nope.pcap"
+    else:
+        data = cap.read_bytes()
+        cap.write_bytes(data[:-7])
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    assert rc == 1
+    assert err.startswith("natt decap: ") and "Traceback" not in err
+    if problem == "corrupt-capture":
+        assert "offset" in err
+
+
+# ---------------------------------------------------------------------------------------------- encap
+
+
+def test_encap_then_decap_gives_the_inner_capture_back(tmp_path, capsys):
+    specs = make_specs()
+    inner = []
+    for i in range(3):
+        inner += traffic.inner_traffic(20 + i, 5, src=f"10.1.{i}.9", dst="10.9.9.9")
+    inner.append(traffic.icmp_echo("172.16.0.1", "10.9.9.9"))        # no SA's inner_src: unchanged
+    clear = tmp_path / "clear.pcap"
+    pcap.write_datagrams(clear, inner + [ARP[14:]], ts_ns=range(len(inner) + 1))
+    keyfile = tmp_path / "k.json"
+    keys.save(keyfile, specs)
+    enc = tmp_path / "enc.pcap"
+    rc, text, err = run(["encap", str(clear), "-k", str(keyfile), "-o", str(enc)] + BACKEND, capsys)
+    assert rc == 0, err
+    got = pcap.read_frames(enc)
+    spis = [int.from_bytes(g[3][28:32], "big") for g in got[:15]]
+    assert spis == [0x5000] * 5 + [0x5001] * 5 + [0x5002] * 5
+    assert got[15][3] == inner[15]
+    # Decap it with the same key file (all SAs inbound) and get the inner packets back.
+    dec = tmp_path / "dec.pcap"
+    rc, _, err = run(["decap", str(enc), "-k", str(keyfile), "-o", str(dec)] + BACKEND, capsys)
+    assert rc == 0, err
+    assert [g[3] for g in pcap.read_frames(dec)][:16] == inner
+
+
+def test_choose_sa_rule():
+    ip = lambda s: int(ipaddress.IPv4Address(s))  # noqa: E731
+    specs = [
+        keys.SaSpec(1, "aes128gcm16", bytes(20), "out", "tunnel", "1.1.1.1", "2.2.2.2"),                 # any
+        keys.SaSpec(2, "aes128gcm16", bytes(20), "out", "tunnel", "1.1.1.1", "2.2.2.2", inner_src="10.0.0.0/8"),
+        keys.SaSpec(3, "aes128gcm16", bytes(20), "out", "tunnel", "1.1.1.1", "2.2.2.2", inner_src="10.1.0.0/16"),
+        keys.SaSpec(4, "aes128gcm16", bytes(20), "out", "transport", "10.1.2.3", "10.9.9.9"),
+        keys.SaSpec(5, "aes128gcm16", bytes(20), "out", "tunnel", "1.1.1.1", "2.2.2.2", inner_src="10.0.0.0/8"),
+    ]
+    src = np.array([ip("172.16.0.1"), ip("10.200.0.1"), ip("10.1.0.1"), ip("10.1.2.3"), ip("10.1.2.3")])
+    dst = np.array([ip("8.8.8.8"), ip("8.8.8.8"), ip("8.8.8.8"), ip("10.9.9.9"), ip("10.9.9.8")])
+    assert cli.choose_sa(specs, src, dst).tolist() == [0, 1, 2, 3, 2]
+    assert cli.choose_sa(specs[1:3], src, dst).tolist() == [-1, 0, 1, 1, 1]
+
+
+def test_encap_needs_an_outbound_sa(scenario, tmp_path, capsys):
+    cap, _, _, specs, _ = scenario
+    inbound = tmp_path / "in.json"
+    keys.save(inbound, [keys.SaSpec(1, "aes128gcm16", bytes(20), "in")])
+    rc, _, err = run(["encap", str(cap), "-k", str(inbound), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    assert rc == 1 and "no outbound SA" in err
+
+
+# ---------------------------------------------------------------------------------------------- demo, explain
+
+
+def test_demo_writes_files_and_decaps_everything(tmp_path, capsys):
+    rc, out, err = run(["demo", "--out-dir", str(tmp_path), "--packets", "250"] + BACKEND, capsys)
+    assert rc == 0, err
+    for name in ("demo.pcap", "demo.esp_sa", "demo-keys.json", "demo-decap.pcap"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "packets/s" in out
+    specs = keys.load(tmp_path / "demo.esp_sa")
+    assert [s.suite for s in specs] == list(cli.DEMO_SUITES)
+    for s in specs:
+        assert s.key.hex() not in out and s.key.hex() not in err
+    decap = pcap.read_frames(tmp_path / "demo-decap.pcap")
+    assert len(decap) == 250 and all(g[3][0] >> 4 == 4 and g[3][9] in (1, 6, 17) for g in decap)
+
+
+def test_explain_walks_to_the_deciding_step(scenario, capsys):
+    cap, keyfile, _, specs, frames = scenario
+    good, bad = frames[0][14:], frames[12][14:]
+    rc, out, err = run(["explain", good.hex(), "-k", str(keyfile)], capsys)
+    assert rc == 0, err
+    assert out.strip().splitlines()[-1] == "=> OK (step 12)"
+    rc, out, _ = run(["explain", bad.hex(), "-k", str(keyfile)], capsys)
+    assert "step 8: sequence number 5 passes" in out
+    assert out.strip().splitlines()[-1] == "=> AUTH_FAILED (step 9)"
+    other = keys.SaSpec(0x7777, "aes128gcm16", bytes(20), "in", "tunnel", TUNNEL[0], TUNNEL[1])
+    keys.save(keyfile, [other])
+    rc, out, _ = run(["explain", good.hex(), "-k", str(keyfile)], capsys)
+    assert "no inbound SA with SPI 0x00005000" in out and out.strip().endswith("=> NO_SA (step 6)")
+    rc, out, _ = run(["explain", ARP.hex(), "-k", str(keyfile)], capsys)
+    assert out.strip().endswith("=> NOT_ESP (step 1)")
+    rc, _, err = run(["explain", "zz", "-k", str(keyfile)], capsys)
+    assert rc == 1 and "not a hex string" in err
+
+
+# ---------------------------------------------------------------------------------------------- subprocess
+
+
+def test_subprocess_decap_and_error_exit(scenario, tmp_path):
+    cap, keyfile, inner, *_ = scenario
+    out = tmp_path / "sub.pcap"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    p = subprocess.run([sys.executable, "-m", "natt.cli", "decap", str(cap), "-k", str(keyfile), "-o", str(out),
+                        "--backend", "reference", "--no-progress"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "aes128gcm16" in p.stdout and p.stderr == ""
+    assert [g[3] for g in pcap.read_frames(out)][:12] == inner
+    p = subprocess.run([sys.executable, "-m", "natt.cli", "decap", str(tmp_path / "missing.pcap"), "-k",
+                        str(keyfile), "-o", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "missing.pcap" in p.stderr
+
+
+def test_progress_bar_on_request_goes_to_stderr(scenario, tmp_path, capsys, monkeypatch):
+    cap, keyfile, *_ = scenario
+    monkeypatch.setattr(cli, "PROGRESS_DELAY", 0.0)     # the real delay is 1 s of work
+    rc, out, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "o.pcap"), "--progress"]
+                       + BACKEND, capsys)
+    assert rc == 0
+    assert "decap" in err and "B/s" in err          # tqdm's bar, counting octets of input
+    assert "B/s" not in out
+    rc, out, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "o.pcap"), "--no-progress"]
+                       + BACKEND, capsys)
+    assert rc == 0 and err == ""
