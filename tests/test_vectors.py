@@ -189,6 +189,30 @@ def test_rfc3602_case5_restores_the_published_original_header(backend: str) -> N
         assert res[0] == v.ip_header_original + v.payload
 
 
+@pytest.mark.parametrize("threads", [None, 2])
+def test_all_vectors_in_one_batch(backend: str, threads: int | None) -> None:
+    """Every vector's SA installed side by side, each keyed to its own destination address (several
+    vectors share an SPI, e.g. GCM-E/F/J and GCM-I/K), and all packets decapsulated in one batch."""
+    src = int(ipaddress.IPv4Address("192.0.2.1"))
+    base = int(ipaddress.IPv4Address("10.0.0.0"))
+    with natt.Offload(backend=backend) as nic:
+        handles, packets, expected = [], [], []
+        for i, v in enumerate(VECTORS, start=1):
+            req = _request(v, dst=base + i)
+            if _is_tunnel(v):
+                req.src_tunnel_addr, req.dst_tunnel_addr = src, base + i
+            handles.append(_install(nic, req))
+            pkt = udp_wrap(v.esp, src=src, dst=base + i)
+            packets.append(pkt)
+            expected.append(_expected_output(v, pkt, _is_tunnel(v)))
+        res = nic.decap(packets, threads=threads)
+        assert [Status(s) for s in res.status] == [Status.OK] * len(VECTORS)
+        assert list(res) == expected
+        assert list(res.sa) == handles
+        assert list(res.seq) == [v.seq for v in VECTORS]
+        assert list(res.next_header) == [v.next_header for v in VECTORS]
+
+
 @pytest.mark.parametrize("v", VECTORS, ids=_ids(VECTORS))
 def test_decap_vector_twice(backend: str, v: EspVector) -> None:
     """The second copy is a replay when anti-replay is on, and accepted again when it is off."""
