@@ -74,7 +74,7 @@ class Case:
 
     def esp_offset(self, p: bytes) -> int:
         """Offset of the ESP header in an unmutated packet of this case."""
-        return (p[0] & 15) * 4 + 8 + (8 if self.framing is UdpEncapType.IKE else 0)
+        return ((p[0] & 15) * 4 if p else 20) + 8 + (8 if self.framing is UdpEncapType.IKE else 0)
 
 
 # --------------------------------------------------------------------------- valid packets
@@ -364,8 +364,8 @@ def m_resign_trailer(case: Case, p: bytes, a: int, b: int) -> bytes:
         body[-2] = a & 0xFF                              # pad_len
     elif what == 1:
         body[-1] = a & 0xFF                              # next header (59: dummy)
-    elif what == 2 and body[-2]:
-        body[-3 - (a % body[-2])] ^= 1 + (a >> 8) % 255   # a padding octet
+    elif what == 2 and body[-2] and 3 + a % body[-2] <= len(body):
+        body[-3 - a % body[-2]] ^= 1 + (a >> 8) % 255     # a padding octet
     else:
         # Grow the padding by k octets with correct contents 1..n (still valid, longer trailer).
         k = a % 40

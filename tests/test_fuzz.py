@@ -350,6 +350,16 @@ def test_fuzzed_inner_packets_through_encap(backend, case, inners):
             assert all(back.sa[k] == inb for k in range(len(ok)))
 
 
+@pytest.mark.parametrize("name", mutate.MUTATION_NAMES)
+def test_every_mutation_accepts_any_prefix(name):
+    """The mutators themselves must not fail on short or already-mangled packets."""
+    for c in corpus()[:4] + corpus()[-4:]:
+        p = c.packets[0]
+        for n in list(range(0, 64)) + [len(p) - 1, len(p)]:
+            for a, b in ((0, 0), (1, 1), (255, 7), (2**32 - 1, 2**31), (65536, 3)):
+                assert isinstance(mutate.MUTATIONS[name](c, p[:n], a, b), bytes)
+
+
 def test_corpus_is_deterministic():
     """A finding must be rebuildable from its seed alone (CBC IVs aside, the keys and inners are)."""
     a = mutate.build_corpus(seed=7, packets_per_case=1, suites=["aes128gcm16", "null-sha1"])
