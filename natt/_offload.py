@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import operator
 import threading
 from collections.abc import Iterable
 from typing import Any, Optional, Union
@@ -393,9 +394,10 @@ class Offload:
         port = 0
         if inbound:
             port = _int("encap_type_entry.dst_encap_port", entry.dst_encap_port, 1, 65535)
-            h = req.encap_type_entry_offld_handle
-            if isinstance(h, bool) or not isinstance(h, int):
-                raise _Reject(INVALID_PARAMETER, f"encap_type_entry_offld_handle: expected an integer, got {type(h).__name__}")
+            h = _as_handle(req.encap_type_entry_offld_handle)
+            if h is None:
+                raise _Reject(INVALID_PARAMETER, f"encap_type_entry_offld_handle: expected an integer, "
+                                                 f"got {type(req.encap_type_entry_offld_handle).__name__}")
             if h:
                 e = self._entries.get(h)
                 if e is None:
@@ -475,12 +477,13 @@ class Offload:
                 return NdisStatus.FAILURE, "Offload: this instance is closed"
             if not isinstance(req, DeleteUdpEspSa):
                 return NdisStatus.INVALID_LENGTH, f"request: expected DeleteUdpEspSa, got {type(req).__name__}"
-            h, eh = req.offload_handle, req.encap_type_entry_offld_handle
-            cfg = self._sas.get(h) if isinstance(h, int) and not isinstance(h, bool) else None
+            h, eh = _as_handle(req.offload_handle), _as_handle(req.encap_type_entry_offld_handle)
+            cfg = self._sas.get(h)
             if cfg is None:
-                return NdisStatus.INVALID_PARAMETER, f"offload_handle: {h!r} names no SA"
-            if isinstance(eh, bool) or not isinstance(eh, int):
-                return NdisStatus.INVALID_PARAMETER, f"encap_type_entry_offld_handle: expected an integer, got {eh!r}"
+                return NdisStatus.INVALID_PARAMETER, f"offload_handle: {req.offload_handle!r} names no SA"
+            if eh is None:
+                return NdisStatus.INVALID_PARAMETER, (f"encap_type_entry_offld_handle: expected an integer, "
+                                                      f"got {req.encap_type_entry_offld_handle!r}")
             if eh:
                 entry = self._entries.get(eh)
                 if entry is None:
@@ -567,7 +570,7 @@ class Offload:
             req.dst_addr = 0 if dst is None else dst
         status, message = self._add(req)
         if status != NdisStatus.SUCCESS:
-            raise OffloadError(status, message)
+            raise OffloadError(status, _pythonic_field(message))
         return req.offload_handle
 
     def delete_sa(self, handle: int) -> None:
@@ -600,7 +603,7 @@ class Offload:
             return list(self._sas)
 
     def _sa(self, handle: Any) -> SaConfig:
-        cfg = self._sas.get(handle) if isinstance(handle, int) and not isinstance(handle, bool) else None
+        cfg = self._sas.get(_as_handle(handle))
         if cfg is None:
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {handle!r} names no SA")
         return cfg
@@ -657,6 +660,32 @@ class Offload:
         with self._dp_lock:
             self._check_open()
             fn(*args)
+
+
+# OID field -> add_sa() argument, so add_sa's errors name what the caller wrote.
+_PYTHONIC_FIELDS = (
+    ("encap_type_entry.dst_encap_port", "port"), ("encap_type_entry.udp_encap_type", "encap"),
+    ("encap_src_port", "sport"), ("encap_dst_port", "dport"), ("src_tunnel_addr", "src"),
+    ("dst_tunnel_addr", "dst"), ("src_addr", "src"), ("dst_addr", "dst"), ("sec_assoc[0].spi", "spi"),
+    ("key_mat", "key"), ("icv_len", "suite"),
+)
+
+
+def _pythonic_field(message: str) -> str:
+    for oid_name, arg in _PYTHONIC_FIELDS:
+        if message.startswith(oid_name + ":"):
+            return arg + message[len(oid_name):]
+    return message
+
+
+def _as_handle(value: Any) -> Optional[int]:
+    """A handle as a Python int (``res.sa`` holds numpy int64 handles), or None if it is not an integer."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _check_threads(threads: Optional[int]) -> None:
