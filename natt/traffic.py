@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Address",
+    "IP_FLAG_DF",
+    "IP_FLAG_MF",
+    "DEFAULT_PORT",
+    "default_padding",
     "internet_checksum",
     "ipv4",
     "ipv6",
