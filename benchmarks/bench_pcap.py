@@ -23,15 +23,26 @@ import numpy as np
 from natt import pcap
 
 
-def make_capture(path: str, n: int, size: int, fmt: str) -> None:
-    frame = bytearray(pcap._ETH_HEADER + bytes.fromhex("45000000000100004011000ac0000201c0000202"))
-    frame += bytes(max(size - len(frame), 8))
-    frame[16:18] = (len(frame) - 14).to_bytes(2, "big")
+def make_capture(path: str, n: int, size: int, fmt: str, mixed: bool) -> None:
+    """``n`` Ethernet/IPv4 frames: all ``size`` octets, or (``mixed``) sizes drawn uniformly from
+    ``size`` .. 1514 so that no two neighbours are likely to match (the reader's worst case)."""
+    rng = np.random.default_rng(1)
+    frames = {}
     block = 100_000
     with pcap.PcapWriter(path, fmt=fmt, nanosecond=True) as w:
         for start in range(0, n, block):
             k = min(block, n - start)
-            w.write_frames([bytes(frame)] * k, ts_ns=(np.arange(start, start + k) * 1000).tolist())
+            sizes = rng.integers(size, 1515, k) if mixed else np.full(k, size)
+            batch = []
+            for sz in sizes.tolist():
+                f = frames.get(sz)
+                if f is None:
+                    f = bytearray(pcap._ETH_HEADER + bytes.fromhex("45000000000100004011000ac0000201c0000202"))
+                    f += bytes(max(sz - len(f), 8))
+                    f[16:18] = (len(f) - 14).to_bytes(2, "big")
+                    f = frames[sz] = bytes(f)
+                batch.append(f)
+            w.write_frames(batch, ts_ns=(np.arange(start, start + k) * 1000).tolist())
 
 
 def one_pass(path: str) -> tuple[int, int]:
@@ -48,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=int, default=2_000_000)
     ap.add_argument("--size", type=int, default=64, help="frame size in octets (default 64)")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--mixed", action="store_true", help="frame sizes drawn from SIZE..1514 instead of all SIZE")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         for fmt in ("pcap", "pcapng"):
             path = os.path.join(d, f"bench.{fmt}")
-            make_capture(path, args.records, args.size, fmt)
+            make_capture(path, args.records, args.size, fmt, args.mixed)
             nbytes = os.path.getsize(path)
             one_pass(path)   # warm the page cache
             times = []
@@ -64,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{fmt}: read {frames} frames ({ipv4} IPv4), expected {args.records}", file=sys.stderr)
                     return 1
             med = statistics.median(times)
-            print(f"{fmt:7s} {args.records} records of {args.size} octets: "
+            what = f"{args.size}..1514 (mixed)" if args.mixed else str(args.size)
+            print(f"{fmt:7s} {args.records} records of {what} octets: "
                   f"{args.records / med / 1e6:6.2f} M records/s  {nbytes / med / 1e6:7.1f} MB/s  "
                   f"(median of {args.reps}; min {min(times):.3f} s, max {max(times):.3f} s)")
     return 0

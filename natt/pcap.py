@@ -249,6 +249,13 @@ def _u32_views(buf: np.ndarray) -> list[memoryview]:
     return out
 
 
+# The record walk in C when the compiled core provides it (same contract as _walk below);
+# the Python walk is the fallback and the reference for its tests.
+try:
+    from ._fastpath import pcap_walk as _c_walk  # type: ignore[attr-defined]
+except ImportError:
+    _c_walk = None
+
 _RUN_MIN = 16          # records a vectorised run check must cover to be worth its numpy overhead
 _RUN_MAX = 1 << 16
 
@@ -268,6 +275,9 @@ def _walk(buf: np.ndarray, start: int, len_at: int, base: int, min_len: int, swa
     record at ``p`` is ``L`` long, the candidates ``p + k*L`` are checked together and every
     one up to the first whose length differs is a real record.
     """
+    if _c_walk is not None:
+        big_endian = swap != (sys.byteorder == "big")
+        return _c_walk(buf, start, len_at, base, min_len, big_endian, pad4)
     views = _u32_views(buf)
     end = buf.size
     need = len_at + 4
@@ -275,15 +285,17 @@ def _walk(buf: np.ndarray, start: int, len_at: int, base: int, min_len: int, swa
     offs = array.array("q")
     append = offs.append
     p = start
+    prev = -1            # size of the record before; a run is tried only after two equal sizes
     run = _RUN_MIN
-    cool = 0
     big = swap != (sys.byteorder == "big")
     dt = np.dtype(">u4" if big else "<u4")
+    cols = np.arange(4)
+    order = "big" if sys.byteorder == "little" else "little"
     while p + need <= end:
         q = p + len_at
         v = views[q & 3][q >> 2]
         if swap:
-            v = int.from_bytes(v.to_bytes(4, sys.byteorder), "big" if sys.byteorder == "little" else "little")
+            v = int.from_bytes(v.to_bytes(4, sys.byteorder), order)
         if v < min_len or (pad4 and v & 3):
             break
         size = base + v
@@ -292,16 +304,16 @@ def _walk(buf: np.ndarray, start: int, len_at: int, base: int, min_len: int, swa
             break
         append(p)
         p = nxt
-        if cool:
-            cool -= 1
+        if size != prev:
+            prev = size
             continue
-        m = min(run, (end - p) // size) if size else 0     # candidates that would fit whole
+        prev = -1
+        m = min(run, (end - p) // size)      # candidates that would fit whole
         if m < _RUN_MIN:
             continue
         cand = p + len_at + size * np.arange(m, dtype=np.int64)
-        lens = buf[cand[:, None] + np.arange(4)].view(dt).ravel()
-        same = lens == v
-        k = m if same.all() else int(np.argmin(same))
+        same = buf[cand[:, None] + cols].view(dt).ravel() == v
+        k = m if same.all() else int(same.argmin())
         if k:
             if len(offs):
                 pieces.append(np.frombuffer(offs, dtype=np.int64).copy())
@@ -309,12 +321,7 @@ def _walk(buf: np.ndarray, start: int, len_at: int, base: int, min_len: int, swa
                 append = offs.append
             pieces.append(cand[:k] - len_at)
             p += k * size
-        if k == m:
-            run = min(run * 2, _RUN_MAX)
-        else:
-            run = _RUN_MIN
-            if k < 4:
-                cool = 32     # mixed sizes: back off before trying again
+        run = min(run * 2, _RUN_MAX) if k == m else _RUN_MIN
     if len(offs):
         pieces.append(np.frombuffer(offs, dtype=np.int64).copy())
     if not pieces:
