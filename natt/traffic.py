@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import itertools
+import math
 import os
 import random
 import struct
@@ -259,15 +260,9 @@ _HASHES = {Mac.HMAC_MD5_96: hashes.MD5, Mac.HMAC_SHA1_96: hashes.SHA1, Mac.HMAC_
 def default_padding(payload_len: int, block_size: int) -> bytes:
     """RFC 4303 §2.4 default padding 1, 2, 3, …: the fewest octets that make
     ``payload_len + padding + 2`` a multiple of both the cipher block and 4."""
-    align = block_size * 4 // _gcd(block_size, 4)
+    align = block_size * 4 // math.gcd(block_size, 4)
     n = -(payload_len + 2) % align
     return bytes(range(1, n + 1))
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 class EspSealer:
@@ -330,7 +325,7 @@ class EspSealer:
             if s.cipher in (Cipher.AES_GCM, Cipher.AES_GMAC, Cipher.CHACHA20_POLY1305):
                 iv = struct.pack("!Q", seq)
             elif s.iv_len:
-                iv = rng.randbytes(s.iv_len) if rng is not None else _urandom(s.iv_len)
+                iv = rng.randbytes(s.iv_len) if rng is not None else os.urandom(s.iv_len)
             else:
                 iv = b""
         if len(iv) != s.iv_len:
@@ -360,10 +355,6 @@ class EspSealer:
         mac = hmac.HMAC(self._auth, _HASHES[s.mac]())
         mac.update(esp + seq_hi)  # RFC 4303 §2.2.1: seq_hi is authenticated after the payload, never sent
         return esp + mac.finalize()[: s.icv_len]
-
-
-def _urandom(n: int) -> bytes:
-    return os.urandom(n)
 
 
 def udp_encapsulate(esp: bytes, src: Address, dst: Address, *, sport: int = 4500, dport: int = 4500,
@@ -1068,7 +1059,7 @@ class _Generator:
 
     def _aligned_padding(self, sa: _Sa, payload_len: int, extra_units: int) -> bytes:
         s = sa.suite
-        align = s.block_size * 4 // _gcd(s.block_size, 4)
+        align = s.block_size * 4 // math.gcd(s.block_size, 4)
         n = len(default_padding(payload_len, s.block_size)) + align * extra_units
         while n > 255:
             n -= align
@@ -1178,7 +1169,7 @@ class _Generator:
     def _entry(self) -> tuple[UdpEncapType, int]:
         return self.rng.choice(_ENTRIES)
 
-    def _udp_to(self, payload: bytes, port: int, framing: UdpEncapType = UdpEncapType.OTHER) -> bytes:
+    def _udp_to(self, payload: bytes, port: int) -> bytes:
         r = self.rng
         return udp_encapsulate(payload, f"198.51.100.{r.randrange(1, 255)}", f"203.0.113.{r.randrange(1, 255)}",
                                sport=r.choice((500, 4500, r.randrange(1024, 65536))), dport=port,
@@ -1303,11 +1294,13 @@ def mixed_traffic(seed: int, n: int, *, suites: Optional[Iterable[str]] = None,
                   kinds: Optional[dict[str, float]] = None, max_payload: int = 1400) -> MixedTraffic:
     """A deterministic mixed batch of ``n`` received packets and the inbound SAs it is meant for.
 
-    One inbound SA per suite (default: every suite natt has), each on a random mode, parser entry
-    (RFC 3948 framing on UDP 4500 and 4501, legacy framing on 500), ESN setting, replay window and
-    starting sequence number (some right below 2**32, so ESN inference crosses the wrap); some
+    One inbound SA per suite (default: every suite natt has; strongSwan keywords, where an ``-esn``
+    suffix is ignored because ESN is cycled through like the rest). Suites are shuffled, then mode,
+    parser entry (RFC 3948 framing on UDP 4500 and 4501, legacy framing on 500) and ESN cycle over
+    them, as do replay windows (0 included) and starting sequence numbers (some right below 2**32,
+    so ESN inference crosses the wrap): with the default suites every combination appears. Some
     transport SAs have a destination key or NAT-OA addresses; four more share one SPI on port 4500
-    with different destination keys. Packets are drawn by the weights in ``kinds`` (default
+    with different destination keys (longest match wins). Packets are drawn by the weights in ``kinds`` (default
     :data:`MIXED_KINDS`); valid ESP is sealed with :class:`EspSealer`.
 
     Install with :meth:`MixedTraffic.install` on an empty Offload, then ``decap`` the packets in
