@@ -76,8 +76,8 @@ class CaptureStats:
         rows = []
         for k, label in enumerate(self.labels + ["(no SA)"]):
             c = self.counts[k]
-            if k == len(self.labels) and not c.sum():
-                continue
+            if k == len(self.labels) and not sum(int(c[s]) for s in _FAILURES):
+                continue      # packets without an SA that are not ESP are in the footer line
             rows.append({"sa": label, "packets": int(c[Status.OK]), "bytes": int(self.octets[k]),
                          **{s.name.lower(): int(c[s]) for s in _FAILURES + (Status.DUMMY,)}})
         return {"frames": self.frames, "ipv4_frames": self.ipv4, "frames_written": self.written,
@@ -237,8 +237,9 @@ def _cmd_decap(args: argparse.Namespace) -> int:
                                   threads=args.threads, drop_undecrypted=args.drop_undecrypted, bar=bar)
     _finish(args, stats, sys.stdout)
     if stats.counts[:, Status.PROTOCOL].sum() and args.mode == "tunnel":
-        print("hint: PROTOCOL means a tunnel SA received a transport-mode packet; "
-              "try --mode transport for esp_sa keys", file=sys.stderr)
+        print("hint: PROTOCOL means a tunnel-mode SA decrypted something that is not an IP packet: "
+              "a transport-mode SA (try --mode transport), or a wrong encryption key under a right "
+              "integrity key", file=sys.stderr)
     return 0
 
 
