@@ -558,6 +558,8 @@ class TestEsn:
         # Every number is seen or would need seq_hi = 2**32: REPLAY, never a wrapped acceptance.
         res = nic.decap([peer.packet(2**64 - 1), peer.packet(2**64 - 64), peer.packet(5)])
         assert statuses(res) == [Status.REPLAY] * 3
+        # Decision (reported for semantics §3): an unrepresentable number reports seql, as "below 0" does.
+        assert [int(x) for x in res.seq] == [2**64 - 1, 2**64 - 64, 5]
 
 
 # --------------------------------------------------------------------------------------- step 10–12
@@ -988,6 +990,8 @@ class TestEncap:
         res = nic.encap([big, ipv4(bytes(100))], h)
         assert statuses(res) == [Status.MALFORMED, Status.OK]
         assert res[0] == big and res.seq[1] == 1
+        # Step 2 assigned seq 1 before step 8 refused the packet; res.sa is set only on OK (§2 step 8).
+        assert res.seq[0] == 1 and list(res.sa) == [0, h] and res.next_header[0] == 0
 
     def test_largest_that_fits(self, nic):
         h, key = self._out(nic, mode="tunnel")
@@ -1002,6 +1006,8 @@ class TestEncap:
         res = nic.encap([ipv4(b"a")] * 3, h)
         assert statuses(res) == [Status.OK, Status.SEQ_OVERFLOW, Status.SEQ_OVERFLOW]
         assert res.seq[0] == 2**32 - 1 and list(res.lengths[1:]) == [0, 0]
+        # No number was assigned (2**32 is not one): res.seq 0; res.sa only on OK (§2 step 8).
+        assert list(res.seq[1:]) == [0, 0] and list(res.sa) == [h, 0, 0]
         st_ = stats(nic, h)
         assert (st_["seq_overflows"], st_["packets"], st_["replay_oseq"]) == (2, 1, 2**32 - 1)
 
@@ -1019,7 +1025,7 @@ class TestEncap:
         h, _ = self._out(nic, esn=True, replay_oseq=2**64 - 2)
         res = nic.encap([ipv4(b"a")] * 2, h)
         assert statuses(res) == [Status.OK, Status.SEQ_OVERFLOW]
-        assert res.seq[0] == 2**64 - 1
+        assert res.seq[0] == 2**64 - 1 and res.seq[1] == 0     # 2**64 does not fit: 0
         assert stats(nic, h)["replay_oseq"] == 2**64 - 1
 
     def test_counters(self, nic):
