@@ -59,11 +59,11 @@ _HASHES: dict[Mac, Callable[..., "hashlib._Hash"]] = {
 
 # --------------------------------------------------------------------------- checksums
 
-def _ones_sum(data: bytes, start: int = 0) -> int:
+def _ones_sum(data: bytes) -> int:
     """16-bit one's-complement sum of ``data`` (odd length padded with a zero octet)."""
     if len(data) % 2:
         data += b"\0"
-    total = start
+    total = 0
     for (word,) in struct.iter_unpack("!H", data):
         total += word
     while total > 0xFFFF:
@@ -112,7 +112,8 @@ class _Sa:
         self._chacha: Optional[ChaCha20Poly1305] = None
         self._des3: Optional[TripleDES] = None
         self._mac: Optional["hmac.HMAC"] = None
-        # Keys are scheduled once per SA, never per packet (DESIGN "Layers").
+        # Keyed objects are built once per SA (DESIGN "Layers"). ``cryptography`` still expands
+        # the key inside every per-packet Cipher context; the oracle accepts that cost.
         if s.cipher in (Cipher.AES_GCM, Cipher.AES_GMAC, Cipher.AES_CBC):
             self._aes = algorithms.AES(cfg.enc_key)
         elif s.cipher is Cipher.CHACHA20_POLY1305:
@@ -314,7 +315,7 @@ class ReferenceBackend:
             if cfg.inbound:
                 group = self._inbound.setdefault((cfg.entry_handle, cfg.spi), [])
                 group.append(sa)
-                # Longest mask first, so the first match is the most specific (semantics §1.6).
+                # Longest mask first, so the first match is the most specific (semantics §1 step 6).
                 group.sort(key=lambda x: x.cfg.dst_mask, reverse=True)
 
     def remove_sa(self, handle: int) -> None:
