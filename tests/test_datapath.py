@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import natt
 from natt import Status
-from natt._suites import SUITES, Suite, parse_suite, suite_for_algos
+from natt._suites import SUITES, Suite, suite_for_algos
 
 from _packets import (IPIP, IPV6, NO_NEXT, TCP, UDP, addr, checksum, esp_open, esp_seal, ipv4, ipv6,
                       key_for, l4_checksum, outer, tcp, trailer, udp)
@@ -807,7 +807,8 @@ def test_ndis_receive_info_of_decap_results(nic):
 
 # --------------------------------------------------------------------------------------- round trips
 
-def _inner(mode: str, n: int, proto: int = TCP) -> bytes:
+def _inner(n: int) -> bytes:
+    """An inner IPv4/TCP datagram of about ``n`` payload octets (ID = n)."""
     seg = tcp(bytes(range(n % 256)) * (1 + n // 256), src=addr("10.1.0.1"), dst=addr("10.2.0.1"))
     return ipv4(seg, src=addr("10.1.0.1"), dst=addr("10.2.0.1"), ident=n, tos=0x10)
 
@@ -826,7 +827,7 @@ def test_round_trip(nic, suite_name, mode, framing, esn):
                        sport=4500, dport=4500, **ends)
     h_in = nic.add_sa(SPI, key, suite_name, "in", mode=mode, encap=framing, esn=esn, replay_seq=start,
                       port=4500, **ends)
-    inner = [_inner(mode, n) for n in (0, 1, 13, 100, 333)]
+    inner = [_inner(n) for n in (0, 1, 13, 100, 333)]
     enc = nic.encap(inner, h_out)
     assert statuses(enc) == [Status.OK] * 5
     seqs = [start + 1 + i for i in range(5)]
@@ -853,7 +854,7 @@ def test_confidentiality_only(nic, conf):
     key = key_for(suite)
     h_in = add_oid(nic, suite, key, replay_window=0).offload_handle
     h_out = add_oid(nic, suite, key, inbound=False, replay_window=0).offload_handle
-    inner = [_inner("transport", n) for n in (5, 50)]
+    inner = [_inner(n) for n in (5, 50)]
     enc = nic.encap(inner, h_out)
     assert statuses(enc) == [Status.OK] * 2
     assert len(enc[0]) == 28 + 8 + suite.iv_len + len(trailer(inner[0][20:], TCP, suite))   # no ICV
