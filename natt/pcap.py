@@ -633,14 +633,21 @@ class PcapReader:
                 raise PcapError(f"{self.name}: pcapng file does not start with a Section Header Block", 0)
             swap = big != (sys.byteorder == "big")
             off, stop = _walk(buf, 0, 4, 0, 12, swap, True)
-            types = _gather_u32(buf, off, big)
+            # One gather of the first 7 words of every block: type, length and, for packet
+            # blocks, the whole EPB header. Blocks too short for 28 octets near the end of the
+            # buffer get their type and length read on their own.
+            safe = off <= buf.size - 28
+            hdr = _gather_words(buf, np.where(safe, off, 0), 7, big)
+            if not safe.all():
+                hdr[~safe, :2] = _gather_words(buf, off[~safe], 2, big)
+            types = hdr[:, 0]
             error: Optional[PcapError] = None
             # A new section may change byte order: end this chunk at its SHB.
             shb = np.nonzero(types == _PCAPNG_SHB)[0]
             if shb.size:
                 k = int(shb[0])
                 stop = int(off[k])
-                off, types = off[:k], types[:k]
+                off, types, hdr = off[:k], types[:k], hdr[:k]
             elif stop < buf.size and not (stop + 4 <= buf.size and buf[stop: stop + 4].tobytes() == b"\n\r\r\n"):
                 # The walk stopped before the end (and not at a next section, whose length it
                 # may have read in the wrong byte order): a block not read whole yet, or corruption.
@@ -651,7 +658,7 @@ class PcapReader:
                     error = PcapError(f"{self.name}: truncated pcapng block: the file ends "
                                       f"{buf.size - stop} octets into it", self._pos + stop)
             if off.size:
-                yield from self._pcapng_runs(buf, off, types, big)
+                yield from self._pcapng_runs(buf, off, hdr, big)
             if error is not None:
                 raise error
             self._consume(stop)
@@ -659,62 +666,68 @@ class PcapReader:
                 # Not one whole block in the buffer: read until the next block is complete.
                 self._fill(blen)
 
-    def _pcapng_runs(self, buf: np.ndarray, off: np.ndarray, types: np.ndarray, big: bool) -> Iterator[Chunk]:
-        """Turn the blocks at ``off`` into one chunk of packet records (other blocks handled in order)."""
+    def _pcapng_runs(self, buf: np.ndarray, off: np.ndarray, hdr: np.ndarray, big: bool) -> Iterator[Chunk]:
+        """One chunk of the packet blocks among the blocks at ``off`` (``hdr``: their first 7
+        words); IDBs among them are parsed first, other blocks skipped."""
         o = "<>"[big]
-        is_pkt = (types == _PCAPNG_EPB) | (types == _PCAPNG_SPB) | (types == _PCAPNG_PB)
-        for i in np.nonzero(~is_pkt)[0].tolist():
-            if int(types[i]) == _PCAPNG_IDB:
-                p = int(off[i])
-                blen = struct.unpack(o + "I", buf[p + 4: p + 8].tobytes())[0]
-                self._parse_idb(buf[p: p + blen].tobytes(), self._pos + p)
+        types = hdr[:, 0]
+        is_epb = types == _PCAPNG_EPB
+        all_epb = bool(is_epb.all())
+        is_pkt = is_epb if all_epb else is_epb | (types == _PCAPNG_SPB) | (types == _PCAPNG_PB)
+        is_idb = types == _PCAPNG_IDB
+        n_idb = int(is_idb.sum())
+        if not all_epb:
+            for i in np.nonzero(~is_pkt)[0].tolist():
+                if is_idb[i]:
+                    p = int(off[i])
+                    blen = struct.unpack(o + "I", buf[p + 4: p + 8].tobytes())[0]
+                    self._parse_idb(buf[p: p + blen].tobytes(), self._pos + p)
         # IDBs inside this run are parsed above, before any packet is interpreted: a packet
         # can only name an interface whose IDB came earlier, which the check below enforces.
-        idb_before = np.cumsum(types == _PCAPNG_IDB) - (types == _PCAPNG_IDB)
-        po = off[is_pkt]
-        pt = types[is_pkt]
+        idb_before = (np.cumsum(is_idb) - is_idb)[is_pkt] if n_idb else 0
+        if all_epb:
+            po, ph = off, hdr
+        else:
+            po, ph = off[is_pkt], hdr[is_pkt]
+        pt = ph[:, 0]
         if po.size == 0:
             return
-        n_before = len(self.interfaces) - int((types == _PCAPNG_IDB).sum())
-        blen = _gather_u32(buf, po + 4, big)
+        n_before = len(self.interfaces) - n_idb
+        blen = ph[:, 1]
         n = po.size
-        epb = pt != _PCAPNG_SPB
-        iface = np.zeros(n, np.int64)
-        caplen = np.zeros(n, np.int64)
-        origlen = np.zeros(n, np.int64)
-        ticks = np.zeros(n, np.int64)
-        foff = np.where(epb, po + 28, po + 12)
-        if epb.any():
-            e = np.nonzero(epb)[0]
-            pe = po[e]
-            hdr = _gather_words(buf, pe + 8, 5, big)
-            ifid = hdr[:, 0]
-            pb = pt[e] == _PCAPNG_PB
+        iface = ph[:, 2].copy()
+        ticks = (ph[:, 3] << 32) | ph[:, 4]
+        caplen = ph[:, 5].copy()
+        origlen = ph[:, 6].copy()
+        if all_epb:
+            foff = po + 28
+            epb = None
+        else:
+            epb = pt != _PCAPNG_SPB
+            foff = np.where(epb, po + 28, po + 12)
+            pb = pt == _PCAPNG_PB
             if pb.any():
-                ifid = np.where(pb, _gather_u16(buf, pe + 8, big), ifid)
-            iface[e] = ifid
-            ticks[e] = (hdr[:, 1] << 32) | hdr[:, 2]
-            caplen[e] = hdr[:, 3]
-            origlen[e] = hdr[:, 4]
-            short = (caplen[e] + 32 > blen[e]) | (blen[e] < 32)
-            if short.any():
-                k = int(e[np.argmax(short)])
-                raise PcapError(f"{self.name}: corrupt pcapng packet block: captured length "
-                                f"{int(caplen[k])} does not fit its block of {int(blen[k])} octets",
-                                self._pos + int(po[k]))
-        if (~epb).any():
+                iface = np.where(pb, _gather_u16(buf, po + 8, big), iface)
+        short = (caplen + 32 > blen) | (blen < 32)
+        if epb is not None:
+            short &= epb
+        if short.any():
+            k = int(np.argmax(short))
+            raise PcapError(f"{self.name}: corrupt pcapng packet block: captured length "
+                            f"{int(caplen[k])} does not fit its block of {int(blen[k])} octets",
+                            self._pos + int(po[k]))
+        if epb is not None and not epb.all():
             s = np.nonzero(~epb)[0]
-            if n_before + int((types == _PCAPNG_IDB).sum()) == 0:
+            if n_before + n_idb == 0:
                 raise PcapError(f"{self.name}: Simple Packet Block without an interface", self._pos + int(po[s[0]]))
             origlen[s] = _gather_u32(buf, po[s] + 8, big)
             snap = self.interfaces[self._section_base].snaplen if len(self.interfaces) > self._section_base else 0
-            room = blen[s] - 16
-            c = np.minimum(origlen[s], room)
+            c = np.minimum(origlen[s], blen[s] - 16)
             caplen[s] = np.minimum(c, snap) if snap else c
             iface[s] = 0
             ticks[s] = 0   # an SPB has no timestamp
         # Interface ids are per section; make them global indexes into self.interfaces.
-        known = idb_before[is_pkt] + n_before - self._section_base
+        known = np.broadcast_to(idb_before + n_before - self._section_base, iface.shape)
         bad = iface >= known
         if bad.any():
             k = int(np.argmax(bad))
@@ -722,11 +735,16 @@ class PcapReader:
                             f"section has {int(known[k])} interface(s) before it", self._pos + int(po[k]))
         iface = iface + self._section_base
         ifs = self.interfaces
-        linktype = np.array([i.linktype for i in ifs], np.int32)[iface]
-        ts = np.empty(n, np.int64)
-        for k in np.unique(iface).tolist():
-            m = iface == k
-            ts[m] = _tsresol_to_ns(ticks[m], ifs[k].tsresol) + ifs[k].tsoffset * 1_000_000_000
+        first = int(iface[0])
+        if not (iface != first).any():
+            linktype = np.full(n, ifs[first].linktype, np.int32)
+            ts = _tsresol_to_ns(ticks, ifs[first].tsresol) + ifs[first].tsoffset * 1_000_000_000
+        else:
+            linktype = np.array([i.linktype for i in ifs], np.int32)[iface]
+            ts = np.empty(n, np.int64)
+            for k in np.unique(iface).tolist():
+                m = iface == k
+                ts[m] = _tsresol_to_ns(ticks[m], ifs[k].tsresol) + ifs[k].tsoffset * 1_000_000_000
         ipv4, link_len = _link_layer(buf, linktype, foff, caplen)
         yield Chunk(buf, _make_batch(buf, foff, caplen, ipv4, link_len), ipv4, ts,
                     iface.astype(np.int32), linktype, link_len, foff, caplen, origlen,

@@ -334,6 +334,26 @@ def test_pcapng_bad_block_length(blen):
 def test_pcapng_packet_naming_missing_interface():
     with pytest.raises(pcap.PcapError, match="interface 3"):
         read_all(ng_shb() + ng_idb(1) + ng_epb(3, 0, ETH + IP))
+    # Also when the IDBs were in an earlier chunk and this chunk holds packets only.
+    data = ng_shb() + ng_idb(1) + b"".join(ng_epb(0, i, ETH + IP) for i in range(200)) + ng_epb(1, 0, ETH + IP)
+    with pytest.raises(pcap.PcapError, match="interface 1, but the section has 1") as ei:
+        read_all(data, chunk_size=4096)
+    assert ei.value.offset == len(data) - len(ng_epb(1, 0, ETH + IP))
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_runs_of_equal_length_records_and_their_ends(fmt):
+    """Equal-length runs are confirmed in bulk; a run must stop exactly where a length differs."""
+    sizes = [60] * 3000 + [61] + [60] * 2000 + [1514] * 50 + [60, 60, 61, 61, 62] * 100
+    frames = [ETH + IP + bytes([i & 0xFF]) * (s - len(ETH + IP)) for i, s in enumerate(sizes)]
+    out = io.BytesIO()
+    with pcap.PcapWriter(out, fmt=fmt, nanosecond=True) as w:
+        w.write_frames(frames, ts_ns=range(len(frames)))
+    for chunk_size in (4096, 1 << 20):
+        _, chunks = read_all(out.getvalue(), chunk_size=chunk_size)
+        got = frames_of(chunks)
+        assert [g[2] for g in got] == frames
+        assert [g[0] for g in got] == list(range(len(frames)))
 
 
 def test_pcapng_captured_length_beyond_block():
