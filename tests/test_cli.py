@@ -132,6 +132,16 @@ def test_decap_with_esp_sa_keys_and_pcapng_output_format(scenario, tmp_path, cap
     assert [c.batch[i] for c in chunks for i in range(len(c))][:12] == inner
 
 
+@pytest.mark.skipif("fast" not in natt.backends(), reason="the compiled fast path is not built")
+def test_decap_output_identical_on_fast_and_reference_backends(scenario, tmp_path, capsys):
+    cap, keyfile, *_ = scenario
+    a, b = tmp_path / "a.pcap", tmp_path / "b.pcap"
+    assert run(["decap", str(cap), "-k", str(keyfile), "-o", str(a), "--backend", "reference"], capsys)[0] == 0
+    assert run(["decap", str(cap), "-k", str(keyfile), "-o", str(b), "--backend", "fast", "--threads", "2"],
+               capsys)[0] == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
 def test_decap_same_result_in_small_chunks(scenario, tmp_path, capsys):
     cap, keyfile, *_ = scenario
     a, b = tmp_path / "a.pcap", tmp_path / "b.pcap"
