@@ -107,6 +107,7 @@ class _Range:
     start: int
     end: int
     prefix: int
+    top: int = 0       # pcapng: 1 + the highest interface index a packet of the range names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +139,11 @@ def _scan(index: int, path: str, output: str, chunk_size: int) -> _FilePlan:
             prefixes, cuts = _walk_pcapng(mm, size, chunk_size)
     finally:
         mm.close()
-    ranges = tuple(_Range(s, e, p) for s, e, p in cuts)
+    ranges = tuple(_Range(*c) for c in cuts)
     return _FilePlan(index, path, output, fmt, tuple(prefixes), ranges, size)
 
 
-def _walk_pcap(mm: mmap.mmap, size: int, chunk_size: int) -> tuple[list[bytes], list[tuple[int, int, int]]]:
+def _walk_pcap(mm: mmap.mmap, size: int, chunk_size: int) -> tuple[list[bytes], list[tuple[int, ...]]]:
     magic_le = struct.unpack_from("<I", mm, 0)[0]
     order = "<" if magic_le in _PCAP_MAGICS else ">"
     hdr_len = _PCAP_MAGICS[struct.unpack_from(order + "I", mm, 0)[0]]
@@ -162,13 +163,16 @@ def _walk_pcap(mm: mmap.mmap, size: int, chunk_size: int) -> tuple[list[bytes], 
     return [bytes(mm[:24])], cuts
 
 
-def _walk_pcapng(mm: mmap.mmap, size: int, chunk_size: int) -> tuple[list[bytes], list[tuple[int, int, int]]]:
+def _walk_pcapng(mm: mmap.mmap, size: int, chunk_size: int) -> tuple[list[bytes], list[tuple[int, ...]]]:
     prefixes: list[bytes] = []
-    cuts: list[tuple[int, int, int]] = []
+    cuts: list[tuple[int, ...]] = []
     closed = b""         # SHB + IDBs of every finished section
     section = b""        # SHB + IDBs of the current section so far
+    n_closed = 0         # interfaces of the finished sections: the current section's index base
+    n_section = 0
     order = "<"
     start = pos = 0
+    top = 0
     prefix_at_start = b""
 
     def prefix_id(p: bytes) -> int:
@@ -190,17 +194,26 @@ def _walk_pcapng(mm: mmap.mmap, size: int, chunk_size: int) -> tuple[list[bytes]
         if blen < 12 or blen % 4 or blen > _MAX_RECORD or pos + blen > size:
             break
         if pos > start and pos + blen - start > chunk_size:
-            cuts.append((start, pos, prefix_id(prefix_at_start)))
+            cuts.append((start, pos, prefix_id(prefix_at_start), top))
             start = pos
+            top = 0
             prefix_at_start = closed + section
         if btype == _PCAPNG_SHB:
             closed += section
-            section = bytes(mm[pos: pos + blen])
+            n_closed += n_section
+            section, n_section = bytes(mm[pos: pos + blen]), 0
         elif btype == _PCAPNG_IDB:
             section += bytes(mm[pos: pos + blen])
+            n_section += 1
+        elif btype == 6 and blen >= 12:    # Enhanced Packet Block: 32-bit interface id
+            top = max(top, n_closed + struct.unpack_from(order + "I", mm, pos + 8)[0] + 1)
+        elif btype == 2 and blen >= 12:    # obsolete Packet Block: 16-bit interface id
+            top = max(top, n_closed + struct.unpack_from(order + "H", mm, pos + 8)[0] + 1)
+        elif btype == 3:                   # Simple Packet Block: the section's first interface
+            top = max(top, n_closed + 1)
         pos += blen
     if start < size:
-        cuts.append((start, size, prefix_id(prefix_at_start)))
+        cuts.append((start, size, prefix_id(prefix_at_start), top))
     return prefixes, cuts
 
 
@@ -363,13 +376,11 @@ def _compact(batch: PacketBatch, pos: np.ndarray, sel: np.ndarray) -> _LanePacke
 
 
 def _split(rs: _RangeSpec, sa_set: _SaSet, lanes: int) -> tuple:
-    """Read range ``r`` and route its frames; returns one _LanePackets per lane, then the
-    range's (frame count, pcapng interfaces declared by its writer)."""
+    """Read a range and route its frames; returns one _LanePackets per lane."""
     routing = _routing(sa_set.specs, lanes)
     chunks = _read_range(rs)
     per_lane: list[list[_LanePackets]] = [[] for _ in range(lanes)]
     base = 0
-    top = 0
     for ch in chunks:
         n = len(ch)
         lane = _route(ch.batch, ch.ipv4, routing, base)
@@ -378,8 +389,6 @@ def _split(rs: _RangeSpec, sa_set: _SaSet, lanes: int) -> tuple:
             sel = np.nonzero(lane == k)[0]
             if sel.size:
                 per_lane[k].append(_compact(ch.batch, pos, sel))
-        if n:
-            top = max(top, int(ch.iface.max()) + 1)
         base += n
     out = []
     for parts in per_lane:
@@ -394,7 +403,7 @@ def _split(rs: _RangeSpec, sa_set: _SaSet, lanes: int) -> tuple:
                                     np.concatenate([p.data for p in parts]),
                                     np.concatenate([p.offsets + s for p, s in zip(parts, shift)]),
                                     np.concatenate([p.lengths for p in parts])))
-    return (*out, (base, top))
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -553,12 +562,21 @@ def _advance(windows: dict[int, tuple[int, int]], specs: Sequence[keyfile.SaSpec
     return out
 
 
-def _step(sa_set: _SaSet, prev: _LaneState, pk: _LanePackets, job: str, lane: int, lanes: int,
-          backend: Optional[str], threads: Optional[int], last: bool) -> tuple[_LaneState, _LaneResult]:
-    """Decap one range's packets of one lane, in order, continuing the lane's state."""
+def _step(sa_set: _SaSet, previous: Optional[tuple[_LaneState, _LaneResult]], pk: _LanePackets, job: str,
+          lane: int, lanes: int, backend: Optional[str], threads: Optional[int], last: bool
+          ) -> tuple[_LaneState, _LaneResult]:
+    """Decap one range's packets of one lane, in order, continuing the lane's state from the
+    previous step's result (``None`` for the first range)."""
     specs = sa_set.specs
+    prev = previous[0] if previous is not None else None
     if prev is None:
         prev = _initial_state(specs, _routing(specs, lanes), lane)
+    if not pk.pos.size:
+        # Nothing for this lane in this range: the state (and any cached Offload) carries on.
+        if last:
+            _forget_lane(job, lane)
+        empty = np.zeros(0, np.int64)
+        return prev, _LaneResult(empty, np.zeros(0, np.uint8), empty, np.zeros(0, np.uint8), empty, empty, 0.0)
     with _LANE_CACHE_LOCK:
         cached = _LANE_CACHE.pop((job, lane), None)
     if cached is not None and prev.token and cached.token == prev.token:
@@ -570,32 +588,25 @@ def _step(sa_set: _SaSet, prev: _LaneState, pk: _LanePackets, job: str, lane: in
     try:
         n = pk.pos.size
         t0 = time.perf_counter()
-        if n:
-            res = nic.decap(PacketBatch(pk.data, pk.offsets, pk.lengths), threads=threads)
-            status, sa_index, seq = res.status.copy(), _sa_index(handles, res.sa), res.seq
-        else:
-            status, sa_index, seq = np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.uint64)
+        res = nic.decap(PacketBatch(pk.data, pk.offsets, pk.lengths), threads=threads)
         seconds = time.perf_counter() - t0
-        windows = prev.windows
-        if n:
-            auth = _authenticated(pk, status, sa_index, specs)
-            windows = _advance(windows, specs, sa_index, seq, auth)
-            # Cheap cross-check of the mirror against the data path itself.
-            for i in np.unique(sa_index[auth]).tolist():
-                if i in windows and nic.sa_stats(handles[i])["replay_seq"] != windows[i][0]:
-                    raise RuntimeError(f"natt.dask: lane {lane}: SA #{i + 1}'s highest authenticated "
-                                       f"number differs from the mirrored window")
-            ok = np.nonzero(status == Status.OK)[0]
-            lengths = np.zeros(n, np.int64)
-            lengths[ok] = res.lengths[ok]
-            offsets = np.zeros(n, np.int64)
-            offsets[ok] = np.cumsum(lengths[ok]) - lengths[ok]
-            data = np.empty(int(lengths.sum()), np.uint8)
-            for o_in, o_out, m in zip(res.offsets[ok].tolist(), offsets[ok].tolist(), lengths[ok].tolist()):
-                data[o_out: o_out + m] = res.data[o_in: o_in + m]
-        else:
-            lengths = offsets = np.zeros(0, np.int64)
-            data = np.zeros(0, np.uint8)
+        status, sa_index, seq = res.status.copy(), _sa_index(handles, res.sa), res.seq
+        auth = _authenticated(pk, status, sa_index, specs)
+        windows = _advance(prev.windows, specs, sa_index, seq, auth)
+        # Cheap cross-check of the mirrored windows against the data path itself.
+        for i in np.unique(sa_index[auth]).tolist():
+            if i in windows and nic.sa_stats(handles[i])["replay_seq"] != windows[i][0]:
+                raise RuntimeError(f"natt.dask: lane {lane}: SA #{i + 1}'s highest authenticated "
+                                   f"number differs from the mirrored window")
+        # Keep only what the writer needs: the outputs of OK packets.
+        ok = np.nonzero(status == Status.OK)[0]
+        lengths = np.zeros(n, np.int64)
+        lengths[ok] = res.lengths[ok]
+        offsets = np.zeros(n, np.int64)
+        offsets[ok] = np.cumsum(lengths[ok]) - lengths[ok]
+        data = np.empty(int(lengths.sum()), np.uint8)
+        for o_in, o_out, m in zip(res.offsets[ok].tolist(), offsets[ok].tolist(), lengths[ok].tolist()):
+            data[o_out: o_out + m] = res.data[o_in: o_in + m]
         state = _LaneState(uuid.uuid4().hex, windows)
     except BaseException:
         nic.close()
@@ -606,6 +617,13 @@ def _step(sa_set: _SaSet, prev: _LaneState, pk: _LanePackets, job: str, lane: in
         with _LANE_CACHE_LOCK:
             _LANE_CACHE[(job, lane)] = _CachedLane(state.token, nic, handles)
     return state, _LaneResult(pk.pos, status, sa_index, data, offsets, lengths, seconds)
+
+
+def _forget_lane(job: str, lane: int) -> None:
+    with _LANE_CACHE_LOCK:
+        cached = _LANE_CACHE.pop((job, lane), None)
+    if cached is not None:
+        cached.nic.close()
 
 
 def _forget_job(job: str) -> int:
@@ -634,15 +652,13 @@ def _header(rs: _RangeSpec) -> bytes:
     return buf.getvalue()
 
 
-def _declared(prev: int, meta: tuple[int, int]) -> int:
-    """Interfaces the pcapng writer has declared after a range: write_chunk declares up to the
-    highest interface any frame of a chunk names."""
-    return max(prev, meta[1])
-
-
 def _part(rs: _RangeSpec, n_specs: int, declared_before: int, drop_undecrypted: bool,
-          part_path: str, *results: _LaneResult) -> dict[str, Any]:
-    """Write the range's records, in file order, to ``part_path``; return its statistics."""
+          part_path: str, *steps: tuple[_LaneState, _LaneResult]) -> dict[str, Any]:
+    """Write the range's records, in file order, to ``part_path``; return its statistics.
+
+    ``declared_before`` is how many pcapng interfaces ``natt decap``'s writer has declared when it
+    reaches this range (it declares them lazily, up to the highest one a chunk names)."""
+    results = [st[1] for st in steps]
     chunks = _read_range(rs)
     total = sum(len(c) for c in chunks)
     status = np.full(total, Status.NOT_ESP, np.uint8)      # an empty segment is NOT_ESP (§1 step 1)
@@ -692,17 +708,19 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, drop_undecrypted: 
         base += n
     writer.close()
     records = buf.getbuffer()[head:]
+    os.makedirs(os.path.dirname(part_path), exist_ok=True)
     tmp = part_path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(records)
     os.replace(tmp, part_path)      # a re-run task overwrites, never appends
-    return {"counts": stats.counts, "octets": stats.octets, "frames": stats.frames, "ipv4": stats.ipv4,
+    return {"status": status, "counts": stats.counts, "octets": stats.octets, "frames": stats.frames, "ipv4": stats.ipv4,
             "written": stats.written, "octets_read": rs.end - rs.start,
             "seconds": sum(res.seconds for res in results)}
 
 
 def _finish(head: _RangeSpec, output: str, part_paths: list[str], *parts_done: Any) -> int:
     """Write the output capture: header, then every part in order; returns its size."""
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     tmp = output + ".natt-tmp"
     with open(tmp, "wb") as out:
         out.write(_header(head))
@@ -710,12 +728,12 @@ def _finish(head: _RangeSpec, output: str, part_paths: list[str], *parts_done: A
             with open(p, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 20)
     os.replace(tmp, output)
-    for p in part_paths:
-        try:
-            os.remove(p)
-        except FileNotFoundError:
-            pass
+    # The parts stay until the job ends (_cleanup): if this task is re-run they are still there.
     return os.path.getsize(output)
+
+
+def _cleanup(parts_dir: str) -> None:
+    shutil.rmtree(parts_dir, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -746,7 +764,8 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                    out_dir: PathLike, client: Any = None, *, chunk_size: int = pcap.DEFAULT_CHUNK_SIZE,
                    threads: Optional[int] = None, drop_undecrypted: bool = False,
                    progress: Optional[bool] = None, backend: Optional[str] = None,
-                   lanes: Optional[int] = None, mode: str = "tunnel") -> CaptureStats:
+                   lanes: Optional[int] = None, mode: str = "tunnel", return_statuses: bool = False
+                   ) -> Union[CaptureStats, tuple[CaptureStats, list[np.ndarray]]]:
     """Decap every capture of ``paths`` on a Dask cluster into ``out_dir`` (one output per input,
     same file name, same format, every frame in its original order).
 
@@ -759,7 +778,8 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
 
     Returns the merged per-SA summary, the :class:`natt.cli.CaptureStats` ``natt decap`` prints,
     equal to that of one process decapsulating the captures in order with one Offload (module
-    docstring). Raises :class:`natt.pcap.PcapError` for an unreadable capture and
+    docstring). With ``return_statuses``, returns ``(summary, statuses)``: per capture, the
+    :class:`natt.Status` of every frame in file order (``NOT_ESP`` for frames that are not IPv4). Raises :class:`natt.pcap.PcapError` for an unreadable capture and
     :class:`natt.keys.KeyFileError` for unusable keys; nothing is written then... except outputs
     of captures finished before the error.
     """
@@ -783,7 +803,6 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     paths = [os.fspath(p) for p in paths]
     out_dir = os.fspath(out_dir)
     outputs = _outputs(paths, out_dir)
-    os.makedirs(out_dir, exist_ok=True)
 
     own_cluster = None
     if client is None:
@@ -793,8 +812,8 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
             own_cluster = distributed.LocalCluster(processes=True)
             client = distributed.Client(own_cluster)
     job = uuid.uuid4().hex[:16]
+    # Created by the workers that write into it (the client may not see the shared storage).
     parts_dir = os.path.join(out_dir, f".natt-dask-{job}")
-    os.makedirs(parts_dir)
     try:
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"].items())
         n_threads = sum(w.get("nthreads", 1) for _, w in workers) or 1
@@ -818,38 +837,31 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         lane_layers: list[dict[Any, Any]] = [{} for _ in range(lanes)]
         write: dict[Any, Any] = {}
         part_keys, finish_keys, sizes = [], [], []
-        prev_state: list[Any] = [None] * lanes
+        prev_step: list[Any] = [None] * lanes
         steps_total = sum(len(p.ranges) for p in plans)
         g = 0
         for plan in plans:
-            declared_key: Any = 0
+            declared = 0
             part_paths = []
             file_parts = []
             for r in range(len(plan.ranges)):
                 rs = _range_spec(plan, r)
                 split = (f"natt-split-{job}", g)
                 read[split] = (_split, rs, sa_future, lanes)
-                meta = (f"natt-meta-{job}", g)
-                read[meta] = (operator.getitem, split, lanes)
-                outs = []
+                steps = []
                 for k in range(lanes):
+                    # Only lane k's packets travel to lane k's worker, not the whole range.
                     lane_in = (f"natt-lanein-{job}", k, g)
-                    step = (f"natt-step-{job}", k, g)
-                    state = (f"natt-state-{job}", k, g)
-                    out = (f"natt-out-{job}", k, g)
                     read[lane_in] = (operator.getitem, split, k)
-                    lane_layers[k][step] = (_step, sa_future, prev_state[k], lane_in, job, k, lanes, backend,
+                    step = (f"natt-step-{job}", k, g)
+                    lane_layers[k][step] = (_step, sa_future, prev_step[k], lane_in, job, k, lanes, backend,
                                             threads, g == steps_total - 1)
-                    lane_layers[k][state] = (operator.getitem, step, 0)
-                    lane_layers[k][out] = (operator.getitem, step, 1)
-                    prev_state[k] = state
-                    outs.append(out)
+                    prev_step[k] = step
+                    steps.append(step)
                 part = (f"natt-part-{job}", g)
                 part_path = os.path.join(parts_dir, f"{plan.index:06d}-{r:08d}.part")
-                write[part] = (_part, rs, len(specs), declared_key, drop_undecrypted, part_path, *outs)
-                declared = (f"natt-declared-{job}", g)
-                write[declared] = (_declared, declared_key, meta)
-                declared_key = declared
+                write[part] = (_part, rs, len(specs), declared, drop_undecrypted, part_path, *steps)
+                declared = max(declared, plan.ranges[r].top)
                 part_paths.append(part_path)
                 file_parts.append(part)
                 part_keys.append(part)
@@ -873,10 +885,14 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         part_futures = futures[: len(part_keys)]
         finish_futures = futures[len(part_keys):]
         size_of = {f.key: s for f, s in zip(part_futures, sizes)}
+        order = {f.key: i for i, f in enumerate(part_futures)}
+        range_status: list[Any] = [None] * len(part_futures)
         stats = CaptureStats([s.label() for s in specs])
         with _progress_bar(progress, sum(p.size for p in plans)) as bar:
             for fut in distributed.as_completed(part_futures):
                 d = fut.result()
+                if return_statuses:
+                    range_status[order[fut.key]] = d["status"]
                 stats.counts += d["counts"]
                 stats.octets += d["octets"]
                 stats.frames += d["frames"]
@@ -886,10 +902,19 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                 bar.update(size_of[fut.key])
             client.gather(finish_futures)
         stats.elapsed = time.perf_counter() - t_start
-        return stats
+        if not return_statuses:
+            return stats
+        per_file, i = [], 0
+        for plan in plans:
+            k = len(plan.ranges)
+            per_file.append(np.concatenate(range_status[i: i + k]) if k else np.zeros(0, np.uint8))
+            i += k
+        return stats, per_file
     finally:
         try:
             client.run(_forget_job, job)
+            # The part files live where the workers write; the client may not see that storage.
+            client.submit(_cleanup, parts_dir, key=f"natt-cleanup-{job}", pure=False).result()
         except Exception:   # pragma: no cover - a cluster going away while we clean up
             pass
         shutil.rmtree(parts_dir, ignore_errors=True)

@@ -1,0 +1,398 @@
+"""natt.dask: a Dask job decaps a capture set exactly as one process would.
+
+The reference is the single-machine path: one Offload with every SA installed inbound, the
+captures decapsulated in the order given, each in file order (``natt.cli.decap_capture``, the
+function behind ``natt decap``). Statuses of every frame, output captures (octet for octet)
+and the per-SA summary must be equal, also when a worker is killed half-way through and when a
+lane's anti-replay state has to be rebuilt on another worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed", reason="natt.dask needs the dask extra (pip install natt[dask])")
+
+import natt  # noqa: E402
+from natt import Status, UdpEncapType, pcap, traffic  # noqa: E402
+from natt import keys as keyfile  # noqa: E402
+from natt import dask as ndask  # noqa: E402
+from natt.cli import CaptureStats, decap_capture  # noqa: E402
+
+CHUNK = 16384        # the 'state' set: ranges of ~60 packets, so replays and the ESN wrap straddle them
+BIG_CHUNK = 65536    # the 'mixed' set: status coverage, fewer tasks
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _key_specs(mt: traffic.MixedTraffic) -> list[keyfile.SaSpec]:
+    """mixed_traffic's SA set as a key file holds it (a masked transport destination becomes a
+    host: both sides of every comparison use the same set, so that changes nothing here)."""
+    return [keyfile.SaSpec(spi=s.spi, suite=s.suite, key=s.key, direction="in", mode=s.mode, src=s.src,
+                           dst=s.dst, encap=s.framing, port=s.port, esn=s.esn, replay_window=s.replay_window,
+                           replay_seq=s.replay_seq, nat_oa_src=s.nat_oa_src, nat_oa_dst=s.nat_oa_dst)
+            for s in mt.sas]
+
+
+def _replay_esn_traffic(seed: int) -> tuple[list[keyfile.SaSpec], list[bytes]]:
+    """Three SAs whose traffic is hard on per-SA state, interleaved.
+
+    * ESN (GCM) starting 40 below 2**32: sequence numbers cross the 32-bit wrap; reordering inside
+      the window; a copy of every 7th packet resent ~100 packets later (a later range: REPLAY only
+      if the state crossed the boundary); numbers left of the window; an ICV failure before the
+      genuine packet; a padding error after a valid ICV (moves the window; its resend is a REPLAY);
+      a truncated ESP (MALFORMED before the ICV: does not move it).
+    * non-ESN CBC+HMAC with window 32 and the same kinds of replays.
+    * legacy IKE framing on port 500, anti-replay off (replays are accepted).
+    """
+    import random
+    rng = random.Random(seed)
+    esn = keyfile.SaSpec(spi=0x2001, suite="aes128gcm16", key=rng.randbytes(20), src="198.51.100.2",
+                         dst="203.0.113.5", esn=True, replay_window=64, replay_seq=2**32 - 40)
+    cbc = keyfile.SaSpec(spi=0x2002, suite="aes128-sha256", key=rng.randbytes(48), src="198.51.100.3",
+                         dst="203.0.113.5", replay_window=32)
+    ike = keyfile.SaSpec(spi=0x2003, suite="chacha20poly1305", key=rng.randbytes(36), src="198.51.100.4",
+                         dst="203.0.113.5", encap=UdpEncapType.IKE, port=500, replay_window=0)
+    streams = []
+    for spec, first in ((esn, 2**32 - 39), (cbc, 1), (ike, 1)):
+        sealer = traffic.EspSealer(spec.suite, spec.key, spec.spi, esn=spec.esn)
+        seqs = list(range(first, first + 260))
+        for i in range(0, len(seqs) - 1, 5):          # reorder inside the window
+            seqs[i], seqs[i + 1] = seqs[i + 1], seqs[i]
+        pkts: list[bytes] = []
+        history: list[bytes] = []
+
+        def wrap(esp: bytes, spec=spec) -> bytes:
+            return traffic.udp_encapsulate(esp, spec.src, spec.dst, sport=spec.port, dport=spec.port,
+                                           framing=spec.encap)
+
+        for n, seq in enumerate(seqs):
+            inner = traffic.icmp_echo("10.1.0.2", "10.2.0.7", seq=n & 0xFFFF, payload=rng.randrange(8, 200))
+            p = traffic.esp_in_udp(sealer, seq, inner, tunnel=True, src=spec.src, dst=spec.dst,
+                                   sport=spec.port, dport=spec.port, framing=spec.encap, rng=rng)
+            if n % 31 == 3:                           # forged ICV first, genuine packet after it
+                bad = bytearray(p)
+                bad[-1] ^= 0x01
+                pkts.append(bytes(bad))
+            if n % 37 == 5:                           # valid ICV, bad padding: MALFORMED, window moves
+                bad_pad = wrap(sealer.seal(seq, inner, 4, pad_len=255, rng=rng))
+                pkts.append(bad_pad)
+                pkts.append(bad_pad)                  # ... so its resend is a REPLAY
+                continue
+            if n % 41 == 7:                           # truncated ESP: MALFORMED before the ICV
+                pkts.append(wrap(sealer.seal(seq, inner, 4, rng=rng)[:12]))
+            pkts.append(p)
+            history.append(p)
+            if n % 7 == 0 and len(history) > 100:     # resent from ~100 packets back
+                pkts.append(history[-100])
+            if n % 13 == 0 and len(history) > 3:      # resent from just behind
+                pkts.append(history[-3])
+            if n % 5 == 0 and len(history) > 20:      # resent from inside the window, a range back
+                pkts.append(history[-20])
+        streams.append(pkts)
+    mixed: list[bytes] = []
+    its = [iter(s) for s in streams]
+    while its:
+        for it in list(its):
+            try:
+                mixed.append(next(it))
+            except StopIteration:
+                its.remove(it)
+    return [esn, cbc, ike], mixed
+
+
+def _write(paths_and_packets: list[tuple[str, list[bytes], str]]) -> list[str]:
+    out = []
+    for path, pkts, fmt in paths_and_packets:
+        pcap.write_datagrams(path, pkts, fmt=fmt, ts_ns=range(1_000_000, 1_000_000 + len(pkts)))
+        out.append(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def capture_sets(tmp_path_factory) -> dict[str, tuple[list[keyfile.SaSpec], list[str]]]:
+    d = tmp_path_factory.mktemp("captures")
+    mt = traffic.mixed_traffic(11, 2000, max_payload=600)
+    n = len(mt.packets)
+    mixed = _write([(str(d / "mixed-a.pcap"), mt.packets[: n // 2], "pcap"),
+                    (str(d / "mixed-b.pcapng"), mt.packets[n // 2:], "pcapng")])
+    specs, pkts = _replay_esn_traffic(5)
+    k = len(pkts) // 3
+    state = _write([(str(d / "state-a.pcap"), pkts[:k], "pcap"),
+                    (str(d / "state-b.pcapng"), pkts[k: 2 * k], "pcapng"),
+                    (str(d / "state-c.pcap"), pkts[2 * k:], "pcap")])
+    return {"mixed": (_key_specs(mt), mixed), "state": (specs, state)}
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+# ----------------------------------------------------------------------------------------------
+# The single-process reference
+
+
+def _single_process(paths: list[str], specs: list[keyfile.SaSpec], out_dir: str, backend: str = "fast"
+                    ) -> tuple[CaptureStats, list[np.ndarray]]:
+    """``natt decap`` of each capture in turn with one Offload; plus every frame's status."""
+    os.makedirs(out_dir, exist_ok=True)
+    labels = [s.label() for s in specs]
+    total = CaptureStats(labels)
+    with natt.Offload(backend=backend, max_sas=len(specs)) as nic:
+        handles = keyfile.install(nic, specs, direction="in")
+        for p in paths:
+            with pcap.PcapReader(p, chunk_size=CHUNK) as r, \
+                    pcap.PcapWriter.like(r, os.path.join(out_dir, os.path.basename(p))) as w:
+                st = decap_capture(nic, handles, labels, r, w)
+            for f in ("counts", "octets"):
+                setattr(total, f, getattr(total, f) + getattr(st, f))
+            for f in ("frames", "ipv4", "written"):
+                setattr(total, f, getattr(total, f) + getattr(st, f))
+    # Statuses from a second, identical pass (decap_capture does not hand them out).
+    statuses = []
+    with natt.Offload(backend=backend, max_sas=len(specs)) as nic:
+        keyfile.install(nic, specs, direction="in")
+        for p in paths:
+            per = []
+            with pcap.PcapReader(p, chunk_size=CHUNK) as r:
+                for ch in r:
+                    per.append(np.where(ch.ipv4, nic.decap(ch.batch).status, Status.NOT_ESP).astype(np.uint8))
+            statuses.append(np.concatenate(per) if per else np.zeros(0, np.uint8))
+    return total, statuses
+
+
+def _assert_same(paths, ref_dir, out_dir, ref: CaptureStats, ref_status, got: CaptureStats, got_status) -> None:
+    for p, a, b in zip(paths, ref_status, got_status):
+        assert a.shape == b.shape, p
+        diff = np.nonzero(a != b)[0]
+        assert not diff.size, f"{p}: frame {diff[0]}: {Status(a[diff[0]]).name} != {Status(b[diff[0]]).name}"
+    for p in paths:
+        name = os.path.basename(p)
+        with open(os.path.join(ref_dir, name), "rb") as f1, open(os.path.join(out_dir, name), "rb") as f2:
+            assert f1.read() == f2.read(), f"{name}: output differs"
+    assert got.labels == ref.labels
+    assert (got.counts == ref.counts).all()
+    assert (got.octets == ref.octets).all()
+    assert (got.frames, got.ipv4, got.written) == (ref.frames, ref.ipv4, ref.written)
+    assert got.as_dict()["sas"] == ref.as_dict()["sas"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tests
+
+
+@pytest.mark.parametrize("which", ["mixed", "state"])
+def test_same_as_single_process(client, capture_sets, tmp_path, which):
+    specs, paths = capture_sets[which]
+    ref, ref_status = _single_process(paths, specs, str(tmp_path / "ref"))
+    got, got_status = ndask.decap_captures(paths, specs, tmp_path / "out", client,
+                                           chunk_size=CHUNK if which == "state" else BIG_CHUNK,
+                                           progress=False, return_statuses=True)
+    _assert_same(paths, str(tmp_path / "ref"), str(tmp_path / "out"), ref, ref_status, got, got_status)
+    # The scenario really exercises what it is meant to.
+    totals = got.totals()
+    assert totals.get("OK", 0) > 0 and totals.get("REPLAY", 0) > 0
+    if which == "state":
+        assert totals.get("AUTH_FAILED", 0) > 0 and totals.get("MALFORMED", 0) > 0
+    # No leftovers next to the outputs.
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(os.path.basename(p) for p in paths)
+
+
+def test_state_crosses_ranges_and_files(capture_sets, tmp_path):
+    """The 'state' set is only meaningful if replays straddle ranges and files: some REPLAY
+    packets of each later capture are copies of packets of an earlier one."""
+    specs, paths = capture_sets["state"]
+    _, joint = _single_process(paths, specs, str(tmp_path / "joint"))
+    seen: set[bytes] = set()
+    for i, p in enumerate(paths):
+        frames = [d for (_, _, _, d) in pcap.read_frames(p)]
+        if i:
+            cross = [k for k, d in enumerate(frames) if d in seen and joint[i][k] == Status.REPLAY]
+            assert len(cross) >= 2, p
+        seen.update(frames)
+    assert len(ndask._scan(0, paths[0], "unused", CHUNK).ranges) > 3
+
+
+def test_drop_undecrypted_and_lanes(client, capture_sets, tmp_path):
+    """--drop-undecrypted, one lane (everything serial) and many lanes give the same outputs."""
+    specs, paths = capture_sets["mixed"]
+    ref_dir = str(tmp_path / "ref")
+    os.makedirs(ref_dir)
+    with natt.Offload(max_sas=len(specs)) as nic:
+        handles = keyfile.install(nic, specs, direction="in")
+        for p in paths:
+            with pcap.PcapReader(p, chunk_size=CHUNK) as r, \
+                    pcap.PcapWriter.like(r, os.path.join(ref_dir, os.path.basename(p))) as w:
+                decap_capture(nic, handles, [s.label() for s in specs], r, w, drop_undecrypted=True)
+    for lanes in (1, 7):
+        out = tmp_path / f"out{lanes}"
+        ndask.decap_captures(paths, specs, out, client, chunk_size=BIG_CHUNK, drop_undecrypted=True,
+                             lanes=lanes, progress=False)
+        for p in paths:
+            name = os.path.basename(p)
+            assert (out / name).read_bytes() == open(os.path.join(ref_dir, name), "rb").read(), (lanes, name)
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_lane_state_rebuilt_exactly(capture_sets, backend):
+    """A lane whose Offload is lost (another worker, or a restarted one) rebuilds its anti-replay
+    state from the carried (T, bitmap) alone: forcing a rebuild before every step changes nothing."""
+    specs, paths = capture_sets["state"]
+    packets = [d for p in paths for (_, _, _, d) in pcap.read_frames(p)]
+    batch = natt.PacketBatch.from_packets(packets)
+    with natt.Offload(backend=backend) as nic:
+        keyfile.install(nic, specs, direction="in")
+        want = nic.decap(batch).status.copy()
+    sa_set = ndask._SaSet(specs)
+    step = None
+    got = []
+    rebuilt_with_holes = 0
+    for lo in range(0, len(packets), 37):
+        hi = min(lo + 37, len(packets))
+        pk = ndask._LanePackets(np.arange(lo, hi), batch.data, batch.offsets[lo:hi].copy(), batch.lengths[lo:hi].copy())
+        if step is not None:
+            rebuilt_with_holes += any(ndask._base_and_extra(t, b, specs[i].replay_window)[1]
+                                      for i, (t, b) in step[0].windows.items())
+        job = uuid.uuid4().hex          # a new job id each time: never the cached Offload
+        step = ndask._step(sa_set, step, pk, job, 0, 1, backend, None, False)
+        ndask._forget_job(job)
+        got.append(step[1].status)
+    assert (np.concatenate(got) == want).all()
+    assert rebuilt_with_holes > 0, "the scenario never needed dummy packets to rebuild a window"
+
+
+def test_base_and_extra():
+    w = 8
+    # Full window: install at T, nothing to mark.
+    assert ndask._base_and_extra(100, 0xFF, w) == (100, [])
+    # Bits for 100, 98 and the left-edge run 93..95 set: install at 95, then mark 98 and 100.
+    bits = 1 << 0 | 1 << 2 | 1 << 5 | 1 << 6 | 1 << 7
+    assert ndask._base_and_extra(100, bits, w) == (95, [98, 100])
+    # Near zero the base never goes below 0.
+    assert ndask._base_and_extra(3, 0b1, w) == (0, [3])
+
+
+def test_worker_killed_mid_job(client, capture_sets, tmp_path):
+    """SIGKILL one worker while the job runs: Dask re-runs what it lost, lanes rebuild their
+    state elsewhere, and every result is the same."""
+    specs, paths = capture_sets["state"]
+    ref, ref_status = _single_process(paths, specs, str(tmp_path / "ref"))
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["value"] = ndask.decap_captures(paths, specs, tmp_path / "out", client, chunk_size=CHUNK,
+                                                   progress=False, return_statuses=True, backend="reference")
+        except BaseException as e:   # re-raised in the test thread
+            result["error"] = e
+
+    def parts_done(dask_scheduler) -> tuple[int, int]:
+        parts = [ts for ts in dask_scheduler.tasks.values()
+                 if isinstance(ts.key, tuple) and str(ts.key[0]).startswith("natt-part-")]
+        return sum(ts.state == "memory" for ts in parts), len(parts)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 60
+    killed_at = None
+    while time.monotonic() < deadline and t.is_alive():
+        done, total = client.run_on_scheduler(parts_done)
+        if total and 2 <= done < total:
+            pids = client.run(os.getpid)
+            victim = sorted(pids)[0]
+            os.kill(pids[victim], signal.SIGKILL)
+            killed_at = (done, total)
+            break
+        time.sleep(0.02)
+    t.join(120)
+    assert killed_at is not None, "the job finished before a worker could be killed"
+    if "error" in result:
+        raise result["error"]
+    got, got_status = result["value"]
+    _assert_same(paths, str(tmp_path / "ref"), str(tmp_path / "out"), ref, ref_status, got, got_status)
+    client.wait_for_workers(2, timeout=30)
+
+
+def test_task_keys_and_logs_hold_no_key_material(client, capture_sets, tmp_path):
+    specs, paths = capture_sets["state"]
+    seen: list = []
+
+    def record(dask_scheduler) -> None:
+        class Keys(distributed.diagnostics.plugin.SchedulerPlugin):
+            name = "natt-test-keys"
+
+            def transition(self, key, start, finish, *args, **kwargs):
+                seen_keys.append(repr(key))
+        seen_keys: list = []
+        dask_scheduler.natt_test_keys = seen_keys
+        dask_scheduler.add_plugin(Keys(), name="natt-test-keys")
+
+    client.run_on_scheduler(record)
+    ndask.decap_captures(paths, specs, tmp_path / "out", client, chunk_size=CHUNK, progress=False)
+    seen = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.natt_test_keys))
+    client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.remove_plugin(name="natt-test-keys"))
+    assert any("natt-step-" in k for k in seen)
+    secrets = [s.key.hex() for s in specs] + [repr(s.key)[2:-1] for s in specs]
+    logs = str(client.get_worker_logs()) + str(client.get_scheduler_logs())
+    for secret in secrets:
+        assert not any(secret in k for k in seen)
+        assert secret not in logs
+    assert "key" not in repr(ndask._SaSet(specs)).lower().replace("keys", "")
+
+
+def test_cli(client, capture_sets, tmp_path, capsys):
+    specs, paths = capture_sets["mixed"]
+    key_path = tmp_path / "keys.json"
+    keyfile.save(key_path, specs)
+    ref, _ = _single_process(paths, specs, str(tmp_path / "ref"))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("input", nargs="+")
+    parser.add_argument("-k", "--keys", required=True)
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--report")
+    parser.add_argument("--drop-undecrypted", action="store_true")
+    parser.add_argument("--mode", default="tunnel")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--chunk-size", type=int, default=BIG_CHUNK)
+    parser.add_argument("--backend")
+    parser.add_argument("--progress", default=False)
+    ndask.add_cli_arguments(parser)
+    args = parser.parse_args([*paths, "-k", str(key_path), "-o", str(tmp_path / "out"),
+                              "--dask", client.scheduler.address, "--report", str(tmp_path / "r.json")])
+    args.command = "decap"
+    assert ndask.cli_decap(args) == 0
+    printed = capsys.readouterr().out
+    assert ref.table() in printed
+    for p in paths:
+        name = os.path.basename(p)
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+
+
+def test_bad_inputs(client, capture_sets, tmp_path):
+    specs, paths = capture_sets["mixed"]
+    with pytest.raises(ValueError, match="share the name"):
+        ndask.decap_captures([paths[0], paths[0]], specs, tmp_path / "o", client, progress=False)
+    # A capture cut short: the error names the file offset the single-process reader names.
+    data = open(paths[0], "rb").read()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) - 5])
+    with pytest.raises(pcap.PcapError) as single:
+        with pcap.PcapReader(cut, chunk_size=CHUNK) as r:
+            for _ in r:
+                pass
+    with pytest.raises(pcap.PcapError) as dask_err:
+        ndask.decap_captures([cut], specs, tmp_path / "o2", client, chunk_size=BIG_CHUNK, progress=False)
+    assert dask_err.value.offset == single.value.offset
