@@ -394,8 +394,9 @@ class PcapReader:
 
     ``source`` is a path or a binary file object opened for reading (not closed by the reader
     unless it opened it). ``chunk_size`` is the number of octets read per chunk; a record larger
-    than that is read whole. After the first chunk (or :meth:`open` time for classic pcap),
-    ``format`` is ``"pcap"`` or ``"pcapng"``; ``interfaces`` lists every interface seen so far.
+    than that is read whole. ``format`` (``"pcap"`` or ``"pcapng"``) is known once the reader
+    is constructed; ``interfaces`` lists every interface seen so far (pcapng: filled in as
+    Interface Description Blocks are read). Iterate once.
     """
 
     def __init__(self, source: PathOrFile, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
@@ -513,7 +514,8 @@ class PcapReader:
         big = self.byteorder == ">"
         swap = big != (sys.byteorder == "big")
         h = self._rec_hdr
-        max_cap = max(self.snaplen, 262144, _MAX_RECORD if self.snaplen == 0 else 0)
+        # Above the snap length is corruption, but some writers understate it (TSO frames).
+        max_cap = min(max(self.snaplen, 262144), _MAX_RECORD)
         iface = self.interfaces[0]
         while True:
             self._fill(self.chunk_size)
