@@ -13,7 +13,9 @@ Three layers, each usable on its own:
   :class:`natt.Offload` instances; :func:`mixed_traffic` builds a deterministic mixed batch (every
   suite, both modes, both framings, ESN, corruptions, replays, reorderings, truncations, length edits,
   IKE, keepalives, fragments, non-ESP, unknown SPIs, padding errors, dummy packets) together with the
-  inbound SA set it is meant for and, where the outcome is certain, the status natt must give.
+  inbound SA set it is meant for and the status and SA docs/semantics.md §1 gives every packet
+  (from a small model of the decap rules that decides authentication by what was sealed, not by
+  running crypto).
 
 Everything is deterministic for a given seed (random.Random; CBC IVs come from the same generator),
 so a failing differential or fuzzing case can be rebuilt from its seed alone.
@@ -37,11 +39,21 @@ from cryptography.hazmat.primitives.ciphers import Cipher as _CryptoCipher
 from cryptography.hazmat.primitives.ciphers import algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from ._constants import Status, UdpEncapType
+from ._batch import PacketBatch
+from ._constants import (
+    OFFLOAD_INBOUND_SA,
+    OFFLOAD_OUTBOUND_SA,
+    OID_TCP_TASK_IPSEC_ADD_UDPESP_SA,
+    NdisStatus,
+    Operation,
+    Status,
+    UdpEncapType,
+)
+from ._oid import AddUdpEspSa, AlgoInfo, EncapTypeEntry, OffloadError, OffloadSecurityAssociation
 from ._suites import SUITES, Cipher, Mac, Suite, parse_suite
 
 if TYPE_CHECKING:
-    from ._batch import EncapResult, PacketBatch
+    from ._batch import EncapResult
 
 __all__ = [
     "Address",
@@ -456,12 +468,12 @@ class SaPair:
     esn: bool
     tunnel: bool
     framing: UdpEncapType
-    src: str
-    dst: str
+    src: Optional[str]
+    dst: Optional[str]
     port: int
     key: bytes = dataclasses.field(repr=False)
 
-    def encap(self, packets: Union["PacketBatch", Iterable[bytes]], *,
+    def encap(self, packets: Union[PacketBatch, Iterable[bytes]], *,
               threads: Optional[int] = None) -> "EncapResult":
         """Encapsulate inner datagrams with the outbound SA (``out_nic.encap``)."""
         return self.out_nic.encap(packets, self.out_handle, threads=threads)
@@ -478,14 +490,16 @@ class SaPair:
 
 def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16", mode: str = "tunnel",
                  framing: UdpEncapType = UdpEncapType.OTHER, esn: bool = False, spi: int = 0x1001,
-                 key: Optional[bytes] = None, seed: int = 0, src: str = "198.51.100.2",
-                 dst: str = "203.0.113.5", port: Optional[int] = None, replay_window: int = 64,
+                 key: Optional[bytes] = None, seed: int = 0, src: Optional[str] = "198.51.100.2",
+                 dst: Optional[str] = "203.0.113.5", port: Optional[int] = None, replay_window: int = 64,
                  replay_seq: int = 0, replay_oseq: int = 0) -> SaPair:
     """Install a matched outbound/inbound SA pair and return it.
 
     The outbound SA goes on ``out_nic`` and the inbound one on ``in_nic`` (the same Offload when
     ``in_nic`` is None, as a loopback). ``src``/``dst`` are the outer addresses (tunnel end points
-    or transport hosts) of the outbound direction; ``port`` (default 4500 for RFC 3948 framing, 500
+    or transport hosts) of the outbound direction. In transport mode the outer header is the inner
+    datagram's own, so the inbound SA only accepts packets addressed to ``dst`` (``dst=None``:
+    any destination). ``port`` (default 4500 for RFC 3948 framing, 500
     for the legacy ``IKE`` framing) is both the parser entry port and the outer UDP ports. ``key``
     defaults to octets drawn from ``seed``. ``suite`` is a strongSwan keyword; a ``-esn`` suffix is
     the same as ``esn=True``.
@@ -588,11 +602,8 @@ class SaSpec:
     def mode(self) -> str:
         return "tunnel" if self.tunnel else "transport"
 
-    def request(self, direction: str = "in", replay_oseq: int = 0) -> Any:
+    def request(self, direction: str = "in", replay_oseq: int = 0) -> AddUdpEspSa:
         """An ``AddUdpEspSa`` installing this SA inbound (or, ``direction="out"``, its outbound twin)."""
-        from ._constants import OFFLOAD_INBOUND_SA, OFFLOAD_OUTBOUND_SA, Operation
-        from ._oid import AddUdpEspSa, AlgoInfo, EncapTypeEntry, OffloadSecurityAssociation
-
         s = SUITES[self.suite]
         inbound = direction == "in"
         req = AddUdpEspSa(
@@ -642,19 +653,15 @@ class MixedTraffic:
     def __repr__(self) -> str:
         return f"MixedTraffic(seed={self.seed}, {len(self.packets)} packets, {len(self.sas)} SAs)"
 
-    def batch(self, start: int = 0, stop: Optional[int] = None) -> "PacketBatch":
+    def batch(self, start: int = 0, stop: Optional[int] = None) -> PacketBatch:
         """Packets ``start:stop`` as a :class:`natt.PacketBatch`."""
-        from ._batch import PacketBatch
         return PacketBatch.from_packets(self.packets[start:stop])
 
     def install(self, nic: Any) -> list[int]:
         """Install :attr:`sas` inbound on ``nic`` through the OID layer; returns their handles in order.
 
-        Raises :class:`natt.OffloadError` if the Offload refuses one (nothing of it is installed).
+        Raises :class:`natt.OffloadError` if the Offload refuses one; the SAs before it stay installed.
         """
-        from ._constants import NdisStatus, OID_TCP_TASK_IPSEC_ADD_UDPESP_SA
-        from ._oid import OffloadError
-
         handles = []
         for spec in self.sas:
             req = spec.request("in")
@@ -757,6 +764,7 @@ class _Model:
 
     def __init__(self, sas: list[_Sa]) -> None:
         self.entries = {port: framing for framing, port in _ENTRIES}
+        self._authenticated = False
         self.by_spi: dict[tuple[int, int], list[_Sa]] = {}
         for sa in sas:
             self.by_spi.setdefault((sa.spec.port, sa.spec.spi), []).append(sa)
@@ -827,6 +835,8 @@ class _Model:
 
 
 class _Generator:
+    """Draws packet kinds and builds each packet, feeding every one through the model in order."""
+
     def __init__(self, seed: int, suites: Sequence[str], kinds: dict[str, float], max_payload: int) -> None:
         self.rng = random.Random(seed)
         self.max_payload = max_payload

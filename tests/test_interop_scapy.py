@@ -28,13 +28,13 @@ from __future__ import annotations
 import struct
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_EOL
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_EOL, IPOption_NOP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.packet import Raw, raw
 
 import natt
-from natt import Status
+from natt import Status, traffic
 from natt._suites import SUITES, Cipher, Mac, Suite
 
 SPI = 0x0BADCAFE
@@ -238,7 +238,6 @@ def test_scapy_replay_and_tamper_rejected(nic, suite):
 
 def test_traffic_builders_match_scapy():
     """natt.traffic's inner-packet builders produce what scapy builds for the same fields."""
-    from natt import traffic
     data = bytes(range(99))
     ip = dict(tos=0x10, ip_id=0x4321, ttl=33)
     sc = dict(src="10.1.0.2", dst="10.2.0.7", tos=0x10, id=0x4321, ttl=33, flags="DF")
@@ -259,7 +258,6 @@ def test_traffic_builders_match_scapy():
 @pytest.mark.parametrize("suite", SCAPY_SUITES)
 def test_traffic_sealer_matches_scapy(suite, mode, esn):
     """natt.traffic.EspSealer/esp_in_udp, given scapy's IV, build the same octets as scapy."""
-    from natt import traffic
     s, tunnel = SUITES[suite], mode == "tunnel"
     key = _key(s)
     start = (5 << 32) | 0xFFFFFFF0 if esn else 77   # scapy cannot carry into the high half itself
