@@ -441,8 +441,10 @@ class _CachedLane:
     handles: list[int]
 
 
-# Per worker process: the Offload each lane's last step left, keyed by (job, lane).
+# Per worker process: the Offload each lane's last step left, keyed by (job, lane), and the jobs
+# that have ended (a step still running when its job failed must not cache its Offload).
 _LANE_CACHE: dict[tuple[str, int], _CachedLane] = {}
+_ENDED_JOBS: set[str] = set()
 _LANE_CACHE_LOCK = threading.Lock()
 
 
@@ -611,11 +613,12 @@ def _step(sa_set: _SaSet, previous: Optional[tuple[_LaneState, _LaneResult]], pk
     except BaseException:
         nic.close()
         raise
-    if last:
-        nic.close()
-    else:
-        with _LANE_CACHE_LOCK:
+    with _LANE_CACHE_LOCK:
+        keep = not last and job not in _ENDED_JOBS
+        if keep:
             _LANE_CACHE[(job, lane)] = _CachedLane(state.token, nic, handles)
+    if not keep:
+        nic.close()
     return state, _LaneResult(pk.pos, status, sa_index, data, offsets, lengths, seconds)
 
 
@@ -629,6 +632,7 @@ def _forget_lane(job: str, lane: int) -> None:
 def _forget_job(job: str) -> int:
     """Drop (and wipe the keys of) every cached lane Offload of ``job`` on this worker."""
     with _LANE_CACHE_LOCK:
+        _ENDED_JOBS.add(job)
         mine = [k for k in _LANE_CACHE if k[0] == job]
         gone = [_LANE_CACHE.pop(k) for k in mine]
     for c in gone:
@@ -652,7 +656,7 @@ def _header(rs: _RangeSpec) -> bytes:
     return buf.getvalue()
 
 
-def _part(rs: _RangeSpec, n_specs: int, declared_before: int, drop_undecrypted: bool,
+def _part(rs: _RangeSpec, n_specs: int, declared_before: int, drop_undecrypted: bool, want_status: bool,
           part_path: str, *steps: tuple[_LaneState, _LaneResult]) -> dict[str, Any]:
     """Write the range's records, in file order, to ``part_path``; return its statistics.
 
@@ -713,8 +717,8 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, drop_undecrypted: 
     with open(tmp, "wb") as f:
         f.write(records)
     os.replace(tmp, part_path)      # a re-run task overwrites, never appends
-    return {"status": status, "counts": stats.counts, "octets": stats.octets, "frames": stats.frames, "ipv4": stats.ipv4,
-            "written": stats.written, "octets_read": rs.end - rs.start,
+    return {"status": status if want_status else None, "counts": stats.counts, "octets": stats.octets,
+            "frames": stats.frames, "ipv4": stats.ipv4, "written": stats.written,
             "seconds": sum(res.seconds for res in results)}
 
 
@@ -814,6 +818,8 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     job = uuid.uuid4().hex[:16]
     # Created by the workers that write into it (the client may not see the shared storage).
     parts_dir = os.path.join(out_dir, f".natt-dask-{job}")
+    futures: list[Any] = []
+    sa_future = None
     try:
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"].items())
         n_threads = sum(w.get("nthreads", 1) for _, w in workers) or 1
@@ -860,7 +866,8 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                     steps.append(step)
                 part = (f"natt-part-{job}", g)
                 part_path = os.path.join(parts_dir, f"{plan.index:06d}-{r:08d}.part")
-                write[part] = (_part, rs, len(specs), declared, drop_undecrypted, part_path, *steps)
+                write[part] = (_part, rs, len(specs), declared, drop_undecrypted, return_statuses, part_path,
+                               *steps)
                 declared = max(declared, plan.ranges[r].top)
                 part_paths.append(part_path)
                 file_parts.append(part)
@@ -912,6 +919,12 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         return stats, per_file
     finally:
         try:
+            # On failure, stop what is still queued; then wipe every lane Offload of the job and
+            # drop the scattered SA set from worker memory.
+            if futures:
+                client.cancel(futures)
+            if sa_future is not None:
+                client.cancel([sa_future])
             client.run(_forget_job, job)
             # The part files live where the workers write; the client may not see that storage.
             client.submit(_cleanup, parts_dir, key=f"natt-cleanup-{job}", pure=False).result()
