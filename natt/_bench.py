@@ -118,8 +118,8 @@ class Workload:
     """Received ESP-in-UDP packets (tunnel mode) for ``n_sas`` inbound SAs with random SPIs.
 
     ``esp`` is what decap eats; ``inner`` the datagrams they carry (encap's
-    input); ``sa_index[i]`` the SA of packet ``i``. Keys are random and stay
-    out of ``repr``.
+    input); ``sa_index[i]`` the SA of packet ``i``; ``warm`` one earlier
+    packet per SA, in SA order. Keys are random and stay out of ``repr``.
     """
 
     suite: str
@@ -129,17 +129,26 @@ class Workload:
     spis: np.ndarray
     sa_index: np.ndarray
     keys: list[bytes] = dataclasses.field(repr=False)
+    warm: PacketBatch = dataclasses.field(default_factory=lambda: PacketBatch.from_packets([]))
 
     @property
     def n_sas(self) -> int:
         return len(self.keys)
 
-    def receiver(self, backend: str, replay_window: int = REPLAY_WINDOW) -> Offload:
-        """A fresh ``Offload`` holding the inbound SAs (replay state starts empty)."""
+    def receiver(self, backend: str, replay_window: int = REPLAY_WINDOW, warm: bool = True) -> Offload:
+        """A fresh ``Offload`` holding the inbound SAs (replay state starts empty).
+
+        ``warm``: decapsulate each SA's warm-up packet first, so that the
+        timed packets meet SAs in steady state (whatever a backend sets up on
+        an SA's first packet is done), as on a gateway whose SAs carry
+        traffic. ``warm=False`` leaves every SA as just installed.
+        """
         nic = Offload(backend=backend, max_sas=max(self.n_sas, 1))
         for spi, key in zip(self.spis.tolist(), self.keys):
             nic.add_sa(spi=spi, key=key, suite=self.suite, direction="in", mode="tunnel",
                        src=TUNNEL_SRC, dst=TUNNEL_DST, port=NATT_PORT, replay_window=replay_window)
+        if warm:
+            _require_ok(nic.decap(self.warm), f"warm-up decap {self.suite}")
         return nic
 
     def sender(self, backend: str, sa: int = 0) -> tuple[Offload, int]:
@@ -167,6 +176,8 @@ def build_workload(backend: str, suite: str, size: int, n_packets: int, n_sas: i
 
     With several SAs each packet picks one at random, so consecutive
     packets hit unrelated SPIs (the cache-unfriendly case of a busy gateway).
+    Every SA also gets one warm-up packet (sequence number 1, in ``warm``);
+    the timed packets follow it in sequence.
     """
     s, _ = parse_suite(suite)
     # SPIs and keys come from their own stream, so every size shares the same SAs (one receiver serves all).
@@ -178,30 +189,33 @@ def build_workload(backend: str, suite: str, size: int, n_packets: int, n_sas: i
     sa_index = (np.zeros(n_packets, dtype=np.int64) if n_sas == 1
                 else rng.integers(0, n_sas, size=n_packets, dtype=np.int64))
     wl = Workload(suite, size, inner, inner, spis, sa_index, keys)
-    if n_sas == 1:
-        tx, h = wl.sender(backend)
-        res = tx.encap(inner, h)
-        _require_ok(res, f"encap {suite} {size}")
-        wl.esp = _compact(res)
-        tx.close()
-        return wl
-    # One encap call per SA over that SA's packets, then back into packet order.
+    warm_inner = inner_packets(1, size, rng)
+    warm: list[bytes] = []
     out: list[Optional[bytes]] = [None] * n_packets
     order = np.argsort(sa_index, kind="stable")
     bounds = np.searchsorted(sa_index[order], np.arange(n_sas + 1))
     tx = Offload(backend=backend, max_sas=n_sas)
     for j in range(n_sas):
-        idx = order[bounds[j]: bounds[j + 1]]
-        if not idx.size:
-            continue
         h = tx.add_sa(spi=int(spis[j]), key=keys[j], suite=suite, direction="out", mode="tunnel",
                       src=TUNNEL_SRC, dst=TUNNEL_DST, sport=NATT_PORT, dport=NATT_PORT)
-        res = tx.encap(PacketBatch(inner.data, inner.offsets[idx], inner.lengths[idx]), h)
-        _require_ok(res, f"encap {suite} {size} SA {j}")
-        for k, i in enumerate(idx.tolist()):
-            out[i] = res[k]
+        res = tx.encap(warm_inner, h)
+        _require_ok(res, f"encap {suite} {size} SA {j} (warm-up)")
+        warm.append(res[0])
+        idx = order[bounds[j]: bounds[j + 1]]
+        if n_sas == 1:
+            res = tx.encap(inner, h)
+            _require_ok(res, f"encap {suite} {size}")
+            wl.esp = _compact(res)
+        elif idx.size:
+            # One encap call per SA over that SA's packets, then back into packet order.
+            res = tx.encap(PacketBatch(inner.data, inner.offsets[idx], inner.lengths[idx]), h)
+            _require_ok(res, f"encap {suite} {size} SA {j}")
+            for k, i in enumerate(idx.tolist()):
+                out[i] = res[k]
     tx.close()
-    wl.esp = PacketBatch.from_packets(out)  # type: ignore[arg-type]
+    if n_sas > 1:
+        wl.esp = PacketBatch.from_packets(out)  # type: ignore[arg-type]
+    wl.warm = PacketBatch.from_packets(warm)
     return wl
 
 
@@ -600,12 +614,12 @@ def _speed_ratio(name: str, fast: Timing, base: Timing, target: float) -> Ratio:
 
 
 def _decap_variant(key: str, label: str, wl: Workload, backend: str, threads: Optional[int],
-                   replay_window: int = REPLAY_WINDOW) -> _Variant:
+                   warm: bool = True) -> _Variant:
     out = DecapResult()
     t = Timing(key, label, len(wl.esp), int(wl.esp.lengths.sum()))
 
     def setup() -> Offload:
-        return wl.receiver(backend, replay_window)
+        return wl.receiver(backend, REPLAY_WINDOW, warm)
 
     def run(nic: Offload) -> DecapResult:
         return nic.decap(wl.esp, threads=threads, out=out)
@@ -695,7 +709,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         wl_many = build_workload(b, cfg.gcm_suite, size, cfg.batch, cfg.many_sas, cfg.seed + 1)
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
-        wl_many.receiver(b).close()
+        wl_many.receiver(b, warm=False).close()
         t_install = time.perf_counter() - t0
         log(f"  (built in {t_build:.1f} s; installing {cfg.many_sas} inbound SAs takes {t_install:.2f} s, "
             f"{t_install / cfg.many_sas * 1e6:.1f} us per SA)")
@@ -703,6 +717,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         variants = [
             _decap_variant(f"gcm.decap_1sa.{size}", f"natt decap ({b}), 1 SA", wl_one, b, None),
             _decap_variant(f"gcm.decap_many.{size}", f"natt decap ({b}), {cfg.many_sas} SAs", wl_many, b, None),
+            _decap_variant(f"gcm.decap_many_cold.{size}", f"natt decap ({b}), {cfg.many_sas} SAs, no warm-up",
+                           wl_many, b, None, warm=False),
         ]
         variants[1].timing.note = f"SA install {t_install / cfg.many_sas * 1e6:.1f} us/SA (untimed)"
         _interleaved(variants, cfg.reps, log)
@@ -786,6 +802,10 @@ def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
         if have(f"gcm.decap_many.{size}", f"gcm.decap_1sa.{size}"):
             out.append(_speed_ratio(f"natt decap {cfg.many_sas} SAs / 1 SA, {size} octets",
                                     t[f"gcm.decap_many.{size}"], t[f"gcm.decap_1sa.{size}"], 0.8))
+        if have(f"gcm.decap_many_cold.{size}", f"gcm.decap_1sa.{size}"):
+            r = _speed_ratio(f"natt decap {cfg.many_sas} SAs no warm-up / 1 SA, {size} octets",
+                             t[f"gcm.decap_many_cold.{size}"], t[f"gcm.decap_1sa.{size}"], 0)
+            out.append(dataclasses.replace(r, target="-", met=None))
     for size in (lo, hi):
         if have(f"cbc.decap.{size}", f"cbc.evp.{size}"):
             out.append(_speed_ratio(f"natt {cfg.cbc_suite} decap / bare EVP+HMAC loop, {size} octets",
@@ -856,13 +876,28 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"{t['key']:<26} {t['label']:<52} {t['median_ns_per_packet']:9.1f} "
                      f"{t['min_ns_per_packet']:9.1f} {t['max_ns_per_packet']:9.1f} {t['mpps']:7.3f} "
                      f"{t['gbit_s']:7.2f}")
-    lines += ["", f"{'ratio':<62} {'median':>8} {'range':>17}  {'target':<7} met"]
+    lines += ["", f"{'ratio':<62} {'median':>8} {'worst .. best':>17}  {'target':<7} met"]
     for r in result["ratios"]:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
         rng = f"{r['low']:.2f} .. {r['high']:.2f}"
         lines.append(f"{r['name']:<62} {r['value']:8.2f} {rng:>17}  {r['target']:<7} {met}")
     for n in result["notes"]:
         lines.append(f"note: {n}")
+    return "\n".join(lines)
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """The timings and ratios as Markdown tables (what BENCHMARKS.md shows)."""
+    lines = ["| case | variant | ns/packet median | min | max | Mpps | Gbit/s |", "|---|---|---:|---:|---:|---:|---:|"]
+    for t in result["timings"]:
+        lines.append(f"| `{t['key']}` | {t['label']} | {t['median_ns_per_packet']:.1f} | "
+                     f"{t['min_ns_per_packet']:.1f} | {t['max_ns_per_packet']:.1f} | {t['mpps']:.3f} | "
+                     f"{t['gbit_s']:.2f} |")
+    lines += ["", "| ratio | median | worst .. best | target | met |", "|---|---:|---:|---|---|"]
+    for r in result["ratios"]:
+        met = "–" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['name']} | {r['value']:.2f} | {r['low']:.2f} .. {r['high']:.2f} | "
+                     f"{r['target'].replace('>=', '≥').replace('<=', '≤')} | {met} |")
     return "\n".join(lines)
 
 
@@ -896,6 +931,7 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
     p.add_argument("--scapy-packets", type=int, help="packets of the scapy subset (0 skips scapy)")
     p.add_argument("--backend", default="fast", help="natt backend to time (default fast)")
     p.add_argument("--json", metavar="OUT.json", help="also write every timing and ratio as JSON")
+    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     return p
 
 
@@ -920,7 +956,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
     except (RuntimeError, ValueError, MemoryError) as e:
         print(f"natt bench: {e}", file=sys.stderr)
         return 2
-    print(format_report(result))
+    print(format_markdown(result) if args.markdown else format_report(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
