@@ -24,6 +24,7 @@ so a failing differential or fuzzing case can be rebuilt from its seed alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import itertools
 import math
@@ -109,6 +110,14 @@ def _v4(a: Address) -> int:
         if not 0 <= a <= 0xFFFFFFFF:
             raise ValueError(f"address: {a} is not a 32-bit value")
         return a
+    if isinstance(a, str):
+        return _parse_v4(a)
+    return int(ipaddress.IPv4Address(a))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_v4(a: str) -> int:
+    # Generators reuse a few hundred addresses; ipaddress parsing was their largest single cost.
     return int(ipaddress.IPv4Address(a))
 
 
