@@ -884,10 +884,12 @@ class _Generator:
             if esn:
                 window = (32, 64, 128, 1024)[k % 4]
                 # Right below 2**32 the receiver must infer seq_hi + 1 across the wrap; a small Tl
-                # with Th > 0 is Appendix A case B; 0 makes a number "below zero" reachable.
+                # with Th > 0 is Appendix A case B; 0 makes a number "below zero" reachable; near
+                # 2**64 a seq_hi + 1 that cannot be represented is (semantics §3), and the sender
+                # runs out of numbers.
                 replay_seq = ((1 << 32) - r.randrange(1, 300), 0, r.randrange(1, 2000),
                               (r.randrange(1, 8) << 32) + r.randrange(0, 40),
-                              (1 << 40) + r.randrange(1 << 32))[k % 5]
+                              (1 << 40) + r.randrange(1 << 32), (1 << 64) - r.randrange(3000, 9000))[k % 6]
             else:
                 window = (0, 64, 32, 128, 1024, 64)[k % 6]
                 replay_seq = (0, r.randrange(1, 5000), (1 << 32) - r.randrange(200, 5000))[k % 3]
