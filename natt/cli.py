@@ -727,6 +727,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CliError as e:
         print(f"natt {args.command}: {e}", file=sys.stderr)
         return 1
+    except OSError as e:   # e.g. the disk filled up while writing the output
+        print(f"natt {args.command}: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"natt {args.command}: interrupted", file=sys.stderr)
         return 130
