@@ -150,9 +150,17 @@ def test_decap_same_result_in_small_chunks(scenario, tmp_path, capsys):
     assert a.read_bytes() == b.read_bytes()
 
 
-@pytest.mark.parametrize("problem", ["missing-keys", "bad-keys", "missing-capture", "corrupt-capture"])
+@pytest.mark.parametrize("problem", ["missing-keys", "bad-keys", "missing-capture", "corrupt-capture",
+                                     "output-dir-missing", "disk-full"])
 def test_decap_errors_are_one_line_and_exit_1(problem, scenario, tmp_path, capsys):
     cap, keyfile, *_ = scenario
+    output = tmp_path / "o.pcap"
+    if problem == "output-dir-missing":
+        output = tmp_path / "no" / "such" / "dir.pcap"
+    elif problem == "disk-full":
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full on this system")
+        output = "/dev/full"
     if problem == "missing-keys":
         keyfile = tmp_path / "nope.json"
     elif problem == "bad-keys":
@@ -162,9 +170,9 @@ def test_decap_errors_are_one_line_and_exit_1(problem, scenario, tmp_path, capsy
     else:
         data = cap.read_bytes()
         cap.write_bytes(data[:-7])
-    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(output)] + BACKEND, capsys)
     assert rc == 1
-    assert err.startswith("natt decap: ") and "Traceback" not in err
+    assert err.startswith("natt decap: ") and "Traceback" not in err and err.count("\n") == 1
     if problem == "corrupt-capture":
         assert "offset" in err
 
