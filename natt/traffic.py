@@ -10,7 +10,8 @@ Three layers, each usable on its own:
   UDP-encapsulated IPv4 packet a NAT-T peer sends (RFC 3948 §2, either framing). Sealer options build
   what a conforming peer never sends — bad padding, bad pad length, odd next headers — with valid ICVs.
 * **Scenarios** — :func:`make_sa_pair` installs a matched outbound/inbound SA pair on one or two
-  :class:`natt.Offload` instances; :func:`mixed_traffic` builds a deterministic mixed batch (every
+  :class:`natt.Offload` instances and :func:`encapsulated_traffic` also returns packets encapsulated
+  with it; :func:`mixed_traffic` builds a deterministic mixed batch (every
   suite, both modes, both framings, ESN, corruptions, replays, reorderings, truncations, length edits,
   IKE, keepalives, fragments, non-ESP, unknown SPIs, padding errors, dummy packets) together with the
   inbound SA set it is meant for and the status and SA docs/semantics.md §1 gives every packet
@@ -76,6 +77,7 @@ __all__ = [
     "udp_encapsulate",
     "SaPair",
     "make_sa_pair",
+    "encapsulated_traffic",
     "SaSpec",
     "MixedTraffic",
     "mixed_traffic",
@@ -532,6 +534,29 @@ def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16"
         raise
     return SaPair(out_nic, in_nic, h_out, h_in, spi, s.name, esn, mode == "tunnel", UdpEncapType(framing),
                   src, dst, port, bytes(key))
+
+
+def encapsulated_traffic(out_nic: Any, in_nic: Any = None, n: int = 100, *, seed: int = 0,
+                         inner: Optional[Sequence[bytes]] = None, max_payload: int = 1400,
+                         **pair: Any) -> tuple[SaPair, list[bytes]]:
+    """Install an SA pair (:func:`make_sa_pair`, which takes ``pair``) and encapsulate traffic with it.
+
+    Returns the pair and the UDP-encapsulated ESP packets, ready for ``pair.in_nic.decap``. The
+    inner datagrams are ``inner`` or ``n`` from :func:`inner_traffic` (seeded by ``seed``;
+    IPv6 as well in tunnel mode), addressed from the pair's ``src`` to its ``dst`` so that a
+    transport SA keyed on ``dst`` accepts them. Raises ``ValueError`` (after deleting the pair) if
+    encap refuses any packet (a malformed ``inner`` datagram, or the sequence space running out).
+    """
+    p = make_sa_pair(out_nic, in_nic, seed=seed, **pair)
+    if inner is None:
+        inner = inner_traffic(seed, n, src=p.src or "10.1.0.2", dst=p.dst or "10.2.0.7", ipv6=p.tunnel,
+                              max_payload=max_payload)
+    res = p.encap(inner)
+    if int(res.status.max(initial=0)) != Status.OK:
+        counts = ", ".join(f"{k.name}={v}" for k, v in res.counts().items())
+        p.delete()
+        raise ValueError(f"inner: encap did not accept every packet ({counts})")
+    return p, list(res)
 
 
 # --------------------------------------------------------------------------------------------------

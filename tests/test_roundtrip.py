@@ -229,3 +229,24 @@ def test_nat_oa_roundtrip_through_a_nat(backend, proto, rewrite):
             out = dec[i]
             assert out[12:20] == nat[i][12:20]           # received addresses kept (semantics §4)
             assert _l4_ok(out), f"packet {i}: inner checksum not repaired for {rewrite} rewrite"
+
+
+@pytest.mark.parametrize("suite", ["aes256gcm16-esn", "aes128-sha1", "chacha20poly1305"])
+@pytest.mark.parametrize("mode", ["tunnel", "transport"])
+@pytest.mark.parametrize("framing", list(UdpEncapType))
+def test_encapsulated_traffic_helper(backend, suite, mode, framing):
+    """traffic.encapsulated_traffic: the helper the CLI demo and benchmarks use, end to end."""
+    with natt.Offload(backend=backend) as a, natt.Offload(backend=backend) as b:
+        pair, wire = traffic.encapsulated_traffic(a, b, 40, seed=5, suite=suite, mode=mode, framing=framing)
+        assert pair.esn == suite.endswith("-esn") and len(wire) == 40
+        port = traffic.DEFAULT_PORT[framing]
+        assert all(struct.unpack_from("!H", w, (w[0] & 15) * 4 + 2)[0] == port for w in wire)
+        dec = b.decap(wire)
+        assert dec.status.tolist() == [Status.OK] * 40
+        inner = traffic.inner_traffic(5, 40, src=pair.src, dst=pair.dst, ipv6=mode == "tunnel")
+        assert list(dec) == [_expected_output(p, mode == "tunnel") for p in inner]
+        # A datagram encap must refuse is reported, not silently dropped.
+        with pytest.raises(ValueError, match="MALFORMED=1"):
+            traffic.encapsulated_traffic(a, b, inner=[inner[0], b"\x45junk"], suite=suite, mode=mode,
+                                         framing=framing, spi=0x77)
+        assert a.sa_handles() == [pair.out_handle] and b.sa_handles() == [pair.in_handle]
