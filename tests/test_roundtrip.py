@@ -135,8 +135,15 @@ def test_roundtrip(backend, case):
         assert enc.status.tolist() == [Status.OK] * n_ok + [Status.SEQ_OVERFLOW] * (len(inputs) - n_ok)
         assert enc.seq.tolist()[:n_ok] == [oseq + 1 + i for i in range(n_ok)]
         assert enc.sa.tolist()[:n_ok] == [h_out] * n_ok
+        # SEQ_OVERFLOW: empty output, and seq/sa/next_header 0 (semantics §2 "Encap results").
         assert all(enc[i] == b"" for i in range(n_ok, len(inputs)))
-        assert nic.sa_stats(h_out)["replay_oseq"] == oseq + n_ok
+        assert enc.seq.tolist()[n_ok:] == enc.sa.tolist()[n_ok:] == enc.next_header.tolist()[n_ok:] == \
+            [0] * (len(inputs) - n_ok)
+        out_stats = nic.sa_stats(h_out)
+        assert out_stats["replay_oseq"] == oseq + n_ok
+        assert out_stats["seq_overflows"] == len(inputs) - n_ok
+        # Encap counts input segments, link padding included.
+        assert (out_stats["packets"], out_stats["bytes"]) == (n_ok, sum(map(len, inputs[:n_ok])))
         wire = [enc[i] for i in range(n_ok)]
         for i, (w, p) in enumerate(zip(wire, packets)):
             nh = (4 if p[0] >> 4 == 4 else 41) if tunnel else p[9]
@@ -156,6 +163,10 @@ def test_roundtrip(backend, case):
         assert dec.next_header.tolist() == enc.next_header.tolist()[:n_ok]
         for i, p in enumerate(packets[:n_ok]):
             assert dec[i] == _expected_output(p, tunnel)
+        in_stats = nic.sa_stats(h_in)
+        assert (in_stats["packets"], in_stats["bytes"]) == (n_ok, sum(len(dec[i]) for i in range(n_ok)))
+        if n_ok:
+            assert in_stats["replay_seq"] == oseq + n_ok
         # Sending the same packets again: anti-replay refuses every one (unless it is off).
         again = nic.decap(wire)
         assert again.status.tolist() == [Status.REPLAY if window else Status.OK] * n_ok
