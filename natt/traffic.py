@@ -671,7 +671,9 @@ class MixedTraffic:
     ``expected[i]`` is the :class:`~natt.Status` docs/semantics.md §1 gives packet ``i`` when
     ``sas`` are installed, in order, on an empty Offload and the packets are decapsulated in
     order (in any batch split); ``expected_sa[i]`` is the index in ``sas`` of the SA the lookup
-    finds (-1: none). ``kinds[i]`` names how packet ``i`` was made (a :data:`MIXED_KINDS` key).
+    finds (-1: none), ``expected_seq[i]`` and ``expected_next_header[i]`` the ``res.seq`` and
+    ``res.next_header`` values. ``kinds[i]`` names how packet ``i`` was made (a
+    :data:`MIXED_KINDS` key).
     """
 
     seed: int
@@ -680,6 +682,8 @@ class MixedTraffic:
     kinds: list[str]
     expected: list[Status]
     expected_sa: list[int]
+    expected_seq: list[int]
+    expected_next_header: list[int]
 
     def __len__(self) -> int:
         return len(self.packets)
@@ -787,6 +791,7 @@ class _Origin:
     seq: int
     esp: bytes
     post: Status  # the status once the ICV verifies: OK, DUMMY, PROTOCOL or MALFORMED (trailer)
+    next_header: int
 
 
 class _Model:
@@ -799,6 +804,7 @@ class _Model:
     def __init__(self, sas: list[_Sa]) -> None:
         self.entries = {port: framing for framing, port in _ENTRIES}
         self._authenticated = False
+        self._seq = self._nh = 0
         self.by_spi: dict[tuple[int, int], list[_Sa]] = {}
         for sa in sas:
             self.by_spi.setdefault((sa.spec.port, sa.spec.spi), []).append(sa)
@@ -810,13 +816,14 @@ class _Model:
                 best = sa
         return best
 
-    def decide(self, p: bytes, origin: Optional[_Origin]) -> tuple[Status, int, bool]:
-        """(status, SA index or -1, whether the packet authenticated and moved the window)."""
+    def decide(self, p: bytes, origin: Optional[_Origin]) -> tuple[Status, int, int, int, bool]:
+        """(status, SA index or -1, res.seq, res.next_header, whether the packet authenticated)."""
+        self._seq = self._nh = 0
+        self._authenticated = False
         status, sa = self._decide(p, origin)
-        return status, sa, sa >= 0 and self._authenticated
+        return status, sa, self._seq, self._nh, self._authenticated
 
     def _decide(self, p: bytes, origin: Optional[_Origin]) -> tuple[Status, int]:
-        self._authenticated = False
         if len(p) < 20 or p[0] >> 4 != 4:
             return Status.NOT_ESP, -1
         ihl = (p[0] & 15) * 4
@@ -850,21 +857,29 @@ class _Model:
         if len(esp) < 8:
             return Status.MALFORMED, -1
         spi, seql = struct.unpack_from("!II", esp)
+        self._seq = seql        # res.seq from here on: seql until an SA infers more (semantics §1.6)
         sa = self.lookup(p[ihl + 2] << 8 | p[ihl + 3], spi, _int(p[16:20]))
         if sa is None:
             return Status.NO_SA, -1
+        # With ESN, res.seq is the inferred number as soon as the SA is known, even if step 7 then
+        # finds the packet MALFORMED; an unrepresentable inference leaves it at seql (§1.6, §3).
+        seq = sa.window.infer(seql)
+        if seq is not None:
+            self._seq = seq
         s = sa.suite
         if len(esp) < 8 + s.iv_len + s.icv_len + 2:
             return Status.MALFORMED, sa.index
         if (len(esp) - 8 - s.iv_len - s.icv_len) % s.block_size:
             return Status.MALFORMED, sa.index
-        seq = sa.window.infer(seql)
-        if seq is None or sa.window.replayed(seq):
+        if seq is None:
+            return Status.REPLAY, sa.index
+        if sa.window.replayed(seq):
             return Status.REPLAY, sa.index
         if origin is None or origin.sa is not sa or origin.seq != seq or origin.esp != esp:
             return Status.AUTH_FAILED, sa.index
         sa.window.accept(seq)
         self._authenticated = True
+        self._nh = origin.next_header
         return origin.post, sa.index
 
 
@@ -882,6 +897,8 @@ class _Generator:
         self.kinds: list[str] = []
         self.expected: list[Status] = []
         self.expected_sa: list[int] = []
+        self.expected_seq: list[int] = []
+        self.expected_next_header: list[int] = []
 
     # ---------------------------------------------------------------- the SA set
 
@@ -949,11 +966,13 @@ class _Generator:
     # ---------------------------------------------------------------- packets
 
     def emit(self, kind: str, p: bytes, origin: Optional[_Origin]) -> None:
-        status, sa, authenticated = self.model.decide(p, origin)
+        status, sa, seq, nh, authenticated = self.model.decide(p, origin)
         self.packets.append(p)
         self.kinds.append(kind)
         self.expected.append(status)
         self.expected_sa.append(sa)
+        self.expected_seq.append(seq)
+        self.expected_next_header.append(nh)
         if authenticated and origin is not None:
             hist = origin.sa.history
             hist.append((p, origin))
@@ -1016,7 +1035,7 @@ class _Generator:
         else:
             ihl = (inner[0] & 15) * 4
             p = _transport_outer(inner[:ihl], esp, sa.peer, dst, sport, dport, spec.framing, udp_checksum)
-        return p, _Origin(sa, seq, esp, post)
+        return p, _Origin(sa, seq, esp, post, nh)
 
     def fresh(self, kind: str, **kw: Any) -> None:
         sa = self.pick_sa()
@@ -1078,13 +1097,13 @@ class _Generator:
         junk = self.rng.randbytes(self.rng.randrange(0, 200))
         seq = sa.take()
         esp = sa.sealer.seal(seq, junk, PROTO_NONE, rng=self.rng)
-        self._wrap_emit(kind, sa, seq, esp, Status.DUMMY)
+        self._wrap_emit(kind, sa, seq, esp, Status.DUMMY, PROTO_NONE)
 
-    def _wrap_emit(self, kind: str, sa: _Sa, seq: int, esp: bytes, post: Status) -> None:
+    def _wrap_emit(self, kind: str, sa: _Sa, seq: int, esp: bytes, post: Status, nh: int) -> None:
         spec = sa.spec
         p = udp_encapsulate(esp, sa.peer, self.outer_dst(sa), sport=spec.port, dport=spec.port,
                             framing=spec.framing, ip_id=self.rng.getrandbits(16))
-        self.emit(kind, p, _Origin(sa, seq, esp, post))
+        self.emit(kind, p, _Origin(sa, seq, esp, post, nh))
 
     def k_protocol(self, kind: str) -> None:
         tunnels = [sa for sa in self.sas if sa.spec.tunnel and not sa.exhausted()]
@@ -1135,9 +1154,10 @@ class _Generator:
         junk = self.rng.randbytes(self.rng.randrange(0, 40))
         pad = default_padding(len(junk), sa.suite.block_size)
         plain_len = len(junk) + len(pad) + 2
-        esp = sa.sealer.seal(seq, junk, self.rng.choice((PROTO_IPIP, PROTO_TCP)), padding=pad,
-                             pad_len=self.rng.randrange(plain_len - 1, 256), rng=self.rng)
-        self._wrap_emit(kind, sa, seq, esp, Status.MALFORMED)
+        nh = self.rng.choice((PROTO_IPIP, PROTO_TCP))
+        esp = sa.sealer.seal(seq, junk, nh, padding=pad, pad_len=self.rng.randrange(plain_len - 1, 256),
+                             rng=self.rng)
+        self._wrap_emit(kind, sa, seq, esp, Status.MALFORMED, nh)
 
     def _flip(self, kind: str, lo: Any, hi: Any) -> None:
         sa = self.pick_sa()
@@ -1297,7 +1317,7 @@ class _Generator:
         spi = self.rng.randrange(1, 1 << 32)
         esp = EspSealer(sa.suite, sa.spec.key, spi, esn=sa.spec.esn).seal(seq, self.rng.randbytes(40), PROTO_IPIP,
                                                                             rng=self.rng)
-        self._wrap_emit(kind, sa, seq, esp, Status.OK)
+        self._wrap_emit(kind, sa, seq, esp, Status.OK, PROTO_IPIP)
 
     def k_wrong_dst(self, kind: str) -> None:
         sa = self.pick_sa()
@@ -1350,8 +1370,8 @@ def mixed_traffic(seed: int, n: int, *, suites: Optional[Iterable[str]] = None,
     :data:`MIXED_KINDS`); valid ESP is sealed with :class:`EspSealer`.
 
     Install with :meth:`MixedTraffic.install` on an empty Offload, then ``decap`` the packets in
-    order (any batch split or thread count): ``expected``/``expected_sa`` are what
-    docs/semantics.md §1 requires.
+    order (any batch split or thread count): the ``expected*`` lists are what docs/semantics.md §1
+    requires.
     """
     if n < 0:
         raise ValueError(f"n: expected a non-negative count, got {n}")
@@ -1368,4 +1388,4 @@ def mixed_traffic(seed: int, n: int, *, suites: Optional[Iterable[str]] = None,
     while len(g.packets) < n:
         g.one()
     return MixedTraffic(seed, [sa.spec for sa in g.sas], g.packets[:n], g.kinds[:n], g.expected[:n],
-                        g.expected_sa[:n])
+                        g.expected_sa[:n], g.expected_seq[:n], g.expected_next_header[:n])

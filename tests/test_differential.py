@@ -107,6 +107,13 @@ def assert_matches_model(run: Run, traffic: MixedTraffic, handles_by_index: list
     exp_sa = np.array([handles_by_index[k] if k >= 0 else 0 for k in traffic.expected_sa], dtype=np.int64)
     bad = np.flatnonzero(run.sa != exp_sa)
     assert bad.size == 0, f"{what}: res.sa differs from the SA lookup model; first {_where(traffic, bad[0])}"
+    # res.seq carries the ESN inference (RFC 4303 Appendix A), the subtlest part of the model.
+    exp_seq = np.array(traffic.expected_seq, dtype=np.uint64)
+    bad = np.flatnonzero(run.seq != exp_seq)
+    assert bad.size == 0, (f"{what}: res.seq differs on {bad.size} packets; first {_where(traffic, bad[0])}: "
+                           f"{run.seq[bad[0]]} vs {exp_seq[bad[0]]}")
+    bad = np.flatnonzero(run.next_header != np.array(traffic.expected_next_header, dtype=np.uint8))
+    assert bad.size == 0, f"{what}: res.next_header differs on {bad.size} packets; first {_where(traffic, bad[0])}"
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +206,11 @@ def test_fast_split_and_threads(traffic, fast_run, chunk, threads):
 @pytest.mark.slow
 def test_reference_split(traffic, reference_run):
     # The oracle itself must not depend on batching either (prefix keeps this quick).
-    sub = dataclasses.replace(traffic, packets=traffic.packets[:20000], kinds=traffic.kinds[:20000],
-                              expected=traffic.expected[:20000], expected_sa=traffic.expected_sa[:20000])
+    k = 20000
+    sub = dataclasses.replace(traffic, packets=traffic.packets[:k], kinds=traffic.kinds[:k],
+                              expected=traffic.expected[:k], expected_sa=traffic.expected_sa[:k],
+                              expected_seq=traffic.expected_seq[:k],
+                              expected_next_header=traffic.expected_next_header[:k])
     run = _run("reference", sub, chunk=7, reuse_out=True)
     whole = _run("reference", sub)
     assert_same(whole, run, sub, "reference whole vs chunk=7")
