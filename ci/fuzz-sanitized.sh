@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Fuzz the fast path under AddressSanitizer and UndefinedBehaviorSanitizer (SECURITY.md).
+#
+# Builds natt._fastpath with NATT_SANITIZE=1 (-fsanitize=address,undefined, see setup.py) in a
+# temporary copy of the tree, then runs fuzz/run_fuzz.py against it for a bounded time: half
+# with threads=None, half with threads=2. Fails on any sanitizer report, crash or fuzzer finding.
+#
+# Environment:
+#   NATT_FUZZ_SECONDS  total fuzzing time (default 120)
+#   NATT_FUZZ_SEED     fuzzer seed (default: derived from the date, printed)
+#   NATT_FUZZ_SRC      source tree to build (default: this checkout)
+#   NATT_FUZZ_KEEP=1   keep the temporary directory (build log, fuzz log, findings)
+#   PYTHON             interpreter (default python3; needs numpy and cryptography)
+set -euo pipefail
+
+src="${NATT_FUZZ_SRC:-$(cd "$(dirname "$0")/.." && pwd)}"
+seconds="${NATT_FUZZ_SECONDS:-120}"
+seed="${NATT_FUZZ_SEED:-$(date +%Y%m%d)}"
+python="${PYTHON:-python3}"
+work="$(mktemp -d "${TMPDIR:-/tmp}/natt-asan.XXXXXX")"
+if [ -z "${NATT_FUZZ_KEEP:-}" ]; then
+    trap 'rm -rf "$work"' EXIT
+fi
+echo "fuzz-sanitized: source $src, work dir $work, seed $seed, ${seconds}s"
+
+# Build dependencies (a CI venv built with `pip install .` may lack Cython).
+"$python" -c "import Cython, numpy, setuptools" 2>/dev/null \
+    || "$python" -m pip install -q "cython>=3" numpy setuptools
+
+# The copy has no pyproject.toml: only the extension is built here, from setup.py, with the
+# same flags as a release build plus the sanitizers; package metadata plays no part.
+mkdir -p "$work/tree"
+cp -r "$src/natt" "$src/setup.py" "$src/fuzz" "$work/tree/"
+rm -f "$work"/tree/natt/*.so "$work"/tree/natt/_fastpath.c
+if ! (cd "$work/tree" && NATT_SANITIZE=1 "$python" setup.py -q build_ext --inplace) >"$work/build.log" 2>&1; then
+    tail -40 "$work/build.log"
+    echo "fuzz-sanitized: FAILED to build the sanitized extension"
+    exit 1
+fi
+so="$(ls "$work"/tree/natt/_fastpath*.so)"
+if ! ldd "$so" | grep -q libasan; then
+    echo "fuzz-sanitized: $so is not linked against libasan (NATT_SANITIZE ignored?)"
+    exit 1
+fi
+
+# CPython is not built with ASan, so the runtime must come first (LD_PRELOAD); CPython's
+# interned objects live until exit, hence detect_leaks=0. Any report aborts the process.
+export LD_PRELOAD
+LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
+export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1"
+export PYTHONPATH="$work/tree"
+export NATT_FUZZ_FINDINGS="$work/findings"
+cd "$work"      # not the checkout: "python -" puts the current directory first on sys.path
+
+"$python" - "$work" <<'EOF'
+import sys
+import natt, natt._fastpath as f
+assert f.__file__.startswith(sys.argv[1]), f"imported {f.__file__}, not the sanitized build"
+assert "fast" in natt.backends(), natt.backends()
+print(f"fuzz-sanitized: using {f.__file__}")
+EOF
+
+status=0
+half=$(( seconds / 2 > 0 ? seconds / 2 : 1 ))
+for threads in "" 2; do
+    args=(--seconds "$half" --seed "$seed" --batch 2048 --isolate 64 --save-last --report 20)
+    [ -n "$threads" ] && args+=(--threads "$threads")
+    set +e
+    "$python" "$work/tree/fuzz/run_fuzz.py" "${args[@]}" >"$work/fuzz${threads}.log" 2>&1
+    rc=$?
+    set -e
+    cat "$work/fuzz${threads}.log"
+    if grep -qE "ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer" \
+            "$work/fuzz${threads}.log"; then
+        echo "fuzz-sanitized: SANITIZER REPORT (threads=${threads:-None}); the batch is in $work/findings/last-batch.npz"
+        status=1
+    elif [ "$rc" -ne 0 ]; then
+        echo "fuzz-sanitized: fuzzer exited with status $rc (threads=${threads:-None}): crash or findings"
+        status=1
+    fi
+    seed=$(( seed + 1 ))
+done
+
+if [ "$status" -ne 0 ]; then
+    [ -n "${NATT_FUZZ_KEEP:-}" ] || echo "fuzz-sanitized: rerun with NATT_FUZZ_KEEP=1 to keep $work"
+    exit 1
+fi
+echo "fuzz-sanitized: OK, no sanitizer report and no finding"
