@@ -11,8 +11,9 @@ encap), then decaps it three ways in one run:
 * ``dask-1`` / ``dask-2``: :func:`natt.dask.decap_captures` on a ``LocalCluster`` of 1 and 2
   worker processes with one thread each.
 
-For each Dask run it reports wall time, throughput, the speed-up of 2 workers over 1, and the
-overhead per range: worker time not spent inside a task, ``(wall x workers - sum of task compute
+For each run it reports wall time, throughput, CPU seconds (Dask: workers and scheduler; a
+figure that contention from other processes barely moves), the speed-up of 2 workers over 1,
+and the overhead per range: worker time not spent inside a task, ``(wall x workers - sum of task compute
 times) / ranges`` -- scheduling, transfers between workers, and idle time waiting on the
 lane chains. Outputs are checked equal to the single-process outputs. The machine's load average
 is printed too: on a shared machine, read the figures with it.
@@ -75,15 +76,24 @@ def make_captures(directory: str, n: int, files: int, n_sas: int, seed: int = 1
     return paths, specs
 
 
-def single_process(paths: list[str], specs: list[keyfile.SaSpec], out_dir: str, backend: str) -> float:
+def single_process(paths: list[str], specs: list[keyfile.SaSpec], out_dir: str, backend: str
+                   ) -> tuple[float, float]:
+    """Wall and CPU seconds of the single-process reference run."""
     os.makedirs(out_dir, exist_ok=True)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     with natt.Offload(backend=backend, max_sas=len(specs)) as nic:
         handles = keyfile.install(nic, specs, direction="in")
         for p in paths:
             with pcap.PcapReader(p) as r, pcap.PcapWriter.like(r, os.path.join(out_dir, os.path.basename(p))) as w:
                 decap_capture(nic, handles, [s.label() for s in specs], r, w)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _cpu_seconds(dask_scheduler=None) -> float:
+    """User + system CPU seconds of the calling process (a worker, or the scheduler)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def dask_run(paths: list[str], specs: list[keyfile.SaSpec], out_dir: str, workers: int, chunk_size: int,
@@ -96,11 +106,13 @@ def dask_run(paths: list[str], specs: list[keyfile.SaSpec], out_dir: str, worker
         # Warm-up: imports and the first Offload on every worker are not part of the figure.
         decap_captures(paths[:1], specs, out_dir + "-warm", client, chunk_size=chunk_size, progress=False,
                        backend=backend)
+        cpu0 = sum(client.run(_cpu_seconds).values()) + client.run_on_scheduler(_cpu_seconds)
         with distributed.get_task_stream(client) as ts:
             t0 = time.perf_counter()
             stats: CaptureStats = decap_captures(paths, specs, out_dir, client, chunk_size=chunk_size,
                                                  progress=False, backend=backend)
             wall = time.perf_counter() - t0
+        cpu = sum(client.run(_cpu_seconds).values()) + client.run_on_scheduler(_cpu_seconds) - cpu0
     compute = collections.Counter()
     tasks = collections.Counter()
     for e in ts.data:
@@ -112,7 +124,7 @@ def dask_run(paths: list[str], specs: list[keyfile.SaSpec], out_dir: str, worker
                 tasks[stage] += 1
     ranges = tasks["split"]
     busy = sum(compute.values())
-    return {"workers": workers, "wall_s": wall, "ranges": ranges, "tasks": sum(tasks.values()),
+    return {"workers": workers, "wall_s": wall, "cpu_s": cpu, "ranges": ranges, "tasks": sum(tasks.values()),
             "compute_s": dict(compute), "frames": stats.frames,
             "overhead_per_range_ms": 1000 * (wall * workers - busy) / max(ranges, 1)}
 
@@ -135,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"capture set: {args.files} files, {args.packets} packets, {total / 1e6:.1f} MB, "
               f"{args.sas} SAs (built in {time.perf_counter() - t0:.1f} s); chunk {args.chunk_size} octets; "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
-        single = single_process(paths, specs, os.path.join(tmp, "single"), args.backend)
+        single, single_cpu = single_process(paths, specs, os.path.join(tmp, "single"), args.backend)
         runs = [dask_run(paths, specs, os.path.join(tmp, f"dask{w}"), w, args.chunk_size, args.backend)
                 for w in (1, 2)]
         for r in runs:
@@ -147,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"output {name} of dask-{r['workers']} differs from the single-process output",
                           file=sys.stderr)
                     return 1
-        print(f"{'run':<8} {'wall s':>8} {'MB/s':>8} {'ranges':>7} {'tasks':>6} {'overhead/range ms':>18}")
-        print(f"{'single':<8} {single:8.2f} {total / 1e6 / single:8.1f}")
+        print(f"{'run':<8} {'wall s':>8} {'MB/s':>8} {'CPU s':>8} {'ranges':>7} {'tasks':>6} {'overhead/range ms':>18}")
+        print(f"{'single':<8} {single:8.2f} {total / 1e6 / single:8.1f} {single_cpu:8.2f}")
         for r in runs:
-            print(f"dask-{r['workers']:<3} {r['wall_s']:8.2f} {total / 1e6 / r['wall_s']:8.1f} {r['ranges']:7d} "
-                  f"{r['tasks']:6d} {r['overhead_per_range_ms']:18.1f}")
+            print(f"dask-{r['workers']:<3} {r['wall_s']:8.2f} {total / 1e6 / r['wall_s']:8.1f} {r['cpu_s']:8.2f} "
+                  f"{r['ranges']:7d} {r['tasks']:6d} {r['overhead_per_range_ms']:18.1f}")
         ratio = runs[0]["wall_s"] / runs[1]["wall_s"]
         print(f"speed-up of 2 workers over 1: {ratio:.2f}x; load average now {os.getloadavg()[0]:.1f}")
         for r in runs:
@@ -160,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"packets": args.packets, "files": args.files, "sas": args.sas, "octets": total,
-                           "chunk_size": args.chunk_size, "single_s": single, "runs": runs,
+                           "chunk_size": args.chunk_size, "single_s": single, "single_cpu_s": single_cpu,
+                           "runs": runs,
                            "speedup_2_over_1": ratio, "cpus": os.cpu_count(),
                            "loadavg": os.getloadavg()}, f, indent=2)
         return 0
