@@ -284,8 +284,10 @@ def test_out_reuse_grows_and_shrinks(nic):
 def test_counts_and_indexing(nic):
     out_h, in_h = sa_pair(nic)
     enc = nic.encap([inner_udp(b"x"), inner_udp(b"y")], out_h)
-    keepalive = bytes.fromhex("450000 1d 0000 0000 4011 0000 c0000201 cb007105") + struct.pack("!HHHH", 4500, 4500, 9, 0) + b"\xff"
-    keepalive = keepalive[:10] + struct.pack("!H", _checksum(keepalive[:20])) + keepalive[12:]
+    # RFC 3948 §2.3 NAT keepalive: IPv4/UDP to port 4500 carrying the single octet 0xFF.
+    ip = struct.pack("!BBHHHBBHII", 0x45, 0, 29, 0, 0, 64, 17, 0, 0xC0000201, 0xCB007105)
+    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    keepalive = ip + struct.pack("!HHHH", 4500, 4500, 9, 0) + b"\xff"
     packets = [enc[0], b"\x60" + bytes(39), keepalive, enc[0], enc[1], b"junk"]
     res = nic.decap(packets)
     assert res.counts() == {Status.OK: 2, Status.NOT_ESP: 2, Status.KEEPALIVE: 1, Status.REPLAY: 1}

@@ -243,7 +243,7 @@ def test_trailer_edits(backend, case, j, a, b):
     else:
         assert status in (Status.OK, Status.MALFORMED, Status.DUMMY, Status.PROTOCOL)
         nh = res.next_header[0]
-        assert nh == q[len(q) - mutate.parse_suite(c.suite)[0].icv_len - 1]
+        assert nh == q[len(q) - natt.parse_suite(c.suite)[0].icv_len - 1]
         if nh == 59 and status is not Status.MALFORMED:
             assert status is Status.DUMMY and out == b""
         if status is Status.PROTOCOL:
