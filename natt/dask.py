@@ -46,8 +46,11 @@ does the same with Dask tasks, the flow being an inbound SA's lookup key (parser
    cache normally hits.
 4. ``part`` (one task per range): re-reads the range, merges the lanes' results back into frame
    order and writes the range's records to a part file next to the output; ``finish`` (one per
-   capture) writes the file header and concatenates the parts. The output is the file
-   ``natt decap`` writes, octet for octet (pcapng interface blocks included, at the same places).
+   capture) writes the file header and concatenates the parts. A classic pcap output is the file
+   ``natt decap`` writes, octet for octet; a pcapng output has the same records and interfaces,
+   but an Interface Description Block declared mid-file may sit a few records away: natt's
+   writer declares an interface at the start of the chunk whose records first name it, so its
+   place follows the chunking (as it does for ``natt decap`` with another ``--chunk-size``).
 
 Keys travel once per job: the SA set is ``scatter``-ed to the cluster and every task refers to
 it; task keys are ``natt-<stage>-<job id>`` with integer indexes and never hold key material, and
