@@ -809,6 +809,8 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         raise keyfile.KeyFileError("the key set holds no SA")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 4096:
         raise ValueError(f"chunk_size: at least 4096 octets, got {chunk_size!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256):
+        raise ValueError(f"threads: expected None or an integer 1..256, got {threads!r}")
     if backend is None:
         backend = "fast" if "fast" in backends() else "reference"
     # Refuse a bad SA set here, not in a hundred tasks: install it once on a throwaway Offload.
