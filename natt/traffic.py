@@ -989,13 +989,12 @@ class _Generator:
             raise ValueError("n: every SA ran out of sequence numbers; ask for fewer packets")
         return self.rng.choice(live)
 
-    def outer_dst(self, sa: _Sa) -> str:
-        if sa.spec.tunnel:
-            return sa.spec.dst or ""
+    def outer_dst(self, sa: _Sa) -> Address:
+        """A destination address ``sa``'s key matches (its own for /32 keys, a random one inside a /16)."""
         if sa.key_mask == _M32:
-            return sa.spec.dst or ""
+            return sa.key_addr
         if sa.key_mask:
-            return str(ipaddress.IPv4Address(sa.key_addr | self.rng.randrange(1 << 16)))
+            return sa.key_addr | (self.rng.randrange(1 << 32) & ~sa.key_mask & _M32)
         return f"192.0.2.{self.rng.randrange(200, 255)}"
 
     def inner(self, sa: _Sa, max_payload: Optional[int] = None) -> bytes:
@@ -1009,7 +1008,7 @@ class _Generator:
 
     def build(self, sa: _Sa, seq: int, *, inner: Optional[bytes] = None, next_header: Optional[int] = None,
               extra: bytes = b"", padding: Optional[bytes] = None, pad_len: Optional[int] = None,
-              post: Status = Status.OK, udp_checksum: bool = False, dst: Optional[str] = None,
+              post: Status = Status.OK, udp_checksum: bool = False, dst: Optional[Address] = None,
               dport: Optional[int] = None) -> tuple[bytes, _Origin]:
         """One packet of ``sa`` with sequence number ``seq`` and the origin record the model needs."""
         r = self.rng
