@@ -838,6 +838,10 @@ class PcapWriter:
                         iface: np.ndarray) -> np.ndarray:
         """Per-record headers as an (n, h) uint8 array (pcap: 16 octets; pcapng EPB: 28)."""
         n = ts_ns.size
+        if n and (int(ts_ns.min()) < 0 or (self.fmt == "pcap" and int(ts_ns.max()) >= 2**32 * 1_000_000_000)):
+            bad = int(ts_ns.min()) if int(ts_ns.min()) < 0 else int(ts_ns.max())
+            raise ValueError(f"ts_ns: {bad} ns cannot be written to {self.fmt} (0 .. "
+                             f"{'2**32 s' if self.fmt == 'pcap' else '2**63 ns'})")
         if self.fmt == "pcap":
             dt = np.dtype([("sec", "u4"), ("frac", "u4"), ("cap", "u4"), ("orig", "u4")]).newbyteorder(self.byteorder)
             h = np.empty(n, dt)

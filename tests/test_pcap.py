@@ -377,3 +377,47 @@ def test_random_garbage_never_crashes_or_hangs():
                 read_all(b, chunk_size=4096)
             except pcap.PcapError:
                 pass
+
+
+# ---------------------------------------------------------------------------------------------- properties
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_frames = st.lists(st.binary(min_size=0, max_size=1600), min_size=0, max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(frames=_frames, fmt=st.sampled_from(["pcap", "pcapng"]), order=st.sampled_from(["<", ">"]),
+       linktype=st.sampled_from([1, 113, 276, 228, 101, 12, 147]), chunk_size=st.sampled_from([4096, 1 << 16]),
+       ts0=st.integers(0, 2**32 * 10**9 - 10**8))
+def test_any_frames_round_trip_through_writer_and_reader(frames, fmt, order, linktype, chunk_size, ts0):
+    """Whatever the frames hold, reading gives back every frame, timestamp and interface, and
+    each IPv4 segment is exactly the frame minus its link header."""
+    out = io.BytesIO()
+    ts = [ts0 + 1000 * i for i in range(len(frames))]
+    with pcap.PcapWriter(out, fmt=fmt, linktype=linktype, nanosecond=True, byteorder=order) as w:
+        w.write_frames(frames, ts_ns=ts)
+    _, chunks = read_all(out.getvalue(), chunk_size=chunk_size)
+    got = frames_of(chunks)
+    assert [g[2] for g in got] == frames
+    assert [g[0] for g in got] == ts
+    for c in chunks:
+        for i in range(len(c)):
+            if c.ipv4[i]:
+                assert c.frame(i)[int(c.link_len[i]):] == c.batch[i]
+            else:
+                assert c.batch[i] == b"" and c.link_len[i] == 0
+
+
+@pytest.mark.parametrize("fmt,ts", [("pcap", 2**32 * 10**9), ("pcap", -1), ("pcapng", -5)])
+def test_writer_refuses_timestamps_the_format_cannot_hold(fmt, ts):
+    with pytest.raises(ValueError, match="ts_ns"):
+        pcap.PcapWriter(io.BytesIO(), fmt=fmt).write_frames([ETH + IP], ts_ns=[ts])
+
+
+def test_pcapng_keeps_timestamps_past_2038_and_2106():
+    ts = [2**32 * 10**9 + 5, 2**62 + 7]
+    out = io.BytesIO()
+    with pcap.PcapWriter(out, fmt="pcapng") as w:
+        w.write_frames([ETH + IP] * 2, ts_ns=ts)
+    assert [g[0] for g in frames_of(read_all(out.getvalue())[1])] == ts
