@@ -793,9 +793,13 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     Returns the merged per-SA summary, the :class:`natt.cli.CaptureStats` ``natt decap`` prints,
     equal to that of one process decapsulating the captures in order with one Offload (module
     docstring). With ``return_statuses``, returns ``(summary, statuses)``: per capture, the
-    :class:`natt.Status` of every frame in file order (``NOT_ESP`` for frames that are not IPv4). Raises :class:`natt.pcap.PcapError` for an unreadable capture and
-    :class:`natt.keys.KeyFileError` for unusable keys; nothing is written then... except outputs
-    of captures finished before the error.
+    :class:`natt.Status` of every frame in file order (``NOT_ESP`` for frames that are not IPv4).
+
+    Raises :class:`natt.keys.KeyFileError` for unusable keys before anything runs,
+    :class:`natt.pcap.PcapError` (same message and file offset as the single-process reader) for
+    a corrupt or truncated capture, and ``OSError`` for one that cannot be read or written. After
+    a failure no part file is left behind, but outputs of captures that were already finished
+    stay.
     """
     import distributed
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
