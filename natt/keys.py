@@ -354,8 +354,14 @@ def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
 
 
 def from_esp_sa(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
-    """Parse Wireshark ``esp_sa`` UAT text (or strongSwan save-keys output)."""
-    specs = []
+    """Parse Wireshark ``esp_sa`` UAT text (or strongSwan save-keys output).
+
+    A line that repeats an earlier SA exactly is dropped (tables that save-keys appends to
+    across restarts can hold one SA twice); two different SAs with one SPI and destination
+    are kept, and :func:`install` refuses them.
+    """
+    specs: list[SaSpec] = []
+    seen: set[tuple[Any, ...]] = set()
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -363,7 +369,11 @@ def from_esp_sa(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
         fields = _uat_fields(line)
         if fields is None:
             raise KeyFileError(f"line {lineno}: not a list of double-quoted fields")
-        specs.append(_esp_sa_spec(lineno, fields, mode))
+        s = _esp_sa_spec(lineno, fields, mode)
+        ident = (s.spi, s.suite, s.key, s.src, s.dst)
+        if ident not in seen:
+            seen.add(ident)
+            specs.append(s)
     return specs
 
 

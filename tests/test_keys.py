@@ -184,6 +184,16 @@ def test_esp_sa_errors_name_the_line_never_the_key(line, message):
     assert bytes(range(16)).hex() not in str(ei.value)
 
 
+def test_esp_sa_exact_duplicates_are_dropped_conflicts_kept():
+    line = _fill(WIRESHARK_LINES[0][0])
+    other_key = line.replace("0x" + bytes(range(20)).hex(), "0x" + bytes(20).hex())
+    assert len(keys.loads("\n".join([line, line]))) == 1
+    specs = keys.loads("\n".join([line, other_key]))
+    assert len(specs) == 2
+    with pytest.raises(keys.KeyFileError, match=r"SA #2 \(spi 0x00000101\)"):
+        keys.install(natt.Offload(backend="reference"), specs, direction="in")
+
+
 def test_gmac_cannot_go_to_wireshark():
     with pytest.raises(keys.KeyFileError, match="GMAC"):
         keys.to_esp_sa([spec(suite="aes128gmac", key=bytes(20))])
