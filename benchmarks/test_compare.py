@@ -62,6 +62,22 @@ def test_evp_loop_decrypts_and_rejects_forgeries(evp: EvpLoop, suite: str) -> No
     assert evp.decrypt(s, wrong_key, wl.esp, out) == 0
 
 
+def test_many_sa_evp_loop_uses_each_packets_own_sa(evp: EvpLoop) -> None:
+    wl = build_workload(BACKEND, "aes128gcm16", 100, 120, n_sas=10)
+    s, _ = parse_suite("aes128gcm16")
+    out = np.zeros(wl.esp.data.size, dtype=np.uint8)
+    sas = evp.gcm_many(s, wl.keys)
+    try:
+        assert sas.decrypt(wl.esp, wl.sa_index, out) == 120
+        o = int(wl.esp.offsets[11])
+        assert out[o: o + 100].tobytes() == wl.inner[11]
+        assert sas.decrypt(_tampered(wl.esp, 4), wl.sa_index, out) == 119
+        # Every packet given some other SA's context: none verifies.
+        assert sas.decrypt(wl.esp, (wl.sa_index + 1) % 10, out) == 0
+    finally:
+        sas.close()
+
+
 def test_evp_loop_refuses_a_too_small_output(evp: EvpLoop) -> None:
     wl = build_workload(BACKEND, "aes128gcm16", 64, 4)
     s, _ = parse_suite("aes128gcm16")
@@ -104,10 +120,14 @@ def test_main_runs_every_comparison_and_writes_json(tmp_path, capsys) -> None:
     result = json.loads(out.read_text())
     keys = {t["key"] for t in result["timings"]}
     for k in ("gcm.decap.64", "gcm.decap_t2.200", "gcm.encap.64", "gcm.evp.200", "gcm.python.64",
-              "gcm.scapy.64", "gcm.decap_many.64", "gcm.decap_1sa.200", "cbc.decap.64", "cbc.evp.200",
-              "cbc.encap.200", "call.decap1"):
+              "gcm.scapy.64", "gcm.decap_many.64", "gcm.decap_many_cold.200", "gcm.decap_1sa.200",
+              "gcm.evp_many.64", "gcm.evp_1sa.200", "cbc.decap.64", "cbc.evp.200", "cbc.encap.200", "call.decap1"):
         assert k in keys
     assert all(t["median_ns_per_packet"] > 0 and len(t["seconds"]) == 1 for t in result["timings"])
+    by_key = {t["key"]: t for t in result["timings"]}
+    # CPU time of the calling thread is kept for single-threaded variants only.
+    assert by_key["gcm.decap_t2.200"]["threaded"] and by_key["gcm.decap_t2.200"]["median_cpu_ns_per_packet"] is None
+    assert by_key["gcm.evp.64"]["median_cpu_ns_per_packet"] > 0
     names = [r["name"] for r in result["ratios"]]
     assert "natt decap / bare EVP loop, 200 octets" in names
     assert "fixed cost of one decap call, batch of one (us)" in names

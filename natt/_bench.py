@@ -232,6 +232,7 @@ _EVP_LOOP_C = r"""
 /* Bare EVP loops over UDP-encapsulated ESP packets (RFC 3948): only the libcrypto calls
  * a data path cannot avoid, keyed once. Written and compiled by natt._bench at run time. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -289,6 +290,80 @@ int64_t natt_bench_aead_decrypt(const char *cipher_name, int gcm, const uint8_t 
 done:
     EVP_CIPHER_CTX_free(ctx);
     EVP_CIPHER_free(cipher);
+    return ok;
+}
+
+/* Many SAs: one keyed AES-GCM context per SA (as natt keeps), packet i decrypted with the
+ * context of SA sa_index[i]. Measures what random access to per-SA OpenSSL state costs by
+ * itself: the floor under any data path that keys OpenSSL once per SA. */
+typedef struct {
+    int64_t n;
+    EVP_CIPHER *cipher;
+    EVP_CIPHER_CTX **ctx;
+} natt_bench_sas;
+
+void natt_bench_sas_free(natt_bench_sas *t)
+{
+    if (t == NULL)
+        return;
+    for (int64_t j = 0; t->ctx != NULL && j < t->n; j++)
+        EVP_CIPHER_CTX_free(t->ctx[j]);
+    free(t->ctx);
+    EVP_CIPHER_free(t->cipher);
+    free(t);
+}
+
+/* keys: n_sas records of key_len octets (AES key then 4-octet salt). NULL on failure. */
+natt_bench_sas *natt_bench_sas_new(const char *cipher_name, const uint8_t *keys, int key_len, int64_t n_sas)
+{
+    natt_bench_sas *t = calloc(1, sizeof *t);
+
+    if (t == NULL)
+        return NULL;
+    t->cipher = EVP_CIPHER_fetch(NULL, cipher_name, NULL);
+    t->ctx = calloc((size_t)n_sas, sizeof *t->ctx);
+    if (t->cipher == NULL || t->ctx == NULL) {
+        natt_bench_sas_free(t);
+        return NULL;
+    }
+    for (t->n = 0; t->n < n_sas; t->n++) {
+        const uint8_t *k = keys + t->n * key_len;
+        EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+
+        t->ctx[t->n] = c;
+        if (c == NULL || EVP_DecryptInit_ex2(c, t->cipher, k, NULL, NULL) != 1
+            || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IV_FIXED, 4, (void *)(k + key_len - 4)) != 1) {
+            t->n++;
+            natt_bench_sas_free(t);
+            return NULL;
+        }
+    }
+    return t;
+}
+
+int64_t natt_bench_sas_decrypt(natt_bench_sas *t, const int64_t *sa_index, int icv_len, const uint8_t *data,
+                               const int64_t *offsets, const int64_t *lengths, int64_t n, uint8_t *out)
+{
+    int64_t ok = 0;
+
+    for (int64_t i = 0; i < n; i++) {
+        int64_t esp_len;
+        const uint8_t *esp = natt_esp(data + offsets[i], lengths[i], &esp_len);
+        int ct_len = (int)(esp_len - 16 - icv_len);
+        uint8_t *dst = out + offsets[i];
+        EVP_CIPHER_CTX *ctx;
+        int outl, finl;
+
+        if (ct_len < 0 || sa_index[i] < 0 || sa_index[i] >= t->n)
+            continue;
+        ctx = t->ctx[sa_index[i]];
+        if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IV_INV, 8, (void *)(esp + 8)) == 1
+            && EVP_DecryptUpdate(ctx, NULL, &outl, esp, 8) == 1
+            && EVP_DecryptUpdate(ctx, dst, &outl, esp + 16, ct_len) == 1
+            && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, icv_len, (void *)(esp + esp_len - icv_len)) == 1
+            && EVP_DecryptFinal_ex(ctx, dst + outl, &finl) == 1)
+            ok++;
+    }
     return ok;
 }
 
@@ -417,6 +492,26 @@ class EvpLoop:
         self._lib.natt_bench_aead_decrypt.restype = i64
         self._lib.natt_bench_cbc_hmac_decrypt.argtypes = [c_str, p, c_int, c_str, p, c_int, c_int, p, p, p, i64, p]
         self._lib.natt_bench_cbc_hmac_decrypt.restype = i64
+        self._lib.natt_bench_sas_new.argtypes = [c_str, p, c_int, i64]
+        self._lib.natt_bench_sas_new.restype = p
+        self._lib.natt_bench_sas_free.argtypes = [p]
+        self._lib.natt_bench_sas_free.restype = None
+        self._lib.natt_bench_sas_decrypt.argtypes = [p, p, c_int, p, p, p, i64, p]
+        self._lib.natt_bench_sas_decrypt.restype = i64
+
+    def gcm_many(self, suite: Suite, keys: Sequence[bytes]) -> "_EvpSas":
+        """Keyed AES-GCM contexts, one per key (SA), for :meth:`_EvpSas.decrypt`."""
+        if suite.cipher is not Cipher.AES_GCM:
+            raise ValueError("suite: the many-SA C loop is AES-GCM only")
+        blob = ctypes.create_string_buffer(b"".join(keys), suite.key_len * len(keys))
+        try:
+            handle = self._lib.natt_bench_sas_new(_EVP_CIPHER[(suite.cipher, suite.enc_key_len)].encode(), blob,
+                                                  suite.key_len, len(keys))
+        finally:
+            ctypes.memset(blob, 0, suite.key_len * len(keys))
+        if not handle:
+            raise RuntimeError("the many-SA EVP loop could not set up its contexts")
+        return _EvpSas(self._lib, handle, suite.icv_len)
 
     def decrypt(self, suite: Suite, key: bytes, batch: PacketBatch, out: np.ndarray) -> int:
         """Decrypt (and verify) every packet of ``batch`` into ``out`` at the same offsets; returns
@@ -446,6 +541,26 @@ class EvpLoop:
         if n < 0:
             raise RuntimeError(f"the EVP loop could not set up {cipher}")
         return int(n)
+
+
+class _EvpSas:
+    """One keyed C-side AES-GCM context per SA (see ``natt_bench_sas_new``); free with :meth:`close`."""
+
+    def __init__(self, lib: ctypes.CDLL, handle: int, icv_len: int) -> None:
+        self._lib, self._handle, self._icv_len = lib, handle, icv_len
+
+    def decrypt(self, batch: PacketBatch, sa_index: np.ndarray, out: np.ndarray) -> int:
+        """Decrypt packet ``i`` with SA ``sa_index[i]``'s context; returns how many verified."""
+        if out.size < batch.data.size or sa_index.dtype != np.int64 or sa_index.size < len(batch):
+            raise ValueError("out/sa_index: too small or not int64")
+        return int(self._lib.natt_bench_sas_decrypt(
+            self._handle, sa_index.ctypes.data, self._icv_len, batch.data.ctypes.data, batch.offsets.ctypes.data,
+            batch.lengths.ctypes.data, len(batch), out.ctypes.data))
+
+    def close(self) -> None:
+        if self._handle:
+            self._lib.natt_bench_sas_free(self._handle)
+            self._handle = 0
 
 
 # ---------------------------------------------------------------------------------------------- Python baselines
@@ -746,7 +861,23 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
                            wl_many, b, None, warm=False),
         ]
         variants[1].timing.note = f"SA install {t_install / cfg.many_sas * 1e6:.1f} us/SA (untimed)"
-        _interleaved(variants, cfg.reps, log)
+        sas = None
+        if evp is not None and gcm.cipher is Cipher.AES_GCM:
+            # The same random SA order through bare per-SA EVP contexts: the cost of the memory
+            # traffic alone, which no data path that keys OpenSSL per SA can avoid.
+            variants.append(_c_variant(f"gcm.evp_1sa.{size}", "bare EVP loop (C), 1 SA", wl_one, evp))
+            sas = evp.gcm_many(gcm, wl_many.keys)
+            c_out = np.empty(wl_many.esp.data.size, dtype=np.uint8)
+            variants.append(_Variant(
+                Timing(f"gcm.evp_many.{size}", f"bare EVP loop (C), {cfg.many_sas} SAs", len(wl_many.esp),
+                       int(wl_many.esp.lengths.sum())),
+                lambda _, sas=sas, wl=wl_many, o=c_out: sas.decrypt(wl.esp, wl.sa_index, o), None,
+                _expect(len(wl_many.esp), "many-SA EVP loop")))
+        try:
+            _interleaved(variants, cfg.reps, log)
+        finally:
+            if sas is not None:
+                sas.close()
         for v in variants:
             timings[v.timing.key] = v.timing
         del wl_many, wl_one, variants
@@ -827,6 +958,14 @@ def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
         if have(f"gcm.decap_many.{size}", f"gcm.decap_1sa.{size}"):
             out.append(_speed_ratio(f"natt decap {cfg.many_sas} SAs / 1 SA, {size} octets",
                                     t[f"gcm.decap_many.{size}"], t[f"gcm.decap_1sa.{size}"], 0.8))
+        if have(f"gcm.evp_many.{size}", f"gcm.evp_1sa.{size}"):
+            r = _speed_ratio(f"bare EVP loop {cfg.many_sas} SAs / 1 SA (the floor), {size} octets",
+                             t[f"gcm.evp_many.{size}"], t[f"gcm.evp_1sa.{size}"], 0)
+            out.append(dataclasses.replace(r, target="-", met=None))
+        if have(f"gcm.decap_many.{size}", f"gcm.evp_many.{size}"):
+            r = _speed_ratio(f"natt decap / bare EVP loop, {cfg.many_sas} SAs, {size} octets",
+                             t[f"gcm.decap_many.{size}"], t[f"gcm.evp_many.{size}"], 0)
+            out.append(dataclasses.replace(r, target="-", met=None))
         if have(f"gcm.decap_many_cold.{size}", f"gcm.decap_1sa.{size}"):
             r = _speed_ratio(f"natt decap {cfg.many_sas} SAs no warm-up / 1 SA, {size} octets",
                              t[f"gcm.decap_many_cold.{size}"], t[f"gcm.decap_1sa.{size}"], 0)
