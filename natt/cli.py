@@ -203,10 +203,12 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
     DUMMY frames are dropped, others are written as read (or dropped when undecrypted and
     ``drop_undecrypted``)."""
     stats = CaptureStats(labels)
+    res = None
     t0 = time.perf_counter()
     for chunk in (_chunks(reader, bar) if bar is not None else reader):
         t1 = time.perf_counter()
-        res = nic.decap(chunk.batch, threads=threads)
+        # The previous chunk's result is written out by now: reuse its buffers.
+        res = nic.decap(chunk.batch, threads=threads, out=res)
         stats.crypto_seconds += time.perf_counter() - t1
         st = res.status
         ipv4 = chunk.ipv4
@@ -223,6 +225,12 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
 
 
 def _cmd_decap(args: argparse.Namespace) -> int:
+    if args.dask is not None or args.workers is not None:
+        from .dask import cli_decap
+        return cli_decap(args)
+    if len(args.input) != 1:
+        raise CliError("several captures need --dask SCHEDULER or --workers N (docs/dask.md)")
+    args.input = args.input[0]
     specs = _load_keys(args.keys, args.mode)
     reader = _open_capture(args.input, args.chunk_size)
     with reader:
@@ -625,16 +633,21 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt decap l2tp.pcap -k esp_sa --mode transport -o clear.pcap\n"
                "  natt decap big.pcap -k keys.json -o clear.pcap --threads 2 --report report.json\n"
                "  natt decap capture.pcap -k keys.json -o only-decrypted.pcap --drop-undecrypted\n"
+               "  natt decap day1.pcap day2.pcap -k keys.json -o clear/ --workers 2     # Dask\n"
                "exit status: 0 done, 1 unreadable capture or keys (message on stderr), 2 bad usage.")
-    d.add_argument("input", metavar="IN", help="capture to read (pcap or pcapng)")
+    d.add_argument("input", metavar="IN", nargs="+",
+                   help="capture to read (pcap or pcapng); several only with --dask/--workers")
     d.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
-    d.add_argument("-o", "--output", required=True, metavar="OUT", help="capture to write (same format as IN)")
+    d.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="capture to write (same format as IN); with --dask/--workers, a directory")
     d.add_argument("--report", metavar="REPORT.json", help="also write the summary as JSON")
     d.add_argument("--drop-undecrypted", action="store_true",
                    help="leave out ESP packets that could not be decrypted (no SA, ICV failure, replay, "
                         "malformed, ...); frames that are not ESP are still written")
     d.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
     _common(d)
+    from .dask import add_cli_arguments   # --dask SCHEDULER / --workers N (docs/dask.md)
+    add_cli_arguments(d)
     d.set_defaults(func=_cmd_decap)
 
     e = sub.add_parser(
