@@ -182,11 +182,16 @@ class BatchResult:
             self._lengths = np.empty(cap, np.int64)
         offsets = self._offsets[:n]
         if n:
+            # Slot sizes come from the caller's lengths, which may have been rewritten since the
+            # batch was validated: clamp them to the buffer, so that a bad length costs that
+            # packet an ERROR (the kernels re-check every segment), not a huge allocation.
+            size = batch.data.size
             offsets[0] = 0
-            np.cumsum(batch.lengths[:-1], out=offsets[1:])
+            np.clip(batch.lengths[:-1], 0, size, out=offsets[1:])
+            np.cumsum(offsets[1:], out=offsets[1:])
             if slot_extra:
                 offsets += np.arange(n, dtype=np.int64) * slot_extra
-            nbytes = int(offsets[-1] + batch.lengths[-1]) + slot_extra
+            nbytes = int(offsets[-1]) + min(max(int(batch.lengths[-1]), 0), size) + slot_extra
         else:
             nbytes = 0
         if self._data.size < nbytes:

@@ -242,6 +242,23 @@ def test_batch_mutated_after_validation_gives_error_not_a_crash(nic):
     assert res.status[1] == Status.OK
 
 
+@pytest.mark.parametrize("bad", [2**40, 2**62, -1, -(2**62)])
+def test_rewritten_lengths_cost_one_error_not_an_allocation(nic, bad):
+    """Slots are sized from the caller's lengths: a length rewritten to anything must not make
+    decap/encap allocate (or fail to allocate) a huge output buffer."""
+    out_h, _ = sa_pair(nic)
+    enc = nic.encap([inner_udp(), inner_udp()], out_h)
+    b = PacketBatch.from_packets([enc[0], enc[1]])
+    b.lengths[0] = bad
+    res = nic.decap(b)
+    assert res.status.tolist() == [Status.ERROR, Status.OK]
+    assert res.data.size <= 2 * b.data.size
+    e = PacketBatch.from_packets([inner_udp(), inner_udp()])
+    e.lengths[1] = bad
+    enc = nic.encap(e, out_h)
+    assert enc.status.tolist() == [Status.OK, Status.ERROR]
+
+
 def _decoded(res) -> list:
     return [(int(res.status[i]), int(res.sa[i]), int(res.seq[i]), int(res.next_header[i]), res[i])
             for i in range(len(res))]
