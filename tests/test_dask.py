@@ -9,7 +9,6 @@ lane's anti-replay state has to be rebuilt on another worker.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import threading
@@ -404,31 +403,24 @@ def test_task_keys_and_logs_hold_no_key_material(client, capture_sets, tmp_path)
 
 
 def test_cli(client, capture_sets, tmp_path, capsys):
+    """``natt decap IN... -k KEYS -o OUTDIR --dask ADDRESS`` prints natt decap's table."""
+    from natt.cli import main
     specs, paths = capture_sets["mixed"]
     key_path = tmp_path / "keys.json"
     keyfile.save(key_path, specs)
     ref, _ = _single_process(paths, specs, str(tmp_path / "ref"))
-    parser = argparse.ArgumentParser()
-    parser.add_argument("input", nargs="+")
-    parser.add_argument("-k", "--keys", required=True)
-    parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--report")
-    parser.add_argument("--drop-undecrypted", action="store_true")
-    parser.add_argument("--mode", default="tunnel")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--chunk-size", type=int, default=BIG_CHUNK)
-    parser.add_argument("--backend")
-    parser.add_argument("--progress", default=False)
-    ndask.add_cli_arguments(parser)
-    args = parser.parse_args([*paths, "-k", str(key_path), "-o", str(tmp_path / "out"),
-                              "--dask", client.scheduler.address, "--report", str(tmp_path / "r.json")])
-    args.command = "decap"
-    assert ndask.cli_decap(args) == 0
-    printed = capsys.readouterr().out
-    assert ref.table() in printed
+    rc = main(["decap", *paths, "-k", str(key_path), "-o", str(tmp_path / "out"), "--dask",
+               client.scheduler.address, "--chunk-size", str(BIG_CHUNK), "--no-progress",
+               "--report", str(tmp_path / "r.json")])
+    assert rc == 0
+    assert ref.table() in capsys.readouterr().out
     for p in paths:
         name = os.path.basename(p)
         _assert_same_capture(str(tmp_path / "ref" / name), str(tmp_path / "out" / name))
+    assert (tmp_path / "r.json").exists()
+    # Several captures without a cluster: a usage error, not a silent first-file-only run.
+    assert main(["decap", *paths, "-k", str(key_path), "-o", str(tmp_path / "x")]) == 1
+    assert "--dask" in capsys.readouterr().err
 
 
 def test_bad_inputs(client, capture_sets, tmp_path):
