@@ -18,6 +18,8 @@ import pickle
 import random
 import re
 import struct
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -383,6 +385,57 @@ def test_concurrent_control_and_data_path(backend):
         assert nic.sa_stats(inb)["packets"] == counts[k]
         assert nic.sa_stats(inb)["auth_failures"] == 0
     nic.close()
+
+
+_REWRITE_CHILD = r"""
+import sys, threading, time
+import numpy as np
+import natt
+
+backend, seconds, threads = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]) or None
+nic = natt.Offload(backend=backend)
+key = bytes(range(20))
+kw = dict(mode="tunnel", src="198.51.100.2", dst="203.0.113.5")
+out = nic.add_sa(0x1001, key, "aes128gcm16", "out", **kw)
+nic.add_sa(0x1001, key, "aes128gcm16", "in", replay_window=0, **kw)
+inner = bytes.fromhex("4500001c000100004011000a0a0000010a000002") + bytes(8)
+one = nic.encap([inner], out)[0]
+batch = natt.PacketBatch.from_packets([one] * 20000)
+good_off, good_len = batch.offsets.copy(), batch.lengths.copy()
+bad_off, bad_len = np.full_like(good_off, 1 << 62), np.full_like(good_len, -1)
+stop = threading.Event()
+
+def rewrite():
+    while not stop.is_set():
+        batch.offsets[:] = bad_off
+        batch.offsets[:] = good_off
+        batch.lengths[:] = bad_len
+        batch.lengths[:] = good_len
+
+w = threading.Thread(target=rewrite)
+w.start()
+end, runs = time.monotonic() + seconds, 0
+try:
+    while time.monotonic() < end:
+        res = nic.decap(batch, threads=threads)
+        assert set(res.counts()) <= {natt.Status.OK, natt.Status.ERROR}, res.counts()
+        runs += 1
+finally:
+    stop.set()
+    w.join()
+print("survived", runs)
+"""
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_rewriting_batch_arrays_during_decap_never_crashes(backend, threads):
+    """SECURITY.md: the caller keeps write access to a batch's arrays; rewriting them while a
+    decap runs (GIL released) is the caller's bug, but must cost ERROR statuses, never memory
+    safety. Run in a child process, so that a crash fails this test instead of the session."""
+    child = subprocess.run([sys.executable, "-c", _REWRITE_CHILD, backend, "3", str(threads)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, f"exit status {child.returncode}: {child.stderr[-2000:]}"
+    assert child.stdout.startswith("survived")
 
 
 # --------------------------------------------------------------------------- limits
