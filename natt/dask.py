@@ -738,12 +738,35 @@ def _finish(head: _RangeSpec, output: str, part_paths: list[str], *parts_done: A
     tmp = output + ".natt-tmp"
     with open(tmp, "wb") as out:
         out.write(_header(head))
+        out.flush()
         for p in part_paths:
             with open(p, "rb") as f:
-                shutil.copyfileobj(f, out, 1 << 20)
+                _append(f, out)
     os.replace(tmp, output)
     # The parts stay until the job ends (_cleanup): if this task is re-run they are still there.
     return os.path.getsize(output)
+
+
+def _append(src: Any, dst: Any) -> None:
+    """Append file ``src`` to ``dst`` (both opened unbuffered-safe: ``dst`` flushed), in the
+    kernel where it can (copy_file_range: no copy through Python, reflinks on some filesystems)."""
+    size = os.fstat(src.fileno()).st_size
+    copy = getattr(os, "copy_file_range", None)
+    done = 0
+    if copy is not None:
+        try:
+            while done < size:
+                n = copy(src.fileno(), dst.fileno(), size - done)
+                if n == 0:
+                    break
+                done += n
+        except OSError:          # e.g. across filesystems on old kernels: fall back below
+            pass
+    if done < size:
+        src.seek(done)
+        dst.seek(0, os.SEEK_END)
+        shutil.copyfileobj(src, dst, 1 << 20)
+        dst.flush()
 
 
 def _cleanup(parts_dir: str) -> None:
@@ -787,7 +810,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     or a list of :class:`natt.keys.SaSpec`; every SA is installed inbound. ``client`` is a
     ``distributed.Client`` (default: the current one). ``chunk_size`` is the octets of capture per
     task; ``threads`` the data-path threads per task; ``lanes`` the number of SA lanes (default:
-    twice the cluster's worker threads, at most one per SA key). ``progress`` shows a bar on
+    the cluster's worker threads, at most one per SA key). ``progress`` shows a bar on
     stderr (default: when stderr is a terminal).
 
     Returns the merged per-SA summary, the :class:`natt.cli.CaptureStats` ``natt decap`` prints,
@@ -841,7 +864,9 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         n_threads = sum(w.get("nthreads", 1) for _, w in workers) or 1
         n_keys = len({(s.port, s.spi) for s in specs})
         if lanes is None:
-            lanes = max(1, min(n_keys, 2 * n_threads))
+            # One lane per worker thread: lanes are pinned to workers, so more lanes would add
+            # tasks without adding parallelism.
+            lanes = max(1, min(n_keys, n_threads))
         elif isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes: expected a positive integer, got {lanes!r}")
 
