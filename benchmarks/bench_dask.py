@@ -13,10 +13,11 @@ encap), then decaps it three ways in one run:
 
 For each run it reports wall time, throughput, CPU seconds (Dask: workers and scheduler; a
 figure that contention from other processes barely moves), the speed-up of 2 workers over 1,
-and the overhead per range: worker time not spent inside a task, ``(wall x workers - sum of task compute
-times) / ranges`` -- scheduling, transfers between workers, and idle time waiting on the
-lane chains. Outputs are checked equal to the single-process outputs. The machine's load average
-is printed too: on a shared machine, read the figures with it.
+the overhead per range -- worker time not spent inside a task, ``(wall x workers - sum of task
+compute times) / ranges``: scheduling, transfers between workers, idle time waiting on the lane
+chains -- and the tasks in flight on average (sum of task compute times / wall; at most the
+number of workers). Outputs are checked equal to the single-process outputs. The machine's load
+average is printed too: on a shared machine, read the figures with it.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def dask_run(paths: list[str], specs: list[keyfile.SaSpec], out_dir: str, worker
     ranges = tasks["split"]
     busy = sum(compute.values())
     return {"workers": workers, "wall_s": wall, "cpu_s": cpu, "ranges": ranges, "tasks": sum(tasks.values()),
-            "compute_s": dict(compute), "frames": stats.frames,
+            "compute_s": dict(compute), "frames": stats.frames, "concurrency": busy / wall,
             "overhead_per_range_ms": 1000 * (wall * workers - busy) / max(ranges, 1)}
 
 
@@ -159,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"output {name} of dask-{r['workers']} differs from the single-process output",
                           file=sys.stderr)
                     return 1
-        print(f"{'run':<8} {'wall s':>8} {'MB/s':>8} {'CPU s':>8} {'ranges':>7} {'tasks':>6} {'overhead/range ms':>18}")
+        print(f"{'run':<8} {'wall s':>8} {'MB/s':>8} {'CPU s':>8} {'ranges':>7} {'tasks':>6} "
+              f"{'overhead/range ms':>18} {'tasks in flight':>16}")
         print(f"{'single':<8} {single:8.2f} {total / 1e6 / single:8.1f} {single_cpu:8.2f}")
         for r in runs:
             print(f"dask-{r['workers']:<3} {r['wall_s']:8.2f} {total / 1e6 / r['wall_s']:8.1f} {r['cpu_s']:8.2f} "
-                  f"{r['ranges']:7d} {r['tasks']:6d} {r['overhead_per_range_ms']:18.1f}")
+                  f"{r['ranges']:7d} {r['tasks']:6d} {r['overhead_per_range_ms']:18.1f} {r['concurrency']:16.2f}")
         ratio = runs[0]["wall_s"] / runs[1]["wall_s"]
         print(f"speed-up of 2 workers over 1: {ratio:.2f}x; load average now {os.getloadavg()[0]:.1f}")
         for r in runs:
