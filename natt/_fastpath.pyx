@@ -193,7 +193,14 @@ cdef struct natt_sa:
 
 
 cdef struct natt_pkt:
-    # Per-packet scratch of the threaded decap pipeline.
+    # Per-packet state of the kernels (a stack copy in the serial decap, the scratch array in
+    # the threaded pipeline and in encap). The segment and slot pointers are taken once, right
+    # after their bounds check, and never re-read from the caller's arrays, which the caller
+    # may rewrite while the kernel runs (SECURITY.md).
+    const uint8_t *inp
+    uint8_t *outp
+    int64_t in_len
+    uint64_t seq                  # encap: assigned sequence number
     natt_sa *sa
     int32_t ihl4
     int32_t esp_off
@@ -545,12 +552,19 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
 
 # --------------------------------------------------------------------------- decap kernel
 
-cdef inline bint natt_slot_ok(const natt_io *io, int64_t i, int64_t extra) noexcept nogil:
-    """Re-check segment ``i`` and its output slot against the buffers (the caller may have
-    rewritten the index arrays after validation: then the packet gets ERROR, never a crash)."""
-    cdef int64_t o = io.off[i], n = io.len[i], oo = io.ooff[i]
-    return (o >= 0 and n >= 0 and n <= io.data_len - o and oo >= 0
-            and n + extra <= io.odata_len - oo)
+cdef inline bint natt_snapshot(const natt_io *io, int64_t i, int64_t extra, natt_pkt *pk) noexcept nogil:
+    """Read segment ``i`` and its output slot once and check them against the buffers (the
+    caller may have rewritten the index arrays after validation: then the packet gets ERROR,
+    never a crash). Only the checked copies in ``pk`` are used afterwards."""
+    cdef int64_t o = (<volatile int64_t *>io.off)[i]
+    cdef int64_t n = (<volatile int64_t *>io.len)[i]
+    cdef int64_t oo = (<volatile int64_t *>io.ooff)[i]
+    if not (o >= 0 and n >= 0 and n <= io.data_len - o and oo >= 0 and n + extra <= io.odata_len - oo):
+        return False
+    pk.inp = io.data + o
+    pk.outp = io.odata + oo
+    pk.in_len = n
+    return True
 
 
 cdef inline void natt_put(natt_io *io, int64_t i, uint8_t status, int64_t sa, uint64_t seq,
@@ -561,10 +575,9 @@ cdef inline void natt_put(natt_io *io, int64_t i, uint8_t status, int64_t sa, ui
     io.onh[i] = nh
 
 
-cdef inline void natt_copy_input(natt_io *io, int64_t i) noexcept nogil:
-    cdef int64_t n = io.len[i]
-    memcpy(io.odata + io.ooff[i], io.data + io.off[i], n)
-    io.olen[i] = n
+cdef inline void natt_copy_input(natt_io *io, int64_t i, const natt_pkt *pk) noexcept nogil:
+    memcpy(pk.outp, pk.inp, pk.in_len)
+    io.olen[i] = pk.in_len
 
 
 cdef inline natt_sa *natt_lookup(const natt_state *st, int64_t entry, uint32_t spi, uint32_t dst) noexcept nogil:
@@ -596,13 +609,13 @@ cdef void natt_decap_parse(const natt_state *st, natt_io *io, int64_t i, natt_pk
     pk.sa = NULL
     pk.crypto = NATT_CR_NONE
     pk.bad_len = 0
-    if not natt_slot_ok(io, i, 0):
+    if not natt_snapshot(io, i, 0, pk):
         pk.status = NATT_ERROR
         natt_put(io, i, NATT_ERROR, 0, 0, 0)
         io.olen[i] = 0
         return
-    p = io.data + io.off[i]
-    n = io.len[i]
+    p = pk.inp
+    n = pk.in_len
     status = NATT_CONT
     while True:                              # one pass; "break" = status decided
         if n < 20 or (p[0] >> 4) != 4:
@@ -666,7 +679,7 @@ cdef void natt_decap_parse(const natt_state *st, natt_io *io, int64_t i, natt_pk
     pk.status = status
     if status != NATT_CONT:
         natt_put(io, i, status, 0, seql if status == NATT_NO_SA else 0, 0)
-        natt_copy_input(io, i)
+        natt_copy_input(io, i, pk)
 
 
 cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk, bint cached) noexcept nogil:
@@ -678,8 +691,8 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
     cdef bint ok
     cdef uint32_t seq_hi
     cdef int r
-    cdef const uint8_t *p = io.data + io.off[i]
-    cdef uint8_t *o = io.odata + io.ooff[i]
+    cdef const uint8_t *p = pk.inp
+    cdef uint8_t *o = pk.outp
     cdef int32_t dst_off = 0 if sa.tunnel else pk.ihl4
     cdef int32_t plen, off
     cdef uint8_t nh
@@ -690,12 +703,12 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
     if pk.bad_len:
         sa.ctr[NATT_C_MALFORMED] += 1
         io.ostatus[i] = NATT_MALFORMED
-        natt_copy_input(io, i)
+        natt_copy_input(io, i, pk)
         return
     if sa.window and (not ok or natt_is_replay(sa, seq)):
         sa.ctr[NATT_C_REPLAYS] += 1
         io.ostatus[i] = NATT_REPLAY
-        natt_copy_input(io, i)
+        natt_copy_input(io, i, pk)
         return
     seq_hi = <uint32_t>(seq >> 32)
     if cached and pk.crypto != NATT_CR_NONE and pk.crypto != NATT_CR_WANT and pk.seq_hi == seq_hi:
@@ -706,12 +719,12 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
         ERR_clear_error()
         sa.ctr[NATT_C_ERRORS] += 1
         io.ostatus[i] = NATT_ERROR
-        natt_copy_input(io, i)
+        natt_copy_input(io, i, pk)
         return
     if r == NATT_CR_AUTH:
         sa.ctr[NATT_C_AUTH_FAILURES] += 1
         io.ostatus[i] = NATT_AUTH_FAILED
-        natt_copy_input(io, i)
+        natt_copy_input(io, i, pk)
         return
     # Authenticated: the window moves now, whatever the trailer says (RFC 4303 §3.4.3).
     natt_accept(sa, seq)
@@ -720,7 +733,7 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
     if r == NATT_CR_PAD:
         sa.ctr[NATT_C_MALFORMED] += 1
         io.ostatus[i] = NATT_MALFORMED
-        natt_copy_input(io, i)
+        natt_copy_input(io, i, pk)
         return
     if nh == NATT_NH_NONE:
         sa.ctr[NATT_C_PACKETS] += 1
@@ -733,7 +746,7 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
         if nh != NATT_NH_IPV4 and nh != NATT_NH_IPV6:
             sa.ctr[NATT_C_PROTOCOL] += 1
             io.ostatus[i] = NATT_PROTOCOL
-            natt_copy_input(io, i)
+            natt_copy_input(io, i, pk)
             return
         io.olen[i] = plen
     else:
@@ -800,20 +813,23 @@ cdef void natt_decap_speculate(natt_state *st, natt_io *io) noexcept nogil:
 
 
 cdef void natt_decap_parallel(natt_state *st, natt_io *io, int nt) noexcept nogil:
+    """Phases 1–4 of the module docstring. The parallel loops hand out chunks of 256 packets
+    dynamically: a worker descheduled on a busy host then delays only its own chunk, not the
+    whole barrier, for one atomic add per chunk."""
     cdef int64_t i
     cdef int tid
     cdef natt_pkt *pk
     cdef natt_sa *sa
-    for i in prange(io.n, num_threads=nt, schedule="static"):
+    for i in prange(io.n, num_threads=nt, schedule="dynamic", chunksize=256):
         natt_decap_parse(st, io, i, &st.scratch[i])
     natt_decap_speculate(st, io)
-    for i in prange(io.n, num_threads=nt, schedule="static"):
+    for i in prange(io.n, num_threads=nt, schedule="dynamic", chunksize=256):
         pk = &st.scratch[i]
         if pk.crypto == NATT_CR_WANT:
             tid = threadid()
             sa = pk.sa
-            pk.crypto = natt_open(sa, tid, st.mdw[tid], io.data + io.off[i] + pk.esp_off, pk.esp_len,
-                                  pk.seq_hi, io.odata + io.ooff[i] + (0 if sa.tunnel else pk.ihl4), pk)
+            pk.crypto = natt_open(sa, tid, st.mdw[tid], pk.inp + pk.esp_off, pk.esp_len,
+                                  pk.seq_hi, pk.outp + (0 if sa.tunnel else pk.ihl4), pk)
     for i in range(io.n):
         pk = &st.scratch[i]
         if pk.status == NATT_CONT:
@@ -863,28 +879,34 @@ cdef inline int32_t natt_encap_len(const natt_sa *sa, int32_t hdr, int32_t plen,
             + 8 + sa.iv_len + ct_len[0] + sa.icv_len)
 
 
-cdef void natt_encap_assign(natt_sa *sa, natt_io *io) noexcept nogil:
+cdef void natt_encap_assign(natt_sa *sa, natt_io *io, natt_pkt *scratch) noexcept nogil:
     """Serial pass: statuses decided before crypto, and sequence numbers in packet order."""
     cdef int64_t i, n
+    cdef natt_pkt *pk
     cdef const uint8_t *p
     cdef int32_t hdr = 0, plen = 0, ct_len = 0, total
     cdef uint8_t nh = 0, tos = 0
     cdef uint64_t limit = UINT64_MAX if sa.esn else UINT32_MAX
     for i in range(io.n):
-        if not natt_slot_ok(io, i, NATT_ENCAP_OVERHEAD):
+        pk = &scratch[i]
+        pk.status = NATT_ERROR
+        if not natt_snapshot(io, i, NATT_ENCAP_OVERHEAD, pk):
             natt_put(io, i, NATT_ERROR, 0, 0, 0)
             io.olen[i] = 0
             continue
-        p = io.data + io.off[i]
-        n = io.len[i]
+        p = pk.inp
+        n = pk.in_len
+        pk.status = NATT_MALFORMED
+        pk.crypto = NATT_CR_NONE
         if not natt_inner(sa, p, n, &hdr, &plen, &nh, &tos):
             sa.ctr[NATT_C_MALFORMED] += 1
             natt_put(io, i, NATT_MALFORMED, 0, 0, 0)
-            natt_copy_input(io, i)
+            natt_copy_input(io, i, pk)
             continue
         if sa.oseq == limit:
             # RFC 4303 §3.3.3: the counter never cycles.
             sa.ctr[NATT_C_SEQ_OVERFLOWS] += 1
+            pk.status = NATT_SEQ_OVERFLOW
             natt_put(io, i, NATT_SEQ_OVERFLOW, 0, 0, 0)
             io.olen[i] = 0
             continue
@@ -892,26 +914,28 @@ cdef void natt_encap_assign(natt_sa *sa, natt_io *io) noexcept nogil:
         if total > NATT_MAX_IP_LEN:
             sa.ctr[NATT_C_MALFORMED] += 1
             natt_put(io, i, NATT_MALFORMED, 0, sa.oseq + 1, 0)
-            natt_copy_input(io, i)
+            natt_copy_input(io, i, pk)
             continue
         sa.oseq += 1
         sa.ctr[NATT_C_PACKETS] += 1
         sa.ctr[NATT_C_BYTES] += <uint64_t>n
+        pk.status = NATT_OK
+        pk.seq = sa.oseq
         natt_put(io, i, NATT_OK, sa.handle, sa.oseq, nh)
         io.olen[i] = total
 
 
-cdef bint natt_encap_build(natt_sa *sa, int tid, EVP_MD_CTX *mdw, natt_io *io, int64_t i) noexcept nogil:
-    """Write packet ``i`` (status OK, seq assigned) into its output slot. False on a crypto
+cdef bint natt_encap_build(natt_sa *sa, int tid, EVP_MD_CTX *mdw, const natt_pkt *pk) noexcept nogil:
+    """Write a packet the assignment pass made OK into its output slot. False on a crypto
     library failure."""
-    cdef const uint8_t *p = io.data + io.off[i]
-    cdef uint8_t *o = io.odata + io.ooff[i]
+    cdef const uint8_t *p = pk.inp
+    cdef uint8_t *o = pk.outp
     cdef int32_t hdr = 0, plen = 0, ct_len = 0, total, k, pad, ohdr, marker
     cdef uint8_t nh = 0, tos = 0
-    cdef uint64_t seq = io.oseq[i]
+    cdef uint64_t seq = pk.seq
     cdef uint8_t *esp
     cdef uint8_t *ct
-    natt_inner(sa, p, io.len[i], &hdr, &plen, &nh, &tos)
+    natt_inner(sa, p, pk.in_len, &hdr, &plen, &nh, &tos)
     total = natt_encap_len(sa, hdr, plen, &ct_len)
     ohdr = 20 if sa.tunnel else hdr
     marker = 8 if sa.encap_ike else 0
@@ -955,37 +979,39 @@ cdef bint natt_encap_build(natt_sa *sa, int tid, EVP_MD_CTX *mdw, natt_io *io, i
     return True
 
 
-cdef void natt_encap_fail(natt_sa *sa, natt_io *io, int64_t i) noexcept nogil:
+cdef void natt_encap_fail(natt_sa *sa, natt_io *io, int64_t i, natt_pkt *pk) noexcept nogil:
     """Undo an OK the assignment pass counted, for a packet whose crypto failed."""
+    pk.status = NATT_ERROR
     sa.ctr[NATT_C_PACKETS] -= 1
-    sa.ctr[NATT_C_BYTES] -= <uint64_t>io.len[i]
+    sa.ctr[NATT_C_BYTES] -= <uint64_t>pk.in_len
     sa.ctr[NATT_C_ERRORS] += 1
     natt_put(io, i, NATT_ERROR, 0, 0, 0)
-    natt_copy_input(io, i)
+    natt_copy_input(io, i, pk)
 
 
 cdef void natt_encap_run(natt_state *st, natt_sa *sa, natt_io *io, int nt) noexcept nogil:
     cdef int64_t i
     cdef int tid
     cdef int64_t failed = 0
-    natt_encap_assign(sa, io)
+    cdef natt_pkt *scratch = st.scratch
+    natt_encap_assign(sa, io, scratch)
     if nt <= 0:
         for i in range(io.n):
-            if io.ostatus[i] == NATT_OK and not natt_encap_build(sa, 0, st.mdw[0], io, i):
-                natt_encap_fail(sa, io, i)
+            if scratch[i].status == NATT_OK and not natt_encap_build(sa, 0, st.mdw[0], &scratch[i]):
+                natt_encap_fail(sa, io, i, &scratch[i])
         ERR_clear_error()
         return
-    for i in prange(io.n, num_threads=nt, schedule="static"):
-        if io.ostatus[i] == NATT_OK:
+    for i in prange(io.n, num_threads=nt, schedule="dynamic", chunksize=256):
+        if scratch[i].status == NATT_OK:
             tid = threadid()
-            if not natt_encap_build(sa, tid, st.mdw[tid], io, i):
+            if not natt_encap_build(sa, tid, st.mdw[tid], &scratch[i]):
                 # Marked here, counted serially below: counters are not shared between threads.
-                io.osa[i] = -1
+                scratch[i].crypto = NATT_CR_ERR
                 failed += 1
     if failed:
         for i in range(io.n):
-            if io.ostatus[i] == NATT_OK and io.osa[i] == -1:
-                natt_encap_fail(sa, io, i)
+            if scratch[i].status == NATT_OK and scratch[i].crypto == NATT_CR_ERR:
+                natt_encap_fail(sa, io, i, &scratch[i])
     ERR_clear_error()
 
 
@@ -1536,6 +1562,8 @@ cdef class FastBackend:
                 rc = 1
             elif sa.inbound:
                 rc = 2
+            elif self._scratch(io.n) != 0:
+                rc = 3
             else:
                 natt_encap_run(&self.st, sa, &io, nt)
             pthread_mutex_unlock(&self.st.lock)
@@ -1543,3 +1571,5 @@ cdef class FastBackend:
             raise KeyError(handle)
         if rc == 2:
             raise ValueError(f"handle: SA {handle} is inbound; encap needs an outbound SA")
+        if rc == 3:
+            raise MemoryError()
