@@ -2,8 +2,10 @@
 # Fuzz the fast path under AddressSanitizer and UndefinedBehaviorSanitizer (SECURITY.md).
 #
 # Builds natt._fastpath with NATT_SANITIZE=1 (-fsanitize=address,undefined, see setup.py) in a
-# temporary copy of the tree, then runs fuzz/run_fuzz.py against it for a bounded time: half
-# with threads=None, half with threads=2. Fails on any sanitizer report, crash or fuzzer finding.
+# temporary copy of the tree, then runs fuzz/run_fuzz.py against it for a bounded time (half
+# with threads=None, half with threads=2) and the data-path tests of tests/test_batch.py,
+# tests/test_fuzz.py and tests/test_hygiene.py (which also exercise encap). Fails on any
+# sanitizer report, crash, fuzzer finding or test failure.
 #
 # Environment:
 #   NATT_FUZZ_SECONDS  total fuzzing time (default 120)
@@ -30,7 +32,7 @@ echo "fuzz-sanitized: source $src, work dir $work, seed $seed, ${seconds}s"
 # The copy has no pyproject.toml: only the extension is built here, from setup.py, with the
 # same flags as a release build plus the sanitizers; package metadata plays no part.
 mkdir -p "$work/tree"
-cp -r "$src/natt" "$src/setup.py" "$src/fuzz" "$work/tree/"
+cp -r "$src/natt" "$src/setup.py" "$src/fuzz" "$src/tests" "$work/tree/"
 rm -f "$work"/tree/natt/*.so "$work"/tree/natt/_fastpath.c
 if ! (cd "$work/tree" && NATT_SANITIZE=1 "$python" setup.py -q build_ext --inplace) >"$work/build.log" 2>&1; then
     tail -40 "$work/build.log"
@@ -47,8 +49,9 @@ fi
 # interned objects live until exit, hence detect_leaks=0. Any report aborts the process.
 export LD_PRELOAD
 LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
-export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
-export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1"
+# Reports go to files ($work/san.<pid>): pytest's output capture would swallow them on stderr.
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:log_path=$work/san"
+export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1:log_path=$work/san"
 export PYTHONPATH="$work/tree"
 export NATT_FUZZ_FINDINGS="$work/findings"
 cd "$work"      # not the checkout: "python -" puts the current directory first on sys.path
@@ -62,6 +65,18 @@ print(f"fuzz-sanitized: using {f.__file__}")
 EOF
 
 status=0
+# Prints and clears any sanitizer report files; returns 1 if there were any.
+reports() {
+    local found=0 f
+    for f in "$work"/san.*; do
+        [ -e "$f" ] || continue
+        cat "$f"
+        rm -f "$f"
+        found=1
+    done
+    return "$found"
+}
+
 half=$(( seconds / 2 > 0 ? seconds / 2 : 1 ))
 for threads in "" 2; do
     args=(--seconds "$half" --seed "$seed" --batch 2048 --isolate 64 --save-last --report 20)
@@ -71,8 +86,7 @@ for threads in "" 2; do
     rc=$?
     set -e
     cat "$work/fuzz${threads}.log"
-    if grep -qE "ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer" \
-            "$work/fuzz${threads}.log"; then
+    if ! reports; then
         echo "fuzz-sanitized: SANITIZER REPORT (threads=${threads:-None}); the batch is in $work/findings/last-batch.npz"
         status=1
     elif [ "$rc" -ne 0 ]; then
@@ -81,6 +95,20 @@ for threads in "" 2; do
     fi
     seed=$(( seed + 1 ))
 done
+
+# The data-path tests under the sanitizers (memory-use measurements mean nothing under ASan).
+set +e
+(cd "$work/tree" && "$python" -m pytest -q -p no:cacheprovider -o addopts="" \
+    tests/test_batch.py tests/test_fuzz.py tests/test_hygiene.py -k "not many_sas and not python_objects")
+rc=$?
+set -e
+if ! reports; then
+    echo "fuzz-sanitized: SANITIZER REPORT in the tests"
+    status=1
+elif [ "$rc" -ne 0 ]; then
+    echo "fuzz-sanitized: tests failed under the sanitizers (status $rc)"
+    status=1
+fi
 
 if [ "$status" -ne 0 ]; then
     [ -n "${NATT_FUZZ_KEEP:-}" ] || echo "fuzz-sanitized: rerun with NATT_FUZZ_KEEP=1 to keep $work"

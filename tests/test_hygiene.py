@@ -418,7 +418,9 @@ end, runs = time.monotonic() + seconds, 0
 try:
     while time.monotonic() < end:
         res = nic.decap(batch, threads=threads)
-        assert set(res.counts()) <= {natt.Status.OK, natt.Status.ERROR}, res.counts()
+        # A copy racing with the reads may tear an offset (numpy copies need not be 8-octet
+        # atomic) and point it into another packet: any status may result, but a valid one.
+        assert int(res.status.max()) < len(natt.Status), res.status.max()
         runs += 1
 finally:
     stop.set()
@@ -430,8 +432,8 @@ print("survived", runs)
 @pytest.mark.parametrize("threads", [0, 2])
 def test_rewriting_batch_arrays_during_decap_never_crashes(backend, threads):
     """SECURITY.md: the caller keeps write access to a batch's arrays; rewriting them while a
-    decap runs (GIL released) is the caller's bug, but must cost ERROR statuses, never memory
-    safety. Run in a child process, so that a crash fails this test instead of the session."""
+    decap runs (GIL released) is the caller's bug, but must never cost memory safety. Run in a
+    child process, so that a crash fails this test instead of the session."""
     child = subprocess.run([sys.executable, "-c", _REWRITE_CHILD, backend, "3", str(threads)],
                            capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, f"exit status {child.returncode}: {child.stderr[-2000:]}"
