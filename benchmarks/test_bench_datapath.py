@@ -125,7 +125,8 @@ def test_decap_replay_window(benchmark, workloads, size: int) -> None:
     wl = workloads.workload("fast", "aes128gcm16", size, 1)
     out = DecapResult()
     benchmark.group = f"decap aes128gcm16 {size}B"
-    benchmark.extra_info.update(packets=len(wl.esp), replay_window=64)
+    benchmark.extra_info.update(packets=len(wl.esp), inner_octets=size, threads=1, sas=1,
+                                backend="fast, replay window 64")
     receivers: list[natt.Offload] = []
 
     def fresh() -> tuple[tuple, dict]:
