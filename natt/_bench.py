@@ -796,6 +796,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every comparison of ``cfg``; returns the timings, ratios and machine description."""
     if cfg.backend not in backends():
         raise RuntimeError(f"backend {cfg.backend!r} is not available (have {backends()})")
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    load_before = _loadavg()
     timings: dict[str, Timing] = {}
     ratios: list[Ratio] = []
     notes: list[str] = []
@@ -921,7 +923,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
 
     ratios = _ratios(cfg, timings)
     return {"natt_version": __version__, "config": dataclasses.asdict(cfg), "machine": machine(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_average": {"start": load_before, "end": _loadavg()},
             "timings": [t.as_dict() for t in timings.values()],
             "ratios": [dataclasses.asdict(r) for r in ratios], "notes": notes}
 
@@ -996,6 +999,14 @@ def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
 
 # ---------------------------------------------------------------------------------------------- machine, output
 
+def _loadavg() -> Optional[list[float]]:
+    """1, 5 and 15-minute load averages (what else was running), where the OS tells."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _run_text(*cmd: str) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -1035,9 +1046,11 @@ def machine() -> dict[str, Any]:
 
 def format_report(result: dict[str, Any]) -> str:
     """The timings and ratios as two plain-text tables."""
+    load = result.get("load_average") or {}
     lines = [f"natt {result['natt_version']} on {result['machine'].get('Model name', '?')}, "
              f"{result['machine'].get('nproc')} CPUs, {result['machine'].get('libcrypto', '?')}",
-             f"{result['config']['reps']} repetitions; per packet: median (min .. max)", ""]
+             f"{result['config']['reps']} repetitions; per packet: median (min .. max); "
+             f"load average at start {load.get('start')}, at end {load.get('end')}", ""]
     lines.append(f"{'case':<26} {'variant':<52} {'ns/pkt':>9} {'min':>9} {'max':>9} {'cpu ns':>9} "
                  f"{'Mpps':>7} {'Gbit/s':>7}")
     for t in result["timings"]:
