@@ -297,6 +297,23 @@ def test_segments_rewritten_after_validation_give_error_not_crash():
         assert out.lengths.tolist()[1:] == [0, 0]
 
 
+def test_encap_segments_rewritten_after_validation_give_error_not_crash():
+    b = FastBackend()
+    b.add_sa(sa_config(9, 0x900, inbound=False))
+    batch = natt.PacketBatch.from_packets([inner(1), inner(2), inner(3)])
+    out = natt.EncapResult()
+    out._prepare(batch, ENCAP_OVERHEAD)
+    batch.offsets[0] = -5
+    batch.lengths[2] = 2**40
+    for threads in (None, 2):
+        b.encap(batch, 9, out, threads)
+        assert out.status.tolist() == [Status.ERROR, Status.OK, Status.ERROR]
+        assert out.lengths.tolist()[0] == out.lengths.tolist()[2] == 0
+    # Only the one good packet per call consumed a sequence number and was counted.
+    assert b.counters(9)["replay_oseq"] == 2
+    assert b.counters(9)["packets"] == 2 and b.counters(9)["errors"] == 0
+
+
 def test_inbound_handle_refused_by_encap():
     b = FastBackend()
     b.add_entry(1, natt.UdpEncapType.OTHER, 4500)
