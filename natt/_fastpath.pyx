@@ -33,7 +33,12 @@ loop; parallelism inside a batch (``threads=N``) is the intended way to use
 several cores. Nobody ever waits for the mutex while holding the GIL, so
 the GIL and the mutex cannot deadlock.
 
-``threads=N`` runs four phases (the results are identical to
+Batch arrays are checked once per call (dtypes, shapes, sizes); each packet's
+offset, length and output slot are then read once, bounds-checked, and only
+the checked copies are used, so a caller rewriting the index arrays while
+the GIL is released gets ERROR statuses, never an out-of-bounds access.
+
+``threads=N`` (clamped to ``FastBackend.max_threads``) runs four phases (the results are identical to
 ``threads=None``, replay decisions and ESN inference included):
 
 1. parallel: parse, classify and look up every packet (tables are read-only
