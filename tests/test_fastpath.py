@@ -226,6 +226,35 @@ def test_encap_then_decap_round_trip_under_threads():
         assert nic.sa_stats(h_in)["replay_seq"] == 2**32 + 400
 
 
+def _cbc_ivs(b: FastBackend, handle: int, count: int) -> list[bytes]:
+    packets = natt.PacketBatch.from_packets([inner(i) for i in range(count)])
+    out = natt.EncapResult()
+    out._prepare(packets, ENCAP_OVERHEAD)
+    b.encap(packets, handle, out, None)
+    assert set(out.status.tolist()) == {Status.OK}
+    return [p[20 + 8 + 8: 20 + 8 + 8 + 16] for p in out]      # outer IPv4, UDP, SPI ‖ seq, then the IV
+
+
+def test_cbc_ivs_are_fresh_across_pool_refills_and_fork():
+    """CBC IVs come from a per-thread pool refilled from the DRBG (RFC 3602 §2.1: unpredictable):
+    never repeated within or across batches, and a forked child does not reuse the parent's."""
+    import multiprocessing
+    b = FastBackend()
+    b.add_sa(sa_config(9, 0x900, inbound=False, suite=SUITES["aes128-sha256"]))
+    first = _cbc_ivs(b, 9, 300)                  # 300 * 16 octets: crosses a 4 KiB pool refill
+    ivs = first + _cbc_ivs(b, 9, 300)
+    assert len(set(ivs)) == len(ivs)
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+    child = ctx.Process(target=lambda: child_end.send(_cbc_ivs(b, 9, 20)))
+    child.start()
+    child_ivs = parent_end.recv()
+    child.join(30)
+    parent_ivs = _cbc_ivs(b, 9, 20)
+    assert not set(child_ivs) & set(parent_ivs)
+    assert not set(child_ivs) & set(ivs)
+
+
 # --------------------------------------------------------------------------------------- buffers
 
 def test_out_reuse_does_not_reallocate():
