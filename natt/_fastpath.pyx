@@ -38,7 +38,9 @@ offset, length and output slot are then read once, bounds-checked, and only
 the checked copies are used, so a caller rewriting the index arrays while
 the GIL is released gets ERROR statuses, never an out-of-bounds access.
 
-``threads=N`` (clamped to ``FastBackend.max_threads``) runs four phases (the results are identical to
+``threads=N`` (clamped to ``FastBackend.max_threads``) runs on natt's own pool
+of sleeping worker threads (see "worker pool" below for why not OpenMP) in four
+phases (the results are identical to
 ``threads=None``, replay decisions and ESN inference included):
 
 1. parallel: parse, classify and look up every packet (tables are read-only
@@ -56,7 +58,6 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
-from cython.parallel cimport prange, threadid
 
 from natt._openssl cimport (
     CRYPTO_memcmp, ENGINE, ERR_clear_error, EVP_CIPHER, EVP_CIPHER_CTX, EVP_CIPHER_CTX_copy,
@@ -80,10 +81,26 @@ BACKEND_NAME = "fast"
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass
+    ctypedef struct pthread_cond_t:
+        pass
+    ctypedef unsigned long pthread_t
     int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, const void *attr)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_broadcast(pthread_cond_t *c)
+    int pthread_cond_signal(pthread_cond_t *c)
+    int pthread_create(pthread_t *t, const void *attr, void *(*start)(void *) noexcept nogil, void *arg)
+    int pthread_detach(pthread_t t)
+
+
+cdef extern from *:
+    """
+    static inline long natt_atomic_fetch_add(long *p, long v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+    """
+    long natt_atomic_fetch_add(long *p, long v) nogil
 
 
 # --------------------------------------------------------------------------- constants
@@ -566,6 +583,134 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
     return True
 
 
+# --------------------------------------------------------------------------- worker pool
+
+# ``threads=N`` runs on a process-wide pool of N-1 native worker threads plus the calling thread.
+# A job is cut into chunks of NATT_CHUNK packets that threads claim with one atomic add. The
+# caller works too and, once every chunk is claimed, waits only for the workers that actually
+# joined the job; a worker that has not woken up yet (descheduled on a busy host) holds nothing
+# up, and one that wakes late finds the job gone. Workers sleep on a condition variable between
+# jobs: no spinning that would steal the core a late worker needs (what OpenMP's default active
+# wait does on an oversubscribed host, measured at ~20 ms per call on 10 000 packets). One job
+# at a time: a second caller (another backend's batch) runs its job on its own thread, which
+# gives the same results. After fork() the child starts with no workers (natt_after_fork_child).
+
+cdef enum:
+    NATT_CHUNK = 256
+
+ctypedef void (*natt_chunk_fn)(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil
+
+cdef struct natt_job:
+    natt_chunk_fn fn
+    natt_state *st
+    natt_io *io
+    natt_sa *sa
+    long nchunks
+    long next          # next chunk to claim (atomic)
+    long failed        # encap crypto failures (atomic)
+    int active         # workers inside the job (under the pool mutex)
+
+cdef struct natt_pool:
+    pthread_mutex_t m
+    pthread_cond_t work_cv          # workers wait for a job
+    pthread_cond_t idle_cv          # the caller waits for its job's workers to leave
+    natt_job *job                   # the running job, NULL when none
+    uint64_t gen                    # bumped per job
+    int want                        # worker tids 1..want may join the running job
+    int nworkers                    # started workers, tids 1..nworkers
+
+cdef natt_pool natt_gpool
+
+
+cdef void natt_job_work(natt_job *job, int tid) noexcept nogil:
+    cdef long c
+    cdef int64_t lo, hi, n = job.io.n
+    while True:
+        c = natt_atomic_fetch_add(&job.next, 1)
+        if c >= job.nchunks:
+            return
+        lo = c * NATT_CHUNK
+        hi = lo + NATT_CHUNK
+        job.fn(job, lo, hi if hi < n else n, tid)
+
+
+cdef void *natt_worker(void *arg) noexcept nogil:
+    cdef int tid = <int><size_t>arg
+    cdef natt_pool *pool = &natt_gpool
+    cdef natt_job *job
+    cdef uint64_t seen
+    pthread_mutex_lock(&pool.m)
+    seen = pool.gen
+    while True:
+        while pool.gen == seen:
+            pthread_cond_wait(&pool.work_cv, &pool.m)
+        seen = pool.gen
+        job = pool.job
+        if job == NULL or tid > pool.want:
+            continue
+        job.active += 1
+        pthread_mutex_unlock(&pool.m)
+        natt_job_work(job, tid)
+        ERR_clear_error()
+        pthread_mutex_lock(&pool.m)
+        job.active -= 1
+        if job.active == 0:
+            pthread_cond_signal(&pool.idle_cv)
+    return NULL
+
+
+cdef long natt_pool_run(natt_chunk_fn fn, natt_state *st, natt_io *io, natt_sa *sa, int nt) noexcept nogil:
+    """Run ``fn`` over all packets of ``io`` on up to ``nt`` threads; returns job.failed."""
+    cdef natt_job job
+    cdef natt_pool *pool = &natt_gpool
+    cdef pthread_t t
+    cdef bint shared = False
+    job.fn = fn
+    job.st = st
+    job.io = io
+    job.sa = sa
+    job.nchunks = <long>((io.n + NATT_CHUNK - 1) // NATT_CHUNK)
+    job.next = 0
+    job.failed = 0
+    job.active = 0
+    if nt > 1 and job.nchunks > 1:
+        pthread_mutex_lock(&pool.m)
+        if pool.job == NULL:
+            while pool.nworkers < nt - 1:
+                # A worker that cannot be started only means fewer helpers.
+                if pthread_create(&t, NULL, natt_worker, <void *><size_t>(pool.nworkers + 1)) != 0:
+                    break
+                pthread_detach(t)
+                pool.nworkers += 1
+            pool.job = &job
+            pool.want = nt - 1
+            pool.gen += 1
+            pthread_cond_broadcast(&pool.work_cv)
+            shared = True
+        pthread_mutex_unlock(&pool.m)
+    natt_job_work(&job, 0)
+    if shared:
+        pthread_mutex_lock(&pool.m)
+        while job.active > 0:
+            pthread_cond_wait(&pool.idle_cv, &pool.m)
+        pool.job = NULL
+        pthread_mutex_unlock(&pool.m)
+    return job.failed
+
+
+cdef void natt_pool_init() noexcept nogil:
+    pthread_mutex_init(&natt_gpool.m, NULL)
+    pthread_cond_init(&natt_gpool.work_cv, NULL)
+    pthread_cond_init(&natt_gpool.idle_cv, NULL)
+    natt_gpool.job = NULL
+    natt_gpool.gen = 0
+    natt_gpool.want = 0
+    natt_gpool.nworkers = 0
+
+
+natt_pool_init()
+
+
 # --------------------------------------------------------------------------- decap kernel
 
 cdef inline bint natt_snapshot(const natt_io *io, int64_t i, int64_t extra, natt_pkt *pk) noexcept nogil:
@@ -828,24 +973,31 @@ cdef void natt_decap_speculate(natt_state *st, natt_io *io) noexcept nogil:
             sa.spec_top = seq
 
 
-cdef void natt_decap_parallel(natt_state *st, natt_io *io, int nt) noexcept nogil:
-    """Phases 1–4 of the module docstring. The parallel loops hand out chunks of 256 packets
-    dynamically: a worker descheduled on a busy host then delays only its own chunk, not the
-    whole barrier, for one atomic add per chunk."""
+cdef void natt_chunk_parse(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
     cdef int64_t i
-    cdef int tid
+    for i in range(lo, hi):
+        natt_decap_parse(job.st, job.io, i, &job.st.scratch[i])
+
+
+cdef void natt_chunk_open(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
+    cdef int64_t i
     cdef natt_pkt *pk
     cdef natt_sa *sa
-    for i in prange(io.n, num_threads=nt, schedule="dynamic", chunksize=256):
-        natt_decap_parse(st, io, i, &st.scratch[i])
-    natt_decap_speculate(st, io)
-    for i in prange(io.n, num_threads=nt, schedule="dynamic", chunksize=256):
-        pk = &st.scratch[i]
+    for i in range(lo, hi):
+        pk = &job.st.scratch[i]
         if pk.crypto == NATT_CR_WANT:
-            tid = threadid()
             sa = pk.sa
-            pk.crypto = natt_open(sa, tid, st.mdw[tid], pk.inp + pk.esp_off, pk.esp_len,
+            pk.crypto = natt_open(sa, tid, job.st.mdw[tid], pk.inp + pk.esp_off, pk.esp_len,
                                   pk.seq_hi, pk.outp + (0 if sa.tunnel else pk.ihl4), pk)
+
+
+cdef void natt_decap_parallel(natt_state *st, natt_io *io, int nt) noexcept nogil:
+    """Phases 1–4 of the module docstring; phases 1 and 3 run on the worker pool."""
+    cdef int64_t i
+    cdef natt_pkt *pk
+    natt_pool_run(natt_chunk_parse, st, io, NULL, nt)
+    natt_decap_speculate(st, io)
+    natt_pool_run(natt_chunk_open, st, io, NULL, nt)
     for i in range(io.n):
         pk = &st.scratch[i]
         if pk.status == NATT_CONT:
@@ -954,6 +1106,8 @@ cdef uint64_t natt_fork_gen = 1
 cdef void natt_after_fork_child() noexcept nogil:
     global natt_fork_gen
     natt_fork_gen += 1
+    # Worker threads do not survive fork(), and the pool mutex may have been held by one.
+    natt_pool_init()
 
 
 pthread_atfork(NULL, NULL, natt_after_fork_child)
@@ -1044,10 +1198,20 @@ cdef void natt_encap_fail(natt_sa *sa, natt_io *io, int64_t i, natt_pkt *pk) noe
     natt_copy_input(io, i, pk)
 
 
+cdef void natt_chunk_seal(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
+    cdef int64_t i
+    cdef natt_pkt *pk
+    for i in range(lo, hi):
+        pk = &job.st.scratch[i]
+        if pk.status == NATT_OK and not natt_encap_build(job.st, job.sa, tid, pk):
+            # Marked here, counted serially afterwards: counters are not shared between threads.
+            pk.crypto = NATT_CR_ERR
+            natt_atomic_fetch_add(&job.failed, 1)
+
+
 cdef void natt_encap_run(natt_state *st, natt_sa *sa, natt_io *io, int nt) noexcept nogil:
     cdef int64_t i
-    cdef int tid
-    cdef int64_t failed = 0
+    cdef long failed = 0
     cdef natt_pkt *scratch = st.scratch
     natt_encap_assign(sa, io, scratch)
     if nt <= 0:
@@ -1056,13 +1220,7 @@ cdef void natt_encap_run(natt_state *st, natt_sa *sa, natt_io *io, int nt) noexc
                 natt_encap_fail(sa, io, i, &scratch[i])
         ERR_clear_error()
         return
-    for i in prange(io.n, num_threads=nt, schedule="dynamic", chunksize=256):
-        if scratch[i].status == NATT_OK:
-            tid = threadid()
-            if not natt_encap_build(st, sa, tid, &scratch[i]):
-                # Marked here, counted serially below: counters are not shared between threads.
-                scratch[i].crypto = NATT_CR_ERR
-                failed += 1
+    failed = natt_pool_run(natt_chunk_seal, st, io, sa, nt)
     if failed:
         for i in range(io.n):
             if scratch[i].status == NATT_OK and scratch[i].crypto == NATT_CR_ERR:

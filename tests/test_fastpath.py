@@ -452,3 +452,42 @@ def test_add_remove_while_decapping_does_not_disturb_stable_sas():
             t.join()
         assert not errors
         assert all(nic.sa_stats(h)["packets"] == 60 * 199 for h in stable)
+
+
+def test_two_backends_decapping_concurrently_with_threads():
+    """The worker pool runs one job at a time; a second backend's threaded batch arriving
+    meanwhile runs on its own thread. Both must give the serial results."""
+    cfgs, batch = esn_wrap_traffic(11)
+    expected = run_decap(fresh_fast(cfgs), batch)
+    results: dict[int, tuple] = {}
+
+    def work(k: int) -> None:
+        b = fresh_fast(cfgs)
+        results[k] = run_decap(b, batch, threads=2)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    for k in range(4):
+        assert_same_run(expected, results[k], f"concurrent backend {k}")
+
+
+def test_threaded_decap_works_in_a_forked_child():
+    """Worker threads do not survive fork(): the child must not wait for them."""
+    import multiprocessing
+    cfgs, batch = esn_wrap_traffic(12)
+    expected = run_decap(fresh_fast(cfgs), batch, threads=2)     # the parent's pool is started
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+
+    def child() -> None:
+        status = run_decap(fresh_fast(cfgs), batch, threads=2)[0]
+        child_end.send(status.tolist())
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    assert parent_end.poll(60), "the forked child hung in a threaded decap"
+    assert parent_end.recv() == expected[0].tolist()
+    proc.join(30)
