@@ -174,45 +174,52 @@ cdef enum:
 # --------------------------------------------------------------------------- C structures
 
 cdef struct natt_sa:
+    # Field order is for the cache: a decap touches the first three 64-octet lines only
+    # (lookup key and replay state; counters; per-packet parameters and thread 0's context),
+    # which matters once there are more SAs than fit in the cache.
+    # -- line 0: lookup and anti-replay (semantics §3). T = top; bit (s & bmask) of bitmap
+    # stands for number s, valid for s in (top - window, top]; the ring has a power-of-two
+    # number of bits >= window (windows up to 64 use the inline bitmap_word).
     natt_sa *hnext                # hash chain (inbound)
-    int64_t handle
     int64_t entry_handle          # parser entry (inbound)
-    int32_t slot
+    int64_t handle
     uint32_t spi
     uint32_t dst_addr             # inbound lookup key
     uint32_t dst_mask
-    uint32_t src_tunnel_addr
-    uint32_t dst_tunnel_addr
-    uint32_t nat_oa_src
-    uint32_t nat_oa_dst
-    uint16_t encap_src_port
-    uint16_t encap_dst_port
+    uint32_t window
+    uint64_t top
+    uint64_t bmask
+    uint64_t *bitmap
+    # -- line 1 (and the start of line 2): counters, then the small per-packet parameters
+    uint64_t ctr[NATT_N_COUNTERS]
+    uint64_t bitmap_word
     uint8_t inbound
     uint8_t tunnel
     uint8_t esn
     uint8_t encap_ike             # outbound framing: write the non-IKE marker
-    int32_t cipher
-    int32_t mac
-    int32_t iv_len
-    int32_t icv_len
-    int32_t block
+    uint8_t cipher
+    uint8_t mac
+    uint8_t iv_len
+    uint8_t icv_len
+    uint8_t block
     uint8_t salt[4]               # AEAD nonce salt (RFC 4106 §4): key material, cleansed on free
-    # anti-replay (semantics §3): T = top; bit (s & bmask) of bitmap stands for number s,
-    # valid for s in (top - window, top]; the ring has a power-of-two number of bits >= window.
-    uint32_t window
-    uint64_t top
-    uint64_t *bitmap
-    uint64_t bmask
+    uint16_t encap_src_port
+    uint16_t encap_dst_port
+    uint32_t nat_oa_src
+    uint32_t nat_oa_dst
+    EVP_CIPHER_CTX *tctx[NATT_MAX_THREADS]
+    # -- cold: encap-only, control-plane and threaded-pipeline state
+    EVP_MD_CTX *inner             # HMAC: digest state after key ^ ipad (RFC 2104)
+    EVP_MD_CTX *outer             # HMAC: digest state after key ^ opad
+    uint32_t src_tunnel_addr
+    uint32_t dst_tunnel_addr
+    int32_t slot
     uint64_t oseq                 # outbound: last sequence number sent
     uint64_t spec_top             # phase 2 speculative top
     uint64_t spec_epoch
     EVP_CIPHER *evp_cipher
     EVP_CIPHER_CTX *tmpl          # keyed once; only ever copied, never used for crypto
-    EVP_CIPHER_CTX *tctx[NATT_MAX_THREADS]
     EVP_MD *evp_md
-    EVP_MD_CTX *inner             # HMAC: digest state after key ^ ipad (RFC 2104)
-    EVP_MD_CTX *outer             # HMAC: digest state after key ^ opad
-    uint64_t ctr[NATT_N_COUNTERS]
 
 
 cdef struct natt_pkt:
@@ -1252,7 +1259,8 @@ cdef void natt_sa_free(natt_sa *sa) noexcept nogil:
         EVP_CIPHER_free(sa.evp_cipher)
     if sa.evp_md != NULL:
         EVP_MD_free(sa.evp_md)
-    free(sa.bitmap)
+    if sa.bitmap != &sa.bitmap_word:
+        free(sa.bitmap)
     OPENSSL_cleanse(sa, sizeof(natt_sa))
     free(sa)
 
@@ -1575,9 +1583,12 @@ cdef class FastBackend:
                 while nbits < sa.window:
                     nbits <<= 1
                 sa.bmask = nbits - 1
-                sa.bitmap = <uint64_t *>malloc((nbits >> 6) * sizeof(uint64_t))
-                if sa.bitmap == NULL:
-                    raise MemoryError()
+                if nbits == 64:
+                    sa.bitmap = &sa.bitmap_word
+                else:
+                    sa.bitmap = <uint64_t *>malloc((nbits >> 6) * sizeof(uint64_t))
+                    if sa.bitmap == NULL:
+                        raise MemoryError()
                 memset(sa.bitmap, 0xFF, (nbits >> 6) * sizeof(uint64_t))
             klen = len(cfg.key)
             if klen != suite.enc_key_len + suite.salt_len + suite.auth_key_len or klen > 128:
