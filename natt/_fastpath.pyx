@@ -60,19 +60,19 @@ from libc.string cimport memcpy, memset
 cimport numpy as cnp
 
 from natt._openssl cimport (
-    CRYPTO_memcmp, ENGINE, ERR_clear_error, EVP_CIPHER, EVP_CIPHER_CTX, EVP_CIPHER_CTX_copy,
+    CRYPTO_memcmp, ERR_clear_error, EVP_CIPHER, EVP_CIPHER_CTX, EVP_CIPHER_CTX_copy,
     EVP_CIPHER_CTX_ctrl, EVP_CIPHER_CTX_free, EVP_CIPHER_CTX_new, EVP_CIPHER_CTX_set_padding,
     EVP_CIPHER_fetch, EVP_CIPHER_free, EVP_CipherFinal_ex, EVP_CipherInit_ex, EVP_CipherUpdate,
     EVP_CTRL_AEAD_GET_TAG, EVP_CTRL_AEAD_SET_TAG, EVP_DigestFinal_ex, EVP_DigestInit_ex,
     EVP_DigestUpdate, EVP_MAX_MD_SIZE, EVP_MD, EVP_MD_CTX, EVP_MD_CTX_copy_ex, EVP_MD_CTX_free,
-    EVP_MD_CTX_new, EVP_MD_fetch, EVP_MD_free, EVP_MD_get_block_size, EVP_MD_get_size,
+    EVP_MD_CTX_new, EVP_MD_fetch, EVP_MD_free, EVP_MD_get_block_size,
     OPENSSL_cleanse, RAND_bytes,
 )
 
 from ._backend import COUNTER_NAMES
 from ._batch import ENCAP_OVERHEAD as _ENCAP_OVERHEAD
-from ._constants import UdpEncapType
-from ._suites import Cipher, Mac
+from ._constants import Status as _Status, UdpEncapType
+from ._suites import Cipher as _Cipher, Mac as _Mac
 
 cnp.import_array()
 
@@ -1422,8 +1422,17 @@ cdef inline int _threads(object threads) except -2:
     return NATT_MAX_THREADS if t > NATT_MAX_THREADS else <int>t
 
 
-if _ENCAP_OVERHEAD != NATT_ENCAP_OVERHEAD:   # pragma: no cover - guards a silent layout change
-    raise ImportError("natt._fastpath was built for a different ENCAP_OVERHEAD")
+# The kernels hard-code these numbers; refuse to load if the Python side ever changes them.
+if (_ENCAP_OVERHEAD != NATT_ENCAP_OVERHEAD   # pragma: no cover - guards a silent mismatch
+        or [int(c) for c in _Cipher] != [NATT_CIPHER_NULL, NATT_CIPHER_AES_CBC, NATT_CIPHER_3DES_CBC,
+                                         NATT_CIPHER_AES_GCM, NATT_CIPHER_CHACHA20_POLY1305,
+                                         NATT_CIPHER_AES_GMAC]
+        or [m.name for m in _Mac][1:] != ["HMAC_MD5_96", "HMAC_SHA1_96", "HMAC_SHA256_128",
+                                          "HMAC_SHA384_192", "HMAC_SHA512_256"]
+        or [int(m) for m in _Mac] != [0, 1, 2, 3, 4, 5]
+        or int(_Status.ERROR) != NATT_ERROR or int(_Status.SEQ_OVERFLOW) != NATT_SEQ_OVERFLOW
+        or int(UdpEncapType.IKE) != NATT_ENCAP_IKE):
+    raise ImportError("natt._fastpath was built against different natt constants")
 
 
 # --------------------------------------------------------------------------- the backend
