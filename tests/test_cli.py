@@ -271,13 +271,14 @@ def test_subprocess_decap_and_error_exit(scenario, tmp_path):
     out = tmp_path / "sub.pcap"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     p = subprocess.run([sys.executable, "-m", "natt.cli", "decap", str(cap), "-k", str(keyfile), "-o", str(out),
-                        "--backend", "reference", "--no-progress"], capture_output=True, text=True, env=env,
-                       timeout=120)
+                        "--no-progress"], capture_output=True, text=True, env=env,
+                       timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "aes128gcm16" in p.stdout and p.stderr == ""
     assert [g[3] for g in pcap.read_frames(out)][:12] == inner
     p = subprocess.run([sys.executable, "-m", "natt.cli", "decap", str(tmp_path / "missing.pcap"), "-k",
-                        str(keyfile), "-o", str(out)], capture_output=True, text=True, env=env, timeout=120)
+                        str(keyfile), "-o", str(out)], capture_output=True, text=True, env=env, timeout=120,
+                       cwd=tmp_path)
     assert p.returncode == 1 and "Traceback" not in p.stderr and "missing.pcap" in p.stderr
 
 

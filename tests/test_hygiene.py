@@ -430,12 +430,12 @@ print("survived", runs)
 
 
 @pytest.mark.parametrize("threads", [0, 2])
-def test_rewriting_batch_arrays_during_decap_never_crashes(backend, threads):
+def test_rewriting_batch_arrays_during_decap_never_crashes(backend, threads, tmp_path):
     """SECURITY.md: the caller keeps write access to a batch's arrays; rewriting them while a
     decap runs (GIL released) is the caller's bug, but must never cost memory safety. Run in a
     child process, so that a crash fails this test instead of the session."""
     child = subprocess.run([sys.executable, "-c", _REWRITE_CHILD, backend, "3", str(threads)],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert child.returncode == 0, f"exit status {child.returncode}: {child.stderr[-2000:]}"
     assert child.stdout.startswith("survived")
 
