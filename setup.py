@@ -42,8 +42,8 @@ def _libcrypto() -> tuple[list, list, list]:
 
 
 include_dirs, library_dirs, libraries = _libcrypto()
-compile_args = ["-O3", "-fno-strict-aliasing", "-fopenmp"]
-link_args = ["-fopenmp"]
+compile_args = ["-O3", "-fno-strict-aliasing"]
+link_args = ["-pthread"]
 directives = {"language_level": 3, "boundscheck": False, "wraparound": False,
               "cdivision": True, "initializedcheck": False}
 if os.environ.get("NATT_SANITIZE"):

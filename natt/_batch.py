@@ -15,6 +15,7 @@ import numpy as np
 
 from ._constants import Status
 
+
 __all__ = ["PacketBatch", "BatchResult", "DecapResult", "EncapResult", "ENCAP_OVERHEAD", "as_batch"]
 
 BytesLike = Union[bytes, bytearray, memoryview, np.ndarray]
@@ -158,9 +159,13 @@ class BatchResult:
         self._offsets = np.zeros(0, np.int64)
         self._lengths = np.zeros(0, np.int64)
         self._data = np.zeros(0, np.uint8)
-        self._view(0, 0)
+        self.status, self.sa, self.seq, self.next_header = self._status, self._sa, self._seq, self._nh
+        self.offsets, self.lengths, self.data = self._offsets, self._lengths, self._data
 
     def _view(self, n: int, nbytes: int) -> None:
+        if self.status.size == n and self.data.size == nbytes and self.status.base is self._status \
+                and self.data.base is self._data:
+            return      # steady state: the views from the last call still fit
         self.status = self._status[:n]
         self.sa = self._sa[:n]
         self.seq = self._seq[:n]
@@ -181,7 +186,9 @@ class BatchResult:
             self._offsets = np.empty(cap, np.int64)
             self._lengths = np.empty(cap, np.int64)
         offsets = self._offsets[:n]
-        if n:
+        if _layout_slots is not None:
+            nbytes = _layout_slots(batch.lengths, batch.data.size, slot_extra, offsets)
+        elif n:
             # Slot sizes come from the caller's lengths, which may have been rewritten since the
             # batch was validated: clamp them to the buffer, so that a bad length costs that
             # packet an ERROR (the kernels re-check every segment), not a huge allocation.
@@ -233,3 +240,10 @@ class EncapResult(BatchResult):
     """Result of :meth:`natt.Offload.encap`; output slot ``i`` is ``ENCAP_OVERHEAD`` longer than input ``i``."""
 
     __slots__ = ()
+
+
+# At the end: natt._fastpath imports ENCAP_OVERHEAD from this module.
+try:  # the C loop of the fast path, when the extension is built
+    from ._fastpath import layout_slots as _layout_slots
+except ImportError:  # pragma: no cover - reference-only installs
+    _layout_slots = None

@@ -1028,6 +1028,10 @@ cdef inline bint natt_inner(const natt_sa *sa, const uint8_t *p, int64_t n, int3
             hdr[0] = 0
             plen[0] = tl
             nh[0] = NATT_NH_IPV4
+        elif rd16(p + 6) & 0x3FFF:
+            # RFC 4303 §3.3.4: transport mode protects whole datagrams, never fragments (the
+            # outer header would inherit MF/offset and the peer could not decap it).
+            return False
         else:
             hdr[0] = ihl4
             plen[0] = tl - ihl4
@@ -1810,3 +1814,27 @@ cdef class FastBackend:
             raise ValueError(f"handle: SA {handle} is inbound; encap needs an outbound SA")
         if rc == 3:
             raise MemoryError()
+
+
+def layout_slots(const int64_t[::1] lengths, int64_t size, int64_t slot_extra, int64_t[::1] offsets) -> int:
+    """Lay out output slots for ``BatchResult._prepare``: slot ``i`` starts at ``offsets[i]`` and
+    holds ``clamp(lengths[i], 0, size) + slot_extra`` octets; returns the total.
+
+    The same rule as the numpy code in ``natt._batch`` (which stays as the fallback), in one C
+    loop: at a batch of one, numpy's clip/cumsum calls cost more than the whole decap.
+    Lengths are clamped because the caller may have rewritten them since validation.
+    """
+    cdef Py_ssize_t i, n = lengths.shape[0]
+    cdef int64_t pos = 0, ln
+    if offsets.shape[0] < n:
+        raise ValueError("offsets: shorter than lengths")
+    with nogil:
+        for i in range(n):
+            offsets[i] = pos
+            ln = lengths[i]
+            if ln < 0:
+                ln = 0
+            elif ln > size:
+                ln = size
+            pos += ln + slot_extra
+    return pos

@@ -649,7 +649,11 @@ class Offload:
         elif not isinstance(out, EncapResult):
             raise TypeError(f"out: expected an EncapResult, got {type(out).__name__}")
         out._prepare(batch, ENCAP_OVERHEAD)
-        self._run(self._backend.encap, batch, handle, out, threads)
+        try:
+            self._run(self._backend.encap, batch, cfg.handle, out, threads)
+        except KeyError:
+            # Deleted by another thread between the check above and the batch.
+            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {handle!r} names no SA") from None
         return out
 
     def _run(self, fn: Any, *args: Any) -> None:

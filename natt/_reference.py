@@ -585,7 +585,12 @@ def _inner_payload(p: bytes, tunnel: bool) -> Optional[tuple[bytes, int]]:
         tl = int.from_bytes(p[2:4], "big")
         if ihl < 20 or not ihl <= tl <= len(p):
             return None
-        return (p[:tl], _NH_IPV4) if tunnel else (p[ihl:tl], p[9])
+        if tunnel:
+            return p[:tl], _NH_IPV4
+        # RFC 4303 §3.3.4: transport mode protects whole datagrams, never fragments.
+        if int.from_bytes(p[6:8], "big") & 0x3FFF:
+            return None
+        return p[ihl:tl], p[9]
     if tunnel and len(p) >= 40 and p[0] >> 4 == 6:
         plen = int.from_bytes(p[4:6], "big")
         if 40 + plen > len(p):

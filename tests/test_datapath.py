@@ -974,8 +974,10 @@ class TestEncap:
         ("tunnel", ipv4(b"xyz", total_length=24)),
         ("tunnel", ipv6(b"x" * 10)[:39]),
         ("tunnel", ipv6(b"x" * 10, payload_length=11)),
+        ("transport", ipv4(b"x" * 8, flags=1)),
+        ("transport", ipv4(b"x" * 8, frag=3)),
     ], ids=["empty", "short-v4", "v6-on-transport", "ihl<5", "tl>len", "tl<ihl", "one-octet", "version-5",
-            "tunnel-tl>len", "short-v6", "v6-plen>len"])
+            "tunnel-tl>len", "short-v6", "v6-plen>len", "transport-MF", "transport-offset"])
     def test_inner_malformed(self, nic, mode, packet):
         h, _ = self._out(nic, mode=mode)
         res = nic.encap([packet, ipv4(b"fine")], h)
@@ -984,6 +986,14 @@ class TestEncap:
         assert res.seq[1] == 1                                     # the counter did not advance
         st_ = stats(nic, h)
         assert (st_["malformed"], st_["packets"], st_["replay_oseq"]) == (1, 1, 1)
+
+    def test_tunnel_carries_inner_fragments(self, nic):
+        # RFC 4303 §3.3.4 forbids transport mode on fragments only; a tunnel carries any datagram.
+        h, _ = self._out(nic, mode="tunnel")
+        frag = ipv4(b"x" * 8, flags=1)
+        res = nic.encap([frag], h)
+        assert statuses(res) == [Status.OK]
+        assert struct.unpack_from("!H", res[0], 6)[0] == 0      # the outer header is no fragment
 
     def test_too_big(self, nic):
         h, _ = self._out(nic, mode="transport")
