@@ -2,6 +2,9 @@
 
 from typing import ClassVar
 
+import numpy as np
+import numpy.typing as npt
+
 from ._backend import SaConfig
 from ._batch import DecapResult, EncapResult, PacketBatch
 from ._constants import UdpEncapType
@@ -24,3 +27,6 @@ class FastBackend:
     def decap(self, batch: PacketBatch, out: DecapResult, threads: int | None) -> None: ...
     def encap(self, batch: PacketBatch, handle: int, out: EncapResult, threads: int | None) -> None: ...
     def close(self) -> None: ...
+
+def layout_slots(lengths: npt.NDArray[np.int64], size: int, slot_extra: int,
+                 offsets: npt.NDArray[np.int64]) -> int: ...
