@@ -58,6 +58,7 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
+import numpy as np
 
 from natt._openssl cimport (
     CRYPTO_memcmp, ERR_clear_error, EVP_CIPHER, EVP_CIPHER_CTX, EVP_CIPHER_CTX_copy,
@@ -1838,3 +1839,40 @@ def layout_slots(const int64_t[::1] lengths, int64_t size, int64_t slot_extra, i
                 ln = size
             pos += ln + slot_extra
     return pos
+
+
+def pcap_walk(const uint8_t[::1] buf, Py_ssize_t start, Py_ssize_t len_at, Py_ssize_t base,
+              uint32_t min_len, bint big_endian, bint pad4):
+    """Offsets of the complete capture records in ``buf[start:]`` and where the walk stopped.
+
+    The contract of ``natt.pcap._walk`` (the Python fallback and reference): a record at ``p``
+    is ``base + L`` octets, ``L`` being the 32-bit value at ``p + len_at`` in the file's byte
+    order; the walk stops at the first record that is incomplete, shorter than ``min_len``,
+    not a multiple of 4 when ``pad4`` (pcapng), or that would not move forward. Each record's
+    position depends on the one before, so this loop is inherently serial: in C it runs at
+    memory speed instead of one Python iteration per record.
+    """
+    cdef Py_ssize_t end = buf.shape[0], p = start, n = 0, q
+    cdef uint32_t v
+    cdef int64_t nxt
+    if start < 0 or len_at < 0 or base < 0:
+        raise ValueError("pcap_walk: negative start, len_at or base")
+    cap = max((end - start) // max(base + min_len, 1) + 1, 1) if end > start else 1
+    offsets = np.empty(cap, np.int64)
+    cdef int64_t[::1] out = offsets
+    with nogil:
+        while p + len_at + 4 <= end and n < cap:
+            q = p + len_at
+            if big_endian:
+                v = (<uint32_t>buf[q] << 24) | (<uint32_t>buf[q + 1] << 16) | (<uint32_t>buf[q + 2] << 8) | buf[q + 3]
+            else:
+                v = (<uint32_t>buf[q + 3] << 24) | (<uint32_t>buf[q + 2] << 16) | (<uint32_t>buf[q + 1] << 8) | buf[q]
+            if v < min_len or (pad4 and (v & 3)):
+                break
+            nxt = <int64_t>p + base + v
+            if nxt > end or nxt <= p:
+                break
+            out[n] = p
+            n += 1
+            p = <Py_ssize_t>nxt
+    return offsets[:n], p

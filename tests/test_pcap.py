@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -421,3 +422,31 @@ def test_pcapng_keeps_timestamps_past_2038_and_2106():
     with pcap.PcapWriter(out, fmt="pcapng") as w:
         w.write_frames([ETH + IP] * 2, ts_ns=ts)
     assert [g[0] for g in frames_of(read_all(out.getvalue())[1])] == ts
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 80), max_size=30), st.binary(max_size=40), st.integers(0, 8),
+       st.sampled_from([(8, 16, 0), (4, 0, 12)]), st.booleans(), st.booleans())
+def test_compiled_record_walk_equals_python_walk(sizes, tail, start, layout, big_endian, pad4):
+    """natt._fastpath.pcap_walk and the Python walk it stands in for agree, record for record,
+    on chains of records (pcap-like: length at 8, 16-octet header; pcapng-like: block length at
+    4) followed by arbitrary bytes — including runs of equal sizes and impossible lengths."""
+    len_at, base, min_len = layout
+    order = ">" if big_endian else "<"
+    blob = bytearray(bytes(start))
+    for n in sizes:
+        rec = bytearray(base + n if base + n >= len_at + 4 else len_at + 4)
+        struct.pack_into(order + "I", rec, len_at, len(rec) - base)
+        blob += rec
+    blob += tail
+    buf = np.frombuffer(bytes(blob), dtype=np.uint8)
+    swap = big_endian != (sys.byteorder == "big")
+    c_offs, c_stop = pcap._c_walk(buf, start, len_at, base, min_len, big_endian, pad4)
+    saved, pcap._c_walk = pcap._c_walk, None
+    try:
+        py_offs, py_stop = pcap._walk(buf, start, len_at, base, min_len, swap, pad4)
+    finally:
+        pcap._c_walk = saved
+    assert c_stop == py_stop
+    assert c_offs.tolist() == py_offs.tolist()
