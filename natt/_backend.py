@@ -11,7 +11,7 @@ replay state and counters, and runs the data path. Both backends implement
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from ._constants import UdpEncapType
 from ._suites import Suite
@@ -53,11 +53,14 @@ class SaConfig:
     encap_dst_port: int
     replay_window: int           # 0 = anti-replay off, else 32..65536
     esn: bool
-    replay_seq: int              # inbound: highest sequence number already seen
+    replay_seq: int              # inbound: highest sequence number already seen (T)
     replay_oseq: int             # outbound: last sequence number sent
     nat_oa_src: int              # transport inbound: NAT-OA original addresses (0 = unset)
     nat_oa_dst: int
     key: bytearray = dataclasses.field(repr=False)   # enc key ‖ salt ‖ auth key
+    # Inbound with a window: the replay bitmap to start from, bit i standing for number
+    # ``replay_seq - i`` (i < replay_window); None = full (every number <= replay_seq seen).
+    replay_bitmap: Optional[int] = None
 
     @property
     def enc_key(self) -> bytes:
@@ -110,6 +113,13 @@ class Backend(Protocol):
     def counters(self, handle: int) -> dict[str, int]:
         """COUNTER_NAMES plus ``replay_seq`` (inbound: highest accepted) and
         ``replay_oseq`` (outbound: last sent)."""
+
+    def replay_state(self, handle: int) -> tuple[int, int]:
+        """``(T, bitmap)`` of an inbound SA: ``T`` the highest authenticated number (64-bit),
+        bit ``i`` of ``bitmap`` (``replay_window`` bits) set when number ``T - i`` has been
+        seen; bits of numbers ``<= 0`` read as set (0 is never valid). Window 0: ``(T, 0)``.
+        Read atomically with respect to batches. Installing an SA with ``replay_seq=T,
+        replay_bitmap=bitmap`` reproduces the state exactly (docs/semantics.md §3)."""
 
     def decap(self, batch: "PacketBatch", out: "DecapResult", threads: int | None) -> None:
         """Fill ``out`` (already sized for ``batch``) with one result per packet."""

@@ -422,6 +422,26 @@ cdef inline void natt_accept(natt_sa *sa, uint64_t seq) noexcept nogil:
     sa.bitmap[pos >> 6] |= (<uint64_t>1) << (pos & 63)
 
 
+cdef void natt_ring_import(natt_sa *sa, const uint8_t[::1] bits) noexcept:
+    """Set the ring bits of the numbers ``top - i`` whose bit ``i`` is set in ``bits``
+    (little-endian octets); numbers below 0 wrap onto ring positions no live number uses."""
+    cdef uint64_t i, pos
+    for i in range(sa.window):
+        if (bits[i >> 3] >> (i & 7)) & 1:
+            pos = (sa.top - i) & sa.bmask
+            sa.bitmap[pos >> 6] |= (<uint64_t>1) << (pos & 63)
+
+
+cdef void natt_ring_export(const natt_sa *sa, uint8_t *out) noexcept nogil:
+    """The inverse of natt_ring_import: bit ``i`` of ``out`` = ring bit of number ``top - i``;
+    numbers <= 0 read as seen (they cannot arrive, and the reference keeps them set)."""
+    cdef uint64_t i, pos
+    for i in range(sa.window):
+        pos = (sa.top - i) & sa.bmask
+        if i >= sa.top or (sa.bitmap[pos >> 6] >> (pos & 63)) & 1:
+            out[i >> 3] |= <uint8_t>(1 << (i & 7))
+
+
 # --------------------------------------------------------------------------- crypto (stateless per packet)
 
 cdef inline EVP_CIPHER_CTX *natt_tctx(natt_sa *sa, int tid) noexcept nogil:
@@ -1603,7 +1623,15 @@ cdef class FastBackend:
                     sa.bitmap = <uint64_t *>malloc((nbits >> 6) * sizeof(uint64_t))
                     if sa.bitmap == NULL:
                         raise MemoryError()
-                memset(sa.bitmap, 0xFF, (nbits >> 6) * sizeof(uint64_t))
+                if cfg.replay_bitmap is None:
+                    memset(sa.bitmap, 0xFF, (nbits >> 6) * sizeof(uint64_t))
+                else:
+                    # An exported state (``replay_state``): bit i of the Python int stands for
+                    # number top - i. Ring positions of numbers above top are never read before
+                    # a slide clears them (natt_accept), so zero is as good as any value there.
+                    memset(sa.bitmap, 0, (nbits >> 6) * sizeof(uint64_t))
+                    # OverflowError for a bitmap wider than the window (Offload refuses those).
+                    natt_ring_import(sa, int(cfg.replay_bitmap).to_bytes((sa.window + 7) >> 3, "little"))
             klen = len(cfg.key)
             if klen != suite.enc_key_len + suite.salt_len + suite.auth_key_len or klen > 128:
                 raise ValueError("SaConfig: key length does not match the suite")
@@ -1731,6 +1759,29 @@ cdef class FastBackend:
         d["replay_seq"] = top
         d["replay_oseq"] = oseq
         return d
+
+    def replay_state(self, handle: int) -> tuple:
+        """``(T, bitmap)`` of an inbound SA, bit ``i`` of ``bitmap`` standing for number ``T - i``
+        (the reference's representation), read from the ring under the backend mutex."""
+        cdef natt_sa *sa
+        cdef uint64_t top
+        cdef uint32_t window
+        # Allocated before taking the mutex, for the largest window (65 536 bits), so that
+        # nothing between lock and unlock can raise.
+        out = bytearray(8192)
+        cdef uint8_t[::1] ob = out
+        self._lock()
+        slot = self._slot_of.get(handle)
+        if slot is None:
+            self._unlock()
+            raise KeyError(handle)
+        sa = self.st.slots[<int32_t>slot]
+        top = sa.top
+        window = sa.window
+        if window:
+            natt_ring_export(sa, &ob[0])
+        self._unlock()
+        return top, int.from_bytes(out[: (window + 7) >> 3], "little")
 
     def close(self) -> None:
         """Drop every SA (cleansing its keyed state) and every parser entry."""

@@ -374,6 +374,21 @@ class Offload:
         seq_max = (1 << 64) - 1 if esn else 0xFFFFFFFF
         replay_seq = _int("replay_seq", req.replay_seq, 0, seq_max)
         replay_oseq = _int("replay_oseq", req.replay_oseq, 0, seq_max)
+        replay_bitmap = req.replay_bitmap
+        if replay_bitmap is not None:
+            if not inbound or not window:
+                raise _Reject(INVALID_PARAMETER, "replay_bitmap: only an inbound SA with anti-replay "
+                                                 "(replay_window > 0) has a replay bitmap")
+            if isinstance(replay_bitmap, bool) or not isinstance(replay_bitmap, int):
+                raise _Reject(INVALID_PARAMETER, f"replay_bitmap: expected an integer, "
+                                                 f"got {type(replay_bitmap).__name__}")
+            # Not via _int: a 65536-bit value would make an unreadable (or, past Python's
+            # int-to-str digit limit, failing) message.
+            if replay_bitmap < 0 or replay_bitmap.bit_length() > window:
+                got = "a negative value" if replay_bitmap < 0 else f"{replay_bitmap.bit_length()} bits"
+                raise _Reject(INVALID_PARAMETER, f"replay_bitmap: must be 0 <= x < 2**replay_window "
+                                                 f"(2**{window}); got {got}")
+            replay_bitmap = int(replay_bitmap)
         sport = _int("encap_src_port", req.encap_src_port, 1, 65535)
         dport = _int("encap_dst_port", req.encap_dst_port, 1, 65535)
         oa_src = _addr("nat_oa_src", req.nat_oa_src)
@@ -426,7 +441,8 @@ class Offload:
             dst_addr=key_addr, dst_mask=key_mask, src_tunnel_addr=src_tun, dst_tunnel_addr=dst_tun,
             entry_handle=0, encap_type=encap_type, port=port,
             encap_src_port=sport, encap_dst_port=dport, replay_window=window, esn=esn,
-            replay_seq=replay_seq, replay_oseq=replay_oseq, nat_oa_src=oa_src, nat_oa_dst=oa_dst, key=key)
+            replay_seq=replay_seq, replay_oseq=replay_oseq, nat_oa_src=oa_src, nat_oa_dst=oa_dst, key=key,
+            replay_bitmap=replay_bitmap)
         return cfg, (entry_handle, encap_type, port)
 
     def _handle(self) -> int:
@@ -520,7 +536,8 @@ class Offload:
                mode: str = "tunnel", src: Optional[Address] = None, dst: Optional[Address] = None,
                encap: UdpEncapType = UdpEncapType.OTHER, port: int = 4500, sport: int = 4500, dport: int = 4500,
                replay_window: int = 64, esn: bool = False, nat_oa_src: Optional[Address] = None,
-               nat_oa_dst: Optional[Address] = None, replay_seq: int = 0, replay_oseq: int = 0) -> int:
+               nat_oa_dst: Optional[Address] = None, replay_seq: int = 0, replay_oseq: int = 0,
+               replay_bitmap: Optional[int] = None) -> int:
         """Install one SA and return its handle; raises :class:`OffloadError` naming the field at fault.
 
         ``suite`` is a strongSwan ESP proposal keyword (``aes128gcm16``,
@@ -532,6 +549,8 @@ class Offload:
         destination the inbound SA accepts). Inbound SAs use the parser entry
         (``encap``, ``port``), created on first use; outbound SAs write UDP
         ports ``sport`` → ``dport`` and the framing ``encap``.
+        ``replay_seq``/``replay_bitmap`` (inbound) start the anti-replay window
+        from a state :meth:`replay_state` exported (docs/semantics.md §3).
         """
         try:
             s, suite_esn = parse_suite(suite)
@@ -562,7 +581,7 @@ class Offload:
             encap_src_port=sport, encap_dst_port=dport,
             nat_oa_src=0 if nat_oa_src is None else nat_oa_src,
             nat_oa_dst=0 if nat_oa_dst is None else nat_oa_dst,
-            replay_seq=replay_seq, replay_oseq=replay_oseq)
+            replay_seq=replay_seq, replay_oseq=replay_oseq, replay_bitmap=replay_bitmap)
         if mode == "tunnel":
             req.src_tunnel_addr, req.dst_tunnel_addr = src, dst
         else:
@@ -596,6 +615,26 @@ class Offload:
             }
             stats.update(self._backend.counters(handle))
             return stats
+
+    def replay_state(self, handle: int) -> tuple[int, int]:
+        """The anti-replay state of an inbound SA with a window, as ``(top, bitmap)``.
+
+        ``top`` is the highest authenticated sequence number (64-bit with ESN); bit ``i`` of
+        ``bitmap`` (``replay_window`` bits) is set when number ``top - i`` has been seen
+        (numbers <= 0 read as seen). Installing the SA elsewhere with ``replay_seq=top,
+        replay_bitmap=bitmap`` gives exactly the same REPLAY/OK decisions from then on: this
+        moves an SA between instances without replays, like ``ip xfrm state``
+        replay-seq/replay-bitmap. Read atomically with respect to ``decap`` batches.
+        Raises :class:`OffloadError` (INVALID_PARAMETER) for an unknown handle, an outbound
+        SA or an SA without anti-replay (``replay_window=0``).
+        """
+        with self._lock:
+            self._check_open()
+            cfg = self._sa(handle)
+            if not cfg.inbound or not cfg.replay_window:
+                raise OffloadError(NdisStatus.INVALID_PARAMETER,
+                                   f"handle: {handle!r} is not an inbound SA with anti-replay")
+            return self._backend.replay_state(cfg.handle)
 
     def sa_handles(self) -> list[int]:
         """Handles of the installed SAs, in the order they were added."""

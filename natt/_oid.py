@@ -113,6 +113,9 @@ class AddUdpEspSa:
     nat_oa_dst: Address = 0
     replay_seq: int = 0
     replay_oseq: int = 0
+    #: Inbound with a window: the replay bitmap to start from (bit i = number replay_seq - i),
+    #: as ``Offload.replay_state`` exports it; None = every number <= replay_seq seen.
+    replay_bitmap: Optional[int] = None
 
 
 @dataclasses.dataclass

@@ -123,9 +123,11 @@ class _Sa:
         if s.mac is not Mac.NONE:
             self._mac = hmac.new(cfg.auth_key, digestmod=_HASHES[s.mac])
         # Anti-replay (semantics §3): every number <= replay_seq counts as seen, so the
-        # bitmap starts full. Bit i stands for sequence number ``top - i``.
+        # bitmap starts full, unless an exported state is imported (``replay_bitmap``).
+        # Bit i stands for sequence number ``top - i``.
         self.top = cfg.replay_seq
-        self.bitmap = (1 << cfg.replay_window) - 1
+        full = (1 << cfg.replay_window) - 1
+        self.bitmap = full if cfg.replay_bitmap is None else cfg.replay_bitmap & full
         self.oseq = cfg.replay_oseq
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
 
@@ -338,6 +340,19 @@ class ReferenceBackend:
         with self._lock:
             sa = self._sas[handle]
             return {**sa.counters, "replay_seq": sa.top, "replay_oseq": sa.oseq}
+
+    def replay_state(self, handle: int) -> tuple[int, int]:
+        """``(T, bitmap)`` of an inbound SA, in this backend's own representation (see
+        :meth:`natt._backend.Backend.replay_state`)."""
+        with self._lock:
+            sa = self._sas[handle]
+            w = sa.cfg.replay_window
+            if not w:
+                return sa.top, 0
+            # Numbers <= 0 (bits i >= T) never leave the full initial state; report them set
+            # whatever an import said, so that an export is canonical.
+            below = ((1 << w) - 1) & ~((1 << sa.top) - 1) if sa.top < w else 0
+            return sa.top, sa.bitmap | below
 
     def close(self) -> None:
         """Drop every SA (zeroing its key) and every parser entry."""

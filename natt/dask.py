@@ -39,11 +39,10 @@ does the same with Dask tasks, the flow being an inbound SA's lookup key (parser
    one the lane's anti-replay state -- per SA the highest authenticated number ``T`` and the
    window bitmap (RFC 4303 §3.4.3). A step that finds the lane's Offload of the previous step
    cached on its worker goes on with it; otherwise (the lane moved, or a worker died and Dask
-   re-ran the chain) it rebuilds the state exactly: it installs the SA with ``replay_seq`` at the
-   highest number below which the bitmap is full, then marks the remaining bits by decapsulating
-   dummy packets (next header 59, docs/semantics.md §1 step 11) it seals itself for those
-   numbers. Those packets never leave the worker. Lanes are pinned (loosely) to workers so the
-   cache normally hits.
+   re-ran the chain) it rebuilds the state exactly: the state is exported from the data path at
+   the end of each step (:meth:`natt.Offload.replay_state`) and the SA installed again with
+   ``replay_seq=T, replay_bitmap=bitmap``, like ``ip xfrm state`` replay-seq/replay-bitmap.
+   Lanes are pinned (loosely) to workers so the cache normally hits.
 4. ``part`` (one task per range): re-reads the range, merges the lanes' results back into frame
    order and writes the range's records to a part file next to the output; ``finish`` (one per
    capture) writes the file header and concatenates the parts. A classic pcap output is the file
@@ -64,7 +63,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import ipaddress
 import mmap
 import operator
 import os
@@ -85,7 +83,6 @@ from . import pcap
 from ._batch import PacketBatch
 from ._constants import Status, UdpEncapType
 from ._offload import Offload, backends
-from ._suites import Cipher, parse_suite
 from .cli import _NOT_ESP, CaptureStats, _sa_index
 
 __all__ = ["decap_captures", "cli_decap", "add_cli_arguments"]
@@ -426,8 +423,8 @@ def _split(rs: _RangeSpec, sa_set: _SaSet, lanes: int) -> tuple:
 @dataclasses.dataclass(frozen=True)
 class _LaneState:
     """A lane's anti-replay state after a step: per key-file index of an SA with a window,
-    ``(T, bitmap)`` where bit ``i`` of ``bitmap`` stands for number ``T - i`` (as natt's
-    reference data path keeps it). ``token`` names the Offload that holds exactly this state,
+    ``(T, bitmap)`` where bit ``i`` of ``bitmap`` stands for number ``T - i``, exactly as
+    :meth:`natt.Offload.replay_state` exports it. ``token`` names the Offload that holds exactly this state,
     so that the next step on the same worker may go on with it."""
 
     token: str
@@ -468,114 +465,17 @@ def _initial_state(specs: Sequence[keyfile.SaSpec], routing: _Routing, lane: int
                            if routing.lane_of_sa[i] == lane and s.replay_window > 0})
 
 
-def _base_and_extra(t: int, bits: int, w: int) -> tuple[int, list[int]]:
-    """Install-time ``replay_seq`` and the numbers to mark on top of it to rebuild ``(t, bits)``.
-
-    An SA installed with ``replay_seq = b`` has every number up to ``b`` seen. ``b`` is the top
-    of the run of set bits at the window's left edge; the numbers above it whose bit is set are
-    then marked in ascending order, which slides the window to ``t`` exactly as it went.
-    """
-    run = 0
-    while run < w and bits >> (w - 1 - run) & 1:
-        run += 1
-    base = max(t - w + run, 0)
-    extra = [t - i for i in range(w - 1 - run, -1, -1) if bits >> i & 1 and t - i > base]
-    return base, extra
-
-
-def _forge_address(spec: keyfile.SaSpec, specs: Sequence[keyfile.SaSpec]) -> str:
-    """An outer destination the SA lookup maps to ``spec`` (tunnel: its end; transport: its
-    destination, or when it has none an address no other SA of the same key claims)."""
-    if spec.dst is not None:
-        return spec.dst
-    taken = {s.dst for s in specs if (s.port, s.spi) == (spec.port, spec.spi) and s.dst is not None}
-    a = int(ipaddress.IPv4Address("192.0.2.1"))
-    while str(ipaddress.IPv4Address(a)) in taken:
-        a += 1
-    return str(ipaddress.IPv4Address(a))
-
-
 def _restore(specs: Sequence[keyfile.SaSpec], state: _LaneState, backend: Optional[str]
              ) -> tuple[Offload, list[int]]:
-    """A fresh Offload with every SA, the lane's SAs in exactly ``state``'s anti-replay state."""
-    from .traffic import EspSealer, udp_encapsulate   # only needed off the fast path
-
-    plans = {i: _base_and_extra(t, bits, specs[i].replay_window) for i, (t, bits) in state.windows.items()}
-    installed = [dataclasses.replace(s, replay_seq=plans[i][0]) if i in plans else s for i, s in enumerate(specs)]
+    """A fresh Offload with every SA, the lane's SAs installed in exactly ``state``'s
+    anti-replay state (``replay_seq``/``replay_bitmap``, docs/semantics.md §3)."""
     nic = Offload(backend=backend, max_sas=max(len(specs), 1))
     try:
-        handles = keyfile.install(nic, installed, direction="in")
-        packets: list[bytes] = []
-        owners: list[int] = []
-        for i, (_, extra) in plans.items():
-            if not extra:
-                continue
-            s = specs[i]
-            sealer = EspSealer(s.suite, s.key, s.spi, esn=s.uses_esn)
-            dst = _forge_address(s, specs)
-            for seq in extra:
-                # Next header 59: a dummy packet (RFC 4303 §2.6), accepted and then discarded.
-                esp = sealer.seal(seq, b"", 59)
-                packets.append(udp_encapsulate(esp, "192.0.2.254", dst, sport=s.port, dport=s.port,
-                                               framing=s.encap))
-                owners.append(handles[i])
-        if packets:
-            res = nic.decap(packets)
-            if not ((res.status == Status.DUMMY).all() and (res.sa == np.asarray(owners)).all()):
-                raise RuntimeError("natt.dask: rebuilding a lane's anti-replay state failed "
-                                   f"(statuses {res.counts()})")
+        handles = keyfile.install(nic, specs, direction="in", replay_state=state.windows)
     except BaseException:
         nic.close()
         raise
     return nic, handles
-
-
-def _authenticated(pk: _LanePackets, status: np.ndarray, sa_index: np.ndarray,
-                   specs: Sequence[keyfile.SaSpec]) -> np.ndarray:
-    """Which packets passed the ICV check (docs/semantics.md §1 step 9), so moved the window.
-
-    OK, DUMMY and PROTOCOL come after step 9. MALFORMED with an SA comes from step 7 (lengths,
-    before the ICV) or step 10 (padding, after it); step 7's test is recomputed here to tell
-    them apart. ERROR comes from a crypto library failure before the verdict.
-    """
-    auth = np.isin(status, (Status.OK, Status.DUMMY, Status.PROTOCOL)) & (sa_index >= 0)
-    mal = np.nonzero((status == Status.MALFORMED) & (sa_index >= 0))[0]
-    if mal.size:
-        d, o = pk.data, pk.offsets[mal]
-        ihl = (d[o] & 15).astype(np.int64) * 4
-        tl = _be(d, o + 2, 2)
-        for j, i, h, t in zip(mal.tolist(), sa_index[mal].tolist(), ihl.tolist(), tl.tolist()):
-            s = specs[i]
-            su = parse_suite(s.suite)[0]
-            esp_len = t - h - 8 - (8 if s.encap == UdpEncapType.IKE else 0)
-            ct = esp_len - 8 - su.iv_len - su.icv_len
-            short = esp_len < 8 + su.iv_len + su.icv_len + 2
-            unaligned = su.cipher in (Cipher.AES_CBC, Cipher.TRIPLE_DES_CBC) and ct % su.block_size != 0
-            auth[j] = not (short or unaligned)
-    return auth
-
-
-def _advance(windows: dict[int, tuple[int, int]], specs: Sequence[keyfile.SaSpec],
-             sa_index: np.ndarray, seq: np.ndarray, auth: np.ndarray) -> dict[int, tuple[int, int]]:
-    """The windows after the authenticated packets (RFC 4303 §3.4.3: slide to a new highest
-    number, clearing the skipped ones; set the number's bit). Only the set of authenticated
-    numbers matters: a bit, once set, stays set while its number is in the window, and a number
-    above the old ``T`` cannot have been seen before."""
-    out = dict(windows)
-    for i in np.unique(sa_index[auth]).tolist():
-        if i not in out:
-            continue
-        w = specs[i].replay_window
-        t0, bits0 = out[i]
-        seqs = np.unique(seq[auth & (sa_index == i)])       # sorted uint64
-        t = max(t0, int(seqs[-1]))
-        bits = (bits0 << (t - t0)) & ((1 << w) - 1) if t - t0 < w else 0
-        if t >= w:
-            seqs = seqs[seqs > np.uint64(t - w)]             # only the window's numbers count
-        for sq in seqs.tolist():
-            bits |= 1 << (t - sq)
-        out[i] = (t, bits)
-    return out
 
 
 def _step(sa_set: _SaSet, previous: Optional[tuple[_LaneState, _LaneResult]], pk: _LanePackets, job: str,
@@ -606,14 +506,9 @@ def _step(sa_set: _SaSet, previous: Optional[tuple[_LaneState, _LaneResult]], pk
         t0 = time.perf_counter()
         res = nic.decap(PacketBatch(pk.data, pk.offsets, pk.lengths), threads=threads)
         seconds = time.perf_counter() - t0
-        status, sa_index, seq = res.status.copy(), _sa_index(handles, res.sa), res.seq
-        auth = _authenticated(pk, status, sa_index, specs)
-        windows = _advance(prev.windows, specs, sa_index, seq, auth)
-        # Cheap cross-check of the mirrored windows against the data path itself.
-        for i in np.unique(sa_index[auth]).tolist():
-            if i in windows and nic.sa_stats(handles[i])["replay_seq"] != windows[i][0]:
-                raise RuntimeError(f"natt.dask: lane {lane}: SA #{i + 1}'s highest authenticated "
-                                   f"number differs from the mirrored window")
+        status, sa_index = res.status.copy(), _sa_index(handles, res.sa)
+        # The data path's own state, exported exactly (not recomputed from the results).
+        windows = {i: nic.replay_state(handles[i]) for i in prev.windows}
         # The writer needs the outputs of OK packets only; the others are written from the input.
         ok = status == Status.OK
         if ok.all():

@@ -64,7 +64,7 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 from ._constants import UdpEncapType
@@ -479,7 +479,8 @@ def save(path: PathLike, specs: Iterable[SaSpec], fmt: Optional[str] = None) -> 
 # Installing
 
 
-def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] = None) -> list[int]:
+def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] = None,
+            replay_state: Optional[Mapping[int, tuple[int, int]]] = None) -> list[int]:
     """Install ``specs`` on ``offload`` (a :class:`natt.Offload`); returns one handle per spec.
 
     ``direction=None`` installs each SA with its own direction (an SA with none -- from an
@@ -488,6 +489,10 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
 
     An inbound tunnel SA with no source address (``*``) gets its destination as source: decap
     never looks at an SA's source (DESIGN "Inbound SA lookup"), but a tunnel SA needs one.
+
+    ``replay_state`` maps an index into ``specs`` to the ``(top, bitmap)`` that
+    ``Offload.replay_state`` exported for that SA: it is installed inbound in exactly that
+    anti-replay state (``replay_seq=top, replay_bitmap=bitmap``) instead of its own ``replay_seq``.
 
     All or nothing: if one SA is refused, those already installed are deleted again and
     :class:`KeyFileError` names the SA (its ``natt.OffloadError`` is the ``__cause__``).
@@ -508,13 +513,16 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
                 raise KeyFileError(f"{_where(i, s.spi)}: a tunnel-mode SA needs its tunnel end "
                                    f"addresses (src and dst); for a wildcard destination use "
                                    f"transport mode")
+            replay_seq, replay_bitmap = s.replay_seq, None
+            if replay_state is not None and i in replay_state:
+                replay_seq, replay_bitmap = replay_state[i]
             try:
                 h = offload.add_sa(
                     s.spi, s.key, s.suite, d, mode=s.mode, src=src, dst=dst, encap=s.encap,
                     port=s.port, sport=s.sport, dport=s.dport, replay_window=s.replay_window,
                     esn=s.esn, nat_oa_src=s.nat_oa_src if d == "in" else None,
                     nat_oa_dst=s.nat_oa_dst if d == "in" else None,
-                    replay_seq=s.replay_seq, replay_oseq=s.replay_oseq)
+                    replay_seq=replay_seq, replay_oseq=s.replay_oseq, replay_bitmap=replay_bitmap)
             except Exception as e:   # OffloadError; its message names the field, never the key
                 raise KeyFileError(f"{_where(i, s.spi)}: {e}") from e
             handles.append(h)
