@@ -60,7 +60,8 @@ class SaConfig:
     key: bytearray = dataclasses.field(repr=False)   # enc key ‖ salt ‖ auth key
     # Inbound with a window: the replay bitmap to start from, bit i standing for number
     # ``replay_seq - i`` (i < replay_window); None = full (every number <= replay_seq seen).
-    replay_bitmap: Optional[int] = None
+    # Not in ``repr``: a 65536-bit int exceeds Python's int-to-decimal limit.
+    replay_bitmap: Optional[int] = dataclasses.field(default=None, repr=False)
 
     @property
     def enc_key(self) -> bytes:

@@ -114,8 +114,9 @@ class AddUdpEspSa:
     replay_seq: int = 0
     replay_oseq: int = 0
     #: Inbound with a window: the replay bitmap to start from (bit i = number replay_seq - i),
-    #: as ``Offload.replay_state`` exports it; None = every number <= replay_seq seen.
-    replay_bitmap: Optional[int] = None
+    #: as ``Offload.replay_state`` exports it; None = every number <= replay_seq seen. Kept out
+    #: of ``repr``: a 65536-bit int exceeds Python's int-to-decimal limit (repr would raise).
+    replay_bitmap: Optional[int] = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass

@@ -428,7 +428,8 @@ class _LaneState:
     so that the next step on the same worker may go on with it."""
 
     token: str
-    windows: dict[int, tuple[int, int]]
+    # Not in ``repr``: a 65536-bit bitmap exceeds Python's int-to-decimal limit.
+    windows: dict[int, tuple[int, int]] = dataclasses.field(repr=False)
 
 
 @dataclasses.dataclass

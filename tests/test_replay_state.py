@@ -197,3 +197,15 @@ def test_replay_state_refusals(nic: natt.Offload) -> None:
     nic.close()
     with pytest.raises(natt.OffloadError):
         nic.replay_state(h_off)
+
+
+def test_reprs_survive_the_widest_bitmap(nic: natt.Offload) -> None:
+    """repr() of a request or of a lane state holding a 65536-bit bitmap must not raise
+    (Python refuses int-to-decimal conversions past 4300 digits)."""
+    from natt import dask as ndask
+
+    full = (1 << 65536) - 1
+    assert "replay_bitmap" not in repr(natt.AddUdpEspSa(replay_window=65536, replay_bitmap=full))
+    assert "windows" not in repr(ndask._LaneState("t", {0: (7, full)}))
+    h, _ = add_in(nic, GCM, replay_window=65536, replay_seq=70000, replay_bitmap=full >> 1)
+    assert nic.replay_state(h) == (70000, full >> 1)
