@@ -97,6 +97,14 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_detach(pthread_t t)
 
 
+# RFC 5116 §3.2 "partially implicit nonce": the salt is the fixed field, the ESP IV the
+# invocation field. Not in natt._openssl (shared); these two are only used here.
+cdef extern from "<openssl/evp.h>" nogil:
+    enum:
+        EVP_CTRL_GCM_SET_IV_FIXED
+        EVP_CTRL_GCM_SET_IV_INV
+
+
 cdef extern from *:
     """
     static inline long natt_atomic_fetch_add(long *p, long v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
@@ -457,6 +465,16 @@ cdef inline EVP_CIPHER_CTX *natt_tctx(natt_sa *sa, int tid) noexcept nogil:
         if EVP_CIPHER_CTX_copy(c, sa.tmpl) != 1:
             EVP_CIPHER_CTX_free(c)
             return NULL
+        # Inbound GCM/GMAC: the salt goes in once per context as the fixed nonce field, and
+        # natt_open then supplies only the 8-octet ESP IV per packet (SET_IV_INV), cheaper than
+        # re-initialising with the whole 12-octet nonce. Set on each copy rather than relying on
+        # the copy carrying the template's IV state. OpenSSL allows SET_IV_INV on decrypt
+        # contexts only, so outbound contexts (and ChaCha20-Poly1305, which lacks it) keep the
+        # full-nonce init.
+        if sa.inbound and (sa.cipher == NATT_CIPHER_AES_GCM or sa.cipher == NATT_CIPHER_AES_GMAC):
+            if EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IV_FIXED, 4, <void *>sa.salt) != 1:
+                EVP_CIPHER_CTX_free(c)
+                return NULL
         sa.tctx[tid] = c
     return c
 
@@ -516,10 +534,15 @@ cdef int natt_open(natt_sa *sa, int tid, EVP_MD_CTX *mdw, const uint8_t *esp, in
         if ctx == NULL:
             return NATT_CR_ERR
     if cipher == NATT_CIPHER_AES_GCM or cipher == NATT_CIPHER_CHACHA20_POLY1305 or cipher == NATT_CIPHER_AES_GMAC:
-        memcpy(nonce, sa.salt, 4)              # RFC 4106 §4, RFC 7634 §2: salt ‖ IV
-        memcpy(nonce + 4, iv, 8)
         aad_len = natt_aad(sa, esp, seq_hi, aad)
-        if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 0) != 1:
+        if cipher == NATT_CIPHER_CHACHA20_POLY1305:
+            memcpy(nonce, sa.salt, 4)          # RFC 7634 §2: nonce = salt ‖ IV
+            memcpy(nonce + 4, iv, 8)
+            if EVP_CipherInit_ex(ctx, NULL, NULL, NULL, nonce, 0) != 1:
+                return NATT_CR_ERR
+        # RFC 4106 §4 / RFC 4543 §3.1: nonce = salt ‖ IV; the salt is already the context's
+        # fixed field (natt_tctx), so only the IV is set per packet.
+        elif EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IV_INV, 8, <void *>iv) != 1:
             return NATT_CR_ERR
         if EVP_CipherUpdate(ctx, NULL, &outl, aad, aad_len) != 1:
             return NATT_CR_ERR
