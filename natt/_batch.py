@@ -38,7 +38,27 @@ def _index_array(name: str, a: Any) -> np.ndarray:
     return a
 
 
-class PacketBatch:
+class _Segments:
+    """Packet ``i`` of a batch-shaped object: ``data[offsets[i] : offsets[i] + lengths[i]]``."""
+
+    __slots__ = ()
+    data: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.offsets.size)
+
+    def __getitem__(self, i: int) -> bytes:
+        o = int(self.offsets[i])
+        return self.data[o: o + int(self.lengths[i])].tobytes()
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+class PacketBatch(_Segments):
     """A batch of packets in one buffer: ``data[offsets[i] : offsets[i] + lengths[i]]``.
 
     ``data`` is a 1-D C-contiguous ``uint8`` array; ``offsets`` and ``lengths``
@@ -98,17 +118,6 @@ class PacketBatch:
         data = np.frombuffer(b"".join(views), dtype=np.uint8) if views else np.zeros(0, np.uint8)
         return cls(data, offsets, lengths)
 
-    def __len__(self) -> int:
-        return int(self.offsets.size)
-
-    def __getitem__(self, i: int) -> bytes:
-        o = int(self.offsets[i])
-        return self.data[o: o + int(self.lengths[i])].tobytes()
-
-    def __iter__(self) -> Iterator[bytes]:
-        for i in range(len(self)):
-            yield self[i]
-
     def __repr__(self) -> str:
         return f"PacketBatch({len(self)} packets, {int(self.lengths.sum()) if len(self) else 0} octets)"
 
@@ -136,7 +145,7 @@ def as_batch(packets: Union[PacketBatch, Iterable[BytesLike]]) -> PacketBatch:
     return PacketBatch.from_packets(packets)
 
 
-class BatchResult:
+class BatchResult(_Segments):
     """Per-packet results of one ``decap``/``encap`` call, plus the output batch.
 
     ``status`` (uint8, :class:`natt.Status`), ``sa`` (int64 handle, 0 if none),
@@ -204,17 +213,6 @@ class BatchResult:
         if self._data.size < nbytes:
             self._data = np.empty(max(nbytes, self._data.size + self._data.size // 2), np.uint8)
         self._view(n, nbytes)
-
-    def __len__(self) -> int:
-        return int(self.status.size)
-
-    def __getitem__(self, i: int) -> bytes:
-        o = int(self.offsets[i])
-        return self.data[o: o + int(self.lengths[i])].tobytes()
-
-    def __iter__(self) -> Iterator[bytes]:
-        for i in range(len(self)):
-            yield self[i]
 
     def counts(self) -> dict[Status, int]:
         """How many packets ended with each status (statuses with no packet are left out)."""
