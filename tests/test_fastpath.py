@@ -491,3 +491,40 @@ def test_threaded_decap_works_in_a_forked_child():
     assert parent_end.poll(60), "the forked child hung in a threaded decap"
     assert parent_end.recv() == expected[0].tolist()
     proc.join(30)
+
+
+def test_many_sas_prefetch_path_matches_reference():
+    """With >= 1024 inbound SAs the serial decap loop prefetches the SAs of packets ahead: its
+    look-ahead reads offsets and headers of later packets, so feed it truncated, empty and unknown
+    packets next to good ones and require the reference's exact results."""
+    rng = random.Random(1500)
+    nics = [natt.Offload(backend="fast"), natt.Offload(backend="reference")]
+    tx = natt.Offload(backend="reference")
+    key = bytes(range(20))
+    inner = bytes.fromhex("4500001c000100004011000a0a0000010a000002") + bytes(8)
+    spis = rng.sample(range(0x1000, 0xFFFFFFFF), 1500)
+    wire = []
+    for spi in spis:
+        for nic in nics:
+            nic.add_sa(spi, key, "aes128gcm16", "in", src="198.51.100.2", dst="203.0.113.5")
+        h = tx.add_sa(spi, key, "aes128gcm16", "out", src="198.51.100.2", dst="203.0.113.5")
+        wire.append(tx.encap([inner], h)[0])
+    packets = []
+    for _ in range(6000):
+        p = bytearray(rng.choice(wire))
+        kind = rng.randrange(6)
+        if kind == 1:
+            p = p[: rng.randrange(len(p))]                    # truncated, possibly to nothing
+        elif kind == 2:
+            p[-1] ^= 0x01                                      # bad tag
+        elif kind == 3:
+            p[28:32] = rng.randbytes(4)                        # unknown SPI
+        packets.append(bytes(p))
+    batch = natt.PacketBatch.from_packets(packets)
+    fast, ref = (nic.decap(batch) for nic in nics)
+    assert np.array_equal(fast.status, ref.status) and np.array_equal(fast.sa, ref.sa)
+    assert np.array_equal(fast.seq, ref.seq) and np.array_equal(fast.next_header, ref.next_header)
+    assert [fast[i] for i in range(len(fast))] == [ref[i] for i in range(len(ref))]
+    assert {natt.Status.OK, natt.Status.AUTH_FAILED, natt.Status.REPLAY, natt.Status.NO_SA} <= set(fast.counts())
+    for nic in nics + [tx]:
+        nic.close()
