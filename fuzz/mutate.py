@@ -36,6 +36,7 @@ import numpy as np
 import natt
 from natt import Status, UdpEncapType
 from natt._suites import Cipher, Mac, parse_suite
+from natt.traffic import internet_checksum
 
 __all__ = ["Case", "build_corpus", "install", "MUTATIONS", "mutate", "random_mutations",
            "layout_batch", "check_result", "compare_results"]
@@ -79,18 +80,9 @@ class Case:
 
 # --------------------------------------------------------------------------- valid packets
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s > 0xFFFF:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def ipv4(protocol: int, payload: bytes, *, src: int = INNER_SRC, dst: int = INNER_DST, ident: int = 1) -> bytes:
     h = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(payload), ident, 0x4000, 64, protocol, 0, src, dst)
-    return h[:10] + struct.pack("!H", _csum(h)) + h[12:] + payload
+    return h[:10] + struct.pack("!H", internet_checksum(h)) + h[12:] + payload
 
 
 def inner_packet(rng: random.Random, tunnel: bool) -> bytes:
@@ -165,7 +157,7 @@ def expected_output(case: Case, p: bytes, inner: bytes) -> bytes:
     struct.pack_into("!H", h, 2, ihl + len(payload))
     h[9] = inner[9]
     h[10:12] = b"\0\0"
-    struct.pack_into("!H", h, 10, _csum(bytes(h)))
+    struct.pack_into("!H", h, 10, internet_checksum(bytes(h)))
     return bytes(h) + payload
 
 

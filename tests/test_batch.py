@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import natt
+from _packets import checksum
 from natt import PacketBatch, Status
 
 I64 = np.int64
@@ -26,20 +27,11 @@ def _arr(*values: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- packets
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s > 0xFFFF:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def inner_udp(payload: bytes = b"hello, natt", src: int = 0x0A010002, dst: int = 0x0A020007) -> bytes:
     """A well-formed inner IPv4/UDP datagram (UDP checksum 0: not under test here)."""
     udp = struct.pack("!HHHH", 1234, 5678, 8 + len(payload), 0) + payload
     hdr = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(udp), 7, 0, 64, 17, 0, src, dst)
-    hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
+    hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
     return hdr + udp
 
 
@@ -303,7 +295,7 @@ def test_counts_and_indexing(nic):
     enc = nic.encap([inner_udp(b"x"), inner_udp(b"y")], out_h)
     # RFC 3948 §2.3 NAT keepalive: IPv4/UDP to port 4500 carrying the single octet 0xFF.
     ip = struct.pack("!BBHHHBBHII", 0x45, 0, 29, 0, 0, 64, 17, 0, 0xC0000201, 0xCB007105)
-    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
     keepalive = ip + struct.pack("!HHHH", 4500, 4500, 9, 0) + b"\xff"
     packets = [enc[0], b"\x60" + bytes(39), keepalive, enc[0], enc[1], b"junk"]
     res = nic.decap(packets)
