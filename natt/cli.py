@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, TextIO
 
 import numpy as np
@@ -23,7 +23,7 @@ from . import keys as keyfile
 from . import pcap
 from ._batch import PacketBatch
 from ._constants import Status
-from ._offload import Offload, backends
+from ._offload import Offload
 from ._version import __version__
 
 __all__ = ["main", "build_parser", "CaptureStats"]
@@ -139,13 +139,10 @@ def _open_capture(path: str, chunk_size: int) -> pcap.PcapReader:
 
 
 def _offload(args: argparse.Namespace, n_sas: int) -> Offload:
-    name = args.backend
-    if name is None:
-        name = "fast" if "fast" in backends() else "reference"
     try:
-        return Offload(backend=name, max_sas=max(n_sas, 1))
+        return Offload(backend=args.backend, max_sas=max(n_sas, 1))   # None: the fastest available
     except Exception as e:  # unknown or unavailable backend
-        raise CliError(f"backend {name!r}: {e}") from None
+        raise CliError(f"backend {args.backend!r}: {e}") from None
 
 
 def _install(nic: Offload, specs: list[keyfile.SaSpec], direction: str) -> list[int]:
@@ -224,6 +221,23 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
     return stats
 
 
+def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], direction: str,
+                 work: Callable[..., CaptureStats]) -> CaptureStats:
+    """Open ``args.input``, install ``specs`` in ``direction`` on a new Offload, open
+    ``args.output`` like the input, and run ``work(nic, handles, reader, writer, bar)``.
+    The Offload is closed (keys wiped) when the work ends, however it ends."""
+    reader = _open_capture(args.input, args.chunk_size)
+    with reader, _offload(args, len(specs)) as nic:
+        handles = _install(nic, specs, direction)
+        try:
+            writer = pcap.PcapWriter.like(reader, args.output)
+        except OSError as e:
+            raise CliError(f"cannot write {args.output}: {e.strerror or e}") from None
+        verb = "decap" if direction == "in" else "encap"
+        with writer, _progress(args, os.path.getsize(args.input), verb) as bar:
+            return work(nic, handles, reader, writer, bar)
+
+
 def _cmd_decap(args: argparse.Namespace) -> int:
     if args.dask is not None or args.workers is not None:
         from .dask import cli_decap
@@ -232,17 +246,10 @@ def _cmd_decap(args: argparse.Namespace) -> int:
         raise CliError("several captures need --dask SCHEDULER or --workers N (docs/dask.md)")
     args.input = args.input[0]
     specs = _load_keys(args.keys, args.mode)
-    reader = _open_capture(args.input, args.chunk_size)
-    with reader:
-        nic = _offload(args, len(specs))
-        handles = _install(nic, specs, "in")
-        try:
-            writer = pcap.PcapWriter.like(reader, args.output)
-        except OSError as e:
-            raise CliError(f"cannot write {args.output}: {e.strerror or e}") from None
-        with writer, _progress(args, os.path.getsize(args.input), "decap") as bar:
-            stats = decap_capture(nic, handles, [s.label() for s in specs], reader, writer,
-                                  threads=args.threads, drop_undecrypted=args.drop_undecrypted, bar=bar)
+    labels = [s.label() for s in specs]
+    stats = _run_capture(args, specs, "in", lambda nic, handles, reader, writer, bar: decap_capture(
+        nic, handles, labels, reader, writer, threads=args.threads,
+        drop_undecrypted=args.drop_undecrypted, bar=bar))
     _finish(args, stats, sys.stdout)
     if stats.counts[:, Status.PROTOCOL].sum() and args.mode == "tunnel":
         print("hint: PROTOCOL means a tunnel-mode SA decrypted something that is not an IP packet: "
@@ -348,16 +355,8 @@ def _cmd_encap(args: argparse.Namespace) -> int:
     specs = _outbound(_load_keys(args.keys, args.mode))
     if not specs:
         raise CliError(f"key file {args.keys} has no outbound SA (direction \"out\")")
-    reader = _open_capture(args.input, args.chunk_size)
-    with reader:
-        nic = _offload(args, len(specs))
-        handles = _install(nic, specs, "out")
-        try:
-            writer = pcap.PcapWriter.like(reader, args.output)
-        except OSError as e:
-            raise CliError(f"cannot write {args.output}: {e.strerror or e}") from None
-        with writer, _progress(args, os.path.getsize(args.input), "encap") as bar:
-            stats = encap_capture(nic, handles, specs, reader, writer, threads=args.threads, bar=bar)
+    stats = _run_capture(args, specs, "out", lambda nic, handles, reader, writer, bar: encap_capture(
+        nic, handles, specs, reader, writer, threads=args.threads, bar=bar))
     _finish(args, stats, sys.stdout)
     return 0
 
