@@ -129,7 +129,7 @@ SUITES: dict[str, Suite] = _build()
 # strongSwan spells some transforms several ways (proposal keywords in
 # strongSwan's proposal_keywords_static.txt); accept the common aliases.
 _ALIASES = {"sha": "sha1", "sha2_256": "sha256", "sha2_384": "sha384", "sha2_512": "sha512",
-            "aes": "aes128", "chacha20poly1305": "chacha20poly1305"}
+            "aes": "aes128"}
 
 
 def suite_names() -> list[str]:
@@ -170,9 +170,9 @@ def suite_for_algos(conf_algo: int, integ_algo: int) -> Suite | None:
     (RFC 4303 §3.2 makes it a MAY); they have no strongSwan keyword.
     """
     for s in SUITES.values():
-        if s.conf_algo == conf_algo and s.integ_algo == integ_algo and s.cipher is not Cipher.AES_GCM:
-            return s
-        if s.conf_algo == conf_algo and s.integ_algo == integ_algo and s.icv_len == 16:
+        # A GCM identifier names the key size only; the ICV length comes from icv_len (default 16).
+        if s.conf_algo == conf_algo and s.integ_algo == integ_algo and (
+                s.cipher is not Cipher.AES_GCM or s.icv_len == 16):
             return s
     if integ_algo == IntegrityAlgo.NONE:
         for enc, (cipher, calgo, klen, ivlen, block) in _CBC.items():
