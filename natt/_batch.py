@@ -185,6 +185,13 @@ class BatchResult(_Segments):
 
     def _prepare(self, batch: PacketBatch, slot_extra: int) -> None:
         """Size the result for ``batch``: slot ``i`` holds ``lengths[i] + slot_extra`` octets."""
+        mine = (self._data, self._offsets, self._lengths)
+        for arr in (batch.data, batch.offsets, batch.lengths):
+            owner = arr if arr.base is None else arr.base
+            if owner is mine[0] or owner is mine[1] or owner is mine[2]:
+                # Laying out this result would overwrite the packets before they are read.
+                raise ValueError("out: this result's buffers hold the input packets (out=res with "
+                                 "res.batch()); pass another result, or copy the batch first")
         n = len(batch)
         if self._status.size < n:
             cap = max(n, 2 * self._status.size)
