@@ -19,22 +19,75 @@ cdef extern from "openssl/types.h" nogil:
         pass
     ctypedef struct ENGINE:
         pass
+    ctypedef struct OSSL_PROVIDER:
+        pass
+
+
+cdef extern from "openssl/core.h" nogil:
+    # The provider interface (provider-base(7)): what a provider's query_operation returns.
+    ctypedef struct OSSL_DISPATCH:
+        int function_id
+        void (*function)() noexcept nogil
+    ctypedef struct OSSL_ALGORITHM:
+        const char *algorithm_names         # "NAME1:NAME2:..."
+        const char *property_definition
+        const OSSL_DISPATCH *implementation
+        const char *algorithm_description
+    ctypedef struct OSSL_PARAM:
+        const char *key
+        unsigned int data_type
+        void *data
+        size_t data_size
+        size_t return_size
+    enum:
+        OSSL_PARAM_OCTET_STRING
+
+
+cdef extern from "openssl/core_dispatch.h" nogil:
+    enum:
+        OSSL_OP_CIPHER
+        OSSL_FUNC_CIPHER_NEWCTX
+        OSSL_FUNC_CIPHER_ENCRYPT_INIT
+        OSSL_FUNC_CIPHER_DECRYPT_INIT
+        OSSL_FUNC_CIPHER_UPDATE
+        OSSL_FUNC_CIPHER_FINAL
+        OSSL_FUNC_CIPHER_FREECTX
+        OSSL_FUNC_CIPHER_DUPCTX
+        OSSL_FUNC_CIPHER_GET_CTX_PARAMS
+        OSSL_FUNC_CIPHER_SET_CTX_PARAMS
+
+
+cdef extern from "openssl/core_names.h" nogil:
+    # AEAD context parameters (provider-cipher(7)).
+    const char *OSSL_CIPHER_PARAM_AEAD_TAG
+    const char *OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED
+    const char *OSSL_CIPHER_PARAM_AEAD_TLS1_SET_IV_INV
+
+
+cdef extern from "openssl/params.h" nogil:
+    const size_t OSSL_PARAM_UNMODIFIED
+
+
+cdef extern from "openssl/provider.h" nogil:
+    const OSSL_ALGORITHM *OSSL_PROVIDER_query_operation(const OSSL_PROVIDER *prov, int operation_id,
+                                                        int *no_cache)
+    void OSSL_PROVIDER_unquery_operation(const OSSL_PROVIDER *prov, int operation_id,
+                                         const OSSL_ALGORITHM *algs)
+    void *OSSL_PROVIDER_get0_provider_ctx(const OSSL_PROVIDER *prov)
 
 
 cdef extern from "openssl/evp.h" nogil:
     enum:
         EVP_MAX_MD_SIZE
-        EVP_MAX_BLOCK_LENGTH
-        EVP_CTRL_AEAD_SET_IVLEN
-        EVP_CTRL_AEAD_GET_TAG
-        EVP_CTRL_AEAD_SET_TAG
 
     # Algorithm fetching (OpenSSL 3 provider API); a NULL libctx means the default one.
     EVP_CIPHER *EVP_CIPHER_fetch(OSSL_LIB_CTX *libctx, const char *algorithm, const char *properties)
     void EVP_CIPHER_free(EVP_CIPHER *cipher)
+    const OSSL_PROVIDER *EVP_CIPHER_get0_provider(const EVP_CIPHER *cipher)
+    const char *EVP_CIPHER_get0_name(const EVP_CIPHER *cipher)
+    int EVP_CIPHER_get_key_length(const EVP_CIPHER *cipher)
     EVP_MD *EVP_MD_fetch(OSSL_LIB_CTX *libctx, const char *algorithm, const char *properties)
     void EVP_MD_free(EVP_MD *md)
-    int EVP_MD_get_size(const EVP_MD *md)
     int EVP_MD_get_block_size(const EVP_MD *md)
 
     # Symmetric ciphers. A context is keyed once (EVP_CipherInit_ex with cipher and key);
@@ -43,12 +96,10 @@ cdef extern from "openssl/evp.h" nogil:
     void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX *ctx)
     int EVP_CIPHER_CTX_copy(EVP_CIPHER_CTX *out, const EVP_CIPHER_CTX *inp)
     int EVP_CIPHER_CTX_set_padding(EVP_CIPHER_CTX *ctx, int pad)
-    int EVP_CIPHER_CTX_ctrl(EVP_CIPHER_CTX *ctx, int type, int arg, void *ptr)
     int EVP_CipherInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, ENGINE *impl,
                           const unsigned char *key, const unsigned char *iv, int enc)
     int EVP_CipherUpdate(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl,
                          const unsigned char *inp, int inl)
-    int EVP_CipherFinal_ex(EVP_CIPHER_CTX *ctx, unsigned char *outm, int *outl)
 
     # Message digests, for HMAC with precomputed inner/outer states (RFC 2104 §2).
     EVP_MD_CTX *EVP_MD_CTX_new()
@@ -70,4 +121,3 @@ cdef extern from "openssl/rand.h" nogil:
 
 cdef extern from "openssl/err.h" nogil:
     void ERR_clear_error()
-    unsigned long ERR_peek_last_error()
