@@ -51,6 +51,9 @@ phases (the results are identical to
 4. serial, in packet order: the exact serial algorithm against the real
    window; a packet's crypto result is reused only if it was computed for
    the ``seq_hi`` the real window infers, else the crypto is redone here.
+   The calling thread runs it chunk by chunk (256 packets) as soon as phase
+   3 has finished a chunk and every earlier one, and takes phase-3 chunks
+   itself in between, so phases 3 and 4 overlap.
 """
 
 from libc.stdint cimport UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -87,6 +90,10 @@ cnp.import_array()
 
 BACKEND_NAME = "fast"
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+
 cdef extern from "<strings.h>" nogil:
     int strncasecmp(const char *a, const char *b, size_t n)
 
@@ -112,10 +119,22 @@ cdef extern from "<pthread.h>" nogil:
 cdef extern from *:
     """
     static inline long natt_atomic_fetch_add(long *p, long v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+    static inline void natt_store_release(uint8_t *p, uint8_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    static inline uint8_t natt_load_acquire(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void natt_cpu_relax(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+    #elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+    #endif
+    }
     #define natt_prefetch_r(p) __builtin_prefetch((const void *)(p), 0, 3)
     #define natt_prefetch_w(p) __builtin_prefetch((const void *)(p), 1, 3)
     """
     long natt_atomic_fetch_add(long *p, long v) nogil
+    void natt_store_release(uint8_t *p, uint8_t v) nogil
+    uint8_t natt_load_acquire(const uint8_t *p) nogil
+    void natt_cpu_relax() nogil
     void natt_prefetch_r(const void *p) nogil
     void natt_prefetch_w(const void *p) nogil
 
@@ -290,6 +309,7 @@ cdef struct natt_pkt:
     uint8_t bad_len               # semantics §1 step 7 failed
     uint8_t crypto                # NATT_CR_*
     uint8_t nh
+    uint8_t done                  # first packet of a chunk: phase 3 is done with the chunk
 
 
 cdef struct natt_io:
@@ -818,6 +838,7 @@ ctypedef void (*natt_chunk_fn)(natt_job *job, int64_t lo, int64_t hi, int tid) n
 
 cdef struct natt_job:
     natt_chunk_fn fn
+    natt_chunk_fn after   # or NULL: run by the caller on each chunk, in chunk order, after fn
     natt_state *st
     natt_io *io
     natt_sa *sa
@@ -848,6 +869,42 @@ cdef void natt_job_work(natt_job *job, int tid) noexcept nogil:
         lo = c * NATT_CHUNK
         hi = lo + NATT_CHUNK
         job.fn(job, lo, hi if hi < n else n, tid)
+        if job.after != NULL:
+            natt_store_release(&job.st.scratch[lo].done, 1)
+
+
+cdef void natt_job_work_ordered(natt_job *job) noexcept nogil:
+    """The caller's share of a job with an ``after`` step: it runs ``after`` on each chunk as
+    soon as that chunk and every earlier one are through ``fn``, and claims ``fn`` chunks
+    itself in between. So the in-order step overlaps the parallel one instead of following it
+    (module docstring: phase 4 of chunk k runs while the workers are in phase 3 of later
+    chunks), which takes the serial pass off the critical path of a 2-thread batch."""
+    cdef long f = 0, c
+    cdef int64_t n = job.io.n, lo, hi
+    cdef int spins
+    while f < job.nchunks:
+        lo = f * NATT_CHUNK
+        if natt_load_acquire(&job.st.scratch[lo].done):
+            hi = lo + NATT_CHUNK
+            job.after(job, lo, hi if hi < n else n, 0)
+            f += 1
+            continue
+        c = natt_atomic_fetch_add(&job.next, 1)
+        if c < job.nchunks:
+            lo = c * NATT_CHUNK
+            hi = lo + NATT_CHUNK
+            job.fn(job, lo, hi if hi < n else n, 0)
+            job.st.scratch[lo].done = 1
+            continue
+        # Every chunk is claimed and a worker is still on chunk f: wait for it, politely
+        # (a busy host may have descheduled that worker; yielding lets it run).
+        spins = 0
+        while not natt_load_acquire(&job.st.scratch[lo].done):
+            spins += 1
+            if spins < 64:
+                natt_cpu_relax()
+            else:
+                sched_yield()
 
 
 cdef void *natt_worker(void *arg) noexcept nogil:
@@ -875,13 +932,17 @@ cdef void *natt_worker(void *arg) noexcept nogil:
     return NULL
 
 
-cdef long natt_pool_run(natt_chunk_fn fn, natt_state *st, natt_io *io, natt_sa *sa, int nt) noexcept nogil:
-    """Run ``fn`` over all packets of ``io`` on up to ``nt`` threads; returns job.failed."""
+cdef long natt_pool_run(natt_chunk_fn fn, natt_chunk_fn after, natt_state *st, natt_io *io, natt_sa *sa,
+                        int nt) noexcept nogil:
+    """Run ``fn`` over all packets of ``io`` on up to ``nt`` threads, then (overlapped, on the
+    calling thread, in order) ``after`` if not NULL; returns job.failed. With ``after``, the
+    first natt_pkt of each chunk in ``st.scratch`` must have ``done`` = 0."""
     cdef natt_job job
     cdef natt_pool *pool = &natt_gpool
     cdef pthread_t t
     cdef bint shared = False
     job.fn = fn
+    job.after = after
     job.st = st
     job.io = io
     job.sa = sa
@@ -904,7 +965,10 @@ cdef long natt_pool_run(natt_chunk_fn fn, natt_state *st, natt_io *io, natt_sa *
             pthread_cond_broadcast(&pool.work_cv)
             shared = True
         pthread_mutex_unlock(&pool.m)
-    natt_job_work(&job, 0)
+    if after != NULL:
+        natt_job_work_ordered(&job)
+    else:
+        natt_job_work(&job, 0)
     if shared:
         pthread_mutex_lock(&pool.m)
         while job.active > 0:
@@ -1287,17 +1351,24 @@ cdef void natt_chunk_open(natt_job *job, int64_t lo, int64_t hi, int tid) noexce
                                   pk.seq_hi, pk.outp + (0 if sa.tunnel else pk.ihl4), pk)
 
 
-cdef void natt_decap_parallel(natt_state *st, natt_io *io, int nt) noexcept nogil:
-    """Phases 1–4 of the module docstring; phases 1 and 3 run on the worker pool."""
+cdef void natt_chunk_finish(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
     cdef int64_t i
     cdef natt_pkt *pk
-    natt_pool_run(natt_chunk_parse, st, io, NULL, nt)
-    natt_decap_speculate(st, io)
-    natt_pool_run(natt_chunk_open, st, io, NULL, nt)
-    for i in range(io.n):
-        pk = &st.scratch[i]
+    for i in range(lo, hi):
+        pk = &job.st.scratch[i]
         if pk.status == NATT_CONT:
-            natt_decap_finish(st, io, i, pk, True)
+            natt_decap_finish(job.st, job.io, i, pk, True)
+
+
+cdef void natt_decap_parallel(natt_state *st, natt_io *io, int nt) noexcept nogil:
+    """Phases 1–4 of the module docstring; phases 1 and 3 run on the worker pool, phase 4 on
+    the calling thread, chunk by chunk as phase 3 completes them."""
+    cdef int64_t c
+    natt_pool_run(natt_chunk_parse, NULL, st, io, NULL, nt)
+    natt_decap_speculate(st, io)
+    for c in range((io.n + NATT_CHUNK - 1) // NATT_CHUNK):
+        st.scratch[c * NATT_CHUNK].done = 0
+    natt_pool_run(natt_chunk_open, natt_chunk_finish, st, io, NULL, nt)
     ERR_clear_error()
 
 
@@ -1525,7 +1596,7 @@ cdef void natt_encap_run(natt_state *st, natt_sa *sa, natt_io *io, int nt) noexc
                 natt_encap_fail(sa, io, i, &scratch[i])
         ERR_clear_error()
         return
-    failed = natt_pool_run(natt_chunk_seal, st, io, sa, nt)
+    failed = natt_pool_run(natt_chunk_seal, NULL, st, io, sa, nt)
     if failed:
         for i in range(io.n):
             if scratch[i].status == NATT_OK and scratch[i].crypto == NATT_CR_ERR:
