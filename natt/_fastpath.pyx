@@ -72,7 +72,7 @@ from natt._openssl cimport (
     EVP_MD_CTX_new, EVP_MD_fetch, EVP_MD_free, EVP_MD_get_block_size,
     EVP_CIPHER_get0_name, EVP_CIPHER_get0_provider, EVP_CIPHER_get_key_length,
     OPENSSL_cleanse, OSSL_ALGORITHM, OSSL_CIPHER_PARAM_AEAD_TAG,
-    OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED, OSSL_CIPHER_PARAM_AEAD_TLS1_SET_IV_INV, OSSL_DISPATCH,
+    OSSL_DISPATCH,
     OSSL_FUNC_CIPHER_DECRYPT_INIT, OSSL_FUNC_CIPHER_DUPCTX, OSSL_FUNC_CIPHER_ENCRYPT_INIT,
     OSSL_FUNC_CIPHER_FINAL, OSSL_FUNC_CIPHER_FREECTX, OSSL_FUNC_CIPHER_GET_CTX_PARAMS,
     OSSL_FUNC_CIPHER_NEWCTX, OSSL_FUNC_CIPHER_SET_CTX_PARAMS, OSSL_FUNC_CIPHER_UPDATE,
@@ -617,7 +617,6 @@ cdef inline void *natt_tctx(natt_sa *sa, int tid) noexcept nogil:
     Only thread ``tid`` ever writes slot ``tid``; the template is only read (copied).
     """
     cdef void *c = sa.tctx[tid]
-    cdef OSSL_PARAM par[2]
     if c != NULL:
         return c
     if sa.aead == NULL:
@@ -627,17 +626,6 @@ cdef inline void *natt_tctx(natt_sa *sa, int tid) noexcept nogil:
             c = NULL
     else:
         c = sa.aead.dupctx(sa.tmpl)
-        # Inbound GCM/GMAC: the salt goes in once per context as the fixed nonce field, and
-        # natt_open then supplies only the 8-octet ESP IV per packet (TLS1_SET_IV_INV),
-        # cheaper than re-initialising with the whole 12-octet nonce. Set on each copy rather
-        # than relying on the copy carrying the template's IV state. OpenSSL allows it on
-        # decrypt contexts only, so outbound contexts (and ChaCha20-Poly1305, which lacks it)
-        # keep the full-nonce init.
-        if c != NULL and sa.inbound and (sa.cipher == NATT_CIPHER_AES_GCM or sa.cipher == NATT_CIPHER_AES_GMAC):
-            natt_octets(par, OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED, sa.salt, 4)
-            if sa.aead.set_params(c, par) != 1:
-                sa.aead.freectx(c)
-                c = NULL
     sa.tctx[tid] = c
     return c
 
@@ -701,17 +689,14 @@ cdef int natt_open(natt_sa *sa, int tid, EVP_MD_CTX *mdw, const uint8_t *esp, in
             return NATT_CR_ERR
     if a != NULL:
         aad_len = natt_aad(sa, esp, seq_hi, aad)
-        if cipher == NATT_CIPHER_CHACHA20_POLY1305:
-            memcpy(nonce, sa.salt, 4)          # RFC 7634 §2: nonce = salt ‖ IV
-            memcpy(nonce + 4, iv, 8)
-            if a.dinit(ctx, NULL, 0, nonce, 12, NULL) != 1:
-                return NATT_CR_ERR
-        else:
-            # RFC 4106 §4 / RFC 4543 §3.1: nonce = salt ‖ IV; the salt is already the
-            # context's fixed field (natt_tctx), so only the IV is set per packet.
-            natt_octets(par, OSSL_CIPHER_PARAM_AEAD_TLS1_SET_IV_INV, iv, 8)
-            if a.set_params(ctx, par) != 1:
-                return NATT_CR_ERR
+        # RFC 4106 §4 / RFC 4543 §3.1 / RFC 7634 §2: nonce = salt ‖ IV. Handing the provider
+        # the whole nonce (init without a key) is cheaper than the fixed/invocation split of
+        # TLS1_IV_FIXED + TLS1_SET_IV_INV, which goes through OSSL_PARAM name lookups: 199 ->
+        # 172 ns per 64-octet AES-128-GCM packet in a C loop over the provider calls.
+        memcpy(nonce, sa.salt, 4)
+        memcpy(nonce + 4, iv, 8)
+        if a.dinit(ctx, NULL, 0, nonce, 12, NULL) != 1:
+            return NATT_CR_ERR
         # The provider checks outsize >= inl even when only absorbing AAD (out NULL).
         if a.update(ctx, NULL, &n, aad_len, aad, aad_len) != 1:
             return NATT_CR_ERR

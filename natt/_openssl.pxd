@@ -60,8 +60,6 @@ cdef extern from "openssl/core_dispatch.h" nogil:
 cdef extern from "openssl/core_names.h" nogil:
     # AEAD context parameters (provider-cipher(7)).
     const char *OSSL_CIPHER_PARAM_AEAD_TAG
-    const char *OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED
-    const char *OSSL_CIPHER_PARAM_AEAD_TLS1_SET_IV_INV
 
 
 cdef extern from "openssl/params.h" nogil:
