@@ -90,6 +90,10 @@ cnp.import_array()
 
 BACKEND_NAME = "fast"
 
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void **memptr, size_t alignment, size_t size)
+
+
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
@@ -240,15 +244,18 @@ cdef struct natt_aead:
 
 
 cdef struct natt_sa:
-    # Field order is for the cache: a decap touches the first three 64-octet lines only
-    # (lookup key and replay state; counters; per-packet parameters and thread 0's context),
-    # which matters once there are more SAs than fit in the cache.
+    # Field order is for the cache (an SA is allocated on a 64-octet boundary, natt_sa_new):
+    # a decap touches the first three lines only (lookup key and replay state; counters;
+    # per-packet parameters and thread 0's context), which matters once there are more SAs
+    # than fit in the cache. Lines 0 and 1 are what the in-order pass writes per packet; line 2
+    # is read-only during a batch (bar the error counter), so that the threads decrypting later
+    # packets (threaded pipeline, phase 3) never have it pulled away by phase 4's writes.
     # -- line 0: lookup and anti-replay (semantics §3). T = top; bit (s & bmask) of bitmap
     # stands for number s, valid for s in (top - window, top]; the ring has a power-of-two
     # number of bits >= window (windows up to 64 use the inline bitmap_word).
     natt_sa *hnext                # hash chain (inbound)
     int64_t entry_handle          # parser entry (inbound)
-    int64_t handle
+    uint64_t bitmap_word
     uint32_t spi
     uint32_t dst_addr             # inbound lookup key
     uint32_t dst_mask
@@ -258,7 +265,7 @@ cdef struct natt_sa:
     uint64_t *bitmap
     # -- line 1 (and the start of line 2): counters, then the small per-packet parameters
     uint64_t ctr[NATT_N_COUNTERS]
-    uint64_t bitmap_word
+    int64_t handle
     uint8_t inbound
     uint8_t tunnel
     uint8_t esn
@@ -1591,6 +1598,15 @@ cdef void natt_encap_run(natt_state *st, natt_sa *sa, natt_io *io, int nt) noexc
 
 # --------------------------------------------------------------------------- SA lifetime
 
+cdef natt_sa *natt_sa_new() noexcept nogil:
+    """A zeroed SA on a cache-line boundary (the natt_sa layout comment counts lines)."""
+    cdef void *p = NULL
+    if posix_memalign(&p, 64, sizeof(natt_sa)) != 0:
+        return NULL
+    memset(p, 0, sizeof(natt_sa))
+    return <natt_sa *>p
+
+
 cdef void natt_sa_free(natt_sa *sa) noexcept nogil:
     """Free an SA that no table references any more, wiping its key-derived state.
 
@@ -1936,7 +1952,7 @@ cdef class FastBackend:
     def add_sa(self, cfg) -> None:
         """Install an SA: fetch its algorithms and key its contexts once. Raises
         ``MemoryError``/``RuntimeError`` (never naming key material); then nothing is installed."""
-        cdef natt_sa *sa = <natt_sa *>calloc(1, sizeof(natt_sa))
+        cdef natt_sa *sa = natt_sa_new()
         cdef uint8_t key[128]
         cdef int k, klen
         cdef uint64_t nbits
