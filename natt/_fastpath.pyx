@@ -851,16 +851,20 @@ cdef struct natt_pool:
 cdef natt_pool natt_gpool
 
 
+cdef inline int64_t natt_chunk_hi(int64_t lo, int64_t n) noexcept nogil:
+    """End of the chunk starting at packet ``lo`` of ``n``."""
+    return lo + NATT_CHUNK if lo + NATT_CHUNK < n else n
+
+
 cdef void natt_job_work(natt_job *job, int tid) noexcept nogil:
     cdef long c
-    cdef int64_t lo, hi, n = job.io.n
+    cdef int64_t lo, n = job.io.n
     while True:
         c = natt_atomic_fetch_add(&job.next, 1)
         if c >= job.nchunks:
             return
         lo = c * NATT_CHUNK
-        hi = lo + NATT_CHUNK
-        job.fn(job, lo, hi if hi < n else n, tid)
+        job.fn(job, lo, natt_chunk_hi(lo, n), tid)
         if job.after != NULL:
             natt_store_release(&job.st.scratch[lo].done, 1)
 
@@ -872,20 +876,18 @@ cdef void natt_job_work_ordered(natt_job *job) noexcept nogil:
     (module docstring: phase 4 of chunk k runs while the workers are in phase 3 of later
     chunks), which takes the serial pass off the critical path of a 2-thread batch."""
     cdef long f = 0, c
-    cdef int64_t n = job.io.n, lo, hi
+    cdef int64_t n = job.io.n, lo
     cdef int spins
     while f < job.nchunks:
         lo = f * NATT_CHUNK
         if natt_load_acquire(&job.st.scratch[lo].done):
-            hi = lo + NATT_CHUNK
-            job.after(job, lo, hi if hi < n else n, 0)
+            job.after(job, lo, natt_chunk_hi(lo, n), 0)
             f += 1
             continue
         c = natt_atomic_fetch_add(&job.next, 1)
         if c < job.nchunks:
             lo = c * NATT_CHUNK
-            hi = lo + NATT_CHUNK
-            job.fn(job, lo, hi if hi < n else n, 0)
+            job.fn(job, lo, natt_chunk_hi(lo, n), 0)
             job.st.scratch[lo].done = 1
             continue
         # Every chunk is claimed and a worker is still on chunk f: wait for it, politely
