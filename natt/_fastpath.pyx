@@ -15,7 +15,8 @@ Layout
   maps to it in O(1) (a Python dict gives handle → slot).
 * Per SA: algorithms fetched once, one cipher context keyed once at add time
   (the *template*, never used for crypto; for AEADs a provider context, see
-  "AEAD through the provider"), lazily made per-thread copies of it, HMAC inner/outer digest states fed with key ⊕ ipad / key ⊕ opad once,
+  "AEAD through the provider"), lazily made per-thread copies of it, HMAC
+  inner/outer digest states fed with key ⊕ ipad / key ⊕ opad once,
   the anti-replay window (a ring bitmap of up to 65 536 bits), counters, ESN
   state and the outbound sequence number.
 
@@ -118,6 +119,8 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_signal(pthread_cond_t *c)
     int pthread_create(pthread_t *t, const void *attr, void *(*start)(void *) noexcept nogil, void *arg)
     int pthread_detach(pthread_t t)
+    int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
+                       void (*child)() noexcept nogil)
 
 
 cdef extern from *:
@@ -667,6 +670,25 @@ cdef inline int32_t natt_aad(const natt_sa *sa, const uint8_t *esp, uint32_t seq
     return 8
 
 
+cdef inline bint natt_aead_begin(const natt_sa *sa, natt_init_fn init, void *ctx, const uint8_t *esp,
+                                 uint32_t seq_hi) noexcept nogil:
+    """Start one AEAD packet on this thread's provider context: the nonce, then the AAD."""
+    cdef uint8_t nonce[12]
+    cdef uint8_t aad[12]
+    cdef int32_t aad_len = natt_aad(sa, esp, seq_hi, aad)
+    cdef size_t n = 0
+    # RFC 4106 §4 / RFC 4543 §3.1 / RFC 7634 §2: nonce = salt ‖ IV. Handing the provider the
+    # whole nonce (init without a key) is cheaper than the fixed/invocation split of
+    # TLS1_IV_FIXED + TLS1_SET_IV_INV, which goes through OSSL_PARAM name lookups: 199 -> 172 ns
+    # per 64-octet AES-128-GCM packet in a C loop over the provider calls.
+    memcpy(nonce, sa.salt, 4)
+    memcpy(nonce + 4, esp + 8, 8)
+    if init(ctx, NULL, 0, nonce, 12, NULL) != 1:
+        return False
+    # The provider checks outsize >= inl even when only absorbing AAD (out NULL).
+    return sa.aead.update(ctx, NULL, &n, aad_len, aad, aad_len) == 1
+
+
 cdef int natt_open(natt_sa *sa, int tid, EVP_MD_CTX *mdw, const uint8_t *esp, int32_t esp_len,
                    uint32_t seq_hi, uint8_t *dst, natt_pkt *pk) noexcept nogil:
     """Verify and decrypt one ESP packet (semantics §1 steps 9–10) into ``dst``.
@@ -679,10 +701,8 @@ cdef int natt_open(natt_sa *sa, int tid, EVP_MD_CTX *mdw, const uint8_t *esp, in
     cdef const uint8_t *iv = esp + 8
     cdef const uint8_t *ct = iv + iv_len
     cdef const uint8_t *icv = esp + esp_len - icv_len
-    cdef uint8_t nonce[12]
-    cdef uint8_t aad[12]
     cdef uint8_t mac[EVP_MAX_MD_SIZE]
-    cdef int32_t aad_len, k, pad_len
+    cdef int32_t k, pad_len
     cdef int outl = 0
     cdef size_t n = 0, n2 = 0
     cdef void *ctx = NULL
@@ -695,17 +715,7 @@ cdef int natt_open(natt_sa *sa, int tid, EVP_MD_CTX *mdw, const uint8_t *esp, in
         if ctx == NULL:
             return NATT_CR_ERR
     if a != NULL:
-        aad_len = natt_aad(sa, esp, seq_hi, aad)
-        # RFC 4106 §4 / RFC 4543 §3.1 / RFC 7634 §2: nonce = salt ‖ IV. Handing the provider
-        # the whole nonce (init without a key) is cheaper than the fixed/invocation split of
-        # TLS1_IV_FIXED + TLS1_SET_IV_INV, which goes through OSSL_PARAM name lookups: 199 ->
-        # 172 ns per 64-octet AES-128-GCM packet in a C loop over the provider calls.
-        memcpy(nonce, sa.salt, 4)
-        memcpy(nonce + 4, iv, 8)
-        if a.dinit(ctx, NULL, 0, nonce, 12, NULL) != 1:
-            return NATT_CR_ERR
-        # The provider checks outsize >= inl even when only absorbing AAD (out NULL).
-        if a.update(ctx, NULL, &n, aad_len, aad, aad_len) != 1:
+        if not natt_aead_begin(sa, a.dinit, ctx, esp, seq_hi):
             return NATT_CR_ERR
         if cipher == NATT_CIPHER_AES_GMAC:
             # RFC 4543 §3: IV, payload and trailer are AAD too; nothing is encrypted.
@@ -759,10 +769,8 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
     cdef uint8_t *iv = esp + 8
     cdef uint8_t *ct = iv + iv_len
     cdef uint8_t *icv = ct + ct_len
-    cdef uint8_t nonce[12]
-    cdef uint8_t aad[12]
     cdef uint8_t mac[EVP_MAX_MD_SIZE]
-    cdef int32_t aad_len, k
+    cdef int32_t k
     cdef int outl = 0
     cdef size_t n = 0, n2 = 0
     cdef void *ctx = NULL
@@ -775,12 +783,7 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
         if ctx == NULL:
             return False
     if a != NULL:
-        memcpy(nonce, sa.salt, 4)
-        memcpy(nonce + 4, iv, 8)
-        aad_len = natt_aad(sa, esp, seq_hi, aad)
-        if a.einit(ctx, NULL, 0, nonce, 12, NULL) != 1:
-            return False
-        if a.update(ctx, NULL, &n, aad_len, aad, aad_len) != 1:
+        if not natt_aead_begin(sa, a.einit, ctx, esp, seq_hi):
             return False
         if cipher == NATT_CIPHER_AES_GMAC:
             if a.update(ctx, NULL, &n, iv_len + ct_len, iv, iv_len + ct_len) != 1:
@@ -929,12 +932,13 @@ cdef void *natt_worker(void *arg) noexcept nogil:
 cdef long natt_pool_run(natt_chunk_fn fn, natt_chunk_fn after, natt_state *st, natt_io *io, natt_sa *sa,
                         int nt) noexcept nogil:
     """Run ``fn`` over all packets of ``io`` on up to ``nt`` threads, then (overlapped, on the
-    calling thread, in order) ``after`` if not NULL; returns job.failed. With ``after``, the
-    first natt_pkt of each chunk in ``st.scratch`` must have ``done`` = 0."""
+    calling thread, in order) ``after`` if not NULL; returns job.failed. With ``after``,
+    ``st.scratch`` must hold ``io.n`` packets (each chunk's first carries its ``done`` flag)."""
     cdef natt_job job
     cdef natt_pool *pool = &natt_gpool
     cdef pthread_t t
     cdef bint shared = False
+    cdef long c
     job.fn = fn
     job.after = after
     job.st = st
@@ -944,6 +948,9 @@ cdef long natt_pool_run(natt_chunk_fn fn, natt_chunk_fn after, natt_state *st, n
     job.next = 0
     job.failed = 0
     job.active = 0
+    if after != NULL:
+        for c in range(job.nchunks):
+            st.scratch[c * NATT_CHUNK].done = 0
     if nt > 1 and job.nchunks > 1:
         pthread_mutex_lock(&pool.m)
         if pool.job == NULL:
@@ -1357,11 +1364,8 @@ cdef void natt_chunk_finish(natt_job *job, int64_t lo, int64_t hi, int tid) noex
 cdef void natt_decap_parallel(natt_state *st, natt_io *io, int nt) noexcept nogil:
     """Phases 1–4 of the module docstring; phases 1 and 3 run on the worker pool, phase 4 on
     the calling thread, chunk by chunk as phase 3 completes them."""
-    cdef int64_t c
     natt_pool_run(natt_chunk_parse, NULL, st, io, NULL, nt)
     natt_decap_speculate(st, io)
-    for c in range((io.n + NATT_CHUNK - 1) // NATT_CHUNK):
-        st.scratch[c * NATT_CHUNK].done = 0
     natt_pool_run(natt_chunk_open, natt_chunk_finish, st, io, NULL, nt)
     ERR_clear_error()
 
@@ -1457,10 +1461,6 @@ cdef void natt_encap_assign(natt_sa *sa, natt_io *io, natt_pkt *scratch) noexcep
         natt_put(io, i, NATT_OK, sa.handle, sa.oseq, nh)
         io.olen[i] = total
 
-
-cdef extern from "<pthread.h>" nogil:
-    int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
-                       void (*child)() noexcept nogil)
 
 # Bumped in a forked child: a pool filled before the fork must not hand the child the IVs the
 # parent will also use (a CBC IV must be unpredictable, RFC 3602 §2.1; libcrypto's own DRBG
