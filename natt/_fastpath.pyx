@@ -16,7 +16,9 @@ Layout
 * Per SA: algorithms fetched once, one cipher context keyed once at add time
   (the *template*, never used for crypto; for AEADs a provider context, see
   "AEAD through the provider"), lazily made per-thread copies of it, HMAC
-  inner/outer digest states fed with key ⊕ ipad / key ⊕ opad once,
+  inner/outer digest states fed with key ⊕ ipad / key ⊕ opad once
+  (outbound AES-CBC on AES-NI: AES round keys instead of contexts, see
+  "Outbound AES-CBC, several packets at once"),
   the anti-replay window (a ring bitmap of up to 65 536 bits), counters, ESN
   state and the outbound sequence number.
 
@@ -146,6 +148,138 @@ cdef extern from *:
     void natt_prefetch_w(const void *p) nogil
 
 
+
+# Outbound AES-CBC, several packets at once. CBC encryption is serial within a packet (each
+# block's input is the previous ciphertext), so one packet keeps AES-NI's pipeline a quarter
+# full (1.07 GB/s encrypting vs 8.2 GB/s decrypting in ``openssl speed`` here) and encap took
+# 1.6x as long as decap at 1400 octets. natt_cbc_encrypt_lanes runs the chains of NATT_LANES
+# packets side by side, the multi-buffer technique of OpenSSL's aesni_multi_cbc_encrypt, which
+# libcrypto keeps for TLS records and does not export. The key schedule is FIPS-197 §5.2's,
+# SubWord from AESKEYGENASSIST; both run in AES-NI instructions (no tables: constant time).
+# Tests compare it with libcrypto's AES-CBC for every key size and mixes of packet lengths.
+cdef extern from *:
+    """
+    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    #include <immintrin.h>
+    #define NATT_LANES 8
+
+    static int natt_aesni_available(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("aes") != 0;
+    }
+
+    /* FIPS-197 §5.2 key expansion into 16 * (rounds + 1) octets at rk; returns the rounds. */
+    __attribute__((target("aes,sse2")))
+    static int natt_aesni_expand(const uint8_t *key, int key_len, uint8_t *rk) {
+        uint32_t w[60], t, rcon = 1;
+        int nk = key_len / 4, nr = nk + 6, i;
+        __m128i v;
+        memcpy(w, key, (size_t)key_len);
+        for (i = nk; i < 4 * (nr + 1); i++) {
+            t = w[i - 1];
+            if (i % nk == 0 || (nk > 6 && i % nk == 4)) {
+                /* word 1 in: word 0 out = SubWord(t), word 1 = RotWord(SubWord(t)) */
+                v = _mm_aeskeygenassist_si128(_mm_set_epi32(0, 0, (int)t, 0), 0);
+                if (i % nk == 0) {
+                    t = (uint32_t)_mm_cvtsi128_si32(_mm_srli_si128(v, 4)) ^ rcon;
+                    rcon = (rcon << 1) ^ ((rcon & 0x80) ? 0x11b : 0);
+                } else {
+                    t = (uint32_t)_mm_cvtsi128_si32(v);
+                }
+            }
+            w[i] = w[i - nk] ^ t;
+        }
+        memcpy(rk, w, (size_t)(16 * (nr + 1)));
+        OPENSSL_cleanse(w, sizeof(w));
+        return nr;
+    }
+
+    /* CBC-encrypt n packets in place: ct[k] holds nblk[k] blocks and is preceded by its IV.
+       A lane that finishes takes the next packet; idle lanes encrypt a scratch block. */
+    __attribute__((target("aes,sse2")))
+    static void natt_cbc_encrypt_lanes(const uint8_t *rkb, int nr, uint8_t *const *ct,
+                                       const int32_t *nblk, int n) {
+        __m128i rk[15], c[NATT_LANES], x[NATT_LANES];
+        uint8_t sink[NATT_LANES][16];
+        uint8_t *p[NATT_LANES];
+        size_t stride[NATT_LANES];
+        int32_t left[NATT_LANES], m, b;
+        int l, r, q = 0;
+        for (r = 0; r <= nr; r++)
+            rk[r] = _mm_loadu_si128((const __m128i *)(rkb + 16 * r));
+        for (l = 0; l < NATT_LANES; l++) {
+            left[l] = 0;
+            c[l] = _mm_setzero_si128();
+        }
+        for (;;) {
+            m = INT32_MAX;
+            for (l = 0; l < NATT_LANES; l++) {
+                if (left[l] == 0) {
+                    while (q < n && nblk[q] <= 0)
+                        q++;
+                    if (q < n) {
+                        p[l] = ct[q];
+                        stride[l] = 16;
+                        left[l] = nblk[q];
+                        c[l] = _mm_loadu_si128((const __m128i *)(ct[q] - 16));
+                        q++;
+                    } else {
+                        p[l] = sink[l];
+                        stride[l] = 0;
+                    }
+                }
+                if (left[l] != 0 && left[l] < m)
+                    m = left[l];
+            }
+            if (m == INT32_MAX)
+                break;
+            for (b = 0; b < m; b++) {
+                for (l = 0; l < NATT_LANES; l++)
+                    x[l] = _mm_xor_si128(_mm_xor_si128(_mm_loadu_si128((const __m128i *)p[l]), c[l]), rk[0]);
+                for (r = 1; r < nr; r++)
+                    for (l = 0; l < NATT_LANES; l++)
+                        x[l] = _mm_aesenc_si128(x[l], rk[r]);
+                for (l = 0; l < NATT_LANES; l++) {
+                    c[l] = _mm_aesenclast_si128(x[l], rk[nr]);
+                    _mm_storeu_si128((__m128i *)p[l], c[l]);
+                    p[l] += stride[l];
+                }
+            }
+            for (l = 0; l < NATT_LANES; l++)
+                if (left[l] != 0)
+                    left[l] -= m;
+        }
+        OPENSSL_cleanse(rk, sizeof(rk));
+        OPENSSL_cleanse(sink, sizeof(sink));
+    }
+    #else
+    static int natt_aesni_available(void) { return 0; }
+    static int natt_aesni_expand(const uint8_t *key, int key_len, uint8_t *rk) { return 0; }
+    static void natt_cbc_encrypt_lanes(const uint8_t *rkb, int nr, uint8_t *const *ct,
+                                       const int32_t *nblk, int n) { }
+    #endif
+    """
+    bint natt_aesni_available() nogil
+    int natt_aesni_expand(const uint8_t *key, int key_len, uint8_t *rk) nogil
+    void natt_cbc_encrypt_lanes(const uint8_t *rkb, int nr, uint8_t * const *ct, const int32_t *nblk,
+                                int n) nogil
+
+
+# Outbound AES-CBC SAs added while this is set use natt_cbc_encrypt_lanes, else libcrypto's EVP.
+cdef bint natt_cbc_lanes = natt_aesni_available()
+
+
+def _aesni_cbc(enabled: bool | None = None) -> bool:
+    """Whether outbound AES-CBC SAs added from now on encrypt on natt's AES-NI lanes (the
+    default where the CPU has AES-NI) rather than through libcrypto's EVP; with ``enabled``,
+    set it first. For tests, which run both."""
+    global natt_cbc_lanes
+    if enabled is not None:
+        if enabled and not natt_aesni_available():
+            raise RuntimeError("this CPU has no AES-NI")
+        natt_cbc_lanes = bool(enabled)
+    return natt_cbc_lanes
+
 # --------------------------------------------------------------------------- constants
 
 cdef enum:
@@ -153,6 +287,8 @@ cdef enum:
     NATT_PREFETCH_MIN_SAS = 1024 # serial decap prefetches SA lookups from this many inbound SAs
     NATT_PREFETCH_AEAD_CTX = 1024  # octets of a provider AEAD context prefetched (natt_prefetch_ctx)
     NATT_IVPOOL = 4096           # octets of random IV material fetched per RAND_bytes call
+    NATT_CBC_RK_LEN = 240        # AES round keys: 16 octets * (14 rounds + 1)
+    NATT_CBC_GROUP = 32          # AES-NI CBC encap: packets framed, encrypted side by side, MACed
     NATT_ENCAP_OVERHEAD = 128    # natt._batch.ENCAP_OVERHEAD (checked at import)
     NATT_CONT = 255              # parse status: an SA was found, the packet goes on
 
@@ -297,6 +433,8 @@ cdef struct natt_sa:
     EVP_CIPHER *evp_cipher
     void *tmpl                    # keyed once (same kind as tctx); only copied, never used
     EVP_MD *evp_md
+    uint8_t *cbc_rk               # outbound AES-CBC on AES-NI: the round keys (no tmpl/tctx then)
+    int32_t cbc_rounds
 
 
 cdef struct natt_pkt:
@@ -756,6 +894,17 @@ cdef int natt_open(natt_sa *sa, int tid, EVP_MD_CTX *mdw, const uint8_t *esp, in
     return NATT_CR_OK
 
 
+cdef inline bint natt_seal_icv(const natt_sa *sa, EVP_MD_CTX *mdw, uint8_t *esp, int32_t auth_len,
+                               uint32_t seq_hi) noexcept nogil:
+    """Append the HMAC ICV of an encrypted non-AEAD packet (``auth_len``: ESP header to trailer)."""
+    cdef uint8_t mac[EVP_MAX_MD_SIZE]
+    if sa.mac != NATT_MAC_NONE:
+        if not natt_hmac(sa, mdw, esp, auth_len, sa.esn, seq_hi, mac):
+            return False
+        memcpy(esp + auth_len, mac, sa.icv_len)
+    return True
+
+
 cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t ct_len,
                     uint32_t seq_hi, const uint8_t *src, int32_t src_len) noexcept nogil:
     """Encrypt ``esp`` in place (header and IV written, plaintext trailer-padded at esp+8+iv)
@@ -769,7 +918,6 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
     cdef uint8_t *iv = esp + 8
     cdef uint8_t *ct = iv + iv_len
     cdef uint8_t *icv = ct + ct_len
-    cdef uint8_t mac[EVP_MAX_MD_SIZE]
     cdef int32_t k
     cdef int outl = 0
     cdef size_t n = 0, n2 = 0
@@ -807,11 +955,7 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
             return False
         if EVP_CipherUpdate(<EVP_CIPHER_CTX *>ctx, ct, &outl, ct, ct_len) != 1 or outl != ct_len:
             return False
-    if sa.mac != NATT_MAC_NONE:
-        if not natt_hmac(sa, mdw, esp, 8 + iv_len + ct_len, sa.esn, seq_hi, mac):
-            return False
-        memcpy(icv, mac, icv_len)
-    return True
+    return natt_seal_icv(sa, mdw, esp, 8 + iv_len + ct_len, seq_hi)
 
 
 # --------------------------------------------------------------------------- worker pool
@@ -1499,9 +1643,14 @@ cdef inline bint natt_random_iv(natt_state *st, int tid, uint8_t *iv, int32_t n)
     return True
 
 
-cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, const natt_pkt *pk) noexcept nogil:
+cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) noexcept nogil:
     """Write a packet the assignment pass made OK into its output slot. False on a crypto
-    library failure."""
+    library failure.
+
+    With AES-NI CBC (``sa.cbc_rk``) the ESP payload is left in plaintext, to be encrypted with
+    other packets' and then MACed (natt_encap_range); ``pk.esp_off``/``pk.esp_len`` say where
+    it is (ESP header to trailer, the octets the ICV covers).
+    """
     cdef const uint8_t *p = pk.inp
     cdef uint8_t *o = pk.outp
     cdef int32_t hdr = 0, plen = 0, ct_len = 0, total, k, pad, ohdr, marker
@@ -1535,7 +1684,10 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, const natt_pkt 
         ct[plen + k] = <uint8_t>(k + 1)
     ct[plen + pad] = <uint8_t>pad
     ct[plen + pad + 1] = nh
-    if not natt_seal(sa, tid, st.mdw[tid], esp, ct_len, <uint32_t>(seq >> 32), p + hdr if direct else NULL, plen):
+    pk.esp_off = ohdr + 8 + marker
+    pk.esp_len = 8 + sa.iv_len + ct_len
+    if sa.cbc_rk == NULL and not natt_seal(sa, tid, st.mdw[tid], esp, ct_len, <uint32_t>(seq >> 32),
+                                           p + hdr if direct else NULL, plen):
         return False
     # UDP (RFC 3948 §2.1: checksum 0), then the legacy non-IKE marker if the SA's framing wants it.
     wr16(o + ohdr, sa.encap_src_port)
@@ -1568,29 +1720,65 @@ cdef void natt_encap_fail(natt_sa *sa, natt_io *io, int64_t i, natt_pkt *pk) noe
     natt_copy_input(io, i, pk)
 
 
-cdef void natt_chunk_seal(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
-    cdef int64_t i
+cdef long natt_encap_range(natt_state *st, natt_sa *sa, int tid, int64_t lo, int64_t hi) noexcept nogil:
+    """Build the OK packets lo..hi-1 of the scratch array on thread ``tid``; a packet whose
+    crypto failed is marked NATT_CR_ERR (counted serially afterwards: counters are not shared
+    between threads). Returns how many were."""
+    cdef int64_t i, g, ge
     cdef natt_pkt *pk
-    for i in range(lo, hi):
-        pk = &job.st.scratch[i]
-        if pk.status == NATT_OK and not natt_encap_build(job.st, job.sa, tid, pk):
-            # Marked here, counted serially afterwards: counters are not shared between threads.
-            pk.crypto = NATT_CR_ERR
-            natt_atomic_fetch_add(&job.failed, 1)
+    cdef long failed = 0
+    cdef int m
+    cdef uint8_t *ct[NATT_CBC_GROUP]
+    cdef int32_t nblk[NATT_CBC_GROUP]
+    cdef int32_t iv_len = sa.iv_len
+    if sa.cbc_rk == NULL:
+        for i in range(lo, hi):
+            pk = &st.scratch[i]
+            if pk.status == NATT_OK and not natt_encap_build(st, sa, tid, pk):
+                pk.crypto = NATT_CR_ERR
+                failed += 1
+        return failed
+    g = lo
+    while g < hi:
+        ge = hi if hi - g < NATT_CBC_GROUP else g + NATT_CBC_GROUP
+        m = 0
+        for i in range(g, ge):
+            pk = &st.scratch[i]
+            if pk.status != NATT_OK:
+                continue
+            if not natt_encap_build(st, sa, tid, pk):
+                pk.crypto = NATT_CR_ERR
+                failed += 1
+                continue
+            ct[m] = pk.outp + pk.esp_off + 8 + iv_len
+            nblk[m] = (pk.esp_len - 8 - iv_len) >> 4
+            m += 1
+        natt_cbc_encrypt_lanes(sa.cbc_rk, sa.cbc_rounds, ct, nblk, m)
+        for i in range(g, ge):
+            pk = &st.scratch[i]
+            if pk.status == NATT_OK and pk.crypto != NATT_CR_ERR and not natt_seal_icv(
+                    sa, st.mdw[tid], pk.outp + pk.esp_off, pk.esp_len, <uint32_t>(pk.seq >> 32)):
+                pk.crypto = NATT_CR_ERR
+                failed += 1
+        g = ge
+    return failed
+
+
+cdef void natt_chunk_seal(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
+    cdef long failed = natt_encap_range(job.st, job.sa, tid, lo, hi)
+    if failed:
+        natt_atomic_fetch_add(&job.failed, failed)
 
 
 cdef void natt_encap_run(natt_state *st, natt_sa *sa, natt_io *io, int nt) noexcept nogil:
     cdef int64_t i
-    cdef long failed = 0
+    cdef long failed
     cdef natt_pkt *scratch = st.scratch
     natt_encap_assign(sa, io, scratch)
     if nt <= 0:
-        for i in range(io.n):
-            if scratch[i].status == NATT_OK and not natt_encap_build(st, sa, 0, &scratch[i]):
-                natt_encap_fail(sa, io, i, &scratch[i])
-        ERR_clear_error()
-        return
-    failed = natt_pool_run(natt_chunk_seal, NULL, st, io, sa, nt)
+        failed = natt_encap_range(st, sa, 0, 0, io.n)
+    else:
+        failed = natt_pool_run(natt_chunk_seal, NULL, st, io, sa, nt)
     if failed:
         for i in range(io.n):
             if scratch[i].status == NATT_OK and scratch[i].crypto == NATT_CR_ERR:
@@ -1638,6 +1826,9 @@ cdef void natt_sa_free(natt_sa *sa) noexcept nogil:
         EVP_CIPHER_free(sa.evp_cipher)
     if sa.evp_md != NULL:
         EVP_MD_free(sa.evp_md)
+    if sa.cbc_rk != NULL:
+        OPENSSL_cleanse(sa.cbc_rk, NATT_CBC_RK_LEN)
+        free(sa.cbc_rk)
     if sa.bitmap != &sa.bitmap_word:
         free(sa.bitmap)
     OPENSSL_cleanse(sa, sizeof(natt_sa))
@@ -1707,6 +1898,11 @@ cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8
         sa.aead = a        # from here natt_sa_free frees tmpl with the provider's freectx
         if (a.dinit if sa.inbound else a.einit)(sa.tmpl, key, a.key_len, NULL, 0, NULL) != 1:
             raise RuntimeError(f"libcrypto could not key {name.decode()}")
+    elif sa.cipher == NATT_CIPHER_AES_CBC and not sa.inbound and natt_cbc_lanes:
+        sa.cbc_rk = <uint8_t *>malloc(NATT_CBC_RK_LEN)
+        if sa.cbc_rk == NULL:
+            raise MemoryError()
+        sa.cbc_rounds = natt_aesni_expand(key, enc_key_len, sa.cbc_rk)
     elif sa.cipher != NATT_CIPHER_NULL:
         name = _cipher_name(sa.cipher, enc_key_len)
         sa.evp_cipher = EVP_CIPHER_fetch(NULL, name, NULL)
@@ -1719,7 +1915,7 @@ cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8
             raise RuntimeError(f"libcrypto could not key {name.decode()}")
         # ESP pads itself (RFC 4303 §2.4)
         EVP_CIPHER_CTX_set_padding(<EVP_CIPHER_CTX *>sa.tmpl, 0)
-    if sa.cipher != NATT_CIPHER_NULL:
+    if sa.cipher != NATT_CIPHER_NULL and sa.cbc_rk == NULL:
         # Thread 0's context now, so a cipher whose contexts cannot be copied fails the add.
         if natt_tctx(sa, 0) == NULL:
             raise RuntimeError(f"libcrypto could not copy a {name.decode()} context")

@@ -26,12 +26,12 @@ from natt._backend import SaConfig
 from natt._batch import ENCAP_OVERHEAD
 from natt._suites import SUITES, Suite
 
-from _packets import IPIP, TCP, addr, esp_seal, ipv4, key_for, outer, tcp, trailer
+from _packets import IPIP, TCP, addr, esp_open, esp_seal, ipv4, key_for, outer, tcp, trailer
 
 if "fast" not in natt.backends():  # conftest's backend fixture fails loudly too
     pytest.fail("natt._fastpath did not build", pytrace=False)
 
-from natt._fastpath import BACKEND_NAME, FastBackend  # noqa: E402
+from natt._fastpath import BACKEND_NAME, FastBackend, _aesni_cbc  # noqa: E402
 
 PEER = addr("198.51.100.2")
 US = addr("203.0.113.5")
@@ -253,6 +253,53 @@ def test_cbc_ivs_are_fresh_across_pool_refills_and_fork():
     parent_ivs = _cbc_ivs(b, 9, 20)
     assert not set(child_ivs) & set(parent_ivs)
     assert not set(child_ivs) & set(ivs)
+
+
+
+CBC_LANES = [False] + ([True] if _aesni_cbc() else [])   # AES-NI lanes where the CPU has AES-NI
+
+
+@pytest.fixture(params=CBC_LANES, ids=lambda on: "aesni-lanes" if on else "evp")
+def cbc_lanes(request):
+    before = _aesni_cbc()
+    _aesni_cbc(request.param)
+    yield request.param
+    _aesni_cbc(before)
+
+
+@pytest.mark.parametrize("suite_name", ["aes128-sha1", "aes192-sha256", "aes256-sha512-esn"])
+@pytest.mark.parametrize("threads", [None, 2])
+def test_cbc_encap_of_mixed_lengths_opens_with_cryptography(cbc_lanes, suite_name, threads):
+    """Outbound AES-CBC encrypts up to eight packets side by side on AES-NI (natt_cbc_encrypt_lanes),
+    a lane taking the next packet as soon as its own ends: lengths from one block to 94, refused
+    packets in between, groups and 256-packet chunks cut mid-stream. Every packet must open
+    with cryptography's AES-CBC and HMAC, for every key size, on both lanes and EVP."""
+    rng = random.Random(suite_name)
+    suite = SUITES[suite_name.removesuffix("-esn")]
+    key = key_for(suite, 3)
+    esn = suite_name.endswith("-esn")
+    packets = []
+    for i in range(700):
+        if i % 97 == 5:
+            packets.append(b"\x45junk")                                # MALFORMED: no lane
+        else:
+            size = rng.choice([0, 1, 15, 16, 17, 200, rng.randrange(1461)])
+            packets.append(ipv4(tcp(rng.randbytes(size), src=addr("10.0.0.1"), dst=addr("10.0.0.2"))))
+    with natt.Offload(backend="fast") as nic:
+        h = nic.add_sa(direction="out", spi=0x5151, key=key, suite=suite_name, mode="tunnel",
+                       src="198.51.100.2", dst="203.0.113.5", replay_oseq=2**32 - 300 if esn else 0)
+        res = nic.encap(packets, h, threads=threads)
+    first = 2**32 - 299 if esn else 1
+    for i, (p, sealed) in enumerate(zip(packets, res)):
+        if p == b"\x45junk":
+            assert res.status[i] == Status.MALFORMED
+            continue
+        assert res.status[i] == Status.OK
+        seq = int(res.seq[i])
+        assert seq == first + i - (i + 91) // 97          # junk packets take no number
+        esp = sealed[28:]
+        plain = esp_open(suite, key, esp, seq_hi=seq >> 32 if esn else None)
+        assert plain[:len(p)] == p and plain[-1] == IPIP, f"packet {i}"
 
 
 # --------------------------------------------------------------------------------------- buffers
