@@ -185,14 +185,7 @@ class BatchResult(_Segments):
 
     def _prepare(self, batch: PacketBatch, slot_extra: int) -> None:
         """Size the result for ``batch``: slot ``i`` holds ``lengths[i] + slot_extra`` octets."""
-        mine = (self._data, self._offsets, self._lengths)
-        for arr in (batch.data, batch.offsets, batch.lengths):
-            owner = arr if arr.base is None else arr.base
-            if owner is mine[0] or owner is mine[1] or owner is mine[2]:
-                # Laying out this result would overwrite the packets before they are read.
-                raise ValueError("out: this result's buffers hold the input packets (out=res with "
-                                 "res.batch()); pass another result, or copy the batch first")
-        n = len(batch)
+        n = batch.lengths.size
         if self._status.size < n:
             cap = max(n, 2 * self._status.size)
             self._status = np.empty(cap, np.uint8)
@@ -201,22 +194,7 @@ class BatchResult(_Segments):
             self._nh = np.empty(cap, np.uint8)
             self._offsets = np.empty(cap, np.int64)
             self._lengths = np.empty(cap, np.int64)
-        offsets = self._offsets[:n]
-        if _layout_slots is not None:
-            nbytes = _layout_slots(batch.lengths, batch.data.size, slot_extra, offsets)
-        elif n:
-            # Slot sizes come from the caller's lengths, which may have been rewritten since the
-            # batch was validated: clamp them to the buffer, so that a bad length costs that
-            # packet an ERROR (the kernels re-check every segment), not a huge allocation.
-            size = batch.data.size
-            offsets[0] = 0
-            np.clip(batch.lengths[:-1], 0, size, out=offsets[1:])
-            np.cumsum(offsets[1:], out=offsets[1:])
-            if slot_extra:
-                offsets += np.arange(n, dtype=np.int64) * slot_extra
-            nbytes = int(offsets[-1]) + min(max(int(batch.lengths[-1]), 0), size) + slot_extra
-        else:
-            nbytes = 0
+        nbytes = _layout_slots(batch, self._data, self._offsets, self._lengths, slot_extra)
         if self._data.size < nbytes:
             self._data = np.empty(max(nbytes, self._data.size + self._data.size // 2), np.uint8)
         self._view(n, nbytes)
@@ -247,8 +225,34 @@ class EncapResult(BatchResult):
     __slots__ = ()
 
 
+def _layout_slots_numpy(batch: PacketBatch, data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                        slot_extra: int) -> int:
+    """``natt._fastpath.layout_slots`` in numpy, for installs without the extension: lay out the
+    output slots of ``batch`` in a result whose buffers are ``data``, ``offsets`` and ``lengths``;
+    returns the octets they take."""
+    for arr in (batch.data, batch.offsets, batch.lengths):
+        owner = arr if arr.base is None else arr.base
+        if owner is data or owner is offsets or owner is lengths:
+            # Laying out this result would overwrite the packets before they are read.
+            raise ValueError("out: this result's buffers hold the input packets (out=res with "
+                             "res.batch()); pass another result, or copy the batch first")
+    n = batch.lengths.size
+    if not n:
+        return 0
+    # Slot sizes come from the caller's lengths, which may have been rewritten since the batch was
+    # validated: clamp them to the buffer, so that a bad length costs that packet an ERROR (the
+    # kernels re-check every segment), not a huge allocation.
+    size = batch.data.size
+    offsets[0] = 0
+    np.clip(batch.lengths[:n - 1], 0, size, out=offsets[1:n])
+    np.cumsum(offsets[1:n], out=offsets[1:n])
+    if slot_extra:
+        offsets[:n] += np.arange(n, dtype=np.int64) * slot_extra
+    return int(offsets[n - 1]) + min(max(int(batch.lengths[-1]), 0), size) + slot_extra
+
+
 # At the end: natt._fastpath imports ENCAP_OVERHEAD from this module.
-try:  # the C loop of the fast path, when the extension is built
+try:  # the same layout in one C loop (at a batch of one, numpy's calls cost more than the decap)
     from ._fastpath import layout_slots as _layout_slots
-except ImportError:  # pragma: no cover - reference-only installs
-    _layout_slots = None
+except ImportError:  # pragma: no cover - installs without the extension
+    _layout_slots = _layout_slots_numpy

@@ -62,6 +62,7 @@ phases (the results are identical to
 from libc.stdint cimport UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset, strchr, strlen
+from cpython.object cimport PyObject
 
 cimport numpy as cnp
 import numpy as np
@@ -2441,29 +2442,47 @@ cdef class FastBackend:
             raise MemoryError()
 
 
-def layout_slots(const int64_t[::1] lengths, int64_t size, int64_t slot_extra, int64_t[::1] offsets) -> int:
-    """Lay out output slots for ``BatchResult._prepare``: slot ``i`` starts at ``offsets[i]`` and
-    holds ``clamp(lengths[i], 0, size) + slot_extra`` octets; returns the total.
+def layout_slots(batch, cnp.ndarray data, cnp.ndarray offsets, cnp.ndarray lengths,
+                 int64_t slot_extra) -> int:
+    """Lay out the output slots of ``batch`` for ``BatchResult._prepare``, whose buffers are
+    ``data``, ``offsets`` (capacity >= the batch) and ``lengths``: slot ``i`` starts at
+    ``offsets[i]`` and holds ``clamp(batch.lengths[i], 0, batch.data.size) + slot_extra``
+    octets; returns the total. Raises ValueError naming ``out`` if the batch's arrays are these
+    buffers (``out=res`` with ``res.batch()``: laying out would overwrite the packets first).
 
-    The same rule as the numpy code in ``natt._batch`` (which stays as the fallback), in one C
-    loop: at a batch of one, numpy's clip/cumsum calls cost more than the whole decap.
-    Lengths are clamped because the caller may have rewritten them since validation.
+    In C because at a batch of one numpy's calls cost more than the whole decap. Lengths are
+    clamped because the caller may have rewritten them since validation.
     """
-    cdef Py_ssize_t i, n = lengths.shape[0]
+    cdef cnp.ndarray arr
+    cdef PyObject *owner
+    for arr in (batch.data, batch.offsets, batch.lengths):
+        owner = cnp.PyArray_BASE(arr)
+        if owner == NULL:
+            owner = <PyObject *>arr
+        if owner == <PyObject *>data or owner == <PyObject *>offsets or owner == <PyObject *>lengths:
+            raise ValueError("out: this result's buffers hold the input packets (out=res with "
+                             "res.batch()); pass another result, or copy the batch first")
+    cdef cnp.ndarray bl = batch.lengths
+    cdef Py_ssize_t i, n = cnp.PyArray_SIZE(bl)
+    cdef int64_t size = cnp.PyArray_SIZE(<cnp.ndarray>batch.data)
     cdef int64_t pos = 0, ln
-    if offsets.shape[0] < n:
-        raise ValueError("offsets: shorter than lengths")
+    if (cnp.PyArray_TYPE(bl) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(bl)
+            or cnp.PyArray_TYPE(offsets) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(offsets)):
+        raise ValueError("batch.lengths: must be a C-contiguous int64 array")
+    if cnp.PyArray_SIZE(offsets) < n:
+        raise ValueError("offsets: shorter than the batch")
+    cdef const int64_t *src = <const int64_t *>cnp.PyArray_DATA(bl)
+    cdef int64_t *dst = <int64_t *>cnp.PyArray_DATA(offsets)
     with nogil:
         for i in range(n):
-            offsets[i] = pos
-            ln = lengths[i]
+            dst[i] = pos
+            ln = src[i]
             if ln < 0:
                 ln = 0
             elif ln > size:
                 ln = size
             pos += ln + slot_extra
     return pos
-
 
 def pcap_walk(const uint8_t[::1] buf, Py_ssize_t start, Py_ssize_t len_at, Py_ssize_t base,
               uint32_t min_len, bint big_endian, bint pad4):

@@ -307,6 +307,34 @@ def test_out_holding_the_input_is_refused(nic):
     assert again.counts() == {Status.OK: 2} and list(again) == [inner_udp(b"a"), inner_udp(b"b")]
 
 
+
+@pytest.mark.parametrize("slot_extra", [0, 128])
+def test_compiled_slot_layout_equals_numpy_layout(slot_extra):
+    """natt._fastpath.layout_slots and the numpy layout it stands in for (installs without the
+    extension) agree: same offsets and total for lengths rewritten out of range after validation
+    (clamped to the buffer), for the empty batch, and both refuse a result's own buffers."""
+    from natt import _batch
+    from natt._fastpath import layout_slots
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 2, 37):
+        batch = PacketBatch(np.zeros(500, np.uint8), np.arange(n, dtype=np.int64), np.ones(n, np.int64))
+        batch.lengths[:] = rng.integers(-10, 700, n)       # rewritten after validation
+        got = []
+        for layout in (layout_slots, _batch._layout_slots_numpy):
+            offsets = np.full(n + 3, -1, np.int64)
+            total = layout(batch, np.zeros(0, np.uint8), offsets, np.zeros(0, np.int64), slot_extra)
+            got.append((total, offsets.tolist()))
+        assert got[0] == got[1]
+        sizes = np.clip(batch.lengths, 0, 500) + slot_extra
+        assert got[0][0] == int(sizes.sum()) and got[0][1][:n] == [0, *np.cumsum(sizes)[:-1].tolist()][:n]
+    res = natt.DecapResult()
+    res._prepare(PacketBatch.from_packets([b"abc", b"de"]), 0)
+    res.lengths[:] = [3, 2]                                  # as a decap would have left them
+    for layout in (layout_slots, _batch._layout_slots_numpy):
+        with pytest.raises(ValueError, match="^out: "):
+            layout(res.batch(), res._data, res._offsets, res._lengths, 0)
+
+
 def test_counts_and_indexing(nic):
     out_h, in_h = sa_pair(nic)
     enc = nic.encap([inner_udp(b"x"), inner_udp(b"y")], out_h)
