@@ -256,6 +256,27 @@ try:
 except ImportError:
     _c_walk = None
 
+
+def _gather_py(out: np.ndarray, out_off: np.ndarray, src: np.ndarray, src_off: np.ndarray,
+               length: np.ndarray) -> None:
+    """Copy ``length[i]`` octets from ``src[src_off[i]:]`` to ``out[out_off[i]:]`` for every ``i``;
+    every segment is checked before any is copied (ValueError naming the first bad one)."""
+    if not out_off.size == src_off.size == length.size:
+        raise ValueError("gather: out_off, src_off and length differ in size")
+    segs = list(zip(out_off.tolist(), src_off.tolist(), length.tolist()))
+    for i, (o, s, ln) in enumerate(segs):
+        if ln < 0 or o < 0 or s < 0 or o > out.size - ln or s > src.size - ln:
+            raise ValueError(f"gather: segment {i} ({ln} octets from {s} to {o}) is out of bounds")
+    for o, s, ln in segs:
+        out[o: o + ln] = src[s: s + ln]
+
+
+# The same gather in one C loop when the compiled core provides it.
+try:
+    from ._fastpath import gather as _gather  # type: ignore[attr-defined]
+except ImportError:
+    _gather = _gather_py
+
 _RUN_MIN = 16          # records a vectorised run check must cover to be worth its numpy overhead
 _RUN_MAX = 1 << 16
 
@@ -904,36 +925,25 @@ class PcapWriter:
         caplen = np.where(rep, link + dlen, chunk.caplen[idx])
         origlen = np.where(rep, caplen, chunk.origlen[idx])
         hdrs = self._record_headers(chunk.ts_ns[idx], caplen, origlen, chunk.iface[idx])
-        buf = chunk.buffer
-        fo = chunk.frame_offsets[idx]
+        # Each record is gathered from up to four places: its header, the frame as read (or
+        # only its link header), the decapsulated datagram, and for pcapng the pad and the
+        # trailing Block Total Length, which repeats the header's (octets 4..7).
+        hsize = hdrs.shape[1]
         ng = self.fmt == "pcapng"
-        pads = (-caplen % 4) if ng else None
-        zeros = b"\0\0\0"
-        pieces: list = []
-        add = pieces.append
-        rep_l = rep.tolist()
-        fo_l = fo.tolist()
-        cap_l = chunk.caplen[idx].tolist()
-        link_l = link.tolist()
-        if datagrams is not None:
-            doff_l = datagrams.offsets[idx].tolist()
-            dlen_l = dlen.tolist()
-            ddata = datagrams.data
-        for k in range(idx.size):
-            add(hdrs[k])
-            o = fo_l[k]
-            if rep_l[k]:
-                add(buf[o: o + link_l[k]])
-                d = doff_l[k]
-                add(ddata[d: d + dlen_l[k]])
-            else:
-                add(buf[o: o + cap_l[k]])
-            if ng:
-                p = int(pads[k])
-                if p:
-                    add(zeros[:p])
-                add(hdrs[k][4:8])       # the trailing Block Total Length repeats the leading one
-        self._file.write(b"".join(pieces))
+        first = np.where(rep, link, chunk.caplen[idx])        # octets taken from the frame
+        pad = -caplen % 4 if ng else 0
+        rec_len = hsize + caplen + pad + (4 if ng else 0)
+        rec_off = np.cumsum(rec_len) - rec_len
+        out = (np.zeros if ng else np.empty)(int(rec_len.sum()), np.uint8)   # pcapng pads are zero
+        hflat = hdrs.reshape(-1)
+        h_off = np.arange(idx.size, dtype=np.int64) * hsize
+        _gather(out, rec_off, hflat, h_off, np.full(idx.size, hsize, np.int64))
+        _gather(out, rec_off + hsize, chunk.buffer, chunk.frame_offsets[idx], first)
+        if datagrams is not None and rep.any():
+            _gather(out, rec_off + hsize + first, datagrams.data, datagrams.offsets[idx], dlen)
+        if ng:
+            _gather(out, rec_off + hsize + caplen + pad, hflat, h_off + 4, np.full(idx.size, 4, np.int64))
+        self._file.write(out)
         self.frames_written += idx.size
         return int(idx.size)
 
