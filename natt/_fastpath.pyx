@@ -1561,15 +1561,16 @@ cdef inline int32_t natt_encap_len(const natt_sa *sa, int32_t hdr, int32_t plen,
             + 8 + sa.iv_len + ct_len[0] + sa.icv_len)
 
 
-cdef void natt_encap_assign(natt_sa *sa, natt_io *io, natt_pkt *scratch) noexcept nogil:
-    """Serial pass: statuses decided before crypto, and sequence numbers in packet order."""
+cdef void natt_encap_assign(natt_sa *sa, natt_io *io, natt_pkt *scratch, int64_t lo, int64_t hi) noexcept nogil:
+    """Serial pass over packets lo..hi-1: statuses decided before crypto, and sequence numbers
+    in packet order."""
     cdef int64_t i, n
     cdef natt_pkt *pk
     cdef const uint8_t *p
     cdef int32_t hdr = 0, plen = 0, ct_len = 0, total
     cdef uint8_t nh = 0, tos = 0
     cdef uint64_t limit = UINT64_MAX if sa.esn else UINT32_MAX
-    for i in range(io.n):
+    for i in range(lo, hi):
         pk = &scratch[i]
         pk.status = NATT_ERROR
         if not natt_snapshot(io, i, NATT_ENCAP_OVERHEAD, pk):
@@ -1772,13 +1773,19 @@ cdef void natt_chunk_seal(natt_job *job, int64_t lo, int64_t hi, int tid) noexce
 
 
 cdef void natt_encap_run(natt_state *st, natt_sa *sa, natt_io *io, int nt) noexcept nogil:
-    cdef int64_t i
-    cdef long failed
+    cdef int64_t i, hi
+    cdef long failed = 0
     cdef natt_pkt *scratch = st.scratch
-    natt_encap_assign(sa, io, scratch)
     if nt <= 0:
-        failed = natt_encap_range(st, sa, 0, 0, io.n)
+        # Chunk by chunk, so that each packet is still cached when it is built.
+        i = 0
+        while i < io.n:
+            hi = natt_chunk_hi(i, io.n)
+            natt_encap_assign(sa, io, scratch, i, hi)
+            failed += natt_encap_range(st, sa, 0, i, hi)
+            i = hi
     else:
+        natt_encap_assign(sa, io, scratch, 0, io.n)
         failed = natt_pool_run(natt_chunk_seal, NULL, st, io, sa, nt)
     if failed:
         for i in range(io.n):
