@@ -289,6 +289,7 @@ cdef enum:
     NATT_PREFETCH_AEAD_CTX = 1024  # octets of a provider AEAD context prefetched (natt_prefetch_ctx)
     NATT_IVPOOL = 4096           # octets of random IV material fetched per RAND_bytes call
     NATT_CBC_RK_LEN = 240        # AES round keys: 16 octets * (14 rounds + 1)
+    NATT_SEAL_COPY_MAX = 256     # AEAD encap: payloads up to this are copied, then encrypted in place
     NATT_CBC_GROUP = 32          # AES-NI CBC encap: packets framed, encrypted side by side, MACed
     NATT_ENCAP_OVERHEAD = 128    # natt._batch.ENCAP_OVERHEAD (checked at import)
     NATT_CONT = 255              # parse status: an SA was found, the packet goes on
@@ -939,6 +940,10 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
                 return False
             n = 0
         else:
+            if src != NULL and src_len <= NATT_SEAL_COPY_MAX:
+                # A short payload costs less to copy than a second provider update call.
+                memcpy(ct, src, src_len)
+                src = NULL
             # GCM and ChaCha20-Poly1305 are stream modes: each update emits exactly its input.
             if src != NULL and a.update(ctx, ct, &n, src_len, src, src_len) != 1:
                 return False
