@@ -49,7 +49,8 @@ phases (the results are identical to
 1. parallel: parse, classify and look up every packet (tables are read-only
    during a batch); packets that end before the SA lookup are finished here;
 2. serial: speculative ESN inference and preliminary replay check, assuming
-   every earlier packet will authenticate; decides which packets get crypto;
+   every earlier packet will authenticate; decides which packets get crypto.
+   The calling thread runs it chunk by chunk as phase 1 finishes them;
 3. parallel: verify and decrypt with per-thread contexts;
 4. serial, in packet order: the exact serial algorithm against the real
    window; a packet's crypto result is reused only if it was computed for
@@ -1456,15 +1457,16 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
             natt_decap_finish(st, io, i, &pk, False)
 
 
-cdef void natt_decap_speculate(natt_state *st, natt_io *io) noexcept nogil:
-    """Phase 2: in order, guess each packet's seq_hi assuming every earlier candidate will
-    authenticate, and mark the packets worth decrypting in parallel."""
+cdef void natt_chunk_speculate(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
+    """Phase 2 on packets lo..hi-1, after every earlier chunk (the ``after`` step of phase 1):
+    guess each packet's seq_hi assuming every earlier candidate will authenticate, and mark the
+    packets worth decrypting in parallel. ``st.epoch`` was bumped once for the batch."""
+    cdef natt_state *st = job.st
     cdef int64_t i
     cdef natt_pkt *pk
     cdef natt_sa *sa
     cdef uint64_t seq
-    st.epoch += 1
-    for i in range(io.n):
+    for i in range(lo, hi):
         pk = &st.scratch[i]
         if pk.status != NATT_CONT or pk.bad_len:
             continue
@@ -1512,10 +1514,10 @@ cdef void natt_chunk_finish(natt_job *job, int64_t lo, int64_t hi, int tid) noex
 
 
 cdef void natt_decap_parallel(natt_state *st, natt_io *io, int nt) noexcept nogil:
-    """Phases 1–4 of the module docstring; phases 1 and 3 run on the worker pool, phase 4 on
-    the calling thread, chunk by chunk as phase 3 completes them."""
-    natt_pool_run(natt_chunk_parse, NULL, st, io, NULL, nt)
-    natt_decap_speculate(st, io)
+    """Phases 1–4 of the module docstring; phases 1 and 3 run on the worker pool, phases 2 and
+    4 on the calling thread, chunk by chunk as phases 1 and 3 complete them."""
+    st.epoch += 1      # phase 2's per-SA speculative state starts afresh (natt_chunk_speculate)
+    natt_pool_run(natt_chunk_parse, natt_chunk_speculate, st, io, NULL, nt)
     natt_pool_run(natt_chunk_open, natt_chunk_finish, st, io, NULL, nt)
     ERR_clear_error()
 
