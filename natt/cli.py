@@ -8,7 +8,6 @@ one-line message on stderr, 2 bad usage) and never prints a traceback for bad in
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import ipaddress
 import json
 import os
@@ -22,82 +21,16 @@ import numpy as np
 from . import keys as keyfile
 from . import pcap
 from ._batch import PacketBatch
+from ._capture import NOT_ESP, CaptureStats, sa_index
 from ._constants import Status
 from ._offload import Offload
 from ._version import __version__
 
 __all__ = ["main", "build_parser", "CaptureStats"]
 
-_FAILURES = (Status.NO_SA, Status.MALFORMED, Status.AUTH_FAILED, Status.REPLAY, Status.PROTOCOL,
-             Status.SEQ_OVERFLOW, Status.ERROR)
-# Statuses of frames that are not ESP at all: never "undecrypted", never dropped.
-_NOT_ESP = (Status.NOT_ESP, Status.IKE, Status.KEEPALIVE, Status.FRAGMENT)
-
 
 class CliError(Exception):
     """A failure to report as one line on stderr (exit status 1)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Statistics
-
-
-@dataclasses.dataclass
-class CaptureStats:
-    """Per-SA and overall counts of one ``decap``/``encap`` run over a capture."""
-
-    labels: list[str]                         # one per SA, in key-file order
-    frames: int = 0
-    ipv4: int = 0
-    written: int = 0
-    elapsed: float = 0.0
-    crypto_seconds: float = 0.0
-    # counts[k, s]: packets of SA k (row len(labels) = no SA) with status s; octets: OK output octets.
-    counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
-    octets: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
-
-    def __post_init__(self) -> None:
-        self.counts = np.zeros((len(self.labels) + 1, len(Status)), np.int64)
-        self.octets = np.zeros(len(self.labels) + 1, np.int64)
-
-    def add(self, sa_index: np.ndarray, status: np.ndarray, out_lengths: np.ndarray) -> None:
-        """Count one chunk: ``sa_index`` is the key-file index of each packet's SA (-1 = none)."""
-        row = np.where(sa_index < 0, len(self.labels), sa_index)
-        flat = row * len(Status) + status.astype(np.int64)
-        self.counts += np.bincount(flat, minlength=self.counts.size).reshape(self.counts.shape)
-        ok = status == Status.OK
-        self.octets += np.bincount(row[ok], weights=out_lengths[ok], minlength=self.octets.size).astype(np.int64)
-
-    def totals(self) -> dict[str, int]:
-        t = self.counts.sum(axis=0)
-        return {s.name: int(t[s]) for s in Status if t[s]}
-
-    def as_dict(self) -> dict[str, Any]:
-        rows = []
-        for k, label in enumerate(self.labels + ["(no SA)"]):
-            c = self.counts[k]
-            if k == len(self.labels) and not sum(int(c[s]) for s in _FAILURES):
-                continue      # packets without an SA that are not ESP are in the footer line
-            rows.append({"sa": label, "packets": int(c[Status.OK]), "bytes": int(self.octets[k]),
-                         **{s.name.lower(): int(c[s]) for s in _FAILURES + (Status.DUMMY,)}})
-        return {"frames": self.frames, "ipv4_frames": self.ipv4, "frames_written": self.written,
-                "statuses": self.totals(), "sas": rows, "elapsed_seconds": round(self.elapsed, 6),
-                "data_path_seconds": round(self.crypto_seconds, 6)}
-
-    def table(self) -> str:
-        """The per-SA summary table printed at the end of a run."""
-        cols = ["packets", "bytes"] + [s.name.lower() for s in _FAILURES if s is not Status.NO_SA] + ["no_sa", "dummy"]
-        rows = []
-        for r in self.as_dict()["sas"]:
-            rows.append([r["sa"]] + [str(r[c]) for c in cols])
-        head = ["SA"] + cols
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-        fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
-        lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-        other = {k: v for k, v in self.totals().items() if Status[k] in _NOT_ESP}
-        lines.append(f"{self.frames} frames ({self.ipv4} IPv4), {self.written} written"
-                     + (", not ESP: " + ", ".join(f"{k.lower()} {v}" for k, v in other.items()) if other else ""))
-        return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,14 +85,6 @@ def _install(nic: Offload, specs: list[keyfile.SaSpec], direction: str) -> list[
         raise CliError(f"cannot install SA: {e}") from None
 
 
-def _sa_index(handles: list[int], sa: np.ndarray) -> np.ndarray:
-    """Key-file index of each result's SA handle (-1 for none)."""
-    lut = np.full(max(handles) + 1 if handles else 1, -1, np.int64)
-    lut[handles] = np.arange(len(handles))
-    s = np.asarray(sa, np.int64)
-    return np.where((s > 0) & (s < lut.size), lut[np.clip(s, 0, lut.size - 1)], -1)
-
-
 def _finish(args: argparse.Namespace, stats: CaptureStats, out: TextIO) -> None:
     print(stats.table(), file=out)
     rate = stats.frames / stats.elapsed if stats.elapsed > 0 else 0.0
@@ -212,11 +137,11 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
         ok = (st == Status.OK) & ipv4
         keep = st != Status.DUMMY
         if drop_undecrypted:
-            keep &= ok | np.isin(st, _NOT_ESP) | ~ipv4
+            keep &= ok | np.isin(st, NOT_ESP) | ~ipv4
         stats.written += writer.write_chunk(chunk, res.batch(), replace=ok, keep=keep)
         stats.frames += len(chunk)
         stats.ipv4 += int(ipv4.sum())
-        stats.add(_sa_index(handles, res.sa)[ipv4], st[ipv4], res.lengths[ipv4])
+        stats.add(sa_index(handles, res.sa)[ipv4], st[ipv4], res.lengths[ipv4])
     stats.elapsed = time.perf_counter() - t0
     return stats
 

@@ -83,7 +83,7 @@ from . import pcap
 from ._batch import PacketBatch
 from ._constants import Status, UdpEncapType
 from ._offload import Offload, backends
-from .cli import _NOT_ESP, CaptureStats, _sa_index
+from ._capture import NOT_ESP, CaptureStats, sa_index
 
 __all__ = ["decap_captures", "cli_decap", "add_cli_arguments"]
 
@@ -503,11 +503,10 @@ def _step(sa_set: _SaSet, previous: Optional[tuple[_LaneState, _LaneResult]], pk
             cached.nic.close()
         nic, handles = _restore(specs, prev, backend)
     try:
-        n = pk.pos.size
         t0 = time.perf_counter()
         res = nic.decap(PacketBatch(pk.data, pk.offsets, pk.lengths), threads=threads)
         seconds = time.perf_counter() - t0
-        status, sa_index = res.status.copy(), _sa_index(handles, res.sa)
+        status, sa_idx = res.status.copy(), sa_index(handles, res.sa)
         # The data path's own state, exported exactly (not recomputed from the results).
         windows = {i: nic.replay_state(handles[i]) for i in prev.windows}
         # The writer needs the outputs of OK packets only; the others are written from the input.
@@ -527,7 +526,7 @@ def _step(sa_set: _SaSet, previous: Optional[tuple[_LaneState, _LaneResult]], pk
             _LANE_CACHE[(job, lane)] = _CachedLane(state.token, nic, handles)
     if not keep:
         nic.close()
-    return state, _LaneResult(pk.pos, status, sa_index, data, offsets, lengths, seconds)
+    return state, _LaneResult(pk.pos, status, sa_idx, data, offsets, lengths, seconds)
 
 
 def _forget_lane(job: str, lane: int) -> None:
@@ -609,7 +608,7 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, drop_undecrypted: 
         ok = (st == Status.OK) & ipv4
         keep = st != Status.DUMMY
         if drop_undecrypted:
-            keep &= ok | np.isin(st, _NOT_ESP) | ~ipv4
+            keep &= ok | np.isin(st, NOT_ESP) | ~ipv4
         outs = PacketBatch(data, np.ascontiguousarray(new_off[sl]), np.ascontiguousarray(out_len[sl]))
         stats.written += writer.write_chunk(ch, outs, replace=ok, keep=keep)
         stats.frames += n

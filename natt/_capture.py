@@ -1,0 +1,83 @@
+"""Counting the results of decapsulating a capture: shared by :mod:`natt.cli` (``natt decap``)
+and :mod:`natt.dask` (the same run spread over a cluster), which must report identically."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ._constants import Status
+
+# Statuses counted as failures in the per-SA table.
+FAILURES = (Status.NO_SA, Status.MALFORMED, Status.AUTH_FAILED, Status.REPLAY, Status.PROTOCOL,
+            Status.SEQ_OVERFLOW, Status.ERROR)
+# Statuses of frames that are not ESP at all: never "undecrypted", never dropped.
+NOT_ESP = (Status.NOT_ESP, Status.IKE, Status.KEEPALIVE, Status.FRAGMENT)
+
+
+@dataclasses.dataclass
+class CaptureStats:
+    """Per-SA and overall counts of one ``decap``/``encap`` run over a capture."""
+
+    labels: list[str]                         # one per SA, in key-file order
+    frames: int = 0
+    ipv4: int = 0
+    written: int = 0
+    elapsed: float = 0.0
+    crypto_seconds: float = 0.0
+    # counts[k, s]: packets of SA k (row len(labels) = no SA) with status s; octets: OK output octets.
+    counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    octets: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        self.counts = np.zeros((len(self.labels) + 1, len(Status)), np.int64)
+        self.octets = np.zeros(len(self.labels) + 1, np.int64)
+
+    def add(self, sa_index: np.ndarray, status: np.ndarray, out_lengths: np.ndarray) -> None:
+        """Count one chunk: ``sa_index`` is the key-file index of each packet's SA (-1 = none)."""
+        row = np.where(sa_index < 0, len(self.labels), sa_index)
+        flat = row * len(Status) + status.astype(np.int64)
+        self.counts += np.bincount(flat, minlength=self.counts.size).reshape(self.counts.shape)
+        ok = status == Status.OK
+        self.octets += np.bincount(row[ok], weights=out_lengths[ok], minlength=self.octets.size).astype(np.int64)
+
+    def totals(self) -> dict[str, int]:
+        t = self.counts.sum(axis=0)
+        return {s.name: int(t[s]) for s in Status if t[s]}
+
+    def as_dict(self) -> dict[str, Any]:
+        rows = []
+        for k, label in enumerate(self.labels + ["(no SA)"]):
+            c = self.counts[k]
+            if k == len(self.labels) and not sum(int(c[s]) for s in FAILURES):
+                continue      # packets without an SA that are not ESP are in the footer line
+            rows.append({"sa": label, "packets": int(c[Status.OK]), "bytes": int(self.octets[k]),
+                         **{s.name.lower(): int(c[s]) for s in FAILURES + (Status.DUMMY,)}})
+        return {"frames": self.frames, "ipv4_frames": self.ipv4, "frames_written": self.written,
+                "statuses": self.totals(), "sas": rows, "elapsed_seconds": round(self.elapsed, 6),
+                "data_path_seconds": round(self.crypto_seconds, 6)}
+
+    def table(self) -> str:
+        """The per-SA summary table printed at the end of a run."""
+        cols = ["packets", "bytes"] + [s.name.lower() for s in FAILURES if s is not Status.NO_SA] + ["no_sa", "dummy"]
+        rows = []
+        for r in self.as_dict()["sas"]:
+            rows.append([r["sa"]] + [str(r[c]) for c in cols])
+        head = ["SA"] + cols
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+        fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+        lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+        other = {k: v for k, v in self.totals().items() if Status[k] in NOT_ESP}
+        lines.append(f"{self.frames} frames ({self.ipv4} IPv4), {self.written} written"
+                     + (", not ESP: " + ", ".join(f"{k.lower()} {v}" for k, v in other.items()) if other else ""))
+        return "\n".join(lines)
+
+
+def sa_index(handles: list[int], sa: np.ndarray) -> np.ndarray:
+    """Key-file index of each result's SA handle (-1 for none)."""
+    lut = np.full(max(handles) + 1 if handles else 1, -1, np.int64)
+    lut[handles] = np.arange(len(handles))
+    s = np.asarray(sa, np.int64)
+    return np.where((s > 0) & (s < lut.size), lut[np.clip(s, 0, lut.size - 1)], -1)
