@@ -251,8 +251,26 @@ def _layout_slots_numpy(batch: PacketBatch, data: np.ndarray, offsets: np.ndarra
     return int(offsets[n - 1]) + min(max(int(batch.lengths[-1]), 0), size) + slot_extra
 
 
-# At the end: natt._fastpath imports ENCAP_OVERHEAD from this module.
-try:  # the same layout in one C loop (at a batch of one, numpy's calls cost more than the decap)
+def _copy_segments_py(out: np.ndarray, out_off: np.ndarray, src: np.ndarray, src_off: np.ndarray,
+                      length: np.ndarray) -> None:
+    """Copy ``length[i]`` octets from ``src[src_off[i]:]`` to ``out[out_off[i]:]`` for every ``i``;
+    every segment is checked before any is copied (ValueError naming the first bad one)."""
+    if not out_off.size == src_off.size == length.size:
+        raise ValueError("gather: out_off, src_off and length differ in size")
+    segs = list(zip(out_off.tolist(), src_off.tolist(), length.tolist()))
+    for i, (o, s, ln) in enumerate(segs):
+        if ln < 0 or o < 0 or s < 0 or o > out.size - ln or s > src.size - ln:
+            raise ValueError(f"gather: segment {i} ({ln} octets from {s} to {o}) is out of bounds")
+    for o, s, ln in segs:
+        out[o: o + ln] = src[s: s + ln]
+
+
+# At the end: natt._fastpath imports ENCAP_OVERHEAD from this module. The compiled versions do
+# the same in one C loop (at a batch of one, numpy's calls cost more than the decap; a capture
+# chunk's thousands of segments cost a Python step each).
+try:
+    from ._fastpath import gather as copy_segments
     from ._fastpath import layout_slots as _layout_slots
 except ImportError:  # pragma: no cover - installs without the extension
+    copy_segments = _copy_segments_py
     _layout_slots = _layout_slots_numpy

@@ -2501,8 +2501,8 @@ def layout_slots(batch, cnp.ndarray data, cnp.ndarray offsets, cnp.ndarray lengt
 def gather(uint8_t[::1] out, const int64_t[::1] out_off, const uint8_t[::1] src,
            const int64_t[::1] src_off, const int64_t[::1] length) -> None:
     """Copy ``length[i]`` octets from ``src[src_off[i]:]`` to ``out[out_off[i]:]`` for every
-    ``i``: the contract of ``natt.pcap._gather_py`` (the Python fallback and reference), in one
-    C loop instead of a Python step per segment. Every segment is checked before any is copied;
+    ``i``: the contract of ``natt._batch._copy_segments_py`` (the Python fallback and
+    reference), in one C loop instead of a Python step per segment. Every segment is checked before any is copied;
     a bad one raises ValueError naming it."""
     cdef Py_ssize_t i, n = length.shape[0]
     cdef int64_t o, s, ln

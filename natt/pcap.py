@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import array
-import io
 import os
 import struct
 import sys
@@ -52,7 +51,7 @@ from typing import BinaryIO, Optional, Union
 
 import numpy as np
 
-from ._batch import PacketBatch
+from ._batch import PacketBatch, copy_segments
 
 __all__ = [
     "PcapError", "Interface", "Chunk", "PcapReader", "PcapWriter",
@@ -256,26 +255,6 @@ try:
 except ImportError:
     _c_walk = None
 
-
-def _gather_py(out: np.ndarray, out_off: np.ndarray, src: np.ndarray, src_off: np.ndarray,
-               length: np.ndarray) -> None:
-    """Copy ``length[i]`` octets from ``src[src_off[i]:]`` to ``out[out_off[i]:]`` for every ``i``;
-    every segment is checked before any is copied (ValueError naming the first bad one)."""
-    if not out_off.size == src_off.size == length.size:
-        raise ValueError("gather: out_off, src_off and length differ in size")
-    segs = list(zip(out_off.tolist(), src_off.tolist(), length.tolist()))
-    for i, (o, s, ln) in enumerate(segs):
-        if ln < 0 or o < 0 or s < 0 or o > out.size - ln or s > src.size - ln:
-            raise ValueError(f"gather: segment {i} ({ln} octets from {s} to {o}) is out of bounds")
-    for o, s, ln in segs:
-        out[o: o + ln] = src[s: s + ln]
-
-
-# The same gather in one C loop when the compiled core provides it.
-try:
-    from ._fastpath import gather as _gather  # type: ignore[attr-defined]
-except ImportError:
-    _gather = _gather_py
 
 _RUN_MIN = 16          # records a vectorised run check must cover to be worth its numpy overhead
 _RUN_MAX = 1 << 16
@@ -885,6 +864,29 @@ class PcapWriter:
         h["orig"] = origlen
         return h.view(np.uint8).reshape(n, 28)
 
+    def _records(self, hdrs: np.ndarray, caplen: np.ndarray,
+                 parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+        """The octets of ``len(hdrs)`` records: each header, then its ``caplen`` octets gathered
+        from ``parts`` (``(buffer, offsets, lengths)``, one after another, lengths summing to
+        ``caplen``), then for pcapng the zero pad and the trailing Block Total Length, which
+        repeats the header's (octets 4..7)."""
+        n, hsize = hdrs.shape
+        ng = self.fmt == "pcapng"
+        pad = -caplen % 4 if ng else 0
+        rec_len = hsize + caplen + pad + (4 if ng else 0)
+        pos = np.cumsum(rec_len) - rec_len
+        out = (np.zeros if ng else np.empty)(int(rec_len.sum()), np.uint8)   # pcapng pads are zero
+        hflat = hdrs.reshape(-1)
+        h_off = np.arange(n, dtype=np.int64) * hsize
+        copy_segments(out, pos, hflat, h_off, np.full(n, hsize, np.int64))
+        pos = pos + hsize
+        for buf, offsets, lengths in parts:
+            copy_segments(out, pos, buf, offsets, lengths)
+            pos = pos + lengths
+        if ng:
+            copy_segments(out, pos + pad, hflat, h_off + 4, np.full(n, 4, np.int64))
+        return out
+
     def write_chunk(self, chunk: Chunk, datagrams: Optional[PacketBatch] = None,
                     replace: Optional[np.ndarray] = None, keep: Optional[np.ndarray] = None) -> int:
         """Write ``chunk``'s frames, in order; returns how many were written.
@@ -925,25 +927,11 @@ class PcapWriter:
         caplen = np.where(rep, link + dlen, chunk.caplen[idx])
         origlen = np.where(rep, caplen, chunk.origlen[idx])
         hdrs = self._record_headers(chunk.ts_ns[idx], caplen, origlen, chunk.iface[idx])
-        # Each record is gathered from up to four places: its header, the frame as read (or
-        # only its link header), the decapsulated datagram, and for pcapng the pad and the
-        # trailing Block Total Length, which repeats the header's (octets 4..7).
-        hsize = hdrs.shape[1]
-        ng = self.fmt == "pcapng"
-        first = np.where(rep, link, chunk.caplen[idx])        # octets taken from the frame
-        pad = -caplen % 4 if ng else 0
-        rec_len = hsize + caplen + pad + (4 if ng else 0)
-        rec_off = np.cumsum(rec_len) - rec_len
-        out = (np.zeros if ng else np.empty)(int(rec_len.sum()), np.uint8)   # pcapng pads are zero
-        hflat = hdrs.reshape(-1)
-        h_off = np.arange(idx.size, dtype=np.int64) * hsize
-        _gather(out, rec_off, hflat, h_off, np.full(idx.size, hsize, np.int64))
-        _gather(out, rec_off + hsize, chunk.buffer, chunk.frame_offsets[idx], first)
+        first = np.where(rep, link, chunk.caplen[idx])        # octets taken from the frame as read
+        parts = [(chunk.buffer, chunk.frame_offsets[idx], first)]
         if datagrams is not None and rep.any():
-            _gather(out, rec_off + hsize + first, datagrams.data, datagrams.offsets[idx], dlen)
-        if ng:
-            _gather(out, rec_off + hsize + caplen + pad, hflat, h_off + 4, np.full(idx.size, 4, np.int64))
-        self._file.write(out)
+            parts.append((datagrams.data, datagrams.offsets[idx], dlen))
+        self._file.write(self._records(hdrs, caplen, parts))
         self.frames_written += idx.size
         return int(idx.size)
 
@@ -958,14 +946,8 @@ class PcapWriter:
         ts = np.zeros(n, np.int64) if ts_ns is None else np.asarray(list(ts_ns), np.int64)
         caplen = np.array([len(f) for f in frames], np.int64)
         hdrs = self._record_headers(ts, caplen, caplen, np.full(n, iface, np.int64))
-        out = io.BytesIO()
-        for k, f in enumerate(frames):
-            out.write(hdrs[k].tobytes())
-            out.write(f)
-            if self.fmt == "pcapng":
-                out.write(b"\0" * _pad4(len(f)))
-                out.write(hdrs[k][4:8].tobytes())
-        self._file.write(out.getvalue())
+        data = np.frombuffer(b"".join(frames), np.uint8)
+        self._file.write(self._records(hdrs, caplen, [(data, np.cumsum(caplen) - caplen, caplen)]))
         self.frames_written += n
         return n
 

@@ -13,10 +13,12 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import natt
 from _packets import checksum
-from natt import PacketBatch, Status
+from natt import PacketBatch, Status, _batch
 
 I64 = np.int64
 
@@ -313,7 +315,6 @@ def test_compiled_slot_layout_equals_numpy_layout(slot_extra):
     """natt._fastpath.layout_slots and the numpy layout it stands in for (installs without the
     extension) agree: same offsets and total for lengths rewritten out of range after validation
     (clamped to the buffer), for the empty batch, and both refuse a result's own buffers."""
-    from natt import _batch
     from natt._fastpath import layout_slots
     rng = np.random.default_rng(7)
     for n in (0, 1, 2, 37):
@@ -358,3 +359,25 @@ def test_counts_and_indexing(nic):
     ob = res.batch()
     assert list(ob) == list(res)
     assert "OK=2" in repr(res) and "REPLAY=1" in repr(res)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(-2, 70), st.integers(-2, 70), st.integers(-1, 20)), max_size=12),
+       st.integers(0, 64), st.integers(0, 64))
+def test_compiled_segment_copy_equals_python_copy(segments, out_size, src_size):
+    """natt._fastpath.gather and the Python copy it stands in for (what PcapWriter assembles
+    records with, and natt.dask packs lane packets with) copy the same octets, and refuse the
+    same out-of-bounds segment before copying anything."""
+    src = np.frombuffer(bytes(range(src_size)), dtype=np.uint8)
+    out_off, src_off, length = (np.array(c, np.int64) for c in zip(*segments)) if segments else \
+        (np.zeros(0, np.int64),) * 3
+    results = []
+    for copy in (_batch.copy_segments, _batch._copy_segments_py):
+        out = np.full(out_size, 0xEE, np.uint8)
+        try:
+            copy(out, out_off, src, src_off, length)
+            results.append(("ok", out.tobytes()))
+        except ValueError as e:
+            results.append(("error", str(e), out.tobytes()))
+    assert _batch.copy_segments is not _batch._copy_segments_py
+    assert results[0] == results[1]

@@ -450,25 +450,3 @@ def test_compiled_record_walk_equals_python_walk(sizes, tail, start, layout, big
         pcap._c_walk = saved
     assert c_stop == py_stop
     assert c_offs.tolist() == py_offs.tolist()
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(-2, 70), st.integers(-2, 70), st.integers(-1, 20)), max_size=12),
-       st.integers(0, 64), st.integers(0, 64))
-def test_compiled_gather_equals_python_gather(segments, out_size, src_size):
-    """natt._fastpath.gather and the Python gather it stands in for (what PcapWriter.write_chunk
-    assembles records with) copy the same octets, and refuse the same out-of-bounds segment
-    before copying anything."""
-    src = np.frombuffer(bytes(range(src_size)), dtype=np.uint8)
-    out_off, src_off, length = (np.array(c, np.int64) for c in zip(*segments)) if segments else \
-        (np.zeros(0, np.int64),) * 3
-    results = []
-    for gather in (pcap._gather, pcap._gather_py):
-        out = np.full(out_size, 0xEE, np.uint8)
-        try:
-            gather(out, out_off, src, src_off, length)
-            results.append(("ok", out.tobytes()))
-        except ValueError as e:
-            results.append(("error", str(e), out.tobytes()))
-    assert pcap._gather is not pcap._gather_py
-    assert results[0] == results[1]
