@@ -1812,6 +1812,16 @@ cdef natt_sa *natt_sa_new() noexcept nogil:
     return <natt_sa *>p
 
 
+cdef inline void natt_ctx_free(const natt_sa *sa, void *c) noexcept nogil:
+    """Free one of ``sa``'s cipher contexts (``tmpl`` or a ``tctx``), of the kind ``sa.aead`` says."""
+    if c == NULL:
+        return
+    if sa.aead != NULL:
+        sa.aead.freectx(c)
+    else:
+        EVP_CIPHER_CTX_free(<EVP_CIPHER_CTX *>c)
+
+
 cdef void natt_sa_free(natt_sa *sa) noexcept nogil:
     """Free an SA that no table references any more, wiping its key-derived state.
 
@@ -1823,16 +1833,8 @@ cdef void natt_sa_free(natt_sa *sa) noexcept nogil:
     if sa == NULL:
         return
     for t in range(NATT_MAX_THREADS):
-        if sa.tctx[t] != NULL:
-            if sa.aead != NULL:
-                sa.aead.freectx(sa.tctx[t])
-            else:
-                EVP_CIPHER_CTX_free(<EVP_CIPHER_CTX *>sa.tctx[t])
-    if sa.tmpl != NULL:
-        if sa.aead != NULL:
-            sa.aead.freectx(sa.tmpl)
-        else:
-            EVP_CIPHER_CTX_free(<EVP_CIPHER_CTX *>sa.tmpl)
+        natt_ctx_free(sa, sa.tctx[t])
+    natt_ctx_free(sa, sa.tmpl)
     if sa.inner != NULL:
         EVP_MD_CTX_free(sa.inner)
     if sa.outer != NULL:
