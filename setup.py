@@ -57,6 +57,7 @@ if os.environ.get("NATT_DEBUG"):
 ext = Extension(
     "natt._fastpath",
     ["natt/_fastpath.pyx"],
+    depends=["natt/natt_aesni.h"],
     include_dirs=[numpy.get_include(), *include_dirs],
     library_dirs=library_dirs,
     libraries=libraries,

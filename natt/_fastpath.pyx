@@ -17,8 +17,8 @@ Layout
   (the *template*, never used for crypto; for AEADs a provider context, see
   "AEAD through the provider"), lazily made per-thread copies of it, HMAC
   inner/outer digest states fed with key ⊕ ipad / key ⊕ opad once
-  (outbound AES-CBC on AES-NI: AES round keys instead of contexts, see
-  "Outbound AES-CBC, several packets at once"),
+  (AES-GCM, AES-GMAC and outbound AES-CBC on AES-NI: round keys and GHASH
+  key powers inside the SA instead of contexts, natt/natt_aesni.h),
   the anti-replay window (a ring bitmap of up to 65 536 bits), counters, ESN
   state and the outbound sequence number.
 
@@ -151,136 +151,40 @@ cdef extern from *:
 
 
 
-# Outbound AES-CBC, several packets at once. CBC encryption is serial within a packet (each
-# block's input is the previous ciphertext), so one packet keeps AES-NI's pipeline a quarter
-# full (1.07 GB/s encrypting vs 8.2 GB/s decrypting in ``openssl speed`` here) and encap took
-# 1.6x as long as decap at 1400 octets. natt_cbc_encrypt_lanes runs the chains of NATT_LANES
-# packets side by side, the multi-buffer technique of OpenSSL's aesni_multi_cbc_encrypt, which
-# libcrypto keeps for TLS records and does not export. The key schedule is FIPS-197 §5.2's,
-# SubWord from AESKEYGENASSIST; both run in AES-NI instructions (no tables: constant time).
-# Tests compare it with libcrypto's AES-CBC for every key size and mixes of packet lengths.
-cdef extern from *:
-    """
-    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    #include <immintrin.h>
-    #define NATT_LANES 8
-
-    static int natt_aesni_available(void) {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("aes") != 0;
-    }
-
-    /* FIPS-197 §5.2 key expansion into 16 * (rounds + 1) octets at rk; returns the rounds. */
-    __attribute__((target("aes,sse2")))
-    static int natt_aesni_expand(const uint8_t *key, int key_len, uint8_t *rk) {
-        uint32_t w[60], t, rcon = 1;
-        int nk = key_len / 4, nr = nk + 6, i;
-        __m128i v;
-        memcpy(w, key, (size_t)key_len);
-        for (i = nk; i < 4 * (nr + 1); i++) {
-            t = w[i - 1];
-            if (i % nk == 0 || (nk > 6 && i % nk == 4)) {
-                /* word 1 in: word 0 out = SubWord(t), word 1 = RotWord(SubWord(t)) */
-                v = _mm_aeskeygenassist_si128(_mm_set_epi32(0, 0, (int)t, 0), 0);
-                if (i % nk == 0) {
-                    t = (uint32_t)_mm_cvtsi128_si32(_mm_srli_si128(v, 4)) ^ rcon;
-                    rcon = (rcon << 1) ^ ((rcon & 0x80) ? 0x11b : 0);
-                } else {
-                    t = (uint32_t)_mm_cvtsi128_si32(v);
-                }
-            }
-            w[i] = w[i - nk] ^ t;
-        }
-        memcpy(rk, w, (size_t)(16 * (nr + 1)));
-        OPENSSL_cleanse(w, sizeof(w));
-        return nr;
-    }
-
-    /* CBC-encrypt n packets in place: ct[k] holds nblk[k] blocks and is preceded by its IV.
-       A lane that finishes takes the next packet; idle lanes encrypt a scratch block. */
-    __attribute__((target("aes,sse2")))
-    static void natt_cbc_encrypt_lanes(const uint8_t *rkb, int nr, uint8_t *const *ct,
-                                       const int32_t *nblk, int n) {
-        __m128i rk[15], c[NATT_LANES], x[NATT_LANES];
-        uint8_t sink[NATT_LANES][16];
-        uint8_t *p[NATT_LANES];
-        size_t stride[NATT_LANES];
-        int32_t left[NATT_LANES], m, b;
-        int l, r, q = 0;
-        for (r = 0; r <= nr; r++)
-            rk[r] = _mm_loadu_si128((const __m128i *)(rkb + 16 * r));
-        for (l = 0; l < NATT_LANES; l++) {
-            left[l] = 0;
-            c[l] = _mm_setzero_si128();
-        }
-        for (;;) {
-            m = INT32_MAX;
-            for (l = 0; l < NATT_LANES; l++) {
-                if (left[l] == 0) {
-                    while (q < n && nblk[q] <= 0)
-                        q++;
-                    if (q < n) {
-                        p[l] = ct[q];
-                        stride[l] = 16;
-                        left[l] = nblk[q];
-                        c[l] = _mm_loadu_si128((const __m128i *)(ct[q] - 16));
-                        q++;
-                    } else {
-                        p[l] = sink[l];
-                        stride[l] = 0;
-                    }
-                }
-                if (left[l] != 0 && left[l] < m)
-                    m = left[l];
-            }
-            if (m == INT32_MAX)
-                break;
-            for (b = 0; b < m; b++) {
-                for (l = 0; l < NATT_LANES; l++)
-                    x[l] = _mm_xor_si128(_mm_xor_si128(_mm_loadu_si128((const __m128i *)p[l]), c[l]), rk[0]);
-                for (r = 1; r < nr; r++)
-                    for (l = 0; l < NATT_LANES; l++)
-                        x[l] = _mm_aesenc_si128(x[l], rk[r]);
-                for (l = 0; l < NATT_LANES; l++) {
-                    c[l] = _mm_aesenclast_si128(x[l], rk[nr]);
-                    _mm_storeu_si128((__m128i *)p[l], c[l]);
-                    p[l] += stride[l];
-                }
-            }
-            for (l = 0; l < NATT_LANES; l++)
-                if (left[l] != 0)
-                    left[l] -= m;
-        }
-        OPENSSL_cleanse(rk, sizeof(rk));
-        OPENSSL_cleanse(sink, sizeof(sink));
-    }
-    #else
-    static int natt_aesni_available(void) { return 0; }
-    static int natt_aesni_expand(const uint8_t *key, int key_len, uint8_t *rk) { return 0; }
-    static void natt_cbc_encrypt_lanes(const uint8_t *rkb, int nr, uint8_t *const *ct,
-                                       const int32_t *nblk, int n) { }
-    #endif
-    """
-    bint natt_aesni_available() nogil
-    int natt_aesni_expand(const uint8_t *key, int key_len, uint8_t *rk) nogil
+# natt's own AES on AES-NI (natt/natt_aesni.h says where and why): outbound AES-CBC several
+# packets side by side, and AES-GCM/GMAC from a compact per-SA state.
+cdef extern from "natt_aesni.h" nogil:
+    enum:
+        NATT_GCM_POWERS
+        NATT_AES_STATE_LEN
+    bint natt_aesni_available()
+    bint natt_gcm_available()
+    int natt_aesni_expand(const uint8_t *key, int key_len, uint8_t *rk)
     void natt_cbc_encrypt_lanes(const uint8_t *rkb, int nr, uint8_t * const *ct, const int32_t *nblk,
-                                int n) nogil
+                                int n)
+    int natt_gcm_init(const uint8_t *key, int key_len, uint8_t *st)
+    void natt_gcm(const uint8_t *st, int nr, const uint8_t *nonce, const uint8_t *a1, size_t a1_len,
+                  const uint8_t *a2, size_t a2_len, const uint8_t *inp, uint8_t *out, size_t len,
+                  int enc, uint8_t *tag)
 
 
-# Outbound AES-CBC SAs added while this is set use natt_cbc_encrypt_lanes, else libcrypto's EVP.
+# SAs added while these are set use natt's own AES (outbound AES-CBC; AES-GCM and AES-GMAC),
+# else libcrypto.
 cdef bint natt_cbc_lanes = natt_aesni_available()
+cdef bint natt_gcm_own = natt_gcm_available()
 
 
-def _aesni_cbc(enabled: bool | None = None) -> bool:
-    """Whether outbound AES-CBC SAs added from now on encrypt on natt's AES-NI lanes (the
-    default where the CPU has AES-NI) rather than through libcrypto's EVP; with ``enabled``,
-    set it first. For tests, which run both."""
-    global natt_cbc_lanes
+def _aesni(enabled: bool | None = None) -> bool:
+    """Whether SAs added from now on run on natt's own AES-NI code where it exists (outbound
+    AES-CBC, AES-GCM, AES-GMAC; the default where the CPU has AES-NI and PCLMULQDQ) rather
+    than on libcrypto; with ``enabled``, set it first. For tests, which run both."""
+    global natt_cbc_lanes, natt_gcm_own
     if enabled is not None:
         if enabled and not natt_aesni_available():
             raise RuntimeError("this CPU has no AES-NI")
         natt_cbc_lanes = bool(enabled)
-    return natt_cbc_lanes
+        natt_gcm_own = bool(enabled) and natt_gcm_available()
+    return natt_cbc_lanes or natt_gcm_own
 
 # --------------------------------------------------------------------------- constants
 
@@ -289,7 +193,6 @@ cdef enum:
     NATT_PREFETCH_MIN_SAS = 1024 # serial decap prefetches SA lookups from this many inbound SAs
     NATT_PREFETCH_AEAD_CTX = 1024  # octets of a provider AEAD context prefetched (natt_prefetch_ctx)
     NATT_IVPOOL = 4096           # octets of random IV material fetched per RAND_bytes call
-    NATT_CBC_RK_LEN = 240        # AES round keys: 16 octets * (14 rounds + 1)
     NATT_SEAL_COPY_MAX = 256     # AEAD encap: payloads up to this are copied, then encrypted in place
     NATT_CBC_GROUP = 32          # AES-NI CBC encap: packets framed, encrypted side by side, MACed
     NATT_ENCAP_OVERHEAD = 128    # natt._batch.ENCAP_OVERHEAD (checked at import)
@@ -417,6 +320,7 @@ cdef struct natt_sa:
     uint8_t iv_len
     uint8_t icv_len
     uint8_t block
+    uint8_t aes_rounds            # not 0: natt's own AES runs the cipher (``aes`` below)
     uint8_t salt[4]               # AEAD nonce salt (RFC 4106 §4): key material, cleansed on free
     uint16_t encap_src_port
     uint16_t encap_dst_port
@@ -424,6 +328,11 @@ cdef struct natt_sa:
     uint32_t nat_oa_dst
     const natt_aead *aead         # AEAD suites; NULL: the cipher runs through EVP contexts
     void *tctx[NATT_MAX_THREADS]  # per thread: a provider context (aead) or an EVP_CIPHER_CTX
+    uint64_t aes_align            # puts ``aes`` on a line boundary (offset 320 on x86-64)
+    # -- lines 5 to 10: natt's own AES (natt_aesni.h; no tmpl/tctx then): GHASH key powers (GCM,
+    # GMAC), then the round keys at 16 * NATT_GCM_POWERS; key material, wiped with the struct.
+    # A decap reads 304 octets of it for AES-128-GCM: five lines.
+    uint8_t aes[NATT_AES_STATE_LEN]
     # -- cold: encap-only, control-plane and threaded-pipeline state
     EVP_MD_CTX *inner             # HMAC: digest state after key ^ ipad (RFC 2104)
     EVP_MD_CTX *outer             # HMAC: digest state after key ^ opad
@@ -436,8 +345,6 @@ cdef struct natt_sa:
     EVP_CIPHER *evp_cipher
     void *tmpl                    # keyed once (same kind as tctx); only copied, never used
     EVP_MD *evp_md
-    uint8_t *cbc_rk               # outbound AES-CBC on AES-NI: the round keys (no tmpl/tctx then)
-    int32_t cbc_rounds
 
 
 cdef struct natt_pkt:
@@ -662,7 +569,8 @@ cdef void natt_ring_export(const natt_sa *sa, uint8_t *out) noexcept nogil:
 
 # --------------------------------------------------------------------------- crypto (stateless per packet)
 
-# AEAD through the provider. For AES-GCM, AES-GMAC and ChaCha20-Poly1305 the kernels call the
+# AEAD through the provider. For ChaCha20-Poly1305, and for AES-GCM and AES-GMAC where natt's
+# own AES does not run them (natt_aesni.h: no AES-NI or PCLMULQDQ), the kernels call the
 # provider's own cipher functions on provider contexts they created, the interface EVP_Cipher*
 # is a wrapper of (provider-base(7), provider-cipher(7): OSSL_PROVIDER_query_operation,
 # OSSL_PROVIDER_get0_provider_ctx; the same implementation, key schedule and tag check run).
@@ -811,6 +719,27 @@ cdef inline int32_t natt_aad(const natt_sa *sa, const uint8_t *esp, uint32_t seq
     return 8
 
 
+cdef inline void natt_nonce(const natt_sa *sa, const uint8_t *esp, uint8_t *nonce) noexcept nogil:
+    """RFC 4106 §4 / RFC 4543 §3.1 / RFC 7634 §2: nonce = salt ‖ IV."""
+    memcpy(nonce, sa.salt, 4)
+    memcpy(nonce + 4, esp + 8, 8)
+
+
+cdef inline void natt_gcm_packet(const natt_sa *sa, const uint8_t *esp, uint32_t seq_hi, const uint8_t *inp,
+                                 uint8_t *out, int32_t ct_len, int enc, uint8_t *tag) noexcept nogil:
+    """One ESP packet through natt's own AES-GCM (``sa.aes``), ``ct_len`` octets from ``inp`` to
+    ``out``; the whole tag to ``tag``. AES-GMAC (RFC 4543 §3) authenticates IV, payload and
+    trailer as AAD and encrypts nothing."""
+    cdef uint8_t nonce[12]
+    cdef uint8_t aad[12]
+    cdef int32_t aad_len = natt_aad(sa, esp, seq_hi, aad)
+    natt_nonce(sa, esp, nonce)
+    if sa.cipher == NATT_CIPHER_AES_GMAC:
+        natt_gcm(sa.aes, sa.aes_rounds, nonce, aad, aad_len, esp + 8, 8 + ct_len, NULL, NULL, 0, enc, tag)
+    else:
+        natt_gcm(sa.aes, sa.aes_rounds, nonce, aad, aad_len, NULL, 0, inp, out, ct_len, enc, tag)
+
+
 cdef inline bint natt_aead_begin(const natt_sa *sa, natt_init_fn init, void *ctx, const uint8_t *esp,
                                  uint32_t seq_hi) noexcept nogil:
     """Start one AEAD packet on this thread's provider context: the nonce, then the AAD."""
@@ -818,12 +747,11 @@ cdef inline bint natt_aead_begin(const natt_sa *sa, natt_init_fn init, void *ctx
     cdef uint8_t aad[12]
     cdef int32_t aad_len = natt_aad(sa, esp, seq_hi, aad)
     cdef size_t n = 0
-    # RFC 4106 §4 / RFC 4543 §3.1 / RFC 7634 §2: nonce = salt ‖ IV. Handing the provider the
-    # whole nonce (init without a key) is cheaper than the fixed/invocation split of
-    # TLS1_IV_FIXED + TLS1_SET_IV_INV, which goes through OSSL_PARAM name lookups: 199 -> 172 ns
-    # per 64-octet AES-128-GCM packet in a C loop over the provider calls.
-    memcpy(nonce, sa.salt, 4)
-    memcpy(nonce + 4, esp + 8, 8)
+    # Handing the provider the whole nonce (init without a key) is cheaper than the
+    # fixed/invocation split of TLS1_IV_FIXED + TLS1_SET_IV_INV, which goes through OSSL_PARAM
+    # name lookups: 199 -> 172 ns per 64-octet AES-128-GCM packet in a C loop over the provider
+    # calls.
+    natt_nonce(sa, esp, nonce)
     if init(ctx, NULL, 0, nonce, 12, NULL) != 1:
         return False
     # The provider checks outsize >= inl even when only absorbing AAD (out NULL).
@@ -851,11 +779,18 @@ cdef int natt_open(natt_sa *sa, int tid, EVP_MD_CTX *mdw, const uint8_t *esp, in
     cdef OSSL_PARAM par[2]
     cdef int cipher = sa.cipher
 
-    if cipher != NATT_CIPHER_NULL:
+    if cipher != NATT_CIPHER_NULL and sa.aes_rounds == 0:
         ctx = natt_tctx(sa, tid)
         if ctx == NULL:
             return NATT_CR_ERR
-    if a != NULL:
+    if sa.aes_rounds:
+        # AES-GCM or AES-GMAC (inbound SAs have no CBC on natt's AES)
+        natt_gcm_packet(sa, esp, seq_hi, ct, dst, ct_len, 0, mac)
+        if cipher == NATT_CIPHER_AES_GMAC:
+            memcpy(dst, ct, ct_len)
+        if CRYPTO_memcmp(mac, icv, icv_len) != 0:
+            return NATT_CR_AUTH
+    elif a != NULL:
         if not natt_aead_begin(sa, a.dinit, ctx, esp, seq_hi):
             return NATT_CR_ERR
         if cipher == NATT_CIPHER_AES_GMAC:
@@ -928,7 +863,14 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
     cdef const natt_aead *a = sa.aead
     cdef OSSL_PARAM par[2]
     cdef int cipher = sa.cipher
+    cdef uint8_t tag[16]
 
+    if sa.aes_rounds:
+        # AES-GCM or AES-GMAC (outbound CBC on natt's AES is encrypted by natt_encap_range);
+        # the plaintext is already in place (natt_encap_build copies it: not ``sa.aead``).
+        natt_gcm_packet(sa, esp, seq_hi, ct, ct, ct_len, 1, tag)
+        memcpy(icv, tag, icv_len)
+        return True
     if cipher != NATT_CIPHER_NULL:
         ctx = natt_tctx(sa, tid)
         if ctx == NULL:
@@ -1398,9 +1340,14 @@ cdef inline int64_t natt_peek_bucket(const natt_state *st, const natt_io *io, in
 
 
 cdef inline void natt_prefetch_ctx(const natt_sa *sa) noexcept nogil:
-    """Start loading thread 0's cipher context of ``sa`` (its SA struct must be cached)."""
+    """Start loading the cipher state of ``sa`` a decap reads: natt's own AES-GCM state, else
+    thread 0's cipher context (its SA struct must be cached)."""
     cdef const uint8_t *c = <const uint8_t *>sa.tctx[0]
     cdef int k
+    if sa.aes_rounds:
+        for k in range(0, 16 * (NATT_GCM_POWERS + sa.aes_rounds + 1), 64):
+            natt_prefetch_r(sa.aes + k)
+        return
     if c == NULL:
         return
     # A provider AEAD context holds the key schedule, the GHASH key powers and the IV and tag
@@ -1652,11 +1599,16 @@ cdef inline bint natt_random_iv(natt_state *st, int tid, uint8_t *iv, int32_t n)
     return True
 
 
+cdef inline bint natt_on_lanes(const natt_sa *sa) noexcept nogil:
+    """Outbound AES-CBC on natt's AES-NI lanes: natt_encap_range encrypts groups of packets."""
+    return sa.aes_rounds != 0 and sa.cipher == NATT_CIPHER_AES_CBC
+
+
 cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) noexcept nogil:
     """Write a packet the assignment pass made OK into its output slot. False on a crypto
     library failure.
 
-    With AES-NI CBC (``sa.cbc_rk``) the ESP payload is left in plaintext, to be encrypted with
+    With AES-NI CBC (natt_on_lanes) the ESP payload is left in plaintext, to be encrypted with
     other packets' and then MACed (natt_encap_range); ``pk.esp_off``/``pk.esp_len`` say where
     it is (ESP header to trailer, the octets the ICV covers).
     """
@@ -1695,8 +1647,8 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
     ct[plen + pad + 1] = nh
     pk.esp_off = ohdr + 8 + marker
     pk.esp_len = 8 + sa.iv_len + ct_len
-    if sa.cbc_rk == NULL and not natt_seal(sa, tid, st.mdw[tid], esp, ct_len, <uint32_t>(seq >> 32),
-                                           p + hdr if direct else NULL, plen):
+    if not natt_on_lanes(sa) and not natt_seal(sa, tid, st.mdw[tid], esp, ct_len, <uint32_t>(seq >> 32),
+                                               p + hdr if direct else NULL, plen):
         return False
     # UDP (RFC 3948 §2.1: checksum 0), then the legacy non-IKE marker if the SA's framing wants it.
     wr16(o + ohdr, sa.encap_src_port)
@@ -1740,7 +1692,7 @@ cdef long natt_encap_range(natt_state *st, natt_sa *sa, int tid, int64_t lo, int
     cdef uint8_t *ct[NATT_CBC_GROUP]
     cdef int32_t nblk[NATT_CBC_GROUP]
     cdef int32_t iv_len = sa.iv_len
-    if sa.cbc_rk == NULL:
+    if not natt_on_lanes(sa):
         for i in range(lo, hi):
             pk = &st.scratch[i]
             if pk.status == NATT_OK and not natt_encap_build(st, sa, tid, pk):
@@ -1762,7 +1714,7 @@ cdef long natt_encap_range(natt_state *st, natt_sa *sa, int tid, int64_t lo, int
             ct[m] = pk.outp + pk.esp_off + 8 + iv_len
             nblk[m] = (pk.esp_len - 8 - iv_len) >> 4
             m += 1
-        natt_cbc_encrypt_lanes(sa.cbc_rk, sa.cbc_rounds, ct, nblk, m)
+        natt_cbc_encrypt_lanes(sa.aes + 16 * NATT_GCM_POWERS, sa.aes_rounds, ct, nblk, m)
         for i in range(g, ge):
             pk = &st.scratch[i]
             if pk.status == NATT_OK and pk.crypto != NATT_CR_ERR and not natt_seal_icv(
@@ -1843,9 +1795,6 @@ cdef void natt_sa_free(natt_sa *sa) noexcept nogil:
         EVP_CIPHER_free(sa.evp_cipher)
     if sa.evp_md != NULL:
         EVP_MD_free(sa.evp_md)
-    if sa.cbc_rk != NULL:
-        OPENSSL_cleanse(sa.cbc_rk, NATT_CBC_RK_LEN)
-        free(sa.cbc_rk)
     if sa.bitmap != &sa.bitmap_word:
         free(sa.bitmap)
     OPENSSL_cleanse(sa, sizeof(natt_sa))
@@ -1904,7 +1853,9 @@ cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8
     cdef int block, k, enc = 0 if sa.inbound else 1
     cdef int aead_idx = _aead_index(sa.cipher, enc_key_len)
     cdef const natt_aead *a
-    if aead_idx >= 0:
+    if (sa.cipher == NATT_CIPHER_AES_GCM or sa.cipher == NATT_CIPHER_AES_GMAC) and natt_gcm_own:
+        sa.aes_rounds = <uint8_t>natt_gcm_init(key, enc_key_len, sa.aes)
+    elif aead_idx >= 0:
         name = _cipher_name(sa.cipher, enc_key_len)
         a = natt_aead_get(aead_idx, name)
         if <size_t>enc_key_len != a.key_len:
@@ -1916,10 +1867,7 @@ cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8
         if (a.dinit if sa.inbound else a.einit)(sa.tmpl, key, a.key_len, NULL, 0, NULL) != 1:
             raise RuntimeError(f"libcrypto could not key {name.decode()}")
     elif sa.cipher == NATT_CIPHER_AES_CBC and not sa.inbound and natt_cbc_lanes:
-        sa.cbc_rk = <uint8_t *>malloc(NATT_CBC_RK_LEN)
-        if sa.cbc_rk == NULL:
-            raise MemoryError()
-        sa.cbc_rounds = natt_aesni_expand(key, enc_key_len, sa.cbc_rk)
+        sa.aes_rounds = <uint8_t>natt_aesni_expand(key, enc_key_len, sa.aes + 16 * NATT_GCM_POWERS)
     elif sa.cipher != NATT_CIPHER_NULL:
         name = _cipher_name(sa.cipher, enc_key_len)
         sa.evp_cipher = EVP_CIPHER_fetch(NULL, name, NULL)
@@ -1932,7 +1880,7 @@ cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8
             raise RuntimeError(f"libcrypto could not key {name.decode()}")
         # ESP pads itself (RFC 4303 §2.4)
         EVP_CIPHER_CTX_set_padding(<EVP_CIPHER_CTX *>sa.tmpl, 0)
-    if sa.cipher != NATT_CIPHER_NULL and sa.cbc_rk == NULL:
+    if sa.cipher != NATT_CIPHER_NULL and sa.aes_rounds == 0:
         # Thread 0's context now, so a cipher whose contexts cannot be copied fails the add.
         if natt_tctx(sa, 0) == NULL:
             raise RuntimeError(f"libcrypto could not copy a {name.decode()} context")

@@ -38,6 +38,8 @@ SEED = int(os.environ.get("NATT_DIFF_SEED", "20261126"))
 # The brief's fallback: while the Cython path is missing, the second side is the reference path
 # run with another batch split (conftest.py still fails the suite loudly when "fast" is absent).
 OTHER = "fast" if "fast" in natt.backends() else "reference"
+if OTHER == "fast":
+    from natt._fastpath import _aesni
 
 
 @dataclasses.dataclass
@@ -201,6 +203,22 @@ def test_fast_split_and_threads(traffic, fast_run, chunk, threads):
     # on 7-packet batches are left out: a thread pool per 7 packets only measures start-up cost.
     run = _run(OTHER, traffic, chunk=chunk, threads=threads, reuse_out=chunk is not None)
     assert_same(fast_run, run, traffic, f"{OTHER} whole vs chunk={chunk} threads={threads}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [None, 2])
+def test_fast_on_libcrypto(traffic, fast_run, threads):
+    # The fast path with natt's own AES switched off (natt_aesni.h: AES-GCM, GMAC) must give the
+    # same answers: it is what a CPU without AES-NI and PCLMULQDQ runs.
+    if OTHER != "fast" or not _aesni():
+        pytest.skip("natt's own AES is not in use here: the fast runs above are the libcrypto path")
+    before = _aesni()
+    _aesni(False)
+    try:
+        run = _run(OTHER, traffic, threads=threads)
+    finally:
+        _aesni(before)
+    assert_same(fast_run, run, traffic, f"{OTHER} own AES vs libcrypto threads={threads}")
 
 
 @pytest.mark.slow

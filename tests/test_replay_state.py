@@ -17,7 +17,6 @@ import natt
 from natt import Status
 from natt._suites import SUITES
 
-from conftest import BACKENDS
 from test_datapath import SPI, Peer, add_in
 
 GCM = SUITES["aes128gcm16"]
@@ -103,7 +102,7 @@ def test_moved_window_decides_like_the_original(nic: natt.Offload, w: int, esn: 
 
     moved: list[tuple[str, natt.Offload, int]] = []
     try:
-        for other in BACKENDS:
+        for other in natt.backends():
             o = natt.Offload(backend=other)
             moved.append((other, o, add_in(o, GCM, esn=esn, replay_window=w, replay_seq=top,
                                            replay_bitmap=bitmap)[0]))
