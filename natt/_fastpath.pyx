@@ -1310,8 +1310,10 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
     sa.ctr[NATT_C_BYTES] += <uint64_t>io.olen[i]
 
 
-cdef inline int64_t natt_peek_bucket(const natt_state *st, const natt_io *io, int64_t j) noexcept nogil:
-    """Hash bucket packet ``j`` will probably look up, or -1: a cache hint only, never a decision.
+cdef inline int64_t natt_peek_bucket(const natt_state *st, const natt_io *io, int64_t j,
+                                     uint32_t *spi) noexcept nogil:
+    """Hash bucket packet ``j`` will probably look up (and its SPI), or -1: a cache hint only,
+    never a decision.
 
     The minimum of natt_decap_parse's walk (IHL, port, marker, SPI); every read is checked
     against the input buffer, and a wrong guess costs only a useless prefetch.
@@ -1336,7 +1338,8 @@ cdef inline int64_t natt_peek_bucket(const natt_state *st, const natt_io *io, in
     esp_off = ihl4 + 8 if st.port_type[port] == NATT_ENCAP_OTHER else ihl4 + 16
     if esp_off + 4 > n:
         return -1
-    return <int64_t>natt_hash(entry, rd32(p + esp_off), st.nbuckets - 1)
+    spi[0] = rd32(p + esp_off)
+    return <int64_t>natt_hash(entry, spi[0], st.nbuckets - 1)
 
 
 cdef inline void natt_prefetch_ctx(const natt_sa *sa) noexcept nogil:
@@ -1358,44 +1361,59 @@ cdef inline void natt_prefetch_ctx(const natt_sa *sa) noexcept nogil:
         natt_prefetch_w(c + k)
 
 
+cdef inline void natt_prefetch_sa(const natt_sa *sa) noexcept nogil:
+    """Start loading the three lines of ``sa`` a decap touches (natt_sa layout comment)."""
+    natt_prefetch_w(<const uint8_t *>sa)
+    natt_prefetch_w(<const uint8_t *>sa + 64)
+    natt_prefetch_r(<const uint8_t *>sa + 128)
+
+
 cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
     # With many SAs a decap is dominated by cache misses: the bucket array, the SA struct and
-    # the SA's cipher context (BENCHMARKS.md, 100 000-SA case). Software-pipeline them: the
-    # bucket slot of packet i+12, the SA it points to at i+8 and that SA's context at i+4 are
-    # prefetched, so all three are (mostly) cached when packet i reaches natt_lookup and the
-    # crypto. Measured at 100 000 SAs, 64-octet AES-GCM: bucket and SA only, 1.2-1.5 -> 1.0-1.2
-    # us/packet; with the context as well, see BENCHMARKS.md. With few SAs everything is
+    # the SA's cipher state (BENCHMARKS.md, 100 000-SA case). Software-pipeline them: the
+    # bucket slot of packet i+12 is prefetched, the chain head it points to at i+8, and at i+4
+    # (the head now cached) the cipher state of the SA with the packet's SPI, which is the head
+    # or, rarely (chains average 1.1 SAs, FastBackend._insert), the next one, and the next link
+    # the lookup will read. Measured at 100 000 SAs, 64-octet AES-GCM: bucket and SA only,
+    # 1.2-1.5 -> 1.0-1.2 us/packet; the rest, see BENCHMARKS.md. With few SAs everything is
     # cached anyway and the peek would be pure overhead, hence the threshold. The threaded
     # path (natt_decap_parallel) is left as it is.
     cdef int64_t i, h
     cdef int64_t ring[16]               # bucket index of packet k at ring[k & 15], or -1
+    cdef uint32_t spis[16]              # and its SPI
+    cdef int k
     cdef natt_sa *sa
     cdef natt_pkt pk
     cdef bint pipe = st.n_inbound >= NATT_PREFETCH_MIN_SAS
     cdef int64_t n = io.n
     if pipe:
         for i in range(12):
-            ring[i] = natt_peek_bucket(st, io, i) if i < n else -1
+            ring[i] = natt_peek_bucket(st, io, i, &spis[i]) if i < n else -1
             if ring[i] >= 0:
                 natt_prefetch_r(&st.buckets[ring[i]])
     for i in range(n):
         if pipe:
             if i + 4 < n:
                 h = ring[(i + 4) & 15]
-                if h >= 0 and st.buckets[h] != NULL:
-                    natt_prefetch_ctx(st.buckets[h])
+                sa = st.buckets[h] if h >= 0 else NULL
+                if sa != NULL:
+                    if sa.spi == spis[(i + 4) & 15] or sa.hnext == NULL:
+                        natt_prefetch_ctx(sa)
+                        if sa.hnext != NULL:
+                            natt_prefetch_w(<const uint8_t *>sa.hnext)
+                    else:
+                        # Not the head: its line 2 is not cached, so the cipher state is
+                        # taken to be natt's own AES (the common case of a crowded table).
+                        natt_prefetch_sa(sa.hnext)
+                        for k in range(0, NATT_AES_STATE_LEN, 64):
+                            natt_prefetch_r(sa.hnext.aes + k)
             if i + 8 < n:
                 h = ring[(i + 8) & 15]
-                if h >= 0:
-                    sa = st.buckets[h]
-                    if sa != NULL:
-                        # The three lines a decap touches (natt_sa layout comment).
-                        natt_prefetch_w(<const uint8_t *>sa)
-                        natt_prefetch_w(<const uint8_t *>sa + 64)
-                        natt_prefetch_r(<const uint8_t *>sa + 128)
+                if h >= 0 and st.buckets[h] != NULL:
+                    natt_prefetch_sa(st.buckets[h])
             # Slot (i+12) & 15 last held packet i-4's bucket, no longer needed.
             if i + 12 < n:
-                h = natt_peek_bucket(st, io, i + 12)
+                h = natt_peek_bucket(st, io, i + 12, &spis[(i + 12) & 15])
                 ring[(i + 12) & 15] = h
                 if h >= 0:
                     natt_prefetch_r(&st.buckets[h])
@@ -2220,7 +2238,11 @@ cdef class FastBackend:
                 self.st.free_slots[self.st.n_free] = s
                 self.st.n_free += 1
             self.st.nslots = cap
-        if sa.inbound and self.st.n_inbound + 1 > self.st.nbuckets:
+        # At most one inbound SA per four buckets: a lookup walks its whole chain (the largest
+        # matching dst_mask wins), and with many SAs each SA visited is a cache miss; at this
+        # load a walk visits 1.1 SAs on average. Measured at 100 000 SAs, 64-octet AES-GCM:
+        # load <= 1 -> <= 0.25, 790-960 -> 410-520 ns per packet (BENCHMARKS.md).
+        if sa.inbound and 4 * (self.st.n_inbound + 1) > self.st.nbuckets:
             self._rehash(self.st.nbuckets * 2)
         self.st.n_free -= 1
         s = self.st.free_slots[self.st.n_free]
