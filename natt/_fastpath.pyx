@@ -164,8 +164,8 @@ cdef extern from "natt_aesni.h" nogil:
                                 int n)
     int natt_gcm_init(const uint8_t *key, int key_len, uint8_t *st)
     void natt_gcm(const uint8_t *st, int nr, const uint8_t *nonce, const uint8_t *a1, size_t a1_len,
-                  const uint8_t *a2, size_t a2_len, const uint8_t *inp, uint8_t *out, size_t len,
-                  int enc, uint8_t *tag)
+                  const uint8_t *a2, size_t a2_len, const uint8_t *inp, size_t in_len, const uint8_t *in2,
+                  size_t in2_len, uint8_t *out, int enc, uint8_t *tag)
 
 
 # SAs added while these are set use natt's own AES (outbound AES-CBC; AES-GCM and AES-GMAC),
@@ -725,19 +725,23 @@ cdef inline void natt_nonce(const natt_sa *sa, const uint8_t *esp, uint8_t *nonc
     memcpy(nonce + 4, esp + 8, 8)
 
 
-cdef inline void natt_gcm_packet(const natt_sa *sa, const uint8_t *esp, uint32_t seq_hi, const uint8_t *inp,
-                                 uint8_t *out, int32_t ct_len, int enc, uint8_t *tag) noexcept nogil:
-    """One ESP packet through natt's own AES-GCM (``sa.aes``), ``ct_len`` octets from ``inp`` to
-    ``out``; the whole tag to ``tag``. AES-GMAC (RFC 4543 §3) authenticates IV, payload and
-    trailer as AAD and encrypts nothing."""
+cdef inline void natt_gcm_packet(const natt_sa *sa, const uint8_t *esp, uint32_t seq_hi, int32_t ct_len,
+                                 const uint8_t *inp, int32_t in_len, const uint8_t *in2, uint8_t *out,
+                                 int enc, uint8_t *tag) noexcept nogil:
+    """One ESP packet through natt's own AES-GCM (``sa.aes``): the ``ct_len`` octets of
+    ``inp[:in_len]`` ‖ ``in2`` to ``out`` (natt_gcm says which overlaps are allowed), the whole
+    tag to ``tag``. AES-GMAC (RFC 4543 §3) authenticates IV, payload and trailer as AAD and
+    encrypts nothing."""
     cdef uint8_t nonce[12]
     cdef uint8_t aad[12]
     cdef int32_t aad_len = natt_aad(sa, esp, seq_hi, aad)
     natt_nonce(sa, esp, nonce)
     if sa.cipher == NATT_CIPHER_AES_GMAC:
-        natt_gcm(sa.aes, sa.aes_rounds, nonce, aad, aad_len, esp + 8, 8 + ct_len, NULL, NULL, 0, enc, tag)
+        natt_gcm(sa.aes, sa.aes_rounds, nonce, aad, aad_len, esp + 8, 8 + ct_len, NULL, 0, NULL, 0, NULL,
+                 enc, tag)
     else:
-        natt_gcm(sa.aes, sa.aes_rounds, nonce, aad, aad_len, NULL, 0, inp, out, ct_len, enc, tag)
+        natt_gcm(sa.aes, sa.aes_rounds, nonce, aad, aad_len, NULL, 0, inp, in_len, in2, ct_len - in_len, out,
+                 enc, tag)
 
 
 cdef inline bint natt_aead_begin(const natt_sa *sa, natt_init_fn init, void *ctx, const uint8_t *esp,
@@ -785,7 +789,7 @@ cdef int natt_open(natt_sa *sa, int tid, EVP_MD_CTX *mdw, const uint8_t *esp, in
             return NATT_CR_ERR
     if sa.aes_rounds:
         # AES-GCM or AES-GMAC (inbound SAs have no CBC on natt's AES)
-        natt_gcm_packet(sa, esp, seq_hi, ct, dst, ct_len, 0, mac)
+        natt_gcm_packet(sa, esp, seq_hi, ct_len, ct, ct_len, NULL, dst, 0, mac)
         if cipher == NATT_CIPHER_AES_GMAC:
             memcpy(dst, ct, ct_len)
         if CRYPTO_memcmp(mac, icv, icv_len) != 0:
@@ -866,9 +870,11 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
     cdef uint8_t tag[16]
 
     if sa.aes_rounds:
-        # AES-GCM or AES-GMAC (outbound CBC on natt's AES is encrypted by natt_encap_range);
-        # the plaintext is already in place (natt_encap_build copies it: not ``sa.aead``).
-        natt_gcm_packet(sa, esp, seq_hi, ct, ct, ct_len, 1, tag)
+        # AES-GCM or AES-GMAC (outbound CBC on natt's AES is encrypted by natt_encap_range)
+        if src != NULL:
+            natt_gcm_packet(sa, esp, seq_hi, ct_len, src, src_len, ct + src_len, ct, 1, tag)
+        else:
+            natt_gcm_packet(sa, esp, seq_hi, ct_len, ct, ct_len, NULL, ct, 1, tag)
         memcpy(icv, tag, icv_len)
         return True
     if cipher != NATT_CIPHER_NULL:
@@ -1654,8 +1660,8 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
             return False
     ct = esp + 8 + sa.iv_len
     # GCM/ChaCha20 encrypt the payload straight from the input (natt_seal); the others need
-    # the plaintext in place (CBC in EVP, GMAC authenticates it unencrypted).
-    direct = sa.aead != NULL and sa.cipher != NATT_CIPHER_AES_GMAC
+    # the plaintext in place (CBC, GMAC authenticates it unencrypted).
+    direct = sa.cipher == NATT_CIPHER_AES_GCM or sa.cipher == NATT_CIPHER_CHACHA20_POLY1305
     if not direct:
         memcpy(ct, p + hdr, plen)
     pad = ct_len - 2 - plen

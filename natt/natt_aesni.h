@@ -259,20 +259,26 @@ static int natt_gcm_init(const uint8_t *key, int key_len, uint8_t *st) {
     return nr;
 }
 
-/* One GCM operation (SP 800-38D §7.1, §7.2 with a 96-bit IV): len octets from in to out (the
-   same buffer is fine), encrypting when enc, else decrypting; the additional data is a1 ‖ a2
-   (a1 shorter than a block: the ESP header, RFC 4106 §5; a2 for RFC 4543's GMAC). Writes the
-   whole 16-octet tag; the caller truncates it or compares it in constant time. */
+/* One GCM operation (SP 800-38D §7.1, §7.2 with a 96-bit IV), encrypting when enc, else
+   decrypting. The text is in[0, in_len) ‖ in2[0, in2_len) (in2_len <= NATT_GCM_IN2_MAX), written
+   to out[0, in_len + in2_len); out may be in (in place), and in2 may lie in out right after the
+   first part: encap encrypts an ESP payload straight from the caller's packet, its trailer
+   already written behind it, so the payload is never copied first (which would load it from
+   memory before, not during, the AES rounds). The additional data is a1 ‖ a2 (a1 shorter than a
+   block: the ESP header, RFC 4106 §5; a2 for RFC 4543's GMAC). Writes the whole 16-octet tag;
+   the caller truncates it or compares it in constant time. */
+#define NATT_GCM_IN2_MAX 32
+
 NATT_GCM_TARGET
 static void natt_gcm(const uint8_t *st, int nr, const uint8_t *nonce, const uint8_t *a1, size_t a1_len,
-                     const uint8_t *a2, size_t a2_len, const uint8_t *in, uint8_t *out, size_t len,
-                     int enc, uint8_t *tag) {
+                     const uint8_t *a2, size_t a2_len, const uint8_t *in, size_t in_len, const uint8_t *in2,
+                     size_t in2_len, uint8_t *out, int enc, uint8_t *tag) {
     const uint8_t *hp = st, *rk = st + 16 * NATT_GCM_POWERS;
     const __m128i one = _mm_set_epi32(0, 0, 0, 1);
     __m128i ctr, ek0, ks[8], c, x;
     natt_ghash g;
-    uint8_t b[16];
-    size_t i, k, l;
+    uint8_t b[16], t[128 + NATT_GCM_IN2_MAX];
+    size_t len = in_len + in2_len, i, j = 0, k, l, r;
 
     memcpy(b, nonce, 12);
     b[12] = b[13] = b[14] = 0;
@@ -293,15 +299,16 @@ static void natt_gcm(const uint8_t *st, int nr, const uint8_t *nonce, const uint
         if (a2_len > k)
             natt_ghash_bytes(&g, hp, a2 + k, a2_len - k);
     }
-    /* Eight counter blocks at a time (a fixed count keeps them in registers; the last group
-       may use fewer). */
-    for (i = 0; i < len; i += 128) {
+    /* Eight counter blocks at a time (a fixed count keeps them in registers): whole groups
+       straight from in, then the rest (less than a group of in, and in2) from a copy in t. */
+    for (i = 0, r = 0; i < len; i += r) {
         for (l = 0; l < 8; l++) {
             ctr = _mm_add_epi32(ctr, one);
             ks[l] = natt_bswap128(ctr);
         }
         natt_aes_blocks(rk, nr, ks, 8);
-        if (len - i >= 128) {
+        if (i + 128 <= in_len) {
+            r = 128;
             for (l = 0; l < 8; l++) {
                 c = _mm_loadu_si128((const __m128i *)(in + i + 16 * l));
                 x = _mm_xor_si128(c, ks[l]);
@@ -310,24 +317,29 @@ static void natt_gcm(const uint8_t *st, int nr, const uint8_t *nonce, const uint
             }
             continue;
         }
-        for (l = 0; i + 16 * l < len; l++) {
-            k = len - i - 16 * l < 16 ? len - i - 16 * l : 16;
-            if (k == 16) {
-                c = _mm_loadu_si128((const __m128i *)(in + i + 16 * l));
-                x = _mm_xor_si128(c, ks[l]);
-                _mm_storeu_si128((__m128i *)(out + i + 16 * l), x);
-            } else {
-                memset(b, 0, 16);
-                memcpy(b, in + i + 16 * l, k);
-                c = _mm_loadu_si128((const __m128i *)b);
-                x = _mm_xor_si128(c, ks[l]);
-                _mm_storeu_si128((__m128i *)b, x);
-                memcpy(out + i + 16 * l, b, k);
+        if (i <= in_len) {
+            /* first time here: gather the rest before any of it is overwritten */
+            memcpy(t, in + i, in_len - i);
+            if (in2_len)
+                memcpy(t + in_len - i, in2, in2_len);
+            j = 0;
+        }
+        r = len - i < 128 ? len - i : 128;
+        for (l = 0; 16 * l < r; l++) {
+            k = r - 16 * l < 16 ? r - 16 * l : 16;
+            memset(b, 0, 16);
+            memcpy(b, t + j + 16 * l, k);
+            c = _mm_loadu_si128((const __m128i *)b);
+            x = _mm_xor_si128(c, ks[l]);
+            _mm_storeu_si128((__m128i *)b, x);
+            memcpy(out + i + 16 * l, b, k);
+            if (k < 16) {
                 memset(b + k, 0, 16 - k);       /* the ciphertext is hashed zero-padded */
                 x = _mm_loadu_si128((const __m128i *)b);
             }
             natt_ghash_block(&g, hp, enc ? x : c);
         }
+        j += r;
     }
     /* len(A) ‖ len(C) in bits, 64 bits each, big-endian (§7.1 step 5); reversed, len(A) is
        the high half */
@@ -344,8 +356,8 @@ static void natt_cbc_encrypt_lanes(const uint8_t *rkb, int nr, uint8_t *const *c
                                    const int32_t *nblk, int n) { }
 static int natt_gcm_init(const uint8_t *key, int key_len, uint8_t *st) { return 0; }
 static void natt_gcm(const uint8_t *st, int nr, const uint8_t *nonce, const uint8_t *a1, size_t a1_len,
-                     const uint8_t *a2, size_t a2_len, const uint8_t *in, uint8_t *out, size_t len,
-                     int enc, uint8_t *tag) { }
+                     const uint8_t *a2, size_t a2_len, const uint8_t *in, size_t in_len, const uint8_t *in2,
+                     size_t in2_len, uint8_t *out, int enc, uint8_t *tag) { }
 #endif
 
 #endif
