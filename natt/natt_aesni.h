@@ -1,5 +1,5 @@
 /* natt_aesni.h: the AES that natt runs itself, on AES-NI and PCLMULQDQ, instead of through
- * libcrypto. Two places (README "Own AES code", SECURITY.md):
+ * libcrypto. Two places (README "Dependencies", SECURITY.md):
  *
  *  - outbound AES-CBC, several packets side by side (natt_cbc_encrypt_lanes): CBC encryption
  *    is serial within a packet, so one packet at a time keeps AES-NI's pipeline a quarter full;
