@@ -92,6 +92,7 @@ from ._constants import Status as _Status, UdpEncapType
 from ._suites import Cipher as _Cipher, Mac as _Mac
 
 cnp.import_array()
+assert COUNTER_NAMES[:2] == ("packets", "bytes")      # natt_sa.packets, natt_sa.bytes
 
 BACKEND_NAME = "fast"
 
@@ -224,18 +225,18 @@ cdef enum:
     NATT_CIPHER_AES_GMAC = 5
     NATT_MAC_NONE = 0
 
-# Counter indices, in natt._backend.COUNTER_NAMES order.
+# Per-SA counters: "packets" and "bytes", which every packet updates, are natt_sa fields on the
+# decap's hot line; the others, indices of natt_sa.ctr, follow them in
+# natt._backend.COUNTER_NAMES order.
 cdef enum:
-    NATT_C_PACKETS = 0
-    NATT_C_BYTES = 1
-    NATT_C_AUTH_FAILURES = 2
-    NATT_C_REPLAYS = 3
-    NATT_C_MALFORMED = 4
-    NATT_C_DUMMY = 5
-    NATT_C_PROTOCOL = 6
-    NATT_C_SEQ_OVERFLOWS = 7
-    NATT_C_ERRORS = 8
-    NATT_N_COUNTERS = 9
+    NATT_C_AUTH_FAILURES = 0
+    NATT_C_REPLAYS = 1
+    NATT_C_MALFORMED = 2
+    NATT_C_DUMMY = 3
+    NATT_C_PROTOCOL = 4
+    NATT_C_SEQ_OVERFLOWS = 5
+    NATT_C_ERRORS = 6
+    NATT_N_COUNTERS = 7
 
 # Results of the stateless crypto step (natt_open).
 cdef enum:
@@ -288,13 +289,23 @@ cdef struct natt_aead:
     size_t key_len
 
 
+cdef union natt_cipher_state:
+    # Which one: natt_sa.aes_rounds (0: libcrypto contexts)
+    void *tctx[NATT_MAX_THREADS]  # per thread: a provider context (aead) or an EVP_CIPHER_CTX
+    # natt's own AES (natt_aesni.h): GHASH key powers (GCM, GMAC), then the round keys at
+    # 16 * NATT_GCM_POWERS; key material, wiped with the SA
+    uint8_t aes[NATT_AES_STATE_LEN]
+
+
 cdef struct natt_sa:
     # Field order is for the cache (an SA is allocated on a 64-octet boundary, natt_sa_new):
-    # a decap touches the first three lines only (lookup key and replay state; counters;
-    # per-packet parameters and thread 0's context), which matters once there are more SAs
-    # than fit in the cache. Lines 0 and 1 are what the in-order pass writes per packet; line 2
-    # is read-only during a batch (bar the error counter), so that the threads decrypting later
-    # packets (threaded pipeline, phase 3) never have it pulled away by phase 4's writes.
+    # a decap touches line 0 (lookup key and replay state), line 1 (counters and per-packet
+    # parameters) and the cipher state from line 2 on: thread 0's context pointer, or natt's
+    # own AES state (240 octets for AES-128-GCM: lines 2 to 5). That matters once there are
+    # more SAs than fit in the cache (BENCHMARKS.md, 100 000 SAs). Lines 0 and 1 are what the
+    # in-order pass writes per packet; the cipher state is read-only during a batch, so that
+    # the threads decrypting later packets (threaded pipeline, phase 3) never have it pulled
+    # away by phase 4's writes.
     # -- line 0: lookup and anti-replay (semantics §3). T = top; bit (s & bmask) of bitmap
     # stands for number s, valid for s in (top - window, top]; the ring has a power-of-two
     # number of bits >= window (windows up to 64 use the inline bitmap_word).
@@ -308,8 +319,9 @@ cdef struct natt_sa:
     uint64_t top
     uint64_t bmask
     uint64_t *bitmap
-    # -- line 1 (and the start of line 2): counters, then the small per-packet parameters
-    uint64_t ctr[NATT_N_COUNTERS]
+    # -- line 1: the counters of every packet, then the small per-packet parameters
+    uint64_t packets              # COUNTER_NAMES "packets" and "bytes"
+    uint64_t bytes
     int64_t handle
     uint8_t inbound
     uint8_t tunnel
@@ -320,20 +332,17 @@ cdef struct natt_sa:
     uint8_t iv_len
     uint8_t icv_len
     uint8_t block
-    uint8_t aes_rounds            # not 0: natt's own AES runs the cipher (``aes`` below)
+    uint8_t aes_rounds            # not 0: natt's own AES runs the cipher (``cs.aes``)
     uint8_t salt[4]               # AEAD nonce salt (RFC 4106 §4): key material, cleansed on free
     uint16_t encap_src_port
     uint16_t encap_dst_port
     uint32_t nat_oa_src
     uint32_t nat_oa_dst
     const natt_aead *aead         # AEAD suites; NULL: the cipher runs through EVP contexts
-    void *tctx[NATT_MAX_THREADS]  # per thread: a provider context (aead) or an EVP_CIPHER_CTX
-    uint64_t aes_align            # puts ``aes`` on a line boundary (offset 320 on x86-64)
-    # -- lines 5 to 10: natt's own AES (natt_aesni.h; no tmpl/tctx then): GHASH key powers (GCM,
-    # GMAC), then the round keys at 16 * NATT_GCM_POWERS; key material, wiped with the struct.
-    # A decap reads 304 octets of it for AES-128-GCM: five lines.
-    uint8_t aes[NATT_AES_STATE_LEN]
-    # -- cold: encap-only, control-plane and threaded-pipeline state
+    # -- line 2 on (offset 128 on x86-64)
+    natt_cipher_state cs
+    # -- cold: other counters, encap-only, control-plane and threaded-pipeline state
+    uint64_t ctr[NATT_N_COUNTERS]
     EVP_MD_CTX *inner             # HMAC: digest state after key ^ ipad (RFC 2104)
     EVP_MD_CTX *outer             # HMAC: digest state after key ^ opad
     uint32_t src_tunnel_addr
@@ -675,7 +684,7 @@ cdef inline void *natt_tctx(natt_sa *sa, int tid) noexcept nogil:
 
     Only thread ``tid`` ever writes slot ``tid``; the template is only read (copied).
     """
-    cdef void *c = sa.tctx[tid]
+    cdef void *c = sa.cs.tctx[tid]
     if c != NULL:
         return c
     if sa.aead == NULL:
@@ -685,7 +694,7 @@ cdef inline void *natt_tctx(natt_sa *sa, int tid) noexcept nogil:
             c = NULL
     else:
         c = sa.aead.dupctx(sa.tmpl)
-    sa.tctx[tid] = c
+    sa.cs.tctx[tid] = c
     return c
 
 
@@ -728,7 +737,7 @@ cdef inline void natt_nonce(const natt_sa *sa, const uint8_t *esp, uint8_t *nonc
 cdef inline void natt_gcm_packet(const natt_sa *sa, const uint8_t *esp, uint32_t seq_hi, int32_t ct_len,
                                  const uint8_t *inp, int32_t in_len, const uint8_t *in2, uint8_t *out,
                                  int enc, uint8_t *tag) noexcept nogil:
-    """One ESP packet through natt's own AES-GCM (``sa.aes``): the ``ct_len`` octets of
+    """One ESP packet through natt's own AES-GCM (``sa.cs.aes``): the ``ct_len`` octets of
     ``inp[:in_len]`` ‖ ``in2`` to ``out`` (natt_gcm says which overlaps are allowed), the whole
     tag to ``tag``. AES-GMAC (RFC 4543 §3) authenticates IV, payload and trailer as AAD and
     encrypts nothing."""
@@ -737,10 +746,10 @@ cdef inline void natt_gcm_packet(const natt_sa *sa, const uint8_t *esp, uint32_t
     cdef int32_t aad_len = natt_aad(sa, esp, seq_hi, aad)
     natt_nonce(sa, esp, nonce)
     if sa.cipher == NATT_CIPHER_AES_GMAC:
-        natt_gcm(sa.aes, sa.aes_rounds, nonce, aad, aad_len, esp + 8, 8 + ct_len, NULL, 0, NULL, 0, NULL,
+        natt_gcm(sa.cs.aes, sa.aes_rounds, nonce, aad, aad_len, esp + 8, 8 + ct_len, NULL, 0, NULL, 0, NULL,
                  enc, tag)
     else:
-        natt_gcm(sa.aes, sa.aes_rounds, nonce, aad, aad_len, NULL, 0, inp, in_len, in2, ct_len - in_len, out,
+        natt_gcm(sa.cs.aes, sa.aes_rounds, nonce, aad, aad_len, NULL, 0, inp, in_len, in2, ct_len - in_len, out,
                  enc, tag)
 
 
@@ -1277,7 +1286,7 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
         natt_copy_input(io, i, pk)
         return
     if nh == NATT_NH_NONE:
-        sa.ctr[NATT_C_PACKETS] += 1
+        sa.packets += 1
         sa.ctr[NATT_C_DUMMY] += 1
         io.ostatus[i] = NATT_DUMMY
         io.olen[i] = 0
@@ -1312,8 +1321,8 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
                         hc = 0xFFFF
                     wr16(o + pk.ihl4 + off, hc)
         io.olen[i] = pk.ihl4 + plen
-    sa.ctr[NATT_C_PACKETS] += 1
-    sa.ctr[NATT_C_BYTES] += <uint64_t>io.olen[i]
+    sa.packets += 1
+    sa.bytes += <uint64_t>io.olen[i]
 
 
 cdef inline int64_t natt_peek_bucket(const natt_state *st, const natt_io *io, int64_t j,
@@ -1351,12 +1360,13 @@ cdef inline int64_t natt_peek_bucket(const natt_state *st, const natt_io *io, in
 cdef inline void natt_prefetch_ctx(const natt_sa *sa) noexcept nogil:
     """Start loading the cipher state of ``sa`` a decap reads: natt's own AES-GCM state, else
     thread 0's cipher context (its SA struct must be cached)."""
-    cdef const uint8_t *c = <const uint8_t *>sa.tctx[0]
+    cdef const uint8_t *c
     cdef int k
     if sa.aes_rounds:
         for k in range(0, 16 * (NATT_GCM_POWERS + sa.aes_rounds + 1), 64):
-            natt_prefetch_r(sa.aes + k)
+            natt_prefetch_r(sa.cs.aes + k)
         return
+    c = <const uint8_t *>sa.cs.tctx[0]
     if c == NULL:
         return
     # A provider AEAD context holds the key schedule, the GHASH key powers and the IV and tag
@@ -1412,7 +1422,7 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
                         # taken to be natt's own AES (the common case of a crowded table).
                         natt_prefetch_sa(sa.hnext)
                         for k in range(0, NATT_AES_STATE_LEN, 64):
-                            natt_prefetch_r(sa.hnext.aes + k)
+                            natt_prefetch_r(sa.hnext.cs.aes + k)
             if i + 8 < n:
                 h = ring[(i + 8) & 15]
                 if h >= 0 and st.buckets[h] != NULL:
@@ -1578,8 +1588,8 @@ cdef void natt_encap_assign(natt_sa *sa, natt_io *io, natt_pkt *scratch, int64_t
             natt_copy_input(io, i, pk)
             continue
         sa.oseq += 1
-        sa.ctr[NATT_C_PACKETS] += 1
-        sa.ctr[NATT_C_BYTES] += <uint64_t>n
+        sa.packets += 1
+        sa.bytes += <uint64_t>n
         pk.status = NATT_OK
         pk.seq = sa.oseq
         natt_put(io, i, NATT_OK, sa.handle, sa.oseq, nh)
@@ -1698,8 +1708,8 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
 cdef void natt_encap_fail(natt_sa *sa, natt_io *io, int64_t i, natt_pkt *pk) noexcept nogil:
     """Undo an OK the assignment pass counted, for a packet whose crypto failed."""
     pk.status = NATT_ERROR
-    sa.ctr[NATT_C_PACKETS] -= 1
-    sa.ctr[NATT_C_BYTES] -= <uint64_t>pk.in_len
+    sa.packets -= 1
+    sa.bytes -= <uint64_t>pk.in_len
     sa.ctr[NATT_C_ERRORS] += 1
     natt_put(io, i, NATT_ERROR, 0, 0, 0)
     natt_copy_input(io, i, pk)
@@ -1738,7 +1748,7 @@ cdef long natt_encap_range(natt_state *st, natt_sa *sa, int tid, int64_t lo, int
             ct[m] = pk.outp + pk.esp_off + 8 + iv_len
             nblk[m] = (pk.esp_len - 8 - iv_len) >> 4
             m += 1
-        natt_cbc_encrypt_lanes(sa.aes + 16 * NATT_GCM_POWERS, sa.aes_rounds, ct, nblk, m)
+        natt_cbc_encrypt_lanes(sa.cs.aes + 16 * NATT_GCM_POWERS, sa.aes_rounds, ct, nblk, m)
         for i in range(g, ge):
             pk = &st.scratch[i]
             if pk.status == NATT_OK and pk.crypto != NATT_CR_ERR and not natt_seal_icv(
@@ -1808,8 +1818,9 @@ cdef void natt_sa_free(natt_sa *sa) noexcept nogil:
     cdef int t
     if sa == NULL:
         return
-    for t in range(NATT_MAX_THREADS):
-        natt_ctx_free(sa, sa.tctx[t])
+    if sa.aes_rounds == 0:          # else ``cs`` holds natt's AES state, not contexts
+        for t in range(NATT_MAX_THREADS):
+            natt_ctx_free(sa, sa.cs.tctx[t])
     natt_ctx_free(sa, sa.tmpl)
     if sa.inner != NULL:
         EVP_MD_CTX_free(sa.inner)
@@ -1878,7 +1889,7 @@ cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8
     cdef int aead_idx = _aead_index(sa.cipher, enc_key_len)
     cdef const natt_aead *a
     if (sa.cipher == NATT_CIPHER_AES_GCM or sa.cipher == NATT_CIPHER_AES_GMAC) and natt_gcm_own:
-        sa.aes_rounds = <uint8_t>natt_gcm_init(key, enc_key_len, sa.aes)
+        sa.aes_rounds = <uint8_t>natt_gcm_init(key, enc_key_len, sa.cs.aes)
     elif aead_idx >= 0:
         name = _cipher_name(sa.cipher, enc_key_len)
         a = natt_aead_get(aead_idx, name)
@@ -1891,7 +1902,7 @@ cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8
         if (a.dinit if sa.inbound else a.einit)(sa.tmpl, key, a.key_len, NULL, 0, NULL) != 1:
             raise RuntimeError(f"libcrypto could not key {name.decode()}")
     elif sa.cipher == NATT_CIPHER_AES_CBC and not sa.inbound and natt_cbc_lanes:
-        sa.aes_rounds = <uint8_t>natt_aesni_expand(key, enc_key_len, sa.aes + 16 * NATT_GCM_POWERS)
+        sa.aes_rounds = <uint8_t>natt_aesni_expand(key, enc_key_len, sa.cs.aes + 16 * NATT_GCM_POWERS)
     elif sa.cipher != NATT_CIPHER_NULL:
         name = _cipher_name(sa.cipher, enc_key_len)
         sa.evp_cipher = EVP_CIPHER_fetch(NULL, name, NULL)
@@ -2310,7 +2321,7 @@ cdef class FastBackend:
         """COUNTER_NAMES plus ``replay_seq`` (highest authenticated) and ``replay_oseq`` (last sent)."""
         cdef natt_sa *sa
         cdef uint64_t c[NATT_N_COUNTERS]
-        cdef uint64_t top, oseq
+        cdef uint64_t top, oseq, packets, nbytes
         self._lock()
         slot = self._slot_of.get(handle)
         if slot is None:
@@ -2318,10 +2329,13 @@ cdef class FastBackend:
             raise KeyError(handle)
         sa = self.st.slots[<int32_t>slot]
         memcpy(c, sa.ctr, sizeof(c))
+        packets = sa.packets
+        nbytes = sa.bytes
         top = sa.top
         oseq = sa.oseq
         self._unlock()
-        d = {name: c[k] for k, name in enumerate(COUNTER_NAMES)}
+        d = {"packets": packets, "bytes": nbytes}
+        d.update({name: c[k] for k, name in enumerate(COUNTER_NAMES[2:])})
         d["replay_seq"] = top
         d["replay_oseq"] = oseq
         return d

@@ -3,8 +3,8 @@
  *
  *  - outbound AES-CBC, several packets side by side (natt_cbc_encrypt_lanes): CBC encryption
  *    is serial within a packet, so one packet at a time keeps AES-NI's pipeline a quarter full;
- *  - AES-GCM and AES-GMAC (natt_gcm): a per-SA state of 368 octets (GHASH key powers, round
- *    keys) read in place, where a libcrypto provider context is about 1 KiB behind two
+ *  - AES-GCM and AES-GMAC (natt_gcm): a per-SA state of 240 to 304 octets (GHASH key powers,
+ *    round keys) read in place, where a libcrypto provider context is about 1 KiB behind two
  *    pointers plus a parameter lookup by name per packet. With 100 000 SAs that state misses
  *    the cache on every packet; the smaller and more contiguous it is, the fewer lines the
  *    decap has to prefetch (natt_decap_serial).
@@ -23,7 +23,7 @@
 #include <openssl/crypto.h>
 
 #define NATT_LANES 8            /* CBC chains encrypted side by side */
-#define NATT_GCM_POWERS 8       /* H^1..H^8: GHASH reduces once per 8 blocks */
+#define NATT_GCM_POWERS 4       /* H^1..H^4: GHASH reduces once per 4 blocks (natt_ghash) */
 #define NATT_AES_RK_LEN 240     /* round keys: 16 octets * (14 rounds + 1) */
 /* Per-SA state: GHASH key powers (GCM/GMAC only), then the round keys. */
 #define NATT_AES_STATE_LEN (16 * NATT_GCM_POWERS + NATT_AES_RK_LEN)
@@ -242,7 +242,7 @@ NATT_GCM_TARGET static inline void natt_aes_blocks(const uint8_t *rk, int nr, __
         x[l] = _mm_aesenclast_si128(x[l], k);
 }
 
-/* Key an SA: round keys and H^1..H^8 into st (NATT_AES_STATE_LEN octets); returns the rounds. */
+/* Key an SA: round keys and H^1..H^NATT_GCM_POWERS into st (NATT_AES_STATE_LEN octets); returns the rounds. */
 NATT_GCM_TARGET
 static int natt_gcm_init(const uint8_t *key, int key_len, uint8_t *st) {
     int nr = natt_aesni_expand(key, key_len, st + 16 * NATT_GCM_POWERS), i;
