@@ -298,31 +298,21 @@ cdef union natt_cipher_state:
 
 
 cdef struct natt_sa:
-    # Field order is for the cache (an SA is allocated on a 64-octet boundary, natt_sa_new):
-    # a decap touches line 0 (lookup key and replay state), line 1 (counters and per-packet
-    # parameters) and the cipher state from line 2 on: thread 0's context pointer, or natt's
-    # own AES state (240 octets for AES-128-GCM: lines 2 to 5). That matters once there are
-    # more SAs than fit in the cache (BENCHMARKS.md, 100 000 SAs). Lines 0 and 1 are what the
-    # in-order pass writes per packet; the cipher state is read-only during a batch, so that
-    # the threads decrypting later packets (threaded pipeline, phase 3) never have it pulled
-    # away by phase 4's writes.
-    # -- line 0: lookup and anti-replay (semantics §3). T = top; bit (s & bmask) of bitmap
-    # stands for number s, valid for s in (top - window, top]; the ring has a power-of-two
-    # number of bits >= window (windows up to 64 use the inline bitmap_word).
+    # Field order is for the cache (an SA is allocated on a 64-octet boundary, natt_sa_new). A
+    # decap touches line 0 (lookup key and per-packet parameters), line 1 (anti-replay state
+    # and the counters of every packet) and the cipher state from line 2 on: thread 0's
+    # context pointer, or natt's own AES state (240 octets for AES-128-GCM, to line 5). That
+    # matters once there are more SAs than fit in the cache (BENCHMARKS.md, 100 000 SAs). Line
+    # 1 is all the serial passes write per packet; nothing else is written during a batch (bar
+    # the error counters, cold), so that the threads decrypting later packets (threaded
+    # pipeline, phase 3) never have the lines they read pulled away by phase 4's writes.
+    # -- line 0: lookup (read-only during a batch), then the per-packet parameters
     natt_sa *hnext                # hash chain (inbound)
     int64_t entry_handle          # parser entry (inbound)
-    uint64_t bitmap_word
     uint32_t spi
     uint32_t dst_addr             # inbound lookup key
     uint32_t dst_mask
     uint32_t window
-    uint64_t top
-    uint64_t bmask
-    uint64_t *bitmap
-    # -- line 1: the counters of every packet, then the small per-packet parameters
-    uint64_t packets              # COUNTER_NAMES "packets" and "bytes"
-    uint64_t bytes
-    int64_t handle
     uint8_t inbound
     uint8_t tunnel
     uint8_t esn
@@ -334,26 +324,37 @@ cdef struct natt_sa:
     uint8_t block
     uint8_t aes_rounds            # not 0: natt's own AES runs the cipher (``cs.aes``)
     uint8_t salt[4]               # AEAD nonce salt (RFC 4106 §4): key material, cleansed on free
-    uint16_t encap_src_port
-    uint16_t encap_dst_port
     uint32_t nat_oa_src
     uint32_t nat_oa_dst
     const natt_aead *aead         # AEAD suites; NULL: the cipher runs through EVP contexts
-    # -- line 2 on (offset 128 on x86-64)
-    natt_cipher_state cs
-    # -- cold: other counters, encap-only, control-plane and threaded-pipeline state
+    # -- line 1: written by the serial passes (eight 8-octet fields). Anti-replay (semantics
+    # §3): T = top; bit (s & bmask) of bitmap stands for number s, valid for s in
+    # (top - window, top]; the ring has a power-of-two number of bits >= window (windows up
+    # to 64 use the inline bitmap_word).
+    uint64_t bitmap_word
+    uint64_t top
+    uint64_t bmask
+    uint64_t *bitmap
+    uint64_t packets              # COUNTER_NAMES "packets" and "bytes"
+    uint64_t bytes
+    uint64_t spec_top             # phase 2 speculative top
+    uint64_t spec_epoch
+    # -- line 2: read-only during a batch
+    int64_t handle
+    natt_cipher_state cs          # offset 136 on x86-64
+    # -- cold: other counters, encap-only and control-plane state
     uint64_t ctr[NATT_N_COUNTERS]
     EVP_MD_CTX *inner             # HMAC: digest state after key ^ ipad (RFC 2104)
     EVP_MD_CTX *outer             # HMAC: digest state after key ^ opad
+    uint64_t oseq                 # outbound: last sequence number sent
     uint32_t src_tunnel_addr
     uint32_t dst_tunnel_addr
+    uint16_t encap_src_port
+    uint16_t encap_dst_port
     int32_t slot
-    uint64_t oseq                 # outbound: last sequence number sent
-    uint64_t spec_top             # phase 2 speculative top
-    uint64_t spec_epoch
-    EVP_CIPHER *evp_cipher
-    void *tmpl                    # keyed once (same kind as tctx); only copied, never used
+    EVP_CIPHER *evp_cipher        # control plane only
     EVP_MD *evp_md
+    void *tmpl                    # keyed once (same kind as tctx); only copied, never used
 
 
 cdef struct natt_pkt:
@@ -1378,8 +1379,9 @@ cdef inline void natt_prefetch_ctx(const natt_sa *sa) noexcept nogil:
 
 
 cdef inline void natt_prefetch_sa(const natt_sa *sa) noexcept nogil:
-    """Start loading the three lines of ``sa`` a decap touches (natt_sa layout comment)."""
-    natt_prefetch_w(<const uint8_t *>sa)
+    """Start loading lines 0 to 2 of ``sa``, which every decap touches (natt_sa layout comment;
+    line 1 is the one it writes)."""
+    natt_prefetch_r(<const uint8_t *>sa)
     natt_prefetch_w(<const uint8_t *>sa + 64)
     natt_prefetch_r(<const uint8_t *>sa + 128)
 
