@@ -269,6 +269,11 @@ static int natt_gcm_init(const uint8_t *key, int key_len, uint8_t *st) {
    the caller truncates it or compares it in constant time. */
 #define NATT_GCM_IN2_MAX 32
 
+/* 16 - k octets on from natt_gcm_mask + 16 - k: k ones then zeros, to cut a block to k octets. */
+static const uint8_t natt_gcm_mask[32] = {
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+
 NATT_GCM_TARGET
 static void natt_gcm(const uint8_t *st, int nr, const uint8_t *nonce, const uint8_t *a1, size_t a1_len,
                      const uint8_t *a2, size_t a2_len, const uint8_t *in, size_t in_len, const uint8_t *in2,
@@ -277,7 +282,7 @@ static void natt_gcm(const uint8_t *st, int nr, const uint8_t *nonce, const uint
     const __m128i one = _mm_set_epi32(0, 0, 0, 1);
     __m128i ctr, ek0, ks[8], c, x;
     natt_ghash g;
-    uint8_t b[16], t[128 + NATT_GCM_IN2_MAX];
+    uint8_t b[16], t[128 + NATT_GCM_IN2_MAX + 16];
     size_t len = in_len + in2_len, i, j = 0, k, l, r;
 
     memcpy(b, nonce, 12);
@@ -318,24 +323,26 @@ static void natt_gcm(const uint8_t *st, int nr, const uint8_t *nonce, const uint
             continue;
         }
         if (i <= in_len) {
-            /* first time here: gather the rest before any of it is overwritten */
+            /* first time here: gather the rest before any of it is overwritten, and zeros
+               after it, so that the last block loads whole and zero-padded */
             memcpy(t, in + i, in_len - i);
             if (in2_len)
                 memcpy(t + in_len - i, in2, in2_len);
+            memset(t + len - i, 0, 16);
             j = 0;
         }
         r = len - i < 128 ? len - i : 128;
         for (l = 0; 16 * l < r; l++) {
             k = r - 16 * l < 16 ? r - 16 * l : 16;
-            memset(b, 0, 16);
-            memcpy(b, t + j + 16 * l, k);
-            c = _mm_loadu_si128((const __m128i *)b);
+            c = _mm_loadu_si128((const __m128i *)(t + j + 16 * l));
             x = _mm_xor_si128(c, ks[l]);
-            _mm_storeu_si128((__m128i *)b, x);
-            memcpy(out + i + 16 * l, b, k);
-            if (k < 16) {
-                memset(b + k, 0, 16 - k);       /* the ciphertext is hashed zero-padded */
-                x = _mm_loadu_si128((const __m128i *)b);
+            if (k == 16) {
+                _mm_storeu_si128((__m128i *)(out + i + 16 * l), x);
+            } else {
+                _mm_storeu_si128((__m128i *)b, x);
+                memcpy(out + i + 16 * l, b, k);
+                /* the ciphertext is hashed zero-padded */
+                x = _mm_and_si128(x, _mm_loadu_si128((const __m128i *)(natt_gcm_mask + 16 - k)));
             }
             natt_ghash_block(&g, hp, enc ? x : c);
         }
