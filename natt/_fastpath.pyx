@@ -881,10 +881,10 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
 
     if sa.aes_rounds:
         # AES-GCM or AES-GMAC (outbound CBC on natt's AES is encrypted by natt_encap_range)
-        if src != NULL:
-            natt_gcm_packet(sa, esp, seq_hi, ct_len, src, src_len, ct + src_len, ct, 1, tag)
-        else:
-            natt_gcm_packet(sa, esp, seq_hi, ct_len, ct, ct_len, NULL, ct, 1, tag)
+        if src == NULL:
+            src = ct
+            src_len = ct_len
+        natt_gcm_packet(sa, esp, seq_hi, ct_len, src, src_len, ct + src_len, ct, 1, tag)
         memcpy(icv, tag, icv_len)
         return True
     if cipher != NATT_CIPHER_NULL:
@@ -1358,14 +1358,20 @@ cdef inline int64_t natt_peek_bucket(const natt_state *st, const natt_io *io, in
     return <int64_t>natt_hash(entry, spi[0], st.nbuckets - 1)
 
 
+cdef inline void natt_prefetch_aes(const natt_sa *sa, int n) noexcept nogil:
+    """Start loading the first ``n`` octets of natt's own AES state of ``sa``."""
+    cdef int k
+    for k in range(0, n, 64):
+        natt_prefetch_r(sa.cs.aes + k)
+
+
 cdef inline void natt_prefetch_ctx(const natt_sa *sa) noexcept nogil:
     """Start loading the cipher state of ``sa`` a decap reads: natt's own AES-GCM state, else
     thread 0's cipher context (its SA struct must be cached)."""
     cdef const uint8_t *c
     cdef int k
     if sa.aes_rounds:
-        for k in range(0, 16 * (NATT_GCM_POWERS + sa.aes_rounds + 1), 64):
-            natt_prefetch_r(sa.cs.aes + k)
+        natt_prefetch_aes(sa, 16 * (NATT_GCM_POWERS + sa.aes_rounds + 1))
         return
     c = <const uint8_t *>sa.cs.tctx[0]
     if c == NULL:
@@ -1399,7 +1405,6 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
     cdef int64_t i, h
     cdef int64_t ring[16]               # bucket index of packet k at ring[k & 15], or -1
     cdef uint32_t spis[16]              # and its SPI
-    cdef int k
     cdef natt_sa *sa
     cdef natt_pkt pk
     cdef bint pipe = st.n_inbound >= NATT_PREFETCH_MIN_SAS
@@ -1423,8 +1428,7 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
                         # Not the head: its line 2 is not cached, so the cipher state is
                         # taken to be natt's own AES (the common case of a crowded table).
                         natt_prefetch_sa(sa.hnext)
-                        for k in range(0, NATT_AES_STATE_LEN, 64):
-                            natt_prefetch_r(sa.hnext.cs.aes + k)
+                        natt_prefetch_aes(sa.hnext, NATT_AES_STATE_LEN)
             if i + 8 < n:
                 h = ring[(i + 8) & 15]
                 if h >= 0 and st.buckets[h] != NULL:
