@@ -1,5 +1,8 @@
 """Shared fixtures: every data-path test runs on every backend (DESIGN: two implementations, one suite)."""
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 
 import natt
@@ -16,17 +19,25 @@ except ImportError:
 BACKENDS = ["reference", "fast"] + (["fast-libcrypto"] if _aesni is not None and _aesni() else [])
 
 
+@contextlib.contextmanager
+def aes_switch(enabled: bool):
+    """SAs added inside run on natt's own AES (``enabled``) or on libcrypto; restored after."""
+    before = _aesni()
+    _aesni(enabled)
+    try:
+        yield
+    finally:
+        _aesni(before)
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
+def backend(request) -> Iterator[str]:
     """Name of the backend under test ("reference" or "fast")."""
     name = request.param.removesuffix("-libcrypto")
     if name not in natt.backends():
         pytest.fail(f"backend {name!r} is not available: {natt.backends()}")
-    if name != request.param:
-        before = _aesni()
-        _aesni(False)
-        request.addfinalizer(lambda: _aesni(before))
-    return name
+    with aes_switch(False) if name != request.param else contextlib.nullcontext():
+        yield name
 
 
 @pytest.fixture

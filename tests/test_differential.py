@@ -40,6 +40,7 @@ SEED = int(os.environ.get("NATT_DIFF_SEED", "20261126"))
 OTHER = "fast" if "fast" in natt.backends() else "reference"
 if OTHER == "fast":
     from natt._fastpath import _aesni
+    from conftest import aes_switch
 
 
 @dataclasses.dataclass
@@ -212,12 +213,8 @@ def test_fast_on_libcrypto(traffic, fast_run, threads):
     # same answers: it is what a CPU without AES-NI and PCLMULQDQ runs.
     if OTHER != "fast" or not _aesni():
         pytest.skip("natt's own AES is not in use here: the fast runs above are the libcrypto path")
-    before = _aesni()
-    _aesni(False)
-    try:
+    with aes_switch(False):
         run = _run(OTHER, traffic, threads=threads)
-    finally:
-        _aesni(before)
     assert_same(fast_run, run, traffic, f"{OTHER} own AES vs libcrypto threads={threads}")
 
 

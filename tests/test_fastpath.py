@@ -32,6 +32,7 @@ if "fast" not in natt.backends():  # conftest's backend fixture fails loudly too
     pytest.fail("natt._fastpath did not build", pytrace=False)
 
 from natt._fastpath import BACKEND_NAME, FastBackend, _aesni  # noqa: E402
+from conftest import aes_switch  # noqa: E402
 
 PEER = addr("198.51.100.2")
 US = addr("203.0.113.5")
@@ -261,10 +262,8 @@ OWN_AES = [False] + ([True] if _aesni() else [])   # natt's own AES where the CP
 
 @pytest.fixture(params=OWN_AES, ids=lambda on: "own-aes" if on else "libcrypto")
 def own_aes(request):
-    before = _aesni()
-    _aesni(request.param)
-    yield request.param
-    _aesni(before)
+    with aes_switch(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("suite_name", ["aes128-sha1", "aes192-sha256", "aes256-sha512-esn",
