@@ -41,7 +41,11 @@ if ! (cd "$work/tree" && NATT_SANITIZE=1 "$python" setup.py -q build_ext --inpla
     exit 1
 fi
 so="$(ls "$work"/tree/natt/_fastpath*.so)"
-if ! ldd "$so" | grep -q libasan; then
+# Not "ldd | grep -q" under pipefail: grep -q exits at the first match and ldd, still writing,
+# dies of SIGPIPE, which failed a CI run on a correctly sanitized build.
+libs="$(ldd "$so")"
+if [[ "$libs" != *libasan* ]]; then
+    printf '%s\n' "$libs"
     echo "fuzz-sanitized: $so is not linked against libasan (NATT_SANITIZE ignored?)"
     exit 1
 fi
