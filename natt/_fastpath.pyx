@@ -42,22 +42,21 @@ the checked copies are used, so a caller rewriting the index arrays while
 the GIL is released gets ERROR statuses, never an out-of-bounds access.
 
 ``threads=N`` (clamped to ``FastBackend.max_threads``) runs on natt's own pool
-of sleeping worker threads (see "worker pool" below for why not OpenMP) in four
+of sleeping worker threads (see "worker pool" below for why not OpenMP) in two
 phases (the results are identical to
 ``threads=None``, replay decisions and ESN inference included):
 
-1. parallel: parse, classify and look up every packet (tables are read-only
-   during a batch); packets that end before the SA lookup are finished here;
-2. serial: speculative ESN inference and preliminary replay check, assuming
-   every earlier packet will authenticate; decides which packets get crypto.
-   The calling thread runs it chunk by chunk as phase 1 finishes them;
-3. parallel: verify and decrypt with per-thread contexts;
-4. serial, in packet order: the exact serial algorithm against the real
+1. parallel, a chunk of 256 packets at a time: parse, classify and look up
+   each packet (tables are read-only during a batch; packets that end before
+   the SA lookup are finished here), then verify and decrypt it with
+   per-thread contexts for the ``seq_hi`` the SA's window suggests at that
+   moment (natt_chunk_decap);
+2. serial, in packet order: the exact serial algorithm against the real
    window; a packet's crypto result is reused only if it was computed for
    the ``seq_hi`` the real window infers, else the crypto is redone here.
-   The calling thread runs it chunk by chunk (256 packets) as soon as phase
-   3 has finished a chunk and every earlier one, and takes phase-3 chunks
-   itself in between, so phases 3 and 4 overlap.
+   The calling thread runs it chunk by chunk as soon as phase 1 has finished
+   a chunk and every earlier one, and takes phase-1 chunks itself in
+   between, so the phases overlap and a chunk's packets are still in cache.
 """
 
 from libc.stdint cimport UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -133,6 +132,8 @@ cdef extern from *:
     static inline long natt_atomic_fetch_add(long *p, long v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
     static inline void natt_store_release(uint8_t *p, uint8_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
     static inline uint8_t natt_load_acquire(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline uint64_t natt_load_relaxed64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline void natt_store_relaxed64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
     static inline void natt_cpu_relax(void) {
     #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -146,6 +147,8 @@ cdef extern from *:
     long natt_atomic_fetch_add(long *p, long v) nogil
     void natt_store_release(uint8_t *p, uint8_t v) nogil
     uint8_t natt_load_acquire(const uint8_t *p) nogil
+    uint64_t natt_load_relaxed64(const uint64_t *p) nogil
+    void natt_store_relaxed64(uint64_t *p, uint64_t v) nogil
     void natt_cpu_relax() nogil
     void natt_prefetch_r(const void *p) nogil
     void natt_prefetch_w(const void *p) nogil
@@ -245,7 +248,6 @@ cdef enum:
     NATT_CR_AUTH = 2     # ICV / tag mismatch
     NATT_CR_PAD = 3      # authenticated, trailer malformed (semantics §1 step 10)
     NATT_CR_ERR = 4      # crypto library failure
-    NATT_CR_WANT = 5     # phase 2 asks phase 3 to compute it
 
 cdef enum:
     NATT_PROTO_TCP = 6
@@ -305,7 +307,7 @@ cdef struct natt_sa:
     # matters once there are more SAs than fit in the cache (BENCHMARKS.md, 100 000 SAs). Line
     # 1 is all the serial passes write per packet; nothing else is written during a batch (bar
     # the error counters, cold), so that the threads decrypting later packets (threaded
-    # pipeline, phase 3) never have the lines they read pulled away by phase 4's writes.
+    # pipeline, phase 1) never have the lines they read pulled away by phase 2's writes.
     # -- line 0: lookup (read-only during a batch), then the per-packet parameters
     natt_sa *hnext                # hash chain (inbound)
     int64_t entry_handle          # parser entry (inbound)
@@ -327,26 +329,25 @@ cdef struct natt_sa:
     uint32_t nat_oa_src
     uint32_t nat_oa_dst
     const natt_aead *aead         # AEAD suites; NULL: the cipher runs through EVP contexts
-    # -- line 1: written by the serial passes (eight 8-octet fields). Anti-replay (semantics
-    # §3): T = top; bit (s & bmask) of bitmap stands for number s, valid for s in
+    # -- line 1: what the serial passes read and write (eight 8-octet fields). Anti-replay
+    # (semantics §3): T = top; bit (s & bmask) of bitmap stands for number s, valid for s in
     # (top - window, top]; the ring has a power-of-two number of bits >= window (windows up
-    # to 64 use the inline bitmap_word).
+    # to 64 use the inline bitmap_word). ``top`` is stored and, by the threaded pipeline's
+    # ESN guess, loaded with relaxed atomics (natt_chunk_decap).
     uint64_t bitmap_word
     uint64_t top
     uint64_t bmask
     uint64_t *bitmap
     uint64_t packets              # COUNTER_NAMES "packets" and "bytes"
     uint64_t bytes
-    uint64_t spec_top             # phase 2 speculative top
-    uint64_t spec_epoch
-    # -- line 2: read-only during a batch
     int64_t handle
-    natt_cipher_state cs          # offset 136 on x86-64
+    uint64_t oseq                 # outbound: last sequence number sent
+    # -- from line 2: read-only during a batch
+    natt_cipher_state cs          # offset 128 on x86-64
     # -- cold: other counters, encap-only and control-plane state
     uint64_t ctr[NATT_N_COUNTERS]
     EVP_MD_CTX *inner             # HMAC: digest state after key ^ ipad (RFC 2104)
     EVP_MD_CTX *outer             # HMAC: digest state after key ^ opad
-    uint64_t oseq                 # outbound: last sequence number sent
     uint32_t src_tunnel_addr
     uint32_t dst_tunnel_addr
     uint16_t encap_src_port
@@ -377,7 +378,7 @@ cdef struct natt_pkt:
     uint8_t bad_len               # semantics §1 step 7 failed
     uint8_t crypto                # NATT_CR_*
     uint8_t nh
-    uint8_t done                  # first packet of a chunk: phase 3 is done with the chunk
+    uint8_t done                  # first packet of a chunk: phase 1 is done with the chunk
 
 
 cdef struct natt_io:
@@ -418,7 +419,6 @@ cdef struct natt_state:
     int32_t n_free
     natt_pkt *scratch
     int64_t scratch_cap
-    uint64_t epoch
     EVP_MD_CTX *mdw[NATT_MAX_THREADS]   # per-thread HMAC work contexts
     natt_ivpool *ivpool[NATT_MAX_THREADS]   # per-thread CBC IV pools (lazily allocated)
 
@@ -544,7 +544,7 @@ cdef inline void natt_accept(natt_sa *sa, uint64_t seq) noexcept nogil:
     cdef uint64_t diff, pos
     if sa.window == 0:
         if seq > sa.top:
-            sa.top = seq
+            natt_store_relaxed64(&sa.top, seq)
         return
     if seq > sa.top:
         diff = seq - sa.top
@@ -552,7 +552,7 @@ cdef inline void natt_accept(natt_sa *sa, uint64_t seq) noexcept nogil:
             memset(sa.bitmap, 0, ((sa.bmask + 1) >> 6) * sizeof(uint64_t))
         else:
             natt_clear_bits(sa.bitmap, sa.bmask, sa.top + 1, diff)
-        sa.top = seq
+        natt_store_relaxed64(&sa.top, seq)
     pos = seq & sa.bmask
     sa.bitmap[pos >> 6] |= (<uint64_t>1) << (pos & 63)
 
@@ -985,7 +985,7 @@ cdef void natt_job_work_ordered(natt_job *job) noexcept nogil:
     """The caller's share of a job with an ``after`` step: it runs ``after`` on each chunk as
     soon as that chunk and every earlier one are through ``fn``, and claims ``fn`` chunks
     itself in between. So the in-order step overlaps the parallel one instead of following it
-    (module docstring: phase 4 of chunk k runs while the workers are in phase 3 of later
+    (module docstring: phase 2 of chunk k runs while the workers are in phase 1 of later
     chunks), which takes the serial pass off the critical path of a 2-thread batch."""
     cdef long f = 0, c
     cdef int64_t n = job.io.n, lo
@@ -1262,7 +1262,7 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
         natt_copy_input(io, i, pk)
         return
     seq_hi = <uint32_t>(seq >> 32)
-    if cached and pk.crypto != NATT_CR_NONE and pk.crypto != NATT_CR_WANT and pk.seq_hi == seq_hi:
+    if cached and pk.crypto != NATT_CR_NONE and pk.seq_hi == seq_hi:
         r = pk.crypto
     else:
         r = natt_open(sa, 0, st.mdw[0], p + pk.esp_off, pk.esp_len, seq_hi, o + dst_off, pk)
@@ -1444,51 +1444,40 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
             natt_decap_finish(st, io, i, &pk, False)
 
 
-cdef void natt_chunk_speculate(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
-    """Phase 2 on packets lo..hi-1, after every earlier chunk (the ``after`` step of phase 1):
-    guess each packet's seq_hi assuming every earlier candidate will authenticate, and mark the
-    packets worth decrypting in parallel. ``st.epoch`` was bumped once for the batch."""
+cdef void natt_chunk_decap(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
+    """Phase 1 on packets lo..hi-1: parse, classify and look up each packet, then verify and
+    decrypt it for the ``seq_hi`` its SA's window suggests now.
+
+    Only a guess: phase 2 reuses the result if the real window (which moves as the calling
+    thread finishes earlier chunks) infers the same ``seq_hi``, else redoes the crypto, so no
+    decision depends on it. Without ESN the guess is 0 and always right; with ESN it reads
+    ``top`` once per run of packets of one SA and follows the packets it guessed, as the
+    serial pass would if all of them authenticate. Replays are decrypted too and rejected by
+    phase 2: checking the window here would read the bitmap phase 2 is writing."""
     cdef natt_state *st = job.st
     cdef int64_t i
     cdef natt_pkt *pk
     cdef natt_sa *sa
-    cdef uint64_t seq
+    cdef natt_sa *last = NULL
+    cdef uint64_t top = 0, seq
     for i in range(lo, hi):
         pk = &st.scratch[i]
+        natt_decap_parse(st, job.io, i, pk)
         if pk.status != NATT_CONT or pk.bad_len:
             continue
         sa = pk.sa
-        if sa.spec_epoch != st.epoch:
-            sa.spec_epoch = st.epoch
-            sa.spec_top = sa.top
-        if not natt_infer_seq(sa.spec_top, sa.window, sa.esn, pk.seql, &seq):
-            continue
-        # Replay against the window as the batch found it is final: the window only moves
-        # right and only sets bits, so phase 4 would say REPLAY too; skip the crypto.
-        if sa.window and natt_is_replay(sa, seq):
-            continue
-        pk.crypto = NATT_CR_WANT
+        seq = pk.seql
+        if sa.esn:
+            if sa != last:
+                last = sa
+                top = natt_load_relaxed64(&sa.top)
+            if not natt_infer_seq(top, sa.window, True, pk.seql, &seq):
+                continue
+            if seq > top:
+                top = seq
         pk.seq_hi = <uint32_t>(seq >> 32)
-        if seq > sa.spec_top:
-            sa.spec_top = seq
-
-
-cdef void natt_chunk_parse(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
-    cdef int64_t i
-    for i in range(lo, hi):
-        natt_decap_parse(job.st, job.io, i, &job.st.scratch[i])
-
-
-cdef void natt_chunk_open(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
-    cdef int64_t i
-    cdef natt_pkt *pk
-    cdef natt_sa *sa
-    for i in range(lo, hi):
-        pk = &job.st.scratch[i]
-        if pk.crypto == NATT_CR_WANT:
-            sa = pk.sa
-            pk.crypto = natt_open(sa, tid, job.st.mdw[tid], pk.inp + pk.esp_off, pk.esp_len,
-                                  pk.seq_hi, pk.outp + (0 if sa.tunnel else pk.ihl4), pk)
+        pk.crypto = natt_open(sa, tid, st.mdw[tid], pk.inp + pk.esp_off, pk.esp_len,
+                              pk.seq_hi, pk.outp + (0 if sa.tunnel else pk.ihl4), pk)
 
 
 cdef void natt_chunk_finish(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
@@ -1501,11 +1490,9 @@ cdef void natt_chunk_finish(natt_job *job, int64_t lo, int64_t hi, int tid) noex
 
 
 cdef void natt_decap_parallel(natt_state *st, natt_io *io, int nt) noexcept nogil:
-    """Phases 1–4 of the module docstring; phases 1 and 3 run on the worker pool, phases 2 and
-    4 on the calling thread, chunk by chunk as phases 1 and 3 complete them."""
-    st.epoch += 1      # phase 2's per-SA speculative state starts afresh (natt_chunk_speculate)
-    natt_pool_run(natt_chunk_parse, natt_chunk_speculate, st, io, NULL, nt)
-    natt_pool_run(natt_chunk_open, natt_chunk_finish, st, io, NULL, nt)
+    """The two phases of the module docstring: phase 1 on the worker pool and the calling
+    thread, phase 2 on the calling thread, chunk by chunk as phase 1 completes them."""
+    natt_pool_run(natt_chunk_decap, natt_chunk_finish, st, io, NULL, nt)
     ERR_clear_error()
 
 
