@@ -57,7 +57,7 @@ if os.environ.get("NATT_DEBUG"):
 ext = Extension(
     "natt._fastpath",
     ["natt/_fastpath.pyx"],
-    depends=["natt/natt_aesni.h"],
+    depends=["natt/natt_aesni.h", "natt/natt_arena.h"],
     include_dirs=[numpy.get_include(), *include_dirs],
     library_dirs=library_dirs,
     libraries=libraries,

@@ -95,10 +95,6 @@ assert COUNTER_NAMES[:2] == ("packets", "bytes")      # natt_sa.packets, natt_sa
 
 BACKEND_NAME = "fast"
 
-cdef extern from "<stdlib.h>" nogil:
-    int posix_memalign(void **memptr, size_t alignment, size_t size)
-
-
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
@@ -170,6 +166,19 @@ cdef extern from "natt_aesni.h" nogil:
     void natt_gcm(const uint8_t *st, int nr, const uint8_t *nonce, const uint8_t *a1, size_t a1_len,
                   const uint8_t *a2, size_t a2_len, const uint8_t *inp, size_t in_len, const uint8_t *in2,
                   size_t in2_len, uint8_t *out, int enc, uint8_t *tag)
+
+
+# SA structs and hash buckets in memory the kernel may back with huge pages (natt/natt_arena.h
+# says why: the 100 000-SA decap is bound by TLB misses).
+cdef extern from "natt_arena.h" nogil:
+    ctypedef struct natt_arena:
+        pthread_mutex_t m
+    void natt_arena_init(natt_arena *a, size_t size)
+    void *natt_arena_alloc(natt_arena *a)
+    void natt_arena_free(natt_arena *a, void *p)
+    size_t natt_arena_slabs(natt_arena *a)
+    void *natt_table_alloc(size_t n)
+    void natt_table_free(void *p, size_t n)
 
 
 # SAs added while these are set use natt's own AES (outbound AES-CBC; AES-GCM and AES-GMAC),
@@ -356,6 +365,16 @@ cdef struct natt_sa:
     EVP_CIPHER *evp_cipher        # control plane only
     EVP_MD *evp_md
     void *tmpl                    # keyed once (same kind as tctx); only copied, never used
+
+
+# Every backend's SAs (one arena: the slabs fill up whichever backend adds SAs).
+cdef natt_arena natt_sa_arena
+natt_arena_init(&natt_sa_arena, sizeof(natt_sa))
+
+
+def _sa_arena_slabs() -> int:
+    """2 MiB slabs the SA arena has mapped (tests: deleted SAs give their memory back)."""
+    return natt_arena_slabs(&natt_sa_arena)
 
 
 cdef struct natt_pkt:
@@ -1598,8 +1617,10 @@ cdef uint64_t natt_fork_gen = 1
 cdef void natt_after_fork_child() noexcept nogil:
     global natt_fork_gen
     natt_fork_gen += 1
-    # Worker threads do not survive fork(), and the pool mutex may have been held by one.
+    # Worker threads do not survive fork(), and the pool mutex may have been held by one;
+    # so may the SA arena's, by a thread adding or deleting an SA.
     natt_pool_init()
+    pthread_mutex_init(&natt_sa_arena.m, NULL)
 
 
 pthread_atfork(NULL, NULL, natt_after_fork_child)
@@ -1784,8 +1805,8 @@ cdef void natt_encap_run(natt_state *st, natt_sa *sa, natt_io *io, int nt) noexc
 
 cdef natt_sa *natt_sa_new() noexcept nogil:
     """A zeroed SA on a cache-line boundary (the natt_sa layout comment counts lines)."""
-    cdef void *p = NULL
-    if posix_memalign(&p, 64, sizeof(natt_sa)) != 0:
+    cdef void *p = natt_arena_alloc(&natt_sa_arena)
+    if p == NULL:
         return NULL
     memset(p, 0, sizeof(natt_sa))
     return <natt_sa *>p
@@ -1826,7 +1847,7 @@ cdef void natt_sa_free(natt_sa *sa) noexcept nogil:
     if sa.bitmap != &sa.bitmap_word:
         free(sa.bitmap)
     OPENSSL_cleanse(sa, sizeof(natt_sa))
-    free(sa)
+    natt_arena_free(&natt_sa_arena, sa)
 
 
 cdef const char *_cipher_name(int cipher, int key_len) noexcept:
@@ -2062,7 +2083,7 @@ cdef class FastBackend:
         self.st.port_handle = <int64_t *>calloc(65536, sizeof(int64_t))
         self.st.port_type = <uint8_t *>calloc(65536, sizeof(uint8_t))
         self.st.nbuckets = 1024
-        self.st.buckets = <natt_sa **>calloc(self.st.nbuckets, sizeof(natt_sa *))
+        self.st.buckets = <natt_sa **>natt_table_alloc(self.st.nbuckets * sizeof(natt_sa *))
         if self.st.port_handle == NULL or self.st.port_type == NULL or self.st.buckets == NULL:
             raise MemoryError()
         for t in range(NATT_MAX_THREADS):
@@ -2078,7 +2099,7 @@ cdef class FastBackend:
                 EVP_MD_CTX_free(self.st.mdw[t])
         free(self.st.port_handle)
         free(self.st.port_type)
-        free(self.st.buckets)
+        natt_table_free(self.st.buckets, self.st.nbuckets * sizeof(natt_sa *))
         free(self.st.slots)
         free(self.st.free_slots)
         free(self.st.scratch)
@@ -2266,7 +2287,7 @@ cdef class FastBackend:
         return 0
 
     cdef int _rehash(self, uint64_t nb) except -1:
-        cdef natt_sa **b = <natt_sa **>calloc(nb, sizeof(natt_sa *))
+        cdef natt_sa **b = <natt_sa **>natt_table_alloc(nb * sizeof(natt_sa *))
         cdef natt_sa *sa
         cdef natt_sa *nxt
         cdef uint64_t i, h
@@ -2280,7 +2301,7 @@ cdef class FastBackend:
                 sa.hnext = b[h]
                 b[h] = sa
                 sa = nxt
-        free(self.st.buckets)
+        natt_table_free(self.st.buckets, self.st.nbuckets * sizeof(natt_sa *))
         self.st.buckets = b
         self.st.nbuckets = nb
         return 0
