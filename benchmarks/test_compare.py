@@ -121,7 +121,8 @@ def test_main_runs_every_comparison_and_writes_json(tmp_path, capsys) -> None:
     keys = {t["key"] for t in result["timings"]}
     for k in ("gcm.decap.64", "gcm.decap_t2.200", "gcm.encap.64", "gcm.evp.200", "gcm.python.64",
               "gcm.scapy.64", "gcm.decap_many.64", "gcm.decap_many_cold.200", "gcm.decap_1sa.200",
-              "gcm.evp_many.64", "gcm.evp_1sa.200", "cbc.decap.64", "cbc.evp.200", "cbc.encap.200", "call.decap1"):
+              "gcm.evp_many.64", "gcm.evp_1sa.200", "cbc.decap.64", "cbc.evp.200", "cbc.encap.200",
+              "chacha.decap.64", "chacha.evp.200", "chacha.encap.64", "call.decap1"):
         assert k in keys
     assert all(t["median_ns_per_packet"] > 0 and len(t["seconds"]) == 1 for t in result["timings"])
     by_key = {t["key"]: t for t in result["timings"]}
@@ -130,6 +131,7 @@ def test_main_runs_every_comparison_and_writes_json(tmp_path, capsys) -> None:
     assert by_key["gcm.evp.64"]["median_cpu_ns_per_packet"] > 0
     names = [r["name"] for r in result["ratios"]]
     assert "natt decap / bare EVP loop, 200 octets" in names
+    assert "natt chacha20poly1305 decap / bare EVP loop, 64 octets" in names
     assert "fixed cost of one decap call, batch of one (us)" in names
     assert result["machine"]["nproc"] >= 1
     table = capsys.readouterr().out
