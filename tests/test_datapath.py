@@ -859,7 +859,7 @@ def test_confidentiality_only(nic, conf):
     assert statuses(enc) == [Status.OK] * 2
     assert len(enc[0]) == 28 + 8 + suite.iv_len + len(trailer(inner[0][20:], TCP, suite))   # no ICV
     dec = nic.decap(enc.batch())
-    assert statuses(dec) == [Status.OK] * 2 and list(dec) == inner
+    assert statuses(dec) == [Status.OK] * 2 and list(dec) == inner and list(dec.sa) == [h_in] * 2
     # And a hand-built packet: nothing to verify, so a flipped ciphertext bit is not AUTH_FAILED.
     peer = Peer(suite, key)
     p = bytearray(peer.packet(9, payload=b"x" * 40, nh=UDP))
@@ -1031,6 +1031,7 @@ class TestEncap:
         assert res[0][32:36] == bytes(4)                          # seql 0 on the wire
         dec = nic.decap(res.batch())
         assert statuses(dec) == [Status.OK] * 2 and list(dec.seq) == [2**32, 2**32 + 1]
+        assert list(dec.sa) == [h_in] * 2
 
     def test_esn_overflow(self, nic):
         h, _ = self._out(nic, esn=True, replay_oseq=2**64 - 2)
