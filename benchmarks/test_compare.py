@@ -141,3 +141,14 @@ def test_main_runs_every_comparison_and_writes_json(tmp_path, capsys) -> None:
 def test_main_reports_an_unavailable_backend(capsys) -> None:
     assert main(["--backend", "no-such-backend", "--batch", "10"]) == 2
     assert "no-such-backend" in capsys.readouterr().err
+
+
+def test_rearm_gives_the_same_backend_fresh_replay_windows() -> None:
+    wl = build_workload(BACKEND, "aes128gcm16", 64, 50)
+    rx = wl.receiver(BACKEND)
+    assert rx.decap(wl.esp).counts() == {Status.OK: 50}
+    assert rx.decap(wl.esp).counts() == {Status.REPLAY: 50}
+    backend = rx._backend
+    assert wl.rearm(rx) is rx and rx._backend is backend and len(rx.sa_handles()) == 1
+    assert rx.decap(wl.esp, threads=2).counts() == {Status.OK: 50}
+    rx.close()

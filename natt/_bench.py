@@ -143,7 +143,13 @@ class Workload:
         an SA's first packet is done), as on a gateway whose SAs carry
         traffic. ``warm=False`` leaves every SA as just installed.
         """
-        nic = Offload(backend=backend, max_sas=max(self.n_sas, 1))
+        return self.rearm(Offload(backend=backend, max_sas=max(self.n_sas, 1)), replay_window, warm)
+
+    def rearm(self, nic: Offload, replay_window: int = REPLAY_WINDOW, warm: bool = True) -> Offload:
+        """``nic`` with its SAs deleted and this workload's installed afresh, as :meth:`receiver`
+        does: new replay state in a backend that keeps its buffers (steady state)."""
+        for h in nic.sa_handles():
+            nic.delete_sa(h)
         for spi, key in zip(self.spis.tolist(), self.keys):
             nic.add_sa(spi=spi, key=key, suite=self.suite, direction="in", mode="tunnel",
                        src=TUNNEL_SRC, dst=TUNNEL_DST, port=NATT_PORT, replay_window=replay_window)
@@ -758,9 +764,19 @@ def _decap_variant(key: str, label: str, wl: Workload, backend: str, threads: Op
                    warm: bool = True) -> _Variant:
     out = DecapResult()
     t = Timing(key, label, len(wl.esp), int(wl.esp.lengths.sum()), threaded=threads is not None)
+    nic: list[Offload] = []
 
     def setup() -> Offload:
-        return wl.receiver(backend, REPLAY_WINDOW, warm)
+        # Every repetition needs fresh replay windows. With few SAs the same backend gets them
+        # reinstalled, as a gateway's long-lived Offload would, so the timed call finds the
+        # buffers it keeps between batches (the threaded pipeline's scratch) already there;
+        # 100 000 SAs are cheaper to install into a new Offload than to delete and re-add.
+        if wl.n_sas > 1:
+            return wl.receiver(backend, REPLAY_WINDOW, warm)
+        if not nic:
+            nic.append(wl.receiver(backend, REPLAY_WINDOW, warm))
+            return nic[0]
+        return wl.rearm(nic[0], REPLAY_WINDOW, warm)
 
     def run(nic: Offload) -> DecapResult:
         return nic.decap(wl.esp, threads=threads, out=out)
