@@ -163,10 +163,56 @@ def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], directio
             return work(nic, handles, reader, writer, bar)
 
 
+def _dask_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dask ADDRESS`` / ``--workers N`` of ``natt decap`` (docs/dask.md)."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--dask", metavar="SCHEDULER", default=None,
+                   help="decap on this Dask cluster (e.g. tcp://10.0.0.5:8786); IN may then name several "
+                        "captures and -o is a directory (needs natt[dask])")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="decap on a local Dask cluster of N worker processes (needs natt[dask])")
+
+
+def _cmd_decap_dask(args: argparse.Namespace) -> int:
+    """``natt decap IN... -k KEYS -o OUTDIR (--dask ADDRESS | --workers N)``: natt.dask does the
+    work; the same summary table as ``natt decap`` is printed."""
+    try:
+        import distributed
+
+        from .dask import decap_captures
+    except ImportError:
+        raise CliError("--dask/--workers need the dask extra: pip install 'natt[dask]'") from None
+    specs = _load_keys(args.keys, args.mode)
+    if args.workers is not None and args.workers < 1:
+        raise CliError(f"--workers: must be at least 1, got {args.workers}")
+    cluster = None
+    try:
+        if args.dask:
+            client = distributed.Client(args.dask)
+        else:
+            cluster = distributed.LocalCluster(n_workers=args.workers or 1, threads_per_worker=1, processes=True)
+            client = distributed.Client(cluster)
+    except OSError as e:
+        raise CliError(f"cannot reach the Dask scheduler {args.dask}: {e}") from None
+    try:
+        stats = decap_captures(args.input, specs, args.output, client, chunk_size=args.chunk_size,
+                               threads=args.threads, drop_undecrypted=args.drop_undecrypted,
+                               progress=args.progress, backend=args.backend)
+    except (pcap.PcapError, keyfile.KeyFileError, ValueError) as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{e.filename or 'I/O'}: {e.strerror or e}") from None
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    _finish(args, stats, sys.stdout)
+    return 0
+
+
 def _cmd_decap(args: argparse.Namespace) -> int:
     if args.dask is not None or args.workers is not None:
-        from .dask import cli_decap
-        return cli_decap(args)
+        return _cmd_decap_dask(args)
     if len(args.input) != 1:
         raise CliError("several captures need --dask SCHEDULER or --workers N (docs/dask.md)")
     args.input = args.input[0]
@@ -570,8 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "malformed, ...); frames that are not ESP are still written")
     d.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
     _common(d)
-    from .dask import add_cli_arguments   # --dask SCHEDULER / --workers N (docs/dask.md)
-    add_cli_arguments(d)
+    _dask_arguments(d)
     d.set_defaults(func=_cmd_decap)
 
     e = sub.add_parser(

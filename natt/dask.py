@@ -85,7 +85,7 @@ from ._constants import Status, UdpEncapType
 from ._offload import Offload, backends
 from ._capture import NOT_ESP, CaptureStats, sa_index
 
-__all__ = ["decap_captures", "cli_decap", "add_cli_arguments"]
+__all__ = ["decap_captures"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -867,60 +867,3 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         if own_cluster is not None:
             client.close()
             own_cluster.close()
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_cli_arguments(parser: Any) -> None:
-    """Add ``--dask ADDRESS`` / ``--workers N`` to ``natt decap``'s argument parser."""
-    g = parser.add_mutually_exclusive_group()
-    g.add_argument("--dask", metavar="SCHEDULER", default=None,
-                   help="decap on this Dask cluster (e.g. tcp://10.0.0.5:8786); IN may then name several "
-                        "captures and -o is a directory (needs natt[dask])")
-    g.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="decap on a local Dask cluster of N worker processes (needs natt[dask])")
-
-
-def cli_decap(args: Any) -> int:
-    """``natt decap IN... -k KEYS -o OUTDIR (--dask ADDRESS | --workers N)``: the Dask path.
-
-    ``args`` is natt decap's namespace (``input`` a path or a list of them, ``output`` the output
-    directory, ``keys``, ``mode``, ``chunk_size``, ``threads``, ``backend``, ``progress``,
-    ``drop_undecrypted``, ``report``, and ``dask`` or ``workers``). Prints the same per-SA
-    summary table as ``natt decap``; returns the exit status.
-    """
-    from .cli import CliError, _finish, _load_keys
-
-    try:
-        import distributed
-    except ImportError:
-        raise CliError("--dask/--workers need the dask extra: pip install 'natt[dask]'") from None
-    inputs = args.input if isinstance(args.input, (list, tuple)) else [args.input]
-    specs = _load_keys(args.keys, args.mode)
-    if getattr(args, "workers", None) is not None and args.workers < 1:
-        raise CliError(f"--workers: must be at least 1, got {args.workers}")
-    cluster = None
-    try:
-        if getattr(args, "dask", None):
-            client = distributed.Client(args.dask)
-        else:
-            cluster = distributed.LocalCluster(n_workers=args.workers or 1, threads_per_worker=1, processes=True)
-            client = distributed.Client(cluster)
-    except OSError as e:
-        raise CliError(f"cannot reach the Dask scheduler {args.dask}: {e}") from None
-    try:
-        stats = decap_captures(inputs, specs, args.output, client, chunk_size=args.chunk_size,
-                               threads=args.threads, drop_undecrypted=args.drop_undecrypted,
-                               progress=args.progress, backend=args.backend)
-    except (pcap.PcapError, keyfile.KeyFileError, ValueError) as e:
-        raise CliError(str(e)) from None
-    except OSError as e:
-        raise CliError(f"{e.filename or 'I/O'}: {e.strerror or e}") from None
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    _finish(args, stats, sys.stdout)
-    return 0
