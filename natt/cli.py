@@ -176,10 +176,10 @@ def _dask_arguments(parser: argparse.ArgumentParser) -> None:
 def _cmd_decap_dask(args: argparse.Namespace) -> int:
     """``natt decap IN... -k KEYS -o OUTDIR (--dask ADDRESS | --workers N)``: natt.dask does the
     work; the same summary table as ``natt decap`` is printed."""
+    from .dask import decap_captures      # imports dask itself only when it runs
+
     try:
         import distributed
-
-        from .dask import decap_captures
     except ImportError:
         raise CliError("--dask/--workers need the dask extra: pip install 'natt[dask]'") from None
     specs = _load_keys(args.keys, args.mode)
