@@ -752,11 +752,14 @@ def _cpu_ratio(num: Timing, den: Timing) -> Optional[float]:
     return None if a is None or b is None or not b else a / b
 
 
-def _speed_ratio(name: str, fast: Timing, base: Timing, target: float) -> Ratio:
-    """How many times faster ``fast`` is than ``base`` per packet (target: at least ``target``)."""
+def _speed_ratio(name: str, fast: Timing, base: Timing, target: float = 0) -> Ratio:
+    """How many times faster ``fast`` is than ``base`` per packet (target: at least ``target``;
+    0: a figure without a target)."""
     v = base.ns_per_packet() / fast.ns_per_packet()
     lo = base.ns_per_packet("min") / fast.ns_per_packet("max")
     hi = base.ns_per_packet("max") / fast.ns_per_packet("min")
+    if not target:
+        return Ratio(name, v, lo, hi, "-", None, _cpu_ratio(base, fast))
     return Ratio(name, v, lo, hi, f">= {target:g}", v >= target, _cpu_ratio(base, fast))
 
 
@@ -963,20 +966,17 @@ def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
     for size in cfg.sizes:
         if have(f"gcm.decap.{size}", f"gcm.evp.{size}"):
             target = {1400: 0.85, 64: 0.75}.get(size, 0.0)      # the targets are stated for these sizes
-            r = _speed_ratio(f"natt decap / bare EVP loop, {size} octets", t[f"gcm.decap.{size}"],
-                             t[f"gcm.evp.{size}"], target)
-            out.append(r if target else dataclasses.replace(r, target="-", met=None))
+            out.append(_speed_ratio(f"natt decap / bare EVP loop, {size} octets", t[f"gcm.decap.{size}"],
+                                    t[f"gcm.evp.{size}"], target))
     for size in cfg.sizes:
         if have(f"gcm.decap.{size}", f"gcm.python.{size}"):
             target = 5.0 if size == 64 else 0.0
-            r = _speed_ratio(f"natt decap / Python AESGCM loop, {size} octets", t[f"gcm.decap.{size}"],
-                             t[f"gcm.python.{size}"], target)
-            out.append(r if target else dataclasses.replace(r, target="-", met=None))
+            out.append(_speed_ratio(f"natt decap / Python AESGCM loop, {size} octets", t[f"gcm.decap.{size}"],
+                                    t[f"gcm.python.{size}"], target))
     for size in cfg.sizes:
         if have(f"gcm.decap.{size}", f"gcm.scapy.{size}"):
-            r = _speed_ratio(f"natt decap / scapy decrypt, {size} octets", t[f"gcm.decap.{size}"],
-                             t[f"gcm.scapy.{size}"], 0)
-            out.append(dataclasses.replace(r, target="-", met=None))
+            out.append(_speed_ratio(f"natt decap / scapy decrypt, {size} octets", t[f"gcm.decap.{size}"],
+                                    t[f"gcm.scapy.{size}"]))
     for size in cfg.sizes:
         if have(f"gcm.decap_t{th}.{size}", f"gcm.decap.{size}"):
             out.append(_speed_ratio(f"natt decap threads={th} / threads=None, {size} octets",
@@ -986,26 +986,22 @@ def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
             out.append(_speed_ratio(f"natt decap {cfg.many_sas} SAs / 1 SA, {size} octets",
                                     t[f"gcm.decap_many.{size}"], t[f"gcm.decap_1sa.{size}"], 0.8))
         if have(f"gcm.evp_many.{size}", f"gcm.evp_1sa.{size}"):
-            r = _speed_ratio(f"bare EVP loop {cfg.many_sas} SAs / 1 SA (the floor), {size} octets",
-                             t[f"gcm.evp_many.{size}"], t[f"gcm.evp_1sa.{size}"], 0)
-            out.append(dataclasses.replace(r, target="-", met=None))
+            out.append(_speed_ratio(f"bare EVP loop {cfg.many_sas} SAs / 1 SA (the floor), {size} octets",
+                                    t[f"gcm.evp_many.{size}"], t[f"gcm.evp_1sa.{size}"]))
         if have(f"gcm.decap_many.{size}", f"gcm.evp_many.{size}"):
-            r = _speed_ratio(f"natt decap / bare EVP loop, {cfg.many_sas} SAs, {size} octets",
-                             t[f"gcm.decap_many.{size}"], t[f"gcm.evp_many.{size}"], 0)
-            out.append(dataclasses.replace(r, target="-", met=None))
+            out.append(_speed_ratio(f"natt decap / bare EVP loop, {cfg.many_sas} SAs, {size} octets",
+                                    t[f"gcm.decap_many.{size}"], t[f"gcm.evp_many.{size}"]))
         if have(f"gcm.decap_many_cold.{size}", f"gcm.decap_1sa.{size}"):
-            r = _speed_ratio(f"natt decap {cfg.many_sas} SAs no warm-up / 1 SA, {size} octets",
-                             t[f"gcm.decap_many_cold.{size}"], t[f"gcm.decap_1sa.{size}"], 0)
-            out.append(dataclasses.replace(r, target="-", met=None))
+            out.append(_speed_ratio(f"natt decap {cfg.many_sas} SAs no warm-up / 1 SA, {size} octets",
+                                    t[f"gcm.decap_many_cold.{size}"], t[f"gcm.decap_1sa.{size}"]))
     for size in (lo, hi):
         if have(f"cbc.decap.{size}", f"cbc.evp.{size}"):
             out.append(_speed_ratio(f"natt {cfg.cbc_suite} decap / bare EVP+HMAC loop, {size} octets",
                                     t[f"cbc.decap.{size}"], t[f"cbc.evp.{size}"], 0.8))
     for size in (lo, hi):
         if have(f"chacha.decap.{size}", f"chacha.evp.{size}"):
-            r = _speed_ratio(f"natt {cfg.chacha_suite} decap / bare EVP loop, {size} octets",
-                             t[f"chacha.decap.{size}"], t[f"chacha.evp.{size}"], 0)
-            out.append(dataclasses.replace(r, target="-", met=None))
+            out.append(_speed_ratio(f"natt {cfg.chacha_suite} decap / bare EVP loop, {size} octets",
+                                    t[f"chacha.decap.{size}"], t[f"chacha.evp.{size}"]))
     for prefix, suite in (("gcm", cfg.gcm_suite), ("cbc", cfg.cbc_suite), ("chacha", cfg.chacha_suite)):
         for size in cfg.sizes:
             if have(f"{prefix}.encap.{size}", f"{prefix}.decap.{size}"):
