@@ -378,15 +378,18 @@ def _sa_arena_slabs() -> int:
 
 
 cdef struct natt_pkt:
-    # Per-packet state of the kernels (a stack copy in the serial decap, the scratch array in
-    # the threaded pipeline and in encap). The segment and slot pointers are taken once, right
-    # after their bounds check, and never re-read from the caller's arrays, which the caller
-    # may rewrite while the kernel runs (SECURITY.md).
+    # Per-packet state of the kernels (on the stack in the serial decap, a ring of 16 there with
+    # many SAs, the scratch array in the threaded pipeline and in encap). The segment and slot
+    # pointers are taken once, right after their bounds check, and never re-read from the
+    # caller's arrays, which the caller may rewrite while the kernel runs (SECURITY.md).
     const uint8_t *inp
     uint8_t *outp
     int64_t in_len
     uint64_t seq                  # encap: assigned sequence number
     natt_sa *sa
+    int64_t entry                 # decap: the SA lookup key natt_decap_headers found
+    uint32_t spi
+    uint32_t dst
     int32_t ihl4
     int32_t esp_off
     int32_t esp_len
@@ -1163,18 +1166,17 @@ cdef inline natt_sa *natt_lookup(const natt_state *st, int64_t entry, uint32_t s
     return best
 
 
-cdef void natt_decap_parse(const natt_state *st, natt_io *io, int64_t i, natt_pkt *pk) noexcept nogil:
-    """Semantics §1 steps 1–7 (stateless). Packets that end before an SA is found are
-    finished here (status, output); others get ``pk.status = NATT_CONT``."""
+cdef void natt_decap_headers(const natt_state *st, natt_io *io, int64_t i, natt_pkt *pk) noexcept nogil:
+    """Semantics §1 steps 1–5 (stateless, no table but the ports'): packets that end here are
+    finished (status, output); others get ``pk.status = NATT_CONT`` and the SA lookup key
+    (``entry``, ``spi``, ``dst``) for natt_decap_lookup."""
     cdef const uint8_t *p
     cdef const uint8_t *u
     cdef int64_t n
-    cdef int32_t ihl4, tl, ulen, esp_off, esp_len, ct_len
+    cdef int32_t ihl4, tl, ulen, esp_off, esp_len
     cdef uint16_t port
     cdef int64_t entry
-    cdef natt_sa *sa
     cdef uint8_t status
-    cdef uint32_t seql = 0
 
     pk.sa = NULL
     pk.crypto = NATT_CR_NONE
@@ -1232,24 +1234,42 @@ cdef void natt_decap_parse(const natt_state *st, natt_io *io, int64_t i, natt_pk
         if esp_len < 8:
             status = NATT_MALFORMED
             break
-        seql = rd32(p + esp_off + 4)
-        sa = natt_lookup(st, entry, rd32(p + esp_off), rd32(p + 16))
-        if sa == NULL:
-            status = NATT_NO_SA
-            break
-        pk.sa = sa
+        pk.entry = entry
+        pk.spi = rd32(p + esp_off)
+        pk.dst = rd32(p + 16)
         pk.ihl4 = ihl4
         pk.esp_off = esp_off
         pk.esp_len = esp_len
-        pk.seql = seql
-        ct_len = esp_len - 8 - sa.iv_len - sa.icv_len
-        if ct_len < 2 or (sa.block > 1 and ct_len % sa.block != 0):
-            pk.bad_len = 1
+        pk.seql = rd32(p + esp_off + 4)
         break
     pk.status = status
     if status != NATT_CONT:
-        natt_put(io, i, status, 0, seql if status == NATT_NO_SA else 0, 0)
+        natt_put(io, i, status, 0, 0, 0)
         natt_copy_input(io, i, pk)
+
+
+cdef inline void natt_decap_lookup(const natt_state *st, natt_io *io, int64_t i, natt_pkt *pk) noexcept nogil:
+    """Semantics §1 steps 6–7 for a packet natt_decap_headers passed: its SA (else NO_SA,
+    finished here) and the length check."""
+    cdef natt_sa *sa = natt_lookup(st, pk.entry, pk.spi, pk.dst)
+    cdef int32_t ct_len
+    if sa == NULL:
+        pk.status = NATT_NO_SA
+        natt_put(io, i, NATT_NO_SA, 0, pk.seql, 0)
+        natt_copy_input(io, i, pk)
+        return
+    pk.sa = sa
+    ct_len = pk.esp_len - 8 - sa.iv_len - sa.icv_len
+    if ct_len < 2 or (sa.block > 1 and ct_len % sa.block != 0):
+        pk.bad_len = 1
+
+
+cdef inline void natt_decap_parse(const natt_state *st, natt_io *io, int64_t i, natt_pkt *pk) noexcept nogil:
+    """Semantics §1 steps 1–7 (stateless). Packets that end before an SA is found are
+    finished here (status, output); others get ``pk.status = NATT_CONT``."""
+    natt_decap_headers(st, io, i, pk)
+    if pk.status == NATT_CONT:
+        natt_decap_lookup(st, io, i, pk)
 
 
 cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk, bint cached) noexcept nogil:
@@ -1345,38 +1365,6 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
     sa.bytes += <uint64_t>io.olen[i]
 
 
-cdef inline int64_t natt_peek_bucket(const natt_state *st, const natt_io *io, int64_t j,
-                                     uint32_t *spi) noexcept nogil:
-    """Hash bucket packet ``j`` will probably look up (and its SPI), or -1: a cache hint only,
-    never a decision.
-
-    The minimum of natt_decap_parse's walk (IHL, port, marker, SPI); every read is checked
-    against the input buffer, and a wrong guess costs only a useless prefetch.
-    """
-    # Read once, as natt_snapshot does: the caller may rewrite the index arrays meanwhile.
-    cdef int64_t o = (<volatile int64_t *>io.off)[j]
-    cdef int64_t n = (<volatile int64_t *>io.len)[j]
-    cdef int64_t entry
-    cdef int32_t ihl4, esp_off
-    cdef uint16_t port
-    cdef const uint8_t *p
-    if o < 0 or n < 20 or n > io.data_len - o:
-        return -1
-    p = io.data + o
-    ihl4 = (p[0] & 15) * 4
-    if ihl4 < 20 or ihl4 + 8 > n:
-        return -1
-    port = rd16(p + ihl4 + 2)
-    entry = st.port_handle[port]
-    if entry == 0:
-        return -1
-    esp_off = ihl4 + 8 if st.port_type[port] == NATT_ENCAP_OTHER else ihl4 + 16
-    if esp_off + 4 > n:
-        return -1
-    spi[0] = rd32(p + esp_off)
-    return <int64_t>natt_hash(entry, spi[0], st.nbuckets - 1)
-
-
 cdef inline void natt_prefetch_aes(const natt_sa *sa, int n) noexcept nogil:
     """Start loading the first ``n`` octets of natt's own AES state of ``sa``."""
     cdef int k
@@ -1411,56 +1399,73 @@ cdef inline void natt_prefetch_sa(const natt_sa *sa) noexcept nogil:
     natt_prefetch_r(<const uint8_t *>sa + 128)
 
 
+cdef inline void natt_prefetch_lookup(const natt_sa *head, uint32_t spi) noexcept nogil:
+    """With bucket head ``head`` cached: start loading the cipher state of the SA with ``spi``,
+    which is the head or, rarely (chains average 1.1 SAs, FastBackend._insert), the next one,
+    and the next link the lookup will read."""
+    if head.spi == spi or head.hnext == NULL:
+        natt_prefetch_ctx(head)
+        if head.hnext != NULL:
+            natt_prefetch_w(<const uint8_t *>head.hnext)
+    else:
+        # Not the head: its line 2 is not cached, so the cipher state is taken to be natt's
+        # own AES (the common case of a crowded table).
+        natt_prefetch_sa(head.hnext)
+        natt_prefetch_aes(head.hnext, NATT_AES_STATE_LEN)
+
+
 cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
     # With many SAs a decap is dominated by cache misses: the bucket array, the SA struct and
-    # the SA's cipher state (BENCHMARKS.md, 100 000-SA case). Software-pipeline them: the
-    # bucket slot of packet i+12 is prefetched, the chain head it points to at i+8, and at i+4
-    # (the head now cached) the cipher state of the SA with the packet's SPI, which is the head
-    # or, rarely (chains average 1.1 SAs, FastBackend._insert), the next one, and the next link
-    # the lookup will read. Measured at 100 000 SAs, 64-octet AES-GCM: bucket and SA only,
-    # 1.2-1.5 -> 1.0-1.2 us/packet; the rest, see BENCHMARKS.md. With few SAs everything is
-    # cached anyway and the peek would be pure overhead, hence the threshold. The threaded
-    # path (natt_decap_parallel) is left as it is.
-    cdef int64_t i, h
-    cdef int64_t ring[16]               # bucket index of packet k at ring[k & 15], or -1
-    cdef uint32_t spis[16]              # and its SPI
-    cdef natt_sa *sa
-    cdef natt_pkt pk
-    cdef bint pipe = st.n_inbound >= NATT_PREFETCH_MIN_SAS
+    # the SA's cipher state (BENCHMARKS.md, 100 000-SA case). Software-pipeline them: packet
+    # i+12's headers are parsed (natt_decap_headers, into a ring of 16) and its bucket slot
+    # prefetched, the chain head that slot points to at i+8, and at i+4 (the head now cached)
+    # the cipher state of the SA with the packet's SPI; packet i then only has its lookup and
+    # the rest to do. Measured at 100 000 SAs, 64-octet AES-GCM: bucket and SA only, 1.2-1.5
+    # -> 1.0-1.2 us/packet; the rest, see BENCHMARKS.md. With few SAs everything is cached
+    # anyway and the ring would be pure overhead, hence the threshold. The threaded path
+    # (natt_decap_parallel) is left as it is.
+    cdef int64_t i, j
+    cdef natt_pkt ring[16]              # packet k at ring[k & 15]
+    cdef uint64_t bucket[16]            # and its hash bucket (when its status is NATT_CONT)
+    cdef natt_pkt *pk
+    cdef natt_sa *head
+    cdef uint64_t mask = st.nbuckets - 1
     cdef int64_t n = io.n
-    if pipe:
-        for i in range(12):
-            ring[i] = natt_peek_bucket(st, io, i, &spis[i]) if i < n else -1
-            if ring[i] >= 0:
-                natt_prefetch_r(&st.buckets[ring[i]])
+    cdef natt_pkt one
+    if st.n_inbound < NATT_PREFETCH_MIN_SAS:
+        for i in range(n):
+            natt_decap_parse(st, io, i, &one)
+            if one.status == NATT_CONT:
+                natt_decap_finish(st, io, i, &one, False)
+        return
+    for j in range(12 if n > 12 else n):
+        natt_decap_headers(st, io, j, &ring[j])
+        if ring[j].status == NATT_CONT:
+            bucket[j] = natt_hash(ring[j].entry, ring[j].spi, mask)
+            natt_prefetch_r(&st.buckets[bucket[j]])
     for i in range(n):
-        if pipe:
-            if i + 4 < n:
-                h = ring[(i + 4) & 15]
-                sa = st.buckets[h] if h >= 0 else NULL
-                if sa != NULL:
-                    if sa.spi == spis[(i + 4) & 15] or sa.hnext == NULL:
-                        natt_prefetch_ctx(sa)
-                        if sa.hnext != NULL:
-                            natt_prefetch_w(<const uint8_t *>sa.hnext)
-                    else:
-                        # Not the head: its line 2 is not cached, so the cipher state is
-                        # taken to be natt's own AES (the common case of a crowded table).
-                        natt_prefetch_sa(sa.hnext)
-                        natt_prefetch_aes(sa.hnext, NATT_AES_STATE_LEN)
-            if i + 8 < n:
-                h = ring[(i + 8) & 15]
-                if h >= 0 and st.buckets[h] != NULL:
-                    natt_prefetch_sa(st.buckets[h])
-            # Slot (i+12) & 15 last held packet i-4's bucket, no longer needed.
-            if i + 12 < n:
-                h = natt_peek_bucket(st, io, i + 12, &spis[(i + 12) & 15])
-                ring[(i + 12) & 15] = h
-                if h >= 0:
-                    natt_prefetch_r(&st.buckets[h])
-        natt_decap_parse(st, io, i, &pk)
+        j = (i + 4) & 15
+        if i + 4 < n and ring[j].status == NATT_CONT:
+            head = st.buckets[bucket[j]]
+            if head != NULL:
+                natt_prefetch_lookup(head, ring[j].spi)
+        j = (i + 8) & 15
+        if i + 8 < n and ring[j].status == NATT_CONT:
+            head = st.buckets[bucket[j]]
+            if head != NULL:
+                natt_prefetch_sa(head)
+        # Slot (i+12) & 15 last held packet i-4, finished.
+        j = (i + 12) & 15
+        if i + 12 < n:
+            natt_decap_headers(st, io, i + 12, &ring[j])
+            if ring[j].status == NATT_CONT:
+                bucket[j] = natt_hash(ring[j].entry, ring[j].spi, mask)
+                natt_prefetch_r(&st.buckets[bucket[j]])
+        pk = &ring[i & 15]
         if pk.status == NATT_CONT:
-            natt_decap_finish(st, io, i, &pk, False)
+            natt_decap_lookup(st, io, i, pk)
+            if pk.status == NATT_CONT:
+                natt_decap_finish(st, io, i, pk, False)
 
 
 cdef void natt_chunk_decap(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
