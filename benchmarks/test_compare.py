@@ -62,6 +62,30 @@ def test_evp_loop_decrypts_and_rejects_forgeries(evp: EvpLoop, suite: str) -> No
     assert evp.decrypt(s, wrong_key, wl.esp, out) == 0
 
 
+@pytest.mark.parametrize("suite", ["aes128gcm16", "chacha20poly1305"])
+def test_evp_loop_on_threads_decrypts_every_share(evp: EvpLoop, suite: str) -> None:
+    wl = build_workload(BACKEND, suite, 100, 33)
+    s, _ = parse_suite(suite)
+    for threads in (2, 3):
+        out = np.zeros(wl.esp.data.size, dtype=np.uint8)
+        assert evp.decrypt(s, wl.keys[0], wl.esp, out, threads) == 33
+        for i in (0, 16, 32):                       # first packet of each share, and the last
+            o = int(wl.esp.offsets[i])
+            assert out[o: o + 100].tobytes() == wl.inner[i]
+        # A forgery in the last share counts there (the shares' counts are summed).
+        assert evp.decrypt(s, wl.keys[0], _tampered(wl.esp, 30), out, threads) == 32
+
+
+def test_evp_loop_refuses_threads_it_cannot_split(evp: EvpLoop) -> None:
+    wl = build_workload(BACKEND, "aes128-sha1", 64, 4)
+    s, _ = parse_suite("aes128-sha1")
+    out = np.zeros(wl.esp.data.size, dtype=np.uint8)
+    with pytest.raises(ValueError, match="threads.*aes128-sha1"):
+        evp.decrypt(s, wl.keys[0], wl.esp, out, 2)
+    with pytest.raises(ValueError, match="threads"):
+        evp.decrypt(s, wl.keys[0], wl.esp, out, 0)
+
+
 def test_many_sa_evp_loop_uses_each_packets_own_sa(evp: EvpLoop) -> None:
     wl = build_workload(BACKEND, "aes128gcm16", 100, 120, n_sas=10)
     s, _ = parse_suite("aes128gcm16")
@@ -119,7 +143,7 @@ def test_main_runs_every_comparison_and_writes_json(tmp_path, capsys) -> None:
     assert rc == 0
     result = json.loads(out.read_text())
     keys = {t["key"] for t in result["timings"]}
-    for k in ("gcm.decap.64", "gcm.decap_t2.200", "gcm.encap.64", "gcm.evp.200", "gcm.python.64",
+    for k in ("gcm.decap.64", "gcm.decap_t2.200", "gcm.encap.64", "gcm.evp.200", "gcm.evp_t2.64", "gcm.python.64",
               "gcm.scapy.64", "gcm.decap_many.64", "gcm.decap_many_cold.200", "gcm.decap_1sa.200",
               "gcm.evp_many.64", "gcm.evp_1sa.200", "cbc.decap.64", "cbc.evp.200", "cbc.encap.200",
               "chacha.decap.64", "chacha.evp.200", "chacha.encap.64", "call.decap1"):
@@ -131,6 +155,8 @@ def test_main_runs_every_comparison_and_writes_json(tmp_path, capsys) -> None:
     assert by_key["gcm.evp.64"]["median_cpu_ns_per_packet"] > 0
     names = [r["name"] for r in result["ratios"]]
     assert "natt decap / bare EVP loop, 200 octets" in names
+    assert "bare EVP loop 2 threads / 1 thread (the machine's ceiling), 64 octets" in names
+    assert by_key["gcm.evp_t2.64"]["threaded"]
     assert "natt chacha20poly1305 decap / bare EVP loop, 64 octets" in names
     assert "fixed cost of one decap call, batch of one (us)" in names
     assert result["machine"]["nproc"] >= 1

@@ -237,6 +237,7 @@ def _require_ok(res: Any, what: str) -> None:
 _EVP_LOOP_C = r"""
 /* Bare EVP loops over UDP-encapsulated ESP packets (RFC 3948): only the libcrypto calls
  * a data path cannot avoid, keyed once. Written and compiled by natt._bench at run time. */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -296,6 +297,64 @@ int64_t natt_bench_aead_decrypt(const char *cipher_name, int gcm, const uint8_t 
 done:
     EVP_CIPHER_CTX_free(ctx);
     EVP_CIPHER_free(cipher);
+    return ok;
+}
+
+/* The same loop on n_threads threads at once, each on its own contiguous share of the packets
+ * with its own context: nothing shared, nothing ordered. What that gains over one thread is
+ * what the machine gives two busy cores (shared core, turbo, neighbours), the ceiling against
+ * which a data path's threads=N speed-up can be read. Returns as natt_bench_aead_decrypt. */
+typedef struct {
+    const char *cipher_name;
+    int gcm, icv_len;
+    const uint8_t *key, *salt, *data;
+    const int64_t *offsets, *lengths;
+    int64_t n, ok;
+    uint8_t *out;
+} natt_bench_share;
+
+static void *natt_bench_share_run(void *arg)
+{
+    natt_bench_share *s = arg;
+
+    s->ok = natt_bench_aead_decrypt(s->cipher_name, s->gcm, s->key, s->salt, s->icv_len, s->data,
+                                    s->offsets, s->lengths, s->n, s->out);
+    return NULL;
+}
+
+int64_t natt_bench_aead_decrypt_threads(const char *cipher_name, int gcm, const uint8_t *key,
+                                        const uint8_t *salt, int icv_len, const uint8_t *data,
+                                        const int64_t *offsets, const int64_t *lengths, int64_t n,
+                                        uint8_t *out, int n_threads)
+{
+    natt_bench_share share[64];
+    pthread_t tid[64];
+    int started[64] = {0};
+    int64_t ok = 0;
+
+    if (n_threads < 1 || n_threads > 64)
+        return -1;
+    for (int k = 0; k < n_threads; k++) {
+        int64_t lo = n * k / n_threads, hi = n * (k + 1) / n_threads;
+
+        share[k] = (natt_bench_share){cipher_name, gcm, icv_len, key, salt, data, offsets + lo,
+                                      lengths + lo, hi - lo, 0, out};
+        /* Share 0 runs on the calling thread, as a data path's calling thread works too. */
+        if (k > 0)
+            started[k] = pthread_create(&tid[k], NULL, natt_bench_share_run, &share[k]) == 0;
+    }
+    natt_bench_share_run(&share[0]);
+    for (int k = 1; k < n_threads; k++) {
+        if (started[k])
+            pthread_join(tid[k], NULL);
+        else
+            natt_bench_share_run(&share[k]);
+    }
+    for (int k = 0; k < n_threads; k++) {
+        if (share[k].ok < 0)
+            return -1;
+        ok += share[k].ok;
+    }
     return ok;
 }
 
@@ -484,7 +543,7 @@ class EvpLoop:
             lib = os.path.join(tmp, "natt_bench_evp.so")
             with open(src, "w") as f:
                 f.write(_EVP_LOOP_C)
-            cmd = [cc, "-O2", "-shared", "-fPIC", "-o", lib, src,
+            cmd = [cc, "-O2", "-shared", "-fPIC", "-pthread", "-o", lib, src,
                    *_pkg_config("--cflags"), *(_pkg_config("--libs") or ["-lcrypto"])]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
@@ -496,6 +555,8 @@ class EvpLoop:
         c_int, c_str = ctypes.c_int, ctypes.c_char_p
         self._lib.natt_bench_aead_decrypt.argtypes = [c_str, c_int, p, p, c_int, p, p, p, i64, p]
         self._lib.natt_bench_aead_decrypt.restype = i64
+        self._lib.natt_bench_aead_decrypt_threads.argtypes = [c_str, c_int, p, p, c_int, p, p, p, i64, p, c_int]
+        self._lib.natt_bench_aead_decrypt_threads.restype = i64
         self._lib.natt_bench_cbc_hmac_decrypt.argtypes = [c_str, p, c_int, c_str, p, c_int, c_int, p, p, p, i64, p]
         self._lib.natt_bench_cbc_hmac_decrypt.restype = i64
         self._lib.natt_bench_sas_new.argtypes = [c_str, p, c_int, i64]
@@ -519,11 +580,17 @@ class EvpLoop:
             raise RuntimeError("the many-SA EVP loop could not set up its contexts")
         return _EvpSas(self._lib, handle, suite.icv_len)
 
-    def decrypt(self, suite: Suite, key: bytes, batch: PacketBatch, out: np.ndarray) -> int:
+    def decrypt(self, suite: Suite, key: bytes, batch: PacketBatch, out: np.ndarray, threads: int = 1) -> int:
         """Decrypt (and verify) every packet of ``batch`` into ``out`` at the same offsets; returns
-        how many verified. ``out`` must be at least as large as ``batch.data``."""
+        how many verified. ``out`` must be at least as large as ``batch.data``. ``threads`` > 1
+        (AEAD suites only) splits the packets into that many contiguous shares decrypted at once,
+        each thread with its own context."""
         if out.size < batch.data.size:
             raise ValueError("out: smaller than the batch buffer")
+        if not 1 <= threads <= 64:
+            raise ValueError(f"threads: expected 1 to 64, got {threads}")
+        if threads > 1 and suite.cipher not in (Cipher.AES_GCM, Cipher.CHACHA20_POLY1305):
+            raise ValueError(f"threads: the C loop splits AEAD suites only, not {suite.name}")
         cipher = _EVP_CIPHER.get((suite.cipher, suite.enc_key_len))
         if cipher is None:
             raise ValueError(f"suite: the C loop has no {suite.name}")
@@ -533,8 +600,13 @@ class EvpLoop:
         try:
             if suite.cipher in (Cipher.AES_GCM, Cipher.CHACHA20_POLY1305):
                 salt = ctypes.addressof(key_buf) + suite.enc_key_len
-                n = self._lib.natt_bench_aead_decrypt(cipher.encode(), int(suite.cipher is Cipher.AES_GCM),
-                                                      key_buf, salt, suite.icv_len, *args)
+                gcm = int(suite.cipher is Cipher.AES_GCM)
+                if threads > 1:
+                    n = self._lib.natt_bench_aead_decrypt_threads(cipher.encode(), gcm, key_buf, salt,
+                                                                  suite.icv_len, *args, threads)
+                else:
+                    n = self._lib.natt_bench_aead_decrypt(cipher.encode(), gcm, key_buf, salt,
+                                                          suite.icv_len, *args)
             elif suite.mac in _EVP_DIGEST:
                 auth = ctypes.addressof(key_buf) + suite.enc_key_len
                 n = self._lib.natt_bench_cbc_hmac_decrypt(
@@ -804,11 +876,11 @@ def _encap_variant(key: str, label: str, wl: Workload, backend: str, threads: Op
     return _Variant(t, run, None, check)
 
 
-def _c_variant(key: str, label: str, wl: Workload, evp: EvpLoop) -> _Variant:
+def _c_variant(key: str, label: str, wl: Workload, evp: EvpLoop, threads: int = 1) -> _Variant:
     s, _ = parse_suite(wl.suite)
     out = np.empty(wl.esp.data.size, dtype=np.uint8)
-    t = Timing(key, label, len(wl.esp), int(wl.esp.lengths.sum()))
-    return _Variant(t, lambda _: evp.decrypt(s, wl.keys[0], wl.esp, out), None,
+    t = Timing(key, label, len(wl.esp), int(wl.esp.lengths.sum()), threaded=threads > 1)
+    return _Variant(t, lambda _: evp.decrypt(s, wl.keys[0], wl.esp, out, threads), None,
                     _expect(len(wl.esp), label))
 
 
@@ -841,6 +913,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         ]
         if evp is not None:
             variants.append(_c_variant(f"gcm.evp.{size}", "bare EVP loop (C, ctypes)", wl, evp))
+            variants.append(_c_variant(f"gcm.evp_t{th}.{size}", f"bare EVP loop (C), {th} threads", wl, evp, th))
         buf = wl.esp.data.tobytes()
         offs, lens = wl.esp.offsets.tolist(), wl.esp.lengths.tolist()
         variants.append(_Variant(
@@ -981,6 +1054,10 @@ def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
         if have(f"gcm.decap_t{th}.{size}", f"gcm.decap.{size}"):
             out.append(_speed_ratio(f"natt decap threads={th} / threads=None, {size} octets",
                                     t[f"gcm.decap_t{th}.{size}"], t[f"gcm.decap.{size}"], 1.8))
+    for size in cfg.sizes:
+        if have(f"gcm.evp_t{th}.{size}", f"gcm.evp.{size}"):
+            out.append(_speed_ratio(f"bare EVP loop {th} threads / 1 thread (the machine's ceiling), {size} octets",
+                                    t[f"gcm.evp_t{th}.{size}"], t[f"gcm.evp.{size}"]))
     for size in (lo, hi):
         if have(f"gcm.decap_many.{size}", f"gcm.decap_1sa.{size}"):
             out.append(_speed_ratio(f"natt decap {cfg.many_sas} SAs / 1 SA, {size} octets",
