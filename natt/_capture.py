@@ -76,8 +76,10 @@ class CaptureStats:
 
 
 def sa_index(handles: list[int], sa: np.ndarray) -> np.ndarray:
-    """Key-file index of each result's SA handle (-1 for none)."""
-    lut = np.full(max(handles) + 1 if handles else 1, -1, np.int64)
-    lut[handles] = np.arange(len(handles))
+    """Key-file index of each result's SA handle (-1 for none); a handle of 0 in ``handles``
+    stands for an SA not installed."""
+    h = np.asarray(handles, np.int64)
+    lut = np.full(int(h.max()) + 1 if h.size else 1, -1, np.int64)
+    lut[h[h > 0]] = np.nonzero(h > 0)[0]
     s = np.asarray(sa, np.int64)
     return np.where((s > 0) & (s < lut.size), lut[np.clip(s, 0, lut.size - 1)], -1)

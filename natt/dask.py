@@ -31,9 +31,12 @@ does the same with Dask tasks, the flow being an inbound SA's lookup key (parser
    Block before it), with :class:`natt.pcap.PcapReader` -- so a range parses exactly as it does
    inside the whole file.
 2. ``split`` (one task per range): reads the range and routes every IPv4 frame to a *lane*: the
-   lane of its (UDP destination port, SPI) when that is an SA's key, else any lane (such a frame
-   cannot reach an SA, so no lane's state can change its result). Lanes are fixed up front,
-   keys dealt round-robin in key-file order, like an RSS indirection table.
+   lane of its (UDP destination port, SPI) when that is an SA's key. Lanes are fixed up front,
+   keys dealt round-robin in key-file order, like an RSS indirection table, and a lane's Offload
+   holds only its own SAs. Any other frame cannot reach an SA, so no lane's anti-replay state can
+   change its result, but its port's parser entry can (keepalive, IKE, ``NO_SA`` rather than
+   ``NOT_ESP``): on the port of some SA it goes to one of the lanes holding an SA on that port
+   (round-robin among them), else to any lane.
 3. ``step`` (lane x range): each lane is a chain of tasks, one per range in input order, so all
    packets of one SA are decapsulated in input order by one task at a time. A step hands the next
    one the lane's anti-replay state -- per SA the highest authenticated number ``T`` and the
@@ -275,9 +278,25 @@ class _SaSet:
 
     def __init__(self, specs: Sequence[keyfile.SaSpec]) -> None:
         self.specs = list(specs)
+        self._routes: dict[int, _Routing] = {}
 
     def __repr__(self) -> str:
         return f"<natt SA set: {len(self.specs)} SAs>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"specs": self.specs}           # the routing memo is rebuilt where it is needed
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.specs = state["specs"]
+        self._routes = {}
+
+    def routing(self, lanes: int) -> "_Routing":
+        """The routing for ``lanes`` lanes, computed once per process (every split and step
+        needs it; with many SAs it is not free)."""
+        r = self._routes.get(lanes)
+        if r is None:
+            r = self._routes[lanes] = _routing(self.specs, lanes)
+        return r
 
     def __sizeof__(self) -> int:
         return 64 + 128 * len(self.specs)
@@ -288,10 +307,15 @@ class _Routing:
     """Parser entries and the lane of every SA lookup key (parser port, SPI)."""
 
     framing: dict[int, int]                 # port -> UdpEncapType value
+    port_lanes: dict[int, np.ndarray]       # port -> the lanes holding an SA on it (a parser entry)
     keys: np.ndarray                        # sorted lookup keys, port << 32 | spi
     key_lanes: np.ndarray                   # the lane of each
     lane_of_sa: tuple[int, ...]             # per key-file index
     lanes: int
+
+    def lane_sas(self, lane: int) -> list[int]:
+        """Key-file indexes of the SAs ``lane`` holds."""
+        return [i for i, k in enumerate(self.lane_of_sa) if k == lane]
 
 
 def _routing(specs: Sequence[keyfile.SaSpec], lanes: int) -> _Routing:
@@ -303,7 +327,9 @@ def _routing(specs: Sequence[keyfile.SaSpec], lanes: int) -> _Routing:
         if key not in lane_of_key:
             lane_of_key[key] = len(lane_of_key) % lanes
     keys = np.array(sorted(lane_of_key), np.int64)
-    return _Routing(framing, keys, np.array([lane_of_key[k] for k in keys.tolist()], np.int64),
+    port_lanes = {p: np.array(sorted({k for key, k in lane_of_key.items() if key >> 32 == p}), np.int64)
+                  for p in framing}
+    return _Routing(framing, port_lanes, keys, np.array([lane_of_key[k] for k in keys.tolist()], np.int64),
                     tuple(lane_of_key[s.port << 32 | s.spi] for s in specs), lanes)
 
 
@@ -333,8 +359,9 @@ def _route(batch: PacketBatch, ipv4: np.ndarray, routing: _Routing, first_index:
     A packet reaches an SA only after docs/semantics.md §1 steps 1-5 pass, and then its UDP
     destination port and SPI are read exactly where this reads them (after ``ihl*4`` octets of
     IPv4 header; SPI right after the UDP header, or after the 8-octet non-IKE marker for IKE
-    framing). Frames whose bytes are too short or whose key is no SA's go round-robin: they
-    cannot reach an SA, so their result depends on no lane's state.
+    framing). Frames whose key is no SA's cannot reach an SA, so their result depends on no
+    lane's state, only on whether their port has a parser entry there: those with the port of an
+    SA go round-robin over the lanes holding an SA on that port, the rest over all lanes.
     """
     n = len(batch)
     lane = np.where(ipv4, (np.arange(n) + first_index) % routing.lanes, -1).astype(np.int64)
@@ -345,7 +372,7 @@ def _route(batch: PacketBatch, ipv4: np.ndarray, routing: _Routing, first_index:
     ihl = np.zeros(n, np.int64)
     ihl[ok] = (buf[off[ok]] & 15).astype(np.int64) * 4
     ok &= ihl >= 20
-    ok &= ln >= ihl + 16          # UDP header and a 4-octet SPI at least
+    ok &= ln >= ihl + 4           # the UDP destination port
     idx = np.nonzero(ok)[0]
     if not idx.size:
         return lane
@@ -355,6 +382,8 @@ def _route(batch: PacketBatch, ipv4: np.ndarray, routing: _Routing, first_index:
         sel = np.nonzero(port == p)[0]
         if not sel.size:
             continue
+        owners = routing.port_lanes[p]
+        lane[idx[sel]] = owners[(idx[sel] + first_index) % owners.size]
         esp = udp[sel] + (16 if fr == UdpEncapType.IKE else 8)
         fits = esp + 4 <= off[idx[sel]] + ln[idx[sel]]
         sel, esp = sel[fits], esp[fits]
@@ -384,7 +413,7 @@ def _compact(batch: PacketBatch, pos: np.ndarray, sel: np.ndarray) -> _LanePacke
 
 def _split(rs: _RangeSpec, sa_set: _SaSet, lanes: int) -> tuple:
     """Read a range and route its frames; returns one _LanePackets per lane."""
-    routing = _routing(sa_set.specs, lanes)
+    routing = sa_set.routing(lanes)
     chunks = _read_range(rs)
     per_lane: list[list[_LanePackets]] = [[] for _ in range(lanes)]
     base = 0
@@ -463,16 +492,22 @@ def _initial_state(specs: Sequence[keyfile.SaSpec], routing: _Routing, lane: int
                            if routing.lane_of_sa[i] == lane and s.replay_window > 0})
 
 
-def _restore(specs: Sequence[keyfile.SaSpec], state: _LaneState, backend: Optional[str]
-             ) -> tuple[Offload, list[int]]:
-    """A fresh Offload with every SA, the lane's SAs installed in exactly ``state``'s
-    anti-replay state (``replay_seq``/``replay_bitmap``, docs/semantics.md §3)."""
-    nic = Offload(backend=backend, max_sas=max(len(specs), 1))
+def _restore(specs: Sequence[keyfile.SaSpec], lane_sas: Sequence[int], state: _LaneState,
+             backend: Optional[str]) -> tuple[Offload, list[int]]:
+    """A fresh Offload with the lane's SAs (``lane_sas``, key-file indexes) installed in exactly
+    ``state``'s anti-replay state (``replay_seq``/``replay_bitmap``, docs/semantics.md §3);
+    returns it and the handle of every key-file index (0 for the SAs of other lanes)."""
+    nic = Offload(backend=backend, max_sas=max(len(lane_sas), 1))
     try:
-        handles = keyfile.install(nic, specs, direction="in", replay_state=state.windows)
+        mine = keyfile.install(nic, [specs[i] for i in lane_sas], direction="in",
+                               replay_state={k: state.windows[i] for k, i in enumerate(lane_sas)
+                                             if i in state.windows})
     except BaseException:
         nic.close()
         raise
+    handles = [0] * len(specs)
+    for i, h in zip(lane_sas, mine):
+        handles[i] = h
     return nic, handles
 
 
@@ -482,9 +517,10 @@ def _step(sa_set: _SaSet, previous: Optional[tuple[_LaneState, _LaneResult]], pk
     """Decap one range's packets of one lane, in order, continuing the lane's state from the
     previous step's result (``None`` for the first range)."""
     specs = sa_set.specs
+    routing = sa_set.routing(lanes)
     prev = previous[0] if previous is not None else None
     if prev is None:
-        prev = _initial_state(specs, _routing(specs, lanes), lane)
+        prev = _initial_state(specs, routing, lane)
     if not pk.pos.size:
         # Nothing for this lane in this range: the state (and any cached Offload) carries on.
         if last:
@@ -498,7 +534,7 @@ def _step(sa_set: _SaSet, previous: Optional[tuple[_LaneState, _LaneResult]], pk
     else:
         if cached is not None:
             cached.nic.close()
-        nic, handles = _restore(specs, prev, backend)
+        nic, handles = _restore(specs, routing.lane_sas(lane), prev, backend)
     try:
         t0 = time.perf_counter()
         res = nic.decap(PacketBatch(pk.data, pk.offsets, pk.lengths), threads=threads)

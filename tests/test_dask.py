@@ -295,6 +295,48 @@ def test_drop_undecrypted_and_lanes(client, capture_sets, tmp_path):
             _assert_same_capture(os.path.join(ref_dir, os.path.basename(p)), str(out / os.path.basename(p)))
 
 
+@pytest.mark.parametrize("lanes", [2, 12, 40])
+def test_each_lane_holds_its_own_sas_and_decaps_as_one_offload(capture_sets, lanes):
+    """A lane's Offload holds only the SAs of its keys, yet every frame routed to it gets the
+    status one Offload with every SA gives. The 'mixed' set has 18, 16 and 8 keys on its three
+    ports: with 12 and 40 lanes some lanes hold no SA on a port, so its keepalives, IKE frames
+    and unknown SPIs must go to a lane that does (it has the port's parser entry)."""
+    specs, paths = capture_sets["mixed"]
+    frames = [d for p in paths for (_, _, _, d) in pcap.read_frames(p)]
+    ipv4 = np.array([d is not None for d in frames])
+    packets = [d or b"" for d in frames]
+    batch = natt.PacketBatch.from_packets(packets)
+    with natt.Offload(max_sas=len(specs)) as nic:
+        keyfile.install(nic, specs, direction="in")
+        want = nic.decap(batch).status.copy()
+    sa_set = ndask._SaSet(specs)
+    routing = sa_set.routing(lanes)
+    lane = ndask._route(batch, ipv4, routing, 0)
+    assert (want[lane < 0] == Status.NOT_ESP).all()
+    got = np.full(len(packets), 255, np.uint8)
+    for k in range(lanes):
+        sel = np.nonzero(lane == k)[0]
+        pk = ndask._LanePackets(sel, batch.data, batch.offsets[sel].copy(), batch.lengths[sel].copy())
+        job = uuid.uuid4().hex
+        step = ndask._step(sa_set, None, pk, job, k, lanes, None, None, False)
+        with ndask._LANE_CACHE_LOCK:
+            nic = ndask._LANE_CACHE[(job, k)].nic if sel.size else None
+        if nic is not None:
+            assert len(nic.sa_handles()) == len(routing.lane_sas(k)) < len(specs)
+        ndask._forget_job(job)
+        got[sel] = step[1].status
+    assert (got[lane >= 0] == want[lane >= 0]).all()
+    # The scenario has the frames the port rule is for, on ports some lanes hold no SA on.
+    partial = {p for p, owners in routing.port_lanes.items() if owners.size < lanes}
+    port_of = [int.from_bytes(p[22:24], "big") if len(p) >= 24 else -1 for p in packets]
+    on_partial = np.array([q in partial for q in port_of])
+    kinds = set(want[on_partial & (lane >= 0)].tolist())
+    if lanes > 18:
+        assert {Status.KEEPALIVE, Status.IKE, Status.NO_SA} <= kinds, kinds
+    elif lanes > 8:
+        assert partial and Status.OK in kinds
+
+
 @pytest.mark.parametrize("backend", ["fast", "reference"])
 def test_lane_state_rebuilt_exactly(capture_sets, backend):
     """A lane whose Offload is lost (another worker, or a restarted one) rebuilds its anti-replay
@@ -317,7 +359,7 @@ def test_lane_state_rebuilt_exactly(capture_sets, backend):
             with_holes += any(b != (1 << specs[i].replay_window) - 1 for i, (t, b) in step[0].windows.items())
             # The rebuild installs the exported state and decapsulates nothing: no packet is
             # ever sealed under the SA's key to get there.
-            nic, handles = ndask._restore(specs, step[0], backend)
+            nic, handles = ndask._restore(specs, range(len(specs)), step[0], backend)
             try:
                 for i, (t, b) in step[0].windows.items():
                     assert nic.replay_state(handles[i]) == (t, b)
