@@ -310,27 +310,25 @@ class _Routing:
     port_lanes: dict[int, np.ndarray]       # port -> the lanes holding an SA on it (a parser entry)
     keys: np.ndarray                        # sorted lookup keys, port << 32 | spi
     key_lanes: np.ndarray                   # the lane of each
-    lane_of_sa: tuple[int, ...]             # per key-file index
+    lane_sas: tuple[tuple[int, ...], ...]   # per lane, the key-file indexes of the SAs it holds
     lanes: int
-
-    def lane_sas(self, lane: int) -> list[int]:
-        """Key-file indexes of the SAs ``lane`` holds."""
-        return [i for i, k in enumerate(self.lane_of_sa) if k == lane]
 
 
 def _routing(specs: Sequence[keyfile.SaSpec], lanes: int) -> _Routing:
     framing: dict[int, int] = {}
     lane_of_key: dict[int, int] = {}
-    for s in specs:
+    port_lanes: dict[int, set[int]] = {}
+    lane_sas: list[list[int]] = [[] for _ in range(lanes)]
+    for i, s in enumerate(specs):
         framing.setdefault(s.port, int(s.encap))
         key = s.port << 32 | s.spi
-        if key not in lane_of_key:
-            lane_of_key[key] = len(lane_of_key) % lanes
+        lane = lane_of_key.setdefault(key, len(lane_of_key) % lanes)
+        port_lanes.setdefault(s.port, set()).add(lane)
+        lane_sas[lane].append(i)
     keys = np.array(sorted(lane_of_key), np.int64)
-    port_lanes = {p: np.array(sorted({k for key, k in lane_of_key.items() if key >> 32 == p}), np.int64)
-                  for p in framing}
-    return _Routing(framing, port_lanes, keys, np.array([lane_of_key[k] for k in keys.tolist()], np.int64),
-                    tuple(lane_of_key[s.port << 32 | s.spi] for s in specs), lanes)
+    return _Routing(framing, {p: np.array(sorted(v), np.int64) for p, v in port_lanes.items()}, keys,
+                    np.array([lane_of_key[k] for k in keys.tolist()], np.int64),
+                    tuple(tuple(x) for x in lane_sas), lanes)
 
 
 def _gather(src: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -487,9 +485,8 @@ _LANE_CACHE_LOCK = threading.Lock()
 
 def _initial_state(specs: Sequence[keyfile.SaSpec], routing: _Routing, lane: int) -> _LaneState:
     # At SA creation every number <= replay_seq counts as seen: a full bitmap (semantics §3).
-    return _LaneState("", {i: (s.replay_seq, (1 << s.replay_window) - 1)
-                           for i, s in enumerate(specs)
-                           if routing.lane_of_sa[i] == lane and s.replay_window > 0})
+    return _LaneState("", {i: (specs[i].replay_seq, (1 << specs[i].replay_window) - 1)
+                           for i in routing.lane_sas[lane] if specs[i].replay_window > 0})
 
 
 def _restore(specs: Sequence[keyfile.SaSpec], lane_sas: Sequence[int], state: _LaneState,
@@ -534,7 +531,7 @@ def _step(sa_set: _SaSet, previous: Optional[tuple[_LaneState, _LaneResult]], pk
     else:
         if cached is not None:
             cached.nic.close()
-        nic, handles = _restore(specs, routing.lane_sas(lane), prev, backend)
+        nic, handles = _restore(specs, routing.lane_sas[lane], prev, backend)
     try:
         t0 = time.perf_counter()
         res = nic.decap(PacketBatch(pk.data, pk.offsets, pk.lengths), threads=threads)

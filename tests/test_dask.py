@@ -322,7 +322,7 @@ def test_each_lane_holds_its_own_sas_and_decaps_as_one_offload(capture_sets, lan
         with ndask._LANE_CACHE_LOCK:
             nic = ndask._LANE_CACHE[(job, k)].nic if sel.size else None
         if nic is not None:
-            assert len(nic.sa_handles()) == len(routing.lane_sas(k)) < len(specs)
+            assert len(nic.sa_handles()) == len(routing.lane_sas[k]) < len(specs)
         ndask._forget_job(job)
         got[sel] = step[1].status
     assert (got[lane >= 0] == want[lane >= 0]).all()
