@@ -1414,6 +1414,16 @@ cdef inline void natt_prefetch_lookup(const natt_sa *head, uint32_t spi) noexcep
         natt_prefetch_aes(head.hnext, NATT_AES_STATE_LEN)
 
 
+cdef inline void natt_ring_fill(const natt_state *st, natt_io *io, int64_t k, natt_pkt *pk,
+                                uint64_t *bucket) noexcept nogil:
+    """Parse packet ``k``'s headers into ``pk``; if it goes on to an SA lookup, note its hash
+    bucket in ``bucket`` and start loading the bucket's slot."""
+    natt_decap_headers(st, io, k, pk)
+    if pk.status == NATT_CONT:
+        bucket[0] = natt_hash(pk.entry, pk.spi, st.nbuckets - 1)
+        natt_prefetch_r(&st.buckets[bucket[0]])
+
+
 cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
     # With many SAs a decap is dominated by cache misses: the bucket array, the SA struct and
     # the SA's cipher state (BENCHMARKS.md, 100 000-SA case). Software-pipeline them: packet
@@ -1429,7 +1439,6 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
     cdef uint64_t bucket[16]            # and its hash bucket (when its status is NATT_CONT)
     cdef natt_pkt *pk
     cdef natt_sa *head
-    cdef uint64_t mask = st.nbuckets - 1
     cdef int64_t n = io.n
     cdef natt_pkt one
     if st.n_inbound < NATT_PREFETCH_MIN_SAS:
@@ -1439,10 +1448,7 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
                 natt_decap_finish(st, io, i, &one, False)
         return
     for j in range(12 if n > 12 else n):
-        natt_decap_headers(st, io, j, &ring[j])
-        if ring[j].status == NATT_CONT:
-            bucket[j] = natt_hash(ring[j].entry, ring[j].spi, mask)
-            natt_prefetch_r(&st.buckets[bucket[j]])
+        natt_ring_fill(st, io, j, &ring[j], &bucket[j])
     for i in range(n):
         j = (i + 4) & 15
         if i + 4 < n and ring[j].status == NATT_CONT:
@@ -1457,10 +1463,7 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
         # Slot (i+12) & 15 last held packet i-4, finished.
         j = (i + 12) & 15
         if i + 12 < n:
-            natt_decap_headers(st, io, i + 12, &ring[j])
-            if ring[j].status == NATT_CONT:
-                bucket[j] = natt_hash(ring[j].entry, ring[j].spi, mask)
-                natt_prefetch_r(&st.buckets[bucket[j]])
+            natt_ring_fill(st, io, i + 12, &ring[j], &bucket[j])
         pk = &ring[i & 15]
         if pk.status == NATT_CONT:
             natt_decap_lookup(st, io, i, pk)
