@@ -387,9 +387,6 @@ cdef struct natt_pkt:
     int64_t in_len
     uint64_t seq                  # encap: assigned sequence number
     natt_sa *sa
-    int64_t entry                 # decap: the SA lookup key natt_decap_headers found
-    uint32_t spi
-    uint32_t dst
     int32_t ihl4
     int32_t esp_off
     int32_t esp_len
@@ -401,6 +398,15 @@ cdef struct natt_pkt:
     uint8_t crypto                # NATT_CR_*
     uint8_t nh
     uint8_t done                  # first packet of a chunk: phase 1 is done with the chunk
+
+
+cdef struct natt_key:
+    # The SA lookup key natt_decap_headers finds for a packet (kept apart from natt_pkt, whose
+    # size the threaded decap's and encap's scratch arrays pay for per packet).
+    int64_t entry
+    uint32_t spi
+    uint32_t dst
+    uint64_t bucket               # natt_hash of (entry, spi), where the many-SA decap needs it
 
 
 cdef struct natt_io:
@@ -1166,10 +1172,11 @@ cdef inline natt_sa *natt_lookup(const natt_state *st, int64_t entry, uint32_t s
     return best
 
 
-cdef void natt_decap_headers(const natt_state *st, natt_io *io, int64_t i, natt_pkt *pk) noexcept nogil:
+cdef void natt_decap_headers(const natt_state *st, natt_io *io, int64_t i, natt_pkt *pk,
+                             natt_key *key) noexcept nogil:
     """Semantics §1 steps 1–5 (stateless, no table but the ports'): packets that end here are
-    finished (status, output); others get ``pk.status = NATT_CONT`` and the SA lookup key
-    (``entry``, ``spi``, ``dst``) for natt_decap_lookup."""
+    finished (status, output); others get ``pk.status = NATT_CONT`` and their SA lookup key in
+    ``key`` (``entry``, ``spi``, ``dst``) for natt_decap_lookup."""
     cdef const uint8_t *p
     cdef const uint8_t *u
     cdef int64_t n
@@ -1234,9 +1241,9 @@ cdef void natt_decap_headers(const natt_state *st, natt_io *io, int64_t i, natt_
         if esp_len < 8:
             status = NATT_MALFORMED
             break
-        pk.entry = entry
-        pk.spi = rd32(p + esp_off)
-        pk.dst = rd32(p + 16)
+        key.entry = entry
+        key.spi = rd32(p + esp_off)
+        key.dst = rd32(p + 16)
         pk.ihl4 = ihl4
         pk.esp_off = esp_off
         pk.esp_len = esp_len
@@ -1248,10 +1255,11 @@ cdef void natt_decap_headers(const natt_state *st, natt_io *io, int64_t i, natt_
         natt_copy_input(io, i, pk)
 
 
-cdef inline void natt_decap_lookup(const natt_state *st, natt_io *io, int64_t i, natt_pkt *pk) noexcept nogil:
+cdef inline void natt_decap_lookup(const natt_state *st, natt_io *io, int64_t i, natt_pkt *pk,
+                                   const natt_key *key) noexcept nogil:
     """Semantics §1 steps 6–7 for a packet natt_decap_headers passed: its SA (else NO_SA,
     finished here) and the length check."""
-    cdef natt_sa *sa = natt_lookup(st, pk.entry, pk.spi, pk.dst)
+    cdef natt_sa *sa = natt_lookup(st, key.entry, key.spi, key.dst)
     cdef int32_t ct_len
     if sa == NULL:
         pk.status = NATT_NO_SA
@@ -1267,9 +1275,10 @@ cdef inline void natt_decap_lookup(const natt_state *st, natt_io *io, int64_t i,
 cdef inline void natt_decap_parse(const natt_state *st, natt_io *io, int64_t i, natt_pkt *pk) noexcept nogil:
     """Semantics §1 steps 1–7 (stateless). Packets that end before an SA is found are
     finished here (status, output); others get ``pk.status = NATT_CONT``."""
-    natt_decap_headers(st, io, i, pk)
+    cdef natt_key key
+    natt_decap_headers(st, io, i, pk, &key)
     if pk.status == NATT_CONT:
-        natt_decap_lookup(st, io, i, pk)
+        natt_decap_lookup(st, io, i, pk, &key)
 
 
 cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk, bint cached) noexcept nogil:
@@ -1415,13 +1424,13 @@ cdef inline void natt_prefetch_lookup(const natt_sa *head, uint32_t spi) noexcep
 
 
 cdef inline void natt_ring_fill(const natt_state *st, natt_io *io, int64_t k, natt_pkt *pk,
-                                uint64_t *bucket) noexcept nogil:
-    """Parse packet ``k``'s headers into ``pk``; if it goes on to an SA lookup, note its hash
-    bucket in ``bucket`` and start loading the bucket's slot."""
-    natt_decap_headers(st, io, k, pk)
+                                natt_key *key) noexcept nogil:
+    """Parse packet ``k``'s headers into ``pk`` and ``key``; if it goes on to an SA lookup,
+    note its hash bucket and start loading the bucket's slot."""
+    natt_decap_headers(st, io, k, pk, key)
     if pk.status == NATT_CONT:
-        bucket[0] = natt_hash(pk.entry, pk.spi, st.nbuckets - 1)
-        natt_prefetch_r(&st.buckets[bucket[0]])
+        key.bucket = natt_hash(key.entry, key.spi, st.nbuckets - 1)
+        natt_prefetch_r(&st.buckets[key.bucket])
 
 
 cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
@@ -1436,7 +1445,7 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
     # (natt_decap_parallel) is left as it is.
     cdef int64_t i, j
     cdef natt_pkt ring[16]              # packet k at ring[k & 15]
-    cdef uint64_t bucket[16]            # and its hash bucket (when its status is NATT_CONT)
+    cdef natt_key keys[16]              # and its lookup key (when its status is NATT_CONT)
     cdef natt_pkt *pk
     cdef natt_sa *head
     cdef int64_t n = io.n
@@ -1448,25 +1457,25 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
                 natt_decap_finish(st, io, i, &one, False)
         return
     for j in range(12 if n > 12 else n):
-        natt_ring_fill(st, io, j, &ring[j], &bucket[j])
+        natt_ring_fill(st, io, j, &ring[j], &keys[j])
     for i in range(n):
         j = (i + 4) & 15
         if i + 4 < n and ring[j].status == NATT_CONT:
-            head = st.buckets[bucket[j]]
+            head = st.buckets[keys[j].bucket]
             if head != NULL:
-                natt_prefetch_lookup(head, ring[j].spi)
+                natt_prefetch_lookup(head, keys[j].spi)
         j = (i + 8) & 15
         if i + 8 < n and ring[j].status == NATT_CONT:
-            head = st.buckets[bucket[j]]
+            head = st.buckets[keys[j].bucket]
             if head != NULL:
                 natt_prefetch_sa(head)
         # Slot (i+12) & 15 last held packet i-4, finished.
         j = (i + 12) & 15
         if i + 12 < n:
-            natt_ring_fill(st, io, i + 12, &ring[j], &bucket[j])
+            natt_ring_fill(st, io, i + 12, &ring[j], &keys[j])
         pk = &ring[i & 15]
         if pk.status == NATT_CONT:
-            natt_decap_lookup(st, io, i, pk)
+            natt_decap_lookup(st, io, i, pk, &keys[i & 15])
             if pk.status == NATT_CONT:
                 natt_decap_finish(st, io, i, pk, False)
 
