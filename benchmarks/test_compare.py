@@ -13,8 +13,10 @@ import json
 import numpy as np
 import pytest
 
-from natt import PacketBatch, Status
-from natt._bench import EvpLoop, build_workload, inner_packets, main, python_aesgcm_loop, _scapy_decryptor
+from benchmarks import bench_active_sas
+from natt import Offload, PacketBatch, Status
+from natt._bench import (NATT_PORT, TUNNEL_DST, TUNNEL_SRC, EvpLoop, build_workload, inner_packets, main,
+                         python_aesgcm_loop, _scapy_decryptor)
 from natt._suites import parse_suite
 
 BACKEND = "reference"   # the workload builder only needs a correct encap
@@ -178,3 +180,24 @@ def test_rearm_gives_the_same_backend_fresh_replay_windows() -> None:
     assert wl.rearm(rx) is rx and rx._backend is backend and len(rx.sa_handles()) == 1
     assert rx.decap(wl.esp, threads=2).counts() == {Status.OK: 50}
     rx.close()
+
+
+def test_active_sas_batches_touch_only_the_first_k_sas() -> None:
+    wl = build_workload("fast", "aes128gcm16", 64, 400, 40)
+    batch = bench_active_sas._subset(wl, 5, 300)
+    assert len(batch) == 300
+    first = Offload(backend="fast")
+    rest = Offload(backend="fast")
+    for j, (spi, key) in enumerate(zip(wl.spis.tolist(), wl.keys)):
+        (first if j < 5 else rest).add_sa(spi=spi, key=key, suite=wl.suite, direction="in", mode="tunnel",
+                                          src=TUNNEL_SRC, dst=TUNNEL_DST, port=NATT_PORT, replay_window=0)
+    assert first.decap(batch).counts() == {Status.OK: 300}
+    assert rest.decap(batch).counts() == {Status.NO_SA: 300}
+
+
+def test_active_sas_table_has_the_baseline_and_every_count(capsys) -> None:
+    assert bench_active_sas.main(["--sas", "30", "--active", "1,30", "--packets", "200", "--reps", "2"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [r.split()[0] for r in rows] == ["1", "1", "30"] and "receiver with 1 SA" in rows[0]
+    with pytest.raises(SystemExit):
+        bench_active_sas.main(["--sas", "10", "--active", "11"])
