@@ -64,6 +64,7 @@ import ipaddress
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -465,14 +466,22 @@ def dumps(specs: Iterable[SaSpec], fmt: str = "json") -> str:
 
 def save(path: PathLike, specs: Iterable[SaSpec], fmt: Optional[str] = None) -> None:
     """Write ``specs``; ``fmt`` defaults to ``esp_sa`` when the file is named ``esp_sa`` or
-    ends in ``.esp_sa``, else JSON. The file is created with mode 0600: it holds keys."""
+    ends in ``.esp_sa``, else JSON. The file holds keys, so it gets mode 0600 even where one
+    with wider permissions existed: the text goes to a new 0600 file beside it, which then
+    replaces ``path`` (a reader never sees half a file)."""
     if fmt is None:
         base = os.path.basename(os.fspath(path))
         fmt = "esp_sa" if base == "esp_sa" or base.endswith(".esp_sa") else "json"
     text = dumps(specs, fmt)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    target = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=".natt-keys-")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------

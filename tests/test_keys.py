@@ -98,6 +98,16 @@ def test_saved_files_are_private(tmp_path):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600
 
 
+def test_saving_over_a_readable_file_makes_it_private_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "k.json"
+    path.write_text("{}")
+    path.chmod(0o644)
+    keys.save(path, [spec()])
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert keys.load(path)[0].spi == spec().spi
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.json"]
+
+
 # ---------------------------------------------------------------------------------------------- esp_sa
 
 
