@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from ._constants import OFFLOAD_INBOUND_SA, ConfAlgo, IntegrityAlgo, NdisStatus, Operation, UdpEncapType
 
@@ -44,6 +44,11 @@ class OffloadError(Exception):
 
     def __str__(self) -> str:
         return f"{self.args[0]} ({self.status.name})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's default rebuilds from self.args (the message alone); a process pool or
+        # a Dask worker must hand the caller the same error, status included.
+        return (type(self), (self.status, self.args[0]), self.__dict__)
 
 
 @dataclasses.dataclass

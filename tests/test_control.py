@@ -828,6 +828,19 @@ def test_offload_error_status_and_field(backend: str, kwargs: dict, status: NS, 
         assert counts(nic) == (0, 0)
 
 
+def test_offload_error_survives_pickle_and_copy(backend: str) -> None:
+    # A process pool or a Dask worker hands errors back pickled: the caller must get the same
+    # OffloadError, status included (Exception's default rebuilds from the message alone).
+    import copy
+
+    with natt.Offload(backend=backend) as nic:
+        with pytest.raises(natt.OffloadError) as e:
+            nic.add_sa(0x1001, bytes(19), "aes128gcm16", "in", mode="transport")
+    for back in (pickle.loads(pickle.dumps(e.value)), copy.copy(e.value)):
+        assert type(back) is natt.OffloadError
+        assert back.status is NS.INVALID_DATA and str(back) == str(e.value)
+
+
 @pytest.mark.parametrize("handle", [0, 9999, -1, "1", None, True, 1.0])
 def test_unknown_handles_raise_invalid_parameter(backend: str, handle) -> None:
     with natt.Offload(backend=backend) as nic:
