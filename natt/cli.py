@@ -8,6 +8,8 @@ one-line message on stderr, 2 bad usage) and never prints a traceback for bad in
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import ipaddress
 import json
 import os
@@ -23,7 +25,7 @@ from . import pcap
 from ._batch import PacketBatch
 from ._capture import NOT_ESP, CaptureStats, sa_index
 from ._constants import Status
-from ._offload import Offload
+from ._offload import Offload, _check_threads
 from ._version import __version__
 
 __all__ = ["main", "build_parser", "CaptureStats"]
@@ -154,13 +156,22 @@ def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], directio
     reader = _open_capture(args.input, args.chunk_size)
     with reader, _offload(args, len(specs)) as nic:
         handles = _install(nic, specs, direction)
+        existed = os.path.lexists(args.output)
         try:
             writer = pcap.PcapWriter.like(reader, args.output)
         except OSError as e:
             raise CliError(f"cannot write {args.output}: {e.strerror or e}") from None
         verb = "decap" if direction == "in" else "encap"
-        with writer, _progress(args, os.path.getsize(args.input), verb) as bar:
-            return work(nic, handles, reader, writer, bar)
+        try:
+            with writer, _progress(args, os.path.getsize(args.input), verb) as bar:
+                return work(nic, handles, reader, writer, bar)
+        except BaseException:
+            # A header-only capture left behind looks like a finished run that found nothing.
+            # Only a file this run created goes: one that existed is not ours to remove.
+            if not existed and writer.frames_written == 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(args.output)
+            raise
 
 
 def _dask_arguments(parser: argparse.ArgumentParser) -> None:
@@ -553,11 +564,39 @@ def _positive(text: str) -> int:
     return v
 
 
-def _common(p: argparse.ArgumentParser, *, io: bool = True) -> None:
-    if io:
-        p.add_argument("--threads", type=_positive, default=None, metavar="N",
+def _accepted_by(check: Callable[[int], None]) -> Callable[[str], int]:
+    """An argparse type: a whole number that the library's own ``check`` accepts. The command line
+    keeps no copy of the library's limits, so the two cannot drift apart."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        try:
+            check(v)
+        except ValueError as e:
+            # The library names its parameter ("threads: ..."); argparse names the option.
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+        return v
+    return parse
+
+
+def _check_chunk_size(octets: int) -> None:
+    """PcapReader's check of ``chunk_size`` (ValueError if refused)."""
+    # The reader checks chunk_size before it reads anything, so an empty stream probes that
+    # check alone; the PcapError that follows is about the (empty) stream, not the size.
+    try:
+        pcap.PcapReader(io.BytesIO(), chunk_size=octets)
+    except pcap.PcapError:
+        pass
+
+
+def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
+    if files:
+        p.add_argument("--threads", type=_accepted_by(_check_threads), default=None, metavar="N",
                        help="data-path threads per batch (results are identical to one thread)")
-        p.add_argument("--chunk-size", type=_positive, default=pcap.DEFAULT_CHUNK_SIZE, metavar="OCTETS",
+        p.add_argument("--chunk-size", type=_accepted_by(_check_chunk_size), default=pcap.DEFAULT_CHUNK_SIZE,
+                       metavar="OCTETS",
                        help=f"octets of capture read per batch (default {pcap.DEFAULT_CHUNK_SIZE})")
     p.add_argument("--backend", choices=("fast", "reference"), default=None,
                    help="data path: fast (Cython/OpenSSL, default when built) or reference (pure Python)")
@@ -658,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out-dir", default="natt-demo", metavar="DIR", help="where to write the files (default ./natt-demo)")
     m.add_argument("--packets", type=_positive, default=5000, help="packets in total (default 5000)")
     m.add_argument("--seed", type=int, default=1, help="seed of keys and traffic (default 1)")
-    _common(m, io=False)
+    _common(m, files=False)
     m.set_defaults(func=_cmd_demo)
 
     x = sub.add_parser(

@@ -177,6 +177,51 @@ def test_decap_errors_are_one_line_and_exit_1(problem, scenario, tmp_path, capsy
         assert "offset" in err
 
 
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+@pytest.mark.parametrize("option", [["--threads", "999"], ["--threads", "0"], ["--chunk-size", "10"],
+                                    ["--chunk-size", "many"]])
+def test_out_of_range_threads_and_chunk_size_are_usage_errors(cmd, option, scenario, tmp_path, capsys):
+    cap, keyfile, *_ = scenario
+    out = tmp_path / "o.pcap"
+    rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(out)] + option + BACKEND, capsys)
+    assert rc == 2 and f"error: argument {option[0]}: " in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_the_library_limits_are_the_cli_limits(scenario, tmp_path, capsys):
+    cap, keyfile, *_ = scenario
+    out = tmp_path / "o.pcap"
+    # The largest thread count natt.Offload accepts, and pcap's smallest chunk, pass.
+    with pytest.raises(ValueError):
+        natt.Offload(backend="reference").decap([], threads=257)
+    natt.Offload(backend="reference").decap([], threads=256)
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(out), "--threads", "256",
+                      "--chunk-size", "4096"] + BACKEND, capsys)
+    assert rc == 0, err
+    assert run(["decap", str(cap), "-k", str(keyfile), "-o", str(out), "--threads", "257"] + BACKEND, capsys)[0] == 2
+    assert run(["decap", str(cap), "-k", str(keyfile), "-o", str(out), "--chunk-size", "4095"] + BACKEND,
+               capsys)[0] == 2
+
+
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+def test_a_failure_before_any_packet_leaves_no_output(cmd, scenario, tmp_path, capsys, monkeypatch):
+    _, keyfile, *_ = scenario
+    cap = tmp_path / "clear.pcap"        # packets SA 0x5000 encaps (decap finds no ESP, but runs)
+    pcap.write_datagrams(cap, traffic.inner_traffic(1, 5, src="10.1.0.2", dst="10.9.9.9"))
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(natt.Offload, cmd, fail)
+    out = tmp_path / "o.pcap"
+    rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND, capsys)
+    assert rc == 1 and "No space left" in err
+    assert not out.exists()
+    # A file that was there before is not removed (opening it truncated it; it is still the user's).
+    out.write_bytes(b"old")
+    assert run([cmd, str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND, capsys)[0] == 1
+    assert out.exists()
+
+
 # ---------------------------------------------------------------------------------------------- encap
 
 
