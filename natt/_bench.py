@@ -54,6 +54,7 @@ from ._constants import Status
 from ._offload import Offload, backends
 from ._suites import Cipher, Mac, Suite, parse_suite
 from ._version import __version__
+from .cli import destination_problem
 
 __all__ = ["main", "Timing", "Workload", "build_workload", "inner_packets", "EvpLoop"]
 
@@ -1231,7 +1232,12 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
     backend or the workload could not run. Bad arguments exit through
     argparse (status 2) as usual.
     """
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    why = args.json and destination_problem(args.json)
+    if why:
+        # Found out after the run, this would lose every result.
+        parser.error(f"--json {args.json}: {why}")
     given = {k: v for k, v in (("batch", args.batch), ("many_sas", args.sas), ("reps", args.reps),
                                ("sizes", args.sizes), ("scapy_packets", args.scapy_packets),
                                ("single_calls", args.calls)) if v is not None}

@@ -52,6 +52,25 @@ def _progress(args: argparse.Namespace, total: int, desc: str) -> Any:
                 disable=not show, file=sys.stderr, leave=False)
 
 
+def destination_problem(path: str) -> Optional[str]:
+    """Why a file cannot be written at ``path`` (its directory is missing or read-only, or it is
+    a directory), or None. For checking a run's last output before the run rather than after."""
+    if os.path.isdir(path):
+        return "is a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"directory {parent} does not exist"
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else "not writable"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"directory {parent} is not writable"
+
+
+def _check_report(args: argparse.Namespace) -> None:
+    why = args.report and destination_problem(args.report)
+    if why:
+        raise CliError(f"--report {args.report}: {why}")
+
+
 def _load_keys(path: str, mode: str) -> list[keyfile.SaSpec]:
     try:
         specs = keyfile.load(path, mode=mode)
@@ -193,6 +212,7 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
         import distributed
     except ImportError:
         raise CliError("--dask/--workers need the dask extra: pip install 'natt[dask]'") from None
+    _check_report(args)
     specs = _load_keys(args.keys, args.mode)
     if args.workers is not None and args.workers < 1:
         raise CliError(f"--workers: must be at least 1, got {args.workers}")
@@ -227,6 +247,7 @@ def _cmd_decap(args: argparse.Namespace) -> int:
     if len(args.input) != 1:
         raise CliError("several captures need --dask SCHEDULER or --workers N (docs/dask.md)")
     args.input = args.input[0]
+    _check_report(args)
     specs = _load_keys(args.keys, args.mode)
     labels = [s.label() for s in specs]
     stats = _run_capture(args, specs, "in", lambda nic, handles, reader, writer, bar: decap_capture(
@@ -334,6 +355,7 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
 
 
 def _cmd_encap(args: argparse.Namespace) -> int:
+    _check_report(args)
     specs = _outbound(_load_keys(args.keys, args.mode))
     if not specs:
         raise CliError(f"key file {args.keys} has no outbound SA (direction \"out\")")

@@ -222,6 +222,26 @@ def test_a_failure_before_any_packet_leaves_no_output(cmd, scenario, tmp_path, c
     assert out.exists()
 
 
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory"])
+def test_an_unwritable_report_is_refused_before_the_run(cmd, where, scenario, tmp_path, capsys, monkeypatch):
+    cap, keyfile, *_ = scenario
+    report = tmp_path / "no" / "r.json" if where == "missing-dir" else tmp_path
+    monkeypatch.setattr(natt.Offload, cmd, lambda *a, **k: pytest.fail("ran before checking --report"))
+    out = tmp_path / "o.pcap"
+    rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(out), "--report", str(report)] + BACKEND,
+                     capsys)
+    assert rc == 1 and err.startswith(f"natt {cmd}: --report {report}: ") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_bench_refuses_an_unwritable_json_before_running(tmp_path, capsys, monkeypatch):
+    from natt import _bench
+    monkeypatch.setattr(_bench, "run", lambda *a, **k: pytest.fail("benchmarked before checking --json"))
+    rc, _, err = run(["bench", "--quick", "--json", str(tmp_path / "no" / "x.json")], capsys)
+    assert rc == 2 and "--json" in err and "does not exist" in err and "Traceback" not in err
+
+
 # ---------------------------------------------------------------------------------------------- encap
 
 
