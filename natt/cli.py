@@ -213,6 +213,11 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
     except ImportError:
         raise CliError("--dask/--workers need the dask extra: pip install 'natt[dask]'") from None
     _check_report(args)
+    # The outputs go into -o, one per input; finding out that it is a file would otherwise take
+    # the cluster's start and a scan of every capture.
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise CliError(f"-o {args.output}: not a directory; with --dask/--workers, -o names the directory "
+                       f"that gets one output per input")
     specs = _load_keys(args.keys, args.mode)
     if args.workers is not None and args.workers < 1:
         raise CliError(f"--workers: must be at least 1, got {args.workers}")

@@ -242,6 +242,20 @@ def test_bench_refuses_an_unwritable_json_before_running(tmp_path, capsys, monke
     assert rc == 2 and "--json" in err and "does not exist" in err and "Traceback" not in err
 
 
+def test_dask_refuses_an_output_that_is_a_file_before_starting_a_cluster(scenario, tmp_path, capsys, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    cap, keyfile, *_ = scenario
+    monkeypatch.setattr(distributed, "LocalCluster", lambda *a, **k: pytest.fail("started a cluster"))
+    other = tmp_path / "b.pcap"
+    other.write_bytes(cap.read_bytes())
+    out = tmp_path / "x.pcap"
+    out.write_bytes(b"not a directory")
+    rc, _, err = run(["decap", str(cap), str(other), "-k", str(keyfile), "-o", str(out), "--workers", "1"] + BACKEND,
+                     capsys)
+    assert rc == 1 and err.startswith(f"natt decap: -o {out}: not a directory") and err.count("\n") == 1
+    assert out.read_bytes() == b"not a directory"
+
+
 # ---------------------------------------------------------------------------------------------- encap
 
 
