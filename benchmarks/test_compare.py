@@ -166,6 +166,19 @@ def test_main_runs_every_comparison_and_writes_json(tmp_path, capsys) -> None:
     assert "natt decap / bare EVP loop, 64 octets" in table and "gcm.evp.200" in table
 
 
+def test_a_single_size_runs_each_case_once(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    rc = main(["--backend", BACKEND, "--batch", "20", "--sas", "10", "--reps", "1", "--sizes", "64",
+               "--scapy-packets", "0", "--calls", "10", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    names = [r["name"] for r in result["ratios"]]
+    assert len(names) == len(set(names))
+    assert "natt chacha20poly1305 decap / bare EVP loop, 64 octets" in names
+    log = capsys.readouterr().err
+    assert log.count("SAs with random SPIs vs 1 SA") == 1 and log.count("aes128-sha1, tunnel, 1 SA") == 1
+
+
 def test_main_reports_an_unavailable_backend(capsys) -> None:
     assert main(["--backend", "no-such-backend", "--batch", "10"]) == 2
     assert "no-such-backend" in capsys.readouterr().err

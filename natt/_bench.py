@@ -885,6 +885,11 @@ def _c_variant(key: str, label: str, wl: Workload, evp: EvpLoop, threads: int = 
                     _expect(len(wl.esp), label))
 
 
+def _ends(sizes: Sequence[int]) -> tuple[int, ...]:
+    """The smallest and the largest size, in that order; one size once (it is both)."""
+    return tuple(dict.fromkeys((min(sizes), max(sizes))))
+
+
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every comparison of ``cfg``; returns the timings, ratios and machine description."""
     if cfg.backend not in backends():
@@ -940,7 +945,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         gc.collect()
 
     # Many SAs: a fresh receiver with cfg.many_sas SAs per repetition (installing is untimed).
-    for size in (min(cfg.sizes), max(cfg.sizes)):
+    for size in _ends(cfg.sizes):
         log(f"{cfg.gcm_suite}, {cfg.many_sas} SAs with random SPIs vs 1 SA, {cfg.batch} packets of {size}")
         t0 = time.perf_counter()
         wl_many = build_workload(b, cfg.gcm_suite, size, cfg.batch, cfg.many_sas, cfg.seed + 1)
@@ -985,7 +990,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     # no fixed-IV shortcut for it).
     for prefix, suite, c_label, seed in (("cbc", cfg.cbc_suite, "bare EVP + HMAC loop (C, ctypes)", 2),
                                          ("chacha", cfg.chacha_suite, "bare EVP loop (C, ctypes)", 4)):
-        for size in (min(cfg.sizes), max(cfg.sizes)):
+        for size in _ends(cfg.sizes):
             log(f"{suite}, tunnel, 1 SA, {cfg.batch} packets of {size}")
             wl = build_workload(b, suite, size, cfg.batch, 1, cfg.seed + seed)
             variants = [
@@ -1031,7 +1036,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
 
 
 def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
-    lo, hi, th = min(cfg.sizes), max(cfg.sizes), cfg.threads
+    th = cfg.threads
     out: list[Ratio] = []
 
     def have(*keys: str) -> bool:
@@ -1059,7 +1064,7 @@ def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
         if have(f"gcm.evp_t{th}.{size}", f"gcm.evp.{size}"):
             out.append(_speed_ratio(f"bare EVP loop {th} threads / 1 thread (the machine's ceiling), {size} octets",
                                     t[f"gcm.evp_t{th}.{size}"], t[f"gcm.evp.{size}"]))
-    for size in (lo, hi):
+    for size in _ends(cfg.sizes):
         if have(f"gcm.decap_many.{size}", f"gcm.decap_1sa.{size}"):
             out.append(_speed_ratio(f"natt decap {cfg.many_sas} SAs / 1 SA, {size} octets",
                                     t[f"gcm.decap_many.{size}"], t[f"gcm.decap_1sa.{size}"], 0.8))
@@ -1072,11 +1077,11 @@ def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
         if have(f"gcm.decap_many_cold.{size}", f"gcm.decap_1sa.{size}"):
             out.append(_speed_ratio(f"natt decap {cfg.many_sas} SAs no warm-up / 1 SA, {size} octets",
                                     t[f"gcm.decap_many_cold.{size}"], t[f"gcm.decap_1sa.{size}"]))
-    for size in (lo, hi):
+    for size in _ends(cfg.sizes):
         if have(f"cbc.decap.{size}", f"cbc.evp.{size}"):
             out.append(_speed_ratio(f"natt {cfg.cbc_suite} decap / bare EVP+HMAC loop, {size} octets",
                                     t[f"cbc.decap.{size}"], t[f"cbc.evp.{size}"], 0.8))
-    for size in (lo, hi):
+    for size in _ends(cfg.sizes):
         if have(f"chacha.decap.{size}", f"chacha.evp.{size}"):
             out.append(_speed_ratio(f"natt {cfg.chacha_suite} decap / bare EVP loop, {size} octets",
                                     t[f"chacha.decap.{size}"], t[f"chacha.evp.{size}"]))
