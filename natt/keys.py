@@ -50,8 +50,9 @@ writes), tshark 4.0 form: one SA per line, eight double-quoted, comma-separated 
 protocol, source, destination (``*`` = any), SPI, encryption algorithm, encryption key,
 authentication algorithm, authentication key. Algorithm names are those of Wireshark's
 ``packet-esp.c``; the key lengths choose among AES-128/192/256. Wireshark's AES-GCM key includes
-the 4-octet salt, as natt's does. Lines starting with ``#`` are comments; further fields (newer
-Wireshark versions) are ignored. The table has no direction, mode or port: loaded SAs get
+the 4-octet salt, as natt's does. A key is read as Wireshark reads it: ``0x`` (or ``0X``) and hex
+digits, else the octets of the text itself (a 16-character key is 16 octets); natt writes ``0x``
+hex. Lines starting with ``#`` are comments; further fields (newer Wireshark versions) are ignored. The table has no direction, mode or port: loaded SAs get
 ``direction=None`` (see :func:`install`) and the ``mode`` passed to :func:`load`.
 
 Keys never appear in a ``repr``, ``str`` or exception message of this module.
@@ -290,31 +291,96 @@ _UAT_FIELD = re.compile(r'\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
 
 
 def _uat_fields(line: str) -> Optional[list[str]]:
+    """The fields of one UAT line, still escaped (see :func:`_uat_octets`)."""
     fields, pos = [], 0
     while pos < len(line):
         m = _UAT_FIELD.match(line, pos)
         if not m or m.end() == pos:
             return None
-        # UAT escapes non-printable octets as \xNN and quotes as \"; keys are plain hex.
-        fields.append(re.sub(r"\\x([0-9a-fA-F]{2})|\\(.)",
-                             lambda mm: chr(int(mm.group(1), 16)) if mm.group(1) else mm.group(2), m.group(1)))
+        fields.append(m.group(1))
         pos = m.end()
     return fields
+
+
+_UAT_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|[0-7]{1,3}|.)", re.DOTALL)
+_UAT_C_ESCAPES = {"a": b"\a", "b": b"\b", "e": b"\x1b", "f": b"\f", "n": b"\n", "r": b"\r", "t": b"\t",
+                  "v": b"\v", "x": b"x"}
+
+
+def _uat_octets(field: str) -> tuple[bytes, bool]:
+    """A UAT field's octets as Wireshark's ``uat_unesc`` makes them, and whether it holds an
+    escape that function miscounts.
+
+    Wireshark writes ``"``, ``\\`` and non-printable octets as ``\\xNN``; it reads C escapes,
+    octal ``\\NNN`` and ``\\xNN``. A backslash before any other character keeps the character
+    but is not counted, so Wireshark cuts the field's last octet for each one.
+    """
+    out, pos, miscounted = bytearray(), 0, False
+    for m in _UAT_ESCAPE.finditer(field):
+        out += field[pos:m.start()].encode()
+        e = m.group(1)
+        if len(e) == 3 and e[0] == "x":
+            out.append(int(e[1:], 16))
+        elif e[0] in "01234567":
+            out.append(min(int(e, 8), 255))
+        elif e in _UAT_C_ESCAPES:
+            out += _UAT_C_ESCAPES[e]
+        else:
+            out += e.encode()
+            miscounted = True
+        pos = m.end()
+    out += field[pos:].encode()
+    return bytes(out), miscounted
+
+
+def _uat_text(field: str) -> str:
+    return _uat_octets(field)[0].decode("utf-8", "replace")
+
+
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _uat_key(field: str, where: str, name: str) -> tuple[bytes, bool]:
+    """An esp_sa key as Wireshark's ``packet-esp.c`` reads it, and whether it was text.
+
+    ``0x`` or ``0X`` then hex digits (an odd count as if led by a 0); anything else is the
+    octets of the text itself -- so a hex key without ``0x`` is not hex to Wireshark, and natt
+    reads it as Wireshark does: the same table must decrypt the same packets in both.
+    """
+    text, miscounted = _uat_octets(field)
+    if miscounted:
+        raise KeyFileError(f"{where}: {name}: a backslash escape other than \\xNN, \\NNN or a C escape "
+                           f"(Wireshark reads such a key one octet short); write the octet as \\xNN")
+    if 0 in text:
+        # Wireshark keeps the key as a C string: it would end there.
+        raise KeyFileError(f"{where}: {name}: holds a NUL octet, where Wireshark ends the key")
+    if text[:2] not in (b"0x", b"0X"):
+        return text, True
+    digits = text[2:]
+    bad = next((i for i, c in enumerate(digits) if c not in _HEX_DIGITS), None)
+    if bad is not None:
+        # Position only: the digits around it are part of the key.
+        raise KeyFileError(f"{where}: {name}: starts with 0x but character {bad + 3} of {len(text)} is "
+                           f"not a hex digit (Wireshark refuses the line too)")
+    return bytes.fromhex("0" * (len(digits) % 2) + digits.decode()), False
 
 
 def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
     where = f"line {lineno}"
     if len(fields) < 8:
         raise KeyFileError(f"{where}: expected 8 quoted fields, got {len(fields)}")
-    proto, src, dst, spi_s, enc, ekey_s, auth, akey_s = fields[:8]
+    proto, src, dst, spi_s, enc, auth = (_uat_text(fields[i]) for i in (0, 1, 2, 3, 4, 6))
     if proto != "IPv4":
         raise KeyFileError(f"{where}: protocol {proto!r}: natt handles IPv4 SAs only")
     if spi_s.strip() in ("*", ""):
         raise KeyFileError(f"{where}: SPI '*': natt needs the SPI of each SA")
     spi = _spi(spi_s.strip(), where)
     where = f"line {lineno} (spi 0x{spi:08x})"
-    ekey = _key(ekey_s or "", where, "encryption key")
-    akey = _key(akey_s or "", where, "authentication key")
+    ekey, ekey_text = _uat_key(fields[5], where, "encryption key")
+    akey, akey_text = _uat_key(fields[7], where, "authentication key")
+    # A forgotten 0x shows up as a key twice as long as meant; say why it is that length.
+    hint = (" (a key without 0x is text: one octet per character, as in Wireshark)"
+            if (ekey and ekey_text) or (akey and akey_text) else "")
     fam = WIRESHARK_ENC.get(enc) or _ENC_READ_ALIASES.get(enc)
     if fam is None:
         raise KeyFileError(f"{where}: encryption algorithm {enc!r} is not one natt implements "
@@ -334,14 +400,15 @@ def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
             suite = f"aes{bits}{fam}"
         else:
             raise KeyFileError(f"{where}: encryption key: {len(ekey)} octets; AES-GCM needs 20, 28 or 36 "
-                               f"(key and 4-octet salt)")
+                               f"(key and 4-octet salt){hint}")
     else:
         if not mac:
             raise KeyFileError(f"{where}: authentication NULL with {enc}: natt needs an integrity "
                                f"algorithm for non-AEAD SAs")
         if fam == "aes-cbc":
             if len(ekey) not in (16, 24, 32):
-                raise KeyFileError(f"{where}: encryption key: {len(ekey)} octets; AES-CBC needs 16, 24 or 32")
+                raise KeyFileError(f"{where}: encryption key: {len(ekey)} octets; AES-CBC needs 16, 24 or "
+                                   f"32{hint}")
             suite = f"aes{len(ekey) * 8}-{mac}"
         else:
             suite = f"{fam}-{mac}"
@@ -349,7 +416,7 @@ def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
     key = ekey + akey
     if len(key) != s.key_len:
         raise KeyFileError(f"{where}: keys: {len(ekey)} + {len(akey)} octets, {s.name} needs "
-                           f"{s.enc_key_len + s.salt_len} + {s.auth_key_len}")
+                           f"{s.enc_key_len + s.salt_len} + {s.auth_key_len}{hint}")
     return SaSpec(spi=spi, suite=s.name, key=key, direction=None, mode=mode,
                   src=_addr(src, where, "source"), dst=_addr(dst, where, "destination"))
 

@@ -204,6 +204,54 @@ def test_esp_sa_exact_duplicates_are_dropped_conflicts_kept():
         keys.install(natt.Offload(backend="reference"), specs, direction="in")
 
 
+# Keys as packet-esp.c's compute_ascii_key reads them (after uat_unesc); checked against tshark
+# 4.0.17, which verifies every ICV with these fields.
+ESP_SA_KEYS = [
+    ("0X" + bytes(range(20)).hex().upper(), bytes(range(20))),
+    ("0x1" + bytes(range(19)).hex(), b"\x01" + bytes(range(19))),          # odd count: a leading 0
+    ("0123456789abcdefSALT", b"0123456789abcdefSALT"),                     # no 0x: the text's octets
+    (bytes(range(20)).hex()[:20], bytes(range(20)).hex()[:20].encode()),   # hex digits, still text
+    (r"0123456789abcdef\x01\xff\x22\x5c", b"0123456789abcdef\x01\xff\"\\"),
+    (r"0123456789abcdef\t\007\101\x", b"0123456789abcdef\t\x07Ax"),
+    ("0123456789abcdefgh\u00e9", "0123456789abcdefgh\u00e9".encode()),     # UTF-8 text, 2 octets for é
+]
+
+
+@pytest.mark.parametrize("field,key", ESP_SA_KEYS)
+def test_esp_sa_keys_read_as_wireshark_reads_them(field, key):
+    line = f'"IPv4","*","192.0.2.2","0x301","AES-GCM with 16 octet ICV [RFC4106]","{field}","NULL",""'
+    (s,) = keys.loads(line)
+    assert s.suite == "aes128gcm16" and s.key == key
+
+
+def test_esp_sa_text_keys_choose_the_suite_by_their_length_and_are_written_back_as_hex(tmp_path):
+    # The reviewer's table: hex without 0x. Wireshark takes the 32 characters as a 32-octet
+    # AES-256 key, and so does natt now.
+    hexkey, hmac = bytes(range(16)).hex(), "ABCDEFGHIJKLMNOPQRST"
+    (s,) = keys.loads(f'"IPv4","*","192.0.2.2","0x302","AES-CBC [RFC3602]","{hexkey}",'
+                      f'"HMAC-SHA-1-96 [RFC2404]","{hmac}"')
+    assert s.suite == "aes256-sha1" and s.key == hexkey.encode() + hmac.encode()
+    keys.save(tmp_path / "esp_sa", [s])
+    line = next(ln for ln in (tmp_path / "esp_sa").read_text().splitlines() if not ln.startswith("#"))
+    fields = line[1:-1].split('","')
+    assert fields[5] == "0x" + s.key[:32].hex() and fields[7] == "0x" + s.key[32:].hex()
+    assert keys.load(tmp_path / "esp_sa")[0].key == s.key
+
+
+@pytest.mark.parametrize("field,message", [
+    ("0x0011 2233445566778899aabbccddeeff00112233", "character 7 of 43 is not a hex digit"),
+    ("0x00112233445566778899aabbccddeeff0011223g", "character 42 of 42 is not a hex digit"),
+    (r'0123456789abcdef\"SAL', "one octet short"),
+    (r"0123456789abcdef\x00SAL", "NUL"),
+    (bytes(range(20)).hex(), "40 octets; AES-GCM needs 20, 28 or 36 .*without 0x is text"),
+])
+def test_esp_sa_key_errors_say_why_never_the_key(field, message):
+    line = f'"IPv4","*","192.0.2.2","0x303","AES-GCM with 16 octet ICV [RFC4106]","{field}","NULL",""'
+    with pytest.raises(keys.KeyFileError, match=r"line 1 \(spi 0x00000303\): .*" + message) as ei:
+        keys.loads(line)
+    assert "0123456789abcdef" not in str(ei.value) and "00112233" not in str(ei.value)
+
+
 def test_gmac_cannot_go_to_wireshark():
     with pytest.raises(keys.KeyFileError, match="GMAC"):
         keys.to_esp_sa([spec(suite="aes128gmac", key=bytes(20))])
