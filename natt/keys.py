@@ -28,7 +28,8 @@ field              type / default            meaning
 ``port``           int, 4500                 parser-entry port (inbound)
 ``sport``,         int, 4500                 outer UDP ports written by encap (outbound)
 ``dport``
-``esn``            bool, false               64-bit extended sequence numbers (RFC 4303 §2.2.1)
+``esn``            bool, false               64-bit extended sequence numbers (RFC 4303 §2.2.1);
+                                             ``false`` with a ``-esn`` suite is refused
 ``replay_window``  int, 64                   0 (off) or 32 .. 65536
 ``replay_seq``     int, 0                    inbound: highest sequence number already accepted
 ``replay_oseq``    int, 0                    outbound: last sequence number sent
@@ -224,6 +225,10 @@ def _spec_from_json(i: int, obj: Any) -> SaSpec:
     esn = obj.get("esn", False)
     if not isinstance(esn, bool):
         raise KeyFileError(f"{w}: esn: expected true or false, got {esn!r}")
+    if suite_esn and not esn and "esn" in obj:
+        # Either one is a typo; picking the suffix would be the silent default keys.md rules out.
+        raise KeyFileError(f"{w}: esn: false, but the suite is {suite.name}-esn (extended sequence "
+                           f"numbers); make them agree")
     name = obj.get("name", "")
     if not isinstance(name, str):
         raise KeyFileError(f"{w}: name: expected a string")

@@ -59,6 +59,16 @@ def test_suite_esn_suffix_sets_esn():
     assert s.esn and s.uses_esn
 
 
+def test_explicit_esn_must_agree_with_the_suite_suffix():
+    sa = {"spi": 1, "suite": "aes128gcm16-esn", "key": K20.hex()}
+    with pytest.raises(keys.KeyFileError, match=r"SA #1 \(spi 0x00000001\): esn: false, but the suite is "
+                                                r"aes128gcm16-esn") as ei:
+        keys.loads(json.dumps([dict(sa, esn=False)]))
+    assert K20.hex() not in str(ei.value)
+    assert keys.loads(json.dumps([dict(sa, esn=True)]))[0].esn
+    assert keys.loads(json.dumps([dict(sa, suite="aes128gcm16", esn=True)]))[0].uses_esn
+
+
 @pytest.mark.parametrize("sa,message", [
     ({"suite": "aes128gcm16", "key": K20.hex()}, "missing field 'spi'"),
     ({"spi": 0, "suite": "aes128gcm16", "key": K20.hex()}, "spi"),
