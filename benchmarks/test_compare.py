@@ -9,6 +9,7 @@ leaves them out).
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -177,6 +178,17 @@ def test_a_single_size_runs_each_case_once(tmp_path, capsys) -> None:
     assert "natt chacha20poly1305 decap / bare EVP loop, 64 octets" in names
     log = capsys.readouterr().err
     assert log.count("SAs with random SPIs vs 1 SA") == 1 and log.count("aes128-sha1, tunnel, 1 SA") == 1
+
+
+def test_a_missing_scapy_is_noted_once_with_the_extra_that_installs_it(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "scapy", None)      # import scapy now raises ImportError
+    out = tmp_path / "bench.json"
+    rc = main(["--backend", BACKEND, "--batch", "20", "--sas", "10", "--reps", "1", "--sizes", "64,200",
+               "--scapy-packets", "5", "--calls", "10", "--json", str(out)])
+    assert rc == 0
+    notes = [n for n in json.loads(out.read_text())["notes"] if "scapy" in n]
+    assert len(notes) == 1 and "'.[bench]'" in notes[0]
+    assert capsys.readouterr().out.count("scapy baseline skipped") == 1
 
 
 def test_main_reports_an_unavailable_backend(capsys) -> None:

@@ -908,6 +908,14 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     gcm, _ = parse_suite(cfg.gcm_suite)
     th = cfg.threads
     b = cfg.backend
+    scapy_packets = cfg.scapy_packets
+    if scapy_packets:
+        try:
+            import scapy.layers.ipsec  # noqa: F401
+        except ImportError as e:
+            scapy_packets = 0
+            notes.append(f"scapy baseline skipped: {e} (the bench extra installs scapy: pip install '.[bench]' "
+                         f"in a checkout, 'natt[bench]' from a package index)")
 
     for size in cfg.sizes:
         log(f"{cfg.gcm_suite}, tunnel, 1 SA, {cfg.batch} packets of {size} octets (inner)")
@@ -927,17 +935,13 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
             lambda _, key=wl.keys[0], buf=buf, offs=offs, lens=lens: python_aesgcm_loop(gcm, key, buf, offs, lens),
             None,
             _expect(len(wl.esp), "AESGCM loop")))
-        if cfg.scapy_packets:
-            try:
-                dec = _scapy_decryptor(wl)
-            except ImportError as e:
-                notes.append(f"scapy baseline skipped: {e}")
-            else:
-                sub = [wl.esp[i] for i in range(min(cfg.scapy_packets, len(wl.esp)))]
-                variants.append(_Variant(
-                    Timing(f"gcm.scapy.{size}", f"scapy SecurityAssociation.decrypt ({len(sub)} pkts)",
-                           len(sub), sum(map(len, sub))),
-                    lambda _, sub=sub, dec=dec: dec(sub), None, _expect(len(sub), "scapy")))
+        if scapy_packets:
+            dec = _scapy_decryptor(wl)
+            sub = [wl.esp[i] for i in range(min(scapy_packets, len(wl.esp)))]
+            variants.append(_Variant(
+                Timing(f"gcm.scapy.{size}", f"scapy SecurityAssociation.decrypt ({len(sub)} pkts)",
+                       len(sub), sum(map(len, sub))),
+                lambda _, sub=sub, dec=dec: dec(sub), None, _expect(len(sub), "scapy")))
         _interleaved(variants, cfg.reps, log)
         for v in variants:
             timings[v.timing.key] = v.timing
