@@ -53,8 +53,9 @@ authentication algorithm, authentication key. Algorithm names are those of Wires
 ``packet-esp.c``; the key lengths choose among AES-128/192/256. Wireshark's AES-GCM key includes
 the 4-octet salt, as natt's does. A key is read as Wireshark reads it: ``0x`` (or ``0X``) and hex
 digits, else the octets of the text itself (a 16-character key is 16 octets); natt writes ``0x``
-hex. Lines starting with ``#`` are comments; further fields (newer Wireshark versions) are ignored. The table has no direction, mode or port: loaded SAs get
-``direction=None`` (see :func:`install`) and the ``mode`` passed to :func:`load`.
+hex. Lines starting with ``#`` are comments; further fields (newer Wireshark versions) are ignored. The table has no direction, mode, port or ESN: loaded SAs get
+``direction=None`` (see :func:`install`), the ``mode`` passed to :func:`load` and no ESN, and
+:func:`to_esp_sa` refuses an ESN SA.
 
 Keys never appear in a ``repr``, ``str`` or exception message of this module.
 """
@@ -453,14 +454,18 @@ def from_esp_sa(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
 def to_esp_sa(specs: Iterable[SaSpec]) -> str:
     """Wireshark ``esp_sa`` UAT text (tshark 4.0 form) for ``specs``.
 
-    Raises :class:`KeyFileError` for a suite Wireshark cannot decrypt (AES-GMAC). ESN SAs are
-    written too, but Wireshark 4.0 assumes 32-bit sequence numbers and will fail their ICVs.
+    Raises :class:`KeyFileError` for a suite Wireshark cannot decrypt (AES-GMAC) and for an ESN
+    SA: this form of the table has no ESN column, and Wireshark, taking 32-bit sequence numbers,
+    would fail every ICV of the SA.
     """
     lines = ["# Wireshark ESP SA table (esp_sa), written by natt. Fields: protocol, source,",
              "# destination, SPI, encryption algorithm, encryption key, authentication algorithm,",
              "# authentication key."]
     for s in specs:
         su = s.suite_info
+        if s.uses_esn:
+            raise KeyFileError(f"spi 0x{s.spi:08x}: Wireshark's esp_sa table has no ESN column "
+                               f"({su.name} with ESN)")
         enc_key = s.key[: su.enc_key_len + su.salt_len]
         auth_key = s.key[su.enc_key_len + su.salt_len:]
         if su.cipher is Cipher.AES_GCM:

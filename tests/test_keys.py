@@ -267,6 +267,14 @@ def test_gmac_cannot_go_to_wireshark():
         keys.to_esp_sa([spec(suite="aes128gmac", key=bytes(20))])
 
 
+@pytest.mark.parametrize("esn", [dict(esn=True), dict(suite="aes128gcm16-esn")])
+def test_esn_cannot_go_to_wireshark(tmp_path, esn):
+    # tshark 4.0's table has no ESN column: written, the SA would decrypt as 32-bit and fail.
+    with pytest.raises(keys.KeyFileError, match=r"spi 0x00001001: Wireshark's esp_sa table has no ESN column"):
+        keys.save(tmp_path / "x.esp_sa", [spec(**esn)])
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------- install
 
 
