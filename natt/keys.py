@@ -492,12 +492,15 @@ def to_esp_sa(specs: Iterable[SaSpec]) -> str:
 
 
 def loads(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
-    """Parse a key file's text: JSON when it starts with ``[`` or ``{``, else ``esp_sa``.
+    """Parse a key file's text: JSON when it starts with ``[`` or ``{``, else ``esp_sa``. A leading
+    UTF-8 byte order mark is skipped.
 
     ``mode`` applies to ``esp_sa`` SAs only (the table does not say); JSON SAs carry their own.
     """
     if mode not in ("tunnel", "transport"):
         raise ValueError(f"mode: 'tunnel' or 'transport', got {mode!r}")
+    # Editors on Windows start UTF-8 files with a byte order mark; it belongs to neither format.
+    text = text.removeprefix("\ufeff")
     stripped = text.lstrip()
     if stripped[:1] in ("[", "{"):
         try:

@@ -89,6 +89,14 @@ def test_json_errors_name_the_sa_and_field_never_the_key(sa, message):
     assert K20.hex() not in str(ei.value) and K16.hex() not in str(ei.value)
 
 
+@pytest.mark.parametrize("fmt", ["json", "esp_sa"])
+def test_a_leading_byte_order_mark_is_skipped(tmp_path, fmt):
+    path = tmp_path / f"k.{fmt}"
+    path.write_bytes(b"\xef\xbb\xbf" + keys.dumps([spec()], fmt).encode())
+    (s,) = keys.load(path)
+    assert (s.spi, s.key) == (spec().spi, spec().key)
+
+
 def test_invalid_json_reports_position_only():
     secret = "00112233445566778899aabbccddeeff"
     with pytest.raises(keys.KeyFileError, match="line 1") as ei:
