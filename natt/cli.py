@@ -43,13 +43,14 @@ class CliError(Exception):
 PROGRESS_DELAY = 1.0
 
 
-def _progress(args: argparse.Namespace, total: int, desc: str) -> Any:
-    """A tqdm bar over the input's octets, on stderr, that appears only once the work has taken
-    more than ``PROGRESS_DELAY`` seconds; shown on a terminal, or anywhere with --progress."""
+def _progress(args: argparse.Namespace, total: int, desc: str, unit: str = "B") -> Any:
+    """A tqdm bar over ``total`` units (default: the input's octets), on stderr, that appears only
+    once the work has taken more than ``PROGRESS_DELAY`` seconds; shown on a terminal, or anywhere
+    with --progress."""
     from tqdm import tqdm
     show = args.progress if args.progress is not None else sys.stderr.isatty()
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, delay=PROGRESS_DELAY,
-                disable=not show, file=sys.stderr, leave=False)
+    return tqdm(total=total, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000, desc=desc,
+                delay=PROGRESS_DELAY, disable=not show, file=sys.stderr, leave=False)
 
 
 def destination_problem(path: str) -> Optional[str]:
@@ -401,20 +402,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     frames: list[bytes] = []
     t_enc = 0.0
     per = max(args.packets // len(specs), 1)
-    for i, (s, h) in enumerate(zip(specs, handles)):
-        inner = traffic.inner_traffic(args.seed + i, per, src=f"10.1.{i}.2", dst="10.2.0.7")
-        t = time.perf_counter()
-        res = tx.encap(inner, h)
-        t_enc += time.perf_counter() - t
-        if res.counts().get(Status.OK, 0) != len(inner):
-            raise CliError(f"demo: encap with {s.suite} failed: {res.counts()}")
-        frames.extend(res)
-    # Interleave the SAs' packets as a real capture would, with 10 µs between frames.
-    order = sorted(range(len(frames)), key=lambda j: (j % per, j // per))
-    frames = [frames[j] for j in order]
-    ts = [1_700_000_000_000_000_000 + 10_000 * j for j in range(len(frames))]
     pcap_path = os.path.join(args.out_dir, "demo.pcap")
-    pcap.write_datagrams(pcap_path, frames, ts_ns=ts)
+    # Making the inner packets in Python takes most of the demo's time (tens of microseconds a
+    # packet), so the bar counts them as they are made; it stays up while demo.pcap is written.
+    with _progress(args, per * len(specs), "demo traffic", unit="pkt") as bar:
+        for i, (s, h) in enumerate(zip(specs, handles)):
+            inner = []
+            for p in traffic.iter_inner_traffic(args.seed + i, per, src=f"10.1.{i}.2", dst="10.2.0.7"):
+                inner.append(p)
+                bar.update()
+            t = time.perf_counter()
+            res = tx.encap(inner, h)
+            t_enc += time.perf_counter() - t
+            if res.counts().get(Status.OK, 0) != len(inner):
+                raise CliError(f"demo: encap with {s.suite} failed: {res.counts()}")
+            frames.extend(res)
+        # Interleave the SAs' packets as a real capture would, with 10 µs between frames.
+        order = sorted(range(len(frames)), key=lambda j: (j % per, j // per))
+        frames = [frames[j] for j in order]
+        ts = [1_700_000_000_000_000_000 + 10_000 * j for j in range(len(frames))]
+        bar.set_description("demo write", refresh=False)
+        pcap.write_datagrams(pcap_path, frames, ts_ns=ts)
     keyfile.save(os.path.join(args.out_dir, "demo.esp_sa"), specs)
     keyfile.save(os.path.join(args.out_dir, "demo-keys.json"), specs)
     # Decap the capture back through the same path as `natt decap`.
@@ -422,7 +430,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     rx_handles = _install(rx, specs, "in")
     out_path = os.path.join(args.out_dir, "demo-decap.pcap")
     with pcap.PcapReader(pcap_path) as reader, pcap.PcapWriter.like(reader, out_path) as writer, \
-            _progress(args, os.path.getsize(pcap_path), "demo") as bar:
+            _progress(args, os.path.getsize(pcap_path), "demo decap") as bar:
         stats = decap_capture(rx, rx_handles, [s.label() for s in specs], reader, writer, bar=bar)
     print(stats.table())
     n = stats.ipv4

@@ -3,8 +3,9 @@
 Three layers, each usable on its own:
 
 * **Inner packets** — :func:`ipv4`, :func:`ipv6`, :func:`icmp_echo`, :func:`udp_datagram`,
-  :func:`tcp_segment`, :func:`icmp6_echo`, :func:`udp6_datagram`, :func:`inner_traffic`: well-formed
-  IPv4 (and, for tunnel mode, IPv6) datagrams with correct checksums.
+  :func:`tcp_segment`, :func:`icmp6_echo`, :func:`udp6_datagram`, :func:`inner_traffic` (one at a
+  time: :func:`iter_inner_traffic`): well-formed IPv4 (and, for tunnel mode, IPv6) datagrams with
+  correct checksums.
 * **ESP-in-UDP by hand** — :class:`EspSealer` seals an ESP payload for one SA with the ``cryptography``
   package (independently of natt's own data paths), and :func:`esp_in_udp` wraps it into the
   UDP-encapsulated IPv4 packet a NAT-T peer sends (RFC 3948 §2, either framing). Sealer options build
@@ -32,7 +33,7 @@ import math
 import os
 import random
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -72,6 +73,7 @@ __all__ = [
     "icmp6_echo",
     "udp6_datagram",
     "inner_traffic",
+    "iter_inner_traffic",
     "EspSealer",
     "esp_in_udp",
     "udp_encapsulate",
@@ -268,8 +270,16 @@ def inner_traffic(seed: int, n: int, *, src: Address = "10.1.0.2", dst: Address 
     Deterministic for ``seed``. IPv4 datagrams go from ``src`` to ``dst``; IPv6 ones use
     documentation addresses (2001:db8::/32). Payloads are at most ``max_payload`` octets.
     """
+    return list(iter_inner_traffic(seed, n, src=src, dst=dst, ipv6=ipv6, max_payload=max_payload))
+
+
+def iter_inner_traffic(seed: int, n: int, *, src: Address = "10.1.0.2", dst: Address = "10.2.0.7",
+                       ipv6: bool = False, max_payload: int = 1400) -> Iterator[bytes]:
+    """The datagrams of :func:`inner_traffic` (same arguments, same datagrams in the same order),
+    one at a time: making many takes seconds, and a caller may want to show progress."""
     rng = random.Random(seed)
-    return [_random_inner(rng, src, dst, ipv6_ok=ipv6, max_payload=max_payload) for _ in range(n)]
+    for _ in range(n):
+        yield _random_inner(rng, src, dst, ipv6_ok=ipv6, max_payload=max_payload)
 
 
 # --------------------------------------------------------------------------------------------------

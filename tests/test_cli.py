@@ -372,3 +372,12 @@ def test_progress_bar_on_request_goes_to_stderr(scenario, tmp_path, capsys, monk
     rc, out, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "o.pcap"), "--no-progress"]
                        + BACKEND, capsys)
     assert rc == 0 and err == ""
+
+
+def test_demo_progress_covers_making_the_traffic(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "PROGRESS_DELAY", 0.0)
+    rc, out, err = run(["demo", "--out-dir", str(tmp_path), "--packets", "250", "--progress"] + BACKEND, capsys)
+    assert rc == 0
+    assert "demo traffic" in err and "pkt/s" in err       # packets made, before anything is decapsulated
+    assert "demo decap" in err and "B/s" in err
+    assert "pkt/s" not in out
