@@ -35,8 +35,9 @@ field              type / default            meaning
 ``replay_oseq``    int, 0                    outbound: last sequence number sent
 ``nat_oa_src``,    dotted quad or null       NAT-OA original addresses (inbound transport SAs,
 ``nat_oa_dst``                               RFC 3948 §3.1.2)
-``inner_src``,     CIDR or null              outbound tunnel SAs: which inner packets ``natt
-``inner_dst``                                encap`` sends through this SA (traffic selectors)
+``inner_src``,     CIDR, address or null     outbound tunnel SAs: which inner packets ``natt
+``inner_dst``                                encap`` sends through this SA (traffic selectors);
+                                             no host bits (``10.0.0.1/8`` is refused)
 ``name``           string, ""                a label for reports
 =================  ========================  ===================================================
 
@@ -174,9 +175,16 @@ def _net(v: Any, where: str, field: str) -> Optional[str]:
     if v is None or v == "*" or v == "":
         return None
     try:
-        return str(ipaddress.IPv4Network(v, strict=False))
+        return str(ipaddress.IPv4Network(v))
+    except (ValueError, TypeError):
+        pass
+    try:
+        # 10.0.0.1/8 may mean 10.0.0.0/8 or the host 10.0.0.1: natt does not guess which.
+        net = ipaddress.IPv4Network(v, strict=False)
     except (ValueError, TypeError):
         raise KeyFileError(f"{where}: {field}: {v!r} is not an IPv4 network (a.b.c.d/len)") from None
+    raise KeyFileError(f"{where}: {field}: {v!r} has host bits set (the network is {net}; one host "
+                       f"is an address without /len)")
 
 
 def _port(v: Any, where: str, field: str) -> int:

@@ -54,6 +54,12 @@ def test_json_accepts_sas_object_int_spi_and_spaced_hex():
     assert s.spi == 4097 and s.key == bytes(36) and s.direction == "in" and s.mode == "tunnel"
 
 
+def test_inner_selectors_take_networks_and_plain_addresses():
+    (s,) = keys.loads(json.dumps([{"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "direction": "out",
+                                   "inner_src": "10.1.0.0/16", "inner_dst": "192.0.2.7"}]))
+    assert (s.inner_src, s.inner_dst) == ("10.1.0.0/16", "192.0.2.7/32")
+
+
 def test_suite_esn_suffix_sets_esn():
     (s,) = keys.loads(json.dumps([{"spi": 1, "suite": "aes128gcm16-esn", "key": K20.hex()}]))
     assert s.esn and s.uses_esn
@@ -81,6 +87,9 @@ def test_explicit_esn_must_agree_with_the_suite_suffix():
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "port": 70000}, "port"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "encap": "GRE"}, "encap"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "colour": "red"}, "unknown field"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "inner_src": "10.0.0.1/8"},
+     r"inner_src: '10.0.0.1/8' has host bits set \(the network is 10.0.0.0/8"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "inner_dst": "10.0.0.0/33"}, "inner_dst: .* not an IPv4 network"),
 ])
 def test_json_errors_name_the_sa_and_field_never_the_key(sa, message):
     with pytest.raises(keys.KeyFileError, match=message) as ei:
