@@ -561,6 +561,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     text = "".join(args.hex.replace(":", " ").split())
     if text[:2].lower() == "0x":
         text = text[2:]
+    if not text:
+        # An empty command substitution ("$(...)" that found no frame) would otherwise be
+        # explained as a packet of 0 octets, with exit status 0.
+        raise CliError("HEX: empty; give the IPv4 packet in hex, starting at the IP header")
     try:
         packet = bytes.fromhex(text)
     except ValueError:
@@ -742,7 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "is the reference data path's own; the SAs of KEYS are installed inbound.",
         epilog="examples:\n"
                "  natt explain 4500003c0001000040113... -k keys.json\n"
-               "  natt explain \"$(tshark -r cap.pcap -Y frame.number==7 -T fields -e ip.raw)\" -k esp_sa\n"
+               "  # the IPv4 packet of frame 7 (index 6) of a capture:\n"
+               "  natt explain \"$(python3 -c \"from natt import pcap; print(pcap.read_frames('cap.pcap')[6][3].hex())\")\" \\\n"
+               "      -k esp_sa\n"
                "  natt explain 45:00:00:3c:... -k esp_sa --mode transport")
     x.add_argument("hex", metavar="HEX", help="the packet in hex, from its IPv4 header (spaces and ':' allowed)")
     x.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)

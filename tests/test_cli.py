@@ -342,6 +342,30 @@ def test_explain_walks_to_the_deciding_step(scenario, capsys):
     assert rc == 1 and "not a hex string" in err
 
 
+@pytest.mark.parametrize("hexarg", ["", "  ", "0x", " : "])
+def test_explain_refuses_an_empty_packet(hexarg, scenario, capsys):
+    _, keyfile, *_ = scenario
+    rc, out, err = run(["explain", hexarg, "-k", str(keyfile)], capsys)
+    assert rc == 1 and err.startswith("natt explain: HEX: empty") and out == ""
+
+
+def test_explain_help_example_runs_on_a_demo_capture(tmp_path, capsys):
+    """The example that takes a frame from a capture runs as printed (tshark 4.0 has no ip.raw field)."""
+    if not os.path.exists("/bin/sh"):
+        pytest.skip("no /bin/sh")
+    assert run(["demo", "--out-dir", str(tmp_path), "--packets", "50"] + BACKEND, capsys)[0] == 0
+    (tmp_path / "demo.pcap").rename(tmp_path / "cap.pcap")
+    (tmp_path / "demo.esp_sa").rename(tmp_path / "esp_sa")
+    _, text, _ = run(["explain", "--help"], capsys)
+    example = next(line for line in text.replace("\\\n", "").splitlines() if "read_frames" in line).strip()
+    command = example.replace("natt explain", f"{sys.executable} -m natt.cli explain", 1)
+    command = command.replace("python3 -c", f"{sys.executable} -c")
+    p = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "=> OK (step 12)"
+
+
 # ---------------------------------------------------------------------------------------------- subprocess
 
 
