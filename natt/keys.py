@@ -54,9 +54,10 @@ authentication algorithm, authentication key. Algorithm names are those of Wires
 ``packet-esp.c``; the key lengths choose among AES-128/192/256. Wireshark's AES-GCM key includes
 the 4-octet salt, as natt's does. A key is read as Wireshark reads it: ``0x`` (or ``0X``) and hex
 digits, else the octets of the text itself (a 16-character key is 16 octets); natt writes ``0x``
-hex. Lines starting with ``#`` are comments; further fields (newer Wireshark versions) are ignored. The table has no direction, mode, port or ESN: loaded SAs get
-``direction=None`` (see :func:`install`), the ``mode`` passed to :func:`load` and no ESN, and
-:func:`to_esp_sa` refuses an ESN SA.
+hex. Lines starting with ``#`` are comments; further fields (newer Wireshark versions) are
+ignored. The table has no direction, mode, port or ESN: loaded SAs get ``direction=None`` (see
+:func:`install`), the ``mode`` passed to :func:`load` and no ESN, and :func:`to_esp_sa` refuses
+an ESN SA.
 
 Keys never appear in a ``repr``, ``str`` or exception message of this module.
 """
@@ -599,6 +600,9 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
     handles: list[int] = []
     try:
         for i, s in enumerate(specs):
+            # A spec made in code skips the file readers' check, and add_sa's own message gives
+            # the field's width (0..2**32-1), not the SPIs that are valid.
+            _spi(s.spi, _where(i))
             d = direction or s.direction
             if d is None:
                 raise KeyFileError(f"{_where(i, s.spi)}: no direction (esp_sa tables have none); "

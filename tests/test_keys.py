@@ -89,7 +89,8 @@ def test_explicit_esn_must_agree_with_the_suite_suffix():
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "colour": "red"}, "unknown field"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "inner_src": "10.0.0.1/8"},
      r"inner_src: '10.0.0.1/8' has host bits set \(the network is 10.0.0.0/8"),
-    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "inner_dst": "10.0.0.0/33"}, "inner_dst: .* not an IPv4 network"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "inner_dst": "10.0.0.0/33"},
+     "inner_dst: .* not an IPv4 network"),
 ])
 def test_json_errors_name_the_sa_and_field_never_the_key(sa, message):
     with pytest.raises(keys.KeyFileError, match=message) as ei:
@@ -315,6 +316,19 @@ def test_install_uses_own_directions_and_refuses_esp_sa_without_one():
     assert nic.sa_stats(h_in)["direction"] == "in" and nic.sa_stats(h_out)["direction"] == "out"
     with pytest.raises(keys.KeyFileError, match="no direction"):
         keys.install(nic, [spec(spi=0x3003, direction=None)])
+
+
+@pytest.mark.parametrize("spi", [0, -1, 2**32])
+def test_spi_errors_give_the_valid_range(spi):
+    sa = {"spi": spi, "suite": "aes128gcm16", "key": K20.hex()}
+    line = f'"IPv4","*","192.0.2.2","{spi:#x}","AES-GCM with 16 octet ICV [RFC4106]","0x{K20.hex()}","NULL",""'
+    nic = natt.Offload(backend="reference")
+    for load in (lambda: keys.loads(json.dumps([sa])), lambda: keys.loads(line),
+                 lambda: keys.install(nic, [spec(spi=0x1001), spec(spi=spi)])):
+        with pytest.raises(keys.KeyFileError, match=r"(SA #\d|line 1): spi: must be 1 \.\. 2\*\*32-1, got") as ei:
+            load()
+        assert "outside" not in str(ei.value)
+    assert nic.sa_handles() == []
 
 
 def test_install_is_all_or_nothing():
