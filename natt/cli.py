@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import ipaddress
 import json
@@ -28,7 +29,7 @@ from ._constants import Status
 from ._offload import Offload, _check_threads
 from ._version import __version__
 
-__all__ = ["main", "build_parser", "CaptureStats"]
+__all__ = ["main", "build_parser", "CaptureStats", "EncapStats"]
 
 
 class CliError(Exception):
@@ -322,10 +323,69 @@ def _ip_addresses(batch: PacketBatch, ipv4: np.ndarray) -> tuple[np.ndarray, np.
     return usable, src, dst
 
 
+# What encap can report for a packet an SA was chosen for, besides OK (docs/semantics.md §2).
+ENCAP_FAILURES = (Status.MALFORMED, Status.SEQ_OVERFLOW, Status.ERROR)
+
+
+@dataclasses.dataclass
+class EncapStats(CaptureStats):
+    """Per-SA counts of one ``natt encap`` run.
+
+    ``octets`` counts the inner packets taken in, as ``Offload.sa_stats()['bytes']`` does
+    (docs/semantics.md §2); ``octets_out`` the UDP-encapsulated ESP packets written in their
+    place. IPv4 packets no SA was chosen for count as ``Status.NO_SA`` in the "(no SA)" row of
+    ``counts``; they are written unchanged.
+    """
+
+    octets_out: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.octets_out = np.zeros(len(self.labels) + 1, np.int64)
+
+    def add_encap(self, sa_index: np.ndarray, status: np.ndarray, in_lengths: np.ndarray,
+                  out_lengths: np.ndarray) -> None:
+        """Count one chunk: ``sa_index`` is the key-file index of each packet's SA (-1 = none)."""
+        self.add(sa_index, status, in_lengths)
+        row = np.where(sa_index < 0, len(self.labels), sa_index)
+        ok = status == Status.OK
+        self.octets_out += np.bincount(row[ok], weights=out_lengths[ok],
+                                       minlength=self.octets_out.size).astype(np.int64)
+
+    def unmatched(self) -> int:
+        """IPv4 packets no SA was chosen for."""
+        return int(self.counts[len(self.labels), Status.NO_SA])
+
+    def as_dict(self) -> dict[str, Any]:
+        rows = [{"sa": label, "packets": int(self.counts[k, Status.OK]), "bytes": int(self.octets[k]),
+                 "bytes_out": int(self.octets_out[k]),
+                 **{s.name.lower(): int(self.counts[k, s]) for s in ENCAP_FAILURES}}
+                for k, label in enumerate(self.labels)]
+        statuses = {k: v for k, v in self.totals().items() if k != Status.NO_SA.name}
+        return {"frames": self.frames, "ipv4_frames": self.ipv4, "frames_written": self.written,
+                "statuses": statuses, "no_sa_chosen": self.unmatched(), "sas": rows,
+                "elapsed_seconds": round(self.elapsed, 6), "data_path_seconds": round(self.crypto_seconds, 6)}
+
+    def table(self) -> str:
+        """The per-SA summary table printed at the end of ``natt encap``."""
+        cols = ["packets", "bytes", "bytes_out"] + [s.name.lower() for s in ENCAP_FAILURES]
+        head = ["SA"] + cols
+        rows = [[r["sa"]] + [str(r[c]) for c in cols] for r in self.as_dict()["sas"]]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+
+        def fmt(r: list[str]) -> str:
+            return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+        footer = [f"{self.frames} frames ({self.ipv4} IPv4), {self.written} written; {self.unmatched()} IPv4 "
+                  f"packets with no SA chosen, written unchanged",
+                  "bytes: inner packets taken in (what Offload.sa_stats() counts); "
+                  "bytes_out: the ESP-in-UDP packets written for them"]
+        return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows] + footer)
+
+
 def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSpec], reader: pcap.PcapReader,
-                  writer: pcap.PcapWriter, *, threads: Optional[int] = None, bar: Any = None) -> CaptureStats:
+                  writer: pcap.PcapWriter, *, threads: Optional[int] = None, bar: Any = None) -> EncapStats:
     """Encap every IPv4 frame of ``reader`` that an SA is chosen for (:func:`choose_sa`)."""
-    stats = CaptureStats([s.label() for s in specs])
+    stats = EncapStats([s.label() for s in specs])
     t0 = time.perf_counter()
     for chunk in (_chunks(reader, bar) if bar is not None else reader):
         n = len(chunk)
@@ -355,7 +415,7 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
         stats.frames += n
         stats.ipv4 += int(chunk.ipv4.sum())
         sel = chunk.ipv4
-        stats.add(which[sel], status[sel], out_len[sel])
+        stats.add_encap(which[sel], status[sel], b.lengths[sel], out_len[sel])
     stats.elapsed = time.perf_counter() - t0
     return stats
 
@@ -707,7 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "destination lie in its inner_src / inner_dst networks (unset = any). The most\n"
                     "specific match wins (each set transport address counts 32, a tunnel SA its two\n"
                     "prefix lengths); on a tie, the SA earlier in the file. Packets no SA matches, and\n"
-                    "frames that are not IPv4, are written unchanged.",
+                    "frames that are not IPv4, are written unchanged. A per-SA summary ends the run:\n"
+                    "packets encapsulated, bytes (the inner packets taken in, as Offload.sa_stats counts\n"
+                    "them), bytes_out (the ESP-in-UDP packets written) and each failure kind.",
         epilog="examples:\n"
                "  natt encap clear.pcap -k keys.json -o natt.pcap\n"
                "  natt encap clear.pcapng -k keys.json -o natt.pcapng --report encap.json\n"

@@ -283,6 +283,36 @@ def test_encap_then_decap_gives_the_inner_capture_back(tmp_path, capsys):
     assert [g[3] for g in pcap.read_frames(dec)][:16] == inner
 
 
+def test_encap_summary_has_only_encap_columns_and_counts_input_bytes(tmp_path, capsys):
+    specs = make_specs()
+    inner = traffic.inner_traffic(30, 6, src="10.1.0.9", dst="10.9.9.9")
+    other = traffic.icmp_echo("172.16.0.1", "10.9.9.9")                 # no SA's inner_src
+    clear = tmp_path / "clear.pcap"
+    pcap.write_datagrams(clear, inner + [other])
+    keyfile = tmp_path / "k.json"
+    keys.save(keyfile, specs)
+    enc, report = tmp_path / "enc.pcap", tmp_path / "r.json"
+    rc, text, err = run(["encap", str(clear), "-k", str(keyfile), "-o", str(enc), "--report", str(report)] + BACKEND,
+                        capsys)
+    assert rc == 0, err
+    head = text.splitlines()[0].split()
+    assert head == ["SA", "packets", "bytes", "bytes_out", "malformed", "seq_overflow", "error"]
+    assert "bytes: inner packets taken in" in text and "1 IPv4 packets with no SA chosen" in text
+    doc = json.loads(report.read_text())
+    first = doc["sas"][0]
+    wire = [g[3] for g in pcap.read_frames(enc)][:6]
+    assert first["packets"] == 6
+    assert first["bytes"] == sum(map(len, inner))            # what Offload.sa_stats()["bytes"] counts
+    assert first["bytes_out"] == sum(map(len, wire))
+    assert set(first) == {"sa", "packets", "bytes", "bytes_out", "malformed", "seq_overflow", "error"}
+    assert doc["no_sa_chosen"] == 1 and doc["statuses"] == {"OK": 6}
+    # The same count as the library's own, for the same packets.
+    nic = natt.Offload(backend="reference")
+    h = keys.install(nic, specs[:1], direction="out")[0]
+    nic.encap(inner, h)
+    assert nic.sa_stats(h)["bytes"] == first["bytes"]
+
+
 def test_choose_sa_rule():
     ip = lambda s: int(ipaddress.IPv4Address(s))  # noqa: E731
     specs = [
