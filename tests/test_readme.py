@@ -18,3 +18,32 @@ def test_quick_start_examples_run(capsys):
     out = capsys.readouterr().out
     assert "{<Status.OK: 0>: 3}" in out
     assert namespace["status"] == namespace["natt"].NdisStatus.SUCCESS
+
+
+def test_oid_example_checks_every_status_and_deletes_the_sa():
+    for line in BLOCKS[1].splitlines():
+        if "set_oid(" in line:
+            assert line.lstrip().startswith("status = "), f"set_oid result not checked: {line.strip()}"
+    namespace: dict = {}
+    exec(compile("\n".join(BLOCKS[:2]), str(README), "exec"), namespace)
+    nic, req = namespace["nic"], namespace["req"]
+    assert req.offload_handle not in nic.sa_handles()
+    assert namespace["rx"] in nic.sa_handles()          # the SA sharing the parser entry is untouched
+
+
+def test_a_refused_add_is_logged_at_debug_on_the_natt_logger(caplog):
+    """What the README says after the OID example."""
+    import logging
+
+    import natt
+    req = natt.AddUdpEspSa(
+        dst_tunnel_addr="203.0.113.5", src_tunnel_addr="198.51.100.2", flags=natt.OFFLOAD_INBOUND_SA,
+        sec_assoc=[natt.OffloadSecurityAssociation(
+            natt.Operation.ENCRYPT, 0,          # SPI 0 is reserved: refused
+            integrity_algo=natt.AlgoInfo(natt.IntegrityAlgo.SHA, 20),
+            conf_algo=natt.AlgoInfo(natt.ConfAlgo.AES_CBC_128, 16))],
+        encap_type_entry=natt.EncapTypeEntry(natt.UdpEncapType.OTHER, 4500), key_mat=bytes(36))
+    with caplog.at_level(logging.DEBUG, logger="natt"):
+        status = natt.Offload(backend="reference").set_oid(natt.OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req)
+    assert status == natt.NdisStatus.INVALID_PARAMETER
+    assert [r.levelno for r in caplog.records if r.name == "natt" and "refused" in r.getMessage()] == [logging.DEBUG]
