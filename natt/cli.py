@@ -200,9 +200,9 @@ def _dask_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--dask", metavar="SCHEDULER", default=None,
                    help="decap on this Dask cluster (e.g. tcp://10.0.0.5:8786); IN may then name several "
-                        "captures and -o is a directory (needs natt[dask])")
+                        "captures and -o is a directory (needs the dask extra)")
     g.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="decap on a local Dask cluster of N worker processes (needs natt[dask])")
+                   help="decap on a local Dask cluster of N worker processes (needs the dask extra)")
 
 
 def _cmd_decap_dask(args: argparse.Namespace) -> int:
@@ -213,7 +213,8 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
     try:
         import distributed
     except ImportError:
-        raise CliError("--dask/--workers need the dask extra: pip install 'natt[dask]'") from None
+        raise CliError("--dask/--workers need the dask extra: pip install '.[dask]' in a checkout of natt, "
+                       "'natt[dask]' from a package index") from None
     _check_report(args)
     # The outputs go into -o, one per input; finding out that it is a file would otherwise take
     # the cluster's start and a scan of every capture.
@@ -790,7 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encapsulate inner traffic (ICMP, UDP, TCP) with one tunnel SA per suite\n"
                     f"({', '.join(DEMO_SUITES)}), write it as demo.pcap with its keys as\n"
                     "demo.esp_sa (Wireshark) and demo-keys.json (natt), then decapsulate demo.pcap as\n"
-                    "'natt decap' would into demo-decap.pcap and print the per-SA summary and throughput.",
+                    "'natt decap' would into demo-decap.pcap and print the per-SA summary and throughput.\n"
+                    "Every file goes into --out-dir (default ./natt-demo).",
         epilog="examples:\n"
                "  natt demo\n"
                "  natt demo --out-dir /tmp/natt-demo --packets 20000\n"

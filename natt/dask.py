@@ -1,6 +1,7 @@
 """Decrypt capture sets on a Dask cluster with exactly the per-SA semantics of one machine.
 
-``pip install natt[dask]`` (``dask`` and ``distributed``). One call::
+``pip install '.[dask]'`` in a checkout, ``pip install 'natt[dask]'`` from a package index
+(``dask`` and ``distributed``). One call::
 
     from distributed import Client
     from natt.dask import decap_captures
@@ -733,10 +734,12 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
 
     ``keys`` is a key file (natt JSON or Wireshark ``esp_sa``; ``mode`` as for ``natt decap``)
     or a list of :class:`natt.keys.SaSpec`; every SA is installed inbound. ``client`` is a
-    ``distributed.Client`` (default: the current one). ``chunk_size`` is the octets of capture per
-    task; ``threads`` the data-path threads per task; ``lanes`` the number of SA lanes (default:
-    the cluster's worker threads, at most one per SA key). ``progress`` shows a bar on
-    stderr (default: when stderr is a terminal).
+    ``distributed.Client``; ``None`` takes the current one (``distributed.get_client()``) or, when
+    there is none, starts a ``distributed.LocalCluster`` of worker processes (Dask's default size
+    for the machine) for this call and closes it before returning. ``chunk_size`` is the octets
+    of capture per task; ``threads`` the data-path threads per task; ``lanes`` the number of SA
+    lanes (default: the cluster's worker threads, at most one per SA key). ``progress`` shows a
+    bar on stderr (default: when stderr is a terminal).
 
     Returns the merged per-SA summary, the :class:`natt.cli.CaptureStats` ``natt decap`` prints,
     equal to that of one process decapsulating the captures in order with one Offload (module

@@ -11,6 +11,14 @@ def test_readme_has_examples():
     assert len(BLOCKS) >= 3
 
 
+def test_readme_sends_readers_only_to_files_in_the_repository():
+    root = README.parent
+    text = README.read_text()
+    cited = set(re.findall(r"`([\w./-]+\.md)`", text))
+    assert cited and all((root / p).is_file() for p in cited), sorted(p for p in cited if not (root / p).is_file())
+    assert "../shared" not in text and "spec/" not in text
+
+
 def test_quick_start_examples_run(capsys):
     # The first two blocks form one session (the OID example reuses `nic`).
     namespace: dict = {}
