@@ -1989,8 +1989,8 @@ cdef inline uint64_t _u64(object v):
 
 # --------------------------------------------------------------------------- numpy checks
 
-cdef int _arr(object a, str name, int typenum, int64_t n, bint writable, void **ptr, int64_t *size) except -1:
-    """Check one 1-D C-contiguous array of ``typenum`` (and length ``n`` when n >= 0)."""
+cdef cnp.ndarray _arr(object a, str name, int typenum, int64_t n, bint writable, void **ptr, int64_t *size):
+    """Check one 1-D C-contiguous array of ``typenum`` (and length ``n`` when n >= 0); returns it."""
     cdef cnp.ndarray arr
     if not cnp.PyArray_Check(a):
         raise ValueError(f"{name}: expected a numpy array, got {type(a).__name__}")
@@ -2005,39 +2005,44 @@ cdef int _arr(object a, str name, int typenum, int64_t n, bint writable, void **
     if n >= 0 and size[0] != n:
         raise ValueError(f"{name}: has {size[0]} elements, the batch has {n} packets")
     ptr[0] = cnp.PyArray_DATA(arr)
-    return 0
+    return arr
 
 
-cdef int _setup_io(natt_io *io, object batch, object out) except -1:
-    """Validate dtypes, shapes and sizes once per batch (segments are re-checked in the kernel)."""
+cdef tuple _setup_io(natt_io *io, object batch, object out):
+    """Validate dtypes, shapes and sizes once per batch (segments are re-checked in the kernel).
+
+    Returns the arrays ``io`` points into; the caller keeps that tuple until the kernel is
+    done. Another Python thread may meanwhile rebind ``batch.data`` or grow ``out`` (which
+    replaces its arrays): without these references the kernel would write into freed memory
+    (SECURITY.md, "Concurrency")."""
     cdef void *ptr
     cdef int64_t size, n
-    _arr(batch.offsets, "batch.offsets", cnp.NPY_INT64, -1, False, &ptr, &n)
+    off = _arr(batch.offsets, "batch.offsets", cnp.NPY_INT64, -1, False, &ptr, &n)
     io.off = <const int64_t *>ptr
     io.n = n
-    _arr(batch.lengths, "batch.lengths", cnp.NPY_INT64, n, False, &ptr, &size)
+    ln = _arr(batch.lengths, "batch.lengths", cnp.NPY_INT64, n, False, &ptr, &size)
     io.len = <const int64_t *>ptr
-    _arr(batch.data, "batch.data", cnp.NPY_UINT8, -1, False, &ptr, &size)
+    data = _arr(batch.data, "batch.data", cnp.NPY_UINT8, -1, False, &ptr, &size)
     io.data = <const uint8_t *>ptr
     io.data_len = size
-    _arr(out.data, "out.data", cnp.NPY_UINT8, -1, True, &ptr, &size)
+    odata = _arr(out.data, "out.data", cnp.NPY_UINT8, -1, True, &ptr, &size)
     io.odata = <uint8_t *>ptr
     io.odata_len = size
-    _arr(out.offsets, "out.offsets", cnp.NPY_INT64, n, False, &ptr, &size)
+    ooff = _arr(out.offsets, "out.offsets", cnp.NPY_INT64, n, False, &ptr, &size)
     io.ooff = <const int64_t *>ptr
-    _arr(out.lengths, "out.lengths", cnp.NPY_INT64, n, True, &ptr, &size)
+    olen = _arr(out.lengths, "out.lengths", cnp.NPY_INT64, n, True, &ptr, &size)
     io.olen = <int64_t *>ptr
-    _arr(out.status, "out.status", cnp.NPY_UINT8, n, True, &ptr, &size)
+    ostatus = _arr(out.status, "out.status", cnp.NPY_UINT8, n, True, &ptr, &size)
     io.ostatus = <uint8_t *>ptr
-    _arr(out.sa, "out.sa", cnp.NPY_INT64, n, True, &ptr, &size)
+    osa = _arr(out.sa, "out.sa", cnp.NPY_INT64, n, True, &ptr, &size)
     io.osa = <int64_t *>ptr
-    _arr(out.seq, "out.seq", cnp.NPY_UINT64, n, True, &ptr, &size)
+    oseq = _arr(out.seq, "out.seq", cnp.NPY_UINT64, n, True, &ptr, &size)
     io.oseq = <uint64_t *>ptr
-    _arr(out.next_header, "out.next_header", cnp.NPY_UINT8, n, True, &ptr, &size)
+    onh = _arr(out.next_header, "out.next_header", cnp.NPY_UINT8, n, True, &ptr, &size)
     io.onh = <uint8_t *>ptr
     if io.odata == <uint8_t *>io.data:
         raise ValueError("out.data: must not be the input buffer")
-    return 0
+    return (off, ln, data, odata, ooff, olen, ostatus, osa, oseq, onh)
 
 
 cdef inline int _threads(object threads) except -2:
@@ -2429,7 +2434,7 @@ cdef class FastBackend:
         cdef natt_io io
         cdef int nt = _threads(threads)
         cdef int rc = 0
-        _setup_io(&io, batch, out)
+        pinned = _setup_io(&io, batch, out)   # noqa: F841 (kept alive for the kernel)
         with nogil:
             pthread_mutex_lock(&self.st.lock)
             if nt == 0:
@@ -2452,7 +2457,7 @@ cdef class FastBackend:
         cdef int32_t s
         cdef int64_t h = handle
         cdef natt_sa *sa
-        _setup_io(&io, batch, out)
+        pinned = _setup_io(&io, batch, out)   # noqa: F841 (kept alive for the kernel)
         slot = self._slot_of.get(handle)
         if slot is None:
             raise KeyError(handle)

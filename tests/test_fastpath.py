@@ -524,6 +524,35 @@ def test_two_backends_decapping_concurrently_with_threads():
         assert_same_run(expected, results[k], f"concurrent backend {k}")
 
 
+def test_rebinding_a_batch_array_while_its_decap_runs_does_not_crash():
+    """The kernel runs without the GIL on raw pointers into the batch and the result; another
+    Python thread may meanwhile rebind ``batch.data``, dropping the last reference to the array
+    the kernel reads. The call keeps its own references (``_setup_io``), so the old array stays
+    alive until the kernel is done. Run in a child: a use after free may kill the process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import threading, time
+        import numpy as np, natt
+        nic = natt.Offload(backend="fast")
+        for attempt in range(4):
+            batch = natt.PacketBatch.from_packets([bytes(1400)] * 40000)   # 56 MB, only batch.data holds it
+            res = {}
+            a = threading.Thread(target=lambda: res.setdefault("r", nic.decap(batch)))
+            a.start()
+            time.sleep(0.005)                                              # a is inside the kernel
+            batch.data = np.zeros(batch.data.size, np.uint8)
+            a.join()
+            assert res["r"].counts() == {natt.Status.NOT_ESP: 40000}
+            assert res["r"][0] == bytes(1400)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
+
+
 def test_threaded_decap_works_in_a_forked_child():
     """Worker threads do not survive fork(): the child must not wait for them."""
     import multiprocessing
