@@ -126,7 +126,8 @@ class Backend(Protocol):
         """Fill ``out`` (already sized for ``batch``) with one result per packet."""
 
     def encap(self, batch: "PacketBatch", handle: int, out: "EncapResult", threads: int | None) -> None:
-        """Encapsulate every packet of ``batch`` with outbound SA ``handle`` into ``out``."""
+        """Encapsulate every packet of ``batch`` with outbound SA ``handle`` into ``out``.
+        Raises ``KeyError`` if ``handle`` names no SA (deleted since ``Offload`` checked it)."""
 
     def close(self) -> None:
         """Drop every SA (wiping keys) and entry."""

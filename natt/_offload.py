@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any, Optional, Union
 
 from ._backend import Backend, SaConfig
-from ._batch import ENCAP_OVERHEAD, DecapResult, EncapResult, PacketBatch, as_batch
+from ._batch import ENCAP_OVERHEAD, BatchResult, DecapResult, EncapResult, PacketBatch, as_batch
 from ._constants import (
     OFFLOAD_INBOUND_SA,
     OFFLOAD_MAX_SAS,
@@ -672,8 +672,12 @@ class Offload:
             out = DecapResult()
         elif not isinstance(out, DecapResult):
             raise TypeError(f"out: expected a DecapResult, got {type(out).__name__}")
-        out._prepare(batch, 0)
-        self._run(self._backend.decap, batch, out, threads)
+        _claim(out)
+        try:
+            out._prepare(batch, 0)
+            self._run(self._backend.decap, batch, out, threads)
+        finally:
+            del _FILLING[id(out)]
         return out
 
     def encap(self, packets: Union[PacketBatch, Iterable[Any]], handle: int, *, threads: Optional[int] = None,
@@ -685,22 +689,25 @@ class Offload:
         """
         batch = as_batch(packets)
         _check_threads(threads)
-        with self._lock:
-            self._check_open()
-            cfg = self._sa(handle)
-            if cfg.inbound:
-                raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: SA {handle} is inbound; encap needs an "
-                                                                 "outbound SA")
         if out is None:
             out = EncapResult()
         elif not isinstance(out, EncapResult):
             raise TypeError(f"out: expected an EncapResult, got {type(out).__name__}")
-        out._prepare(batch, ENCAP_OVERHEAD)
+        _claim(out)
         try:
+            with self._lock:
+                self._check_open()
+                cfg = self._sa(handle)
+                if cfg.inbound:
+                    raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: SA {handle} is inbound; encap needs "
+                                                                     "an outbound SA")
+            out._prepare(batch, ENCAP_OVERHEAD)
             self._run(self._backend.encap, batch, cfg.handle, out, threads)
         except KeyError:
             # Deleted by another thread between the check above and the batch.
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {handle!r} names no SA") from None
+        finally:
+            del _FILLING[id(out)]
         return out
 
     def _run(self, fn: Any, *args: Any) -> None:
@@ -711,6 +718,20 @@ class Offload:
         with self._dp_lock:
             self._check_open()
             fn(*args)
+
+
+# The results decap/encap calls are filling right now, by id. Growing a result replaces its
+# arrays, so a result passed as ``out=`` to two calls at once would lose the first call's output
+# (and a kernel without references to the old arrays would write into freed memory): the
+# second call is refused instead. dict.setdefault is one atomic step, whatever the thread.
+_FILLING: dict[int, object] = {}
+
+
+def _claim(out: BatchResult) -> None:
+    token = object()
+    if _FILLING.setdefault(id(out), token) is not token:
+        raise ValueError(f"out: this {type(out).__name__} is being filled by another decap/encap call "
+                         "right now; give each thread its own result")
 
 
 # OID field -> add_sa() argument, so add_sa's errors name what the caller wrote.

@@ -394,9 +394,13 @@ class ReferenceBackend:
         (sized by ``out._prepare(batch, ENCAP_OVERHEAD)``)."""
         with self._lock:
             sa = self._sas.get(handle)
+            if sa is None:
+                # Deleted since Offload checked the handle: the same KeyError as the fast
+                # backend, which Offload.encap turns into OffloadError (semantics §5).
+                raise KeyError(handle)
             for i in range(len(batch)):
                 p = _segment(batch, i)
-                if p is None or sa is None:     # sa: deleted since Offload checked the handle
+                if p is None:
                     status, sa_h, seq, nh, output = Status.ERROR, 0, 0, 0, p
                 else:
                     try:

@@ -1280,3 +1280,67 @@ def test_decap_while_sas_come_and_go(backend):
             t.join()
         assert seen <= {Status.OK, Status.NO_SA}
         assert decap1(nic, peer.packet(1))[0] is Status.OK
+
+
+class _Gated:
+    """A backend whose decap/encap wait at a gate before running: holds a call inside the
+    data path while the test makes a second one (what two Python threads can do at any time)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.inside = __import__("threading").Event()
+        self.go = __import__("threading").Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _gate(self) -> None:
+        self.inside.set()
+        assert self.go.wait(30)
+
+    def decap(self, *args: Any) -> None:
+        self._gate()
+        self._inner.decap(*args)
+
+    def encap(self, *args: Any) -> None:
+        self._gate()
+        self._inner.encap(*args)
+
+
+@pytest.mark.parametrize("call", ["decap", "encap"])
+def test_a_result_being_filled_is_refused_as_another_calls_out(backend, call):
+    """Growing a result replaces its arrays: a result passed as out= to a second call while a
+    first is filling it would lose (fast backend: free under) the first call's output."""
+    import threading
+
+    with natt.Offload(backend=backend) as nic:
+        tx = nic.add_sa(SPI, key_for(GCM, 1), GCM.name, "out", mode="transport")
+        run = {"decap": lambda out, n: nic.decap([bytes(40)] * n, out=out),
+               "encap": lambda out, n: nic.encap([ipv4(bytes(8), proto=UDP)] * n, tx, out=out)}[call]
+        res = natt.DecapResult() if call == "decap" else natt.EncapResult()
+        gated = nic._backend = _Gated(nic._backend)
+        first = threading.Thread(target=run, args=(res, 3))
+        first.start()
+        try:
+            assert gated.inside.wait(30)
+            with pytest.raises(ValueError, match="^out: .*another decap/encap call"):
+                run(res, 5)
+        finally:
+            gated.go.set()
+            first.join()
+        assert len(res) == 3
+        assert len(run(res, 5)) == 5                  # free again once the first call is done
+
+
+def test_encap_of_an_sa_deleted_after_the_handle_check_raises(backend):
+    """semantics §5: encap of an SA deleted meanwhile raises OffloadError on both backends, also
+    when the delete lands between Offload's handle check and the batch."""
+    with natt.Offload(backend=backend) as nic:
+        tx = nic.add_sa(SPI, key_for(GCM, 1), GCM.name, "out", mode="transport")
+        gated = nic._backend = _Gated(nic._backend)
+        gated.go.set()
+        real_gate = gated._gate
+        gated._gate = lambda: (nic.delete_sa(tx), real_gate())
+        with pytest.raises(natt.OffloadError) as e:
+            nic.encap([ipv4(bytes(8), proto=UDP)], tx)
+        assert e.value.status is natt.NdisStatus.INVALID_PARAMETER and "handle" in str(e.value)
