@@ -12,6 +12,7 @@ import dataclasses
 import enum
 
 from ._constants import ConfAlgo, IntegrityAlgo
+from ._redact import shown
 
 __all__ = ["Cipher", "Mac", "Suite", "SUITES", "parse_suite", "suite_for_algos", "suite_names"]
 
@@ -159,7 +160,7 @@ def parse_suite(text: str) -> tuple[Suite, bool]:
             name = f"{base}gcm{icv_octets}"
     suite = SUITES.get(name)
     if suite is None:
-        raise ValueError(f"suite: unknown ESP proposal {text!r}; natt knows {', '.join(suite_names())}")
+        raise ValueError(f"suite: unknown ESP proposal {shown(text)}; natt knows {', '.join(suite_names())}")
     return suite, esn
 
 

@@ -74,6 +74,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 from ._constants import UdpEncapType
+from ._redact import shown
 from ._suites import Cipher, Mac, Suite, parse_suite
 
 __all__ = ["SaSpec", "KeyFileError", "load", "loads", "save", "dumps", "install",
@@ -141,9 +142,9 @@ def _spi(v: Any, where: str) -> int:
     try:
         spi = int(v, 0) if isinstance(v, str) else v
     except ValueError:
-        raise KeyFileError(f"{where}: spi: {v!r} is not a number") from None
+        raise KeyFileError(f"{where}: spi: {shown(v)} is not a number") from None
     if isinstance(spi, bool) or not isinstance(spi, int) or not 0 < spi < 2**32:
-        raise KeyFileError(f"{where}: spi: must be 1 .. 2**32-1, got {v!r}")
+        raise KeyFileError(f"{where}: spi: must be 1 .. 2**32-1, got {shown(v)}")
     return spi
 
 
@@ -169,7 +170,7 @@ def _addr(v: Any, where: str, field: str) -> Optional[str]:
     try:
         return str(ipaddress.IPv4Address(v))
     except (ValueError, TypeError):
-        raise KeyFileError(f"{where}: {field}: {v!r} is not an IPv4 address") from None
+        raise KeyFileError(f"{where}: {field}: {shown(v)} is not an IPv4 address") from None
 
 
 def _net(v: Any, where: str, field: str) -> Optional[str]:
@@ -183,20 +184,20 @@ def _net(v: Any, where: str, field: str) -> Optional[str]:
         # 10.0.0.1/8 may mean 10.0.0.0/8 or the host 10.0.0.1: natt does not guess which.
         net = ipaddress.IPv4Network(v, strict=False)
     except (ValueError, TypeError):
-        raise KeyFileError(f"{where}: {field}: {v!r} is not an IPv4 network (a.b.c.d/len)") from None
-    raise KeyFileError(f"{where}: {field}: {v!r} has host bits set (the network is {net}; one host "
+        raise KeyFileError(f"{where}: {field}: {shown(v)} is not an IPv4 network (a.b.c.d/len)") from None
+    raise KeyFileError(f"{where}: {field}: {shown(v)} has host bits set (the network is {net}; one host "
                        f"is an address without /len)")
 
 
 def _port(v: Any, where: str, field: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 65536:
-        raise KeyFileError(f"{where}: {field}: must be 1 .. 65535, got {v!r}")
+        raise KeyFileError(f"{where}: {field}: must be 1 .. 65535, got {shown(v)}")
     return v
 
 
 def _int(v: Any, where: str, field: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise KeyFileError(f"{where}: {field}: must be a non-negative integer, got {v!r}")
+        raise KeyFileError(f"{where}: {field}: must be a non-negative integer, got {shown(v)}")
     return v
 
 
@@ -223,18 +224,18 @@ def _spec_from_json(i: int, obj: Any) -> SaSpec:
         raise KeyFileError(f"{w}: key: {len(key)} octets, {suite.name} needs {suite.key_len}")
     direction = obj.get("direction", "in")
     if direction not in ("in", "out"):
-        raise KeyFileError(f"{w}: direction: 'in' or 'out', got {direction!r}")
+        raise KeyFileError(f"{w}: direction: 'in' or 'out', got {shown(direction)}")
     mode = obj.get("mode", "tunnel")
     if mode not in ("tunnel", "transport"):
-        raise KeyFileError(f"{w}: mode: 'tunnel' or 'transport', got {mode!r}")
+        raise KeyFileError(f"{w}: mode: 'tunnel' or 'transport', got {shown(mode)}")
     encap = obj.get("encap", "OTHER")
     try:
         encap_t = UdpEncapType[encap.upper()] if isinstance(encap, str) else UdpEncapType(encap)
     except (KeyError, ValueError):
-        raise KeyFileError(f"{w}: encap: 'OTHER' (RFC 3948) or 'IKE' (non-IKE marker), got {encap!r}") from None
+        raise KeyFileError(f"{w}: encap: 'OTHER' (RFC 3948) or 'IKE' (non-IKE marker), got {shown(encap)}") from None
     esn = obj.get("esn", False)
     if not isinstance(esn, bool):
-        raise KeyFileError(f"{w}: esn: expected true or false, got {esn!r}")
+        raise KeyFileError(f"{w}: esn: expected true or false, got {shown(esn)}")
     if suite_esn and not esn and "esn" in obj:
         # Either one is a typo; picking the suffix would be the silent default keys.md rules out.
         raise KeyFileError(f"{w}: esn: false, but the suite is {suite.name}-esn (extended sequence "
@@ -386,7 +387,7 @@ def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
         raise KeyFileError(f"{where}: expected 8 quoted fields, got {len(fields)}")
     proto, src, dst, spi_s, enc, auth = (_uat_text(fields[i]) for i in (0, 1, 2, 3, 4, 6))
     if proto != "IPv4":
-        raise KeyFileError(f"{where}: protocol {proto!r}: natt handles IPv4 SAs only")
+        raise KeyFileError(f"{where}: protocol {shown(proto)}: natt handles IPv4 SAs only")
     if spi_s.strip() in ("*", ""):
         raise KeyFileError(f"{where}: SPI '*': natt needs the SPI of each SA")
     spi = _spi(spi_s.strip(), where)
@@ -398,11 +399,11 @@ def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
             if (ekey and ekey_text) or (akey and akey_text) else "")
     fam = WIRESHARK_ENC.get(enc) or _ENC_READ_ALIASES.get(enc)
     if fam is None:
-        raise KeyFileError(f"{where}: encryption algorithm {enc!r} is not one natt implements "
+        raise KeyFileError(f"{where}: encryption algorithm {shown(enc)} is not one natt implements "
                            f"(natt knows: {', '.join(WIRESHARK_ENC)})")
     if auth not in WIRESHARK_AUTH:
         why = " (natt always verifies the ICV, so it needs the real algorithm and key)" if auth.startswith("ANY ") else ""
-        raise KeyFileError(f"{where}: authentication algorithm {auth!r} is not one natt implements{why}")
+        raise KeyFileError(f"{where}: authentication algorithm {shown(auth)} is not one natt implements{why}")
     mac = WIRESHARK_AUTH[auth]
     aead = fam.startswith("gcm") or fam == "chacha20poly1305"
     if aead:

@@ -346,3 +346,18 @@ def test_inbound_tunnel_sa_with_wildcard_source_is_installed():
     assert nic.sa_stats(h)["mode"] == "tunnel"
     with pytest.raises(keys.KeyFileError, match="tunnel end"):
         keys.install(nic, [spec(spi=0x1003, dst=None)], direction="in")
+
+
+@pytest.mark.parametrize("text", [
+    # esp_sa, authentication key and algorithm columns swapped
+    '"IPv4","198.51.100.2","203.0.113.5","0x00001001","AES-CBC [RFC3602]","0x' + "11" * 16
+    + '","0x5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa","HMAC-SHA-1-96 [RFC2404]"\n',
+    # esp_sa, encryption algorithm column missing: the key sits where the algorithm goes
+    '"IPv4","198.51.100.2","203.0.113.5","0x00001001","0x5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa","NULL","",""\n',
+    # JSON, suite and key swapped
+    '[{"spi": 4097, "suite": "5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa", "key": "aes128gcm16"}]',
+])
+def test_a_key_in_a_name_column_is_not_echoed(text):
+    with pytest.raises(keys.KeyFileError) as e:
+        keys.loads(text)
+    assert "5ec7e7aa" not in str(e.value).lower()

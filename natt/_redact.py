@@ -1,0 +1,24 @@
+"""What an error message may say about a value the caller passed where a name was expected.
+
+Arguments get swapped (``add_sa(spi, "aes128gcm16", key_hex, ...)`` puts the key in ``suite``),
+and a message that echoed the value would print the key (SECURITY.md: keys never appear in
+messages). Names natt asks for -- suites, directions, modes, addresses -- are short and never
+a long run of hex digits; keys written as text are exactly that.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# 16 hex digits = 8 octets, shorter than any key natt takes; separators as keys.py accepts them.
+_KEYLIKE = re.compile(r"(0[xX])?([0-9a-fA-F][\s:-]?){16,}")
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, unless it could be key material: then only its type and length."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{type(value).__name__} of {memoryview(value).nbytes} octets, not shown>"
+    if isinstance(value, str) and _KEYLIKE.fullmatch(value.strip()):
+        return f"<{len(value)} hex digits, not shown: a key?>"
+    return repr(value)
