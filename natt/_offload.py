@@ -33,6 +33,7 @@ from ._constants import (
     Operation,
     UdpEncapType,
 )
+from ._redact import shown
 from ._oid import (
     AddUdpEspSa,
     Address,
@@ -117,7 +118,7 @@ def _addr(name: str, value: Any) -> int:
         try:
             return _parse_ipv4(value)
         except ValueError:
-            raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {value!r} is not an IPv4 address") from None
+            raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {shown(value)} is not an IPv4 address") from None
     if value is None:
         return 0
     return _int(name, value, 0, 0xFFFFFFFF)
@@ -228,7 +229,10 @@ class Offload:
         if oid == OID_TCP_TASK_IPSEC_ADD_UDPESP_SA:
             return self._add(request)[0]
         if oid == OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA:
-            return self._delete(request)[0]
+            status, message = self._delete(request)
+            if status != NdisStatus.SUCCESS:
+                log.debug("delete refused: %s (%s)", message, status.name)
+            return status
         return NdisStatus.INVALID_OID
 
     def query_oid(self, oid: int) -> OffloadCapabilities:
@@ -268,6 +272,11 @@ class Offload:
             except _Reject as r:
                 log.debug("add refused: %s (%s)", r, r.status.name)
                 return r.status, str(r)
+            except Exception as e:      # noqa: BLE001 - set_oid answers with a status, whatever the request holds
+                # A field of a kind no check foresaw (its own comparison or conversion raised).
+                # Only the exception's type: its text could quote the field, and fields hold keys.
+                log.debug("add refused: a field could not be read (%s)", type(e).__name__)
+                return NdisStatus.INVALID_PARAMETER, f"request: a field could not be read ({type(e).__name__})"
             return self._install(req, cfg, entry_plan)
 
     def _validate_add(self, req: Any) -> tuple[SaConfig, tuple[Optional[int], UdpEncapType, int]]:
@@ -277,7 +286,8 @@ class Offload:
         if not isinstance(req, AddUdpEspSa):
             raise _Reject(NdisStatus.INVALID_LENGTH, f"request: expected AddUdpEspSa, got {type(req).__name__}")
         flags = req.flags
-        if isinstance(flags, bool) or flags not in (OFFLOAD_INBOUND_SA, OFFLOAD_OUTBOUND_SA):
+        if isinstance(flags, bool) or not isinstance(flags, int) or flags not in (OFFLOAD_INBOUND_SA,
+                                                                                 OFFLOAD_OUTBOUND_SA):
             raise _Reject(INVALID_PARAMETER, f"flags: {flags!r} is neither OFFLOAD_INBOUND_SA nor OFFLOAD_OUTBOUND_SA")
         inbound = flags == OFFLOAD_INBOUND_SA
         sas = req.sec_assoc
@@ -293,9 +303,9 @@ class Offload:
             raise _Reject(NOT_SUPPORTED, "sec_assoc[0].operation: AUTHENTICATE (AH) is not supported over UDP")
         if isinstance(sa.operation, bool) or sa.operation != Operation.ENCRYPT:
             raise _Reject(INVALID_PARAMETER, f"sec_assoc[0].operation: {sa.operation!r} is not an Operation")
-        spi = _int("sec_assoc[0].spi", sa.spi, 0, 0xFFFFFFFF)
-        if spi == 0:
+        if sa.spi == 0 and not isinstance(sa.spi, bool):
             raise _Reject(INVALID_PARAMETER, "sec_assoc[0].spi: 0 is reserved (RFC 4303 §2.1)")
+        spi = _int("sec_assoc[0].spi", sa.spi, 1, 0xFFFFFFFF)
 
         conf, integ = sa.conf_algo, sa.integrity_algo
         for field, info, enum_type in (("conf_algo", conf, ConfAlgo), ("integrity_algo", integ, IntegrityAlgo)):
@@ -321,7 +331,10 @@ class Offload:
         key_mat = req.key_mat
         if not isinstance(key_mat, (bytes, bytearray, memoryview)):
             raise _Reject(INVALID_DATA, f"key_mat: expected bytes, got {type(key_mat).__name__}")
-        key = bytearray(key_mat)
+        try:
+            key = bytearray(key_mat)
+        except ValueError:          # a released memoryview
+            raise _Reject(INVALID_DATA, "key_mat: cannot be read (a released memoryview?)") from None
         if len(key) != conf.key_len + integ.key_len:
             n = len(key)
             key[:] = bytes(len(key))
@@ -565,18 +578,22 @@ class Offload:
         except ValueError as e:
             raise OffloadError(NdisStatus.NOT_SUPPORTED, str(e)) from None
         if direction not in ("in", "out"):
-            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"direction: {direction!r} is neither 'in' nor 'out'")
+            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"direction: {shown(direction)} is neither 'in' nor 'out'")
         if mode not in ("tunnel", "transport"):
-            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"mode: {mode!r} is neither 'tunnel' nor 'transport'")
+            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"mode: {shown(mode)} is neither 'tunnel' nor 'transport'")
         if mode == "tunnel" and (src is None or dst is None):
             raise OffloadError(NdisStatus.INVALID_PARAMETER,
                                f"{'src' if src is None else 'dst'}: a tunnel SA needs both src and dst")
         if not isinstance(key, (bytes, bytearray, memoryview)):
             raise OffloadError(NdisStatus.INVALID_DATA, f"key: expected bytes, got {type(key).__name__}")
-        if len(key) != s.key_len:
-            raise OffloadError(NdisStatus.INVALID_DATA, f"key: {len(key)} octets, {s.name} needs {s.key_len} "
+        try:
+            n = memoryview(key).nbytes      # octets, whatever the item size of a memoryview
+        except ValueError:                  # a released memoryview
+            raise OffloadError(NdisStatus.INVALID_DATA, "key: cannot be read (a released memoryview?)") from None
+        if n != s.key_len:
+            raise OffloadError(NdisStatus.INVALID_DATA, f"key: {n} octets, {s.name} needs {s.key_len} "
                                f"({s.enc_key_len} key + {s.salt_len} salt + {s.auth_key_len} integrity)"
-                               if s.aead else f"key: {len(key)} octets, {s.name} needs {s.key_len} "
+                               if s.aead else f"key: {n} octets, {s.name} needs {s.key_len} "
                                f"({s.enc_key_len} encryption + {s.auth_key_len} integrity)")
         req = AddUdpEspSa(
             flags=OFFLOAD_INBOUND_SA if direction == "in" else OFFLOAD_OUTBOUND_SA,

@@ -21,6 +21,7 @@ import traceback
 import types
 from typing import Any, Callable, Optional
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -172,6 +173,12 @@ def _install_outbound(nic: natt.Offload) -> None:
 
 
 A = natt.ConfAlgo
+def _released(data: bytes) -> memoryview:
+    view = memoryview(data)
+    view.release()
+    return view
+
+
 I = natt.IntegrityAlgo
 SEC = frozenset({"sec_assoc", "operation", "spi", "algos", "key_mat"})   # anything inside sec_assoc
 
@@ -182,6 +189,9 @@ FAULTS = [
     Fault("2-flags-0", 2, NS.INVALID_PARAMETER, frozenset({"flags"}), _set(flags=0)),
     Fault("2-flags-both", 2, NS.INVALID_PARAMETER, frozenset({"flags"}), _set(flags=3)),
     Fault("2-flags-true", 2, NS.INVALID_PARAMETER, frozenset({"flags"}), _set(flags=True)),
+    # An array's == gives an array, whose truth value raises: refused like any non-integer.
+    Fault("2-flags-array", 2, NS.INVALID_PARAMETER, frozenset({"flags"}),
+          _set(flags=np.array([natt.OFFLOAD_INBOUND_SA, natt.OFFLOAD_OUTBOUND_SA]))),
     Fault("3-empty", 3, NS.INVALID_DATA, SEC, _set(sec_assoc=[])),
     Fault("3-four", 3, NS.INVALID_DATA, SEC, lambda r, nic: _set(sec_assoc=[r.sec_assoc[0]] * 4)(r)),
     Fault("4-two", 4, NS.NOT_SUPPORTED, SEC, lambda r, nic: _set(sec_assoc=[r.sec_assoc[0]] * 2)(r)),
@@ -207,6 +217,7 @@ FAULTS = [
     Fault("10-key-mat-short", 10, NS.INVALID_DATA, frozenset({"key_mat"}), _set(key_mat=GCM_B.key[:-1])),
     Fault("10-key-mat-long", 10, NS.INVALID_DATA, frozenset({"key_mat"}), _set(key_mat=GCM_B.key + b"\0")),
     Fault("10-key-mat-str", 10, NS.INVALID_DATA, frozenset({"key_mat"}), _set(key_mat="x" * 20)),
+    Fault("10-key-mat-released", 10, NS.INVALID_DATA, frozenset({"key_mat"}), _set(key_mat=_released(GCM_B.key))),
     Fault("11-gcm-icv-10", 11, NS.INVALID_PARAMETER, frozenset({"icv_len"}), _set(icv_len=10)),
     Fault("11-gcm-icv-0", 11, NS.INVALID_PARAMETER, frozenset({"icv_len"}), _set(icv_len=0)),
     Fault("11-sha1-icv-16", 11, NS.INVALID_PARAMETER, frozenset({"algos", "key_mat", "icv_len"}),
@@ -486,6 +497,29 @@ def test_entry_survives_a_delete_with_handle_0(backend: str) -> None:
         assert decap_status(nic, D1) == [Status.OK]
         assert nic.set_oid(DELETE, natt.DeleteUdpEspSa(b.offload_handle, e)) is NS.SUCCESS
         assert counts(nic) == (0, 0)
+
+
+class _Unreadable(list):
+    """A sec_assoc list that cannot even say how long it is."""
+
+    def __len__(self) -> int:
+        raise RuntimeError("no length")
+
+
+def test_set_oid_answers_a_status_whatever_the_request_holds(backend: str, caplog) -> None:
+    with natt.Offload(backend=backend) as nic:
+        req = base_request(sec_assoc=_Unreadable([_sa_element()]))
+        with caplog.at_level(logging.DEBUG, logger="natt"):
+            assert add(nic, req) is NS.INVALID_PARAMETER
+        assert "could not be read (RuntimeError)" in caplog.text
+        assert counts(nic) == (0, 0) and req.offload_handle == 0
+
+
+def test_refused_deletes_are_logged_at_debug(backend: str, caplog) -> None:
+    with natt.Offload(backend=backend) as nic:
+        with caplog.at_level(logging.DEBUG, logger="natt"):
+            assert nic.set_oid(DELETE, natt.DeleteUdpEspSa(9999)) is NS.INVALID_PARAMETER
+        assert "delete refused: offload_handle: 9999 names no SA (INVALID_PARAMETER)" in caplog.text
 
 
 def test_delete_request_checks(backend: str) -> None:
@@ -826,6 +860,47 @@ def test_offload_error_status_and_field(backend: str, kwargs: dict, status: NS, 
         assert isinstance(e.value.status, NS)
         assert field in str(e.value)
         assert counts(nic) == (0, 0)
+
+
+def test_add_sa_measures_a_key_in_octets_whatever_its_item_size(backend: str) -> None:
+    import array
+
+    key = memoryview(array.array("I", bytes(range(20))))       # five 4-octet items, 20 octets
+    with natt.Offload(backend=backend) as nic:
+        h = nic.add_sa(0x1001, key, "aes128gcm16", "in", mode="transport")
+        assert nic.sa_stats(h)["spi"] == 0x1001
+        with pytest.raises(natt.OffloadError, match="^key: cannot be read") as e:
+            nic.add_sa(0x1002, _released(bytes(20)), "aes128gcm16", "in", mode="transport")
+        assert e.value.status is NS.INVALID_DATA and counts(nic) == (1, 1)
+
+
+KEY_HEX = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"
+
+
+@pytest.mark.parametrize("swap", [
+    {"suite": KEY_HEX, "key": b"aes128gcm16"},                 # add_sa(spi, suite, key, ...)
+    {"suite": "0x" + KEY_HEX}, {"suite": KEY_HEX.upper()},
+    {"suite": ":".join(KEY_HEX[i:i + 2] for i in range(0, 40, 2))},
+    {"direction": KEY_HEX}, {"direction": bytes.fromhex(KEY_HEX)}, {"mode": KEY_HEX}, {"src": KEY_HEX},
+])
+def test_add_sa_errors_never_echo_a_key_given_in_the_wrong_place(backend: str, swap: dict) -> None:
+    args = {"spi": 0x1001, "key": bytes(20), "suite": "aes128gcm16", "direction": "in", "mode": "tunnel",
+            "src": "192.0.2.1", "dst": D1_DST}
+    args.update(swap)
+    with natt.Offload(backend=backend) as nic:
+        with pytest.raises(natt.OffloadError) as e:
+            nic.add_sa(**args)
+    text = str(e.value).lower()
+    assert "a1b2c3d4" not in text and "a1:b2:c3" not in text and "\\xa1\\xb2" not in text
+    assert next(iter(swap)) in text                       # the field is still named
+
+
+def test_add_sa_still_echoes_a_mistyped_name(backend: str) -> None:
+    with natt.Offload(backend=backend) as nic:
+        with pytest.raises(natt.OffloadError, match="'aes128gmc16'"):
+            nic.add_sa(0x1001, bytes(20), "aes128gmc16", "in", mode="transport")
+        with pytest.raises(natt.OffloadError, match="^spi: 4294967296 is outside 1..4294967295"):
+            nic.add_sa(2**32, bytes(20), "aes128gcm16", "in", mode="transport")
 
 
 def test_offload_error_survives_pickle_and_copy(backend: str) -> None:
