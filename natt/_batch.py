@@ -109,8 +109,12 @@ class PacketBatch(_Segments):
 
     @classmethod
     def from_packets(cls, packets: Iterable[BytesLike]) -> "PacketBatch":
-        """Copy an iterable of bytes-like packets into one new batch."""
-        views = [memoryview(p).cast("B") if not isinstance(p, np.ndarray) else memoryview(np.ascontiguousarray(p, dtype=np.uint8)) for p in packets]
+        """Copy an iterable of bytes-like packets into one new batch.
+
+        A packet is its octets as the buffer protocol gives them (``bytes(p)``), whatever the
+        item type: a numpy array of ``>u2`` contributes two octets per item, never a cast.
+        """
+        views = [_octets(i, p) for i, p in enumerate(packets)]
         lengths = np.fromiter((v.nbytes for v in views), dtype=np.int64, count=len(views))
         offsets = np.zeros(len(views), dtype=np.int64)
         if len(views) > 1:
@@ -119,7 +123,23 @@ class PacketBatch(_Segments):
         return cls(data, offsets, lengths)
 
     def __repr__(self) -> str:
-        return f"PacketBatch({len(self)} packets, {int(self.lengths.sum()) if len(self) else 0} octets)"
+        n = len(self)
+        return f"PacketBatch({_count(n, 'packet')}, {_count(int(self.lengths.sum()) if n else 0, 'octet')})"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _octets(i: int, p: Any) -> memoryview:
+    """Packet ``i`` of ``from_packets`` as a flat view of its octets."""
+    if isinstance(p, np.ndarray) and p.dtype.hasobject:
+        raise TypeError(f"packets[{i}]: a numpy array of Python objects holds no packet octets")
+    try:
+        v = memoryview(p)
+    except TypeError:
+        raise TypeError(f"packets[{i}]: expected a bytes-like packet, got {type(p).__name__}") from None
+    return v.cast("B") if v.c_contiguous else memoryview(v.tobytes())
 
 
 def _check_overlap(offsets: np.ndarray, lengths: np.ndarray, ends: np.ndarray) -> None:
@@ -142,6 +162,9 @@ def as_batch(packets: Union[PacketBatch, Iterable[BytesLike]]) -> PacketBatch:
         return packets
     if isinstance(packets, (bytes, bytearray, memoryview)):
         raise ValueError("packets: expected a PacketBatch or an iterable of packets, got one bytes object")
+    if isinstance(packets, str) or not isinstance(packets, Iterable):
+        raise TypeError(f"packets: expected a PacketBatch or an iterable of bytes-like packets, "
+                        f"got {type(packets).__name__}")
     return PacketBatch.from_packets(packets)
 
 
@@ -210,7 +233,7 @@ class BatchResult(_Segments):
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s.name}={n}" for s, n in self.counts().items())
-        return f"{type(self).__name__}({len(self)} packets: {counts or 'none'})"
+        return f"{type(self).__name__}({_count(len(self), 'packet')}: {counts or 'none'})"
 
 
 class DecapResult(BatchResult):

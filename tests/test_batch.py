@@ -155,11 +155,35 @@ def test_from_packets_mixed_bytes_like_inputs():
     assert b[1] == b"\x04\x05" and b[4] == bytes(range(0, 40, 3))
 
 
-def test_from_packets_refuses_non_bytes():
-    with pytest.raises(TypeError):
+def test_from_packets_takes_raw_octets_of_any_numpy_array():
+    # The octets the buffer protocol gives, as for bytes(p): never a value cast to uint8.
+    wide = np.array([0x4500, 0x001C], dtype=">u2")
+    floats = np.array([1.5, -2.0])
+    grid = np.arange(12, dtype=np.uint8).reshape(3, 4)[:, 1:3]      # 2-D and non-contiguous
+    b = PacketBatch.from_packets([wide, floats, grid])
+    assert list(b) == [bytes.fromhex("4500001c"), floats.tobytes(), grid.tobytes()]
+
+
+def test_from_packets_refuses_non_bytes_naming_the_packet():
+    with pytest.raises(TypeError, match=r"^packets\[1\]: expected a bytes-like packet, got str"):
         PacketBatch.from_packets([b"ok", "text is not a packet"])
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^packets\[1\]: expected a bytes-like packet, got int"):
         PacketBatch.from_packets([b"ok", 17])
+    with pytest.raises(TypeError, match=r"^packets\[0\]: a numpy array of Python objects"):
+        PacketBatch.from_packets([np.array([b"ab"], dtype=object)])
+
+
+@pytest.mark.parametrize("packets, kind", [("abc", "str"), (None, "NoneType"), (17, "int")])
+def test_decap_of_something_not_a_batch_names_packets(nic, packets, kind):
+    with pytest.raises(TypeError, match=f"^packets: expected a PacketBatch or an iterable of bytes-like packets, "
+                                        f"got {kind}$"):
+        nic.decap(packets)
+
+
+def test_reprs_count_in_the_singular_and_plural():
+    assert repr(PacketBatch.from_packets([b"x"])) == "PacketBatch(1 packet, 1 octet)"
+    assert repr(PacketBatch.from_packets([b"xy", b"z"])) == "PacketBatch(2 packets, 3 octets)"
+    assert repr(natt.Offload().decap([b"x"])) == "DecapResult(1 packet: NOT_ESP=1)"
 
 
 # --------------------------------------------------------------------------- through the data path
