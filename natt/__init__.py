@@ -3,7 +3,7 @@
 A NIC-style control plane (``Offload.set_oid`` / ``query_oid`` with the NDIS
 OIDs, or ``add_sa`` / ``delete_sa``) in front of batch data paths that
 decapsulate and encapsulate ESP-in-UDP packets held in numpy buffers.
-See DESIGN.md for the contract and docs/semantics.md for the exact rules.
+See README.md for the API and docs/semantics.md for the exact rules.
 """
 
 from ._version import __version__

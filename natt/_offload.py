@@ -777,9 +777,13 @@ def _as_handle(value: Any) -> Optional[int]:
         return None
 
 
+MAX_THREADS = 256      # more is clamped to the fast backend's pool size anyway
+
+
 def _check_threads(threads: Optional[int]) -> None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256):
-        raise ValueError(f"threads: expected None or an integer 1..256, got {threads!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ValueError(f"threads: expected None or an integer 1..{MAX_THREADS}, got {threads!r}")
 
 
 def _wipe(cfg: SaConfig) -> None:

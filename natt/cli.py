@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import ipaddress
 import json
 import os
@@ -681,21 +680,11 @@ def _accepted_by(check: Callable[[int], None]) -> Callable[[str], int]:
     return parse
 
 
-def _check_chunk_size(octets: int) -> None:
-    """PcapReader's check of ``chunk_size`` (ValueError if refused)."""
-    # The reader checks chunk_size before it reads anything, so an empty stream probes that
-    # check alone; the PcapError that follows is about the (empty) stream, not the size.
-    try:
-        pcap.PcapReader(io.BytesIO(), chunk_size=octets)
-    except pcap.PcapError:
-        pass
-
-
 def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
     if files:
         p.add_argument("--threads", type=_accepted_by(_check_threads), default=None, metavar="N",
                        help="data-path threads per batch (results are identical to one thread)")
-        p.add_argument("--chunk-size", type=_accepted_by(_check_chunk_size), default=pcap.DEFAULT_CHUNK_SIZE,
+        p.add_argument("--chunk-size", type=_accepted_by(pcap.check_chunk_size), default=pcap.DEFAULT_CHUNK_SIZE,
                        metavar="OCTETS",
                        help=f"octets of capture read per batch (default {pcap.DEFAULT_CHUNK_SIZE})")
     p.add_argument("--backend", choices=("fast", "reference"), default=None,

@@ -86,7 +86,7 @@ from . import keys as keyfile
 from . import pcap
 from ._batch import PacketBatch, copy_segments
 from ._constants import Status, UdpEncapType
-from ._offload import Offload, backends
+from ._offload import Offload, _check_threads, backends
 from ._capture import NOT_ESP, CaptureStats, sa_index
 
 __all__ = ["decap_captures"]
@@ -260,7 +260,7 @@ def _read_range(rs: _RangeSpec) -> list[pcap.Chunk]:
     prefix = rs.prefix if rs.start else b""
     stream = _NamedBytesIO(prefix + data, rs.path)
     # One read of the whole range: a chunk ends only where the file starts a new pcapng section.
-    reader = pcap.PcapReader(stream, chunk_size=max(4096, len(prefix) + len(data) + 1))
+    reader = pcap.PcapReader(stream, chunk_size=max(pcap.MIN_CHUNK_SIZE, len(prefix) + len(data) + 1))
     shift = rs.start - len(prefix)
     try:
         return list(reader)
@@ -762,10 +762,8 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         specs = list(keys)
     if not specs:
         raise keyfile.KeyFileError("the key set holds no SA")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 4096:
-        raise ValueError(f"chunk_size: at least 4096 octets, got {chunk_size!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256):
-        raise ValueError(f"threads: expected None or an integer 1..256, got {threads!r}")
+    pcap.check_chunk_size(chunk_size)
+    _check_threads(threads)
     if backend is None:
         backend = "fast" if "fast" in backends() else "reference"
     # Refuse a bad SA set here, not in a hundred tasks: install it once on a throwaway Offload.

@@ -87,6 +87,7 @@ _PCAPNG_BOM = 0x1A2B3C4D
 # MAXIMUM_SNAPLEN is 262144; wiretap accepts up to 256 MiB for a few link types).
 _MAX_RECORD = 1 << 28
 DEFAULT_CHUNK_SIZE = 8 << 20
+MIN_CHUNK_SIZE = 4096
 
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
 
@@ -389,6 +390,12 @@ def _tsresol_to_ns(ticks: np.ndarray, tsresol: int) -> np.ndarray:
 # Reader
 
 
+def check_chunk_size(chunk_size: int) -> None:
+    """Raise ``ValueError`` naming ``chunk_size`` unless it is an int of at least MIN_CHUNK_SIZE."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < MIN_CHUNK_SIZE:
+        raise ValueError(f"chunk_size: at least {MIN_CHUNK_SIZE} octets, got {chunk_size!r}")
+
+
 class PcapReader:
     """Iterate over a pcap or pcapng capture as :class:`Chunk` objects.
 
@@ -400,8 +407,7 @@ class PcapReader:
     """
 
     def __init__(self, source: PathOrFile, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
-        if chunk_size < 4096:
-            raise ValueError(f"chunk_size: at least 4096 octets, got {chunk_size}")
+        check_chunk_size(chunk_size)
         self.chunk_size = chunk_size
         if isinstance(source, (str, os.PathLike)):
             self._file: BinaryIO = open(source, "rb")
