@@ -1,6 +1,7 @@
 """Interoperability with Wireshark (tshark) and scapy.
 
 * tshark decrypts natt's encap output with the esp_sa table natt wrote, and every ICV checks;
+* a hand-written esp_sa with text keys (no ``0x``) reads to the same keys in tshark and natt;
 * natt decaps ESP-in-UDP that scapy's ``SecurityAssociation`` sealed;
 * ``natt decap``'s output, read back by tshark, shows the inner ICMP / UDP / TCP.
 
@@ -56,9 +57,14 @@ def tshark(capture, *fields: str, config_dir=None, display_filter: str | None = 
 
 
 def wireshark_profile(tmp_path, specs) -> "os.PathLike[str]":
+    """A tshark profile whose esp_sa is natt's own file for ``specs``, or ``specs`` itself when
+    it is the text of a table written by hand."""
     cfg = tmp_path / "xdg"
     (cfg / "wireshark").mkdir(parents=True)
-    keys.save(cfg / "wireshark" / "esp_sa", specs)     # exactly the file natt writes, comments included
+    if isinstance(specs, str):
+        (cfg / "wireshark" / "esp_sa").write_text(specs, encoding="utf-8")
+    else:
+        keys.save(cfg / "wireshark" / "esp_sa", specs)     # exactly the file natt writes, comments included
     return cfg
 
 
@@ -102,6 +108,57 @@ def test_tshark_sees_bad_icv_as_bad(tmp_path):
     pcap.write_datagrams(cap, [good, bad])
     rows = tshark(cap, "esp.icv_good", "esp.icv_bad", config_dir=wireshark_profile(tmp_path, [s]))
     assert rows == [["1", "0"], ["0", "1"]]
+
+
+def test_tshark_and_natt_read_text_keys_of_a_hand_written_esp_sa_alike(tmp_path):
+    # Wireshark's packet-esp.c (compute_ascii_key) reads an esp_sa key as hex only after "0x";
+    # anything else is the field's own octets, once the UAT reader (uat_unesc) has undone its
+    # escapes. Tables written by hand or by other tools use such text keys, so natt must read
+    # them the same way or the one table decrypts different packets in the two (docs/keys.md).
+    cbc_key, sha1_key = b"natt-interop-k16", b"RFC 3948 ESP-in-UDP!"       # 16 + 20 characters
+    # AES-128-GCM: 16 key octets then the 4-octet salt (RFC 4106 section 8.1). A '"' or '\\'
+    # cannot stand bare in a quoted UAT field; Wireshark's own writer escapes them as \xNN.
+    gcm_key = b'AES\\GCM "natt!" salt'
+    gcm_field = r"AES\x5cGCM \x22natt!\x22 salt"
+    esp_sa = (  # by hand, not keys.save(): no 0x anywhere
+        "# hand-written: text keys\n"
+        f'"IPv4","{TUNNEL[0]}","{TUNNEL[1]}","0x00004200","AES-CBC [RFC3602]","natt-interop-k16",'
+        f'"HMAC-SHA-1-96 [RFC2404]","RFC 3948 ESP-in-UDP!"\n'
+        f'"IPv4","{TUNNEL[0]}","{TUNNEL[1]}","0x00004201","AES-GCM with 16 octet ICV [RFC4106]",'
+        f'"{gcm_field}","NULL",""\n')
+    sealed = [(0x4200, "aes128-sha1", cbc_key + sha1_key), (0x4201, "aes128gcm16", gcm_key)]
+    inner = inner_packets("10.1.0.2", "10.2.0.7")
+    tx = natt.Offload(backend="reference")
+    datagrams = []
+    for spi, suite, key in sealed:
+        (h,) = keys.install(tx, [keys.SaSpec(spi=spi, suite=suite, key=key, direction="out",
+                                             src=TUNNEL[0], dst=TUNNEL[1])])
+        res = tx.encap(inner, h)
+        assert res.status.tolist() == [natt.Status.OK] * len(inner)
+        datagrams += list(res)
+    cap = tmp_path / "text-keys.pcap"
+    pcap.write_datagrams(cap, datagrams)
+    cfg = wireshark_profile(tmp_path, esp_sa)
+
+    # tshark: every ICV checks (the GCM tag covers key and salt; HMAC-SHA1-96 only its own key),
+    # and the decrypted trailer and inner header show the AES-CBC key was right too.
+    rows = tshark(cap, "esp.spi", "esp.icv_good", "esp.icv_bad", "esp.protocol", "ip.proto", config_dir=cfg)
+    assert len(rows) == len(datagrams)
+    for k, (spi, good, bad, next_header, protos) in enumerate(rows):
+        assert int(spi, 16) == sealed[k // len(inner)][0]
+        assert (good, bad) == ("1", "0"), f"tshark did not verify the ICV of packet {k} (spi {spi})"
+        assert int(next_header, 16) == 4 and protos.split(",") == ["17", str([1, 17, 6][k % len(inner)])]
+
+    # natt reads the same file to exactly the octets it sealed with, and decaps with them.
+    loaded = keys.load(cfg / "wireshark" / "esp_sa")
+    assert [(s.spi, s.suite, s.key, s.src, s.dst) for s in loaded] == \
+        [(spi, suite, key, *TUNNEL) for spi, suite, key in sealed]
+    for backend in natt.backends():
+        rx = natt.Offload(backend=backend)
+        keys.install(rx, loaded, direction="in")
+        dec = rx.decap(datagrams)
+        assert dec.status.tolist() == [natt.Status.OK] * len(datagrams), backend
+        assert list(dec) == inner * len(sealed)
 
 
 def scapy_sealed_capture(tmp_path):
