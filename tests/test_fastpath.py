@@ -524,7 +524,7 @@ def test_two_backends_decapping_concurrently_with_threads():
         assert_same_run(expected, results[k], f"concurrent backend {k}")
 
 
-def test_rebinding_a_batch_array_while_its_decap_runs_does_not_crash():
+def test_rebinding_a_batch_array_while_its_decap_runs_does_not_crash(tmp_path):
     """The kernel runs without the GIL on raw pointers into the batch and the result; another
     Python thread may meanwhile rebind ``batch.data``, dropping the last reference to the array
     the kernel reads. The call keeps its own references (``_setup_io``), so the old array stays
@@ -549,7 +549,9 @@ def test_rebinding_a_batch_array_while_its_decap_runs_does_not_crash():
             assert res["r"][0] == bytes(1400)
         print("ok")
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # cwd: "python -c" puts the working directory first on sys.path, and from a checkout that
+    # would import the source tree's natt (no compiled extension) instead of the installed one.
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
 
 
