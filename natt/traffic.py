@@ -142,8 +142,25 @@ def internet_checksum(data: bytes) -> int:
 def _payload(p: Union[bytes, int], fill: int = 0) -> bytes:
     # An int asks for that many octets of a recognisable counting pattern (like ping's -p).
     if isinstance(p, int):
+        if p < 0:
+            raise ValueError(f"payload: {p} octets")
         return bytes((fill + i) & 0xFF for i in range(p))
     return bytes(p)
+
+
+def _uint(name: str, value: int, bits: int) -> int:
+    """``value`` if it fits its ``bits``-bit header field, else ValueError naming the field
+    (struct's own error names neither the field nor the builder's parameter)."""
+    if not 0 <= value < 1 << bits:
+        raise ValueError(f"{name}: {value} does not fit in {bits} bits")
+    return value
+
+
+def _length(total: int) -> int:
+    """An IPv4 total length, IPv6 payload length or UDP length: at most 65535 (RFC 791, 8200, 768)."""
+    if total > 0xFFFF:
+        raise ValueError(f"payload: the datagram would be {total} octets, a length field holds at most 65535")
+    return total
 
 
 def ipv4(src: Address, dst: Address, protocol: int, payload: bytes, *, tos: int = 0, ip_id: int = 0,
@@ -157,8 +174,9 @@ def ipv4(src: Address, dst: Address, protocol: int, payload: bytes, *, tos: int 
     if len(options) % 4 or len(options) > 40:
         raise ValueError("options: length must be a multiple of 4, at most 40 octets")
     ihl = 5 + len(options) // 4
-    hdr = struct.pack("!BBHHHBBHII", 0x40 | ihl, tos, ihl * 4 + len(payload), ip_id & 0xFFFF,
-                      (ip_flags & 7) << 13 | (frag_offset & 0x1FFF), ttl, protocol, 0, _v4(src), _v4(dst))
+    hdr = struct.pack("!BBHHHBBHII", 0x40 | ihl, _uint("tos", tos, 8), _length(ihl * 4 + len(payload)),
+                      ip_id & 0xFFFF, (ip_flags & 7) << 13 | (frag_offset & 0x1FFF), _uint("ttl", ttl, 8),
+                      _uint("protocol", protocol, 8), 0, _v4(src), _v4(dst))
     hdr += options
     return hdr[:10] + struct.pack("!H", internet_checksum(hdr)) + hdr[12:] + payload
 
@@ -168,7 +186,8 @@ def ipv6(src: Union[int, str, ipaddress.IPv6Address], dst: Union[int, str, ipadd
          hop_limit: int = 64) -> bytes:
     """An IPv6 datagram (RFC 8200) with no extension headers."""
     first = 6 << 28 | (traffic_class & 0xFF) << 20 | (flow_label & 0xFFFFF)
-    return struct.pack("!IHBB", first, len(payload), next_header, hop_limit) + _v6(src) + _v6(dst) + payload
+    return (struct.pack("!IHBB", first, _length(len(payload)), _uint("next_header", next_header, 8),
+                        _uint("hop_limit", hop_limit, 8)) + _v6(src) + _v6(dst) + payload)
 
 
 def _pseudo4(src: Address, dst: Address, proto: int, length: int) -> bytes:
@@ -198,7 +217,7 @@ def udp_datagram(src: Address, dst: Address, sport: int, dport: int, payload: Un
                  checksum: bool = True, **ip: Any) -> bytes:
     """An IPv4 UDP datagram (RFC 768); ``checksum=False`` sends the checksum as 0."""
     data = _payload(payload)
-    seg = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+    seg = struct.pack("!HHHH", _uint("sport", sport, 16), _uint("dport", dport, 16), _length(8 + len(data)), 0) + data
     if checksum:
         seg = _l4_checksum(_pseudo4(src, dst, PROTO_UDP, len(seg)), seg, 6, udp=True)
     return ipv4(src, dst, PROTO_UDP, seg, **ip)
@@ -208,8 +227,8 @@ def tcp_segment(src: Address, dst: Address, sport: int, dport: int, payload: Uni
                 seq: int = 0, ack: int = 0, flags: int = 0x18, window: int = 65535, **ip: Any) -> bytes:
     """An IPv4 TCP segment (RFC 9293) without options; ``flags`` defaults to PSH|ACK."""
     data = _payload(payload)
-    seg = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags,
-                      window, 0, 0) + data
+    seg = struct.pack("!HHIIBBHHH", _uint("sport", sport, 16), _uint("dport", dport, 16), seq & 0xFFFFFFFF,
+                      ack & 0xFFFFFFFF, 5 << 4, _uint("flags", flags, 8), _uint("window", window, 16), 0, 0) + data
     seg = _l4_checksum(_pseudo4(src, dst, PROTO_TCP, len(seg)), seg, 16, udp=False)
     return ipv4(src, dst, PROTO_TCP, seg, **ip)
 
@@ -226,7 +245,7 @@ def udp6_datagram(src: Any, dst: Any, sport: int, dport: int, payload: Union[byt
                   **ip6: Any) -> bytes:
     """An IPv6 UDP datagram (the checksum is mandatory over IPv6, RFC 8200 §8.1)."""
     data = _payload(payload)
-    seg = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+    seg = struct.pack("!HHHH", _uint("sport", sport, 16), _uint("dport", dport, 16), _length(8 + len(data)), 0) + data
     seg = _l4_checksum(_pseudo6(src, dst, PROTO_UDP, len(seg)), seg, 6, udp=True)
     return ipv6(src, dst, PROTO_UDP, seg, **ip6)
 
@@ -277,6 +296,11 @@ def iter_inner_traffic(seed: int, n: int, *, src: Address = "10.1.0.2", dst: Add
                        ipv6: bool = False, max_payload: int = 1400) -> Iterator[bytes]:
     """The datagrams of :func:`inner_traffic` (same arguments, same datagrams in the same order),
     one at a time: making many takes seconds, and a caller may want to show progress."""
+    if n < 0:
+        raise ValueError(f"n: {n} datagrams")
+    # The largest header natt.traffic puts before a payload: IPv4 with 40 octets of options + TCP.
+    if not 0 <= max_payload <= 0xFFFF - 60 - 20:
+        raise ValueError(f"max_payload: {max_payload} octets; 0 .. {0xFFFF - 80} fit in a datagram")
     rng = random.Random(seed)
     for _ in range(n):
         yield _random_inner(rng, src, dst, ipv6_ok=ipv6, max_payload=max_payload)
@@ -347,6 +371,9 @@ class EspSealer:
         trailers that still carry a valid ICV.
         """
         s = self.suite
+        if not 0 <= seq < 1 << (64 if self.esn else 32):
+            raise ValueError(f"seq: {seq} is outside 0..2**{64 if self.esn else 32}-1 "
+                             f"({'with' if self.esn else 'without'} ESN, RFC 4303 §2.2)")
         seql = seq & 0xFFFFFFFF
         seq_hi = struct.pack("!I", seq >> 32) if self.esn else b""
         header = struct.pack("!II", self.spi, seql)
@@ -436,6 +463,8 @@ def _split_inner(inner: bytes, tunnel: bool) -> tuple[bytes, int, int]:
         if version == 6:
             return inner, PROTO_IPV6, (inner[0] & 0x0F) << 4 | inner[1] >> 4
         return inner, PROTO_IPIP, inner[1] if len(inner) > 1 else 0
+    if len(inner) < 20 or inner[0] >> 4 != 4 or len(inner) < (inner[0] & 15) * 4:
+        raise ValueError("inner: transport mode protects an IPv4 datagram's payload; this is no IPv4 datagram")
     ihl = (inner[0] & 15) * 4
     tl = struct.unpack_from("!H", inner, 2)[0]
     return inner[ihl:tl], inner[9], inner[1]
@@ -554,18 +583,22 @@ def encapsulated_traffic(out_nic: Any, in_nic: Any = None, n: int = 100, *, seed
     Returns the pair and the UDP-encapsulated ESP packets, ready for ``pair.in_nic.decap``. The
     inner datagrams are ``inner`` or ``n`` from :func:`inner_traffic` (seeded by ``seed``;
     IPv6 as well in tunnel mode), addressed from the pair's ``src`` to its ``dst`` so that a
-    transport SA keyed on ``dst`` accepts them. Raises ``ValueError`` (after deleting the pair) if
-    encap refuses any packet (a malformed ``inner`` datagram, or the sequence space running out).
+    transport SA keyed on ``dst`` accepts them. Raises ``ValueError`` if encap refuses any packet
+    (a malformed ``inner`` datagram, or the sequence space running out); whatever it raises, the
+    pair is deleted first.
     """
     p = make_sa_pair(out_nic, in_nic, seed=seed, **pair)
-    if inner is None:
-        inner = inner_traffic(seed, n, src=p.src or "10.1.0.2", dst=p.dst or "10.2.0.7", ipv6=p.tunnel,
-                              max_payload=max_payload)
-    res = p.encap(inner)
-    if int(res.status.max(initial=0)) != Status.OK:
-        counts = ", ".join(f"{k.name}={v}" for k, v in res.counts().items())
-        p.delete()
-        raise ValueError(f"inner: encap did not accept every packet ({counts})")
+    try:
+        if inner is None:
+            inner = inner_traffic(seed, n, src=p.src or "10.1.0.2", dst=p.dst or "10.2.0.7", ipv6=p.tunnel,
+                                  max_payload=max_payload)
+        res = p.encap(inner)
+        if int(res.status.max(initial=0)) != Status.OK:
+            counts = ", ".join(f"{k.name}={v}" for k, v in res.counts().items())
+            raise ValueError(f"inner: encap did not accept every packet ({counts})")
+    except BaseException:
+        p.delete()          # whatever failed, the caller gets no pair to clean up
+        raise
     return p, list(res)
 
 

@@ -261,3 +261,32 @@ def test_encapsulated_traffic_helper(backend, suite, mode, framing):
             traffic.encapsulated_traffic(a, b, inner=[inner[0], b"\x45junk"], suite=suite, mode=mode,
                                          framing=framing, spi=0x77)
         assert a.sa_handles() == [pair.out_handle] and b.sa_handles() == [pair.in_handle]
+
+
+def test_encapsulated_traffic_deletes_its_pair_whatever_fails(backend):
+    with natt.Offload(backend=backend) as nic:
+        for bad in (dict(max_payload=70_000), dict(inner=[12345])):
+            with pytest.raises((ValueError, TypeError)):
+                traffic.encapsulated_traffic(nic, n=5, spi=0x91, **bad)
+            assert nic.sa_handles() == []
+
+
+@pytest.mark.parametrize("build, field", [
+    (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 17, bytes(65_516)), "payload"),
+    (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 300, b""), "protocol"),
+    (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 17, b"", ttl=-1), "ttl"),
+    (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 17, b"", tos=256), "tos"),
+    (lambda: traffic.udp_datagram("10.0.0.1", "10.0.0.2", 70_000, 53), "sport"),
+    (lambda: traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 53, -5), "payload"),
+    (lambda: traffic.tcp_segment("10.0.0.1", "10.0.0.2", 1, 80, window=1 << 16), "window"),
+    (lambda: traffic.ipv6("::1", "::2", 17, bytes(70_000)), "payload"),
+    (lambda: traffic.udp6_datagram("::1", "::2", 1, 53, 65_530), "payload"),
+    (lambda: traffic.inner_traffic(1, -3), "n"),
+    (lambda: traffic.inner_traffic(1, 5, max_payload=100_000), "max_payload"),
+    (lambda: traffic.EspSealer("aes128gcm16-esn", bytes(20), 5).seal(2**64, b"x", 4), "seq"),
+    (lambda: traffic.EspSealer("aes128gcm16", bytes(20), 5).seal(-1, b"x", 4), "seq"),
+    (lambda: traffic.esp_in_udp(traffic.EspSealer("aes128gcm16", bytes(20), 5), 1, b"", tunnel=False), "inner"),
+])
+def test_packet_builders_name_the_field_that_does_not_fit(build, field):
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        build()
