@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import ipaddress
 import json
 import os
+import stat
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Optional, TextIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO, Optional, TextIO
 
 import numpy as np
 
@@ -168,30 +171,76 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
     return stats
 
 
+@contextlib.contextmanager
+def _output_file(path: str) -> Iterator[BinaryIO]:
+    """The file to write the capture ``-o path`` into.
+
+    A regular file (or a name not taken yet) is written as a temporary file in the same
+    directory and renamed over ``path`` only if the block ends without an exception: a failed
+    run leaves ``path`` exactly as it was, and ``-o IN`` reads IN to its end before replacing
+    it. A FIFO or a device has no contents to keep and cannot be replaced: it is written as the
+    run goes.
+    """
+    try:
+        st: Optional[os.stat_result] = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        try:
+            f = open(path, "wb")
+        except OSError as e:
+            raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+        with f:
+            yield f
+        return
+    # Renaming over a file needs only the directory's permission: keep refusing a file the
+    # user could not have written.
+    if st is not None and not os.access(path, os.W_OK):
+        raise CliError(f"cannot write {path}: {os.strerror(errno.EACCES)}")
+    # Through a symbolic link: replace the file it names, not the link.
+    target = os.path.realpath(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.",
+                                   suffix=".part")
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        # mkstemp makes its file 0o600; give it the mode the file it replaces had, or the one
+        # a plainly created file would get.
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
+        with open(fd, "wb") as f:
+            yield f
+            f.flush()
+            # Renamed before its data reached the disk, a crash could leave an empty -o.
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)      # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], direction: str,
                  work: Callable[..., CaptureStats]) -> CaptureStats:
     """Open ``args.input``, install ``specs`` in ``direction`` on a new Offload, open
-    ``args.output`` like the input, and run ``work(nic, handles, reader, writer, bar)``.
-    The Offload is closed (keys wiped) when the work ends, however it ends."""
+    ``args.output`` like the input (see :func:`_output_file`), and run
+    ``work(nic, handles, reader, writer, bar)``. The Offload is closed (keys wiped) when the
+    work ends, however it ends."""
     reader = _open_capture(args.input, args.chunk_size)
     with reader, _offload(args, len(specs)) as nic:
         handles = _install(nic, specs, direction)
-        existed = os.path.lexists(args.output)
-        try:
-            writer = pcap.PcapWriter.like(reader, args.output)
-        except OSError as e:
-            raise CliError(f"cannot write {args.output}: {e.strerror or e}") from None
         verb = "decap" if direction == "in" else "encap"
-        try:
-            with writer, _progress(args, os.path.getsize(args.input), verb) as bar:
-                return work(nic, handles, reader, writer, bar)
-        except BaseException:
-            # A header-only capture left behind looks like a finished run that found nothing.
-            # Only a file this run created goes: one that existed is not ours to remove.
-            if not existed and writer.frames_written == 0:
-                with contextlib.suppress(OSError):
-                    os.unlink(args.output)
-            raise
+        with _output_file(args.output) as f, pcap.PcapWriter.like(reader, f) as writer, \
+                _progress(args, os.path.getsize(args.input), verb) as bar:
+            return work(nic, handles, reader, writer, bar)
 
 
 def _dask_arguments(parser: argparse.ArgumentParser) -> None:
@@ -696,6 +745,9 @@ def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
 
 
 _KEYS_HELP = ("SA file: natt JSON (docs/keys.md) or a Wireshark/strongSwan esp_sa table")
+_OUTPUT_HELP = ("it is written as a temporary file beside OUT and renamed over OUT only when the run "
+                "succeeds, so a failed run leaves OUT as it was and OUT may be IN; a FIFO or a device "
+                "is written as the run goes")
 _MODE_HELP = ("IPsec mode of SAs read from an esp_sa table, which does not record it "
               "(default tunnel; JSON key files carry their own)")
 
@@ -737,7 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capture to read (pcap or pcapng); several only with --dask/--workers")
     d.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
     d.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="capture to write (same format as IN); with --dask/--workers, a directory")
+                   help=f"capture to write (same format as IN); {_OUTPUT_HELP}. With --dask/--workers, "
+                        "a directory")
     d.add_argument("--report", metavar="REPORT.json", help="also write the summary as JSON")
     d.add_argument("--drop-undecrypted", action="store_true",
                    help="leave out ESP packets that could not be decrypted (no SA, ICV failure, replay, "
@@ -769,7 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
                '    "inner_src": "10.1.0.0/16"}]')
     e.add_argument("input", metavar="IN", help="capture of inner packets (pcap or pcapng)")
     e.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
-    e.add_argument("-o", "--output", required=True, metavar="OUT", help="capture to write (same format as IN)")
+    e.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help=f"capture to write (same format as IN); {_OUTPUT_HELP}")
     e.add_argument("--report", metavar="REPORT.json", help="also write the summary as JSON")
     e.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
     _common(e)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import stat
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -203,23 +205,104 @@ def test_the_library_limits_are_the_cli_limits(scenario, tmp_path, capsys):
                capsys)[0] == 2
 
 
-@pytest.mark.parametrize("cmd", ["decap", "encap"])
-def test_a_failure_before_any_packet_leaves_no_output(cmd, scenario, tmp_path, capsys, monkeypatch):
-    _, keyfile, *_ = scenario
-    cap = tmp_path / "clear.pcap"        # packets SA 0x5000 encaps (decap finds no ESP, but runs)
-    pcap.write_datagrams(cap, traffic.inner_traffic(1, 5, src="10.1.0.2", dst="10.9.9.9"))
+def capture_for(cmd, scenario, tmp_path):
+    """(input capture, key file) for ``cmd``: NAT-T traffic to decap, inner packets to encap;
+    either several reads of --chunk-size 4096 long."""
+    cap, keyfile, *_ = scenario
+    if cmd == "encap":
+        cap = tmp_path / "clear.pcap"
+        pcap.write_datagrams(cap, traffic.inner_traffic(3, 40, src="10.1.0.2", dst="10.9.9.9"))
+    assert cap.stat().st_size > 2 * 4096
+    return cap, keyfile
 
-    def fail(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(natt.Offload, cmd, fail)
+
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+@pytest.mark.parametrize("spelling", ["same", "dot-slash", "hard-link"])
+def test_the_output_may_be_the_input(cmd, spelling, scenario, tmp_path, capsys, monkeypatch):
+    cap, keyfile = capture_for(cmd, scenario, tmp_path)
+    want = tmp_path / "want.pcap"
+    assert run([cmd, str(cap), "-k", str(keyfile), "-o", str(want)] + BACKEND, capsys)[0] == 0
+    original = cap.read_bytes()
+    assert want.read_bytes() != original
+    monkeypatch.chdir(tmp_path)
+    out = {"same": str(cap), "dot-slash": f"./{cap.name}", "hard-link": "link.pcap"}[spelling]
+    if spelling == "hard-link":
+        os.link(cap, out)
+    rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", out, "--chunk-size", "4096"] + BACKEND, capsys)
+    assert rc == 0, err
+    assert (tmp_path / out).read_bytes() == want.read_bytes()
+    if spelling == "hard-link":       # the link is replaced; the input keeps its octets
+        assert cap.read_bytes() == original
+
+
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+def test_a_failed_in_place_run_leaves_the_input_intact(cmd, scenario, tmp_path, capsys):
+    cap, keyfile = capture_for(cmd, scenario, tmp_path)
+    cap.write_bytes(cap.read_bytes()[:-7])             # cut mid-record, after several chunks
+    before = cap.read_bytes()
+    rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(cap), "--chunk-size", "4096"] + BACKEND,
+                     capsys)
+    assert rc == 1 and "truncated" in err and err.count("\n") == 1
+    assert cap.read_bytes() == before
+
+
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+@pytest.mark.parametrize("failure", ["first-record", "mid-file", "data-path"])
+def test_a_failed_run_leaves_the_output_as_it_was(cmd, failure, scenario, tmp_path, capsys, monkeypatch):
+    cap, keyfile = capture_for(cmd, scenario, tmp_path)
+    if failure == "data-path":
+        def fail(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(natt.Offload, cmd, fail)
+    else:
+        cap.write_bytes(cap.read_bytes()[:30 if failure == "first-record" else -7])
     out = tmp_path / "o.pcap"
-    rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND, capsys)
-    assert rc == 1 and "No space left" in err
-    assert not out.exists()
-    # A file that was there before is not removed (opening it truncated it; it is still the user's).
+    argv = [cmd, str(cap), "-k", str(keyfile), "-o", str(out), "--chunk-size", "4096"] + BACKEND
+    listing = sorted(os.listdir(tmp_path))
+    assert run(argv, capsys)[0] == 1
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == listing      # no temporary left either
     out.write_bytes(b"old")
-    assert run([cmd, str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND, capsys)[0] == 1
-    assert out.exists()
+    assert run(argv, capsys)[0] == 1
+    assert out.read_bytes() == b"old"
+
+
+def test_the_output_gets_the_mode_of_a_new_file_or_of_the_file_it_replaces(scenario, tmp_path, capsys):
+    cap, keyfile, *_ = scenario
+    out = tmp_path / "o.pcap"
+    argv = ["decap", str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND
+    old = os.umask(0o027)
+    try:
+        assert run(argv, capsys)[0] == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o640
+        out.chmod(0o604)
+        assert run(argv, capsys)[0] == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o604
+    finally:
+        os.umask(old)
+
+
+def test_a_symlinked_output_replaces_the_file_it_names(scenario, tmp_path, capsys):
+    cap, keyfile, *_ = scenario
+    real, link = tmp_path / "real.pcap", tmp_path / "link.pcap"
+    real.write_bytes(b"old")
+    link.symlink_to(real)
+    assert run(["decap", str(cap), "-k", str(keyfile), "-o", str(link)] + BACKEND, capsys)[0] == 0
+    assert link.is_symlink() and len(pcap.read_frames(real)) == 15
+
+
+def test_a_fifo_output_is_written_as_the_run_goes(scenario, tmp_path, capsys):
+    cap, keyfile, *_ = scenario
+    want = tmp_path / "want.pcap"
+    assert run(["decap", str(cap), "-k", str(keyfile), "-o", str(want)] + BACKEND, capsys)[0] == 0
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(fifo)] + BACKEND, capsys)
+    reader.join(60)
+    assert rc == 0, err
+    assert got == [want.read_bytes()] and stat.S_ISFIFO(fifo.stat().st_mode)
 
 
 @pytest.mark.parametrize("cmd", ["decap", "encap"])
