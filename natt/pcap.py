@@ -642,11 +642,17 @@ class PcapReader:
             swap = big != (sys.byteorder == "big")
             off, stop = _walk(buf, 0, 4, 0, 12, swap, True)
             # One gather of the first 7 words of every block: type, length and, for packet
-            # blocks, the whole EPB header. Blocks too short for 28 octets near the end of the
-            # buffer get their type and length read on their own.
+            # blocks, the whole EPB header. A block may be as short as 12 octets (pcapng §3.1),
+            # and at the end of the buffer 7 words would run past it (an IDB without options is
+            # 20, what editcap writes for an empty selection): those get type and length alone.
+            # Every other word is 0 for them; only an SPB (16 octets or more) is a packet block
+            # that short, and its fields are read on their own below.
             safe = off <= buf.size - 28
-            hdr = _gather_words(buf, np.where(safe, off, 0), 7, big)
-            if not safe.all():
+            if safe.all():
+                hdr = _gather_words(buf, off, 7, big)
+            else:
+                hdr = np.zeros((off.size, 7), np.int64)
+                hdr[safe] = _gather_words(buf, off[safe], 7, big)
                 hdr[~safe, :2] = _gather_words(buf, off[~safe], 2, big)
             types = hdr[:, 0]
             error: Optional[PcapError] = None

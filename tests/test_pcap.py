@@ -205,6 +205,50 @@ def test_pcapng_skips_other_blocks():
     assert [g[3] for g in frames_of(chunks)] == [IP]
 
 
+# Blocks shorter than an EPB header (28 octets): (block, frames it holds, interface it declares).
+_SHORT_BLOCKS = {
+    "idb20": (ng_idb(1), 0, 1),                                   # IDB without options
+    "nrb16": (ng_block(4, struct.pack("<HH", 0, 0)), 0, None),    # NRB holding nrb_record_end only
+    "block12": (ng_block(0x00000101, b""), 0, None),              # a block with an empty body
+    "spb16": (ng_spb(b""), 1, None),                              # SPB of an empty frame
+}
+
+
+def _epbs_filling(gap: int) -> list[bytes]:
+    """EPBs of ``gap`` octets in all (0, or a multiple of 4 of at least 32)."""
+    out = []
+    while gap:
+        size = gap if gap <= 1032 else 1000
+        out.append(ng_epb(0, 7, bytes(size - 32)))
+        gap -= size
+    return out
+
+
+def test_pcapng_of_only_short_blocks_reads_as_no_frames():
+    """What editcap -F pcapng writes for an empty selection: an SHB and a 20-octet IDB."""
+    for name, (block, n, itf) in _SHORT_BLOCKS.items():
+        ifs = [101] if n else []              # an SPB needs an interface before it
+        r, chunks = read_all(ng_shb() + b"".join(ng_idb(i) for i in ifs) + block + block)
+        assert sum(len(c) for c in chunks) == 2 * n, name
+        assert [i.linktype for i in r.interfaces] == ifs + ([itf] * 2 if itf else []), name
+
+
+@pytest.mark.parametrize("tail", sorted(_SHORT_BLOCKS))
+def test_pcapng_short_final_block_at_every_place_around_a_chunk_boundary(tail):
+    """Reads end at multiples of chunk_size; a short last block may straddle the boundary, start on
+    it, or follow a block ending on it, so the reader meets a buffer of short blocks alone."""
+    block, n, itf = _SHORT_BLOCKS[tail]
+    head = ng_shb() + ng_idb(101)
+    for boundary in (4096, 8192):
+        for start in range(boundary - 40, boundary + 8, 4):
+            filler = _epbs_filling(start - len(head))
+            data = head + b"".join(filler) + block
+            for chunk_size in (4096, pcap.DEFAULT_CHUNK_SIZE):
+                r, chunks = read_all(data, chunk_size=chunk_size)
+                assert sum(len(c) for c in chunks) == len(filler) + n, (start, chunk_size)
+                assert [i.linktype for i in r.interfaces] == [101] + ([itf] if itf else [])
+
+
 # ---------------------------------------------------------------------------------------------- scapy-written files
 
 
