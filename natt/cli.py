@@ -171,16 +171,32 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
     return stats
 
 
+def _is_stdout(path: str) -> bool:
+    """Whether ``-o path`` is this process's standard output: ``-``, or the file, pipe or
+    terminal stdout already is (``/dev/stdout``, or a file the shell redirected stdout to)."""
+    if path == "-":
+        return True
+    try:
+        out, st = os.fstat(sys.stdout.fileno()), os.stat(path)
+    except (OSError, ValueError, AttributeError):    # no such path; stdout closed or not a file
+        return False
+    return (out.st_dev, out.st_ino) == (st.st_dev, st.st_ino)
+
+
 @contextlib.contextmanager
-def _output_file(path: str) -> Iterator[BinaryIO]:
+def _output_file(path: str, to_stdout: bool) -> Iterator[BinaryIO]:
     """The file to write the capture ``-o path`` into.
 
-    A regular file (or a name not taken yet) is written as a temporary file in the same
-    directory and renamed over ``path`` only if the block ends without an exception: a failed
-    run leaves ``path`` exactly as it was, and ``-o IN`` reads IN to its end before replacing
-    it. A FIFO or a device has no contents to keep and cannot be replaced: it is written as the
-    run goes.
+    Standard output (``to_stdout``) is written through the stream the process already has: a
+    new open() of /dev/stdout would truncate a file stdout appends to. A regular file (or a
+    name not taken yet) is written as a temporary file in the same directory and renamed over
+    ``path`` only if the block ends without an exception: a failed run leaves ``path`` exactly
+    as it was, and ``-o IN`` reads IN to its end before replacing it. A FIFO or a device has
+    no contents to keep and cannot be replaced: it is written as the run goes.
     """
+    if to_stdout:
+        yield sys.stdout.buffer
+        return
     try:
         st: Optional[os.stat_result] = os.stat(path)
     except FileNotFoundError:
@@ -228,7 +244,7 @@ def _umask() -> int:
     return mask
 
 
-def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], direction: str,
+def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], direction: str, to_stdout: bool,
                  work: Callable[..., CaptureStats]) -> CaptureStats:
     """Open ``args.input``, install ``specs`` in ``direction`` on a new Offload, open
     ``args.output`` like the input (see :func:`_output_file`), and run
@@ -238,7 +254,7 @@ def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], directio
     with reader, _offload(args, len(specs)) as nic:
         handles = _install(nic, specs, direction)
         verb = "decap" if direction == "in" else "encap"
-        with _output_file(args.output) as f, pcap.PcapWriter.like(reader, f) as writer, \
+        with _output_file(args.output, to_stdout) as f, pcap.PcapWriter.like(reader, f) as writer, \
                 _progress(args, os.path.getsize(args.input), verb) as bar:
             return work(nic, handles, reader, writer, bar)
 
@@ -266,7 +282,7 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
     _check_report(args)
     # The outputs go into -o, one per input; finding out that it is a file would otherwise take
     # the cluster's start and a scan of every capture.
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
+    if args.output == "-" or (os.path.exists(args.output) and not os.path.isdir(args.output)):
         raise CliError(f"-o {args.output}: not a directory; with --dask/--workers, -o names the directory "
                        f"that gets one output per input")
     specs = _load_keys(args.keys, args.mode)
@@ -306,10 +322,12 @@ def _cmd_decap(args: argparse.Namespace) -> int:
     _check_report(args)
     specs = _load_keys(args.keys, args.mode)
     labels = [s.label() for s in specs]
-    stats = _run_capture(args, specs, "in", lambda nic, handles, reader, writer, bar: decap_capture(
+    # The capture goes to stdout: the summary must not go into it.
+    to_stdout = _is_stdout(args.output)
+    stats = _run_capture(args, specs, "in", to_stdout, lambda nic, handles, reader, writer, bar: decap_capture(
         nic, handles, labels, reader, writer, threads=args.threads,
         drop_undecrypted=args.drop_undecrypted, bar=bar))
-    _finish(args, stats, sys.stdout)
+    _finish(args, stats, sys.stderr if to_stdout else sys.stdout)
     if stats.counts[:, Status.PROTOCOL].sum() and args.mode == "tunnel":
         print("hint: PROTOCOL means a tunnel-mode SA decrypted something that is not an IP packet: "
               "a transport-mode SA (try --mode transport), or a wrong encryption key under a right "
@@ -474,9 +492,10 @@ def _cmd_encap(args: argparse.Namespace) -> int:
     specs = _outbound(_load_keys(args.keys, args.mode))
     if not specs:
         raise CliError(f"key file {args.keys} has no outbound SA (direction \"out\")")
-    stats = _run_capture(args, specs, "out", lambda nic, handles, reader, writer, bar: encap_capture(
+    to_stdout = _is_stdout(args.output)
+    stats = _run_capture(args, specs, "out", to_stdout, lambda nic, handles, reader, writer, bar: encap_capture(
         nic, handles, specs, reader, writer, threads=args.threads, bar=bar))
-    _finish(args, stats, sys.stdout)
+    _finish(args, stats, sys.stderr if to_stdout else sys.stdout)
     return 0
 
 
@@ -747,7 +766,8 @@ def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
 _KEYS_HELP = ("SA file: natt JSON (docs/keys.md) or a Wireshark/strongSwan esp_sa table")
 _OUTPUT_HELP = ("it is written as a temporary file beside OUT and renamed over OUT only when the run "
                 "succeeds, so a failed run leaves OUT as it was and OUT may be IN; a FIFO or a device "
-                "is written as the run goes")
+                "is written as the run goes. '-' (or /dev/stdout) is standard output: the summary "
+                "then goes to stderr")
 _MODE_HELP = ("IPsec mode of SAs read from an esp_sa table, which does not record it "
               "(default tunnel; JSON key files carry their own)")
 

@@ -305,6 +305,25 @@ def test_a_fifo_output_is_written_as_the_run_goes(scenario, tmp_path, capsys):
     assert got == [want.read_bytes()] and stat.S_ISFIFO(fifo.stat().st_mode)
 
 
+@pytest.mark.parametrize(("cmd", "spelling", "stdout"), [
+    ("decap", "-", "pipe"), ("decap", "-", "file"), ("decap", "/dev/stdout", "pipe"),
+    ("decap", "/dev/stdout", "file"), ("encap", "-", "pipe")])
+def test_a_capture_to_stdout_sends_the_summary_to_stderr(cmd, spelling, stdout, scenario, tmp_path, capsys):
+    cap, keyfile = capture_for(cmd, scenario, tmp_path)
+    want = tmp_path / "want.pcap"
+    assert run([cmd, str(cap), "-k", str(keyfile), "-o", str(want)] + BACKEND, capsys)[0] == 0
+    sink = tmp_path / "stdout.bin"
+    with open(sink, "wb") as f:
+        p = subprocess.run([sys.executable, "-m", "natt.cli", cmd, str(cap), "-k", str(keyfile), "-o", spelling,
+                            "--no-progress"] + BACKEND, stdout=subprocess.PIPE if stdout == "pipe" else f,
+                           stderr=subprocess.PIPE, env=dict(os.environ, PYTHONWARNINGS="ignore"), timeout=120,
+                           cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert (p.stdout if stdout == "pipe" else sink.read_bytes()) == want.read_bytes()
+    assert b"aes128gcm16" in p.stderr and b"frames/s" in p.stderr
+    assert not (tmp_path / "-").exists()
+
+
 @pytest.mark.parametrize("cmd", ["decap", "encap"])
 @pytest.mark.parametrize("where", ["missing-dir", "a-directory"])
 def test_an_unwritable_report_is_refused_before_the_run(cmd, where, scenario, tmp_path, capsys, monkeypatch):
@@ -325,18 +344,25 @@ def test_bench_refuses_an_unwritable_json_before_running(tmp_path, capsys, monke
     assert rc == 2 and "--json" in err and "does not exist" in err and "Traceback" not in err
 
 
-def test_dask_refuses_an_output_that_is_a_file_before_starting_a_cluster(scenario, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("output", ["file", "stdout"])
+def test_dask_refuses_an_output_that_is_a_file_before_starting_a_cluster(output, scenario, tmp_path, capsys,
+                                                                         monkeypatch):
     distributed = pytest.importorskip("distributed")
     cap, keyfile, *_ = scenario
     monkeypatch.setattr(distributed, "LocalCluster", lambda *a, **k: pytest.fail("started a cluster"))
+    monkeypatch.chdir(tmp_path)
     other = tmp_path / "b.pcap"
     other.write_bytes(cap.read_bytes())
-    out = tmp_path / "x.pcap"
-    out.write_bytes(b"not a directory")
+    out = tmp_path / "x.pcap" if output == "file" else "-"
+    if output == "file":
+        out.write_bytes(b"not a directory")
     rc, _, err = run(["decap", str(cap), str(other), "-k", str(keyfile), "-o", str(out), "--workers", "1"] + BACKEND,
                      capsys)
     assert rc == 1 and err.startswith(f"natt decap: -o {out}: not a directory") and err.count("\n") == 1
-    assert out.read_bytes() == b"not a directory"
+    if output == "file":
+        assert out.read_bytes() == b"not a directory"
+    else:
+        assert not (tmp_path / "-").exists()
 
 
 # ---------------------------------------------------------------------------------------------- encap
