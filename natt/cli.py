@@ -69,10 +69,28 @@ def destination_problem(path: str) -> Optional[str]:
     return None if os.access(parent, os.W_OK | os.X_OK) else f"directory {parent} is not writable"
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: the same inode (another spelling, a hard
+    link, a symbolic link), or, if either does not exist yet, the same absolute path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _check_report(args: argparse.Namespace) -> None:
-    why = args.report and destination_problem(args.report)
+    """Refuse, before the run, a --report the run could not write or that would replace one
+    of the run's own files (it is written last, over whatever it names)."""
+    if not args.report:
+        return
+    why = destination_problem(args.report)
     if why:
         raise CliError(f"--report {args.report}: {why}")
+    inputs = args.input if isinstance(args.input, list) else [args.input]
+    for what, path in [*(("the input capture", p) for p in inputs), ("the output (-o)", args.output),
+                       ("the key file (-k)", args.keys)]:
+        if _same_file(args.report, path):
+            raise CliError(f"--report {args.report}: is {what} {path}; name another file")
 
 
 def _load_keys(path: str, mode: str) -> list[keyfile.SaSpec]:

@@ -337,6 +337,38 @@ def test_an_unwritable_report_is_refused_before_the_run(cmd, where, scenario, tm
     assert not out.exists()
 
 
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+@pytest.mark.parametrize("clash", ["input", "input-dot-slash", "output", "new-output", "keys", "keys-hard-link"])
+def test_a_report_naming_the_runs_own_files_is_refused_before_the_run(cmd, clash, scenario, tmp_path, capsys,
+                                                                       monkeypatch):
+    cap, keyfile, *_ = scenario
+    monkeypatch.setattr(natt.Offload, cmd, lambda *a, **k: pytest.fail("ran before checking --report"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "o.pcap"
+    if clash != "new-output":
+        out.write_bytes(b"old output")
+    if clash == "keys-hard-link":
+        os.link(keyfile, tmp_path / "keys-link.json")
+    report = {"input": str(cap), "input-dot-slash": f"./{cap.name}", "output": str(out), "new-output": "o.pcap",
+              "keys": str(keyfile), "keys-hard-link": "keys-link.json"}[clash]
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(out), "--report", report] + BACKEND, capsys)
+    assert rc == 1 and err.startswith(f"natt {cmd}: --report {report}: is the ") and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_dask_refuses_a_report_naming_an_input(scenario, tmp_path, capsys, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    cap, keyfile, *_ = scenario
+    monkeypatch.setattr(distributed, "LocalCluster", lambda *a, **k: pytest.fail("started a cluster"))
+    other = tmp_path / "b.pcap"
+    other.write_bytes(cap.read_bytes())
+    rc, _, err = run(["decap", str(cap), str(other), "-k", str(keyfile), "-o", str(tmp_path / "out"), "--workers",
+                      "1", "--report", str(other)] + BACKEND, capsys)
+    assert rc == 1 and err.startswith(f"natt decap: --report {other}: is the input capture")
+    assert other.read_bytes() == cap.read_bytes()
+
+
 def test_bench_refuses_an_unwritable_json_before_running(tmp_path, capsys, monkeypatch):
     from natt import _bench
     monkeypatch.setattr(_bench, "run", lambda *a, **k: pytest.fail("benchmarked before checking --json"))
