@@ -93,6 +93,12 @@ def _check_report(args: argparse.Namespace) -> None:
             raise CliError(f"--report {args.report}: is {what} {path}; name another file")
 
 
+def _check_output(args: argparse.Namespace) -> None:
+    # The keys are read before the run; a run that succeeded would then replace them with a capture.
+    if _same_file(args.output, args.keys):
+        raise CliError(f"-o {args.output}: is the key file (-k) {args.keys}; name another file")
+
+
 def _load_keys(path: str, mode: str) -> list[keyfile.SaSpec]:
     try:
         specs = keyfile.load(path, mode=mode)
@@ -338,6 +344,7 @@ def _cmd_decap(args: argparse.Namespace) -> int:
         raise CliError("several captures need --dask SCHEDULER or --workers N (docs/dask.md)")
     args.input = args.input[0]
     _check_report(args)
+    _check_output(args)
     specs = _load_keys(args.keys, args.mode)
     labels = [s.label() for s in specs]
     # The capture goes to stdout: the summary must not go into it.
@@ -507,6 +514,7 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
 
 def _cmd_encap(args: argparse.Namespace) -> int:
     _check_report(args)
+    _check_output(args)
     specs = _outbound(_load_keys(args.keys, args.mode))
     if not specs:
         raise CliError(f"key file {args.keys} has no outbound SA (direction \"out\")")

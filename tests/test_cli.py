@@ -357,6 +357,16 @@ def test_a_report_naming_the_runs_own_files_is_refused_before_the_run(cmd, clash
     assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+def test_an_output_naming_the_key_file_is_refused_before_the_run(cmd, scenario, tmp_path, capsys, monkeypatch):
+    cap, keyfile, *_ = scenario
+    monkeypatch.setattr(natt.Offload, cmd, lambda *a, **k: pytest.fail("ran before checking -o"))
+    before = keyfile.read_bytes()
+    rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(keyfile)] + BACKEND, capsys)
+    assert rc == 1 and err.startswith(f"natt {cmd}: -o {keyfile}: is the key file (-k)") and err.count("\n") == 1
+    assert keyfile.read_bytes() == before
+
+
 def test_dask_refuses_a_report_naming_an_input(scenario, tmp_path, capsys, monkeypatch):
     distributed = pytest.importorskip("distributed")
     cap, keyfile, *_ = scenario
