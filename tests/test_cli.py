@@ -181,7 +181,8 @@ def test_decap_errors_are_one_line_and_exit_1(problem, scenario, tmp_path, capsy
 
 @pytest.mark.parametrize("cmd", ["decap", "encap"])
 @pytest.mark.parametrize("option", [["--threads", "999"], ["--threads", "0"], ["--chunk-size", "10"],
-                                    ["--chunk-size", "many"]])
+                                    ["--chunk-size", "many"], ["--chunk-size", str(1 << 40)],
+                                    ["--chunk-size", str(10**23)], ["--chunk-size", "1e23"]])
 def test_out_of_range_threads_and_chunk_size_are_usage_errors(cmd, option, scenario, tmp_path, capsys):
     cap, keyfile, *_ = scenario
     out = tmp_path / "o.pcap"
@@ -203,6 +204,15 @@ def test_the_library_limits_are_the_cli_limits(scenario, tmp_path, capsys):
     assert run(["decap", str(cap), "-k", str(keyfile), "-o", str(out), "--threads", "257"] + BACKEND, capsys)[0] == 2
     assert run(["decap", str(cap), "-k", str(keyfile), "-o", str(out), "--chunk-size", "4095"] + BACKEND,
                capsys)[0] == 2
+
+
+def test_the_largest_chunk_size_is_1_gib(capsys):
+    parse = cli.build_parser().parse_args
+    argv = ["decap", "in.pcap", "-k", "k", "-o", "o.pcap", "--chunk-size"]
+    assert parse(argv + [str(1 << 30)]).chunk_size == cli.MAX_CHUNK_SIZE == 1 << 30
+    with pytest.raises(SystemExit):
+        parse(argv + [str((1 << 30) + 1)])
+    assert "argument --chunk-size: at most 1073741824 octets (1 GiB)" in capsys.readouterr().err
 
 
 def capture_for(cmd, scenario, tmp_path):
