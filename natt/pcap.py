@@ -773,6 +773,21 @@ def _pad4(n: int) -> int:
     return (4 - n % 4) % 4
 
 
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an int in ``lo .. hi`` (the
+    range of the header field it goes into, which struct would refuse with its own error)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise ValueError(f"{name}: an integer from {lo} to {hi}, got {value!r}")
+
+
+def _check_interface(itf: object, name: str) -> None:
+    if not isinstance(itf, Interface):
+        raise ValueError(f"{name}: a natt.pcap.Interface, got {type(itf).__name__}")
+    # IDB fields (pcapng §4.2): LinkType is 16 bits, SnapLen 32 bits.
+    _check_int(f"{name}.linktype", itf.linktype, 0, 0xFFFF)
+    _check_int(f"{name}.snaplen", itf.snaplen, 0, 0xFFFFFFFF)
+
+
 class PcapWriter:
     """Write packet records as classic pcap or pcapng.
 
@@ -780,15 +795,26 @@ class PcapWriter:
     ``byteorder`` (``"<"`` or ``">"``) choose the file header; for pcapng, ``interfaces``
     lists the interfaces to declare up front (more are declared as records name them, see
     :meth:`write_chunk`). Use :meth:`like` to write in a reader's format.
+
+    Arguments that do not fit the format raise ``ValueError`` naming the parameter: the
+    constructor's before ``dest`` is created or truncated, a write's before it writes anything.
     """
 
     def __init__(self, dest: PathOrFile, *, fmt: str = "pcap", linktype: int = LINKTYPE_ETHERNET,
                  nanosecond: bool = False, byteorder: str = "<", snaplen: int = 262144,
                  interfaces: Iterable[Interface] = ()) -> None:
+        # Everything is checked before ``dest`` is created or truncated.
         if fmt not in ("pcap", "pcapng"):
             raise ValueError(f"fmt: 'pcap' or 'pcapng', got {fmt!r}")
         if byteorder not in ("<", ">"):
             raise ValueError(f"byteorder: '<' or '>', got {byteorder!r}")
+        _check_int("linktype", linktype, 0, 0xFFFF)
+        _check_int("snaplen", snaplen, 0, 0xFFFFFFFF)
+        interfaces = list(interfaces)
+        if interfaces and fmt == "pcap":
+            raise ValueError("interfaces: pcapng only (a classic pcap file has one link type: linktype)")
+        for k, itf in enumerate(interfaces):
+            _check_interface(itf, f"interfaces[{k}]")
         if isinstance(dest, (str, os.PathLike)):
             self._file: BinaryIO = open(dest, "wb")
             self._owns = True
@@ -799,6 +825,7 @@ class PcapWriter:
         self.byteorder = byteorder if fmt == "pcap" else "<"
         self.nanosecond = nanosecond
         self.linktype = linktype
+        self.snaplen = snaplen
         self._declared: list[Interface] = []
         self.frames_written = 0
         if fmt == "pcap":
@@ -845,6 +872,21 @@ class PcapWriter:
         self._file.write(struct.pack("<IIHHI", _PCAPNG_IDB, blen, itf.linktype & 0xFFFF, 0, itf.snaplen)
                          + opts + struct.pack("<I", blen))
         self._declared.append(itf)
+
+    def _max_caplen(self) -> int:
+        """The longest frame a record may hold: what PcapReader accepts, so that everything
+        written reads back (classic pcap: the larger of the snap length and libpcap's
+        MAXIMUM_SNAPLEN, 262144, as other readers refuse more; pcapng: the block limit)."""
+        if self.fmt == "pcap":
+            return min(max(self.snaplen, 262144), _MAX_RECORD)
+        return _MAX_RECORD - 32
+
+    def _check_caplen(self, caplen: np.ndarray, name: str, index: np.ndarray) -> None:
+        top = self._max_caplen()
+        if caplen.size and int(caplen.max()) > top:
+            k = int(np.argmax(caplen > top))
+            raise ValueError(f"{name}[{int(index[k])}]: a {int(caplen[k])}-octet frame; a {self.fmt} record "
+                             f"written here holds at most {top}")
 
     def _record_headers(self, ts_ns: np.ndarray, caplen: np.ndarray, origlen: np.ndarray,
                         iface: np.ndarray) -> np.ndarray:
@@ -937,6 +979,7 @@ class PcapWriter:
         else:
             dlen = np.zeros(idx.size, np.int64)
         caplen = np.where(rep, link + dlen, chunk.caplen[idx])
+        self._check_caplen(caplen, "datagrams", idx)
         origlen = np.where(rep, caplen, chunk.origlen[idx])
         hdrs = self._record_headers(chunk.ts_ns[idx], caplen, origlen, chunk.iface[idx])
         first = np.where(rep, link, chunk.caplen[idx])        # octets taken from the frame as read
@@ -949,15 +992,30 @@ class PcapWriter:
 
     def write_frames(self, frames: Iterable[bytes], ts_ns: Optional[Iterable[int]] = None,
                      iface: int = 0) -> int:
-        """Write whole link-layer frames (no parsing); timestamps default to 0."""
+        """Write whole link-layer frames (no parsing) of interface ``iface`` (pcapng: one of
+        those declared; the writer's ``linktype`` is declared if none is yet); ``ts_ns`` has one
+        integer timestamp per frame, by default all 0."""
         frames = [bytes(f) for f in frames]
-        if self.fmt == "pcapng":
-            if not self._declared:
-                self._declare(Interface(self.linktype))
         n = len(frames)
-        ts = np.zeros(n, np.int64) if ts_ns is None else np.asarray(list(ts_ns), np.int64)
+        # Checked before anything is written (an IDB included), so a refused call leaves no trace.
+        top = max(len(self._declared), 1) if self.fmt == "pcapng" else 1
+        if isinstance(iface, bool) or not isinstance(iface, (int, np.integer)) or not 0 <= iface < top:
+            raise ValueError(f"iface: an interface this writer has declared, 0 .. {top - 1}, got {iface!r}")
+        if ts_ns is None:
+            ts = np.zeros(n, np.int64)
+        else:
+            given = np.asarray(list(ts_ns))
+            if given.shape != (n,):
+                raise ValueError(f"ts_ns: one timestamp per frame, {n} in all; got shape {given.shape}")
+            # Floats would be rounded, and integers past int64 come as dtype object.
+            if n and (given.dtype.kind not in "iu" or int(given.max()) >= 2**63):
+                raise ValueError(f"ts_ns: integer nanoseconds within int64, got {given.dtype} values")
+            ts = given.astype(np.int64)
         caplen = np.array([len(f) for f in frames], np.int64)
+        self._check_caplen(caplen, "frames", np.arange(n))
         hdrs = self._record_headers(ts, caplen, caplen, np.full(n, iface, np.int64))
+        if self.fmt == "pcapng" and not self._declared:
+            self._declare(Interface(self.linktype))
         data = np.frombuffer(b"".join(frames), np.uint8)
         self._file.write(self._records(hdrs, caplen, [(data, np.cumsum(caplen) - caplen, caplen)]))
         self.frames_written += n

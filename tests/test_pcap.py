@@ -454,6 +454,57 @@ def test_any_frames_round_trip_through_writer_and_reader(frames, fmt, order, lin
                 assert c.batch[i] == b"" and c.link_len[i] == 0
 
 
+@pytest.mark.parametrize("kw,match", [
+    (dict(linktype=0x10001), "linktype"),                 # pcap: tshark's "reserved field not zero"
+    (dict(fmt="pcapng", linktype=0x10001), "linktype"),   # pcapng: was masked to 1
+    (dict(linktype=-1), "linktype"),
+    (dict(snaplen=-1), "snaplen"),
+    (dict(snaplen=2**32), "snaplen"),
+    (dict(fmt="pcapng", interfaces=[pcap.Interface(1), pcap.Interface(70000)]), r"interfaces\[1\]\.linktype"),
+    (dict(fmt="pcapng", interfaces=[1]), r"interfaces\[0\]"),
+    (dict(interfaces=[pcap.Interface(1)]), "interfaces: pcapng only"),
+])
+def test_writer_refuses_bad_arguments_before_touching_the_file(tmp_path, kw, match):
+    path = tmp_path / "out"
+    path.write_bytes(b"precious")
+    with pytest.raises(ValueError, match=match):
+        pcap.PcapWriter(path, **kw)
+    assert path.read_bytes() == b"precious"
+    with pytest.raises(ValueError, match=match):
+        pcap.PcapWriter(tmp_path / "new", **kw)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("fmt,kw,match", [
+    ("pcapng", dict(iface=3), "iface"),
+    ("pcapng", dict(iface=-1), "iface"),
+    ("pcap", dict(iface=1), "iface"),
+    ("pcap", dict(frames=[ETH + IP, bytes(262145)]), r"frames\[1\]: a 262145-octet frame"),
+    ("pcap", dict(ts_ns=[1]), "ts_ns: one timestamp per frame, 2"),
+    ("pcapng", dict(ts_ns=[1, 2, 3]), "ts_ns: one timestamp per frame, 2"),
+    ("pcap", dict(ts_ns=[1.7e18, 0]), "ts_ns: integer"),
+    ("pcapng", dict(ts_ns=[2**64, 0]), "ts_ns: integer"),
+])
+def test_write_frames_refuses_misuse_and_writes_nothing(fmt, kw, match):
+    out = io.BytesIO()
+    w = pcap.PcapWriter(out, fmt=fmt)
+    head = out.getvalue()
+    kw = {"frames": [ETH + IP] * 2, **kw}
+    with pytest.raises(ValueError, match=match):
+        w.write_frames(**kw)
+    assert out.getvalue() == head and w.frames_written == 0
+
+
+@pytest.mark.parametrize("snaplen,size", [(65535, 262144), (300000, 300000)])
+def test_pcap_writer_takes_frames_as_long_as_the_reader_does(snaplen, size):
+    out = io.BytesIO()
+    with pcap.PcapWriter(out, snaplen=snaplen) as w:
+        w.write_frames([bytes(size)])
+        with pytest.raises(ValueError, match="frames"):
+            w.write_frames([bytes(size + 1)])
+    assert [len(g[2]) for g in frames_of(read_all(out.getvalue())[1])] == [size]
+
+
 @pytest.mark.parametrize("fmt,ts", [("pcap", 2**32 * 10**9), ("pcap", -1), ("pcapng", -5)])
 def test_writer_refuses_timestamps_the_format_cannot_hold(fmt, ts):
     with pytest.raises(ValueError, match="ts_ns"):
