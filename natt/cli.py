@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import ipaddress
+import itertools
 import json
 import os
 import stat
@@ -553,16 +554,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     tx = _offload(args, len(specs))
     handles = _install(tx, specs, "out")
     # Inner traffic per SA: ICMP echo, UDP and TCP between documentation-style private hosts.
-    frames: list[bytes] = []
+    per_sa: list[list[bytes]] = []
     t_enc = 0.0
-    per = max(args.packets // len(specs), 1)
+    # Exactly --packets: when it is not a multiple of the suites, the first suites make one more.
+    counts = [args.packets // len(specs) + (i < args.packets % len(specs)) for i in range(len(specs))]
     pcap_path = os.path.join(args.out_dir, "demo.pcap")
     # Making the inner packets in Python takes most of the demo's time (tens of microseconds a
     # packet), so the bar counts them as they are made; it stays up while demo.pcap is written.
-    with _progress(args, per * len(specs), "demo traffic", unit="pkt") as bar:
-        for i, (s, h) in enumerate(zip(specs, handles)):
+    with _progress(args, args.packets, "demo traffic", unit="pkt") as bar:
+        for i, (s, h, n) in enumerate(zip(specs, handles, counts)):
             inner = []
-            for p in traffic.iter_inner_traffic(args.seed + i, per, src=f"10.1.{i}.2", dst="10.2.0.7"):
+            for p in traffic.iter_inner_traffic(args.seed + i, n, src=f"10.1.{i}.2", dst="10.2.0.7"):
                 inner.append(p)
                 bar.update()
             t = time.perf_counter()
@@ -570,10 +572,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             t_enc += time.perf_counter() - t
             if res.counts().get(Status.OK, 0) != len(inner):
                 raise CliError(f"demo: encap with {s.suite} failed: {res.counts()}")
-            frames.extend(res)
+            per_sa.append(list(res))
         # Interleave the SAs' packets as a real capture would, with 10 µs between frames.
-        order = sorted(range(len(frames)), key=lambda j: (j % per, j // per))
-        frames = [frames[j] for j in order]
+        frames = [f for round_ in itertools.zip_longest(*per_sa) for f in round_ if f is not None]
         ts = [1_700_000_000_000_000_000 + 10_000 * j for j in range(len(frames))]
         bar.set_description("demo write", refresh=False)
         pcap.write_datagrams(pcap_path, frames, ts_ns=ts)
@@ -903,7 +904,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt demo --out-dir /tmp/natt-demo --packets 20000\n"
                "  natt decap /tmp/natt-demo/demo.pcap -k /tmp/natt-demo/demo.esp_sa -o /tmp/clear.pcap")
     m.add_argument("--out-dir", default="natt-demo", metavar="DIR", help="where to write the files (default ./natt-demo)")
-    m.add_argument("--packets", type=_positive, default=5000, help="packets in total (default 5000)")
+    m.add_argument("--packets", type=_positive, default=5000,
+                   help=f"packets in total, spread over the {len(DEMO_SUITES)} suites (when it is not a multiple "
+                        f"of {len(DEMO_SUITES)}, the first suites make one more; default 5000)")
     m.add_argument("--seed", type=int, default=1, help="seed of keys and traffic (default 1)")
     _common(m, files=False)
     m.set_defaults(func=_cmd_demo)

@@ -514,6 +514,16 @@ def test_demo_writes_files_and_decaps_everything(tmp_path, capsys):
     assert len(decap) == 250 and all(g[3][0] >> 4 == 4 and g[3][9] in (1, 6, 17) for g in decap)
 
 
+@pytest.mark.parametrize("packets", [7, 3])
+def test_demo_makes_exactly_the_packets_asked_for(packets, tmp_path, capsys):
+    rc, out, err = run(["demo", "--out-dir", str(tmp_path), "--packets", str(packets)] + BACKEND, capsys)
+    assert rc == 0, err
+    spis = [int.from_bytes(g[3][28:32], "big") & 0xFF for g in pcap.read_frames(tmp_path / "demo.pcap")]
+    # The first suites make one more; the capture interleaves the SAs round by round.
+    assert spis == {7: [1, 2, 3, 4, 5, 1, 2], 3: [1, 2, 3]}[packets]
+    assert len(pcap.read_frames(tmp_path / "demo-decap.pcap")) == packets
+
+
 def test_explain_walks_to_the_deciding_step(scenario, capsys):
     cap, keyfile, _, specs, frames = scenario
     good, bad = frames[0][14:], frames[12][14:]
