@@ -96,8 +96,10 @@ class _Reject(Exception):
 
 
 def _int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    v = _as_int(value)
+    if v is None:
         raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: expected an integer, got {type(value).__name__}")
+    value = v
     if not lo <= value <= hi:
         raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {value} is outside {lo}..{hi}")
     return int(value)
@@ -194,6 +196,7 @@ class Offload:
             self._inbound_keys.clear()
 
     def __enter__(self) -> "Offload":
+        self._check_open()      # a closed instance has no tables left to work on
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -242,8 +245,9 @@ class Offload:
         """
         if oid != OID_TCP_TASK_OFFLOAD:
             raise OffloadError(NdisStatus.INVALID_OID, f"oid: 0x{oid:08X} cannot be queried"
-                               if isinstance(oid, int) else f"oid: {oid!r} is not an OID")
+                               if isinstance(oid, int) and 0 <= oid <= 0xFFFFFFFF else f"oid: {oid!r} is not an OID")
         with self._lock:
+            self._check_open()
             return OffloadCapabilities(
                 backend=self.backend,
                 conf_algos=_SUPPORTED_CONF,
@@ -400,16 +404,17 @@ class Offload:
             if not inbound or not window:
                 raise _Reject(INVALID_PARAMETER, "replay_bitmap: only an inbound SA with anti-replay "
                                                  "(replay_window > 0) has a replay bitmap")
-            if isinstance(replay_bitmap, bool) or not isinstance(replay_bitmap, int):
+            bitmap = _as_int(replay_bitmap)
+            if bitmap is None:
                 raise _Reject(INVALID_PARAMETER, f"replay_bitmap: expected an integer, "
                                                  f"got {type(replay_bitmap).__name__}")
             # Not via _int: a 65536-bit value would make an unreadable (or, past Python's
             # int-to-str digit limit, failing) message.
-            if replay_bitmap < 0 or replay_bitmap.bit_length() > window:
-                got = "a negative value" if replay_bitmap < 0 else f"{replay_bitmap.bit_length()} bits"
+            if bitmap < 0 or bitmap.bit_length() > window:
+                got = "a negative value" if bitmap < 0 else f"{bitmap.bit_length()} bits"
                 raise _Reject(INVALID_PARAMETER, f"replay_bitmap: must be 0 <= x < 2**replay_window "
                                                  f"(2**{window}); got {got}")
-            replay_bitmap = int(replay_bitmap)
+            replay_bitmap = bitmap
         sport = _int("encap_src_port", req.encap_src_port, 1, 65535)
         dport = _int("encap_dst_port", req.encap_dst_port, 1, 65535)
         oa_src = _addr("nat_oa_src", req.nat_oa_src)
@@ -430,7 +435,7 @@ class Offload:
         port = 0
         if inbound:
             port = _int("encap_type_entry.dst_encap_port", entry.dst_encap_port, 1, 65535)
-            h = _as_handle(req.encap_type_entry_offld_handle)
+            h = _as_int(req.encap_type_entry_offld_handle)
             if h is None:
                 raise _Reject(INVALID_PARAMETER, f"encap_type_entry_offld_handle: expected an integer, "
                                                  f"got {type(req.encap_type_entry_offld_handle).__name__}")
@@ -514,7 +519,7 @@ class Offload:
                 return NdisStatus.FAILURE, "Offload: this instance is closed"
             if not isinstance(req, DeleteUdpEspSa):
                 return NdisStatus.INVALID_LENGTH, f"request: expected DeleteUdpEspSa, got {type(req).__name__}"
-            h, eh = _as_handle(req.offload_handle), _as_handle(req.encap_type_entry_offld_handle)
+            h, eh = _as_int(req.offload_handle), _as_int(req.encap_type_entry_offld_handle)
             cfg = self._sas.get(h)
             if cfg is None:
                 return NdisStatus.INVALID_PARAMETER, f"offload_handle: {req.offload_handle!r} names no SA"
@@ -664,10 +669,11 @@ class Offload:
     def sa_handles(self) -> list[int]:
         """Handles of the installed SAs, in the order they were added."""
         with self._lock:
+            self._check_open()
             return list(self._sas)
 
     def _sa(self, handle: Any) -> SaConfig:
-        cfg = self._sas.get(_as_handle(handle))
+        cfg = self._sas.get(_as_int(handle))
         if cfg is None:
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {handle!r} names no SA")
         return cfg
@@ -767,8 +773,10 @@ def _pythonic_field(message: str) -> str:
     return message
 
 
-def _as_handle(value: Any) -> Optional[int]:
-    """A handle as a Python int (``res.sa`` holds numpy int64 handles), or None if it is not an integer."""
+def _as_int(value: Any) -> Optional[int]:
+    """An integer of any integer type as a Python int, or None for bool and non-integers. Numbers
+    taken from numpy arrays (``res.sa`` holds int64 handles; saved replay states, SPI tables) are
+    integers to the caller; nothing that rounds (a float) is."""
     if isinstance(value, bool):
         return None
     try:

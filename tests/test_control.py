@@ -903,6 +903,23 @@ def test_add_sa_still_echoes_a_mistyped_name(backend: str) -> None:
             nic.add_sa(2**32, bytes(20), "aes128gcm16", "in", mode="transport")
 
 
+def test_numpy_integers_are_integers_everywhere(backend: str) -> None:
+    # Numbers taken from numpy arrays (a saved replay state, a table of SPIs) are plain integers
+    # to the caller; bools and floats stay refused (test_offload_error_status_and_field).
+    with natt.Offload(backend=backend) as nic:
+        h = nic.add_sa(np.uint32(0x1001), bytes(20), "aes128gcm16", "in", mode="transport",
+                       replay_window=np.int64(64), replay_seq=np.uint64(70), replay_bitmap=np.int64(3))
+        assert nic.replay_state(np.int64(h)) == (70, 3)
+        with pytest.raises(natt.OffloadError, match="^replay_seq: expected an integer, got float64"):
+            nic.add_sa(0x1002, bytes(20), "aes128gcm16", "in", mode="transport", replay_seq=np.float64(7))
+
+
+def test_query_oid_names_a_negative_oid(backend: str) -> None:
+    with natt.Offload(backend=backend) as nic:
+        with pytest.raises(natt.OffloadError, match="^oid: -1 is not an OID"):
+            nic.query_oid(-1)
+
+
 def test_offload_error_survives_pickle_and_copy(backend: str) -> None:
     # A process pool or a Dask worker hands errors back pickled: the caller must get the same
     # OffloadError, status included (Exception's default rebuilds from the message alone).

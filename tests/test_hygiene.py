@@ -215,9 +215,12 @@ def test_delete_and_close_zero_the_key(backend):
     for h in (gcm_out, gcm_in):
         assert not any(cfgs[h].key) and len(cfgs[h].key) == natt.parse_suite("aes128gcm16")[0].key_len
     assert "closed" in repr(nic)
-    with pytest.raises(OffloadError) as ei:
-        nic.decap([inner()])
-    assert ei.value.status == NdisStatus.FAILURE
+    for call in (lambda: nic.decap([inner()]), nic.sa_handles, lambda: nic.query_oid(natt.OID_TCP_TASK_OFFLOAD),
+                 nic.__enter__):
+        with pytest.raises(OffloadError) as ei:
+            call()
+        assert ei.value.status == NdisStatus.FAILURE and "closed" in str(ei.value)
+    assert nic.set_oid(natt.OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA, natt.DeleteUdpEspSa(gcm_in)) == NdisStatus.FAILURE
     nic.close()                              # idempotent
 
 
