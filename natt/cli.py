@@ -14,6 +14,7 @@ import errno
 import ipaddress
 import itertools
 import json
+import logging
 import os
 import stat
 import sys
@@ -294,6 +295,22 @@ def _dask_arguments(parser: argparse.ArgumentParser) -> None:
                    help="decap on a local Dask cluster of N worker processes (needs the dask extra)")
 
 
+def _quiet_task_failures(client: Any) -> None:
+    """Keep the workers of natt's own local cluster from logging a failed task to our stderr.
+
+    A task's exception comes back to decap_captures and natt reports it in one line; each worker
+    would first log it as "Compute Failed ... Traceback: ...". Only the workers' task logger is
+    quieted: the nanny still reports a worker that dies, and a cluster of --dask keeps its logs.
+    """
+    import distributed
+
+    class QuietTaskFailures(distributed.WorkerPlugin):
+        def setup(self, worker: Any) -> None:
+            logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
+
+    client.register_plugin(QuietTaskFailures(), name="natt-quiet-task-failures")
+
+
 def _cmd_decap_dask(args: argparse.Namespace) -> int:
     """``natt decap IN... -k KEYS -o OUTDIR (--dask ADDRESS | --workers N)``: natt.dask does the
     work; the same summary table as ``natt decap`` is printed."""
@@ -320,6 +337,7 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
         else:
             cluster = distributed.LocalCluster(n_workers=args.workers or 1, threads_per_worker=1, processes=True)
             client = distributed.Client(cluster)
+            _quiet_task_failures(client)
     except OSError as e:
         raise CliError(f"cannot reach the Dask scheduler {args.dask}: {e}") from None
     try:

@@ -417,6 +417,18 @@ def test_dask_refuses_an_output_that_is_a_file_before_starting_a_cluster(output,
         assert not (tmp_path / "-").exists()
 
 
+def test_dask_reports_a_corrupt_capture_in_one_line_without_the_workers_log(scenario, tmp_path):
+    pytest.importorskip("distributed")
+    cap, keyfile, *_ = scenario
+    cap.write_bytes(cap.read_bytes()[:-7])
+    # A subprocess: the workers' log goes to the stderr they inherit, which capsys does not see.
+    p = subprocess.run([sys.executable, "-m", "natt.cli", "decap", str(cap), "-k", str(keyfile), "-o",
+                        str(tmp_path / "out"), "--workers", "1", "--no-progress"] + BACKEND, capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"), timeout=300, cwd=tmp_path)
+    assert p.returncode == 1
+    assert p.stderr.startswith("natt decap: ") and "truncated" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
 # ---------------------------------------------------------------------------------------------- encap
 
 
