@@ -979,6 +979,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CliError as e:
         print(f"natt {args.command}: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # Whatever read our stdout has gone (natt demo | head): there is nobody left to tell, and
+        # Python's flush of stdout at exit would complain again (Python docs, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as e:   # e.g. the disk filled up while writing the output
         print(f"natt {args.command}: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
               file=sys.stderr)
@@ -986,8 +991,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"natt {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 1
 
 
 if __name__ == "__main__":

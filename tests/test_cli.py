@@ -618,3 +618,18 @@ def test_demo_progress_covers_making_the_traffic(tmp_path, capsys, monkeypatch):
     assert "demo traffic" in err and "pkt/s" in err       # packets made, before anything is decapsulated
     assert "demo decap" in err and "B/s" in err
     assert "pkt/s" not in out
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(scenario, tmp_path):
+    """natt decap ... | head: the summary's reader has gone before natt writes; no message about
+    a broken pipe, no traceback, and the output capture is complete."""
+    cap, keyfile, inner, *_ = scenario
+    out = tmp_path / "piped.pcap"
+    proc = subprocess.Popen([sys.executable, "-m", "natt.cli", "decap", str(cap), "-k", str(keyfile), "-o", str(out),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    proc.stdout.close()                       # before natt has started: its first write finds no reader
+    err = proc.stderr.read().decode()
+    assert proc.wait(120) == 1
+    assert err == ""
+    assert [g[3] for g in pcap.read_frames(out)][:12] == inner
