@@ -32,8 +32,11 @@ that would need fixing) followed by the new datagram; its captured and original 
 the new frame length. Frames not replaced are written as read, with their original lengths.
 Timestamps are kept: classic pcap keeps the input's resolution and byte order; pcapng is written
 little-endian with nanosecond ``if_tsresol`` on every interface (exact for every decimal
-resolution up to 1 ns), one section whose interfaces are every section's interfaces in order.
-pcapng block options (comments, flags, hashes) of packet records are not carried over.
+resolution up to 1 ns) and the input's ``if_tsoffset``, one section whose interfaces are every
+section's interfaces in order. pcapng block options (comments, flags, hashes) of packet records
+are not carried over. ``ts_ns`` is int64 nanoseconds since 1970: a pcapng timestamp outside
+1677-09-21 .. 2262-04-11 (legal there, 64-bit ticks plus a 64-bit offset in seconds) is a
+:class:`PcapError` rather than a wrapped-around time.
 
 Corrupt or truncated input raises :class:`PcapError` (a ``ValueError``) whose ``offset`` is the
 file offset of the record at fault; records before it have already been yielded.
@@ -41,8 +44,9 @@ file offset of the record at fault; records before it have already been yielded.
 
 from __future__ import annotations
 
-import dataclasses
 import array
+import dataclasses
+import functools
 import os
 import struct
 import sys
@@ -109,7 +113,8 @@ class Interface:
     """One capture interface: classic pcap has exactly one, pcapng one per IDB.
 
     ``tsresol`` is the pcapng ``if_tsresol`` octet (6 = microseconds, 9 = nanoseconds; high bit
-    set = a power of two) and ``tsoffset`` the ``if_tsoffset`` seconds added to every timestamp.
+    set = a power of two) and ``tsoffset`` the ``if_tsoffset`` seconds added to every timestamp
+    (at most 9223372036 either way, the reach of int64 nanoseconds).
     """
 
     linktype: int
@@ -369,21 +374,52 @@ def _gather_u16(buf: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarra
     return (b0 << 8) | b1 if big_endian else (b1 << 8) | b0
 
 
-def _tsresol_to_ns(ticks: np.ndarray, tsresol: int) -> np.ndarray:
-    """Timestamps in units of ``if_tsresol`` -> nanoseconds (pcapng §4.2, option if_tsresol)."""
+def _tsresol_to_ns(ticks, tsresol: int):
+    """Timestamps in units of ``if_tsresol`` -> nanoseconds (pcapng §4.2, option if_tsresol).
+
+    Exact integer arithmetic on Python ints, and the same modulo 2**64 on uint64 arrays: right
+    there whenever the result (plus any offset, added modulo 2**64 too) fits in 64 bits, which
+    :func:`_last_tick` makes sure of.
+    """
     v = tsresol & 0x7F
     if tsresol & 0x80:   # 2**-v seconds per tick
-        if v == 0:
-            return ticks * 1_000_000_000
         whole = ticks >> v
         frac = ticks & ((1 << v) - 1)
         if v <= 32:
             return whole * 1_000_000_000 + ((frac * 1_000_000_000) >> v)
-        # Fractions finer than 2**-32 s: float is exact enough below one nanosecond.
-        return whole * 1_000_000_000 + (frac.astype(np.float64) * (1e9 / 2.0 ** v)).astype(np.int64)
+        # frac * 10**9 would need 93 bits: floor it through 2**32 first (floor(floor(a/b)/c)
+        # == floor(a/(b*c))), every step within 64 bits.
+        part = ((frac >> 32) * 1_000_000_000 + (((frac & 0xFFFFFFFF) * 1_000_000_000) >> 32)) >> (v - 32)
+        return whole * 1_000_000_000 + part
     if v <= 9:
         return ticks * (10 ** (9 - v))
     return ticks // (10 ** (v - 9))
+
+
+_NS_MAX = (1 << 63) - 1                   # int64 nanoseconds: up to 2262-04-11
+_TSOFFSET_MAX = _NS_MAX // 1_000_000_000   # if_tsoffset seconds whose nanoseconds int64 holds
+_TSOFFSET_MIN = -_TSOFFSET_MAX             # (back to 1677-09-21)
+
+
+@functools.lru_cache(maxsize=64)
+def _last_tick(tsresol: int, tsoffset: int) -> int:
+    """The last pcapng timestamp (ticks) of an interface whose time, ``if_tsoffset`` seconds
+    included, int64 nanoseconds hold; -1 when none does. (With ``tsoffset`` at least
+    _TSOFFSET_MIN, tick 0 is never too early.)"""
+    off = tsoffset * 1_000_000_000
+    lo, hi = -1, 1 << 64        # nanoseconds grow with ticks: bisect between fits and does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _tsresol_to_ns(mid, tsresol) + off <= _NS_MAX else (lo, mid)
+    return lo
+
+
+def _ns_since_epoch(ticks: np.ndarray, itf: Interface) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 nanoseconds, out of range) for uint64 ``ticks`` of interface ``itf``."""
+    last = _last_tick(itf.tsresol, itf.tsoffset)
+    bad = ticks > np.uint64(last) if last >= 0 else np.ones(ticks.shape, bool)
+    ns = _tsresol_to_ns(ticks, itf.tsresol) + np.uint64(itf.tsoffset * 1_000_000_000 % (1 << 64))
+    return ns.view(np.int64), bad
 
 
 # ----------------------------------------------------------------------------------------------
@@ -622,6 +658,11 @@ class PcapReader:
             p += 4 + ((olen + 3) & ~3)
         if (tsresol & 0x7F) > 63 or (not tsresol & 0x80 and (tsresol & 0x7F) > 18):
             raise PcapError(f"{self.name}: unsupported if_tsresol {tsresol:#x}", file_offset)
+        # An offset int64 nanoseconds cannot hold would put every packet of the interface out of
+        # range, or (before 1677) make in-range times that no nanosecond EPB could write back.
+        if not _TSOFFSET_MIN <= tsoffset <= _TSOFFSET_MAX:
+            raise PcapError(f"{self.name}: if_tsoffset {tsoffset} s is outside 1677-09-21 .. 2262-04-11, "
+                            f"the range of natt's int64 nanoseconds", file_offset)
         self.interfaces.append(Interface(linktype, snaplen, tsresol, tsoffset, name))
 
     def _chunks_pcapng(self) -> Iterator[Chunk]:
@@ -710,7 +751,7 @@ class PcapReader:
         blen = ph[:, 1]
         n = po.size
         iface = ph[:, 2].copy()
-        ticks = (ph[:, 3] << 32) | ph[:, 4]
+        ticks = (ph[:, 3].astype(np.uint64) << 32) | ph[:, 4].astype(np.uint64)
         caplen = ph[:, 5].copy()
         origlen = ph[:, 6].copy()
         if all_epb:
@@ -752,13 +793,23 @@ class PcapReader:
         first = int(iface[0])
         if not (iface != first).any():
             linktype = np.full(n, ifs[first].linktype, np.int32)
-            ts = _tsresol_to_ns(ticks, ifs[first].tsresol) + ifs[first].tsoffset * 1_000_000_000
+            ts, bad = _ns_since_epoch(ticks, ifs[first])
         else:
             linktype = np.array([i.linktype for i in ifs], np.int32)[iface]
             ts = np.empty(n, np.int64)
+            bad = np.empty(n, bool)
             for k in np.unique(iface).tolist():
                 m = iface == k
-                ts[m] = _tsresol_to_ns(ticks[m], ifs[k].tsresol) + ifs[k].tsoffset * 1_000_000_000
+                ts[m], bad[m] = _ns_since_epoch(ticks[m], ifs[k])
+        if bad.any():
+            # Years past 2262 (or a huge if_tsoffset) are valid pcapng but beyond int64
+            # nanoseconds; wrapping them would hand out wrong, even negative, times.
+            k = int(np.argmax(bad))
+            itf = ifs[int(iface[k])]
+            secs = (_tsresol_to_ns(int(ticks[k]), itf.tsresol) + itf.tsoffset * 1_000_000_000) // 1_000_000_000
+            raise PcapError(f"{self.name}: packet timestamp {secs} s since 1970 (if_tsresol {itf.tsresol:#x}, "
+                            f"if_tsoffset {itf.tsoffset} s) is outside 1677-09-21 .. 2262-04-11, the range of "
+                            f"natt's int64 nanoseconds", self._pos + int(po[k]))
         ipv4, link_len = _link_layer(buf, linktype, foff, caplen)
         yield Chunk(buf, _make_batch(buf, foff, caplen, ipv4, link_len), ipv4, ts,
                     iface.astype(np.int32), linktype, link_len, foff, caplen, origlen,
@@ -786,6 +837,7 @@ def _check_interface(itf: object, name: str) -> None:
     # IDB fields (pcapng §4.2): LinkType is 16 bits, SnapLen 32 bits.
     _check_int(f"{name}.linktype", itf.linktype, 0, 0xFFFF)
     _check_int(f"{name}.snaplen", itf.snaplen, 0, 0xFFFFFFFF)
+    _check_int(f"{name}.tsoffset", itf.tsoffset, _TSOFFSET_MIN, _TSOFFSET_MAX)   # as PcapReader takes
 
 
 class PcapWriter:
@@ -862,8 +914,12 @@ class PcapWriter:
             self._file.close()
 
     def _declare(self, itf: Interface) -> None:
-        # Nanosecond resolution for every interface: the reader hands out nanoseconds.
+        # Nanosecond resolution for every interface: the reader hands out nanoseconds. The input's
+        # if_tsoffset is kept: times before 1970 (a negative offset) have no other way into the
+        # unsigned EPB timestamp (pcapng §4.2 if_tsoffset, §4.3 Timestamp).
         opts = struct.pack("<HHB3x", 9, 1, 9)
+        if itf.tsoffset:
+            opts += struct.pack("<HHq", 14, 8, itf.tsoffset)
         name = itf.name.encode()
         if name:
             opts += struct.pack("<HH", 2, len(name)) + name + b"\0" * _pad4(len(name))
@@ -888,15 +944,33 @@ class PcapWriter:
             raise ValueError(f"{name}[{int(index[k])}]: a {int(caplen[k])}-octet frame; a {self.fmt} record "
                              f"written here holds at most {top}")
 
+    def _ticks(self, ts_ns: np.ndarray, iface: np.ndarray) -> np.ndarray:
+        """pcapng EPB timestamps (uint64 nanoseconds since each interface's if_tsoffset)."""
+        # write_frames declares its default interface (no offset) once its records pass.
+        offsets = [d.tsoffset * 1_000_000_000 for d in self._declared] or [0]
+        ticks = np.array(ts_ns, np.int64).view(np.uint64)    # a copy, modulo 2**64 like EPB times
+        if not ts_ns.size:
+            return ticks
+        first = int(iface[0])
+        for k in [first] if not (iface != first).any() else np.unique(iface).tolist():
+            m = iface == k
+            # Never past 2**64 ticks: an offset is at least -2**63 ns (_TSOFFSET_MIN).
+            earliest = int(ts_ns[m].min())
+            if earliest < offsets[k]:
+                raise ValueError(f"ts_ns: {earliest} ns is before pcapng interface {k}'s if_tsoffset, "
+                                 f"{offsets[k]} ns, and EPB timestamps are unsigned")
+            if offsets[k]:
+                ticks[m] -= np.uint64(offsets[k] % (1 << 64))
+        return ticks
+
     def _record_headers(self, ts_ns: np.ndarray, caplen: np.ndarray, origlen: np.ndarray,
                         iface: np.ndarray) -> np.ndarray:
         """Per-record headers as an (n, h) uint8 array (pcap: 16 octets; pcapng EPB: 28)."""
         n = ts_ns.size
-        if n and (int(ts_ns.min()) < 0 or (self.fmt == "pcap" and int(ts_ns.max()) >= 2**32 * 1_000_000_000)):
-            bad = int(ts_ns.min()) if int(ts_ns.min()) < 0 else int(ts_ns.max())
-            raise ValueError(f"ts_ns: {bad} ns cannot be written to {self.fmt} (0 .. "
-                             f"{'2**32 s' if self.fmt == 'pcap' else '2**63 ns'})")
         if self.fmt == "pcap":
+            if n and (int(ts_ns.min()) < 0 or int(ts_ns.max()) >= 2**32 * 1_000_000_000):
+                bad = int(ts_ns.min()) if int(ts_ns.min()) < 0 else int(ts_ns.max())
+                raise ValueError(f"ts_ns: {bad} ns cannot be written to pcap (0 .. 2**32 s)")
             dt = np.dtype([("sec", "u4"), ("frac", "u4"), ("cap", "u4"), ("orig", "u4")]).newbyteorder(self.byteorder)
             h = np.empty(n, dt)
             sec, rem = np.divmod(ts_ns, 1_000_000_000)
@@ -911,7 +985,7 @@ class PcapWriter:
         h["type"] = _PCAPNG_EPB
         h["blen"] = 32 + caplen + (-caplen % 4)
         h["if"] = iface
-        t = ts_ns.astype(np.uint64)
+        t = self._ticks(ts_ns, iface)
         h["hi"] = t >> np.uint64(32)
         h["lo"] = t & np.uint64(0xFFFFFFFF)
         h["cap"] = caplen

@@ -519,6 +519,69 @@ def test_pcapng_keeps_timestamps_past_2038_and_2106():
     assert [g[0] for g in frames_of(read_all(out.getvalue())[1])] == ts
 
 
+def _ns_exact(ticks: int, tsresol: int, tsoffset: int) -> int:
+    """A pcapng timestamp in nanoseconds since 1970, floored, in unbounded integers."""
+    v = tsresol & 0x7F
+    ns = (ticks * 10**9) >> v if tsresol & 0x80 else ticks * 10**9 // 10**v
+    return ns + tsoffset * 10**9
+
+
+@settings(max_examples=300, deadline=None)
+@given(tsresol=st.one_of(st.integers(0, 18), st.integers(0x80, 0xBF)),
+       ticks=st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**63 - 1, 2**63, 2**64 - 1])),
+       tsoffset=st.one_of(st.just(0), st.integers(-(2**63), 2**63 - 1), st.integers(-10**10, 10**10)))
+def test_pcapng_timestamps_are_exact_or_refused(tsresol, ticks, tsoffset):
+    """Every pcapng time (64-bit ticks of any if_tsresol plus a signed if_tsoffset) reads as its
+    exact nanoseconds when int64 holds them, negative ones included, and a pcapng rewrite keeps
+    it; otherwise a PcapError naming that record, or the IDB whose offset alone is out of range
+    (never a wrapped time, never an OverflowError)."""
+    head = ng_shb() + ng_idb(1, tsresol=tsresol, tsoffset=tsoffset)
+    data = head + ng_epb(0, ticks, ETH + IP)
+    want = _ns_exact(ticks, tsresol, tsoffset)
+    if abs(tsoffset) > 2**63 // 10**9:      # the offset alone is before 1677 or after 2262
+        with pytest.raises(pcap.PcapError, match=f"if_tsoffset {tsoffset} s is outside") as ei:
+            read_all(data)
+        assert ei.value.offset == len(ng_shb())
+        return
+    if not -(2**63) <= want < 2**63:
+        with pytest.raises(pcap.PcapError, match="outside 1677-09-21 .. 2262-04-11") as ei:
+            read_all(data)
+        assert ei.value.offset == len(head)
+        return
+    r, chunks = read_all(data)
+    assert [g[0] for g in frames_of(chunks)] == [want]
+    out = io.BytesIO()
+    with pcap.PcapWriter.like(r, out) as w:
+        for c in chunks:
+            w.write_chunk(c)
+    r2, chunks2 = read_all(out.getvalue())
+    assert [g[0] for g in frames_of(chunks2)] == [want]
+    assert r2.interfaces[0].tsoffset == tsoffset
+
+
+def test_pcapng_year_2300_is_refused_at_its_record():
+    y2300 = 10_413_792_000
+    for tsresol, ticks in ((9, y2300 * 10**9), (6, y2300 * 10**6)):
+        head = ng_shb() + ng_idb(1, tsresol=tsresol) + ng_epb(0, 5, ETH + IP)
+        with pytest.raises(pcap.PcapError, match=f"timestamp {y2300} s since 1970") as ei:
+            read_all(head + ng_epb(0, ticks, ETH + IP))
+        assert ei.value.offset == len(head)
+
+
+def test_pcapng_writer_keeps_times_before_1970_through_if_tsoffset():
+    itf = pcap.Interface(1, tsoffset=-100)
+    out = io.BytesIO()
+    with pcap.PcapWriter(out, fmt="pcapng", interfaces=[itf]) as w:
+        w.write_frames([ETH + IP] * 2, ts_ns=[-100 * 10**9, -5])
+        with pytest.raises(ValueError, match="ts_ns: -100000000001 ns is before"):
+            w.write_frames([ETH + IP], ts_ns=[-100 * 10**9 - 1])
+    r, chunks = read_all(out.getvalue())
+    assert [g[0] for g in frames_of(chunks)] == [-100 * 10**9, -5]
+    assert r.interfaces[0].tsoffset == -100
+    with pytest.raises(ValueError, match=r"interfaces\[0\]\.tsoffset"):
+        pcap.PcapWriter(io.BytesIO(), fmt="pcapng", interfaces=[pcap.Interface(1, tsoffset=-10**10)])
+
+
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.integers(0, 80), max_size=30), st.binary(max_size=40), st.integers(0, 8),
