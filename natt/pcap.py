@@ -79,6 +79,7 @@ _MAX_VLAN_TAGS = 8
 _PCAP_MAGIC_US = 0xA1B2C3D4
 _PCAP_MAGIC_NS = 0xA1B23C4D
 _PCAP_MAGIC_KUZNETZOV = 0xA1B2CD34   # patched libpcap: 24-octet record header (ifindex, protocol, type)
+_PCAP_FCS_P = 0x04000000             # link-type field: the FCS length (bits 28-31) is present
 
 _PCAPNG_SHB = 0x0A0D0D0A
 _PCAPNG_IDB = 0x00000001
@@ -439,7 +440,8 @@ class PcapReader:
     unless it opened it). ``chunk_size`` is the number of octets read per chunk; a record larger
     than that is read whole. ``format`` (``"pcap"`` or ``"pcapng"``) is known once the reader
     is constructed; ``interfaces`` lists every interface seen so far (pcapng: filled in as
-    Interface Description Blocks are read). Iterate once.
+    Interface Description Blocks are read). A classic pcap header's ``fcs_len`` is the FCS
+    length its link-type field declares, in octets (None when it declares none). Iterate once.
     """
 
     def __init__(self, source: PathOrFile, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
@@ -458,6 +460,7 @@ class PcapReader:
         self.byteorder = "<"           # of the classic pcap file / of the current pcapng section
         self.nanosecond = False        # classic pcap: nanosecond magic
         self.snaplen = 262144
+        self.fcs_len: Optional[int] = None   # classic pcap: octets of FCS per frame, if the header says
         self._rec_hdr = 16
         self._pos = 0                  # file offset of self._buf[0]
         self._buf = np.zeros(0, np.uint8)
@@ -533,11 +536,12 @@ class PcapReader:
         if major != 2:
             raise PcapError(f"{self.name}: unsupported pcap version {major}.{minor}", 4)
         self.snaplen = snaplen
-        self._magic = magic
-        # The upper bits of the link-type field may carry FCS information (pcap spec §4: LinkType
-        # and additional information); the link type proper is the low 16 bits.
+        # The upper bits of the link-type field may carry FCS information (pcap-savefile(5),
+        # "LinkType and additional information": |FCS len|R|P|Reserved3|Link-layer type|, the
+        # FCS length in 16-bit units when P is set); the link type proper is the low 16 bits.
+        if network & _PCAP_FCS_P:
+            self.fcs_len = 2 * (network >> 28)
         self.interfaces.append(Interface(network & 0xFFFF, snaplen, 9 if self.nanosecond else 6))
-        self._file_header = b[:24].tobytes()
         self._consume(24)
 
     # -- iteration -------------------------------------------------------------------------
@@ -843,8 +847,9 @@ def _check_interface(itf: object, name: str) -> None:
 class PcapWriter:
     """Write packet records as classic pcap or pcapng.
 
-    ``fmt`` is ``"pcap"`` or ``"pcapng"``. For classic pcap, ``linktype``, ``nanosecond`` and
-    ``byteorder`` (``"<"`` or ``">"``) choose the file header; for pcapng, ``interfaces``
+    ``fmt`` is ``"pcap"`` or ``"pcapng"``. For classic pcap, ``linktype``, ``nanosecond``,
+    ``byteorder`` (``"<"`` or ``">"``) and ``fcs_len`` (octets of FCS ending every frame, even,
+    or None: not said) choose the file header; for pcapng, ``interfaces``
     lists the interfaces to declare up front (more are declared as records name them, see
     :meth:`write_chunk`). Use :meth:`like` to write in a reader's format.
 
@@ -854,7 +859,7 @@ class PcapWriter:
 
     def __init__(self, dest: PathOrFile, *, fmt: str = "pcap", linktype: int = LINKTYPE_ETHERNET,
                  nanosecond: bool = False, byteorder: str = "<", snaplen: int = 262144,
-                 interfaces: Iterable[Interface] = ()) -> None:
+                 interfaces: Iterable[Interface] = (), fcs_len: Optional[int] = None) -> None:
         # Everything is checked before ``dest`` is created or truncated.
         if fmt not in ("pcap", "pcapng"):
             raise ValueError(f"fmt: 'pcap' or 'pcapng', got {fmt!r}")
@@ -862,6 +867,12 @@ class PcapWriter:
             raise ValueError(f"byteorder: '<' or '>', got {byteorder!r}")
         _check_int("linktype", linktype, 0, 0xFFFF)
         _check_int("snaplen", snaplen, 0, 0xFFFFFFFF)
+        if fcs_len is not None:
+            if fmt != "pcap":
+                raise ValueError("fcs_len: classic pcap only (its file header carries it)")
+            _check_int("fcs_len", fcs_len, 0, 30)
+            if fcs_len % 2:
+                raise ValueError(f"fcs_len: a whole number of 16-bit units, got {fcs_len}")
         interfaces = list(interfaces)
         if interfaces and fmt == "pcap":
             raise ValueError("interfaces: pcapng only (a classic pcap file has one link type: linktype)")
@@ -882,7 +893,8 @@ class PcapWriter:
         self.frames_written = 0
         if fmt == "pcap":
             magic = _PCAP_MAGIC_NS if nanosecond else _PCAP_MAGIC_US
-            self._file.write(struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
+            field = linktype if fcs_len is None else linktype | _PCAP_FCS_P | (fcs_len // 2) << 28
+            self._file.write(struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, snaplen, field))
         else:
             # SHB: byte-order magic, version 1.0, section length unknown (-1).
             self._file.write(struct.pack("<IIIHHqI", _PCAPNG_SHB, 28, _PCAPNG_BOM, 1, 0, -1, 28))
@@ -892,11 +904,13 @@ class PcapWriter:
     @classmethod
     def like(cls, reader: PcapReader, dest: PathOrFile) -> "PcapWriter":
         """A writer producing the same format as ``reader`` (pcap: same link type, timestamp
-        resolution and byte order; pcapng: the reader's interfaces, declared as they appear)."""
+        resolution, byte order and FCS length; pcapng: the reader's interfaces, declared as
+        they appear)."""
         if reader.format == "pcap":
             itf = reader.interfaces[0]
             return cls(dest, fmt="pcap", linktype=itf.linktype, nanosecond=reader.nanosecond,
-                       byteorder=reader.byteorder, snaplen=max(reader.snaplen, 65535))
+                       byteorder=reader.byteorder, snaplen=max(reader.snaplen, 65535),
+                       fcs_len=reader.fcs_len)
         return cls(dest, fmt="pcapng", interfaces=reader.interfaces)
 
     def __enter__(self) -> "PcapWriter":

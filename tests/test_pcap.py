@@ -282,6 +282,32 @@ def test_classic_round_trip_is_byte_identical():
         assert out.getvalue()[:4] == data[:4]
 
 
+@pytest.mark.parametrize("field,fcs_len", [(0x24000001, 4), (0x14000001, 2), (0x04000001, 0), (0x20000001, None)])
+def test_classic_fcs_length_in_the_link_type_field_survives_a_rewrite(field, fcs_len):
+    """pcap-savefile(5): with the P bit (0x04000000), bits 28-31 give the FCS length in 16-bit
+    units; tshark shows an FCS as eth.fcs only when the header says so. Without P, those bits
+    mean nothing and are not written back."""
+    data = classic([(1, 2, ETH + IP + b"\xde\xad\xbe\xef")], order=">", linktype=field)
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data)) as r, pcap.PcapWriter.like(r, out) as w:
+        assert (r.interfaces[0].linktype, r.fcs_len) == (1, fcs_len)
+        for c in r:
+            assert c.ipv4.all() and c.linktype.tolist() == [1]
+            w.write_chunk(c)
+    assert out.getvalue()[24:] == data[24:]
+    assert struct.unpack(">I", out.getvalue()[20:24])[0] == (field if fcs_len is not None else 1)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(fcs_len=3), "fcs_len: a whole number"),
+    (dict(fcs_len=32), "fcs_len"),
+    (dict(fcs_len=4, fmt="pcapng"), "fcs_len: classic pcap only"),
+])
+def test_writer_refuses_fcs_lengths_the_header_cannot_say(kw, match):
+    with pytest.raises(ValueError, match=match):
+        pcap.PcapWriter(io.BytesIO(), **kw)
+
+
 @pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
 def test_writer_replaces_ipv4_keeps_link_header_and_timestamps(fmt):
     q = ETH[:12] + b"\x81\x00\x00\x05\x08\x00"
