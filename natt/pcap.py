@@ -28,8 +28,8 @@ when the first nibble is 4. Frames of any other kind pass through untouched.
 
 Writing: :class:`PcapWriter` writes records back in the input's format. A replaced frame keeps
 its link header octet for octet (none of Ethernet, 802.1Q or Linux cooked headers carry a length
-that would need fixing) followed by the new datagram; its captured and original lengths become
-the new frame length. Frames not replaced are written as read, with their original lengths.
+that would need fixing) followed by the new datagram, and by a new FCS when a classic pcap
+header declares one; its captured and original lengths become the new frame length. Frames not replaced are written as read, with their original lengths.
 Timestamps are kept: classic pcap keeps the input's resolution and byte order; pcapng is written
 little-endian with nanosecond ``if_tsresol`` on every interface (exact for every decimal
 resolution up to 1 ns) and the input's ``if_tsoffset``, one section whose interfaces are every
@@ -50,6 +50,7 @@ import functools
 import os
 import struct
 import sys
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, Optional, Union
 
@@ -849,7 +850,7 @@ class PcapWriter:
 
     ``fmt`` is ``"pcap"`` or ``"pcapng"``. For classic pcap, ``linktype``, ``nanosecond``,
     ``byteorder`` (``"<"`` or ``">"``) and ``fcs_len`` (octets of FCS ending every frame, even,
-    or None: not said) choose the file header; for pcapng, ``interfaces``
+    or None: not said; replaced frames get a new one) choose the file header; for pcapng, ``interfaces``
     lists the interfaces to declare up front (more are declared as records name them, see
     :meth:`write_chunk`). Use :meth:`like` to write in a reader's format.
 
@@ -889,6 +890,7 @@ class PcapWriter:
         self.nanosecond = nanosecond
         self.linktype = linktype
         self.snaplen = snaplen
+        self.fcs_len = fcs_len
         self._declared: list[Interface] = []
         self.frames_written = 0
         if fmt == "pcap":
@@ -1034,8 +1036,9 @@ class PcapWriter:
         """Write ``chunk``'s frames, in order; returns how many were written.
 
         Frame ``i`` is written as read unless ``replace[i]``: then its link header (the
-        ``link_len[i]`` octets before the IPv4 header) is followed by ``datagrams[i]``. Only
-        IPv4 frames can be replaced. Frames with ``keep[i]`` False are left out.
+        ``link_len[i]`` octets before the IPv4 header) is followed by ``datagrams[i]`` (and, when
+        the file header declares an FCS, a new one: see ``fcs_len``). Only IPv4 frames can be
+        replaced. Frames with ``keep[i]`` False are left out.
         """
         n = len(chunk)
         if replace is None:
@@ -1066,7 +1069,8 @@ class PcapWriter:
             dlen = np.where(rep, datagrams.lengths[idx] if len(datagrams) == n else 0, 0)
         else:
             dlen = np.zeros(idx.size, np.int64)
-        caplen = np.where(rep, link + dlen, chunk.caplen[idx])
+        fcs = np.where(rep, self.fcs_len or 0, 0)
+        caplen = np.where(rep, link + dlen + fcs, chunk.caplen[idx])
         self._check_caplen(caplen, "datagrams", idx)
         origlen = np.where(rep, caplen, chunk.origlen[idx])
         hdrs = self._record_headers(chunk.ts_ns[idx], caplen, origlen, chunk.iface[idx])
@@ -1074,9 +1078,29 @@ class PcapWriter:
         parts = [(chunk.buffer, chunk.frame_offsets[idx], first)]
         if datagrams is not None and rep.any():
             parts.append((datagrams.data, datagrams.offsets[idx], dlen))
+            if self.fcs_len:
+                parts.append((self._fcs(chunk, datagrams, idx, rep), np.arange(idx.size) * self.fcs_len, fcs))
         self._file.write(self._records(hdrs, caplen, parts))
         self.frames_written += idx.size
         return int(idx.size)
+
+    def _fcs(self, chunk: Chunk, datagrams: PacketBatch, idx: np.ndarray, rep: np.ndarray) -> np.ndarray:
+        """``fcs_len`` octets per frame ``idx``: the FCS of the new frame (link header, then the
+        datagram) where ``rep``. The header promises every frame ends in one, and a replaced frame
+        lost the one it was read with. A 4-octet FCS is the CRC-32 of IEEE 802.3 §3.2.9 (Ethernet,
+        802.11 and 32-bit HDLC FCS alike), least significant octet first; other lengths, whose CRC
+        depends on the link, are zeros."""
+        out = np.zeros((idx.size, self.fcs_len), np.uint8)
+        if self.fcs_len == 4:
+            frames, data = memoryview(chunk.buffer), memoryview(datagrams.data)
+            sel = np.nonzero(rep)[0]
+            crcs = []
+            for i in idx[sel].tolist():
+                fo, o = int(chunk.frame_offsets[i]), int(datagrams.offsets[i])
+                crc = zlib.crc32(frames[fo: fo + int(chunk.link_len[i])])
+                crcs.append(zlib.crc32(data[o: o + int(datagrams.lengths[i])], crc))
+            out[sel] = np.array(crcs, "<u4").view(np.uint8).reshape(-1, 4)
+        return out.reshape(-1)
 
     def write_frames(self, frames: Iterable[bytes], ts_ns: Optional[Iterable[int]] = None,
                      iface: int = 0) -> int:

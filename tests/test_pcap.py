@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from natt import pcap
+from natt import PacketBatch, pcap
 
 IP = bytes.fromhex("4500001c0001000040117cce7f0000017f000001" "00350035000801 72".replace(" ", ""))
 ETH = bytes.fromhex("020000000002020000000001") + b"\x08\x00"
@@ -296,6 +296,24 @@ def test_classic_fcs_length_in_the_link_type_field_survives_a_rewrite(field, fcs
             w.write_chunk(c)
     assert out.getvalue()[24:] == data[24:]
     assert struct.unpack(">I", out.getvalue()[20:24])[0] == (field if fcs_len is not None else 1)
+
+
+@pytest.mark.parametrize("fcs_len", [4, 2, 0])
+def test_replaced_frames_get_the_fcs_the_header_declares(fcs_len):
+    """Without one, readers would take the datagram's last octets for the FCS (tshark: "IPv4 total
+    length exceeds packet length"). A 32-bit FCS is Ethernet's CRC-32, least significant octet
+    first; other lengths are zeros."""
+    import zlib
+    field = 1 | 0x04000000 | (fcs_len // 2) << 28
+    frame = ETH + IP + bytes(fcs_len)
+    data = classic([(1, 0, frame), (2, 0, frame)], linktype=field)
+    new = IP[:-1] + b"\x99"
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data)) as r, pcap.PcapWriter.like(r, out) as w:
+        for c in r:
+            w.write_chunk(c, PacketBatch.from_packets([new, b""]), replace=[True, False])
+    fcs = zlib.crc32(ETH + new).to_bytes(4, "little") if fcs_len == 4 else bytes(fcs_len)
+    assert [g[2] for g in frames_of(read_all(out.getvalue())[1])] == [ETH + new + fcs, frame]
 
 
 @pytest.mark.parametrize("kw,match", [
