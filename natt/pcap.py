@@ -854,13 +854,20 @@ class PcapWriter:
     lists the interfaces to declare up front (more are declared as records name them, see
     :meth:`write_chunk`). Use :meth:`like` to write in a reader's format.
 
+    ``grow`` raises every snap length written (``snaplen``, and each interface's, those declared
+    later included) by that many octets, up to 262144; a pcapng snap length of 0 (no limit)
+    stays 0. Records longer than their snap length are still written, as readers take them
+    (tshark, and PcapReader up to the larger of snaplen and 262144): a snap length is a capture
+    setting that TSO frames already exceed, so the writer keeps headers truthful by ``grow``
+    rather than by refusing or cutting frames.
+
     Arguments that do not fit the format raise ``ValueError`` naming the parameter: the
     constructor's before ``dest`` is created or truncated, a write's before it writes anything.
     """
 
     def __init__(self, dest: PathOrFile, *, fmt: str = "pcap", linktype: int = LINKTYPE_ETHERNET,
                  nanosecond: bool = False, byteorder: str = "<", snaplen: int = 262144,
-                 interfaces: Iterable[Interface] = (), fcs_len: Optional[int] = None) -> None:
+                 interfaces: Iterable[Interface] = (), fcs_len: Optional[int] = None, grow: int = 0) -> None:
         # Everything is checked before ``dest`` is created or truncated.
         if fmt not in ("pcap", "pcapng"):
             raise ValueError(f"fmt: 'pcap' or 'pcapng', got {fmt!r}")
@@ -868,6 +875,7 @@ class PcapWriter:
             raise ValueError(f"byteorder: '<' or '>', got {byteorder!r}")
         _check_int("linktype", linktype, 0, 0xFFFF)
         _check_int("snaplen", snaplen, 0, 0xFFFFFFFF)
+        _check_int("grow", grow, 0, 0xFFFFFFFF)
         if fcs_len is not None:
             if fmt != "pcap":
                 raise ValueError("fcs_len: classic pcap only (its file header carries it)")
@@ -889,14 +897,15 @@ class PcapWriter:
         self.byteorder = byteorder if fmt == "pcap" else "<"
         self.nanosecond = nanosecond
         self.linktype = linktype
-        self.snaplen = snaplen
+        self._grow = grow
+        self.snaplen = self._grown(snaplen)
         self.fcs_len = fcs_len
         self._declared: list[Interface] = []
         self.frames_written = 0
         if fmt == "pcap":
             magic = _PCAP_MAGIC_NS if nanosecond else _PCAP_MAGIC_US
             field = linktype if fcs_len is None else linktype | _PCAP_FCS_P | (fcs_len // 2) << 28
-            self._file.write(struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, snaplen, field))
+            self._file.write(struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, self.snaplen, field))
         else:
             # SHB: byte-order magic, version 1.0, section length unknown (-1).
             self._file.write(struct.pack("<IIIHHqI", _PCAPNG_SHB, 28, _PCAPNG_BOM, 1, 0, -1, 28))
@@ -904,16 +913,17 @@ class PcapWriter:
                 self._declare(itf)
 
     @classmethod
-    def like(cls, reader: PcapReader, dest: PathOrFile) -> "PcapWriter":
+    def like(cls, reader: PcapReader, dest: PathOrFile, *, grow: int = 0) -> "PcapWriter":
         """A writer producing the same format as ``reader`` (pcap: same link type, timestamp
         resolution, byte order and FCS length; pcapng: the reader's interfaces, declared as
-        they appear)."""
+        they appear). ``grow``: how many octets replaced frames may be longer than the frames
+        read (``natt._batch.ENCAP_OVERHEAD`` for encap), added to the snap lengths."""
         if reader.format == "pcap":
             itf = reader.interfaces[0]
             return cls(dest, fmt="pcap", linktype=itf.linktype, nanosecond=reader.nanosecond,
                        byteorder=reader.byteorder, snaplen=max(reader.snaplen, 65535),
-                       fcs_len=reader.fcs_len)
-        return cls(dest, fmt="pcapng", interfaces=reader.interfaces)
+                       fcs_len=reader.fcs_len, grow=grow)
+        return cls(dest, fmt="pcapng", interfaces=reader.interfaces, grow=grow)
 
     def __enter__(self) -> "PcapWriter":
         return self
@@ -929,7 +939,14 @@ class PcapWriter:
         if self._owns:
             self._file.close()
 
+    def _grown(self, snaplen: int) -> int:
+        # A snap length is a promise that no record is longer (pcap-savefile(5) SnapLen, pcapng
+        # §4.2 SnapLen): one the writer copied must cover frames that grew. Never lowered; raised
+        # no further than libpcap's MAXIMUM_SNAPLEN, 262144; 0, pcapng's "no limit", stays.
+        return max(snaplen, min(snaplen + self._grow, 262144)) if snaplen else 0
+
     def _declare(self, itf: Interface) -> None:
+        itf = dataclasses.replace(itf, snaplen=self._grown(itf.snaplen))
         # Nanosecond resolution for every interface: the reader hands out nanoseconds. The input's
         # if_tsoffset is kept: times before 1970 (a negative offset) have no other way into the
         # unsigned EPB timestamp (pcapng §4.2 if_tsoffset, §4.3 Timestamp).

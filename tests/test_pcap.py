@@ -316,6 +316,26 @@ def test_replaced_frames_get_the_fcs_the_header_declares(fcs_len):
     assert [g[2] for g in frames_of(read_all(out.getvalue())[1])] == [ETH + new + fcs, frame]
 
 
+def test_like_grow_raises_every_snap_length_to_cover_grown_frames():
+    """natt encap makes frames longer; a copied snap length must still cover them."""
+    from natt._batch import ENCAP_OVERHEAD
+    data = (ng_shb() + ng_idb(1, snaplen=1514) + ng_idb(228, snaplen=0) + ng_idb(101, snaplen=262100)
+            + ng_idb(1, snaplen=300000) + ng_epb(0, 1, ETH + IP) + ng_epb(3, 2, ETH + IP))
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data)) as r, pcap.PcapWriter.like(r, out, grow=ENCAP_OVERHEAD) as w:
+        for c in r:                                     # interfaces are declared as chunks name them
+            w.write_chunk(c)
+    r2, _ = read_all(out.getvalue())
+    assert [i.snaplen for i in r2.interfaces] == [1514 + ENCAP_OVERHEAD, 0, 262144, 300000]
+    for snaplen, want in ((1514, 65535 + 128), (65535, 65535 + 128), (262100, 262144), (300000, 300000)):
+        out = io.BytesIO()
+        with pcap.PcapReader(io.BytesIO(classic([], snaplen=snaplen))) as r:
+            pcap.PcapWriter.like(r, out, grow=128).close()
+        assert read_all(out.getvalue())[0].snaplen == want
+    with pytest.raises(ValueError, match="grow"):
+        pcap.PcapWriter(io.BytesIO(), grow=-1)
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(fcs_len=3), "fcs_len: a whole number"),
     (dict(fcs_len=32), "fcs_len"),
