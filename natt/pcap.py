@@ -573,12 +573,20 @@ class PcapReader:
             if off.size:
                 hdr = _gather_words(buf, off, 4, big)
                 sec, frac, caplen, origlen = hdr[:, 0], hdr[:, 1], hdr[:, 2], hdr[:, 3]
-                bad = caplen > max_cap
+                # A fraction field of a second or more (invalid, but some writers round up to
+                # 1000000 us) is carried into the seconds; past the last second the 32-bit
+                # field holds, the time could not be written back as classic pcap.
+                late = sec + frac // (1_000_000_000 if self.nanosecond else 1_000_000) > 0xFFFFFFFF
+                bad = (caplen > max_cap) | late
                 if bad.any():
                     i = int(np.argmax(bad))
                     # Records before the bad one are still good: hand them out first.
                     if i:
                         yield self._pcap_chunk(buf, off[:i], sec[:i], frac[:i], caplen[:i], origlen[:i], iface)
+                    if late[i]:
+                        raise PcapError(f"{self.name}: corrupt pcap record: timestamp {int(sec[i])} s plus a "
+                                        f"fraction field of {int(frac[i])} is past 2106-02-07, the last second "
+                                        f"pcap holds", self._pos + int(off[i]))
                     raise PcapError(f"{self.name}: corrupt pcap record: captured length "
                                     f"{int(caplen[i])} exceeds the maximum {max_cap}", self._pos + int(off[i]))
                 yield self._pcap_chunk(buf, off, sec, frac, caplen, origlen, iface)

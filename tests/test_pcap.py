@@ -425,6 +425,25 @@ def test_bad_headers(data, offset):
     assert ei.value.offset == offset
 
 
+@pytest.mark.parametrize("magic,unit", [(0xA1B2C3D4, 10**6), (0xA1B23C4D, 10**9)])
+def test_classic_fraction_of_a_second_or_more(magic, unit):
+    """Carried into the seconds and rewritten; a PcapError where that passes 2**32 s (the writer
+    refused it with a ValueError, a traceback in natt decap)."""
+    frac = unit
+    data = classic([(5, frac, ETH + IP), (2**32 - 1, unit - 1, ETH + IP)], magic=magic)
+    r, chunks = read_all(data)
+    out = io.BytesIO()
+    with pcap.PcapWriter.like(r, out) as w:
+        for c in chunks:
+            w.write_chunk(c)
+    assert [g[0] for g in frames_of(read_all(out.getvalue())[1])] == [g[0] for g in frames_of(chunks)]
+    assert frames_of(chunks)[0][0] == 6 * 10**9
+    late = classic([(1, 0, ETH + IP), (2**32 - 1, frac, ETH + IP)], magic=magic)
+    with pytest.raises(pcap.PcapError, match="past 2106-02-07") as ei:
+        read_all(late)
+    assert ei.value.offset == 24 + 16 + len(ETH + IP)
+
+
 def test_absurd_captured_length_is_corruption_not_a_hang():
     data = classic([(1, 0, ETH + IP)]) + struct.pack("<IIII", 2, 0, 0x7FFFFFFF, 60) + b"\0" * 100
     with pytest.raises(pcap.PcapError, match="captured length") as ei:
