@@ -29,7 +29,8 @@ when the first nibble is 4. Frames of any other kind pass through untouched.
 Writing: :class:`PcapWriter` writes records back in the input's format. A replaced frame keeps
 its link header octet for octet (none of Ethernet, 802.1Q or Linux cooked headers carry a length
 that would need fixing) followed by the new datagram, and by a new FCS when a classic pcap
-header declares one; its captured and original lengths become the new frame length. Frames not replaced are written as read, with their original lengths.
+header declares one; its captured and original lengths become the new frame length. Frames not
+replaced are written as read, with their original lengths.
 Timestamps are kept: classic pcap keeps the input's resolution and byte order; pcapng is written
 little-endian with nanosecond ``if_tsresol`` on every interface (exact for every decimal
 resolution up to 1 ns) and the input's ``if_tsoffset``, one section whose interfaces are every
