@@ -27,7 +27,7 @@ import numpy as np
 
 from . import keys as keyfile
 from . import pcap
-from ._batch import PacketBatch
+from ._batch import ENCAP_OVERHEAD, PacketBatch
 from ._capture import NOT_ESP, CaptureStats, sa_index
 from ._constants import Status
 from ._offload import Offload, _check_threads
@@ -280,7 +280,10 @@ def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], directio
     with reader, _offload(args, len(specs)) as nic:
         handles = _install(nic, specs, direction)
         verb = "decap" if direction == "in" else "encap"
-        with _output_file(args.output, to_stdout) as f, pcap.PcapWriter.like(reader, f) as writer, \
+        # Encap makes each frame it replaces up to ENCAP_OVERHEAD octets longer: the snap lengths
+        # the output declares must grow with it (a record longer than its snaplen is invalid).
+        grow = 0 if direction == "in" else ENCAP_OVERHEAD
+        with _output_file(args.output, to_stdout) as f, pcap.PcapWriter.like(reader, f, grow=grow) as writer, \
                 _progress(args, os.path.getsize(args.input), verb) as bar:
             return work(nic, handles, reader, writer, bar)
 
@@ -793,28 +796,13 @@ def _accepted_by(check: Callable[[int], None]) -> Callable[[str], int]:
     return parse
 
 
-#: Largest --chunk-size. A run holds about three chunks' worth at once (the chunk, the data path's
-#: output, the records being written; with --dask/--workers about eight per worker thread,
-#: docs/dask.md), and a bigger chunk buys no speed (2 MiB ran as fast as the default 8 MiB,
-#: docs/dask.md). 1 GiB, 128 times the default, still fits the memory of a machine that runs
-#: such captures; a larger number is a slip, which the reader would meet with numpy's MemoryError.
-#: natt.pcap.check_chunk_size has no upper bound yet, so the command line sets it.
-MAX_CHUNK_SIZE = 1 << 30
-
-
-def _check_chunk_size(chunk_size: int) -> None:
-    pcap.check_chunk_size(chunk_size)
-    if chunk_size > MAX_CHUNK_SIZE:
-        raise ValueError(f"chunk_size: at most {MAX_CHUNK_SIZE} octets (1 GiB), got {chunk_size}")
-
-
 def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
     if files:
         p.add_argument("--threads", type=_accepted_by(_check_threads), default=None, metavar="N",
                        help="data-path threads per batch (results are identical to one thread)")
-        p.add_argument("--chunk-size", type=_accepted_by(_check_chunk_size), default=pcap.DEFAULT_CHUNK_SIZE,
+        p.add_argument("--chunk-size", type=_accepted_by(pcap.check_chunk_size), default=pcap.DEFAULT_CHUNK_SIZE,
                        metavar="OCTETS",
-                       help=f"octets of capture read per batch ({pcap.MIN_CHUNK_SIZE} .. {MAX_CHUNK_SIZE}, "
+                       help=f"octets of capture read per batch ({pcap.MIN_CHUNK_SIZE} .. {pcap.MAX_CHUNK_SIZE}, "
                             f"default {pcap.DEFAULT_CHUNK_SIZE})")
     p.add_argument("--backend", choices=("fast", "reference"), default=None,
                    help="data path: fast (Cython/OpenSSL, default when built) or reference (pure Python)")

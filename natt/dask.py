@@ -259,8 +259,10 @@ def _read_range(rs: _RangeSpec) -> list[pcap.Chunk]:
         raise pcap.PcapError(f"{rs.path}: the file shrank while it was being read", rs.start + len(data))
     prefix = rs.prefix if rs.start else b""
     stream = _NamedBytesIO(prefix + data, rs.path)
-    # One read of the whole range: a chunk ends only where the file starts a new pcapng section.
-    reader = pcap.PcapReader(stream, chunk_size=max(pcap.MIN_CHUNK_SIZE, len(prefix) + len(data) + 1))
+    # One read of the whole range: a chunk ends only where the file starts a new pcapng section
+    # (a range is about chunk_size octets, so only one near MAX_CHUNK_SIZE reads in two).
+    reader = pcap.PcapReader(stream, chunk_size=min(pcap.MAX_CHUNK_SIZE,
+                                                    max(pcap.MIN_CHUNK_SIZE, len(prefix) + len(data) + 1)))
     shift = rs.start - len(prefix)
     try:
         return list(reader)

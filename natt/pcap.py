@@ -95,6 +95,12 @@ _PCAPNG_BOM = 0x1A2B3C4D
 _MAX_RECORD = 1 << 28
 DEFAULT_CHUNK_SIZE = 8 << 20
 MIN_CHUNK_SIZE = 4096
+#: A run holds about three chunks' worth at once (the chunk, the data path's output, the records
+#: being written; natt.dask about eight per worker thread, docs/dask.md), and a bigger chunk buys
+#: no speed (2 MiB ran as fast as the default 8 MiB, docs/dask.md). 1 GiB, 128 times the default,
+#: still fits the memory of a machine that handles such captures; a larger number is a slip, which
+#: would otherwise end in numpy's MemoryError.
+MAX_CHUNK_SIZE = 1 << 30
 
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
 
@@ -430,9 +436,11 @@ def _ns_since_epoch(ticks: np.ndarray, itf: Interface) -> tuple[np.ndarray, np.n
 
 
 def check_chunk_size(chunk_size: int) -> None:
-    """Raise ``ValueError`` naming ``chunk_size`` unless it is an int of at least MIN_CHUNK_SIZE."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < MIN_CHUNK_SIZE:
-        raise ValueError(f"chunk_size: at least {MIN_CHUNK_SIZE} octets, got {chunk_size!r}")
+    """Raise ``ValueError`` naming ``chunk_size`` unless it is an int in MIN_CHUNK_SIZE .. MAX_CHUNK_SIZE."""
+    if (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+            or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE):
+        raise ValueError(f"chunk_size: {MIN_CHUNK_SIZE} .. {MAX_CHUNK_SIZE} octets (4 KiB .. 1 GiB), "
+                         f"got {chunk_size!r}")
 
 
 class PcapReader:

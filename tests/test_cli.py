@@ -209,10 +209,10 @@ def test_the_library_limits_are_the_cli_limits(scenario, tmp_path, capsys):
 def test_the_largest_chunk_size_is_1_gib(capsys):
     parse = cli.build_parser().parse_args
     argv = ["decap", "in.pcap", "-k", "k", "-o", "o.pcap", "--chunk-size"]
-    assert parse(argv + [str(1 << 30)]).chunk_size == cli.MAX_CHUNK_SIZE == 1 << 30
+    assert parse(argv + [str(1 << 30)]).chunk_size == pcap.MAX_CHUNK_SIZE == 1 << 30
     with pytest.raises(SystemExit):
         parse(argv + [str((1 << 30) + 1)])
-    assert "argument --chunk-size: at most 1073741824 octets (1 GiB)" in capsys.readouterr().err
+    assert "argument --chunk-size: 4096 .. 1073741824 octets (4 KiB .. 1 GiB), got 1073741825" in capsys.readouterr().err
 
 
 def capture_for(cmd, scenario, tmp_path):
@@ -633,3 +633,26 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(scenario, tmp_path):
     assert proc.wait(120) == 1
     assert err == ""
     assert [g[3] for g in pcap.read_frames(out)][:12] == inner
+
+
+def test_encap_takes_the_datagram_not_the_link_padding_and_declares_room_for_the_growth(scenario, tmp_path):
+    """A 60-octet Ethernet minimum frame pads a short datagram: the octets past the IPv4 total
+    length are not the datagram's (RFC 791; docs/semantics.md §2 step 1), so they do not travel
+    inside the ESP packet. And the records encap writes are longer than the input's snap length
+    allowed: the output must declare a snap length that covers them."""
+    _, keyfile, *_ = scenario
+    short = traffic.udp_datagram("10.1.0.2", "10.9.9.9", 1000, 53, b"hi")          # 30 octets
+    big = traffic.udp_datagram("10.1.0.2", "10.9.9.9", 1000, 53, bytes(1472))       # 1500 octets
+    frames = [pcap._ETH_HEADER + short + bytes(60 - 14 - len(short)), pcap._ETH_HEADER + big]
+    cap, enc, dec = tmp_path / "clear.pcapng", tmp_path / "enc.pcapng", tmp_path / "dec.pcapng"
+    with pcap.PcapWriter(cap, fmt="pcapng", interfaces=[pcap.Interface(pcap.LINKTYPE_ETHERNET, snaplen=1514)]) as w:
+        w.write_frames(frames)
+    assert cli.main(["encap", str(cap), "-k", str(keyfile), "-o", str(enc), "--no-progress"] + BACKEND) == 0
+    with pcap.PcapReader(enc) as r:
+        records = [len(f) for c in r for f in c.batch]
+        assert max(records) > 1514 and all(i.snaplen >= max(records) for i in r.interfaces)
+    rx = natt.Offload()
+    keys.install(rx, keys.load(keyfile), direction="in")
+    res = rx.decap([g[3] for g in pcap.read_frames(enc)])
+    assert res.status.tolist() == [natt.Status.OK, natt.Status.OK]
+    assert list(res) == [short, big]

@@ -691,3 +691,10 @@ def test_compiled_record_walk_equals_python_walk(sizes, tail, start, layout, big
         pcap._c_walk = saved
     assert c_stop == py_stop
     assert c_offs.tolist() == py_offs.tolist()
+
+
+@pytest.mark.parametrize("chunk_size", [pcap.MIN_CHUNK_SIZE - 1, pcap.MAX_CHUNK_SIZE + 1, 1 << 40, True, 4096.0])
+def test_reader_refuses_a_chunk_size_out_of_range_before_reading(chunk_size):
+    # 1 << 40 octets ended in numpy's MemoryError; now it is refused by name, before any read.
+    with pytest.raises(ValueError, match="^chunk_size: 4096 .. 1073741824 octets"):
+        pcap.PcapReader(io.BytesIO(b"not read"), chunk_size=chunk_size)
