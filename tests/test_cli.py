@@ -644,7 +644,7 @@ def test_encap_takes_the_datagram_not_the_link_padding_and_declares_room_for_the
     short = traffic.udp_datagram("10.1.0.2", "10.9.9.9", 1000, 53, b"hi")          # 30 octets
     big = traffic.udp_datagram("10.1.0.2", "10.9.9.9", 1000, 53, bytes(1472))       # 1500 octets
     frames = [pcap._ETH_HEADER + short + bytes(60 - 14 - len(short)), pcap._ETH_HEADER + big]
-    cap, enc, dec = tmp_path / "clear.pcapng", tmp_path / "enc.pcapng", tmp_path / "dec.pcapng"
+    cap, enc = tmp_path / "clear.pcapng", tmp_path / "enc.pcapng"
     with pcap.PcapWriter(cap, fmt="pcapng", interfaces=[pcap.Interface(pcap.LINKTYPE_ETHERNET, snaplen=1514)]) as w:
         w.write_frames(frames)
     assert cli.main(["encap", str(cap), "-k", str(keyfile), "-o", str(enc), "--no-progress"] + BACKEND) == 0

@@ -850,16 +850,23 @@ def test_delete_sa_removes_the_entry_with_its_last_sa(backend: str) -> None:
     ({"nat_oa_src": "10.0.0.1"}, NS.INVALID_PARAMETER, "nat_oa_src"),
 ])
 def test_offload_error_status_and_field(backend: str, kwargs: dict, status: NS, field: str) -> None:
+    e = _refused_add_sa(backend, **kwargs)
+    assert e.status is status
+    assert isinstance(e.status, NS)
+    assert field in str(e)
+
+
+def _refused_add_sa(backend: str, **changes: Any) -> natt.OffloadError:
+    """The OffloadError of an add_sa that ``changes`` break (a valid inbound tunnel SA otherwise),
+    after checking that nothing was installed."""
     args = {"spi": 0x1001, "key": bytes(20), "suite": "aes128gcm16", "direction": "in", "mode": "tunnel",
             "src": "192.0.2.1", "dst": D1_DST}
-    args.update(kwargs)
+    args.update(changes)
     with natt.Offload(backend=backend) as nic:
         with pytest.raises(natt.OffloadError) as e:
             nic.add_sa(**args)
-        assert e.value.status is status
-        assert isinstance(e.value.status, NS)
-        assert field in str(e.value)
         assert counts(nic) == (0, 0)
+    return e.value
 
 
 def test_add_sa_measures_a_key_in_octets_whatever_its_item_size(backend: str) -> None:
@@ -884,13 +891,7 @@ KEY_HEX = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"
     {"direction": KEY_HEX}, {"direction": bytes.fromhex(KEY_HEX)}, {"mode": KEY_HEX}, {"src": KEY_HEX},
 ])
 def test_add_sa_errors_never_echo_a_key_given_in_the_wrong_place(backend: str, swap: dict) -> None:
-    args = {"spi": 0x1001, "key": bytes(20), "suite": "aes128gcm16", "direction": "in", "mode": "tunnel",
-            "src": "192.0.2.1", "dst": D1_DST}
-    args.update(swap)
-    with natt.Offload(backend=backend) as nic:
-        with pytest.raises(natt.OffloadError) as e:
-            nic.add_sa(**args)
-    text = str(e.value).lower()
+    text = str(_refused_add_sa(backend, **swap)).lower()
     assert "a1b2c3d4" not in text and "a1:b2:c3" not in text and "\\xa1\\xb2" not in text
     assert next(iter(swap)) in text                       # the field is still named
 
