@@ -62,17 +62,22 @@ class CaptureStats:
     def table(self) -> str:
         """The per-SA summary table printed at the end of a run."""
         cols = ["packets", "bytes"] + [s.name.lower() for s in FAILURES if s is not Status.NO_SA] + ["no_sa", "dummy"]
-        rows = []
-        for r in self.as_dict()["sas"]:
-            rows.append([r["sa"]] + [str(r[c]) for c in cols])
-        head = ["SA"] + cols
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-        fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
-        lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
         other = {k: v for k, v in self.totals().items() if Status[k] in NOT_ESP}
-        lines.append(f"{self.frames} frames ({self.ipv4} IPv4), {self.written} written"
-                     + (", not ESP: " + ", ".join(f"{k.lower()} {v}" for k, v in other.items()) if other else ""))
-        return "\n".join(lines)
+        return sa_table(self.as_dict()["sas"], cols, [
+            f"{self.frames} frames ({self.ipv4} IPv4), {self.written} written"
+            + (", not ESP: " + ", ".join(f"{k.lower()} {v}" for k, v in other.items()) if other else "")])
+
+
+def sa_table(sas: list[dict[str, Any]], cols: list[str], footer: list[str]) -> str:
+    """A per-SA summary: an "SA" column (``sas[i]["sa"]``, left-aligned) and ``cols`` of each
+    row dict (right-aligned), under a header and a rule, then the ``footer`` lines."""
+    head = ["SA"] + cols
+    rows = [[r["sa"]] + [str(r[c]) for c in cols] for r in sas]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows] + footer)
 
 
 def sa_index(handles: list[int], sa: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 from . import keys as keyfile
 from . import pcap
 from ._batch import ENCAP_OVERHEAD, PacketBatch
-from ._capture import NOT_ESP, CaptureStats, sa_index
+from ._capture import NOT_ESP, CaptureStats, sa_index, sa_table
 from ._constants import Status
 from ._offload import Offload, _check_threads
 from ._version import __version__
@@ -483,17 +483,11 @@ class EncapStats(CaptureStats):
     def table(self) -> str:
         """The per-SA summary table printed at the end of ``natt encap``."""
         cols = ["packets", "bytes", "bytes_out"] + [s.name.lower() for s in ENCAP_FAILURES]
-        head = ["SA"] + cols
-        rows = [[r["sa"]] + [str(r[c]) for c in cols] for r in self.as_dict()["sas"]]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-
-        def fmt(r: list[str]) -> str:
-            return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
-        footer = [f"{self.frames} frames ({self.ipv4} IPv4), {self.written} written; {self.unmatched()} IPv4 "
-                  f"packets with no SA chosen, written unchanged",
-                  "bytes: inner packets taken in (what Offload.sa_stats() counts); "
-                  "bytes_out: the ESP-in-UDP packets written for them"]
-        return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows] + footer)
+        return sa_table(self.as_dict()["sas"], cols, [
+            f"{self.frames} frames ({self.ipv4} IPv4), {self.written} written; {self.unmatched()} IPv4 "
+            f"packets with no SA chosen, written unchanged",
+            "bytes: inner packets taken in (what Offload.sa_stats() counts); "
+            "bytes_out: the ESP-in-UDP packets written for them"])
 
 
 def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSpec], reader: pcap.PcapReader,
