@@ -51,13 +51,37 @@ writes), tshark 4.0 form: one SA per line, eight double-quoted, comma-separated 
 
 protocol, source, destination (``*`` = any), SPI, encryption algorithm, encryption key,
 authentication algorithm, authentication key. Algorithm names are those of Wireshark's
-``packet-esp.c``; the key lengths choose among AES-128/192/256. Wireshark's AES-GCM key includes
+``packet-ipsec.c``; the key lengths choose among AES-128/192/256. Wireshark's AES-GCM key includes
 the 4-octet salt, as natt's does. A key is read as Wireshark reads it: ``0x`` (or ``0X``) and hex
 digits, else the octets of the text itself (a 16-character key is 16 octets); natt writes ``0x``
-hex. Lines starting with ``#`` are comments; further fields (newer Wireshark versions) are
-ignored. The table has no direction, mode, port or ESN: loaded SAs get ``direction=None`` (see
-:func:`install`), the ``mode`` passed to :func:`load` and no ESN, and :func:`to_esp_sa` refuses
-an ESN SA.
+hex. Lines starting with ``#`` are comments. The table has no direction, mode or port: loaded
+SAs get ``direction=None`` (see :func:`install`) and the ``mode`` passed to :func:`load`.
+
+ESN. Newer Wireshark adds two fields (``esp_uat_flds`` of ``epan/dissectors/packet-ipsec.c``:
+``sn_length`` and ``sn_upper``) after the authentication key::
+
+    "IPv4","198.51.100.2","203.0.113.5","0x00001002","AES-CBC [RFC3602]","0x…","HMAC-SHA-256-128 [RFC4868]","0x…","64-bit","5"
+
+9. ``SN`` (sequence number length): exactly ``32-bit`` or ``64-bit`` (ESN). Wireshark refuses
+   any other value; so does natt, naming the line and the column.
+10. ``ESN High Bits``: the upper 32 bits of the 64-bit sequence numbers, in hex (``0x`` optional,
+    Wireshark writes ``%x``), 0 .. ffffffff; an empty field is 0. Wireshark authenticates the
+    SA's packets with these high bits (with its sequence analysis on, one more or one less for
+    numbers across a wrap of the low 32 bits from the first packet that verified).
+
+A line with 8 fields, or ``"32-bit"``, is a 32-bit SA, and a 9-field line has high bits 0 (the
+defaults Wireshark sets for the two fields are ``"32-bit"`` and ``"0"``). Fields past the tenth
+are ignored. An ESN SA loads with ``esn=True`` on its plain suite name (``uses_esn`` is true)
+and its 64-bit counters just before that epoch: ``replay_seq = replay_oseq = (high << 32) - 1``
+(0 for high bits 0), so decap infers the same high bits for the SA's packets (RFC 4303
+Appendix A) and encap sends from ``high << 32`` on. The high bits of a 32-bit SA are ignored,
+as Wireshark ignores them.
+
+:func:`to_esp_sa` writes an ESN SA with the two fields: ``"64-bit"`` and the high bits of the
+SA's next sequence number (``replay_oseq + 1`` outbound, else ``replay_seq + 1``). Every other SA
+keeps the 8-field line, so a table without ESN SAs is exactly the tshark 4.0 form. tshark 4.0
+(no such fields) still loads a line with 10: it warns ``More fields than required. Discarding
+…`` and takes the SA as 32-bit, failing that SA's ICVs, as it must fail any ESN SA.
 
 Keys never appear in a ``repr``, ``str`` or exception message of this module.
 """
@@ -274,7 +298,7 @@ def _spec_to_json(s: SaSpec) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Wireshark esp_sa
 
-#: Wireshark's encryption algorithm names (packet-esp.c, esp_encryption_type_vals) that natt
+#: Wireshark's encryption algorithm names (packet-ipsec.c, esp_encryption_type_vals) that natt
 #: implements -> natt cipher family. The AES key size follows from the key length.
 WIRESHARK_ENC = {
     "NULL": "null",
@@ -355,9 +379,16 @@ def _uat_text(field: str) -> str:
 
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
+#: Newer Wireshark's ninth esp_sa field, ``SN`` (packet-ipsec.c esp_sn_length_vals) -> ESN.
+_SN_LENGTHS = {"32-bit": False, "64-bit": True}
+# The tenth, ``ESN High Bits`` (UAT_FLD_HEX): what Wireshark's check (ws_basestrtou32, base 16)
+# and its setter both read as that number. Anything else -- a sign, spaces, no digit after 0x --
+# is refused: Wireshark refuses some of it and reads some as another number ("5 " as 0).
+_UAT_HEX32 = re.compile(r"(?:0[xX])?([0-9a-fA-F]+)")
+
 
 def _uat_key(field: str, where: str, name: str) -> tuple[bytes, bool]:
-    """An esp_sa key as Wireshark's ``packet-esp.c`` reads it, and whether it was text.
+    """An esp_sa key as Wireshark's ``packet-ipsec.c`` reads it, and whether it was text.
 
     ``0x`` or ``0X`` then hex digits (an odd count as if led by a 0); anything else is the
     octets of the text itself -- so a hex key without ``0x`` is not hex to Wireshark, and natt
@@ -384,7 +415,8 @@ def _uat_key(field: str, where: str, name: str) -> tuple[bytes, bool]:
 def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
     where = f"line {lineno}"
     if len(fields) < 8:
-        raise KeyFileError(f"{where}: expected 8 quoted fields, got {len(fields)}")
+        raise KeyFileError(f"{where}: expected 8 quoted fields (10 with newer Wireshark's SN and ESN "
+                           f"High Bits), got {len(fields)}")
     proto, src, dst, spi_s, enc, auth = (_uat_text(fields[i]) for i in (0, 1, 2, 3, 4, 6))
     if proto != "IPv4":
         raise KeyFileError(f"{where}: protocol {shown(proto)}: natt handles IPv4 SAs only")
@@ -433,16 +465,45 @@ def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
     if len(key) != s.key_len:
         raise KeyFileError(f"{where}: keys: {len(ekey)} + {len(akey)} octets, {s.name} needs "
                            f"{s.enc_key_len + s.salt_len} + {s.auth_key_len}{hint}")
+    esn, high = _esp_sa_esn(fields, where)
+    # The SA's 64-bit counters stand just before its epoch: decap infers `high` for its packets
+    # (RFC 4303 Appendix A) and encap sends from high << 32 on; see the module docstring.
+    seq = (high << 32) - 1 if esn and high else 0
     return SaSpec(spi=spi, suite=s.name, key=key, direction=None, mode=mode,
-                  src=_addr(src, where, "source"), dst=_addr(dst, where, "destination"))
+                  src=_addr(src, where, "source"), dst=_addr(dst, where, "destination"),
+                  esn=esn, replay_seq=seq, replay_oseq=seq)
+
+
+def _esp_sa_esn(fields: list[str], where: str) -> tuple[bool, int]:
+    """``(esn, high bits)`` from newer Wireshark's ``SN`` and ``ESN High Bits`` fields (9, 10);
+    ``(False, 0)`` for an 8-field line. The values are names or numbers, never keys, but a
+    misplaced key could sit here: messages show them through :func:`natt._redact.shown`."""
+    if len(fields) < 9:
+        return False, 0
+    sn = _uat_text(fields[8])
+    if sn not in _SN_LENGTHS:
+        raise KeyFileError(f"{where}: column 9 (SN, sequence number length): {shown(sn)} is neither "
+                           f"'32-bit' nor '64-bit' (Wireshark refuses the line too)")
+    high = 0
+    text = _uat_text(fields[9]) if len(fields) > 9 else ""
+    if text:
+        m = _UAT_HEX32.fullmatch(text)
+        if m is None or int(m.group(1), 16) > 0xFFFFFFFF:
+            raise KeyFileError(f"{where}: column 10 (ESN High Bits): {shown(text)} is not a hexadecimal "
+                               f"number 0 .. ffffffff (Wireshark refuses the line too)")
+        high = int(m.group(1), 16)
+    return _SN_LENGTHS[sn], high
 
 
 def from_esp_sa(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
     """Parse Wireshark ``esp_sa`` UAT text (or strongSwan save-keys output).
 
+    Lines of 8 fields (tshark 4.0) and of 9 or 10 (newer Wireshark: ``SN``, ``ESN High Bits``)
+    may be mixed; see the module docstring for what ESN SAs load as.
+
     A line that repeats an earlier SA exactly is dropped (tables that save-keys appends to
     across restarts can hold one SA twice); two different SAs with one SPI and destination
-    are kept, and :func:`install` refuses them.
+    (keys, or ESN, or ESN high bits apart) are kept, and :func:`install` refuses them.
     """
     specs: list[SaSpec] = []
     seen: set[tuple[Any, ...]] = set()
@@ -454,7 +515,7 @@ def from_esp_sa(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
         if fields is None:
             raise KeyFileError(f"line {lineno}: not a list of double-quoted fields")
         s = _esp_sa_spec(lineno, fields, mode)
-        ident = (s.spi, s.suite, s.key, s.src, s.dst)
+        ident = (s.spi, s.suite, s.key, s.src, s.dst, s.esn, s.replay_seq)
         if ident not in seen:
             seen.add(ident)
             specs.append(s)
@@ -462,20 +523,19 @@ def from_esp_sa(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
 
 
 def to_esp_sa(specs: Iterable[SaSpec]) -> str:
-    """Wireshark ``esp_sa`` UAT text (tshark 4.0 form) for ``specs``.
+    """Wireshark ``esp_sa`` UAT text for ``specs``: the tshark 4.0 form (8 fields), and for an
+    ESN SA newer Wireshark's two more, ``"64-bit"`` and the ESN high bits (module docstring).
 
-    Raises :class:`KeyFileError` for a suite Wireshark cannot decrypt (AES-GMAC) and for an ESN
-    SA: this form of the table has no ESN column, and Wireshark, taking 32-bit sequence numbers,
-    would fail every ICV of the SA.
+    A reader without those fields (tshark 4.0.17, tested) loads such a line with a warning
+    and takes the SA as 32-bit: its ICVs fail there; those of the other SAs still verify.
+    Raises :class:`KeyFileError` for a suite Wireshark cannot decrypt (AES-GMAC).
     """
     lines = ["# Wireshark ESP SA table (esp_sa), written by natt. Fields: protocol, source,",
              "# destination, SPI, encryption algorithm, encryption key, authentication algorithm,",
-             "# authentication key."]
+             "# authentication key; an ESN SA adds SN (\"64-bit\") and ESN High Bits (hex), fields",
+             "# of newer Wireshark that tshark 4.0 warns about and ignores (failing that SA's ICVs)."]
     for s in specs:
         su = s.suite_info
-        if s.uses_esn:
-            raise KeyFileError(f"spi 0x{s.spi:08x}: Wireshark's esp_sa table has no ESN column "
-                               f"({su.name} with ESN)")
         enc_key = s.key[: su.enc_key_len + su.salt_len]
         auth_key = s.key[su.enc_key_len + su.salt_len:]
         if su.cipher is Cipher.AES_GCM:
@@ -493,6 +553,10 @@ def to_esp_sa(specs: Iterable[SaSpec]) -> str:
         auth = _MAC_WIRESHARK[_MAC_KEYWORD[su.mac]] if su.mac is not Mac.NONE else "NULL"
         fields = ["IPv4", s.src or "*", s.dst or "*", f"0x{s.spi:08x}", enc,
                   f"0x{enc_key.hex()}" if enc_key else "", auth, f"0x{auth_key.hex()}" if auth_key else ""]
+        if s.uses_esn:
+            # The high bits of the next number the SA sends (outbound) or expects (inbound).
+            nxt = (s.replay_oseq if s.direction == "out" else s.replay_seq) + 1
+            fields += ["64-bit", f"{min(nxt >> 32, 0xFFFFFFFF):x}"]   # Wireshark writes "%x"
         lines.append(",".join(f'"{f}"' for f in fields))
     return "\n".join(lines) + "\n"
 

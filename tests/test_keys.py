@@ -232,7 +232,7 @@ def test_esp_sa_exact_duplicates_are_dropped_conflicts_kept():
         keys.install(natt.Offload(backend="reference"), specs, direction="in")
 
 
-# Keys as packet-esp.c's compute_ascii_key reads them (after uat_unesc); checked against tshark
+# Keys as packet-ipsec.c's compute_ascii_key reads them (after uat_unesc); checked against tshark
 # 4.0.17, which verifies every ICV with these fields.
 ESP_SA_KEYS = [
     ("0X" + bytes(range(20)).hex().upper(), bytes(range(20))),
@@ -285,12 +285,96 @@ def test_gmac_cannot_go_to_wireshark():
         keys.to_esp_sa([spec(suite="aes128gmac", key=bytes(20))])
 
 
-@pytest.mark.parametrize("esn", [dict(esn=True), dict(suite="aes128gcm16-esn")])
-def test_esn_cannot_go_to_wireshark(tmp_path, esn):
-    # tshark 4.0's table has no ESN column: written, the SA would decrypt as 32-bit and fail.
-    with pytest.raises(keys.KeyFileError, match=r"spi 0x00001001: Wireshark's esp_sa table has no ESN column"):
-        keys.save(tmp_path / "x.esp_sa", [spec(**esn)])
-    assert list(tmp_path.iterdir()) == []
+# Newer Wireshark's esp_sa (packet-ipsec.c esp_uat_flds) adds "SN" ("32-bit" / "64-bit") and
+# "ESN High Bits" (hex) after the authentication key.
+ESN_LINE = _fill('"IPv4","192.0.2.1","192.0.2.2","0x{{spi:08x}}","AES-CBC [RFC3602]","0x{k16}",'
+                 '"HMAC-SHA-256-128 [RFC4868]","0x{k32}"')
+
+
+def test_esp_sa_sn_column_sets_esn_and_the_high_bits_start_the_counters():
+    lines = [(0x401, ',"64-bit","5"'), (0x402, ',"64-bit","0"'), (0x403, ',"64-bit"'), (0x404, ',"64-bit",""'),
+             (0x405, ',"64-bit","0XfFfFfFfF"'), (0x406, ',"64-bit","0x1"'), (0x407, ',"32-bit","0"'),
+             (0x408, ',"32-bit","7"'), (0x409, ''), (0x40A, ',"64-bit","a","more fields are ignored"')]
+    text = "\n".join(ESN_LINE.format(spi=spi) + extra for spi, extra in lines)
+    got = [(s.spi, s.suite, s.esn, s.uses_esn, s.replay_seq, s.replay_oseq) for s in keys.loads(text)]
+    before = {0x401: 5 << 32, 0x405: 0xFFFFFFFF << 32, 0x406: 1 << 32, 0x40A: 0xA << 32}   # start of the epoch
+    esn = {0x401, 0x402, 0x403, 0x404, 0x405, 0x406, 0x40A}
+    assert got == [(spi, "aes128-sha256", spi in esn, spi in esn, before.get(spi, 1) - 1, before.get(spi, 1) - 1)
+                   for spi, _ in lines]
+
+
+def test_esp_sa_esn_sa_decaps_packets_of_its_high_bits():
+    # The SA has sent 5 * 2**32 + 6 packets: its next ones carry high bits 5, which only the
+    # column says. natt infers them from the loaded counters, for both backends.
+    out = spec(suite="aes256gcm16", key=os.urandom(36), direction="out", esn=True, replay_oseq=(5 << 32) + 6)
+    line = keys.to_esp_sa([out]).splitlines()[-1]
+    assert line.endswith('"NULL","","64-bit","5"')
+    (loaded,) = keys.loads(line)
+    assert loaded.esn and loaded.key == out.key and loaded.suite == "aes256gcm16"
+    inner = traffic.inner_traffic(3, 4)
+    for backend in natt.backends():
+        tx = natt.Offload(backend=backend)
+        (h,) = keys.install(tx, [out])
+        sealed = tx.encap(inner, h)
+        assert sealed.seq.tolist() == [(5 << 32) + 7 + i for i in range(4)]
+        rx = natt.Offload(backend=backend)
+        (h_in,) = keys.install(rx, [loaded], direction="in")
+        res = rx.decap(list(sealed))
+        assert res.status.tolist() == [natt.Status.OK] * 4 and list(res) == inner
+        assert res.seq.tolist() == sealed.seq.tolist()
+        # The same loaded SA as the sender starts at the first number of the epoch.
+        tx2 = natt.Offload(backend=backend)
+        (h2,) = keys.install(tx2, [loaded], direction="out")
+        assert tx2.encap(inner[:1], h2).seq.tolist() == [5 << 32]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (',"64bit","0"', r"column 9 \(SN, sequence number length\): '64bit' is neither '32-bit' nor '64-bit'"),
+    (',"64-BIT","0"', r"column 9 .*'64-BIT'"),
+    (',"","0"', r"column 9 .*'' is neither"),
+    (',"ESN"', r"column 9 .*'ESN'"),
+    (',"0x5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa","0"', r"column 9 .*<34 hex digits, not shown: a key\?>"),
+    (',"64-bit","zz"', r"column 10 \(ESN High Bits\): 'zz' is not a hexadecimal number 0 \.\. ffffffff"),
+    (',"64-bit","-1"', r"column 10 .*'-1'"),
+    (',"64-bit","+5"', r"column 10 .*'\+5'"),
+    (',"64-bit","0x"', r"column 10 .*'0x'"),
+    (',"64-bit","5 "', r"column 10 .*'5 '"),
+    (',"64-bit","100000000"', r"column 10 .*'100000000' is not a hexadecimal number 0 \.\. ffffffff"),
+    (',"32-bit","1g"', r"column 10 .*'1g'"),
+    (',"64-bit","5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa"', r"column 10 .*<32 hex digits, not shown: a key\?>"),
+])
+def test_esp_sa_bad_sn_or_high_bits_name_line_and_column_never_the_key(extra, message):
+    with pytest.raises(keys.KeyFileError, match=r"line 2 \(spi 0x00000410\): " + message) as ei:
+        keys.loads("# header\n" + ESN_LINE.format(spi=0x410) + extra)
+    assert bytes(range(16)).hex() not in str(ei.value) and "5ec7e7aa" not in str(ei.value)
+
+
+def test_esp_sa_one_sa_as_32_and_64_bit_is_two_sas():
+    line = ESN_LINE.format(spi=0x411)
+    specs = keys.loads("\n".join([line + ',"32-bit","0"', line + ',"64-bit","0"', line + ',"64-bit","1"']))
+    assert [(s.esn, s.replay_seq) for s in specs] == [(False, 0), (True, 0), (True, (1 << 32) - 1)]
+    with pytest.raises(keys.KeyFileError, match=r"SA #2 \(spi 0x00000411\)"):
+        keys.install(natt.Offload(backend="reference"), specs, direction="in")
+
+
+def test_esn_goes_to_wireshark_with_the_sn_and_high_bits_columns(tmp_path):
+    specs = [spec(spi=0x1001, esn=True), spec(spi=0x1002, suite="aes128gcm16-esn"),
+             spec(spi=0x1003, esn=True, direction="out", replay_oseq=(7 << 32) + 3, replay_seq=9 << 32),
+             spec(spi=0x1004, esn=True, direction="in", replay_seq=(2 << 32) - 1, replay_oseq=9 << 32),
+             spec(spi=0x1005, esn=True, direction=None, replay_seq=(3 << 32) + 8),
+             spec(spi=0x1006, esn=True, direction="out", replay_oseq=2**64 - 1),
+             spec(spi=0x1007)]
+    keys.save(tmp_path / "x.esp_sa", specs)
+    rows = [line[1:-1].split('","') for line in (tmp_path / "x.esp_sa").read_text().splitlines()
+            if not line.startswith("#")]
+    assert [r[8:] for r in rows] == [["64-bit", "0"], ["64-bit", "0"], ["64-bit", "7"], ["64-bit", "2"],
+                                     ["64-bit", "3"], ["64-bit", "ffffffff"], []]   # a 32-bit SA keeps 8 fields
+    back = keys.load(tmp_path / "x.esp_sa")
+    assert [(s.spi, s.suite, s.key, s.esn, s.replay_seq) for s in back] == [
+        (0x1001, "aes128gcm16", K20, True, 0), (0x1002, "aes128gcm16", K20, True, 0),
+        (0x1003, "aes128gcm16", K20, True, (7 << 32) - 1), (0x1004, "aes128gcm16", K20, True, (2 << 32) - 1),
+        (0x1005, "aes128gcm16", K20, True, (3 << 32) - 1), (0x1006, "aes128gcm16", K20, True, 2**64 - 2**32 - 1),
+        (0x1007, "aes128gcm16", K20, False, 0)]
 
 
 # ---------------------------------------------------------------------------------------------- install
