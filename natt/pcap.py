@@ -34,13 +34,16 @@ replaced are written as read, with their original lengths.
 Timestamps are kept: classic pcap keeps the input's resolution and byte order; pcapng is written
 little-endian with nanosecond ``if_tsresol`` on every interface (exact for every decimal
 resolution up to 1 ns) and the input's ``if_tsoffset``, one section whose interfaces are every
-section's interfaces in order. pcapng block options (comments, flags, hashes) of packet records
-are not carried over. ``ts_ns`` is int64 nanoseconds since 1970: a pcapng timestamp outside
-1677-09-21 .. 2262-04-11 (legal there, 64-bit ticks plus a 64-bit offset in seconds) is a
-:class:`PcapError` rather than a wrapped-around time.
+section's interfaces in order, numbered as read: each is declared before the first record that
+names it, and a :meth:`PcapWriter.like` writer declares those that no record names when it closes
+(a capture of interfaces and no packets keeps them). pcapng block options (comments, flags,
+hashes) of packet records are not carried over. ``ts_ns`` is int64 nanoseconds since 1970: a
+pcapng timestamp outside 1677-09-21 .. 2262-04-11 (legal there, 64-bit ticks plus a 64-bit
+offset in seconds) is a :class:`PcapError` rather than a wrapped-around time.
 
 Corrupt or truncated input raises :class:`PcapError` (a ``ValueError``) whose ``offset`` is the
-file offset of the record at fault; records before it have already been yielded.
+file offset of the record at fault; records before it have already been yielded (the chunk that
+would have held it ends before it).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ import os
 import struct
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO, Optional, Union
 
 import numpy as np
@@ -745,22 +748,53 @@ class PcapReader:
 
     def _pcapng_runs(self, buf: np.ndarray, off: np.ndarray, hdr: np.ndarray, big: bool) -> Iterator[Chunk]:
         """One chunk of the packet blocks among the blocks at ``off`` (``hdr``: their first 7
-        words); IDBs among them are parsed first, other blocks skipped."""
+        words); IDBs among them are parsed first, other blocks skipped.
+
+        A block at fault ends the run: the packets before it are yielded as a chunk, then its
+        PcapError is raised (the module's promise; classic pcap keeps it the same way)."""
         o = "<>"[big]
+        types = hdr[:, 0]
+        n_before = len(self.interfaces)      # interfaces of earlier runs
+        end = off.size                       # the blocks before this one are sound so far
+        error: Optional[PcapError] = None
+        if not (types == _PCAPNG_EPB).all():
+            for i in np.nonzero(types == _PCAPNG_IDB)[0].tolist():
+                p = int(off[i])
+                blen = struct.unpack(o + "I", buf[p + 4: p + 8].tobytes())[0]
+                try:
+                    self._parse_idb(buf[p: p + blen].tobytes(), self._pos + p)
+                except PcapError as e:
+                    end, error = i, e
+                    break
+        while True:
+            try:
+                chunk = self._pcapng_chunk(buf, off[:end], hdr[:end], big, n_before)
+                break
+            except PcapError as e:
+                # Each check refuses the first packet it finds at fault, but a later check may
+                # refuse an earlier packet: parse again the blocks before the one holding the
+                # error's offset, until every check passes. The error kept is then the earliest
+                # record's; ``end`` shrinks every time, so this ends.
+                end = int(np.searchsorted(off, e.offset - self._pos, side="right")) - 1
+                error = e
+        if chunk is not None:
+            yield chunk
+        if error is not None:
+            raise error
+
+    def _pcapng_chunk(self, buf: np.ndarray, off: np.ndarray, hdr: np.ndarray, big: bool,
+                      n_before: int) -> Optional[Chunk]:
+        """The chunk of the packet blocks among the blocks at ``off`` (their IDBs already parsed;
+        ``n_before`` interfaces came before them), or None when there is none. A packet block at
+        fault raises PcapError with its file offset."""
         types = hdr[:, 0]
         is_epb = types == _PCAPNG_EPB
         all_epb = bool(is_epb.all())
         is_pkt = is_epb if all_epb else is_epb | (types == _PCAPNG_SPB) | (types == _PCAPNG_PB)
         is_idb = types == _PCAPNG_IDB
         n_idb = int(is_idb.sum())
-        if not all_epb:
-            for i in np.nonzero(~is_pkt)[0].tolist():
-                if is_idb[i]:
-                    p = int(off[i])
-                    blen = struct.unpack(o + "I", buf[p + 4: p + 8].tobytes())[0]
-                    self._parse_idb(buf[p: p + blen].tobytes(), self._pos + p)
-        # IDBs inside this run are parsed above, before any packet is interpreted: a packet
-        # can only name an interface whose IDB came earlier, which the check below enforces.
+        # IDBs inside this run are parsed before any packet is interpreted: a packet can only
+        # name an interface whose IDB came earlier, which the check below enforces.
         idb_before = (np.cumsum(is_idb) - is_idb)[is_pkt] if n_idb else 0
         if all_epb:
             po, ph = off, hdr
@@ -768,8 +802,7 @@ class PcapReader:
             po, ph = off[is_pkt], hdr[is_pkt]
         pt = ph[:, 0]
         if po.size == 0:
-            return
-        n_before = len(self.interfaces) - n_idb
+            return None
         blen = ph[:, 1]
         n = po.size
         iface = ph[:, 2].copy()
@@ -833,9 +866,9 @@ class PcapReader:
                             f"if_tsoffset {itf.tsoffset} s) is outside 1677-09-21 .. 2262-04-11, the range of "
                             f"natt's int64 nanoseconds", self._pos + int(po[k]))
         ipv4, link_len = _link_layer(buf, linktype, foff, caplen)
-        yield Chunk(buf, _make_batch(buf, foff, caplen, ipv4, link_len), ipv4, ts,
-                    iface.astype(np.int32), linktype, link_len, foff, caplen, origlen,
-                    po + self._pos, tuple(ifs))
+        return Chunk(buf, _make_batch(buf, foff, caplen, ipv4, link_len), ipv4, ts,
+                     iface.astype(np.int32), linktype, link_len, foff, caplen, origlen,
+                     po + self._pos, tuple(ifs))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -869,7 +902,8 @@ class PcapWriter:
     ``byteorder`` (``"<"`` or ``">"``) and ``fcs_len`` (octets of FCS ending every frame, even,
     or None: not said; replaced frames get a new one) choose the file header; for pcapng, ``interfaces``
     lists the interfaces to declare up front (more are declared as records name them, see
-    :meth:`write_chunk`). Use :meth:`like` to write in a reader's format.
+    :meth:`write_chunk`, or by :meth:`declare_interfaces`). Use :meth:`like` to write in a
+    reader's format.
 
     ``grow`` raises every snap length written (``snaplen``, and each interface's, those declared
     later included) by that many octets, up to 262144; a pcapng snap length of 0 (no limit)
@@ -918,6 +952,8 @@ class PcapWriter:
         self.snaplen = self._grown(snaplen)
         self.fcs_len = fcs_len
         self._declared: list[Interface] = []
+        # like(): the reader whose interfaces close() declares where no record named them.
+        self._source: Optional[PcapReader] = None
         self.frames_written = 0
         if fmt == "pcap":
             magic = _PCAP_MAGIC_NS if nanosecond else _PCAP_MAGIC_US
@@ -932,15 +968,22 @@ class PcapWriter:
     @classmethod
     def like(cls, reader: PcapReader, dest: PathOrFile, *, grow: int = 0) -> "PcapWriter":
         """A writer producing the same format as ``reader`` (pcap: same link type, timestamp
-        resolution, byte order and FCS length; pcapng: the reader's interfaces, declared as
-        they appear). ``grow``: how many octets replaced frames may be longer than the frames
-        read (``natt._batch.ENCAP_OVERHEAD`` for encap), added to the snap lengths."""
+        resolution, byte order and FCS length; pcapng: the reader's interfaces, with the same
+        numbers, each declared at the first chunk whose records name it, and those no record
+        names when the writer closes). ``grow``: how many octets replaced frames may be longer
+        than the frames read (``natt._batch.ENCAP_OVERHEAD`` for encap), added to the snap
+        lengths."""
         if reader.format == "pcap":
             itf = reader.interfaces[0]
             return cls(dest, fmt="pcap", linktype=itf.linktype, nanosecond=reader.nanosecond,
                        byteorder=reader.byteorder, snaplen=max(reader.snaplen, 65535),
                        fcs_len=reader.fcs_len, grow=grow)
-        return cls(dest, fmt="pcapng", interfaces=reader.interfaces, grow=grow)
+        writer = cls(dest, fmt="pcapng", interfaces=reader.interfaces, grow=grow)
+        # A pcapng reader learns its interfaces as it reads, and one that no packet names reaches
+        # no chunk (a capture of interfaces and no packets would come out as a bare SHB):
+        # close() asks the reader for them.
+        writer._source = reader
+        return writer
 
     def __enter__(self) -> "PcapWriter":
         return self
@@ -949,9 +992,13 @@ class PcapWriter:
         self.close()
 
     def close(self) -> None:
-        """Flush, and close the file if this writer opened it."""
+        """Declare the interfaces of a :meth:`like` writer's reader that no record named (pcapng),
+        flush, and close the file if this writer opened it."""
         if self._file.closed:
             return
+        if self._source is not None:
+            self.declare_interfaces(self._source.interfaces)
+            self._source = None
         self._file.flush()
         if self._owns:
             self._file.close()
@@ -978,6 +1025,21 @@ class PcapWriter:
         self._file.write(struct.pack("<IIHHI", _PCAPNG_IDB, blen, itf.linktype & 0xFFFF, 0, itf.snaplen)
                          + opts + struct.pack("<I", blen))
         self._declared.append(itf)
+
+    def declare_interfaces(self, interfaces: Sequence[Interface]) -> int:
+        """pcapng: declare every interface of ``interfaces`` past the ones this writer has
+        declared, in order, so that interface ``i`` of the output is ``interfaces[i]`` (the
+        first ones are taken as declared already: a reader's list, as it grows, can be passed
+        again and again). Returns how many were declared. :meth:`write_chunk` does this for the
+        interfaces its records name; this is for those that no record names."""
+        if self.fmt != "pcapng":
+            raise ValueError("declare_interfaces: pcapng only (a classic pcap file has one interface)")
+        new = list(interfaces)[len(self._declared):]
+        for k, itf in enumerate(new, len(self._declared)):
+            _check_interface(itf, f"interfaces[{k}]")
+        for itf in new:
+            self._declare(itf)
+        return len(new)
 
     def _max_caplen(self) -> int:
         """The longest frame a record may hold: what PcapReader accepts, so that everything

@@ -7,7 +7,9 @@ reader is checked against formats it did not produce.
 from __future__ import annotations
 
 import io
+import shutil
 import struct
+import subprocess
 import sys
 
 import numpy as np
@@ -395,6 +397,75 @@ def test_pcapng_writer_declares_every_interface():
     assert [(g[0], g[1], g[3]) for g in got] == [(5000, 1, IP), (6000, 0, IP)]
 
 
+def _rewrite_like(data: bytes, **kw) -> bytes:
+    """``data`` through PcapWriter.like and the usual loop (what natt decap does), every frame as read."""
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data), **kw) as r, pcap.PcapWriter.like(r, out) as w:
+        for c in r:
+            w.write_chunk(c)
+    return out.getvalue()
+
+
+def test_pcapng_interfaces_no_packet_names_are_kept():
+    """Interfaces reach the writer with the chunks whose records name them; those that none
+    names (all of them in a capture without packets) were left out: the output was a bare SHB."""
+    itfs = [ng_idb(1), ng_idb(228, tsresol=9, snaplen=1500), ng_idb(113, tsoffset=-7)]
+    empty = _rewrite_like(ng_shb() + b"".join(itfs))
+    r, chunks = read_all(empty)
+    assert (chunks, r.interfaces) == ([], [pcap.Interface(1, 0, 9), pcap.Interface(228, 1500, 9),
+                                           pcap.Interface(113, 0, 9, -7)])
+    # Interfaces no packet names after the last one some packet names, in a later chunk too and in
+    # a later section; the numbers stay the reader's, and interfaces packets name are declared
+    # where they were (the output up to its last packet is what it was).
+    pkts = b"".join(ng_epb(0, i, ETH + IP) for i in range(300))
+    data = (ng_shb() + ng_idb(1) + ng_idb(228) + pkts + ng_idb(101) + ng_epb(2, 7, IP)
+            + ng_idb(113) + ng_epb(0, 8, ETH + IP) + ng_shb() + ng_idb(276))
+    for chunk_size in (4096, pcap.DEFAULT_CHUNK_SIZE):
+        out = _rewrite_like(data, chunk_size=chunk_size)
+        r, chunks = read_all(out)
+        assert [i.linktype for i in r.interfaces] == [1, 228, 101, 113, 276]
+        assert frames_of(chunks) == frames_of(read_all(data, chunk_size=chunk_size)[1])
+        # The two that no packet names close the file (32-octet IDBs: if_tsresol, no name); what
+        # comes before them is the output as it was, with the interfaces up to the last one named.
+        assert [struct.unpack("<II", out[k: k + 8]) for k in (-64, -32)] == [(1, 32), (1, 32)]
+        r, chunks = read_all(out[:-64], chunk_size=chunk_size)
+        assert [i.linktype for i in r.interfaces] == [1, 228, 101]
+        assert frames_of(chunks) == frames_of(read_all(data, chunk_size=chunk_size)[1])
+    # Without like() a writer declares what it is given and what records name, as before.
+    with pcap.PcapReader(io.BytesIO(ng_shb() + b"".join(itfs))) as r:
+        list(r)
+    out = io.BytesIO()
+    with pcap.PcapWriter(out, fmt="pcapng") as w:
+        assert w.declare_interfaces(r.interfaces[:1]) == 1
+        assert w.declare_interfaces(r.interfaces) == 2       # the first is declared already
+        assert w.declare_interfaces(r.interfaces) == 0
+    assert read_all(out.getvalue())[0].interfaces == read_all(empty)[0].interfaces
+    with pytest.raises(ValueError, match="declare_interfaces: pcapng only"):
+        pcap.PcapWriter(io.BytesIO()).declare_interfaces([pcap.Interface(1)])
+    with pytest.raises(ValueError, match=r"interfaces\[1\]\.linktype"):
+        pcap.PcapWriter(io.BytesIO(), fmt="pcapng").declare_interfaces([pcap.Interface(1), pcap.Interface(-1)])
+
+
+def test_pcapng_without_packets_keeps_its_interfaces_for_wireshark(tmp_path):
+    """tshark writes a selection of no packets as its SHB and every IDB; natt's rewrite of it
+    lists the same interfaces to Wireshark (capinfos)."""
+    tshark, capinfos = shutil.which("tshark"), shutil.which("capinfos")
+    if not (tshark and capinfos):
+        pytest.skip("tshark and capinfos (Debian's tshark package) are not installed")
+    src, empty, out = tmp_path / "src.pcapng", tmp_path / "empty.pcapng", tmp_path / "out.pcapng"
+    src.write_bytes(ng_shb() + ng_idb(1) + ng_idb(228) + ng_epb(1, 5, IP))
+    subprocess.run([tshark, "-r", str(src), "-Y", "frame.number == 0", "-w", str(empty)],
+                   check=True, capture_output=True)
+    assert read_all(empty.read_bytes())[1] == []
+    out.write_bytes(_rewrite_like(empty.read_bytes()))
+
+    def interfaces(path):
+        info = subprocess.run([capinfos, "-M", str(path)], check=True, capture_output=True, text=True).stdout
+        return [line.split("=")[1].strip() for line in info.splitlines() if "Encapsulation =" in line]
+
+    assert interfaces(out) == interfaces(empty) == ["Ethernet (1 - ether)", "Raw IPv4 (129 - rawip4)"]
+
+
 # ---------------------------------------------------------------------------------------------- corruption
 
 
@@ -410,6 +481,54 @@ def test_truncated_record_reports_its_offset_after_yielding_good_ones():
     assert got == [ETH + IP]
     assert ei.value.offset == second and f"offset {second}" in str(ei.value)
     assert isinstance(ei.value, ValueError)
+
+
+def _read_until_error(data: bytes, chunk_size: int) -> tuple[list[int], pcap.PcapError]:
+    """The timestamps of the frames yielded before the PcapError the reader raises, and the error."""
+    got = []
+    with pytest.raises(pcap.PcapError) as ei:
+        with pcap.PcapReader(io.BytesIO(data), chunk_size=chunk_size) as r:
+            for c in r:
+                got.extend(c.ts_ns.tolist())
+    return got, ei.value
+
+
+_Y2300_US = 10_413_792_000 * 10**6
+# A block at fault after good EPBs: (block, what the error says, its offset into the block).
+_BAD_PCAPNG_BLOCKS = {
+    "no such interface": (ng_epb(5, 0, ETH + IP), "names interface 5", 0),
+    "captured length": (ng_block(6, struct.pack("<IIIII", 0, 0, 0, 500, 500)), "does not fit", 0),
+    "short IDB": (ng_block(1, b"\0" * 4), "Interface Description Block", 0),
+    "IDB tsresol": (ng_idb(1, tsresol=19), "unsupported if_tsresol", 0),
+    "year 2300": (ng_epb(0, _Y2300_US, ETH + IP), "outside 1677-09-21", 0),
+    "block length": (struct.pack("<II", 6, 13) + bytes(40), "block length", 4),
+    "truncated": (ng_epb(0, 0, ETH + IP)[:-8], "truncated pcapng block", 0),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(_BAD_PCAPNG_BLOCKS))
+@pytest.mark.parametrize("n", [0, 3, 200])
+@pytest.mark.parametrize("chunk_size", [4096, pcap.DEFAULT_CHUNK_SIZE])
+def test_pcapng_corrupt_block_after_good_ones_yields_them_first(bad, n, chunk_size):
+    """The module's promise, as classic pcap keeps it: the records before the one at fault are
+    yielded, then the PcapError names its offset. pcapng raised a packet or IDB block's error
+    before the chunk holding the good records before it (all of them when the file fits one)."""
+    block, match, at = _BAD_PCAPNG_BLOCKS[bad]
+    head = ng_shb() + ng_idb(1) + b"".join(ng_epb(0, i, ETH + IP) for i in range(n))
+    after = b"" if bad == "truncated" else ng_epb(0, 9, ETH + IP)     # never yielded
+    got, err = _read_until_error(head + block + after, chunk_size)
+    assert got == [i * 1000 for i in range(n)]
+    assert err.offset == len(head) + at and match in str(err)
+
+
+def test_pcapng_run_with_several_faults_raises_the_first_records():
+    """Checks run one after another over a run of records; the error is the earliest record's
+    whichever check finds it (a captured length checked first, an interface after)."""
+    head = ng_shb() + ng_idb(1) + ng_epb(0, 1, ETH + IP) + ng_epb(0, 2, ETH + IP)
+    tail = ng_epb(7, 3, ETH + IP) + ng_epb(0, 4, ETH + IP) + ng_block(6, struct.pack("<IIIII", 0, 0, 0, 500, 500))
+    got, err = _read_until_error(head + tail, pcap.DEFAULT_CHUNK_SIZE)
+    assert got == [1000, 2000]
+    assert err.offset == len(head) and "names interface 7" in str(err)
 
 
 @pytest.mark.parametrize("data,offset", [
