@@ -54,6 +54,8 @@ does the same with Dask tasks, the flow being an inbound SA's lookup key (parser
    but an Interface Description Block declared mid-file may sit a few records away: natt's
    writer declares an interface at the start of the chunk whose records first name it, so its
    place follows the chunking (as it does for ``natt decap`` with another ``--chunk-size``).
+   Interfaces that no record names come at the end, after the last part's records, as ``natt
+   decap`` writes them when it closes its output.
 
 Keys travel once per job: the SA set is ``scatter``-ed to the cluster and every task refers to
 it; task keys are ``natt-<stage>-<job id>`` with integer indexes and never hold key material, and
@@ -250,8 +252,9 @@ def _range_spec(plan: _FilePlan, r: int) -> _RangeSpec:
                       plan.prefixes[rng.prefix], rng.start, rng.end)
 
 
-def _read_range(rs: _RangeSpec) -> list[pcap.Chunk]:
-    """The chunks of a range, parsed by PcapReader exactly as inside the whole file."""
+def _read_range(rs: _RangeSpec) -> tuple[list[pcap.Chunk], list[pcap.Interface]]:
+    """The chunks of a range, parsed by PcapReader exactly as inside the whole file, and every
+    interface of the file up to the range's end (those of the prefix included)."""
     with open(rs.path, "rb") as f:
         f.seek(rs.start)
         data = f.read(rs.end - rs.start)
@@ -265,7 +268,7 @@ def _read_range(rs: _RangeSpec) -> list[pcap.Chunk]:
                                                     max(pcap.MIN_CHUNK_SIZE, len(prefix) + len(data) + 1)))
     shift = rs.start - len(prefix)
     try:
-        return list(reader)
+        return list(reader), reader.interfaces
     except pcap.PcapError as e:
         # Offsets inside the synthetic stream -> offsets in the capture.
         off = None if e.offset is None else e.offset + shift
@@ -415,7 +418,7 @@ def _compact(batch: PacketBatch, pos: np.ndarray, sel: np.ndarray) -> _LanePacke
 def _split(rs: _RangeSpec, sa_set: _SaSet, lanes: int) -> tuple:
     """Read a range and route its frames; returns one _LanePackets per lane."""
     routing = sa_set.routing(lanes)
-    chunks = _read_range(rs)
+    chunks, _ = _read_range(rs)
     per_lane: list[list[_LanePackets]] = [[] for _ in range(lanes)]
     base = 0
     for ch in chunks:
@@ -596,14 +599,16 @@ def _header(rs: _RangeSpec) -> bytes:
     return buf.getvalue()
 
 
-def _part(rs: _RangeSpec, n_specs: int, declared_before: int, drop_undecrypted: bool, want_status: bool,
-          part_path: str, *steps: tuple[_LaneState, _LaneResult]) -> dict[str, Any]:
+def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, drop_undecrypted: bool,
+          want_status: bool, part_path: str, *steps: tuple[_LaneState, _LaneResult]) -> dict[str, Any]:
     """Write the range's records, in file order, to ``part_path``; return its statistics.
 
     ``declared_before`` is how many pcapng interfaces ``natt decap``'s writer has declared when it
-    reaches this range (it declares them lazily, up to the highest one a chunk names)."""
+    reaches this range (it declares them lazily, up to the highest one a chunk names). ``last``:
+    the capture's last range, whose part ends with the interfaces that no packet named, as that
+    writer (``PcapWriter.like``) declares them when it closes."""
     results = [st[1] for st in steps]
-    chunks = _read_range(rs)
+    chunks, interfaces = _read_range(rs)
     total = sum(len(c) for c in chunks)
     status = np.full(total, Status.NOT_ESP, np.uint8)      # an empty segment is NOT_ESP (§1 step 1)
     sa_index = np.full(total, -1, np.int64)
@@ -628,8 +633,8 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, drop_undecrypted: 
         with pcap.PcapReader(_NamedBytesIO(rs.header, rs.path)) as r0:
             writer = pcap.PcapWriter.like(r0, buf)
     else:
-        ifs = chunks[0].interfaces if chunks else ()
-        writer = pcap.PcapWriter(buf, fmt="pcapng", interfaces=ifs[:declared_before])
+        # The reader's list, not a chunk's: a range without packets has no chunk.
+        writer = pcap.PcapWriter(buf, fmt="pcapng", interfaces=interfaces[:declared_before])
     head = buf.tell()
     stats = CaptureStats([""] * n_specs)
     base = 0
@@ -648,6 +653,8 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, drop_undecrypted: 
         stats.ipv4 += int(ipv4.sum())
         stats.add(sa_index[sl][ipv4], st[ipv4], out_len[sl][ipv4])
         base += n
+    if last and rs.fmt == "pcapng":
+        writer.declare_interfaces(interfaces)
     writer.close()
     records = buf.getbuffer()[head:]
     os.makedirs(os.path.dirname(part_path), exist_ok=True)
@@ -835,8 +842,8 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                     steps.append(step)
                 part = (f"natt-part-{job}", g)
                 part_path = os.path.join(parts_dir, f"{plan.index:06d}-{r:08d}.part")
-                write[part] = (_part, rs, len(specs), declared, drop_undecrypted, return_statuses, part_path,
-                               *steps)
+                write[part] = (_part, rs, len(specs), declared, r == len(plan.ranges) - 1, drop_undecrypted,
+                               return_statuses, part_path, *steps)
                 declared = max(declared, plan.ranges[r].top)
                 part_paths.append(part_path)
                 file_parts.append(part)

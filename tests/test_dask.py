@@ -9,8 +9,10 @@ lane's anti-replay state has to be rebuilt on another worker.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import struct
 import threading
 import time
 import uuid
@@ -138,18 +140,21 @@ def capture_sets(tmp_path_factory) -> dict[str, tuple[list[keyfile.SaSpec], list
     return {"mixed": (_key_specs(mt), mixed), "state": (specs, state), "sections": (specs, [sections])}
 
 
+def _idb(linktype: int) -> bytes:
+    """A little-endian pcapng Interface Description Block without options (snaplen 65535)."""
+    return struct.pack("<IIHHII", 1, 20, linktype, 0, 65535, 20)
+
+
 def _pcapng_sections(path: str, pkts: list[bytes]) -> None:
     """A pcapng file with two sections; the first declares a second interface (raw IPv4) in the
     middle of its packets, the second starts over with its own Ethernet interface."""
-    import io
-    import struct
     eth = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
     a, b, c = pkts[: len(pkts) // 3], pkts[len(pkts) // 3: 2 * len(pkts) // 3], pkts[2 * len(pkts) // 3:]
     first = io.BytesIO()
     w = pcap.PcapWriter(first, fmt="pcapng", interfaces=[pcap.Interface(pcap.LINKTYPE_ETHERNET)])
     w.write_frames([eth + p for p in a], ts_ns=range(len(a)))
     # An Interface Description Block (raw IPv4, no options) after packets of interface 0.
-    idb = struct.pack("<IIHHII", 1, 20, pcap.LINKTYPE_IPV4, 0, 65535, 20)
+    idb = _idb(pcap.LINKTYPE_IPV4)
     both = io.BytesIO()
     w2 = pcap.PcapWriter(both, fmt="pcapng", interfaces=[pcap.Interface(pcap.LINKTYPE_ETHERNET),
                                                           pcap.Interface(pcap.LINKTYPE_IPV4)])
@@ -259,6 +264,40 @@ def test_same_as_single_process(client, capture_sets, tmp_path, which):
         assert {f[1] for f in pcap.read_frames(paths[0])} == {0, 1, 2}
     # No leftovers next to the outputs.
     assert sorted(os.listdir(tmp_path / "out")) == sorted(os.path.basename(p) for p in paths)
+
+
+def test_pcapng_interfaces_no_packet_names(client, capture_sets, tmp_path):
+    """natt decap's writer declares the interfaces that no packet names when it closes (all of a
+    capture's interfaces when it has no packets); a Dask job's output has them too, after the
+    records of its last part (they were missing from both)."""
+    specs, paths = capture_sets["state"]
+    frames = [f for (_, _, f, _) in pcap.read_frames(paths[1])]        # Ethernet frames
+    half = len(frames) // 2
+    src = tmp_path / "in"
+    os.makedirs(src)
+    eth, raw = pcap.Interface(pcap.LINKTYPE_ETHERNET), pcap.Interface(pcap.LINKTYPE_IPV4)
+    # Interface 1 (no packets) before 2, whose IDB and packets fill the second half of the file,
+    # and 3 (no packets either) after the last packet; IDBs without options, as in _pcapng_sections.
+    first = io.BytesIO()
+    pcap.PcapWriter(first, fmt="pcapng", interfaces=[eth, raw]).write_frames(frames[:half], ts_ns=range(half))
+    second = io.BytesIO()
+    w = pcap.PcapWriter(second, fmt="pcapng", interfaces=[eth, raw, eth])
+    head = second.tell()
+    w.write_frames(frames[half:], ts_ns=range(half, len(frames)), iface=2)
+    unused = str(src / "unused.pcapng")
+    with open(unused, "wb") as f:
+        f.write(first.getvalue() + _idb(pcap.LINKTYPE_ETHERNET) + second.getvalue()[head:]
+                + _idb(pcap.LINKTYPE_LINUX_SLL))
+    empty = str(src / "empty.pcapng")
+    pcap.PcapWriter(empty, fmt="pcapng", interfaces=[eth, raw]).close()
+    paths = [unused, empty]
+    assert len(ndask._scan(0, unused, "unused", CHUNK).ranges) > 3
+    ref, ref_status = _single_process(paths, specs, str(tmp_path / "ref"))
+    got, got_status = ndask.decap_captures(paths, specs, tmp_path / "out", client, chunk_size=CHUNK,
+                                           progress=False, return_statuses=True)
+    _assert_same(paths, str(tmp_path / "ref"), str(tmp_path / "out"), ref, ref_status, got, got_status)
+    for name, want in (("unused.pcapng", [1, 228, 1, 113]), ("empty.pcapng", [1, 228])):
+        assert [i.linktype for i in _interfaces(str(tmp_path / "out" / name))] == want, name
 
 
 def test_state_crosses_ranges_and_files(capture_sets, tmp_path):
