@@ -18,7 +18,6 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO, Optional, TextIO
@@ -30,6 +29,7 @@ from . import pcap
 from ._batch import ENCAP_OVERHEAD, PacketBatch
 from ._capture import NOT_ESP, CaptureStats, sa_index, sa_table
 from ._constants import Status
+from ._files import Replacement
 from ._offload import Offload, _check_threads
 from ._version import __version__
 
@@ -241,27 +241,14 @@ def _output_file(path: str, to_stdout: bool) -> Iterator[BinaryIO]:
     # user could not have written.
     if st is not None and not os.access(path, os.W_OK):
         raise CliError(f"cannot write {path}: {os.strerror(errno.EACCES)}")
-    # Through a symbolic link: replace the file it names, not the link.
-    target = os.path.realpath(path)
+    # mkstemp makes its file 0o600; give it the mode the file it replaces had, or the one a
+    # plainly created file would get.
     try:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.",
-                                   suffix=".part")
+        out = Replacement(path, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
     except OSError as e:
         raise CliError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        # mkstemp makes its file 0o600; give it the mode the file it replaces had, or the one
-        # a plainly created file would get.
-        os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
-        with open(fd, "wb") as f:
-            yield f
-            f.flush()
-            # Renamed before its data reached the disk, a crash could leave an empty -o.
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with out as f:
+        yield f
 
 
 def _umask() -> int:

@@ -93,11 +93,11 @@ import ipaddress
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 from ._constants import UdpEncapType
+from ._files import Replacement
 from ._redact import shown
 from ._suites import Cipher, Mac, Suite, parse_suite
 
@@ -622,20 +622,14 @@ def save(path: PathLike, specs: Iterable[SaSpec], fmt: Optional[str] = None) -> 
     """Write ``specs``; ``fmt`` defaults to ``esp_sa`` when the file is named ``esp_sa`` or
     ends in ``.esp_sa``, else JSON. The file holds keys, so it gets mode 0600 even where one
     with wider permissions existed: the text goes to a new 0600 file beside it, which then
-    replaces ``path`` (a reader never sees half a file)."""
+    replaces ``path`` (a reader never sees half a file; a symbolic link ``path`` keeps naming
+    the file it named)."""
     if fmt is None:
         base = os.path.basename(os.fspath(path))
         fmt = "esp_sa" if base == "esp_sa" or base.endswith(".esp_sa") else "json"
     text = dumps(specs, fmt)
-    target = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=".natt-keys-")  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with Replacement(os.fspath(path)) as f:       # mode 0600
+        f.write(text.encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -136,6 +136,31 @@ def test_saving_over_a_readable_file_makes_it_private_and_leaves_no_temporary(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.json"]
 
 
+def test_saving_through_a_symlink_replaces_the_file_it_names(tmp_path):
+    # e.g. ~/.config/wireshark/esp_sa linked into a dotfiles repository
+    real = tmp_path / "dotfiles" / "esp_sa"
+    real.parent.mkdir()
+    real.write_text("")
+    link = tmp_path / "esp_sa"
+    link.symlink_to(real)
+    keys.save(link, [spec()])
+    assert link.is_symlink() and keys.load(real)[0].spi == spec().spi
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "k.json"
+    keys.save(path, [spec()])
+    before = path.read_bytes()
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        keys.save(path, [spec(), spec(spi=spec().spi + 1)])
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.json"]
+
+
 # ---------------------------------------------------------------------------------------------- esp_sa
 
 

@@ -1,0 +1,61 @@
+"""Replacing a file whole: write a temporary file beside it, rename it over the target.
+
+A reader of the target sees the old file or the new one, never half of either, and a writer
+that fails leaves the old file as it was (so ``natt decap IN -o IN`` reads IN to its end
+before replacing it). Used by ``natt.keys.save`` and the CLI's ``-o``; ``natt.dask`` names
+its temporary files itself, so that a re-run task overwrites its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import BinaryIO, Optional
+
+
+class Replacement:
+    """The new contents of ``path``, written to a temporary file in the same directory.
+
+    ``with Replacement(path) as f: f.write(...)`` renames the temporary file over ``path`` when
+    the block ends without an exception, and deletes it when one is raised. A symbolic link
+    ``path`` keeps pointing at the file it names, which is replaced. The temporary file is
+    created (``OSError`` if it cannot be) by the constructor, before anything is written, with
+    ``mode`` (``None``: 0600, the mode for key files). It is flushed to disk before the rename:
+    renamed first, a crash could leave an empty file where the old one was.
+    """
+
+    def __init__(self, path: str, mode: Optional[int] = None) -> None:
+        target = os.path.realpath(path)
+        fd, self._tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".part",
+                                         prefix=f".{os.path.basename(target)}.")
+        self._target = target
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            self._file: BinaryIO = open(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            os.unlink(self._tmp)
+            raise
+
+    def __enter__(self) -> BinaryIO:
+        return self._file
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                os.replace(self._tmp, self._target)
+                return
+        except BaseException:
+            self._discard()
+            raise
+        self._discard()
+
+    def _discard(self) -> None:
+        self._file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._tmp)
