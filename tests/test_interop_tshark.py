@@ -160,12 +160,7 @@ def test_tshark_and_natt_read_text_keys_of_a_hand_written_esp_sa_alike(tmp_path)
     loaded = keys.load(cfg / "wireshark" / "esp_sa")
     assert [(s.spi, s.suite, s.key, s.src, s.dst) for s in loaded] == \
         [(spi, suite, key, *TUNNEL) for spi, suite, key in sealed]
-    for backend in natt.backends():
-        rx = natt.Offload(backend=backend)
-        keys.install(rx, loaded, direction="in")
-        dec = rx.decap(datagrams)
-        assert dec.status.tolist() == [natt.Status.OK] * len(datagrams), backend
-        assert list(dec) == inner * len(sealed)
+    assert_decaps_on_every_backend(loaded, datagrams, inner * len(sealed))
 
 
 def test_natt_esp_sa_with_esn_columns_loads_in_tshark_and_reads_back_in_natt(tmp_path):
@@ -206,12 +201,17 @@ def test_natt_esp_sa_with_esn_columns_loads_in_tshark_and_reads_back_in_natt(tmp
     # natt reads the table to the SAs it sealed with and decaps every packet with them.
     loaded = keys.load(cfg / "wireshark" / "esp_sa")
     assert [(s.spi, s.suite, s.key, s.esn) for s in loaded] == [(s.spi, s.suite, s.key, s.esn) for s in specs]
+    assert_decaps_on_every_backend(loaded, datagrams, inner * len(sealed))
+
+
+def assert_decaps_on_every_backend(specs, datagrams, inner):
+    """``specs``, installed inbound, decap every datagram to ``inner`` on each backend."""
     for backend in natt.backends():
         rx = natt.Offload(backend=backend)
-        keys.install(rx, loaded, direction="in")
+        keys.install(rx, specs, direction="in")
         dec = rx.decap(datagrams)
         assert dec.status.tolist() == [natt.Status.OK] * len(datagrams), backend
-        assert list(dec) == inner * len(sealed)
+        assert list(dec) == inner
 
 
 def scapy_sealed_capture(tmp_path):
