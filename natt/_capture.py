@@ -4,10 +4,12 @@ and :mod:`natt.dask` (the same run spread over a cluster), which must report ide
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
+from ._batch import PacketBatch
 from ._constants import Status
 
 # Statuses counted as failures in the per-SA table.
@@ -15,6 +17,35 @@ FAILURES = (Status.NO_SA, Status.MALFORMED, Status.AUTH_FAILED, Status.REPLAY, S
             Status.SEQ_OVERFLOW, Status.ERROR)
 # Statuses of frames that are not ESP at all: never "undecrypted", never dropped.
 NOT_ESP = (Status.NOT_ESP, Status.IKE, Status.KEEPALIVE, Status.FRAGMENT)
+
+
+def undecrypted(batch: PacketBatch, ipv4: np.ndarray, status: np.ndarray, ports: Collection[int]) -> np.ndarray:
+    """Which frames ``--drop-undecrypted`` leaves out: ESP that did not decrypt.
+
+    Those are the IPv4 frames whose status is neither OK nor one of ``NOT_ESP``, but for
+    MALFORMED frames: the data path gives that status to an IPv4 or UDP header it cannot parse
+    before it knows whether the datagram is ESP at all (docs/semantics.md §1 steps 2 and 4), e.g.
+    a TCP segment cut short by the capture's snap length or a DNS reply with a wrong UDP length.
+    A MALFORMED frame is left out only if its captured octets show UDP to one of ``ports`` (the
+    SAs' parser-entry ports): only then can it be ESP.
+    """
+    drop = ipv4 & (status != Status.OK) & ~np.isin(status, NOT_ESP)
+    m = np.nonzero(drop & (status == Status.MALFORMED))[0]
+    if m.size:
+        d = batch.data
+        off = batch.offsets[m]
+        n = batch.lengths[m]
+        ihl4 = np.zeros(m.size, np.int64)
+        k = np.nonzero(n >= 20)[0]
+        ihl4[k] = (d[off[k]] & 15).astype(np.int64) * 4
+        udp = (ihl4 >= 20) & (n >= ihl4 + 4)
+        k = np.nonzero(udp)[0]
+        udp[k] = d[off[k] + 9] == 17
+        port = np.full(m.size, -1, np.int64)
+        at = off[k] + ihl4[k] + 2          # UDP destination port (RFC 768)
+        port[k] = d[at].astype(np.int64) << 8 | d[at + 1]
+        drop[m[~(udp & np.isin(port, list(ports)))]] = False
+    return drop
 
 
 @dataclasses.dataclass

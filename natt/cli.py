@@ -27,7 +27,7 @@ import numpy as np
 from . import keys as keyfile
 from . import pcap
 from ._batch import ENCAP_OVERHEAD, PacketBatch
-from ._capture import NOT_ESP, CaptureStats, sa_index, sa_table
+from ._capture import CaptureStats, sa_index, sa_table, undecrypted
 from ._constants import Status
 from ._files import Replacement
 from ._offload import Offload, _check_threads
@@ -173,8 +173,9 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
                   writer: pcap.PcapWriter, *, threads: Optional[int] = None, drop_undecrypted: bool = False,
                   bar: Any = None) -> CaptureStats:
     """Decap every IPv4 frame of ``reader`` into ``writer``: OK frames get their inner packet,
-    DUMMY frames are dropped, others are written as read (or dropped when undecrypted and
-    ``drop_undecrypted``)."""
+    DUMMY frames are dropped, others are written as read (or dropped when ``drop_undecrypted``
+    and they are ESP that did not decrypt: :func:`natt._capture.undecrypted`)."""
+    ports = {e.port for e in nic._entries.values()}
     stats = CaptureStats(labels)
     res = None
     t0 = time.perf_counter()
@@ -188,7 +189,7 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
         ok = (st == Status.OK) & ipv4
         keep = st != Status.DUMMY
         if drop_undecrypted:
-            keep &= ok | np.isin(st, NOT_ESP) | ~ipv4
+            keep &= ~undecrypted(chunk.batch, ipv4, st, ports)
         stats.written += writer.write_chunk(chunk, res.batch(), replace=ok, keep=keep)
         stats.frames += len(chunk)
         stats.ipv4 += int(ipv4.sum())
@@ -844,7 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--report", metavar="REPORT.json", help="also write the summary as JSON")
     d.add_argument("--drop-undecrypted", action="store_true",
                    help="leave out ESP packets that could not be decrypted (no SA, ICV failure, replay, "
-                        "malformed, ...); frames that are not ESP are still written")
+                        "malformed, ...); frames that are not ESP are still written (a frame too short or "
+                        "damaged to parse counts as ESP only if it is UDP to an SA's port)")
     d.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
     _common(d)
     _dask_arguments(d)

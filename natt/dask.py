@@ -89,7 +89,7 @@ from . import pcap
 from ._batch import PacketBatch, copy_segments
 from ._constants import Status, UdpEncapType
 from ._offload import Offload, _check_threads, backends
-from ._capture import NOT_ESP, CaptureStats, sa_index
+from ._capture import CaptureStats, sa_index, undecrypted
 
 __all__ = ["decap_captures"]
 
@@ -599,14 +599,15 @@ def _header(rs: _RangeSpec) -> bytes:
     return buf.getvalue()
 
 
-def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, drop_undecrypted: bool,
+def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, drop_ports: Optional[frozenset[int]],
           want_status: bool, part_path: str, *steps: tuple[_LaneState, _LaneResult]) -> dict[str, Any]:
     """Write the range's records, in file order, to ``part_path``; return its statistics.
 
     ``declared_before`` is how many pcapng interfaces ``natt decap``'s writer has declared when it
     reaches this range (it declares them lazily, up to the highest one a chunk names). ``last``:
     the capture's last range, whose part ends with the interfaces that no packet named, as that
-    writer (``PcapWriter.like``) declares them when it closes."""
+    writer (``PcapWriter.like``) declares them when it closes. ``drop_ports``: None, or the SAs'
+    parser-entry ports when undecrypted ESP is left out (``natt._capture.undecrypted``)."""
     results = [st[1] for st in steps]
     chunks, interfaces = _read_range(rs)
     total = sum(len(c) for c in chunks)
@@ -645,8 +646,8 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, drop_u
         ipv4 = ch.ipv4
         ok = (st == Status.OK) & ipv4
         keep = st != Status.DUMMY
-        if drop_undecrypted:
-            keep &= ok | np.isin(st, NOT_ESP) | ~ipv4
+        if drop_ports is not None:
+            keep &= ~undecrypted(ch.batch, ipv4, st, drop_ports)
         outs = PacketBatch(data, np.ascontiguousarray(new_off[sl]), np.ascontiguousarray(out_len[sl]))
         stats.written += writer.write_chunk(ch, outs, replace=ok, keep=keep)
         stats.frames += n
@@ -778,6 +779,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     # Refuse a bad SA set here, not in a hundred tasks: install it once on a throwaway Offload.
     with Offload(backend=backend, max_sas=len(specs)) as probe:
         keyfile.install(probe, specs, direction="in")
+    drop_ports = frozenset(s.port for s in specs) if drop_undecrypted else None
     paths = [os.fspath(p) for p in paths]
     out_dir = os.fspath(out_dir)
     outputs = _outputs(paths, out_dir)
@@ -842,7 +844,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                     steps.append(step)
                 part = (f"natt-part-{job}", g)
                 part_path = os.path.join(parts_dir, f"{plan.index:06d}-{r:08d}.part")
-                write[part] = (_part, rs, len(specs), declared, r == len(plan.ranges) - 1, drop_undecrypted,
+                write[part] = (_part, rs, len(specs), declared, r == len(plan.ranges) - 1, drop_ports,
                                return_statuses, part_path, *steps)
                 declared = max(declared, plan.ranges[r].top)
                 part_paths.append(part_path)

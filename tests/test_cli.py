@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -115,6 +116,34 @@ def test_decap_drop_undecrypted(scenario, tmp_path, capsys):
     assert rc == 0, err
     got = pcap.read_frames(out)
     assert [g[2] for g in got[12:]] == [ARP, frames[14]]   # the failed ESP frame is gone
+
+
+def test_drop_undecrypted_keeps_frames_the_data_path_calls_malformed_before_it_sees_esp(scenario, tmp_path,
+                                                                                        capsys):
+    # A capture taken with a 96-octet snap length: a long TCP segment and a long ESP packet are
+    # cut short (IPv4 total length > captured octets: MALFORMED, semantics §1 step 2), and a DNS
+    # reply has a wrong UDP length (MALFORMED, step 4). Only the ESP one is undecrypted ESP.
+    _, keyfile, _, specs, frames = scenario
+    tcp = traffic.tcp_segment("10.9.0.1", "10.9.0.2", 443, 51000, 1400)
+    dns = bytearray(traffic.udp_datagram("10.9.0.1", "10.9.0.2", 53, 5353, 30))
+    dns[24:26] = (99).to_bytes(2, "big")
+    long_esp = natt.Offload(backend="reference")
+    (h,) = keys.install(long_esp, specs[:1], direction="out")
+    esp = long_esp.encap([traffic.udp_datagram("10.1.0.2", "10.2.0.7", 1, 2, 1300)], h)[0]
+    recs = [frames[0], (pcap._ETH_HEADER + tcp)[:96], pcap._ETH_HEADER + bytes(dns), (pcap._ETH_HEADER + esp)[:96],
+            frames[12]]
+    cap = tmp_path / "snap96.pcap"
+    with open(cap, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, pcap.LINKTYPE_ETHERNET))
+        for k, (fr, orig) in enumerate(zip(recs, [0, len(tcp) + 14, 0, len(esp) + 14, 0])):
+            f.write(struct.pack("<IIII", k, 0, len(fr), orig or len(fr)) + fr)
+    statuses = natt.Offload().decap([r[14:] for r in recs[1:4]]).status.tolist()
+    assert statuses == [natt.Status.MALFORMED] * 3
+    out = tmp_path / "out.pcap"
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(out), "--drop-undecrypted"] + BACKEND, capsys)
+    assert rc == 0, err
+    got = pcap.read_frames(out)
+    assert len(got) == 3 and [g[2] for g in got[1:]] == recs[1:3]   # the cut ESP and the bad ICV are left out
 
 
 def test_decap_with_esp_sa_keys_and_pcapng_output_format(scenario, tmp_path, capsys):
