@@ -436,7 +436,7 @@ class EncapStats(CaptureStats):
     ``octets`` counts the inner packets taken in, as ``Offload.sa_stats()['bytes']`` does
     (docs/semantics.md §2); ``octets_out`` the UDP-encapsulated ESP packets written in their
     place. IPv4 packets no SA was chosen for count as ``Status.NO_SA`` in the "(no SA)" row of
-    ``counts``; they are written unchanged.
+    ``counts``; they are written unchanged. Packets their SA could not seal are left out.
     """
 
     octets_out: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
@@ -458,6 +458,10 @@ class EncapStats(CaptureStats):
         """IPv4 packets no SA was chosen for."""
         return int(self.counts[len(self.labels), Status.NO_SA])
 
+    def unsealed(self) -> int:
+        """Packets an SA was chosen for but could not seal: left out of the output."""
+        return int(self.counts[:len(self.labels), list(ENCAP_FAILURES)].sum())
+
     def as_dict(self) -> dict[str, Any]:
         rows = [{"sa": label, "packets": int(self.counts[k, Status.OK]), "bytes": int(self.octets[k]),
                  "bytes_out": int(self.octets_out[k]),
@@ -465,7 +469,8 @@ class EncapStats(CaptureStats):
                 for k, label in enumerate(self.labels)]
         statuses = {k: v for k, v in self.totals().items() if k != Status.NO_SA.name}
         return {"frames": self.frames, "ipv4_frames": self.ipv4, "frames_written": self.written,
-                "statuses": statuses, "no_sa_chosen": self.unmatched(), "sas": rows,
+                "statuses": statuses, "no_sa_chosen": self.unmatched(), "not_sealed_left_out": self.unsealed(),
+                "sas": rows,
                 "elapsed_seconds": round(self.elapsed, 6), "data_path_seconds": round(self.crypto_seconds, 6)}
 
     def table(self) -> str:
@@ -473,7 +478,9 @@ class EncapStats(CaptureStats):
         cols = ["packets", "bytes", "bytes_out"] + [s.name.lower() for s in ENCAP_FAILURES]
         return sa_table(self.as_dict()["sas"], cols, [
             f"{self.frames} frames ({self.ipv4} IPv4), {self.written} written; {self.unmatched()} IPv4 "
-            f"packets with no SA chosen, written unchanged",
+            f"packets with no SA chosen, written unchanged"
+            + (f"; {self.unsealed()} that their SA could not seal (malformed, seq_overflow, error), "
+               "left out" if self.unsealed() else ""),
             "bytes: inner packets taken in (what Offload.sa_stats() counts); "
             "bytes_out: the ESP-in-UDP packets written for them"])
 
@@ -507,7 +514,10 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
         data = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
         replace = (status == Status.OK) & (which >= 0)
         out = PacketBatch(data, np.where(replace, out_off, 0), np.where(replace, out_len, 0))
-        stats.written += writer.write_chunk(chunk, out, replace=replace)
+        # A packet its SA could not seal is left out: written as read, it would leave in the
+        # clear a packet policy sends through the SA (RFC 4301 §5.1: PROTECT, never BYPASS), and
+        # SEQ_OVERFLOW means the SA must send nothing more (RFC 4303 §3.3.3).
+        stats.written += writer.write_chunk(chunk, out, replace=replace, keep=(which < 0) | replace)
         stats.frames += n
         stats.ipv4 += int(chunk.ipv4.sum())
         sel = chunk.ipv4
@@ -862,9 +872,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "destination lie in its inner_src / inner_dst networks (unset = any). The most\n"
                     "specific match wins (each set transport address counts 32, a tunnel SA its two\n"
                     "prefix lengths); on a tie, the SA earlier in the file. Packets no SA matches, and\n"
-                    "frames that are not IPv4, are written unchanged. A per-SA summary ends the run:\n"
-                    "packets encapsulated, bytes (the inner packets taken in, as Offload.sa_stats counts\n"
-                    "them), bytes_out (the ESP-in-UDP packets written) and each failure kind.",
+                    "frames that are not IPv4, are written unchanged. A packet its SA cannot seal\n"
+                    "(malformed, sequence numbers used up, an error) is left out, never written in the\n"
+                    "clear. A per-SA summary ends the run: packets encapsulated, bytes (the inner\n"
+                    "packets taken in, as Offload.sa_stats counts them), bytes_out (the ESP-in-UDP\n"
+                    "packets written) and each failure kind.",
         epilog="examples:\n"
                "  natt encap clear.pcap -k keys.json -o natt.pcap\n"
                "  natt encap clear.pcapng -k keys.json -o natt.pcapng --report encap.json\n"

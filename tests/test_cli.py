@@ -515,6 +515,31 @@ def test_encap_summary_has_only_encap_columns_and_counts_input_bytes(tmp_path, c
     assert nic.sa_stats(h)["bytes"] == first["bytes"]
 
 
+def test_encap_leaves_out_packets_their_sa_cannot_seal(tmp_path, capsys):
+    # An SA two packets short of its last sequence number (RFC 4303 §3.3.3), and a fragment of a
+    # transport SA's traffic (MALFORMED: transport mode carries whole datagrams): neither may
+    # reach the output in the clear.
+    tunnel = keys.SaSpec(0x6001, "aes128gcm16", os.urandom(20), "out", "tunnel", *TUNNEL,
+                         inner_src="10.1.0.0/16", replay_oseq=2**32 - 3)
+    transport = keys.SaSpec(0x6002, "aes128gcm16", os.urandom(20), "out", "transport", "10.3.0.1", "10.3.0.2")
+    secret = [traffic.udp_datagram("10.1.0.2", "10.2.0.7", 9, 9, b"SECRET-%d" % i) for i in range(4)]
+    frag = traffic.ipv4("10.3.0.1", "10.3.0.2", 17, b"SECRET-frag" + bytes(8), ip_flags=traffic.IP_FLAG_MF)
+    clear = tmp_path / "clear.pcap"
+    pcap.write_datagrams(clear, secret + [frag, ARP[14:]])
+    keyfile, enc, report = tmp_path / "k.json", tmp_path / "enc.pcap", tmp_path / "r.json"
+    keys.save(keyfile, [tunnel, transport])
+    rc, text, err = run(["encap", str(clear), "-k", str(keyfile), "-o", str(enc), "--report", str(report)] + BACKEND,
+                        capsys)
+    assert rc == 0, err
+    got = [g[3] for g in pcap.read_frames(enc)]
+    assert len(got) == 3 and not any(b"SECRET" in g for g in got)
+    assert [int.from_bytes(g[28:32], "big") for g in got[:2]] == [0x6001] * 2 and got[2] == ARP[14:]
+    doc = json.loads(report.read_text())
+    assert doc["frames_written"] == 3 and doc["not_sealed_left_out"] == 3
+    assert [(r["packets"], r["seq_overflow"], r["malformed"]) for r in doc["sas"]] == [(2, 2, 0), (0, 0, 1)]
+    assert "3 that their SA could not seal" in text
+
+
 def test_choose_sa_rule():
     ip = lambda s: int(ipaddress.IPv4Address(s))  # noqa: E731
     specs = [
