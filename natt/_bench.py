@@ -1200,9 +1200,18 @@ def format_markdown(result: dict[str, Any]) -> str:
 
 
 def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return _count(text, 1)
+
+
+def _count(text: str, least: int = 0) -> int:
+    """An argparse type: an integer of at least ``least`` (argparse's own message would name
+    the function, not what is expected)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = least - 1
+    if v < least:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least {least}, got {text!r}")
     return v
 
 
@@ -1217,18 +1226,32 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=(
-        "Time natt's decap/encap against a bare C EVP loop, a Python AESGCM loop and scapy, on the same "
-        "packets in one process, and print the ratios (see BENCHMARKS.md)."))
-    p.add_argument("--quick", action="store_true", help="CI-sized run: 10 000 packets, 3 repetitions")
-    p.add_argument("--batch", type=_positive, help="packets per batch (default 100000; quick 10000)")
-    p.add_argument("--sas", type=_positive, help="SAs of the many-SA case (default 100000; quick 10000)")
-    p.add_argument("--reps", type=_positive, help="timed repetitions per variant (default 7; quick 3)")
-    p.add_argument("--sizes", type=_sizes, help="inner packet sizes, e.g. 64,512,1400")
-    p.add_argument("--threads", type=_positive, default=2, help="threads of the threaded decap (default 2)")
-    p.add_argument("--scapy-packets", type=int, help="packets of the scapy subset (0 skips scapy)")
-    p.add_argument("--calls", type=_positive, help="decap calls of the per-call cost (default 20000; quick 5000)")
-    p.add_argument("--backend", default="fast", help="natt backend to time (default fast)")
+    p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=(
+        "Time natt's decap and encap against a bare C loop of the same EVP calls (compiled at run\n"
+        "time with cc), a Python loop over cryptography's AESGCM and scapy, on the same packets in\n"
+        "one process, and print each ratio beside its target (BENCHMARKS.md explains the variants).\n"
+        "A full run takes about five minutes; keep the machine otherwise idle: the ratios are only\n"
+        "as steady as the CPU time the run gets."),
+        epilog="examples:\n"
+               "  natt bench --quick                      # smaller batches: about half a minute\n"
+               "  natt bench --markdown --json run.json   # the full run, tables as in BENCHMARKS.md\n"
+               "  natt bench --sizes 64 --reps 15         # only 64-octet packets, more repetitions\n"
+               "exit status: 0 ran (whether or not every target was met: the table says), 2 bad usage\n"
+               "or a variant that could not run (no C compiler, no libcrypto, a failed decap).")
+    p.add_argument("--quick", action="store_true", help="CI-sized run: the smaller defaults below")
+    p.add_argument("--batch", type=_positive, metavar="N", help="packets per batch (default 100000; quick 10000)")
+    p.add_argument("--sas", type=_positive, metavar="N", help="SAs of the many-SA case (default 100000; quick 10000)")
+    p.add_argument("--reps", type=_positive, metavar="N", help="timed repetitions per variant (default 7; quick 3)")
+    p.add_argument("--sizes", type=_sizes, metavar="OCTETS,...",
+                   help="inner packet sizes, 28..65000 (default 64,512,1400; quick 64,1400)")
+    p.add_argument("--threads", type=_positive, default=2, metavar="N",
+                   help="threads of the threaded decap (default 2)")
+    p.add_argument("--scapy-packets", type=_count, metavar="N",
+                   help="packets of the scapy subset; 0 skips scapy (default 2000; quick 200)")
+    p.add_argument("--calls", type=_positive, metavar="N",
+                   help="decap calls of the per-call cost (default 20000; quick 5000)")
+    p.add_argument("--backend", choices=("fast", "reference"), default="fast",
+                   help="natt backend to time (default fast)")
     p.add_argument("--json", metavar="OUT.json", help="also write every timing and ratio as JSON")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     return p

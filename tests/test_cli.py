@@ -67,7 +67,7 @@ def run(argv, capsys):
 # ---------------------------------------------------------------------------------------------- help
 
 
-@pytest.mark.parametrize("cmd", [[], ["decap"], ["encap"], ["demo"], ["explain"]])
+@pytest.mark.parametrize("cmd", [[], ["decap"], ["encap"], ["demo"], ["explain"], ["bench"]])
 def test_help_has_description_and_examples(cmd, capsys):
     rc, out, _ = run(cmd + ["--help"], capsys)
     assert rc == 0
@@ -77,6 +77,19 @@ def test_help_has_description_and_examples(cmd, capsys):
 def test_bench_delegates_to_the_benchmark_module(capsys):
     rc, out, _ = run(["bench", "--help"], capsys)
     assert rc == 0 and "--quick" in out and "natt bench" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch", "abc"], "--batch: expected an integer of at least 1, got 'abc'"),
+    (["--reps", "0"], "--reps: expected an integer of at least 1, got '0'"),
+    (["--scapy-packets", "-1"], "--scapy-packets: expected an integer of at least 0, got '-1'"),
+    (["--backend", "cuda"], "--backend: invalid choice: 'cuda'"),
+])
+def test_bad_bench_arguments_are_usage_errors(argv, message, capsys, monkeypatch):
+    from natt import _bench
+    monkeypatch.setattr(_bench, "run", lambda *a, **k: pytest.fail("benchmarked with a bad argument"))
+    rc, _, err = run(["bench"] + argv, capsys)
+    assert rc == 2 and message in err
 
 
 def test_bad_usage_exits_2(capsys):
