@@ -54,7 +54,7 @@ from ._constants import Status
 from ._offload import Offload, backends
 from ._suites import Cipher, Mac, Suite, parse_suite
 from ._version import __version__
-from .cli import destination_problem
+from .cli import at_least, destination_problem
 
 __all__ = ["main", "Timing", "Workload", "build_workload", "inner_packets", "EvpLoop"]
 
@@ -1199,22 +1199,6 @@ def format_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    return _count(text, 1)
-
-
-def _count(text: str, least: int = 0) -> int:
-    """An argparse type: an integer of at least ``least`` (argparse's own message would name
-    the function, not what is expected)."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = least - 1
-    if v < least:
-        raise argparse.ArgumentTypeError(f"expected an integer of at least {least}, got {text!r}")
-    return v
-
-
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(sorted({int(x) for x in text.split(",")}))
@@ -1239,16 +1223,16 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
                "exit status: 0 ran (whether or not every target was met: the table says), 2 bad usage\n"
                "or a variant that could not run (no C compiler, no libcrypto, a failed decap).")
     p.add_argument("--quick", action="store_true", help="CI-sized run: the smaller defaults below")
-    p.add_argument("--batch", type=_positive, metavar="N", help="packets per batch (default 100000; quick 10000)")
-    p.add_argument("--sas", type=_positive, metavar="N", help="SAs of the many-SA case (default 100000; quick 10000)")
-    p.add_argument("--reps", type=_positive, metavar="N", help="timed repetitions per variant (default 7; quick 3)")
+    p.add_argument("--batch", type=at_least(1), metavar="N", help="packets per batch (default 100000; quick 10000)")
+    p.add_argument("--sas", type=at_least(1), metavar="N", help="SAs of the many-SA case (default 100000; quick 10000)")
+    p.add_argument("--reps", type=at_least(1), metavar="N", help="timed repetitions per variant (default 7; quick 3)")
     p.add_argument("--sizes", type=_sizes, metavar="OCTETS,...",
                    help="inner packet sizes, 28..65000 (default 64,512,1400; quick 64,1400)")
-    p.add_argument("--threads", type=_positive, default=2, metavar="N",
+    p.add_argument("--threads", type=at_least(1), default=2, metavar="N",
                    help="threads of the threaded decap (default 2)")
-    p.add_argument("--scapy-packets", type=_count, metavar="N",
+    p.add_argument("--scapy-packets", type=at_least(0), metavar="N",
                    help="packets of the scapy subset; 0 skips scapy (default 2000; quick 200)")
-    p.add_argument("--calls", type=_positive, metavar="N",
+    p.add_argument("--calls", type=at_least(1), metavar="N",
                    help="decap calls of the per-call cost (default 20000; quick 5000)")
     p.add_argument("--backend", choices=("fast", "reference"), default="fast",
                    help="natt backend to time (default fast)")

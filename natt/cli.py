@@ -30,7 +30,7 @@ from ._batch import ENCAP_OVERHEAD, PacketBatch
 from ._capture import CaptureStats, sa_index, sa_table, undecrypted
 from ._constants import Status
 from ._files import Replacement
-from ._offload import Offload, _check_threads
+from ._offload import MAX_THREADS, Offload, _check_threads
 from ._version import __version__
 
 __all__ = ["main", "build_parser", "CaptureStats", "EncapStats"]
@@ -38,6 +38,11 @@ __all__ = ["main", "build_parser", "CaptureStats", "EncapStats"]
 
 class CliError(Exception):
     """A failure to report as one line on stderr (exit status 1)."""
+
+
+class UsageError(CliError):
+    """Options that do not go together: reported as argparse reports bad usage, under the
+    subcommand's usage line (exit status 2)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,13 +97,13 @@ def _check_report(args: argparse.Namespace) -> None:
     for what, path in [*(("the input capture", p) for p in inputs), ("the output (-o)", args.output),
                        ("the key file (-k)", args.keys)]:
         if _same_file(args.report, path):
-            raise CliError(f"--report {args.report}: is {what} {path}; name another file")
+            raise UsageError(f"--report {args.report}: is {what} {path}; name another file")
 
 
 def _check_output(args: argparse.Namespace) -> None:
     # The keys are read before the run; a run that succeeded would then replace them with a capture.
     if _same_file(args.output, args.keys):
-        raise CliError(f"-o {args.output}: is the key file (-k) {args.keys}; name another file")
+        raise UsageError(f"-o {args.output}: is the key file (-k) {args.keys}; name another file")
 
 
 def _load_keys(path: str, mode: str) -> list[keyfile.SaSpec]:
@@ -282,7 +287,7 @@ def _dask_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dask", metavar="SCHEDULER", default=None,
                    help="decap on this Dask cluster (e.g. tcp://10.0.0.5:8786); IN may then name several "
                         "captures and -o is a directory (needs the dask extra)")
-    g.add_argument("--workers", type=int, default=None, metavar="N",
+    g.add_argument("--workers", type=at_least(1), default=None, metavar="N",
                    help="decap on a local Dask cluster of N worker processes (needs the dask extra)")
 
 
@@ -316,11 +321,9 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
     # The outputs go into -o, one per input; finding out that it is a file would otherwise take
     # the cluster's start and a scan of every capture.
     if args.output == "-" or (os.path.exists(args.output) and not os.path.isdir(args.output)):
-        raise CliError(f"-o {args.output}: not a directory; with --dask/--workers, -o names the directory "
+        raise UsageError(f"-o {args.output}: not a directory; with --dask/--workers, -o names the directory "
                        f"that gets one output per input")
     specs = _load_keys(args.keys, args.mode)
-    if args.workers is not None and args.workers < 1:
-        raise CliError(f"--workers: must be at least 1, got {args.workers}")
     cluster = None
     try:
         if args.dask:
@@ -329,7 +332,7 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
             cluster = distributed.LocalCluster(n_workers=args.workers or 1, threads_per_worker=1, processes=True)
             client = distributed.Client(cluster)
             _quiet_task_failures(client)
-    except OSError as e:
+    except (OSError, ValueError) as e:     # ValueError: an address Dask cannot parse
         raise CliError(f"cannot reach the Dask scheduler {args.dask}: {e}") from None
     try:
         stats = decap_captures(args.input, specs, args.output, client, chunk_size=args.chunk_size,
@@ -351,7 +354,7 @@ def _cmd_decap(args: argparse.Namespace) -> int:
     if args.dask is not None or args.workers is not None:
         return _cmd_decap_dask(args)
     if len(args.input) != 1:
-        raise CliError("several captures need --dask SCHEDULER or --workers N (docs/dask.md)")
+        raise UsageError("several captures need --dask SCHEDULER or --workers N (docs/dask.md)")
     args.input = args.input[0]
     _check_report(args)
     _check_output(args)
@@ -761,19 +764,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 # argument parsing
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``least`` (argparse's own message for a bad
+    one would name the function, not what is expected). Also ``natt bench``'s."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {v}")
+        return v
+    return parse
 
 
-def _accepted_by(check: Callable[[int], None]) -> Callable[[str], int]:
+def _accepted_by(check: Callable[[int], None], expected: Optional[str] = None) -> Callable[[str], int]:
     """An argparse type: a whole number that the library's own ``check`` accepts. The command line
-    keeps no copy of the library's limits, so the two cannot drift apart."""
+    keeps no copy of the library's limits, so the two cannot drift apart. A refused number gets
+    the library's message, or "expected ``expected``" where that speaks of Python values."""
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -783,14 +791,16 @@ def _accepted_by(check: Callable[[int], None]) -> Callable[[str], int]:
             check(v)
         except ValueError as e:
             # The library names its parameter ("threads: ..."); argparse names the option.
-            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+            why = f"expected {expected}, got {v}" if expected else str(e).split(": ", 1)[-1]
+            raise argparse.ArgumentTypeError(why) from None
         return v
     return parse
 
 
 def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
     if files:
-        p.add_argument("--threads", type=_accepted_by(_check_threads), default=None, metavar="N",
+        p.add_argument("--threads", default=None, metavar="N",
+                       type=_accepted_by(_check_threads, f"a whole number 1..{MAX_THREADS}"),
                        help="data-path threads per batch (results are identical to one thread)")
         p.add_argument("--chunk-size", type=_accepted_by(pcap.check_chunk_size), default=pcap.DEFAULT_CHUNK_SIZE,
                        metavar="OCTETS",
@@ -860,7 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
     _common(d)
     _dask_arguments(d)
-    d.set_defaults(func=_cmd_decap)
+    d.set_defaults(func=_cmd_decap, parser=d)
 
     e = sub.add_parser(
         "encap", formatter_class=fmt, help="turn the IPv4 packets of a capture into NAT-T traffic",
@@ -891,7 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", metavar="REPORT.json", help="also write the summary as JSON")
     e.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
     _common(e)
-    e.set_defaults(func=_cmd_encap)
+    e.set_defaults(func=_cmd_encap, parser=e)
 
     m = sub.add_parser(
         "demo", formatter_class=fmt, help="built-in scenario: make NAT-T traffic, decap it, summarise",
@@ -905,12 +915,12 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt demo --out-dir /tmp/natt-demo --packets 20000\n"
                "  natt decap /tmp/natt-demo/demo.pcap -k /tmp/natt-demo/demo.esp_sa -o /tmp/clear.pcap")
     m.add_argument("--out-dir", default="natt-demo", metavar="DIR", help="where to write the files (default ./natt-demo)")
-    m.add_argument("--packets", type=_positive, default=5000,
+    m.add_argument("--packets", type=at_least(1), default=5000,
                    help=f"packets in total, spread over the {len(DEMO_SUITES)} suites (when it is not a multiple "
                         f"of {len(DEMO_SUITES)}, the first suites make one more; default 5000)")
     m.add_argument("--seed", type=int, default=1, help="seed of keys and traffic (default 1)")
     _common(m, files=False)
-    m.set_defaults(func=_cmd_demo)
+    m.set_defaults(func=_cmd_demo, parser=m)
 
     x = sub.add_parser(
         "explain", formatter_class=fmt, help="say where and why decap stops for one packet",
@@ -926,7 +936,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("hex", metavar="HEX", help="the packet in hex, from its IPv4 header (spaces and ':' allowed)")
     x.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
     x.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
-    x.set_defaults(func=_cmd_explain)
+    x.set_defaults(func=_cmd_explain, parser=x)
 
     b = sub.add_parser(
         "bench", formatter_class=fmt, add_help=False,
@@ -935,7 +945,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  natt bench --quick\n  natt bench --sizes 64,1400 --json bench.json\n"
                "  natt bench --help      # the benchmark's own options")
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
-    b.set_defaults(func=_cmd_bench)
+    b.set_defaults(func=_cmd_bench, parser=b)
     return p
 
 
@@ -959,6 +969,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(e.code or 0)
     try:
         return args.func(args)
+    except UsageError as e:
+        try:
+            args.parser.error(str(e))
+        except SystemExit as x:
+            return int(x.code or 0)
     except CliError as e:
         print(f"natt {args.command}: {e}", file=sys.stderr)
         return 1

@@ -80,9 +80,9 @@ def test_bench_delegates_to_the_benchmark_module(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--batch", "abc"], "--batch: expected an integer of at least 1, got 'abc'"),
-    (["--reps", "0"], "--reps: expected an integer of at least 1, got '0'"),
-    (["--scapy-packets", "-1"], "--scapy-packets: expected an integer of at least 0, got '-1'"),
+    (["--batch", "abc"], "--batch: 'abc' is not a whole number"),
+    (["--reps", "0"], "--reps: must be at least 1, got 0"),
+    (["--scapy-packets", "-1"], "--scapy-packets: must be at least 0, got -1"),
     (["--backend", "cuda"], "--backend: invalid choice: 'cuda'"),
 ])
 def test_bad_bench_arguments_are_usage_errors(argv, message, capsys, monkeypatch):
@@ -231,6 +231,27 @@ def test_out_of_range_threads_and_chunk_size_are_usage_errors(cmd, option, scena
     rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(out)] + option + BACKEND, capsys)
     assert rc == 2 and f"error: argument {option[0]}: " in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_options_that_do_not_go_together_are_usage_errors(scenario, tmp_path, capsys):
+    cap, keyfile, *_ = scenario
+    common = ["-k", str(keyfile)] + BACKEND
+    for argv, message in [
+            (["decap", str(cap), str(cap), "-o", str(tmp_path / "o.pcap")], "several captures need --dask"),
+            (["decap", str(cap), "-o", str(tmp_path / "d"), "--workers", "0"], "argument --workers: must be at least 1, got 0"),
+            (["decap", str(cap), "-o", str(tmp_path / "o.pcap"), "--threads", "0"],
+             "argument --threads: expected a whole number 1..256, got 0")]:
+        rc, _, err = run(argv + common, capsys)
+        assert rc == 2 and err.startswith("usage: natt decap") and f"natt decap: error: {message}" in err, err
+    assert "None" not in err
+
+
+def test_a_dask_address_dask_cannot_parse_is_one_line(scenario, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    cap, keyfile, *_ = scenario
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "d"), "--dask", "nonsense"]
+                     + BACKEND, capsys)
+    assert rc == 1 and err.startswith("natt decap: cannot reach the Dask scheduler nonsense: ") and err.count("\n") == 1
 
 
 def test_the_library_limits_are_the_cli_limits(scenario, tmp_path, capsys):
@@ -405,7 +426,7 @@ def test_a_report_naming_the_runs_own_files_is_refused_before_the_run(cmd, clash
               "keys": str(keyfile), "keys-hard-link": "keys-link.json"}[clash]
     before = {p: p.read_bytes() for p in tmp_path.iterdir()}
     rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(out), "--report", report] + BACKEND, capsys)
-    assert rc == 1 and err.startswith(f"natt {cmd}: --report {report}: is the ") and err.count("\n") == 1
+    assert rc == 2 and f"\nnatt {cmd}: error: --report {report}: is the " in err and err.startswith("usage: ")
     assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
@@ -415,7 +436,7 @@ def test_an_output_naming_the_key_file_is_refused_before_the_run(cmd, scenario, 
     monkeypatch.setattr(natt.Offload, cmd, lambda *a, **k: pytest.fail("ran before checking -o"))
     before = keyfile.read_bytes()
     rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(keyfile)] + BACKEND, capsys)
-    assert rc == 1 and err.startswith(f"natt {cmd}: -o {keyfile}: is the key file (-k)") and err.count("\n") == 1
+    assert rc == 2 and f"\nnatt {cmd}: error: -o {keyfile}: is the key file (-k)" in err and err.startswith("usage: ")
     assert keyfile.read_bytes() == before
 
 
@@ -427,7 +448,7 @@ def test_dask_refuses_a_report_naming_an_input(scenario, tmp_path, capsys, monke
     other.write_bytes(cap.read_bytes())
     rc, _, err = run(["decap", str(cap), str(other), "-k", str(keyfile), "-o", str(tmp_path / "out"), "--workers",
                       "1", "--report", str(other)] + BACKEND, capsys)
-    assert rc == 1 and err.startswith(f"natt decap: --report {other}: is the input capture")
+    assert rc == 2 and f"\nnatt decap: error: --report {other}: is the input capture" in err
     assert other.read_bytes() == cap.read_bytes()
 
 
@@ -452,7 +473,7 @@ def test_dask_refuses_an_output_that_is_a_file_before_starting_a_cluster(output,
         out.write_bytes(b"not a directory")
     rc, _, err = run(["decap", str(cap), str(other), "-k", str(keyfile), "-o", str(out), "--workers", "1"] + BACKEND,
                      capsys)
-    assert rc == 1 and err.startswith(f"natt decap: -o {out}: not a directory") and err.count("\n") == 1
+    assert rc == 2 and f"\nnatt decap: error: -o {out}: not a directory" in err and err.startswith("usage: ")
     if output == "file":
         assert out.read_bytes() == b"not a directory"
     else:
