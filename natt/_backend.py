@@ -97,7 +97,10 @@ class Backend(Protocol):
     except that ``decap``/``encap`` may run concurrently with each other and with control
     calls; a backend must make that safe (docs/semantics.md, "Concurrency")."""
 
-    name: str
+    # Read-only: a backend names itself with a class attribute (``name = "fast"``).
+    @property
+    def name(self) -> str:
+        """The backend's name, as ``natt.backends()`` lists it."""
 
     def add_entry(self, handle: int, encap_type: UdpEncapType, port: int) -> None:
         """Install parser entry ``handle``: packets to UDP ``port`` are parsed with ``encap_type``."""

@@ -803,7 +803,7 @@ class Config:
 
     @classmethod
     def quick(cls, **kw: Any) -> "Config":
-        base = dict(batch=10_000, many_sas=10_000, reps=3, sizes=(64, 1400), scapy_packets=200,
+        base: dict[str, Any] = dict(batch=10_000, many_sas=10_000, reps=3, sizes=(64, 1400), scapy_packets=200,
                     single_calls=5_000)
         base.update(kw)
         return cls(**base)
@@ -930,18 +930,25 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
             variants.append(_c_variant(f"gcm.evp_t{th}.{size}", f"bare EVP loop (C), {th} threads", wl, evp, th))
         buf = wl.esp.data.tobytes()
         offs, lens = wl.esp.offsets.tolist(), wl.esp.lengths.tolist()
+
+        def aesgcm_loop(_: Any, key: bytes = wl.keys[0], buf: bytes = buf, offs: list[int] = offs,
+                        lens: list[int] = lens) -> int:
+            return python_aesgcm_loop(gcm, key, buf, offs, lens)
+
         variants.append(_Variant(
             Timing(f"gcm.python.{size}", "Python loop over cryptography AESGCM", len(wl.esp), len(buf)),
-            lambda _, key=wl.keys[0], buf=buf, offs=offs, lens=lens: python_aesgcm_loop(gcm, key, buf, offs, lens),
-            None,
-            _expect(len(wl.esp), "AESGCM loop")))
+            aesgcm_loop, None, _expect(len(wl.esp), "AESGCM loop")))
         if scapy_packets:
             dec = _scapy_decryptor(wl)
             sub = [wl.esp[i] for i in range(min(scapy_packets, len(wl.esp)))]
+
+            def scapy_decrypt(_: Any, sub: list[bytes] = sub, dec: Callable[[list[bytes]], int] = dec) -> int:
+                return dec(sub)
+
             variants.append(_Variant(
                 Timing(f"gcm.scapy.{size}", f"scapy SecurityAssociation.decrypt ({len(sub)} pkts)",
                        len(sub), sum(map(len, sub))),
-                lambda _, sub=sub, dec=dec: dec(sub), None, _expect(len(sub), "scapy")))
+                scapy_decrypt, None, _expect(len(sub), "scapy")))
         _interleaved(variants, cfg.reps, log)
         for v in variants:
             timings[v.timing.key] = v.timing
@@ -974,11 +981,14 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
             variants.append(_c_variant(f"gcm.evp_1sa.{size}", "bare EVP loop (C), 1 SA", wl_one, evp))
             sas = evp.gcm_many(gcm, wl_many.keys)
             c_out = np.empty(wl_many.esp.data.size, dtype=np.uint8)
+
+            def evp_many(_: Any, sas: _EvpSas = sas, wl: Workload = wl_many, o: np.ndarray = c_out) -> int:
+                return sas.decrypt(wl.esp, wl.sa_index, o)
+
             variants.append(_Variant(
                 Timing(f"gcm.evp_many.{size}", f"bare EVP loop (C), {cfg.many_sas} SAs", len(wl_many.esp),
                        int(wl_many.esp.lengths.sum())),
-                lambda _, sas=sas, wl=wl_many, o=c_out: sas.decrypt(wl.esp, wl.sa_index, o), None,
-                _expect(len(wl_many.esp), "many-SA EVP loop")))
+                evp_many, None, _expect(len(wl_many.esp), "many-SA EVP loop")))
         try:
             _interleaved(variants, cfg.reps, log)
         finally:

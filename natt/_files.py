@@ -9,9 +9,10 @@ its temporary files itself, so that a re-run task overwrites its own.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
-from typing import BinaryIO, Optional
+from typing import Optional
 
 
 class Replacement:
@@ -33,13 +34,13 @@ class Replacement:
         try:
             if mode is not None:
                 os.fchmod(fd, mode)
-            self._file: BinaryIO = open(fd, "wb")
+            self._file: io.BufferedWriter = open(fd, "wb")
         except BaseException:
             os.close(fd)
             os.unlink(self._tmp)
             raise
 
-    def __enter__(self) -> BinaryIO:
+    def __enter__(self) -> io.BufferedWriter:
         return self._file
 
     def __exit__(self, exc_type: object, *exc: object) -> None:

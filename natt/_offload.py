@@ -520,7 +520,7 @@ class Offload:
             if not isinstance(req, DeleteUdpEspSa):
                 return NdisStatus.INVALID_LENGTH, f"request: expected DeleteUdpEspSa, got {type(req).__name__}"
             h, eh = _as_int(req.offload_handle), _as_int(req.encap_type_entry_offld_handle)
-            cfg = self._sas.get(h)
+            cfg = None if h is None else self._sas.get(h)
             if cfg is None:
                 return NdisStatus.INVALID_PARAMETER, f"offload_handle: {req.offload_handle!r} names no SA"
             if eh is None:
@@ -612,8 +612,9 @@ class Offload:
             nat_oa_src=0 if nat_oa_src is None else nat_oa_src,
             nat_oa_dst=0 if nat_oa_dst is None else nat_oa_dst,
             replay_seq=replay_seq, replay_oseq=replay_oseq, replay_bitmap=replay_bitmap)
-        if mode == "tunnel":
-            req.src_tunnel_addr, req.dst_tunnel_addr = src, dst
+        if mode == "tunnel":      # both given (checked above)
+            req.src_tunnel_addr = 0 if src is None else src
+            req.dst_tunnel_addr = 0 if dst is None else dst
         else:
             req.src_addr = 0 if src is None else src
             req.dst_addr = 0 if dst is None else dst
@@ -673,7 +674,8 @@ class Offload:
             return list(self._sas)
 
     def _sa(self, handle: Any) -> SaConfig:
-        cfg = self._sas.get(_as_int(handle))
+        h = _as_int(handle)
+        cfg = None if h is None else self._sas.get(h)
         if cfg is None:
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {handle!r} names no SA")
         return cfg

@@ -107,7 +107,8 @@ class AddUdpEspSa:
     offload_handle: int = 0
     encap_type_entry: EncapTypeEntry = dataclasses.field(default_factory=EncapTypeEntry)
     encap_type_entry_offld_handle: int = 0
-    key_mat: bytes = dataclasses.field(default=b"", repr=False)
+    # bytes, bytearray or memoryview (e.g. a bytearray the caller wipes after the add): the add copies it.
+    key_mat: Union[bytes, bytearray, memoryview] = dataclasses.field(default=b"", repr=False)
     # Extensions beyond NDIS v1.
     replay_window: int = 64
     esn: bool = False

@@ -205,6 +205,7 @@ class _Sa:
         body = esp[8 + s.iv_len: len(esp) - s.icv_len]
         icv = esp[len(esp) - s.icv_len:]
         if s.cipher is Cipher.AES_GCM:
+            assert self._aes is not None
             d = _Cipher(self._aes, modes.GCM(self._nonce(iv), icv, min_tag_length=s.icv_len)).decryptor()
             d.authenticate_additional_data(self._aad(esp, seq_hi))
             plain = d.update(body)
@@ -215,6 +216,7 @@ class _Sa:
             return plain
         if s.cipher is Cipher.AES_GMAC:
             # RFC 4543 §3: nothing is encrypted; AAD runs from the SPI to the end of the trailer.
+            assert self._aes is not None
             d = _Cipher(self._aes, modes.GCM(self._nonce(iv), icv, min_tag_length=s.icv_len)).decryptor()
             d.authenticate_additional_data(self._aad(esp, seq_hi) + iv + body)
             try:
@@ -230,8 +232,9 @@ class _Sa:
                 return None
         if s.cipher is Cipher.AES_CBC or s.cipher is Cipher.TRIPLE_DES_CBC:
             algo = self._aes if s.cipher is Cipher.AES_CBC else self._des3
-            d = _Cipher(algo, modes.CBC(iv)).decryptor()
-            return d.update(body) + d.finalize()
+            assert algo is not None
+            dec = _Cipher(algo, modes.CBC(iv)).decryptor()
+            return dec.update(body) + dec.finalize()
         return body                                       # NULL (RFC 2410)
 
     def seal(self, spi_seql: bytes, seq: int, plain: bytes, seq_hi: bytes) -> bytes:
@@ -246,11 +249,13 @@ class _Sa:
             iv = b""
         aad = self._aad(spi_seql, seq_hi)
         if s.cipher is Cipher.AES_GCM:
+            assert self._aes is not None
             e = _Cipher(self._aes, modes.GCM(self._nonce(iv))).encryptor()
             e.authenticate_additional_data(aad)
             body = e.update(plain) + e.finalize()
             return spi_seql + iv + body + e.tag[: s.icv_len]   # a GCM tag truncates to a prefix
         if s.cipher is Cipher.AES_GMAC:
+            assert self._aes is not None
             e = _Cipher(self._aes, modes.GCM(self._nonce(iv))).encryptor()
             e.authenticate_additional_data(aad + iv + plain)
             e.finalize()
@@ -260,8 +265,9 @@ class _Sa:
             return spi_seql + iv + self._chacha.encrypt(self._nonce(iv), plain, aad)
         if s.cipher is Cipher.AES_CBC or s.cipher is Cipher.TRIPLE_DES_CBC:
             algo = self._aes if s.cipher is Cipher.AES_CBC else self._des3
-            e = _Cipher(algo, modes.CBC(iv)).encryptor()
-            body = e.update(plain) + e.finalize()
+            assert algo is not None
+            enc = _Cipher(algo, modes.CBC(iv)).encryptor()
+            body = enc.update(plain) + enc.finalize()
         else:
             body = plain
         covered = spi_seql + iv + body
@@ -376,6 +382,7 @@ class ReferenceBackend:
                 p = _segment(batch, i)
                 sa: Optional[_Sa] = None
                 found: list[_Sa] = []          # the SA of step 6, kept if a later step fails
+                output: Optional[bytes]
                 if p is None:
                     status, seq, nh, output = Status.ERROR, 0, 0, b""
                 else:

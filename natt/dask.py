@@ -80,7 +80,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, overload
 
 import numpy as np
 
@@ -154,7 +154,7 @@ def _walk_pcap(mm: mmap.mmap, size: int, chunk_size: int) -> tuple[list[bytes], 
     order = "<" if magic_le in _PCAP_MAGICS else ">"
     hdr_len = _PCAP_MAGICS[struct.unpack_from(order + "I", mm, 0)[0]]
     cap_at = struct.Struct(order + "I")
-    cuts: list[tuple[int, int, int]] = []
+    cuts: list[tuple[int, ...]] = []
     start = pos = 24
     while pos + hdr_len <= size:
         rec = hdr_len + cap_at.unpack_from(mm, pos + 8)[0]
@@ -626,8 +626,8 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, drop_p
     # The lanes' output buffers side by side; each frame's output is found by offset (a
     # PacketBatch need not be in order), so nothing is copied per packet.
     data = np.concatenate(datas) if datas else np.zeros(0, np.uint8)
-    base = np.cumsum([0] + [d.size for d in datas[:-1]]).astype(np.int64)
-    new_off = np.where(src >= 0, out_off + base[np.maximum(src, 0)], 0) if datas else out_off
+    lane_base = np.cumsum([0] + [d.size for d in datas[:-1]]).astype(np.int64)
+    new_off = np.where(src >= 0, out_off + lane_base[np.maximum(src, 0)], 0) if datas else out_off
 
     buf = io.BytesIO()
     if rs.fmt == "pcap":
@@ -733,6 +733,27 @@ def _progress_bar(progress: Optional[bool], total: int) -> Any:
                 disable=not show, file=sys.stderr, leave=False)
 
 
+@overload
+def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[keyfile.SaSpec]],
+                   out_dir: PathLike, client: Any = None, *, chunk_size: int = pcap.DEFAULT_CHUNK_SIZE,
+                   threads: Optional[int] = None, drop_undecrypted: bool = False,
+                   progress: Optional[bool] = None, backend: Optional[str] = None,
+                   lanes: Optional[int] = None, mode: str = "tunnel", return_statuses: Literal[False] = False
+                   ) -> CaptureStats: ...
+@overload
+def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[keyfile.SaSpec]],
+                   out_dir: PathLike, client: Any = None, *, chunk_size: int = pcap.DEFAULT_CHUNK_SIZE,
+                   threads: Optional[int] = None, drop_undecrypted: bool = False,
+                   progress: Optional[bool] = None, backend: Optional[str] = None,
+                   lanes: Optional[int] = None, mode: str = "tunnel", return_statuses: Literal[True]
+                   ) -> tuple[CaptureStats, list[np.ndarray]]: ...
+@overload
+def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[keyfile.SaSpec]],
+                   out_dir: PathLike, client: Any = None, *, chunk_size: int = pcap.DEFAULT_CHUNK_SIZE,
+                   threads: Optional[int] = None, drop_undecrypted: bool = False,
+                   progress: Optional[bool] = None, backend: Optional[str] = None,
+                   lanes: Optional[int] = None, mode: str = "tunnel", return_statuses: bool = False
+                   ) -> Union[CaptureStats, tuple[CaptureStats, list[np.ndarray]]]: ...
 def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[keyfile.SaSpec]],
                    out_dir: PathLike, client: Any = None, *, chunk_size: int = pcap.DEFAULT_CHUNK_SIZE,
                    threads: Optional[int] = None, drop_undecrypted: bool = False,
@@ -780,9 +801,9 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     with Offload(backend=backend, max_sas=len(specs)) as probe:
         keyfile.install(probe, specs, direction="in")
     drop_ports = frozenset(s.port for s in specs) if drop_undecrypted else None
-    paths = [os.fspath(p) for p in paths]
+    files = [os.fspath(p) for p in paths]
     out_dir = os.fspath(out_dir)
-    outputs = _outputs(paths, out_dir)
+    outputs = _outputs(files, out_dir)
 
     own_cluster = None
     if client is None:
@@ -809,7 +830,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
 
         # Stage 1: cut the captures into ranges (on the workers: they see the files).
         scan = [client.submit(_scan, i, p, o, chunk_size, key=(f"natt-scan-{job}", i), pure=False)
-                for i, (p, o) in enumerate(zip(paths, outputs))]
+                for i, (p, o) in enumerate(zip(files, outputs))]
         plans: list[_FilePlan] = client.gather(scan)
         del scan
         sa_future = client.scatter(_SaSet(specs), hash=False)

@@ -115,13 +115,15 @@ class KeyFileError(ValueError):
 class SaSpec:
     """One SA as a key file describes it (see the module docstring for each field).
 
-    ``key`` is excluded from ``repr`` (and there is no ``str`` that shows it).
+    ``key`` is excluded from ``repr`` (and there is no ``str`` that shows it); the readers give
+    ``bytes``, and a spec made in code may hold a ``bytearray`` its owner wipes after use (not a
+    memoryview: :mod:`natt.dask` pickles the specs).
     ``direction`` is ``None`` for SAs read from a Wireshark table, which has no direction.
     """
 
     spi: int
     suite: str
-    key: bytes = dataclasses.field(repr=False)
+    key: Union[bytes, bytearray] = dataclasses.field(repr=False)
     direction: Optional[str] = "in"
     mode: str = "tunnel"
     src: Optional[str] = None

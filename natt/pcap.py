@@ -51,12 +51,13 @@ from __future__ import annotations
 import array
 import dataclasses
 import functools
+import io
 import os
 import struct
 import sys
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from typing import BinaryIO, Optional, Union
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO, Literal, Optional, Union
 
 import numpy as np
 
@@ -258,7 +259,7 @@ def _make_batch(buf: np.ndarray, foff: np.ndarray, caplen: np.ndarray, ipv4: np.
 def _u32_views(buf: np.ndarray) -> list[memoryview]:
     """Four native-order uint32 views of ``buf`` at byte offsets 0..3, so that the 32-bit value
     at any offset ``q`` is ``views[q & 3][q >> 2]`` (a fast memoryview index, no copy)."""
-    mv = memoryview(buf)
+    mv = buf.data             # = memoryview(buf)
     out = []
     for k in range(4):
         m = max((buf.size - k) // 4, 0)
@@ -268,9 +269,10 @@ def _u32_views(buf: np.ndarray) -> list[memoryview]:
 
 # The record walk in C when the compiled core provides it (same contract as _walk below);
 # the Python walk is the fallback and the reference for its tests.
+_c_walk: Optional[Callable[[np.ndarray, int, int, int, int, bool, bool], tuple[np.ndarray, int]]]
 try:
-    from ._fastpath import pcap_walk as _c_walk  # type: ignore[attr-defined]
-except ImportError:
+    from ._fastpath import pcap_walk as _c_walk
+except ImportError:  # pragma: no cover - installs without the extension
     _c_walk = None
 
 
@@ -308,7 +310,7 @@ def _walk(buf: np.ndarray, start: int, len_at: int, base: int, min_len: int, swa
     big = swap != (sys.byteorder == "big")
     dt = np.dtype(">u4" if big else "<u4")
     cols = np.arange(4)
-    order = "big" if sys.byteorder == "little" else "little"
+    order: Literal["big", "little"] = "big" if sys.byteorder == "little" else "little"
     while p + need <= end:
         q = p + len_at
         v = views[q & 3][q >> 2]
@@ -446,6 +448,17 @@ def check_chunk_size(chunk_size: int) -> None:
                          f"got {chunk_size!r}")
 
 
+def _readinto(f: BinaryIO, view: memoryview) -> int:
+    """Read up to ``len(view)`` octets of ``f`` into ``view``; 0 at the end of the file. Through
+    ``readinto`` when ``f`` is an ``io`` binary stream, else ``read``: ``BinaryIO`` promises no
+    ``readinto`` (``tempfile.SpooledTemporaryFile`` has none before Python 3.11)."""
+    if isinstance(f, (io.RawIOBase, io.BufferedIOBase)):
+        return f.readinto(view) or 0
+    data = f.read(len(view))
+    view[: len(data)] = data
+    return len(data)
+
+
 class PcapReader:
     """Iterate over a pcap or pcapng capture as :class:`Chunk` objects.
 
@@ -510,10 +523,10 @@ class PcapReader:
             tail = self._buf.size
             new = np.empty(tail + need, np.uint8)
             new[:tail] = self._buf
-            view = memoryview(new)[tail:]
+            view = new.data[tail:]
             got = 0
             while got < need:
-                n = self._file.readinto(view[got:])
+                n = _readinto(self._file, view[got:])
                 if not n:
                     self._eof = True
                     break
@@ -771,6 +784,8 @@ class PcapReader:
                 chunk = self._pcapng_chunk(buf, off[:end], hdr[:end], big, n_before)
                 break
             except PcapError as e:
+                if e.offset is None:    # not about one block (none of the checks raises such)
+                    raise
                 # Each check refuses the first packet it finds at fault, but a later check may
                 # refuse an earlier packet: parse again the blocks before the one holding the
                 # error's offset, until every check passes. The error kept is then the earliest
@@ -1083,7 +1098,7 @@ class PcapWriter:
             if n and (int(ts_ns.min()) < 0 or int(ts_ns.max()) >= 2**32 * 1_000_000_000):
                 bad = int(ts_ns.min()) if int(ts_ns.min()) < 0 else int(ts_ns.max())
                 raise ValueError(f"ts_ns: {bad} ns cannot be written to pcap (0 .. 2**32 s)")
-            dt = np.dtype([("sec", "u4"), ("frac", "u4"), ("cap", "u4"), ("orig", "u4")]).newbyteorder(self.byteorder)
+            dt = np.dtype([("sec", "u4"), ("frac", "u4"), ("cap", "u4"), ("orig", "u4")]).newbyteorder(">" if self.byteorder == ">" else "<")
             h = np.empty(n, dt)
             sec, rem = np.divmod(ts_ns, 1_000_000_000)
             h["sec"] = sec
@@ -1176,7 +1191,7 @@ class PcapWriter:
             parts.append((datagrams.data, datagrams.offsets[idx], dlen))
             if self.fcs_len:
                 parts.append((self._fcs(chunk, datagrams, idx, rep), np.arange(idx.size) * self.fcs_len, fcs))
-        self._file.write(self._records(hdrs, caplen, parts))
+        self._file.write(self._records(hdrs, caplen, parts).data)
         self.frames_written += idx.size
         return int(idx.size)
 
@@ -1186,9 +1201,10 @@ class PcapWriter:
         lost the one it was read with. A 4-octet FCS is the CRC-32 of IEEE 802.3 §3.2.9 (Ethernet,
         802.11 and 32-bit HDLC FCS alike), least significant octet first; other lengths, whose CRC
         depends on the link, are zeros."""
-        out = np.zeros((idx.size, self.fcs_len), np.uint8)
-        if self.fcs_len == 4:
-            frames, data = memoryview(chunk.buffer), memoryview(datagrams.data)
+        fcs_len = self.fcs_len or 0      # called only when the header declares an FCS
+        out = np.zeros((idx.size, fcs_len), np.uint8)
+        if fcs_len == 4:
+            frames, data = chunk.buffer.data, datagrams.data.data
             sel = np.nonzero(rep)[0]
             crcs = []
             for i in idx[sel].tolist():
@@ -1225,7 +1241,7 @@ class PcapWriter:
         if self.fmt == "pcapng" and not self._declared:
             self._declare(Interface(self.linktype))
         data = np.frombuffer(b"".join(frames), np.uint8)
-        self._file.write(self._records(hdrs, caplen, [(data, np.cumsum(caplen) - caplen, caplen)]))
+        self._file.write(self._records(hdrs, caplen, [(data, np.cumsum(caplen) - caplen, caplen)]).data)
         self.frames_written += n
         return n
 

@@ -310,7 +310,7 @@ def iter_inner_traffic(seed: int, n: int, *, src: Address = "10.1.0.2", dst: Add
 # ESP by hand (RFC 4303 §2), independent of natt's data paths
 # --------------------------------------------------------------------------------------------------
 
-_HASHES = {Mac.HMAC_MD5_96: hashes.MD5, Mac.HMAC_SHA1_96: hashes.SHA1, Mac.HMAC_SHA256_128: hashes.SHA256,
+_HASHES: dict[Mac, type[hashes.HashAlgorithm]] = {Mac.HMAC_MD5_96: hashes.MD5, Mac.HMAC_SHA1_96: hashes.SHA1, Mac.HMAC_SHA256_128: hashes.SHA256,
            Mac.HMAC_SHA384_192: hashes.SHA384, Mac.HMAC_SHA512_256: hashes.SHA512}
 
 
@@ -336,12 +336,14 @@ class EspSealer:
 
     __slots__ = ("suite", "spi", "esn", "_enc", "_salt", "_auth", "_aead")
 
-    def __init__(self, suite: Union[Suite, str], key: bytes, spi: int, *, esn: bool = False) -> None:
+    def __init__(self, suite: Union[Suite, str], key: Union[bytes, bytearray, memoryview], spi: int, *,
+                 esn: bool = False) -> None:
         if isinstance(suite, str):
             suite, esn_kw = parse_suite(suite)
             esn = esn or esn_kw
-        if len(key) != suite.key_len:
-            raise ValueError(f"key: {suite.name} needs {suite.key_len} octets, got {len(key)}")
+        n = key.nbytes if isinstance(key, memoryview) else len(key)   # octets, as add_sa counts them
+        if n != suite.key_len:
+            raise ValueError(f"key: {suite.name} needs {suite.key_len} octets, got {n}")
         self.suite = suite
         self.spi = spi
         self.esn = esn
@@ -540,7 +542,7 @@ class SaPair:
 
 def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16", mode: str = "tunnel",
                  framing: UdpEncapType = UdpEncapType.OTHER, esn: bool = False, spi: int = 0x1001,
-                 key: Optional[bytes] = None, seed: int = 0, src: Optional[str] = "198.51.100.2",
+                 key: Union[bytes, bytearray, memoryview, None] = None, seed: int = 0, src: Optional[str] = "198.51.100.2",
                  dst: Optional[str] = "203.0.113.5", port: Optional[int] = None, replay_window: int = 64,
                  replay_seq: int = 0, replay_oseq: int = 0) -> SaPair:
     """Install a matched outbound/inbound SA pair and return it.
@@ -692,8 +694,9 @@ class SaSpec:
             key_mat=self.key, replay_window=self.replay_window, esn=self.esn, icv_len=s.icv_len,
             encap_src_port=self.port, encap_dst_port=self.port,
             replay_seq=self.replay_seq if inbound else 0, replay_oseq=0 if inbound else replay_oseq)
-        if self.tunnel:
-            req.src_tunnel_addr, req.dst_tunnel_addr = self.src, self.dst
+        if self.tunnel:           # a tunnel SA has both end points
+            req.src_tunnel_addr = 0 if self.src is None else self.src
+            req.dst_tunnel_addr = 0 if self.dst is None else self.dst
         else:
             req.dst_addr = self.dst or 0
             req.dst_mask = self.dst_mask if self.dst else 0
