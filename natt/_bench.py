@@ -1224,7 +1224,7 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
         "Time natt's decap and encap against a bare C loop of the same EVP calls (compiled at run\n"
         "time with cc), a Python loop over cryptography's AESGCM and scapy, on the same packets in\n"
         "one process, and print each ratio beside its target (BENCHMARKS.md explains the variants).\n"
-        "A full run takes about five minutes; keep the machine otherwise idle: the ratios are only\n"
+        "A full run takes 5 to 8 minutes; keep the machine otherwise idle: the ratios are only\n"
         "as steady as the CPU time the run gets."),
         epilog="examples:\n"
                "  natt bench --quick                      # smaller batches: about half a minute\n"

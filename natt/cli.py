@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import stat
 import sys
 import time
@@ -366,11 +367,17 @@ def _cmd_decap(args: argparse.Namespace) -> int:
         nic, handles, labels, reader, writer, threads=args.threads,
         drop_undecrypted=args.drop_undecrypted, bar=bar))
     _finish(args, stats, sys.stderr if to_stdout else sys.stdout)
-    if stats.counts[:, Status.PROTOCOL].sum() and args.mode == "tunnel":
+    # Only a tunnel SA can give PROTOCOL; the hint goes once the key file says transport.
+    if any(stats.counts[k, Status.PROTOCOL] and s.mode == "tunnel" for k, s in enumerate(specs)):
         print("hint: PROTOCOL means a tunnel-mode SA decrypted something that is not an IP packet: "
-              "a transport-mode SA (try --mode transport), or a wrong encryption key under a right "
+              f"a transport-mode SA ({_TRANSPORT_HOW}), or a wrong encryption key under a right "
               "integrity key", file=sys.stderr)
     return 0
+
+
+# How to say an SA is transport mode: an esp_sa table does not record it, a JSON SA does
+# (and --mode does not override it).
+_TRANSPORT_HOW = '--mode transport for an esp_sa table, "mode": "transport" in a JSON key file'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -565,7 +572,10 @@ def _demo_specs(seed: int) -> list[keyfile.SaSpec]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import traffic
-    os.makedirs(args.out_dir, exist_ok=True)
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"--out-dir {args.out_dir}: cannot make the directory: {e.strerror or e}") from None
     specs = _demo_specs(args.seed)
     tx = _offload(args, len(specs))
     handles = _install(tx, specs, "out")
@@ -612,13 +622,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"decap: {n} packets in {stats.crypto_seconds:.3f} s ({n / stats.crypto_seconds:,.0f} packets/s, "
               f"{octets * 8 / stats.crypto_seconds / 1e6:,.1f} Mbit/s of inner packets; "
               f"backend {rx.backend})")
-    print(f"wrote {pcap_path}, {out_path},\n      {os.path.join(args.out_dir, 'demo.esp_sa')} "
-          f"(Wireshark: copy to ~/.config/wireshark/esp_sa, or use the command below),\n"
-          f"      {os.path.join(args.out_dir, 'demo-keys.json')} (natt decap -k)")
     esp_sa = os.path.join(args.out_dir, "demo.esp_sa")
-    print(f"try:  tshark -o esp.enable_encryption_decode:TRUE -o esp.enable_authentication_check:TRUE "
-          f"-o \"uat:esp_sa:$(grep -v '^#' {esp_sa} | head -1)\" -r {pcap_path}")
-    print(f"      natt decap {pcap_path} -k {esp_sa} -o clear.pcap")
+    print(f"wrote {pcap_path}, {out_path},\n      {esp_sa} "
+          f"(Wireshark: copy to ~/.config/wireshark/esp_sa, or use the commands below),\n"
+          f"      {os.path.join(args.out_dir, 'demo-keys.json')} (natt decap -k)")
+    # Pasteable as printed: paths quoted for the shell; tshark reads every SA of the table from
+    # a profile directory (one -o uat:esp_sa option holds one SA).
+    q = shlex.quote
+    profile = os.path.join(os.path.abspath(args.out_dir), "tshark")
+    print(f"try:  mkdir -p {q(os.path.join(profile, 'wireshark'))} && "
+          f"cp {q(esp_sa)} {q(os.path.join(profile, 'wireshark', 'esp_sa'))}")
+    print(f"      XDG_CONFIG_HOME={q(profile)} tshark -o esp.enable_encryption_decode:TRUE "
+          f"-o esp.enable_authentication_check:TRUE -r {q(pcap_path)}")
+    print(f"      natt decap {q(pcap_path)} -k {q(esp_sa)} -o clear.pcap")
     ok = stats.counts[:, Status.OK].sum()
     if ok != len(frames):
         raise CliError(f"demo: only {ok} of {len(frames)} packets decapsulated: {stats.totals()}")
@@ -721,7 +737,7 @@ def explain_packet(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaS
         return stop(11, "next header 59: a dummy packet (RFC 4303 §2.6), verified and discarded")
     if st is Status.PROTOCOL:
         return stop(11, f"next header {nh} in a tunnel-mode SA (4 or 41 expected): "
-                        f"is this a transport-mode SA? (try --mode transport)")
+                        f"is this a transport-mode SA? ({_TRANSPORT_HOW})")
     if st is Status.OK:
         return stop(12, f"decapsulated: {int(res.lengths[0])} octets out")
     out.append(f"=> {st.name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import stat
 import struct
 import subprocess
@@ -157,6 +158,25 @@ def test_drop_undecrypted_keeps_frames_the_data_path_calls_malformed_before_it_s
     assert rc == 0, err
     got = pcap.read_frames(out)
     assert len(got) == 3 and [g[2] for g in got[1:]] == recs[1:3]   # the cut ESP and the bad ICV are left out
+
+
+def test_the_protocol_hint_names_what_sets_the_mode_and_stays_while_the_key_file_says_tunnel(tmp_path, capsys):
+    # Transport-mode traffic under a JSON SA that says tunnel: --mode does not apply to JSON SAs,
+    # so the hint must point at the key file and not go away with --mode transport.
+    key = os.urandom(20)
+    tx = natt.Offload(backend="reference")
+    (h,) = keys.install(tx, [keys.SaSpec(0x7001, "aes128gcm16", key, "out", "transport", "10.3.0.1", "10.3.0.2")])
+    cap = tmp_path / "transport.pcap"
+    pcap.write_datagrams(cap, list(tx.encap([traffic.udp_datagram("10.3.0.1", "10.3.0.2", 9, 9, 40)], h)))
+    tunnel_json = tmp_path / "k.json"
+    keys.save(tunnel_json, [keys.SaSpec(0x7001, "aes128gcm16", key, "in", "tunnel", "10.3.0.1", "10.3.0.2")])
+    for extra in ([], ["--mode", "transport"]):
+        rc, _, err = run(["decap", str(cap), "-k", str(tunnel_json), "-o", str(tmp_path / "o.pcap")] + extra + BACKEND,
+                         capsys)
+        assert rc == 0 and 'hint: PROTOCOL' in err and '"mode": "transport" in a JSON key file' in err
+    keys.save(tunnel_json, [keys.SaSpec(0x7001, "aes128gcm16", key, "in", "transport", "10.3.0.1", "10.3.0.2")])
+    rc, out, err = run(["decap", str(cap), "-k", str(tunnel_json), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    assert rc == 0 and "hint" not in err and "1 written" in out
 
 
 def test_decap_with_esp_sa_keys_and_pcapng_output_format(scenario, tmp_path, capsys):
@@ -622,6 +642,32 @@ def test_demo_makes_exactly_the_packets_asked_for(packets, tmp_path, capsys):
     # The first suites make one more; the capture interleaves the SAs round by round.
     assert spis == {7: [1, 2, 3, 4, 5, 1, 2], 3: [1, 2, 3]}[packets]
     assert len(pcap.read_frames(tmp_path / "demo-decap.pcap")) == packets
+
+
+def test_demo_follow_up_commands_run_as_printed(tmp_path, capsys):
+    """The tshark and natt commands demo prints paste into a shell, in a directory whose name
+    needs quoting, and tshark verifies the ICV of every SA's packets (not only the first SA's)."""
+    if not os.path.exists("/bin/sh") or not shutil.which("tshark"):
+        pytest.skip("needs /bin/sh and tshark")
+    out_dir = tmp_path / "demo out's"
+    rc, out, err = run(["demo", "--out-dir", str(out_dir), "--packets", "40"] + BACKEND, capsys)
+    assert rc == 0, err
+    lines = out[out.index("try:"):].replace("try:", "", 1).strip().splitlines()
+    setup, tshark_cmd, natt_cmd = (line.strip() for line in lines)
+    fields = " -T fields -e esp.spi -e esp.icv_good -e esp.icv_bad"
+    p = subprocess.run(["/bin/sh", "-c", f"{setup} && {tshark_cmd}{fields}"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    rows = [r.split("\t") for r in p.stdout.splitlines()]
+    assert len(rows) == 40 and not any(r[2] == "1" for r in rows)
+    verified = {int(r[0], 16) for r in rows if r[1] == "1"}
+    assert verified == {s.spi for s in keys.load(out_dir / "demo.esp_sa")}
+    natt_cmd = natt_cmd.replace("natt decap", f"{sys.executable} -m natt.cli decap", 1)
+    p = subprocess.run(["/bin/sh", "-c", natt_cmd], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert p.returncode == 0, p.stderr
+    assert [g[3] for g in pcap.read_frames(tmp_path / "clear.pcap")] == \
+        [g[3] for g in pcap.read_frames(out_dir / "demo-decap.pcap")]
 
 
 def test_explain_walks_to_the_deciding_step(scenario, capsys):
