@@ -986,8 +986,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except UsageError as e:
+        sub: argparse.ArgumentParser = args.parser
         try:
-            args.parser.error(str(e))
+            sub.error(str(e))
         except SystemExit as x:
             return int(x.code or 0)
     except CliError as e:

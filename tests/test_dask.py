@@ -499,7 +499,7 @@ def test_cli(client, capture_sets, tmp_path, capsys):
         _assert_same_capture(str(tmp_path / "ref" / name), str(tmp_path / "out" / name))
     assert (tmp_path / "r.json").exists()
     # Several captures without a cluster: a usage error, not a silent first-file-only run.
-    assert main(["decap", *paths, "-k", str(key_path), "-o", str(tmp_path / "x")]) == 1
+    assert main(["decap", *paths, "-k", str(key_path), "-o", str(tmp_path / "x")]) == 2
     assert "--dask" in capsys.readouterr().err
 
 

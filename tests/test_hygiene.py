@@ -588,3 +588,72 @@ def test_add_delete_sas_leaves_no_python_objects(backend):
     # 4 000 SAs went through: one surviving object per SA would count 4 000 blocks. Table
     # capacity (dicts and sets do not shrink) is a handful of large blocks, not thousands.
     assert sum(d.count_diff for d in grown) < 500, "\n".join(map(str, grown[:5]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Type hints: natt ships py.typed, so what it declares is what a type-checked caller is held to.
+
+# Key buffers a caller can wipe after the add (a bytearray), or hand over without a copy (a
+# memoryview): what add_sa, AddUdpEspSa.key_mat, keys.SaSpec and EspSealer accept at run time.
+_TYPED_USER_CODE = '''\
+# mypy: disallow-untyped-calls, disallow-untyped-defs, warn-return-any
+import natt
+from natt.keys import SaSpec, dumps, install
+from natt.traffic import EspSealer, make_sa_pair
+
+
+def add_and_wipe(nic: natt.Offload) -> list[int]:
+    key = bytearray(20)
+    try:
+        return [nic.add_sa(0x1001, key, "aes128gcm16", "in", mode="transport"),
+                nic.add_sa(0x1002, memoryview(key), "aes128gcm16", "in", mode="transport")]
+    finally:
+        key[:] = bytes(len(key))
+
+
+def oid_request() -> natt.AddUdpEspSa:
+    sa = natt.OffloadSecurityAssociation(spi=0x1001, conf_algo=natt.AlgoInfo(natt.ConfAlgo.AES_GCM_128, 20))
+    return natt.AddUdpEspSa(sec_assoc=[sa], key_mat=bytearray(20))
+
+
+def from_code(nic: natt.Offload) -> tuple[list[int], str]:
+    specs = [SaSpec(spi=0x1001, suite="aes128gcm16", key=bytearray(20), mode="transport")]
+    return install(nic, specs), dumps(specs)
+
+
+def forged(nic: natt.Offload) -> bytes:
+    pair = make_sa_pair(nic, key=bytearray(20))
+    return EspSealer("aes128gcm16", memoryview(bytes(20)), 0x1001).seal(1, b"", 59) + pair.key
+
+
+def name(nic: natt.Offload) -> str:
+    return nic.backend
+'''
+
+# ... and what they refuse (a hex string is not a key): natt's hints are really in force.
+_MISTYPED_USER_CODE = '''\
+import natt
+
+natt.AddUdpEspSa(key_mat="00" * 20)
+'''
+
+
+def test_mypy_finds_nothing_in_natt_and_typed_callers_may_pass_key_buffers(tmp_path):
+    """``mypy natt`` with pyproject.toml's [tool.mypy] reports nothing, and code typed against
+    natt's hints may pass a key as a bytearray or a memoryview wherever natt accepts one."""
+    api = pytest.importorskip("mypy.api", reason="mypy comes with the test extra: pip install '.[test]'")
+    config = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    package = Path(natt.__file__).parent          # the natt under test: the checkout or the installed copy
+    good, bad = tmp_path / "typed_user.py", tmp_path / "mistyped_user.py"
+    good.write_text(_TYPED_USER_CODE)
+    bad.write_text(_MISTYPED_USER_CODE)
+    args = ["--config-file", str(config), "--cache-dir", str(tmp_path / "cache"), "--no-error-summary",
+            "--show-error-codes", "--hide-error-context", "--no-pretty", "--no-color-output"]
+    out, err, status = api.run([*args, str(package), str(good)])
+    assert (status, out, err) == (0, "", ""), out + err
+    out, err, status = api.run([*args, str(package), str(bad)])
+    assert status == 1 and err == "", out + err
+    lines = out.splitlines()       # the file is named relative to the working directory when it can be
+    assert len(lines) == 1 and lines[0].endswith(
+        f'{bad.name}:3: error: Argument "key_mat" to "AddUdpEspSa" has incompatible type "str"; '
+        'expected "bytes | bytearray | memoryview[int]"  [arg-type]'), out
