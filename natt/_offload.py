@@ -9,13 +9,14 @@ layer (``add_sa``) share one code path: ``add_sa`` builds the OID request.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import ipaddress
 import logging
 import operator
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Optional, Union
 
 from ._backend import Backend, SaConfig
@@ -632,6 +633,30 @@ class Offload:
             self._remove_sa(cfg)
             if entry is not None and entry.refcount == 0:
                 self._remove_entry(entry.handle)
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[list[int]]:
+        """For callers that add several SAs as one (``keys.install``, ``traffic.make_sa_pair``):
+        they append each new SA's handle to the list this yields. If the block raises, those SAs
+        are deleted, and with them the parser entries they brought and no other, so the tables
+        are as they were: ``delete_sa`` would also take an entry that had no SA before the block
+        (an OID delete with entry handle 0 leaves one), which the caller did not add."""
+        with self._lock:
+            before = frozenset(self._entries)
+        added: list[int] = []
+        try:
+            yield added
+        except BaseException:
+            with self._lock:
+                for h in added:
+                    cfg = self._sas.get(h)
+                    if cfg is None:         # deleted in the block, or the Offload closed
+                        continue
+                    entry = self._entries.get(cfg.entry_handle) if cfg.inbound else None
+                    self._remove_sa(cfg)
+                    if entry is not None and entry.refcount == 0 and entry.handle not in before:
+                        self._remove_entry(entry.handle)
+            raise
 
     def sa_stats(self, handle: int) -> dict[str, Any]:
         """Counters and settings of one SA, like ``ip -s xfrm state`` (never any key)."""

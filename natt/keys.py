@@ -658,8 +658,7 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
     """
     if direction not in (None, "in", "out"):
         raise ValueError(f"direction: None, 'in' or 'out', got {direction!r}")
-    handles: list[int] = []
-    try:
+    with offload._all_or_nothing() as handles:
         for i, s in enumerate(specs):
             # A spec made in code skips the file readers' check, and add_sa's own message gives
             # the field's width (0..2**32-1), not the SPIs that are valid.
@@ -688,8 +687,4 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
             except Exception as e:   # OffloadError; its message names the field, never the key
                 raise KeyFileError(f"{_where(i, s.spi)}: {e}") from e
             handles.append(h)
-    except BaseException:
-        for h in handles:
-            offload.delete_sa(h)
-        raise
     return handles

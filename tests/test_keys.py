@@ -449,6 +449,31 @@ def test_install_is_all_or_nothing():
     assert nic.sa_handles() == []
 
 
+@pytest.mark.parametrize("backend", natt.backends())
+def test_a_refused_install_keeps_a_parser_entry_it_did_not_add(backend):
+    # An OID delete with entry handle 0 leaves UDP 4500's entry without SAs; an install that
+    # fails must leave it there (and its handle usable), and take away only what it added.
+    nic = natt.Offload(backend=backend)
+    req = natt.AddUdpEspSa(
+        dst_tunnel_addr="203.0.113.5", src_tunnel_addr="198.51.100.2", flags=natt.OFFLOAD_INBOUND_SA,
+        sec_assoc=[natt.OffloadSecurityAssociation(natt.Operation.ENCRYPT, 0x2002,
+                                                   conf_algo=natt.AlgoInfo(natt.ConfAlgo.AES_GCM_128, 20))],
+        encap_type_entry=natt.EncapTypeEntry(natt.UdpEncapType.OTHER, 4500), key_mat=bytes(20))
+    assert nic.set_oid(natt.OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req) == natt.NdisStatus.SUCCESS
+    delete = natt.DeleteUdpEspSa(req.offload_handle, 0)
+    assert nic.set_oid(natt.OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA, delete) == natt.NdisStatus.SUCCESS
+    keepalive = traffic.udp_encapsulate(b"\xff", "198.51.100.2", "203.0.113.5")
+    on_4501 = spec(spi=0x1003, port=4501)
+    with pytest.raises(keys.KeyFileError):
+        keys.install(nic, [spec(), on_4501, spec(spi=0x1002, replay_window=5)])
+    assert nic.sa_handles() == []
+    assert nic.decap([keepalive]).status.tolist() == [natt.Status.KEEPALIVE]
+    assert nic.query_oid(natt.OID_TCP_TASK_OFFLOAD).parser_entry_count == 1      # 4501's went
+    entry = req.encap_type_entry_offld_handle          # written back by the first add: reuse it
+    assert nic.set_oid(natt.OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req) == natt.NdisStatus.SUCCESS
+    assert req.encap_type_entry_offld_handle == entry
+
+
 def test_inbound_tunnel_sa_with_wildcard_source_is_installed():
     nic = natt.Offload(backend="reference")
     (h,) = keys.install(nic, [spec(src=None)], direction="in")
