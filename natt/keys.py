@@ -89,11 +89,12 @@ Keys never appear in a ``repr``, ``str`` or exception message of this module.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 from ._constants import UdpEncapType
@@ -164,13 +165,13 @@ def _where(i: int, spi: Any = None) -> str:
     return f"SA #{i + 1}" + (f" (spi 0x{spi:08x})" if isinstance(spi, int) else "")
 
 
-def _spi(v: Any, where: str) -> int:
+def _spi(v: Any, where: str, show: Callable[[Any], str] = shown) -> int:
     try:
         spi = int(v, 0) if isinstance(v, str) else v
     except ValueError:
-        raise KeyFileError(f"{where}: spi: {shown(v)} is not a number") from None
+        raise KeyFileError(f"{where}: spi: {show(v)} is not a number") from None
     if isinstance(spi, bool) or not isinstance(spi, int) or not 0 < spi < 2**32:
-        raise KeyFileError(f"{where}: spi: must be 1 .. 2**32-1, got {shown(v)}")
+        raise KeyFileError(f"{where}: spi: must be 1 .. 2**32-1, got {show(v)}")
     return spi
 
 
@@ -190,13 +191,13 @@ def _key(v: Any, where: str, field: str = "key") -> bytes:
         raise KeyFileError(f"{where}: {field}: not a hex string ({len(h)} characters)") from None
 
 
-def _addr(v: Any, where: str, field: str) -> Optional[str]:
+def _addr(v: Any, where: str, field: str, show: Callable[[Any], str] = shown) -> Optional[str]:
     if v is None or v == "*" or v == "":
         return None
     try:
         return str(ipaddress.IPv4Address(v))
     except (ValueError, TypeError):
-        raise KeyFileError(f"{where}: {field}: {shown(v)} is not an IPv4 address") from None
+        raise KeyFileError(f"{where}: {field}: {show(v)} is not an IPv4 address") from None
 
 
 def _net(v: Any, where: str, field: str) -> Optional[str]:
@@ -235,7 +236,7 @@ def _spec_from_json(i: int, obj: Any) -> SaSpec:
         raise KeyFileError(f"{_where(i)}: expected an object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - _FIELDS)
     if unknown:
-        raise KeyFileError(f"{_where(i)}: unknown field(s) {', '.join(unknown)}")
+        raise KeyFileError(f"{_where(i)}: unknown field(s) {', '.join(map(shown, unknown))}")
     for req in ("spi", "suite", "key"):
         if req not in obj:
             raise KeyFileError(f"{_where(i, obj.get('spi'))}: missing field {req!r}")
@@ -414,6 +415,42 @@ def _uat_key(field: str, where: str, name: str) -> tuple[bytes, bool]:
     return bytes.fromhex("0" * (len(digits) % 2) + digits.decode()), False
 
 
+def _uat_shown(syntax: str) -> Callable[[Any], str]:
+    """How errors show an ``esp_sa`` field: the value when it has the field's own ``syntax`` or
+    is shorter than any ESP key (8 octets: DES), else only its length. Any text is a key in that
+    format (one without 0x), and a line whose fields have shifted puts one where a name or a
+    number belongs. What :func:`natt._redact.shown` hides stays hidden."""
+    pattern = re.compile(syntax)
+
+    def show(value: Any) -> str:
+        text = str(value)
+        if len(text) < 8 or pattern.fullmatch(text.strip()) or shown(value) != repr(value):
+            return shown(value)
+        return f"<{len(text)} characters, not shown: maybe a key from a shifted field>"
+    return show
+
+
+_SHOW_PROTOCOL = _uat_shown(r"[A-Za-z0-9*]{1,6}")                   # IPv4, IPv6, Any, *
+_SHOW_ADDRESS = _uat_shown(r"[0-9A-Fa-f.:*/]{1,43}")
+_SHOW_SPI = _uat_shown(r"(0[xX])?[0-9A-Fa-f]{1,16}")
+_SHOW_SN = _uat_shown(r"\d{1,3}(-?bits?)?")
+_SHOW_HIGH_BITS = _SHOW_SPI
+
+
+def _algorithm_shown(value: str, known: Iterable[str]) -> str:
+    """How an error shows an algorithm field natt does not know. The field is free text, and a
+    line whose fields have shifted puts a key there (a key without 0x is any text): the value is
+    shown when it looks like a Wireshark algorithm name (they end in ``[RFC…]``, ``[draft…]`` or
+    ``[no checking]``) or is close to one natt knows (a typo, named with its correction), else
+    only its length."""
+    close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.6)
+    if close:
+        return f"{shown(value)} (did you mean {close[0]!r}?)"
+    if value.rstrip().endswith("]"):
+        return shown(value)
+    return f"<{len(value)} characters, not shown: no algorithm name, maybe a key from a shifted field>"
+
+
 def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
     where = f"line {lineno}"
     if len(fields) < 8:
@@ -421,10 +458,10 @@ def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
                            f"High Bits), got {len(fields)}")
     proto, src, dst, spi_s, enc, auth = (_uat_text(fields[i]) for i in (0, 1, 2, 3, 4, 6))
     if proto != "IPv4":
-        raise KeyFileError(f"{where}: protocol {shown(proto)}: natt handles IPv4 SAs only")
+        raise KeyFileError(f"{where}: protocol {_SHOW_PROTOCOL(proto)}: natt handles IPv4 SAs only")
     if spi_s.strip() in ("*", ""):
         raise KeyFileError(f"{where}: SPI '*': natt needs the SPI of each SA")
-    spi = _spi(spi_s.strip(), where)
+    spi = _spi(spi_s.strip(), where, _SHOW_SPI)
     where = f"line {lineno} (spi 0x{spi:08x})"
     ekey, ekey_text = _uat_key(fields[5], where, "encryption key")
     akey, akey_text = _uat_key(fields[7], where, "authentication key")
@@ -433,11 +470,13 @@ def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
             if (ekey and ekey_text) or (akey and akey_text) else "")
     fam = WIRESHARK_ENC.get(enc) or _ENC_READ_ALIASES.get(enc)
     if fam is None:
-        raise KeyFileError(f"{where}: encryption algorithm {shown(enc)} is not one natt implements "
+        raise KeyFileError(f"{where}: encryption algorithm {_algorithm_shown(enc, WIRESHARK_ENC)} is not one "
+                           f"natt implements "
                            f"(natt knows: {', '.join(WIRESHARK_ENC)})")
     if auth not in WIRESHARK_AUTH:
         why = " (natt always verifies the ICV, so it needs the real algorithm and key)" if auth.startswith("ANY ") else ""
-        raise KeyFileError(f"{where}: authentication algorithm {shown(auth)} is not one natt implements{why}")
+        raise KeyFileError(f"{where}: authentication algorithm {_algorithm_shown(auth, WIRESHARK_AUTH)} is not "
+                           f"one natt implements{why}")
     mac = WIRESHARK_AUTH[auth]
     aead = fam.startswith("gcm") or fam == "chacha20poly1305"
     if aead:
@@ -472,26 +511,26 @@ def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
     # (RFC 4303 Appendix A) and encap sends from high << 32 on; see the module docstring.
     seq = (high << 32) - 1 if esn and high else 0
     return SaSpec(spi=spi, suite=s.name, key=key, direction=None, mode=mode,
-                  src=_addr(src, where, "source"), dst=_addr(dst, where, "destination"),
+                  src=_addr(src, where, "source", _SHOW_ADDRESS), dst=_addr(dst, where, "destination", _SHOW_ADDRESS),
                   esn=esn, replay_seq=seq, replay_oseq=seq)
 
 
 def _esp_sa_esn(fields: list[str], where: str) -> tuple[bool, int]:
     """``(esn, high bits)`` from newer Wireshark's ``SN`` and ``ESN High Bits`` fields (9, 10);
     ``(False, 0)`` for an 8-field line. The values are names or numbers, never keys, but a
-    misplaced key could sit here: messages show them through :func:`natt._redact.shown`."""
+    misplaced key could sit here: messages show them only when they look like what belongs."""
     if len(fields) < 9:
         return False, 0
     sn = _uat_text(fields[8])
     if sn not in _SN_LENGTHS:
-        raise KeyFileError(f"{where}: column 9 (SN, sequence number length): {shown(sn)} is neither "
+        raise KeyFileError(f"{where}: column 9 (SN, sequence number length): {_SHOW_SN(sn)} is neither "
                            f"'32-bit' nor '64-bit' (Wireshark refuses the line too)")
     high = 0
     text = _uat_text(fields[9]) if len(fields) > 9 else ""
     if text:
         m = _UAT_HEX32.fullmatch(text)
         if m is None or int(m.group(1), 16) > 0xFFFFFFFF:
-            raise KeyFileError(f"{where}: column 10 (ESN High Bits): {shown(text)} is not a hexadecimal "
+            raise KeyFileError(f"{where}: column 10 (ESN High Bits): {_SHOW_HIGH_BITS(text)} is not a hexadecimal "
                                f"number 0 .. ffffffff (Wireshark refuses the line too)")
         high = int(m.group(1), 16)
     return _SN_LENGTHS[sn], high

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -245,6 +246,35 @@ def test_esp_sa_errors_name_the_line_never_the_key(line, message):
         keys.loads("# header\n" + _fill(line))
     assert "line 2" in str(ei.value)
     assert bytes(range(16)).hex() not in str(ei.value)
+
+
+def test_esp_sa_text_keys_in_the_wrong_field_are_never_shown():
+    # Keys without 0x are text, any text: a line with fields swapped or shifted puts one where a
+    # name or number belongs, and the error about that field must not print it. Every order of
+    # the eight fields, and every field left out (the rest shifted left).
+    enc_key, auth_key = "S3cr3tPassw0rd!!", "An0therS3cretKey1234"
+    good = ["IPv4", "1.2.3.4", "5.6.7.8", "0x00001001", "AES-CBC [RFC3602]", enc_key, "HMAC-SHA-1-96 [RFC2404]",
+            auth_key]
+    lines = [[good[i] for i in order] for order in itertools.permutations(range(8))]
+    lines += [good[:i] + good[i + 1:] + [""] for i in range(8)]
+    refused = 0
+    for fields in lines:
+        try:
+            keys.from_esp_sa(",".join(f'"{f}"' for f in fields))
+        except keys.KeyFileError as e:
+            refused += 1
+            assert enc_key not in str(e) and auth_key not in str(e), str(e)
+    assert refused > 40000
+    # A misspelt algorithm is still named, with what was meant.
+    misspelt = ",".join(f'"{f}"' for f in good).replace("HMAC-SHA-1-96 [RFC2404]", "HMAC-SHA1-96 [RFC2404]")
+    with pytest.raises(keys.KeyFileError, match=r"'HMAC-SHA1-96 \[RFC2404\]' \(did you mean 'HMAC-SHA-1-96"):
+        keys.from_esp_sa(misspelt)
+
+
+def test_json_unknown_field_names_are_not_shown_when_they_could_be_keys():
+    with pytest.raises(keys.KeyFileError, match=r"unknown field\(s\) <40 hex digits, not shown") as ei:
+        keys.loads('[{"spi": 1, "suite": "aes128gcm16", "key": "00", "%s": 1}]' % bytes(range(20)).hex())
+    assert bytes(range(20)).hex() not in str(ei.value)
 
 
 def test_esp_sa_exact_duplicates_are_dropped_conflicts_kept():
