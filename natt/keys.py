@@ -231,9 +231,31 @@ def _int(v: Any, where: str, field: str) -> int:
 _FIELDS = {f.name for f in dataclasses.fields(SaSpec)}
 
 
+class _JsonObject(dict[str, Any]):
+    """A JSON object that remembers the names it held more than once: json keeps the last value,
+    so ``"replay_window": 0, "replay_window": 64`` would silently be 64."""
+
+    repeated: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, Any]]) -> "_JsonObject":
+        obj = cls(pairs)
+        if len(obj) != len(pairs):
+            names = [k for k, _ in pairs]
+            obj.repeated = tuple(sorted({k for k in names if names.count(k) > 1}))
+        return obj
+
+
+def _refuse_repeats(obj: Any, where: str) -> None:
+    repeated = getattr(obj, "repeated", ())
+    if repeated:
+        raise KeyFileError(f"{where}: field(s) {', '.join(map(shown, repeated))} given more than once")
+
+
 def _spec_from_json(i: int, obj: Any) -> SaSpec:
     if not isinstance(obj, dict):
         raise KeyFileError(f"{_where(i)}: expected an object, got {type(obj).__name__}")
+    _refuse_repeats(obj, _where(i))
     unknown = sorted(set(obj) - _FIELDS)
     if unknown:
         raise KeyFileError(f"{_where(i)}: unknown field(s) {', '.join(map(shown, unknown))}")
@@ -267,6 +289,8 @@ def _spec_from_json(i: int, obj: Any) -> SaSpec:
         # Either one is a typo; picking the suffix would be the silent default keys.md rules out.
         raise KeyFileError(f"{w}: esn: false, but the suite is {suite.name}-esn (extended sequence "
                            f"numbers); make them agree")
+    if esn and obj["suite"].strip().lower().endswith("-noesn"):
+        raise KeyFileError(f"{w}: esn: true, but the suite is {suite.name}-noesn; make them agree")
     name = obj.get("name", "")
     if not isinstance(name, str):
         raise KeyFileError(f"{w}: name: expected a string")
@@ -619,13 +643,20 @@ def loads(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
     stripped = text.lstrip()
     if stripped[:1] in ("[", "{"):
         try:
-            doc = json.loads(text)
+            doc = json.loads(text, object_pairs_hook=_JsonObject.of)
         except json.JSONDecodeError as e:
             # The message carries position only; json's own text could quote the document.
             raise KeyFileError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except RecursionError:
+            raise KeyFileError("not a key file: JSON nested too deeply") from None
         if isinstance(doc, dict):
             if "sas" not in doc:
                 raise KeyFileError("a JSON key file is a list of SAs or an object with an 'sas' list")
+            _refuse_repeats(doc, "the key file")
+            other = sorted(set(doc) - {"sas"})
+            if other:
+                raise KeyFileError(f"unknown top-level field(s) {', '.join(map(shown, other))}: SA fields go "
+                                   f"in each SA of 'sas'")
             doc = doc["sas"]
         if not isinstance(doc, list):
             raise KeyFileError("a JSON key file is a list of SAs or an object with an 'sas' list")

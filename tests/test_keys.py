@@ -74,6 +74,25 @@ def test_explicit_esn_must_agree_with_the_suite_suffix():
     assert K20.hex() not in str(ei.value)
     assert keys.loads(json.dumps([dict(sa, esn=True)]))[0].esn
     assert keys.loads(json.dumps([dict(sa, suite="aes128gcm16", esn=True)]))[0].uses_esn
+    with pytest.raises(keys.KeyFileError, match=r"esn: true, but the suite is aes128gcm16-noesn"):
+        keys.loads(json.dumps([dict(sa, suite="aes128gcm16-noesn", esn=True)]))
+    assert not keys.loads(json.dumps([dict(sa, suite="aes128gcm16-noesn")]))[0].uses_esn
+
+
+@pytest.mark.parametrize("text, message", [
+    # json itself keeps the last of a repeated name: the first value would be silently ignored.
+    ('[{"spi": 1, "suite": "aes128gcm16", "key": "%s", "replay_window": 0, "replay_window": 64}]' % K20.hex(),
+     r"^SA #1: field\(s\) 'replay_window' given more than once$"),
+    ('[{"spi": 1, "suite": "aes128gcm16", "key": "%s", "key": "%s"}]' % (K16.hex(), K20.hex()),
+     r"^SA #1: field\(s\) 'key' given more than once$"),
+    ('{"sas": [], "sas": [{"spi": 1}]}', r"^the key file: field\(s\) 'sas' given more than once$"),
+    ('{"replay_windw": 0, "sas": []}', r"^unknown top-level field\(s\) 'replay_windw': SA fields go in each SA"),
+    ("[" * 100_000 + "]" * 100_000, r"^not a key file: JSON nested too deeply$"),
+], ids=["repeated-field", "repeated-key", "repeated-sas", "top-level-field", "deep"])
+def test_json_mistakes_json_itself_would_let_through(text, message):
+    with pytest.raises(keys.KeyFileError, match=message) as ei:
+        keys.loads(text)
+    assert K20.hex() not in str(ei.value) and K16.hex() not in str(ei.value)
 
 
 @pytest.mark.parametrize("sa,message", [
