@@ -561,7 +561,8 @@ class Offload:
 
     def add_sa(self, spi: int, key: Union[bytes, bytearray, memoryview], suite: str, direction: str = "in", *,
                mode: str = "tunnel", src: Optional[Address] = None, dst: Optional[Address] = None,
-               encap: UdpEncapType = UdpEncapType.OTHER, port: int = 4500, sport: int = 4500, dport: int = 4500,
+               encap: Union[UdpEncapType, str] = UdpEncapType.OTHER, port: int = 4500, sport: int = 4500,
+               dport: int = 4500,
                replay_window: int = 64, esn: bool = False, nat_oa_src: Optional[Address] = None,
                nat_oa_dst: Optional[Address] = None, replay_seq: int = 0, replay_oseq: int = 0,
                replay_bitmap: Optional[int] = None) -> int:
@@ -575,7 +576,8 @@ class Offload:
         hosts for ``mode="transport"`` (``dst`` then restricts which
         destination the inbound SA accepts). Inbound SAs use the parser entry
         (``encap``, ``port``), created on first use; outbound SAs write UDP
-        ports ``sport`` → ``dport`` and the framing ``encap``.
+        ports ``sport`` → ``dport`` and the framing ``encap``: a
+        :class:`UdpEncapType` or its name, ``"OTHER"`` (RFC 3948) or ``"IKE"``.
         ``replay_seq``/``replay_bitmap`` (inbound) start the anti-replay window
         from a state :meth:`replay_state` exported (docs/semantics.md §3).
         """
@@ -590,6 +592,12 @@ class Offload:
         if mode == "tunnel" and (src is None or dst is None):
             raise OffloadError(NdisStatus.INVALID_PARAMETER,
                                f"{'src' if src is None else 'dst'}: a tunnel SA needs both src and dst")
+        if isinstance(encap, str):      # as key files and the other Pythonic arguments take it
+            try:
+                encap = UdpEncapType[encap.strip().upper()]
+            except KeyError:
+                raise OffloadError(NdisStatus.NOT_SUPPORTED, f"encap: {shown(encap)} is neither 'OTHER' (RFC 3948) "
+                                   f"nor 'IKE' (non-IKE marker)") from None
         if not isinstance(key, (bytes, bytearray, memoryview)):
             raise OffloadError(NdisStatus.INVALID_DATA, f"key: expected bytes, got {type(key).__name__}")
         try:

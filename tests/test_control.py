@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import natt
+from natt import traffic
 from natt._backend import COUNTER_NAMES, SaConfig
 from natt._suites import parse_suite
 from _vectors import esp_vector, framing_fixtures, udp_wrap
@@ -812,6 +813,19 @@ def test_add_sa_suite_spellings(backend: str) -> None:
             h = nic.add_sa(0x1001, bytes(range(suite.key_len)), text, "out", mode="transport")
             s = nic.sa_stats(h)
             assert (s["suite"], s["esn"]) == (name, esn), text
+
+
+def test_add_sa_takes_the_framing_by_name(backend: str) -> None:
+    # Like direction and mode, and as key files spell it.
+    with natt.Offload(backend=backend) as nic:
+        keepalive_on_500 = traffic.udp_encapsulate(b"\xff", "198.51.100.2", "203.0.113.5", sport=500, dport=500)
+        ike = nic.add_sa(0x1001, bytes(20), "aes128gcm16", mode="transport", encap="IKE", port=500)
+        other = nic.add_sa(0x1002, bytes(20), "aes128gcm16", mode="transport", encap=" other ", port=4500)
+        assert nic.sa_stats(ike)["encap"] == "IKE" and nic.sa_stats(other)["encap"] == "OTHER"
+        assert decap_status(nic, keepalive_on_500) == [Status.KEEPALIVE]
+        with pytest.raises(natt.OffloadError, match=r"^encap: 'GRE' is neither 'OTHER' \(RFC 3948\) nor 'IKE'") as e:
+            nic.add_sa(0x1003, bytes(20), "aes128gcm16", mode="transport", encap="GRE")
+        assert e.value.status == natt.NdisStatus.NOT_SUPPORTED
 
 
 def test_delete_sa_removes_the_entry_with_its_last_sa(backend: str) -> None:
