@@ -8,8 +8,9 @@ because the caller keeps write access to the arrays).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator
-from typing import Any, Union
+from typing import Any, SupportsIndex, Union, overload
 
 import numpy as np
 
@@ -49,9 +50,22 @@ class _Segments:
     def __len__(self) -> int:
         return int(self.offsets.size)
 
-    def __getitem__(self, i: int) -> bytes:
-        o = int(self.offsets[i])
-        return self.data[o: o + int(self.lengths[i])].tobytes()
+    @overload
+    def __getitem__(self, i: SupportsIndex) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+
+    def __getitem__(self, i: Union[SupportsIndex, slice]) -> Union[bytes, list[bytes]]:
+        """Packet ``i`` as bytes (negative ``i`` counts from the end), or a list for a slice."""
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        try:
+            k = operator.index(i)
+        except TypeError:
+            raise TypeError(f"packet index: an integer or a slice, got {type(i).__name__}") from None
+        o = int(self.offsets[k])
+        return self.data[o: o + int(self.lengths[k])].tobytes()
 
     def __iter__(self) -> Iterator[bytes]:
         for i in range(len(self)):

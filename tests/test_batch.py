@@ -405,3 +405,18 @@ def test_compiled_segment_copy_equals_python_copy(segments, out_size, src_size):
             results.append(("error", str(e), out.tobytes()))
     assert _batch.copy_segments is not _batch._copy_segments_py
     assert results[0] == results[1]
+
+
+def test_batches_and_results_index_and_slice_like_lists():
+    packets = [b"ab", b"cde", b"", b"f"]
+    batch = PacketBatch.from_packets(packets)
+    assert [batch[i] for i in range(-4, 4)] == packets + packets
+    assert batch[np.int64(1)] == b"cde"
+    for s in (slice(None), slice(1, 3), slice(None, None, -1), slice(3, 0, -2), slice(9, 12)):
+        assert batch[s] == packets[s], s
+    with pytest.raises(IndexError):
+        batch[4]
+    with pytest.raises(TypeError, match="packet index: an integer or a slice, got str"):
+        batch["0"]
+    res = natt.Offload(backend="reference").decap(batch)      # not ESP: each packet comes back as it was
+    assert res[1:] == packets[1:] and res[-1] == b"f"
