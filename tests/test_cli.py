@@ -670,6 +670,24 @@ def test_demo_follow_up_commands_run_as_printed(tmp_path, capsys):
         [g[3] for g in pcap.read_frames(out_dir / "demo-decap.pcap")]
 
 
+def test_demo_seed_fixes_keys_and_packets_but_not_cbc_ivs(tmp_path, capsys):
+    runs = []
+    for name in ("a", "b"):
+        assert run(["demo", "--out-dir", str(tmp_path / name), "--packets", "20", "--seed", "7"] + BACKEND,
+                   capsys)[0] == 0
+        runs.append([g[3] for g in pcap.read_frames(tmp_path / name / "demo.pcap")])
+    assert (tmp_path / "a" / "demo-keys.json").read_bytes() == (tmp_path / "b" / "demo-keys.json").read_bytes()
+    specs = keys.load(tmp_path / "a" / "demo-keys.json")
+    suite_of = {s.spi: s.suite for s in specs}
+    same = {suite_of[int.from_bytes(x[28:32], "big")]: x == y for x, y in zip(*runs)}
+    assert same == {"aes128gcm16": True, "aes256gcm16": True, "aes128-sha1": False, "aes256-sha256": False,
+                    "3des-sha1": False}
+    rx = natt.Offload(backend="reference")
+    keys.install(rx, specs, direction="in")
+    assert rx.decap(runs[1]).status.tolist() == [natt.Status.OK] * 20
+    assert "RFC 3602" in run(["demo", "--help"], capsys)[1]
+
+
 def test_explain_walks_to_the_deciding_step(scenario, capsys):
     cap, keyfile, _, specs, frames = scenario
     good, bad = frames[0][14:], frames[12][14:]
