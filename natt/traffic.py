@@ -19,8 +19,22 @@ Three layers, each usable on its own:
   (from a small model of the decap rules that decides authentication by what was sealed, not by
   running crypto).
 
-Everything is deterministic for a given seed (random.Random; CBC IVs come from the same generator),
-so a failing differential or fuzzing case can be rebuilt from its seed alone.
+What a seed determines (each function draws from its own ``random.Random(seed)``):
+
+* :func:`inner_traffic` and :func:`mixed_traffic` return the same octets for the same arguments,
+  in any process. :func:`mixed_traffic` seals every packet itself with :class:`EspSealer` and
+  draws the CBC IVs from that same generator, so a failing differential or fuzzing case can be
+  rebuilt from its seed alone.
+* :func:`make_sa_pair`'s default key, and :func:`encapsulated_traffic`'s key and inner datagrams.
+  The packets of :func:`encapsulated_traffic` are natt's own encap output: byte for byte the same
+  for a seed with the suites whose IV is the sequence number (AES-GCM, AES-GMAC,
+  ChaCha20-Poly1305) or that have none (NULL encryption); a CBC suite (AES-CBC, 3DES) gets a
+  fresh unpredictable IV per packet from the system's random generator (``os.urandom`` on the
+  reference backend, OpenSSL's ``RAND_bytes`` on the fast one), as RFC 3602 §3 requires, so its
+  ciphertext and ICV differ run to run while the headers (outer IPv4 and UDP, SPI, sequence
+  number), lengths and decapsulated datagrams repeat.
+* :meth:`EspSealer.seal` and :func:`esp_in_udp` take no seed: a CBC IV is ``iv``, else drawn from
+  ``rng`` (deterministic when that is a seeded ``random.Random``), else from ``os.urandom``.
 """
 
 from __future__ import annotations
@@ -156,10 +170,11 @@ def _uint(name: str, value: int, bits: int) -> int:
     return value
 
 
-def _length(total: int) -> int:
-    """An IPv4 total length, IPv6 payload length or UDP length: at most 65535 (RFC 791, 8200, 768)."""
+def _length(total: int, name: str = "payload") -> int:
+    """An IPv4 total length, IPv6 payload length or UDP length: at most 65535 (RFC 791, 8200, 768);
+    else ValueError naming the parameter ``name`` whose size made it too long."""
     if total > 0xFFFF:
-        raise ValueError(f"payload: the datagram would be {total} octets, a length field holds at most 65535")
+        raise ValueError(f"{name}: the datagram would be {total} octets, a length field holds at most 65535")
     return total
 
 
@@ -168,14 +183,16 @@ def ipv4(src: Address, dst: Address, protocol: int, payload: bytes, *, tos: int 
     """An IPv4 datagram (RFC 791) with a correct header checksum.
 
     ``options`` must be a multiple of 4 octets (at most 40); ``ip_flags`` is the 3-bit flags field
-    (``IP_FLAG_DF``, ``IP_FLAG_MF``); ``frag_offset`` is in 8-octet units. The packet builders
+    (``IP_FLAG_DF``, ``IP_FLAG_MF``); ``frag_offset`` is in 8-octet units (13 bits). A value that
+    does not fit its header field raises ValueError naming the parameter. The packet builders
     below pass these keywords through (``**ip``).
     """
     if len(options) % 4 or len(options) > 40:
         raise ValueError("options: length must be a multiple of 4, at most 40 octets")
     ihl = 5 + len(options) // 4
     hdr = struct.pack("!BBHHHBBHII", 0x40 | ihl, _uint("tos", tos, 8), _length(ihl * 4 + len(payload)),
-                      ip_id & 0xFFFF, (ip_flags & 7) << 13 | (frag_offset & 0x1FFF), _uint("ttl", ttl, 8),
+                      _uint("ip_id", ip_id, 16), _uint("ip_flags", ip_flags, 3) << 13 | _uint("frag_offset", frag_offset, 13),
+                      _uint("ttl", ttl, 8),
                       _uint("protocol", protocol, 8), 0, _v4(src), _v4(dst))
     hdr += options
     return hdr[:10] + struct.pack("!H", internet_checksum(hdr)) + hdr[12:] + payload
@@ -184,8 +201,9 @@ def ipv4(src: Address, dst: Address, protocol: int, payload: bytes, *, tos: int 
 def ipv6(src: Union[int, str, ipaddress.IPv6Address], dst: Union[int, str, ipaddress.IPv6Address],
          next_header: int, payload: bytes, *, traffic_class: int = 0, flow_label: int = 0,
          hop_limit: int = 64) -> bytes:
-    """An IPv6 datagram (RFC 8200) with no extension headers."""
-    first = 6 << 28 | (traffic_class & 0xFF) << 20 | (flow_label & 0xFFFFF)
+    """An IPv6 datagram (RFC 8200) with no extension headers (``traffic_class``: 8 bits,
+    ``flow_label``: 20 bits)."""
+    first = 6 << 28 | _uint("traffic_class", traffic_class, 8) << 20 | _uint("flow_label", flow_label, 20)
     return (struct.pack("!IHBB", first, _length(len(payload)), _uint("next_header", next_header, 8),
                         _uint("hop_limit", hop_limit, 8)) + _v6(src) + _v6(dst) + payload)
 
@@ -208,7 +226,8 @@ def _l4_checksum(pseudo: bytes, segment: bytes, offset: int, *, udp: bool) -> by
 def icmp_echo(src: Address, dst: Address, *, ident: int = 1, seq: int = 1,
               payload: Union[bytes, int] = 56, reply: bool = False, **ip: Any) -> bytes:
     """An IPv4 ICMP echo request (or reply) as ``ping`` sends it (RFC 792)."""
-    body = struct.pack("!BBHHH", 0 if reply else 8, 0, 0, ident & 0xFFFF, seq & 0xFFFF) + _payload(payload)
+    body = struct.pack("!BBHHH", 0 if reply else 8, 0, 0, _uint("ident", ident, 16), _uint("seq", seq, 16))
+    body += _payload(payload)
     body = body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
     return ipv4(src, dst, PROTO_ICMP, body, **ip)
 
@@ -227,8 +246,8 @@ def tcp_segment(src: Address, dst: Address, sport: int, dport: int, payload: Uni
                 seq: int = 0, ack: int = 0, flags: int = 0x18, window: int = 65535, **ip: Any) -> bytes:
     """An IPv4 TCP segment (RFC 9293) without options; ``flags`` defaults to PSH|ACK."""
     data = _payload(payload)
-    seg = struct.pack("!HHIIBBHHH", _uint("sport", sport, 16), _uint("dport", dport, 16), seq & 0xFFFFFFFF,
-                      ack & 0xFFFFFFFF, 5 << 4, _uint("flags", flags, 8), _uint("window", window, 16), 0, 0) + data
+    seg = struct.pack("!HHIIBBHHH", _uint("sport", sport, 16), _uint("dport", dport, 16), _uint("seq", seq, 32),
+                      _uint("ack", ack, 32), 5 << 4, _uint("flags", flags, 8), _uint("window", window, 16), 0, 0) + data
     seg = _l4_checksum(_pseudo4(src, dst, PROTO_TCP, len(seg)), seg, 16, udp=False)
     return ipv4(src, dst, PROTO_TCP, seg, **ip)
 
@@ -236,7 +255,8 @@ def tcp_segment(src: Address, dst: Address, sport: int, dport: int, payload: Uni
 def icmp6_echo(src: Any, dst: Any, *, ident: int = 1, seq: int = 1, payload: Union[bytes, int] = 56,
                **ip6: Any) -> bytes:
     """An ICMPv6 echo request (RFC 4443) in an IPv6 datagram (for tunnel mode)."""
-    body = struct.pack("!BBHHH", 128, 0, 0, ident & 0xFFFF, seq & 0xFFFF) + _payload(payload)
+    body = struct.pack("!BBHHH", 128, 0, 0, _uint("ident", ident, 16), _uint("seq", seq, 16))
+    body += _payload(payload)
     body = _l4_checksum(_pseudo6(src, dst, PROTO_ICMPV6, len(body)), body, 2, udp=False)
     return ipv6(src, dst, PROTO_ICMPV6, body, **ip6)
 
@@ -331,7 +351,7 @@ class EspSealer:
 
     ``suite`` is a :class:`natt.Suite` or a strongSwan keyword (``"aes128gcm16"``; a ``-esn``
     suffix sets ``esn``). ``key`` is laid out as for ``Offload.add_sa``: encryption key, salt
-    (AEAD), integrity key.
+    (AEAD), integrity key. ``spi`` is 32 bits.
     """
 
     __slots__ = ("suite", "spi", "esn", "_enc", "_salt", "_auth", "_aead")
@@ -345,7 +365,7 @@ class EspSealer:
         if n != suite.key_len:
             raise ValueError(f"key: {suite.name} needs {suite.key_len} octets, got {n}")
         self.suite = suite
-        self.spi = spi
+        self.spi = _uint("spi", spi, 32)
         self.esn = esn
         k = bytes(key)
         self._enc = k[: suite.enc_key_len]
@@ -370,7 +390,8 @@ class EspSealer:
         (GCM, GMAC, ChaCha20-Poly1305, as natt's encap does, RFC 4106 §3.1) and to random octets
         from ``rng`` (or ``os.urandom``) for CBC. ``padding`` replaces the default padding and
         ``pad_len`` the value written in the pad length octet: both exist to build malformed
-        trailers that still carry a valid ICV.
+        trailers that still carry a valid ICV. With ``iv`` and ``rng`` left out, CBC output differs
+        on every call; with ``rng`` a seeded ``random.Random``, it is reproducible.
         """
         s = self.suite
         if not 0 <= seq < 1 << (64 if self.esn else 32):
@@ -381,7 +402,11 @@ class EspSealer:
         header = struct.pack("!II", self.spi, seql)
         if padding is None:
             padding = default_padding(len(payload), s.block_size)
-        trailer = padding + bytes((len(padding) if pad_len is None else pad_len, next_header))
+        if pad_len is None and len(padding) > 0xFF:
+            raise ValueError(f"padding: {len(padding)} octets; the pad length octet holds at most 255 "
+                             f"(pass pad_len to write another value)")
+        trailer = padding + bytes((len(padding) if pad_len is None else _uint("pad_len", pad_len, 8),
+                                   _uint("next_header", next_header, 8)))
         plain = payload + trailer
         if iv is None:
             if s.cipher in (Cipher.AES_GCM, Cipher.AES_GMAC, Cipher.CHACHA20_POLY1305):
@@ -426,9 +451,11 @@ def udp_encapsulate(esp: bytes, src: Address, dst: Address, *, sport: int = 4500
 
     ``framing=IKE`` puts the 8-octet zero non-IKE marker in front (legacy draft framing).
     RFC 3948 §2.1 says the UDP checksum SHOULD be 0; ``udp_checksum=True`` sends a real one,
-    which receivers must accept as well.
+    which receivers must accept as well. Ports outside 0..65535, or an ``esp`` too long for the
+    datagram, raise ValueError naming the parameter.
     """
     ip.setdefault("ip_flags", 0)
+    _length(20 + len(ip.get("options", b"")) + 8 + (8 if framing == UdpEncapType.IKE else 0) + len(esp), "esp")
     return ipv4(src, dst, PROTO_UDP, _udp(esp, _v4(src), _v4(dst), sport, dport, framing, udp_checksum), **ip)
 
 
@@ -436,7 +463,7 @@ def _udp(esp: bytes, src: int, dst: int, sport: int, dport: int, framing: UdpEnc
          udp_checksum: bool) -> bytes:
     if framing == UdpEncapType.IKE:
         esp = bytes(8) + esp
-    seg = struct.pack("!HHHH", sport, dport, 8 + len(esp), 0) + esp
+    seg = struct.pack("!HHHH", _uint("sport", sport, 16), _uint("dport", dport, 16), _length(8 + len(esp)), 0) + esp
     if udp_checksum:
         seg = _l4_checksum(_pseudo4(src, dst, PROTO_UDP, len(seg)), seg, 6, udp=True)
     return seg
@@ -488,6 +515,8 @@ def esp_in_udp(sealer: EspSealer, seq: int, inner: bytes, *, tunnel: bool,
     """
     payload, nh, tos = _split_inner(inner, tunnel)
     esp = sealer.seal(seq, payload, nh if next_header is None else next_header, **seal)
+    outer_header = 20 if tunnel else (inner[0] & 15) * 4
+    _length(outer_header + 8 + (8 if framing == UdpEncapType.IKE else 0) + len(esp), "inner")
     if not tunnel:
         return _transport_outer(inner[: (inner[0] & 15) * 4], esp, src, dst, sport, dport, framing, udp_checksum)
     if src is None or dst is None:
@@ -588,6 +617,10 @@ def encapsulated_traffic(out_nic: Any, in_nic: Any = None, n: int = 100, *, seed
     transport SA keyed on ``dst`` accepts them. Raises ``ValueError`` if encap refuses any packet
     (a malformed ``inner`` datagram, or the sequence space running out); whatever it raises, the
     pair is deleted first.
+
+    ``seed`` fixes the key (unless ``key`` is given) and the inner datagrams. The packets are
+    then the same for a seed except with a CBC suite, whose IVs natt's encap draws afresh from the
+    system's random generator for every packet (RFC 3602 §3; see the module documentation).
     """
     p = make_sa_pair(out_nic, in_nic, seed=seed, **pair)
     try:
@@ -848,7 +881,9 @@ class _Model:
     """
 
     def __init__(self, sas: list[_Sa]) -> None:
-        self.entries = {port: framing for framing, port in _ENTRIES}
+        # The parser entries the SA set creates, and no others: installing an SA adds its entry
+        # (semantics §1), so a UDP port no SA uses is no encapsulation port (NOT_ESP).
+        self.entries = {sa.spec.port: sa.spec.framing for sa in sas}
         self._authenticated = False
         self._seq = self._nh = 0
         self.by_spi: dict[tuple[int, int], list[_Sa]] = {}
@@ -939,6 +974,11 @@ class _Generator:
         self.kind_weights = list(itertools.accumulate(kinds.values()))
         self.sas = self._make_sas(suites)
         self.model = _Model(self.sas)
+        # IKE, keepalives and other non-ESP payloads go to the entries the SA set has (all three
+        # once there are 9 suites; only UDP 4500 with one), kept in _ENTRIES order so a given seed
+        # draws the same packets as before whenever every entry exists.
+        used = {(sa.spec.framing, sa.spec.port) for sa in self.sas}
+        self.entries = tuple(e for e in _ENTRIES if e in used)
         self.packets: list[bytes] = []
         self.kinds: list[str] = []
         self.expected: list[Status] = []
@@ -1278,7 +1318,8 @@ class _Generator:
         self.fresh(kind, udp_checksum=True)
 
     def _entry(self) -> tuple[UdpEncapType, int]:
-        return self.rng.choice(_ENTRIES)
+        """A parser entry the SA set creates (an IKE or keepalive packet elsewhere is just NOT_ESP)."""
+        return self.rng.choice(self.entries)
 
     def _udp_to(self, payload: bytes, port: int) -> bytes:
         r = self.rng
@@ -1405,13 +1446,19 @@ def mixed_traffic(seed: int, n: int, *, suites: Optional[Iterable[str]] = None,
                   kinds: Optional[dict[str, float]] = None, max_payload: int = 1400) -> MixedTraffic:
     """A deterministic mixed batch of ``n`` received packets and the inbound SAs it is meant for.
 
+    The same arguments give the same SAs, packets and expectations, CBC IVs included (they are
+    drawn from the generator seeded by ``seed``, not from a system random source).
+
     One inbound SA per suite (default: every suite natt has; strongSwan keywords, where an ``-esn``
-    suffix is ignored because ESN is cycled through like the rest). Suites are shuffled, then mode,
+    suffix is ignored because ESN is cycled through like the rest; their order counts, so pass a
+    list rather than a set to rebuild a batch in another process). Suites are shuffled, then mode,
     parser entry (RFC 3948 framing on UDP 4500 and 4501, legacy framing on 500) and ESN cycle over
     them, as do replay windows (0 included) and starting sequence numbers (some right below 2**32,
     so ESN inference crosses the wrap): with the default suites every combination appears. Some
     transport SAs have a destination key or NAT-OA addresses; four more share one SPI on port 4500
-    with different destination keys (longest match wins). Packets are drawn by the weights in ``kinds`` (default
+    with different destination keys (longest match wins). An entry exists only if an SA uses it
+    (UDP 500 from 5 suites on, UDP 4501 from 9), and IKE, keepalive, empty and short non-ESP
+    packets go only to entries that exist. Packets are drawn by the weights in ``kinds`` (default
     :data:`MIXED_KINDS`); valid ESP is sealed with :class:`EspSealer`.
 
     Install with :meth:`MixedTraffic.install` on an empty Offload, then ``decap`` the packets in

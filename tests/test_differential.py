@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import zlib
 from collections import Counter
 
@@ -160,6 +162,56 @@ def test_mixed_traffic_is_deterministic():
     assert a.packets != c.packets and [x.key for x in a.sas] != [x.key for x in c.sas]
     # A prefix of a longer run is the shorter run.
     assert mixed_traffic(7, 1000).packets[:400] == a.packets
+
+
+def test_mixed_traffic_is_the_same_in_another_process():
+    """"Rebuilt from its seed alone": a fresh interpreter (another hash seed) makes the same batch,
+    CBC suites and a suites= list included, and the same inner_traffic."""
+    code = ("import hashlib; from natt import traffic as T\n"
+            "h = hashlib.sha256()\n"
+            "for m in (T.mixed_traffic(5, 600), T.mixed_traffic(6, 600, suites=SUBSET)):\n"
+            "    h.update(repr((m.packets, m.expected, m.expected_seq, [s.key for s in m.sas])).encode())\n"
+            "h.update(b''.join(T.inner_traffic(9, 200, ipv6=True)))\n"
+            "print(h.hexdigest())\n").replace("SUBSET", repr(CBC_SUBSET))
+    env = dict(os.environ)
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env["PYTHONHASHSEED"] = hash_seed
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
+
+
+CBC_SUBSET = ["aes128-sha1", "3des-md5", "aes256-sha512", "null-sha1", "aes128gcm16"]
+# 1 suite: UDP 4500 only; 2: still 4500 only; 5: 4500 and legacy 500; 8: the same; default (all
+# 38): 4500, 4501 and 500. A subset is an SA set with fewer parser entries.
+_SUBSETS = {
+    "1": ["aes128gcm16"],
+    "2": ["aes256-sha256", "chacha20poly1305"],
+    "5": CBC_SUBSET,
+    "8": ["aes128gcm16", "aes256gcm16", "aes128-sha1", "aes256-sha256", "3des-sha1", "chacha20poly1305",
+          "aes128gmac", "null-sha1"],
+    "all": None,
+}
+
+
+@pytest.mark.parametrize("subset", list(_SUBSETS))
+@pytest.mark.parametrize("seed", [2, 5, 31])
+def test_restricted_suites_match_the_model(subset, seed):
+    """MixedTraffic.expected is what an empty Offload with ``sas`` installed gives, whatever
+    ``suites=`` is: IKE, keepalives, empty and short UDP payloads go to the parser entries the SA
+    set creates (a port without one makes them NOT_ESP, which the model once missed)."""
+    t = mixed_traffic(seed, 2000, suites=_SUBSETS[subset])
+    for backend in natt.backends():
+        run = _run(backend, t)
+        assert_matches_model(run, t, sorted(run.stats), f"{backend} suites={subset} seed={seed}")
+    assert {Status.IKE, Status.KEEPALIVE} <= set(t.expected)     # the kinds in question were drawn
+    # ... and reached parser entries, rather than all becoming NOT_ESP on ports no SA opened.
+    entries = {sa.port for sa in t.sas}
+    for i, kind in enumerate(t.kinds):
+        if kind in ("ike", "keepalive", "empty_udp", "short_esp"):
+            p = t.packets[i]
+            assert int.from_bytes(p[22:24], "big") in entries, f"{kind} packet #{i} to a port no SA uses"
 
 
 def test_mixed_traffic_restricted_suites_and_kinds():

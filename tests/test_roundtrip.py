@@ -14,6 +14,7 @@ and, for the suites whose IV is the sequence number, octet for octet against
 
 from __future__ import annotations
 
+import random
 import struct
 
 import pytest
@@ -271,6 +272,45 @@ def test_encapsulated_traffic_deletes_its_pair_whatever_fails(backend):
             assert nic.sa_handles() == []
 
 
+@pytest.mark.parametrize("suite", ["aes128gcm16", "aes256gmac", "chacha20poly1305-esn", "null-sha256",
+                                   "aes128-sha1", "3des-sha256"])
+@pytest.mark.parametrize("mode", ["tunnel", "transport"])
+def test_encapsulated_traffic_is_as_deterministic_as_documented(backend, suite, mode):
+    """natt.traffic's docs: a seed fixes encapsulated_traffic's key and inner datagrams, and its packets
+    too unless the suite is CBC, whose IVs natt's encap draws from the system's random generator."""
+    runs = []
+    for _ in range(2):
+        with natt.Offload(backend=backend) as a, natt.Offload(backend=backend) as b:
+            pair, wire = traffic.encapsulated_traffic(a, b, 30, seed=7, suite=suite, mode=mode)
+            runs.append((pair.key, wire, list(b.decap(wire))))
+    (key1, wire1, inner1), (key2, wire2, inner2) = runs
+    assert key1 == key2 and inner1 == inner2
+    s = SUITES[suite.removesuffix("-esn")]
+    if s.cipher not in (Cipher.AES_CBC, Cipher.TRIPLE_DES_CBC):
+        assert wire1 == wire2
+        return
+    for x, y in zip(wire1, wire2, strict=True):
+        iv_at = (x[0] & 15) * 4 + 8 + 8          # outer IPv4, UDP, SPI and sequence number
+        assert len(x) == len(y) and x[:iv_at] == y[:iv_at]
+        assert x[iv_at:iv_at + s.iv_len] != y[iv_at:iv_at + s.iv_len]
+
+
+@pytest.mark.parametrize("suite", ["aes128-sha1", "3des-md5", "aes256gcm16"])
+def test_sealer_ivs_are_reproducible_only_from_a_seeded_rng(suite):
+    """EspSealer.seal / esp_in_udp: ``rng=random.Random(seed)`` repeats, no rng draws os.urandom (CBC)."""
+    sealer = traffic.EspSealer(suite, bytes(range(SUITES[suite].key_len)), 0x1234)
+    inner = traffic.inner_traffic(3, 1)[0]
+
+    def build(**seal):
+        return traffic.esp_in_udp(sealer, 9, inner, tunnel=True, src=PEER, dst=LOCAL, **seal)
+
+    assert build(rng=random.Random(4)) == build(rng=random.Random(4))
+    assert sealer.seal(9, b"x", 4, rng=random.Random(4)) == sealer.seal(9, b"x", 4, rng=random.Random(4))
+    counter_iv = SUITES[suite].cipher is Cipher.AES_GCM        # the IV is the sequence number
+    assert (build() == build()) is counter_iv
+    assert (sealer.seal(9, b"x", 4) == sealer.seal(9, b"x", 4)) is counter_iv
+
+
 @pytest.mark.parametrize("build, field", [
     (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 17, bytes(65_516)), "payload"),
     (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 300, b""), "protocol"),
@@ -286,7 +326,54 @@ def test_encapsulated_traffic_deletes_its_pair_whatever_fails(backend):
     (lambda: traffic.EspSealer("aes128gcm16-esn", bytes(20), 5).seal(2**64, b"x", 4), "seq"),
     (lambda: traffic.EspSealer("aes128gcm16", bytes(20), 5).seal(-1, b"x", 4), "seq"),
     (lambda: traffic.esp_in_udp(traffic.EspSealer("aes128gcm16", bytes(20), 5), 1, b"", tunnel=False), "inner"),
+    # Header fields that used to be masked into range (8192 became offset 0, ip_flags=9 set MF and
+    # cleared DF, traffic class 256 became 0) or reached struct.error, which names no parameter.
+    (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 17, b"", frag_offset=8192), "frag_offset"),
+    (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 17, b"", frag_offset=-1), "frag_offset"),
+    (lambda: traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2, 8, ip_flags=9), "ip_flags"),
+    (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 17, b"", ip_flags=-1), "ip_flags"),
+    (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 17, b"", ip_id=1 << 16), "ip_id"),
+    (lambda: traffic.ipv6("::1", "::2", 17, b"", traffic_class=256), "traffic_class"),
+    (lambda: traffic.icmp6_echo("::1", "::2", flow_label=1 << 20), "flow_label"),
+    (lambda: traffic.udp6_datagram("::1", "::2", 1, 53, flow_label=-1), "flow_label"),
+    (lambda: traffic.icmp_echo("10.0.0.1", "10.0.0.2", ident=1 << 16), "ident"),
+    (lambda: traffic.icmp_echo("10.0.0.1", "10.0.0.2", seq=-1), "seq"),
+    (lambda: traffic.icmp6_echo("::1", "::2", seq=1 << 16), "seq"),
+    (lambda: traffic.tcp_segment("10.0.0.1", "10.0.0.2", 1, 80, seq=1 << 32), "seq"),
+    (lambda: traffic.tcp_segment("10.0.0.1", "10.0.0.2", 1, 80, ack=-1), "ack"),
+    (lambda: traffic.udp_encapsulate(b"x", "10.0.0.1", "10.0.0.2", sport=70_000), "sport"),
+    (lambda: traffic.udp_encapsulate(b"x", "10.0.0.1", "10.0.0.2", dport=-1), "dport"),
+    (lambda: traffic.udp_encapsulate(bytes(65_508), "10.0.0.1", "10.0.0.2"), "esp"),
+    (lambda: traffic.udp_encapsulate(bytes(65_500), "10.0.0.1", "10.0.0.2", framing=UdpEncapType.IKE), "esp"),
+    (lambda: traffic.udp_encapsulate(b"x", "10.0.0.1", "10.0.0.2", ttl=256), "ttl"),
+    (lambda: traffic.EspSealer("aes128gcm16", bytes(20), 1 << 32), "spi"),
+    (lambda: traffic.EspSealer("aes128gcm16", bytes(20), -1), "spi"),
+    (lambda: traffic.EspSealer("aes128gcm16", bytes(20), 5).seal(1, b"x", 256), "next_header"),
+    (lambda: traffic.EspSealer("aes128gcm16", bytes(20), 5).seal(1, b"x", 4, pad_len=256), "pad_len"),
+    (lambda: traffic.EspSealer("null-sha1", bytes(20), 5).seal(1, b"x", 4, padding=bytes(256)), "padding"),
+    (lambda: traffic.esp_in_udp(traffic.EspSealer("aes128gcm16", bytes(20), 5), 1, bytes(65_480), tunnel=True,
+                                src="10.0.0.1", dst="10.0.0.2"), "inner"),
+    (lambda: traffic.esp_in_udp(traffic.EspSealer("null-sha1", bytes(20), 5), 1,
+                                traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2, 65_480), tunnel=False), "inner"),
+    (lambda: traffic.esp_in_udp(traffic.EspSealer("aes128gcm16", bytes(20), 5), 1, b"\x45" + bytes(30),
+                                tunnel=True, src="10.0.0.1", dst="10.0.0.2", sport=1 << 16), "sport"),
+    (lambda: traffic.esp_in_udp(traffic.EspSealer("null-sha1", bytes(20), 5), 1,
+                                traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2), tunnel=False, dport=-5), "dport"),
 ])
 def test_packet_builders_name_the_field_that_does_not_fit(build, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
         build()
+
+
+def test_packet_builders_take_every_field_at_its_limits():
+    """The range checks reject only what does not fit: each field's largest value is written as given."""
+    p = traffic.ipv4("10.0.0.1", "10.0.0.2", 17, b"", ip_id=0xFFFF, ip_flags=7, frag_offset=0x1FFF)
+    assert p[4:8] == b"\xff\xff\xff\xff"
+    q = traffic.icmp6_echo("::1", "::2", traffic_class=255, flow_label=(1 << 20) - 1, ident=0xFFFF, seq=0xFFFF)
+    assert q[:4] == b"\x6f\xff\xff\xff" and q[44:48] == b"\xff" * 4
+    t = traffic.tcp_segment("10.0.0.1", "10.0.0.2", 1, 80, seq=MAX32, ack=MAX32)
+    assert t[24:32] == b"\xff" * 8
+    u = traffic.udp_encapsulate(bytes(65_507), "10.0.0.1", "10.0.0.2", sport=0xFFFF, dport=0)
+    assert len(u) == 65_535 and u[20:24] == b"\xff\xff\x00\x00"
+    esp = traffic.EspSealer("null-sha1", bytes(20), MAX32).seal(1, b"x", 255, padding=bytes(300), pad_len=255)
+    assert esp[:4] == b"\xff" * 4
