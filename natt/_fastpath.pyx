@@ -1626,7 +1626,7 @@ cdef void natt_encap_assign(natt_sa *sa, natt_io *io, natt_pkt *scratch, int64_t
 
 
 # Bumped in a forked child: a pool filled before the fork must not hand the child the IVs the
-# parent will also use (a CBC IV must be unpredictable, RFC 3602 §2.1; libcrypto's own DRBG
+# parent will also use (a CBC IV must be unpredictable, RFC 3602 §3; libcrypto's own DRBG
 # reseeds after fork, our pools are refilled from it).
 cdef uint64_t natt_fork_gen = 1
 
@@ -1697,7 +1697,7 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
         wr32(esp + 8, <uint32_t>(seq >> 32))
         wr32(esp + 12, <uint32_t>seq)
     elif sa.iv_len:
-        if not natt_random_iv(st, tid, esp + 8, sa.iv_len):     # RFC 3602 §2.1: unpredictable
+        if not natt_random_iv(st, tid, esp + 8, sa.iv_len):     # RFC 3602 §3: unpredictable
             return False
     ct = esp + 8 + sa.iv_len
     # GCM/ChaCha20 encrypt the payload straight from the input (natt_seal); the others need

@@ -244,7 +244,7 @@ class _Sa:
             # RFC 4106 §3.1 allows a counter as the IV; the 64-bit seq never repeats under a key.
             iv = seq.to_bytes(8, "big")
         elif s.iv_len:
-            iv = os.urandom(s.iv_len)                     # RFC 3602 §2.1: unpredictable CBC IV
+            iv = os.urandom(s.iv_len)                     # RFC 3602 §3: unpredictable CBC IV
         else:
             iv = b""
         aad = self._aad(spi_seql, seq_hi)

@@ -935,7 +935,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"packets in total, spread over the {len(DEMO_SUITES)} suites (when it is not a multiple "
                         f"of {len(DEMO_SUITES)}, the first suites make one more; default 5000)")
     m.add_argument("--seed", type=int, default=1, help="seed of the keys and the inner packets (default 1); the "
-                   "AES-CBC and 3DES SAs' IVs are random all the same (RFC 3602 §2.1: unpredictable), "
+                   "AES-CBC and 3DES SAs' IVs are random all the same (RFC 3602 §3: unpredictable), "
                    "so their ESP packets differ from run to run")
     _common(m, files=False)
     m.set_defaults(func=_cmd_demo, parser=m)

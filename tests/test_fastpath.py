@@ -237,7 +237,7 @@ def _cbc_ivs(b: FastBackend, handle: int, count: int) -> list[bytes]:
 
 
 def test_cbc_ivs_are_fresh_across_pool_refills_and_fork():
-    """CBC IVs come from a per-thread pool refilled from the DRBG (RFC 3602 §2.1: unpredictable):
+    """CBC IVs come from a per-thread pool refilled from the DRBG (RFC 3602 §3: unpredictable):
     never repeated within or across batches, and a forked child does not reuse the parent's."""
     import multiprocessing
     b = FastBackend()
