@@ -595,13 +595,12 @@ def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16"
         port = DEFAULT_PORT[UdpEncapType(framing)]
     common = dict(spi=spi, key=key, suite=s.name, mode=mode, src=src, dst=dst, encap=UdpEncapType(framing),
                   port=port, esn=esn)
-    h_in = in_nic.add_sa(direction="in", replay_window=replay_window, replay_seq=replay_seq, **common)
-    try:
+    # If the outbound add fails, the inbound SA goes, with its parser entry only if it made it.
+    with in_nic._all_or_nothing() as added:
+        added.append(in_nic.add_sa(direction="in", replay_window=replay_window, replay_seq=replay_seq, **common))
         h_out = out_nic.add_sa(direction="out", sport=port, dport=port, replay_window=replay_window,
                                replay_oseq=replay_oseq, **common)
-    except BaseException:
-        in_nic.delete_sa(h_in)
-        raise
+    h_in = added[0]
     return SaPair(out_nic, in_nic, h_out, h_in, spi, s.name, esn, mode == "tunnel", UdpEncapType(framing),
                   src, dst, port, bytes(key))
 
@@ -622,18 +621,21 @@ def encapsulated_traffic(out_nic: Any, in_nic: Any = None, n: int = 100, *, seed
     then the same for a seed except with a CBC suite, whose IVs natt's encap draws afresh from the
     system's random generator for every packet (RFC 3602 §3; see the module documentation).
     """
-    p = make_sa_pair(out_nic, in_nic, seed=seed, **pair)
-    try:
-        if inner is None:
-            inner = inner_traffic(seed, n, src=p.src or "10.1.0.2", dst=p.dst or "10.2.0.7", ipv6=p.tunnel,
-                                  max_payload=max_payload)
-        res = p.encap(inner)
-        if int(res.status.max(initial=0)) != Status.OK:
-            counts = ", ".join(f"{k.name}={v}" for k, v in res.counts().items())
-            raise ValueError(f"inner: encap did not accept every packet ({counts})")
-    except BaseException:
-        p.delete()          # whatever failed, the caller gets no pair to clean up
-        raise
+    # Whatever fails, the caller gets no pair to clean up, and the tables are as they were.
+    with (out_nic if in_nic is None else in_nic)._all_or_nothing() as added:
+        p = make_sa_pair(out_nic, in_nic, seed=seed, **pair)
+        added.append(p.in_handle)
+        try:
+            if inner is None:
+                inner = inner_traffic(seed, n, src=p.src or "10.1.0.2", dst=p.dst or "10.2.0.7", ipv6=p.tunnel,
+                                      max_payload=max_payload)
+            res = p.encap(inner)
+            if int(res.status.max(initial=0)) != Status.OK:
+                counts = ", ".join(f"{k.name}={v}" for k, v in res.counts().items())
+                raise ValueError(f"inner: encap did not accept every packet ({counts})")
+        except BaseException:
+            out_nic.delete_sa(p.out_handle)      # an outbound SA uses no parser entry
+            raise
     return p, list(res)
 
 

@@ -272,6 +272,23 @@ def test_encapsulated_traffic_deletes_its_pair_whatever_fails(backend):
             assert nic.sa_handles() == []
 
 
+def test_a_failed_pair_keeps_the_parser_entry_it_found(backend):
+    # UDP 4500's entry, left without SAs by an OID delete with entry handle 0, must survive a pair
+    # helper that fails after installing its inbound SA on it (a failed outbound add, a failed encap).
+    with natt.Offload(backend=backend) as nic:
+        h = nic.add_sa(0x90, bytes(20), "aes128gcm16", mode="transport")
+        entry = nic.sa_stats(h)["entry_handle"]
+        assert nic.set_oid(natt.OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA, natt.DeleteUdpEspSa(h, 0)) == 0
+        keepalive = traffic.udp_encapsulate(b"\xff", "198.51.100.2", "203.0.113.5")
+        with pytest.raises(natt.OffloadError, match="replay_oseq"):
+            traffic.make_sa_pair(nic, spi=0x91, replay_oseq=-1)
+        with pytest.raises(ValueError, match="encap did not accept"):
+            traffic.encapsulated_traffic(nic, inner=[b"\x45junk"], spi=0x92)
+        assert nic.sa_handles() == []
+        assert nic.decap([keepalive]).status.tolist() == [natt.Status.KEEPALIVE]
+        assert nic.sa_stats(nic.add_sa(0x93, bytes(20), "aes128gcm16", mode="transport"))["entry_handle"] == entry
+
+
 @pytest.mark.parametrize("suite", ["aes128gcm16", "aes256gmac", "chacha20poly1305-esn", "null-sha256",
                                    "aes128-sha1", "3des-sha256"])
 @pytest.mark.parametrize("mode", ["tunnel", "transport"])
