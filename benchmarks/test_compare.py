@@ -191,9 +191,21 @@ def test_a_missing_scapy_is_noted_once_with_the_extra_that_installs_it(tmp_path,
     assert capsys.readouterr().out.count("scapy baseline skipped") == 1
 
 
-def test_main_reports_an_unavailable_backend(capsys) -> None:
-    assert main(["--backend", "no-such-backend", "--batch", "10"]) == 2
-    assert "no-such-backend" in capsys.readouterr().err
+def test_main_refuses_an_unknown_backend_as_usage(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--backend", "no-such-backend", "--batch", "10"])
+    assert e.value.code == 2 and "invalid choice: 'no-such-backend'" in capsys.readouterr().err
+
+
+def test_main_reports_a_backend_that_cannot_run(capsys, monkeypatch) -> None:
+    # e.g. "fast" in a checkout whose extension was not built: Offload refuses it.
+    import natt._bench as bench
+
+    def unavailable(*args, **kwargs):
+        raise ValueError("backend: 'fast' is not available in this build (no natt._fastpath)")
+    monkeypatch.setattr(bench, "Offload", unavailable)
+    assert main(["--backend", "fast", "--batch", "10"]) == 2
+    assert "natt bench: backend: 'fast' is not available in this build" in capsys.readouterr().err
 
 
 def test_rearm_gives_the_same_backend_fresh_replay_windows() -> None:
