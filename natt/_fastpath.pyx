@@ -2400,7 +2400,8 @@ cdef class FastBackend:
         return top, int.from_bytes(out[: (window + 7) >> 3], "little")
 
     def close(self) -> None:
-        """Drop every SA (cleansing its keyed state) and every parser entry."""
+        """Drop every SA (cleansing its keyed state) and every parser entry, and give back the
+        per-packet scratch (about 72 octets a packet of the largest batch so far)."""
         self._lock()
         self._drop_all()
         for key in self._keys.values():
@@ -2408,6 +2409,18 @@ cdef class FastBackend:
         self._keys.clear()
         self._slot_of.clear()
         self._entries.clear()
+        free(self.st.scratch)
+        self.st.scratch = NULL
+        self.st.scratch_cap = 0
+        self._unlock()
+
+    def _fork_prepare(self) -> None:
+        """Hold the mutex across fork() (natt._offload's at-fork hooks): the child then starts
+        with the backend between batches, not frozen inside one with its mutex held forever."""
+        self._lock()
+
+    def _fork_release(self) -> None:
+        """Release what :meth:`_fork_prepare` took, in the parent and in the child."""
         self._unlock()
 
     # ---- data path

@@ -15,7 +15,9 @@ import functools
 import ipaddress
 import logging
 import operator
+import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional, Union
 
@@ -178,7 +180,12 @@ class Offload:
         self._entry_by_key: dict[tuple[int, int], int] = {}
         self._sas: dict[int, SaConfig] = {}
         self._inbound_keys: set[tuple[int, int, int, int]] = set()
+        # Outbound SAs this process got by fork(), which encap refuses until claimed (see
+        # claim_after_fork): two processes sending with one SA repeat its sequence numbers.
+        self._inherited: set[int] = set()
         self._closed = False
+        with _LIVE_LOCK:
+            _LIVE.add(self)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -195,6 +202,7 @@ class Offload:
             self._entries.clear()
             self._entry_by_key.clear()
             self._inbound_keys.clear()
+            self._inherited.clear()
 
     def __enter__(self) -> "Offload":
         self._check_open()      # a closed instance has no tables left to work on
@@ -545,6 +553,7 @@ class Offload:
     def _remove_sa(self, cfg: SaConfig) -> None:
         self._backend.remove_sa(cfg.handle)
         del self._sas[cfg.handle]
+        self._inherited.discard(cfg.handle)
         if cfg.inbound:
             self._entries[cfg.entry_handle].refcount -= 1
             self._inbound_keys.discard((cfg.entry_handle, cfg.spi, cfg.dst_addr, cfg.dst_mask))
@@ -700,6 +709,26 @@ class Offload:
                                    f"handle: {handle!r} is not an inbound SA with anti-replay")
             return self._backend.replay_state(cfg.handle)
 
+    def claim_after_fork(self, handle: int) -> None:
+        """Let this process encap with outbound SA ``handle``, which it got by ``fork()``.
+
+        After a fork both processes hold the SA at the same sequence number. If both sent with
+        it, they would send the same sequence numbers, and with AES-GCM, AES-GMAC and
+        ChaCha20-Poly1305, whose IV is the sequence number, the same nonces under one key: that
+        gives away the XOR of two plaintexts and lets anyone forge packets (RFC 4106 §3.1, RFC
+        7634 §2). So encap in the child refuses an SA installed before the fork until it is
+        claimed here; claim it in the one process that will send with it (a daemon after it has
+        forked into the background, a worker that owns the SA). SAs installed after the fork, and
+        decap, need nothing. The parent is never restricted: it cannot know about its children.
+        """
+        with self._lock:
+            self._check_open()
+            cfg = self._sa(handle)
+            if cfg.inbound:
+                raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: SA {handle} is inbound; only "
+                                                                 "outbound SAs are claimed")
+            self._inherited.discard(cfg.handle)
+
     def sa_handles(self) -> list[int]:
         """Handles of the installed SAs, in the order they were added."""
         with self._lock:
@@ -725,7 +754,7 @@ class Offload:
         result as ``out`` to reuse its buffers.
         """
         batch = as_batch(packets)
-        _check_threads(threads)
+        threads = _check_threads(threads)
         if out is None:
             out = DecapResult()
         elif not isinstance(out, DecapResult):
@@ -748,7 +777,7 @@ class Offload:
         Raises :class:`OffloadError` if ``handle`` is not an outbound SA.
         """
         batch = as_batch(packets)
-        _check_threads(threads)
+        threads = _check_threads(threads)
         if out is None:
             out = EncapResult()
         elif not isinstance(out, EncapResult):
@@ -763,6 +792,11 @@ class Offload:
                 if cfg.inbound:
                     raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: SA {handle} is inbound; encap needs "
                                                                      "an outbound SA")
+                if cfg.handle in self._inherited:
+                    raise OffloadError(NdisStatus.INVALID_PARAMETER, (
+                        f"handle: SA {cfg.handle} was installed before this process forked, so the parent "
+                        f"has it too: sending with it in both would repeat sequence numbers (and AEAD "
+                        f"nonces); call claim_after_fork({cfg.handle}) in the one process that sends with it"))
             out._prepare(batch, ENCAP_OVERHEAD)
             self._run(self._backend.encap, batch, cfg.handle, out, threads)
         except KeyError:
@@ -780,6 +814,42 @@ class Offload:
         with self._dp_lock:
             self._check_open()
             fn(*args)
+
+
+# fork(): every Offload of the process is held between calls while the process forks. A child
+# forked while another thread was inside a batch or a control call would otherwise start with
+# that call's lock held by a thread it does not have, and hang on its first call; its tables
+# could be half-updated too. So the fork waits for running calls to finish (a long batch delays
+# it). In the child, the outbound SAs become inherited (claim_after_fork).
+_LIVE: "weakref.WeakSet[Offload]" = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()        # held through the fork: no Offload is made meanwhile
+_FORK_HELD: list[Offload] = []
+
+
+def _fork_prepare() -> None:
+    _LIVE_LOCK.acquire()
+    _FORK_HELD.extend(_LIVE)
+    for nic in _FORK_HELD:
+        nic._lock.acquire()           # waits, with the GIL released, for a call to end
+        prepare = getattr(nic._backend, "_fork_prepare", None)
+        if prepare is not None:
+            prepare()                 # the fast backend's mutex (its batches do not take _lock)
+
+
+def _fork_release(child: bool) -> None:
+    for nic in reversed(_FORK_HELD):
+        release = getattr(nic._backend, "_fork_release", None)
+        if release is not None:
+            release()
+        if child:
+            nic._inherited = {h for h, cfg in nic._sas.items() if not cfg.inbound}
+        nic._lock.release()
+    _FORK_HELD.clear()
+    _LIVE_LOCK.release()
+
+
+os.register_at_fork(before=_fork_prepare, after_in_parent=lambda: _fork_release(False),
+                    after_in_child=lambda: _fork_release(True))
 
 
 # The results decap/encap calls are filling right now: id -> the filling thread. Growing a
@@ -827,10 +897,14 @@ def _as_int(value: Any) -> Optional[int]:
 MAX_THREADS = 256      # more is clamped to the fast backend's pool size anyway
 
 
-def _check_threads(threads: Optional[int]) -> None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or not 1 <= threads <= MAX_THREADS):
+def _check_threads(threads: Optional[int]) -> Optional[int]:
+    """``threads`` as None or a Python int (numpy integers too, as everywhere), else ValueError."""
+    if threads is None:
+        return None
+    t = _as_int(threads)
+    if t is None or not 1 <= t <= MAX_THREADS:
         raise ValueError(f"threads: expected None or an integer 1..{MAX_THREADS}, got {threads!r}")
+    return t
 
 
 def _wipe(cfg: SaConfig) -> None:

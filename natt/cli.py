@@ -794,7 +794,7 @@ def at_least(least: int) -> Callable[[str], int]:
     return parse
 
 
-def _accepted_by(check: Callable[[int], None], expected: Optional[str] = None) -> Callable[[str], int]:
+def _accepted_by(check: Callable[[int], object], expected: Optional[str] = None) -> Callable[[str], int]:
     """An argparse type: a whole number that the library's own ``check`` accepts. The command line
     keeps no copy of the library's limits, so the two cannot drift apart. A refused number gets
     the library's message, or "expected ``expected``" where that speaks of Python values."""

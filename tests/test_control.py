@@ -927,6 +927,10 @@ def test_numpy_integers_are_integers_everywhere(backend: str) -> None:
         assert nic.replay_state(np.int64(h)) == (70, 3)
         with pytest.raises(natt.OffloadError, match="^replay_seq: expected an integer, got float64"):
             nic.add_sa(0x1002, bytes(20), "aes128gcm16", "in", mode="transport", replay_seq=np.float64(7))
+        packets = [bytes(40)] * 600
+        assert nic.decap(packets, threads=np.int64(2)).status.tolist() == [Status.NOT_ESP] * 600
+        with pytest.raises(ValueError, match=r"^threads: expected None or an integer 1..256, got np.float64\(2.0\)"):
+            nic.decap(packets, threads=np.float64(2))
 
 
 def test_query_oid_names_a_negative_oid(backend: str) -> None:
@@ -1080,3 +1084,96 @@ def test_offload_cannot_be_pickled(backend: str, protocol: int) -> None:
         nic.add_sa(0x1001, KEY_TEXT, "aes128gcm16", "out", mode="transport")
         with pytest.raises(TypeError):
             pickle.dumps(nic, protocol=protocol)
+
+
+# ---------------------------------------------------------------------------------------------- fork
+
+
+def _in_child(body: Callable[[], None], timeout: int = 60) -> None:
+    """Run ``body`` in a forked child; fail if it raises, fails an assertion or hangs."""
+    import os
+    import signal
+    import time
+    pid = os.fork()
+    if pid == 0:                                    # pragma: no cover - runs in the child
+        code = 0
+        try:
+            signal.alarm(timeout)                   # a hang ends the child with SIGALRM
+            body()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    deadline = time.monotonic() + timeout + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.02)
+    assert os.WIFEXITED(status), f"the forked child died of signal {os.WTERMSIG(status)} (SIGALRM: it hung)"
+    assert os.WEXITSTATUS(status) == 0, "the forked child failed (its traceback is on stderr)"
+
+
+def test_a_fork_during_another_threads_batch_leaves_the_child_a_working_offload(backend: str) -> None:
+    # The batch's lock is held when the process forks unless the fork waits for the batch: the
+    # child, which has no such thread, would then hang on its first call, or on close().
+    import threading
+    import time
+    nic = natt.Offload(backend=backend)
+    key = bytes(range(20))
+    tx = nic.add_sa(0x1001, key, "aes128gcm16", "out", mode="transport")
+    rx = nic.add_sa(0x1001, key, "aes128gcm16", "in", mode="transport")
+    inner = traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2, 100)
+    big = natt.PacketBatch.from_packets([inner] * 20000)
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        while not stop.is_set():
+            nic.encap(big, tx)
+    busy = threading.Thread(target=keep_sending)
+    busy.start()
+
+    def child() -> None:
+        assert nic.decap([inner]).status.tolist() == [Status.NOT_ESP]
+        nic.claim_after_fork(tx)
+        wire = nic.encap([inner], tx)
+        assert nic.decap(wire.batch()).status.tolist() == [Status.OK] and nic.sa_stats(rx)["packets"] == 1
+        nic.close()
+    try:
+        for _ in range(3):
+            time.sleep(0.02)                        # busy is inside a batch most of the time
+            _in_child(child)
+    finally:
+        stop.set()
+        busy.join()
+    assert nic.encap([inner], tx).status.tolist() == [Status.OK]      # the parent is never restricted
+    nic.close()
+
+
+def test_outbound_sas_from_before_a_fork_send_only_where_claimed(backend: str) -> None:
+    # Both processes would otherwise send the same sequence numbers: for AES-GCM the same nonces
+    # under one key (RFC 4106 §3.1).
+    nic = natt.Offload(backend=backend)
+    key = bytes(range(20))
+    tx = nic.add_sa(0x1001, key, "aes128gcm16", "out", mode="transport")
+    rx = nic.add_sa(0x1001, key, "aes128gcm16", "in", mode="transport")
+    inner = traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2, 40)
+
+    def child() -> None:
+        with pytest.raises(natt.OffloadError, match=rf"^handle: SA {tx} was installed before this process "
+                                                    rf"forked.*call claim_after_fork\({tx}\)") as e:
+            nic.encap([inner], tx)
+        assert e.value.status == natt.NdisStatus.INVALID_PARAMETER
+        with pytest.raises(natt.OffloadError, match="inbound"):
+            nic.claim_after_fork(rx)
+        fresh = nic.add_sa(0x2002, key, "aes128gcm16", "out", mode="transport")   # made here: no claim
+        assert nic.encap([inner], fresh).status.tolist() == [Status.OK]
+        nic.claim_after_fork(tx)
+        nic.claim_after_fork(tx)                    # idempotent
+        assert nic.encap([inner], tx).seq.tolist() == [1]
+    _in_child(child)
+    assert nic.encap([inner], tx).seq.tolist() == [1]                  # the parent's own sequence
