@@ -17,8 +17,10 @@ import json
 import logging
 import os
 import shlex
+import signal
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO, Optional, TextIO
@@ -967,6 +969,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived: raised in the main thread so that the run unwinds as on Ctrl-C
+    (the temporary -o file, and natt.dask's parts, are removed on the way out). A BaseException,
+    as KeyboardInterrupt is: no ``except Exception`` on the way may take it for an error."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signal = signal.Signals(signum)
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """``kill``, ``timeout``, ``systemctl stop`` (SIGTERM) and a closed terminal (SIGHUP) end a run
+    like Ctrl-C does: by default they would end the process where it stands, leaving the
+    temporary output behind. Only where signal handlers can be set (the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``natt`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
@@ -986,7 +1017,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as e:   # --help, --version, usage errors
         return int(e.code or 0)
     try:
-        return args.func(args)
+        with _stopped_by_signals():
+            return args.func(args)
+    except _Stopped as e:
+        print(f"natt {args.command}: stopped by {e.signal.name}", file=sys.stderr)
+        return 128 + e.signal
     except UsageError as e:
         sub: argparse.ArgumentParser = args.parser
         try:

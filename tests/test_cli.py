@@ -772,6 +772,32 @@ def test_demo_progress_covers_making_the_traffic(tmp_path, capsys, monkeypatch):
     assert "pkt/s" not in out
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_end_a_run_like_ctrl_c(sig, scenario, tmp_path):
+    """kill, timeout, systemctl stop and a closed terminal: one line, exit 128 + signal, -o as it
+    was and no temporary file left. The capture comes through a FIFO that is held open, so the
+    run is certainly in the middle of reading it when the signal comes."""
+    import signal
+    import time
+    cap, keyfile, *_ = scenario
+    fifo = tmp_path / "feed.pcap"
+    os.mkfifo(fifo)
+    out = tmp_path / "out.pcap"
+    out.write_bytes(b"the previous output")
+    proc = subprocess.Popen([sys.executable, "-m", "natt.cli", "decap", str(fifo), "-k", str(keyfile), "-o", str(out),
+                             "--no-progress"] + BACKEND, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    with open(fifo, "wb") as w:
+        w.write(cap.read_bytes()[:200])             # the header and part of a record; more never comes
+        w.flush()
+        time.sleep(1.0)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert err == f"natt decap: stopped by {sig}\n"
+    assert out.read_bytes() == b"the previous output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fifo.name, out.name, cap.name, keyfile.name])
+
+
 def test_a_reader_that_goes_away_ends_the_run_quietly(scenario, tmp_path):
     """natt decap ... | head: the summary's reader has gone before natt writes; no message about
     a broken pipe, no traceback, and the output capture is complete."""
