@@ -873,7 +873,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt decap big.pcap -k keys.json -o clear.pcap --threads 2 --report report.json\n"
                "  natt decap capture.pcap -k keys.json -o only-decrypted.pcap --drop-undecrypted\n"
                "  natt decap day1.pcap day2.pcap -k keys.json -o clear/ --workers 2     # Dask\n"
-               "exit status: 0 done, 1 unreadable capture or keys (message on stderr), 2 bad usage.")
+               "exit status: 0 done, 1 unreadable capture or keys (message on stderr), 2 bad usage,\n"
+               "130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the output as it was, no temporary file left).")
     d.add_argument("input", metavar="IN", nargs="+",
                    help="capture to read (pcap or pcapng); several only with --dask/--workers")
     d.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
