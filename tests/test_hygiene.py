@@ -643,7 +643,9 @@ def test_mypy_finds_nothing_in_natt_and_typed_callers_may_pass_key_buffers(tmp_p
     natt's hints may pass a key as a bytearray or a memoryview wherever natt accepts one."""
     api = pytest.importorskip("mypy.api", reason="mypy comes with the test extra: pip install '.[test]'")
     config = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    package = Path(natt.__file__).parent          # the natt under test: the checkout or the installed copy
+    # The checkout's natt, the source that ships: an installed copy sits in site-packages, where
+    # mypy takes every other module beside it (typing_extensions.py, ...) for the user's own.
+    package = Path(__file__).resolve().parents[1] / "natt"
     good, bad = tmp_path / "typed_user.py", tmp_path / "mistyped_user.py"
     good.write_text(_TYPED_USER_CODE)
     bad.write_text(_MISTYPED_USER_CODE)
