@@ -1098,7 +1098,8 @@ class PcapWriter:
             if n and (int(ts_ns.min()) < 0 or int(ts_ns.max()) >= 2**32 * 1_000_000_000):
                 bad = int(ts_ns.min()) if int(ts_ns.min()) < 0 else int(ts_ns.max())
                 raise ValueError(f"ts_ns: {bad} ns cannot be written to pcap (0 .. 2**32 s)")
-            dt = np.dtype([("sec", "u4"), ("frac", "u4"), ("cap", "u4"), ("orig", "u4")]).newbyteorder(">" if self.byteorder == ">" else "<")
+            dt = np.dtype([("sec", "u4"), ("frac", "u4"), ("cap", "u4"), ("orig", "u4")])
+            dt = dt.newbyteorder(">" if self.byteorder == ">" else "<")
             h = np.empty(n, dt)
             sec, rem = np.divmod(ts_ns, 1_000_000_000)
             h["sec"] = sec

@@ -190,9 +190,9 @@ def ipv4(src: Address, dst: Address, protocol: int, payload: bytes, *, tos: int 
     if len(options) % 4 or len(options) > 40:
         raise ValueError("options: length must be a multiple of 4, at most 40 octets")
     ihl = 5 + len(options) // 4
+    flags_fragment = _uint("ip_flags", ip_flags, 3) << 13 | _uint("frag_offset", frag_offset, 13)
     hdr = struct.pack("!BBHHHBBHII", 0x40 | ihl, _uint("tos", tos, 8), _length(ihl * 4 + len(payload)),
-                      _uint("ip_id", ip_id, 16), _uint("ip_flags", ip_flags, 3) << 13 | _uint("frag_offset", frag_offset, 13),
-                      _uint("ttl", ttl, 8),
+                      _uint("ip_id", ip_id, 16), flags_fragment, _uint("ttl", ttl, 8),
                       _uint("protocol", protocol, 8), 0, _v4(src), _v4(dst))
     hdr += options
     return hdr[:10] + struct.pack("!H", internet_checksum(hdr)) + hdr[12:] + payload
@@ -330,8 +330,9 @@ def iter_inner_traffic(seed: int, n: int, *, src: Address = "10.1.0.2", dst: Add
 # ESP by hand (RFC 4303 §2), independent of natt's data paths
 # --------------------------------------------------------------------------------------------------
 
-_HASHES: dict[Mac, type[hashes.HashAlgorithm]] = {Mac.HMAC_MD5_96: hashes.MD5, Mac.HMAC_SHA1_96: hashes.SHA1, Mac.HMAC_SHA256_128: hashes.SHA256,
-           Mac.HMAC_SHA384_192: hashes.SHA384, Mac.HMAC_SHA512_256: hashes.SHA512}
+_HASHES: dict[Mac, type[hashes.HashAlgorithm]] = {
+    Mac.HMAC_MD5_96: hashes.MD5, Mac.HMAC_SHA1_96: hashes.SHA1, Mac.HMAC_SHA256_128: hashes.SHA256,
+    Mac.HMAC_SHA384_192: hashes.SHA384, Mac.HMAC_SHA512_256: hashes.SHA512}
 
 
 def default_padding(payload_len: int, block_size: int) -> bytes:
@@ -571,8 +572,9 @@ class SaPair:
 
 def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16", mode: str = "tunnel",
                  framing: UdpEncapType = UdpEncapType.OTHER, esn: bool = False, spi: int = 0x1001,
-                 key: Union[bytes, bytearray, memoryview, None] = None, seed: int = 0, src: Optional[str] = "198.51.100.2",
-                 dst: Optional[str] = "203.0.113.5", port: Optional[int] = None, replay_window: int = 64,
+                 key: Union[bytes, bytearray, memoryview, None] = None, seed: int = 0,
+                 src: Optional[str] = "198.51.100.2", dst: Optional[str] = "203.0.113.5",
+                 port: Optional[int] = None, replay_window: int = 64,
                  replay_seq: int = 0, replay_oseq: int = 0) -> SaPair:
     """Install a matched outbound/inbound SA pair and return it.
 

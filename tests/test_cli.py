@@ -258,7 +258,8 @@ def test_options_that_do_not_go_together_are_usage_errors(scenario, tmp_path, ca
     common = ["-k", str(keyfile)] + BACKEND
     for argv, message in [
             (["decap", str(cap), str(cap), "-o", str(tmp_path / "o.pcap")], "several captures need --dask"),
-            (["decap", str(cap), "-o", str(tmp_path / "d"), "--workers", "0"], "argument --workers: must be at least 1, got 0"),
+            (["decap", str(cap), "-o", str(tmp_path / "d"), "--workers", "0"],
+             "argument --workers: must be at least 1, got 0"),
             (["decap", str(cap), "-o", str(tmp_path / "o.pcap"), "--threads", "0"],
              "argument --threads: expected a whole number 1..256, got 0")]:
         rc, _, err = run(argv + common, capsys)
