@@ -722,12 +722,16 @@ class Offload:
         decap, need nothing. The parent is never restricted: it cannot know about its children.
         """
         with self._lock:
-            self._check_open()
-            cfg = self._sa(handle)
-            if cfg.inbound:
-                raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: SA {handle} is inbound; only "
-                                                                 "outbound SAs are claimed")
-            self._inherited.discard(cfg.handle)
+            self._inherited.discard(self._outbound_sa(handle, "only outbound SAs are claimed").handle)
+
+    def _outbound_sa(self, handle: int, why: str) -> SaConfig:
+        """The open Offload's outbound SA ``handle`` (the caller holds the lock), else OffloadError
+        saying ``why`` an inbound one will not do."""
+        self._check_open()
+        cfg = self._sa(handle)
+        if cfg.inbound:
+            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: SA {handle} is inbound; {why}")
+        return cfg
 
     def sa_handles(self) -> list[int]:
         """Handles of the installed SAs, in the order they were added."""
@@ -787,11 +791,7 @@ class Offload:
             _refuse_shared(out)
         try:
             with self._lock:
-                self._check_open()
-                cfg = self._sa(handle)
-                if cfg.inbound:
-                    raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: SA {handle} is inbound; encap needs "
-                                                                     "an outbound SA")
+                cfg = self._outbound_sa(handle, "encap needs an outbound SA")
                 if cfg.handle in self._inherited:
                     raise OffloadError(NdisStatus.INVALID_PARAMETER, (
                         f"handle: SA {cfg.handle} was installed before this process forked, so the parent "

@@ -1118,16 +1118,21 @@ def _in_child(body: Callable[[], None], timeout: int = 60) -> None:
     assert os.WEXITSTATUS(status) == 0, "the forked child failed (its traceback is on stderr)"
 
 
+def _gcm_pair(backend: str) -> tuple[natt.Offload, int, int, bytes]:
+    """An Offload with an AES-GCM transport SA pair (out, in) and an inner packet for it."""
+    nic = natt.Offload(backend=backend)
+    key = bytes(range(20))
+    tx = nic.add_sa(0x1001, key, "aes128gcm16", "out", mode="transport")
+    rx = nic.add_sa(0x1001, key, "aes128gcm16", "in", mode="transport")
+    return nic, tx, rx, traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2, 100)
+
+
 def test_a_fork_during_another_threads_batch_leaves_the_child_a_working_offload(backend: str) -> None:
     # The batch's lock is held when the process forks unless the fork waits for the batch: the
     # child, which has no such thread, would then hang on its first call, or on close().
     import threading
     import time
-    nic = natt.Offload(backend=backend)
-    key = bytes(range(20))
-    tx = nic.add_sa(0x1001, key, "aes128gcm16", "out", mode="transport")
-    rx = nic.add_sa(0x1001, key, "aes128gcm16", "in", mode="transport")
-    inner = traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2, 100)
+    nic, tx, rx, inner = _gcm_pair(backend)
     big = natt.PacketBatch.from_packets([inner] * 20000)
     stop = threading.Event()
 
@@ -1157,11 +1162,8 @@ def test_a_fork_during_another_threads_batch_leaves_the_child_a_working_offload(
 def test_outbound_sas_from_before_a_fork_send_only_where_claimed(backend: str) -> None:
     # Both processes would otherwise send the same sequence numbers: for AES-GCM the same nonces
     # under one key (RFC 4106 §3.1).
-    nic = natt.Offload(backend=backend)
+    nic, tx, rx, inner = _gcm_pair(backend)
     key = bytes(range(20))
-    tx = nic.add_sa(0x1001, key, "aes128gcm16", "out", mode="transport")
-    rx = nic.add_sa(0x1001, key, "aes128gcm16", "in", mode="transport")
-    inner = traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2, 40)
 
     def child() -> None:
         with pytest.raises(natt.OffloadError, match=rf"^handle: SA {tx} was installed before this process "
