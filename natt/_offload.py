@@ -645,11 +645,15 @@ class Offload:
         """Delete an SA; its parser entry goes too when this was the entry's last SA."""
         with self._lock:
             self._check_open()
-            cfg = self._sa(handle)
-            entry = self._entries.get(cfg.entry_handle) if cfg.inbound else None
-            self._remove_sa(cfg)
-            if entry is not None and entry.refcount == 0:
-                self._remove_entry(entry.handle)
+            self._drop_sa(self._sa(handle))
+
+    def _drop_sa(self, cfg: SaConfig, keep: frozenset[int] = frozenset()) -> None:
+        """Remove an SA, and its parser entry when that has no SA left, unless the entry is one
+        of ``keep`` (the caller holds the lock)."""
+        entry = self._entries.get(cfg.entry_handle) if cfg.inbound else None
+        self._remove_sa(cfg)
+        if entry is not None and entry.refcount == 0 and entry.handle not in keep:
+            self._remove_entry(entry.handle)
 
     @contextlib.contextmanager
     def _all_or_nothing(self) -> Iterator[list[int]]:
@@ -667,12 +671,8 @@ class Offload:
             with self._lock:
                 for h in added:
                     cfg = self._sas.get(h)
-                    if cfg is None:         # deleted in the block, or the Offload closed
-                        continue
-                    entry = self._entries.get(cfg.entry_handle) if cfg.inbound else None
-                    self._remove_sa(cfg)
-                    if entry is not None and entry.refcount == 0 and entry.handle not in before:
-                        self._remove_entry(entry.handle)
+                    if cfg is not None:     # else deleted in the block, or the Offload closed
+                        self._drop_sa(cfg, keep=before)
             raise
 
     def sa_stats(self, handle: int) -> dict[str, Any]:
