@@ -782,14 +782,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 # argument parsing
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
 def at_least(least: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least ``least`` (argparse's own message for a bad
     one would name the function, not what is expected). Also ``natt bench``'s."""
     def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        v = _whole(text)
         if v < least:
             raise argparse.ArgumentTypeError(f"must be at least {least}, got {v}")
         return v
@@ -801,10 +805,7 @@ def _accepted_by(check: Callable[[int], object], expected: Optional[str] = None)
     keeps no copy of the library's limits, so the two cannot drift apart. A refused number gets
     the library's message, or "expected ``expected``" where that speaks of Python values."""
     def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        v = _whole(text)
         try:
             check(v)
         except ValueError as e:
