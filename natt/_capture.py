@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -73,6 +73,23 @@ class CaptureStats:
         self.counts += np.bincount(flat, minlength=self.counts.size).reshape(self.counts.shape)
         ok = status == Status.OK
         self.octets += np.bincount(row[ok], weights=out_lengths[ok], minlength=self.octets.size).astype(np.int64)
+
+    def write_decapped(self, writer: Any, chunk: Any, outputs: PacketBatch, status: np.ndarray,
+                       sa_index: np.ndarray, out_lengths: np.ndarray,
+                       drop_ports: Optional[Collection[int]] = None) -> None:
+        """Write one decapsulated ``chunk`` (a ``natt.pcap.Chunk``) to ``writer`` and count it:
+        OK frames become their inner packet (``outputs[i]``), DUMMY frames are left out, and so
+        is ESP that did not decrypt (:func:`undecrypted`) when ``drop_ports`` gives the SAs'
+        ports; the rest is written as read. ``status``, ``sa_index`` (key-file index of each
+        frame's SA) and ``out_lengths`` have one entry per frame."""
+        ipv4 = chunk.ipv4
+        keep = status != Status.DUMMY
+        if drop_ports is not None:
+            keep &= ~undecrypted(chunk.batch, ipv4, status, drop_ports)
+        self.written += writer.write_chunk(chunk, outputs, replace=(status == Status.OK) & ipv4, keep=keep)
+        self.frames += len(chunk)
+        self.ipv4 += int(ipv4.sum())
+        self.add(sa_index[ipv4], status[ipv4], out_lengths[ipv4])
 
     def totals(self) -> dict[str, int]:
         t = self.counts.sum(axis=0)

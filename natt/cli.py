@@ -30,7 +30,7 @@ import numpy as np
 from . import keys as keyfile
 from . import pcap
 from ._batch import ENCAP_OVERHEAD, PacketBatch
-from ._capture import CaptureStats, sa_index, sa_table, undecrypted
+from ._capture import CaptureStats, sa_index, sa_table
 from ._constants import Status
 from ._files import Replacement
 from ._offload import MAX_THREADS, Offload, _check_threads
@@ -192,16 +192,8 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
         # The previous chunk's result is written out by now: reuse its buffers.
         res = nic.decap(chunk.batch, threads=threads, out=res)
         stats.crypto_seconds += time.perf_counter() - t1
-        st = res.status
-        ipv4 = chunk.ipv4
-        ok = (st == Status.OK) & ipv4
-        keep = st != Status.DUMMY
-        if drop_undecrypted:
-            keep &= ~undecrypted(chunk.batch, ipv4, st, ports)
-        stats.written += writer.write_chunk(chunk, res.batch(), replace=ok, keep=keep)
-        stats.frames += len(chunk)
-        stats.ipv4 += int(ipv4.sum())
-        stats.add(sa_index(handles, res.sa)[ipv4], st[ipv4], res.lengths[ipv4])
+        stats.write_decapped(writer, chunk, res.batch(), res.status, sa_index(handles, res.sa), res.lengths,
+                             ports if drop_undecrypted else None)
     stats.elapsed = time.perf_counter() - t0
     return stats
 

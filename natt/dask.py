@@ -89,7 +89,7 @@ from . import pcap
 from ._batch import PacketBatch, copy_segments
 from ._constants import Status, UdpEncapType
 from ._offload import Offload, _check_threads, backends
-from ._capture import CaptureStats, sa_index, undecrypted
+from ._capture import CaptureStats, sa_index
 
 __all__ = ["decap_captures"]
 
@@ -642,17 +642,8 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, drop_p
     for ch in chunks:
         n = len(ch)
         sl = slice(base, base + n)
-        st = status[sl]
-        ipv4 = ch.ipv4
-        ok = (st == Status.OK) & ipv4
-        keep = st != Status.DUMMY
-        if drop_ports is not None:
-            keep &= ~undecrypted(ch.batch, ipv4, st, drop_ports)
         outs = PacketBatch(data, np.ascontiguousarray(new_off[sl]), np.ascontiguousarray(out_len[sl]))
-        stats.written += writer.write_chunk(ch, outs, replace=ok, keep=keep)
-        stats.frames += n
-        stats.ipv4 += int(ipv4.sum())
-        stats.add(sa_index[sl][ipv4], st[ipv4], out_len[sl][ipv4])
+        stats.write_decapped(writer, ch, outs, status[sl], sa_index[sl], out_len[sl], drop_ports)
         base += n
     if last and rs.fmt == "pcapng":
         writer.declare_interfaces(interfaces)
