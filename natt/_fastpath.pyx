@@ -208,6 +208,8 @@ cdef enum:
     NATT_IVPOOL = 4096           # octets of random IV material fetched per RAND_bytes call
     NATT_SEAL_COPY_MAX = 256     # AEAD encap: payloads up to this are copied, then encrypted in place
     NATT_CBC_GROUP = 32          # AES-NI CBC encap: packets framed, encrypted side by side, MACed
+    NATT_SCRATCH_KEEP = 4 << 20  # octets of per-packet scratch always kept (FastBackend._scratch)
+    NATT_SCRATCH_IDLE = 8        # calls using under a quarter of a larger scratch before it shrinks
     NATT_ENCAP_OVERHEAD = 128    # natt._batch.ENCAP_OVERHEAD (checked at import)
     NATT_CONT = 255              # parse status: an SA was found, the packet goes on
 
@@ -447,6 +449,7 @@ cdef struct natt_state:
     int32_t n_free
     natt_pkt *scratch
     int64_t scratch_cap
+    int32_t scratch_idle          # consecutive calls that used under a quarter of the scratch
     EVP_MD_CTX *mdw[NATT_MAX_THREADS]   # per-thread HMAC work contexts
     natt_ivpool *ivpool[NATT_MAX_THREADS]   # per-thread CBC IV pools (lazily allocated)
 
@@ -2401,7 +2404,7 @@ cdef class FastBackend:
 
     def close(self) -> None:
         """Drop every SA (cleansing its keyed state) and every parser entry, and give back the
-        per-packet scratch (about 72 octets a packet of the largest batch so far)."""
+        per-packet scratch (72 octets a packet of the largest recent batch, _scratch)."""
         self._lock()
         self._drop_all()
         for key in self._keys.values():
@@ -2412,6 +2415,7 @@ cdef class FastBackend:
         free(self.st.scratch)
         self.st.scratch = NULL
         self.st.scratch_cap = 0
+        self.st.scratch_idle = 0
         self._unlock()
 
     def _fork_prepare(self) -> None:
@@ -2426,17 +2430,34 @@ cdef class FastBackend:
     # ---- data path
 
     cdef int _scratch(self, int64_t n) noexcept nogil:
-        """Grow the per-packet scratch of the threaded pipeline (kept between batches)."""
+        """Size the per-packet scratch of the threaded pipeline and of encap for ``n`` packets.
+
+        Kept between batches, so that steady traffic allocates nothing. It grows at least
+        twofold, and shrinks to ``n`` once NATT_SCRATCH_IDLE calls in a row have used under a
+        quarter of it: one outlier batch (2**21 packets hold 151 MB) must not pin its memory
+        for the backend's life, and batch sizes that merely alternate must not realloc on
+        every call. Up to NATT_SCRATCH_KEEP octets are never given back."""
         cdef natt_pkt *s
-        cdef int64_t cap
-        if n <= self.st.scratch_cap:
-            return 0
-        cap = n if n > 2 * self.st.scratch_cap else 2 * self.st.scratch_cap
+        cdef int64_t cap = self.st.scratch_cap
+        if n <= cap:
+            if n >= cap // 4 or cap * <int64_t>sizeof(natt_pkt) <= NATT_SCRATCH_KEEP:
+                self.st.scratch_idle = 0
+                return 0
+            self.st.scratch_idle += 1
+            if self.st.scratch_idle < NATT_SCRATCH_IDLE:
+                return 0
+            cap = n if n * <int64_t>sizeof(natt_pkt) > NATT_SCRATCH_KEEP else NATT_SCRATCH_KEEP // sizeof(natt_pkt)
+        elif n > 2 * cap:
+            cap = n
+        else:
+            cap = 2 * cap
         s = <natt_pkt *>realloc(self.st.scratch, cap * sizeof(natt_pkt))
         if s == NULL:
-            return -1
+            # A failed shrink keeps the larger block, which still serves.
+            return 0 if n <= self.st.scratch_cap else -1
         self.st.scratch = s
         self.st.scratch_cap = cap
+        self.st.scratch_idle = 0
         return 0
 
     def decap(self, batch, out, threads) -> None:

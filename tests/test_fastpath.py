@@ -636,3 +636,45 @@ def test_close_gives_back_the_scratch_of_the_largest_batch():
     out._prepare(one, ENCAP_OVERHEAD)
     b.encap(one, 10, out, 2)                        # the scratch grows again where it is needed
     assert out.status.tolist() == [Status.OK] * 300
+
+
+def test_scratch_of_an_outlier_batch_is_given_back_after_small_batches():
+    """One huge batch must not pin its scratch for the backend's life: after eight calls in a
+    row that use under a quarter of it, it shrinks (to 4 MiB) without close(). Seven such calls,
+    or a larger batch in between, keep it, so alternating batch sizes do not realloc each call."""
+    import resource
+    page = resource.getpagesize()
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+    b = FastBackend()
+    b.add_sa(sa_config(9, 0x900, inbound=False, suite=SUITES["aes128gcm16"]))
+    big = natt.PacketBatch(np.zeros(0, np.uint8), np.zeros(1 << 21, np.int64), np.zeros(1 << 21, np.int64))
+    small = natt.PacketBatch.from_packets([inner(1)] * 300)
+    out_big, out = natt.EncapResult(), natt.EncapResult()
+    out_big._prepare(big, ENCAP_OVERHEAD)
+    out._prepare(small, ENCAP_OVERHEAD)
+
+    def small_calls(k: int) -> None:
+        for _ in range(k):
+            b.encap(small, 9, out, None)
+            assert out.status.tolist() == [Status.OK] * 300
+    b.encap(big, 9, out_big, None)                  # 2**21 packets * 72 octets = 151 MB of scratch
+    del out_big
+    held = rss()
+    small_calls(7)
+    assert held - rss() < 20 << 20                  # seven calls: kept
+    quarter = natt.PacketBatch(np.zeros(0, np.uint8), np.zeros(1 << 19, np.int64), np.zeros(1 << 19, np.int64))
+    out_q = natt.EncapResult()
+    out_q._prepare(quarter, ENCAP_OVERHEAD)
+    b.encap(quarter, 9, out_q, None)                # uses a quarter: the count starts over
+    small_calls(7)
+    assert held - rss() < 20 << 20
+    small_calls(1)                                  # the eighth in a row gives it back
+    assert held - rss() > 100 << 20
+    out_q._prepare(big, ENCAP_OVERHEAD)
+    before = rss()
+    b.encap(big, 9, out_q, 2)                       # and it grows again where it is needed
+    assert rss() - before > 100 << 20
+    b.close()
