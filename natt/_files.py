@@ -22,16 +22,27 @@ class Replacement:
     the block ends without an exception, and deletes it when one is raised. A symbolic link
     ``path`` keeps pointing at the file it names, which is replaced. The temporary file is
     created (``OSError`` if it cannot be) by the constructor, before anything is written, with
-    ``mode`` (``None``: 0600, the mode for key files). It is flushed to disk before the rename:
-    renamed first, a crash could leave an empty file where the old one was.
+    ``mode`` (``None``: 0600, the mode for key files) and, as far as the process may give it,
+    ``owner`` (uid, gid): a file replaced by another user keeps its owner or at least its group,
+    as ``sed -i`` does. It is flushed to disk before the rename: renamed first, a crash could
+    leave an empty file where the old one was.
     """
 
-    def __init__(self, path: str, mode: Optional[int] = None) -> None:
+    def __init__(self, path: str, mode: Optional[int] = None,
+                 owner: Optional[tuple[int, int]] = None) -> None:
         target = os.path.realpath(path)
         fd, self._tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".part",
                                          prefix=f".{os.path.basename(target)}.")
         self._target = target
         try:
+            if owner is not None:
+                # Before the chmod: a chown clears set-user-ID bits. Only root may give a file
+                # away; anyone may set a group they are in; else the file stays the process's.
+                try:
+                    os.fchown(fd, *owner)
+                except PermissionError:
+                    with contextlib.suppress(PermissionError):
+                        os.fchown(fd, -1, owner[1])
             if mode is not None:
                 os.fchmod(fd, mode)
             self._file: io.BufferedWriter = open(fd, "wb")

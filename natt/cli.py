@@ -242,10 +242,13 @@ def _output_file(path: str, to_stdout: bool) -> Iterator[BinaryIO]:
     # user could not have written.
     if st is not None and not os.access(path, os.W_OK):
         raise CliError(f"cannot write {path}: {os.strerror(errno.EACCES)}")
-    # mkstemp makes its file 0o600; give it the mode the file it replaces had, or the one a
-    # plainly created file would get.
+    # mkstemp makes its file 0o600; give it the mode and owner the file it replaces had, or the
+    # mode a plainly created file would get.
     try:
-        out = Replacement(path, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
+        if st is not None:
+            out = Replacement(path, stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
+        else:
+            out = Replacement(path, 0o666 & ~_umask())
     except OSError as e:
         raise CliError(f"cannot write {path}: {e.strerror or e}") from None
     with out as f:
@@ -827,7 +830,8 @@ def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
 
 _KEYS_HELP = ("SA file: natt JSON (docs/keys.md) or a Wireshark/strongSwan esp_sa table")
 _OUTPUT_HELP = ("it is written as a temporary file beside OUT and renamed over OUT only when the run "
-                "succeeds, so a failed run leaves OUT as it was and OUT may be IN; a FIFO or a device "
+                "succeeds (keeping OUT's mode and, where allowed, its owner), so a failed run leaves OUT "
+                "as it was and OUT may be IN; a FIFO or a device "
                 "is written as the run goes. '-' (or /dev/stdout) is standard output: the summary "
                 "then goes to stderr")
 _MODE_HELP = ("IPsec mode of SAs read from an esp_sa table, which does not record it "

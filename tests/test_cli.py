@@ -360,17 +360,22 @@ def test_a_failed_run_leaves_the_output_as_it_was(cmd, failure, scenario, tmp_pa
     assert out.read_bytes() == b"old"
 
 
-def test_the_output_gets_the_mode_of_a_new_file_or_of_the_file_it_replaces(scenario, tmp_path, capsys):
+def test_the_output_gets_the_mode_of_a_new_file_or_the_mode_and_owner_of_the_file_it_replaces(
+        scenario, tmp_path, capsys):
     cap, keyfile, *_ = scenario
     out = tmp_path / "o.pcap"
     argv = ["decap", str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND
+    # Root (as in CI) can give the file away and must give it back; others keep their own.
+    owner = (4321, 4322) if os.geteuid() == 0 else (os.getuid(), os.getgid())
     old = os.umask(0o027)
     try:
         assert run(argv, capsys)[0] == 0
         assert stat.S_IMODE(out.stat().st_mode) == 0o640
+        os.chown(out, *owner)
         out.chmod(0o604)
         assert run(argv, capsys)[0] == 0
         assert stat.S_IMODE(out.stat().st_mode) == 0o604
+        assert (out.stat().st_uid, out.stat().st_gid) == owner
     finally:
         os.umask(old)
 
