@@ -87,7 +87,7 @@ def _make_backend(name: Optional[str]) -> Backend:
     if name == "reference":
         from ._reference import ReferenceBackend
         return ReferenceBackend()
-    raise ValueError(f"backend: unknown backend {name!r}; choose from {backends()}")
+    raise ValueError(f"backend: unknown backend {shown(name)}; choose from {backends()}")
 
 
 class _Reject(Exception):
@@ -104,7 +104,7 @@ def _int(name: str, value: Any, lo: int, hi: int) -> int:
         raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: expected an integer, got {type(value).__name__}")
     value = v
     if not lo <= value <= hi:
-        raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {value} is outside {lo}..{hi}")
+        raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {shown(value)} is outside {lo}..{hi}")
     return int(value)
 
 
@@ -165,9 +165,9 @@ class Offload:
     def __init__(self, backend: Optional[str] = None, *, max_sas: int = DEFAULT_MAX_SAS,
                  max_parser_entries: int = DEFAULT_MAX_PARSER_ENTRIES) -> None:
         if isinstance(max_sas, bool) or not isinstance(max_sas, int) or max_sas < 1:
-            raise ValueError(f"max_sas: expected a positive integer, got {max_sas!r}")
+            raise ValueError(f"max_sas: expected a positive integer, got {shown(max_sas)}")
         if isinstance(max_parser_entries, bool) or not isinstance(max_parser_entries, int) or max_parser_entries < 1:
-            raise ValueError(f"max_parser_entries: expected a positive integer, got {max_parser_entries!r}")
+            raise ValueError(f"max_parser_entries: expected a positive integer, got {shown(max_parser_entries)}")
         self._backend = _make_backend(backend)
         self.backend: str = self._backend.name
         self.max_sas = max_sas
@@ -254,7 +254,7 @@ class Offload:
         """
         if oid != OID_TCP_TASK_OFFLOAD:
             raise OffloadError(NdisStatus.INVALID_OID, f"oid: 0x{oid:08X} cannot be queried"
-                               if isinstance(oid, int) and 0 <= oid <= 0xFFFFFFFF else f"oid: {oid!r} is not an OID")
+                               if isinstance(oid, int) and 0 <= oid <= 0xFFFFFFFF else f"oid: {shown(oid)} is not an OID")
         with self._lock:
             self._check_open()
             return OffloadCapabilities(
@@ -298,48 +298,58 @@ class Offload:
             NdisStatus.INVALID_PARAMETER, NdisStatus.INVALID_DATA, NdisStatus.NOT_SUPPORTED)
         if not isinstance(req, AddUdpEspSa):
             raise _Reject(NdisStatus.INVALID_LENGTH, f"request: expected AddUdpEspSa, got {type(req).__name__}")
-        flags = req.flags
-        if isinstance(flags, bool) or not isinstance(flags, int) or flags not in (OFFLOAD_INBOUND_SA,
-                                                                                 OFFLOAD_OUTBOUND_SA):
-            raise _Reject(INVALID_PARAMETER, f"flags: {flags!r} is neither OFFLOAD_INBOUND_SA nor OFFLOAD_OUTBOUND_SA")
+        # Integer fields go through _as_int: numpy integers are integers, and a value whose own
+        # comparison raises is refused naming its field. Values are quoted through shown(): a
+        # key passed in the wrong field must not reach a message or the log.
+        flags = _as_int(req.flags)
+        if flags not in (OFFLOAD_INBOUND_SA, OFFLOAD_OUTBOUND_SA):
+            raise _Reject(INVALID_PARAMETER, f"flags: {shown(req.flags)} is neither OFFLOAD_INBOUND_SA nor "
+                                             "OFFLOAD_OUTBOUND_SA")
         inbound = flags == OFFLOAD_INBOUND_SA
         sas = req.sec_assoc
         if not isinstance(sas, (list, tuple)) or not 1 <= len(sas) <= OFFLOAD_MAX_SAS:
             n = len(sas) if isinstance(sas, (list, tuple)) else type(sas).__name__
             raise _Reject(INVALID_DATA, f"sec_assoc: needs 1..{OFFLOAD_MAX_SAS} elements, got {n}")
+        for k, sa in enumerate(sas):        # check 3 covers every element, before check 4's count
+            if not isinstance(sa, OffloadSecurityAssociation):
+                raise _Reject(INVALID_DATA, f"sec_assoc[{k}]: expected OffloadSecurityAssociation, "
+                                            f"got {type(sa).__name__}")
         if len(sas) > 1:
             raise _Reject(NOT_SUPPORTED, "sec_assoc: only one ESP element is supported (AH cannot cross a NAT)")
         sa = sas[0]
-        if not isinstance(sa, OffloadSecurityAssociation):
-            raise _Reject(INVALID_DATA, f"sec_assoc[0]: expected OffloadSecurityAssociation, got {type(sa).__name__}")
-        if sa.operation == Operation.AUTHENTICATE and not isinstance(sa.operation, bool):
+        operation = _as_int(sa.operation)
+        if operation == Operation.AUTHENTICATE:
             raise _Reject(NOT_SUPPORTED, "sec_assoc[0].operation: AUTHENTICATE (AH) is not supported over UDP")
-        if isinstance(sa.operation, bool) or sa.operation != Operation.ENCRYPT:
-            raise _Reject(INVALID_PARAMETER, f"sec_assoc[0].operation: {sa.operation!r} is not an Operation")
-        if sa.spi == 0 and not isinstance(sa.spi, bool):
+        if operation != Operation.ENCRYPT:
+            raise _Reject(INVALID_PARAMETER, f"sec_assoc[0].operation: {shown(sa.operation)} is not an Operation")
+        if _as_int(sa.spi) == 0:
             raise _Reject(INVALID_PARAMETER, "sec_assoc[0].spi: 0 is reserved (RFC 4303 §2.1)")
         spi = _int("sec_assoc[0].spi", sa.spi, 1, 0xFFFFFFFF)
 
         conf, integ = sa.conf_algo, sa.integrity_algo
+        ids = []
         for field, info, enum_type in (("conf_algo", conf, ConfAlgo), ("integrity_algo", integ, IntegrityAlgo)):
             if not isinstance(info, AlgoInfo):
                 raise _Reject(INVALID_PARAMETER, f"sec_assoc[0].{field}: expected AlgoInfo, got {type(info).__name__}")
-            ident = info.identifier
-            if isinstance(ident, bool) or not isinstance(ident, int) or ident not in enum_type._value2member_map_:
-                raise _Reject(NOT_SUPPORTED, f"sec_assoc[0].{field}.identifier: {ident!r} is not a known algorithm")
-        if conf.identifier in (ConfAlgo.DES, ConfAlgo.RESERVED):
-            raise _Reject(NOT_SUPPORTED, f"sec_assoc[0].conf_algo.identifier: {ConfAlgo(conf.identifier).name} "
+            ident = _as_int(info.identifier)
+            if ident is None or ident not in enum_type._value2member_map_:
+                raise _Reject(NOT_SUPPORTED, f"sec_assoc[0].{field}.identifier: {shown(info.identifier)} is not a "
+                                             "known algorithm")
+            ids.append(ident)
+        conf_id, integ_id = ConfAlgo(ids[0]), IntegrityAlgo(ids[1])
+        if conf_id in (ConfAlgo.DES, ConfAlgo.RESERVED):
+            raise _Reject(NOT_SUPPORTED, f"sec_assoc[0].conf_algo.identifier: {conf_id.name} "
                                          "is not supported (single DES is broken, RFC 4835)")
-        if conf.identifier == ConfAlgo.NONE and integ.identifier == IntegrityAlgo.NONE:
+        if conf_id == ConfAlgo.NONE and integ_id == IntegrityAlgo.NONE:
             raise _Reject(INVALID_PARAMETER, "sec_assoc[0]: conf_algo and integrity_algo cannot both be NONE "
                                              "(RFC 4303 §3.2)")
-        suite = suite_for_algos(conf.identifier, integ.identifier)
+        suite = suite_for_algos(conf_id, integ_id)
         if suite is None:
-            raise _Reject(NOT_SUPPORTED, f"sec_assoc[0]: {ConfAlgo(conf.identifier).name} with "
-                                         f"{IntegrityAlgo(integ.identifier).name} is not a supported combination")
+            raise _Reject(NOT_SUPPORTED, f"sec_assoc[0]: {conf_id.name} with {integ_id.name} is not a supported "
+                                         "combination")
         for field, info, want in (("conf_algo", conf, suite.conf_key_len), ("integrity_algo", integ, suite.integ_key_len)):
-            if isinstance(info.key_len, bool) or not isinstance(info.key_len, int) or info.key_len != want:
-                raise _Reject(INVALID_DATA, f"sec_assoc[0].{field}.key_len: {info.key_len!r} octets, "
+            if _as_int(info.key_len) != want:
+                raise _Reject(INVALID_DATA, f"sec_assoc[0].{field}.key_len: {shown(info.key_len)} octets, "
                                             f"the algorithm needs {want}")
         key_mat = req.key_mat
         if not isinstance(key_mat, (bytes, bytearray, memoryview)):
@@ -348,10 +358,11 @@ class Offload:
             key = bytearray(key_mat)
         except ValueError:          # a released memoryview
             raise _Reject(INVALID_DATA, "key_mat: cannot be read (a released memoryview?)") from None
-        if len(key) != conf.key_len + integ.key_len:
+        if len(key) != suite.conf_key_len + suite.integ_key_len:
             n = len(key)
             key[:] = bytes(len(key))
-            raise _Reject(INVALID_DATA, f"key_mat: {n} octets, the key lengths add up to {conf.key_len + integ.key_len}")
+            raise _Reject(INVALID_DATA, f"key_mat: {n} octets, the key lengths add up to "
+                                        f"{suite.conf_key_len + suite.integ_key_len}")
         try:
             return self._validate_rest(req, inbound, spi, suite, key)
         except _Reject:
@@ -395,7 +406,7 @@ class Offload:
 
         esn = req.esn
         if not isinstance(esn, bool):
-            raise _Reject(INVALID_PARAMETER, f"esn: expected True or False, got {esn!r}")
+            raise _Reject(INVALID_PARAMETER, f"esn: expected True or False, got {shown(esn)}")
         window = _int("replay_window", req.replay_window, 0, REPLAY_WINDOW_MAX)
         if window and window < REPLAY_WINDOW_MIN:
             raise _Reject(INVALID_PARAMETER, f"replay_window: {window}; use 0 (off) or "
@@ -436,9 +447,10 @@ class Offload:
         entry = req.encap_type_entry
         if not isinstance(entry, EncapTypeEntry):
             raise _Reject(INVALID_PARAMETER, f"encap_type_entry: expected EncapTypeEntry, got {type(entry).__name__}")
-        et = entry.udp_encap_type
-        if isinstance(et, bool) or not isinstance(et, int) or et not in UdpEncapType._value2member_map_:
-            raise _Reject(NdisStatus.NOT_SUPPORTED, f"encap_type_entry.udp_encap_type: {et!r} is not IKE (0) or OTHER (1)")
+        et = _as_int(entry.udp_encap_type)
+        if et is None or et not in UdpEncapType._value2member_map_:
+            raise _Reject(NdisStatus.NOT_SUPPORTED, f"encap_type_entry.udp_encap_type: {shown(entry.udp_encap_type)} "
+                                                    "is not IKE (0) or OTHER (1)")
         encap_type = UdpEncapType(et)
         entry_handle: Optional[int] = 0
         port = 0
@@ -451,7 +463,7 @@ class Offload:
             if h:
                 e = self._entries.get(h)
                 if e is None:
-                    raise _Reject(INVALID_PARAMETER, f"encap_type_entry_offld_handle: {h} names no parser entry")
+                    raise _Reject(INVALID_PARAMETER, f"encap_type_entry_offld_handle: {shown(h)} names no parser entry")
                 if (e.encap_type, e.port) != (encap_type, port):
                     raise _Reject(INVALID_PARAMETER, f"encap_type_entry_offld_handle: entry {h} is "
                                                      f"({e.encap_type.name}, {e.port}), not ({encap_type.name}, {port})")
@@ -528,17 +540,21 @@ class Offload:
                 return NdisStatus.FAILURE, "Offload: this instance is closed"
             if not isinstance(req, DeleteUdpEspSa):
                 return NdisStatus.INVALID_LENGTH, f"request: expected DeleteUdpEspSa, got {type(req).__name__}"
-            h, eh = _as_int(req.offload_handle), _as_int(req.encap_type_entry_offld_handle)
+            try:
+                offload_handle, entry_handle = req.offload_handle, req.encap_type_entry_offld_handle
+            except Exception as e:      # noqa: BLE001 - as in _add: a status, whatever the request holds
+                return NdisStatus.INVALID_PARAMETER, f"request: a field could not be read ({type(e).__name__})"
+            h, eh = _as_int(offload_handle), _as_int(entry_handle)
             cfg = None if h is None else self._sas.get(h)
             if cfg is None:
-                return NdisStatus.INVALID_PARAMETER, f"offload_handle: {req.offload_handle!r} names no SA"
+                return NdisStatus.INVALID_PARAMETER, f"offload_handle: {shown(offload_handle)} names no SA"
             if eh is None:
                 return NdisStatus.INVALID_PARAMETER, (f"encap_type_entry_offld_handle: expected an integer, "
-                                                      f"got {req.encap_type_entry_offld_handle!r}")
+                                                      f"got {shown(entry_handle)}")
             if eh:
                 entry = self._entries.get(eh)
                 if entry is None:
-                    return NdisStatus.INVALID_PARAMETER, f"encap_type_entry_offld_handle: {eh} names no parser entry"
+                    return NdisStatus.INVALID_PARAMETER, f"encap_type_entry_offld_handle: {shown(eh)} names no parser entry"
                 if eh != cfg.entry_handle:
                     return NdisStatus.INVALID_PARAMETER, (f"encap_type_entry_offld_handle: SA {h} does not use "
                                                           f"parser entry {eh}")
@@ -581,7 +597,7 @@ class Offload:
         ``aes256-sha256``, ``chacha20poly1305``, … optionally ``-esn``).
         ``key`` is the encryption key (with its 4-octet salt for AEADs)
         followed by the integrity key. ``src``/``dst`` are the outer
-        addresses: the tunnel ends (both required) for ``mode="tunnel"``, the
+        addresses: the tunnel ends (both required, neither 0.0.0.0) for ``mode="tunnel"``, the
         hosts for ``mode="transport"`` (``dst`` then restricts which
         destination the inbound SA accepts). Inbound SAs use the parser entry
         (``encap``, ``port``), created on first use; outbound SAs write UDP
@@ -594,13 +610,21 @@ class Offload:
             s, suite_esn = parse_suite(suite)
         except ValueError as e:
             raise OffloadError(NdisStatus.NOT_SUPPORTED, str(e)) from None
-        if direction not in ("in", "out"):
+        if not isinstance(direction, str) or direction not in ("in", "out"):
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"direction: {shown(direction)} is neither 'in' nor 'out'")
-        if mode not in ("tunnel", "transport"):
+        if not isinstance(mode, str) or mode not in ("tunnel", "transport"):
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"mode: {shown(mode)} is neither 'tunnel' nor 'transport'")
-        if mode == "tunnel" and (src is None or dst is None):
-            raise OffloadError(NdisStatus.INVALID_PARAMETER,
-                               f"{'src' if src is None else 'dst'}: a tunnel SA needs both src and dst")
+        if mode == "tunnel":
+            # The OID layer reads two zero tunnel addresses as transport mode: a tunnel asked
+            # for here must not become that.
+            for name, value in (("src", src), ("dst", dst)):
+                try:
+                    unset = _addr(name, value) == 0
+                except _Reject as r:
+                    raise OffloadError(r.status, str(r)) from None
+                if unset:
+                    raise OffloadError(NdisStatus.INVALID_PARAMETER, f"{name}: a tunnel SA needs both src and dst, "
+                                       f"and neither may be 0.0.0.0 (got {shown(value)})")
         if isinstance(encap, str):      # as key files and the other Pythonic arguments take it
             try:
                 encap = UdpEncapType[encap.strip().upper()]
@@ -630,7 +654,7 @@ class Offload:
             nat_oa_src=0 if nat_oa_src is None else nat_oa_src,
             nat_oa_dst=0 if nat_oa_dst is None else nat_oa_dst,
             replay_seq=replay_seq, replay_oseq=replay_oseq, replay_bitmap=replay_bitmap)
-        if mode == "tunnel":      # both given (checked above)
+        if mode == "tunnel":      # both given and not 0 (checked above)
             req.src_tunnel_addr = 0 if src is None else src
             req.dst_tunnel_addr = 0 if dst is None else dst
         else:
@@ -706,7 +730,7 @@ class Offload:
             cfg = self._sa(handle)
             if not cfg.inbound or not cfg.replay_window:
                 raise OffloadError(NdisStatus.INVALID_PARAMETER,
-                                   f"handle: {handle!r} is not an inbound SA with anti-replay")
+                                   f"handle: {shown(handle)} is not an inbound SA with anti-replay")
             return self._backend.replay_state(cfg.handle)
 
     def claim_after_fork(self, handle: int) -> None:
@@ -743,7 +767,7 @@ class Offload:
         h = _as_int(handle)
         cfg = None if h is None else self._sas.get(h)
         if cfg is None:
-            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {handle!r} names no SA")
+            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {shown(handle)} names no SA")
         return cfg
 
     # ------------------------------------------------------------------ data path
@@ -801,7 +825,7 @@ class Offload:
             self._run(self._backend.encap, batch, cfg.handle, out, threads)
         except KeyError:
             # Deleted by another thread between the check above and the batch.
-            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {handle!r} names no SA") from None
+            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {shown(handle)} names no SA") from None
         finally:
             del _FILLING[key]
         return out
@@ -890,7 +914,7 @@ def _as_int(value: Any) -> Optional[int]:
         return None
     try:
         return operator.index(value)
-    except TypeError:
+    except Exception:   # noqa: BLE001 - not TypeError only: a value whose __index__ raises is no integer
         return None
 
 
@@ -903,7 +927,7 @@ def _check_threads(threads: Optional[int]) -> Optional[int]:
         return None
     t = _as_int(threads)
     if t is None or not 1 <= t <= MAX_THREADS:
-        raise ValueError(f"threads: expected None or an integer 1..{MAX_THREADS}, got {threads!r}")
+        raise ValueError(f"threads: expected None or an integer 1..{MAX_THREADS}, got {shown(threads)}")
     return t
 
 

@@ -3,7 +3,8 @@
 Arguments get swapped (``add_sa(spi, "aes128gcm16", key_hex, ...)`` puts the key in ``suite``),
 and a message that echoed the value would print the key (SECURITY.md: keys never appear in
 messages). Names natt asks for -- suites, directions, modes, addresses -- are short and never
-a long run of hex digits; keys written as text are exactly that.
+a long run of hex digits; keys written as text are exactly that. No integer field is wider than
+64 bits, and a key turned into an integer (``int.from_bytes``) is wider.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ def shown(value: Any) -> str:
     """``repr(value)``, unless it could be key material: then only its type and length."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"<{type(value).__name__} of {memoryview(value).nbytes} octets, not shown>"
-    if isinstance(value, str) and _KEYLIKE.fullmatch(value.strip()):
-        return f"<{len(value)} hex digits, not shown: a key?>"
+    if isinstance(value, int) and value.bit_length() > 64:     # no field natt takes is wider
+        return f"<a {value.bit_length()}-bit integer, not shown: a key?>"
+    if isinstance(value, str):
+        if _KEYLIKE.fullmatch(value.strip()):
+            return f"<{len(value)} hex digits, not shown: a key?>"
+        if _KEYLIKE.search(value):              # a key with something around it ("<hex>-esn")
+            return f"<{len(value)} characters around a run of hex digits, not shown: a key?>"
     return repr(value)

@@ -637,7 +637,7 @@ def loads(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
     ``mode`` applies to ``esp_sa`` SAs only (the table does not say); JSON SAs carry their own.
     """
     if mode not in ("tunnel", "transport"):
-        raise ValueError(f"mode: 'tunnel' or 'transport', got {mode!r}")
+        raise ValueError(f"mode: 'tunnel' or 'transport', got {shown(mode)}")
     # Editors on Windows start UTF-8 files with a byte order mark; it belongs to neither format.
     text = text.removeprefix("\ufeff")
     stripped = text.lstrip()
@@ -687,7 +687,7 @@ def dumps(specs: Iterable[SaSpec], fmt: str = "json") -> str:
         return json.dumps([_spec_to_json(s) for s in specs], indent=2) + "\n"
     if fmt == "esp_sa":
         return to_esp_sa(specs)
-    raise ValueError(f"fmt: 'json' or 'esp_sa', got {fmt!r}")
+    raise ValueError(f"fmt: 'json' or 'esp_sa', got {shown(fmt)}")
 
 
 def save(path: PathLike, specs: Iterable[SaSpec], fmt: Optional[str] = None) -> None:
@@ -727,7 +727,7 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
     :class:`KeyFileError` names the SA (its ``natt.OffloadError`` is the ``__cause__``).
     """
     if direction not in (None, "in", "out"):
-        raise ValueError(f"direction: None, 'in' or 'out', got {direction!r}")
+        raise ValueError(f"direction: None, 'in' or 'out', got {shown(direction)}")
     with offload._all_or_nothing() as handles:
         for i, s in enumerate(specs):
             # A spec made in code skips the file readers' check, and add_sa's own message gives

@@ -500,6 +500,18 @@ def test_entry_survives_a_delete_with_handle_0(backend: str) -> None:
         assert counts(nic) == (0, 0)
 
 
+class _Raising:
+    """A value whose comparisons and integer conversion raise (a broken or hostile object)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("unreadable")
+
+    __hash__ = object.__hash__
+
+    def __index__(self) -> int:
+        raise RuntimeError("unreadable")
+
+
 class _Unreadable(list):
     """A sec_assoc list that cannot even say how long it is."""
 
@@ -536,6 +548,19 @@ def test_delete_request_checks(backend: str) -> None:
             assert nic.set_oid(DELETE, bad) is NS.INVALID_PARAMETER, bad
         assert nic.set_oid(DELETE, base_request()) is NS.INVALID_LENGTH
         assert nic.set_oid(DELETE, None) is NS.INVALID_LENGTH
+        # A field that cannot be read is a status, as in an add (never an exception).
+        assert nic.set_oid(DELETE, natt.DeleteUdpEspSa(_Raising())) is NS.INVALID_PARAMETER
+        assert nic.set_oid(DELETE, natt.DeleteUdpEspSa(a.offload_handle, _Raising())) is NS.INVALID_PARAMETER
+
+        class Broken(natt.DeleteUdpEspSa):
+            @property
+            def offload_handle(self) -> int:
+                raise AttributeError("gone")
+
+            @offload_handle.setter
+            def offload_handle(self, value: int) -> None:
+                pass
+        assert nic.set_oid(DELETE, Broken(a.offload_handle)) is NS.INVALID_PARAMETER
         assert counts(nic) == (2, 2)
         assert nic.set_oid(DELETE, natt.DeleteUdpEspSa(a.offload_handle)) is NS.SUCCESS
         # Deleted once: the handle is gone.
@@ -853,6 +878,14 @@ def test_delete_sa_removes_the_entry_with_its_last_sa(backend: str) -> None:
     ({"mode": "beet"}, NS.INVALID_PARAMETER, "mode"),
     ({"mode": "tunnel", "src": None}, NS.INVALID_PARAMETER, "src"),
     ({"mode": "tunnel", "dst": None}, NS.INVALID_PARAMETER, "dst"),
+    # Two zero tunnel addresses mean transport in the OID layer: a tunnel asked for is refused.
+    ({"mode": "tunnel", "src": 0, "dst": 0}, NS.INVALID_PARAMETER, "src"),
+    ({"mode": "tunnel", "src": "0.0.0.0"}, NS.INVALID_PARAMETER, "src"),
+    ({"mode": "tunnel", "dst": ipaddress.IPv4Address(0)}, NS.INVALID_PARAMETER, "dst"),
+    ({"mode": "tunnel", "src": -1}, NS.INVALID_PARAMETER, "src"),
+    ({"spi": _Raising()}, NS.INVALID_PARAMETER, "spi"),
+    ({"direction": _Raising()}, NS.INVALID_PARAMETER, "direction"),
+    ({"mode": _Raising()}, NS.INVALID_PARAMETER, "mode"),
     ({"dst": "198.51.100.300"}, NS.INVALID_PARAMETER, "dst"),
     ({"replay_window": 31}, NS.INVALID_PARAMETER, "replay_window"),
     ({"esn": True, "replay_window": 0}, NS.INVALID_PARAMETER, "esn"),
@@ -860,14 +893,15 @@ def test_delete_sa_removes_the_entry_with_its_last_sa(backend: str) -> None:
     ({"replay_seq": 2**32}, NS.INVALID_PARAMETER, "replay_seq"),
     ({"port": 0}, NS.INVALID_PARAMETER, "port"),
     ({"encap": 5}, NS.NOT_SUPPORTED, "encap"),
-    ({"sport": 70000, "direction": "out"}, NS.INVALID_PARAMETER, "port"),
+    ({"sport": 70000, "direction": "out"}, NS.INVALID_PARAMETER, "sport"),
     ({"nat_oa_src": "10.0.0.1"}, NS.INVALID_PARAMETER, "nat_oa_src"),
 ])
 def test_offload_error_status_and_field(backend: str, kwargs: dict, status: NS, field: str) -> None:
+    # The field is named at the start, as every OffloadError of add_sa does.
     e = _refused_add_sa(backend, **kwargs)
     assert e.status is status
     assert isinstance(e.status, NS)
-    assert field in str(e)
+    assert str(e).startswith(field)
 
 
 def _refused_add_sa(backend: str, **changes: Any) -> natt.OffloadError:
@@ -908,6 +942,72 @@ def test_add_sa_errors_never_echo_a_key_given_in_the_wrong_place(backend: str, s
     text = str(_refused_add_sa(backend, **swap)).lower()
     assert "a1b2c3d4" not in text and "a1:b2:c3" not in text and "\\xa1\\xb2" not in text
     assert next(iter(swap)) in text                       # the field is still named
+
+
+def test_no_entry_point_echoes_a_key_given_in_the_wrong_place(backend: str, caplog) -> None:
+    """SECURITY.md: keys never appear in messages or logs, even when the caller passes one where a
+    handle, an OID, a flag or a count belongs (the key as bytes, hex text, hex with a suffix,
+    or an integer)."""
+    key = bytes.fromhex(KEY_HEX)
+    forms = [key, bytearray(key), KEY_HEX, KEY_HEX + "-esn", int(KEY_HEX, 16)]
+    with natt.Offload(backend=backend) as nic:
+        caplog.set_level(logging.DEBUG, logger="natt")
+        for k in forms:
+            calls: list[Callable[[], Any]] = [
+                lambda: nic.delete_sa(k), lambda: nic.sa_stats(k), lambda: nic.replay_state(k),
+                lambda: nic.encap([D1], k), lambda: nic.claim_after_fork(k), lambda: nic.query_oid(k),
+                lambda: nic.decap([D1], threads=k),
+                lambda: nic.add_sa(0x1001, bytes(20), "aes128gcm16", "in", mode="transport", esn=k),
+                lambda: nic.add_sa(0x1001, bytes(20), "aes128gcm16", "in", mode="transport", encap=k),
+                lambda: nic.add_sa(0x1001, bytes(20), k, "in", mode="transport"),
+                lambda: nic.add_sa(k, bytes(20), "aes128gcm16", "in", mode="transport"),
+                lambda: natt.Offload(backend=k),
+            ]
+            if not isinstance(k, int):          # a huge table limit is a valid limit
+                calls += [lambda: natt.Offload(backend=backend, max_sas=k),
+                          lambda: natt.Offload(backend=backend, max_parser_entries=k)]
+            for call in calls:
+                with pytest.raises((natt.OffloadError, ValueError)) as e:
+                    call()
+                assert not _leaks(str(e.value), key) and str(int(KEY_HEX, 16))[:12] not in str(e.value)
+            requests = [
+                base_request(flags=k), base_request(esn=k), base_request(encap_type_entry_offld_handle=k),
+                base_request(sec_assoc=[_sa_element(spi=k)]),
+                base_request(sec_assoc=[_sa_element(operation=k)]),
+                base_request(sec_assoc=[_sa_element(conf=k)]), base_request(sec_assoc=[_sa_element(conf_len=k)]),
+                base_request(encap_type_entry=natt.EncapTypeEntry(k, 4500)),
+            ]
+            for req in requests:
+                assert add(nic, req) is not NS.SUCCESS
+            for req in (natt.DeleteUdpEspSa(k), natt.DeleteUdpEspSa(1, k)):
+                assert nic.set_oid(DELETE, req) is NS.INVALID_PARAMETER
+        assert caplog.records and not _leaks(caplog.text, key) and str(int(KEY_HEX, 16))[:12] not in caplog.text
+        assert counts(nic) == (0, 0)
+
+
+def test_oid_fields_take_numpy_integers(backend: str) -> None:
+    # As the Pythonic layer does (test_numpy_integers_are_integers_everywhere): numbers read from
+    # numpy arrays are integers in every integer field of the OID structures too.
+    with natt.Offload(backend=backend) as nic:
+        req = base_request(flags=np.uint16(natt.OFFLOAD_INBOUND_SA),
+                           sec_assoc=[_sa_element(conf=np.int64(natt.ConfAlgo.AES_GCM_128), conf_len=np.int64(20),
+                                                  integ=np.int32(natt.IntegrityAlgo.NONE), integ_len=np.uint8(0),
+                                                  operation=np.int8(natt.Operation.ENCRYPT))],
+                           encap_type_entry=natt.EncapTypeEntry(np.int64(natt.UdpEncapType.OTHER), np.uint16(4500)))
+        assert add(nic, req) is NS.SUCCESS
+        assert nic.sa_stats(req.offload_handle)["suite"] == "aes128gcm16"
+        h = nic.add_sa(0x2002, bytes(20), "aes128gcm16", "out", mode="transport", encap=np.int64(0))
+        assert nic.sa_stats(h)["encap"] == "IKE"
+        assert add(nic, base_request(flags=np.float64(1))) is NS.INVALID_PARAMETER
+
+
+def test_every_sec_assoc_element_is_checked_before_the_count(backend: str) -> None:
+    # semantics.md §6: row 3 (an element not an OffloadSecurityAssociation) before row 4.
+    with natt.Offload(backend=backend) as nic:
+        assert add(nic, base_request(sec_assoc=[None, None])) is NS.INVALID_DATA
+        assert add(nic, base_request(sec_assoc=[_sa_element(), None])) is NS.INVALID_DATA
+        assert add(nic, base_request(sec_assoc=[_sa_element(), _sa_element()])) is NS.NOT_SUPPORTED
+        assert counts(nic) == (0, 0)
 
 
 def test_add_sa_still_echoes_a_mistyped_name(backend: str) -> None:
