@@ -17,6 +17,7 @@ import logging
 import operator
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional, Union
@@ -64,20 +65,31 @@ _SUPPORTED_INTEG = tuple(IntegrityAlgo)
 
 def backends() -> list[str]:
     """Names of the data paths this installation can run, fastest first."""
-    names = []
+    return (["fast"] if _fast_unavailable() is None else []) + ["reference"]
+
+
+@functools.lru_cache(maxsize=1)
+def _fast_unavailable() -> Optional[str]:
+    """Why the compiled backend cannot be imported, or None when it can."""
     try:
         from . import _fastpath
-        if hasattr(_fastpath, "FastBackend"):
-            names.append("fast")
-    except ImportError:  # pragma: no cover - only when the extension failed to build
-        pass
-    names.append("reference")
-    return names
+    except ImportError as e:
+        return str(e)
+    return None if hasattr(_fastpath, "FastBackend") else "natt._fastpath has no FastBackend"
 
 
 def _make_backend(name: Optional[str]) -> Backend:
     if name is None:
         name = backends()[0]
+        why = _fast_unavailable()
+        if why is not None:
+            # The usual cause is running from a source checkout, whose natt/ shadows the
+            # installed package and has no compiled extension: say so, not silently go slow.
+            warnings.warn(f"natt: the compiled 'fast' backend cannot be imported ({why}); using the "
+                          f"pure-Python 'reference' backend, about ten times slower. Running inside "
+                          f"natt's source tree? Its natt/ hides the installed package: run from "
+                          f"another directory, or build in place (pip install -e .)",
+                          RuntimeWarning, stacklevel=3)
     if name == "fast":
         try:
             from ._fastpath import FastBackend

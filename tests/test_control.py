@@ -17,6 +17,7 @@ import dataclasses
 import ipaddress
 import logging
 import pickle
+import sys
 import traceback
 import types
 from typing import Any, Callable, Optional
@@ -1279,3 +1280,25 @@ def test_outbound_sas_from_before_a_fork_send_only_where_claimed(backend: str) -
         assert nic.encap([inner], tx).seq.tolist() == [1]
     _in_child(child)
     assert nic.encap([inner], tx).seq.tolist() == [1]                  # the parent's own sequence
+
+
+def test_a_default_offload_without_the_compiled_backend_says_so(monkeypatch) -> None:
+    """Offload() falls back to the reference backend when natt._fastpath cannot be imported (a
+    source checkout shadowing the installed package): with a warning naming the cause and the
+    way out, never silently ten times slower. A backend asked for by name gives no warning."""
+    import warnings
+
+    from natt import _offload
+    monkeypatch.setattr(_offload, "_fast_unavailable", lambda: "No module named 'natt._fastpath'")
+    assert natt.backends() == ["reference"]
+    with pytest.warns(RuntimeWarning, match=r"compiled 'fast' backend cannot be imported \(No module named "
+                                            r"'natt._fastpath'\).*source tree"):
+        nic = natt.Offload()
+    assert nic.backend == "reference"
+    nic.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        natt.Offload(backend="reference").close()
+    monkeypatch.setitem(sys.modules, "natt._fastpath", None)        # import fails: asked by name, an error
+    with pytest.raises(ValueError, match="'fast' is not available"):
+        natt.Offload(backend="fast")
