@@ -1011,7 +1011,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except SystemExit as e:
             return int(e.code or 0)
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # As parse_args would, but under the subcommand's usage line, like every other
+            # usage error of a subcommand (the top-level one lists only the commands).
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:   # --help, --version, usage errors
         return int(e.code or 0)
     try:

@@ -261,10 +261,15 @@ def test_options_that_do_not_go_together_are_usage_errors(scenario, tmp_path, ca
             (["decap", str(cap), "-o", str(tmp_path / "d"), "--workers", "0"],
              "argument --workers: must be at least 1, got 0"),
             (["decap", str(cap), "-o", str(tmp_path / "o.pcap"), "--threads", "0"],
-             "argument --threads: expected a whole number 1..256, got 0")]:
+             "argument --threads: expected a whole number 1..256, got 0"),
+            (["decap", str(cap), "-o", str(tmp_path / "o.pcap"), "--bogus", "x"], "unrecognized arguments: --bogus x")]:
         rc, _, err = run(argv + common, capsys)
         assert rc == 2 and err.startswith("usage: natt decap") and f"natt decap: error: {message}" in err, err
     assert "None" not in err
+    rc, _, err = run(["explain", "4500", "-k", str(keyfile), "--bogus"], capsys)
+    assert rc == 2 and err.startswith("usage: natt explain") and "natt explain: error: unrecognized arguments: --bogus" in err
+    rc, _, err = run(["--bogus"], capsys)
+    assert rc == 2 and err.startswith("usage: natt [-h]")
 
 
 def test_a_dask_address_dask_cannot_parse_is_one_line(scenario, tmp_path, capsys):
