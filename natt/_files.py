@@ -31,8 +31,12 @@ class Replacement:
     def __init__(self, path: str, mode: Optional[int] = None,
                  owner: Optional[tuple[int, int]] = None) -> None:
         target = os.path.realpath(path)
-        fd, self._tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".part",
-                                         prefix=f".{os.path.basename(target)}.")
+        try:
+            fd, self._tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".part",
+                                             prefix=f".{os.path.basename(target)}.")
+        except OSError as e:
+            # Name the file the caller asked for, not the temporary one it never heard of.
+            raise type(e)(e.errno, e.strerror, path) from None
         self._target = target
         try:
             if owner is not None:

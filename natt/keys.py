@@ -646,7 +646,7 @@ def loads(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
             doc = json.loads(text, object_pairs_hook=_JsonObject.of)
         except json.JSONDecodeError as e:
             # The message carries position only; json's own text could quote the document.
-            raise KeyFileError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+            raise KeyFileError(f"not valid JSON: {e.msg}: line {e.lineno} column {e.colno}") from None
         except RecursionError:
             raise KeyFileError("not a key file: JSON nested too deeply") from None
         if isinstance(doc, dict):
@@ -682,9 +682,21 @@ def load(path: PathLike, *, mode: str = "tunnel") -> list[SaSpec]:
 
 
 def dumps(specs: Iterable[SaSpec], fmt: str = "json") -> str:
-    """Serialise ``specs`` as ``"json"`` or ``"esp_sa"``."""
+    """Serialise ``specs`` as ``"json"`` or ``"esp_sa"``.
+
+    Only what :func:`loads` reads back is written: a spec that is not an :class:`SaSpec`, or
+    whose key is not bytes, is a ``TypeError``; an unknown suite, a bad address or port, a
+    ``ValueError`` (:class:`KeyFileError`) naming the SA and the field."""
+    specs = list(specs)
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, SaSpec):
+            raise TypeError(f"specs[{i}]: expected an SaSpec, got {type(spec).__name__}")
+        if not isinstance(spec.key, (bytes, bytearray)):
+            raise TypeError(f"specs[{i}].key: expected bytes or bytearray, got {type(spec.key).__name__}")
     if fmt == "json":
-        return json.dumps([_spec_to_json(s) for s in specs], indent=2) + "\n"
+        text = json.dumps([_spec_to_json(s) for s in specs], indent=2) + "\n"
+        loads(text)     # a file natt wrote must load: the readers hold every field check
+        return text
     if fmt == "esp_sa":
         return to_esp_sa(specs)
     raise ValueError(f"fmt: 'json' or 'esp_sa', got {shown(fmt)}")

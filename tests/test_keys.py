@@ -132,6 +132,8 @@ def test_invalid_json_reports_position_only():
     with pytest.raises(keys.KeyFileError, match="line 1") as ei:
         keys.loads('[{"spi": 1, "key": "' + secret + '",,}]')
     assert secret not in str(ei.value)
+    with pytest.raises(keys.KeyFileError, match=r"^not valid JSON: Unterminated string starting at: line 2 column 9$"):
+        keys.loads('[{"spi": 1,\n "key": "' + secret)
 
 
 def test_repr_hides_key():
@@ -165,6 +167,25 @@ def test_saving_through_a_symlink_replaces_the_file_it_names(tmp_path):
     link.symlink_to(real)
     keys.save(link, [spec()])
     assert link.is_symlink() and keys.load(real)[0].spi == spec().spi
+
+
+def test_save_writes_only_what_load_reads_back(tmp_path):
+    path = tmp_path / "k.json"
+    for bad, error, message in [
+            (spec(suite="nope"), keys.KeyFileError, r"^SA #1 \(spi 0x[0-9a-f]{8}\): suite: unknown ESP proposal 'nope'"),
+            (spec(src="192.0.2.300"), keys.KeyFileError, r"src: '192.0.2.300' is not an IPv4 address"),
+            (spec(key="00" * 20), TypeError, r"^specs\[0\]\.key: expected bytes or bytearray, got str$"),
+            ("aes128gcm16", TypeError, r"^specs\[0\]: expected an SaSpec, got str$")]:
+        with pytest.raises(error, match=message):
+            keys.save(path, [bad])
+        assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_saving_into_a_missing_directory_names_the_file_asked_for(tmp_path):
+    path = tmp_path / "nodir" / "k.json"
+    with pytest.raises(FileNotFoundError) as ei:
+        keys.save(path, [spec()])
+    assert ei.value.filename == str(path) and ".part" not in str(ei.value)
 
 
 def test_a_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
