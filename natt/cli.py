@@ -19,6 +19,7 @@ import os
 import shlex
 import signal
 import stat
+import string
 import sys
 import threading
 import time
@@ -749,15 +750,25 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         # An empty command substitution ("$(...)" that found no frame) would otherwise be
         # explained as a packet of 0 octets, with exit status 0.
         raise CliError("HEX: empty; give the IPv4 packet in hex, starting at the IP header")
-    try:
-        packet = bytes.fromhex(text)
-    except ValueError:
-        raise CliError("HEX: not a hex string (the IPv4 packet, starting at the IP header)") from None
+    bad = next((i for i, c in enumerate(text) if c not in string.hexdigits), None)
+    if bad is not None:
+        raise CliError(f"HEX: {text[bad]!r} at position {bad + 1} is not a hex digit (give the IPv4 packet "
+                       "in hex, starting at the IP header)")
+    if len(text) % 2:
+        raise CliError(f"HEX: {len(text)} hex digits, an odd number: a digit is missing or one too many")
+    packet = bytes.fromhex(text)
     specs = _load_keys(args.keys, args.mode)
     nic = Offload(backend="reference", max_sas=max(len(specs), 1))
     handles = _install(nic, specs, "in")
     for line in explain_packet(nic, handles, specs, packet):
         print(line)
+    if packet[:1] and packet[0] >> 4 != 4:
+        # Wireshark's "Copy as Hex Stream" of a whole frame starts at the Ethernet header.
+        ethertype, tagged = packet[12:14], packet[16:18]
+        hdr = 14 if ethertype == b"\x08\x00" else 18 if (ethertype, tagged) == (b"\x81\x00", b"\x08\x00") else 0
+        if hdr and packet[hdr:hdr + 1] and packet[hdr] >> 4 == 4:
+            print(f"hint: this looks like an Ethernet frame with IPv4 at octet {hdr + 1}: leave out its "
+                  f"first {hdr} octets ({2 * hdr} hex digits) to start at the IPv4 header")
     return 0
 
 
@@ -870,8 +881,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt decap big.pcap -k keys.json -o clear.pcap --threads 2 --report report.json\n"
                "  natt decap capture.pcap -k keys.json -o only-decrypted.pcap --drop-undecrypted\n"
                "  natt decap day1.pcap day2.pcap -k keys.json -o clear/ --workers 2     # Dask\n"
-               "exit status: 0 done, 1 unreadable capture or keys (message on stderr), 2 bad usage,\n"
-               "130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the output as it was, no temporary file left).")
+               "exit status: 0 done (however many packets decrypted: the summary says), 1 unreadable\n"
+               "capture or keys (message on stderr), 2 bad usage, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP\n"
+               "(the output as it was, no temporary file left).")
     d.add_argument("input", metavar="IN", nargs="+",
                    help="capture to read (pcap or pcapng); several only with --dask/--workers")
     d.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
@@ -909,7 +921,9 @@ def build_parser() -> argparse.ArgumentParser:
                "keys.json example (one outbound tunnel SA for 10.1.0.0/16 -> anywhere):\n"
                '  [{"spi": "0x1001", "suite": "aes128gcm16", "key": "<40 hex digits>",\n'
                '    "direction": "out", "src": "198.51.100.2", "dst": "203.0.113.5",\n'
-               '    "inner_src": "10.1.0.0/16"}]')
+               '    "inner_src": "10.1.0.0/16"}]\n'
+               "exit status: as natt decap's: 0 done (the summary counts what was sealed), 1 unreadable\n"
+               "capture or keys, 2 bad usage, 128 + the signal's number when stopped.")
     e.add_argument("input", metavar="IN", help="capture of inner packets (pcap or pcapng)")
     e.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
     e.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -929,7 +943,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  natt demo\n"
                "  natt demo --out-dir /tmp/natt-demo --packets 20000\n"
-               "  natt decap /tmp/natt-demo/demo.pcap -k /tmp/natt-demo/demo.esp_sa -o /tmp/clear.pcap")
+               "  natt decap /tmp/natt-demo/demo.pcap -k /tmp/natt-demo/demo.esp_sa -o /tmp/clear.pcap\n"
+               "exit status: 0 every demo packet decapsulated as expected, 1 otherwise or a file could\n"
+               "not be written, 2 bad usage.")
     m.add_argument("--out-dir", default="natt-demo", metavar="DIR", help="where to write the files (default ./natt-demo)")
     m.add_argument("--packets", type=at_least(1), default=5000,
                    help=f"packets in total, spread over the {len(DEMO_SUITES)} suites (when it is not a multiple "
@@ -950,7 +966,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  # the IPv4 packet of frame 7 (index 6) of a capture:\n"
                "  natt explain \"$(python3 -c \"from natt import pcap; print(pcap.read_frames('cap.pcap')[6][3].hex())\")\" \\\n"
                "      -k esp_sa\n"
-               "  natt explain 45:00:00:3c:... -k esp_sa --mode transport")
+               "  natt explain 45:00:00:3c:... -k esp_sa --mode transport\n"
+               "exit status: 0 explained, whatever the verdict (the last line, '=> STATUS'), 1 HEX or\n"
+               "KEYS unusable, 2 bad usage.")
     x.add_argument("hex", metavar="HEX", help="the packet in hex, from its IPv4 header (spaces and ':' allowed)")
     x.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
     x.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)

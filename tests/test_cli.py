@@ -714,8 +714,26 @@ def test_explain_walks_to_the_deciding_step(scenario, capsys):
     assert "no inbound SA with SPI 0x00005000" in out and out.strip().endswith("=> NO_SA (step 6)")
     rc, out, _ = run(["explain", ARP.hex(), "-k", str(keyfile)], capsys)
     assert out.strip().endswith("=> NOT_ESP (step 1)")
-    rc, _, err = run(["explain", "zz", "-k", str(keyfile)], capsys)
-    assert rc == 1 and "not a hex string" in err
+    rc, _, err = run(["explain", "45zz", "-k", str(keyfile)], capsys)
+    assert rc == 1 and "HEX: 'z' at position 3 is not a hex digit" in err
+    rc, _, err = run(["explain", good.hex()[:-1], "-k", str(keyfile)], capsys)
+    assert rc == 1 and f"HEX: {2 * len(good) - 1} hex digits, an odd number" in err
+
+
+def test_explain_says_when_the_packet_is_an_ethernet_frame(scenario, capsys):
+    # Wireshark's "Copy as Hex Stream" of a frame starts at the Ethernet header.
+    _, keyfile, _, _, frames = scenario
+    tagged = frames[0][:12] + b"\x81\x00\x00\x07" + frames[0][12:]          # 802.1Q, VLAN 7
+    for frame, skip in ((frames[0], 14), (tagged, 18)):
+        rc, out, _ = run(["explain", frame.hex(), "-k", str(keyfile)], capsys)
+        assert rc == 0 and out.splitlines()[-2] == "=> NOT_ESP (step 1)"
+        assert out.splitlines()[-1] == (f"hint: this looks like an Ethernet frame with IPv4 at octet {skip + 1}: "
+                                        f"leave out its first {skip} octets ({2 * skip} hex digits) to start at "
+                                        f"the IPv4 header")
+        rc, out, _ = run(["explain", frame[skip:].hex(), "-k", str(keyfile)], capsys)
+        assert out.strip().splitlines()[-1] == "=> OK (step 12)"
+    rc, out, _ = run(["explain", ARP.hex(), "-k", str(keyfile)], capsys)
+    assert "hint" not in out
 
 
 @pytest.mark.parametrize("hexarg", ["", "  ", "0x", " : "])
