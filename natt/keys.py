@@ -94,6 +94,7 @@ import ipaddress
 import json
 import os
 import re
+import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -169,7 +170,13 @@ def _spi(v: Any, where: str, show: Callable[[Any], str] = shown) -> int:
     try:
         spi = int(v, 0) if isinstance(v, str) else v
     except ValueError:
-        raise KeyFileError(f"{where}: spi: {show(v)} is not a number") from None
+        # Where it breaks, by position: a typo is found even when the value is not shown.
+        text = v.strip()
+        prefix = 2 if text[:2] in ("0x", "0X") else 0
+        digits = string.hexdigits if prefix else string.digits
+        bad = next((i for i, c in enumerate(text[prefix:], prefix) if c not in digits), None)
+        at = f" (character {bad + 1} is not a {'hex ' if prefix else ''}digit)" if bad is not None else ""
+        raise KeyFileError(f"{where}: spi: {show(v)} is not a number{at}") from None
     if isinstance(spi, bool) or not isinstance(spi, int) or not 0 < spi < 2**32:
         raise KeyFileError(f"{where}: spi: must be 1 .. 2**32-1, got {show(v)}")
     return spi

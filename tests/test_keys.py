@@ -565,3 +565,14 @@ def test_a_key_in_a_name_column_is_not_echoed(text):
     with pytest.raises(keys.KeyFileError) as e:
         keys.loads(text)
     assert "5ec7e7aa" not in str(e.value).lower()
+
+
+@pytest.mark.parametrize("spi,where", [("0xc0de000g", "character 10 is not a hex digit"),
+                                       ("12ab", "character 3 is not a digit"),
+                                       ("0x12 34", "character 5 is not a hex digit")])
+def test_an_spi_typo_is_located_even_where_the_value_is_not_shown(spi, where):
+    # A 10-character value may be a key from a shifted field, so it is not shown; where the
+    # number breaks still finds the typo.
+    line = f'"IPv4","192.0.2.1","192.0.2.2","{spi}","AES-GCM with 16 octet ICV [RFC4106]","0x{K20.hex()}","NULL",""'
+    with pytest.raises(keys.KeyFileError, match=rf"^line 1: spi: .* is not a number \({where}\)$"):
+        keys.loads(line)
