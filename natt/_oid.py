@@ -85,7 +85,7 @@ class EncapTypeEntry:
 
 @dataclasses.dataclass
 class AddUdpEspSa:
-    """OFFLOAD_IPSEC_ADD_UDPESP_SA plus natt's extensions (DESIGN "OID layer").
+    """OFFLOAD_IPSEC_ADD_UDPESP_SA plus natt's extensions (checked as docs/semantics.md §6 lists).
 
     Pass to ``Offload.set_oid(OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req)``. On
     success ``offload_handle`` and ``encap_type_entry_offld_handle`` are

@@ -736,7 +736,7 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
     a capture uses ``"in"`` for every SA, whichever way its traffic went.
 
     An inbound tunnel SA with no source address (``*``) gets its destination as source: decap
-    never looks at an SA's source (DESIGN "Inbound SA lookup"), but a tunnel SA needs one.
+    never looks at an SA's source (docs/semantics.md §1, step 6), but a tunnel SA needs one.
 
     ``replay_state`` maps an index into ``specs`` to the ``(top, bitmap)`` that
     ``Offload.replay_state`` exported for that SA: it is installed inbound in exactly that

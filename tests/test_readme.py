@@ -28,6 +28,13 @@ def test_quick_start_examples_run(capsys):
     assert namespace["status"] == namespace["natt"].NdisStatus.SUCCESS
 
 
+def test_every_block_runs_in_one_session():
+    # Each block goes on from the ones before it, as a reader types them into one interpreter.
+    namespace: dict = {}
+    exec(compile("\n".join(BLOCKS), str(README), "exec"), namespace)
+    assert namespace["ok"].all() and len(namespace["ok"]) == 1000
+
+
 def test_oid_example_checks_every_status_and_deletes_the_sa():
     for line in BLOCKS[1].splitlines():
         if "set_oid(" in line:
@@ -55,3 +62,16 @@ def test_a_refused_add_is_logged_at_debug_on_the_natt_logger(caplog):
         status = natt.Offload(backend="reference").set_oid(natt.OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req)
     assert status == natt.NdisStatus.INVALID_PARAMETER
     assert [r.levelno for r in caplog.records if r.name == "natt" and "refused" in r.getMessage()] == [logging.DEBUG]
+
+
+def test_the_key_files_example_runs(tmp_path, monkeypatch):
+    """docs/keys.md's example, in a directory holding the keys.json it reads."""
+    from natt import keys
+
+    block, = re.findall(r"```python\n(.*?)```", (README.parent / "docs" / "keys.md").read_text(), re.S)
+    monkeypatch.chdir(tmp_path)
+    keys.save("keys.json", [keys.SaSpec(0x1001, "aes128gcm16", bytes(20), "in", "tunnel", "192.0.2.1", "192.0.2.2")])
+    namespace: dict = {}
+    exec(compile(block, "docs/keys.md", "exec"), namespace)
+    assert len(namespace["handles"]) == 1
+    assert [s.spi for s in keys.load("esp_sa")] == [s.spi for s in keys.load("keys.json")] == [0x1001]
