@@ -8,6 +8,7 @@ leaves them out).
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 
@@ -165,6 +166,14 @@ def test_main_runs_every_comparison_and_writes_json(tmp_path, capsys) -> None:
     assert result["machine"]["nproc"] >= 1
     table = capsys.readouterr().out
     assert "natt decap / bare EVP loop, 64 octets" in table and "gcm.evp.200" in table
+    # The plain-text tables line up: every row's numbers end in the same column as its header's.
+    lines = table.splitlines()
+    for header in ("case ", "ratio "):
+        start = next(i for i, line in enumerate(lines) if line.startswith(header))
+        rows = list(itertools.takewhile(bool, lines[start:]))
+        assert len(rows) > 5
+        column = rows[0].index("median" if header == "ratio " else "ns/pkt") + 6
+        assert all(r[column - 1] != " " and r[column:column + 1] in (" ", "") for r in rows[1:]), rows
 
 
 def test_a_single_size_runs_each_case_once(tmp_path, capsys) -> None:

@@ -1173,19 +1173,23 @@ def format_report(result: dict[str, Any]) -> str:
              f"{result['machine'].get('nproc')} CPUs, {result['machine'].get('libcrypto', '?')}",
              f"{result['config']['reps']} repetitions; per packet: median (min .. max); "
              f"load average at start {load.get('start')}, at end {load.get('end')}", ""]
-    lines.append(f"{'case':<26} {'variant':<52} {'ns/pkt':>9} {'min':>9} {'max':>9} {'cpu ns':>9} "
+    # Columns as wide as their longest entry, so that the numbers line up whatever the labels.
+    kw = max([len("case")] + [len(t["key"]) for t in result["timings"]])
+    lw = max([len("variant")] + [len(t["label"]) for t in result["timings"]])
+    nw = max([len("ratio")] + [len(r["name"]) for r in result["ratios"]])
+    lines.append(f"{'case':<{kw}} {'variant':<{lw}} {'ns/pkt':>9} {'min':>9} {'max':>9} {'cpu ns':>9} "
                  f"{'Mpps':>7} {'Gbit/s':>7}")
     for t in result["timings"]:
         cpu = "-" if t["median_cpu_ns_per_packet"] is None else f"{t['median_cpu_ns_per_packet']:.1f}"
-        lines.append(f"{t['key']:<26} {t['label']:<52} {t['median_ns_per_packet']:9.1f} "
+        lines.append(f"{t['key']:<{kw}} {t['label']:<{lw}} {t['median_ns_per_packet']:9.1f} "
                      f"{t['min_ns_per_packet']:9.1f} {t['max_ns_per_packet']:9.1f} {cpu:>9} {t['mpps']:7.3f} "
                      f"{t['gbit_s']:7.2f}")
-    lines += ["", f"{'ratio':<62} {'median':>8} {'worst .. best':>17} {'cpu':>7}  {'target':<7} met"]
+    lines += ["", f"{'ratio':<{nw}} {'median':>8} {'worst .. best':>17} {'cpu':>7}  {'target':<7} met"]
     for r in result["ratios"]:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
         rng = f"{r['low']:.2f} .. {r['high']:.2f}"
         cpu = "-" if r["cpu_value"] is None else f"{r['cpu_value']:.2f}"
-        lines.append(f"{r['name']:<62} {r['value']:8.2f} {rng:>17} {cpu:>7}  {r['target']:<7} {met}")
+        lines.append(f"{r['name']:<{nw}} {r['value']:8.2f} {rng:>17} {cpu:>7}  {r['target']:<7} {met}")
     for n in result["notes"]:
         lines.append(f"note: {n}")
     return "\n".join(lines)
