@@ -4,13 +4,15 @@ and :mod:`natt.dask` (the same run spread over a cluster), which must report ide
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+import ipaddress
+from collections.abc import Collection, Mapping
 from typing import Any, Optional
 
 import numpy as np
 
 from ._batch import PacketBatch
-from ._constants import Status
+from ._constants import Status, UdpEncapType
+from .pcap import IPV4_LINKTYPES
 
 # Statuses counted as failures in the per-SA table.
 FAILURES = (Status.NO_SA, Status.MALFORMED, Status.AUTH_FAILED, Status.REPLAY, Status.PROTOCOL,
@@ -48,6 +50,28 @@ def undecrypted(batch: PacketBatch, ipv4: np.ndarray, status: np.ndarray, ports:
     return drop
 
 
+@dataclasses.dataclass(frozen=True)
+class InboundSas:
+    """What counting a decap run needs to know of its inbound SAs: ``esp_at`` maps each
+    parser-entry port to where ESP starts in its UDP payload (8 behind the non-IKE marker of an
+    IKE-type entry, else 0); ``dst`` maps each SPI to the destinations its SAs accept (``"*"``:
+    any)."""
+
+    esp_at: Mapping[int, int]
+    dst: Mapping[int, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, offload: Any) -> "InboundSas":
+        """Those installed on ``offload`` (a :class:`natt.Offload`)."""
+        esp_at = {e.port: 8 if e.encap_type == UdpEncapType.IKE else 0 for e in offload._entries.values()}
+        dst: dict[int, tuple[str, ...]] = {}
+        for cfg in offload._sas.values():
+            if cfg.inbound:
+                dst[cfg.spi] = dst.get(cfg.spi, ()) + (
+                    f"{ipaddress.IPv4Address(cfg.dst_addr)}" if cfg.dst_mask else "*",)
+        return cls(esp_at, dst)
+
+
 @dataclasses.dataclass
 class CaptureStats:
     """Per-SA and overall counts of one ``decap``/``encap`` run over a capture."""
@@ -61,6 +85,11 @@ class CaptureStats:
     # counts[k, s]: packets of SA k (row len(labels) = no SA) with status s; octets: OK output octets.
     counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     octets: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    # What the hints after a decap run are made of (natt.cli.decap_hints):
+    cut_short: int = 0                        # MALFORMED IPv4 frames captured shorter than sent
+    other_links: dict[int, int] = dataclasses.field(default_factory=dict)   # link type -> frames natt cannot parse
+    spi_elsewhere: int = 0                    # NO_SA packets with the SPI of a loaded SA
+    spi_example: Optional[tuple[int, str]] = None   # (SPI, destination) of the first of them
 
     def __post_init__(self) -> None:
         self.counts = np.zeros((len(self.labels) + 1, len(Status)), np.int64)
@@ -75,21 +104,61 @@ class CaptureStats:
         self.octets += np.bincount(row[ok], weights=out_lengths[ok], minlength=self.octets.size).astype(np.int64)
 
     def write_decapped(self, writer: Any, chunk: Any, outputs: PacketBatch, status: np.ndarray,
-                       sa_index: np.ndarray, out_lengths: np.ndarray,
-                       drop_ports: Optional[Collection[int]] = None) -> None:
+                       sa_index: np.ndarray, out_lengths: np.ndarray, sas: InboundSas,
+                       drop_undecrypted: bool = False) -> None:
         """Write one decapsulated ``chunk`` (a ``natt.pcap.Chunk``) to ``writer`` and count it:
         OK frames become their inner packet (``outputs[i]``), DUMMY frames are left out, and so
-        is ESP that did not decrypt (:func:`undecrypted`) when ``drop_ports`` gives the SAs'
-        ports; the rest is written as read. ``status``, ``sa_index`` (key-file index of each
-        frame's SA) and ``out_lengths`` have one entry per frame."""
+        is ESP that did not decrypt (:func:`undecrypted`) with ``drop_undecrypted``; the rest is
+        written as read. ``status``, ``sa_index`` (key-file index of each frame's SA) and
+        ``out_lengths`` have one entry per frame; ``sas`` describes the run's SAs."""
         ipv4 = chunk.ipv4
         keep = status != Status.DUMMY
-        if drop_ports is not None:
-            keep &= ~undecrypted(chunk.batch, ipv4, status, drop_ports)
+        if drop_undecrypted:
+            keep &= ~undecrypted(chunk.batch, ipv4, status, sas.esp_at)
         self.written += writer.write_chunk(chunk, outputs, replace=(status == Status.OK) & ipv4, keep=keep)
         self.frames += len(chunk)
         self.ipv4 += int(ipv4.sum())
         self.add(sa_index[ipv4], status[ipv4], out_lengths[ipv4])
+        self.cut_short += int(np.count_nonzero(ipv4 & (status == Status.MALFORMED) & (chunk.caplen < chunk.origlen)))
+        other = ~np.isin(chunk.linktype, IPV4_LINKTYPES)
+        if other.any():
+            for lt, n in zip(*np.unique(chunk.linktype[other], return_counts=True)):
+                self.other_links[int(lt)] = self.other_links.get(int(lt), 0) + int(n)
+        self._count_spi_elsewhere(chunk.batch, np.nonzero(ipv4 & (status == Status.NO_SA))[0], sas)
+
+    def _count_spi_elsewhere(self, batch: PacketBatch, no_sa: np.ndarray, sas: InboundSas) -> None:
+        """Count the NO_SA packets whose SPI a loaded SA has: the SA waits for another destination.
+        These passed the data path's header checks (docs/semantics.md §1 steps 1-5), so their
+        IPv4 and UDP headers and their ESP header are within the captured octets."""
+        if not no_sa.size or not sas.dst:
+            return
+        d, off = batch.data, batch.offsets[no_sa]
+        ihl4 = (d[off] & 15).astype(np.int64) * 4
+        port = d[off + ihl4 + 2].astype(np.int64) << 8 | d[off + ihl4 + 3]
+        esp = off + ihl4 + 8 + np.array([sas.esp_at.get(int(p), 0) for p in port], np.int64)
+        spi = (d[esp].astype(np.int64) << 24 | d[esp + 1].astype(np.int64) << 16
+               | d[esp + 2].astype(np.int64) << 8 | d[esp + 3])
+        known = np.nonzero(np.isin(spi, np.fromiter(sas.dst, np.int64)))[0]
+        self.spi_elsewhere += int(known.size)
+        if known.size and self.spi_example is None:
+            k = known[0]
+            dst = ipaddress.IPv4Address(bytes(d[off[k] + 16: off[k] + 20]))
+            self.spi_example = (int(spi[k]), str(dst))
+
+    def merge(self, other: "CaptureStats") -> None:
+        """Add the counts of ``other`` (another part of the same run, same SAs) to these."""
+        self.counts += other.counts
+        self.octets += other.octets
+        self.frames += other.frames
+        self.ipv4 += other.ipv4
+        self.written += other.written
+        self.crypto_seconds += other.crypto_seconds
+        self.cut_short += other.cut_short
+        for lt, n in other.other_links.items():
+            self.other_links[lt] = self.other_links.get(lt, 0) + n
+        self.spi_elsewhere += other.spi_elsewhere
+        if self.spi_example is None:
+            self.spi_example = other.spi_example
 
     def totals(self) -> dict[str, int]:
         t = self.counts.sum(axis=0)

@@ -31,7 +31,7 @@ import numpy as np
 from . import keys as keyfile
 from . import pcap
 from ._batch import ENCAP_OVERHEAD, PacketBatch
-from ._capture import CaptureStats, sa_index, sa_table
+from ._capture import CaptureStats, InboundSas, sa_index, sa_table
 from ._constants import Status
 from ._files import Replacement
 from ._offload import MAX_THREADS, Offload, _check_threads
@@ -184,7 +184,7 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
     """Decap every IPv4 frame of ``reader`` into ``writer``: OK frames get their inner packet,
     DUMMY frames are dropped, others are written as read (or dropped when ``drop_undecrypted``
     and they are ESP that did not decrypt: :func:`natt._capture.undecrypted`)."""
-    ports = {e.port for e in nic._entries.values()}
+    sas = InboundSas.of(nic)
     stats = CaptureStats(labels)
     res = None
     t0 = time.perf_counter()
@@ -194,7 +194,7 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
         res = nic.decap(chunk.batch, threads=threads, out=res)
         stats.crypto_seconds += time.perf_counter() - t1
         stats.write_decapped(writer, chunk, res.batch(), res.status, sa_index(handles, res.sa), res.lengths,
-                             ports if drop_undecrypted else None)
+                             sas, drop_undecrypted)
     stats.elapsed = time.perf_counter() - t0
     return stats
 
@@ -346,6 +346,8 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
         if cluster is not None:
             cluster.close()
     _finish(args, stats, sys.stdout)
+    for hint in decap_hints(stats, specs):
+        print(f"hint: {hint}", file=sys.stderr)
     return 0
 
 
@@ -365,12 +367,40 @@ def _cmd_decap(args: argparse.Namespace) -> int:
         nic, handles, labels, reader, writer, threads=args.threads,
         drop_undecrypted=args.drop_undecrypted, bar=bar))
     _finish(args, stats, sys.stderr if to_stdout else sys.stdout)
+    for hint in decap_hints(stats, specs):
+        print(f"hint: {hint}", file=sys.stderr)
+    return 0
+
+
+# Link types natt does not parse that captures are often taken with (tcpdump's names).
+_LINK_NAMES = {0: "NULL, BSD loopback", 105: "IEEE 802.11", 108: "OpenBSD loopback", 127: "802.11 radiotap",
+               192: "PPI"}
+
+
+def decap_hints(stats: CaptureStats, specs: Sequence[keyfile.SaSpec]) -> list[str]:
+    """What the counts of a decap run suggest the user check: each hint names what was seen
+    and what to do; none when the run went as expected."""
+    hints = []
     # Only a tunnel SA can give PROTOCOL; the hint goes once the key file says transport.
     if any(stats.counts[k, Status.PROTOCOL] and s.mode == "tunnel" for k, s in enumerate(specs)):
-        print("hint: PROTOCOL means a tunnel-mode SA decrypted something that is not an IP packet: "
-              f"a transport-mode SA ({_TRANSPORT_HOW}), or a wrong encryption key under a right "
-              "integrity key", file=sys.stderr)
-    return 0
+        hints.append("PROTOCOL means a tunnel-mode SA decrypted something that is not an IP packet: "
+                     f"a transport-mode SA ({_TRANSPORT_HOW}), or a wrong encryption key under a right "
+                     "integrity key")
+    if stats.cut_short:
+        hints.append(f"{stats.cut_short} frames were captured shorter than they were sent (the capture's "
+                     "snapshot length) and count as malformed: capture whole packets (tcpdump -s 0)")
+    for lt, n in sorted(stats.other_links.items()):
+        name = f" ({_LINK_NAMES[lt]})" if lt in _LINK_NAMES else ""
+        hints.append(f"{n} frames of link type {lt}{name} were written unchanged: natt finds IPv4 in "
+                     "Ethernet, Linux cooked (SLL, SLL2) and raw IP captures only")
+    if stats.spi_elsewhere and stats.spi_example is not None:
+        spi, dst = stats.spi_example
+        wanted = sorted({s.dst or "*" for s in specs if s.spi == spi})
+        hints.append(f"{stats.spi_elsewhere} packets without an SA carry the SPI of an SA in the key file, "
+                     f"but not to its destination (e.g. SPI 0x{spi:08x} to {dst}; the key file says "
+                     f"{', '.join(wanted)}): an inbound SA is found by SPI and destination, so behind a NAT "
+                     "give it the destination the capture shows (docs/walkthrough.md)")
+    return hints
 
 
 # How to say an SA is transport mode: an esp_sa table does not record it, a JSON SA does

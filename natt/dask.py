@@ -89,7 +89,7 @@ from . import pcap
 from ._batch import PacketBatch, copy_segments
 from ._constants import Status, UdpEncapType
 from ._offload import Offload, _check_threads, backends
-from ._capture import CaptureStats, sa_index
+from ._capture import CaptureStats, InboundSas, sa_index
 
 __all__ = ["decap_captures"]
 
@@ -599,15 +599,15 @@ def _header(rs: _RangeSpec) -> bytes:
     return buf.getvalue()
 
 
-def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, drop_ports: Optional[frozenset[int]],
+def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, sas: InboundSas, drop_undecrypted: bool,
           want_status: bool, part_path: str, *steps: tuple[_LaneState, _LaneResult]) -> dict[str, Any]:
     """Write the range's records, in file order, to ``part_path``; return its statistics.
 
     ``declared_before`` is how many pcapng interfaces ``natt decap``'s writer has declared when it
     reaches this range (it declares them lazily, up to the highest one a chunk names). ``last``:
     the capture's last range, whose part ends with the interfaces that no packet named, as that
-    writer (``PcapWriter.like``) declares them when it closes. ``drop_ports``: None, or the SAs'
-    parser-entry ports when undecrypted ESP is left out (``natt._capture.undecrypted``)."""
+    writer (``PcapWriter.like``) declares them when it closes. ``sas``: the run's inbound SAs;
+    ``drop_undecrypted``: leave out undecrypted ESP (``natt._capture.undecrypted``)."""
     results = [st[1] for st in steps]
     chunks, interfaces = _read_range(rs)
     total = sum(len(c) for c in chunks)
@@ -643,7 +643,7 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, drop_p
         n = len(ch)
         sl = slice(base, base + n)
         outs = PacketBatch(data, np.ascontiguousarray(new_off[sl]), np.ascontiguousarray(out_len[sl]))
-        stats.write_decapped(writer, ch, outs, status[sl], sa_index[sl], out_len[sl], drop_ports)
+        stats.write_decapped(writer, ch, outs, status[sl], sa_index[sl], out_len[sl], sas, drop_undecrypted)
         base += n
     if last and rs.fmt == "pcapng":
         writer.declare_interfaces(interfaces)
@@ -654,9 +654,8 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, drop_p
     with open(tmp, "wb") as f:
         f.write(records)
     os.replace(tmp, part_path)      # a re-run task overwrites, never appends
-    return {"status": status if want_status else None, "counts": stats.counts, "octets": stats.octets,
-            "frames": stats.frames, "ipv4": stats.ipv4, "written": stats.written,
-            "seconds": sum(res.seconds for res in results)}
+    stats.crypto_seconds = sum(res.seconds for res in results)
+    return {"status": status if want_status else None, "stats": stats}
 
 
 def _finish(head: _RangeSpec, output: str, part_paths: list[str], *parts_done: Any) -> int:
@@ -791,7 +790,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     # Refuse a bad SA set here, not in a hundred tasks: install it once on a throwaway Offload.
     with Offload(backend=backend, max_sas=len(specs)) as probe:
         keyfile.install(probe, specs, direction="in")
-    drop_ports = frozenset(s.port for s in specs) if drop_undecrypted else None
+        sas = InboundSas.of(probe)
     files = [os.fspath(p) for p in paths]
     out_dir = os.fspath(out_dir)
     outputs = _outputs(files, out_dir)
@@ -856,7 +855,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                     steps.append(step)
                 part = (f"natt-part-{job}", g)
                 part_path = os.path.join(parts_dir, f"{plan.index:06d}-{r:08d}.part")
-                write[part] = (_part, rs, len(specs), declared, r == len(plan.ranges) - 1, drop_ports,
+                write[part] = (_part, rs, len(specs), declared, r == len(plan.ranges) - 1, sas, drop_undecrypted,
                                return_statuses, part_path, *steps)
                 declared = max(declared, plan.ranges[r].top)
                 part_paths.append(part_path)
@@ -890,12 +889,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                 d = fut.result()
                 if return_statuses:
                     range_status[order[fut.key]] = d["status"]
-                stats.counts += d["counts"]
-                stats.octets += d["octets"]
-                stats.frames += d["frames"]
-                stats.ipv4 += d["ipv4"]
-                stats.written += d["written"]
-                stats.crypto_seconds += d["seconds"]
+                stats.merge(d["stats"])
                 bar.update(size_of[fut.key])
             client.gather(finish_futures)
         stats.elapsed = time.perf_counter() - t_start

@@ -67,7 +67,7 @@ __all__ = [
     "PcapError", "Interface", "Chunk", "PcapReader", "PcapWriter",
     "read_frames", "write_datagrams",
     "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_BSD_RAW", "LINKTYPE_LINUX_SLL",
-    "LINKTYPE_LINUX_SLL2", "LINKTYPE_IPV4",
+    "LINKTYPE_LINUX_SLL2", "LINKTYPE_IPV4", "IPV4_LINKTYPES",
 ]
 
 LINKTYPE_ETHERNET = 1
@@ -76,6 +76,9 @@ LINKTYPE_RAW = 101        # LINKTYPE_RAW: raw IPv4 or IPv6
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
 LINKTYPE_LINUX_SLL2 = 276
+#: The link types whose IPv4 frames natt finds (module docstring); other frames pass through.
+IPV4_LINKTYPES = (LINKTYPE_ETHERNET, LINKTYPE_BSD_RAW, LINKTYPE_RAW, LINKTYPE_LINUX_SLL, LINKTYPE_IPV4,
+                  LINKTYPE_LINUX_SLL2)
 
 _ETHERTYPE_IPV4 = 0x0800
 # 802.1Q C-tag, 802.1ad S-tag, and the pre-standard QinQ values still seen in captures.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -863,3 +865,47 @@ def test_encap_takes_the_datagram_not_the_link_padding_and_declares_room_for_the
     res = rx.decap([g[3] for g in pcap.read_frames(enc)])
     assert res.status.tolist() == [natt.Status.OK, natt.Status.OK]
     assert list(res) == [short, big]
+
+
+def _raw_pcap(path, frames, linktype=1, snaplen=65535):
+    """A classic pcap written by hand (not by natt.pcap), records cut to ``snaplen`` as tcpdump -s does."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)]
+    for i, f in enumerate(frames):
+        out.append(struct.pack("<IIII", i, 0, min(len(f), snaplen), len(f)) + f[:snaplen])
+    path.write_bytes(b"".join(out))
+
+
+@pytest.mark.parametrize("dask", [False, True], ids=["local", "dask"])
+def test_decap_hints_name_what_went_wrong_and_what_to_do(dask, scenario, tmp_path, capsys):
+    """Three mistakes that otherwise show only as counts: a capture cut by its snapshot length, a
+    link type natt does not parse, and an SA whose destination is not the one the packets went
+    to (behind a NAT). Each gets one hint on stderr; a good run gets none."""
+    if dask:
+        pytest.importorskip("distributed")
+    cap, keyfile, _, specs, frames = scenario
+    esp = frames[:12]
+    out = tmp_path / ("out" if dask else "o.pcap")
+    extra = (["--workers", "1"] if dask else []) + BACKEND
+
+    def hints(capture, keys_path):
+        rc, _, err = run(["decap", str(capture), "-k", str(keys_path), "-o", str(out)] + extra, capsys)
+        assert rc == 0, err
+        return [line for line in err.splitlines() if line.startswith("hint: ")]
+    assert hints(cap, keyfile) == []
+    _raw_pcap(tmp_path / "snap.pcap", esp, snaplen=96)
+    assert hints(tmp_path / "snap.pcap", keyfile) == [
+        "hint: 12 frames were captured shorter than they were sent (the capture's snapshot length) and count "
+        "as malformed: capture whole packets (tcpdump -s 0)"]
+    _raw_pcap(tmp_path / "wifi.pcap", esp, linktype=105)
+    assert hints(tmp_path / "wifi.pcap", keyfile) == [
+        "hint: 12 frames of link type 105 (IEEE 802.11) were written unchanged: natt finds IPv4 in Ethernet, "
+        "Linux cooked (SLL, SLL2) and raw IP captures only"]
+    nat = tmp_path / "nat.json"
+    keys.save(nat, [dataclasses.replace(s, dst="192.0.2.99") for s in specs])
+    # Which packet is the example may depend on which part of a Dask run finished first.
+    got, = hints(cap, nat)
+    assert re.fullmatch(
+        r"hint: 13 packets without an SA carry the SPI of an SA in the key file, but not to its destination "
+        rf"\(e\.g\. SPI 0x0000500[012] to {re.escape(TUNNEL[1])}; the key file says 192\.0\.2\.99\): an inbound "
+        r"SA is found by SPI and destination, so behind a NAT give it the destination the capture shows "
+        r"\(docs/walkthrough\.md\)", got), got
