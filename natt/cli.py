@@ -373,8 +373,7 @@ def _cmd_decap(args: argparse.Namespace) -> int:
 
 
 # Link types natt does not parse that captures are often taken with (tcpdump's names).
-_LINK_NAMES = {0: "NULL, BSD loopback", 105: "IEEE 802.11", 108: "OpenBSD loopback", 127: "802.11 radiotap",
-               192: "PPI"}
+_LINK_NAMES = {105: "IEEE 802.11", 127: "802.11 radiotap", 192: "PPI", 9: "PPP", 50: "PPP in HDLC"}
 
 
 def decap_hints(stats: CaptureStats, specs: Sequence[keyfile.SaSpec]) -> list[str]:
@@ -392,7 +391,7 @@ def decap_hints(stats: CaptureStats, specs: Sequence[keyfile.SaSpec]) -> list[st
     for lt, n in sorted(stats.other_links.items()):
         name = f" ({_LINK_NAMES[lt]})" if lt in _LINK_NAMES else ""
         hints.append(f"{n} frames of link type {lt}{name} were written unchanged: natt finds IPv4 in "
-                     "Ethernet, Linux cooked (SLL, SLL2) and raw IP captures only")
+                     "Ethernet, Linux cooked (SLL, SLL2), BSD loopback and raw IP captures only")
     if stats.spi_elsewhere and stats.spi_example is not None:
         spi, dst = stats.spi_example
         wanted = sorted({s.dst or "*" for s in specs if s.spi == spi})

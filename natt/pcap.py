@@ -23,8 +23,11 @@ obsolete Packet block; each interface with its own link type, ``if_tsresol`` and
 Other pcapng blocks (name resolution, statistics, secrets, custom) are skipped.
 
 Link types: Ethernet (``LINKTYPE_ETHERNET`` 1, any number of 802.1Q / 802.1ad / QinQ tags),
-Linux cooked v1 (113) and v2 (276), raw IPv4 (228), and raw IP (101, and the BSD value 12)
-when the first nibble is 4. Frames of any other kind pass through untouched.
+Linux cooked v1 (113) and v2 (276), raw IPv4 (228), raw IP (101, and DLT_RAW's values 12 and,
+on OpenBSD, 14) when the first nibble is 4, and the BSD loopback headers: ``LINKTYPE_NULL`` (0:
+a 4-octet address family in the capturing host's byte order, so either) and ``LINKTYPE_LOOP``
+(108, OpenBSD: network byte order), with family 2 (AF_INET on every BSD and macOS). Frames of
+any other kind pass through untouched.
 
 Writing: :class:`PcapWriter` writes records back in the input's format. A replaced frame keeps
 its link header octet for octet (none of Ethernet, 802.1Q or Linux cooked headers carry a length
@@ -67,18 +70,23 @@ __all__ = [
     "PcapError", "Interface", "Chunk", "PcapReader", "PcapWriter",
     "read_frames", "write_datagrams",
     "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_BSD_RAW", "LINKTYPE_LINUX_SLL",
-    "LINKTYPE_LINUX_SLL2", "LINKTYPE_IPV4", "IPV4_LINKTYPES",
+    "LINKTYPE_LINUX_SLL2", "LINKTYPE_IPV4", "LINKTYPE_NULL", "LINKTYPE_LOOP", "LINKTYPE_OPENBSD_RAW",
+    "IPV4_LINKTYPES",
 ]
 
+LINKTYPE_NULL = 0         # BSD loopback (macOS lo0, utun): AF_ value, host byte order
 LINKTYPE_ETHERNET = 1
-LINKTYPE_BSD_RAW = 12     # DLT_RAW on BSD/OpenBSD: raw IP (version in the first nibble)
+LINKTYPE_BSD_RAW = 12     # DLT_RAW on most BSDs: raw IP (version in the first nibble)
+LINKTYPE_OPENBSD_RAW = 14  # DLT_RAW on OpenBSD
 LINKTYPE_RAW = 101        # LINKTYPE_RAW: raw IPv4 or IPv6
 LINKTYPE_LINUX_SLL = 113
+LINKTYPE_LOOP = 108       # OpenBSD loopback: AF_ value, network byte order
 LINKTYPE_IPV4 = 228
 LINKTYPE_LINUX_SLL2 = 276
 #: The link types whose IPv4 frames natt finds (module docstring); other frames pass through.
-IPV4_LINKTYPES = (LINKTYPE_ETHERNET, LINKTYPE_BSD_RAW, LINKTYPE_RAW, LINKTYPE_LINUX_SLL, LINKTYPE_IPV4,
-                  LINKTYPE_LINUX_SLL2)
+IPV4_LINKTYPES = (LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_BSD_RAW, LINKTYPE_OPENBSD_RAW, LINKTYPE_RAW,
+                  LINKTYPE_LOOP, LINKTYPE_LINUX_SLL, LINKTYPE_IPV4, LINKTYPE_LINUX_SLL2)
+_AF_INET_BSD = 2          # AF_INET in <sys/socket.h> of every BSD and of macOS
 
 _ETHERTYPE_IPV4 = 0x0800
 # 802.1Q C-tag, 802.1ad S-tag, and the pre-standard QinQ values still seen in captures.
@@ -234,7 +242,17 @@ def _link_layer(buf: np.ndarray, linktype: np.ndarray, foff: np.ndarray, caplen:
         elif lt == LINKTYPE_IPV4:
             hl = np.zeros(sel.size, np.int64)
             is4 = cl > 0
-        elif lt in (LINKTYPE_RAW, LINKTYPE_BSD_RAW):
+        elif lt in (LINKTYPE_NULL, LINKTYPE_LOOP):
+            hl = np.full(sel.size, 4, np.int64)
+            ok = cl > 4
+            hi, lo = _gather_be16(buf, fo, ok), _gather_be16(buf, fo + 2, ok)
+            family = hi << 16 | lo                               # network byte order
+            if lt == LINKTYPE_NULL:                              # the capturing host's: either
+                swapped = (lo & 0xFF) << 24 | (lo >> 8) << 16 | (hi & 0xFF) << 8 | hi >> 8
+                is4 = ok & ((family == _AF_INET_BSD) | (swapped == _AF_INET_BSD))
+            else:
+                is4 = ok & (family == _AF_INET_BSD)
+        elif lt in (LINKTYPE_RAW, LINKTYPE_BSD_RAW, LINKTYPE_OPENBSD_RAW):
             hl = np.zeros(sel.size, np.int64)
             ok = cl > 0
             first = buf[np.where(ok, np.minimum(fo, max(buf.size - 1, 0)), 0)] if buf.size else np.zeros(sel.size, np.uint8)

@@ -899,7 +899,7 @@ def test_decap_hints_name_what_went_wrong_and_what_to_do(dask, scenario, tmp_pat
     _raw_pcap(tmp_path / "wifi.pcap", esp, linktype=105)
     assert hints(tmp_path / "wifi.pcap", keyfile) == [
         "hint: 12 frames of link type 105 (IEEE 802.11) were written unchanged: natt finds IPv4 in Ethernet, "
-        "Linux cooked (SLL, SLL2) and raw IP captures only"]
+        "Linux cooked (SLL, SLL2), BSD loopback and raw IP captures only"]
     nat = tmp_path / "nat.json"
     keys.save(nat, [dataclasses.replace(s, dst="192.0.2.99") for s in specs])
     # Which packet is the example may depend on which part of a Dask run finished first.
@@ -909,3 +909,23 @@ def test_decap_hints_name_what_went_wrong_and_what_to_do(dask, scenario, tmp_pat
         rf"\(e\.g\. SPI 0x0000500[012] to {re.escape(TUNNEL[1])}; the key file says 192\.0\.2\.99\): an inbound "
         r"SA is found by SPI and destination, so behind a NAT give it the destination the capture shows "
         r"\(docs/walkthrough\.md\)", got), got
+
+
+@pytest.mark.parametrize("linktype,header", [(0, struct.pack("<I", 2)), (0, struct.pack(">I", 2)),
+                                             (108, struct.pack(">I", 2)), (14, b""), (12, b""), (101, b"")],
+                         ids=["null-le", "null-be", "loop", "openbsd-raw", "bsd-raw", "raw"])
+def test_bsd_loopback_and_raw_ip_captures_decap(linktype, header, scenario, tmp_path, capsys):
+    """macOS and BSD capture loopback (lo0, utun) as LINKTYPE_NULL, its address family in the
+    capturing host's byte order, OpenBSD as LINKTYPE_LOOP (network order); DLT_RAW is 12 on the
+    BSDs and 14 on OpenBSD. tshark decodes all of them; so must natt. An IPv6 family (30 on macOS)
+    is not IPv4 and passes through."""
+    _, keyfile, inner, _, frames = scenario
+    esp = [f[14:] for f in frames[:12]]
+    cap, out = tmp_path / "lo.pcap", tmp_path / "o.pcap"
+    v6 = (struct.pack("<I", 30) if header else b"\x60") + bytes(40)
+    _raw_pcap(cap, [header + p for p in esp] + [v6], linktype=linktype)
+    rc, text, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND, capsys)
+    assert rc == 0 and "hint" not in err, err
+    assert "13 frames (12 IPv4)" in text
+    got = pcap.read_frames(out)
+    assert [g[2] for g in got] == [header + p for p in inner] + [v6]      # link header kept, inner packet after
