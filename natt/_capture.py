@@ -179,10 +179,14 @@ class CaptureStats:
     def table(self) -> str:
         """The per-SA summary table printed at the end of a run."""
         cols = ["packets", "bytes"] + [s.name.lower() for s in FAILURES if s is not Status.NO_SA] + ["no_sa", "dummy"]
-        other = {k: v for k, v in self.totals().items() if Status[k] in NOT_ESP}
+        totals = self.totals()
+        other = {k: v for k, v in totals.items() if Status[k] in NOT_ESP and Status[k] is not Status.FRAGMENT}
+        # A fragment may well be ESP: the data path does not reassemble (docs/semantics.md §1 step 3).
+        fragments = totals.get(Status.FRAGMENT.name, 0)
         return sa_table(self.as_dict()["sas"], cols, [
             f"{self.frames} frames ({self.ipv4} IPv4), {self.written} written"
-            + (", not ESP: " + ", ".join(f"{k.lower()} {v}" for k, v in other.items()) if other else "")])
+            + (", not ESP: " + ", ".join(f"{k.lower()} {v}" for k, v in other.items()) if other else "")
+            + (f", IP fragments (not reassembled, so not decrypted): {fragments}" if fragments else "")])
 
 
 def sa_table(sas: list[dict[str, Any]], cols: list[str], footer: list[str]) -> str:

@@ -40,7 +40,11 @@ resolution up to 1 ns) and the input's ``if_tsoffset``, one section whose interf
 section's interfaces in order, numbered as read: each is declared before the first record that
 names it, and a :meth:`PcapWriter.like` writer declares those that no record names when it closes
 (a capture of interfaces and no packets keeps them). pcapng block options (comments, flags,
-hashes) of packet records are not carried over. ``ts_ns`` is int64 nanoseconds since 1970: a
+hashes) of packet records are not carried over, nor are the section's options (comment,
+hardware, OS, application) and an interface's other than its name, link type, ``if_tsresol``
+and ``if_tsoffset`` (description, filter, speed, FCS length). A Simple Packet Block has no
+timestamp: it is read with ``ts_ns`` 0 and written as an Enhanced Packet Block stamped 0 (1970)
+(pcapng §4.4). ``ts_ns`` is int64 nanoseconds since 1970: a
 pcapng timestamp outside 1677-09-21 .. 2262-04-11 (legal there, 64-bit ticks plus a 64-bit
 offset in seconds) is a :class:`PcapError` rather than a wrapped-around time.
 

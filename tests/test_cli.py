@@ -929,3 +929,15 @@ def test_bsd_loopback_and_raw_ip_captures_decap(linktype, header, scenario, tmp_
     assert "13 frames (12 IPv4)" in text
     got = pcap.read_frames(out)
     assert [g[2] for g in got] == [header + p for p in inner] + [v6]      # link header kept, inner packet after
+
+
+def test_the_summary_does_not_call_fragments_not_esp(scenario, tmp_path, capsys):
+    # The data path does not reassemble (docs/semantics.md §1 step 3): a fragment may be ESP.
+    _, keyfile, _, _, frames = scenario
+    frag = bytearray(frames[0])
+    frag[14 + 6] |= 0x20                                      # More Fragments
+    cap = tmp_path / "frag.pcap"
+    _raw_pcap(cap, [bytes(frag), frames[14], frames[1]])      # a fragment, IKE, one good ESP packet
+    rc, text, _ = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    assert rc == 0
+    assert "3 frames (3 IPv4), 3 written, not ESP: ike 1, IP fragments (not reassembled, so not decrypted): 1" in text
