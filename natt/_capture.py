@@ -90,6 +90,7 @@ class CaptureStats:
     other_links: dict[int, int] = dataclasses.field(default_factory=dict)   # link type -> frames natt cannot parse
     spi_elsewhere: int = 0                    # NO_SA packets with the SPI of a loaded SA
     spi_example: Optional[tuple[int, str]] = None   # (SPI, destination) of the first of them
+    truncated: Optional[str] = None           # the capture ended inside a record (PcapTruncated's message)
 
     def __post_init__(self) -> None:
         self.counts = np.zeros((len(self.labels) + 1, len(Status)), np.int64)
@@ -159,6 +160,7 @@ class CaptureStats:
         self.spi_elsewhere += other.spi_elsewhere
         if self.spi_example is None:
             self.spi_example = other.spi_example
+        self.truncated = self.truncated or other.truncated
 
     def totals(self) -> dict[str, int]:
         t = self.counts.sum(axis=0)
@@ -174,7 +176,8 @@ class CaptureStats:
                          **{s.name.lower(): int(c[s]) for s in FAILURES + (Status.DUMMY,)}})
         return {"frames": self.frames, "ipv4_frames": self.ipv4, "frames_written": self.written,
                 "statuses": self.totals(), "sas": rows, "elapsed_seconds": round(self.elapsed, 6),
-                "data_path_seconds": round(self.crypto_seconds, 6)}
+                "data_path_seconds": round(self.crypto_seconds, 6),
+                **({"truncated": self.truncated} if self.truncated else {})}
 
     def table(self) -> str:
         """The per-SA summary table printed at the end of a run."""

@@ -146,6 +146,9 @@ def _install(nic: Offload, specs: list[keyfile.SaSpec], direction: str) -> list[
 
 
 def _finish(args: argparse.Namespace, stats: CaptureStats, out: TextIO) -> None:
+    if stats.truncated:
+        print(f"natt {args.command}: warning: {stats.truncated}; the records before it were processed "
+              "(a capture cut short)", file=sys.stderr)
     print(stats.table(), file=out)
     rate = stats.frames / stats.elapsed if stats.elapsed > 0 else 0.0
     print(f"{stats.elapsed:.3f} s, {rate:,.0f} frames/s", file=out)
@@ -159,18 +162,24 @@ def _finish(args: argparse.Namespace, stats: CaptureStats, out: TextIO) -> None:
             raise CliError(f"cannot write report {args.report}: {e.strerror or e}") from None
 
 
-def _chunks(reader: pcap.PcapReader, bar: Any) -> Any:
-    """Iterate a reader's chunks, turning PcapError into CliError and advancing the bar."""
+def _chunks(reader: pcap.PcapReader, bar: Any, stats: CaptureStats) -> Iterator[pcap.Chunk]:
+    """Iterate a reader's chunks, advancing the bar (if any) and turning PcapError into CliError.
+    A capture that ends inside a record (PcapTruncated: a tcpdump killed or still writing) ends
+    the iteration after the records before it, and ``stats.truncated`` says so: the whole
+    records are worth having, as tshark shows them."""
     it = iter(reader)
     while True:
         try:
             chunk = next(it)
         except StopIteration:
             return
+        except pcap.PcapTruncated as e:
+            stats.truncated = str(e)
+            return
         except pcap.PcapError as e:
             raise CliError(str(e)) from None
         yield chunk
-        if len(chunk):
+        if bar is not None and len(chunk):
             bar.update(max(0, int(chunk.file_offsets[-1]) - bar.n))
 
 
@@ -188,7 +197,7 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
     stats = CaptureStats(labels)
     res = None
     t0 = time.perf_counter()
-    for chunk in (_chunks(reader, bar) if bar is not None else reader):
+    for chunk in _chunks(reader, bar, stats):
         t1 = time.perf_counter()
         # The previous chunk's result is written out by now: reuse its buffers.
         res = nic.decap(chunk.batch, threads=threads, out=res)
@@ -527,7 +536,7 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
     """Encap every IPv4 frame of ``reader`` that an SA is chosen for (:func:`choose_sa`)."""
     stats = EncapStats([s.label() for s in specs])
     t0 = time.perf_counter()
-    for chunk in (_chunks(reader, bar) if bar is not None else reader):
+    for chunk in _chunks(reader, bar, stats):
         n = len(chunk)
         b = chunk.batch
         usable, src, dst = _ip_addresses(b, chunk.ipv4)

@@ -252,9 +252,11 @@ def _range_spec(plan: _FilePlan, r: int) -> _RangeSpec:
                       plan.prefixes[rng.prefix], rng.start, rng.end)
 
 
-def _read_range(rs: _RangeSpec) -> tuple[list[pcap.Chunk], list[pcap.Interface]]:
-    """The chunks of a range, parsed by PcapReader exactly as inside the whole file, and every
-    interface of the file up to the range's end (those of the prefix included)."""
+def _read_range(rs: _RangeSpec) -> tuple[list[pcap.Chunk], list[pcap.Interface], Optional[str]]:
+    """The chunks of a range, parsed by PcapReader exactly as inside the whole file, every
+    interface of the file up to the range's end (those of the prefix included), and, when the
+    file ends inside the range's last record, PcapTruncated's message (the chunks are those
+    before it, as ``natt decap`` keeps them)."""
     with open(rs.path, "rb") as f:
         f.seek(rs.start)
         data = f.read(rs.end - rs.start)
@@ -267,12 +269,17 @@ def _read_range(rs: _RangeSpec) -> tuple[list[pcap.Chunk], list[pcap.Interface]]
     reader = pcap.PcapReader(stream, chunk_size=min(pcap.MAX_CHUNK_SIZE,
                                                     max(pcap.MIN_CHUNK_SIZE, len(prefix) + len(data) + 1)))
     shift = rs.start - len(prefix)
+    chunks: list[pcap.Chunk] = []
     try:
-        return list(reader), reader.interfaces
+        chunks.extend(reader)
     except pcap.PcapError as e:
         # Offsets inside the synthetic stream -> offsets in the capture.
         off = None if e.offset is None else e.offset + shift
-        raise pcap.PcapError(_AT_OFFSET.sub("", str(e)), off) from None
+        error = type(e)(_AT_OFFSET.sub("", str(e)), off)
+        if not isinstance(e, pcap.PcapTruncated):
+            raise error from None
+        return chunks, reader.interfaces, str(error)
+    return chunks, reader.interfaces, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,7 +425,7 @@ def _compact(batch: PacketBatch, pos: np.ndarray, sel: np.ndarray) -> _LanePacke
 def _split(rs: _RangeSpec, sa_set: _SaSet, lanes: int) -> tuple:
     """Read a range and route its frames; returns one _LanePackets per lane."""
     routing = sa_set.routing(lanes)
-    chunks, _ = _read_range(rs)
+    chunks, _, _ = _read_range(rs)
     per_lane: list[list[_LanePackets]] = [[] for _ in range(lanes)]
     base = 0
     for ch in chunks:
@@ -609,7 +616,7 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, sas: I
     writer (``PcapWriter.like``) declares them when it closes. ``sas``: the run's inbound SAs;
     ``drop_undecrypted``: leave out undecrypted ESP (``natt._capture.undecrypted``)."""
     results = [st[1] for st in steps]
-    chunks, interfaces = _read_range(rs)
+    chunks, interfaces, truncated = _read_range(rs)
     total = sum(len(c) for c in chunks)
     status = np.full(total, Status.NOT_ESP, np.uint8)      # an empty segment is NOT_ESP (§1 step 1)
     sa_index = np.full(total, -1, np.int64)
@@ -655,6 +662,7 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, sas: I
         f.write(records)
     os.replace(tmp, part_path)      # a re-run task overwrites, never appends
     stats.crypto_seconds = sum(res.seconds for res in results)
+    stats.truncated = truncated
     return {"status": status if want_status else None, "stats": stats}
 
 
@@ -769,7 +777,9 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
 
     Raises :class:`natt.keys.KeyFileError` for unusable keys before anything runs,
     :class:`natt.pcap.PcapError` (same message and file offset as the single-process reader) for
-    a corrupt or truncated capture, and ``OSError`` for one that cannot be read or written. After
+    a corrupt capture, and ``OSError`` for one that cannot be read or written. A capture that
+    ends inside a record is decapsulated up to it, and the stats' ``truncated`` says so, as in
+    ``natt decap``. After
     a failure no part file is left behind, but outputs of captures that were already finished
     stay.
     """

@@ -71,7 +71,7 @@ import numpy as np
 from ._batch import PacketBatch, copy_segments
 
 __all__ = [
-    "PcapError", "Interface", "Chunk", "PcapReader", "PcapWriter",
+    "PcapError", "PcapTruncated", "Interface", "Chunk", "PcapReader", "PcapWriter",
     "read_frames", "write_datagrams",
     "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_BSD_RAW", "LINKTYPE_LINUX_SLL",
     "LINKTYPE_LINUX_SLL2", "LINKTYPE_IPV4", "LINKTYPE_NULL", "LINKTYPE_LOOP", "LINKTYPE_OPENBSD_RAW",
@@ -134,6 +134,12 @@ class PcapError(ValueError):
     def __init__(self, message: str, offset: Optional[int] = None) -> None:
         self.offset = offset
         super().__init__(message if offset is None else f"{message} (at file offset {offset})")
+
+
+class PcapTruncated(PcapError):
+    """The file ends inside a record: a capture cut short, by a killed tcpdump or one still
+    writing. Raised, like every PcapError, after the records before it have been handed out;
+    ``natt decap``/``encap`` keep those and warn, as tshark does."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -604,8 +610,8 @@ class PcapReader:
         return self._chunks_pcap() if self.format == "pcap" else self._chunks_pcapng()
 
     def _truncated(self, what: str) -> PcapError:
-        return PcapError(f"{self.name}: truncated {what}: the file ends {self._buf.size} octets "
-                         f"into it", self._pos)
+        return PcapTruncated(f"{self.name}: truncated {what}: the file ends {self._buf.size} octets "
+                             f"into it", self._pos)
 
     def _chunks_pcap(self) -> Iterator[Chunk]:
         big = self.byteorder == ">"
@@ -773,8 +779,8 @@ class PcapReader:
                 if blen != -1 and (blen < 12 or blen % 4 or blen > _MAX_RECORD):
                     error = PcapError(f"{self.name}: corrupt pcapng block length {blen}", self._pos + stop + 4)
                 elif self._eof:
-                    error = PcapError(f"{self.name}: truncated pcapng block: the file ends "
-                                      f"{buf.size - stop} octets into it", self._pos + stop)
+                    error = PcapTruncated(f"{self.name}: truncated pcapng block: the file ends "
+                                          f"{buf.size - stop} octets into it", self._pos + stop)
             if off.size:
                 yield from self._pcapng_runs(buf, off, hdr, big)
             if error is not None:

@@ -197,3 +197,19 @@ def esp_open(suite: Suite, key: bytes, esp: bytes, *, seq_hi: Optional[int] = No
         d = _Cipher(TripleDES(enc), modes.CBC(iv)).decryptor()
         return d.update(body) + d.finalize()
     return body
+
+
+def corrupt_pcap_record(path, index: int) -> int:
+    """Make record ``index`` (negative: from the end) of a little-endian classic pcap file corrupt,
+    not short: its captured length becomes larger than any reader accepts. Returns the record's
+    file offset (where a reader reports the corruption)."""
+    data = bytearray(open(path, "rb").read())
+    assert struct.unpack_from("<I", data, 0)[0] in (0xA1B2C3D4, 0xA1B23C4D), "a little-endian classic pcap"
+    offsets, pos = [], 24
+    while pos + 16 <= len(data):
+        offsets.append(pos)
+        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
+    at = offsets[index]
+    struct.pack_into("<I", data, at + 8, 0x7FFFFFFF)
+    open(path, "wb").write(bytes(data))
+    return at

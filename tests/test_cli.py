@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import natt
+from _packets import corrupt_pcap_record
 from natt import cli, keys, pcap, traffic
 
 BACKEND = ["--backend", "reference"]
@@ -233,9 +234,8 @@ def test_decap_errors_are_one_line_and_exit_1(problem, scenario, tmp_path, capsy
         keyfile.write_text('[{"spi": 1, "suite": "aes128gcm16", "key": "00"}]')
     elif problem == "missing-capture":
         cap = tmp_path / "nope.pcap"
-    else:
-        data = cap.read_bytes()
-        cap.write_bytes(data[:-7])
+    elif problem == "corrupt-capture":
+        corrupt_pcap_record(cap, -1)
     rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(output)] + BACKEND, capsys)
     assert rc == 1
     assert err.startswith("natt decap: ") and "Traceback" not in err and err.count("\n") == 1
@@ -339,11 +339,11 @@ def test_the_output_may_be_the_input(cmd, spelling, scenario, tmp_path, capsys, 
 @pytest.mark.parametrize("cmd", ["decap", "encap"])
 def test_a_failed_in_place_run_leaves_the_input_intact(cmd, scenario, tmp_path, capsys):
     cap, keyfile = capture_for(cmd, scenario, tmp_path)
-    cap.write_bytes(cap.read_bytes()[:-7])             # cut mid-record, after several chunks
+    corrupt_pcap_record(cap, -1)                       # after several chunks
     before = cap.read_bytes()
     rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(cap), "--chunk-size", "4096"] + BACKEND,
                      capsys)
-    assert rc == 1 and "truncated" in err and err.count("\n") == 1
+    assert rc == 1 and "corrupt pcap record" in err and err.count("\n") == 1
     assert cap.read_bytes() == before
 
 
@@ -356,7 +356,7 @@ def test_a_failed_run_leaves_the_output_as_it_was(cmd, failure, scenario, tmp_pa
             raise OSError(28, "No space left on device")
         monkeypatch.setattr(natt.Offload, cmd, fail)
     else:
-        cap.write_bytes(cap.read_bytes()[:30 if failure == "first-record" else -7])
+        corrupt_pcap_record(cap, 0 if failure == "first-record" else -1)
     out = tmp_path / "o.pcap"
     argv = [cmd, str(cap), "-k", str(keyfile), "-o", str(out), "--chunk-size", "4096"] + BACKEND
     listing = sorted(os.listdir(tmp_path))
@@ -516,13 +516,13 @@ def test_dask_refuses_an_output_that_is_a_file_before_starting_a_cluster(output,
 def test_dask_reports_a_corrupt_capture_in_one_line_without_the_workers_log(scenario, tmp_path):
     pytest.importorskip("distributed")
     cap, keyfile, *_ = scenario
-    cap.write_bytes(cap.read_bytes()[:-7])
+    corrupt_pcap_record(cap, -1)
     # A subprocess: the workers' log goes to the stderr they inherit, which capsys does not see.
     p = subprocess.run([sys.executable, "-m", "natt.cli", "decap", str(cap), "-k", str(keyfile), "-o",
                         str(tmp_path / "out"), "--workers", "1", "--no-progress"] + BACKEND, capture_output=True,
                        text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"), timeout=300, cwd=tmp_path)
     assert p.returncode == 1
-    assert p.stderr.startswith("natt decap: ") and "truncated" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("natt decap: ") and "corrupt pcap record" in p.stderr and p.stderr.count("\n") == 1, p.stderr
 
 
 # ---------------------------------------------------------------------------------------------- encap
@@ -941,3 +941,35 @@ def test_the_summary_does_not_call_fragments_not_esp(scenario, tmp_path, capsys)
     rc, text, _ = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
     assert rc == 0
     assert "3 frames (3 IPv4), 3 written, not ESP: ike 1, IP fragments (not reassembled, so not decrypted): 1" in text
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+@pytest.mark.parametrize("how", ["decap", "encap", "dask"])
+def test_a_capture_cut_short_keeps_its_whole_records_with_a_warning(how, fmt, scenario, tmp_path, capsys):
+    """A tcpdump killed (or still writing) leaves a last record cut short. tshark shows the records
+    before it and warns; so does natt, with exit status 0, in the local and the Dask run alike."""
+    if how == "dask":
+        pytest.importorskip("distributed")
+    cmd = "encap" if how == "encap" else "decap"
+    cap, keyfile = capture_for(cmd, scenario, tmp_path)
+    frames = pcap.read_frames(cap)
+    if fmt == "pcapng":
+        ng = tmp_path / "in.pcapng"
+        with pcap.PcapWriter(ng, fmt="pcapng") as w:
+            w.write_frames([f[2] for f in frames], ts_ns=[f[0] for f in frames])
+        cap = ng
+    whole = tmp_path / ("whole" if how == "dask" else f"whole.{fmt}")
+    cut = tmp_path / ("cut" if how == "dask" else f"cut.{fmt}")
+    extra = (["--workers", "1"] if how == "dask" else []) + BACKEND
+    assert run([cmd, str(cap), "-k", str(keyfile), "-o", str(whole)] + extra, capsys)[0] == 0
+    short = tmp_path / f"short.{fmt}"
+    short.write_bytes(cap.read_bytes()[:-7])              # the last record loses its last 7 octets
+    rc, out, err = run([cmd, str(short), "-k", str(keyfile), "-o", str(cut)] + extra, capsys)
+    assert rc == 0, err
+    assert re.search(r"^natt \w+: warning: \S+: truncated pcap(ng block| record \(\d+ octets\)): the file ends "
+                     r"\d+ octets into it \(at file offset \d+\); the records before it were processed \(a "
+                     r"capture cut short\)$", err, re.M), err
+    if how == "dask":
+        whole, cut = whole / f"in.{fmt}", cut / f"short.{fmt}"
+    assert pcap.read_frames(cut) == pcap.read_frames(whole)[:-1]
+    assert f"{len(frames) - 1} frames" in out

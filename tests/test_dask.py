@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import natt
+from _packets import corrupt_pcap_record
 from natt import Status, UdpEncapType, pcap, traffic
 from natt import dask as ndask
 from natt import keys as keyfile
@@ -507,14 +508,27 @@ def test_bad_inputs(client, capture_sets, tmp_path):
     specs, paths = capture_sets["mixed"]
     with pytest.raises(ValueError, match="share the name"):
         ndask.decap_captures([paths[0], paths[0]], specs, tmp_path / "o", client, progress=False)
-    # A capture cut short: the error names the file offset the single-process reader names.
+    # A corrupt record: the error names the file offset the single-process reader names.
     data = open(paths[0], "rb").read()
-    cut = tmp_path / "cut.pcap"
-    cut.write_bytes(data[: len(data) - 5])
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(data)
+    at = corrupt_pcap_record(bad, -3)
     with pytest.raises(pcap.PcapError) as single:
-        with pcap.PcapReader(cut, chunk_size=CHUNK) as r:
+        with pcap.PcapReader(bad, chunk_size=CHUNK) as r:
             for _ in r:
                 pass
     with pytest.raises(pcap.PcapError) as dask_err:
-        ndask.decap_captures([cut], specs, tmp_path / "o2", client, chunk_size=BIG_CHUNK, progress=False)
-    assert dask_err.value.offset == single.value.offset
+        ndask.decap_captures([bad], specs, tmp_path / "o2", client, chunk_size=BIG_CHUNK, progress=False)
+    assert dask_err.value.offset == single.value.offset == at
+    assert not isinstance(dask_err.value, pcap.PcapTruncated)
+    # A capture cut short inside its last record: the records before it, and the message the
+    # single-process reader gives (offset included).
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) - 5])
+    with pytest.raises(pcap.PcapTruncated) as single:
+        with pcap.PcapReader(cut, chunk_size=CHUNK) as r:
+            for _ in r:
+                pass
+    stats = ndask.decap_captures([cut], specs, tmp_path / "o3", client, chunk_size=BIG_CHUNK, progress=False)
+    assert stats.truncated == str(single.value)
+    assert stats.frames == len(pcap.read_frames(paths[0])) - 1
