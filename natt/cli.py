@@ -455,20 +455,24 @@ def choose_sa(specs: Sequence[keyfile.SaSpec], src: np.ndarray, dst: np.ndarray)
     return best
 
 
-def _ip_addresses(batch: PacketBatch, ipv4: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(usable, src, dst) per segment: usable = IPv4 frame of at least 20 octets, version 4."""
+def _ip_addresses(batch: PacketBatch, ipv4: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(usable, src, dst, length) per segment: usable = IPv4 frame of at least 20 octets,
+    version 4; length = the datagram's own (its total length field) where that fits in the
+    segment, whose octets after it are link-layer padding or trailer, else the segment's."""
     d = batch.data
     usable = ipv4 & (batch.lengths >= 20)
     o = np.where(usable, batch.offsets, 0)
     if d.size < 20:
         z = np.zeros(batch.offsets.size, np.int64)
-        return np.zeros_like(usable), z, z
+        return np.zeros_like(usable), z, z, batch.lengths
     o = np.minimum(o, d.size - 20)
     usable &= (d[o] >> 4) == 4
-    b = d[o[:, None] + np.arange(12, 20)].astype(np.int64)
-    src = (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
-    dst = (b[:, 4] << 24) | (b[:, 5] << 16) | (b[:, 6] << 8) | b[:, 7]
-    return usable, src, dst
+    b = d[o[:, None] + np.arange(20)].astype(np.int64)
+    src = (b[:, 12] << 24) | (b[:, 13] << 16) | (b[:, 14] << 8) | b[:, 15]
+    dst = (b[:, 16] << 24) | (b[:, 17] << 16) | (b[:, 18] << 8) | b[:, 19]
+    total = b[:, 2] << 8 | b[:, 3]
+    length = np.where(usable & (total >= 20) & (total <= batch.lengths), total, batch.lengths)
+    return usable, src, dst, length
 
 
 # What encap can report for a packet an SA was chosen for, besides OK (docs/semantics.md §2).
@@ -539,7 +543,9 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
     for chunk in _chunks(reader, bar, stats):
         n = len(chunk)
         b = chunk.batch
-        usable, src, dst = _ip_addresses(b, chunk.ipv4)
+        # An Ethernet frame pads a short datagram to 60 octets and may carry a trailer: neither is
+        # the inner packet's (encap itself seals total-length octets, docs/semantics.md §2).
+        usable, src, dst, length = _ip_addresses(b, chunk.ipv4)
         which = np.where(usable, choose_sa(specs, src, dst), -1)
         status = np.full(n, Status.NO_SA, np.uint8)
         out_off = np.zeros(n, np.int64)
@@ -549,7 +555,7 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
         t1 = time.perf_counter()
         for k in np.unique(which[which >= 0]).tolist():
             idx = np.nonzero(which == k)[0]
-            sub = PacketBatch(b.data, np.ascontiguousarray(b.offsets[idx]), np.ascontiguousarray(b.lengths[idx]))
+            sub = PacketBatch(b.data, np.ascontiguousarray(b.offsets[idx]), np.ascontiguousarray(length[idx]))
             res = nic.encap(sub, handles[k], threads=threads)
             status[idx] = res.status
             out_off[idx] = res.offsets + base
@@ -567,7 +573,7 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
         stats.frames += n
         stats.ipv4 += int(chunk.ipv4.sum())
         sel = chunk.ipv4
-        stats.add_encap(which[sel], status[sel], b.lengths[sel], out_len[sel])
+        stats.add_encap(which[sel], status[sel], length[sel], out_len[sel])
     stats.elapsed = time.perf_counter() - t0
     return stats
 

@@ -852,19 +852,23 @@ def test_encap_takes_the_datagram_not_the_link_padding_and_declares_room_for_the
     _, keyfile, *_ = scenario
     short = traffic.udp_datagram("10.1.0.2", "10.9.9.9", 1000, 53, b"hi")          # 30 octets
     big = traffic.udp_datagram("10.1.0.2", "10.9.9.9", 1000, 53, bytes(1472))       # 1500 octets
-    frames = [pcap._ETH_HEADER + short + bytes(60 - 14 - len(short)), pcap._ETH_HEADER + big]
-    cap, enc = tmp_path / "clear.pcapng", tmp_path / "enc.pcapng"
+    frames = [pcap._ETH_HEADER + short + bytes(60 - 14 - len(short)), pcap._ETH_HEADER + big,
+              pcap._ETH_HEADER + short + b"\xfc\xfd\xfe\xff"]                    # a 4-octet trailer
+    cap, enc, report = tmp_path / "clear.pcapng", tmp_path / "enc.pcapng", tmp_path / "r.json"
     with pcap.PcapWriter(cap, fmt="pcapng", interfaces=[pcap.Interface(pcap.LINKTYPE_ETHERNET, snaplen=1514)]) as w:
         w.write_frames(frames)
-    assert cli.main(["encap", str(cap), "-k", str(keyfile), "-o", str(enc), "--no-progress"] + BACKEND) == 0
+    assert cli.main(["encap", str(cap), "-k", str(keyfile), "-o", str(enc), "--report", str(report),
+                     "--no-progress"] + BACKEND) == 0
+    # "bytes" counts the inner packets taken in: the datagrams, not their padding or trailer.
+    assert json.loads(report.read_text())["sas"][0]["bytes"] == 2 * len(short) + len(big)
     with pcap.PcapReader(enc) as r:
         records = [len(f) for c in r for f in c.batch]
         assert max(records) > 1514 and all(i.snaplen >= max(records) for i in r.interfaces)
     rx = natt.Offload()
     keys.install(rx, keys.load(keyfile), direction="in")
     res = rx.decap([g[3] for g in pcap.read_frames(enc)])
-    assert res.status.tolist() == [natt.Status.OK, natt.Status.OK]
-    assert list(res) == [short, big]
+    assert res.status.tolist() == [natt.Status.OK] * 3
+    assert list(res) == [short, big, short]
 
 
 def _raw_pcap(path, frames, linktype=1, snaplen=65535):
