@@ -1581,9 +1581,9 @@ cdef inline int32_t natt_encap_len(const natt_sa *sa, int32_t hdr, int32_t plen,
             + 8 + sa.iv_len + ct_len[0] + sa.icv_len)
 
 
-cdef void natt_encap_assign(natt_sa *sa, natt_io *io, natt_pkt *scratch, int64_t lo, int64_t hi) noexcept nogil:
-    """Serial pass over packets lo..hi-1: statuses decided before crypto, and sequence numbers
-    in packet order."""
+cdef void natt_encap_assign(natt_sa *sa, natt_io *io, natt_pkt *pkts, int64_t lo, int64_t hi) noexcept nogil:
+    """Serial pass over packets lo..hi-1 (packet i's state in ``pkts[i - lo]``): statuses
+    decided before crypto, and sequence numbers in packet order."""
     cdef int64_t i, n
     cdef natt_pkt *pk
     cdef const uint8_t *p
@@ -1591,7 +1591,7 @@ cdef void natt_encap_assign(natt_sa *sa, natt_io *io, natt_pkt *scratch, int64_t
     cdef uint8_t nh = 0, tos = 0
     cdef uint64_t limit = UINT64_MAX if sa.esn else UINT32_MAX
     for i in range(lo, hi):
-        pk = &scratch[i]
+        pk = &pkts[i - lo]
         pk.status = NATT_ERROR
         if not natt_snapshot(io, i, NATT_ENCAP_OVERHEAD, pk):
             natt_put(io, i, NATT_ERROR, 0, 0, 0)
@@ -1749,10 +1749,10 @@ cdef void natt_encap_fail(natt_sa *sa, natt_io *io, int64_t i, natt_pkt *pk) noe
     natt_copy_input(io, i, pk)
 
 
-cdef long natt_encap_range(natt_state *st, natt_sa *sa, int tid, int64_t lo, int64_t hi) noexcept nogil:
-    """Build the OK packets lo..hi-1 of the scratch array on thread ``tid``; a packet whose
-    crypto failed is marked NATT_CR_ERR (counted serially afterwards: counters are not shared
-    between threads). Returns how many were."""
+cdef long natt_encap_range(natt_state *st, natt_sa *sa, int tid, natt_pkt *pkts, int64_t n) noexcept nogil:
+    """Build the OK packets among the ``n`` of ``pkts`` on thread ``tid``; a packet whose crypto
+    failed is marked NATT_CR_ERR (counted serially afterwards: counters are not shared between
+    threads). Returns how many were."""
     cdef int64_t i, g, ge
     cdef natt_pkt *pk
     cdef long failed = 0
@@ -1761,18 +1761,18 @@ cdef long natt_encap_range(natt_state *st, natt_sa *sa, int tid, int64_t lo, int
     cdef int32_t nblk[NATT_CBC_GROUP]
     cdef int32_t iv_len = sa.iv_len
     if not natt_on_lanes(sa):
-        for i in range(lo, hi):
-            pk = &st.scratch[i]
+        for i in range(n):
+            pk = &pkts[i]
             if pk.status == NATT_OK and not natt_encap_build(st, sa, tid, pk):
                 pk.crypto = NATT_CR_ERR
                 failed += 1
         return failed
-    g = lo
-    while g < hi:
-        ge = hi if hi - g < NATT_CBC_GROUP else g + NATT_CBC_GROUP
+    g = 0
+    while g < n:
+        ge = n if n - g < NATT_CBC_GROUP else g + NATT_CBC_GROUP
         m = 0
         for i in range(g, ge):
-            pk = &st.scratch[i]
+            pk = &pkts[i]
             if pk.status != NATT_OK:
                 continue
             if not natt_encap_build(st, sa, tid, pk):
@@ -1784,7 +1784,7 @@ cdef long natt_encap_range(natt_state *st, natt_sa *sa, int tid, int64_t lo, int
             m += 1
         natt_cbc_encrypt_lanes(sa.cs.aes + 16 * NATT_GCM_POWERS, sa.aes_rounds, ct, nblk, m)
         for i in range(g, ge):
-            pk = &st.scratch[i]
+            pk = &pkts[i]
             if pk.status == NATT_OK and pk.crypto != NATT_CR_ERR and not natt_seal_icv(
                     sa, st.mdw[tid], pk.outp + pk.esp_off, pk.esp_len, <uint32_t>(pk.seq >> 32)):
                 pk.crypto = NATT_CR_ERR
@@ -1794,30 +1794,40 @@ cdef long natt_encap_range(natt_state *st, natt_sa *sa, int tid, int64_t lo, int
 
 
 cdef void natt_chunk_seal(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
-    cdef long failed = natt_encap_range(job.st, job.sa, tid, lo, hi)
+    cdef long failed = natt_encap_range(job.st, job.sa, tid, job.st.scratch + lo, hi - lo)
     if failed:
         natt_atomic_fetch_add(&job.failed, failed)
 
 
+cdef void natt_encap_fail_marked(natt_sa *sa, natt_io *io, natt_pkt *pkts, int64_t lo, int64_t hi) noexcept nogil:
+    """natt_encap_fail for each packet of lo..hi-1 (state in ``pkts[i - lo]``) marked NATT_CR_ERR."""
+    cdef int64_t i
+    for i in range(lo, hi):
+        if pkts[i - lo].status == NATT_OK and pkts[i - lo].crypto == NATT_CR_ERR:
+            natt_encap_fail(sa, io, i, &pkts[i - lo])
+
+
 cdef void natt_encap_run(natt_state *st, natt_sa *sa, natt_io *io, int nt) noexcept nogil:
+    """Encap ``io`` with ``sa``. Serially (``nt`` 0), chunk by chunk through the first NATT_CHUNK
+    entries of the scratch, which stay in L1: a per-packet scratch over the whole batch (72
+    octets a packet, 7.2 MB for 100 000) was written and read back through memory, and that
+    traffic made a 512-octet encap 1.2x its decap at 100 000 packets against 1.07x at 1 000
+    (BENCHMARKS.md). Threads need the whole batch's: assignment runs before the parallel build."""
     cdef int64_t i, hi
-    cdef long failed = 0
-    cdef natt_pkt *scratch = st.scratch
+    cdef long failed
     if nt <= 0:
-        # Chunk by chunk, so that each packet is still cached when it is built.
         i = 0
         while i < io.n:
             hi = natt_chunk_hi(i, io.n)
-            natt_encap_assign(sa, io, scratch, i, hi)
-            failed += natt_encap_range(st, sa, 0, i, hi)
+            natt_encap_assign(sa, io, st.scratch, i, hi)
+            if natt_encap_range(st, sa, 0, st.scratch, hi - i):
+                natt_encap_fail_marked(sa, io, st.scratch, i, hi)
             i = hi
     else:
-        natt_encap_assign(sa, io, scratch, 0, io.n)
+        natt_encap_assign(sa, io, st.scratch, 0, io.n)
         failed = natt_pool_run(natt_chunk_seal, NULL, st, io, sa, nt)
-    if failed:
-        for i in range(io.n):
-            if scratch[i].status == NATT_OK and scratch[i].crypto == NATT_CR_ERR:
-                natt_encap_fail(sa, io, i, &scratch[i])
+        if failed:
+            natt_encap_fail_marked(sa, io, st.scratch, 0, io.n)
     ERR_clear_error()
 
 
@@ -2404,7 +2414,7 @@ cdef class FastBackend:
 
     def close(self) -> None:
         """Drop every SA (cleansing its keyed state) and every parser entry, and give back the
-        per-packet scratch (72 octets a packet of the largest recent batch, _scratch)."""
+        per-packet scratch (72 octets a packet of the largest recent threaded batch, _scratch)."""
         self._lock()
         self._drop_all()
         for key in self._keys.values():
@@ -2430,7 +2440,8 @@ cdef class FastBackend:
     # ---- data path
 
     cdef int _scratch(self, int64_t n) noexcept nogil:
-        """Size the per-packet scratch of the threaded pipeline and of encap for ``n`` packets.
+        """Size the per-packet scratch of the threaded pipelines (a serial encap uses one chunk's)
+        for ``n`` packets.
 
         Kept between batches, so that steady traffic allocates nothing. It grows at least
         twofold, and shrinks to ``n`` once NATT_SCRATCH_IDLE calls in a row have used under a
@@ -2505,7 +2516,8 @@ cdef class FastBackend:
                 rc = 1
             elif sa.inbound:
                 rc = 2
-            elif self._scratch(io.n) != 0:
+            # A serial encap works through one chunk's worth (natt_encap_run).
+            elif self._scratch(io.n if nt > 0 else min(io.n, <int64_t>NATT_CHUNK)) != 0:
                 rc = 3
             else:
                 natt_encap_run(&self.st, sa, &io, nt)

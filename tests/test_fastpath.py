@@ -612,8 +612,8 @@ def test_many_sas_prefetch_path_matches_reference():
 
 
 def test_close_gives_back_the_scratch_of_the_largest_batch():
-    """The per-packet scratch (about 72 octets a packet) grows to the largest batch and is kept
-    between batches; close() frees it (RSS falls by the scratch's size)."""
+    """The per-packet scratch of threaded batches (72 octets a packet) grows to the largest batch
+    and is kept between batches; close() frees it (RSS falls by the scratch's size)."""
     import resource
     page = resource.getpagesize()
 
@@ -625,7 +625,7 @@ def test_close_gives_back_the_scratch_of_the_largest_batch():
     packets = natt.PacketBatch(np.zeros(0, np.uint8), np.zeros(1 << 21, np.int64), np.zeros(1 << 21, np.int64))
     out = natt.EncapResult()
     out._prepare(packets, ENCAP_OVERHEAD)
-    b.encap(packets, 9, out, None)                  # empty inner packets: MALFORMED, but scratch is used
+    b.encap(packets, 9, out, 2)                     # empty inner packets: MALFORMED, but scratch is used
     del out
     before = rss()
     b.close()
@@ -639,9 +639,10 @@ def test_close_gives_back_the_scratch_of_the_largest_batch():
 
 
 def test_scratch_of_an_outlier_batch_is_given_back_after_small_batches():
-    """One huge batch must not pin its scratch for the backend's life: after eight calls in a
-    row that use under a quarter of it, it shrinks (to 4 MiB) without close(). Seven such calls,
-    or a larger batch in between, keep it, so alternating batch sizes do not realloc each call."""
+    """One huge threaded batch must not pin its scratch for the backend's life: after eight calls
+    in a row that use under a quarter of it (a serial encap uses one chunk's), it shrinks (to 4
+    MiB) without close(). Seven such calls, or a larger batch in between, keep it, so alternating
+    batch sizes do not realloc each call."""
     import resource
     page = resource.getpagesize()
 
@@ -660,7 +661,7 @@ def test_scratch_of_an_outlier_batch_is_given_back_after_small_batches():
         for _ in range(k):
             b.encap(small, 9, out, None)
             assert out.status.tolist() == [Status.OK] * 300
-    b.encap(big, 9, out_big, None)                  # 2**21 packets * 72 octets = 151 MB of scratch
+    b.encap(big, 9, out_big, 2)                     # 2**21 packets * 72 octets = 151 MB of scratch
     del out_big
     held = rss()
     small_calls(7)
@@ -668,7 +669,7 @@ def test_scratch_of_an_outlier_batch_is_given_back_after_small_batches():
     quarter = natt.PacketBatch(np.zeros(0, np.uint8), np.zeros(1 << 19, np.int64), np.zeros(1 << 19, np.int64))
     out_q = natt.EncapResult()
     out_q._prepare(quarter, ENCAP_OVERHEAD)
-    b.encap(quarter, 9, out_q, None)                # uses a quarter: the count starts over
+    b.encap(quarter, 9, out_q, 2)                   # uses a quarter: the count starts over
     small_calls(7)
     assert held - rss() < 20 << 20
     small_calls(1)                                  # the eighth in a row gives it back
@@ -678,3 +679,37 @@ def test_scratch_of_an_outlier_batch_is_given_back_after_small_batches():
     b.encap(big, 9, out_q, 2)                       # and it grows again where it is needed
     assert rss() - before > 100 << 20
     b.close()
+
+
+
+def test_serial_encap_needs_no_per_packet_scratch_for_the_whole_batch():
+    """A serial encap works chunk by chunk through one chunk's scratch (natt_encap_run): a batch
+    of 2**21 packets adds no 151 MB of scratch, and its results are those of a threaded encap."""
+    import resource
+    page = resource.getpagesize()
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+    pair = [FastBackend(), FastBackend()]
+    for b in pair:
+        b.add_sa(sa_config(9, 0x900, inbound=False, suite=SUITES["aes128gcm16"]))
+    big = natt.PacketBatch(np.zeros(0, np.uint8), np.zeros(1 << 21, np.int64), np.zeros(1 << 21, np.int64))
+    grown = []
+    for b, threads in zip(pair, (None, 2)):         # each fills a new result's arrays (about 70 MB)
+        out = natt.EncapResult()
+        out._prepare(big, ENCAP_OVERHEAD)
+        before = rss()
+        b.encap(big, 9, out, threads)
+        grown.append(rss() - before)
+        del out
+    assert grown[1] - grown[0] > 100 << 20           # only the threaded one holds 2**21 * 72 octets
+    packets = natt.PacketBatch.from_packets([inner(k % 300) for k in range(2000)])
+    serial, threaded = natt.EncapResult(), natt.EncapResult()
+    for res in (serial, threaded):
+        res._prepare(packets, ENCAP_OVERHEAD)
+    pair[0].encap(packets, 9, serial, None)
+    pair[1].encap(packets, 9, threaded, 2)
+    assert serial.status.tolist() == threaded.status.tolist() and list(serial) == list(threaded)
+    for b in pair:
+        b.close()
