@@ -611,25 +611,32 @@ def test_many_sas_prefetch_path_matches_reference():
         nic.close()
 
 
+def _rss() -> int:
+    """This process's resident set size, in octets."""
+    import resource
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _empty_packets(n: int) -> natt.PacketBatch:
+    """``n`` empty inner packets: each MALFORMED for encap, but a batch that still sizes the
+    per-packet scratch and the result's arrays."""
+    return natt.PacketBatch(np.zeros(0, np.uint8), np.zeros(n, np.int64), np.zeros(n, np.int64))
+
+
 def test_close_gives_back_the_scratch_of_the_largest_batch():
     """The per-packet scratch of threaded batches (72 octets a packet) grows to the largest batch
     and is kept between batches; close() frees it (RSS falls by the scratch's size)."""
-    import resource
-    page = resource.getpagesize()
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
     b = FastBackend()
     b.add_sa(sa_config(9, 0x900, inbound=False, suite=SUITES["aes128gcm16"]))
-    packets = natt.PacketBatch(np.zeros(0, np.uint8), np.zeros(1 << 21, np.int64), np.zeros(1 << 21, np.int64))
+    packets = _empty_packets(1 << 21)
     out = natt.EncapResult()
     out._prepare(packets, ENCAP_OVERHEAD)
     b.encap(packets, 9, out, 2)                     # empty inner packets: MALFORMED, but scratch is used
     del out
-    before = rss()
+    before = _rss()
     b.close()
-    assert before - rss() > 100 << 20               # 2**21 packets * 72 octets = 151 MB
+    assert before - _rss() > 100 << 20               # 2**21 packets * 72 octets = 151 MB
     b.add_sa(sa_config(10, 0x901, inbound=False, suite=SUITES["aes128gcm16"]))
     one = natt.PacketBatch.from_packets([inner(1)] * 300)
     out = natt.EncapResult()
@@ -643,15 +650,9 @@ def test_scratch_of_an_outlier_batch_is_given_back_after_small_batches():
     in a row that use under a quarter of it (a serial encap uses one chunk's), it shrinks (to 4
     MiB) without close(). Seven such calls, or a larger batch in between, keep it, so alternating
     batch sizes do not realloc each call."""
-    import resource
-    page = resource.getpagesize()
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
     b = FastBackend()
     b.add_sa(sa_config(9, 0x900, inbound=False, suite=SUITES["aes128gcm16"]))
-    big = natt.PacketBatch(np.zeros(0, np.uint8), np.zeros(1 << 21, np.int64), np.zeros(1 << 21, np.int64))
+    big = _empty_packets(1 << 21)
     small = natt.PacketBatch.from_packets([inner(1)] * 300)
     out_big, out = natt.EncapResult(), natt.EncapResult()
     out_big._prepare(big, ENCAP_OVERHEAD)
@@ -663,21 +664,21 @@ def test_scratch_of_an_outlier_batch_is_given_back_after_small_batches():
             assert out.status.tolist() == [Status.OK] * 300
     b.encap(big, 9, out_big, 2)                     # 2**21 packets * 72 octets = 151 MB of scratch
     del out_big
-    held = rss()
+    held = _rss()
     small_calls(7)
-    assert held - rss() < 20 << 20                  # seven calls: kept
-    quarter = natt.PacketBatch(np.zeros(0, np.uint8), np.zeros(1 << 19, np.int64), np.zeros(1 << 19, np.int64))
+    assert held - _rss() < 20 << 20                  # seven calls: kept
+    quarter = _empty_packets(1 << 19)
     out_q = natt.EncapResult()
     out_q._prepare(quarter, ENCAP_OVERHEAD)
     b.encap(quarter, 9, out_q, 2)                   # uses a quarter: the count starts over
     small_calls(7)
-    assert held - rss() < 20 << 20
+    assert held - _rss() < 20 << 20
     small_calls(1)                                  # the eighth in a row gives it back
-    assert held - rss() > 100 << 20
+    assert held - _rss() > 100 << 20
     out_q._prepare(big, ENCAP_OVERHEAD)
-    before = rss()
+    before = _rss()
     b.encap(big, 9, out_q, 2)                       # and it grows again where it is needed
-    assert rss() - before > 100 << 20
+    assert _rss() - before > 100 << 20
     b.close()
 
 
@@ -685,23 +686,17 @@ def test_scratch_of_an_outlier_batch_is_given_back_after_small_batches():
 def test_serial_encap_needs_no_per_packet_scratch_for_the_whole_batch():
     """A serial encap works chunk by chunk through one chunk's scratch (natt_encap_run): a batch
     of 2**21 packets adds no 151 MB of scratch, and its results are those of a threaded encap."""
-    import resource
-    page = resource.getpagesize()
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
     pair = [FastBackend(), FastBackend()]
     for b in pair:
         b.add_sa(sa_config(9, 0x900, inbound=False, suite=SUITES["aes128gcm16"]))
-    big = natt.PacketBatch(np.zeros(0, np.uint8), np.zeros(1 << 21, np.int64), np.zeros(1 << 21, np.int64))
+    big = _empty_packets(1 << 21)
     grown = []
     for b, threads in zip(pair, (None, 2)):         # each fills a new result's arrays (about 70 MB)
         out = natt.EncapResult()
         out._prepare(big, ENCAP_OVERHEAD)
-        before = rss()
+        before = _rss()
         b.encap(big, 9, out, threads)
-        grown.append(rss() - before)
+        grown.append(_rss() - before)
         del out
     assert grown[1] - grown[0] > 100 << 20           # only the threaded one holds 2**21 * 72 octets
     packets = natt.PacketBatch.from_packets([inner(k % 300) for k in range(2000)])
