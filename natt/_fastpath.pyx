@@ -2440,8 +2440,8 @@ cdef class FastBackend:
     # ---- data path
 
     cdef int _scratch(self, int64_t n) noexcept nogil:
-        """Size the per-packet scratch of the threaded pipelines (a serial encap uses one chunk's)
-        for ``n`` packets.
+        """Size the per-packet scratch of the threaded pipelines for ``n`` packets (a serial
+        encap uses one chunk's, and does not call this once it has that).
 
         Kept between batches, so that steady traffic allocates nothing. It grows at least
         twofold, and shrinks to ``n`` once NATT_SCRATCH_IDLE calls in a row have used under a
@@ -2516,8 +2516,11 @@ cdef class FastBackend:
                 rc = 1
             elif sa.inbound:
                 rc = 2
-            # A serial encap works through one chunk's worth (natt_encap_run).
-            elif self._scratch(io.n if nt > 0 else min(io.n, <int64_t>NATT_CHUNK)) != 0:
+            # A serial encap works through one chunk's worth (natt_encap_run): it needs that
+            # much, and has no say in the threaded pipelines' size (_scratch's shrink rule), or
+            # serial encaps between threaded decaps on one backend would shrink it each time.
+            elif (self._scratch(io.n) if nt > 0 else
+                  (0 if self.st.scratch_cap >= min(io.n, <int64_t>NATT_CHUNK) else self._scratch(NATT_CHUNK))) != 0:
                 rc = 3
             else:
                 natt_encap_run(&self.st, sa, &io, nt)

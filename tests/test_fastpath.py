@@ -646,10 +646,10 @@ def test_close_gives_back_the_scratch_of_the_largest_batch():
 
 
 def test_scratch_of_an_outlier_batch_is_given_back_after_small_batches():
-    """One huge threaded batch must not pin its scratch for the backend's life: after eight calls
-    in a row that use under a quarter of it (a serial encap uses one chunk's), it shrinks (to 4
-    MiB) without close(). Seven such calls, or a larger batch in between, keep it, so alternating
-    batch sizes do not realloc each call."""
+    """One huge threaded batch must not pin its scratch for the backend's life: after eight
+    threaded calls in a row that use under a quarter of it, it shrinks (to 4 MiB) without
+    close(). Seven such calls, or a larger batch in between, keep it, so alternating batch sizes
+    do not realloc each call; serial encaps (one chunk's worth) do not count either way."""
     b = FastBackend()
     b.add_sa(sa_config(9, 0x900, inbound=False, suite=SUITES["aes128gcm16"]))
     big = _empty_packets(1 << 21)
@@ -660,8 +660,9 @@ def test_scratch_of_an_outlier_batch_is_given_back_after_small_batches():
 
     def small_calls(k: int) -> None:
         for _ in range(k):
-            b.encap(small, 9, out, None)
+            b.encap(small, 9, out, 2)
             assert out.status.tolist() == [Status.OK] * 300
+            b.encap(small, 9, out, None)            # serial: one chunk's scratch, no say in its size
     b.encap(big, 9, out_big, 2)                     # 2**21 packets * 72 octets = 151 MB of scratch
     del out_big
     held = _rss()
