@@ -34,20 +34,26 @@ def undecrypted(batch: PacketBatch, ipv4: np.ndarray, status: np.ndarray, ports:
     drop = ipv4 & (status != Status.OK) & ~np.isin(status, NOT_ESP)
     m = np.nonzero(drop & (status == Status.MALFORMED))[0]
     if m.size:
-        d = batch.data
-        off = batch.offsets[m]
-        n = batch.lengths[m]
-        ihl4 = np.zeros(m.size, np.int64)
-        k = np.nonzero(n >= 20)[0]
-        ihl4[k] = (d[off[k]] & 15).astype(np.int64) * 4
-        udp = (ihl4 >= 20) & (n >= ihl4 + 4)
-        k = np.nonzero(udp)[0]
-        udp[k] = d[off[k] + 9] == 17
-        port = np.full(m.size, -1, np.int64)
-        at = off[k] + ihl4[k] + 2          # UDP destination port (RFC 768)
-        port[k] = d[at].astype(np.int64) << 8 | d[at + 1]
-        drop[m[~(udp & np.isin(port, list(ports)))]] = False
+        _, port = _udp_dst_port(batch, m)
+        drop[m[~np.isin(port, list(ports))]] = False
     return drop
+
+
+def _udp_dst_port(batch: PacketBatch, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(IPv4 header length, UDP destination port) of the datagrams ``idx`` of ``batch``; the port
+    is -1 where the captured octets hold no IPv4 header and UDP ports (never reads past them)."""
+    d, off, n = batch.data, batch.offsets[idx], batch.lengths[idx]
+    ihl4 = np.zeros(idx.size, np.int64)
+    k = np.nonzero(n >= 20)[0]
+    ihl4[k] = (d[off[k]] & 15).astype(np.int64) * 4
+    udp = (ihl4 >= 20) & (n >= ihl4 + 4)
+    k = np.nonzero(udp)[0]
+    udp[k] = d[off[k] + 9] == 17
+    k = np.nonzero(udp)[0]
+    port = np.full(idx.size, -1, np.int64)
+    at = off[k] + ihl4[k] + 2          # UDP destination port (RFC 768)
+    port[k] = d[at].astype(np.int64) << 8 | d[at + 1]
+    return ihl4, port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +140,7 @@ class CaptureStats:
         if not no_sa.size or not sas.dst:
             return
         d, off = batch.data, batch.offsets[no_sa]
-        ihl4 = (d[off] & 15).astype(np.int64) * 4
-        port = d[off + ihl4 + 2].astype(np.int64) << 8 | d[off + ihl4 + 3]
+        ihl4, port = _udp_dst_port(batch, no_sa)
         esp = off + ihl4 + 8 + np.array([sas.esp_at.get(int(p), 0) for p in port], np.int64)
         spi = (d[esp].astype(np.int64) << 24 | d[esp + 1].astype(np.int64) << 16
                | d[esp + 2].astype(np.int64) << 8 | d[esp + 3])

@@ -806,13 +806,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     handles = _install(nic, specs, "in")
     for line in explain_packet(nic, handles, specs, packet):
         print(line)
-    if packet[:1] and packet[0] >> 4 != 4:
-        # Wireshark's "Copy as Hex Stream" of a whole frame starts at the Ethernet header.
-        ethertype, tagged = packet[12:14], packet[16:18]
-        hdr = 14 if ethertype == b"\x08\x00" else 18 if (ethertype, tagged) == (b"\x81\x00", b"\x08\x00") else 0
-        if hdr and packet[hdr:hdr + 1] and packet[hdr] >> 4 == 4:
-            print(f"hint: this looks like an Ethernet frame with IPv4 at octet {hdr + 1}: leave out its "
-                  f"first {hdr} octets ({2 * hdr} hex digits) to start at the IPv4 header")
+    if packet[0] >> 4 != 4:
+        # Wireshark's "Copy as Hex Stream" of a whole frame starts at the Ethernet header: read
+        # it as the capture reader reads an Ethernet frame (VLAN tags included).
+        is4, hdr = pcap._link_layer(np.frombuffer(packet, np.uint8), np.array([pcap.LINKTYPE_ETHERNET]),
+                                    np.zeros(1, np.int64), np.array([len(packet)], np.int64))
+        if is4[0] and packet[hdr[0]] >> 4 == 4:
+            print(f"hint: this looks like an Ethernet frame with IPv4 at octet {hdr[0] + 1}: leave out its "
+                  f"first {hdr[0]} octets ({2 * hdr[0]} hex digits) to start at the IPv4 header")
     return 0
 
 
