@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from typing import Any, Optional
 
 import numpy as np
@@ -56,26 +56,23 @@ def _udp_dst_port(batch: PacketBatch, idx: np.ndarray) -> tuple[np.ndarray, np.n
     return ihl4, port
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class InboundSas:
-    """What counting a decap run needs to know of its inbound SAs: ``esp_at`` maps each
-    parser-entry port to where ESP starts in its UDP payload (8 behind the non-IKE marker of an
-    IKE-type entry, else 0); ``dst`` maps each SPI to the destinations its SAs accept (``"*"``:
-    any)."""
+    """What counting a decap run needs to know of its inbound SAs, made once per run (natt.dask
+    ships it with every part): the parser entries' ``ports``; ``ike_ports``, those of IKE-type
+    entries, where ESP follows an 8-octet non-IKE marker; and the SAs' ``spis``, sorted."""
 
-    esp_at: Mapping[int, int]
-    dst: Mapping[int, tuple[str, ...]]
+    ports: frozenset[int]
+    ike_ports: frozenset[int]
+    spis: np.ndarray
 
     @classmethod
     def of(cls, offload: Any) -> "InboundSas":
         """Those installed on ``offload`` (a :class:`natt.Offload`)."""
-        esp_at = {e.port: 8 if e.encap_type == UdpEncapType.IKE else 0 for e in offload._entries.values()}
-        dst: dict[int, tuple[str, ...]] = {}
-        for cfg in offload._sas.values():
-            if cfg.inbound:
-                dst[cfg.spi] = dst.get(cfg.spi, ()) + (
-                    f"{ipaddress.IPv4Address(cfg.dst_addr)}" if cfg.dst_mask else "*",)
-        return cls(esp_at, dst)
+        entries = offload._entries.values()
+        return cls(frozenset(e.port for e in entries),
+                   frozenset(e.port for e in entries if e.encap_type == UdpEncapType.IKE),
+                   np.unique(np.array([c.spi for c in offload._sas.values() if c.inbound], np.int64)))
 
 
 @dataclasses.dataclass
@@ -121,7 +118,7 @@ class CaptureStats:
         ipv4 = chunk.ipv4
         keep = status != Status.DUMMY
         if drop_undecrypted:
-            keep &= ~undecrypted(chunk.batch, ipv4, status, sas.esp_at)
+            keep &= ~undecrypted(chunk.batch, ipv4, status, sas.ports)
         self.written += writer.write_chunk(chunk, outputs, replace=(status == Status.OK) & ipv4, keep=keep)
         self.frames += len(chunk)
         self.ipv4 += int(ipv4.sum())
@@ -137,14 +134,14 @@ class CaptureStats:
         """Count the NO_SA packets whose SPI a loaded SA has: the SA waits for another destination.
         These passed the data path's header checks (docs/semantics.md §1 steps 1-5), so their
         IPv4 and UDP headers and their ESP header are within the captured octets."""
-        if not no_sa.size or not sas.dst:
+        if not no_sa.size or not sas.spis.size:
             return
         d, off = batch.data, batch.offsets[no_sa]
         ihl4, port = _udp_dst_port(batch, no_sa)
-        esp = off + ihl4 + 8 + np.array([sas.esp_at.get(int(p), 0) for p in port], np.int64)
+        esp = off + ihl4 + 8 + 8 * np.isin(port, list(sas.ike_ports))
         spi = (d[esp].astype(np.int64) << 24 | d[esp + 1].astype(np.int64) << 16
                | d[esp + 2].astype(np.int64) << 8 | d[esp + 3])
-        known = np.nonzero(np.isin(spi, np.fromiter(sas.dst, np.int64)))[0]
+        known = np.nonzero(np.isin(spi, sas.spis))[0]
         self.spi_elsewhere += int(known.size)
         if known.size and self.spi_example is None:
             k = known[0]
