@@ -163,8 +163,8 @@ cdef extern from "natt_aesni.h" nogil:
     void natt_cbc_encrypt_lanes(const uint8_t *rkb, int nr, uint8_t * const *ct, const int32_t *nblk,
                                 int n)
     int natt_gcm_init(const uint8_t *key, int key_len, uint8_t *st)
-    void natt_gcm(const uint8_t *st, int nr, const uint8_t *nonce, const uint8_t *a1, size_t a1_len,
-                  const uint8_t *a2, size_t a2_len, const uint8_t *inp, size_t in_len, const uint8_t *in2,
+    void natt_gcm(const uint8_t *st, int nr, const uint8_t *salt, const uint8_t *iv, const uint8_t *a1,
+                  size_t a1_len, const uint8_t *a2, size_t a2_len, const uint8_t *inp, size_t in_len, const uint8_t *in2,
                   size_t in2_len, uint8_t *out, int enc, uint8_t *tag)
 
 
@@ -780,16 +780,15 @@ cdef inline void natt_gcm_packet(const natt_sa *sa, const uint8_t *esp, uint32_t
     ``inp[:in_len]`` ‖ ``in2`` to ``out`` (natt_gcm says which overlaps are allowed), the whole
     tag to ``tag``. AES-GMAC (RFC 4543 §3) authenticates IV, payload and trailer as AAD and
     encrypts nothing."""
-    cdef uint8_t nonce[12]
     cdef uint8_t aad[12]
     cdef int32_t aad_len = natt_aad(sa, esp, seq_hi, aad)
-    natt_nonce(sa, esp, nonce)
+    # The nonce (RFC 4106 §4) goes in as its two parts: natt_gcm puts it together in a register.
     if sa.cipher == NATT_CIPHER_AES_GMAC:
-        natt_gcm(sa.cs.aes, sa.aes_rounds, nonce, aad, aad_len, esp + 8, 8 + ct_len, NULL, 0, NULL, 0, NULL,
-                 enc, tag)
+        natt_gcm(sa.cs.aes, sa.aes_rounds, sa.salt, esp + 8, aad, aad_len, esp + 8, 8 + ct_len, NULL, 0, NULL,
+                 0, NULL, enc, tag)
     else:
-        natt_gcm(sa.cs.aes, sa.aes_rounds, nonce, aad, aad_len, NULL, 0, inp, in_len, in2, ct_len - in_len, out,
-                 enc, tag)
+        natt_gcm(sa.cs.aes, sa.aes_rounds, sa.salt, esp + 8, aad, aad_len, NULL, 0, inp, in_len, in2,
+                 ct_len - in_len, out, enc, tag)
 
 
 cdef inline bint natt_aead_begin(const natt_sa *sa, natt_init_fn init, void *ctx, const uint8_t *esp,
