@@ -164,8 +164,9 @@ cdef extern from "natt_aesni.h" nogil:
                                 int n)
     int natt_gcm_init(const uint8_t *key, int key_len, uint8_t *st)
     void natt_gcm(const uint8_t *st, int nr, const uint8_t *salt, const uint8_t *iv, const uint8_t *a1,
-                  size_t a1_len, const uint8_t *a2, size_t a2_len, const uint8_t *inp, size_t in_len, const uint8_t *in2,
-                  size_t in2_len, uint8_t *out, int enc, uint8_t *tag)
+                  size_t a1_len, const uint8_t *a2, size_t a2_len, const uint8_t *inp, size_t in_len,
+                  const uint8_t *in2, size_t in2_len, uint8_t *out, int enc, uint8_t *tag)
+    void natt_gcm_trailer(uint8_t *tr, int pad_len, uint8_t nh)
 
 
 # SA structs and hash buckets in memory the kernel may back with huge pages (natt/natt_arena.h
@@ -777,8 +778,8 @@ cdef inline void natt_gcm_packet(const natt_sa *sa, const uint8_t *esp, uint32_t
                                  const uint8_t *inp, int32_t in_len, const uint8_t *in2, uint8_t *out,
                                  int enc, uint8_t *tag) noexcept nogil:
     """One ESP packet through natt's own AES-GCM (``sa.cs.aes``): the ``ct_len`` octets of
-    ``inp[:in_len]`` ‖ ``in2`` to ``out`` (natt_gcm says which overlaps are allowed), the whole
-    tag to ``tag``. AES-GMAC (RFC 4543 §3) authenticates IV, payload and trailer as AAD and
+    ``inp[:in_len]`` ‖ ``in2`` to ``out`` (natt_gcm says how it reads in2 and which overlaps
+    are allowed), the whole tag to ``tag``. AES-GMAC (RFC 4543 §3) authenticates IV, payload and trailer as AAD and
     encrypts nothing."""
     cdef uint8_t aad[12]
     cdef int32_t aad_len = natt_aad(sa, esp, seq_hi, aad)
@@ -915,13 +916,17 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
     cdef OSSL_PARAM par[2]
     cdef int cipher = sa.cipher
     cdef uint8_t tag[16]
+    cdef uint8_t tr[16]
 
     if sa.aes_rounds:
         # AES-GCM or AES-GMAC (outbound CBC on natt's AES is encrypted by natt_encap_range)
         if src == NULL:
-            src = ct
-            src_len = ct_len
-        natt_gcm_packet(sa, esp, seq_hi, ct_len, src, src_len, ct + src_len, ct, 1, tag)
+            natt_gcm_packet(sa, esp, seq_hi, ct_len, ct, ct_len, NULL, ct, 1, tag)
+        else:
+            # The trailer after the payload once more, as natt_gcm reads it (natt_gcm_trailer:
+            # one store, not the byte stores of the one in ``esp``, which its ciphertext replaces).
+            natt_gcm_trailer(tr, ct_len - 2 - src_len, ct[ct_len - 1])
+            natt_gcm_packet(sa, esp, seq_hi, ct_len, src, src_len, tr, ct, 1, tag)
         # RFC 4106 §6: the ICV is the tag's first 8, 12 or 16 octets. Each length copied as a
         # constant: a variable-length memcpy inlined as ``rep movsq``, whose start-up cost had 3 %
         # of a 64-octet encap's ``perf`` samples.
