@@ -353,7 +353,7 @@ static void natt_gcm(const uint8_t *st, int nr, const uint8_t *salt, const uint8
     direct = in_len >= 16;
     msr = _mm_loadu_si128((const __m128i *)(natt_gcm_shr + 16 - a));
     msl = _mm_loadu_si128((const __m128i *)(natt_gcm_shl + 16 - a));
-    sv[0] = direct ? _mm_loadu_si128((const __m128i *)(in + q - 16 + a)) : _mm_setzero_si128();
+    sv[0] = direct ? _mm_loadu_si128((const __m128i *)(in + in_len - 16)) : _mm_setzero_si128();
     sv[1] = in2_len ? _mm_loadu_si128((const __m128i *)in2) : _mm_setzero_si128();
     sv[2] = in2_len > 16 ? _mm_loadu_si128((const __m128i *)(in2 + 16)) : _mm_setzero_si128();
     sv[3] = _mm_setzero_si128();
