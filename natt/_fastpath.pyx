@@ -779,8 +779,8 @@ cdef inline void natt_gcm_packet(const natt_sa *sa, const uint8_t *esp, uint32_t
                                  int enc, uint8_t *tag) noexcept nogil:
     """One ESP packet through natt's own AES-GCM (``sa.cs.aes``): the ``ct_len`` octets of
     ``inp[:in_len]`` ‖ ``in2`` to ``out`` (natt_gcm says how it reads in2 and which overlaps
-    are allowed), the whole tag to ``tag``. AES-GMAC (RFC 4543 §3) authenticates IV, payload and trailer as AAD and
-    encrypts nothing."""
+    are allowed), the whole tag to ``tag``. AES-GMAC (RFC 4543 §3) authenticates IV, payload
+    and trailer as AAD and encrypts nothing."""
     cdef uint8_t aad[12]
     cdef int32_t aad_len = natt_aad(sa, esp, seq_hi, aad)
     # The nonce (RFC 4106 §4) goes in as its two parts: natt_gcm puts it together in a register.
