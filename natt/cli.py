@@ -145,7 +145,9 @@ def _install(nic: Offload, specs: list[keyfile.SaSpec], direction: str) -> list[
         raise CliError(f"cannot install SA: {e}") from None
 
 
-def _finish(args: argparse.Namespace, stats: CaptureStats, out: TextIO) -> None:
+def _finish(args: argparse.Namespace, stats: CaptureStats, out: TextIO, hints: Sequence[str] = ()) -> None:
+    """The end of a run over a capture: the truncation warning, the summary, the report if asked
+    for, then ``hints`` (decap_hints) on stderr."""
     if stats.truncated:
         print(f"natt {args.command}: warning: {stats.truncated}; the records before it were processed "
               "(a capture cut short)", file=sys.stderr)
@@ -160,6 +162,8 @@ def _finish(args: argparse.Namespace, stats: CaptureStats, out: TextIO) -> None:
                 f.write("\n")
         except OSError as e:
             raise CliError(f"cannot write report {args.report}: {e.strerror or e}") from None
+    for hint in hints:
+        print(f"hint: {hint}", file=sys.stderr)
 
 
 def _chunks(reader: pcap.PcapReader, bar: Any, stats: CaptureStats) -> Iterator[pcap.Chunk]:
@@ -354,9 +358,7 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
         client.close()
         if cluster is not None:
             cluster.close()
-    _finish(args, stats, sys.stdout)
-    for hint in decap_hints(stats, specs):
-        print(f"hint: {hint}", file=sys.stderr)
+    _finish(args, stats, sys.stdout, decap_hints(stats, specs))
     return 0
 
 
@@ -375,9 +377,7 @@ def _cmd_decap(args: argparse.Namespace) -> int:
     stats = _run_capture(args, specs, "in", to_stdout, lambda nic, handles, reader, writer, bar: decap_capture(
         nic, handles, labels, reader, writer, threads=args.threads,
         drop_undecrypted=args.drop_undecrypted, bar=bar))
-    _finish(args, stats, sys.stderr if to_stdout else sys.stdout)
-    for hint in decap_hints(stats, specs):
-        print(f"hint: {hint}", file=sys.stderr)
+    _finish(args, stats, sys.stderr if to_stdout else sys.stdout, decap_hints(stats, specs))
     return 0
 
 
