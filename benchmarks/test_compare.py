@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import bench_active_sas
+from benchmarks import bench_active_sas, bench_threads
 from natt import Offload, PacketBatch, Status
 from natt._bench import (NATT_PORT, TUNNEL_DST, TUNNEL_SRC, EvpLoop, build_workload, inner_packets, main,
                          python_aesgcm_loop, _scapy_decryptor)
@@ -67,17 +67,17 @@ def test_evp_loop_decrypts_and_rejects_forgeries(evp: EvpLoop, suite: str) -> No
 
 
 @pytest.mark.parametrize("suite", ["aes128gcm16", "chacha20poly1305"])
-def test_evp_loop_on_threads_decrypts_every_share(evp: EvpLoop, suite: str) -> None:
-    wl = build_workload(BACKEND, suite, 100, 33)
+def test_evp_loop_on_threads_decrypts_every_chunk(evp: EvpLoop, suite: str) -> None:
+    wl = build_workload(BACKEND, suite, 100, 600)       # three chunks of up to 256 packets
     s, _ = parse_suite(suite)
     for threads in (2, 3):
         out = np.zeros(wl.esp.data.size, dtype=np.uint8)
-        assert evp.decrypt(s, wl.keys[0], wl.esp, out, threads) == 33
-        for i in (0, 16, 32):                       # first packet of each share, and the last
+        assert evp.decrypt(s, wl.keys[0], wl.esp, out, threads) == 600
+        for i in (0, 255, 256, 511, 512, 599):          # each chunk's ends
             o = int(wl.esp.offsets[i])
             assert out[o: o + 100].tobytes() == wl.inner[i]
-        # A forgery in the last share counts there (the shares' counts are summed).
-        assert evp.decrypt(s, wl.keys[0], _tampered(wl.esp, 30), out, threads) == 32
+        # A forgery in the last chunk counts there (the threads' counts are summed).
+        assert evp.decrypt(s, wl.keys[0], _tampered(wl.esp, 590), out, threads) == 599
 
 
 def test_evp_loop_refuses_threads_it_cannot_split(evp: EvpLoop) -> None:
@@ -247,3 +247,23 @@ def test_active_sas_table_has_the_baseline_and_every_count(capsys) -> None:
     assert [r.split()[0] for r in rows] == ["1", "1", "30"] and "receiver with 1 SA" in rows[0]
     with pytest.raises(SystemExit):
         bench_active_sas.main(["--sas", "10", "--active", "11"])
+
+
+def test_threads_summary_sets_low_ceiling_rounds_apart() -> None:
+    rows = [{"natt": 2.0, "ceiling": 2.0, "serial_ns": 180.0},
+            {"natt": 1.5, "ceiling": 1.2, "serial_ns": 100.0},
+            {"natt": 1.9, "ceiling": 1.9, "serial_ns": 170.0}]
+    s = bench_threads.summary(rows)
+    assert s["all"] == {"rounds": 3, "natt": 1.9, "ceiling": 1.9, "share": 1.0}
+    assert s["low"] == {"rounds": 1, "natt": 1.5, "ceiling": 1.2, "share": 1.25}
+    assert "low" not in bench_threads.summary(rows[:1])
+
+
+def test_threads_rounds_time_verified_decaps(capsys) -> None:
+    assert bench_threads.main(["--packets", "600", "--rounds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines[2:4]] == ["1", "2"]
+    assert lines[4].startswith("median over all rounds (2): natt ")
+    for bad in (["--threads", "1"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit):
+            bench_threads.main(bad)

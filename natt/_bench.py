@@ -256,70 +256,109 @@ static const uint8_t *natt_esp(const uint8_t *pkt, int64_t len, int64_t *esp_len
 /* AEAD (RFC 4106 / RFC 7634): nonce = salt || 8-octet IV, AAD = SPI || seq, tag at the end.
  * For GCM the salt is set once as the fixed IV part and each packet only supplies the
  * explicit IV (EVP_CTRL_GCM_SET_IV_INV, the TLS/IPsec interface): measured ~10% cheaper
- * than a full re-init per packet at 64 octets, so the baseline is the faster of the two.
- * Returns the number of packets whose tag verified, or -1 if the context could not be set up. */
-int64_t natt_bench_aead_decrypt(const char *cipher_name, int gcm, const uint8_t *key, const uint8_t *salt,
-                                int icv_len, const uint8_t *data, const int64_t *offsets,
-                                const int64_t *lengths, int64_t n, uint8_t *out)
-{
-    EVP_CIPHER *cipher = EVP_CIPHER_fetch(NULL, cipher_name, NULL);
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+ * than a full re-init per packet at 64 octets, so the baseline is the faster of the two. */
+typedef struct {
+    EVP_CIPHER *cipher;
+    EVP_CIPHER_CTX *ctx;
+    int gcm, icv_len;
     uint8_t nonce[12];
-    int64_t ok = -1;
+} natt_bench_aead;
 
-    if (cipher == NULL || ctx == NULL || EVP_DecryptInit_ex2(ctx, cipher, key, NULL, NULL) != 1)
-        goto done;
-    memcpy(nonce, salt, 4);
-    if (gcm && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IV_FIXED, 4, nonce) != 1)
-        goto done;
-    ok = 0;
-    for (int64_t i = 0; i < n; i++) {
+static void natt_bench_aead_free(natt_bench_aead *a)
+{
+    EVP_CIPHER_CTX_free(a->ctx);
+    EVP_CIPHER_free(a->cipher);
+}
+
+/* Keys a->ctx once; 0 if the context could not be set up (freed then). */
+static int natt_bench_aead_init(natt_bench_aead *a, const char *cipher_name, int gcm, const uint8_t *key,
+                                const uint8_t *salt, int icv_len)
+{
+    a->cipher = EVP_CIPHER_fetch(NULL, cipher_name, NULL);
+    a->ctx = EVP_CIPHER_CTX_new();
+    a->gcm = gcm;
+    a->icv_len = icv_len;
+    memcpy(a->nonce, salt, 4);
+    if (a->cipher == NULL || a->ctx == NULL || EVP_DecryptInit_ex2(a->ctx, a->cipher, key, NULL, NULL) != 1
+        || (gcm && EVP_CIPHER_CTX_ctrl(a->ctx, EVP_CTRL_GCM_SET_IV_FIXED, 4, a->nonce) != 1)) {
+        natt_bench_aead_free(a);
+        return 0;
+    }
+    return 1;
+}
+
+/* Packets lo..hi-1; returns how many verified. */
+static int64_t natt_bench_aead_range(natt_bench_aead *a, const uint8_t *data, const int64_t *offsets,
+                                     const int64_t *lengths, int64_t lo, int64_t hi, uint8_t *out)
+{
+    int64_t ok = 0;
+
+    for (int64_t i = lo; i < hi; i++) {
         int64_t esp_len;
         const uint8_t *esp = natt_esp(data + offsets[i], lengths[i], &esp_len);
-        int ct_len = (int)(esp_len - 16 - icv_len);
+        int ct_len = (int)(esp_len - 16 - a->icv_len);
         uint8_t *dst = out + offsets[i];
         int outl, finl, iv_ok;
 
         if (ct_len < 0)
             continue;
-        if (gcm) {
-            iv_ok = EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IV_INV, 8, (void *)(esp + 8)) == 1;
+        if (a->gcm) {
+            iv_ok = EVP_CIPHER_CTX_ctrl(a->ctx, EVP_CTRL_GCM_SET_IV_INV, 8, (void *)(esp + 8)) == 1;
         } else {
-            memcpy(nonce + 4, esp + 8, 8);
-            iv_ok = EVP_DecryptInit_ex2(ctx, NULL, NULL, nonce, NULL) == 1;
+            memcpy(a->nonce + 4, esp + 8, 8);
+            iv_ok = EVP_DecryptInit_ex2(a->ctx, NULL, NULL, a->nonce, NULL) == 1;
         }
         if (iv_ok
-            && EVP_DecryptUpdate(ctx, NULL, &outl, esp, 8) == 1
-            && EVP_DecryptUpdate(ctx, dst, &outl, esp + 16, ct_len) == 1
-            && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, icv_len, (void *)(esp + esp_len - icv_len)) == 1
-            && EVP_DecryptFinal_ex(ctx, dst + outl, &finl) == 1)
+            && EVP_DecryptUpdate(a->ctx, NULL, &outl, esp, 8) == 1
+            && EVP_DecryptUpdate(a->ctx, dst, &outl, esp + 16, ct_len) == 1
+            && EVP_CIPHER_CTX_ctrl(a->ctx, EVP_CTRL_AEAD_SET_TAG, a->icv_len,
+                                   (void *)(esp + esp_len - a->icv_len)) == 1
+            && EVP_DecryptFinal_ex(a->ctx, dst + outl, &finl) == 1)
             ok++;
     }
-done:
-    EVP_CIPHER_CTX_free(ctx);
-    EVP_CIPHER_free(cipher);
     return ok;
 }
 
-/* The same loop on n_threads threads at once, each on its own contiguous share of the packets
- * with its own context: nothing shared, nothing ordered. What that gains over one thread is
- * what the machine gives two busy cores (shared core, turbo, neighbours), the ceiling against
- * which a data path's threads=N speed-up can be read. Returns as natt_bench_aead_decrypt. */
+/* Returns the number of packets whose tag verified, or -1 if the context could not be set up. */
+int64_t natt_bench_aead_decrypt(const char *cipher_name, int gcm, const uint8_t *key, const uint8_t *salt,
+                                int icv_len, const uint8_t *data, const int64_t *offsets,
+                                const int64_t *lengths, int64_t n, uint8_t *out)
+{
+    natt_bench_aead a;
+    int64_t ok;
+
+    if (!natt_bench_aead_init(&a, cipher_name, gcm, key, salt, icv_len))
+        return -1;
+    ok = natt_bench_aead_range(&a, data, offsets, lengths, 0, n, out);
+    natt_bench_aead_free(&a);
+    return ok;
+}
+
+/* The same loop on n_threads threads at once, each with its own context, nothing ordered:
+ * what that gains over one thread is what the machine gives that many busy cores (shared
+ * core, turbo, neighbours), the ceiling against which a data path's threads=N speed-up can
+ * be read. The threads claim chunks of 256 packets with one atomic add, as natt's pool does:
+ * on a host that gives the second vCPU less than a whole core, a fixed split into equal
+ * shares would wait for the slower thread and set the ceiling too low (bench_threads.py).
+ * Returns as natt_bench_aead_decrypt. */
+#define NATT_BENCH_CHUNK 256
+
 typedef struct {
-    const char *cipher_name;
-    int gcm, icv_len;
-    const uint8_t *key, *salt, *data;
+    natt_bench_aead a;
+    const uint8_t *data;
     const int64_t *offsets, *lengths;
-    int64_t n, ok;
+    int64_t n, *next, ok;
     uint8_t *out;
 } natt_bench_share;
 
 static void *natt_bench_share_run(void *arg)
 {
     natt_bench_share *s = arg;
+    int64_t lo;
 
-    s->ok = natt_bench_aead_decrypt(s->cipher_name, s->gcm, s->key, s->salt, s->icv_len, s->data,
-                                    s->offsets, s->lengths, s->n, s->out);
+    while ((lo = __atomic_fetch_add(s->next, NATT_BENCH_CHUNK, __ATOMIC_RELAXED)) < s->n)
+        s->ok += natt_bench_aead_range(&s->a, s->data, s->offsets, s->lengths, lo,
+                                       lo + NATT_BENCH_CHUNK < s->n ? lo + NATT_BENCH_CHUNK : s->n, s->out);
     return NULL;
 }
 
@@ -331,32 +370,31 @@ int64_t natt_bench_aead_decrypt_threads(const char *cipher_name, int gcm, const 
     natt_bench_share share[64];
     pthread_t tid[64];
     int started[64] = {0};
-    int64_t ok = 0;
+    int64_t ok = 0, next = 0;
+    int k, keyed = 0;
 
     if (n_threads < 1 || n_threads > 64)
         return -1;
-    for (int k = 0; k < n_threads; k++) {
-        int64_t lo = n * k / n_threads, hi = n * (k + 1) / n_threads;
-
-        share[k] = (natt_bench_share){cipher_name, gcm, icv_len, key, salt, data, offsets + lo,
-                                      lengths + lo, hi - lo, 0, out};
+    /* Every context is keyed before any thread starts, so none of them times a key schedule. */
+    for (; keyed < n_threads; keyed++) {
+        if (!natt_bench_aead_init(&share[keyed].a, cipher_name, gcm, key, salt, icv_len))
+            break;
+        share[keyed] = (natt_bench_share){share[keyed].a, data, offsets, lengths, n, &next, 0, out};
+    }
+    if (keyed == n_threads) {
         /* Share 0 runs on the calling thread, as a data path's calling thread works too. */
-        if (k > 0)
+        for (k = 1; k < n_threads; k++)
             started[k] = pthread_create(&tid[k], NULL, natt_bench_share_run, &share[k]) == 0;
+        natt_bench_share_run(&share[0]);
+        for (k = 1; k < n_threads; k++)
+            if (started[k])
+                pthread_join(tid[k], NULL);
+        for (k = 0; k < n_threads; k++)
+            ok += share[k].ok;
     }
-    natt_bench_share_run(&share[0]);
-    for (int k = 1; k < n_threads; k++) {
-        if (started[k])
-            pthread_join(tid[k], NULL);
-        else
-            natt_bench_share_run(&share[k]);
-    }
-    for (int k = 0; k < n_threads; k++) {
-        if (share[k].ok < 0)
-            return -1;
-        ok += share[k].ok;
-    }
-    return ok;
+    for (k = 0; k < keyed; k++)
+        natt_bench_aead_free(&share[k].a);
+    return keyed == n_threads ? ok : -1;
 }
 
 /* Many SAs: one keyed AES-GCM context per SA (as natt keeps), packet i decrypted with the
