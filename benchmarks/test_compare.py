@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import pathlib
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -267,3 +270,24 @@ def test_threads_rounds_time_verified_decaps(capsys) -> None:
     for bad in (["--threads", "1"], ["--rounds", "0"]):
         with pytest.raises(SystemExit):
             bench_threads.main(bad)
+
+
+@pytest.mark.parametrize("flags", [["-O2"], ["-O1", "-g", "-fsanitize=address,undefined",
+                                              "-fno-sanitize-recover=undefined"]], ids=["optimised", "sanitized"])
+def test_many_sa_floor_runs_its_three_variants(tmp_path, flags: list[str]) -> None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "no C compiler: the extension could not have been built either"
+    src = pathlib.Path(__file__).parent / "many_sa_floor.c"
+    exe = tmp_path / "many_sa_floor"
+    built = subprocess.run([cc, *flags, "-Wall", "-Werror", str(src), "-o", str(exe)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    env = {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "halt_on_error=1"}
+    done = subprocess.run([str(exe), "3000", "6", "8", "5", "64"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("3000 SAs, 6 lines, prefetch distance 8, work 5, 64 octets copied")
+    assert [ln.split()[0] for ln in lines[1:4]] == ["one", "direct", "table"]
+    ratios = [float(ln.split()[3]) for ln in lines[4:6]]
+    assert all(0 < r < 10 for r in ratios)
+    bad = subprocess.run([str(exe), "100", "1"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "usage" in bad.stderr
