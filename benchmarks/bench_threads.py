@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -33,13 +33,15 @@ from natt._suites import parse_suite
 
 SUITE = "aes128gcm16"
 LOW_CEILING = 1.6     # rounds whose ceiling is below this are reported apart
+T = TypeVar("T")
 
 
-def _timed(fn: Callable[[], int], n: int, what: str) -> float:
-    """Seconds one call of ``fn`` took; ``fn`` returns how many of the ``n`` packets verified."""
+def _timed(run: Callable[[], T], verified: Callable[[T], int], n: int, what: str) -> float:
+    """Seconds one ``run()`` took; ``verified`` (untimed) says how many of its ``n`` packets verified."""
     t = time.perf_counter()
-    ok = fn()
+    res = run()
     dt = time.perf_counter() - t
+    ok = verified(res)
     if ok != n:
         raise RuntimeError(f"{what}: {n - ok} of {n} packets did not verify")
     return dt
@@ -59,16 +61,18 @@ def measure(size: int, packets: int, threads: int, rounds: int,
 
     def natt(t: int | None) -> float:
         wl.rearm(rx)       # a fresh replay window (untimed), so every packet is new again
-        return _timed(lambda: int(np.count_nonzero(rx.decap(wl.esp, threads=t, out=out).status
-                                                   == int(Status.OK))),
-                      packets, f"natt decap, threads={t}")
+        return _timed(lambda: rx.decap(wl.esp, threads=t, out=out),
+                      lambda res: int(np.count_nonzero(res.status == int(Status.OK))), packets,
+                      f"natt decap, threads={t}")
+
+    def evp_loop(t: int) -> float:
+        return _timed(lambda: evp.decrypt(suite, wl.keys[0], wl.esp, buf, t), int, packets,
+                      f"bare EVP loop, {t} thread(s)")
 
     rows = []
     for k in range(rounds):
         s, p = natt(None), natt(threads)
-        e1 = _timed(lambda: evp.decrypt(suite, wl.keys[0], wl.esp, buf), packets, "bare EVP loop, 1 thread")
-        en = _timed(lambda: evp.decrypt(suite, wl.keys[0], wl.esp, buf, threads), packets,
-                    f"bare EVP loop, {threads} threads")
+        e1, en = evp_loop(1), evp_loop(threads)
         rows.append({"natt": s / p, "ceiling": e1 / en, "serial_ns": s / packets * 1e9})
         on_round(k + 1, rows[-1])
     rx.close()

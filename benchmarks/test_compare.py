@@ -270,6 +270,9 @@ def test_threads_rounds_time_verified_decaps(capsys) -> None:
     for bad in (["--threads", "1"], ["--rounds", "0"]):
         with pytest.raises(SystemExit):
             bench_threads.main(bad)
+    # A round whose packets did not all verify is an error, not a timing.
+    with pytest.raises(RuntimeError, match="x: 1 of 4 packets did not verify"):
+        bench_threads._timed(lambda: 3, int, 4, "x")
 
 
 @pytest.mark.parametrize("flags", [["-O2"], ["-O1", "-g", "-fsanitize=address,undefined",
