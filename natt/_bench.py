@@ -11,6 +11,9 @@ noisy). For AES-128-GCM in tunnel mode with one SA it times
   AAD, decrypt, set tag, final), compiled here at run time with ``cc``
   against the libcrypto natt links, loaded with ctypes and run on the very
   same numpy buffers;
+* the same C loop on two threads, each with its own context, claiming chunks
+  of packets as natt's pool does: what the machine gives two busy threads
+  at that moment, the ceiling for natt's ``threads=2`` speed-up;
 * scapy's ``SecurityAssociation.decrypt`` on a subset (it is slow);
 
 and then AES-CBC + HMAC-SHA1-96 against a C loop making the same cipher and
