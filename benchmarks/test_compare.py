@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -20,8 +19,8 @@ import pytest
 
 from benchmarks import bench_active_sas, bench_threads
 from natt import Offload, PacketBatch, Status
-from natt._bench import (NATT_PORT, TUNNEL_DST, TUNNEL_SRC, EvpLoop, build_workload, inner_packets, main,
-                         python_aesgcm_loop, _scapy_decryptor)
+from natt._bench import (NATT_PORT, TUNNEL_DST, TUNNEL_SRC, EvpLoop, build_workload, c_compiler, inner_packets,
+                         main, python_aesgcm_loop, _scapy_decryptor)
 from natt._suites import parse_suite
 
 BACKEND = "reference"   # the workload builder only needs a correct encap
@@ -278,7 +277,7 @@ def test_threads_rounds_time_verified_decaps(capsys) -> None:
 @pytest.mark.parametrize("flags", [["-O2"], ["-O1", "-g", "-fsanitize=address,undefined",
                                               "-fno-sanitize-recover=undefined"]], ids=["optimised", "sanitized"])
 def test_many_sa_floor_runs_its_three_variants(tmp_path, flags: list[str]) -> None:
-    cc = shutil.which("cc") or shutil.which("gcc")
+    cc = c_compiler()
     assert cc, "no C compiler: the extension could not have been built either"
     src = pathlib.Path(__file__).parent / "many_sa_floor.c"
     exe = tmp_path / "many_sa_floor"

@@ -561,6 +561,12 @@ done:
 """
 
 
+def c_compiler() -> Optional[str]:
+    """The C compiler the benchmark's and tests' C programs are built with: ``$CC``, else ``cc``
+    or ``gcc`` on PATH; None if there is none."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
 def _pkg_config(flag: str) -> list[str]:
     try:
         out = subprocess.run(["pkg-config", flag, "libcrypto"], check=True, capture_output=True, text=True)
@@ -577,7 +583,7 @@ class EvpLoop:
     """
 
     def __init__(self) -> None:
-        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        cc = c_compiler()
         if cc is None:
             raise RuntimeError("no C compiler (cc) on PATH")
         with tempfile.TemporaryDirectory(prefix="natt-bench-") as tmp:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import subprocess
 
-from natt._bench import _pkg_config
+from natt._bench import _pkg_config, c_compiler
 
 HERE = pathlib.Path(__file__).parent
 NATT = HERE.parent / "natt"
@@ -19,7 +18,7 @@ FLAGS = {"optimised": ["-O3"],
 
 def build(tmp_path: pathlib.Path, name: str, flags: list[str]) -> pathlib.Path:
     """Compile tests/c/<name>.c with ``flags`` (and libcrypto); the executable's path."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = c_compiler()
     assert cc, "no C compiler: the extension could not have been built either"
     exe = tmp_path / name
     cmd = [cc, *flags, "-I", str(NATT), str(HERE / "c" / f"{name}.c"), "-o", str(exe),
