@@ -281,7 +281,7 @@ def test_many_sa_floor_runs_its_three_variants(tmp_path, flags: list[str]) -> No
     assert cc, "no C compiler: the extension could not have been built either"
     src = pathlib.Path(__file__).parent / "many_sa_floor.c"
     exe = tmp_path / "many_sa_floor"
-    built = subprocess.run([cc, *flags, "-Wall", "-Werror", str(src), "-o", str(exe)], capture_output=True, text=True)
+    built = subprocess.run([*cc, *flags, "-Wall", "-Werror", str(src), "-o", str(exe)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     env = {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "halt_on_error=1"}
     done = subprocess.run([str(exe), "3000", "6", "8", "5", "64"], capture_output=True, text=True, timeout=300, env=env)
@@ -293,3 +293,17 @@ def test_many_sa_floor_runs_its_three_variants(tmp_path, flags: list[str]) -> No
     assert all(0 < r < 10 for r in ratios)
     bad = subprocess.run([str(exe), "100", "1"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_c_compiler_takes_cc_as_a_shell_word_list(monkeypatch) -> None:
+    # CC="ccache gcc" or a compiler with flags is a command line, not a file name.
+    found = c_compiler()
+    assert found
+    monkeypatch.setenv("CC", f"{found[0]} -O0 -DNATT_UNUSED='a b'")
+    assert c_compiler() == [found[0], "-O0", "-DNATT_UNUSED=a b"]
+    loop = EvpLoop()
+    assert loop.compiler.startswith(found[0] + " -O0 ")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    # A compiler that cannot be run is the RuntimeError the bench turns into "C loop skipped".
+    with pytest.raises(RuntimeError, match=r"cannot run the C compiler '/nonexistent/cc' \(\$CC\)"):
+        EvpLoop()

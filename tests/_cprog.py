@@ -21,7 +21,7 @@ def build(tmp_path: pathlib.Path, name: str, flags: list[str]) -> pathlib.Path:
     cc = c_compiler()
     assert cc, "no C compiler: the extension could not have been built either"
     exe = tmp_path / name
-    cmd = [cc, *flags, "-I", str(NATT), str(HERE / "c" / f"{name}.c"), "-o", str(exe),
+    cmd = [*cc, *flags, "-I", str(NATT), str(HERE / "c" / f"{name}.c"), "-o", str(exe),
            *_pkg_config("--cflags"), *(_pkg_config("--libs") or ["-lcrypto"]), "-lpthread"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stderr}"
