@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import errno
 import functools
 import io
 import os
@@ -1004,10 +1005,10 @@ class PcapWriter:
         if fmt == "pcap":
             magic = _PCAP_MAGIC_NS if nanosecond else _PCAP_MAGIC_US
             field = linktype if fcs_len is None else linktype | _PCAP_FCS_P | (fcs_len // 2) << 28
-            self._file.write(struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, self.snaplen, field))
+            self._write(struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, self.snaplen, field))
         else:
             # SHB: byte-order magic, version 1.0, section length unknown (-1).
-            self._file.write(struct.pack("<IIIHHqI", _PCAPNG_SHB, 28, _PCAPNG_BOM, 1, 0, -1, 28))
+            self._write(struct.pack("<IIIHHqI", _PCAPNG_SHB, 28, _PCAPNG_BOM, 1, 0, -1, 28))
             for itf in interfaces:
                 self._declare(itf)
 
@@ -1049,6 +1050,18 @@ class PcapWriter:
         if self._owns:
             self._file.close()
 
+    def _write(self, data: bytes | memoryview) -> None:
+        # A raw stream (sys.stdout.buffer under ``python -u`` or PYTHONUNBUFFERED, a FileIO the
+        # caller opened with buffering=0) may take part of a write and say how much; the rest
+        # would be lost without an error. Buffered streams take it all or raise.
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            n = self._file.write(view)
+            if not n:
+                # None: a non-blocking stream that is full; there is no event loop here to wait on.
+                raise BlockingIOError(errno.EAGAIN, "the output stream took none of a write (full and non-blocking)")
+            view = view[n:]
+
     def _grown(self, snaplen: int) -> int:
         # A snap length is a promise that no record is longer (pcap-savefile(5) SnapLen, pcapng
         # §4.2 SnapLen): one the writer copied must cover frames that grew. Never lowered; raised
@@ -1068,7 +1081,7 @@ class PcapWriter:
             opts += struct.pack("<HH", 2, len(name)) + name + b"\0" * _pad4(len(name))
         opts += struct.pack("<HH", 0, 0)
         blen = 20 + len(opts)
-        self._file.write(struct.pack("<IIHHI", _PCAPNG_IDB, blen, itf.linktype & 0xFFFF, 0, itf.snaplen)
+        self._write(struct.pack("<IIHHI", _PCAPNG_IDB, blen, itf.linktype & 0xFFFF, 0, itf.snaplen)
                          + opts + struct.pack("<I", blen))
         self._declared.append(itf)
 
@@ -1223,7 +1236,7 @@ class PcapWriter:
             parts.append((datagrams.data, datagrams.offsets[idx], dlen))
             if self.fcs_len:
                 parts.append((self._fcs(chunk, datagrams, idx, rep), np.arange(idx.size) * self.fcs_len, fcs))
-        self._file.write(self._records(hdrs, caplen, parts).data)
+        self._write(self._records(hdrs, caplen, parts).data)
         self.frames_written += idx.size
         return int(idx.size)
 
@@ -1273,7 +1286,7 @@ class PcapWriter:
         if self.fmt == "pcapng" and not self._declared:
             self._declare(Interface(self.linktype))
         data = np.frombuffer(b"".join(frames), np.uint8)
-        self._file.write(self._records(hdrs, caplen, [(data, np.cumsum(caplen) - caplen, caplen)]).data)
+        self._write(self._records(hdrs, caplen, [(data, np.cumsum(caplen) - caplen, caplen)]).data)
         self.frames_written += n
         return n
 

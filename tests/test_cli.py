@@ -977,3 +977,22 @@ def test_a_capture_cut_short_keeps_its_whole_records_with_a_warning(how, fmt, sc
         whole, cut = whole / f"in.{fmt}", cut / f"short.{fmt}"
     assert pcap.read_frames(cut) == pcap.read_frames(whole)[:-1]
     assert f"{len(frames) - 1} frames" in out
+
+
+def test_stdout_output_is_whole_or_an_error_when_python_is_unbuffered(tmp_path, capsys):
+    # Under python -u (or PYTHONUNBUFFERED) stdout's binary layer is a raw stream: one write of a
+    # chunk larger than the pipe may go only in part, which was once taken as all of it.
+    assert run(["demo", "--out-dir", str(tmp_path), "--packets", "1000"] + BACKEND, capsys)[0] == 0
+    argv = [sys.executable, "-m", "natt", "decap", str(tmp_path / "demo.pcap"), "-k",
+            str(tmp_path / "demo-keys.json"), "-o", "-"] + BACKEND
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    whole = subprocess.run(argv, capture_output=True, env=env, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout == (tmp_path / "demo-decap.pcap").read_bytes() and len(whole.stdout) > 200_000
+    # A reader that leaves after 100 octets: the run fails rather than reporting every frame written.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(100)) == 100
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 1 and b"written" not in err

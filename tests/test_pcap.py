@@ -370,6 +370,42 @@ def test_writer_replaces_ipv4_keeps_link_header_and_timestamps(fmt):
     assert [g[0] for g in got] == [10_000_000_001, 11_000_000_002, 12_000_000_003]
 
 
+class _Trickle(io.RawIOBase):
+    """A raw stream that takes at most 7 octets a write, as a pipe may take part of one."""
+
+    def __init__(self, full_after: int = -1) -> None:
+        self.got = bytearray()
+        self.full_after = full_after
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int | None:
+        if 0 <= self.full_after <= len(self.got):
+            return None                       # a non-blocking stream with no room
+        n = min(7, len(b))
+        self.got += bytes(b[:n])
+        return n
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_writer_finishes_writes_a_raw_stream_takes_in_part(fmt):
+    # sys.stdout.buffer under python -u is a raw FileIO: a write may take part of its octets.
+    frames = [bytes(range(i % 256)) * 3 for i in range(40)]
+    whole, part = io.BytesIO(), _Trickle()
+    for dest in (whole, part):
+        with pcap.PcapWriter(dest, fmt=fmt) as w:
+            assert w.write_frames(frames, ts_ns=list(range(40))) == 40
+    assert len(whole.getvalue()) > 1000 and bytes(part.got) == whole.getvalue()
+    # A non-blocking stream that fills up is an error, not frames silently left out.
+    with pytest.raises(BlockingIOError, match="took none of a write"):
+        pcap.PcapWriter(_Trickle(full_after=0), fmt=fmt)
+    full = _Trickle(full_after=100)
+    w = pcap.PcapWriter(full, fmt=fmt)
+    with pytest.raises(BlockingIOError):
+        w.write_frames(frames)
+
+
 def test_writer_keep_mask_and_refuses_replacing_non_ipv4():
     arp = ETH[:12] + b"\x08\x06" + b"\0" * 28
     data = classic([(1, 0, ETH + IP), (2, 0, arp)])
