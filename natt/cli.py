@@ -224,8 +224,25 @@ def _is_stdout(path: str) -> bool:
     return (out.st_dev, out.st_ino) == (st.st_dev, st.st_ino)
 
 
+# Errors only a write can raise, which name no file (OSError.filename is None).
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 @contextlib.contextmanager
 def _output_file(path: str, to_stdout: bool) -> Iterator[BinaryIO]:
+    """The file to write the capture ``-o path`` into (see :func:`_output_stream`); a write
+    that fails for want of space is a :class:`CliError` naming it."""
+    try:
+        with _output_stream(path, to_stdout) as f:
+            yield f
+    except OSError as e:
+        if e.filename is None and e.errno in _WRITE_ERRNOS:
+            raise CliError(f"cannot write {'standard output' if to_stdout else path}: {e.strerror}") from None
+        raise
+
+
+@contextlib.contextmanager
+def _output_stream(path: str, to_stdout: bool) -> Iterator[BinaryIO]:
     """The file to write the capture ``-o path`` into.
 
     Standard output (``to_stdout``) is written through the stream the process already has: a
@@ -645,14 +662,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         frames = [f for round_ in itertools.zip_longest(*per_sa) for f in round_ if f is not None]
         ts = [1_700_000_000_000_000_000 + 10_000 * j for j in range(len(frames))]
         bar.set_description("demo write", refresh=False)
-        pcap.write_datagrams(pcap_path, frames, ts_ns=ts)
+        with _output_file(pcap_path, False) as f:
+            pcap.write_datagrams(f, frames, ts_ns=ts)
     keyfile.save(os.path.join(args.out_dir, "demo.esp_sa"), specs)
     keyfile.save(os.path.join(args.out_dir, "demo-keys.json"), specs)
     # Decap the capture back through the same path as `natt decap`.
     rx = _offload(args, len(specs))
     rx_handles = _install(rx, specs, "in")
     out_path = os.path.join(args.out_dir, "demo-decap.pcap")
-    with pcap.PcapReader(pcap_path) as reader, pcap.PcapWriter.like(reader, out_path) as writer, \
+    with pcap.PcapReader(pcap_path) as reader, _output_file(out_path, False) as f, \
+            pcap.PcapWriter.like(reader, f) as writer, \
             _progress(args, os.path.getsize(pcap_path), "demo decap") as bar:
         stats = decap_capture(rx, rx_handles, [s.label() for s in specs], reader, writer, bar=bar)
     print(stats.table())

@@ -241,6 +241,8 @@ def test_decap_errors_are_one_line_and_exit_1(problem, scenario, tmp_path, capsy
     assert err.startswith("natt decap: ") and "Traceback" not in err and err.count("\n") == 1
     if problem == "corrupt-capture":
         assert "offset" in err
+    if problem == "disk-full":
+        assert err == "natt decap: cannot write /dev/full: No space left on device\n"
 
 
 @pytest.mark.parametrize("cmd", ["decap", "encap"])
