@@ -135,7 +135,8 @@ def _addr(name: str, value: Any) -> int:
         try:
             return _parse_ipv4(value)
         except ValueError:
-            raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {shown(value)} is not an IPv4 address") from None
+            pass    # raised below, without a __context__ that quotes the value (a key in the wrong field)
+        raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {shown(value)} is not an IPv4 address")
     if value is None:
         return 0
     return _int(name, value, 0, 0xFFFFFFFF)
@@ -638,11 +639,11 @@ class Offload:
                     raise OffloadError(NdisStatus.INVALID_PARAMETER, f"{name}: a tunnel SA needs both src and dst, "
                                        f"and neither may be 0.0.0.0 (got {shown(value)})")
         if isinstance(encap, str):      # as key files and the other Pythonic arguments take it
-            try:
-                encap = UdpEncapType[encap.strip().upper()]
-            except KeyError:
+            named = UdpEncapType.__members__.get(encap.strip().upper())
+            if named is None:
                 raise OffloadError(NdisStatus.NOT_SUPPORTED, f"encap: {shown(encap)} is neither 'OTHER' (RFC 3948) "
-                                   f"nor 'IKE' (non-IKE marker)") from None
+                                   f"nor 'IKE' (non-IKE marker)")
+            encap = named
         if not isinstance(key, (bytes, bytearray, memoryview)):
             raise OffloadError(NdisStatus.INVALID_DATA, f"key: expected bytes, got {type(key).__name__}")
         try:

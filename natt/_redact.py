@@ -17,14 +17,30 @@ _KEYLIKE = re.compile(r"(0[xX])?([0-9a-fA-F][\s:-]?){16,}")
 
 
 def shown(value: Any) -> str:
-    """``repr(value)``, unless it could be key material: then only its type and length."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return f"<{type(value).__name__} of {memoryview(value).nbytes} octets, not shown>"
-    if isinstance(value, int) and value.bit_length() > 64:     # no field natt takes is wider
-        return f"<a {value.bit_length()}-bit integer, not shown: a key?>"
+    """``repr(value)``, unless it could be key material: then only its type and length.
+
+    Shown are None, booleans, floats, integers of up to 64 bits and strings without a run of hex
+    digits. Anything else -- bytes, a list, a dict, an array, an object -- may hold a key
+    anywhere inside (``mode=[key_hex]``, a numpy view of the key) and is named by its type."""
+    if value is None or isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):                  # bool and the IntEnums included
+        if value.bit_length() > 64:             # no field natt takes is wider
+            return f"<a {value.bit_length()}-bit integer, not shown: a key?>"
+        return repr(value)
     if isinstance(value, str):
         if _KEYLIKE.fullmatch(value.strip()):
             return f"<{len(value)} hex digits, not shown: a key?>"
         if _KEYLIKE.search(value):              # a key with something around it ("<hex>-esn")
             return f"<{len(value)} characters around a run of hex digits, not shown: a key?>"
-    return repr(value)
+        return repr(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return f"<{type(value).__name__} of {memoryview(value).nbytes} octets, not shown>"
+        except ValueError:                      # a released memoryview
+            return "<a released memoryview>"
+    try:
+        size = f" of {len(value)} items"
+    except Exception:                           # no len(), or one that fails
+        size = ""
+    return f"<{type(value).__name__}{size}, not shown>"

@@ -167,16 +167,20 @@ def _where(i: int, spi: Any = None) -> str:
 
 
 def _spi(v: Any, where: str, show: Callable[[Any], str] = shown) -> int:
+    # Each failed parse raises after its except block: an exception raised inside one keeps the
+    # parser's ValueError, which quotes the text (a key in the wrong column), as __context__.
     try:
         spi = int(v, 0) if isinstance(v, str) else v
     except ValueError:
+        spi = None
+    if spi is None:
         # Where it breaks, by position: a typo is found even when the value is not shown.
         text = v.strip()
         prefix = 2 if text[:2] in ("0x", "0X") else 0
         digits = string.hexdigits if prefix else string.digits
         bad = next((i for i, c in enumerate(text[prefix:], prefix) if c not in digits), None)
         at = f" (character {bad + 1} is not a {'hex ' if prefix else ''}digit)" if bad is not None else ""
-        raise KeyFileError(f"{where}: spi: {show(v)} is not a number{at}") from None
+        raise KeyFileError(f"{where}: spi: {show(v)} is not a number{at}")
     if isinstance(spi, bool) or not isinstance(spi, int) or not 0 < spi < 2**32:
         raise KeyFileError(f"{where}: spi: must be 1 .. 2**32-1, got {show(v)}")
     return spi
@@ -204,7 +208,8 @@ def _addr(v: Any, where: str, field: str, show: Callable[[Any], str] = shown) ->
     try:
         return str(ipaddress.IPv4Address(v))
     except (ValueError, TypeError):
-        raise KeyFileError(f"{where}: {field}: {show(v)} is not an IPv4 address") from None
+        pass        # raised below, without ipaddress's message (which quotes v) as __context__
+    raise KeyFileError(f"{where}: {field}: {show(v)} is not an IPv4 address")
 
 
 def _net(v: Any, where: str, field: str) -> Optional[str]:
@@ -218,7 +223,9 @@ def _net(v: Any, where: str, field: str) -> Optional[str]:
         # 10.0.0.1/8 may mean 10.0.0.0/8 or the host 10.0.0.1: natt does not guess which.
         net = ipaddress.IPv4Network(v, strict=False)
     except (ValueError, TypeError):
-        raise KeyFileError(f"{where}: {field}: {shown(v)} is not an IPv4 network (a.b.c.d/len)") from None
+        net = None
+    if net is None:
+        raise KeyFileError(f"{where}: {field}: {shown(v)} is not an IPv4 network (a.b.c.d/len)")
     raise KeyFileError(f"{where}: {field}: {shown(v)} has host bits set (the network is {net}; one host "
                        f"is an address without /len)")
 
@@ -286,9 +293,12 @@ def _spec_from_json(i: int, obj: Any) -> SaSpec:
         raise KeyFileError(f"{w}: mode: 'tunnel' or 'transport', got {shown(mode)}")
     encap = obj.get("encap", "OTHER")
     try:
-        encap_t = UdpEncapType[encap.upper()] if isinstance(encap, str) else UdpEncapType(encap)
-    except (KeyError, ValueError):
-        raise KeyFileError(f"{w}: encap: 'OTHER' (RFC 3948) or 'IKE' (non-IKE marker), got {shown(encap)}") from None
+        encap_t: Optional[UdpEncapType] = (UdpEncapType[encap.upper()] if isinstance(encap, str)
+                                           else UdpEncapType(encap))
+    except (KeyError, ValueError, TypeError):
+        encap_t = None
+    if encap_t is None:
+        raise KeyFileError(f"{w}: encap: 'OTHER' (RFC 3948) or 'IKE' (non-IKE marker), got {shown(encap)}")
     esn = obj.get("esn", False)
     if not isinstance(esn, bool):
         raise KeyFileError(f"{w}: esn: expected true or false, got {shown(esn)}")

@@ -1168,6 +1168,52 @@ def test_key_material_never_shown(backend: str, caplog: pytest.LogCaptureFixture
         assert not _leaks(text, KEY_BIN), text
 
 
+def _chain_texts(e: BaseException) -> list[str]:
+    """str and repr of ``e`` and of every exception it chains (__cause__ and __context__, shown
+    in a traceback or not: a caller can reach them all)."""
+    texts: list[str] = []
+    todo, seen = [e], set()
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        texts += [str(x), repr(x)]
+        todo += [x.__cause__, x.__context__]
+    return texts
+
+
+_MISPLACED = {
+    "direction=key array": dict(direction=np.frombuffer(KEY_BIN, np.uint8)),
+    "mode=[key hex]": dict(mode=[KEY_BIN.hex()]),
+    "src=key hex": dict(mode="tunnel", src=KEY_BIN.hex(), dst="192.0.2.9"),
+    "dst=(key,)": dict(mode="tunnel", src="192.0.2.1", dst=(KEY_BIN,)),
+    "encap=key hex": dict(encap=KEY_BIN.hex()),
+    "encap={key: 1}": dict(encap={KEY_BIN.hex(): 1}),
+}
+
+
+@pytest.mark.parametrize("where", list(_MISPLACED))
+def test_a_key_in_the_wrong_argument_is_never_shown_nor_chained(backend: str, where: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    # Arguments get swapped or wrapped; the message names the field, never echoes what is in it,
+    # and the exception does not keep a parser's error that quotes it as its __context__.
+    caplog.set_level(logging.DEBUG)
+    args: dict[str, Any] = {"spi": 0x7001, "key": KEY_BIN, "suite": "aes256-sha256", "direction": "in",
+                            "mode": "transport"}
+    args.update(_MISPLACED[where])
+    with natt.Offload(backend=backend) as nic:
+        with pytest.raises(natt.OffloadError) as e:
+            nic.add_sa(**args)
+        assert nic.query_oid(natt.OID_TCP_TASK_OFFLOAD).sa_count == 0
+        req = base_request(key_mat=KEY_TEXT, flags=[KEY_TEXT])
+        assert add(nic, req) is NS.INVALID_PARAMETER
+    texts = _chain_texts(e.value) + ["".join(traceback.format_exception(e.value)), caplog.text]
+    assert len(texts) >= 4
+    for text in texts:
+        assert not _leaks(text, KEY_BIN) and not _leaks(text, KEY_TEXT), text
+
+
 def test_leak_detector_finds_leaks() -> None:
     # The detector itself must be able to fail, or the test above proves nothing.
     assert _leaks(repr(KEY_TEXT), KEY_TEXT)

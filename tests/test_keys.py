@@ -576,3 +576,30 @@ def test_an_spi_typo_is_located_even_where_the_value_is_not_shown(spi, where):
     line = f'"IPv4","192.0.2.1","192.0.2.2","{spi}","AES-GCM with 16 octet ICV [RFC4106]","0x{K20.hex()}","NULL",""'
     with pytest.raises(keys.KeyFileError, match=rf"^line 1: spi: .* is not a number \({where}\)$"):
         keys.loads(line)
+
+
+_SECRET = "5ec12e75a1b2c3d4e5f60718293a4b5c6d7e8f90"      # 20 octets written as text
+
+
+@pytest.mark.parametrize("text", [
+    # esp_sa: the key (no 0x) where the destination, the SPI or the source goes
+    f'"IPv4","198.51.100.2","{_SECRET}","0x00001001","AES-GCM with 16 octet ICV [RFC4106]","0x{_SECRET}","NULL",""',
+    f'"IPv4","198.51.100.2","203.0.113.5","{_SECRET}","AES-GCM with 16 octet ICV [RFC4106]","0x{_SECRET}","NULL",""',
+    f'"IPv4","{_SECRET}","203.0.113.5","0x00001001","AES-GCM with 16 octet ICV [RFC4106]","0x{_SECRET}","NULL",""',
+    # JSON: the key in a name field, bare or wrapped
+    f'[{{"spi": 1, "suite": "aes128gcm16", "key": "{_SECRET}", "src": "{_SECRET}", "mode": "tunnel"}}]',
+    f'[{{"spi": 1, "suite": "aes128gcm16", "key": "{_SECRET}", "mode": ["{_SECRET}"]}}]',
+    f'[{{"spi": 1, "suite": "aes128gcm16", "key": "{_SECRET}", "encap": "{_SECRET}"}}]',
+    f'[{{"spi": 1, "suite": "aes128gcm16", "key": "{_SECRET}", "encap": ["{_SECRET}"]}}]',
+    f'[{{"spi": 1, "suite": "aes128gcm16", "key": "{_SECRET}", "inner_src": "{_SECRET}"}}]',
+])
+def test_a_key_in_a_name_field_is_not_kept_in_the_exception_chain(text):
+    # "raise ... from None" hides the parser's error in a traceback but keeps it as __context__,
+    # and ipaddress's and int()'s messages quote the text they were given.
+    with pytest.raises(keys.KeyFileError) as ei:
+        keys.loads(text)
+    chain, e = [], ei.value
+    while e is not None:
+        chain += [str(e), repr(e)]
+        e = e.__cause__ or e.__context__
+    assert chain and not any("5ec12e75" in t.lower() for t in chain), chain
