@@ -222,7 +222,8 @@ class BatchResult(_Segments):
 
     def _prepare(self, batch: PacketBatch, slot_extra: int) -> None:
         """Size the result for ``batch``: slot ``i`` holds ``lengths[i] + slot_extra`` octets."""
-        n = batch.lengths.size
+        # Not an array only if rebound since the batch was made: _layout_slots says so.
+        n = batch.lengths.size if isinstance(batch.lengths, np.ndarray) else 0
         if self._status.size < n:
             cap = max(n, 2 * self._status.size)
             self._status = np.empty(cap, np.uint8)
@@ -264,15 +265,25 @@ class EncapResult(BatchResult):
 
 def _layout_slots_numpy(batch: PacketBatch, data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
                         slot_extra: int) -> int:
-    """``natt._fastpath.layout_slots`` in numpy, for installs without the extension: lay out the
+    """``natt._fastpath.layout_slots`` in numpy, for installs without the extension: check the
+    batch's arrays and that they do not overlap the result's (same messages), lay out the
     output slots of ``batch`` in a result whose buffers are ``data``, ``offsets`` and ``lengths``;
     returns the octets they take."""
-    for arr in (batch.data, batch.offsets, batch.lengths):
-        owner = arr if arr.base is None else arr.base
-        if owner is data or owner is offsets or owner is lengths:
+    for name, dtype in (("offsets", np.int64), ("lengths", np.int64), ("data", np.uint8)):
+        arr = getattr(batch, name)
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"batch.{name}: expected a numpy array, got {type(arr).__name__}")
+        if arr.dtype != dtype:
+            raise ValueError(f"batch.{name}: wrong dtype {arr.dtype}")
+        if arr.ndim != 1 or not arr.flags.c_contiguous:
+            raise ValueError(f"batch.{name}: must be one-dimensional and C-contiguous")
+        if name == "lengths" and arr.size != batch.offsets.size:
+            raise ValueError(f"batch.lengths: has {arr.size} elements, the batch has {batch.offsets.size} packets")
+        if any(np.may_share_memory(arr, mine) for mine in (data, offsets, lengths)):
             # Laying out this result would overwrite the packets before they are read.
             raise ValueError("out: this result's buffers hold the input packets (out=res with "
-                             "res.batch()); pass another result, or copy the batch first")
+                             "res.batch(), or a view into them); pass another result, or copy "
+                             "the batch first")
     n = batch.lengths.size
     if not n:
         return 0

@@ -59,7 +59,7 @@ phases (the results are identical to
    between, so the phases overlap and a chunk's packets are still in cache.
 """
 
-from libc.stdint cimport UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset, strchr, strlen
 from cpython.object cimport PyObject
@@ -2027,13 +2027,19 @@ cdef inline uint64_t _u64(object v):
 
 # --------------------------------------------------------------------------- numpy checks
 
+cdef inline bint natt_overlap(const void *a, int64_t a_len, const void *b, int64_t b_len) noexcept nogil:
+    """Whether the byte ranges [a, a + a_len) and [b, b + b_len) share an octet."""
+    cdef uintptr_t x = <uintptr_t>a, y = <uintptr_t>b
+    return a_len > 0 and b_len > 0 and x < y + <uintptr_t>b_len and y < x + <uintptr_t>a_len
+
+
 cdef cnp.ndarray _arr(object a, str name, int typenum, int64_t n, bint writable, void **ptr, int64_t *size):
     """Check one 1-D C-contiguous array of ``typenum`` (and length ``n`` when n >= 0); returns it."""
     cdef cnp.ndarray arr
     if not cnp.PyArray_Check(a):
         raise ValueError(f"{name}: expected a numpy array, got {type(a).__name__}")
     arr = <cnp.ndarray>a
-    if cnp.PyArray_TYPE(arr) != typenum:
+    if cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_ISNOTSWAPPED(arr):    # '>i8' is NPY_INT64 too
         raise ValueError(f"{name}: wrong dtype {arr.dtype}")
     if cnp.PyArray_NDIM(arr) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         raise ValueError(f"{name}: must be one-dimensional and C-contiguous")
@@ -2078,8 +2084,9 @@ cdef tuple _setup_io(natt_io *io, object batch, object out):
     io.oseq = <uint64_t *>ptr
     onh = _arr(out.next_header, "out.next_header", cnp.NPY_UINT8, n, True, &ptr, &size)
     io.onh = <uint8_t *>ptr
-    if io.odata == <uint8_t *>io.data:
-        raise ValueError("out.data: must not be the input buffer")
+    if natt_overlap(io.data, io.data_len, io.odata, io.odata_len):
+        # Checked by layout_slots already; the kernels' memcpy from data to odata relies on it.
+        raise ValueError("out.data: must not overlap the input buffer")
     return (off, ln, data, odata, ooff, olen, ostatus, osa, oseq, onh)
 
 
@@ -2563,31 +2570,35 @@ def layout_slots(batch, cnp.ndarray data, cnp.ndarray offsets, cnp.ndarray lengt
     """Lay out the output slots of ``batch`` for ``BatchResult._prepare``, whose buffers are
     ``data``, ``offsets`` (capacity >= the batch) and ``lengths``: slot ``i`` starts at
     ``offsets[i]`` and holds ``clamp(batch.lengths[i], 0, batch.data.size) + slot_extra``
-    octets; returns the total. Raises ValueError naming ``out`` if the batch's arrays are these
-    buffers (``out=res`` with ``res.batch()``: laying out would overwrite the packets first).
+    octets; returns the total.
+
+    The batch's arrays are checked as the kernels check them (``_setup_io``, same messages):
+    they may have been rebound since the batch was validated, and both backends size their
+    work by them. Raises ValueError naming ``out`` if the batch's memory overlaps these
+    buffers (``out=res`` with ``res.batch()``, or a view into them: laying out would overwrite
+    the packets first, and the kernels' copies would overlap).
 
     In C because at a batch of one numpy's calls cost more than the whole decap. Lengths are
     clamped because the caller may have rewritten them since validation.
     """
-    cdef cnp.ndarray arr
-    cdef PyObject *owner
-    for arr in (batch.data, batch.offsets, batch.lengths):
-        owner = cnp.PyArray_BASE(arr)
-        if owner == NULL:
-            owner = <PyObject *>arr
-        if owner == <PyObject *>data or owner == <PyObject *>offsets or owner == <PyObject *>lengths:
-            raise ValueError("out: this result's buffers hold the input packets (out=res with "
-                             "res.batch()); pass another result, or copy the batch first")
-    cdef cnp.ndarray bl = batch.lengths
-    cdef Py_ssize_t i, n = cnp.PyArray_SIZE(bl)
-    cdef int64_t size = cnp.PyArray_SIZE(<cnp.ndarray>batch.data)
-    cdef int64_t pos = 0, ln
-    if (cnp.PyArray_TYPE(bl) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(bl)
-            or cnp.PyArray_TYPE(offsets) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(offsets)):
-        raise ValueError("batch.lengths: must be a C-contiguous int64 array")
-    if cnp.PyArray_SIZE(offsets) < n:
-        raise ValueError("offsets: shorter than the batch")
-    cdef const int64_t *src = <const int64_t *>cnp.PyArray_DATA(bl)
+    cdef void *ptr
+    cdef int64_t n, size, pos = 0, ln
+    cdef Py_ssize_t i
+    bo = _arr(batch.offsets, "batch.offsets", cnp.NPY_INT64, -1, False, &ptr, &n)
+    bl = _arr(batch.lengths, "batch.lengths", cnp.NPY_INT64, n, False, &ptr, &size)
+    cdef const int64_t *src = <const int64_t *>ptr
+    bd = _arr(batch.data, "batch.data", cnp.NPY_UINT8, -1, False, &ptr, &size)
+    if (cnp.PyArray_TYPE(offsets) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(offsets)
+            or cnp.PyArray_SIZE(offsets) < n):
+        raise ValueError("offsets: must be a C-contiguous int64 array as long as the batch")
+    cdef cnp.ndarray mine, theirs
+    for theirs in (bo, bl, bd):
+        for mine in (data, offsets, lengths):
+            if natt_overlap(cnp.PyArray_DATA(theirs), cnp.PyArray_NBYTES(theirs),
+                            cnp.PyArray_DATA(mine), cnp.PyArray_NBYTES(mine)):
+                raise ValueError("out: this result's buffers hold the input packets (out=res with "
+                                 "res.batch(), or a view into them); pass another result, or copy "
+                                 "the batch first")
     cdef int64_t *dst = <int64_t *>cnp.PyArray_DATA(offsets)
     with nogil:
         for i in range(n):

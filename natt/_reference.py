@@ -378,8 +378,9 @@ class ReferenceBackend:
         ``threads`` is ignored: packets are decided one after another, in order.
         """
         with self._lock:
-            for i in range(len(batch)):
-                p = _segment(batch, i)
+            arrays = _arrays(batch, out)
+            for i in range(len(out)):
+                p = _segment(arrays, i)
                 sa: Optional[_Sa] = None
                 found: list[_Sa] = []          # the SA of step 6, kept if a later step fails
                 output: Optional[bytes]
@@ -405,8 +406,9 @@ class ReferenceBackend:
                 # Deleted since Offload checked the handle: the same KeyError as the fast
                 # backend, which Offload.encap turns into OffloadError (semantics §5).
                 raise KeyError(handle)
-            for i in range(len(batch)):
-                p = _segment(batch, i)
+            arrays = _arrays(batch, out)
+            for i in range(len(out)):
+                p = _segment(arrays, i)
                 if p is None:
                     status, sa_h, seq, nh, output = Status.ERROR, 0, 0, 0, p
                 else:
@@ -625,13 +627,24 @@ def _inner_payload(p: bytes, tunnel: bool) -> Optional[tuple[bytes, int]]:
     return None
 
 
-def _segment(batch: PacketBatch, i: int) -> Optional[bytes]:
+def _arrays(batch: PacketBatch, out: DecapResult | EncapResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The batch's (data, offsets, lengths), taken once: another thread may rebind them while
+    the loop runs. ``out._prepare`` checked them; rebound since, they must still fit ``out``."""
+    arrays = (batch.data, batch.offsets, batch.lengths)
+    if arrays[1].size != len(out) or arrays[2].size != len(out):
+        raise ValueError(f"batch: its offsets and lengths were rebound (now {arrays[1].size} and "
+                         f"{arrays[2].size} elements) after the result was sized for {len(out)} packets")
+    return arrays
+
+
+def _segment(arrays: tuple[np.ndarray, np.ndarray, np.ndarray], i: int) -> Optional[bytes]:
     """Packet ``i`` as bytes; ``None`` if the caller changed offsets/lengths out of bounds
     after the batch was validated (then the packet gets ERROR rather than a crash)."""
-    o, n = int(batch.offsets[i]), int(batch.lengths[i])
-    if o < 0 or n < 0 or o + n > batch.data.size:
+    data, offsets, lengths = arrays
+    o, n = int(offsets[i]), int(lengths[i])
+    if o < 0 or n < 0 or o + n > data.size:
         return None
-    return batch.data[o: o + n].tobytes()
+    return data[o: o + n].tobytes()
 
 
 def _store(out: DecapResult | EncapResult, i: int, status: Status, sa: int, seq: int, nh: int,

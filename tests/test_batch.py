@@ -334,6 +334,46 @@ def test_out_holding_the_input_is_refused(nic):
 
 
 
+def test_out_overlapping_the_input_through_a_view_is_refused(nic):
+    # A batch built on a view into res's buffer (here 4 octets in, through a memoryview, so it
+    # has another base object) overlaps res as much as res.batch() does: the kernels would copy
+    # between overlapping ranges (ASan: memcpy-param-overlap). Both backends refuse it alike.
+    out_h, in_h = sa_pair(nic, replay_window=0)
+    enc = nic.encap([inner_udp(b"a"), inner_udp(b"b")], out_h)
+    res = nic.decap([b"\0" * 4] + list(enc))           # not ESP: passed through, so res holds them
+    assert res.status.tolist()[1:] == [Status.OK, Status.OK]
+    res2 = nic.decap([b"\0" * 4] + list(enc))
+    res2.data[4:] = res.data[4:]
+    for base, shift in ((memoryview(res2.data)[4:], 4), (memoryview(res2.data), 0)):
+        view = PacketBatch(np.frombuffer(base, np.uint8), res2.offsets[1:] - shift, res2.lengths[1:].copy())
+        before = res2.data.copy()
+        with pytest.raises(ValueError, match="^out: .*a view into them"):
+            nic.decap(view, out=res2)
+        assert np.array_equal(res2.data, before)
+    # A copy is fine, and gives what a fresh result gives.
+    assert list(nic.decap(PacketBatch.from_packets(list(enc)), out=res2)) == list(nic.decap(list(enc)))
+
+
+@pytest.mark.parametrize("rebind,message", [
+    (lambda b: setattr(b, "lengths", np.full(5, 30, np.int64)), r"^batch\.lengths: has 5 elements, the batch has 3"),
+    (lambda b: setattr(b, "lengths", np.full(2, 30, np.int64)), r"^batch\.lengths: has 2 elements, the batch has 3"),
+    (lambda b: setattr(b, "data", b.data.astype(np.float64)), r"^batch\.data: wrong dtype float64"),
+    (lambda b: setattr(b, "data", np.zeros((3, 30), np.uint8)), r"^batch\.data: must be one-dimensional"),
+    (lambda b: setattr(b, "offsets", b.offsets.astype(">i8")), r"^batch\.offsets: wrong dtype >i8"),
+    (lambda b: setattr(b, "lengths", [30, 30, 30]), r"^batch\.lengths: expected a numpy array, got list"),
+])
+@pytest.mark.parametrize("call", ["decap", "encap"])
+def test_batch_arrays_rebound_after_validation_are_refused_alike(nic, rebind, message, call):
+    # PacketBatch checks its arrays when made; rebinding one afterwards skips that. Both
+    # backends check again, with the same message, before sizing anything by them (the
+    # reference once sized its result by lengths and looped over offsets: garbage statuses).
+    out_h, _ = sa_pair(nic)
+    batch = PacketBatch.from_packets([inner_udp(b"x")] * 3)
+    rebind(batch)
+    with pytest.raises(ValueError, match=message):
+        nic.decap(batch) if call == "decap" else nic.encap(batch, out_h)
+
+
 @pytest.mark.parametrize("slot_extra", [0, 128])
 def test_compiled_slot_layout_equals_numpy_layout(slot_extra):
     """natt._fastpath.layout_slots and the numpy layout it stands in for (installs without the
@@ -358,6 +398,19 @@ def test_compiled_slot_layout_equals_numpy_layout(slot_extra):
     for layout in (layout_slots, _batch._layout_slots_numpy):
         with pytest.raises(ValueError, match="^out: "):
             layout(res.batch(), res._data, res._offsets, res._lengths, 0)
+    # The same checks of rebound arrays, in the same words.
+    bad = [PacketBatch.from_packets([b"abc", b"de"]) for _ in range(4)]
+    bad[0].lengths = np.ones(3, np.int64)
+    bad[1].data = np.zeros(5, np.int16)
+    bad[2].offsets = np.zeros((2, 1), np.int64)
+    bad[3].data = np.frombuffer(memoryview(res._data)[1:], np.uint8)
+    for b in bad:
+        messages = []
+        for layout in (layout_slots, _batch._layout_slots_numpy):
+            with pytest.raises(ValueError) as e:
+                layout(b, res._data, res._offsets, res._lengths, 0)
+            messages.append(str(e.value))
+        assert messages[0] == messages[1]
 
 
 def test_counts_and_indexing(nic):
