@@ -623,6 +623,13 @@ class Offload:
             s, suite_esn = parse_suite(suite)
         except ValueError as e:
             raise OffloadError(NdisStatus.NOT_SUPPORTED, str(e)) from None
+        # As the OID layer takes it (no truthiness: esn=1 or esn=[] is a mistake, not a choice).
+        if not isinstance(esn, bool):
+            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"esn: expected True or False, got {shown(esn)}")
+        if esn and suite.strip().lower().endswith("-noesn"):
+            # Either one is a typo, as in a key file (natt.keys refuses the same).
+            raise OffloadError(NdisStatus.INVALID_PARAMETER, f"esn: True, but the suite is {s.name}-noesn; "
+                                                             "make them agree")
         if not isinstance(direction, str) or direction not in ("in", "out"):
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"direction: {shown(direction)} is neither 'in' nor 'out'")
         if not isinstance(mode, str) or mode not in ("tunnel", "transport"):

@@ -817,6 +817,28 @@ def test_add_sa_every_suite_and_esn(backend: str, name: str) -> None:
         assert counts(nic) == (0, 0)
 
 
+@pytest.mark.parametrize("esn,suite,message", [
+    (1, "aes128gcm16", r"esn: expected True or False, got 1"),
+    (0, "aes128gcm16", r"esn: expected True or False, got 0"),
+    (None, "aes128gcm16", r"esn: expected True or False, got None"),
+    ([], "aes128gcm16", r"esn: expected True or False, got <list of 0 items"),
+    (True, "aes128gcm16-noesn", r"esn: True, but the suite is aes128gcm16-noesn"),
+])
+def test_add_sa_esn_is_a_bool_that_agrees_with_the_suite(backend: str, esn: Any, suite: str, message: str) -> None:
+    # esn was taken by truthiness (esn=0 and [] meant False, while the OID layer refused them),
+    # and "-noesn" with esn=True turned ESN on; natt.keys refuses both, and so does add_sa now.
+    with natt.Offload(backend=backend) as nic:
+        with pytest.raises(natt.OffloadError, match=message) as e:
+            nic.add_sa(0x1001, bytes(20), suite, "in", mode="transport", esn=esn)
+        assert e.value.status is NS.INVALID_PARAMETER and counts(nic) == (0, 0)
+        # The suffix alone, or esn=True alone, turns ESN on.
+        for kw in ({"suite": "aes128gcm16-esn"}, {"suite": "aes128gcm16", "esn": True}):
+            args: dict[str, Any] = {"suite": "aes128gcm16", **kw}
+            h = nic.add_sa(0x1002, bytes(20), direction="in", mode="transport", **args)
+            assert nic.sa_stats(h)["esn"] is True
+            nic.delete_sa(h)
+
+
 def test_add_sa_decaps_a_published_esn_vector(backend: str) -> None:
     """GCM-A (draft-mcgrew-gcm-test-01) is an ESN packet: strongSwan's ``aes128gcm16-esn`` keyword."""
     v = esp_vector("gcm-a")
