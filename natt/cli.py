@@ -428,9 +428,9 @@ def decap_hints(stats: CaptureStats, specs: Sequence[keyfile.SaSpec]) -> list[st
     return hints
 
 
-# How to say an SA is transport mode: an esp_sa table does not record it, a JSON SA does
-# (and --mode does not override it).
-_TRANSPORT_HOW = '--mode transport for an esp_sa table, "mode": "transport" in a JSON key file'
+# How to say an SA is transport mode: an esp_sa table does not record it, a JSON SA may (and
+# --mode does not override it where it does).
+_TRANSPORT_HOW = '--mode transport, or "mode": "transport" in the SA of a JSON key file'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -909,8 +909,8 @@ _OUTPUT_HELP = ("it is written as a temporary file beside OUT and renamed over O
                 "as it was and OUT may be IN; a FIFO or a device "
                 "is written as the run goes. '-' (or /dev/stdout) is standard output: the summary "
                 "then goes to stderr")
-_MODE_HELP = ("IPsec mode of SAs read from an esp_sa table, which does not record it "
-              "(default tunnel; JSON key files carry their own)")
+_MODE_HELP = ("IPsec mode of SAs whose key file does not say: every SA of an esp_sa table, and "
+              "JSON SAs without a \"mode\" field (default tunnel)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,8 @@ field              type / default            meaning
                                              the integrity key; ``0x`` prefix, spaces and ``:``
                                              allowed (required)
 ``direction``      ``"in"`` / ``"out"``      ``"in"`` (decap) or ``"out"`` (encap); default ``"in"``
-``mode``           ``"tunnel"``/``"transport"``  default ``"tunnel"``
+``mode``           ``"tunnel"``/``"transport"``  default: the ``mode`` passed to :func:`load`,
+                                             ``"tunnel"`` unless said (``natt --mode``)
 ``src``, ``dst``   dotted quad or null       outer addresses: tunnel end points, or transport
                                              hosts (``dst`` restricts an inbound transport SA)
 ``encap``          ``"OTHER"`` / ``"IKE"``   UDP framing: RFC 3948 (``OTHER``, default) or the
@@ -266,7 +267,7 @@ def _refuse_repeats(obj: Any, where: str) -> None:
         raise KeyFileError(f"{where}: field(s) {', '.join(map(shown, repeated))} given more than once")
 
 
-def _spec_from_json(i: int, obj: Any) -> SaSpec:
+def _spec_from_json(i: int, obj: Any, default_mode: str = "tunnel") -> SaSpec:
     if not isinstance(obj, dict):
         raise KeyFileError(f"{_where(i)}: expected an object, got {type(obj).__name__}")
     _refuse_repeats(obj, _where(i))
@@ -288,7 +289,7 @@ def _spec_from_json(i: int, obj: Any) -> SaSpec:
     direction = obj.get("direction", "in")
     if direction not in ("in", "out"):
         raise KeyFileError(f"{w}: direction: 'in' or 'out', got {shown(direction)}")
-    mode = obj.get("mode", "tunnel")
+    mode = obj.get("mode", default_mode)
     if mode not in ("tunnel", "transport"):
         raise KeyFileError(f"{w}: mode: 'tunnel' or 'transport', got {shown(mode)}")
     encap = obj.get("encap", "OTHER")
@@ -651,7 +652,8 @@ def loads(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
     """Parse a key file's text: JSON when it starts with ``[`` or ``{``, else ``esp_sa``. A leading
     UTF-8 byte order mark is skipped.
 
-    ``mode`` applies to ``esp_sa`` SAs only (the table does not say); JSON SAs carry their own.
+    ``mode`` is the mode of SAs whose text does not say: every SA of an ``esp_sa`` table, and
+    JSON SAs without a ``"mode"`` field.
     """
     if mode not in ("tunnel", "transport"):
         raise ValueError(f"mode: 'tunnel' or 'transport', got {shown(mode)}")
@@ -677,7 +679,7 @@ def loads(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
             doc = doc["sas"]
         if not isinstance(doc, list):
             raise KeyFileError("a JSON key file is a list of SAs or an object with an 'sas' list")
-        return [_spec_from_json(i, o) for i, o in enumerate(doc)]
+        return [_spec_from_json(i, o, mode) for i, o in enumerate(doc)]
     return from_esp_sa(text, mode=mode)
 
 

@@ -164,8 +164,8 @@ def test_drop_undecrypted_keeps_frames_the_data_path_calls_malformed_before_it_s
 
 
 def test_the_protocol_hint_names_what_sets_the_mode_and_stays_while_the_key_file_says_tunnel(tmp_path, capsys):
-    # Transport-mode traffic under a JSON SA that says tunnel: --mode does not apply to JSON SAs,
-    # so the hint must point at the key file and not go away with --mode transport.
+    # Transport-mode traffic under a JSON SA that says tunnel: --mode does not override what a
+    # JSON SA says, so the hint must point at the key file and not go away with --mode transport.
     key = os.urandom(20)
     tx = natt.Offload(backend="reference")
     (h,) = keys.install(tx, [keys.SaSpec(0x7001, "aes128gcm16", key, "out", "transport", "10.3.0.1", "10.3.0.2")])
@@ -176,9 +176,18 @@ def test_the_protocol_hint_names_what_sets_the_mode_and_stays_while_the_key_file
     for extra in ([], ["--mode", "transport"]):
         rc, _, err = run(["decap", str(cap), "-k", str(tunnel_json), "-o", str(tmp_path / "o.pcap")] + extra + BACKEND,
                          capsys)
-        assert rc == 0 and 'hint: PROTOCOL' in err and '"mode": "transport" in a JSON key file' in err
+        assert rc == 0 and 'hint: PROTOCOL' in err and '"mode": "transport" in the SA of a JSON key file' in err
     keys.save(tunnel_json, [keys.SaSpec(0x7001, "aes128gcm16", key, "in", "transport", "10.3.0.1", "10.3.0.2")])
     rc, out, err = run(["decap", str(cap), "-k", str(tunnel_json), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    assert rc == 0 and "hint" not in err and "1 written" in out
+    # A JSON SA that does not say takes --mode, as the hint suggests (tunnel by default, which
+    # without tunnel ends cannot be installed).
+    silent = tmp_path / "silent.json"
+    silent.write_text(json.dumps([{"spi": 0x7001, "suite": "aes128gcm16", "key": key.hex()}]))
+    argv = ["decap", str(cap), "-k", str(silent), "-o", str(tmp_path / "o.pcap")] + BACKEND
+    rc, out, err = run(argv, capsys)
+    assert rc == 1 and "a tunnel-mode SA needs its tunnel end addresses" in err
+    rc, out, err = run(argv + ["--mode", "transport"], capsys)
     assert rc == 0 and "hint" not in err and "1 written" in out
 
 

@@ -603,3 +603,17 @@ def test_a_key_in_a_name_field_is_not_kept_in_the_exception_chain(text):
         chain += [str(e), repr(e)]
         e = e.__cause__ or e.__context__
     assert chain and not any("5ec12e75" in t.lower() for t in chain), chain
+
+
+def test_a_json_sa_without_mode_takes_the_mode_passed_to_load():
+    # natt --mode (keys.load(mode=...)) is the mode of every SA whose text does not say: an
+    # esp_sa table's, and a JSON SA's without "mode"; one that says keeps its own.
+    sas = [{"spi": 1, "suite": "aes128gcm16", "key": K20.hex()},
+           {"spi": 2, "suite": "aes128gcm16", "key": K20.hex(), "mode": "tunnel", "src": "192.0.2.1",
+            "dst": "192.0.2.2"}]
+    text = json.dumps(sas)
+    assert [s.mode for s in keys.loads(text)] == ["tunnel", "tunnel"]
+    assert [s.mode for s in keys.loads(text, mode="transport")] == ["transport", "tunnel"]
+    # What natt wrote says its mode, so it loads back the same whatever is passed.
+    again = keys.loads(keys.dumps(keys.loads(text, mode="transport"), "json"), mode="tunnel")
+    assert [s.mode for s in again] == ["transport", "tunnel"]
