@@ -144,6 +144,9 @@ class SaSpec:
     inner_src: Optional[str] = None
     inner_dst: Optional[str] = None
     name: str = ""
+    #: Where the SA was read (``"keys.json: SA #2"``, ``"esp_sa: line 5"``; "" for one made in
+    #: code): :func:`install`'s errors name it. Not a key-file field; not compared.
+    origin: str = dataclasses.field(default="", repr=False, compare=False)
 
     @property
     def suite_info(self) -> Suite:
@@ -165,6 +168,11 @@ class SaSpec:
 
 def _where(i: int, spi: Any = None) -> str:
     return f"SA #{i + 1}" + (f" (spi 0x{spi:08x})" if isinstance(spi, int) else "")
+
+
+def _installing(i: int, s: SaSpec) -> str:
+    """Which SA :func:`install` is about: where it was read, else its place in ``specs``."""
+    return f"{s.origin} (spi 0x{s.spi:08x})" if s.origin else _where(i, s.spi)
 
 
 def _spi(v: Any, where: str, show: Callable[[Any], str] = shown) -> int:
@@ -243,7 +251,7 @@ def _int(v: Any, where: str, field: str) -> int:
     return v
 
 
-_FIELDS = {f.name for f in dataclasses.fields(SaSpec)}
+_FIELDS = {f.name for f in dataclasses.fields(SaSpec)} - {"origin"}
 
 
 class _JsonObject(dict[str, Any]):
@@ -323,7 +331,7 @@ def _spec_from_json(i: int, obj: Any, default_mode: str = "tunnel") -> SaSpec:
         nat_oa_src=_addr(obj.get("nat_oa_src"), w, "nat_oa_src"),
         nat_oa_dst=_addr(obj.get("nat_oa_dst"), w, "nat_oa_dst"),
         inner_src=_net(obj.get("inner_src"), w, "inner_src"),
-        inner_dst=_net(obj.get("inner_dst"), w, "inner_dst"), name=name)
+        inner_dst=_net(obj.get("inner_dst"), w, "inner_dst"), name=name, origin=_where(i))
 
 
 def _spec_to_json(s: SaSpec) -> dict[str, Any]:
@@ -554,7 +562,7 @@ def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
     seq = (high << 32) - 1 if esn and high else 0
     return SaSpec(spi=spi, suite=s.name, key=key, direction=None, mode=mode,
                   src=_addr(src, where, "source", _SHOW_ADDRESS), dst=_addr(dst, where, "destination", _SHOW_ADDRESS),
-                  esn=esn, replay_seq=seq, replay_oseq=seq)
+                  esn=esn, replay_seq=seq, replay_oseq=seq, origin=f"line {lineno}")
 
 
 def _esp_sa_esn(fields: list[str], where: str) -> tuple[bool, int]:
@@ -695,9 +703,10 @@ def load(path: PathLike, *, mode: str = "tunnel") -> list[SaSpec]:
         except UnicodeDecodeError:
             raise KeyFileError(f"{os.fspath(path)}: not a text file (invalid UTF-8)") from None
     try:
-        return loads(text, mode=mode)
+        specs = loads(text, mode=mode)
     except KeyFileError as e:
         raise KeyFileError(f"{os.fspath(path)}: {e}") from None
+    return [dataclasses.replace(s, origin=f"{os.fspath(path)}: {s.origin}") for s in specs]
 
 
 def dumps(specs: Iterable[SaSpec], fmt: str = "json") -> str:
@@ -766,13 +775,13 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
             _spi(s.spi, _where(i))
             d = direction or s.direction
             if d is None:
-                raise KeyFileError(f"{_where(i, s.spi)}: no direction (esp_sa tables have none); "
+                raise KeyFileError(f"{_installing(i, s)}: no direction (esp_sa tables have none); "
                                    f"pass direction='in' or 'out'")
             src, dst = s.src, s.dst
             if s.mode == "tunnel" and d == "in" and src is None and dst is not None:
                 src = dst
             if s.mode == "tunnel" and (src is None or dst is None):
-                raise KeyFileError(f"{_where(i, s.spi)}: a tunnel-mode SA needs its tunnel end "
+                raise KeyFileError(f"{_installing(i, s)}: a tunnel-mode SA needs its tunnel end "
                                    f"addresses (src and dst); for a wildcard destination use "
                                    f"transport mode")
             replay_seq, replay_bitmap = s.replay_seq, None
@@ -786,6 +795,6 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
                     nat_oa_dst=s.nat_oa_dst if d == "in" else None,
                     replay_seq=replay_seq, replay_oseq=s.replay_oseq, replay_bitmap=replay_bitmap)
             except Exception as e:   # OffloadError; its message names the field, never the key
-                raise KeyFileError(f"{_where(i, s.spi)}: {e}") from e
+                raise KeyFileError(f"{_installing(i, s)}: {e}") from e
             handles.append(h)
     return handles

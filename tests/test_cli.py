@@ -1007,3 +1007,22 @@ def test_stdout_output_is_whole_or_an_error_when_python_is_unbuffered(tmp_path, 
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 1 and b"written" not in err
+
+
+def test_an_sa_the_offload_refuses_is_named_by_file_and_line(scenario, tmp_path, capsys):
+    # Parse errors always named the file and line; an SA refused when installed was "SA #1",
+    # counted without the comment lines (and after dropping duplicates) -- hard to find.
+    cap, *_ = scenario
+    table = tmp_path / "bad.esp_sa"
+    table.write_text('# a comment\n\n"IPv4","*","*","0x00001001","AES-GCM with 16 octet ICV [RFC4106]","0x'
+                     + "11" * 20 + '","NULL",""\n')
+    rc, _, err = run(["decap", str(cap), "-k", str(table), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    assert rc == 1 and err.startswith(f"natt decap: cannot install SA: {table}: line 3 (spi 0x00001001): "
+                                      "a tunnel-mode SA needs its tunnel end addresses")
+    js = tmp_path / "bad.json"
+    js.write_text(json.dumps([{"spi": 1, "suite": "aes128gcm16", "key": "22" * 20, "mode": "transport"},
+                              {"spi": 2, "suite": "aes128gcm16", "key": "22" * 20, "mode": "transport",
+                               "replay_window": 5}]))
+    rc, _, err = run(["decap", str(cap), "-k", str(js), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    assert rc == 1 and err.startswith(f"natt decap: cannot install SA: {js}: SA #2 (spi 0x00000002): replay_window")
+    assert "22" * 8 not in err
