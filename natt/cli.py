@@ -611,6 +611,8 @@ def _cmd_encap(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 # demo
 
+DEMO_MAX_PACKETS = 1_000_000
+
 # Suites Wireshark 4.0 can decrypt too, so demo.pcap opens decrypted with demo.esp_sa.
 DEMO_SUITES = ("aes128gcm16", "aes256gcm16", "aes128-sha1", "aes256-sha256", "3des-sha1")
 DEMO_TUNNEL = ("198.51.100.2", "203.0.113.5")     # RFC 5737 documentation addresses
@@ -859,13 +861,16 @@ def _whole(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
-def at_least(least: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``least`` (argparse's own message for a bad
-    one would name the function, not what is expected). Also ``natt bench``'s."""
+def at_least(least: int, most: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``least`` (and at most ``most``, if given;
+    argparse's own message for a bad one would name the function, not what is expected). Also
+    ``natt bench``'s."""
     def parse(text: str) -> int:
         v = _whole(text)
         if v < least:
             raise argparse.ArgumentTypeError(f"must be at least {least}, got {v}")
+        if most is not None and v > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:,}, got {v:,}")
         return v
     return parse
 
@@ -1011,9 +1016,12 @@ def build_parser() -> argparse.ArgumentParser:
                "exit status: 0 every demo packet decapsulated as expected, 1 otherwise or a file could\n"
                "not be written, 2 bad usage.")
     m.add_argument("--out-dir", default="natt-demo", metavar="DIR", help="where to write the files (default ./natt-demo)")
-    m.add_argument("--packets", type=at_least(1), default=5000,
+    # The demo holds its traffic in memory, about 3 KB a packet (100 000 packets: 371 MB max RSS,
+    # 6 s), so the bound is about 3 GB and a minute: a typo does not fill the machine.
+    m.add_argument("--packets", type=at_least(1, DEMO_MAX_PACKETS), default=5000,
                    help=f"packets in total, spread over the {len(DEMO_SUITES)} suites (when it is not a multiple "
-                        f"of {len(DEMO_SUITES)}, the first suites make one more; default 5000)")
+                        f"of {len(DEMO_SUITES)}, the first suites make one more; default 5000, at most "
+                        f"{DEMO_MAX_PACKETS:,})")
     m.add_argument("--seed", type=int, default=1, help="seed of the keys and the inner packets (default 1); the "
                    "AES-CBC and 3DES SAs' IVs are random all the same (RFC 3602 §3: unpredictable), "
                    "so their ESP packets differ from run to run")

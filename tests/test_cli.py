@@ -658,6 +658,16 @@ def test_demo_writes_files_and_decaps_everything(tmp_path, capsys):
     assert len(decap) == 250 and all(g[3][0] >> 4 == 4 and g[3][9] in (1, 6, 17) for g in decap)
 
 
+@pytest.mark.parametrize("packets, message", [("0", "must be at least 1, got 0"),
+                                              ("1000001", "must be at most 1,000,000, got 1,000,001"),
+                                              ("1e11", "'1e11' is not a whole number")])
+def test_demo_packets_out_of_range_are_usage_errors(packets, message, tmp_path, capsys):
+    # The demo holds its traffic in memory: --packets 100000000000 once ran for hours.
+    rc, _, err = run(["demo", "--out-dir", str(tmp_path / "d"), "--packets", packets], capsys)
+    assert rc == 2 and f"natt demo: error: argument --packets: {message}" in err
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("packets", [7, 3])
 def test_demo_makes_exactly_the_packets_asked_for(packets, tmp_path, capsys):
     rc, out, err = run(["demo", "--out-dir", str(tmp_path), "--packets", str(packets)] + BACKEND, capsys)
