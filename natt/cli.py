@@ -336,10 +336,19 @@ def _quiet_task_failures(client: Any) -> None:
     client.register_plugin(QuietTaskFailures(), name="natt-quiet-task-failures")
 
 
+def _stdin_input(args: argparse.Namespace) -> None:
+    """``IN`` of ``-`` is standard input, read as the FIFO or file it is (``-o -`` is stdout)."""
+    if args.input == "-":
+        args.input = "/dev/stdin"
+
+
 def _cmd_decap_dask(args: argparse.Namespace) -> int:
     """``natt decap IN... -k KEYS -o OUTDIR (--dask ADDRESS | --workers N)``: natt.dask does the
     work; the same summary table as ``natt decap`` is printed."""
     from .dask import decap_captures      # imports dask itself only when it runs
+
+    if "-" in args.input:
+        raise UsageError("IN: standard input (-) cannot be split over Dask workers; name a capture file")
 
     try:
         import distributed
@@ -385,6 +394,7 @@ def _cmd_decap(args: argparse.Namespace) -> int:
     if len(args.input) != 1:
         raise UsageError("several captures need --dask SCHEDULER or --workers N (docs/dask.md)")
     args.input = args.input[0]
+    _stdin_input(args)
     _check_report(args)
     _check_output(args)
     specs = _load_keys(args.keys, args.mode)
@@ -596,6 +606,7 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
 
 
 def _cmd_encap(args: argparse.Namespace) -> int:
+    _stdin_input(args)
     _check_report(args)
     _check_output(args)
     specs = _outbound(_load_keys(args.keys, args.mode))
@@ -954,7 +965,8 @@ def build_parser() -> argparse.ArgumentParser:
                "capture or keys (message on stderr), 2 bad usage, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP\n"
                "(the output as it was, no temporary file left).")
     d.add_argument("input", metavar="IN", nargs="+",
-                   help="capture to read (pcap or pcapng); several only with --dask/--workers")
+                   help="capture to read (pcap or pcapng; - reads standard input); several only with "
+                        "--dask/--workers")
     d.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
     d.add_argument("-o", "--output", required=True, metavar="OUT",
                    help=f"capture to write (same format as IN); {_OUTPUT_HELP}. With --dask/--workers, "
@@ -993,7 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
                '    "inner_src": "10.1.0.0/16"}]\n'
                "exit status: as natt decap's: 0 done (the summary counts what was sealed), 1 unreadable\n"
                "capture or keys, 2 bad usage, 128 + the signal's number when stopped.")
-    e.add_argument("input", metavar="IN", help="capture of inner packets (pcap or pcapng)")
+    e.add_argument("input", metavar="IN", help="capture of inner packets (pcap or pcapng; - reads standard input)")
     e.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
     e.add_argument("-o", "--output", required=True, metavar="OUT",
                    help=f"capture to write (same format as IN); {_OUTPUT_HELP}")

@@ -1036,3 +1036,18 @@ def test_an_sa_the_offload_refuses_is_named_by_file_and_line(scenario, tmp_path,
     rc, _, err = run(["decap", str(cap), "-k", str(js), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
     assert rc == 1 and err.startswith(f"natt decap: cannot install SA: {js}: SA #2 (spi 0x00000002): replay_window")
     assert "22" * 8 not in err
+
+
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+def test_dash_reads_the_capture_from_standard_input(cmd, scenario, tmp_path, capsys):
+    cap, keyfile = capture_for(cmd, scenario, tmp_path)
+    want = tmp_path / "want.pcap"
+    assert run([cmd, str(cap), "-k", str(keyfile), "-o", str(want)] + BACKEND, capsys)[0] == 0
+    # From a pipe, as `tcpdump -w - | natt decap -` gives it, and to stdout.
+    argv = [sys.executable, "-m", "natt", cmd, "-", "-k", str(keyfile), "-o", "-"] + BACKEND
+    done = subprocess.run(argv, input=cap.read_bytes(), capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == want.read_bytes()
+    if cmd == "decap":
+        rc, _, err = run([cmd, "-", "-k", str(keyfile), "-o", str(tmp_path / "d"), "--workers", "1"] + BACKEND, capsys)
+        assert rc == 2 and "standard input (-) cannot be split over Dask workers" in err
