@@ -139,6 +139,9 @@ def _addr(name: str, value: Any) -> int:
         raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {shown(value)} is not an IPv4 address")
     if value is None:
         return 0
+    if _as_int(value) is None:
+        raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: expected a dotted quad, an IPv4Address or an "
+                                                    f"integer, got {type(value).__name__}")
     return _int(name, value, 0, 0xFFFFFFFF)
 
 

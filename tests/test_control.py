@@ -839,6 +839,17 @@ def test_add_sa_esn_is_a_bool_that_agrees_with_the_suite(backend: str, esn: Any,
             nic.delete_sa(h)
 
 
+@pytest.mark.parametrize("value", [b"1.2.3.4", 1.5, [1, 2, 3, 4]])
+def test_an_address_of_the_wrong_type_names_the_forms_taken(backend: str, value: Any) -> None:
+    # "expected an integer" read as though a dotted quad were not taken.
+    with natt.Offload(backend=backend) as nic:
+        with pytest.raises(natt.OffloadError, match="^dst: expected a dotted quad, an IPv4Address or an integer, "
+                                                    f"got {type(value).__name__}"):
+            nic.add_sa(0x1001, bytes(20), "aes128gcm16", "in", mode="transport", dst=value)
+        req = base_request(dst_addr=value)
+        assert add(nic, req) is NS.INVALID_PARAMETER and counts(nic) == (0, 0)
+
+
 def test_add_sa_decaps_a_published_esn_vector(backend: str) -> None:
     """GCM-A (draft-mcgrew-gcm-test-01) is an ESN packet: strongSwan's ``aes128gcm16-esn`` keyword."""
     v = esp_vector("gcm-a")
