@@ -915,7 +915,8 @@ def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
                    help="data path: fast (Cython/OpenSSL, default when built) or reference (pure Python)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
-                      help="show a progress bar even when stderr is not a terminal")
+                      help="show the progress bar even when stderr is not a terminal (as on one, once the "
+                           "work has taken a second)")
     prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
 
 
