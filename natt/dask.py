@@ -642,7 +642,7 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, sas: I
             writer = pcap.PcapWriter.like(r0, buf)
     else:
         # The reader's list, not a chunk's: a range without packets has no chunk.
-        writer = pcap.PcapWriter(buf, fmt="pcapng", interfaces=interfaces[:declared_before])
+        writer = pcap.PcapWriter(buf, fmt="pcapng", interfaces=interfaces[:declared_before], ipv4_as_raw=True)
     head = buf.tell()
     stats = CaptureStats([""] * n_specs)
     base = 0

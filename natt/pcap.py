@@ -31,7 +31,9 @@ any other kind pass through untouched.
 
 Writing: :class:`PcapWriter` writes records back in the input's format. A replaced frame keeps
 its link header octet for octet (none of Ethernet, 802.1Q or Linux cooked headers carry a length
-that would need fixing) followed by the new datagram, and by a new FCS when a classic pcap
+that would need fixing) but for the field that names the protocol, set to IPv6 when the new
+datagram is (a tunnel SA's inner IPv6; raw IPv4, link type 228, is written as raw IP, 101),
+followed by the new datagram, and by a new FCS when a classic pcap
 header declares one; its captured and original lengths become the new frame length. Frames not
 replaced are written as read, with their original lengths.
 Timestamps are kept: classic pcap keeps the input's resolution and byte order; pcapng is written
@@ -94,6 +96,10 @@ IPV4_LINKTYPES = (LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_BSD_RAW, LINKTYPE_O
 _AF_INET_BSD = 2          # AF_INET in <sys/socket.h> of every BSD and of macOS
 
 _ETHERTYPE_IPV4 = 0x0800
+_ETHERTYPE_IPV6 = 0x86DD
+# A BSD loopback header's AF_INET6 differs by OS (24 NetBSD/OpenBSD/Npcap, 28 FreeBSD, 30 macOS);
+# readers take all three (libpcap pcap-common.c, BSD_AFNUM_INET6_*). natt writes the first.
+_AF_INET6_BSD = 24
 # 802.1Q C-tag, 802.1ad S-tag, and the pre-standard QinQ values still seen in captures.
 _VLAN_ETHERTYPES = (0x8100, 0x88A8, 0x9100, 0x9200)
 _MAX_VLAN_TAGS = 8
@@ -877,10 +883,22 @@ class PcapReader:
             s = np.nonzero(~epb)[0]
             if n_before + n_idb == 0:
                 raise PcapError(f"{self.name}: Simple Packet Block without an interface", self._pos + int(po[s[0]]))
-            origlen[s] = _gather_u32(buf, po[s] + 8, big)
             snap = self.interfaces[self._section_base].snaplen if len(self.interfaces) > self._section_base else 0
-            c = np.minimum(origlen[s], blen[s] - 16)
-            caplen[s] = np.minimum(c, snap) if snap else c
+            # pcapng §4.4: the captured length is the original length cut to the snap length, and
+            # the block (16 octets around the data) must hold it; the rest of the block is padding.
+            tiny = blen[s] < 16
+            if tiny.any():
+                k = int(s[np.argmax(tiny)])
+                raise PcapError(f"{self.name}: corrupt pcapng Simple Packet Block: {int(blen[k])} octets, "
+                                f"at least 16", self._pos + int(po[k]))
+            origlen[s] = _gather_u32(buf, po[s] + 8, big)
+            c = np.minimum(origlen[s], snap) if snap else origlen[s]
+            over = c > blen[s] - 16
+            if over.any():
+                k = int(np.argmax(over))
+                raise PcapError(f"{self.name}: corrupt pcapng Simple Packet Block: captured length {int(c[k])} "
+                                f"does not fit its block of {int(blen[s[k]])} octets", self._pos + int(po[s[k]]))
+            caplen[s] = c
             iface[s] = 0
             ticks[s] = 0   # an SPB has no timestamp
         # Interface ids are per section; make them global indexes into self.interfaces.
@@ -942,6 +960,14 @@ def _check_interface(itf: object, name: str) -> None:
     _check_int(f"{name}.tsoffset", itf.tsoffset, _TSOFFSET_MIN, _TSOFFSET_MAX)   # as PcapReader takes
 
 
+def _as_written(linktype: int) -> int:
+    """The link type a :meth:`PcapWriter.like` writer gives frames read as ``linktype``:
+    LINKTYPE_IPV4 (228) says IPv4 for every frame, and decap may replace one with IPv6 (a tunnel
+    SA's inner packet), so those files are written as LINKTYPE_RAW (101), raw IPv4 or IPv6 by
+    the version nibble; the frames themselves are the same octets."""
+    return LINKTYPE_RAW if linktype == LINKTYPE_IPV4 else linktype
+
+
 class PcapWriter:
     """Write packet records as classic pcap or pcapng.
 
@@ -959,13 +985,19 @@ class PcapWriter:
     setting that TSO frames already exceed, so the writer keeps headers truthful by ``grow``
     rather than by refusing or cutting frames.
 
+    ``ipv4_as_raw`` writes the link type LINKTYPE_IPV4 (228; the file's, or an interface's) as
+    LINKTYPE_RAW (101), whose frames are the same octets but may be IPv6 too, as a decap
+    replacing frames may write (a tunnel SA's inner IPv6); :meth:`like` sets it. A replaced
+    frame whose new datagram is IPv6 gets a link header that says so (see :meth:`write_chunk`).
+
     Arguments that do not fit the format raise ``ValueError`` naming the parameter: the
     constructor's before ``dest`` is created or truncated, a write's before it writes anything.
     """
 
     def __init__(self, dest: PathOrFile, *, fmt: str = "pcap", linktype: int = LINKTYPE_ETHERNET,
                  nanosecond: bool = False, byteorder: str = "<", snaplen: int = 262144,
-                 interfaces: Iterable[Interface] = (), fcs_len: Optional[int] = None, grow: int = 0) -> None:
+                 interfaces: Iterable[Interface] = (), fcs_len: Optional[int] = None, grow: int = 0,
+                 ipv4_as_raw: bool = False) -> None:
         # Everything is checked before ``dest`` is created or truncated.
         if fmt not in ("pcap", "pcapng"):
             raise ValueError(f"fmt: 'pcap' or 'pcapng', got {fmt!r}")
@@ -994,7 +1026,8 @@ class PcapWriter:
         self.fmt = fmt
         self.byteorder = byteorder if fmt == "pcap" else "<"
         self.nanosecond = nanosecond
-        self.linktype = linktype
+        self._ipv4_as_raw = bool(ipv4_as_raw)
+        self.linktype = _as_written(linktype) if self._ipv4_as_raw else linktype
         self._grow = grow
         self.snaplen = self._grown(snaplen)
         self.fcs_len = fcs_len
@@ -1004,7 +1037,7 @@ class PcapWriter:
         self.frames_written = 0
         if fmt == "pcap":
             magic = _PCAP_MAGIC_NS if nanosecond else _PCAP_MAGIC_US
-            field = linktype if fcs_len is None else linktype | _PCAP_FCS_P | (fcs_len // 2) << 28
+            field = self.linktype if fcs_len is None else self.linktype | _PCAP_FCS_P | (fcs_len // 2) << 28
             self._write(struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, self.snaplen, field))
         else:
             # SHB: byte-order magic, version 1.0, section length unknown (-1).
@@ -1024,8 +1057,8 @@ class PcapWriter:
             itf = reader.interfaces[0]
             return cls(dest, fmt="pcap", linktype=itf.linktype, nanosecond=reader.nanosecond,
                        byteorder=reader.byteorder, snaplen=max(reader.snaplen, 65535),
-                       fcs_len=reader.fcs_len, grow=grow)
-        writer = cls(dest, fmt="pcapng", interfaces=reader.interfaces, grow=grow)
+                       fcs_len=reader.fcs_len, grow=grow, ipv4_as_raw=True)
+        writer = cls(dest, fmt="pcapng", interfaces=reader.interfaces, grow=grow, ipv4_as_raw=True)
         # A pcapng reader learns its interfaces as it reads, and one that no packet names reaches
         # no chunk (a capture of interfaces and no packets would come out as a bare SHB):
         # close() asks the reader for them.
@@ -1069,7 +1102,8 @@ class PcapWriter:
         return max(snaplen, min(snaplen + self._grow, 262144)) if snaplen else 0
 
     def _declare(self, itf: Interface) -> None:
-        itf = dataclasses.replace(itf, snaplen=self._grown(itf.snaplen))
+        itf = dataclasses.replace(itf, snaplen=self._grown(itf.snaplen),
+                                  linktype=_as_written(itf.linktype) if self._ipv4_as_raw else itf.linktype)
         # Nanosecond resolution for every interface: the reader hands out nanoseconds. The input's
         # if_tsoffset is kept: times before 1970 (a negative offset) have no other way into the
         # unsigned EPB timestamp (pcapng §4.2 if_tsoffset, §4.3 Timestamp).
@@ -1165,11 +1199,11 @@ class PcapWriter:
         return h.view(np.uint8).reshape(n, 28)
 
     def _records(self, hdrs: np.ndarray, caplen: np.ndarray,
-                 parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+                 parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """The octets of ``len(hdrs)`` records: each header, then its ``caplen`` octets gathered
         from ``parts`` (``(buffer, offsets, lengths)``, one after another, lengths summing to
         ``caplen``), then for pcapng the zero pad and the trailing Block Total Length, which
-        repeats the header's (octets 4..7)."""
+        repeats the header's (octets 4..7); and where in them each frame starts."""
         n, hsize = hdrs.shape
         ng = self.fmt == "pcapng"
         pad = -caplen % 4 if ng else 0
@@ -1179,13 +1213,39 @@ class PcapWriter:
         hflat = hdrs.reshape(-1)
         h_off = np.arange(n, dtype=np.int64) * hsize
         copy_segments(out, pos, hflat, h_off, np.full(n, hsize, np.int64))
-        pos = pos + hsize
+        pos = frames = pos + hsize
         for buf, offsets, lengths in parts:
             copy_segments(out, pos, buf, offsets, lengths)
             pos = pos + lengths
         if ng:
             copy_segments(out, pos + pad, hflat, h_off + 4, np.full(n, 4, np.int64))
-        return out
+        return out, frames
+
+    @staticmethod
+    def _say_ipv6(out: np.ndarray, frames: np.ndarray, linktype: np.ndarray, link: np.ndarray,
+                  replaced: np.ndarray, data: np.ndarray, offsets: np.ndarray) -> None:
+        """Where a replacing datagram is IPv6 (a tunnel SA's inner packet, next header 41), make
+        the link header kept in front of it say so, as it said IPv4 for the ESP packet: the
+        Ethertype before it (Ethernet after any VLAN tags, Linux cooked v1), Linux cooked v2's
+        protocol, a BSD loopback header's address family (in the byte order it had). Raw IP
+        says it by the version nibble; LINKTYPE_IPV4 cannot, which is why :meth:`like` writes
+        it as LINKTYPE_RAW."""
+        if not data.size:
+            return
+        first = data[np.minimum(np.where(replaced, offsets, 0), data.size - 1)]
+        v6 = replaced & ((first >> 4) == 6)
+        if not v6.any():
+            return
+        ether = v6 & ((linktype == LINKTYPE_ETHERNET) | (linktype == LINKTYPE_LINUX_SLL))
+        sll2 = v6 & (linktype == LINKTYPE_LINUX_SLL2)
+        for at in (frames[ether] + link[ether] - 2, frames[sll2]):
+            out[at], out[at + 1] = _ETHERTYPE_IPV6 >> 8, _ETHERTYPE_IPV6 & 0xFF
+        bsd = v6 & ((linktype == LINKTYPE_NULL) | (linktype == LINKTYPE_LOOP))
+        if bsd.any():
+            at = frames[bsd][:, None] + np.arange(4)
+            big = (out[at] == np.array([0, 0, 0, _AF_INET_BSD], np.uint8)).all(axis=1)
+            out[at] = np.where(big[:, None], np.array([0, 0, 0, _AF_INET6_BSD], np.uint8),
+                               np.array([_AF_INET6_BSD, 0, 0, 0], np.uint8))
 
     def write_chunk(self, chunk: Chunk, datagrams: Optional[PacketBatch] = None,
                     replace: Optional[np.ndarray] = None, keep: Optional[np.ndarray] = None) -> int:
@@ -1193,8 +1253,9 @@ class PcapWriter:
 
         Frame ``i`` is written as read unless ``replace[i]``: then its link header (the
         ``link_len[i]`` octets before the IPv4 header) is followed by ``datagrams[i]`` (and, when
-        the file header declares an FCS, a new one: see ``fcs_len``). Only IPv4 frames can be
-        replaced. Frames with ``keep[i]`` False are left out.
+        the file header declares an FCS, a new one: see ``fcs_len``); if that datagram is IPv6,
+        the header's Ethertype, protocol or address family says IPv6 instead. Only IPv4 frames
+        can be replaced. Frames with ``keep[i]`` False are left out.
         """
         n = len(chunk)
         if replace is None:
@@ -1214,7 +1275,8 @@ class PcapWriter:
             top = int(chunk.iface.max()) + 1 if n else 0
             while len(self._declared) < top:
                 self._declare(chunk.interfaces[len(self._declared)])
-        elif n and (chunk.linktype != self.linktype).any():
+        elif n and (np.where(chunk.linktype == LINKTYPE_IPV4, _as_written(LINKTYPE_IPV4) if self._ipv4_as_raw
+                             else LINKTYPE_IPV4, chunk.linktype) != self.linktype).any():
             raise ValueError("a classic pcap file has one link type; this chunk has frames of another")
         idx = np.nonzero(keepm)[0]
         if idx.size == 0:
@@ -1236,7 +1298,11 @@ class PcapWriter:
             parts.append((datagrams.data, datagrams.offsets[idx], dlen))
             if self.fcs_len:
                 parts.append((self._fcs(chunk, datagrams, idx, rep), np.arange(idx.size) * self.fcs_len, fcs))
-        self._write(self._records(hdrs, caplen, parts).data)
+        out, frames = self._records(hdrs, caplen, parts)
+        if datagrams is not None and rep.any():
+            self._say_ipv6(out, frames, chunk.linktype[idx], link, rep & (dlen > 0),
+                           datagrams.data, datagrams.offsets[idx])
+        self._write(out.data)
         self.frames_written += idx.size
         return int(idx.size)
 
@@ -1286,7 +1352,7 @@ class PcapWriter:
         if self.fmt == "pcapng" and not self._declared:
             self._declare(Interface(self.linktype))
         data = np.frombuffer(b"".join(frames), np.uint8)
-        self._write(self._records(hdrs, caplen, [(data, np.cumsum(caplen) - caplen, caplen)]).data)
+        self._write(self._records(hdrs, caplen, [(data, np.cumsum(caplen) - caplen, caplen)])[0].data)
         self.frames_written += n
         return n
 

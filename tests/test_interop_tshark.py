@@ -276,3 +276,26 @@ def test_natt_decap_output_of_its_own_demo_shows_inner_protocols(tmp_path, capsy
     # Random inner payloads on well-known ports can make tshark's inner dissector throw before
     # it adds ESP's verdict (seen with NTP); most packets still carry it.
     assert sum(r[0] == "1" for r in rows) >= 80
+
+
+@pytest.mark.parametrize("linktype", [pcap.LINKTYPE_ETHERNET, pcap.LINKTYPE_IPV4])
+def test_natt_decap_of_inner_ipv6_is_ipv6_to_tshark(tmp_path, capsys, linktype):
+    # A tunnel SA may carry IPv6 (next header 41). The frame natt writes must say IPv6 in its
+    # link header (Ethertype 0x86dd; a raw-IPv4 capture becomes raw IP): tshark called the
+    # IPv6 packet behind the kept 0x0800 a "Bogus IPv4 version".
+    key = bytes(range(20))
+    sealer = traffic.EspSealer("aes128gcm16", key, 0x6006)
+    inner = [traffic.icmp6_echo("2001:db8::1", "2001:db8::2", seq=i) for i in range(3)]
+    inner4 = traffic.icmp_echo("10.9.0.1", "10.9.0.2")
+    wire = [traffic.esp_in_udp(sealer, i + 1, p, tunnel=True, src=TUNNEL[0], dst=TUNNEL[1])
+            for i, p in enumerate(inner + [inner4])]
+    cap, out = tmp_path / "v6.pcap", tmp_path / "clear.pcap"
+    pcap.write_datagrams(cap, wire, linktype=linktype)
+    keyfile = tmp_path / "keys.json"
+    keys.save(keyfile, [keys.SaSpec(0x6006, "aes128gcm16", key, "in", "tunnel", *TUNNEL)])
+    assert cli.main(["decap", str(cap), "-k", str(keyfile), "-o", str(out), "--backend", "reference"]) == 0
+    assert "4 written" in capsys.readouterr().out
+    stderr: list[str] = []
+    rows = tshark(out, "ipv6.dst", "ip.dst", "_ws.col.Protocol", config_dir=tmp_path / "empty", stderr=stderr)
+    assert rows == [["2001:db8::2", "", "ICMPv6"]] * 3 + [["", "10.9.0.2", "ICMP"]]
+    assert not any("Bogus" in line for line in stderr)

@@ -429,7 +429,8 @@ def test_pcapng_writer_declares_every_interface():
     out.seek(0)
     with pcap.PcapReader(out) as r2:
         got = frames_of(list(r2))
-        assert [i.linktype for i in r2.interfaces] == [1, 228]
+        # LINKTYPE_IPV4 (228) cannot hold the IPv6 a decap may write: like() says raw IP (101).
+        assert [i.linktype for i in r2.interfaces] == [1, 101]
     assert [(g[0], g[1], g[3]) for g in got] == [(5000, 1, IP), (6000, 0, IP)]
 
 
@@ -448,7 +449,7 @@ def test_pcapng_interfaces_no_packet_names_are_kept():
     itfs = [ng_idb(1), ng_idb(228, tsresol=9, snaplen=1500), ng_idb(113, tsoffset=-7)]
     empty = _rewrite_like(ng_shb() + b"".join(itfs))
     r, chunks = read_all(empty)
-    assert (chunks, r.interfaces) == ([], [pcap.Interface(1, 0, 9), pcap.Interface(228, 1500, 9),
+    assert (chunks, r.interfaces) == ([], [pcap.Interface(1, 0, 9), pcap.Interface(101, 1500, 9),
                                            pcap.Interface(113, 0, 9, -7)])
     # Interfaces no packet names after the last one some packet names, in a later chunk too and in
     # a later section; the numbers stay the reader's, and interfaces packets name are declared
@@ -459,13 +460,13 @@ def test_pcapng_interfaces_no_packet_names_are_kept():
     for chunk_size in (4096, pcap.DEFAULT_CHUNK_SIZE):
         out = _rewrite_like(data, chunk_size=chunk_size)
         r, chunks = read_all(out)
-        assert [i.linktype for i in r.interfaces] == [1, 228, 101, 113, 276]
+        assert [i.linktype for i in r.interfaces] == [1, 101, 101, 113, 276]
         assert frames_of(chunks) == frames_of(read_all(data, chunk_size=chunk_size)[1])
         # The two that no packet names close the file (32-octet IDBs: if_tsresol, no name); what
         # comes before them is the output as it was, with the interfaces up to the last one named.
         assert [struct.unpack("<II", out[k: k + 8]) for k in (-64, -32)] == [(1, 32), (1, 32)]
         r, chunks = read_all(out[:-64], chunk_size=chunk_size)
-        assert [i.linktype for i in r.interfaces] == [1, 228, 101]
+        assert [i.linktype for i in r.interfaces] == [1, 101, 101]
         assert frames_of(chunks) == frames_of(read_all(data, chunk_size=chunk_size)[1])
     # Without like() a writer declares what it is given and what records name, as before.
     with pcap.PcapReader(io.BytesIO(ng_shb() + b"".join(itfs))) as r:
@@ -475,7 +476,8 @@ def test_pcapng_interfaces_no_packet_names_are_kept():
         assert w.declare_interfaces(r.interfaces[:1]) == 1
         assert w.declare_interfaces(r.interfaces) == 2       # the first is declared already
         assert w.declare_interfaces(r.interfaces) == 0
-    assert read_all(out.getvalue())[0].interfaces == read_all(empty)[0].interfaces
+    assert read_all(out.getvalue())[0].interfaces == [pcap.Interface(1, 0, 9), pcap.Interface(228, 1500, 9),
+                                                      pcap.Interface(113, 0, 9, -7)]
     with pytest.raises(ValueError, match="declare_interfaces: pcapng only"):
         pcap.PcapWriter(io.BytesIO()).declare_interfaces([pcap.Interface(1)])
     with pytest.raises(ValueError, match=r"interfaces\[1\]\.linktype"):
@@ -484,7 +486,7 @@ def test_pcapng_interfaces_no_packet_names_are_kept():
 
 def test_pcapng_without_packets_keeps_its_interfaces_for_wireshark(tmp_path):
     """tshark writes a selection of no packets as its SHB and every IDB; natt's rewrite of it
-    lists the same interfaces to Wireshark (capinfos)."""
+    lists the same interfaces to Wireshark (capinfos), raw IPv4 as raw IP."""
     tshark, capinfos = shutil.which("tshark"), shutil.which("capinfos")
     if not (tshark and capinfos):
         pytest.skip("tshark and capinfos (Debian's tshark package) are not installed")
@@ -499,7 +501,9 @@ def test_pcapng_without_packets_keeps_its_interfaces_for_wireshark(tmp_path):
         info = subprocess.run([capinfos, "-M", str(path)], check=True, capture_output=True, text=True).stdout
         return [line.split("=")[1].strip() for line in info.splitlines() if "Encapsulation =" in line]
 
-    assert interfaces(out) == interfaces(empty) == ["Ethernet (1 - ether)", "Raw IPv4 (129 - rawip4)"]
+    assert interfaces(empty) == ["Ethernet (1 - ether)", "Raw IPv4 (129 - rawip4)"]
+    # LINKTYPE_IPV4 is written as LINKTYPE_RAW, which holds the IPv6 a decap may give too.
+    assert interfaces(out) == ["Ethernet (1 - ether)", "Raw IP (7 - rawip)"]
 
 
 # ---------------------------------------------------------------------------------------------- corruption
@@ -853,3 +857,60 @@ def test_reader_refuses_a_chunk_size_out_of_range_before_reading(chunk_size):
     # 1 << 40 octets ended in numpy's MemoryError; now it is refused by name, before any read.
     with pytest.raises(ValueError, match="^chunk_size: 4096 .. 1073741824 octets"):
         pcap.PcapReader(io.BytesIO(b"not read"), chunk_size=chunk_size)
+
+
+def test_pcapng_simple_packet_block_smaller_than_its_packet_is_corrupt():
+    # pcapng §4.4: captured length = original length cut to the snap length; the block must
+    # hold it. A 12-octet SPB once read as a captured length of -4 (and crashed natt decap), a
+    # short one as packet data with its padding; tshark refuses both.
+    head = ng_shb() + ng_idb(1, snaplen=0)
+    with pytest.raises(pcap.PcapError, match=r"Simple Packet Block: 12 octets, at least 16") as e:
+        read_all(head + struct.pack("<III", 3, 12, 12))
+    assert e.value.offset == len(head)
+    short = bytearray(ng_spb((ETH + IP)[:40]))
+    struct.pack_into("<I", short, 8, 100)                # says 100 octets, holds 40
+    with pytest.raises(pcap.PcapError, match=r"captured length 100 does not fit its block of 56 octets"):
+        read_all(head + bytes(short))
+    # With a snap length of 40 the same block is whole: 40 octets captured of 100.
+    _, chunks = read_all(ng_shb() + ng_idb(1, snaplen=40) + bytes(short))
+    assert chunks[0].caplen.tolist() == [40] and chunks[0].origlen.tolist() == [100]
+
+
+_SLL = b"\x00\x00\x00\x01\x00\x06" + b"\x02" * 8 + b"\x08\x00"
+_SLL2 = b"\x08\x00\x00\x00" + b"\x00\x00\x00\x02" + b"\x00\x01\x00\x06" + b"\x02" * 8
+
+
+@pytest.mark.parametrize("linktype,header,v6_header,out_linktype", [
+    (1, ETH, ETH[:12] + b"\x86\xdd", 1),
+    (1, ETH[:12] + b"\x81\x00\x00\x05\x08\x00", ETH[:12] + b"\x81\x00\x00\x05\x86\xdd", 1),
+    (113, _SLL, _SLL[:14] + b"\x86\xdd", 113),
+    (276, _SLL2, b"\x86\xdd" + _SLL2[2:], 276),
+    (0, b"\x02\x00\x00\x00", b"\x18\x00\x00\x00", 0),        # BSD loopback, little-endian host
+    (0, b"\x00\x00\x00\x02", b"\x00\x00\x00\x18", 0),        # big-endian host
+    (108, b"\x00\x00\x00\x02", b"\x00\x00\x00\x18", 108),    # OpenBSD loopback
+    (101, b"", b"", 101),
+    (228, b"", b"", 101),                                    # IPv4-only link type: raw IP
+])
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_a_frame_replaced_by_ipv6_gets_a_link_header_that_says_ipv6(linktype, header, v6_header, out_linktype, fmt):
+    # Decap of a tunnel SA may give IPv6 (next header 41): the header kept from the ESP frame
+    # said IPv4 (tshark: "Bogus IPv4 version"; natt's reader took it as IPv4 again).
+    v6 = bytes.fromhex("6000000000083a40") + bytes(15) + b"\x01" + bytes(15) + b"\x02" + bytes(8)
+    v4 = b"\x45" + b"N" * 40
+    frames = [header + IP, header + IP, header + IP]
+    if fmt == "pcap":
+        data = classic([(1, 0, f) for f in frames], linktype=linktype)
+    else:
+        data = ng_shb() + ng_idb(linktype) + b"".join(ng_epb(0, 1, f) for f in frames)
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data)) as r, pcap.PcapWriter.like(r, out) as w:
+        for c in r:
+            w.write_chunk(c, pcap.PacketBatch.from_packets([v6, v4, b""]), replace=np.array([True, True, False]))
+    out.seek(0)
+    with pcap.PcapReader(out) as r2:
+        chunks = list(r2)
+        assert r2.interfaces[0].linktype == out_linktype
+    got = [g[2] for g in frames_of(chunks)]
+    assert got == [v6_header + v6, header + v4, header + IP]
+    # Read back, the IPv6 frame is not IPv4; the others are as they were.
+    assert chunks[0].ipv4.tolist() == [False, True, True]
