@@ -36,7 +36,9 @@ datagram is (a tunnel SA's inner IPv6; raw IPv4, link type 228, is written as ra
 followed by the new datagram, and by a new FCS when a classic pcap
 header declares one; its captured and original lengths become the new frame length. Frames not
 replaced are written as read, with their original lengths.
-Timestamps are kept: classic pcap keeps the input's resolution and byte order; pcapng is written
+Timestamps are kept: classic pcap keeps the input's resolution and byte order (a Kuznetzov
+input is written with the standard magic and 16-octet record headers: its records' interface
+index, protocol and packet type are dropped); pcapng is written
 little-endian with nanosecond ``if_tsresol`` on every interface (exact for every decimal
 resolution up to 1 ns) and the input's ``if_tsoffset``, one section whose interfaces are every
 section's interfaces in order, numbered as read: each is declared before the first record that
