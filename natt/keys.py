@@ -38,7 +38,8 @@ field              type / default            meaning
 ``nat_oa_dst``                               RFC 3948 §3.1.2)
 ``inner_src``,     CIDR, address or null     outbound tunnel SAs: which inner packets ``natt
 ``inner_dst``                                encap`` sends through this SA (traffic selectors);
-                                             no host bits (``10.0.0.1/8`` is refused)
+                                             no host bits (``10.0.0.1/8`` is refused); refused
+                                             on a transport SA
 ``name``           string, ""                a label for reports
 =================  ========================  ===================================================
 
@@ -320,6 +321,12 @@ def _spec_from_json(i: int, obj: Any, default_mode: str = "tunnel") -> SaSpec:
     name = obj.get("name", "")
     if not isinstance(name, str):
         raise KeyFileError(f"{w}: name: expected a string")
+    if mode == "transport" and (obj.get("inner_src") is not None or obj.get("inner_dst") is not None):
+        # natt encap chooses a transport SA by src/dst: the selectors would be ignored, and the
+        # SA would carry every packet no other SA takes.
+        field = "inner_src" if obj.get("inner_src") is not None else "inner_dst"
+        raise KeyFileError(f"{w}: {field}: traffic selectors are for tunnel-mode SAs; natt encap "
+                           f"chooses a transport-mode SA by its src and dst")
     return SaSpec(
         spi=spi, suite=obj["suite"], key=key, direction=direction, mode=mode,
         src=_addr(obj.get("src"), w, "src"), dst=_addr(obj.get("dst"), w, "dst"), encap=encap_t,
@@ -785,6 +792,12 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
                                    f"addresses (src and dst); for a wildcard destination use "
                                    f"transport mode")
             replay_seq, replay_bitmap = s.replay_seq, None
+            if d == "in" and s.direction == "out" and s.uses_esn:
+                # Decapping what an outbound SA sent (natt decap installs every SA inbound): its
+                # packets follow replay_oseq, the last number it had sent. A window starting at 0
+                # would infer their ESN high bits in epoch 0 (RFC 4303 Appendix A) and fail
+                # every ICV once the sender is past 2**32.
+                replay_seq = s.replay_oseq
             if replay_state is not None and i in replay_state:
                 replay_seq, replay_bitmap = replay_state[i]
             try:

@@ -1051,3 +1051,26 @@ def test_dash_reads_the_capture_from_standard_input(cmd, scenario, tmp_path, cap
     if cmd == "decap":
         rc, _, err = run([cmd, "-", "-k", str(keyfile), "-o", str(tmp_path / "d"), "--workers", "1"] + BACKEND, capsys)
         assert rc == 2 and "standard input (-) cannot be split over Dask workers" in err
+
+
+@pytest.mark.parametrize("oseq", [5 * 2**32 + 7, 2**32 - 3, 7])
+def test_decap_of_an_esn_outbound_sas_own_traffic_starts_in_its_epoch(oseq, tmp_path, capsys):
+    # natt decap installs every SA of the key file inbound. An ESN SA past 2**32 sent numbers
+    # whose high bits a window starting at 0 cannot infer: every ICV failed, with no hint.
+    key = bytes(range(20))
+    keyfile = tmp_path / "esn.json"
+    keyfile.write_text(json.dumps([{"spi": "0x500", "suite": "aes128gcm16-esn", "key": key.hex(),
+                                    "direction": "out", "mode": "tunnel", "src": "192.0.2.1",
+                                    "dst": "192.0.2.2", "replay_oseq": oseq}]))
+    inner = [traffic.udp_datagram("10.1.0.1", "10.2.0.1", 1000 + i, 53, 30) for i in range(13)]
+    cap, enc, dec = tmp_path / "in.pcap", tmp_path / "enc.pcap", tmp_path / "dec.pcap"
+    pcap.write_datagrams(cap, inner)
+    assert run(["encap", str(cap), "-k", str(keyfile), "-o", str(enc)] + BACKEND, capsys)[0] == 0
+    rc, out, err = run(["decap", str(enc), "-k", str(keyfile), "-o", str(dec)] + BACKEND, capsys)
+    assert rc == 0 and "hint" not in err
+    assert [g[3] for g in pcap.read_frames(dec)] == inner
+    # The numbers were the sender's: oseq + 1 on, high bits included.
+    sealed = [g[3] for g in pcap.read_frames(enc)]
+    with natt.Offload(backend="reference") as nic:
+        (h,) = keys.install(nic, keys.load(keyfile), direction="in")
+        assert nic.decap(sealed).seq.tolist() == list(range(oseq + 1, oseq + 14))

@@ -31,7 +31,7 @@ def test_json_round_trip_keeps_every_field(tmp_path):
     specs = [
         spec(),
         keys.SaSpec(spi=0xDEADBEEF, suite="aes256-sha256-esn", key=bytes(64), direction="out",
-                    mode="transport", src="192.0.2.1", dst=None, encap=natt.UdpEncapType.IKE, port=500,
+                    mode="tunnel", src="192.0.2.1", dst=None, encap=natt.UdpEncapType.IKE, port=500,
                     sport=1234, dport=4501, esn=True, replay_window=0, replay_seq=7, replay_oseq=9,
                     nat_oa_src="10.0.0.1", nat_oa_dst="10.0.0.2", inner_src="10.1.0.0/16",
                     inner_dst="10.2.3.0/24", name="peer-b"),
@@ -620,3 +620,21 @@ def test_a_json_sa_without_mode_takes_the_mode_passed_to_load():
     # What natt wrote says its mode, so it loads back the same whatever is passed.
     again = keys.loads(keys.dumps(keys.loads(text, mode="transport"), "json"), mode="tunnel")
     assert [s.mode for s in again] == ["transport", "tunnel"]
+
+
+@pytest.mark.parametrize("obj,mode", [
+    ({"mode": "transport", "inner_src": "10.99.0.0/16"}, "tunnel"),
+    ({"mode": "transport", "inner_dst": "10.98.0.0/16"}, "tunnel"),
+    ({"inner_src": "10.99.0.0/16"}, "transport"),            # the mode comes from load(mode=)
+])
+def test_traffic_selectors_on_a_transport_sa_are_refused(obj, mode):
+    # natt encap chooses a transport SA by src/dst: inner_src/inner_dst were silently ignored,
+    # and the SA carried every packet no other SA took.
+    sa = {"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "direction": "out", **obj}
+    field = "inner_src" if "inner_src" in obj else "inner_dst"
+    with pytest.raises(keys.KeyFileError, match=rf"SA #1 \(spi 0x00000001\): {field}: traffic selectors are "
+                                                r"for tunnel-mode SAs"):
+        keys.loads(json.dumps([sa]), mode=mode)
+    # On a tunnel SA they are what chooses it.
+    tunnel = {**sa, "mode": "tunnel", "src": "192.0.2.1", "dst": "192.0.2.2"}
+    assert getattr(keys.loads(json.dumps([tunnel]))[0], field) == obj[field]
