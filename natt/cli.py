@@ -598,9 +598,10 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
         # SEQ_OVERFLOW means the SA must send nothing more (RFC 4303 §3.3.3).
         stats.written += writer.write_chunk(chunk, out, replace=replace, keep=(which < 0) | replace)
         stats.frames += n
-        stats.ipv4 += int(chunk.ipv4.sum())
-        sel = chunk.ipv4
-        stats.add_encap(which[sel], status[sel], length[sel], out_len[sel])
+        # IPv4 by content, not just by link type (an Ethertype 0x0800 frame holding IPv6 or 11
+        # octets is written as read and is no "IPv4 packet with no SA chosen").
+        stats.ipv4 += int(usable.sum())
+        stats.add_encap(which[usable], status[usable], length[usable], out_len[usable])
     stats.elapsed = time.perf_counter() - t0
     return stats
 

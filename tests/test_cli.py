@@ -1074,3 +1074,22 @@ def test_decap_of_an_esn_outbound_sas_own_traffic_starts_in_its_epoch(oseq, tmp_
     with natt.Offload(backend="reference") as nic:
         (h,) = keys.install(nic, keys.load(keyfile), direction="in")
         assert nic.decap(sealed).seq.tolist() == list(range(oseq + 1, oseq + 14))
+
+
+def test_encap_counts_ipv4_by_content_not_by_ethertype(tmp_path, capsys):
+    # An Ethertype 0x0800 frame holding IPv6, or 11 octets, is written as read; it was counted
+    # as an "IPv4 packet with no SA chosen".
+    key = bytes(range(20))
+    keyfile = tmp_path / "k.json"
+    keyfile.write_text(json.dumps([{"spi": 1, "suite": "aes128gcm16", "key": key.hex(), "direction": "out",
+                                    "mode": "tunnel", "src": "192.0.2.1", "dst": "192.0.2.2"}]))
+    eth = bytes.fromhex("020000000002020000000001") + b"\x08\x00"
+    v4 = traffic.udp_datagram("10.1.0.1", "10.2.0.1", 1, 2, 10)
+    v6 = traffic.icmp6_echo("2001:db8::1", "2001:db8::2")
+    cap, out = tmp_path / "odd.pcap", tmp_path / "o.pcap"
+    with pcap.PcapWriter(cap) as w:
+        w.write_frames([eth + v4, eth + v6, eth + b"\x45" * 11])
+    rc, text, _ = run(["encap", str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND, capsys)
+    assert rc == 0 and "3 frames (1 IPv4), 3 written; 0 IPv4 packets with no SA chosen" in text
+    got = [g[2] for g in pcap.read_frames(out)]
+    assert got[1:] == [eth + v6, eth + b"\x45" * 11] and got[0] != eth + v4
