@@ -798,13 +798,24 @@ def explain_packet(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaS
         if su.block_size > 1 and ct % su.block_size:
             return stop(7, f"ciphertext of {ct} octets is not a whole number of {su.block_size}-octet blocks")
     out.append("step 7: lengths fit the suite")
+    esn = spec is not None and spec.uses_esn
+    # With ESN the number checked is the 64-bit one the SA inferred (RFC 4303 Appendix A): say
+    # which high bits it took, or a wrong epoch reads as a wrong key.
+    number = f"{seq} (ESN: high bits {seq >> 32} inferred, low {seq & 0xFFFFFFFF})" if esn else str(seq)
+    window = spec.replay_window if spec else None
     if st is Status.REPLAY:
-        return stop(8, f"sequence number {seq} already seen or left of the replay window "
-                       f"({spec.replay_window if spec else '?'} packets); the SA has not moved")
-    out.append(f"step 8: sequence number {seq} passes the preliminary replay check")
+        return stop(8, f"sequence number {number} already seen or left of the replay window "
+                       f"({window if window is not None else '?'} packets)"
+                       + (", or its high bits would fall outside 0 .. 2**32-1" if esn else "")
+                       + "; the SA has not moved")
+    if window == 0:
+        out.append(f"step 8: sequence number {number}; anti-replay is off (replay_window 0)")
+    else:
+        out.append(f"step 8: sequence number {number} passes the preliminary replay check")
     if st is Status.AUTH_FAILED:
-        return stop(9, "ICV / AEAD tag does not verify: wrong key or suite, or the packet was altered")
-    out.append("step 9: ICV verified; the replay window moves")
+        return stop(9, "ICV / AEAD tag does not verify: wrong key or suite, or the packet was altered"
+                       + (", or the ESN high bits inferred are not the sender's" if esn else ""))
+    out.append("step 9: ICV verified" + ("; the replay window moves" if window != 0 else ""))
     if st is Status.MALFORMED:
         return stop(10, "decrypted trailer invalid: pad length beyond the payload, or padding not 1, 2, 3, ...")
     out.append(f"step 10: decrypted, padding valid, next header {nh}")

@@ -1093,3 +1093,33 @@ def test_encap_counts_ipv4_by_content_not_by_ethertype(tmp_path, capsys):
     assert rc == 0 and "3 frames (1 IPv4), 3 written; 0 IPv4 packets with no SA chosen" in text
     got = [g[2] for g in pcap.read_frames(out)]
     assert got[1:] == [eth + v6, eth + b"\x45" * 11] and got[0] != eth + v4
+
+
+def test_explain_names_the_esn_high_bits_and_a_window_of_zero(tmp_path, capsys):
+    # An ESN SA checks the 64-bit number it inferred: explain said only the low bits, so a wrong
+    # epoch read as a wrong key; and with replay_window 0 it spoke of a replay check and window.
+    key = bytes(range(20))
+    sealer = traffic.EspSealer("aes128gcm16-esn", key, 0x900)
+    seq = (3 << 32) + 5
+    pkt = traffic.esp_in_udp(sealer, seq, traffic.icmp_echo("10.0.0.1", "10.0.0.2"), tunnel=True,
+                             src=TUNNEL[0], dst=TUNNEL[1])
+    base = {"spi": "0x900", "suite": "aes128gcm16-esn", "key": key.hex(), "mode": "tunnel",
+            "src": TUNNEL[0], "dst": TUNNEL[1]}
+    keyfile = tmp_path / "k.json"
+    keyfile.write_text(json.dumps([{**base, "replay_seq": (3 << 32) + 1}]))
+    rc, out, _ = run(["explain", pkt.hex(), "-k", str(keyfile)], capsys)
+    assert rc == 0 and f"sequence number {seq} (ESN: high bits 3 inferred, low 5) passes" in out
+    assert out.strip().splitlines()[-1] == "=> OK (step 12)"
+    # A window in epoch 0: the packet's high bits are inferred as 0 and its ICV fails.
+    keyfile.write_text(json.dumps([base]))
+    rc, out, _ = run(["explain", pkt.hex(), "-k", str(keyfile)], capsys)
+    assert "sequence number 5 (ESN: high bits 0 inferred, low 5)" in out
+    assert "or the ESN high bits inferred are not the sender's" in out and out.strip().endswith("(step 9)")
+    # No anti-replay: no replay check to pass, no window to move.
+    plain = traffic.EspSealer("aes128gcm16", key, 0x901)
+    pkt = traffic.esp_in_udp(plain, 7, traffic.icmp_echo("10.0.0.1", "10.0.0.2"), tunnel=True,
+                             src=TUNNEL[0], dst=TUNNEL[1])
+    keyfile.write_text(json.dumps([{**base, "spi": "0x901", "suite": "aes128gcm16", "replay_window": 0}]))
+    rc, out, _ = run(["explain", pkt.hex(), "-k", str(keyfile)], capsys)
+    assert "step 8: sequence number 7; anti-replay is off (replay_window 0)" in out
+    assert "step 9: ICV verified\n" in out and "window moves" not in out
