@@ -770,11 +770,16 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
     ``Offload.replay_state`` exported for that SA: it is installed inbound in exactly that
     anti-replay state (``replay_seq=top, replay_bitmap=bitmap``) instead of its own ``replay_seq``.
 
+    With ``direction`` given, a spec that would install exactly what an earlier one installed
+    (a key file holding one SA's two directions: same SPI, ends, settings and key) is not added
+    again: it gets the earlier handle. Any other clash is the Offload's refusal.
+
     All or nothing: if one SA is refused, those already installed are deleted again and
     :class:`KeyFileError` names the SA (its ``natt.OffloadError`` is the ``__cause__``).
     """
     if direction not in (None, "in", "out"):
         raise ValueError(f"direction: None, 'in' or 'out', got {shown(direction)}")
+    same: dict[tuple[Any, ...], int] = {}
     with offload._all_or_nothing() as handles:
         for i, s in enumerate(specs):
             # A spec made in code skips the file readers' check, and add_sa's own message gives
@@ -800,14 +805,23 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
                 replay_seq = s.replay_oseq
             if replay_state is not None and i in replay_state:
                 replay_seq, replay_bitmap = replay_state[i]
+            kwargs = dict(mode=s.mode, src=src, dst=dst, encap=s.encap, port=s.port, sport=s.sport,
+                          dport=s.dport, replay_window=s.replay_window, esn=s.esn,
+                          nat_oa_src=s.nat_oa_src if d == "in" else None,
+                          nat_oa_dst=s.nat_oa_dst if d == "in" else None, replay_seq=replay_seq,
+                          replay_oseq=s.replay_oseq, replay_bitmap=replay_bitmap)
+            # A key file that holds an SA's two directions (same SPI, ends and key) gives the
+            # same SA twice once ``direction`` makes them both inbound (natt decap): install it
+            # once, both specs get its handle. The key is compared, not kept in the index.
+            ident = (s.spi, s.suite, d, tuple(kwargs.items()))
+            twin = same.get(ident) if direction is not None else None
+            if twin is not None and specs[twin].key == s.key:
+                handles.append(handles[twin])
+                continue
             try:
-                h = offload.add_sa(
-                    s.spi, s.key, s.suite, d, mode=s.mode, src=src, dst=dst, encap=s.encap,
-                    port=s.port, sport=s.sport, dport=s.dport, replay_window=s.replay_window,
-                    esn=s.esn, nat_oa_src=s.nat_oa_src if d == "in" else None,
-                    nat_oa_dst=s.nat_oa_dst if d == "in" else None,
-                    replay_seq=replay_seq, replay_oseq=s.replay_oseq, replay_bitmap=replay_bitmap)
+                h = offload.add_sa(s.spi, s.key, s.suite, d, **kwargs)
             except Exception as e:   # OffloadError; its message names the field, never the key
                 raise KeyFileError(f"{_installing(i, s)}: {e}") from e
+            same.setdefault(ident, i)
             handles.append(h)
     return handles

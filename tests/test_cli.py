@@ -1123,3 +1123,21 @@ def test_explain_names_the_esn_high_bits_and_a_window_of_zero(tmp_path, capsys):
     rc, out, _ = run(["explain", pkt.hex(), "-k", str(keyfile)], capsys)
     assert "step 8: sequence number 7; anti-replay is off (replay_window 0)" in out
     assert "step 9: ICV verified\n" in out and "window moves" not in out
+
+
+def test_one_key_file_with_both_directions_encaps_and_decaps(tmp_path, capsys):
+    # The natural round trip: one key file holding the SA out and in (same SPI, ends and key).
+    key = bytes(range(20))
+    sa = {"spi": "0x1001", "suite": "aes128gcm16", "key": key.hex(), "mode": "tunnel", "src": "192.0.2.1",
+          "dst": "192.0.2.2"}
+    keyfile = tmp_path / "both.json"
+    keyfile.write_text(json.dumps([{**sa, "direction": "out"}, {**sa, "direction": "in"}]))
+    inner = [traffic.udp_datagram("10.1.0.1", "10.2.0.1", 1000 + i, 53, 30) for i in range(5)]
+    cap, enc, dec = tmp_path / "in.pcap", tmp_path / "enc.pcap", tmp_path / "dec.pcap"
+    pcap.write_datagrams(cap, inner)
+    assert run(["encap", str(cap), "-k", str(keyfile), "-o", str(enc)] + BACKEND, capsys)[0] == 0
+    rc, out, err = run(["decap", str(enc), "-k", str(keyfile), "-o", str(dec)] + BACKEND, capsys)
+    assert rc == 0, err
+    assert [g[3] for g in pcap.read_frames(dec)] == inner
+    rc, out, err = run(["explain", pcap.read_frames(enc)[0][3].hex(), "-k", str(keyfile)], capsys)
+    assert rc == 0 and out.strip().endswith("=> OK (step 12)")

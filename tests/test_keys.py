@@ -638,3 +638,23 @@ def test_traffic_selectors_on_a_transport_sa_are_refused(obj, mode):
     # On a tunnel SA they are what chooses it.
     tunnel = {**sa, "mode": "tunnel", "src": "192.0.2.1", "dst": "192.0.2.2"}
     assert getattr(keys.loads(json.dumps([tunnel]))[0], field) == obj[field]
+
+
+def test_one_sa_in_both_directions_installs_once_when_the_direction_is_given():
+    # A key file with an SA's two directions (same SPI, ends and key) made natt decap, which
+    # installs every SA inbound, refuse its own round trip: "already installed".
+    both = [keys.SaSpec(0x1001, "aes128gcm16", K20, d, "tunnel", "192.0.2.1", "192.0.2.2", name=d)
+            for d in ("out", "in")]
+    with natt.Offload(backend="reference") as nic:
+        handles = keys.install(nic, both, direction="in")
+        assert handles[0] == handles[1] and nic.query_oid(natt.OID_TCP_TASK_OFFLOAD).sa_count == 1
+    # Each in its own direction they are two SAs, as before.
+    with natt.Offload(backend="reference") as nic:
+        h_out, h_in = keys.install(nic, both)
+        assert h_out != h_in and nic.sa_stats(h_out)["direction"] == "out"
+    # A different key under the same SPI and ends is still a clash, named.
+    other = [both[0], keys.SaSpec(0x1001, "aes128gcm16", K16 + b"salt", "in", "tunnel", "192.0.2.1", "192.0.2.2")]
+    with natt.Offload(backend="reference") as nic:
+        with pytest.raises(keys.KeyFileError, match=r"SA #2 \(spi 0x00001001\): .*already installed"):
+            keys.install(nic, other, direction="in")
+        assert nic.query_oid(natt.OID_TCP_TASK_OFFLOAD).sa_count == 0
