@@ -1277,9 +1277,12 @@ class PcapWriter:
             top = int(chunk.iface.max()) + 1 if n else 0
             while len(self._declared) < top:
                 self._declare(chunk.interfaces[len(self._declared)])
-        elif n and (np.where(chunk.linktype == LINKTYPE_IPV4, _as_written(LINKTYPE_IPV4) if self._ipv4_as_raw
-                             else LINKTYPE_IPV4, chunk.linktype) != self.linktype).any():
-            raise ValueError("a classic pcap file has one link type; this chunk has frames of another")
+        elif n:
+            written = chunk.linktype
+            if self._ipv4_as_raw:       # frames read as raw IPv4 are written as raw IP
+                written = np.where(written == LINKTYPE_IPV4, _as_written(LINKTYPE_IPV4), written)
+            if (written != self.linktype).any():
+                raise ValueError("a classic pcap file has one link type; this chunk has frames of another")
         idx = np.nonzero(keepm)[0]
         if idx.size == 0:
             return 0
