@@ -914,3 +914,18 @@ def test_a_frame_replaced_by_ipv6_gets_a_link_header_that_says_ipv6(linktype, he
     assert got == [v6_header + v6, header + v4, header + IP]
     # Read back, the IPv6 frame is not IPv4; the others are as they were.
     assert chunks[0].ipv4.tolist() == [False, True, True]
+
+
+def test_classic_writer_refuses_a_chunk_of_another_link_type():
+    # One link type per classic pcap file; a like() writer of raw IPv4 writes it as raw IP and
+    # takes the reader's raw-IPv4 chunks, nothing else.
+    _, chunks = read_all(classic([(0, 0, IP)], linktype=228))
+    _, eth = read_all(classic([(0, 0, ETH + IP)], linktype=1))
+    with pcap.PcapReader(io.BytesIO(classic([(0, 0, IP)], linktype=228))) as r:
+        w = pcap.PcapWriter.like(r, io.BytesIO())
+    assert w.linktype == pcap.LINKTYPE_RAW and w.write_chunk(chunks[0]) == 1
+    with pytest.raises(ValueError, match="a classic pcap file has one link type"):
+        w.write_chunk(eth[0])
+    plain = pcap.PcapWriter(io.BytesIO(), linktype=pcap.LINKTYPE_RAW)
+    with pytest.raises(ValueError, match="a classic pcap file has one link type"):
+        plain.write_chunk(chunks[0])
