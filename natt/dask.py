@@ -497,9 +497,14 @@ _LANE_CACHE_LOCK = threading.Lock()
 
 
 def _initial_state(specs: Sequence[keyfile.SaSpec], routing: _Routing, lane: int) -> _LaneState:
-    # At SA creation every number <= replay_seq counts as seen: a full bitmap (semantics §3).
-    return _LaneState("", {i: (specs[i].replay_seq, (1 << specs[i].replay_window) - 1)
-                           for i in routing.lane_sas[lane] if specs[i].replay_window > 0})
+    """Each SA's window as keys.install starts it inbound; no bitmap there means every number up
+    to replay_seq seen: a full one (semantics §3)."""
+    windows = {}
+    for i in routing.lane_sas[lane]:
+        if specs[i].replay_window > 0:
+            top, bitmap = keyfile._inbound_window(specs[i])
+            windows[i] = (top, (1 << specs[i].replay_window) - 1 if bitmap is None else bitmap)
+    return _LaneState("", windows)
 
 
 def _restore(specs: Sequence[keyfile.SaSpec], lane_sas: Sequence[int], state: _LaneState,

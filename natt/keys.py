@@ -34,6 +34,9 @@ field              type / default            meaning
 ``replay_window``  int, 64                   0 (off) or 32 .. 65536
 ``replay_seq``     int, 0                    inbound: highest sequence number already accepted
 ``replay_oseq``    int, 0                    outbound: last sequence number sent
+``replay_bitmap``  int, ``"0x…"`` or null    inbound: which numbers up to ``replay_seq`` were
+                                             seen (bit i = ``replay_seq - i``), as
+                                             ``Offload.replay_state`` exports it; null = all
 ``nat_oa_src``,    dotted quad or null       NAT-OA original addresses (inbound transport SAs,
 ``nat_oa_dst``                               RFC 3948 §3.1.2)
 ``inner_src``,     CIDR, address or null     outbound tunnel SAs: which inner packets ``natt
@@ -73,11 +76,12 @@ ESN. Newer Wireshark adds two fields (``esp_uat_flds`` of ``epan/dissectors/pack
 
 A line with 8 fields, or ``"32-bit"``, is a 32-bit SA, and a 9-field line has high bits 0 (the
 defaults Wireshark sets for the two fields are ``"32-bit"`` and ``"0"``). Fields past the tenth
-are ignored. An ESN SA loads with ``esn=True`` on its plain suite name (``uses_esn`` is true)
-and its 64-bit counters just before that epoch: ``replay_seq = replay_oseq = (high << 32) - 1``
-(0 for high bits 0), so decap infers the same high bits for the SA's packets (RFC 4303
-Appendix A) and encap sends from ``high << 32`` on. The high bits of a 32-bit SA are ignored,
-as Wireshark ignores them.
+are ignored. An ESN SA loads with ``esn=True`` on its plain suite name (``uses_esn`` is true).
+For high bits above 0, encap sends from ``high << 32`` on (``replay_oseq = (high << 32) - 1``),
+and decap's window starts with nothing seen and its top ``replay_window - 1`` numbers into the
+epoch (``replay_seq = (high << 32) | 63``, ``replay_bitmap = 0``): RFC 4303 Appendix A then
+infers these high bits for every number of the epoch, the last ones too, as Wireshark does. The
+high bits of a 32-bit SA are ignored, as Wireshark ignores them.
 
 :func:`to_esp_sa` writes an ESN SA with the two fields: ``"64-bit"`` and the high bits of the
 SA's next sequence number (``replay_oseq + 1`` outbound, else ``replay_seq + 1``). Every other SA
@@ -140,6 +144,10 @@ class SaSpec:
     replay_window: int = 64
     replay_seq: int = 0
     replay_oseq: int = 0
+    #: Inbound: the anti-replay bitmap at ``replay_seq`` (bit ``i`` = number ``replay_seq - i``
+    #: seen), as ``Offload.replay_state`` exports it; ``None`` = every number up to
+    #: ``replay_seq`` seen (docs/semantics.md §3).
+    replay_bitmap: Optional[int] = None
     nat_oa_src: Optional[str] = None
     nat_oa_dst: Optional[str] = None
     inner_src: Optional[str] = None
@@ -240,6 +248,32 @@ def _net(v: Any, where: str, field: str) -> Optional[str]:
                        f"is an address without /len)")
 
 
+_BITMAP_HEX = re.compile(r"0[xX]([0-9A-Fa-f]+)")
+
+
+def _replay_bitmap(obj: dict[str, Any], where: str, direction: str, window: int) -> Optional[int]:
+    """``replay_bitmap``: an integer or ``"0x…"`` hex (a 65 536-bit window has more decimal
+    digits than Python's ``json`` reads), below ``2**replay_window``, inbound SAs only."""
+    v = obj.get("replay_bitmap")
+    if v is None:
+        return None
+    m = _BITMAP_HEX.fullmatch(v) if isinstance(v, str) else None
+    if m is not None:
+        bitmap = int(m.group(1), 16)
+    elif isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        bitmap = v
+    else:
+        raise KeyFileError(f"{where}: replay_bitmap: expected a non-negative integer or \"0x…\" hex, "
+                           f"got {shown(v)}")
+    if direction != "in" or not window:
+        raise KeyFileError(f"{where}: replay_bitmap: only an inbound SA with anti-replay has one "
+                           f"(direction {shown(direction)}, replay_window {shown(window)})")
+    if bitmap >> window:
+        raise KeyFileError(f"{where}: replay_bitmap: has bits past the {window}-number window "
+                           f"(bit i stands for number replay_seq - i)")
+    return bitmap
+
+
 def _port(v: Any, where: str, field: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 65536:
         raise KeyFileError(f"{where}: {field}: must be 1 .. 65535, got {shown(v)}")
@@ -327,14 +361,15 @@ def _spec_from_json(i: int, obj: Any, default_mode: str = "tunnel") -> SaSpec:
         field = "inner_src" if obj.get("inner_src") is not None else "inner_dst"
         raise KeyFileError(f"{w}: {field}: traffic selectors are for tunnel-mode SAs; natt encap "
                            f"chooses a transport-mode SA by its src and dst")
+    replay_window = _int(obj.get("replay_window", 64), w, "replay_window")
     return SaSpec(
         spi=spi, suite=obj["suite"], key=key, direction=direction, mode=mode,
         src=_addr(obj.get("src"), w, "src"), dst=_addr(obj.get("dst"), w, "dst"), encap=encap_t,
         port=_port(obj.get("port", 4500), w, "port"), sport=_port(obj.get("sport", 4500), w, "sport"),
         dport=_port(obj.get("dport", 4500), w, "dport"), esn=esn or suite_esn,
-        replay_window=_int(obj.get("replay_window", 64), w, "replay_window"),
-        replay_seq=_int(obj.get("replay_seq", 0), w, "replay_seq"),
+        replay_window=replay_window, replay_seq=_int(obj.get("replay_seq", 0), w, "replay_seq"),
         replay_oseq=_int(obj.get("replay_oseq", 0), w, "replay_oseq"),
+        replay_bitmap=_replay_bitmap(obj, w, direction, replay_window),
         nat_oa_src=_addr(obj.get("nat_oa_src"), w, "nat_oa_src"),
         nat_oa_dst=_addr(obj.get("nat_oa_dst"), w, "nat_oa_dst"),
         inner_src=_net(obj.get("inner_src"), w, "inner_src"),
@@ -352,6 +387,8 @@ def _spec_to_json(s: SaSpec) -> dict[str, Any]:
         v = getattr(s, f)
         if f in ("src", "dst") or v != getattr(defaults, f):
             d[f] = v.name if isinstance(v, UdpEncapType) else v
+    if s.replay_bitmap is not None:
+        d["replay_bitmap"] = f"0x{s.replay_bitmap:x}"
     return d
 
 
@@ -441,6 +478,8 @@ _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 #: Newer Wireshark's ninth esp_sa field, ``SN`` (packet-ipsec.c esp_sn_length_vals) -> ESN.
 _SN_LENGTHS = {"32-bit": False, "64-bit": True}
+#: The table has no replay window: its SAs get SaSpec's default.
+_ESP_SA_WINDOW: int = SaSpec.replay_window
 # The tenth, ``ESN High Bits`` (UAT_FLD_HEX): what Wireshark's check (ws_basestrtou32, base 16)
 # and its setter both read as that number. Anything else -- a sign, spaces, no digit after 0x --
 # is refused: Wireshark refuses some of it and reads some as another number ("5 " as 0).
@@ -564,12 +603,16 @@ def _esp_sa_spec(lineno: int, fields: list[str], mode: str) -> SaSpec:
         raise KeyFileError(f"{where}: keys: {len(ekey)} + {len(akey)} octets, {s.name} needs "
                            f"{s.enc_key_len + s.salt_len} + {s.auth_key_len}{hint}")
     esn, high = _esp_sa_esn(fields, where)
-    # The SA's 64-bit counters stand just before its epoch: decap infers `high` for its packets
-    # (RFC 4303 Appendix A) and encap sends from high << 32 on; see the module docstring.
-    seq = (high << 32) - 1 if esn and high else 0
+    # Encap sends from high << 32 on. Decap starts with nothing seen and its top W - 1 numbers
+    # into the epoch: RFC 4303 Appendix A then infers `high` for every low half (case A,
+    # Tl = W - 1), as Wireshark authenticates with the column's high bits. A top just before the
+    # epoch would infer high - 1 for the last W numbers of it, and count them as seen.
+    oseq = (high << 32) - 1 if esn and high else 0
+    seq, bitmap = ((high << 32) | (_ESP_SA_WINDOW - 1), 0) if esn and high else (0, None)
     return SaSpec(spi=spi, suite=s.name, key=key, direction=None, mode=mode,
                   src=_addr(src, where, "source", _SHOW_ADDRESS), dst=_addr(dst, where, "destination", _SHOW_ADDRESS),
-                  esn=esn, replay_seq=seq, replay_oseq=seq, origin=f"line {lineno}")
+                  esn=esn, replay_window=_ESP_SA_WINDOW, replay_seq=seq, replay_oseq=oseq, replay_bitmap=bitmap,
+                  origin=f"line {lineno}")
 
 
 def _esp_sa_esn(fields: list[str], where: str) -> tuple[bool, int]:
@@ -613,7 +656,7 @@ def from_esp_sa(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
         if fields is None:
             raise KeyFileError(f"line {lineno}: not a list of double-quoted fields")
         s = _esp_sa_spec(lineno, fields, mode)
-        ident = (s.spi, s.suite, s.key, s.src, s.dst, s.esn, s.replay_seq)
+        ident = (s.spi, s.suite, s.key, s.src, s.dst, s.esn, s.replay_seq, s.replay_bitmap)
         if ident not in seen:
             seen.add(ident)
             specs.append(s)
@@ -755,6 +798,18 @@ def save(path: PathLike, specs: Iterable[SaSpec], fmt: Optional[str] = None) -> 
 # Installing
 
 
+def _inbound_window(s: SaSpec) -> tuple[int, Optional[int]]:
+    """``(replay_seq, replay_bitmap)`` that ``s`` installed inbound starts its window at
+    (``None``: every number up to ``replay_seq`` seen)."""
+    if s.direction == "out" and s.uses_esn:
+        # Decapping what an outbound SA sent (natt decap installs every SA inbound): its packets
+        # follow replay_oseq, the last number it had sent. A window starting at 0 would infer
+        # their ESN high bits in epoch 0 (RFC 4303 Appendix A) and fail every ICV once the
+        # sender is past 2**32.
+        return s.replay_oseq, None
+    return s.replay_seq, s.replay_bitmap
+
+
 def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] = None,
             replay_state: Optional[Mapping[int, tuple[int, int]]] = None) -> list[int]:
     """Install ``specs`` on ``offload`` (a :class:`natt.Offload`); returns one handle per spec.
@@ -796,13 +851,7 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
                 raise KeyFileError(f"{_installing(i, s)}: a tunnel-mode SA needs its tunnel end "
                                    f"addresses (src and dst); for a wildcard destination use "
                                    f"transport mode")
-            replay_seq, replay_bitmap = s.replay_seq, None
-            if d == "in" and s.direction == "out" and s.uses_esn:
-                # Decapping what an outbound SA sent (natt decap installs every SA inbound): its
-                # packets follow replay_oseq, the last number it had sent. A window starting at 0
-                # would infer their ESN high bits in epoch 0 (RFC 4303 Appendix A) and fail
-                # every ICV once the sender is past 2**32.
-                replay_seq = s.replay_oseq
+            replay_seq, replay_bitmap = _inbound_window(s) if d == "in" else (s.replay_seq, None)
             if replay_state is not None and i in replay_state:
                 replay_seq, replay_bitmap = replay_state[i]
             kwargs = dict(mode=s.mode, src=src, dst=dst, encap=s.encap, port=s.port, sport=s.sport,

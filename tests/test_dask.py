@@ -9,6 +9,7 @@ lane's anti-replay state has to be rebuilt on another worker.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import signal
@@ -414,6 +415,34 @@ def test_lane_state_rebuilt_exactly(capture_sets, backend):
         got.append(step[1].status)
     assert (np.concatenate(got) == want).all()
     assert with_holes > 0, "the scenario never carried a window with holes between steps"
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_lanes_start_windows_as_keys_install_does(backend):
+    """A lane's first step starts each SA's window where keys.install would: an outbound ESN SA
+    at its replay_oseq, an esp_sa ESN line with nothing seen in its epoch (replay_bitmap 0)."""
+    inner = traffic.inner_traffic(9, 6)
+    out = keyfile.SaSpec(spi=0x3001, suite="aes128gcm16", key=bytes(range(20)), direction="out",
+                         src="198.51.100.2", dst="203.0.113.5", esn=True, replay_oseq=(7 << 32) + 3)
+    line = keyfile.to_esp_sa([dataclasses.replace(out, spi=0x3002, replay_oseq=(5 << 32) - 1)])
+    (table,) = keyfile.loads(line)
+    assert table.replay_bitmap == 0
+    packets = []
+    with natt.Offload(backend=backend) as tx:
+        for h in keyfile.install(tx, [out, table], direction="out"):
+            packets += list(tx.encap(inner, h))      # numbers 7 * 2**32 + 4 ... and 5 * 2**32 + 0 ...
+    specs = [out, table]
+    batch = natt.PacketBatch.from_packets(packets)
+    with natt.Offload(backend=backend) as nic:
+        keyfile.install(nic, specs, direction="in")
+        assert nic.decap(batch).status.tolist() == [Status.OK] * 12
+    job = uuid.uuid4().hex
+    pk = ndask._LanePackets(np.arange(12), batch.data, batch.offsets.copy(), batch.lengths.copy())
+    state, res = ndask._step(ndask._SaSet(specs), None, pk, job, 0, 1, backend, None, True)
+    ndask._forget_job(job)
+    assert res.status.tolist() == [Status.OK] * 12
+    # Numbers 0 .. 5 of the epoch seen: bits 63 - 0 .. 63 - 5 of the window topped at 63.
+    assert state.windows[1] == ((5 << 32) | 63, sum(1 << (63 - low) for low in range(6)))
 
 
 def test_worker_killed_mid_job(client, capture_sets, tmp_path):

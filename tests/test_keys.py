@@ -45,6 +45,32 @@ def test_json_round_trip_keeps_every_field(tmp_path):
     assert [b.origin for b in back] == [f"{path}: SA #1", f"{path}: SA #2"]
 
 
+def test_json_carries_an_exported_replay_state(tmp_path):
+    # replay_state out, a key file, and back in: the SA elsewhere decides every number as the
+    # one it came from (a 1024-number window: its bitmap has more digits than json reads).
+    inner = traffic.inner_traffic(2, 1)
+    for backend in natt.backends():
+        tx = natt.Offload(backend=backend)
+        out = spec(suite="aes128gcm16-esn", direction="out", replay_oseq=(3 << 32) - 900)
+        (txh,) = keys.install(tx, [out])
+        sealed = list(tx.encap(inner * 1200, txh))
+        first = natt.Offload(backend=backend)
+        (h,) = keys.install(first, [spec(suite="aes128gcm16-esn", replay_window=1024,
+                                         replay_seq=(3 << 32) - 901)])
+        assert first.decap(sealed[:1100:3] + sealed[1000:1005]).status.tolist().count(natt.Status.OK) == 371
+        top, bitmap = first.replay_state(h)
+        moved = spec(suite="aes128gcm16-esn", replay_window=1024, replay_seq=top, replay_bitmap=bitmap)
+        path = tmp_path / f"{backend}.json"
+        keys.save(path, [moved])
+        assert json.loads(path.read_text())[0]["replay_bitmap"] == f"0x{bitmap:x}"
+        (back,) = keys.load(path)
+        assert back.replay_bitmap == bitmap and back.replay_seq == top
+        second = natt.Offload(backend=backend)
+        keys.install(second, [back])
+        # Every number the first SA took is a replay on the second; the rest pass on both.
+        assert second.decap(sealed).status.tolist() == first.decap(sealed).status.tolist()
+
+
 def dataclasses_equal(a, b):
     """Equal in every key-file field (``origin`` says where a spec was read, not what it is)."""
     import dataclasses
@@ -114,6 +140,16 @@ def test_json_mistakes_json_itself_would_let_through(text, message):
      r"inner_src: '10.0.0.1/8' has host bits set \(the network is 10.0.0.0/8"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "inner_dst": "10.0.0.0/33"},
      "inner_dst: .* not an IPv4 network"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "replay_bitmap": "ff"},
+     r"replay_bitmap: expected a non-negative integer or \"0x…\" hex, got 'ff'"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "replay_bitmap": -1}, "replay_bitmap: expected"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "replay_bitmap": True}, "replay_bitmap: expected"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "replay_bitmap": 1, "direction": "out"},
+     r"replay_bitmap: only an inbound SA with anti-replay has one \(direction 'out', replay_window 64\)"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "replay_bitmap": 0, "replay_window": 0},
+     r"replay_bitmap: only an inbound SA .*replay_window 0"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "replay_bitmap": "0x1" + "0" * 16, "replay_window": 64},
+     r"replay_bitmap: has bits past the 64-number window"),
 ])
 def test_json_errors_name_the_sa_and_field_never_the_key(sa, message):
     with pytest.raises(keys.KeyFileError, match=message) as ei:
@@ -394,10 +430,14 @@ def test_esp_sa_sn_column_sets_esn_and_the_high_bits_start_the_counters():
              (0x405, ',"64-bit","0XfFfFfFfF"'), (0x406, ',"64-bit","0x1"'), (0x407, ',"32-bit","0"'),
              (0x408, ',"32-bit","7"'), (0x409, ''), (0x40A, ',"64-bit","a","more fields are ignored"')]
     text = "\n".join(ESN_LINE.format(spi=spi) + extra for spi, extra in lines)
-    got = [(s.spi, s.suite, s.esn, s.uses_esn, s.replay_seq, s.replay_oseq) for s in keys.loads(text)]
-    before = {0x401: 5 << 32, 0x405: 0xFFFFFFFF << 32, 0x406: 1 << 32, 0x40A: 0xA << 32}   # start of the epoch
+    got = [(s.spi, s.suite, s.esn, s.uses_esn, s.replay_seq, s.replay_bitmap, s.replay_oseq)
+           for s in keys.loads(text)]
+    high = {0x401: 5, 0x405: 0xFFFFFFFF, 0x406: 1, 0x40A: 0xA}
     esn = {0x401, 0x402, 0x403, 0x404, 0x405, 0x406, 0x40A}
-    assert got == [(spi, "aes128-sha256", spi in esn, spi in esn, before.get(spi, 1) - 1, before.get(spi, 1) - 1)
+    # Encap sends from the epoch's first number; decap's window stands 63 numbers into the epoch
+    # with nothing seen, so that every number of it infers these high bits.
+    counters = {spi: ((h << 32) + 63, 0, (h << 32) - 1) for spi, h in high.items()}
+    assert got == [(spi, "aes128-sha256", spi in esn, spi in esn, *counters.get(spi, (0, None, 0)))
                    for spi, _ in lines]
 
 
@@ -426,6 +466,59 @@ def test_esp_sa_esn_sa_decaps_packets_of_its_high_bits():
         assert tx2.encap(inner[:1], h2).seq.tolist() == [5 << 32]
 
 
+def test_esp_sa_esn_sa_decaps_the_last_numbers_of_its_epoch_and_on_into_the_next():
+    # The sender is 6 numbers short of 6 * 2**32: the column says 5. Wireshark authenticates
+    # those numbers with high bits 5 and, across the wrap, 6. A window just before the epoch
+    # inferred high bits 4 for the last 64 numbers of epoch 5 and called them replays.
+    out = spec(suite="aes128gcm16", key=os.urandom(20), direction="out", esn=True, replay_oseq=(6 << 32) - 7)
+    line = keys.to_esp_sa([out]).splitlines()[-1]
+    assert line.endswith('"64-bit","5"')
+    (loaded,) = keys.loads(line)
+    inner = traffic.inner_traffic(5, 12)
+    for backend in natt.backends():
+        tx = natt.Offload(backend=backend)
+        sealed = tx.encap(inner, keys.install(tx, [out])[0])
+        assert sealed.seq.tolist() == [(6 << 32) - 6 + i for i in range(12)]
+        rx = natt.Offload(backend=backend)
+        (h,) = keys.install(rx, [loaded], direction="in")
+        res = rx.decap(list(sealed))
+        assert res.status.tolist() == [natt.Status.OK] * 12, backend
+        assert list(res) == inner and res.seq.tolist() == sealed.seq.tolist()
+        assert rx.decap(list(sealed)[:1]).status.tolist() == [natt.Status.REPLAY]    # and seen now
+
+
+@pytest.mark.parametrize("high", [1, 5, 0xFFFFFFFF])
+def test_esp_sa_esn_window_takes_every_number_of_the_epoch_once(high):
+    # Numbers from the whole epoch, out of order and far apart, each accepted with the column's
+    # high bits (the window slides as they come), and a repeat of the last one refused.
+    (loaded,) = keys.loads(ESN_LINE.format(spi=0x412) + f',"64-bit","{high:x}"')
+    key = loaded.key
+    lows = [0xFFFFFFFF, 1, 0xFFFFFFC0, 0xFFFFFFBF, 0x80000000, 63, 64]
+    for backend in natt.backends():
+        tx = natt.Offload(backend=backend)
+        rx = natt.Offload(backend=backend)
+        (h,) = keys.install(rx, [loaded], direction="in")
+        got = []
+        for low in lows:
+            seq = (high << 32) | low
+            txh = tx.add_sa(0x412, key, "aes128-sha256", "out", src="192.0.2.1", dst="192.0.2.2",
+                            esn=True, replay_oseq=seq - 1)
+            (pkt,) = tx.encap(traffic.inner_traffic(1, 1), txh)
+            tx.delete_sa(txh)
+            res = rx.decap([pkt])
+            got.append((res.status[0], int(res.seq[0])))
+        # In arrival order: the top jumps to ...ffff; Appendix A then puts every low half below
+        # ...ffc0 (the window's last number) in the next epoch, where this key's ICV fails.
+        nxt = (high + 1) << 32
+        expect = [(natt.Status.OK, (high << 32) | 0xFFFFFFFF), (natt.Status.AUTH_FAILED, nxt | 1),
+                  (natt.Status.OK, (high << 32) | 0xFFFFFFC0), (natt.Status.AUTH_FAILED, nxt | 0xFFFFFFBF),
+                  (natt.Status.AUTH_FAILED, nxt | 0x80000000), (natt.Status.AUTH_FAILED, nxt | 63),
+                  (natt.Status.AUTH_FAILED, nxt | 64)]
+        if high == 0xFFFFFFFF:     # no next epoch: Appendix A's Th + 1 cannot be represented
+            expect = [e if e[1] < 1 << 64 else (natt.Status.REPLAY, e[1] & 0xFFFFFFFF) for e in expect]
+        assert got == expect, backend
+
+
 @pytest.mark.parametrize("extra,message", [
     (',"64bit","0"', r"column 9 \(SN, sequence number length\): '64bit' is neither '32-bit' nor '64-bit'"),
     (',"64-BIT","0"', r"column 9 .*'64-BIT'"),
@@ -450,7 +543,7 @@ def test_esp_sa_bad_sn_or_high_bits_name_line_and_column_never_the_key(extra, me
 def test_esp_sa_one_sa_as_32_and_64_bit_is_two_sas():
     line = ESN_LINE.format(spi=0x411)
     specs = keys.loads("\n".join([line + ',"32-bit","0"', line + ',"64-bit","0"', line + ',"64-bit","1"']))
-    assert [(s.esn, s.replay_seq) for s in specs] == [(False, 0), (True, 0), (True, (1 << 32) - 1)]
+    assert [(s.esn, s.replay_oseq) for s in specs] == [(False, 0), (True, 0), (True, (1 << 32) - 1)]
     with pytest.raises(keys.KeyFileError, match=r"^line 2 \(spi 0x00000411\): "):
         keys.install(natt.Offload(backend="reference"), specs, direction="in")
 
@@ -468,11 +561,14 @@ def test_esn_goes_to_wireshark_with_the_sn_and_high_bits_columns(tmp_path):
     assert [r[8:] for r in rows] == [["64-bit", "0"], ["64-bit", "0"], ["64-bit", "7"], ["64-bit", "2"],
                                      ["64-bit", "3"], ["64-bit", "ffffffff"], []]   # a 32-bit SA keeps 8 fields
     back = keys.load(tmp_path / "x.esp_sa")
-    assert [(s.spi, s.suite, s.key, s.esn, s.replay_seq) for s in back] == [
+    assert [(s.spi, s.suite, s.key, s.esn, s.replay_oseq) for s in back] == [
         (0x1001, "aes128gcm16", K20, True, 0), (0x1002, "aes128gcm16", K20, True, 0),
         (0x1003, "aes128gcm16", K20, True, (7 << 32) - 1), (0x1004, "aes128gcm16", K20, True, (2 << 32) - 1),
         (0x1005, "aes128gcm16", K20, True, (3 << 32) - 1), (0x1006, "aes128gcm16", K20, True, 2**64 - 2**32 - 1),
         (0x1007, "aes128gcm16", K20, False, 0)]
+    # Saved again, each SA keeps its high bits.
+    again = [line[1:-1].split('","') for line in keys.to_esp_sa(back).splitlines() if not line.startswith("#")]
+    assert again == rows
 
 
 # ---------------------------------------------------------------------------------------------- install
