@@ -80,6 +80,10 @@ class CaptureStats:
     """Per-SA and overall counts of one ``decap``/``encap`` run over a capture."""
 
     labels: list[str]                         # one per SA, in key-file order
+    #: Key-file index of the first SA each one was installed as (keys.same_sa): a later one
+    #: installed as an earlier one (a file holding an SA's two directions) has no row of its
+    #: own, its label joins the earlier one's. Empty: every SA its own.
+    same: list[int] = dataclasses.field(default_factory=list)
     frames: int = 0
     ipv4: int = 0
     written: int = 0
@@ -88,6 +92,9 @@ class CaptureStats:
     # counts[k, s]: packets of SA k (row len(labels) = no SA) with status s; octets: OK output octets.
     counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     octets: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    # carried_ip[k]: OK packets of SA k whose output is an IPv4 header with protocol 4 or 41 (a
+    # transport-mode SA's output when the ESP carried a whole IP packet: tunnel traffic).
+    carried_ip: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     # What the hints after a decap run are made of (natt.cli.decap_hints):
     cut_short: int = 0                        # MALFORMED IPv4 frames captured shorter than sent
     other_links: dict[int, int] = dataclasses.field(default_factory=dict)   # link type -> frames natt cannot parse
@@ -98,6 +105,7 @@ class CaptureStats:
     def __post_init__(self) -> None:
         self.counts = np.zeros((len(self.labels) + 1, len(Status)), np.int64)
         self.octets = np.zeros(len(self.labels) + 1, np.int64)
+        self.carried_ip = np.zeros(len(self.labels) + 1, np.int64)
 
     def add(self, sa_index: np.ndarray, status: np.ndarray, out_lengths: np.ndarray) -> None:
         """Count one chunk: ``sa_index`` is the key-file index of each packet's SA (-1 = none)."""
@@ -123,12 +131,20 @@ class CaptureStats:
         self.frames += len(chunk)
         self.ipv4 += int(ipv4.sum())
         self.add(sa_index[ipv4], status[ipv4], out_lengths[ipv4])
+        ok = np.nonzero(ipv4 & (status == Status.OK) & (out_lengths >= 20))[0]
+        head = outputs.offsets[ok]
+        ip = ok[((outputs.data[head] >> 4) == 4) & np.isin(outputs.data[head + 9], (4, 41))]
+        self.carried_ip += np.bincount(sa_index[ip], minlength=self.carried_ip.size)
         self.cut_short += int(np.count_nonzero(ipv4 & (status == Status.MALFORMED) & (chunk.caplen < chunk.origlen)))
+        self.count_links(chunk)
+        self._count_spi_elsewhere(chunk.batch, np.nonzero(ipv4 & (status == Status.NO_SA))[0], sas)
+
+    def count_links(self, chunk: Any) -> None:
+        """Count the frames of ``chunk`` in link types natt does not parse (``other_links``)."""
         other = ~np.isin(chunk.linktype, IPV4_LINKTYPES)
         if other.any():
             for lt, n in zip(*np.unique(chunk.linktype[other], return_counts=True)):
                 self.other_links[int(lt)] = self.other_links.get(int(lt), 0) + int(n)
-        self._count_spi_elsewhere(chunk.batch, np.nonzero(ipv4 & (status == Status.NO_SA))[0], sas)
 
     def _count_spi_elsewhere(self, batch: PacketBatch, no_sa: np.ndarray, sas: InboundSas) -> None:
         """Count the NO_SA packets whose SPI a loaded SA has: the SA waits for another destination.
@@ -152,6 +168,7 @@ class CaptureStats:
         """Add the counts of ``other`` (another part of the same run, same SAs) to these."""
         self.counts += other.counts
         self.octets += other.octets
+        self.carried_ip += other.carried_ip
         self.frames += other.frames
         self.ipv4 += other.ipv4
         self.written += other.written
@@ -170,7 +187,13 @@ class CaptureStats:
 
     def as_dict(self) -> dict[str, Any]:
         rows = []
-        for k, label in enumerate(self.labels + ["(no SA)"]):
+        labels = self.labels + ["(no SA)"]
+        for k, i in enumerate(self.same):
+            if i != k:
+                labels[i] += f" = {labels[k]}"
+        for k, label in enumerate(labels):
+            if k < len(self.same) and self.same[k] != k:
+                continue      # counted in the row of the SA it was installed as
             c = self.counts[k]
             if k == len(self.labels) and not sum(int(c[s]) for s in FAILURES):
                 continue      # packets without an SA that are not ESP are in the footer line
@@ -211,6 +234,7 @@ def sa_index(handles: list[int], sa: np.ndarray) -> np.ndarray:
     stands for an SA not installed."""
     h = np.asarray(handles, np.int64)
     lut = np.full(int(h.max()) + 1 if h.size else 1, -1, np.int64)
-    lut[h[h > 0]] = np.nonzero(h > 0)[0]
+    k = np.nonzero(h > 0)[0][::-1]
+    lut[h[k]] = k         # in reverse: where SAs share a handle (keys.same_sa), the first one's index
     s = np.asarray(sa, np.int64)
     return np.where((s > 0) & (s < lut.size), lut[np.clip(s, 0, lut.size - 1)], -1)

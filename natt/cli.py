@@ -69,9 +69,12 @@ def _progress(args: argparse.Namespace, total: int, desc: str, unit: str = "B") 
 
 def destination_problem(path: str) -> Optional[str]:
     """Why a file cannot be written at ``path`` (its directory is missing or read-only, or it is
-    a directory), or None. For checking a run's last output before the run rather than after."""
+    a directory), or None. For checking a run's outputs before the run rather than after."""
     if os.path.isdir(path):
         return "is a directory"
+    if path.endswith(("/", os.sep)):
+        # open() would make a file of that name without the slash; the user meant a directory.
+        return "no such directory (a name ending in / names a directory)"
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         return f"directory {parent} does not exist"
@@ -91,8 +94,13 @@ def _same_file(a: str, b: str) -> bool:
 
 def _check_report(args: argparse.Namespace) -> None:
     """Refuse, before the run, a --report the run could not write or that would replace one
-    of the run's own files (it is written last, over whatever it names)."""
-    if not args.report:
+    of the run's own files (it is written at the end, over whatever it names)."""
+    if args.report is None:
+        return
+    if _is_stdout(args.report):
+        if _is_stdout(args.output):
+            raise UsageError(f"--report {args.report}: standard output carries the capture (-o {args.output}); "
+                             f"name a file")
         return
     why = destination_problem(args.report)
     if why:
@@ -105,9 +113,41 @@ def _check_report(args: argparse.Namespace) -> None:
 
 
 def _check_output(args: argparse.Namespace) -> None:
+    if _is_stdout(args.output):
+        return
+    why = destination_problem(args.output)
+    if why:
+        raise CliError(f"-o {args.output}: {why}")
     # The keys are read before the run; a run that succeeded would then replace them with a capture.
     if _same_file(args.output, args.keys):
         raise UsageError(f"-o {args.output}: is the key file (-k) {args.keys}; name another file")
+
+
+def _summary_stream(args: argparse.Namespace) -> TextIO:
+    """Where the summary table goes: stdout, unless the capture or the report goes there."""
+    taken = _is_stdout(args.output) or (args.report is not None and _is_stdout(args.report))
+    return sys.stderr if taken else sys.stdout
+
+
+def _write_report(args: argparse.Namespace, stats: CaptureStats) -> None:
+    """``--report``: the summary as JSON, written whole or not at all (as -o is). Capture runs
+    call it before -o is renamed into place, so that a report that cannot be written fails the
+    run with -o as it was."""
+    if args.report is None:
+        return
+    doc = {"command": args.command, "input": args.input, "output": args.output, **stats.as_dict()}
+    text = json.dumps(doc, indent=2) + "\n"
+    if _is_stdout(args.report):
+        sys.stdout.write(text)      # the stream itself: reopening /dev/stdout would truncate a file
+        sys.stdout.flush()
+        return
+    try:
+        with _output_file(args.report, False) as f:
+            f.write(text.encode())
+    except CliError as e:
+        raise CliError(f"report: {e}") from None
+    except OSError as e:
+        raise CliError(f"cannot write report {args.report}: {e.strerror or e}") from None
 
 
 def _load_keys(path: str, mode: str) -> list[keyfile.SaSpec]:
@@ -146,22 +186,14 @@ def _install(nic: Offload, specs: list[keyfile.SaSpec], direction: str) -> list[
 
 
 def _finish(args: argparse.Namespace, stats: CaptureStats, out: TextIO, hints: Sequence[str] = ()) -> None:
-    """The end of a run over a capture: the truncation warning, the summary, the report if asked
-    for, then ``hints`` (decap_hints) on stderr."""
+    """The end of a run over a capture: the truncation warning, the summary, then ``hints``
+    (decap_hints) on stderr."""
     if stats.truncated:
         print(f"natt {args.command}: warning: {stats.truncated}; the records before it were processed "
               "(a capture cut short)", file=sys.stderr)
     print(stats.table(), file=out)
     rate = stats.frames / stats.elapsed if stats.elapsed > 0 else 0.0
     print(f"{stats.elapsed:.3f} s, {rate:,.0f} frames/s", file=out)
-    if getattr(args, "report", None):
-        doc = {"command": args.command, "input": args.input, "output": args.output, **stats.as_dict()}
-        try:
-            with open(args.report, "w") as f:
-                json.dump(doc, f, indent=2)
-                f.write("\n")
-        except OSError as e:
-            raise CliError(f"cannot write report {args.report}: {e.strerror or e}") from None
     for hint in hints:
         print(f"hint: {hint}", file=sys.stderr)
 
@@ -198,7 +230,8 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
     DUMMY frames are dropped, others are written as read (or dropped when ``drop_undecrypted``
     and they are ESP that did not decrypt: :func:`natt._capture.undecrypted`)."""
     sas = InboundSas.of(nic)
-    stats = CaptureStats(labels)
+    first: dict[int, int] = {}      # handle -> the first SA installed as it (keys.install)
+    stats = CaptureStats(labels, [first.setdefault(h, k) for k, h in enumerate(handles)])
     res = None
     t0 = time.perf_counter()
     for chunk in _chunks(reader, bar, stats):
@@ -295,9 +328,9 @@ def _umask() -> int:
 def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], direction: str, to_stdout: bool,
                  work: Callable[..., CaptureStats]) -> CaptureStats:
     """Open ``args.input``, install ``specs`` in ``direction`` on a new Offload, open
-    ``args.output`` like the input (see :func:`_output_file`), and run
-    ``work(nic, handles, reader, writer, bar)``. The Offload is closed (keys wiped) when the
-    work ends, however it ends."""
+    ``args.output`` like the input (see :func:`_output_file`), run
+    ``work(nic, handles, reader, writer, bar)`` and write the report before the output is
+    renamed into place. The Offload is closed (keys wiped) when the work ends, however it ends."""
     reader = _open_capture(args.input, args.chunk_size)
     with reader, _offload(args, len(specs)) as nic:
         handles = _install(nic, specs, direction)
@@ -305,9 +338,12 @@ def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], directio
         # Encap makes each frame it replaces up to ENCAP_OVERHEAD octets longer: the snap lengths
         # the output declares must grow with it (a record longer than its snaplen is invalid).
         grow = 0 if direction == "in" else ENCAP_OVERHEAD
-        with _output_file(args.output, to_stdout) as f, pcap.PcapWriter.like(reader, f, grow=grow) as writer, \
-                _progress(args, os.path.getsize(args.input), verb) as bar:
-            return work(nic, handles, reader, writer, bar)
+        with _output_file(args.output, to_stdout) as f:
+            with pcap.PcapWriter.like(reader, f, grow=grow) as writer, \
+                    _progress(args, os.path.getsize(args.input), verb) as bar:
+                stats = work(nic, handles, reader, writer, bar)
+            _write_report(args, stats)
+            return stats
 
 
 def _dask_arguments(parser: argparse.ArgumentParser) -> None:
@@ -384,7 +420,8 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
         client.close()
         if cluster is not None:
             cluster.close()
-    _finish(args, stats, sys.stdout, decap_hints(stats, specs))
+    _write_report(args, stats)
+    _finish(args, stats, _summary_stream(args), decap_hints(stats, specs))
     return 0
 
 
@@ -404,7 +441,7 @@ def _cmd_decap(args: argparse.Namespace) -> int:
     stats = _run_capture(args, specs, "in", to_stdout, lambda nic, handles, reader, writer, bar: decap_capture(
         nic, handles, labels, reader, writer, threads=args.threads,
         drop_undecrypted=args.drop_undecrypted, bar=bar))
-    _finish(args, stats, sys.stderr if to_stdout else sys.stdout, decap_hints(stats, specs))
+    _finish(args, stats, _summary_stream(args), decap_hints(stats, specs))
     return 0
 
 
@@ -421,13 +458,17 @@ def decap_hints(stats: CaptureStats, specs: Sequence[keyfile.SaSpec]) -> list[st
         hints.append("PROTOCOL means a tunnel-mode SA decrypted something that is not an IP packet: "
                      f"a transport-mode SA ({_TRANSPORT_HOW}), or a wrong encryption key under a right "
                      "integrity key")
+    # And a transport SA's output is a whole IP packet behind the outer header when the ESP
+    # carried tunnel traffic (next header 4 or 41): legal, but most likely the wrong mode.
+    carried = sum(int(stats.carried_ip[k]) for k, s in enumerate(specs) if s.mode == "transport")
+    if carried:
+        hints.append(f"{carried} packets decrypted under transport-mode SAs carry a whole IP packet (next "
+                     "header 4 or 41), written behind the outer header: tunnel traffic? A tunnel-mode SA "
+                     "writes the inner packet alone (--mode tunnel, or \"mode\": \"tunnel\" in a JSON key file)")
     if stats.cut_short:
         hints.append(f"{stats.cut_short} frames were captured shorter than they were sent (the capture's "
                      "snapshot length) and count as malformed: capture whole packets (tcpdump -s 0)")
-    for lt, n in sorted(stats.other_links.items()):
-        name = f" ({_LINK_NAMES[lt]})" if lt in _LINK_NAMES else ""
-        hints.append(f"{n} frames of link type {lt}{name} were written unchanged: natt finds IPv4 in "
-                     "Ethernet, Linux cooked (SLL, SLL2), BSD loopback and raw IP captures only")
+    hints += link_hints(stats)
     if stats.spi_elsewhere and stats.spi_example is not None:
         spi, dst = stats.spi_example
         wanted = sorted({s.dst or "*" for s in specs if s.spi == spi})
@@ -435,6 +476,16 @@ def decap_hints(stats: CaptureStats, specs: Sequence[keyfile.SaSpec]) -> list[st
                      f"but not to its destination (e.g. SPI 0x{spi:08x} to {dst}; the key file says "
                      f"{', '.join(wanted)}): an inbound SA is found by SPI and destination, so behind a NAT "
                      "give it the destination the capture shows (docs/walkthrough.md)")
+    return hints
+
+
+def link_hints(stats: CaptureStats) -> list[str]:
+    """A hint per link type the run passed through without looking inside."""
+    hints = []
+    for lt, n in sorted(stats.other_links.items()):
+        name = f" ({_LINK_NAMES[lt]})" if lt in _LINK_NAMES else ""
+        hints.append(f"{n} frames of link type {lt}{name} were written unchanged: natt finds IPv4 in "
+                     "Ethernet, Linux cooked (SLL, SLL2), BSD loopback and raw IP captures only")
     return hints
 
 
@@ -602,6 +653,7 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
         # octets is written as read and is no "IPv4 packet with no SA chosen").
         stats.ipv4 += int(usable.sum())
         stats.add_encap(which[usable], status[usable], length[usable], out_len[usable])
+        stats.count_links(chunk)
     stats.elapsed = time.perf_counter() - t0
     return stats
 
@@ -616,7 +668,7 @@ def _cmd_encap(args: argparse.Namespace) -> int:
     to_stdout = _is_stdout(args.output)
     stats = _run_capture(args, specs, "out", to_stdout, lambda nic, handles, reader, writer, bar: encap_capture(
         nic, handles, specs, reader, writer, threads=args.threads, bar=bar))
-    _finish(args, stats, sys.stderr if to_stdout else sys.stdout)
+    _finish(args, stats, _summary_stream(args), link_hints(stats))
     return 0
 
 
@@ -645,6 +697,8 @@ def _demo_specs(seed: int) -> list[keyfile.SaSpec]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import traffic
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise CliError(f"--out-dir {args.out_dir}: is a file, not a directory")
     try:
         os.makedirs(args.out_dir, exist_ok=True)
     except OSError as e:
@@ -663,7 +717,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with _progress(args, args.packets, "demo traffic", unit="pkt") as bar:
         for i, (s, h, n) in enumerate(zip(specs, handles, counts)):
             inner = []
-            for p in traffic.iter_inner_traffic(args.seed + i, n, src=f"10.1.{i}.2", dst="10.2.0.7"):
+            # One seed per (seed, suite): seed + i would give seed 2's first suite seed 1's second's packets.
+            for p in traffic.iter_inner_traffic(args.seed * len(DEMO_SUITES) + i, n, src=f"10.1.{i}.2",
+                                                dst="10.2.0.7"):
                 inner.append(p)
                 bar.update()
             t = time.perf_counter()
@@ -898,6 +954,13 @@ def at_least(least: int, most: Optional[int] = None) -> Callable[[str], int]:
     return parse
 
 
+def _path(text: str) -> str:
+    """An argparse type: a file name, not empty (open("") names no file, and "" is no directory)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty name; give a file (or - for standard output)")
+    return text
+
+
 def _accepted_by(check: Callable[[int], object], expected: Optional[str] = None) -> Callable[[str], int]:
     """An argparse type: a whole number that the library's own ``check`` accepts. The command line
     keeps no copy of the library's limits, so the two cannot drift apart. A refused number gets
@@ -938,6 +1001,8 @@ _OUTPUT_HELP = ("it is written as a temporary file beside OUT and renamed over O
                 "as it was and OUT may be IN; a FIFO or a device "
                 "is written as the run goes. '-' (or /dev/stdout) is standard output: the summary "
                 "then goes to stderr")
+_REPORT_HELP = ("also write the summary as JSON (written whole or not at all; '-' is standard output, "
+                "the summary table then goes to stderr)")
 _MODE_HELP = ("IPsec mode of SAs whose key file does not say: every SA of an esp_sa table, and "
               "JSON SAs without a \"mode\" field (default tunnel)")
 
@@ -981,10 +1046,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capture to read (pcap or pcapng; - reads standard input); several only with "
                         "--dask/--workers")
     d.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
-    d.add_argument("-o", "--output", required=True, metavar="OUT",
+    d.add_argument("-o", "--output", required=True, metavar="OUT", type=_path,
                    help=f"capture to write (same format as IN); {_OUTPUT_HELP}. With --dask/--workers, "
                         "a directory")
-    d.add_argument("--report", metavar="REPORT.json", help="also write the summary as JSON")
+    d.add_argument("--report", metavar="REPORT.json", type=_path, help=_REPORT_HELP)
     d.add_argument("--drop-undecrypted", action="store_true",
                    help="leave out ESP packets that could not be decrypted (no SA, ICV failure, replay, "
                         "malformed, ...); frames that are not ESP are still written (a frame too short or "
@@ -1020,9 +1085,9 @@ def build_parser() -> argparse.ArgumentParser:
                "capture or keys, 2 bad usage, 128 + the signal's number when stopped.")
     e.add_argument("input", metavar="IN", help="capture of inner packets (pcap or pcapng; - reads standard input)")
     e.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
-    e.add_argument("-o", "--output", required=True, metavar="OUT",
+    e.add_argument("-o", "--output", required=True, metavar="OUT", type=_path,
                    help=f"capture to write (same format as IN); {_OUTPUT_HELP}")
-    e.add_argument("--report", metavar="REPORT.json", help="also write the summary as JSON")
+    e.add_argument("--report", metavar="REPORT.json", type=_path, help=_REPORT_HELP)
     e.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
     _common(e)
     e.set_defaults(func=_cmd_encap, parser=e)
@@ -1047,7 +1112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"packets in total, spread over the {len(DEMO_SUITES)} suites (when it is not a multiple "
                         f"of {len(DEMO_SUITES)}, the first suites make one more; default 5000, at most "
                         f"{DEMO_MAX_PACKETS:,})")
-    m.add_argument("--seed", type=int, default=1, help="seed of the keys and the inner packets (default 1); the "
+    m.add_argument("--seed", type=at_least(0), default=1, help="seed of the keys and the inner packets (default 1); the "
                    "AES-CBC and 3DES SAs' IVs are random all the same (RFC 3602 §3: unpredictable), "
                    "so their ESP packets differ from run to run")
     _common(m, files=False)
@@ -1149,9 +1214,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"natt {args.command}: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:
-        # Whatever read our stdout has gone (natt demo | head): there is nobody left to tell, and
+        # Whatever read our stdout has gone (natt decap -o - | tshark -c 2, natt demo | head).
         # Python's flush of stdout at exit would complain again (Python docs, "Note on SIGPIPE").
+        # A reader of the summary alone may well leave early; one of the capture gets less than
+        # the run made, and is told so.
+        capture = _is_stdout(getattr(args, "output", None) or "")
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError):
+            if capture:
+                print(f"natt {args.command}: standard output closed early (the reader of the pipe went "
+                      f"away); what it got is incomplete", file=sys.stderr)
+        return 1
+    except MemoryError:
+        # numpy's allocation failures are MemoryErrors too; what to change is the command's own.
+        less = {"demo": "fewer --packets", "decap": "a smaller --chunk-size", "encap": "a smaller --chunk-size"}
+        print(f"natt {args.command}: out of memory" + (f"; {less[args.command]} needs less"
+                                                       if args.command in less else ""), file=sys.stderr)
         return 1
     except OSError as e:   # e.g. the disk filled up while writing the output
         print(f"natt {args.command}: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),

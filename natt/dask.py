@@ -898,7 +898,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         size_of = {f.key: s for f, s in zip(part_futures, sizes)}
         order = {f.key: i for i, f in enumerate(part_futures)}
         range_status: list[Any] = [None] * len(part_futures)
-        stats = CaptureStats([s.label() for s in specs])
+        stats = CaptureStats([s.label() for s in specs], keyfile.same_sa(specs, "in"))
         with _progress_bar(progress, sum(p.size for p in plans)) as bar:
             for fut in distributed.as_completed(part_futures):
                 d = fut.result()

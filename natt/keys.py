@@ -101,7 +101,7 @@ import json
 import os
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
 from ._constants import UdpEncapType
@@ -109,7 +109,7 @@ from ._files import Replacement
 from ._redact import shown
 from ._suites import Cipher, Mac, Suite, parse_suite
 
-__all__ = ["SaSpec", "KeyFileError", "load", "loads", "save", "dumps", "install",
+__all__ = ["SaSpec", "KeyFileError", "load", "loads", "save", "dumps", "install", "same_sa",
            "to_esp_sa", "from_esp_sa", "WIRESHARK_ENC", "WIRESHARK_AUTH"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -540,10 +540,14 @@ def _algorithm_shown(value: str, known: Iterable[str]) -> str:
     ``[no checking]``) or is close to one natt knows (a typo, named with its correction), else
     only its length."""
     close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.6)
+    if value.rstrip().endswith("]"):
+        # A whole name is a typo of a close one only if it has the same name or the same
+        # reference: 'AES-CTR [RFC3686]' is another algorithm, not a misspelt 'AES-CBC [RFC3602]'.
+        name, _, ref = value.rpartition("[")
+        close = [k for k in close if k.rpartition("[")[0].strip() == name.strip() or k.rpartition("[")[2] == ref]
+        return shown(value) + (f" (did you mean {close[0]!r}?)" if close else "")
     if close:
         return f"{shown(value)} (did you mean {close[0]!r}?)"
-    if value.rstrip().endswith("]"):
-        return shown(value)
     return f"<{len(value)} characters, not shown: no algorithm name, maybe a key from a shifted field>"
 
 
@@ -832,45 +836,65 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
     All or nothing: if one SA is refused, those already installed are deleted again and
     :class:`KeyFileError` names the SA (its ``natt.OffloadError`` is the ``__cause__``).
     """
-    if direction not in (None, "in", "out"):
-        raise ValueError(f"direction: None, 'in' or 'out', got {shown(direction)}")
-    same: dict[tuple[Any, ...], int] = {}
     with offload._all_or_nothing() as handles:
-        for i, s in enumerate(specs):
-            # A spec made in code skips the file readers' check, and add_sa's own message gives
-            # the field's width (0..2**32-1), not the SPIs that are valid.
-            _spi(s.spi, _where(i))
-            d = direction or s.direction
-            if d is None:
-                raise KeyFileError(f"{_installing(i, s)}: no direction (esp_sa tables have none); "
-                                   f"pass direction='in' or 'out'")
-            src, dst = s.src, s.dst
-            if s.mode == "tunnel" and d == "in" and src is None and dst is not None:
-                src = dst
-            if s.mode == "tunnel" and (src is None or dst is None):
-                raise KeyFileError(f"{_installing(i, s)}: a tunnel-mode SA needs its tunnel end "
-                                   f"addresses (src and dst); for a wildcard destination use "
-                                   f"transport mode")
-            replay_seq, replay_bitmap = _inbound_window(s) if d == "in" else (s.replay_seq, None)
-            if replay_state is not None and i in replay_state:
-                replay_seq, replay_bitmap = replay_state[i]
-            kwargs = dict(mode=s.mode, src=src, dst=dst, encap=s.encap, port=s.port, sport=s.sport,
-                          dport=s.dport, replay_window=s.replay_window, esn=s.esn,
-                          nat_oa_src=s.nat_oa_src if d == "in" else None,
-                          nat_oa_dst=s.nat_oa_dst if d == "in" else None, replay_seq=replay_seq,
-                          replay_oseq=s.replay_oseq, replay_bitmap=replay_bitmap)
-            # A key file that holds an SA's two directions (same SPI, ends and key) gives the
-            # same SA twice once ``direction`` makes them both inbound (natt decap): install it
-            # once, both specs get its handle. The key is compared, not kept in the index.
-            ident = (s.spi, s.suite, d, tuple(kwargs.items()))
-            twin = same.get(ident) if direction is not None else None
-            if twin is not None and specs[twin].key == s.key:
+        for i, s, d, kwargs, twin in _plan(specs, direction, replay_state):
+            if twin is not None:
                 handles.append(handles[twin])
                 continue
             try:
                 h = offload.add_sa(s.spi, s.key, s.suite, d, **kwargs)
             except Exception as e:   # OffloadError; its message names the field, never the key
                 raise KeyFileError(f"{_installing(i, s)}: {e}") from e
-            same.setdefault(ident, i)
             handles.append(h)
     return handles
+
+
+def same_sa(specs: Sequence[SaSpec], direction: Optional[str] = None) -> list[int]:
+    """For each of ``specs``, the index of the first spec that :func:`install` with
+    ``direction`` installs as the very same SA (its own index if none): the rows a run's
+    summary merges. Raises :class:`KeyFileError` as :func:`install` would for a spec it refuses
+    before asking the Offload."""
+    return [i if twin is None else twin for i, _, _, _, twin in _plan(specs, direction, None)]
+
+
+def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optional[Mapping[int, tuple[int, int]]]
+          ) -> Iterator[tuple[int, SaSpec, str, dict[str, Any], Optional[int]]]:
+    """What :func:`install` asks of the Offload for each spec: ``(index, spec, direction,
+    add_sa keyword arguments, index of an earlier spec installing the same SA or None)``."""
+    if direction not in (None, "in", "out"):
+        raise ValueError(f"direction: None, 'in' or 'out', got {shown(direction)}")
+    same: dict[tuple[Any, ...], int] = {}
+    for i, s in enumerate(specs):
+        # A spec made in code skips the file readers' check, and add_sa's own message gives
+        # the field's width (0..2**32-1), not the SPIs that are valid.
+        _spi(s.spi, _where(i))
+        d = direction or s.direction
+        if d is None:
+            raise KeyFileError(f"{_installing(i, s)}: no direction (esp_sa tables have none); "
+                               f"pass direction='in' or 'out'")
+        src, dst = s.src, s.dst
+        if s.mode == "tunnel" and d == "in" and src is None and dst is not None:
+            src = dst
+        if s.mode == "tunnel" and (src is None or dst is None):
+            raise KeyFileError(f"{_installing(i, s)}: a tunnel-mode SA needs its tunnel end "
+                               f"addresses (src and dst); " + ("for a wildcard destination use transport mode"
+                                                              if dst is None else "its source is '*', and "
+                                                              "encap writes it as the outer source"))
+        replay_seq, replay_bitmap = _inbound_window(s) if d == "in" else (s.replay_seq, None)
+        if replay_state is not None and i in replay_state:
+            replay_seq, replay_bitmap = replay_state[i]
+        kwargs = dict(mode=s.mode, src=src, dst=dst, encap=s.encap, port=s.port, sport=s.sport,
+                      dport=s.dport, replay_window=s.replay_window, esn=s.esn,
+                      nat_oa_src=s.nat_oa_src if d == "in" else None,
+                      nat_oa_dst=s.nat_oa_dst if d == "in" else None, replay_seq=replay_seq,
+                      replay_oseq=s.replay_oseq, replay_bitmap=replay_bitmap)
+        # A key file that holds an SA's two directions (same SPI, ends and key) gives the
+        # same SA twice once ``direction`` makes them both inbound (natt decap): install it
+        # once, both specs get its handle. The key is compared, not kept in the index.
+        ident = (s.spi, s.suite, d, tuple(kwargs.items()))
+        twin = same.get(ident) if direction is not None else None
+        if twin is not None and specs[twin].key != s.key:
+            twin = None
+        if twin is None:
+            same.setdefault(ident, i)
+        yield i, s, d, kwargs, twin

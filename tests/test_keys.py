@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import dataclasses
 import json
 import os
 import stat
@@ -348,6 +349,11 @@ def test_esp_sa_text_keys_in_the_wrong_field_are_never_shown():
     misspelt = ",".join(f'"{f}"' for f in good).replace("HMAC-SHA-1-96 [RFC2404]", "HMAC-SHA1-96 [RFC2404]")
     with pytest.raises(keys.KeyFileError, match=r"'HMAC-SHA1-96 \[RFC2404\]' \(did you mean 'HMAC-SHA-1-96"):
         keys.from_esp_sa(misspelt)
+    # Another algorithm is not taken for a misspelling of one natt has ("did you mean AES-CBC?").
+    ctr = ",".join(f'"{f}"' for f in good).replace("AES-CBC [RFC3602]", "AES-CTR [RFC3686]")
+    with pytest.raises(keys.KeyFileError, match=r"encryption algorithm 'AES-CTR \[RFC3686\]' is not one natt "
+                                                r"implements \(natt knows: "):
+        keys.from_esp_sa(ctr)
 
 
 def test_json_unknown_field_names_are_not_shown_when_they_could_be_keys():
@@ -744,6 +750,8 @@ def test_one_sa_in_both_directions_installs_once_when_the_direction_is_given():
     with natt.Offload(backend="reference") as nic:
         handles = keys.install(nic, both, direction="in")
         assert handles[0] == handles[1] and nic.query_oid(natt.OID_TCP_TASK_OFFLOAD).sa_count == 1
+    assert keys.same_sa(both, "in") == [0, 0] and keys.same_sa(both) == [0, 1]
+    assert keys.same_sa(both + [dataclasses.replace(both[1], key=K16 + b"salt")], "in") == [0, 0, 2]
     # Each in its own direction they are two SAs, as before.
     with natt.Offload(backend="reference") as nic:
         h_out, h_in = keys.install(nic, both)
