@@ -1703,6 +1703,7 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
     cdef uint8_t *o = pk.outp
     cdef int32_t hdr = 0, plen = 0, ct_len = 0, total, k, pad, ohdr, marker
     cdef uint8_t nh = 0, tos = 0
+    cdef uint32_t df
     cdef uint64_t seq = pk.seq
     cdef uint8_t *esp
     cdef uint8_t *ct
@@ -1745,18 +1746,21 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
     if marker:
         memset(o + ohdr + 8, 0, 8)
     if sa.tunnel:
+        # DF copied from an inner IPv4 header (RFC 4301 §8.1; semantics §2 step 7): a sender
+        # that asked for path MTU discovery keeps it, and such packets are atomic (RFC 6864).
+        df = (<uint32_t>p[6] << 8) & 0x4000 if nh == NATT_NH_IPV4 else 0
         # Summed from the values, not read back (natt_copy_ip_header says why).
         o[0] = 0x45
         o[1] = tos
         wr16(o + 2, total)
         wr16(o + 4, <uint32_t>(seq & 0xFFFF))
-        wr16(o + 6, 0)
+        wr16(o + 6, df)
         o[8] = NATT_TUNNEL_TTL
         o[9] = NATT_PROTO_UDP
         wr32(o + 12, sa.src_tunnel_addr)
         wr32(o + 16, sa.dst_tunnel_addr)
         wr16(o + 10, natt_csum_fold(
-            0x4500 + tos + total + <uint32_t>(seq & 0xFFFF) + ((NATT_TUNNEL_TTL << 8) | NATT_PROTO_UDP)
+            0x4500 + tos + total + <uint32_t>(seq & 0xFFFF) + df + ((NATT_TUNNEL_TTL << 8) | NATT_PROTO_UDP)
             + (sa.src_tunnel_addr >> 16) + (sa.src_tunnel_addr & 0xFFFF)
             + (sa.dst_tunnel_addr >> 16) + (sa.dst_tunnel_addr & 0xFFFF)))
     else:

@@ -43,6 +43,7 @@ _NH_IPV4 = 4          # IP-in-IP (RFC 2003): a tunnel SA's IPv4 inner packet
 _NH_IPV6 = 41         # RFC 2473: a tunnel SA's IPv6 inner packet
 _NH_NO_NEXT = 59      # RFC 4303 §2.6: dummy packet
 _TUNNEL_TTL = 64
+_IP_DF = 0x4000         # IPv4 flags and fragment offset: Don't Fragment
 _NON_IKE_MARKER = bytes(8)   # legacy framing (Linux UDP_ENCAP_ESPINUDP_NON_IKE)
 _MAX_IP_LEN = 65535
 
@@ -593,7 +594,8 @@ class ReferenceBackend:
         # 7. Outer IPv4 header.
         if cfg.tunnel:
             tos = p[1] if nh == _NH_IPV4 else ((p[0] & 0x0F) << 4 | p[1] >> 4)
-            header = struct.pack("!BBHHHBBHII", 0x45, tos, total, seq & 0xFFFF, 0, _TUNNEL_TTL,
+            df = p[6] << 8 & _IP_DF if nh == _NH_IPV4 else 0      # copied (RFC 4301 §8.1)
+            header = struct.pack("!BBHHHBBHII", 0x45, tos, total, seq & 0xFFFF, df, _TUNNEL_TTL,
                                  _PROTO_UDP, 0, cfg.src_tunnel_addr, cfg.dst_tunnel_addr)
             header = _with_ip_fields(header, _PROTO_UDP, total)
         else:

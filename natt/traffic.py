@@ -507,8 +507,8 @@ def esp_in_udp(sealer: EspSealer, seq: int, inner: bytes, *, tunnel: bool,
     """The UDP-encapsulated ESP IPv4 packet a NAT-T peer sends for ``inner`` (RFC 3948 §2).
 
     Tunnel mode: ``inner`` (IPv4 or IPv6) is the ESP payload, next header 4 or 41, and the outer
-    header is the one natt's encap writes (docs/semantics.md §2.7: TOS from the inner packet, ID =
-    ``seq & 0xFFFF``, flags 0, TTL 64, ``src`` → ``dst``). Transport mode: ``inner`` must be IPv4;
+    header is the one natt's encap writes (docs/semantics.md §2.7: TOS and DF from the inner
+    packet, ID = ``seq & 0xFFFF``, TTL 64, ``src`` → ``dst``). Transport mode: ``inner`` must be IPv4;
     its payload is protected and its header (options kept) becomes the outer one with protocol 17;
     ``src``/``dst`` when given replace its addresses, as a NAT on the path would.
     ``next_header`` overrides the value written in the trailer; ``seal`` goes to
@@ -522,8 +522,9 @@ def esp_in_udp(sealer: EspSealer, seq: int, inner: bytes, *, tunnel: bool,
         return _transport_outer(inner[: (inner[0] & 15) * 4], esp, src, dst, sport, dport, framing, udp_checksum)
     if src is None or dst is None:
         raise ValueError("src/dst: tunnel mode needs the outer (tunnel end point) addresses")
+    df = inner[6] >> 5 & IP_FLAG_DF if inner[0] >> 4 == 4 else 0       # RFC 4301 §8.1: copied
     return udp_encapsulate(esp, src, dst, sport=sport, dport=dport, framing=framing,
-                           udp_checksum=udp_checksum, tos=tos, ip_id=seq & 0xFFFF)
+                           udp_checksum=udp_checksum, tos=tos, ip_id=seq & 0xFFFF, ip_flags=df)
 
 
 def _int(b: Union[bytes, bytearray]) -> int:

@@ -879,6 +879,18 @@ class TestEncap:
             kw.setdefault("dst", addr("198.51.100.9"))
         return nic.add_sa(0x4242, key, suite.name, "out", mode=mode, **kw), key
 
+    def test_tunnel_outer_df_is_the_inner_ones(self, nic):
+        # RFC 4301 §8.1: copying DF must be supported; it was always clear, so a sender's path MTU
+        # discovery was lost and every packet could be fragmented (with IDs that repeat across
+        # SAs between the same ends: RFC 6864 §4.1). MF and the offset are the inner packet's own.
+        h, _ = self._out(nic)
+        inners = [ipv4(b"a" * 40, flags=0), ipv4(b"b" * 40, flags=2), ipv4(b"c" * 40, flags=1, frag=3),
+                  ipv4(b"d" * 40, flags=3), ipv6(b"e" * 40)]
+        res = nic.encap(inners, h)
+        assert statuses(res) == [Status.OK] * 5
+        assert [pkt[6:8] for pkt in res] == [b"\0\0", b"\x40\0", b"\0\0", b"\x40\0", b"\0\0"]
+        assert all(checksum(pkt[:20]) == 0 for pkt in res)
+
     def test_tunnel_outer_header(self, nic):
         h, key = self._out(nic, sport=4501, dport=61000, replay_oseq=0x1FFFE)
         inner = ipv4(b"z" * 33, tos=0xB9, ident=7, ttl=3, flags=2)
@@ -887,7 +899,8 @@ class TestEncap:
         for pkt, seq in zip(res, (0x1FFFF, 0x20000)):
             ip, u, esp = pkt[:20], pkt[20:28], pkt[28:]
             assert ip[0] == 0x45 and ip[1] == 0xB9 and int.from_bytes(ip[2:4], "big") == len(pkt)
-            assert int.from_bytes(ip[4:6], "big") == seq & 0xFFFF and ip[6:8] == b"\0\0"
+            # DF copied from the inner header (RFC 4301 §8.1), nothing else of its flags field
+            assert int.from_bytes(ip[4:6], "big") == seq & 0xFFFF and ip[6:8] == b"\x40\0"
             assert ip[8] == 64 and ip[9] == UDP and checksum(ip) == 0
             assert ip[12:16] == addr("192.0.2.1").to_bytes(4, "big")
             assert ip[16:20] == addr("198.51.100.9").to_bytes(4, "big")

@@ -108,7 +108,8 @@ def _check_encap_format(w: bytes, p: bytes, seq: int, tunnel: bool, framing: Udp
         tos = p[1] if p[0] >> 4 == 4 else ((p[0] & 15) << 4 | p[1] >> 4)
         assert ihl == 20
         assert w[1] == tos and struct.unpack_from("!H", w, 4)[0] == seq & 0xFFFF
-        assert struct.unpack_from("!H", w, 6)[0] == 0 and w[8] == 64
+        df = struct.unpack_from("!H", p, 6)[0] & 0x4000 if p[0] >> 4 == 4 else 0    # copied (RFC 4301 §8.1)
+        assert struct.unpack_from("!H", w, 6)[0] == df and w[8] == 64
         assert w[12:20] == traffic.ipv4(PEER, LOCAL, 17, b"")[12:20]
     else:
         # The inner header, options kept, with protocol 17 and new length/checksum.
