@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional, Union
 
+import numpy as np
+
 from ._backend import Backend, SaConfig
 from ._batch import ENCAP_OVERHEAD, BatchResult, DecapResult, EncapResult, PacketBatch, as_batch
 from ._constants import (
@@ -180,6 +182,9 @@ class Offload:
 
     def __init__(self, backend: Optional[str] = None, *, max_sas: int = DEFAULT_MAX_SAS,
                  max_parser_entries: int = DEFAULT_MAX_PARSER_ENTRIES) -> None:
+        # numpy integers count as integers, as everywhere else in the API
+        max_sas, max_parser_entries = (int(v) if isinstance(v, np.integer) else v
+                                       for v in (max_sas, max_parser_entries))
         if isinstance(max_sas, bool) or not isinstance(max_sas, int) or max_sas < 1:
             raise ValueError(f"max_sas: expected a positive integer, got {shown(max_sas)}")
         if isinstance(max_parser_entries, bool) or not isinstance(max_parser_entries, int) or max_parser_entries < 1:
@@ -421,6 +426,8 @@ class Offload:
             key_addr, key_mask = 0, 0
 
         esn = req.esn
+        if isinstance(esn, np.bool_):       # a bool all the same, as numpy integers are integers here
+            esn = bool(esn)
         if not isinstance(esn, bool):
             raise _Reject(INVALID_PARAMETER, f"esn: expected True or False, got {shown(esn)}")
         window = _int("replay_window", req.replay_window, 0, REPLAY_WINDOW_MAX)
@@ -627,6 +634,8 @@ class Offload:
         except ValueError as e:
             raise OffloadError(NdisStatus.NOT_SUPPORTED, str(e)) from None
         # As the OID layer takes it (no truthiness: esn=1 or esn=[] is a mistake, not a choice).
+        if isinstance(esn, np.bool_):
+            esn = bool(esn)
         if not isinstance(esn, bool):
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"esn: expected True or False, got {shown(esn)}")
         if esn and suite.strip().lower().endswith("-noesn"):
@@ -733,7 +742,7 @@ class Offload:
                 "esn": cfg.esn, "replay_window": cfg.replay_window,
                 "encap": cfg.encap_type.name, "port": cfg.port, "entry_handle": cfg.entry_handle,
             }
-            stats.update(self._backend.counters(handle))
+            stats.update(self._backend.counters(cfg.handle))   # the int, not the caller's object
             return stats
 
     def replay_state(self, handle: int) -> tuple[int, int]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
+
 # 16 hex digits = 8 octets, shorter than any key natt takes; separators as keys.py accepts them.
 _KEYLIKE = re.compile(r"(0[xX])?([0-9a-fA-F][\s:-]?){16,}")
 
@@ -24,6 +26,8 @@ def shown(value: Any) -> str:
     anywhere inside (``mode=[key_hex]``, a numpy view of the key) and is named by its type."""
     if value is None or isinstance(value, float):
         return repr(value)
+    if isinstance(value, (np.integer, np.bool_)):
+        value = value.item()                    # a numpy scalar: shown as the number it is
     if isinstance(value, int):                  # bool and the IntEnums included
         if value.bit_length() > 64:             # no field natt takes is wider
             return f"<a {value.bit_length()}-bit integer, not shown: a key?>"

@@ -1381,3 +1381,31 @@ def test_a_default_offload_without_the_compiled_backend_says_so(monkeypatch) -> 
     monkeypatch.setitem(sys.modules, "natt._fastpath", None)        # import fails: asked by name, an error
     with pytest.raises(ValueError, match="'fast' is not available"):
         natt.Offload(backend="fast")
+
+
+class _Index:
+    """An integer by __index__ only, with the default (identity) hash."""
+
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+    def __index__(self) -> int:
+        return self.v
+
+
+def test_numpy_and_index_values_are_the_numbers_they_hold(nic):
+    # sa_stats handed the caller's handle object to the backend: the reference backend raised
+    # TypeError for a 0-d array and KeyError for an __index__ object the check had accepted.
+    # esn=np.True_ and max_sas=np.int64 were refused, and messages showed numpy integers as
+    # "<int64, not shown>".
+    h = nic.add_sa(0x1001, bytes(20), "aes128gcm16", "in", src="192.0.2.1", dst="192.0.2.2", esn=np.True_)
+    for handle in (np.array(h), np.int64(h), _Index(h)):
+        stats = nic.sa_stats(handle)
+        assert stats["handle"] == h and stats["packets"] == 0 and stats["esn"] is True
+    with pytest.raises(natt.OffloadError, match=r"^handle: 99 names no SA") as ei:
+        nic.sa_stats(np.int64(99))
+    assert ei.value.status == natt.NdisStatus.INVALID_PARAMETER
+    with natt.Offload(backend=nic.backend, max_sas=np.int64(1), max_parser_entries=np.int32(1)) as small:
+        assert (small.max_sas, small.max_parser_entries) == (1, 1) and type(small.max_sas) is int
+    with pytest.raises(natt.OffloadError, match=r"esn: expected True or False, got 1"):
+        nic.add_sa(0x1002, bytes(20), "aes128gcm16", "in", src="192.0.2.1", dst="192.0.2.2", esn=np.int8(1))
