@@ -425,11 +425,9 @@ class Offload:
         else:
             key_addr, key_mask = 0, 0
 
-        esn = req.esn
-        if isinstance(esn, np.bool_):       # a bool all the same, as numpy integers are integers here
-            esn = bool(esn)
-        if not isinstance(esn, bool):
-            raise _Reject(INVALID_PARAMETER, f"esn: expected True or False, got {shown(esn)}")
+        esn = _as_bool(req.esn)
+        if esn is None:
+            raise _Reject(INVALID_PARAMETER, f"esn: expected True or False, got {shown(req.esn)}")
         window = _int("replay_window", req.replay_window, 0, REPLAY_WINDOW_MAX)
         if window and window < REPLAY_WINDOW_MIN:
             raise _Reject(INVALID_PARAMETER, f"replay_window: {window}; use 0 (off) or "
@@ -633,11 +631,11 @@ class Offload:
             s, suite_esn = parse_suite(suite)
         except ValueError as e:
             raise OffloadError(NdisStatus.NOT_SUPPORTED, str(e)) from None
-        # As the OID layer takes it (no truthiness: esn=1 or esn=[] is a mistake, not a choice).
-        if isinstance(esn, np.bool_):
-            esn = bool(esn)
-        if not isinstance(esn, bool):
+        # As the OID layer takes it.
+        flag = _as_bool(esn)
+        if flag is None:
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"esn: expected True or False, got {shown(esn)}")
+        esn = flag
         if esn and suite.strip().lower().endswith("-noesn"):
             # Either one is a typo, as in a key file (natt.keys refuses the same).
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"esn: True, but the suite is {s.name}-noesn; "
@@ -948,6 +946,15 @@ def _as_int(value: Any) -> Optional[int]:
         return operator.index(value)
     except Exception:   # noqa: BLE001 - not TypeError only: a value whose __index__ raises is no integer
         return None
+
+
+def _as_bool(value: Any) -> Optional[bool]:
+    """``True``/``False`` for a bool or a numpy bool (one read from an array is a bool all the
+    same, as numpy integers are integers to :func:`_as_int`), else None: no truthiness, since
+    ``esn=1`` or ``esn=[]`` is a mistake, not a choice."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    return None
 
 
 MAX_THREADS = 256      # more is clamped to the fast backend's pool size anyway

@@ -147,7 +147,7 @@ def _write_report(args: argparse.Namespace, stats: CaptureStats) -> None:
     except CliError as e:
         raise CliError(f"report: {e}") from None
     except OSError as e:
-        raise CliError(f"cannot write report {args.report}: {e.strerror or e}") from None
+        raise CliError(f"report: cannot write {args.report}: {e.strerror or e}") from None
 
 
 def _load_keys(path: str, mode: str) -> list[keyfile.SaSpec]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import ipaddress
 import json
 import os
@@ -510,6 +512,26 @@ def test_a_report_that_cannot_be_written_leaves_the_output_as_it_was(cmd, scenar
     assert rc == 1 and err == f"natt {cmd}: report: cannot write /dev/full: No space left on device\n"
     assert out.read_bytes() == b"the previous output"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []   # no temporary file left
+
+
+def test_every_report_write_error_reads_the_same(scenario, tmp_path, capsys, monkeypatch):
+    # A full disk said "report: cannot write PATH", any other OSError "cannot write report PATH".
+    cap, keyfile, *_ = scenario
+    report, out = tmp_path / "r.json", tmp_path / "o.pcap"
+    real = cli._output_file
+
+    @contextlib.contextmanager
+    def failing(path, to_stdout):
+        if path == str(report):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+        with real(path, to_stdout) as f:
+            yield f
+
+    monkeypatch.setattr(cli, "_output_file", failing)
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(out), "--report", str(report)] + BACKEND,
+                     capsys)
+    assert rc == 1 and err == f"natt decap: report: cannot write {report}: Input/output error\n"
+    assert not out.exists() and not report.exists()
 
 
 def test_a_report_is_written_whole_or_not_at_all(scenario, tmp_path, capsys, monkeypatch):
