@@ -208,22 +208,11 @@ class BatchResult(_Segments):
         self.status, self.sa, self.seq, self.next_header = self._status, self._sa, self._seq, self._nh
         self.offsets, self.lengths, self.data = self._offsets, self._lengths, self._data
 
-    def _view(self, n: int, nbytes: int) -> None:
-        if self.status.size == n and self.data.size == nbytes and self.status.base is self._status \
-                and self.data.base is self._data:
-            return      # steady state: the views from the last call still fit
-        self.status = self._status[:n]
-        self.sa = self._sa[:n]
-        self.seq = self._seq[:n]
-        self.next_header = self._nh[:n]
-        self.offsets = self._offsets[:n]
-        self.lengths = self._lengths[:n]
-        self.data = self._data[:nbytes]
-
     def _prepare(self, batch: PacketBatch, slot_extra: int) -> None:
         """Size the result for ``batch``: slot ``i`` holds ``lengths[i] + slot_extra`` octets."""
         # Not an array only if rebound since the batch was made: _layout_slots says so.
-        n = batch.lengths.size if isinstance(batch.lengths, np.ndarray) else 0
+        lengths = batch.lengths
+        n = lengths.size if isinstance(lengths, np.ndarray) else 0
         if self._status.size < n:
             cap = max(n, 2 * self._status.size)
             self._status = np.empty(cap, np.uint8)
@@ -232,10 +221,19 @@ class BatchResult(_Segments):
             self._nh = np.empty(cap, np.uint8)
             self._offsets = np.empty(cap, np.int64)
             self._lengths = np.empty(cap, np.int64)
-        nbytes = _layout_slots(batch, self._data, self._offsets, self._lengths, slot_extra)
+        nbytes = _layout_slots(batch.offsets, lengths, batch.data, self._data, self._offsets, self._lengths, slot_extra)
         if self._data.size < nbytes:
             self._data = np.empty(max(nbytes, self._data.size + self._data.size // 2), np.uint8)
-        self._view(n, nbytes)
+        status, data = self.status, self.data
+        if status.size == n and data.size == nbytes and status.base is self._status and data.base is self._data:
+            return      # steady state (one call per packet): the views from the last call still fit
+        self.status = self._status[:n]
+        self.sa = self._sa[:n]
+        self.seq = self._seq[:n]
+        self.next_header = self._nh[:n]
+        self.offsets = self._offsets[:n]
+        self.lengths = self._lengths[:n]
+        self.data = self._data[:nbytes]
 
     def counts(self) -> dict[Status, int]:
         """How many packets ended with each status (statuses with no packet are left out)."""
@@ -263,40 +261,40 @@ class EncapResult(BatchResult):
     __slots__ = ()
 
 
-def _layout_slots_numpy(batch: PacketBatch, data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
-                        slot_extra: int) -> int:
+def _layout_slots_numpy(batch_offsets: Any, batch_lengths: Any, batch_data: Any, data: np.ndarray,
+                        offsets: np.ndarray, lengths: np.ndarray, slot_extra: int) -> int:
     """``natt._fastpath.layout_slots`` in numpy, for installs without the extension: check the
     batch's arrays and that they do not overlap the result's (same messages), lay out the
-    output slots of ``batch`` in a result whose buffers are ``data``, ``offsets`` and ``lengths``;
+    output slots of the batch in a result whose buffers are ``data``, ``offsets`` and ``lengths``;
     returns the octets they take."""
-    for name, dtype in (("offsets", np.int64), ("lengths", np.int64), ("data", np.uint8)):
-        arr = getattr(batch, name)
+    for name, arr, dtype in (("offsets", batch_offsets, np.int64), ("lengths", batch_lengths, np.int64),
+                             ("data", batch_data, np.uint8)):
         if not isinstance(arr, np.ndarray):
             raise ValueError(f"batch.{name}: expected a numpy array, got {type(arr).__name__}")
         if arr.dtype != dtype:
             raise ValueError(f"batch.{name}: wrong dtype {arr.dtype}")
         if arr.ndim != 1 or not arr.flags.c_contiguous:
             raise ValueError(f"batch.{name}: must be one-dimensional and C-contiguous")
-        if name == "lengths" and arr.size != batch.offsets.size:
-            raise ValueError(f"batch.lengths: has {arr.size} elements, the batch has {batch.offsets.size} packets")
+        if name == "lengths" and arr.size != batch_offsets.size:
+            raise ValueError(f"batch.lengths: has {arr.size} elements, the batch has {batch_offsets.size} packets")
         if any(np.may_share_memory(arr, mine) for mine in (data, offsets, lengths)):
             # Laying out this result would overwrite the packets before they are read.
             raise ValueError("out: this result's buffers hold the input packets (out=res with "
                              "res.batch(), or a view into them); pass another result, or copy "
                              "the batch first")
-    n = batch.lengths.size
+    n = batch_lengths.size
     if not n:
         return 0
     # Slot sizes come from the caller's lengths, which may have been rewritten since the batch was
     # validated: clamp them to the buffer, so that a bad length costs that packet an ERROR (the
     # kernels re-check every segment), not a huge allocation.
-    size = batch.data.size
+    size = batch_data.size
     offsets[0] = 0
-    np.clip(batch.lengths[:n - 1], 0, size, out=offsets[1:n])
+    np.clip(batch_lengths[:n - 1], 0, size, out=offsets[1:n])
     np.cumsum(offsets[1:n], out=offsets[1:n])
     if slot_extra:
         offsets[:n] += np.arange(n, dtype=np.int64) * slot_extra
-    return int(offsets[n - 1]) + min(max(int(batch.lengths[-1]), 0), size) + slot_extra
+    return int(offsets[n - 1]) + min(max(int(batch_lengths[-1]), 0), size) + slot_extra
 
 
 def _copy_segments_py(out: np.ndarray, out_off: np.ndarray, src: np.ndarray, src_off: np.ndarray,

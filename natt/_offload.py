@@ -811,8 +811,11 @@ class Offload:
         backend) with results identical to ``threads=None``. Pass a previous
         result as ``out`` to reuse its buffers.
         """
-        batch = as_batch(packets)
-        threads = _check_threads(threads)
+        # Exact-type tests before the calls: at a batch of one the Python around the kernel is
+        # most of the cost (BENCHMARKS.md, "fixed cost").
+        batch = packets if type(packets) is PacketBatch else as_batch(packets)
+        if threads is not None:
+            threads = _check_threads(threads)
         if out is None:
             out = DecapResult()
         elif not isinstance(out, DecapResult):
@@ -822,7 +825,10 @@ class Offload:
             _refuse_shared(out)
         try:
             out._prepare(batch, 0)
-            self._run(self._backend.decap, batch, out, threads)
+            if self._dp_lock is None and not self._closed:      # _run without its frame
+                self._backend.decap(batch, out, threads)
+            else:
+                self._run(self._backend.decap, batch, out, threads)
         finally:
             del _FILLING[key]
         return out
@@ -834,8 +840,11 @@ class Offload:
         Returns UDP-encapsulated ESP IPv4 packets, one result per input.
         Raises :class:`OffloadError` if ``handle`` is not an outbound SA.
         """
-        batch = as_batch(packets)
-        threads = _check_threads(threads)
+        # Exact-type tests before the calls: at a batch of one the Python around the kernel is
+        # most of the cost (BENCHMARKS.md, "fixed cost").
+        batch = packets if type(packets) is PacketBatch else as_batch(packets)
+        if threads is not None:
+            threads = _check_threads(threads)
         if out is None:
             out = EncapResult()
         elif not isinstance(out, EncapResult):

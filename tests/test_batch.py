@@ -387,7 +387,8 @@ def test_compiled_slot_layout_equals_numpy_layout(slot_extra):
         got = []
         for layout in (layout_slots, _batch._layout_slots_numpy):
             offsets = np.full(n + 3, -1, np.int64)
-            total = layout(batch, np.zeros(0, np.uint8), offsets, np.zeros(0, np.int64), slot_extra)
+            total = layout(batch.offsets, batch.lengths, batch.data, np.zeros(0, np.uint8), offsets,
+                           np.zeros(0, np.int64), slot_extra)
             got.append((total, offsets.tolist()))
         assert got[0] == got[1]
         sizes = np.clip(batch.lengths, 0, 500) + slot_extra
@@ -397,7 +398,8 @@ def test_compiled_slot_layout_equals_numpy_layout(slot_extra):
     res.lengths[:] = [3, 2]                                  # as a decap would have left them
     for layout in (layout_slots, _batch._layout_slots_numpy):
         with pytest.raises(ValueError, match="^out: "):
-            layout(res.batch(), res._data, res._offsets, res._lengths, 0)
+            mine = res.batch()
+            layout(mine.offsets, mine.lengths, mine.data, res._data, res._offsets, res._lengths, 0)
     # The same checks of rebound arrays, in the same words.
     bad = [PacketBatch.from_packets([b"abc", b"de"]) for _ in range(4)]
     bad[0].lengths = np.ones(3, np.int64)
@@ -408,7 +410,7 @@ def test_compiled_slot_layout_equals_numpy_layout(slot_extra):
         messages = []
         for layout in (layout_slots, _batch._layout_slots_numpy):
             with pytest.raises(ValueError) as e:
-                layout(b, res._data, res._offsets, res._lengths, 0)
+                layout(b.offsets, b.lengths, b.data, res._data, res._offsets, res._lengths, 0)
             messages.append(str(e.value))
         assert messages[0] == messages[1]
 
