@@ -3,7 +3,7 @@
 The request checks are table-driven: ``FAULTS`` holds one or more faulty requests per row of the
 §5 check table. Each must reach its row's status and leave nothing installed; and for every pair of
 faults from different rows, with different statuses and touching different fields, a request carrying
-both reports the earlier row (731 pairs covering 130 row pairs).
+both reports the earlier row (875 pairs covering 130 row pairs).
 
 Installed state is always observed from outside: later adds and deletes, ``query_oid`` capabilities,
 and what decap does with the derived framing fixtures of spec test-vectors.md §6 (D1 is the GCM-B
@@ -197,6 +197,8 @@ FAULTS = [
     Fault("3-empty", 3, NS.INVALID_DATA, SEC, _set(sec_assoc=[])),
     Fault("3-four", 3, NS.INVALID_DATA, SEC, lambda r, nic: _set(sec_assoc=[r.sec_assoc[0]] * 4)(r)),
     Fault("4-two", 4, NS.NOT_SUPPORTED, SEC, lambda r, nic: _set(sec_assoc=[r.sec_assoc[0]] * 2)(r)),
+    # OFFLOAD_MAX_SAS (3) elements still pass row 3's count (spec §3.1: SecAssoc[3]); row 4 refuses them.
+    Fault("4-three", 4, NS.NOT_SUPPORTED, SEC, lambda r, nic: _set(sec_assoc=[r.sec_assoc[0]] * 3)(r)),
     Fault("4-ah", 4, NS.NOT_SUPPORTED, frozenset({"operation"}), _sa(operation=natt.Operation.AUTHENTICATE)),
     Fault("5-op-7", 5, NS.INVALID_PARAMETER, frozenset({"operation"}), _sa(operation=7)),
     Fault("5-op-0", 5, NS.INVALID_PARAMETER, frozenset({"operation"}), _sa(operation=0)),
@@ -224,11 +226,21 @@ FAULTS = [
     Fault("11-gcm-icv-0", 11, NS.INVALID_PARAMETER, frozenset({"icv_len"}), _set(icv_len=0)),
     Fault("11-sha1-icv-16", 11, NS.INVALID_PARAMETER, frozenset({"algos", "key_mat", "icv_len"}),
           _algos(A.AES_CBC_128, 16, I.SHA, 20, 36, icv_len=16)),
+    # A float equal to the one allowed length is still not an integer (a GCM suite would refuse it
+    # anyway, having no "aes128gcm12.0"; HMAC suites have one ICV length and must check the type).
+    Fault("11-sha1-icv-float", 11, NS.INVALID_PARAMETER, frozenset({"algos", "key_mat", "icv_len"}),
+          _algos(A.AES_CBC_128, 16, I.SHA, 20, 36, icv_len=12.0)),
     Fault("12-dst-not-an-address", 12, NS.INVALID_PARAMETER, frozenset({"dst_addr"}), _set(dst_addr="10.0.0.256")),
     Fault("12-dst-ipv6", 12, NS.INVALID_PARAMETER, frozenset({"dst_addr"}), _set(dst_addr="2001:db8::1")),
     Fault("12-dst-2**32", 12, NS.INVALID_PARAMETER, frozenset({"dst_addr"}), _set(dst_addr=2**32)),
     Fault("12-dst-negative", 12, NS.INVALID_PARAMETER, frozenset({"dst_addr"}), _set(dst_addr=-1)),
     Fault("12-src-float", 12, NS.INVALID_PARAMETER, frozenset({"src_addr"}), _set(src_addr=1.5)),
+    # A netmask is contiguous ones then zeros; anything else matches no CIDR prefix (§1 step 6's
+    # "most specific mask" would be undefined).
+    Fault("12-dst-mask-not-contiguous", 12, NS.INVALID_PARAMETER, frozenset({"dst_mask"}),
+          _set(dst_mask="255.0.255.0")),
+    Fault("12-src-mask-not-contiguous", 12, NS.INVALID_PARAMETER, frozenset({"src_mask"}),
+          _set(src_mask="0.255.255.255")),
     Fault("12-one-tunnel-end", 12, NS.INVALID_PARAMETER, frozenset({"tunnel"}), _set(src_tunnel_addr="192.0.2.1")),
     Fault("12-other-tunnel-end", 12, NS.INVALID_PARAMETER, frozenset({"tunnel"}),
           _set(dst_tunnel_addr=ipaddress.IPv4Address("192.0.2.1"))),
@@ -358,6 +370,21 @@ def test_duplicate_in_a_full_table_is_invalid_data(backend: str) -> None:
     with natt.Offload(backend=backend, max_sas=1) as nic:
         install(nic, base_request())
         assert add(nic, base_request()) is NS.INVALID_DATA
+
+
+def test_duplicate_is_judged_on_the_masked_destination(backend: str) -> None:
+    # Row 21 compares destinations under their mask: 198.51.100.2/24 and 198.51.100.77/24 are the
+    # same network, so a second SA with the same SPI on the same entry could never be looked up
+    # (semantics §1 step 6 picks the most specific mask, and the masks are equal).
+    with natt.Offload(backend=backend) as nic:
+        install(nic, base_request(dst_mask="255.255.255.0"))
+        assert add(nic, base_request(dst_addr="198.51.100.77", dst_mask="255.255.255.0")) is NS.INVALID_DATA
+        assert counts(nic) == (1, 1)
+        assert decap_status(nic, D1) == [Status.OK]
+    # Written with host bits set, the network still matches every host in it.
+    with natt.Offload(backend=backend) as nic:
+        install(nic, base_request(dst_addr="198.51.100.77", dst_mask="255.255.255.0"))
+        assert decap_status(nic, D1) == [Status.OK]
 
 
 def test_other_type_port_in_a_full_entry_table_is_invalid_parameter(backend: str) -> None:
@@ -594,6 +621,17 @@ def test_entry_table_full_gives_resources(backend: str) -> None:
         # An existing entry needs no room.
         install(nic, other_request(spi=0x2002, port=4501))
         assert nic.query_oid(natt.OID_TCP_TASK_OFFLOAD).max_parser_entries == 2
+
+
+@pytest.mark.parametrize("limit", ["max_sas", "max_parser_entries"])
+@pytest.mark.parametrize("value", [0, -1, True, 1.5], ids=["0", "-1", "True", "1.5"])
+def test_table_limits_must_be_positive_integers(backend: str, limit: str, value: Any) -> None:
+    # A table with room for no SA (or no parser entry) could never install anything: 0 is refused
+    # like a negative size, and 1 is the smallest limit there is.
+    with pytest.raises(ValueError, match=limit):
+        natt.Offload(backend=backend, **{limit: value})
+    with natt.Offload(backend=backend, **{limit: 1}) as nic:
+        assert getattr(nic.query_oid(natt.OID_TCP_TASK_OFFLOAD), limit) == 1
 
 
 # --------------------------------------------------------------------------- duplicates and lookup keys

@@ -189,6 +189,19 @@ class TestOuterHeader:
         s, res = decap1(rx[0], p)
         assert s is Status.MALFORMED and res[0] == p
 
+    @pytest.mark.parametrize("dport", [4501, 9999], ids=["ike-entry", "no-entry"])
+    def test_udp_header_incomplete_whatever_the_port(self, nic, dport):
+        # Step 4 comes before the port lookup (step 4's end) and the framing (step 5): 7 octets of UDP
+        # are MALFORMED even when the UDP length field agrees with them. Seen on an OTHER entry's port
+        # this is indistinguishable from an empty RFC 3948 payload (MALFORMED too), so the check is
+        # pinned here on an IKE-framing port (an empty payload there would be IKE) and on a port
+        # nobody parses (NOT_ESP).
+        h, _ = add_in(nic, encap=natt.UdpEncapType.IKE, port=4501)
+        p = ipv4(struct.pack("!HHH", 4500, dport, 7) + b"\0", proto=UDP, src=PEER, dst=US)
+        s, res = decap1(nic, p)
+        assert s is Status.MALFORMED and res[0] == p and res.sa[0] == 0
+        assert stats(nic, h)["malformed"] == 0      # rejected before any SA was found
+
     @pytest.mark.parametrize("delta", [-1, 1, 100])
     def test_udp_length_mismatch(self, rx, delta):
         nic, _, peer = rx
@@ -412,6 +425,20 @@ class TestReplayAndIntegrity:
         h, peer = add_in(nic)
         s, res = decap1(nic, peer.packet(0))
         assert s is Status.REPLAY and res.seq[0] == 0 and res.sa[0] == h
+
+    @pytest.mark.parametrize("esn", [False, True], ids=["32bit", "esn"])
+    def test_seq_zero_refused_even_with_an_imported_empty_bitmap(self, nic, esn):
+        # RFC 4303 §3.3.3: the first packet carries 1, so 0 is never a valid number (§3.4.3
+        # preliminary check). With the default full initial bitmap the window alone already calls 0
+        # seen; an imported state (top 5, bitmap 0: "1..5 not yet seen") clears the bit that would
+        # stand for 0, so only the explicit "seq == 0" rule refuses it. With ESN, seql 0 next to a
+        # top of 5 infers the high half 0 (Appendix A case B), i.e. the full number 0 as well.
+        h, peer = add_in(nic, esn=esn, replay_seq=5, replay_bitmap=0)
+        res = nic.decap([peer.packet(0), peer.packet(1), peer.packet(5)])
+        assert statuses(res) == [Status.REPLAY, Status.OK, Status.OK]
+        assert list(res.seq) == [0, 1, 5]
+        st_ = stats(nic, h)
+        assert st_["replays"] == 1 and st_["packets"] == 2
 
     def test_initial_replay_seq_counts_as_seen(self, nic):
         h, peer = add_in(nic, replay_seq=1000)
@@ -732,6 +759,19 @@ class TestNatOa:
         seg = b"\x01" * 17                                   # TCP needs >= 18 octets for its checksum
         s, res = decap1(nic, peer.packet(1, payload=seg, nh=TCP))
         assert s is Status.OK and res[0][20:] == seg
+
+    def test_tcp_of_exactly_18_octets_is_repaired(self, nic):
+        # The boundary of test_short_tcp_left_alone: 18 octets end with the checksum field
+        # (offset 16), so RFC 3948 §3.1.2 repair applies; the result verifies over the received
+        # addresses as in test_checksum_repaired.
+        h, peer = add_in(nic, nat_oa_src=self.OA_SRC)
+        seg = b"\x01" * 16 + b"\0\0"
+        seg = seg[:16] + l4_checksum(self.OA_SRC, US, TCP, seg).to_bytes(2, "big")
+        s, res = decap1(nic, peer.packet(1, payload=seg, nh=TCP))
+        got = res[0][20:]
+        assert s is Status.OK and len(got) == 18 and got[:16] == seg[:16]
+        assert int.from_bytes(got[16:18], "big") == l4_checksum(PEER, US, TCP, seg)
+        assert got[16:18] != seg[16:18]
 
     def test_short_udp_left_alone(self, nic):
         h, peer = add_in(nic, nat_oa_src=self.OA_SRC)

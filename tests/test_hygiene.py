@@ -299,6 +299,39 @@ def test_failed_backend_install_zeroes_the_key_copy(backend, monkeypatch):
         assert len(seen) == 1 and not any(seen[0].key)
 
 
+@pytest.mark.parametrize("fault", ["key-mat-length", "later-check"])
+def test_refused_add_zeroes_its_key_copy(backend, monkeypatch, fault):
+    # The OID layer copies key_mat into a bytearray of its own before the checks that follow
+    # (docs/semantics.md §5: the key length, then rows 11-22). A refused request must zero that
+    # copy, as delete and a failed backend install do (SECURITY.md): dropped unzeroed, the key
+    # stays in freed memory. Freed small blocks are soon reused, so a memory scan would not
+    # find it reliably; the copy is caught by standing in for the module's bytearray instead.
+    import natt._offload as offload_module
+
+    copies: list[bytearray] = []
+
+    class Recorded(bytearray):
+        def __init__(self, *args):
+            super().__init__(*args)
+            copies.append(self)
+
+    monkeypatch.setattr(offload_module, "bytearray", Recorded, raising=False)
+    s, _ = natt.parse_suite("aes128gcm16")
+    key = key_for("aes128gcm16") + (b"\x5a" if fault == "key-mat-length" else b"")
+    req = natt.AddUdpEspSa(
+        flags=natt.OFFLOAD_INBOUND_SA, key_mat=key, dst_addr="198.51.100.2",
+        replay_window=7 if fault == "later-check" else 64,       # 7: below the minimum of 32
+        sec_assoc=[natt.OffloadSecurityAssociation(
+            natt.Operation.ENCRYPT, 0x1001, integrity_algo=natt.AlgoInfo(s.integ_algo, s.integ_key_len),
+            conf_algo=natt.AlgoInfo(s.conf_algo, s.conf_key_len))])
+    with natt.Offload(backend=backend) as nic:
+        status = nic.set_oid(natt.OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req)
+    assert status == (NdisStatus.INVALID_DATA if fault == "key-mat-length" else NdisStatus.INVALID_PARAMETER)
+    assert len(copies) == 1 and len(copies[0]) == len(key)
+    assert not any(copies[0]), "the refused request's copy of the key was not zeroed"
+    assert req.key_mat == key                    # the caller's buffer is the caller's to wipe
+
+
 # --------------------------------------------------------------------------- constant-time ICV compare
 
 def test_reference_icv_goes_through_compare_digest(monkeypatch):

@@ -85,6 +85,13 @@ def test_json_accepts_sas_object_int_spi_and_spaced_hex():
     assert s.spi == 4097 and s.key == bytes(36) and s.direction == "in" and s.mode == "tunnel"
 
 
+def test_json_key_prefix_0x_in_either_case():
+    # "0x" and "0X" both mark hex (as int(..., 0) reads them for the SPI, and esp_sa key columns).
+    for prefix in ("0x", "0X"):
+        (s,) = keys.loads(json.dumps([{"spi": 1, "suite": "aes128gcm16", "key": prefix + K20.hex()}]))
+        assert s.key == K20
+
+
 def test_inner_selectors_take_networks_and_plain_addresses():
     (s,) = keys.loads(json.dumps([{"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "direction": "out",
                                    "inner_src": "10.1.0.0/16", "inner_dst": "192.0.2.7"}]))
@@ -135,6 +142,10 @@ def test_json_mistakes_json_itself_would_let_through(text, message):
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "direction": "up"}, "direction"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "src": "300.1.1.1"}, "src"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "port": 70000}, "port"),
+    # The edges just past the valid ranges, refused while reading rather than at install time.
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "dport": 65536}, r"dport: must be 1 \.\. 65535"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "replay_seq": -1},
+     "replay_seq: must be a non-negative integer"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "encap": "GRE"}, "encap"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "colour": "red"}, "unknown field"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "inner_src": "10.0.0.1/8"},
@@ -320,6 +331,7 @@ def test_esp_sa_round_trip_every_wireshark_suite(tmp_path):
      "must be NULL"),
     ('IPv4,*,*', "double-quoted"),
     ('"IPv4","*","*","0x1"', "8 quoted fields"),
+    ('"IPv4","*","*","0x1","NULL","","HMAC-SHA-1-96 [RFC2404]"', "8 quoted fields"),    # 7: no auth key
 ])
 def test_esp_sa_errors_name_the_line_never_the_key(line, message):
     with pytest.raises(keys.KeyFileError, match=message) as ei:
@@ -613,6 +625,26 @@ def test_spi_errors_give_the_valid_range(spi):
             load()
         assert "outside" not in str(ei.value)
     assert nic.sa_handles() == []
+
+
+def test_nat_oa_is_installed_inbound_only():
+    # NAT-OA checksum repair (RFC 3948 §3.1.2) is what a receiver does; the Offload refuses it on
+    # an outbound SA, so install leaves it out there instead of refusing a key file that records it.
+    nat = spec(mode="transport", nat_oa_src="192.168.1.10", nat_oa_dst="10.0.0.99")
+    with natt.Offload(backend="reference") as nic:
+        (h_out,) = keys.install(nic, [nat], direction="out")
+        (h_in,) = keys.install(nic, [nat], direction="in")
+        assert nic.sa_stats(h_out)["direction"] == "out" and nic.sa_stats(h_in)["direction"] == "in"
+
+
+def test_identical_specs_without_a_direction_are_not_merged():
+    # Only install(direction=...) merges an SA given twice (see the test below); each spec in its
+    # own direction is added as written, so the same inbound SA twice is the Offload's refusal.
+    with natt.Offload(backend="reference") as nic:
+        with pytest.raises(keys.KeyFileError, match=r"SA #2 \(spi 0x00001001\): .*already installed"):
+            keys.install(nic, [spec(), spec()])
+        assert nic.sa_handles() == []
+    assert keys.same_sa([spec(), spec()]) == [0, 1] and keys.same_sa([spec(), spec()], "in") == [0, 0]
 
 
 def test_install_is_all_or_nothing():
