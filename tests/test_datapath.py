@@ -164,8 +164,12 @@ class TestOuterHeader:
         p = ipv4(peer.packet(1)[20:], proto=50, src=PEER, dst=US)   # raw ESP: natt only parses UDP
         assert decap1(nic, p)[0] is Status.NOT_ESP
 
-    @pytest.mark.parametrize("flags,frag", [(1, 0), (0, 1), (0, 0x1FFF), (3, 0), (2, 185)],
-                             ids=["MF", "offset-1", "offset-max", "DF+MF", "DF+offset"])
+    # offset-4096: only the top bit of the 13-bit fragment offset (RFC 791) set, so a check that
+    # masks fewer than 13 bits (or reads only the low octet) misses it.
+    @pytest.mark.parametrize("flags,frag", [(1, 0), (0, 1), (0, 0x1FFF), (3, 0), (2, 185), (0, 0x1000),
+                                            (0, 0x100)],
+                             ids=["MF", "offset-1", "offset-max", "DF+MF", "DF+offset", "offset-4096",
+                                  "offset-256"])
     def test_fragment(self, rx, flags, frag):
         nic, h, peer = rx
         p = outer(peer.esp(1), dst=US, flags=flags, frag=frag)
@@ -350,6 +354,27 @@ class TestLookup:
         assert statuses(res) == [Status.OK, Status.OK, Status.NO_SA]
         assert list(res.sa) == [h1, h2, 0]
 
+    def test_spi_is_per_parser_entry_across_many_entries(self, backend):
+        # Semantics §1 step 6: the lookup key is (parser entry, SPI); an SA of another entry with
+        # the same SPI is never a match. With three entries (above) an implementation that keys
+        # its table on (entry, SPI) but compares only the SPI within a hash chain still passes;
+        # 200 entries sharing two SPIs put several such SAs into one chain. Each entry's own SA
+        # must be found (right handle, its key authenticates), and the SPI an entry does not
+        # have must be NO_SA even though a neighbouring entry has it.
+        n = 200
+        with natt.Offload(backend=backend, max_parser_entries=n) as nic:
+            sas = []
+            for k in range(n):
+                spi = SPI + (k & 1)
+                key = key_for(GCM, k + 1)
+                h = nic.add_sa(spi, key, GCM.name, "in", mode="transport", port=5000 + k)
+                sas.append((5000 + k, h, Peer(GCM, key, spi)))
+            packets = [peer.packet(1, dport=port) for port, _, peer in sas]
+            packets += [sas[(k + 1) % n][2].packet(2, dport=port) for k, (port, _, _) in enumerate(sas)]
+            res = nic.decap(packets)
+            assert statuses(res) == [Status.OK] * n + [Status.NO_SA] * n
+            assert list(res.sa) == [h for _, h, _ in sas] + [0] * n
+
     def test_deleted_sa_is_no_sa_and_entry_goes_with_last_sa(self, nic):
         h, peer = add_in(nic)
         assert decap1(nic, peer.packet(1))[0] is Status.OK
@@ -425,20 +450,6 @@ class TestReplayAndIntegrity:
         h, peer = add_in(nic)
         s, res = decap1(nic, peer.packet(0))
         assert s is Status.REPLAY and res.seq[0] == 0 and res.sa[0] == h
-
-    @pytest.mark.parametrize("esn", [False, True], ids=["32bit", "esn"])
-    def test_seq_zero_refused_even_with_an_imported_empty_bitmap(self, nic, esn):
-        # RFC 4303 §3.3.3: the first packet carries 1, so 0 is never a valid number (§3.4.3
-        # preliminary check). With the default full initial bitmap the window alone already calls 0
-        # seen; an imported state (top 5, bitmap 0: "1..5 not yet seen") clears the bit that would
-        # stand for 0, so only the explicit "seq == 0" rule refuses it. With ESN, seql 0 next to a
-        # top of 5 infers the high half 0 (Appendix A case B), i.e. the full number 0 as well.
-        h, peer = add_in(nic, esn=esn, replay_seq=5, replay_bitmap=0)
-        res = nic.decap([peer.packet(0), peer.packet(1), peer.packet(5)])
-        assert statuses(res) == [Status.REPLAY, Status.OK, Status.OK]
-        assert list(res.seq) == [0, 1, 5]
-        st_ = stats(nic, h)
-        assert st_["replays"] == 1 and st_["packets"] == 2
 
     def test_initial_replay_seq_counts_as_seen(self, nic):
         h, peer = add_in(nic, replay_seq=1000)
@@ -604,6 +615,31 @@ class TestTrailer:
         p = peer.packet(1, payload=b"", nh=ICMP, pad=bytes(range(1, 7)))
         s, res = decap1(nic, p)
         assert s is Status.OK and res[0] == transport_out(p, ICMP, b"")
+
+    @pytest.mark.parametrize("mode", ["transport", "tunnel"])
+    def test_pad_len_one_past_all_whatever_precedes_the_plaintext(self, nic, mode):
+        # RFC 4303 §2.4: Pad Length counts padding octets *inside* the ciphertext, which ends
+        # with Pad Length and Next Header, so pad_len <= len(ciphertext) - 2. Here pad_len is
+        # len - 1 and the plaintext is 02 03 | 03 | nh: a padding check that starts one octet
+        # early, on the octet before the decrypted plaintext in the output buffer, would see the
+        # default run 1, 2, 3 if that octet is 1. The out buffer is reused so that it is: octet
+        # 19 of the slot in transport mode (where the IP header goes later), the octet before
+        # slot 1 in tunnel mode (the tail of slot 0, which an OK packet 0 leaves as it was).
+        h, peer = add_in(nic, mode=mode)
+        bad = peer.packet(2, payload=b"", nh=TCP, pad=b"\x02\x03", pad_len=3)
+        out = nic.decap([outer(b"\x01" * 400, dst=addr("192.0.2.1"), dport=9999)])
+        assert statuses(out) == [Status.NOT_ESP] and out[0][19] == 1
+        if mode == "transport":
+            res = nic.decap([bad], out=out)
+            k = 0
+        else:
+            res = nic.decap([peer.packet(1), bad], out=out)
+            assert res.data[res.offsets[1] - 1] == 1            # the scenario: a 1 before slot 1
+            k = 1
+        assert statuses(res)[:k] == [Status.OK] * k
+        assert statuses(res)[k] is Status.MALFORMED and res[k] == bad and res.next_header[k] == TCP
+        st_ = stats(nic, h)
+        assert (st_["malformed"], st_["packets"], st_["replay_seq"]) == (1, k, 2)
 
     @pytest.mark.parametrize("pad", [b"\0\0", b"\x01\x03", b"\x02\x01", b"\x01\x02\x03\x05", b"\xff"])
     def test_bad_pad_octets(self, nic, pad):

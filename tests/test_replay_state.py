@@ -149,6 +149,23 @@ def test_imported_hole_is_accepted_once(nic: natt.Offload) -> None:
     assert nic.replay_state(h) == (1001, (1 << 64) - 1)
 
 
+@pytest.mark.parametrize("esn", [False, True], ids=["32-bit", "esn"])
+@pytest.mark.parametrize("top", [0, 5])
+def test_seq_zero_is_a_replay_even_where_the_imported_bitmap_is_clear(nic: natt.Offload, top: int,
+                                                                      esn: bool) -> None:
+    """Sequence number 0 is never valid (RFC 4303 §3.3.3: the first packet sent carries 1), so
+    the receiver rejects it (§3.4.3, docs/semantics.md §3) whatever the window's bits say. An
+    imported bitmap of 0 clears the bit of number 0 too (replay_state only *reports* numbers
+    <= 0 as seen): the check must not rest on that bit."""
+    h, peer = add_in(nic, GCM, esn=esn, replay_window=64, replay_seq=top, replay_bitmap=0)
+    packets = [peer.packet(0)] + [peer.packet(n) for n in range(1, top + 1)] + [peer.packet(0)]
+    res = nic.decap(packets)
+    assert res.status.tolist() == [Status.REPLAY] + [Status.OK] * top + [Status.REPLAY]
+    assert res.seq[0] == 0 and res.seq[-1] == 0 and res.sa[0] == h
+    st = nic.sa_stats(h)
+    assert st["replays"] == 2 and st["packets"] == top and st["replay_seq"] == top
+
+
 @pytest.mark.parametrize("kw, why", [
     ({"replay_bitmap": -1}, "negative"),
     ({"replay_bitmap": 1 << 64}, "wider than the window"),
