@@ -307,3 +307,17 @@ def test_c_compiler_takes_cc_as_a_shell_word_list(monkeypatch) -> None:
     # A compiler that cannot be run is the RuntimeError the bench turns into "C loop skipped".
     with pytest.raises(RuntimeError, match=r"cannot run the C compiler '/nonexistent/cc' \(\$CC\)"):
         EvpLoop()
+
+
+def test_call_instructions_counts_a_call_not_the_set_up(capsys):
+    """benchmarks.call_instructions: with the set-up subtracted, a batch-of-one decap counts
+    thousands of instructions, not the millions of the imports; a statement that fails is an
+    error, not a figure."""
+    from benchmarks import call_instructions
+
+    call_instructions.main(["--calls", "2000"])
+    out = capsys.readouterr().out
+    assert out.startswith("nic.decap(pb, out=out): ")
+    assert 5000 < int(out.split(": ")[1].split()[0]) < 100_000
+    with pytest.raises(SystemExit, match="the child failed"):
+        call_instructions.main(["--calls", "1", "--statement", "no_such_name"])
