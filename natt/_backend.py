@@ -62,6 +62,10 @@ class SaConfig:
     # ``replay_seq - i`` (i < replay_window); None = full (every number <= replay_seq seen).
     # Not in ``repr``: a 65536-bit int exceeds Python's int-to-decimal limit.
     replay_bitmap: Optional[int] = dataclasses.field(default=None, repr=False)
+    # Outbound tunnel SAs: the outer header's DF bit, one of _constants.DF_BIT_MODES ("copy"
+    # from an inner IPv4 header, "set", "clear"; RFC 4301 §8.1). Always "copy" on inbound and
+    # transport SAs (Offload refuses the others there).
+    df_bit: str = "copy"
 
     @property
     def enc_key(self) -> bytes:

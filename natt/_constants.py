@@ -34,6 +34,12 @@ OFFLOAD_OUTBOUND_SA = 2
 #: Size of ``SecAssoc[]`` in OFFLOAD_IPSEC_ADD_UDPESP_SA (spec §3.1).
 OFFLOAD_MAX_SAS = 3
 
+#: What an outbound tunnel SA does with the DF bit of the outer IPv4 header encap writes
+#: (``df_bit``): RFC 4301 §8.1 asks that it be configurable per SA as "set, clear, copy from
+#: inner header". "copy" (the default) is what natt always did. Not part of ``__all__``: the
+#: values are the strings themselves.
+DF_BIT_MODES = ("copy", "set", "clear")
+
 
 class UdpEncapType(enum.IntEnum):
     """UDP_ENCAP_TYPE of a parser entry (spec §1.1, §1.3).

@@ -374,6 +374,11 @@ cdef struct natt_sa:
     uint32_t dst_tunnel_addr
     uint16_t encap_src_port
     uint16_t encap_dst_port
+    # Outbound tunnel SAs: the outer DF bit (RFC 4301 §8.1, per SA), as two masks on octet 6 of
+    # the IPv4 header, chosen once by add_sa: (inner octet 6 & df_keep) | df_set. "copy" is
+    # (0x40, 0), "set" (0, 0x40), "clear" (0, 0).
+    uint8_t df_keep
+    uint8_t df_set
     int32_t slot
     EVP_CIPHER *evp_cipher        # control plane only
     EVP_MD *evp_md
@@ -1758,9 +1763,10 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
     if marker:
         memset(o + ohdr + 8, 0, 8)
     if sa.tunnel:
-        # DF copied from an inner IPv4 header (RFC 4301 §8.1; semantics §2 step 7): a sender
-        # that asked for path MTU discovery keeps it, and such packets are atomic (RFC 6864).
-        df = (<uint32_t>p[6] << 8) & 0x4000 if nh == NATT_NH_IPV4 else 0
+        # DF as the SA says (RFC 4301 §8.1; semantics §2 step 7): "copy" keeps an inner IPv4
+        # sender's path MTU discovery, and its packets atomic (RFC 6864); an inner IPv6 packet
+        # has no DF to copy. The masks were chosen at add time: no per-packet string.
+        df = <uint32_t>((p[6] & sa.df_keep if nh == NATT_NH_IPV4 else 0) | sa.df_set) << 8
         # Summed from the values, not read back (natt_copy_ip_header says why).
         o[0] = 0x45
         o[1] = tos
@@ -2270,6 +2276,16 @@ cdef class FastBackend:
             sa.encap_ike = int(cfg.encap_type) == NATT_ENCAP_IKE
             sa.encap_src_port = cfg.encap_src_port
             sa.encap_dst_port = cfg.encap_dst_port
+            # RFC 4301 §8.1, decided here once (natt_sa.df_keep says how the kernel uses them).
+            df_bit = cfg.df_bit
+            if df_bit == "copy":
+                sa.df_keep, sa.df_set = 0x40, 0
+            elif df_bit == "set":
+                sa.df_keep, sa.df_set = 0, 0x40
+            elif df_bit == "clear":
+                sa.df_keep, sa.df_set = 0, 0
+            else:
+                raise ValueError("SaConfig: df_bit is not 'copy', 'set' or 'clear'")
             sa.cipher = int(suite.cipher)
             sa.mac = int(suite.mac)
             sa.iv_len = suite.iv_len

@@ -27,6 +27,7 @@ import numpy as np
 from ._backend import Backend, SaConfig
 from ._batch import ENCAP_OVERHEAD, BatchResult, DecapResult, EncapResult, PacketBatch, as_batch
 from ._constants import (
+    DF_BIT_MODES,
     OFFLOAD_INBOUND_SA,
     OFFLOAD_MAX_SAS,
     OFFLOAD_OUTBOUND_SA,
@@ -464,6 +465,22 @@ class Offload:
             field = "nat_oa_src" if oa_src else "nat_oa_dst"
             raise _Reject(INVALID_PARAMETER, f"{field}: NAT-OA checksum repair applies to inbound transport SAs only "
                                              "(RFC 3948 §3.1.2)")
+        # RFC 4301 §8.1: the DF bit of "the tunnel mode header that it emits" is set, cleared or
+        # copied from the inner header, per SA. Only an outbound tunnel SA emits such a header.
+        # Decap writes none; a transport SA's outer header is the datagram's own, whose DF its
+        # sender chose (and whose ID it may have chosen for an atomic datagram, RFC 6864 §4.1, so
+        # clearing DF there could let fragments of two datagrams be reassembled as one). Like
+        # NAT-OA where it does not apply, "set" and "clear" are refused there, not ignored.
+        df_bit = req.df_bit
+        if not isinstance(df_bit, str) or df_bit not in DF_BIT_MODES:
+            raise _Reject(INVALID_PARAMETER, f"df_bit: {shown(df_bit)} is not 'copy', 'set' or 'clear'")
+        if df_bit != "copy" and inbound:
+            raise _Reject(INVALID_PARAMETER, f"df_bit: {df_bit!r} applies to outbound SAs only (the DF bit "
+                                             "of the tunnel header encap writes, RFC 4301 §8.1); use 'copy'")
+        if df_bit != "copy" and not tunnel:
+            raise _Reject(INVALID_PARAMETER, f"df_bit: {df_bit!r} applies to tunnel SAs only: a transport SA's "
+                                             "outer header is the datagram's own, DF as its sender set it "
+                                             "(RFC 4301 §8.1 is about the tunnel header); use 'copy'")
 
         entry = req.encap_type_entry
         if not isinstance(entry, EncapTypeEntry):
@@ -510,7 +527,7 @@ class Offload:
             entry_handle=0, encap_type=encap_type, port=port,
             encap_src_port=sport, encap_dst_port=dport, replay_window=window, esn=esn,
             replay_seq=replay_seq, replay_oseq=replay_oseq, nat_oa_src=oa_src, nat_oa_dst=oa_dst, key=key,
-            replay_bitmap=replay_bitmap)
+            replay_bitmap=replay_bitmap, df_bit=str(df_bit))
         return cfg, (entry_handle, encap_type, port)
 
     def _handle(self) -> int:
@@ -611,7 +628,7 @@ class Offload:
                dport: int = 4500,
                replay_window: int = 64, esn: bool = False, nat_oa_src: Optional[Address] = None,
                nat_oa_dst: Optional[Address] = None, replay_seq: int = 0, replay_oseq: int = 0,
-               replay_bitmap: Optional[int] = None) -> int:
+               replay_bitmap: Optional[int] = None, df_bit: str = "copy") -> int:
         """Install one SA and return its handle; raises :class:`OffloadError` naming the field at fault.
 
         ``suite`` is a strongSwan ESP proposal keyword (``aes128gcm16``,
@@ -626,6 +643,9 @@ class Offload:
         :class:`UdpEncapType` or its name, ``"OTHER"`` (RFC 3948) or ``"IKE"``.
         ``replay_seq``/``replay_bitmap`` (inbound) start the anti-replay window
         from a state :meth:`replay_state` exported (docs/semantics.md §3).
+        ``df_bit`` (outbound tunnel SAs) is the DF bit of the outer IPv4 header:
+        ``"copy"`` from an inner IPv4 header (clear for inner IPv6; the default),
+        ``"set"`` or ``"clear"`` (RFC 4301 §8.1); other SAs take ``"copy"`` only.
         """
         try:
             s, suite_esn = parse_suite(suite)
@@ -683,7 +703,7 @@ class Offload:
             encap_src_port=sport, encap_dst_port=dport,
             nat_oa_src=0 if nat_oa_src is None else nat_oa_src,
             nat_oa_dst=0 if nat_oa_dst is None else nat_oa_dst,
-            replay_seq=replay_seq, replay_oseq=replay_oseq, replay_bitmap=replay_bitmap)
+            replay_seq=replay_seq, replay_oseq=replay_oseq, replay_bitmap=replay_bitmap, df_bit=df_bit)
         if mode == "tunnel":      # both given and not 0 (checked above)
             req.src_tunnel_addr = 0 if src is None else src
             req.dst_tunnel_addr = 0 if dst is None else dst
@@ -739,6 +759,7 @@ class Offload:
                 "mode": "tunnel" if cfg.tunnel else "transport", "suite": cfg.suite.name,
                 "esn": cfg.esn, "replay_window": cfg.replay_window,
                 "encap": cfg.encap_type.name, "port": cfg.port, "entry_handle": cfg.entry_handle,
+                "df_bit": cfg.df_bit,
             }
             stats.update(self._backend.counters(cfg.handle))   # the int, not the caller's object
             return stats

@@ -594,7 +594,14 @@ class ReferenceBackend:
         # 7. Outer IPv4 header.
         if cfg.tunnel:
             tos = p[1] if nh == _NH_IPV4 else ((p[0] & 0x0F) << 4 | p[1] >> 4)
-            df = p[6] << 8 & _IP_DF if nh == _NH_IPV4 else 0      # copied (RFC 4301 §8.1)
+            # DF per the SA (RFC 4301 §8.1: set, clear or copy from the inner header, per SA);
+            # an inner IPv6 packet has no DF to copy, so "copy" leaves it clear.
+            if cfg.df_bit == "set":
+                df = _IP_DF
+            elif cfg.df_bit == "clear":
+                df = 0
+            else:
+                df = p[6] << 8 & _IP_DF if nh == _NH_IPV4 else 0
             header = struct.pack("!BBHHHBBHII", 0x45, tos, total, seq & 0xFFFF, df, _TUNNEL_TTL,
                                  _PROTO_UDP, 0, cfg.src_tunnel_addr, cfg.dst_tunnel_addr)
             header = _with_ip_fields(header, _PROTO_UDP, total)
