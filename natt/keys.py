@@ -43,6 +43,10 @@ field              type / default            meaning
 ``inner_dst``                                encap`` sends through this SA (traffic selectors);
                                              no host bits (``10.0.0.1/8`` is refused); refused
                                              on a transport SA
+``df_bit``         ``"copy"``/``"set"``/     tunnel SAs installed outbound: the outer header's
+                   ``"clear"``, ``"copy"``   DF bit (RFC 4301 §8.1); ``"copy"`` takes it from an
+                                             inner IPv4 header; refused on a transport SA unless
+                                             ``"copy"``
 ``name``           string, ""                a label for reports
 =================  ========================  ===================================================
 
@@ -104,7 +108,7 @@ import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
-from ._constants import UdpEncapType
+from ._constants import DF_BIT_MODES, UdpEncapType
 from ._files import Replacement
 from ._redact import shown
 from ._suites import Cipher, Mac, Suite, parse_suite
@@ -152,6 +156,9 @@ class SaSpec:
     nat_oa_dst: Optional[str] = None
     inner_src: Optional[str] = None
     inner_dst: Optional[str] = None
+    #: Installed outbound (tunnel mode): the outer DF bit, ``"copy"``, ``"set"`` or ``"clear"``
+    #: (RFC 4301 §8.1). Installed inbound it is not used, as ``sport``/``dport`` are not.
+    df_bit: str = "copy"
     name: str = ""
     #: Where the SA was read (``"keys.json: SA #2"``, ``"esp_sa: line 5"``; "" for one made in
     #: code): :func:`install`'s errors name it. Not a key-file field; not compared.
@@ -361,6 +368,14 @@ def _spec_from_json(i: int, obj: Any, default_mode: str = "tunnel") -> SaSpec:
         field = "inner_src" if obj.get("inner_src") is not None else "inner_dst"
         raise KeyFileError(f"{w}: {field}: traffic selectors are for tunnel-mode SAs; natt encap "
                            f"chooses a transport-mode SA by its src and dst")
+    df_bit = obj.get("df_bit", "copy")
+    if not isinstance(df_bit, str) or df_bit not in DF_BIT_MODES:
+        raise KeyFileError(f"{w}: df_bit: 'copy', 'set' or 'clear', got {shown(df_bit)}")
+    if mode == "transport" and df_bit != "copy":
+        # The Offload refuses it (a transport SA writes no tunnel header, RFC 4301 §8.1): say so
+        # when the file is read, as for inner_src, not when natt encap installs it.
+        raise KeyFileError(f"{w}: df_bit: {df_bit!r} is for tunnel-mode SAs; a transport-mode SA keeps "
+                           f"the datagram's own header, DF as its sender set it")
     replay_window = _int(obj.get("replay_window", 64), w, "replay_window")
     return SaSpec(
         spi=spi, suite=obj["suite"], key=key, direction=direction, mode=mode,
@@ -373,7 +388,7 @@ def _spec_from_json(i: int, obj: Any, default_mode: str = "tunnel") -> SaSpec:
         nat_oa_src=_addr(obj.get("nat_oa_src"), w, "nat_oa_src"),
         nat_oa_dst=_addr(obj.get("nat_oa_dst"), w, "nat_oa_dst"),
         inner_src=_net(obj.get("inner_src"), w, "inner_src"),
-        inner_dst=_net(obj.get("inner_dst"), w, "inner_dst"), name=name, origin=_where(i))
+        inner_dst=_net(obj.get("inner_dst"), w, "inner_dst"), df_bit=df_bit, name=name, origin=_where(i))
 
 
 def _spec_to_json(s: SaSpec) -> dict[str, Any]:
@@ -383,7 +398,7 @@ def _spec_to_json(s: SaSpec) -> dict[str, Any]:
     d["mode"] = s.mode
     defaults = SaSpec(0, "", b"")
     for f in ("src", "dst", "encap", "port", "sport", "dport", "esn", "replay_window", "replay_seq",
-              "replay_oseq", "nat_oa_src", "nat_oa_dst", "inner_src", "inner_dst", "name"):
+              "replay_oseq", "nat_oa_src", "nat_oa_dst", "inner_src", "inner_dst", "df_bit", "name"):
         v = getattr(s, f)
         if f in ("src", "dst") or v != getattr(defaults, f):
             d[f] = v.name if isinstance(v, UdpEncapType) else v
@@ -887,7 +902,9 @@ def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optio
                       dport=s.dport, replay_window=s.replay_window, esn=s.esn,
                       nat_oa_src=s.nat_oa_src if d == "in" else None,
                       nat_oa_dst=s.nat_oa_dst if d == "in" else None, replay_seq=replay_seq,
-                      replay_oseq=s.replay_oseq, replay_bitmap=replay_bitmap)
+                      replay_oseq=s.replay_oseq, replay_bitmap=replay_bitmap,
+                      # What encap writes (RFC 4301 §8.1); an inbound SA takes "copy" only.
+                      df_bit=s.df_bit if d == "out" else "copy")
         # A key file that holds an SA's two directions (same SPI, ends and key) gives the
         # same SA twice once ``direction`` makes them both inbound (natt decap): install it
         # once, both specs get its handle. The key is compared, not kept in the index.
