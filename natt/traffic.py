@@ -503,17 +503,23 @@ def _split_inner(inner: bytes, tunnel: bool) -> tuple[bytes, int, int]:
 def esp_in_udp(sealer: EspSealer, seq: int, inner: bytes, *, tunnel: bool,
                src: Optional[Address] = None, dst: Optional[Address] = None,
                sport: int = 4500, dport: int = 4500, framing: UdpEncapType = UdpEncapType.OTHER,
-               udp_checksum: bool = False, next_header: Optional[int] = None, **seal: Any) -> bytes:
+               udp_checksum: bool = False, next_header: Optional[int] = None, df_bit: str = "copy",
+               **seal: Any) -> bytes:
     """The UDP-encapsulated ESP IPv4 packet a NAT-T peer sends for ``inner`` (RFC 3948 §2).
 
     Tunnel mode: ``inner`` (IPv4 or IPv6) is the ESP payload, next header 4 or 41, and the outer
-    header is the one natt's encap writes (docs/semantics.md §2.7: TOS and DF from the inner
-    packet, ID = ``seq & 0xFFFF``, TTL 64, ``src`` → ``dst``). Transport mode: ``inner`` must be IPv4;
-    its payload is protected and its header (options kept) becomes the outer one with protocol 17;
-    ``src``/``dst`` when given replace its addresses, as a NAT on the path would.
+    header is the one natt's encap writes (docs/semantics.md §2.7: TOS from the inner packet, DF
+    as the SA's ``df_bit`` says -- ``"copy"`` from an inner IPv4 header, ``"set"``, ``"clear"``
+    (RFC 4301 §8.1) --, ID = ``seq & 0xFFFF``, TTL 64, ``src`` → ``dst``). Transport mode: ``inner`` must be IPv4;
+    its payload is protected and its header (options kept, DF too: ``df_bit`` must be ``"copy"``)
+    becomes the outer one with protocol 17; ``src``/``dst`` when given replace its addresses, as a
+    NAT on the path would.
     ``next_header`` overrides the value written in the trailer; ``seal`` goes to
     :meth:`EspSealer.seal`.
     """
+    if df_bit not in ("copy", "set", "clear") or (not tunnel and df_bit != "copy"):
+        raise ValueError(f"df_bit: {df_bit!r}; 'copy', 'set' or 'clear', and a transport SA keeps the "
+                         f"inner header's own ('copy')")
     payload, nh, tos = _split_inner(inner, tunnel)
     esp = sealer.seal(seq, payload, nh if next_header is None else next_header, **seal)
     outer_header = 20 if tunnel else (inner[0] & 15) * 4
@@ -522,7 +528,11 @@ def esp_in_udp(sealer: EspSealer, seq: int, inner: bytes, *, tunnel: bool,
         return _transport_outer(inner[: (inner[0] & 15) * 4], esp, src, dst, sport, dport, framing, udp_checksum)
     if src is None or dst is None:
         raise ValueError("src/dst: tunnel mode needs the outer (tunnel end point) addresses")
-    df = inner[6] >> 5 & IP_FLAG_DF if inner[0] >> 4 == 4 else 0       # RFC 4301 §8.1: copied
+    # RFC 4301 §8.1: set, clear, or copied from an inner IPv4 header (an IPv6 one has no DF).
+    if df_bit == "copy":
+        df = inner[6] >> 5 & IP_FLAG_DF if inner[0] >> 4 == 4 else 0
+    else:
+        df = IP_FLAG_DF if df_bit == "set" else 0
     return udp_encapsulate(esp, src, dst, sport=sport, dport=dport, framing=framing,
                            udp_checksum=udp_checksum, tos=tos, ip_id=seq & 0xFFFF, ip_flags=df)
 
@@ -576,7 +586,7 @@ def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16"
                  key: Union[bytes, bytearray, memoryview, None] = None, seed: int = 0,
                  src: Optional[str] = "198.51.100.2", dst: Optional[str] = "203.0.113.5",
                  port: Optional[int] = None, replay_window: int = 64,
-                 replay_seq: int = 0, replay_oseq: int = 0) -> SaPair:
+                 replay_seq: int = 0, replay_oseq: int = 0, df_bit: str = "copy") -> SaPair:
     """Install a matched outbound/inbound SA pair and return it.
 
     The outbound SA goes on ``out_nic`` and the inbound one on ``in_nic`` (the same Offload when
@@ -586,7 +596,7 @@ def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16"
     any destination). ``port`` (default 4500 for RFC 3948 framing, 500
     for the legacy ``IKE`` framing) is both the parser entry port and the outer UDP ports. ``key``
     defaults to octets drawn from ``seed``. ``suite`` is a strongSwan keyword; a ``-esn`` suffix is
-    the same as ``esn=True``.
+    the same as ``esn=True``. ``df_bit`` goes to the outbound SA (RFC 4301 §8.1; tunnel mode).
     """
     s, esn_kw = parse_suite(suite)
     esn = esn or esn_kw
@@ -602,7 +612,7 @@ def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16"
     with in_nic._all_or_nothing() as added:
         added.append(in_nic.add_sa(direction="in", replay_window=replay_window, replay_seq=replay_seq, **common))
         h_out = out_nic.add_sa(direction="out", sport=port, dport=port, replay_window=replay_window,
-                               replay_oseq=replay_oseq, **common)
+                               replay_oseq=replay_oseq, df_bit=df_bit, **common)
     h_in = added[0]
     return SaPair(out_nic, in_nic, h_out, h_in, spi, s.name, esn, mode == "tunnel", UdpEncapType(framing),
                   src, dst, port, bytes(key))
