@@ -93,7 +93,9 @@ class CaptureStats:
     counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     octets: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     # carried_ip[k]: OK packets of SA k whose output is an IPv4 header with protocol 4 or 41 (a
-    # transport-mode SA's output when the ESP carried a whole IP packet: tunnel traffic).
+    # transport-mode SA's output when the ESP carried a whole IP packet: tunnel traffic). Counted
+    # for every SA, since the counting knows no modes; natt.cli.decap_hints reads transport SAs' only
+    # (a tunnel SA's inner packet may itself be IP-in-IP).
     carried_ip: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     # What the hints after a decap run are made of (natt.cli.decap_hints):
     cut_short: int = 0                        # MALFORMED IPv4 frames captured shorter than sent

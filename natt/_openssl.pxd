@@ -89,7 +89,7 @@ cdef extern from "openssl/evp.h" nogil:
     int EVP_MD_get_block_size(const EVP_MD *md)
 
     # Symmetric ciphers. A context is keyed once (EVP_CipherInit_ex with cipher and key);
-    # per packet only the IV is set (cipher and key NULL, enc -1 = unchanged).
+    # per packet only the IV is set (cipher and key NULL; enc 0 or 1 as keyed).
     EVP_CIPHER_CTX *EVP_CIPHER_CTX_new()
     void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX *ctx)
     int EVP_CIPHER_CTX_copy(EVP_CIPHER_CTX *out, const EVP_CIPHER_CTX *inp)

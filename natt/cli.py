@@ -776,11 +776,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # explain
 
 
-_STEP_OF = {Status.NOT_ESP: None, Status.MALFORMED: None, Status.FRAGMENT: 3, Status.IKE: 5,
-            Status.KEEPALIVE: 5, Status.NO_SA: 6, Status.REPLAY: 8, Status.AUTH_FAILED: 9,
-            Status.DUMMY: 11, Status.PROTOCOL: 11, Status.OK: 12, Status.ERROR: None}
-
-
 def explain_packet(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSpec], p: bytes) -> list[str]:
     """Lines walking docs/semantics.md §1 for packet ``p`` up to the step that decides it.
 

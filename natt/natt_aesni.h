@@ -285,7 +285,7 @@ static const uint8_t natt_gcm_shl[32] = {
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
 /* The ESP trailer (RFC 4303 §2.4: padding 1, 2, ..., pad_len, then next header) for natt_gcm's
-   in2, pad_len <= 6 (AES-GCM pads to 4 octets): 16 octets in one store, zero after the
+   in2. AES-GCM pads to 4 octets, so pad_len <= 3; the store has room for up to 6: 16 octets in one store, zero after the
    trailer, so that natt_gcm's block load of it is forwarded from that store. */
 NATT_GCM_TARGET static inline void natt_gcm_trailer(uint8_t *tr, int pad_len, uint8_t nh) {
     uint64_t w = 0x0807060504030201ULL & ((1ULL << (8 * pad_len)) - 1);
