@@ -3,7 +3,7 @@
 The request checks are table-driven: ``FAULTS`` holds one or more faulty requests per row of the
 §5 check table. Each must reach its row's status and leave nothing installed; and for every pair of
 faults from different rows, with different statuses and touching different fields, a request carrying
-both reports the earlier row (875 pairs covering 130 row pairs).
+both reports the earlier row (985 pairs covering 130 row pairs).
 
 Installed state is always observed from outside: later adds and deletes, ``query_oid`` capabilities,
 and what decap does with the derived framing fixtures of spec test-vectors.md §6 (D1 is the GCM-B
@@ -264,6 +264,14 @@ FAULTS = [
           _set(src_tunnel_addr="192.0.2.1", dst_tunnel_addr=D1_DST, nat_oa_src="10.1.1.1")),
     Fault("16-nat-oa-on-outbound", 16, NS.INVALID_PARAMETER, frozenset({"flags", "nat_oa"}),
           _set(flags=natt.OFFLOAD_OUTBOUND_SA, nat_oa_dst="10.1.1.1")),
+    # df_bit (RFC 4301 §8.1): one of three words, and other than "copy" on an outbound tunnel SA only.
+    Fault("16-df-bit-unknown", 16, NS.INVALID_PARAMETER, frozenset({"df_bit"}), _set(df_bit="sometimes")),
+    Fault("16-df-bit-not-a-string", 16, NS.INVALID_PARAMETER, frozenset({"df_bit"}), _set(df_bit=1)),
+    Fault("16-df-bit-upper-case", 16, NS.INVALID_PARAMETER, frozenset({"df_bit"}), _set(df_bit="SET")),
+    Fault("16-df-bit-on-inbound-tunnel", 16, NS.INVALID_PARAMETER, frozenset({"tunnel", "df_bit"}),
+          _set(src_tunnel_addr="192.0.2.1", dst_tunnel_addr=D1_DST, df_bit="set")),
+    Fault("16-df-bit-on-outbound-transport", 16, NS.INVALID_PARAMETER, frozenset({"flags", "df_bit"}),
+          _set(flags=natt.OFFLOAD_OUTBOUND_SA, df_bit="clear")),
     Fault("17-encap-type-2", 17, NS.NOT_SUPPORTED, frozenset({"entry"}),
           _set(encap_type_entry=natt.EncapTypeEntry(2, 4500))),
     Fault("18-port-0", 18, NS.INVALID_PARAMETER, frozenset({"entry"}),
@@ -967,6 +975,12 @@ def test_delete_sa_removes_the_entry_with_its_last_sa(backend: str) -> None:
     ({"encap": 5}, NS.NOT_SUPPORTED, "encap"),
     ({"sport": 70000, "direction": "out"}, NS.INVALID_PARAMETER, "sport"),
     ({"nat_oa_src": "10.0.0.1"}, NS.INVALID_PARAMETER, "nat_oa_src"),
+    ({"df_bit": "sometimes", "direction": "out"}, NS.INVALID_PARAMETER, "df_bit"),
+    ({"df_bit": None, "direction": "out"}, NS.INVALID_PARAMETER, "df_bit"),
+    ({"df_bit": b"set", "direction": "out"}, NS.INVALID_PARAMETER, "df_bit"),
+    ({"df_bit": "set"}, NS.INVALID_PARAMETER, "df_bit"),                  # inbound
+    ({"df_bit": "clear", "direction": "out", "mode": "transport", "src": None, "dst": None},
+     NS.INVALID_PARAMETER, "df_bit"),
 ])
 def test_offload_error_status_and_field(backend: str, kwargs: dict, status: NS, field: str) -> None:
     # The field is named at the start, as every OffloadError of add_sa does.
@@ -1009,6 +1023,7 @@ KEY_HEX = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"
     {"suite": "0x" + KEY_HEX}, {"suite": KEY_HEX.upper()},
     {"suite": ":".join(KEY_HEX[i:i + 2] for i in range(0, 40, 2))},
     {"direction": KEY_HEX}, {"direction": bytes.fromhex(KEY_HEX)}, {"mode": KEY_HEX}, {"src": KEY_HEX},
+    {"df_bit": KEY_HEX}, {"df_bit": bytes.fromhex(KEY_HEX)},
 ])
 def test_add_sa_errors_never_echo_a_key_given_in_the_wrong_place(backend: str, swap: dict) -> None:
     text = str(_refused_add_sa(backend, **swap)).lower()
@@ -1031,6 +1046,7 @@ def test_no_entry_point_echoes_a_key_given_in_the_wrong_place(backend: str, capl
                 lambda: nic.decap([D1], threads=k),
                 lambda: nic.add_sa(0x1001, bytes(20), "aes128gcm16", "in", mode="transport", esn=k),
                 lambda: nic.add_sa(0x1001, bytes(20), "aes128gcm16", "in", mode="transport", encap=k),
+                lambda: nic.add_sa(0x1001, bytes(20), "aes128gcm16", "out", src="192.0.2.1", dst=D1_DST, df_bit=k),
                 lambda: nic.add_sa(0x1001, bytes(20), k, "in", mode="transport"),
                 lambda: nic.add_sa(k, bytes(20), "aes128gcm16", "in", mode="transport"),
                 lambda: natt.Offload(backend=k),
@@ -1048,6 +1064,8 @@ def test_no_entry_point_echoes_a_key_given_in_the_wrong_place(backend: str, capl
                 base_request(sec_assoc=[_sa_element(operation=k)]),
                 base_request(sec_assoc=[_sa_element(conf=k)]), base_request(sec_assoc=[_sa_element(conf_len=k)]),
                 base_request(encap_type_entry=natt.EncapTypeEntry(k, 4500)),
+                base_request(flags=natt.OFFLOAD_OUTBOUND_SA, src_tunnel_addr="192.0.2.1",
+                             dst_tunnel_addr=D1_DST, df_bit=k),
             ]
             for req in requests:
                 assert add(nic, req) is not NS.SUCCESS

@@ -967,6 +967,63 @@ class TestEncap:
         assert [pkt[6:8] for pkt in res] == [b"\0\0", b"\x40\0", b"\0\0", b"\x40\0", b"\0\0"]
         assert all(checksum(pkt[:20]) == 0 for pkt in res)
 
+    # RFC 4301 §8.1: "it MUST be possible to configure the implementation's treatment of the DF
+    # bit (set, clear, copy from inner header) for each SA". Inner packets: DF clear, DF set, a
+    # fragment (MF, offset 3), DF with MF, IPv6 (no DF to copy).
+    DF_INNERS = [ipv4(b"a" * 40, flags=0), ipv4(b"b" * 40, flags=2), ipv4(b"c" * 40, flags=1, frag=3),
+                 ipv4(b"d" * 40, flags=3), ipv6(b"e" * 40)]
+
+    @pytest.mark.parametrize("df_bit,outer_df", [
+        ("copy", [0, 0x40, 0, 0x40, 0]),
+        ("set", [0x40] * 5),
+        ("clear", [0] * 5),
+    ])
+    def test_tunnel_outer_df_as_the_sa_says(self, nic, df_bit, outer_df):
+        h, key = self._out(nic, df_bit=df_bit)
+        res = nic.encap(self.DF_INNERS, h)
+        assert statuses(res) == [Status.OK] * 5
+        # Only DF: never MF, an offset or the reserved bit of the inner flags field.
+        assert [pkt[6:8] for pkt in res] == [bytes((df, 0)) for df in outer_df]
+        assert all(checksum(pkt[:20]) == 0 for pkt in res)
+        assert stats(nic, h)["df_bit"] == df_bit
+        # The inner packets are protected as they were, whatever the outer DF.
+        h_in = nic.add_sa(0x4242, key, GCM.name, "in", src=addr("192.0.2.1"), dst=addr("198.51.100.9"))
+        dec = nic.decap(res.batch())
+        assert statuses(dec) == [Status.OK] * 5 and list(dec) == self.DF_INNERS
+        assert stats(nic, h_in)["df_bit"] == "copy"
+
+    @pytest.mark.parametrize("df_bit,outer_df", [("copy", 0), ("set", 0x40), ("clear", 0)])
+    def test_tunnel_outer_df_through_the_oid_layer(self, nic, df_bit, outer_df):
+        key = key_for(GCM)
+        req = add_oid(nic, GCM, key, inbound=False, src_tunnel_addr="192.0.2.1", dst_tunnel_addr="198.51.100.9",
+                      df_bit=df_bit)
+        res = nic.encap([ipv4(b"x" * 20, flags=0), ipv6(b"y" * 20)], req.offload_handle)
+        assert statuses(res) == [Status.OK] * 2 and [pkt[6] for pkt in res] == [outer_df] * 2
+
+    @pytest.mark.parametrize("flags", [0, 2], ids=["inner-DF-clear", "inner-DF-set"])
+    def test_transport_keeps_the_datagrams_own_df(self, nic, flags):
+        # A transport SA writes no tunnel header: the outer header is the inner one, DF as the
+        # sender set it ("copy" is all it takes, spelled out or by default).
+        h, _ = self._out(nic, mode="transport", df_bit="copy")
+        inner = ipv4(tcp(b"data", src=addr("10.0.0.1"), dst=addr("10.0.0.2")), flags=flags)
+        res = nic.encap([inner], h)
+        assert statuses(res) == [Status.OK] and res[0][6:8] == inner[6:8]
+
+    @pytest.mark.parametrize("df_bit", ["set", "clear"])
+    @pytest.mark.parametrize("direction,mode", [("out", "transport"), ("in", "transport"), ("in", "tunnel")])
+    def test_df_bit_other_than_copy_only_on_outbound_tunnel_sas(self, nic, df_bit, direction, mode):
+        # RFC 4301 §8.1 is about "the tunnel mode header that it emits": decap writes none, and a
+        # transport SA's header is the datagram's own (docs/semantics.md §2 step 7). Refused, as
+        # NAT-OA is where it does not apply, rather than silently ignored.
+        ends = {"src": addr("192.0.2.1"), "dst": addr("198.51.100.9")} if mode == "tunnel" else {}
+        with pytest.raises(natt.OffloadError, match=rf"^df_bit: '{df_bit}' applies to "
+                                                    rf"{'outbound' if direction == 'in' else 'tunnel'} SAs only") as e:
+            nic.add_sa(0x4242, key_for(GCM), GCM.name, direction, mode=mode, df_bit=df_bit, **ends)
+        assert e.value.status is natt.NdisStatus.INVALID_PARAMETER and nic.sa_handles() == []
+        # "copy" is what each of them does anyway.
+        h = nic.add_sa(0x4242, key_for(GCM), GCM.name, direction, mode=mode, df_bit="copy", **ends)
+        assert stats(nic, h)["df_bit"] == "copy"
+
     def test_tunnel_outer_header(self, nic):
         h, key = self._out(nic, sport=4501, dport=61000, replay_oseq=0x1FFFE)
         inner = ipv4(b"z" * 33, tos=0xB9, ident=7, ttl=3, flags=2)

@@ -31,7 +31,7 @@ import pytest
 
 import natt
 from natt import Status
-from natt.traffic import MixedTraffic, inner_traffic, mixed_traffic
+from natt.traffic import IP_FLAG_MF, MixedTraffic, icmp_echo, inner_traffic, mixed_traffic, udp_datagram
 from natt._suites import SUITES, Cipher
 
 N = int(os.environ.get("NATT_DIFF_N", "100000"))
@@ -306,18 +306,30 @@ def _encap_inputs(seed: int) -> list[bytes]:
     return good + bad
 
 
+def _df_bit(suite: str, mode: str) -> str:
+    """The outer DF treatment (RFC 4301 §8.1) of the suite's outbound SA: each of the three on a
+    third of the suites in tunnel mode; a transport SA takes "copy" only."""
+    return ("copy", "set", "clear")[zlib.crc32(suite.encode()) % 3] if mode == "tunnel" else "copy"
+
+
 @pytest.mark.parametrize("suite", sorted(SUITES))
 @pytest.mark.parametrize("mode", ["tunnel", "transport"])
 def test_encap_differential(suite, mode):
     """Same outbound SA on both paths: identical statuses, seq, lengths; identical octets where the
     IV is the sequence number (AEAD, GMAC, NULL); CBC's random IVs differ, so there each path's
-    packets must decap on the other path to the same result."""
+    packets must decap on the other path to the same result. The SA's df_bit (per suite) decides
+    every outer DF bit on both."""
     s = SUITES[suite]
+    df_bit = _df_bit(suite, mode)
+    assert {_df_bit(x, "tunnel") for x in SUITES} == {"copy", "set", "clear"}     # the matrix has all three
     esn = mode == "tunnel"  # cover ESN on one mode per suite, keeping the matrix small
     key = bytes(range(s.key_len))
     framing = natt.UdpEncapType.IKE if "256" in suite else natt.UdpEncapType.OTHER
     port = 500 if framing == natt.UdpEncapType.IKE else 4500
     inputs = _encap_inputs(zlib.crc32(suite.encode()))
+    # inner_traffic sets DF on every IPv4 packet: two without it, for "copy" to tell apart.
+    inputs += [icmp_echo("10.1.0.2", "10.2.0.7", ip_flags=0),
+               udp_datagram("10.1.0.2", "10.2.0.7", 53, 53, b"q" * 30, ip_flags=IP_FLAG_MF)]
     if mode == "transport":
         inputs = [p for p in inputs if not p or p[0] >> 4 != 6] + [b"\x60" + bytes(60)]
     common = dict(spi=0x4242, key=key, suite=suite, mode=mode, src="198.51.100.9", dst="203.0.113.9",
@@ -328,11 +340,17 @@ def test_encap_differential(suite, mode):
     for backend in ("reference", OTHER):
         with natt.Offload(backend=backend) as nic:
             start = (1 << 32) - 30 if esn else 5   # ESN: the sequence numbers cross 2**32
-            h_out = nic.add_sa(direction="out", sport=port, dport=port, replay_oseq=start, **common)
+            h_out = nic.add_sa(direction="out", sport=port, dport=port, replay_oseq=start, df_bit=df_bit,
+                               **common)
             nic.add_sa(direction="in", replay_seq=start, **inbound)
             enc = nic.encap(inputs, h_out)
             packets = [enc[i] for i in range(len(enc))]
             results[backend] = (enc.status.copy(), enc.seq.copy(), enc.next_header.copy(), enc.sa.copy(), packets)
+            for p, w, st in zip(inputs, packets, enc.status):
+                if st == Status.OK:
+                    inner_df = p[6] & 0x40 if p[0] >> 4 == 4 else 0
+                    want = {"copy": inner_df, "set": 0x40, "clear": 0}[df_bit] if mode == "tunnel" else p[6] & 0x40
+                    assert w[6] & 0xE0 == want, f"{backend}: outer flags {w[6] >> 5:03b} with df_bit={df_bit}"
             dec = nic.decap([p for p, st in zip(packets, enc.status) if st == Status.OK])
             assert set(dec.status.tolist()) == {Status.OK}, f"{backend}: own encap does not decap"
     (sa_st, sa_seq, sa_nh, sa_sa, pa), (sb_st, sb_seq, sb_nh, sb_sa, pb) = results.values()

@@ -319,10 +319,14 @@ def test_backends_agree_on_fuzzed_batches(items, gaps, split, threads):
 @FUZZ
 @given(case=st.integers(0, N_CASES - 1), inners=st.lists(
     st.one_of(st.binary(max_size=64),
-              st.tuples(st.integers(0, 3), st.lists(STEP, max_size=2))), min_size=1, max_size=8))
-def test_fuzzed_inner_packets_through_encap(backend, case, inners):
-    """Encap of arbitrary inner packets: OK or MALFORMED (input unchanged); what is OK decaps back."""
+              st.tuples(st.integers(0, 3), st.lists(STEP, max_size=2))), min_size=1, max_size=8),
+       df_bit=st.sampled_from(["copy", "set", "clear"]))
+def test_fuzzed_inner_packets_through_encap(backend, case, inners, df_bit):
+    """Encap of arbitrary inner packets: OK or MALFORMED (input unchanged); what is OK decaps back.
+    A tunnel SA's outer DF is as its df_bit says (RFC 4301 §8.1), whatever the inner packet holds."""
     c = corpus()[case]
+    if not c.tunnel:
+        df_bit = "copy"             # the only one a transport SA takes (docs/semantics.md §2 step 7)
     packets = []
     for item in inners:
         if isinstance(item, bytes):
@@ -333,7 +337,7 @@ def test_fuzzed_inner_packets_through_encap(backend, case, inners):
     with natt.Offload(backend=backend) as nic:
         out = nic.add_sa(c.spi, c.key, c.suite, "out", mode="tunnel" if c.tunnel else "transport",
                          src=mutate.TUNNEL_SRC, dst=mutate.TUNNEL_DST, encap=c.framing,
-                         dport=c.port, esn=c.esn)
+                         dport=c.port, esn=c.esn, df_bit=df_bit)
         inb = mutate.install(nic, c, any_dst=True)   # inner mutations may change the address
         res = nic.encap(packets, out)
         assert set(res.counts()) <= {Status.OK, Status.MALFORMED}
@@ -343,6 +347,12 @@ def test_fuzzed_inner_packets_through_encap(backend, case, inners):
                 assert res[i] == packets[i] and res.sa[i] == 0
             else:
                 assert res.sa[i] == out
+                p, w = packets[i], res[i]
+                if c.tunnel:        # DF alone: never MF, an offset or the reserved bit
+                    inner_df = p[6] & 0x40 if p[0] >> 4 == 4 else 0
+                    assert w[6:8] == bytes(({"copy": inner_df, "set": 0x40, "clear": 0}[df_bit], 0))
+                else:               # the datagram's own header
+                    assert w[6:8] == p[6:8]
         assert res.seq[ok].tolist() == list(range(1, len(ok) + 1))
         if not c.esn:      # ESN cases expect the sequence numbers of the corpus (2**32 - 2, ...)
             back = nic.decap([res[i] for i in ok])

@@ -163,6 +163,32 @@ def test_natt_encaps_scapy_decrypts(nic, suite, mode, start):
         assert raw(clear) == raw(p), f"packet {i}: {p.summary()}"
 
 
+@pytest.mark.parametrize("df_bit", ["copy", "set", "clear"])
+@pytest.mark.parametrize("suite", ["aes128gcm16", "aes256-sha256"])
+def test_outer_df_bit_as_scapy_reads_it(nic, suite, df_bit):
+    """RFC 4301 §8.1, per SA: scapy reads the outer flags natt wrote (DF only: set, clear, or the
+    inner IPv4 packet's; clear for IPv6), the header checksum over them, and decrypts the inner
+    packet unchanged."""
+    s = SUITES[suite]
+    key = _key(s)
+    h = nic.add_sa(SPI, key, s.name, "out", src=PEER, dst=LOCAL, df_bit=df_bit)
+    inner = inner_packets(True)
+    out = nic.encap([raw(p) for p in inner], h)
+    assert out.status.tolist() == [Status.OK] * len(inner)
+    sa = scapy_sa(s, key, tunnel=True, start=1, esn=False)
+    for i, p in enumerate(inner):
+        pkt = IP(out[i])
+        inner_df = p.version == 4 and "DF" in p.flags
+        want_df = {"copy": inner_df, "set": True, "clear": False}[df_bit]
+        assert pkt.flags == ("DF" if want_df else 0) and pkt.frag == 0, f"packet {i}: {p.summary()}"
+        rebuilt = pkt.copy()
+        del rebuilt.chksum
+        assert IP(raw(rebuilt)).chksum == pkt.chksum
+        assert raw(sa.decrypt(pkt, verify=True)) == raw(p)
+    # Both kinds of inner packet were there to copy from.
+    assert {p.version == 4 and "DF" in p.flags for p in inner} == {True, False}
+
+
 @pytest.mark.parametrize("suite", ["aes128gcm16", "aes256-sha256", "chacha20poly1305", "3des-sha1"])
 def test_nonzero_udp_checksum_accepted(nic, suite):
     """A NAT may fill in the UDP checksum scapy leaves at 0; natt does not verify it (semantics §1.4)."""

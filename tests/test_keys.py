@@ -35,7 +35,7 @@ def test_json_round_trip_keeps_every_field(tmp_path):
                     mode="tunnel", src="192.0.2.1", dst=None, encap=natt.UdpEncapType.IKE, port=500,
                     sport=1234, dport=4501, esn=True, replay_window=0, replay_seq=7, replay_oseq=9,
                     nat_oa_src="10.0.0.1", nat_oa_dst="10.0.0.2", inner_src="10.1.0.0/16",
-                    inner_dst="10.2.3.0/24", name="peer-b"),
+                    inner_dst="10.2.3.0/24", df_bit="clear", name="peer-b"),
     ]
     path = tmp_path / "k.json"
     keys.save(path, specs)
@@ -162,6 +162,13 @@ def test_json_mistakes_json_itself_would_let_through(text, message):
      r"replay_bitmap: only an inbound SA .*replay_window 0"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "replay_bitmap": "0x1" + "0" * 16, "replay_window": 64},
      r"replay_bitmap: has bits past the 64-number window"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "df_bit": "sometimes"},
+     r"df_bit: 'copy', 'set' or 'clear', got 'sometimes'"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "df_bit": True}, r"df_bit: 'copy', 'set' or 'clear', got True"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "df_bit": None}, r"df_bit: 'copy', 'set' or 'clear', got None"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "df_bit": K20.hex()}, r"df_bit: .*not shown: a key\?"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "df_bit": "set", "mode": "transport", "direction": "out"},
+     r"df_bit: 'set' is for tunnel-mode SAs"),
 ])
 def test_json_errors_name_the_sa_and_field_never_the_key(sa, message):
     with pytest.raises(keys.KeyFileError, match=message) as ei:
@@ -635,6 +642,41 @@ def test_nat_oa_is_installed_inbound_only():
         (h_out,) = keys.install(nic, [nat], direction="out")
         (h_in,) = keys.install(nic, [nat], direction="in")
         assert nic.sa_stats(h_out)["direction"] == "out" and nic.sa_stats(h_in)["direction"] == "in"
+
+
+@pytest.mark.parametrize("df_bit", ["copy", "set", "clear"])
+def test_df_bit_round_trips_and_reaches_encap(tmp_path, df_bit):
+    # RFC 4301 §8.1: DF set, cleared or copied per SA. The file keeps the choice ("copy", the
+    # default, is not written), and keys.install gives it to the SA it installs outbound.
+    path = tmp_path / "k.json"
+    keys.save(path, [spec(direction="out", df_bit=df_bit)])
+    assert json.loads(path.read_text())[0].get("df_bit", "copy") == df_bit
+    assert ("df_bit" in json.loads(path.read_text())[0]) == (df_bit != "copy")
+    (back,) = keys.load(path)
+    assert back.df_bit == df_bit
+    inner = [traffic.icmp_echo("10.1.0.2", "10.2.0.7", ip_flags=flags) for flags in (0, traffic.IP_FLAG_DF)]
+    expect = {"copy": [0, 0x40], "set": [0x40, 0x40], "clear": [0, 0]}[df_bit]
+    for backend in natt.backends():
+        with natt.Offload(backend=backend) as nic:
+            (h,) = keys.install(nic, [back])
+            assert nic.sa_stats(h)["df_bit"] == df_bit
+            assert [p[6] for p in nic.encap(inner, h)] == expect
+
+
+def test_df_bit_is_installed_outbound_only():
+    # Like NAT-OA the other way round: the Offload takes "set"/"clear" on outbound SAs only, and
+    # natt decap installs every SA inbound, so install leaves it out there, and an SA recorded in
+    # both directions is still one SA to decap.
+    out = spec(direction="out", df_bit="set")
+    with natt.Offload(backend="reference") as nic:
+        (h_in,) = keys.install(nic, [out], direction="in")
+        (h_out,) = keys.install(nic, [spec(direction="in", df_bit="clear")], direction="out")
+        assert nic.sa_stats(h_in)["df_bit"] == "copy" and nic.sa_stats(h_out)["df_bit"] == "clear"
+    assert keys.same_sa([out, spec()], "in") == [0, 0]
+    # A spec made in code skips the reader's check; the Offload's refusal names the SA and the field.
+    with natt.Offload(backend="reference") as nic:
+        with pytest.raises(keys.KeyFileError, match=r"^SA #1 \(spi 0x00001001\): df_bit: 'set' applies to tunnel"):
+            keys.install(nic, [spec(direction="out", mode="transport", df_bit="set")])
 
 
 def test_identical_specs_without_a_direction_are_not_merged():

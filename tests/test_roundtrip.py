@@ -177,9 +177,12 @@ def test_roundtrip(backend, case):
 @ROUNDTRIP_SETTINGS
 @given(suite=st.sampled_from(sorted(SUITES)), seed=st.integers(0, 2**32), n=st.integers(1, 5),
        mode=st.sampled_from(["tunnel", "transport"]), framing=st.sampled_from(list(UdpEncapType)),
-       cross=st.booleans())
-def test_make_sa_pair_across_instances(backend, suite, seed, n, mode, framing, cross):
-    """traffic.make_sa_pair with the two ends on separate Offloads (optionally different backends)."""
+       cross=st.booleans(), df_bit=st.sampled_from(["copy", "set", "clear"]))
+def test_make_sa_pair_across_instances(backend, suite, seed, n, mode, framing, cross, df_bit):
+    """traffic.make_sa_pair with the two ends on separate Offloads (optionally different backends);
+    in tunnel mode the outbound SA's df_bit (RFC 4301 §8.1) gives the outer DF esp_in_udp gives."""
+    if mode == "transport":
+        df_bit = "copy"             # the only one a transport SA takes
     s = SUITES[suite]
     key = bytes(range(s.key_len))
     other = ("fast" if backend == "reference" else "reference") if cross else backend
@@ -187,10 +190,16 @@ def test_make_sa_pair_across_instances(backend, suite, seed, n, mode, framing, c
     packets = traffic.inner_traffic(seed, n, src=PEER, dst=LOCAL, ipv6=mode == "tunnel")
     with natt.Offload(backend=backend) as a, natt.Offload(backend=other) as b:
         pair = traffic.make_sa_pair(a, b, suite=suite, mode=mode, framing=framing, key=key, spi=SPI,
-                                    src=PEER, dst=LOCAL)
+                                    src=PEER, dst=LOCAL, df_bit=df_bit)
         assert key.hex() not in repr(pair) and repr(key) not in repr(pair)
+        assert a.sa_stats(pair.out_handle)["df_bit"] == df_bit
         enc = pair.encap(packets)
         assert enc.status.tolist() == [Status.OK] * len(packets)
+        if mode == "tunnel" and s.cipher not in (Cipher.AES_CBC, Cipher.TRIPLE_DES_CBC):
+            sealer = pair.sealer()
+            assert list(enc) == [traffic.esp_in_udp(sealer, 1 + i, p, tunnel=True, src=PEER, dst=LOCAL,
+                                                    sport=pair.port, dport=pair.port, framing=framing,
+                                                    df_bit=df_bit) for i, p in enumerate(packets)]
         # A NAT between the peers rewrites nothing the transport SA depends on (dst is the key).
         dec = b.decap([enc[i] for i in range(len(enc))])
         assert dec.status.tolist() == [Status.OK] * len(packets)
@@ -377,6 +386,12 @@ def test_sealer_ivs_are_reproducible_only_from_a_seeded_rng(suite):
                                 tunnel=True, src="10.0.0.1", dst="10.0.0.2", sport=1 << 16), "sport"),
     (lambda: traffic.esp_in_udp(traffic.EspSealer("null-sha1", bytes(20), 5), 1,
                                 traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2), tunnel=False, dport=-5), "dport"),
+    (lambda: traffic.esp_in_udp(traffic.EspSealer("aes128gcm16", bytes(20), 5), 1, b"\x45" + bytes(30),
+                                tunnel=True, src="10.0.0.1", dst="10.0.0.2", df_bit="sometimes"), "df_bit"),
+    # RFC 4301 §8.1 is about the tunnel header; a transport packet keeps the datagram's own.
+    (lambda: traffic.esp_in_udp(traffic.EspSealer("null-sha1", bytes(20), 5), 1,
+                                traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2), tunnel=False, df_bit="set"),
+     "df_bit"),
 ])
 def test_packet_builders_name_the_field_that_does_not_fit(build, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
