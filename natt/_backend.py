@@ -19,7 +19,14 @@ from ._suites import Suite
 if TYPE_CHECKING:
     from ._batch import DecapResult, EncapResult, PacketBatch
 
-__all__ = ["SaConfig", "Backend", "COUNTER_NAMES"]
+__all__ = ["SaConfig", "Backend", "COUNTER_NAMES", "wipe_key"]
+
+
+def wipe_key(key: object) -> None:
+    """Zero a control-plane key copy in place: SECURITY.md has every copy wiped when its SA is
+    deleted or its add refused. Anything but a ``bytearray`` (``None`` for no copy) is left alone."""
+    if isinstance(key, bytearray):
+        key[:] = bytes(len(key))
 
 
 @dataclasses.dataclass(eq=False)
@@ -36,7 +43,7 @@ class SaConfig:
     spi: int                     # 1 .. 2**32-1
     suite: Suite                 # icv_len already resolved (GCM: 8/12/16)
     tunnel: bool
-    # Inbound lookup key (DESIGN "Decisions"): tunnel -> (dst_tunnel_addr, 0xFFFFFFFF);
+    # Inbound lookup key (docs/semantics.md §1 step 6, §6): tunnel -> (dst_tunnel_addr, 0xFFFFFFFF);
     # transport -> (dst_addr, dst_mask); (0, 0) matches any destination.
     dst_addr: int
     dst_mask: int

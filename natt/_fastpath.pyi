@@ -10,8 +10,6 @@ from ._backend import SaConfig
 from ._batch import DecapResult, EncapResult, PacketBatch
 from ._constants import UdpEncapType
 
-BACKEND_NAME: str
-
 class FastBackend:
     """Cython/OpenSSL implementation of :class:`natt._backend.Backend`."""
 

@@ -62,7 +62,6 @@ phases (the results are identical to
 from libc.stdint cimport UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset, strchr, strlen
-from cpython.object cimport PyObject
 
 cimport numpy as cnp
 import numpy as np
@@ -85,15 +84,13 @@ from natt._openssl cimport (
     OSSL_PROVIDER_unquery_operation, RAND_bytes,
 )
 
-from ._backend import COUNTER_NAMES
+from ._backend import COUNTER_NAMES, wipe_key
 from ._batch import ENCAP_OVERHEAD as _ENCAP_OVERHEAD
 from ._constants import Status as _Status, UdpEncapType
 from ._suites import Cipher as _Cipher, Mac as _Mac
 
 cnp.import_array()
 assert COUNTER_NAMES[:2] == ("packets", "bytes")      # natt_sa.packets, natt_sa.bytes
-
-BACKEND_NAME = "fast"
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -224,7 +221,7 @@ cdef enum:
     NATT_ENCAP_OVERHEAD = 128    # natt._batch.ENCAP_OVERHEAD (checked at import)
     NATT_CONT = 255              # parse status: an SA was found, the packet goes on
 
-# natt.Status (fixed numbering, DESIGN "Data path")
+# natt.Status (fixed numbering, docs/semantics.md §1)
 cdef enum:
     NATT_OK = 0
     NATT_NOT_ESP = 1
@@ -249,6 +246,11 @@ cdef enum:
     NATT_CIPHER_CHACHA20_POLY1305 = 4
     NATT_CIPHER_AES_GMAC = 5
     NATT_MAC_NONE = 0
+    NATT_MAC_HMAC_MD5_96 = 1
+    NATT_MAC_HMAC_SHA1_96 = 2
+    NATT_MAC_HMAC_SHA256_128 = 3
+    NATT_MAC_HMAC_SHA384_192 = 4
+    NATT_MAC_HMAC_SHA512_256 = 5
 
 # Per-SA counters: "packets" and "bytes", which every packet updates, are natt_sa fields on the
 # decap's hot line; the others, indices of natt_sa.ctr, follow them in
@@ -472,20 +474,20 @@ cdef struct natt_state:
 
 # --------------------------------------------------------------------------- small helpers
 
-cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
+cdef inline uint16_t natt_rd16(const uint8_t *p) noexcept nogil:
     return <uint16_t>((<uint16_t>p[0] << 8) | p[1])
 
 
-cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
+cdef inline uint32_t natt_rd32(const uint8_t *p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
-cdef inline void wr16(uint8_t *p, uint32_t v) noexcept nogil:
+cdef inline void natt_wr16(uint8_t *p, uint32_t v) noexcept nogil:
     p[0] = <uint8_t>(v >> 8)
     p[1] = <uint8_t>v
 
 
-cdef inline void wr32(uint8_t *p, uint32_t v) noexcept nogil:
+cdef inline void natt_wr32(uint8_t *p, uint32_t v) noexcept nogil:
     p[0] = <uint8_t>(v >> 24)
     p[1] = <uint8_t>(v >> 16)
     p[2] = <uint8_t>(v >> 8)
@@ -510,12 +512,12 @@ cdef inline void natt_copy_ip_header(uint8_t *h, const uint8_t *p, int32_t ihl4,
     cdef uint32_t s = 0
     cdef int32_t k
     for k in range(0, ihl4 - 1, 2):
-        s += rd16(p + k)
-    s = s - rd16(p + 2) - rd16(p + 8) - rd16(p + 10) + total + ((<uint32_t>p[8] << 8) | protocol)
+        s += natt_rd16(p + k)
+    s = s - natt_rd16(p + 2) - natt_rd16(p + 8) - natt_rd16(p + 10) + total + ((<uint32_t>p[8] << 8) | protocol)
     memcpy(h, p, ihl4)
-    wr16(h + 2, total)
+    natt_wr16(h + 2, total)
     h[9] = protocol
-    wr16(h + 10, natt_csum_fold(s))
+    natt_wr16(h + 10, natt_csum_fold(s))
 
 
 cdef inline uint32_t natt_csum_update32(uint32_t hc, uint32_t old, uint32_t new) noexcept nogil:
@@ -762,7 +764,7 @@ cdef inline bint natt_hmac(const natt_sa *sa, EVP_MD_CTX *w, const uint8_t *d, i
         return False
     if esn:
         # RFC 4303 §2.2.1 / §3.3.2.1: seq_hi is covered by the ICV but never sent.
-        wr32(hi, seq_hi)
+        natt_wr32(hi, seq_hi)
         if EVP_DigestUpdate(w, hi, 4) != 1:
             return False
     if EVP_DigestFinal_ex(w, mac, &ml) != 1:
@@ -776,7 +778,7 @@ cdef inline int32_t natt_aad(const natt_sa *sa, const uint8_t *esp, uint32_t seq
     """RFC 4106 §5 / RFC 7634 §2.1: SPI ‖ seql, or SPI ‖ seq_hi ‖ seql with ESN."""
     memcpy(aad, esp, 4)
     if sa.esn:
-        wr32(aad + 4, seq_hi)
+        natt_wr32(aad + 4, seq_hi)
         memcpy(aad + 8, esp + 4, 4)
         return 12
     memcpy(aad + 4, esp + 4, 4)
@@ -1240,20 +1242,20 @@ cdef void natt_decap_headers(const natt_state *st, natt_io *io, int64_t i, natt_
             status = NATT_NOT_ESP
             break
         ihl4 = (p[0] & 15) * 4
-        tl = rd16(p + 2)
+        tl = natt_rd16(p + 2)
         if ihl4 < 20 or tl < ihl4 or tl > n:
             status = NATT_MALFORMED
             break
         if p[9] != NATT_PROTO_UDP:
             status = NATT_NOT_ESP
             break
-        if (p[6] & 0x20) or (rd16(p + 6) & 0x1FFF):
+        if (p[6] & 0x20) or (natt_rd16(p + 6) & 0x1FFF):
             status = NATT_FRAGMENT       # MF or an offset: a NIC does not reassemble
             break
-        if tl - ihl4 < 8 or rd16(p + ihl4 + 4) != tl - ihl4:
+        if tl - ihl4 < 8 or natt_rd16(p + ihl4 + 4) != tl - ihl4:
             status = NATT_MALFORMED
             break
-        port = rd16(p + ihl4 + 2)
+        port = natt_rd16(p + ihl4 + 2)
         entry = st.port_handle[port]
         if entry == 0:
             status = NATT_NOT_ESP
@@ -1272,7 +1274,7 @@ cdef void natt_decap_headers(const natt_state *st, natt_io *io, int64_t i, natt_
                 break
             esp_off = ihl4 + 8
         else:
-            if not (ulen > 16 and rd32(u) == 0 and rd32(u + 4) == 0):
+            if not (ulen > 16 and natt_rd32(u) == 0 and natt_rd32(u + 4) == 0):
                 status = NATT_IKE
                 break
             esp_off = ihl4 + 16
@@ -1281,12 +1283,12 @@ cdef void natt_decap_headers(const natt_state *st, natt_io *io, int64_t i, natt_
             status = NATT_MALFORMED
             break
         key.entry = entry
-        key.spi = rd32(p + esp_off)
-        key.dst = rd32(p + 16)
+        key.spi = natt_rd32(p + esp_off)
+        key.dst = natt_rd32(p + 16)
         pk.ihl4 = ihl4
         pk.esp_off = esp_off
         pk.esp_len = esp_len
-        pk.seql = rd32(p + esp_off + 4)
+        pk.seql = natt_rd32(p + esp_off + 4)
         break
     pk.status = status
     if status != NATT_CONT:
@@ -1398,15 +1400,15 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
             elif nh == NATT_PROTO_UDP and plen >= 8:
                 off = 6
             if off >= 0:
-                hc = rd16(o + pk.ihl4 + off)
+                hc = natt_rd16(o + pk.ihl4 + off)
                 if not (nh == NATT_PROTO_UDP and hc == 0):   # RFC 768: 0 = no checksum
                     if sa.nat_oa_src:
-                        hc = natt_csum_update32(hc, sa.nat_oa_src, rd32(p + 12))
+                        hc = natt_csum_update32(hc, sa.nat_oa_src, natt_rd32(p + 12))
                     if sa.nat_oa_dst:
-                        hc = natt_csum_update32(hc, sa.nat_oa_dst, rd32(p + 16))
+                        hc = natt_csum_update32(hc, sa.nat_oa_dst, natt_rd32(p + 16))
                     if nh == NATT_PROTO_UDP and hc == 0:
                         hc = 0xFFFF
-                    wr16(o + pk.ihl4 + off, hc)
+                    natt_wr16(o + pk.ihl4 + off, hc)
         io.olen[i] = pk.ihl4 + plen
     sa.packets += 1
     sa.bytes += <uint64_t>io.olen[i]
@@ -1578,7 +1580,7 @@ cdef inline bint natt_inner(const natt_sa *sa, const uint8_t *p, int64_t n, int3
     cdef int32_t ihl4, tl
     if n >= 20 and (p[0] >> 4) == 4:
         ihl4 = (p[0] & 15) * 4
-        tl = rd16(p + 2)
+        tl = natt_rd16(p + 2)
         if ihl4 < 20 or tl < ihl4 or tl > n:
             return False
         tos[0] = p[1]
@@ -1586,7 +1588,7 @@ cdef inline bint natt_inner(const natt_sa *sa, const uint8_t *p, int64_t n, int3
             hdr[0] = 0
             plen[0] = tl
             nh[0] = NATT_NH_IPV4
-        elif rd16(p + 6) & 0x3FFF:
+        elif natt_rd16(p + 6) & 0x3FFF:
             # RFC 4303 §3.3.4: transport mode protects whole datagrams, never fragments (the
             # outer header would inherit MF/offset and the peer could not decap it).
             return False
@@ -1596,7 +1598,7 @@ cdef inline bint natt_inner(const natt_sa *sa, const uint8_t *p, int64_t n, int3
             nh[0] = p[9]
         return True
     if sa.tunnel and n >= 40 and (p[0] >> 4) == 6:
-        tl = 40 + rd16(p + 4)
+        tl = 40 + natt_rd16(p + 4)
         if tl > n:
             return False
         hdr[0] = 0
@@ -1730,12 +1732,12 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
     ohdr = 20 if sa.tunnel else hdr
     marker = 8 if sa.encap_ike else 0
     esp = o + ohdr + 8 + marker
-    wr32(esp, sa.spi)
-    wr32(esp + 4, <uint32_t>seq)
+    natt_wr32(esp, sa.spi)
+    natt_wr32(esp + 4, <uint32_t>seq)
     if sa.cipher == NATT_CIPHER_AES_GCM or sa.cipher == NATT_CIPHER_CHACHA20_POLY1305 or sa.cipher == NATT_CIPHER_AES_GMAC:
         # RFC 4106 §3.1: the IV only has to be unique under the key; the 64-bit seq is.
-        wr32(esp + 8, <uint32_t>(seq >> 32))
-        wr32(esp + 12, <uint32_t>seq)
+        natt_wr32(esp + 8, <uint32_t>(seq >> 32))
+        natt_wr32(esp + 12, <uint32_t>seq)
     elif sa.iv_len:
         if not natt_random_iv(st, tid, esp + 8, sa.iv_len):     # RFC 3602 §3: unpredictable
             return False
@@ -1756,10 +1758,10 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
                                                p + hdr if direct else NULL, plen):
         return False
     # UDP (RFC 3948 §2.1: checksum 0), then the legacy non-IKE marker if the SA's framing wants it.
-    wr16(o + ohdr, sa.encap_src_port)
-    wr16(o + ohdr + 2, sa.encap_dst_port)
-    wr16(o + ohdr + 4, total - ohdr)
-    wr16(o + ohdr + 6, 0)
+    natt_wr16(o + ohdr, sa.encap_src_port)
+    natt_wr16(o + ohdr + 2, sa.encap_dst_port)
+    natt_wr16(o + ohdr + 4, total - ohdr)
+    natt_wr16(o + ohdr + 6, 0)
     if marker:
         memset(o + ohdr + 8, 0, 8)
     if sa.tunnel:
@@ -1770,14 +1772,14 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
         # Summed from the values, not read back (natt_copy_ip_header says why).
         o[0] = 0x45
         o[1] = tos
-        wr16(o + 2, total)
-        wr16(o + 4, <uint32_t>(seq & 0xFFFF))
-        wr16(o + 6, df)
+        natt_wr16(o + 2, total)
+        natt_wr16(o + 4, <uint32_t>(seq & 0xFFFF))
+        natt_wr16(o + 6, df)
         o[8] = NATT_TUNNEL_TTL
         o[9] = NATT_PROTO_UDP
-        wr32(o + 12, sa.src_tunnel_addr)
-        wr32(o + 16, sa.dst_tunnel_addr)
-        wr16(o + 10, natt_csum_fold(
+        natt_wr32(o + 12, sa.src_tunnel_addr)
+        natt_wr32(o + 16, sa.dst_tunnel_addr)
+        natt_wr16(o + 10, natt_csum_fold(
             0x4500 + tos + total + <uint32_t>(seq & 0xFFFF) + df + ((NATT_TUNNEL_TTL << 8) | NATT_PROTO_UDP)
             + (sa.src_tunnel_addr >> 16) + (sa.src_tunnel_addr & 0xFFFF)
             + (sa.dst_tunnel_addr >> 16) + (sa.dst_tunnel_addr & 0xFFFF)))
@@ -1787,7 +1789,8 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
 
 
 cdef void natt_encap_fail(natt_sa *sa, natt_io *io, int64_t i, natt_pkt *pk) noexcept nogil:
-    """Undo an OK the assignment pass counted, for a packet whose crypto failed."""
+    """Undo an OK the assignment pass counted, for a packet whose crypto failed. Its sequence
+    number stays used: it may have reached the cipher as a nonce (semantics §2 step 2)."""
     pk.status = NATT_ERROR
     sa.packets -= 1
     sa.bytes -= <uint64_t>pk.in_len
@@ -1927,7 +1930,7 @@ cdef void natt_sa_free(natt_sa *sa) noexcept nogil:
     natt_arena_free(&natt_sa_arena, sa)
 
 
-cdef const char *_cipher_name(int cipher, int key_len) noexcept:
+cdef const char *natt_cipher_name(int cipher, int key_len) noexcept:
     """libcrypto's name of an SA's cipher (fetched from the default provider)."""
     if cipher == NATT_CIPHER_AES_GCM or cipher == NATT_CIPHER_AES_GMAC:
         if key_len == 16:
@@ -1948,7 +1951,7 @@ cdef const char *_cipher_name(int cipher, int key_len) noexcept:
     return NULL
 
 
-cdef int _aead_index(int cipher, int key_len) noexcept:
+cdef int natt_aead_index(int cipher, int key_len) noexcept:
     """Slot of natt_aeads for an AEAD cipher, or -1 for the ciphers that run through EVP."""
     if cipher == NATT_CIPHER_AES_GCM or cipher == NATT_CIPHER_AES_GMAC:
         return 0 if key_len == 16 else 1 if key_len == 24 else 2
@@ -1957,32 +1960,33 @@ cdef int _aead_index(int cipher, int key_len) noexcept:
     return -1
 
 
-cdef const char *_md_name(int mac) noexcept:
+cdef const char *natt_md_name(int mac) noexcept:
     """libcrypto's name of the digest behind an HMAC transform (RFC 2403, 2404, 4868)."""
-    if mac == 1:
+    if mac == NATT_MAC_HMAC_MD5_96:
         return b"MD5"
-    if mac == 2:
+    if mac == NATT_MAC_HMAC_SHA1_96:
         return b"SHA1"
-    if mac == 3:
+    if mac == NATT_MAC_HMAC_SHA256_128:
         return b"SHA256"
-    if mac == 4:
+    if mac == NATT_MAC_HMAC_SHA384_192:
         return b"SHA384"
-    if mac == 5:
+    if mac == NATT_MAC_HMAC_SHA512_256:
         return b"SHA512"
     return NULL
 
 
 cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8_t *key) except -1:
-    """Fetch the algorithms and key the template contexts once (DESIGN "Layers")."""
+    """Fetch the algorithms and key the template contexts once per SA: OpenSSL 3's per-call
+    fetch and key schedule would otherwise dominate a small packet's cost."""
     cdef const char *name
     cdef uint8_t pad[128]
     cdef int block, k, enc = 0 if sa.inbound else 1
-    cdef int aead_idx = _aead_index(sa.cipher, enc_key_len)
+    cdef int aead_idx = natt_aead_index(sa.cipher, enc_key_len)
     cdef const natt_aead *a
     if (sa.cipher == NATT_CIPHER_AES_GCM or sa.cipher == NATT_CIPHER_AES_GMAC) and natt_gcm_own:
         sa.aes_rounds = <uint8_t>natt_gcm_init(key, enc_key_len, sa.cs.aes)
     elif aead_idx >= 0:
-        name = _cipher_name(sa.cipher, enc_key_len)
+        name = natt_cipher_name(sa.cipher, enc_key_len)
         a = natt_aead_get(aead_idx, name)
         if <size_t>enc_key_len != a.key_len:
             raise RuntimeError(f"{name.decode()} takes a {a.key_len}-octet key")
@@ -1995,7 +1999,7 @@ cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8
     elif sa.cipher == NATT_CIPHER_AES_CBC and not sa.inbound and natt_cbc_lanes:
         sa.aes_rounds = <uint8_t>natt_aesni_expand(key, enc_key_len, sa.cs.aes + 16 * NATT_GCM_POWERS)
     elif sa.cipher != NATT_CIPHER_NULL:
-        name = _cipher_name(sa.cipher, enc_key_len)
+        name = natt_cipher_name(sa.cipher, enc_key_len)
         sa.evp_cipher = EVP_CIPHER_fetch(NULL, name, NULL)
         if sa.evp_cipher == NULL:
             raise RuntimeError(f"libcrypto has no {name.decode()} cipher")
@@ -2011,7 +2015,7 @@ cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8
         if natt_tctx(sa, 0) == NULL:
             raise RuntimeError(f"libcrypto could not copy a {name.decode()} context")
     if sa.mac != NATT_MAC_NONE:
-        name = _md_name(sa.mac)
+        name = natt_md_name(sa.mac)
         sa.evp_md = EVP_MD_fetch(NULL, name, NULL)
         if sa.evp_md == NULL:
             raise RuntimeError(f"libcrypto has no {name.decode()} digest")
@@ -2037,13 +2041,7 @@ cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8
     return 0
 
 
-cdef inline void _wipe(object key):
-    """Zero the control plane's key bytearray in place (every copy is wiped on removal)."""
-    if isinstance(key, bytearray):
-        key[:] = bytes(len(key))
-
-
-cdef inline uint64_t _u64(object v):
+cdef inline uint64_t natt_u64(object v):
     return <uint64_t>int(v)
 
 
@@ -2055,7 +2053,7 @@ cdef inline bint natt_overlap(const void *a, int64_t a_len, const void *b, int64
     return a_len > 0 and b_len > 0 and x < y + <uintptr_t>b_len and y < x + <uintptr_t>a_len
 
 
-cdef cnp.ndarray _arr(object a, str name, int typenum, int64_t n, bint writable, void **ptr, int64_t *size):
+cdef cnp.ndarray natt_arr(object a, str name, int typenum, int64_t n, bint writable, void **ptr, int64_t *size):
     """Check one 1-D C-contiguous array of ``typenum`` (and length ``n`` when n >= 0); returns it."""
     cdef cnp.ndarray arr
     if not cnp.PyArray_Check(a):
@@ -2074,7 +2072,7 @@ cdef cnp.ndarray _arr(object a, str name, int typenum, int64_t n, bint writable,
     return arr
 
 
-cdef tuple _setup_io(natt_io *io, object batch, object out):
+cdef tuple natt_setup_io(natt_io *io, object batch, object out):
     """Validate dtypes, shapes and sizes once per batch (segments are re-checked in the kernel).
 
     Returns the arrays ``io`` points into; the caller keeps that tuple until the kernel is
@@ -2083,28 +2081,28 @@ cdef tuple _setup_io(natt_io *io, object batch, object out):
     (SECURITY.md, "Concurrency")."""
     cdef void *ptr
     cdef int64_t size, n
-    off = _arr(batch.offsets, "batch.offsets", cnp.NPY_INT64, -1, False, &ptr, &n)
+    off = natt_arr(batch.offsets, "batch.offsets", cnp.NPY_INT64, -1, False, &ptr, &n)
     io.off = <const int64_t *>ptr
     io.n = n
-    ln = _arr(batch.lengths, "batch.lengths", cnp.NPY_INT64, n, False, &ptr, &size)
+    ln = natt_arr(batch.lengths, "batch.lengths", cnp.NPY_INT64, n, False, &ptr, &size)
     io.len = <const int64_t *>ptr
-    data = _arr(batch.data, "batch.data", cnp.NPY_UINT8, -1, False, &ptr, &size)
+    data = natt_arr(batch.data, "batch.data", cnp.NPY_UINT8, -1, False, &ptr, &size)
     io.data = <const uint8_t *>ptr
     io.data_len = size
-    odata = _arr(out.data, "out.data", cnp.NPY_UINT8, -1, True, &ptr, &size)
+    odata = natt_arr(out.data, "out.data", cnp.NPY_UINT8, -1, True, &ptr, &size)
     io.odata = <uint8_t *>ptr
     io.odata_len = size
-    ooff = _arr(out.offsets, "out.offsets", cnp.NPY_INT64, n, False, &ptr, &size)
+    ooff = natt_arr(out.offsets, "out.offsets", cnp.NPY_INT64, n, False, &ptr, &size)
     io.ooff = <const int64_t *>ptr
-    olen = _arr(out.lengths, "out.lengths", cnp.NPY_INT64, n, True, &ptr, &size)
+    olen = natt_arr(out.lengths, "out.lengths", cnp.NPY_INT64, n, True, &ptr, &size)
     io.olen = <int64_t *>ptr
-    ostatus = _arr(out.status, "out.status", cnp.NPY_UINT8, n, True, &ptr, &size)
+    ostatus = natt_arr(out.status, "out.status", cnp.NPY_UINT8, n, True, &ptr, &size)
     io.ostatus = <uint8_t *>ptr
-    osa = _arr(out.sa, "out.sa", cnp.NPY_INT64, n, True, &ptr, &size)
+    osa = natt_arr(out.sa, "out.sa", cnp.NPY_INT64, n, True, &ptr, &size)
     io.osa = <int64_t *>ptr
-    oseq = _arr(out.seq, "out.seq", cnp.NPY_UINT64, n, True, &ptr, &size)
+    oseq = natt_arr(out.seq, "out.seq", cnp.NPY_UINT64, n, True, &ptr, &size)
     io.oseq = <uint64_t *>ptr
-    onh = _arr(out.next_header, "out.next_header", cnp.NPY_UINT8, n, True, &ptr, &size)
+    onh = natt_arr(out.next_header, "out.next_header", cnp.NPY_UINT8, n, True, &ptr, &size)
     io.onh = <uint8_t *>ptr
     if natt_overlap(io.data, io.data_len, io.odata, io.odata_len):
         # Checked by layout_slots already; the kernels' memcpy from data to odata relies on it.
@@ -2112,7 +2110,7 @@ cdef tuple _setup_io(natt_io *io, object batch, object out):
     return (off, ln, data, odata, ooff, olen, ostatus, osa, oseq, onh)
 
 
-cdef inline int _threads(object threads) except -2:
+cdef inline int natt_threads(object threads) except -2:
     """0 for the serial kernel, else the number of native threads (clamped)."""
     cdef long t
     if threads is None:
@@ -2130,7 +2128,9 @@ if (_ENCAP_OVERHEAD != NATT_ENCAP_OVERHEAD   # pragma: no cover - guards a silen
                                          NATT_CIPHER_AES_GMAC]
         or [m.name for m in _Mac][1:] != ["HMAC_MD5_96", "HMAC_SHA1_96", "HMAC_SHA256_128",
                                           "HMAC_SHA384_192", "HMAC_SHA512_256"]
-        or [int(m) for m in _Mac] != [0, 1, 2, 3, 4, 5]
+        or [int(m) for m in _Mac] != [NATT_MAC_NONE, NATT_MAC_HMAC_MD5_96, NATT_MAC_HMAC_SHA1_96,
+                                      NATT_MAC_HMAC_SHA256_128, NATT_MAC_HMAC_SHA384_192,
+                                      NATT_MAC_HMAC_SHA512_256]
         or int(_Status.ERROR) != NATT_ERROR or int(_Status.SEQ_OVERFLOW) != NATT_SEQ_OVERFLOW
         or int(UdpEncapType.IKE) != NATT_ENCAP_IKE):
     raise ImportError("natt._fastpath was built against different natt constants")
@@ -2292,8 +2292,8 @@ cdef class FastBackend:
             sa.icv_len = suite.icv_len
             sa.block = suite.block_size
             sa.window = cfg.replay_window
-            sa.top = _u64(cfg.replay_seq)
-            sa.oseq = _u64(cfg.replay_oseq)
+            sa.top = natt_u64(cfg.replay_seq)
+            sa.oseq = natt_u64(cfg.replay_oseq)
             if sa.handle == 0 or sa.window > 65536 or (sa.esn and sa.window == 0):
                 raise ValueError("SaConfig: handle 0, or replay window out of range")
             if sa.window:
@@ -2414,7 +2414,7 @@ cdef class FastBackend:
         if slot is None:
             self._unlock()
             return
-        _wipe(self._keys.pop(handle, None))
+        wipe_key(self._keys.pop(handle, None))
         sa = self.st.slots[<int32_t>slot]
         self.st.slots[<int32_t>slot] = NULL
         self.st.free_slots[self.st.n_free] = <int32_t>slot
@@ -2482,7 +2482,7 @@ cdef class FastBackend:
         self._lock()
         self._drop_all()
         for key in self._keys.values():
-            _wipe(key)
+            wipe_key(key)
         self._keys.clear()
         self._slot_of.clear()
         self._entries.clear()
@@ -2541,9 +2541,9 @@ cdef class FastBackend:
         Validation errors of the arrays raise ``ValueError``; packet contents never raise.
         """
         cdef natt_io io
-        cdef int nt = _threads(threads)
+        cdef int nt = natt_threads(threads)
         cdef int rc = 0
-        pinned = _setup_io(&io, batch, out)   # noqa: F841 (kept alive for the kernel)
+        pinned = natt_setup_io(&io, batch, out)   # noqa: F841 (kept alive for the kernel)
         with nogil:
             pthread_mutex_lock(&self.st.lock)
             if nt == 0:
@@ -2561,12 +2561,12 @@ cdef class FastBackend:
         (already ``_prepare``d with ENCAP_OVERHEAD). Raises ``KeyError`` for an unknown handle,
         ``ValueError`` for an inbound one."""
         cdef natt_io io
-        cdef int nt = _threads(threads)
+        cdef int nt = natt_threads(threads)
         cdef int rc = 0
         cdef int32_t s
         cdef int64_t h = handle
         cdef natt_sa *sa
-        pinned = _setup_io(&io, batch, out)   # noqa: F841 (kept alive for the kernel)
+        pinned = natt_setup_io(&io, batch, out)   # noqa: F841 (kept alive for the kernel)
         slot = self._slot_of.get(handle)
         if slot is None:
             raise KeyError(handle)
@@ -2580,14 +2580,16 @@ cdef class FastBackend:
                 rc = 1
             elif sa.inbound:
                 rc = 2
-            # A serial encap works through one chunk's worth (natt_encap_run): it needs that
-            # much, and has no say in the threaded pipelines' size (_scratch's shrink rule), or
-            # serial encaps between threaded decaps on one backend would shrink it each time.
-            elif (self._scratch(io.n) if nt > 0 else
-                  (0 if self.st.scratch_cap >= min(io.n, <int64_t>NATT_CHUNK) else self._scratch(NATT_CHUNK))) != 0:
-                rc = 3
             else:
-                natt_encap_run(&self.st, sa, &io, nt)
+                if nt > 0:
+                    rc = 3 if self._scratch(io.n) != 0 else 0
+                # A serial encap works through one chunk's worth (natt_encap_run): it needs that
+                # much, and has no say in the threaded pipelines' size (_scratch's shrink rule), or
+                # serial encaps between threaded decaps on one backend would shrink it each time.
+                elif self.st.scratch_cap < min(io.n, <int64_t>NATT_CHUNK):
+                    rc = 3 if self._scratch(NATT_CHUNK) != 0 else 0
+                if rc == 0:
+                    natt_encap_run(&self.st, sa, &io, nt)
             pthread_mutex_unlock(&self.st.lock)
         if rc == 1:
             raise KeyError(handle)
@@ -2606,7 +2608,7 @@ def layout_slots(batch_offsets, batch_lengths, batch_data, cnp.ndarray data, cnp
     The batch comes as its three arrays because a generic attribute lookup from C costs
     several times what the caller's bytecode pays.
 
-    The batch's arrays are checked as the kernels check them (``_setup_io``, same messages):
+    The batch's arrays are checked as the kernels check them (``natt_setup_io``, same messages):
     they may have been rebound since the batch was validated, and both backends size their
     work by them. Raises ValueError naming ``out`` if the batch's memory overlaps these
     buffers (``out=res`` with ``res.batch()``, or a view into them: laying out would overwrite
@@ -2618,10 +2620,10 @@ def layout_slots(batch_offsets, batch_lengths, batch_data, cnp.ndarray data, cnp
     cdef void *ptr
     cdef int64_t n, size, pos = 0, ln
     cdef Py_ssize_t i
-    bo = _arr(batch_offsets, "batch.offsets", cnp.NPY_INT64, -1, False, &ptr, &n)
-    bl = _arr(batch_lengths, "batch.lengths", cnp.NPY_INT64, n, False, &ptr, &size)
+    bo = natt_arr(batch_offsets, "batch.offsets", cnp.NPY_INT64, -1, False, &ptr, &n)
+    bl = natt_arr(batch_lengths, "batch.lengths", cnp.NPY_INT64, n, False, &ptr, &size)
     cdef const int64_t *src = <const int64_t *>ptr
-    bd = _arr(batch_data, "batch.data", cnp.NPY_UINT8, -1, False, &ptr, &size)
+    bd = natt_arr(batch_data, "batch.data", cnp.NPY_UINT8, -1, False, &ptr, &size)
     if (cnp.PyArray_TYPE(offsets) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(offsets)
             or cnp.PyArray_SIZE(offsets) < n):
         raise ValueError("offsets: must be a C-contiguous int64 array as long as the batch")

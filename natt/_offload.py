@@ -1,7 +1,7 @@
 """``natt.Offload``: the "miniport" — control plane in front of a data path.
 
 The control plane validates every request in the fixed order of
-docs/semantics.md §5 before touching any table, so a refused request leaves
+docs/semantics.md §6 before touching any table, so a refused request leaves
 nothing behind; only then does it install the SA in the backend (and roll the
 parser entry back if that fails). The OID layer (``set_oid``) and the Pythonic
 layer (``add_sa``) share one code path: ``add_sa`` builds the OID request.
@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ._backend import Backend, SaConfig
+from ._backend import Backend, SaConfig, wipe_key
 from ._batch import ENCAP_OVERHEAD, BatchResult, DecapResult, EncapResult, PacketBatch, as_batch
 from ._constants import (
     DF_BIT_MODES,
@@ -219,7 +219,7 @@ class Offload:
             self._closed = True
             self._backend.close()
             for cfg in self._sas.values():
-                _wipe(cfg)
+                wipe_key(cfg.key)
             self._sas.clear()
             self._entries.clear()
             self._entry_by_key.clear()
@@ -315,7 +315,7 @@ class Offload:
             return self._install(req, cfg, entry_plan)
 
     def _validate_add(self, req: Any) -> tuple[SaConfig, tuple[Optional[int], UdpEncapType, int]]:
-        """All checks of docs/semantics.md §5, in order; raises _Reject. Touches no table."""
+        """All checks of docs/semantics.md §6, in order; raises _Reject. Touches no table."""
         INVALID_PARAMETER, INVALID_DATA, NOT_SUPPORTED = (
             NdisStatus.INVALID_PARAMETER, NdisStatus.INVALID_DATA, NdisStatus.NOT_SUPPORTED)
         if not isinstance(req, AddUdpEspSa):
@@ -382,13 +382,13 @@ class Offload:
             raise _Reject(INVALID_DATA, "key_mat: cannot be read (a released memoryview?)") from None
         if len(key) != suite.conf_key_len + suite.integ_key_len:
             n = len(key)
-            key[:] = bytes(len(key))
+            wipe_key(key)
             raise _Reject(INVALID_DATA, f"key_mat: {n} octets, the key lengths add up to "
                                         f"{suite.conf_key_len + suite.integ_key_len}")
         try:
             return self._validate_rest(req, inbound, spi, suite, key)
-        except _Reject:
-            key[:] = bytes(len(key))
+        except BaseException:       # _Reject, and what _add turns into INVALID_PARAMETER
+            wipe_key(key)
             raise
 
     def _validate_rest(self, req: AddUdpEspSa, inbound: bool, spi: int, suite: Suite,
@@ -554,7 +554,7 @@ class Offload:
                     self._backend.remove_entry(new_entry.handle)
                 raise
         except Exception as e:  # the backend could not install: nothing stays behind
-            _wipe(cfg)
+            wipe_key(cfg.key)
             log.warning("add of SA spi=0x%08x failed in the %s backend: %s", cfg.spi, self.backend, type(e).__name__)
             return NdisStatus.FAILURE, f"backend: could not install the SA ({type(e).__name__})"
         if new_entry is not None:
@@ -611,7 +611,7 @@ class Offload:
         if cfg.inbound:
             self._entries[cfg.entry_handle].refcount -= 1
             self._inbound_keys.discard((cfg.entry_handle, cfg.spi, cfg.dst_addr, cfg.dst_mask))
-        _wipe(cfg)
+        wipe_key(cfg.key)
         log.debug("deleted SA handle=%d spi=0x%08x", cfg.handle, cfg.spi)
 
     def _remove_entry(self, handle: int) -> None:
@@ -998,8 +998,3 @@ def _check_threads(threads: Optional[int]) -> Optional[int]:
     if t is None or not 1 <= t <= MAX_THREADS:
         raise ValueError(f"threads: expected None or an integer 1..{MAX_THREADS}, got {shown(threads)}")
     return t
-
-
-def _wipe(cfg: SaConfig) -> None:
-    """Zero the SA's only key copy held by the control plane."""
-    cfg.key[:] = bytes(len(cfg.key))

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher as _Cipher
 from cryptography.hazmat.primitives.ciphers import algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from ._backend import COUNTER_NAMES, SaConfig
+from ._backend import COUNTER_NAMES, SaConfig, wipe_key
 from ._batch import DecapResult, EncapResult, PacketBatch
 from ._constants import Status, UdpEncapType
 from ._suites import Cipher, Mac
@@ -113,7 +113,7 @@ class _Sa:
         self._chacha: Optional[ChaCha20Poly1305] = None
         self._des3: Optional[TripleDES] = None
         self._mac: Optional["hmac.HMAC"] = None
-        # Keyed objects are built once per SA (DESIGN "Layers"). ``cryptography`` still expands
+        # Keyed objects are built once per SA, never per packet. ``cryptography`` still expands
         # the key inside every per-packet Cipher context; the oracle accepts that cost.
         if s.cipher in (Cipher.AES_GCM, Cipher.AES_GMAC, Cipher.AES_CBC):
             self._aes = algorithms.AES(cfg.enc_key)
@@ -134,8 +134,7 @@ class _Sa:
 
     def wipe(self) -> None:
         """Zero the key bytearray and drop every keyed object (see the module docstring)."""
-        key = self.cfg.key
-        key[:] = bytes(len(key))
+        wipe_key(self.cfg.key)
         self._aes = self._chacha = self._des3 = self._mac = None
 
     # ---- anti-replay and ESN (semantics §3, RFC 4303 §3.4.3 and Appendix A)
@@ -390,7 +389,7 @@ class ReferenceBackend:
                 else:
                     try:
                         status, sa, seq, nh, output = self._decap_one(p, found)
-                    except Exception:   # noqa: BLE001 — the data path never raises (DESIGN)
+                    except Exception:   # noqa: BLE001 — the data path never raises (semantics §1: ERROR)
                         status, seq, nh, output = Status.ERROR, 0, 0, None
                         if found:
                             sa = found[0]
@@ -415,7 +414,7 @@ class ReferenceBackend:
                 else:
                     try:
                         status, sa_h, seq, nh, output = self._encap_one(sa, p)
-                    except Exception:   # noqa: BLE001 — the data path never raises (DESIGN)
+                    except Exception:   # noqa: BLE001 — the data path never raises (semantics §1: ERROR)
                         sa.counters["errors"] += 1
                         status, sa_h, seq, nh, output = Status.ERROR, 0, 0, 0, None
                 _store(out, i, status, sa_h, seq, nh, p if output is None else output)

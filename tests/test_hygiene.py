@@ -299,10 +299,17 @@ def test_failed_backend_install_zeroes_the_key_copy(backend, monkeypatch):
         assert len(seen) == 1 and not any(seen[0].key)
 
 
-@pytest.mark.parametrize("fault", ["key-mat-length", "later-check"])
+class _UnreadableAddress(str):
+    """A field of a kind no check foresaw: reading it raises something other than a refusal."""
+
+    def strip(self, *args):
+        raise RuntimeError("unreadable")
+
+
+@pytest.mark.parametrize("fault", ["key-mat-length", "later-check", "unforeseen"])
 def test_refused_add_zeroes_its_key_copy(backend, monkeypatch, fault):
     # The OID layer copies key_mat into a bytearray of its own before the checks that follow
-    # (docs/semantics.md §5: the key length, then rows 11-22). A refused request must zero that
+    # (docs/semantics.md §6: the key length, then rows 11-23). A refused request must zero that
     # copy, as delete and a failed backend install do (SECURITY.md): dropped unzeroed, the key
     # stays in freed memory. Freed small blocks are soon reused, so a memory scan would not
     # find it reliably; the copy is caught by standing in for the module's bytearray instead.
@@ -319,7 +326,9 @@ def test_refused_add_zeroes_its_key_copy(backend, monkeypatch, fault):
     s, _ = natt.parse_suite("aes128gcm16")
     key = key_for("aes128gcm16") + (b"\x5a" if fault == "key-mat-length" else b"")
     req = natt.AddUdpEspSa(
-        flags=natt.OFFLOAD_INBOUND_SA, key_mat=key, dst_addr="198.51.100.2",
+        flags=natt.OFFLOAD_INBOUND_SA, key_mat=key,
+        # "unforeseen": the request is refused as INVALID_PARAMETER all the same (_add's catch-all)
+        dst_addr=_UnreadableAddress("198.51.100.2") if fault == "unforeseen" else "198.51.100.2",
         replay_window=7 if fault == "later-check" else 64,       # 7: below the minimum of 32
         sec_assoc=[natt.OffloadSecurityAssociation(
             natt.Operation.ENCRYPT, 0x1001, integrity_algo=natt.AlgoInfo(s.integ_algo, s.integ_key_len),
