@@ -433,11 +433,15 @@ class Offload:
         if window and window < REPLAY_WINDOW_MIN:
             raise _Reject(INVALID_PARAMETER, f"replay_window: {window}; use 0 (off) or "
                                              f"{REPLAY_WINDOW_MIN}..{REPLAY_WINDOW_MAX}")
+        if not suite.has_integrity:
+            # Anti-replay rests on the ICV (RFC 4303 §3.4.3, spec §5.3): a confidentiality-only SA
+            # has none, so its window is off whatever replay_window says (its default, 64, too).
+            window = 0
+            if esn:
+                raise _Reject(INVALID_PARAMETER, "esn: extended sequence numbers need anti-replay, which "
+                                                 "needs an integrity algorithm (RFC 4303 §3.4.3)")
         if esn and not window:
             raise _Reject(INVALID_PARAMETER, "esn: extended sequence numbers need anti-replay (replay_window > 0)")
-        if window and not suite.has_integrity:
-            raise _Reject(INVALID_PARAMETER, "replay_window: anti-replay needs an integrity algorithm "
-                                             "(RFC 4303 §3.4.3); use replay_window=0")
         seq_max = (1 << 64) - 1 if esn else 0xFFFFFFFF
         replay_seq = _int("replay_seq", req.replay_seq, 0, seq_max)
         replay_oseq = _int("replay_oseq", req.replay_oseq, 0, seq_max)

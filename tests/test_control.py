@@ -248,8 +248,8 @@ FAULTS = [
     Fault("13-window-65537", 13, NS.INVALID_PARAMETER, frozenset({"replay_window"}), _set(replay_window=65537)),
     Fault("13-esn-without-window", 13, NS.INVALID_PARAMETER, frozenset({"replay_window", "esn"}),
           _set(esn=True, replay_window=0)),
-    Fault("13-window-on-confidentiality-only", 13, NS.INVALID_PARAMETER,
-          frozenset({"algos", "key_mat", "replay_window"}), _algos(A.AES_CBC_128, 16, I.NONE, 0, 16)),
+    Fault("13-esn-on-confidentiality-only", 13, NS.INVALID_PARAMETER,
+          frozenset({"algos", "key_mat", "esn"}), _algos(A.AES_CBC_128, 16, I.NONE, 0, 16, esn=True)),
     Fault("14-replay-seq-negative", 14, NS.INVALID_PARAMETER, frozenset({"replay_seq"}), _set(replay_seq=-1)),
     Fault("14-replay-seq-2**32", 14, NS.INVALID_PARAMETER, frozenset({"replay_seq", "esn"}),
           _set(replay_seq=2**32, esn=False)),
@@ -761,11 +761,13 @@ def test_gcm_icv_lengths(backend: str) -> None:
             assert add(nic, other_request(spi=0x3100, icv_len=icv)) is NS.INVALID_PARAMETER, icv
 
 
-def test_confidentiality_only_sa(backend: str) -> None:
-    """RFC 4303 §3.2 allows confidentiality-only ESP; it is an OID-only SA and has no anti-replay."""
+@pytest.mark.parametrize("window", [0, 32, 64, 65536])
+def test_confidentiality_only_sa(backend: str, window: int) -> None:
+    """RFC 4303 §3.2 allows confidentiality-only ESP; it is an OID-only SA and has no anti-replay
+    (§3.4.3: it rests on the ICV), whatever valid replay_window the request carries."""
     with natt.Offload(backend=backend) as nic:
         req = base_request(sec_assoc=[_sa_element(natt.ConfAlgo.AES_CBC_128, 16)], key_mat=bytes(16),
-                           replay_window=0, replay_seq=0)
+                           replay_window=window, replay_seq=0)
         assert add(nic, req) is NS.SUCCESS
         assert nic.sa_stats(req.offload_handle)["replay_window"] == 0
 

@@ -64,10 +64,10 @@ def _request(v: EspVector, *, tunnel: bool | None = None, replay_seq: int | None
     """The OID request a stack would issue for the SA the vector belongs to."""
     tunnel = _is_tunnel(v) if tunnel is None else tunnel
     src, dst_addr = _tunnel_ends(v)
-    # RFC 3602 cases carry no ICV: a confidentiality-only SA, on which anti-replay is refused
-    # (docs/semantics.md §5 check 13), so the window is 0. Every other vector gets a window.
+    # RFC 3602 cases carry no ICV: a confidentiality-only SA, which takes the window but runs
+    # without anti-replay (docs/semantics.md §6 check 13), as a stack passing it would expect.
     if window is None:
-        window = WINDOW if v.icv_len else 0
+        window = WINDOW
     req = natt.AddUdpEspSa(
         flags=natt.OFFLOAD_INBOUND_SA,
         sec_assoc=[natt.OffloadSecurityAssociation(
