@@ -575,20 +575,22 @@ class ReferenceBackend:
         align = 4 if s.block_size <= 4 else s.block_size    # CBC blocks (8, 16) are multiples of 4
         pad_len = -(len(payload) + 2) % align
         plain = payload + bytes(range(1, pad_len + 1)) + bytes((pad_len, nh))
-        # 4–5. ESP; ESN high bits enter the ICV/AAD only.
-        spi_seql = struct.pack("!II", cfg.spi, seq & 0xFFFFFFFF)
-        seq_hi = (seq >> 32).to_bytes(4, "big") if cfg.esn else b""
-        esp = sa.seal(spi_seql, seq, plain, seq_hi)
         # 6. UDP, checksum 0 (RFC 3948 §2.1 SHOULD); legacy framing puts the marker first.
-        if cfg.encap_type is UdpEncapType.IKE:
-            esp = _NON_IKE_MARKER + esp
-        # 8 (checked before any header is packed). The outer header is 20 octets (tunnel) or
-        # the inner header with its options (transport).
+        marker = _NON_IKE_MARKER if cfg.encap_type is UdpEncapType.IKE else b""
+        # 8, checked before the crypto: a packet too long to send uses up no number. The outer
+        # header is 20 octets (tunnel) or the inner header with its options (transport).
         ihl = 20 if cfg.tunnel else (p[0] & 15) * 4
-        total = ihl + 8 + len(esp)
+        total = ihl + 8 + len(marker) + 8 + s.iv_len + len(plain) + s.icv_len
         if total > _MAX_IP_LEN:
             c["malformed"] += 1
             return Status.MALFORMED, 0, seq, 0, None
+        # 4–5. ESP; ESN high bits enter the ICV/AAD only. The number is used up from here on, even
+        # if the crypto fails (ERROR; semantics §2 step 2): a number, hence an AEAD nonce, never
+        # goes out twice (RFC 4106 §3.1).
+        sa.oseq = seq
+        spi_seql = struct.pack("!II", cfg.spi, seq & 0xFFFFFFFF)
+        seq_hi = (seq >> 32).to_bytes(4, "big") if cfg.esn else b""
+        esp = marker + sa.seal(spi_seql, seq, plain, seq_hi)
         udp = struct.pack("!HHHH", cfg.encap_src_port, cfg.encap_dst_port, 8 + len(esp), 0) + esp
         # 7. Outer IPv4 header.
         if cfg.tunnel:
@@ -606,7 +608,6 @@ class ReferenceBackend:
             header = _with_ip_fields(header, _PROTO_UDP, total)
         else:
             header = _with_ip_fields(p[:ihl], _PROTO_UDP, total)
-        sa.oseq = seq                          # advances only for packets that get OK
         c["packets"] += 1
         c["bytes"] += len(p)
         return Status.OK, cfg.handle, seq, nh, header + udp

@@ -951,6 +951,32 @@ def test_confidentiality_only(nic, conf):
 
 # --------------------------------------------------------------------------------------- encap
 
+def test_encap_crypto_failure_uses_up_its_number(monkeypatch):
+    # Semantics §2 step 2: a number handed to the crypto never goes out again (it is the AEAD
+    # nonce), even when the crypto fails. The fast path hands out a batch's numbers before its
+    # crypto runs, so it has this by construction, and nothing makes its libcrypto fail on cue:
+    # the reference's seal is made to fail once instead.
+    import natt._reference as ref
+
+    seal, calls = ref._Sa.seal, []
+
+    def fail_second(self, *args):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise RuntimeError("crypto library failure")
+        return seal(self, *args)
+
+    monkeypatch.setattr(ref._Sa, "seal", fail_second)
+    with natt.Offload(backend="reference") as nic:
+        h = nic.add_sa(0x4242, key_for(GCM), GCM.name, "out", src="192.0.2.1", dst="198.51.100.9")
+        res = nic.encap([_inner(n) for n in (5, 6, 7)], h)
+        assert statuses(res) == [Status.OK, Status.ERROR, Status.OK]
+        assert [int(x) for x in res.seq] == [1, 0, 3] and calls == [1, 2, 3]
+        st = stats(nic, h)
+        assert (st["replay_oseq"], st["packets"], st["errors"]) == (3, 2, 1)
+        assert int(nic.encap([_inner(8)], h).seq[0]) == 4
+
+
 class TestEncap:
     def _out(self, nic, suite=GCM, mode="tunnel", **kw):
         key = key_for(suite)
