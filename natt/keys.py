@@ -110,6 +110,7 @@ from typing import Any, Optional, Union
 
 from ._constants import DF_BIT_MODES, UdpEncapType
 from ._files import Replacement
+from ._offload import _as_int
 from ._redact import shown
 from ._suites import Cipher, Mac, Suite, parse_suite
 
@@ -195,10 +196,11 @@ def _spi(v: Any, where: str, show: Callable[[Any], str] = shown) -> int:
     # Each failed parse raises after its except block: an exception raised inside one keeps the
     # parser's ValueError, which quotes the text (a key in the wrong column), as __context__.
     try:
-        spi = int(v, 0) if isinstance(v, str) else v
+        # Any integer type (a numpy SPI column too), as everywhere in natt's API.
+        spi = int(v, 0) if isinstance(v, str) else _as_int(v)
     except ValueError:
         spi = None
-    if spi is None:
+    if spi is None and isinstance(v, str):
         # Where it breaks, by position: a typo is found even when the value is not shown.
         text = v.strip()
         prefix = 2 if text[:2] in ("0x", "0X") else 0
@@ -206,7 +208,7 @@ def _spi(v: Any, where: str, show: Callable[[Any], str] = shown) -> int:
         bad = next((i for i, c in enumerate(text[prefix:], prefix) if c not in digits), None)
         at = f" (character {bad + 1} is not a {'hex ' if prefix else ''}digit)" if bad is not None else ""
         raise KeyFileError(f"{where}: spi: {show(v)} is not a number{at}")
-    if isinstance(spi, bool) or not isinstance(spi, int) or not 0 < spi < 2**32:
+    if spi is None or not 0 < spi < 2**32:
         raise KeyFileError(f"{where}: spi: must be 1 .. 2**32-1, got {show(v)}")
     return spi
 
@@ -882,7 +884,9 @@ def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optio
     for i, s in enumerate(specs):
         # A spec made in code skips the file readers' check, and add_sa's own message gives
         # the field's width (0..2**32-1), not the SPIs that are valid.
-        _spi(s.spi, _where(i))
+        spi = _spi(s.spi, _where(i))
+        if type(s.spi) is not int:          # "0x1001" or np.uint32: add_sa gets the number
+            s = dataclasses.replace(s, spi=spi)
         d = direction or s.direction
         if d is None:
             raise KeyFileError(f"{_installing(i, s)}: no direction (esp_sa tables have none); "

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 
+import numpy as np
 import pytest
 
 import natt
@@ -695,6 +696,23 @@ def test_install_is_all_or_nothing():
     with pytest.raises(keys.KeyFileError, match=r"SA #2 \(spi 0x00001002\).*replay_window") as ei:
         keys.install(nic, [spec(), bad])
     assert isinstance(ei.value.__cause__, natt.OffloadError)
+    assert nic.sa_handles() == []
+
+
+@pytest.mark.parametrize("spi", [np.uint32(0x1002), np.int64(0x1002), "0x1002", "4098"])
+def test_install_takes_an_spi_of_any_integer_type(spi):
+    # A spec made in code may carry an SPI from a numpy column, or as text: add_sa gets the
+    # number (it takes numpy integers, as the whole API does; text it refuses).
+    nic = natt.Offload(backend="reference")
+    [h] = keys.install(nic, [spec(spi=spi)])
+    assert nic.sa_stats(h)["spi"] == 0x1002 and type(nic.sa_stats(h)["spi"]) is int
+
+
+@pytest.mark.parametrize("spi", [np.uint32(0), np.int64(2**32), np.float64(4098.0), True])
+def test_install_refuses_an_spi_out_of_range_or_not_an_integer(spi):
+    nic = natt.Offload(backend="reference")
+    with pytest.raises(keys.KeyFileError, match=r"SA #1: spi: must be 1 \.\. 2\*\*32-1, got "):
+        keys.install(nic, [spec(spi=spi)])
     assert nic.sa_handles() == []
 
 
