@@ -19,8 +19,8 @@ import pytest
 
 from benchmarks import bench_active_sas, bench_threads
 from natt import Offload, PacketBatch, Status
-from natt._bench import (NATT_PORT, TUNNEL_DST, TUNNEL_SRC, EvpLoop, build_workload, c_compiler, inner_packets,
-                         main, python_aesgcm_loop, _scapy_decryptor)
+from natt._bench import (NATT_PORT, TUNNEL_DST, TUNNEL_SRC, EvpLoop, Timing, build_workload, c_compiler,
+                         inner_packets, main, python_aesgcm_loop, _paired, _scapy_decryptor, _speed_ratio)
 from natt._suites import parse_suite
 
 BACKEND = "reference"   # the workload builder only needs a correct encap
@@ -177,6 +177,22 @@ def test_main_runs_every_comparison_and_writes_json(tmp_path, capsys) -> None:
         column = rows[0].index("median" if header == "ratio " else "ns/pkt") + 6
         assert all(r[column - 1] != " " and r[column:column + 1] in (" ", "") for r in rows[1:]), rows
 
+
+
+def test_paired_ratio_cancels_a_change_of_host_speed_between_rounds() -> None:
+    # The host slows to half speed in round 3, between EVP's repetition and natt's, and stays
+    # slow. In every other round natt takes EVP's time, yet the medians pair natt's slow median
+    # with EVP's fast one: the ratio of medians says 0.5, the median of the rounds' ratios 1.0.
+    natt_t = Timing("gcm.decap.64", "natt", 10, 640, seconds=[10, 10, 10, 20, 20, 20, 20])
+    evp_t = Timing("gcm.evp.64", "evp", 10, 640, seconds=[10, 10, 10, 10, 20, 20, 20])
+    r = _speed_ratio("natt decap / bare EVP loop, 64 octets", natt_t, evp_t, 0.75)
+    assert r.value == pytest.approx(0.5) and r.paired == pytest.approx(1.0)
+    assert not r.met                    # judged on the medians, as before
+    # Per packet: twice the packets in the same time is twice as fast, round by round.
+    assert _paired(Timing("a", "a", 20, 0, seconds=[1, 2, 3]), Timing("b", "b", 10, 0, seconds=[1, 2, 3])) == 0.5
+    # A variant missing a round (or a single-variant timing) gives no paired figure.
+    assert _paired(Timing("a", "a", 1, 0, seconds=[1, 2]), Timing("b", "b", 1, 0, seconds=[1, 2, 3])) is None
+    assert _paired(Timing("a", "a", 1, 0), Timing("b", "b", 1, 0)) is None
 
 def test_a_single_size_runs_each_case_once(tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"

@@ -874,6 +874,19 @@ class Ratio:
     target: str
     met: Optional[bool]    # judged on the wall-clock median
     cpu_value: Optional[float] = None   # the same ratio from CPU-time medians (single-threaded pairs)
+    # The median over rounds of the ratio within each round. A round runs each variant once,
+    # back to back (_interleaved), so a change of the host's speed between rounds, which moves
+    # every variant's median, cancels in it; ``value`` pairs medians that may come from rounds
+    # in different speed phases.
+    paired: Optional[float] = None
+
+
+def _paired(num: Timing, den: Timing) -> Optional[float]:
+    """Median over rounds of ``num``'s time per packet over ``den``'s; None unless both ran
+    every round."""
+    if not num.seconds or len(num.seconds) != len(den.seconds):
+        return None
+    return statistics.median((a / num.packets) / (b / den.packets) for a, b in zip(num.seconds, den.seconds))
 
 
 def _cpu_ratio(num: Timing, den: Timing) -> Optional[float]:
@@ -887,9 +900,10 @@ def _speed_ratio(name: str, fast: Timing, base: Timing, target: float = 0) -> Ra
     v = base.ns_per_packet() / fast.ns_per_packet()
     lo = base.ns_per_packet("min") / fast.ns_per_packet("max")
     hi = base.ns_per_packet("max") / fast.ns_per_packet("min")
+    paired = _paired(base, fast)
     if not target:
-        return Ratio(name, v, lo, hi, "-", None, _cpu_ratio(base, fast))
-    return Ratio(name, v, lo, hi, f">= {target:g}", v >= target, _cpu_ratio(base, fast))
+        return Ratio(name, v, lo, hi, "-", None, _cpu_ratio(base, fast), paired)
+    return Ratio(name, v, lo, hi, f">= {target:g}", v >= target, _cpu_ratio(base, fast), paired)
 
 
 def _decap_variant(key: str, label: str, wl: Workload, backend: str, threads: Optional[int],
@@ -1164,7 +1178,7 @@ def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
                 out.append(Ratio(f"{suite} encap time / decap time, {size} octets", v,
                                  e.ns_per_packet("max") / d.ns_per_packet("min"),
                                  e.ns_per_packet("min") / d.ns_per_packet("max"), "<= 1.2", v <= 1.2,
-                                 _cpu_ratio(e, d)))
+                                 _cpu_ratio(e, d), _paired(e, d)))
     if "call.decap1" in t:
         c = t["call.decap1"]
         us = c.ns_per_packet() / 1000
@@ -1240,12 +1254,13 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"{t['key']:<{kw}} {t['label']:<{lw}} {t['median_ns_per_packet']:9.1f} "
                      f"{t['min_ns_per_packet']:9.1f} {t['max_ns_per_packet']:9.1f} {cpu:>9} {t['mpps']:7.3f} "
                      f"{t['gbit_s']:7.2f}")
-    lines += ["", f"{'ratio':<{nw}} {'median':>8} {'worst .. best':>17} {'cpu':>7}  {'target':<7} met"]
+    lines += ["", f"{'ratio':<{nw}} {'median':>8} {'worst .. best':>17} {'cpu':>7} {'paired':>7}  {'target':<7} met"]
     for r in result["ratios"]:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
         rng = f"{r['low']:.2f} .. {r['high']:.2f}"
         cpu = "-" if r["cpu_value"] is None else f"{r['cpu_value']:.2f}"
-        lines.append(f"{r['name']:<{nw}} {r['value']:8.2f} {rng:>17} {cpu:>7}  {r['target']:<7} {met}")
+        paired = "-" if r["paired"] is None else f"{r['paired']:.2f}"
+        lines.append(f"{r['name']:<{nw}} {r['value']:8.2f} {rng:>17} {cpu:>7} {paired:>7}  {r['target']:<7} {met}")
     for n in result["notes"]:
         lines.append(f"note: {n}")
     return "\n".join(lines)
@@ -1260,11 +1275,13 @@ def format_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| `{t['key']}` | {t['label']} | {t['median_ns_per_packet']:.1f} | "
                      f"{t['min_ns_per_packet']:.1f} | {t['max_ns_per_packet']:.1f} | {cpu} | {t['mpps']:.3f} | "
                      f"{t['gbit_s']:.2f} |")
-    lines += ["", "| ratio | median (wall) | worst .. best | CPU time | target | met |", "|---|---:|---:|---:|---|---|"]
+    lines += ["", "| ratio | median (wall) | worst .. best | CPU time | paired by round | target | met |",
+              "|---|---:|---:|---:|---:|---|---|"]
     for r in result["ratios"]:
         met = "–" if r["met"] is None else ("yes" if r["met"] else "**no**")
         cpu = "–" if r["cpu_value"] is None else f"{r['cpu_value']:.2f}"
-        lines.append(f"| {r['name']} | {r['value']:.2f} | {r['low']:.2f} .. {r['high']:.2f} | {cpu} | "
+        paired = "–" if r["paired"] is None else f"{r['paired']:.2f}"
+        lines.append(f"| {r['name']} | {r['value']:.2f} | {r['low']:.2f} .. {r['high']:.2f} | {cpu} | {paired} | "
                      f"{r['target'].replace('>=', '≥').replace('<=', '≤')} | {met} |")
     return "\n".join(lines)
 
