@@ -1018,6 +1018,7 @@ def test_add_sa_measures_a_key_in_octets_whatever_its_item_size(backend: str) ->
 
 
 KEY_HEX = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"
+KEY_B64 = "obLD1OX2BxgpOktcbX6PkKGyw9Q="                      # KEY_HEX's octets in base64
 
 
 @pytest.mark.parametrize("swap", [
@@ -1026,9 +1027,14 @@ KEY_HEX = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"
     {"suite": ":".join(KEY_HEX[i:i + 2] for i in range(0, 40, 2))},
     {"direction": KEY_HEX}, {"direction": bytes.fromhex(KEY_HEX)}, {"mode": KEY_HEX}, {"src": KEY_HEX},
     {"df_bit": KEY_HEX}, {"df_bit": bytes.fromhex(KEY_HEX)},
+    {"suite": KEY_B64}, {"suite": KEY_B64 + "-esn"}, {"direction": KEY_B64}, {"mode": KEY_B64.rstrip("=")},
+    {"src": KEY_B64}, {"df_bit": KEY_B64},
 ])
 def test_add_sa_errors_never_echo_a_key_given_in_the_wrong_place(backend: str, swap: dict) -> None:
-    text = str(_refused_add_sa(backend, **swap)).lower()
+    assert base64.b64decode(KEY_B64) == bytes.fromhex(KEY_HEX)
+    text = str(_refused_add_sa(backend, **swap))
+    assert KEY_B64[:8] not in text and KEY_B64[-12:-4] not in text
+    text = text.lower()
     assert "a1b2c3d4" not in text and "a1:b2:c3" not in text and "\\xa1\\xb2" not in text
     assert next(iter(swap)) in text                       # the field is still named
 
