@@ -25,7 +25,9 @@ Layout
 Concurrency
 -----------
 One ``pthread_mutex_t`` per backend. A batch holds it for its whole
-duration (with the GIL released); ``add_sa``/``remove_sa``/entries/counters
+duration (with the GIL released, but for a serial batch of a few short
+packets, which keeps the GIL and only *tries* the mutex, falling back to
+the released path if it is taken: ``natt_brief``); ``add_sa``/``remove_sa``/entries/counters
 take it too, so a control call waits for the running batch and never frees
 memory a batch could still reach (an SA is unlinked and freed only while
 the mutex is held or after it is released by the remover). A reader-writer
@@ -109,6 +111,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_trylock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
     int pthread_cond_init(pthread_cond_t *c, const void *attr)
     int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
@@ -220,6 +223,9 @@ cdef enum:
     NATT_SCRATCH_IDLE = 8        # calls using under a quarter of a larger scratch before it shrinks
     NATT_ENCAP_OVERHEAD = 128    # natt._batch.ENCAP_OVERHEAD (checked at import)
     NATT_CONT = 255              # parse status: an SA was found, the packet goes on
+    NATT_GIL_HOLD_PACKETS = 4    # a serial batch this small may run with the GIL held (natt_brief)
+    NATT_GIL_HOLD_OCTETS = 2048  # ... if its packets add up to no more octets than this
+    NATT_LAYOUT_GIL_HOLD = 4096  # layout_slots lays out this many slots with the GIL held
 
 # natt.Status (fixed numbering, docs/semantics.md §1)
 cdef enum:
@@ -2121,6 +2127,26 @@ cdef inline int natt_threads(object threads) except -2:
     return NATT_MAX_THREADS if t > NATT_MAX_THREADS else <int>t
 
 
+cdef inline bint natt_brief(const natt_io *io) noexcept nogil:
+    """Whether a serial batch is small enough to run with the GIL held.
+
+    Releasing and retaking the GIL costs about 400 instructions, more than a 64-octet packet's
+    whole decap, and a batch of one is the common case of a caller that receives a packet at a
+    time (BENCHMARKS.md, "fixed cost"). 2 KiB holds the GIL for about 90 us at worst (3DES, the
+    slowest suite, at 23 MB/s here by ``openssl speed``; AES-GCM takes about 1 us), a fiftieth of
+    the interpreter's switch interval. The caller then only *tries* the mutex: a thread holding
+    the GIL never waits for it (module docstring, "Concurrency")."""
+    cdef int64_t i, total = 0, ln
+    if io.n > NATT_GIL_HOLD_PACKETS:
+        return False
+    for i in range(io.n):
+        ln = io.len[i]
+        if ln < 0 or ln > NATT_GIL_HOLD_OCTETS:
+            return False
+        total += ln
+    return total <= NATT_GIL_HOLD_OCTETS
+
+
 # The kernels hard-code these numbers; refuse to load if the Python side ever changes them.
 if (_ENCAP_OVERHEAD != NATT_ENCAP_OVERHEAD   # pragma: no cover - guards a silent mismatch
         or [int(c) for c in _Cipher] != [NATT_CIPHER_NULL, NATT_CIPHER_AES_CBC, NATT_CIPHER_3DES_CBC,
@@ -2542,19 +2568,28 @@ cdef class FastBackend:
         """
         cdef natt_io io
         cdef int nt = natt_threads(threads)
-        cdef int rc = 0
+        cdef int rc
         pinned = natt_setup_io(&io, batch, out)   # noqa: F841 (kept alive for the kernel)
-        with nogil:
-            pthread_mutex_lock(&self.st.lock)
-            if nt == 0:
-                natt_decap_serial(&self.st, &io)
-            else:
-                rc = self._scratch(io.n)
-                if rc == 0:
-                    natt_decap_parallel(&self.st, &io, nt)
-            pthread_mutex_unlock(&self.st.lock)
+        if nt == 0 and natt_brief(&io) and pthread_mutex_trylock(&self.st.lock) == 0:
+            rc = self._decap_locked(&io, nt)
+        else:
+            with nogil:
+                pthread_mutex_lock(&self.st.lock)
+                rc = self._decap_locked(&io, nt)
         if rc != 0:
             raise MemoryError()
+
+    cdef int _decap_locked(self, natt_io *io, int nt) noexcept nogil:
+        """Run a decap with the mutex held, then release it; -1 if the scratch ran out."""
+        cdef int rc = 0
+        if nt == 0:
+            natt_decap_serial(&self.st, io)
+        else:
+            rc = self._scratch(io.n)
+            if rc == 0:
+                natt_decap_parallel(&self.st, io, nt)
+        pthread_mutex_unlock(&self.st.lock)
+        return rc
 
     def encap(self, batch, handle: int, out, threads) -> None:
         """Encapsulate every packet of ``batch`` with outbound SA ``handle`` into ``out``
@@ -2562,41 +2597,50 @@ cdef class FastBackend:
         ``ValueError`` for an inbound one."""
         cdef natt_io io
         cdef int nt = natt_threads(threads)
-        cdef int rc = 0
+        cdef int rc
         cdef int32_t s
         cdef int64_t h = handle
-        cdef natt_sa *sa
         pinned = natt_setup_io(&io, batch, out)   # noqa: F841 (kept alive for the kernel)
         slot = self._slot_of.get(handle)
         if slot is None:
             raise KeyError(handle)
         s = slot
-        with nogil:
-            pthread_mutex_lock(&self.st.lock)
-            # Re-check under the mutex: the SA may have been removed since the dict lookup
-            # (handles are never reused, so a live slot with this handle is this SA).
-            sa = self.st.slots[s] if s < self.st.nslots else NULL
-            if sa == NULL or sa.handle != h:
-                rc = 1
-            elif sa.inbound:
-                rc = 2
-            else:
-                if nt > 0:
-                    rc = 3 if self._scratch(io.n) != 0 else 0
-                # A serial encap works through one chunk's worth (natt_encap_run): it needs that
-                # much, and has no say in the threaded pipelines' size (_scratch's shrink rule), or
-                # serial encaps between threaded decaps on one backend would shrink it each time.
-                elif self.st.scratch_cap < min(io.n, <int64_t>NATT_CHUNK):
-                    rc = 3 if self._scratch(NATT_CHUNK) != 0 else 0
-                if rc == 0:
-                    natt_encap_run(&self.st, sa, &io, nt)
-            pthread_mutex_unlock(&self.st.lock)
+        if nt == 0 and natt_brief(&io) and pthread_mutex_trylock(&self.st.lock) == 0:
+            rc = self._encap_locked(&io, s, h, nt)
+        else:
+            with nogil:
+                pthread_mutex_lock(&self.st.lock)
+                rc = self._encap_locked(&io, s, h, nt)
         if rc == 1:
             raise KeyError(handle)
         if rc == 2:
             raise ValueError(f"handle: SA {handle} is inbound; encap needs an outbound SA")
         if rc == 3:
             raise MemoryError()
+
+    cdef int _encap_locked(self, natt_io *io, int32_t s, int64_t h, int nt) noexcept nogil:
+        """Run an encap with the mutex held, then release it; 1 if SA ``h`` is gone, 2 if it is
+        inbound, 3 if the scratch ran out."""
+        cdef int rc = 0
+        # Re-check under the mutex: the SA may have been removed since the dict lookup
+        # (handles are never reused, so a live slot with this handle is this SA).
+        cdef natt_sa *sa = self.st.slots[s] if s < self.st.nslots else NULL
+        if sa == NULL or sa.handle != h:
+            rc = 1
+        elif sa.inbound:
+            rc = 2
+        else:
+            if nt > 0:
+                rc = 3 if self._scratch(io.n) != 0 else 0
+            # A serial encap works through one chunk's worth (natt_encap_run): it needs that
+            # much, and has no say in the threaded pipelines' size (_scratch's shrink rule), or
+            # serial encaps between threaded decaps on one backend would shrink it each time.
+            elif self.st.scratch_cap < min(io.n, <int64_t>NATT_CHUNK):
+                rc = 3 if self._scratch(NATT_CHUNK) != 0 else 0
+            if rc == 0:
+                natt_encap_run(&self.st, sa, io, nt)
+        pthread_mutex_unlock(&self.st.lock)
+        return rc
 
 
 def layout_slots(batch_offsets, batch_lengths, batch_data, cnp.ndarray data, cnp.ndarray offsets,
@@ -2618,8 +2662,7 @@ def layout_slots(batch_offsets, batch_lengths, batch_data, cnp.ndarray data, cnp
     clamped because the caller may have rewritten them since validation.
     """
     cdef void *ptr
-    cdef int64_t n, size, pos = 0, ln
-    cdef Py_ssize_t i
+    cdef int64_t n, size, total
     bo = natt_arr(batch_offsets, "batch.offsets", cnp.NPY_INT64, -1, False, &ptr, &n)
     bl = natt_arr(batch_lengths, "batch.lengths", cnp.NPY_INT64, n, False, &ptr, &size)
     cdef const int64_t *src = <const int64_t *>ptr
@@ -2644,15 +2687,25 @@ def layout_slots(batch_offsets, batch_lengths, batch_data, cnp.ndarray data, cnp
                                  "res.batch(), or a view into them); pass another result, or copy "
                                  "the batch first")
     cdef int64_t *dst = <int64_t *>cnp.PyArray_DATA(offsets)
+    if n <= NATT_LAYOUT_GIL_HOLD:       # shorter than releasing the GIL takes (natt_brief)
+        return natt_layout(dst, src, n, size, slot_extra)
     with nogil:
-        for i in range(n):
-            dst[i] = pos
-            ln = src[i]
-            if ln < 0:
-                ln = 0
-            elif ln > size:
-                ln = size
-            pos += ln + slot_extra
+        total = natt_layout(dst, src, n, size, slot_extra)
+    return total
+
+
+cdef int64_t natt_layout(int64_t *dst, const int64_t *src, int64_t n, int64_t size,
+                         int64_t slot_extra) noexcept nogil:
+    """layout_slots' loop: slot offsets into ``dst``; returns the octets the slots take."""
+    cdef int64_t i, ln, pos = 0
+    for i in range(n):
+        dst[i] = pos
+        ln = src[i]
+        if ln < 0:
+            ln = 0
+        elif ln > size:
+            ln = size
+        pos += ln + slot_extra
     return pos
 
 def gather(uint8_t[::1] out, const int64_t[::1] out_off, const uint8_t[::1] src,

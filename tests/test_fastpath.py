@@ -554,6 +554,53 @@ def test_rebinding_a_batch_array_while_its_decap_runs_does_not_crash(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
 
 
+def test_small_batches_with_the_gil_held_do_not_deadlock_with_control_calls(tmp_path):
+    """A serial batch of a few short packets keeps the GIL (``natt_brief``), so it must only
+    *try* the backend's mutex: a control call holds that mutex while it runs Python code
+    (``remove_sa`` wipes the key), and may lose the GIL there to the decapping thread, which
+    would then wait forever for the mutex while holding the GIL. Encap and decap of batches of
+    one against add/delete in a loop, switching threads every microsecond. Run in a child with
+    a timeout: a deadlock hangs the process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys, threading
+        import natt
+        sys.setswitchinterval(1e-6)
+        key = bytes(range(20))
+        nic = natt.Offload(backend="fast")
+        out_h = nic.add_sa(spi=0x7001, key=key, suite="aes128gcm16", direction="out", mode="tunnel",
+                           src="198.51.100.2", dst="203.0.113.5")
+        in_h = nic.add_sa(spi=0x7001, key=key, suite="aes128gcm16", direction="in", mode="tunnel",
+                          src="198.51.100.2", dst="203.0.113.5", replay_window=0)
+        inner = bytes.fromhex("4500001c000100004011f7c80a0000010a000002") + bytes(8)
+        packet = nic.encap([inner], out_h)[0]
+        stop = threading.Event()
+
+        def churn():
+            while not stop.is_set():
+                h = nic.add_sa(spi=0x8001, key=key, suite="aes128gcm16", direction="in", mode="tunnel",
+                               src="198.51.100.2", dst="203.0.113.5")
+                nic.delete_sa(h)
+
+        t = threading.Thread(target=churn)
+        t.start()
+        enc, dec = natt.EncapResult(), natt.DecapResult()
+        try:
+            for _ in range(3000):
+                assert nic.encap([inner], out_h, out=enc).status[0] == natt.Status.OK
+                assert nic.decap([packet], out=dec)[0] == inner
+        finally:
+            stop.set()
+            t.join()
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
+
+
 def test_threaded_decap_works_in_a_forked_child():
     """Worker threads do not survive fork(): the child must not wait for them."""
     import multiprocessing
