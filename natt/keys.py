@@ -105,6 +105,7 @@ import json
 import os
 import re
 import string
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -176,20 +177,47 @@ class SaSpec:
 
     def label(self) -> str:
         """``name`` or ``spi=0x… suite`` -- for tables and messages."""
-        return self.name or f"spi=0x{self.spi:08x} {self.suite}"
+        return self.name or f"spi={_spi_text(self.spi)} {self.suite}"
 
 
 # ----------------------------------------------------------------------------------------------
 # Field parsing (every error names the SA and the field, never the key's value)
 
 
+def _spi_text(spi: Any) -> str:
+    """``0x…`` for an SPI, ``shown()`` for anything else: a value in the SPI's place may be a key."""
+    if isinstance(spi, int) and not isinstance(spi, bool) and 0 <= spi < 2**32:
+        return f"0x{spi:08x}"
+    return shown(spi)
+
+
 def _where(i: int, spi: Any = None) -> str:
-    return f"SA #{i + 1}" + (f" (spi 0x{spi:08x})" if isinstance(spi, int) else "")
+    return f"SA #{i + 1}" + (f" (spi {_spi_text(spi)})" if spi is not None else "")
 
 
 def _installing(i: int, s: SaSpec) -> str:
     """Which SA :func:`install` is about: where it was read, else its place in ``specs``."""
-    return f"{s.origin} (spi 0x{s.spi:08x})" if s.origin else _where(i, s.spi)
+    return f"{s.origin} (spi {_spi_text(s.spi)})" if s.origin else _where(i, s.spi)
+
+
+def _canonical(specs: Iterable[SaSpec]) -> list[SaSpec]:
+    """``specs`` with SPI and ports as Python ints. A spec made in code may hold ``"0x1001"`` or
+    numpy integers, which :func:`install` accepts (as ``add_sa`` does) and the key-file readers
+    never give; formatting and routing want ints. Raises :class:`KeyFileError` for an SPI or
+    port that is no number in range."""
+    def port(v: Any, where: str, field: str) -> int:
+        n = _as_int(v)
+        return _port(v if n is None else n, where, field)
+
+    out = []
+    for i, s in enumerate(specs):
+        spi = _spi(s.spi, _where(i))
+        w = _where(i, spi)
+        ports = (port(s.port, w, "port"), port(s.sport, w, "sport"), port(s.dport, w, "dport"))
+        if not all(type(v) is int for v in (s.spi, s.port, s.sport, s.dport)):
+            s = dataclasses.replace(s, spi=spi, port=ports[0], sport=ports[1], dport=ports[2])
+        out.append(s)
+    return out
 
 
 def _spi(v: Any, where: str, show: Callable[[Any], str] = shown) -> int:
@@ -233,8 +261,10 @@ def _addr(v: Any, where: str, field: str, show: Callable[[Any], str] = shown) ->
     if v is None or v == "*" or v == "":
         return None
     try:
-        return str(ipaddress.IPv4Address(v))
-    except (ValueError, TypeError):
+        # Text only: ipaddress reads JSON's true or 1 as 0.0.0.1.
+        if isinstance(v, str):
+            return str(ipaddress.IPv4Address(v))
+    except ValueError:
         pass        # raised below, without ipaddress's message (which quotes v) as __context__
     raise KeyFileError(f"{where}: {field}: {show(v)} is not an IPv4 address")
 
@@ -242,6 +272,8 @@ def _addr(v: Any, where: str, field: str, show: Callable[[Any], str] = shown) ->
 def _net(v: Any, where: str, field: str) -> Optional[str]:
     if v is None or v == "*" or v == "":
         return None
+    if not isinstance(v, str):      # ipaddress reads JSON's true or 1 as 0.0.0.1/32
+        raise KeyFileError(f"{where}: {field}: {shown(v)} is not an IPv4 network (a.b.c.d/len)")
     try:
         return str(ipaddress.IPv4Network(v))
     except (ValueError, TypeError):
@@ -346,8 +378,9 @@ def _spec_from_json(i: int, obj: Any, default_mode: str = "tunnel") -> SaSpec:
         raise KeyFileError(f"{w}: mode: 'tunnel' or 'transport', got {shown(mode)}")
     encap = obj.get("encap", "OTHER")
     try:
+        # JSON's false would be UdpEncapType(0), IKE.
         encap_t: Optional[UdpEncapType] = (UdpEncapType[encap.upper()] if isinstance(encap, str)
-                                           else UdpEncapType(encap))
+                                           else None if isinstance(encap, bool) else UdpEncapType(encap))
     except (KeyError, ValueError, TypeError):
         encap_t = None
     if encap_t is None:
@@ -696,7 +729,7 @@ def to_esp_sa(specs: Iterable[SaSpec]) -> str:
              "# destination, SPI, encryption algorithm, encryption key, authentication algorithm,",
              "# authentication key; an ESN SA adds SN (\"64-bit\") and ESN High Bits (hex), fields",
              "# of newer Wireshark that tshark 4.0 warns about and ignores (failing that SA's ICVs)."]
-    for s in specs:
+    for s in _canonical(specs):
         su = s.suite_info
         enc_key = s.key[: su.enc_key_len + su.salt_len]
         auth_key = s.key[su.enc_key_len + su.salt_len:]
@@ -711,7 +744,7 @@ def to_esp_sa(specs: Iterable[SaSpec]) -> str:
         elif su.cipher is Cipher.NULL:
             enc = "NULL"
         else:
-            raise KeyFileError(f"spi 0x{s.spi:08x}: Wireshark's esp_sa table has no {su.name} (AES-GMAC)")
+            raise KeyFileError(f"spi {_spi_text(s.spi)}: Wireshark's esp_sa table has no {su.name} (AES-GMAC)")
         auth = _MAC_WIRESHARK[_MAC_KEYWORD[su.mac]] if su.mac is not Mac.NONE else "NULL"
         fields = ["IPv4", s.src or "*", s.dst or "*", f"0x{s.spi:08x}", enc,
                   f"0x{enc_key.hex()}" if enc_key else "", auth, f"0x{auth_key.hex()}" if auth_key else ""]
@@ -747,6 +780,11 @@ def loads(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
             raise KeyFileError(f"not valid JSON: {e.msg}: line {e.lineno} column {e.colno}") from None
         except RecursionError:
             raise KeyFileError("not a key file: JSON nested too deeply") from None
+        except ValueError:
+            # Python reads no integer of more decimal digits than this (CVE-2020-10735).
+            raise KeyFileError(f"not a usable key file: a JSON number has more than "
+                               f"{sys.get_int_max_str_digits()} digits (write a wide replay_bitmap "
+                               f"as \"0x…\" hex)") from None
         if isinstance(doc, dict):
             if "sas" not in doc:
                 raise KeyFileError("a JSON key file is a list of SAs or an object with an 'sas' list")
@@ -783,22 +821,24 @@ def load(path: PathLike, *, mode: str = "tunnel") -> list[SaSpec]:
 def dumps(specs: Iterable[SaSpec], fmt: str = "json") -> str:
     """Serialise ``specs`` as ``"json"`` or ``"esp_sa"``.
 
-    Only what :func:`loads` reads back is written: a spec that is not an :class:`SaSpec`, or
-    whose key is not bytes, is a ``TypeError``; an unknown suite, a bad address or port, a
-    ``ValueError`` (:class:`KeyFileError`) naming the SA and the field."""
+    Only what :func:`loads` reads back is written, in either format: a spec that is not an
+    :class:`SaSpec`, or whose key is not bytes, is a ``TypeError``; an unknown suite, a bad SPI,
+    key length, address or port, a ``ValueError`` (:class:`KeyFileError`) naming the SA and the
+    field."""
+    if fmt not in ("json", "esp_sa"):
+        raise ValueError(f"fmt: 'json' or 'esp_sa', got {shown(fmt)}")
     specs = list(specs)
     for i, spec in enumerate(specs):
         if not isinstance(spec, SaSpec):
             raise TypeError(f"specs[{i}]: expected an SaSpec, got {type(spec).__name__}")
         if not isinstance(spec.key, (bytes, bytearray)):
             raise TypeError(f"specs[{i}].key: expected bytes or bytearray, got {type(spec.key).__name__}")
-    if fmt == "json":
-        text = json.dumps([_spec_to_json(s) for s in specs], indent=2) + "\n"
-        loads(text)     # a file natt wrote must load: the readers hold every field check
-        return text
-    if fmt == "esp_sa":
-        return to_esp_sa(specs)
-    raise ValueError(f"fmt: 'json' or 'esp_sa', got {shown(fmt)}")
+    specs = _canonical(specs)
+    text = json.dumps([_spec_to_json(s) for s in specs], indent=2) + "\n"
+    # A file natt wrote must load: the JSON reader holds every field check, and an esp_sa
+    # table carries a subset of the same fields.
+    loads(text)
+    return text if fmt == "json" else to_esp_sa(specs)
 
 
 def save(path: PathLike, specs: Iterable[SaSpec], fmt: Optional[str] = None) -> None:
@@ -847,8 +887,9 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
     anti-replay state (``replay_seq=top, replay_bitmap=bitmap``) instead of its own ``replay_seq``.
 
     With ``direction`` given, a spec that would install exactly what an earlier one installed
-    (a key file holding one SA's two directions: same SPI, ends, settings and key) is not added
-    again: it gets the earlier handle. Any other clash is the Offload's refusal.
+    (a key file holding one SA's two directions: same SPI, ends, settings and key; installed
+    inbound, the ports, ``replay_oseq`` and ``df_bit`` an outbound SA alone uses do not count) is
+    not added again: it gets the earlier handle. Any other clash is the Offload's refusal.
 
     All or nothing: if one SA is refused, those already installed are deleted again and
     :class:`KeyFileError` names the SA (its ``natt.OffloadError`` is the ``__cause__``).
@@ -874,6 +915,10 @@ def same_sa(specs: Sequence[SaSpec], direction: Optional[str] = None) -> list[in
     return [i if twin is None else twin for i, _, _, _, twin in _plan(specs, direction, None)]
 
 
+# add_sa settings an inbound SA takes but does not use (docs/keys.md).
+_OUTBOUND_ONLY = ("sport", "dport", "replay_oseq", "df_bit")
+
+
 def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optional[Mapping[int, tuple[int, int]]]
           ) -> Iterator[tuple[int, SaSpec, str, dict[str, Any], Optional[int]]]:
     """What :func:`install` asks of the Offload for each spec: ``(index, spec, direction,
@@ -881,12 +926,9 @@ def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optio
     if direction not in (None, "in", "out"):
         raise ValueError(f"direction: None, 'in' or 'out', got {shown(direction)}")
     same: dict[tuple[Any, ...], int] = {}
-    for i, s in enumerate(specs):
-        # A spec made in code skips the file readers' check, and add_sa's own message gives
-        # the field's width (0..2**32-1), not the SPIs that are valid.
-        spi = _spi(s.spi, _where(i))
-        if type(s.spi) is not int:          # "0x1001" or np.uint32: add_sa gets the number
-            s = dataclasses.replace(s, spi=spi)
+    # A spec made in code skips the file readers' check, and add_sa's own message gives the
+    # field's width (0..2**32-1), not the SPIs that are valid.
+    for i, s in enumerate(_canonical(specs)):
         d = direction or s.direction
         if d is None:
             raise KeyFileError(f"{_installing(i, s)}: no direction (esp_sa tables have none); "
@@ -911,8 +953,10 @@ def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optio
                       df_bit=s.df_bit if d == "out" else "copy")
         # A key file that holds an SA's two directions (same SPI, ends and key) gives the
         # same SA twice once ``direction`` makes them both inbound (natt decap): install it
-        # once, both specs get its handle. The key is compared, not kept in the index.
-        ident = (s.spi, s.suite, d, tuple(kwargs.items()))
+        # once, both specs get its handle. The key is compared, not kept in the index, and so
+        # are only the settings the SA uses: inbound it writes no ports and sends no numbers.
+        ident = (s.spi, s.suite, d, tuple((k, v) for k, v in kwargs.items()
+                                          if d == "out" or k not in _OUTBOUND_ONLY))
         twin = same.get(ident) if direction is not None else None
         if twin is not None and specs[twin].key != s.key:
             twin = None

@@ -148,6 +148,12 @@ def test_json_mistakes_json_itself_would_let_through(text, message):
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "replay_seq": -1},
      "replay_seq: must be a non-negative integer"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "encap": "GRE"}, "encap"),
+    # ipaddress and UdpEncapType read these as 0.0.0.1 and IKE; a key file means neither.
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "src": True}, "src: True is not an IPv4 address"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "dst": 1}, "dst: 1 is not an IPv4 address"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "nat_oa_src": False}, "nat_oa_src: False is not"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "inner_dst": True}, "inner_dst: True is not an IPv4 network"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "encap": False}, "encap: .* got False"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "colour": "red"}, "unknown field"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "inner_src": "10.0.0.1/8"},
      r"inner_src: '10.0.0.1/8' has host bits set \(the network is 10.0.0.0/8"),
@@ -184,6 +190,25 @@ def test_a_leading_byte_order_mark_is_skipped(tmp_path, fmt):
     path.write_bytes(b"\xef\xbb\xbf" + keys.dumps([spec()], fmt).encode())
     (s,) = keys.load(path)
     assert (s.spi, s.key) == (spec().spi, spec().key)
+
+
+def test_an_spi_too_wide_for_32_bits_is_not_shown_beside_another_error():
+    # An SA missing its key named its SPI in hex, however wide: a key put in the spi field.
+    wide = int.from_bytes(bytes(range(1, 21)), "big")
+    with pytest.raises(keys.KeyFileError, match=r"^SA #1 \(spi <a 153-bit integer, not shown: a key\?>\): "
+                                                r"missing field 'key'$") as ei:
+        keys.loads(json.dumps([{"spi": wide, "suite": "aes128gcm16"}]))
+    assert f"{wide:x}" not in str(ei.value) and str(wide) not in str(ei.value)
+
+
+def test_a_json_number_python_cannot_read_is_a_key_file_error(tmp_path):
+    # A 65 536-bit replay_bitmap in decimal: Python reads no integer of more than 4 300 digits.
+    path = tmp_path / "k.json"
+    path.write_text('[{"spi": 1, "suite": "aes128gcm16", "key": "%s", "replay_window": 65536, '
+                    '"replay_bitmap": 1%s}]' % (K20.hex(), "0" * 19727))
+    with pytest.raises(keys.KeyFileError, match=r"k\.json: not a usable key file: a JSON number has more than "
+                                                r"\d+ digits \(write a wide replay_bitmap as \"0x…\" hex\)$"):
+        keys.load(path)
 
 
 def test_invalid_json_reports_position_only():
@@ -228,16 +253,33 @@ def test_saving_through_a_symlink_replaces_the_file_it_names(tmp_path):
     assert link.is_symlink() and keys.load(real)[0].spi == spec().spi
 
 
-def test_save_writes_only_what_load_reads_back(tmp_path):
-    path = tmp_path / "k.json"
+@pytest.mark.parametrize("name", ["k.json", "k.esp_sa"])
+def test_save_writes_only_what_load_reads_back(tmp_path, name):
+    # esp_sa too: it used to write a bad address, key length or SPI that load then refused.
+    path = tmp_path / name
     for bad, error, message in [
             (spec(suite="nope"), keys.KeyFileError, r"^SA #1 \(spi 0x[0-9a-f]{8}\): suite: unknown ESP proposal 'nope'"),
             (spec(src="192.0.2.300"), keys.KeyFileError, r"src: '192.0.2.300' is not an IPv4 address"),
+            (spec(key=K16[:5]), keys.KeyFileError, r"^SA #1 \(spi 0x00001001\): key: 5 octets, aes128gcm16 needs 20$"),
+            (spec(spi=0), keys.KeyFileError, r"^SA #1: spi: must be 1 \.\. 2\*\*32-1, got 0$"),
+            (spec(spi=2**33), keys.KeyFileError, r"^SA #1: spi: must be 1 \.\. 2\*\*32-1"),
+            (spec(port=np.uint32(70000)), keys.KeyFileError, r"^SA #1 \(spi 0x00001001\): port: must be 1 \.\. 65535"),
             (spec(key="00" * 20), TypeError, r"^specs\[0\]\.key: expected bytes or bytearray, got str$"),
             ("aes128gcm16", TypeError, r"^specs\[0\]: expected an SaSpec, got str$")]:
         with pytest.raises(error, match=message):
             keys.save(path, [bad])
         assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["json", "esp_sa"])
+def test_dumps_takes_the_spis_and_ports_install_takes(fmt):
+    # A text or numpy SPI or port, as install accepts: written as the number it is.
+    s = spec(spi="0x1001", port=np.uint16(4501), sport=np.int64(4502))
+    back = keys.loads(keys.dumps([s], fmt))[0]
+    assert back.spi == 0x1001 and back.label() == "spi=0x00001001 aes128gcm16"
+    if fmt == "json":
+        assert (back.port, back.sport) == (4501, 4502)
+    assert s.label() == "spi='0x1001' aes128gcm16"
 
 
 def test_saving_into_a_missing_directory_names_the_file_asked_for(tmp_path):
@@ -848,6 +890,16 @@ def test_one_sa_in_both_directions_installs_once_when_the_direction_is_given():
     with natt.Offload(backend="reference") as nic:
         h_out, h_in = keys.install(nic, both)
         assert h_out != h_in and nic.sa_stats(h_out)["direction"] == "out"
+    # What the outbound entry alone uses (its ports, the next number it sends, its DF rule)
+    # does not make the two directions two inbound SAs.
+    for extra in ({"dport": 61234}, {"sport": 61234}, {"replay_oseq": 100}, {"df_bit": "set"}):
+        pair = [dataclasses.replace(both[0], **extra), both[1]]
+        with natt.Offload(backend="reference") as nic:
+            handles = keys.install(nic, pair, direction="in")
+            assert handles[0] == handles[1] and nic.query_oid(natt.OID_TCP_TASK_OFFLOAD).sa_count == 1, extra
+    # ... but it does outbound, where each is a different SA's setting.
+    pair = [dataclasses.replace(both[0], dport=61234), both[0]]
+    assert keys.same_sa(pair, "out") == [0, 1]
     # A different key under the same SPI and ends is still a clash, named.
     other = [both[0], keys.SaSpec(0x1001, "aes128gcm16", K16 + b"salt", "in", "tunnel", "192.0.2.1", "192.0.2.2")]
     with natt.Offload(backend="reference") as nic:
