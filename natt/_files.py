@@ -3,7 +3,7 @@
 A reader of the target sees the old file or the new one, never half of either, and a writer
 that fails leaves the old file as it was (so ``natt decap IN -o IN`` reads IN to its end
 before replacing it). Used by ``natt.keys.save`` and the CLI's ``-o``; ``natt.dask`` names
-its temporary files itself, so that a re-run task overwrites its own.
+its temporary files itself, so that a re-run task overwrites its own, and uses :func:`give_as`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,35 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import tempfile
 from typing import Optional
+
+
+def give(fd: int, mode: Optional[int], owner: Optional[tuple[int, int]]) -> None:
+    """Give the open file ``fd`` ``owner`` (uid, gid), as far as the process may, then ``mode``
+    (``None``: leave either as it is)."""
+    if owner is not None:
+        # Before the chmod: a chown clears set-user-ID bits. Only root may give a file away;
+        # anyone may set a group they are in; else the file stays the process's.
+        try:
+            os.fchown(fd, *owner)
+        except PermissionError:
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, -1, owner[1])
+    if mode is not None:
+        os.fchmod(fd, mode)
+
+
+def give_as(fd: int, path: str) -> None:
+    """Give the open file ``fd`` the mode and owner of the file ``path`` it is to replace, if
+    there is one: a decrypted capture written over a 0600 one stays 0600."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        give(fd, stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
 
 
 class Replacement:
@@ -39,16 +66,7 @@ class Replacement:
             raise type(e)(e.errno, e.strerror, path) from None
         self._target = target
         try:
-            if owner is not None:
-                # Before the chmod: a chown clears set-user-ID bits. Only root may give a file
-                # away; anyone may set a group they are in; else the file stays the process's.
-                try:
-                    os.fchown(fd, *owner)
-                except PermissionError:
-                    with contextlib.suppress(PermissionError):
-                        os.fchown(fd, -1, owner[1])
-            if mode is not None:
-                os.fchmod(fd, mode)
+            give(fd, mode, owner)
             self._file: io.BufferedWriter = open(fd, "wb")
         except BaseException:
             os.close(fd)

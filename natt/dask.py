@@ -67,6 +67,7 @@ CephFS, a cloud bucket mounted with FUSE, or one machine). The client needs neit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import mmap
@@ -88,6 +89,7 @@ from . import keys as keyfile
 from . import pcap
 from ._batch import PacketBatch, copy_segments
 from ._constants import Status, UdpEncapType
+from ._files import give_as
 from ._offload import Offload, _check_threads, backends
 from ._capture import CaptureStats, InboundSas, sa_index
 
@@ -672,16 +674,25 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, sas: I
 
 
 def _finish(head: _RangeSpec, output: str, part_paths: list[str], *parts_done: Any) -> int:
-    """Write the output capture: header, then every part in order; returns its size."""
+    """Write the output capture: header, then every part in order; returns its size. An output
+    that exists keeps its mode and owner (as ``natt decap -o`` does), a symbolic link keeps
+    naming the file it names, and a failure leaves no temporary file."""
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-    tmp = output + ".natt-tmp"
-    with open(tmp, "wb") as out:
-        out.write(_header(head))
-        out.flush()
-        for p in part_paths:
-            with open(p, "rb") as f:
-                _append(f, out)
-    os.replace(tmp, output)
+    target = os.path.realpath(output)
+    tmp = target + ".natt-tmp"
+    try:
+        with open(tmp, "wb") as out:
+            give_as(out.fileno(), target)
+            out.write(_header(head))
+            out.flush()
+            for p in part_paths:
+                with open(p, "rb") as f:
+                    _append(f, out)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     # The parts stay until the job ends (_cleanup): if this task is re-run they are still there.
     return os.path.getsize(output)
 
@@ -724,7 +735,8 @@ def _outputs(paths: Sequence[str], out_dir: str) -> list[str]:
                          f"collide in {out_dir}")
     outs = [os.path.join(out_dir, n) for n in names]
     for p, o in zip(paths, outs):
-        if os.path.abspath(p) == os.path.abspath(o):
+        # realpath: out_dir may reach the inputs' directory through a symbolic link.
+        if os.path.realpath(p) == os.path.realpath(o) or (os.path.exists(o) and os.path.samefile(p, o)):
             raise ValueError(f"out_dir: writing {o} would overwrite its input")
     return outs
 
@@ -792,10 +804,13 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
     t_start = time.perf_counter()
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"paths: expected a list of captures, got one {type(paths).__name__}; pass [path]")
     if isinstance(keys, (str, os.PathLike)):
         specs = keyfile.load(keys, mode=mode)
     else:
-        specs = list(keys)
+        # SPIs and ports as ints: the tasks route by them (a numpy SPI is fine for install).
+        specs = keyfile._canonical(keys)
     if not specs:
         raise keyfile.KeyFileError("the key set holds no SA")
     pcap.check_chunk_size(chunk_size)

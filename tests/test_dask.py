@@ -13,6 +13,7 @@ import dataclasses
 import io
 import os
 import signal
+import stat
 import struct
 import threading
 import time
@@ -562,3 +563,68 @@ def test_bad_inputs(client, capture_sets, tmp_path):
     stats = ndask.decap_captures([cut], specs, tmp_path / "o3", client, chunk_size=BIG_CHUNK, progress=False)
     assert stats.truncated == str(single.value)
     assert stats.frames == len(pcap.read_frames(paths[0])) - 1
+
+
+def test_an_out_dir_reached_through_a_symlink_does_not_overwrite_the_inputs(client, capture_sets, tmp_path):
+    specs, paths = capture_sets["mixed"]
+    data = tmp_path / "data"
+    data.mkdir()
+    capture = data / "cap.pcap"
+    capture.write_bytes(open(paths[0], "rb").read())
+    (tmp_path / "clear").symlink_to(data)
+    before = capture.read_bytes()
+    with pytest.raises(ValueError, match=r"out_dir: writing .*clear/cap\.pcap would overwrite its input"):
+        ndask.decap_captures([capture], specs, tmp_path / "clear", client, progress=False)
+    assert capture.read_bytes() == before
+    # A hard link to the input under the output's name is the same file too.
+    os.link(capture, tmp_path / "cap.pcap")
+    with pytest.raises(ValueError, match="would overwrite its input"):
+        ndask.decap_captures([capture], specs, tmp_path, client, progress=False)
+
+
+def test_a_failed_output_leaves_no_temporary_file(client, capture_sets, tmp_path):
+    specs, paths = capture_sets["mixed"]
+    out = tmp_path / "out"
+    (out / os.path.basename(paths[0])).mkdir(parents=True)       # the output's name is taken
+    with pytest.raises(IsADirectoryError):
+        ndask.decap_captures(paths[:1], specs, out, client, chunk_size=BIG_CHUNK, progress=False)
+    assert sorted(os.listdir(out)) == [os.path.basename(paths[0])]
+
+
+def test_an_output_written_over_keeps_its_mode_and_a_symlink_its_file(client, capture_sets, tmp_path):
+    # As natt decap -o does: a 0600 file of decrypted traffic stays 0600.
+    specs, paths = capture_sets["mixed"]
+    name = os.path.basename(paths[0])
+    ref = tmp_path / "ref"
+    ndask.decap_captures(paths[:1], specs, ref, client, chunk_size=BIG_CHUNK, progress=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_bytes(b"old")
+    os.chmod(out / name, 0o600)
+    elsewhere = tmp_path / "elsewhere.pcap"
+    elsewhere.write_bytes(b"old")
+    (out / "b").mkdir()
+    (out / "b" / name).symlink_to(elsewhere)
+    ndask.decap_captures(paths[:1], specs, out, client, chunk_size=BIG_CHUNK, progress=False)
+    ndask.decap_captures(paths[:1], specs, out / "b", client, chunk_size=BIG_CHUNK, progress=False)
+    assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o600
+    assert (out / name).read_bytes() == (ref / name).read_bytes()
+    assert (out / "b" / name).is_symlink() and elsewhere.read_bytes() == (ref / name).read_bytes()
+
+
+def test_spis_and_ports_of_any_integer_type_route_as_ints(client, capture_sets, tmp_path):
+    # install takes "0x1001" and numpy integers; the tasks' routing (port << 32 | spi) did not.
+    specs, paths = capture_sets["mixed"]
+    ref = ndask.decap_captures(paths[:1], specs, tmp_path / "ref", client, chunk_size=BIG_CHUNK, progress=False)
+    for convert in (lambda s: dataclasses.replace(s, spi=np.uint32(s.spi), port=np.uint16(s.port)),
+                    lambda s: dataclasses.replace(s, spi=f"0x{s.spi:x}", port=np.int64(s.port))):
+        got = ndask.decap_captures(paths[:1], [convert(s) for s in specs], tmp_path / "got", client,
+                                   chunk_size=BIG_CHUNK, progress=False)
+        assert got.counts.tolist() == ref.counts.tolist() and got.labels == ref.labels
+
+
+def test_one_path_given_as_a_string_is_refused(client, capture_sets, tmp_path):
+    # A str is a Sequence: its characters were taken for file names.
+    specs, paths = capture_sets["mixed"]
+    with pytest.raises(TypeError, match=r"paths: expected a list of captures, got one str; pass \[path\]"):
+        ndask.decap_captures(paths[0], specs, tmp_path, client, progress=False)
