@@ -143,8 +143,9 @@ def _v6(a: Union[int, str, ipaddress.IPv6Address]) -> bytes:
     return ipaddress.IPv6Address(a).packed
 
 
-def internet_checksum(data: bytes) -> int:
-    """RFC 1071 one's-complement checksum of ``data`` (zero-padded to an even length)."""
+def internet_checksum(data: Union[bytes, bytearray, memoryview]) -> int:
+    """RFC 1071 one's-complement checksum of ``data`` (as if zero-padded to an even length)."""
+    data = bytes(data)      # a copy, so that the padding never lands in the caller's bytearray
     if len(data) & 1:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -246,6 +247,8 @@ def tcp_segment(src: Address, dst: Address, sport: int, dport: int, payload: Uni
                 seq: int = 0, ack: int = 0, flags: int = 0x18, window: int = 65535, **ip: Any) -> bytes:
     """An IPv4 TCP segment (RFC 9293) without options; ``flags`` defaults to PSH|ACK."""
     data = _payload(payload)
+    # Before the pseudo-header packs the length: an oversized payload is named, not a struct.error.
+    _length(20 + len(ip.get("options", b"")) + 20 + len(data), "payload")
     seg = struct.pack("!HHIIBBHHH", _uint("sport", sport, 16), _uint("dport", dport, 16), _uint("seq", seq, 32),
                       _uint("ack", ack, 32), 5 << 4, _uint("flags", flags, 8), _uint("window", window, 16), 0, 0) + data
     seg = _l4_checksum(_pseudo4(src, dst, PROTO_TCP, len(seg)), seg, 16, udp=False)
@@ -318,9 +321,7 @@ def iter_inner_traffic(seed: int, n: int, *, src: Address = "10.1.0.2", dst: Add
     one at a time: making many takes seconds, and a caller may want to show progress."""
     if n < 0:
         raise ValueError(f"n: {n} datagrams")
-    # The largest header natt.traffic puts before a payload: IPv4 with 40 octets of options + TCP.
-    if not 0 <= max_payload <= 0xFFFF - 60 - 20:
-        raise ValueError(f"max_payload: {max_payload} octets; 0 .. {0xFFFF - 80} fit in a datagram")
+    _check_max_payload(max_payload)
     rng = random.Random(seed)
     for _ in range(n):
         yield _random_inner(rng, src, dst, ipv6_ok=ipv6, max_payload=max_payload)
@@ -335,9 +336,17 @@ _HASHES: dict[Mac, type[hashes.HashAlgorithm]] = {
     Mac.HMAC_SHA384_192: hashes.SHA384, Mac.HMAC_SHA512_256: hashes.SHA512}
 
 
+def _check_max_payload(max_payload: int) -> None:
+    # The largest header natt.traffic puts before a payload: IPv4 with 40 octets of options + TCP.
+    if not 0 <= max_payload <= 0xFFFF - 60 - 20:
+        raise ValueError(f"max_payload: {max_payload} octets; 0 .. {0xFFFF - 80} fit in a datagram")
+
+
 def default_padding(payload_len: int, block_size: int) -> bytes:
     """RFC 4303 §2.4 default padding 1, 2, 3, …: the fewest octets that make
     ``payload_len + padding + 2`` a multiple of both the cipher block and 4."""
+    if payload_len < 0 or block_size < 1:
+        raise ValueError(f"payload_len, block_size: {payload_len} and {block_size}; expected >= 0 and >= 1")
     align = block_size * 4 // math.gcd(block_size, 4)
     n = -(payload_len + 2) % align
     return bytes(range(1, n + 1))
@@ -367,6 +376,9 @@ class EspSealer:
             raise ValueError(f"key: {suite.name} needs {suite.key_len} octets, got {n}")
         self.suite = suite
         self.spi = _uint("spi", spi, 32)
+        if self.spi == 0:
+            # RFC 4303 §2.1: reserved, never sent; in RFC 3948 framing it is the non-ESP marker.
+            raise ValueError("spi: 0 is reserved (RFC 4303 §2.1) and, in UDP, marks an IKE message")
         self.esn = esn
         k = bytes(key)
         self._enc = k[: suite.enc_key_len]
@@ -445,12 +457,13 @@ class EspSealer:
         return esp + mac.finalize()[: s.icv_len]
 
 
-def udp_encapsulate(esp: bytes, src: Address, dst: Address, *, sport: int = 4500, dport: int = 4500,
-                    framing: UdpEncapType = UdpEncapType.OTHER, udp_checksum: bool = False,
-                    **ip: Any) -> bytes:
+def udp_encapsulate(esp: bytes, src: Address, dst: Address, *, sport: Optional[int] = None,
+                    dport: Optional[int] = None, framing: UdpEncapType = UdpEncapType.OTHER,
+                    udp_checksum: bool = False, **ip: Any) -> bytes:
     """Wrap an ESP packet (or any UDP payload) in UDP and a fresh IPv4 header (``**ip``: see :func:`ipv4`).
 
-    ``framing=IKE`` puts the 8-octet zero non-IKE marker in front (legacy draft framing).
+    ``framing=IKE`` puts the 8-octet zero non-IKE marker in front (legacy draft framing). The
+    ports default to the framing's (:data:`DEFAULT_PORT`: 4500, or 500 for ``IKE``).
     RFC 3948 §2.1 says the UDP checksum SHOULD be 0; ``udp_checksum=True`` sends a real one,
     which receivers must accept as well. Ports outside 0..65535, or an ``esp`` too long for the
     datagram, raise ValueError naming the parameter.
@@ -460,8 +473,11 @@ def udp_encapsulate(esp: bytes, src: Address, dst: Address, *, sport: int = 4500
     return ipv4(src, dst, PROTO_UDP, _udp(esp, _v4(src), _v4(dst), sport, dport, framing, udp_checksum), **ip)
 
 
-def _udp(esp: bytes, src: int, dst: int, sport: int, dport: int, framing: UdpEncapType,
+def _udp(esp: bytes, src: int, dst: int, sport: Optional[int], dport: Optional[int], framing: UdpEncapType,
          udp_checksum: bool) -> bytes:
+    port = DEFAULT_PORT[UdpEncapType(framing)]
+    sport = port if sport is None else sport
+    dport = port if dport is None else dport
     if framing == UdpEncapType.IKE:
         esp = bytes(8) + esp
     seg = struct.pack("!HHHH", _uint("sport", sport, 16), _uint("dport", dport, 16), _length(8 + len(esp)), 0) + esp
@@ -471,7 +487,8 @@ def _udp(esp: bytes, src: int, dst: int, sport: int, dport: int, framing: UdpEnc
 
 
 def _transport_outer(inner_header: bytes, esp: bytes, src: Optional[Address], dst: Optional[Address],
-                     sport: int, dport: int, framing: UdpEncapType, udp_checksum: bool) -> bytes:
+                     sport: Optional[int], dport: Optional[int], framing: UdpEncapType,
+                     udp_checksum: bool) -> bytes:
     # RFC 3948 §3.1: the transport-mode outer header is the original one with protocol UDP.
     hdr = bytearray(inner_header)
     if src is not None:
@@ -487,22 +504,35 @@ def _transport_outer(inner_header: bytes, esp: bytes, src: Optional[Address], ds
 
 
 def _split_inner(inner: bytes, tunnel: bool) -> tuple[bytes, int, int]:
-    """(ESP payload, next header, TOS) of an inner datagram, as natt's encap takes them (semantics §2.1)."""
-    if tunnel:
-        version = inner[0] >> 4 if inner else 0
-        if version == 6:
-            return inner, PROTO_IPV6, (inner[0] & 0x0F) << 4 | inner[1] >> 4
-        return inner, PROTO_IPIP, inner[1] if len(inner) > 1 else 0
-    if len(inner) < 20 or inner[0] >> 4 != 4 or len(inner) < (inner[0] & 15) * 4:
-        raise ValueError("inner: transport mode protects an IPv4 datagram's payload; this is no IPv4 datagram")
+    """(ESP payload, next header, TOS) of an inner datagram, as natt's encap takes them
+    (docs/semantics.md §2 step 1): what it refuses as MALFORMED is a ValueError naming ``inner``."""
+    version = inner[0] >> 4 if inner else 0
+    if tunnel and version == 6:
+        plen = struct.unpack_from("!H", inner, 4)[0] if len(inner) >= 40 else -1
+        if plen < 0 or 40 + plen > len(inner):
+            raise ValueError(f"inner: an IPv6 packet of {len(inner)} octets, shorter than its header and "
+                             f"payload length say")
+        return inner[:40 + plen], PROTO_IPV6, (inner[0] & 0x0F) << 4 | inner[1] >> 4
+    what = "tunnel mode carries an IPv4 or IPv6 packet" if tunnel else \
+        "transport mode protects an IPv4 datagram's payload"
+    if len(inner) < 20 or version != 4:
+        raise ValueError(f"inner: {what}; these {len(inner)} octets are none")
     ihl = (inner[0] & 15) * 4
     tl = struct.unpack_from("!H", inner, 2)[0]
+    if ihl < 20 or not ihl <= tl <= len(inner):
+        raise ValueError(f"inner: IPv4 header length {ihl} and total length {tl} do not fit "
+                         f"{len(inner)} octets (RFC 791)")
+    if tunnel:
+        return inner[:tl], PROTO_IPIP, inner[1]
+    if struct.unpack_from("!H", inner, 6)[0] & 0x3FFF:
+        raise ValueError("inner: a fragment; transport mode protects whole datagrams only (RFC 4303 §3.3.4)")
     return inner[ihl:tl], inner[9], inner[1]
 
 
 def esp_in_udp(sealer: EspSealer, seq: int, inner: bytes, *, tunnel: bool,
                src: Optional[Address] = None, dst: Optional[Address] = None,
-               sport: int = 4500, dport: int = 4500, framing: UdpEncapType = UdpEncapType.OTHER,
+               sport: Optional[int] = None, dport: Optional[int] = None,
+               framing: UdpEncapType = UdpEncapType.OTHER,
                udp_checksum: bool = False, next_header: Optional[int] = None, df_bit: str = "copy",
                **seal: Any) -> bytes:
     """The UDP-encapsulated ESP IPv4 packet a NAT-T peer sends for ``inner`` (RFC 3948 §2).
@@ -515,7 +545,9 @@ def esp_in_udp(sealer: EspSealer, seq: int, inner: bytes, *, tunnel: bool,
     becomes the outer one with protocol 17; ``src``/``dst`` when given replace its addresses, as a
     NAT on the path would.
     ``next_header`` overrides the value written in the trailer; ``seal`` goes to
-    :meth:`EspSealer.seal`.
+    :meth:`EspSealer.seal`. The ports default to the framing's (:data:`DEFAULT_PORT`). An inner
+    datagram natt's encap refuses as ``MALFORMED`` (docs/semantics.md §2 step 1: a bad IPv4
+    header or total length, a short IPv6 packet, a fragment in transport mode) raises ValueError.
     """
     if df_bit not in ("copy", "set", "clear") or (not tunnel and df_bit != "copy"):
         raise ValueError(f"df_bit: {df_bit!r}; 'copy', 'set' or 'clear', and a transport SA keeps the "
@@ -1489,8 +1521,9 @@ def mixed_traffic(seed: int, n: int, *, suites: Optional[Iterable[str]] = None,
     unknown = set(weights) - set(MIXED_KINDS)
     if unknown:
         raise ValueError(f"kinds: unknown packet kinds {sorted(unknown)}; known: {', '.join(MIXED_KINDS)}")
-    if not any(w > 0 for w in weights.values()):
-        raise ValueError("kinds: at least one weight must be positive")
+    if not all(w >= 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+        raise ValueError("kinds: weights must be non-negative, and at least one positive")
+    _check_max_payload(max_payload)
     g = _Generator(seed, names, weights, max_payload)
     while len(g.packets) < n:
         g.one()

@@ -338,6 +338,9 @@ def test_sealer_ivs_are_reproducible_only_from_a_seeded_rng(suite):
     assert (sealer.seal(9, b"x", 4) == sealer.seal(9, b"x", 4)) is counter_iv
 
 
+_UDP = traffic.udp_datagram("10.1.0.1", "10.1.0.2", 1, 2, 8)      # a well-formed inner datagram
+
+
 @pytest.mark.parametrize("build, field", [
     (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 17, bytes(65_516)), "payload"),
     (lambda: traffic.ipv4("10.0.0.1", "10.0.0.2", 300, b""), "protocol"),
@@ -382,12 +385,30 @@ def test_sealer_ivs_are_reproducible_only_from_a_seeded_rng(suite):
                                 src="10.0.0.1", dst="10.0.0.2"), "inner"),
     (lambda: traffic.esp_in_udp(traffic.EspSealer("null-sha1", bytes(20), 5), 1,
                                 traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2, 65_480), tunnel=False), "inner"),
-    (lambda: traffic.esp_in_udp(traffic.EspSealer("aes128gcm16", bytes(20), 5), 1, b"\x45" + bytes(30),
+    (lambda: traffic.esp_in_udp(traffic.EspSealer("aes128gcm16", bytes(20), 5), 1, traffic.udp_datagram("10.1.0.1", "10.1.0.2", 1, 2),
                                 tunnel=True, src="10.0.0.1", dst="10.0.0.2", sport=1 << 16), "sport"),
     (lambda: traffic.esp_in_udp(traffic.EspSealer("null-sha1", bytes(20), 5), 1,
                                 traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2), tunnel=False, dport=-5), "dport"),
-    (lambda: traffic.esp_in_udp(traffic.EspSealer("aes128gcm16", bytes(20), 5), 1, b"\x45" + bytes(30),
+    (lambda: traffic.esp_in_udp(traffic.EspSealer("aes128gcm16", bytes(20), 5), 1, traffic.udp_datagram("10.1.0.1", "10.1.0.2", 1, 2),
                                 tunnel=True, src="10.0.0.1", dst="10.0.0.2", df_bit="sometimes"), "df_bit"),
+    # What natt's encap refuses as MALFORMED (docs/semantics.md §2 step 1), named.
+    *[(lambda inner=inner, tunnel=tunnel: traffic.esp_in_udp(
+        traffic.EspSealer("aes128gcm16", bytes(20), 5), 1, inner, tunnel=tunnel, src="10.0.0.1", dst="10.0.0.2"),
+       "inner") for inner, tunnel in [
+        (b"", True), (b"\x45", True), (b"\x60" + bytes(38), True),               # empty, short, short IPv6
+        (traffic.ipv6("::1", "::2", 17, bytes(16))[:50], True),                     # IPv6 payload length > octets
+        (b"\x44" + _UDP[1:], False), (b"\x40" + _UDP[1:], False),                   # IHL 4 and 0
+        (_UDP[:2] + b"\x00\x00" + _UDP[4:], False), (_UDP[:2] + b"\x00\x13" + _UDP[4:], True),   # total length < IHL
+        (_UDP[:2] + b"\x01\x00" + _UDP[4:], False),                                 # total length > octets
+        (traffic.udp_datagram("10.1.0.1", "10.1.0.2", 1, 2, ip_flags=1), False),    # MF: a fragment
+        (traffic.udp_datagram("10.1.0.1", "10.1.0.2", 1, 2, frag_offset=3), False)]],
+    (lambda: traffic.tcp_segment("10.0.0.1", "10.0.0.2", 1, 80, 65_520), "payload"),
+    (lambda: traffic.EspSealer("aes128gcm16", bytes(20), 0), "spi"),
+    (lambda: traffic.default_padding(10, 0), "payload_len, block_size"),
+    (lambda: traffic.default_padding(-7, 16), "payload_len, block_size"),
+    (lambda: traffic.mixed_traffic(1, 10, max_payload=-5), "max_payload"),
+    (lambda: traffic.mixed_traffic(1, 10, max_payload=70_000), "max_payload"),
+    (lambda: traffic.mixed_traffic(1, 10, kinds={"ok": 1, "ike": -5}), "kinds"),
     # RFC 4301 §8.1 is about the tunnel header; a transport packet keeps the datagram's own.
     (lambda: traffic.esp_in_udp(traffic.EspSealer("null-sha1", bytes(20), 5), 1,
                                 traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2), tunnel=False, df_bit="set"),
@@ -396,6 +417,36 @@ def test_sealer_ivs_are_reproducible_only_from_a_seeded_rng(suite):
 def test_packet_builders_name_the_field_that_does_not_fit(build, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
         build()
+
+
+def test_a_tunnel_inner_ipv4_packet_is_carried_up_to_its_total_length():
+    # As natt's encap does (payload = p[:tl]): octets past the total length are not sealed.
+    sealer = traffic.EspSealer("null-sha1", bytes(20), 5)
+    sent = traffic.esp_in_udp(sealer, 1, _UDP + b"link padding", tunnel=True, src="10.0.0.1", dst="10.0.0.2")
+    assert sent == traffic.esp_in_udp(sealer, 1, _UDP, tunnel=True, src="10.0.0.1", dst="10.0.0.2")
+    with natt.Offload(backend="reference") as nic:
+        h = nic.add_sa(5, bytes(20), "null-sha1", "out", src="10.0.0.1", dst="10.0.0.2")
+        assert nic.encap([_UDP + b"link padding"], h)[0] == sent
+
+
+def test_internet_checksum_leaves_its_argument_as_it_was():
+    odd = bytearray(b"\x01\x02\x03")
+    assert traffic.internet_checksum(odd) == traffic.internet_checksum(b"\x01\x02\x03\x00") == 0xFBFD
+    assert odd == b"\x01\x02\x03"
+    assert traffic.internet_checksum(memoryview(b"\x01\x02\x03")) == 0xFBFD
+
+
+@pytest.mark.parametrize("build", [
+    lambda **kw: traffic.udp_encapsulate(b"esp", "10.0.0.1", "10.0.0.2", **kw),
+    lambda **kw: traffic.esp_in_udp(traffic.EspSealer("aes128gcm16", bytes(20), 5), 1, _UDP, tunnel=True,
+                                    src="10.0.0.1", dst="10.0.0.2", **kw)])
+def test_ports_default_to_the_framings(build):
+    # Legacy framing is UDP 500's (make_sa_pair installs its entry there): a packet on 4500 with
+    # the 8-octet marker is an IKE message to an RFC 3948 receiver.
+    for framing, port in ((UdpEncapType.OTHER, 4500), (UdpEncapType.IKE, 500)):
+        p = build(framing=framing)
+        assert struct.unpack_from("!HH", p, 20) == (port, port)
+        assert struct.unpack_from("!HH", build(framing=framing, sport=1, dport=2), 20) == (1, 2)
 
 
 def test_packet_builders_take_every_field_at_its_limits():
