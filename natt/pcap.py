@@ -22,8 +22,8 @@ section with its own byte order; Interface Description, Enhanced Packet, Simple 
 obsolete Packet block; each interface with its own link type, ``if_tsresol`` and ``if_tsoffset``).
 Other pcapng blocks (name resolution, statistics, secrets, custom) are skipped.
 
-Link types: Ethernet (``LINKTYPE_ETHERNET`` 1, any number of 802.1Q / 802.1ad / QinQ tags),
-Linux cooked v1 (113) and v2 (276), raw IPv4 (228), raw IP (101, and DLT_RAW's values 12 and,
+Link types: Ethernet (``LINKTYPE_ETHERNET`` 1, up to 8 802.1Q / 802.1ad / QinQ tags),
+Linux cooked v1 (113; the VLAN tags ``tcpdump -i any`` puts back, likewise) and v2 (276), raw IPv4 (228), raw IP (101, and DLT_RAW's values 12 and,
 on OpenBSD, 14) when the first nibble is 4, and the BSD loopback headers: ``LINKTYPE_NULL`` (0:
 a 4-octet address family in the capturing host's byte order, so either) and ``LINKTYPE_LOOP``
 (108, OpenBSD: network byte order), with family 2 (AF_INET on every BSD and macOS). Frames of
@@ -237,10 +237,13 @@ def _link_layer(buf: np.ndarray, linktype: np.ndarray, foff: np.ndarray, caplen:
     for lt in ([int(linktype[0])] if single else np.unique(linktype).tolist()):
         sel = np.arange(n) if single else np.nonzero(linktype == lt)[0]
         fo, cl = foff[sel], caplen[sel]
-        if lt == LINKTYPE_ETHERNET:
-            hl = np.full(sel.size, 14, np.int64)
-            ok = cl >= 14
-            et = _gather_be16(buf, fo + 12, ok)
+        if lt in (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL):
+            # The Ethertype ends either header. libpcap puts back the VLAN tag the kernel took
+            # off in both: an SLL v1 frame reads SLL(0x8100) | TCI | 0x0800 (pcap-linux.c,
+            # set_vlan_offset: SLL_HDR_LEN - 2).
+            hl = np.full(sel.size, 14 if lt == LINKTYPE_ETHERNET else 16, np.int64)
+            ok = cl >= hl
+            et = _gather_be16(buf, fo + hl - 2, ok)
             # Each 802.1Q/802.1ad tag is 4 octets (TPID, TCI) before the next Ethertype.
             for _ in range(_MAX_VLAN_TAGS):
                 tagged = ok & np.isin(et, _VLAN_ETHERTYPES)
@@ -250,10 +253,6 @@ def _link_layer(buf: np.ndarray, linktype: np.ndarray, foff: np.ndarray, caplen:
                 hl = np.where(tagged, hl + 4, hl)
                 et = np.where(tagged, _gather_be16(buf, fo + hl - 2, tagged & ok), et)
             is4 = ok & (et == _ETHERTYPE_IPV4) & (cl > hl)
-        elif lt == LINKTYPE_LINUX_SLL:
-            hl = np.full(sel.size, 16, np.int64)
-            ok = cl > 16
-            is4 = ok & (_gather_be16(buf, fo + 14, ok) == _ETHERTYPE_IPV4)
         elif lt == LINKTYPE_LINUX_SLL2:
             hl = np.full(sel.size, 20, np.int64)
             ok = cl > 20
@@ -591,6 +590,10 @@ class PcapReader:
             if magic in (_PCAP_MAGIC_US, _PCAP_MAGIC_NS, _PCAP_MAGIC_KUZNETZOV):
                 break
         else:
+            if head[:2] == b"\x1f\x8b":
+                # Wireshark saves compressed captures; tshark reads them, natt maps files whole.
+                raise PcapError(f"{self.name}: gzip-compressed; decompress it first (gunzip -k), or "
+                                f"pipe it in: gunzip -c FILE | natt ... -", 0)
             raise PcapError(f"{self.name}: not a pcap or pcapng file (magic {head.hex()})", 0)
         if b.size < 24:
             raise PcapError(f"{self.name}: pcap file header truncated ({b.size} of 24 octets)", 0)

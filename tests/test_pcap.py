@@ -111,6 +111,10 @@ def test_ethernet_vlan_qinq_and_non_ipv4():
 
 @pytest.mark.parametrize("linktype,header,is4", [
     (113, b"\x00\x00\x00\x01\x00\x06" + b"\x02" * 8 + b"\x08\x00", True),      # Linux cooked v1
+    # tcpdump -i any puts back the VLAN tag the kernel took off, where SLL v1's protocol was.
+    (113, b"\x00\x00\x00\x01\x00\x06" + b"\x02" * 8 + b"\x81\x00\x00\x05\x08\x00", True),
+    (113, b"\x00\x00\x00\x01\x00\x06" + b"\x02" * 8 + b"\x88\xa8\x00\x64\x81\x00\x00\x05\x08\x00", True),
+    (113, b"\x00\x00\x00\x01\x00\x06" + b"\x02" * 8 + b"\x81\x00\x00\x05\x86\xdd", False),
     (113, b"\x00\x00\x00\x01\x00\x06" + b"\x02" * 8 + b"\x86\xdd", False),
     (276, b"\x08\x00\x00\x00" + b"\x00\x00\x00\x02" + b"\x00\x01\x00\x06" + b"\x02" * 8, True),   # v2
     (276, b"\x86\xdd\x00\x00" + b"\x00\x00\x00\x02" + b"\x00\x01\x00\x06" + b"\x02" * 8, False),
@@ -131,6 +135,16 @@ def test_raw_ip_with_ipv6_first_nibble_is_not_ipv4():
     v6 = b"\x60" + b"\x00" * 39
     _, chunks = read_all(classic([(0, 0, v6), (0, 0, IP)], linktype=101))
     assert chunks[0].ipv4.tolist() == [False, True]
+
+
+def test_a_gzip_compressed_capture_is_named_as_such(tmp_path):
+    # Wireshark saves compressed captures (and tshark reads them): say what the file is.
+    import gzip
+    path = tmp_path / "c.pcap.gz"
+    path.write_bytes(gzip.compress(classic([(0, 0, ETH + IP)])))
+    with pytest.raises(pcap.PcapError, match=r"c\.pcap\.gz: gzip-compressed; decompress it first \(gunzip -k\), "
+                                             r"or pipe it in: gunzip -c FILE \| natt \.\.\. -"):
+        pcap.read_frames(path)
 
 
 def test_unknown_link_type_passes_through():
