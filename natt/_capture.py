@@ -101,7 +101,7 @@ class CaptureStats:
     cut_short: int = 0                        # MALFORMED IPv4 frames captured shorter than sent
     other_links: dict[int, int] = dataclasses.field(default_factory=dict)   # link type -> frames natt cannot parse
     spi_elsewhere: int = 0                    # NO_SA packets with the SPI of a loaded SA
-    spi_example: Optional[tuple[int, str]] = None   # (SPI, destination) of the first of them
+    spi_example: Optional[tuple[int, str, int]] = None   # (SPI, destination, UDP port) of the first
     truncated: Optional[str] = None           # the capture ended inside a record (PcapTruncated's message)
 
     def __post_init__(self) -> None:
@@ -149,7 +149,8 @@ class CaptureStats:
                 self.other_links[int(lt)] = self.other_links.get(int(lt), 0) + int(n)
 
     def _count_spi_elsewhere(self, batch: PacketBatch, no_sa: np.ndarray, sas: InboundSas) -> None:
-        """Count the NO_SA packets whose SPI a loaded SA has: the SA waits for another destination.
+        """Count the NO_SA packets whose SPI a loaded SA has: the SA waits for another destination
+        or on another parser-entry port.
         These passed the data path's header checks (docs/semantics.md §1 steps 1-5), so their
         IPv4 and UDP headers and their ESP header are within the captured octets."""
         if not no_sa.size or not sas.spis.size:
@@ -164,7 +165,7 @@ class CaptureStats:
         if known.size and self.spi_example is None:
             k = known[0]
             dst = ipaddress.IPv4Address(bytes(d[off[k] + 16: off[k] + 20]))
-            self.spi_example = (int(spi[k]), str(dst))
+            self.spi_example = (int(spi[k]), str(dst), int(port[k]))
 
     def merge(self, other: "CaptureStats") -> None:
         """Add the counts of ``other`` (another part of the same run, same SAs) to these."""

@@ -465,18 +465,33 @@ def decap_hints(stats: CaptureStats, specs: Sequence[keyfile.SaSpec]) -> list[st
         hints.append(f"{carried} packets decrypted under transport-mode SAs carry a whole IP packet (next "
                      "header 4 or 41), written behind the outer header: tunnel traffic? A tunnel-mode SA "
                      "writes the inner packet alone (--mode tunnel, or \"mode\": \"tunnel\" in a JSON key file)")
-    if stats.cut_short:
-        hints.append(f"{stats.cut_short} frames were captured shorter than they were sent (the capture's "
-                     "snapshot length) and count as malformed: capture whole packets (tcpdump -s 0)")
+    hints += snap_hints(stats)
     hints += link_hints(stats)
     if stats.spi_elsewhere and stats.spi_example is not None:
-        spi, dst = stats.spi_example
-        wanted = sorted({s.dst or "*" for s in specs if s.spi == spi})
-        hints.append(f"{stats.spi_elsewhere} packets without an SA carry the SPI of an SA in the key file, "
-                     f"but not to its destination (e.g. SPI 0x{spi:08x} to {dst}; the key file says "
-                     f"{', '.join(wanted)}): an inbound SA is found by SPI and destination, so behind a NAT "
-                     "give it the destination the capture shows (docs/walkthrough.md)")
+        spi, dst, port = stats.spi_example
+        same = [s for s in specs if s.spi == spi]
+        if any(s.dst in (None, dst) for s in same):
+            # The destination fits: the SA sits on another parser entry (docs/semantics.md §1 step 6).
+            ports = ", ".join(str(p) for p in sorted({s.port for s in same if s.dst in (None, dst)}))
+            hints.append(f"{stats.spi_elsewhere} packets without an SA carry the SPI of an SA in the key file, "
+                         f"but to another UDP port (e.g. SPI 0x{spi:08x} to {dst} port {port}; the key file "
+                         f"says port {ports}): an inbound SA is looked up among the SAs of the port the "
+                         f"packet arrived on, so give the SA \"port\": {port} in a JSON key file (docs/keys.md)")
+        else:
+            wanted = sorted({s.dst or "*" for s in same})
+            hints.append(f"{stats.spi_elsewhere} packets without an SA carry the SPI of an SA in the key file, "
+                         f"but not to its destination (e.g. SPI 0x{spi:08x} to {dst}; the key file says "
+                         f"{', '.join(wanted)}): an inbound SA is found by SPI and destination, so behind a NAT "
+                         "give it the destination the capture shows (docs/walkthrough.md)")
     return hints
+
+
+def snap_hints(stats: CaptureStats) -> list[str]:
+    """The hint for frames the capture's snapshot length cut short, if there were any."""
+    if not stats.cut_short:
+        return []
+    return [f"{stats.cut_short} frames were captured shorter than they were sent (the capture's snapshot "
+            "length) and count as malformed: capture whole packets (tcpdump -s 0)"]
 
 
 def link_hints(stats: CaptureStats) -> list[str]:
@@ -599,7 +614,8 @@ class EncapStats(CaptureStats):
         return {"frames": self.frames, "ipv4_frames": self.ipv4, "frames_written": self.written,
                 "statuses": statuses, "no_sa_chosen": self.unmatched(), "not_sealed_left_out": self.unsealed(),
                 "sas": rows,
-                "elapsed_seconds": round(self.elapsed, 6), "data_path_seconds": round(self.crypto_seconds, 6)}
+                "elapsed_seconds": round(self.elapsed, 6), "data_path_seconds": round(self.crypto_seconds, 6),
+                **({"truncated": self.truncated} if self.truncated else {})}
 
     def table(self) -> str:
         """The per-SA summary table printed at the end of ``natt encap``."""
@@ -653,6 +669,8 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
         # octets is written as read and is no "IPv4 packet with no SA chosen").
         stats.ipv4 += int(usable.sum())
         stats.add_encap(which[usable], status[usable], length[usable], out_len[usable])
+        stats.cut_short += int(np.count_nonzero((which >= 0) & (status == Status.MALFORMED)
+                                                & (chunk.caplen < chunk.origlen)))
         stats.count_links(chunk)
     stats.elapsed = time.perf_counter() - t0
     return stats
@@ -668,7 +686,7 @@ def _cmd_encap(args: argparse.Namespace) -> int:
     to_stdout = _is_stdout(args.output)
     stats = _run_capture(args, specs, "out", to_stdout, lambda nic, handles, reader, writer, bar: encap_capture(
         nic, handles, specs, reader, writer, threads=args.threads, bar=bar))
-    _finish(args, stats, _summary_stream(args), link_hints(stats))
+    _finish(args, stats, _summary_stream(args), snap_hints(stats) + link_hints(stats))
     return 0
 
 

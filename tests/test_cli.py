@@ -1068,6 +1068,15 @@ def test_decap_hints_name_what_went_wrong_and_what_to_do(dask, scenario, tmp_pat
         rf"\(e\.g\. SPI 0x0000500[012] to {re.escape(TUNNEL[1])}; the key file says 192\.0\.2\.99\): an inbound "
         r"SA is found by SPI and destination, so behind a NAT give it the destination the capture shows "
         r"\(docs/walkthrough\.md\)", got), got
+    # The right destination on another parser port: the port is what to change, not the address.
+    moved = tmp_path / "port.json"
+    keys.save(moved, specs[:1] + [dataclasses.replace(s, port=4501) for s in specs[1:]])
+    got, = hints(cap, moved)
+    assert re.fullmatch(
+        r"hint: \d+ packets without an SA carry the SPI of an SA in the key file, but to another UDP port "
+        rf"\(e\.g\. SPI 0x0000500[12] to {re.escape(TUNNEL[1])} port 4500; the key file says port 4501\): an "
+        r"inbound SA is looked up among the SAs of the port the packet arrived on, so give the SA \"port\": 4500 "
+        r"in a JSON key file \(docs/keys\.md\)", got), got
 
 
 @pytest.mark.parametrize("dask", [False, True], ids=["local", "dask"])
@@ -1091,6 +1100,19 @@ def test_tunnel_traffic_under_a_transport_sa_gets_a_hint(dask, scenario, tmp_pat
         r'\(--mode tunnel, or "mode": "tunnel" in a JSON key file\)', hint[0]), hint
     rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(out)] + extra, capsys)
     assert rc == 0 and "hint" not in err
+
+
+def test_encap_hints_at_frames_the_snapshot_length_cut(tmp_path, capsys):
+    # As decap does: "could not seal (malformed)" alone points at the SA, not at the capture.
+    cap = tmp_path / "snap.pcap"
+    inner = [traffic.udp_datagram("10.0.0.1", "10.0.0.2", 1, 2, 200)] * 3
+    _raw_pcap(cap, [bytes(12) + b"\x08\x00" + p for p in inner], snaplen=100)
+    key = tmp_path / "k.json"
+    keys.save(key, [keys.SaSpec(0x1001, "aes128gcm16", bytes(20), "out", "tunnel", "192.0.2.1", "192.0.2.2")])
+    rc, out, err = run(["encap", str(cap), "-k", str(key), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    assert rc == 0 and "3 that their SA could not seal" in out
+    assert err.splitlines() == ["hint: 3 frames were captured shorter than they were sent (the capture's snapshot "
+                                "length) and count as malformed: capture whole packets (tcpdump -s 0)"]
 
 
 def test_encap_hints_at_link_types_it_passes_through(tmp_path, capsys):
@@ -1157,11 +1179,16 @@ def test_a_capture_cut_short_keeps_its_whole_records_with_a_warning(how, fmt, sc
     assert run([cmd, str(cap), "-k", str(keyfile), "-o", str(whole)] + extra, capsys)[0] == 0
     short = tmp_path / f"short.{fmt}"
     short.write_bytes(cap.read_bytes()[:-7])              # the last record loses its last 7 octets
-    rc, out, err = run([cmd, str(short), "-k", str(keyfile), "-o", str(cut)] + extra, capsys)
+    report = tmp_path / "report.json"
+    rc, out, err = run([cmd, str(short), "-k", str(keyfile), "-o", str(cut), "--report", str(report)] + extra,
+                       capsys)
     assert rc == 0, err
-    assert re.search(r"^natt \w+: warning: \S+: truncated pcap(ng block| record \(\d+ octets\)): the file ends "
-                     r"\d+ octets into it \(at file offset \d+\); the records before it were processed \(a "
-                     r"capture cut short\)$", err, re.M), err
+    warning = re.search(r"^natt \w+: warning: (\S+: truncated pcap(ng block| record \(\d+ octets\)): the file ends "
+                        r"\d+ octets into it \(at file offset \d+\)); the records before it were processed \(a "
+                        r"capture cut short\)$", err, re.M)
+    assert warning, err
+    # The report says so too, for encap as for decap: a script reads the report, not stderr.
+    assert json.loads(report.read_text())["truncated"] == warning.group(1)
     if how == "dask":
         whole, cut = whole / f"in.{fmt}", cut / f"short.{fmt}"
     assert pcap.read_frames(cut) == pcap.read_frames(whole)[:-1]
