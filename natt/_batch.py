@@ -85,7 +85,10 @@ class PacketBatch(_Segments):
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
         if isinstance(data, (bytes, bytearray, memoryview)):
-            data = np.frombuffer(data, dtype=np.uint8)
+            try:
+                data = np.frombuffer(data, dtype=np.uint8)
+            except ValueError:
+                raise ValueError("data: cannot be read (a released memoryview?)") from None
         if not isinstance(data, np.ndarray):
             raise ValueError(f"data: expected a numpy uint8 array, got {type(data).__name__}")
         if data.dtype != np.uint8:
@@ -153,6 +156,8 @@ def _octets(i: int, p: Any) -> memoryview:
         v = memoryview(p)
     except TypeError:
         raise TypeError(f"packets[{i}]: expected a bytes-like packet, got {type(p).__name__}") from None
+    except ValueError:
+        raise ValueError(f"packets[{i}]: cannot be read (a released memoryview?)") from None
     return v.cast("B") if v.c_contiguous else memoryview(v.tobytes())
 
 
@@ -189,6 +194,13 @@ class BatchResult(_Segments):
     ``seq`` (uint64 full sequence number, 0 if not parsed), ``next_header``
     (uint8), and the output batch ``data``/``offsets``/``lengths``. Output
     packet ``i`` occupies a slot starting at ``offsets[i]``; ``res[i]`` copies it.
+    A slot can be longer than its output (decap's is as long as the input): the
+    octets after an output belong to no packet. They are zero in a new buffer, but
+    in a reused result they may hold an earlier batch's output, so take packets
+    through ``offsets``/``lengths`` (``res[i]``, ``res.batch()``), not ``data`` whole.
+
+    A call that raises leaves its ``out=`` result as it was, or, once the batch had been
+    laid out in it, empty (no packets): never half-filled.
 
     A result can be passed back as ``out=`` to reuse its buffers: it grows
     when a batch needs more room and otherwise allocates nothing.
@@ -223,7 +235,13 @@ class BatchResult(_Segments):
             self._lengths = np.empty(cap, np.int64)
         nbytes = _layout_slots(batch.offsets, lengths, batch.data, self._data, self._offsets, self._lengths, slot_extra)
         if self._data.size < nbytes:
-            self._data = np.empty(max(nbytes, self._data.size + self._data.size // 2), np.uint8)
+            # Zeroed: slot tails are never written, and fresh memory may hold anything the
+            # process freed (np.zeros of this size maps zero pages: no slower than np.empty).
+            try:
+                self._data = np.zeros(max(nbytes, self._data.size + self._data.size // 2), np.uint8)
+            except BaseException:
+                self._clear()           # the offsets are laid out already
+                raise
         status, data = self.status, self.data
         if status.size == n and data.size == nbytes and status.base is self._status and data.base is self._data:
             return      # steady state (one call per packet): the views from the last call still fit
@@ -234,6 +252,12 @@ class BatchResult(_Segments):
         self.offsets = self._offsets[:n]
         self.lengths = self._lengths[:n]
         self.data = self._data[:nbytes]
+
+    def _clear(self) -> None:
+        """Show no packets: after a call that raised, the views would describe a batch that was
+        laid out but never filled."""
+        self.status, self.sa, self.seq, self.next_header = self._status[:0], self._sa[:0], self._seq[:0], self._nh[:0]
+        self.offsets, self.lengths, self.data = self._offsets[:0], self._lengths[:0], self._data[:0]
 
     def counts(self) -> dict[Status, int]:
         """How many packets ended with each status (statuses with no packet are left out)."""

@@ -849,11 +849,15 @@ class Offload:
         if _FILLING.setdefault(key, me) != me:
             _refuse_shared(out)
         try:
-            out._prepare(batch, 0)
-            if self._dp_lock is None and not self._closed:      # _run without its frame
-                self._backend.decap(batch, out, threads)
-            else:
-                self._run(self._backend.decap, batch, out, threads)
+            out._prepare(batch, 0)      # raises before it changes out, or lays out the whole batch
+            try:
+                if self._dp_lock is None and not self._closed:      # _run without its frame
+                    self._backend.decap(batch, out, threads)
+                else:
+                    self._run(self._backend.decap, batch, out, threads)
+            except BaseException:
+                out._clear()            # laid out for this batch, never filled
+                raise
         finally:
             del _FILLING[key]
         return out
@@ -886,7 +890,11 @@ class Offload:
                         f"has it too: sending with it in both would repeat sequence numbers (and AEAD "
                         f"nonces); call claim_after_fork({cfg.handle}) in the one process that sends with it"))
             out._prepare(batch, ENCAP_OVERHEAD)
-            self._run(self._backend.encap, batch, cfg.handle, out, threads)
+            try:
+                self._run(self._backend.encap, batch, cfg.handle, out, threads)
+            except BaseException:
+                out._clear()            # laid out for this batch, never filled
+                raise
         except KeyError:
             # Deleted by another thread between the check above and the batch.
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {shown(handle)} names no SA") from None

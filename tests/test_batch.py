@@ -316,6 +316,56 @@ def test_out_reuse_grows_and_shrinks(nic):
     assert len(eres) == 1 and nic.decap([eres[0]]).status.tolist() == [Status.OK]
 
 
+def test_a_new_results_slot_tails_hold_nothing_but_the_packets_own_trailer(nic):
+    # A decap slot is as long as its input; the octets after the output belong to no packet,
+    # and a buffer fresh from the allocator may hold anything the process freed before. The
+    # fast path decrypts in place, so its output may be followed by the packet's own padding,
+    # pad length and next header (RFC 4303 §2.4); nothing else.
+    out_h, _ = sa_pair(nic, replay_window=0)
+    inner = inner_udp(bytes(range(200)))
+    sent = list(nic.encap([inner] * 5, out_h))
+    pad = -(len(inner) + 2) % 4
+    trailer = bytes(range(1, pad + 1)) + bytes([pad, 4])
+    for _ in range(3):
+        junk = np.full(1 << 20, 0xA5, np.uint8)      # freed memory that a new buffer may reuse
+        del junk
+        res = nic.decap(sent)
+        assert res.counts() == {Status.OK: 5}
+        ends = res.offsets.tolist()[1:] + [res.data.size]
+        for o, n, end in zip(res.offsets.tolist(), res.lengths.tolist(), ends):
+            tail = res.data[o + n:end].tobytes()
+            assert len(tail) == len(sent[0]) - len(inner)
+            assert tail[:len(trailer)] in (trailer, bytes(len(trailer))) and not any(tail[len(trailer):])
+
+
+def test_a_call_that_raises_once_its_batch_is_laid_out_leaves_its_result_empty(nic):
+    # It would otherwise show a batch laid out but never filled: statuses of the last batch,
+    # lengths of whatever the buffers held. Refused before that, the result stays as it was.
+    out_h, in_h = sa_pair(nic, replay_window=0)
+    sent = list(nic.encap([inner_udp(b"A" * 100)] * 2, out_h))
+    res, eres = nic.decap(sent), nic.encap([inner_udp()], out_h)
+    with pytest.raises(natt.OffloadError, match="handle"):
+        nic.encap([inner_udp()] * 5, in_h, out=eres)              # an inbound SA: refused first
+    assert len(eres) == 1 and nic.decap(list(eres)).counts() == {Status.OK: 1}
+    nic.close()
+    for r, call in ((res, lambda: nic.decap(sent * 3, out=res)),
+                    (eres, lambda: nic.encap([inner_udp()] * 4, out_h, out=eres))):
+        before = (r.status.tolist(), list(r))
+        with pytest.raises(natt.OffloadError, match="closed"):
+            call()
+        empty = len(r) == 0 and r.status.size == r.lengths.size == r.offsets.size == r.data.size == 0
+        assert empty or (r.status.tolist(), list(r)) == before
+
+
+def test_a_released_memoryview_is_named():
+    m = memoryview(b"packet")
+    m.release()
+    with pytest.raises(ValueError, match=r"^packets\[1\]: cannot be read \(a released memoryview\?\)$"):
+        PacketBatch.from_packets([b"ok", m])
+    with pytest.raises(ValueError, match=r"^data: cannot be read \(a released memoryview\?\)$"):
+        PacketBatch(m, _arr(0), _arr(1))
+
+
 def test_out_holding_the_input_is_refused(nic):
     # res.batch() views res's own buffers: laying res out again for it would overwrite the
     # packets before the kernel reads them, so the call names ``out`` instead.
