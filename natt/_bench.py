@@ -55,7 +55,7 @@ import numpy as np
 
 from ._batch import DecapResult, EncapResult, PacketBatch
 from ._constants import Status
-from ._offload import Offload, backends
+from ._offload import MAX_THREADS, Offload, backends
 from ._suites import Cipher, Mac, Suite, parse_suite
 from ._version import __version__
 from .cli import at_least, destination_problem
@@ -1254,7 +1254,11 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"{t['key']:<{kw}} {t['label']:<{lw}} {t['median_ns_per_packet']:9.1f} "
                      f"{t['min_ns_per_packet']:9.1f} {t['max_ns_per_packet']:9.1f} {cpu:>9} {t['mpps']:7.3f} "
                      f"{t['gbit_s']:7.2f}")
-    lines += ["", f"{'ratio':<{nw}} {'median':>8} {'worst .. best':>17} {'cpu':>7} {'paired':>7}  {'target':<7} met"]
+    lines += ["", "ratios: speed, natt's over the other variant's (above 1: natt is faster), except the",
+              "'time / time' rows (below 1: the first is faster); median of the repetitions, on wall time;",
+              "cpu: the same on the calling thread's CPU time; paired: the median of the ratios within",
+              "one round, where the variants ran back to back (BENCHMARKS.md, \"Read this first\")",
+              f"{'ratio':<{nw}} {'median':>8} {'worst .. best':>17} {'cpu':>7} {'paired':>7}  {'target':<7} met"]
     for r in result["ratios"]:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
         rng = f"{r['low']:.2f} .. {r['high']:.2f}"
@@ -1316,8 +1320,8 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
     p.add_argument("--reps", type=at_least(1), metavar="N", help="timed repetitions per variant (default 7; quick 3)")
     p.add_argument("--sizes", type=_sizes, metavar="OCTETS,...",
                    help="inner packet sizes, 28..65000 (default 64,512,1400; quick 64,1400)")
-    p.add_argument("--threads", type=at_least(1), default=2, metavar="N",
-                   help="threads of the threaded decap (default 2)")
+    p.add_argument("--threads", type=at_least(1, MAX_THREADS), default=2, metavar="N",
+                   help=f"threads of the threaded decap, 1..{MAX_THREADS} (default 2)")
     p.add_argument("--scapy-packets", type=at_least(0), metavar="N",
                    help="packets of the scapy subset; 0 skips scapy (default 2000; quick 200)")
     p.add_argument("--calls", type=at_least(1), metavar="N",
@@ -1356,9 +1360,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
     except (RuntimeError, ValueError, MemoryError) as e:
         print(f"natt bench: {e}", file=sys.stderr)
         return 2
-    print(format_markdown(result) if args.markdown else format_report(result))
     if args.json:
+        # Before the tables: a reader of stdout that goes away (| head) must not cost the run.
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
             f.write("\n")
+    print(format_markdown(result) if args.markdown else format_report(result))
     return 0

@@ -35,6 +35,7 @@ from ._capture import CaptureStats, InboundSas, sa_index, sa_table
 from ._constants import Status
 from ._files import Replacement
 from ._offload import MAX_THREADS, Offload, _check_threads
+from ._suites import Cipher, Mac
 from ._version import __version__
 
 __all__ = ["main", "build_parser", "CaptureStats", "EncapStats"]
@@ -849,10 +850,18 @@ def explain_packet(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaS
     out.append(f"step 5: ESP, SPI 0x{spi:08x}, sequence number {int.from_bytes(esp[4:8], 'big')}")
     if st is Status.NO_SA:
         same = [s for s in specs if s.spi == spi]
-        why = (f"no inbound SA with SPI 0x{spi:08x} on port {dport}" if not same else
-               f"SPI 0x{spi:08x} is in the key file, but not for destination "
-               f"{ipaddress.IPv4Address(ip[16:20])} on port {dport} "
-               f"(key file: dst {', '.join(str(s.dst) for s in same)}, port {', '.join(str(s.port) for s in same)})")
+        dst = str(ipaddress.IPv4Address(ip[16:20]))
+        if not same:
+            why = f"no inbound SA with SPI 0x{spi:08x} on port {dport}"
+        elif any(s.dst in (None, dst) for s in same):
+            # The destination fits (an SA without one takes any): the port is what differs.
+            why = (f"SPI 0x{spi:08x} is in the key file, but for port "
+                   f"{', '.join(sorted({str(s.port) for s in same}))}, and this packet came to port {dport}: "
+                   f"an SA is looked up among those of the packet's port (\"port\" in a JSON key file)")
+        else:
+            why = (f"SPI 0x{spi:08x} is in the key file, but not for destination {dst} "
+                   f"(key file: {', '.join(sorted({s.dst or '*' for s in same}))}): behind a NAT, give the SA "
+                   f"the destination the packet shows (docs/walkthrough.md)")
         return stop(6, why)
     k = handles.index(sa) if sa in handles else -1
     spec = specs[k] if k >= 0 else None
@@ -885,15 +894,25 @@ def explain_packet(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaS
         return stop(9, "ICV / AEAD tag does not verify: wrong key or suite, or the packet was altered"
                        + (", or the ESN high bits inferred are not the sender's" if esn else ""))
     out.append("step 9: ICV verified" + ("; the replay window moves" if window != 0 else ""))
+    # A separate integrity key can be right while the encryption key is wrong: the garbage then
+    # fails the trailer checks (an AEAD tag or NULL encryption cannot get this far that way).
+    wrong_key_fits = su is not None and su.mac is not Mac.NONE and su.cipher is not Cipher.NULL
     if st is Status.MALFORMED:
-        return stop(10, "decrypted trailer invalid: pad length beyond the payload, or padding not 1, 2, 3, ...")
+        return stop(10, "decrypted trailer invalid: pad length beyond the payload, or padding not 1, 2, 3, ..."
+                        + ("; the ICV verified, so most likely a wrong encryption key under a right "
+                           "integrity key" if wrong_key_fits else ""))
     out.append(f"step 10: decrypted, padding valid, next header {nh}")
     if st is Status.DUMMY:
         return stop(11, "next header 59: a dummy packet (RFC 4303 §2.6), verified and discarded")
     if st is Status.PROTOCOL:
-        return stop(11, f"next header {nh} in a tunnel-mode SA (4 or 41 expected): "
-                        f"is this a transport-mode SA? ({_TRANSPORT_HOW})")
+        return stop(11, f"next header {nh} in a tunnel-mode SA (4 or 41 expected): a transport-mode SA "
+                        f"({_TRANSPORT_HOW})"
+                        + (", or a wrong encryption key under a right integrity key" if wrong_key_fits else ""))
     if st is Status.OK:
+        if spec is not None and spec.mode == "transport" and nh in (4, 41):
+            return stop(12, f"decapsulated: {int(res.lengths[0])} octets out, a whole IP packet (next header "
+                            f"{nh}) behind the outer header: tunnel traffic under a transport-mode SA? A "
+                            f"tunnel-mode SA writes the inner packet alone (--mode tunnel)")
         return stop(12, f"decapsulated: {int(res.lengths[0])} octets out")
     out.append(f"=> {st.name}")
     return out
@@ -1196,24 +1215,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["bench"]:
         # Everything after "bench" belongs to the benchmark's own parser (argparse's REMAINDER
         # would not pass on leading options such as --help or --quick).
+        args = argparse.Namespace(command="bench", bench_args=argv[1:], func=_cmd_bench)
+    else:
         try:
-            return _cmd_bench(argparse.Namespace(command="bench", bench_args=argv[1:]))
-        except CliError as e:
-            print(f"natt bench: {e}", file=sys.stderr)
-            return 1
-        except SystemExit as e:
+            args, extra = parser.parse_known_args(argv)
+            if extra:
+                # As parse_args would, but under the subcommand's usage line, like every other
+                # usage error of a subcommand (the top-level one lists only the commands).
+                getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        except SystemExit as e:   # --help, --version, usage errors
             return int(e.code or 0)
-    try:
-        args, extra = parser.parse_known_args(argv)
-        if extra:
-            # As parse_args would, but under the subcommand's usage line, like every other
-            # usage error of a subcommand (the top-level one lists only the commands).
-            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
-    except SystemExit as e:   # --help, --version, usage errors
-        return int(e.code or 0)
     try:
         with _stopped_by_signals():
             return args.func(args)
+    except SystemExit as e:       # natt bench's own parser: --help, usage errors
+        return int(e.code or 0)
     except _Stopped as e:
         print(f"natt {args.command}: stopped by {e.signal.name}", file=sys.stderr)
         return 128 + e.signal

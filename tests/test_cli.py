@@ -14,6 +14,7 @@ import stat
 import struct
 import subprocess
 import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -85,11 +86,47 @@ def test_bench_delegates_to_the_benchmark_module(capsys):
     assert rc == 0 and "--quick" in out and "natt bench" in out
 
 
+_BENCH_RESULT = {"natt_version": "x", "machine": {}, "config": {"reps": 1}, "timings": [], "ratios": [], "notes": []}
+
+
+def test_bench_writes_its_json_before_the_tables_and_ends_on_a_signal_like_the_rest(tmp_path, capsys, monkeypatch):
+    # natt bench --json run.json | head -1: the reader goes away while the tables are printed;
+    # the 5-8 minutes of results must be on disk by then, and no traceback shown. A child, as
+    # the handler points stdout at /dev/null.
+    code = textwrap.dedent(f"""
+        import sys
+        from natt import _bench, cli
+        _bench.run = lambda cfg, log: {_BENCH_RESULT!r}
+        def closed(result):
+            raise BrokenPipeError
+        _bench.format_report = closed
+        sys.exit(cli.main(["bench", "--quick", "--json", sys.argv[1]]))
+    """)
+    out = tmp_path / "r.json"
+    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert json.loads(out.read_text()) == _BENCH_RESULT
+    from natt import _bench
+
+    def interrupted(cfg, log):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(_bench, "run", interrupted)
+    rc, _, err = run(["bench", "--quick"], capsys)
+    assert rc == 130 and err == "natt bench: interrupted\n"
+
+
+def test_bench_output_says_which_way_its_ratios_go():
+    from natt import _bench
+    text = _bench.format_report(_BENCH_RESULT)
+    assert "above 1: natt is faster" in text and "'time / time' rows (below 1: the first is faster)" in text
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--batch", "abc"], "--batch: 'abc' is not a whole number"),
     (["--reps", "0"], "--reps: must be at least 1, got 0"),
     (["--scapy-packets", "-1"], "--scapy-packets: must be at least 0, got -1"),
     (["--backend", "cuda"], "--backend: invalid choice: 'cuda'"),
+    (["--threads", "999"], "--threads: must be at most 256, got 999"),
 ])
 def test_bad_bench_arguments_are_usage_errors(argv, message, capsys, monkeypatch):
     from natt import _bench
@@ -875,6 +912,35 @@ def test_explain_walks_to_the_deciding_step(scenario, capsys):
     assert rc == 1 and "HEX: 'z' at position 3 is not a hex digit" in err
     rc, _, err = run(["explain", good.hex()[:-1], "-k", str(keyfile)], capsys)
     assert rc == 1 and f"HEX: {2 * len(good) - 1} hex digits, an odd number" in err
+
+
+def test_explain_names_the_likely_cause_where_decap_hints_at_it(scenario, tmp_path, capsys):
+    # As natt decap's hints and docs/walkthrough.md do: a wrong encryption key under a right
+    # integrity key, tunnel traffic under a transport SA, an SA on another parser port.
+    _, _, _, specs, frames = scenario
+    esp = {int.from_bytes(f[42:46], "big"): f[14:] for f in frames[:12]}
+    k = bytearray(specs[1].key)
+    k[0] ^= 1                                    # AES-256's key; the HMAC-SHA-256 key stays right
+    wrong = tmp_path / "wrong.json"
+    keys.save(wrong, [dataclasses.replace(specs[1], key=bytes(k))])
+    rc, out, _ = run(["explain", esp[specs[1].spi].hex(), "-k", str(wrong)], capsys)
+    assert rc == 0 and out.splitlines()[-1] in ("=> MALFORMED (step 10)", "=> PROTOCOL (step 11)")
+    assert "a wrong encryption key under a right integrity key" in out.splitlines()[-2]
+    transport = tmp_path / "transport.json"
+    keys.save(transport, [dataclasses.replace(specs[1], mode="transport", inner_src=None, inner_dst=None)])
+    rc, out, _ = run(["explain", esp[specs[1].spi].hex(), "-k", str(transport)], capsys)
+    assert out.splitlines()[-1] == "=> OK (step 12)"
+    assert re.fullmatch(r"step 12: decapsulated: \d+ octets out, a whole IP packet \(next header 4\) behind the "
+                        r"outer header: tunnel traffic under a transport-mode SA\? A tunnel-mode SA writes the inner "
+                        r"packet alone \(--mode tunnel\)", out.splitlines()[-2]), out
+    moved = tmp_path / "moved.json"
+    keys.save(moved, [dataclasses.replace(specs[0], port=4501, dst=None, mode="transport", inner_src=None,
+                                          inner_dst=None)] + specs[1:])
+    rc, out, _ = run(["explain", esp[specs[0].spi].hex(), "-k", str(moved)], capsys)
+    assert out.splitlines()[-2:] == [
+        f"step 6: SPI 0x{specs[0].spi:08x} is in the key file, but for port 4501, and this packet came to port "
+        f"4500: an SA is looked up among those of the packet's port (\"port\" in a JSON key file)",
+        "=> NO_SA (step 6)"]
 
 
 def test_explain_says_when_the_packet_is_an_ethernet_frame(scenario, capsys):
