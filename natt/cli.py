@@ -333,7 +333,7 @@ def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], directio
     ``work(nic, handles, reader, writer, bar)`` and write the report before the output is
     renamed into place. The Offload is closed (keys wiped) when the work ends, however it ends."""
     reader = _open_capture(args.input, args.chunk_size)
-    with reader, _offload(args, len(specs)) as nic:
+    with reader, _offload(args, len(specs)) as nic, _held_signals() as hold:
         handles = _install(nic, specs, direction)
         verb = "decap" if direction == "in" else "encap"
         # Encap makes each frame it replaces up to ENCAP_OVERHEAD octets longer: the snap lengths
@@ -343,8 +343,34 @@ def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], directio
             with pcap.PcapWriter.like(reader, f, grow=grow) as writer, \
                     _progress(args, os.path.getsize(args.input), verb) as bar:
                 stats = work(nic, handles, reader, writer, bar)
+            # The report is renamed into place, then -o is flushed to disk and renamed: a
+            # signal between the two would leave a new report describing the old -o.
+            hold()
             _write_report(args, stats)
-            return stats
+        return stats
+
+
+@contextlib.contextmanager
+def _held_signals() -> Iterator[Callable[[], None]]:
+    """Yields ``hold()``: from that call to the end of the block, Ctrl-C, SIGTERM and SIGHUP
+    wait, and the one that came (if any) is raised as the block ends. Only in the main thread,
+    where handlers can be set; elsewhere ``hold()`` does nothing."""
+    came: list[int] = []
+    previous: dict[int, Any] = {}
+
+    def hold() -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                previous[sig] = signal.signal(sig, lambda signum, frame: came.append(signum))
+    try:
+        yield hold
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if came:
+        if came[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise _Stopped(came[0])
 
 
 def _dask_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import struct
 import subprocess
@@ -549,6 +550,29 @@ def test_a_report_that_cannot_be_written_leaves_the_output_as_it_was(cmd, scenar
     assert rc == 1 and err == f"natt {cmd}: report: cannot write /dev/full: No space left on device\n"
     assert out.read_bytes() == b"the previous output"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []   # no temporary file left
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+def test_a_signal_between_the_report_and_the_output_waits_for_both(cmd, sig, scenario, tmp_path, capsys,
+                                                                    monkeypatch):
+    # The report is renamed into place, then -o is flushed to disk (seconds for a large capture)
+    # and renamed. Ctrl-C in between left a new report describing the old -o.
+    cap, keyfile = capture_for(cmd, scenario, tmp_path)
+    want, out, report = tmp_path / "want.pcap", tmp_path / "o.pcap", tmp_path / "r.json"
+    assert run([cmd, str(cap), "-k", str(keyfile), "-o", str(want)] + BACKEND, capsys)[0] == 0
+    out.write_bytes(b"the previous output")
+    write_report = cli._write_report
+
+    def then_signalled(args, stats):
+        write_report(args, stats)
+        os.kill(os.getpid(), sig)
+    monkeypatch.setattr(cli, "_write_report", then_signalled)
+    rc, _, err = run([cmd, str(cap), "-k", str(keyfile), "-o", str(out), "--report", str(report)] + BACKEND, capsys)
+    assert rc == 128 + sig
+    assert err == (f"natt {cmd}: interrupted\n" if sig == signal.SIGINT else f"natt {cmd}: stopped by SIGTERM\n")
+    assert out.read_bytes() == want.read_bytes()
+    assert json.loads(report.read_text())["frames_written"] == len(pcap.read_frames(want))
 
 
 def test_every_report_write_error_reads_the_same(scenario, tmp_path, capsys, monkeypatch):
