@@ -435,19 +435,24 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
             _quiet_task_failures(client)
     except (OSError, ValueError) as e:     # ValueError: an address Dask cannot parse
         raise CliError(f"cannot reach the Dask scheduler {args.dask}: {e}") from None
-    try:
-        stats = decap_captures(args.input, specs, args.output, client, chunk_size=args.chunk_size,
-                               threads=args.threads, drop_undecrypted=args.drop_undecrypted,
-                               progress=args.progress, backend=args.backend)
-    except (pcap.PcapError, keyfile.KeyFileError, ValueError) as e:
-        raise CliError(str(e)) from None
-    except OSError as e:
-        raise CliError(f"{e.filename or 'I/O'}: {e.strerror or e}") from None
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    _write_report(args, stats)
+    with _held_signals() as hold:
+        try:
+            stats = decap_captures(args.input, specs, args.output, client, chunk_size=args.chunk_size,
+                                   threads=args.threads, drop_undecrypted=args.drop_undecrypted,
+                                   progress=args.progress, backend=args.backend)
+            # The outputs are in place now; the report follows before the cluster's shutdown (a
+            # second or more), which a signal waits out: a Ctrl-C there would leave an earlier
+            # run's report beside the new outputs.
+            hold()
+            _write_report(args, stats)
+        except (pcap.PcapError, keyfile.KeyFileError, ValueError) as e:
+            raise CliError(str(e)) from None
+        except OSError as e:
+            raise CliError(f"{e.filename or 'I/O'}: {e.strerror or e}") from None
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
     _finish(args, stats, _summary_stream(args), decap_hints(stats, specs))
     return 0
 

@@ -10,6 +10,7 @@ lane's anti-replay state has to be rebuilt on another worker.
 from __future__ import annotations
 
 import dataclasses
+import json
 import io
 import os
 import signal
@@ -533,6 +534,28 @@ def test_cli(client, capture_sets, tmp_path, capsys):
     # Several captures without a cluster: a usage error, not a silent first-file-only run.
     assert main(["decap", *paths, "-k", str(key_path), "-o", str(tmp_path / "x")]) == 2
     assert "--dask" in capsys.readouterr().err
+
+
+def test_cli_a_signal_before_the_report_waits_for_it(client, capture_sets, tmp_path, capsys, monkeypatch):
+    """The outputs are in place when decap_captures returns; Ctrl-C before the report was
+    written (the cluster's shutdown came first) left an earlier run's report beside them."""
+    from natt import cli
+    specs, paths = capture_sets["mixed"]
+    key_path, report = tmp_path / "keys.json", tmp_path / "r.json"
+    keyfile.save(key_path, specs)
+    report.write_text("an earlier run's report")
+    write_report = cli._write_report
+
+    def signalled_first(args, stats):
+        os.kill(os.getpid(), signal.SIGINT)
+        write_report(args, stats)
+    monkeypatch.setattr(cli, "_write_report", signalled_first)
+    rc = cli.main(["decap", *paths, "-k", str(key_path), "-o", str(tmp_path / "out"), "--dask",
+                   client.scheduler.address, "--chunk-size", str(BIG_CHUNK), "--no-progress",
+                   "--report", str(report)])
+    assert rc == 130 and capsys.readouterr().err == "natt decap: interrupted\n"
+    doc = json.loads(report.read_text())
+    assert doc["input"] == list(paths) and doc["frames"] == sum(len(pcap.read_frames(p)) for p in paths)
 
 
 def test_bad_inputs(client, capture_sets, tmp_path):
