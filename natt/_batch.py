@@ -77,8 +77,10 @@ class PacketBatch(_Segments):
 
     ``data`` is a 1-D C-contiguous ``uint8`` array; ``offsets`` and ``lengths``
     are 1-D C-contiguous ``int64`` arrays of equal size. Segments must lie
-    inside ``data``, must not overlap, and must each be shorter than 2**31
-    octets; anything else raises ``ValueError`` naming the field.
+    inside ``data`` and must each be shorter than 2**31 octets; anything else
+    raises ``ValueError`` naming the field. Segments may overlap, in any order:
+    the data path only reads a batch, so one packet may appear many times
+    (``offsets`` all 0 makes a batch of copies without copying).
     """
 
     __slots__ = ("data", "offsets", "lengths")
@@ -119,7 +121,6 @@ class PacketBatch(_Segments):
                 i = int(np.argmax(ends > data.size))
                 raise ValueError(f"offsets/lengths: segment {i} ends at {int(ends[i])}, "
                                  f"past the end of data ({data.size} octets)")
-            _check_overlap(offsets, lengths, ends)
         self.data = data
         self.offsets = offsets
         self.lengths = lengths
@@ -159,20 +160,6 @@ def _octets(i: int, p: Any) -> memoryview:
     except ValueError:
         raise ValueError(f"packets[{i}]: cannot be read (a released memoryview?)") from None
     return v.cast("B") if v.c_contiguous else memoryview(v.tobytes())
-
-
-def _check_overlap(offsets: np.ndarray, lengths: np.ndarray, ends: np.ndarray) -> None:
-    nonempty = lengths > 0
-    o, e = offsets[nonempty], ends[nonempty]
-    if o.size < 2:
-        return
-    if not np.all(o[1:] >= e[:-1]):
-        order = np.argsort(o, kind="stable")
-        o, e = o[order], e[order]
-        bad = np.nonzero(o[1:] < e[:-1])[0]
-        if bad.size:
-            idx = np.nonzero(nonempty)[0][order]
-            raise ValueError(f"offsets: segments {int(idx[bad[0]])} and {int(idx[bad[0] + 1])} overlap")
 
 
 def as_batch(packets: Union[PacketBatch, Iterable[BytesLike]]) -> PacketBatch:
