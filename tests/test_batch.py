@@ -493,6 +493,14 @@ def test_counts_and_indexing(nic):
     assert res.counts() == {Status.OK: 2, Status.NOT_ESP: 2, Status.KEEPALIVE: 1, Status.REPLAY: 1}
     assert all(isinstance(k, Status) for k in res.counts())
     assert sum(res.counts().values()) == len(res) == 6
+    # A status no packet ended with is left out, yet reads as 0; what is no status stays a KeyError.
+    counts = res.counts()
+    assert Status.AUTH_FAILED not in counts and counts[Status.AUTH_FAILED] == 0 and counts[np.int64(Status.AUTH_FAILED)] == 0
+    assert counts[Status.REPLAY] == counts[int(Status.REPLAY)] == 1 and repr(counts).startswith("{<Status.")
+    for key in ("OK", 99, -1, None, float(Status.AUTH_FAILED)):
+        with pytest.raises(KeyError):
+            counts[key]
+    assert counts.get(Status.AUTH_FAILED) is None and len(counts) == 4
     assert res[0] == inner_udp(b"x") and res[4] == inner_udp(b"y")
     assert res[-1] == b"junk" and res[1] == packets[1] and res[2] == keepalive
     assert res[3] == enc[0]                              # REPLAY: input unchanged
