@@ -10,6 +10,7 @@ batch sizes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -41,11 +42,21 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print(__doc__.strip(), file=sys.stderr)
-        return 2
-    with open(argv[0]) as f:
-        print(markdown(json.load(f)))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.grid_table", description=__doc__.split("\n\n")[0],
+                                     epilog="Make the file with: pytest benchmarks --benchmark-only "
+                                            "--benchmark-json=grid.json")
+    parser.add_argument("json", metavar="GRID.json", help="pytest-benchmark's --benchmark-json output")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.json) as f:
+            doc = json.load(f)
+    except OSError as e:
+        parser.error(f"cannot read {args.json}: {e.strerror or e}")
+    except ValueError as e:
+        parser.error(f"{args.json}: not JSON ({e})")
+    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
+        parser.error(f"{args.json}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
+    print(markdown(doc))
     return 0
 
 

@@ -337,3 +337,22 @@ def test_call_instructions_counts_a_call_not_the_set_up(capsys):
     assert 5000 < int(out.split(": ")[1].split()[0]) < 100_000
     with pytest.raises(SystemExit, match="the child failed"):
         call_instructions.main(["--calls", "1", "--statement", "no_such_name"])
+
+
+def test_grid_table_divides_per_packet_and_names_a_bad_file(tmp_path, capsys):
+    from benchmarks import grid_table
+    doc = {"benchmarks": [{"name": "test_decap[x]", "group": "decap", "extra_info": {"packets": 1000, "threads": 2},
+                           "stats": {"min": 1e-4, "median": 2e-4, "rounds": 5}}]}
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(doc))
+    assert grid_table.main([str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == "| decap |  | 1000 | 2 | 1 | 100 | 200 | 5.000 | 5 |"
+    for argv, message in (([str(tmp_path / "none.json")], "cannot read"), (["--nope"], "required: GRID.json"),
+                          ([str(tmp_path)], "cannot read")):
+        with pytest.raises(SystemExit) as e:
+            grid_table.main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    path.write_text("[]")
+    with pytest.raises(SystemExit):
+        grid_table.main([str(path)])
+    assert "not a pytest-benchmark JSON file" in capsys.readouterr().err
