@@ -936,11 +936,13 @@ def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optio
         src, dst = s.src, s.dst
         if s.mode == "tunnel" and d == "in" and src is None and dst is not None:
             src = dst
-        if s.mode == "tunnel" and (src is None or dst is None):
-            raise KeyFileError(f"{_installing(i, s)}: a tunnel-mode SA needs its tunnel end "
-                               f"addresses (src and dst); " + ("for a wildcard destination use transport mode"
-                                                              if dst is None else "its source is '*', and "
-                                                              "encap writes it as the outer source"))
+        if s.mode == "tunnel" and dst is None:
+            # Only the destination is an inbound tunnel SA's key (a null src is taken as dst above).
+            raise KeyFileError(f"{_installing(i, s)}: a tunnel-mode SA needs dst, its tunnel's "
+                               f"destination end; for a wildcard destination use transport mode")
+        if s.mode == "tunnel" and src is None:
+            raise KeyFileError(f"{_installing(i, s)}: an outbound tunnel-mode SA needs src, its tunnel's "
+                               f"source end: encap writes it as the outer source ('*' or null will not do)")
         replay_seq, replay_bitmap = _inbound_window(s) if d == "in" else (s.replay_seq, None)
         if replay_state is not None and i in replay_state:
             replay_seq, replay_bitmap = replay_state[i]

@@ -226,7 +226,7 @@ def test_the_protocol_hint_names_what_sets_the_mode_and_stays_while_the_key_file
     silent.write_text(json.dumps([{"spi": 0x7001, "suite": "aes128gcm16", "key": key.hex()}]))
     argv = ["decap", str(cap), "-k", str(silent), "-o", str(tmp_path / "o.pcap")] + BACKEND
     rc, out, err = run(argv, capsys)
-    assert rc == 1 and "a tunnel-mode SA needs its tunnel end addresses" in err
+    assert rc == 1 and "a tunnel-mode SA needs dst, its tunnel's destination end; for a wildcard" in err
     rc, out, err = run(argv + ["--mode", "transport"], capsys)
     assert rc == 0 and "hint" not in err and "1 written" in out
 
@@ -899,8 +899,8 @@ def test_encap_with_a_wildcard_source_says_the_source_is_missing(tmp_path, capsy
     cap = tmp_path / "clear.pcap"
     pcap.write_datagrams(cap, traffic.inner_traffic(3, 2))
     rc, _, err = run(["encap", str(cap), "-k", str(table), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
-    assert rc == 1 and err.endswith("line 1 (spi 0x00001001): a tunnel-mode SA needs its tunnel end addresses (src "
-                                    "and dst); its source is '*', and encap writes it as the outer source\n"), err
+    assert rc == 1 and err.endswith("line 1 (spi 0x00001001): an outbound tunnel-mode SA needs src, its tunnel's "
+                                    "source end: encap writes it as the outer source ('*' or null will not do)\n"), err
 
 
 def test_demo_seeds_give_their_own_keys_and_packets(tmp_path, capsys):
@@ -1315,7 +1315,7 @@ def test_an_sa_the_offload_refuses_is_named_by_file_and_line(scenario, tmp_path,
                      + "11" * 20 + '","NULL",""\n')
     rc, _, err = run(["decap", str(cap), "-k", str(table), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
     assert rc == 1 and err.startswith(f"natt decap: cannot install SA: {table}: line 3 (spi 0x00001001): "
-                                      "a tunnel-mode SA needs its tunnel end addresses")
+                                      "a tunnel-mode SA needs dst, its tunnel's destination end")
     js = tmp_path / "bad.json"
     js.write_text(json.dumps([{"spi": 1, "suite": "aes128gcm16", "key": "22" * 20, "mode": "transport"},
                               {"spi": 2, "suite": "aes128gcm16", "key": "22" * 20, "mode": "transport",
