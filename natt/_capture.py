@@ -100,7 +100,7 @@ class CaptureStats:
     # What the hints after a decap run are made of (natt.cli.decap_hints):
     cut_short: int = 0                        # MALFORMED IPv4 frames captured shorter than sent
     other_links: dict[int, int] = dataclasses.field(default_factory=dict)   # link type -> frames natt cannot parse
-    spi_elsewhere: int = 0                    # NO_SA packets with the SPI of a loaded SA
+    spi_elsewhere: int = 0                    # NO_SA (or NOT_ESP UDP) packets with the SPI of a loaded SA
     spi_example: Optional[tuple[int, str, int]] = None   # (SPI, destination, UDP port) of the first
     truncated: Optional[str] = None           # the capture ended inside a record (PcapTruncated's message)
 
@@ -140,6 +140,7 @@ class CaptureStats:
         self.cut_short += int(np.count_nonzero(ipv4 & (status == Status.MALFORMED) & (chunk.caplen < chunk.origlen)))
         self.count_links(chunk)
         self._count_spi_elsewhere(chunk.batch, np.nonzero(ipv4 & (status == Status.NO_SA))[0], sas)
+        self._count_esp_on_other_ports(chunk.batch, np.nonzero(ipv4 & (status == Status.NOT_ESP))[0], sas)
 
     def count_links(self, chunk: Any) -> None:
         """Count the frames of ``chunk`` in link types natt does not parse (``other_links``)."""
@@ -166,6 +167,37 @@ class CaptureStats:
             k = known[0]
             dst = ipaddress.IPv4Address(bytes(d[off[k] + 16: off[k] + 20]))
             self.spi_example = (int(spi[k]), str(dst), int(port[k]))
+
+    def _count_esp_on_other_ports(self, batch: PacketBatch, not_esp: np.ndarray, sas: InboundSas) -> None:
+        """Count, as :meth:`_count_spi_elsewhere` does, the NOT_ESP UDP datagrams to a port without
+        a parser entry whose payload starts with the SPI of a loaded SA, in either framing (after
+        an 8-octet zero marker: the legacy one): ESP sent to a port no SA listens on. Unlike
+        NO_SA packets these passed no header check, so every read is bounded by the captured
+        octets first."""
+        if not not_esp.size or not sas.spis.size:
+            return
+        ihl4, port = _udp_dst_port(batch, not_esp)
+        n = batch.lengths[not_esp]
+        k = np.nonzero((port >= 0) & ~np.isin(port, list(sas.ports)) & (n >= ihl4 + 8 + 4))[0]
+        if not k.size:
+            return
+        d, n = batch.data, n[k]
+        at = batch.offsets[not_esp[k]] + ihl4[k] + 8                  # the UDP payload
+
+        def word(pos: np.ndarray) -> np.ndarray:
+            return (d[pos].astype(np.int64) << 24 | d[pos + 1].astype(np.int64) << 16
+                    | d[pos + 2].astype(np.int64) << 8 | d[pos + 3])
+        spi = word(at)
+        marker = np.nonzero((spi == 0) & (n >= ihl4[k] + 8 + 12))[0]
+        legacy = marker[word(at[marker] + 4) == 0]
+        spi[legacy] = word(at[legacy] + 8)
+        known = np.nonzero((spi != 0) & np.isin(spi, sas.spis))[0]
+        self.spi_elsewhere += int(known.size)
+        if known.size and self.spi_example is None:
+            j = not_esp[k[known[0]]]
+            off = int(batch.offsets[j])
+            dst = ipaddress.IPv4Address(bytes(d[off + 16: off + 20]))
+            self.spi_example = (int(spi[known[0]]), str(dst), int(port[k[known[0]]]))
 
     def merge(self, other: "CaptureStats") -> None:
         """Add the counts of ``other`` (another part of the same run, same SAs) to these."""

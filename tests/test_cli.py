@@ -1167,6 +1167,37 @@ def test_decap_hints_name_what_went_wrong_and_what_to_do(dask, scenario, tmp_pat
         rf"\(e\.g\. SPI 0x0000500[12] to {re.escape(TUNNEL[1])} port 4500; the key file says port 4501\): an "
         r"inbound SA is looked up among the SAs of the port the packet arrived on, so give the SA \"port\": 4500 "
         r"in a JSON key file \(docs/keys\.md\)", got), got
+    # No SA on the packets' port at all: they are not ESP to natt (no parser entry there), and said nothing.
+    keys.save(moved, [dataclasses.replace(s, port=4501) for s in specs])
+    got, = hints(cap, moved)
+    assert re.fullmatch(
+        r"hint: 13 packets without an SA carry the SPI of an SA in the key file, but to another UDP port "
+        rf"\(e\.g\. SPI 0x0000500[012] to {re.escape(TUNNEL[1])} port 4500; the key file says port 4501\): .*",
+        got), got
+
+
+def test_esp_to_a_port_without_an_sa_is_counted_in_either_framing_and_never_read_past_its_end():
+    from natt._capture import CaptureStats, InboundSas
+
+    def udp(port, payload, proto=17, ihl=5):
+        ip = struct.pack("!BBHHHBBHII", 0x40 | ihl, 0, 20 + 8 + len(payload), 0, 0, 64, proto, 0,
+                         0xC0000201, 0xCB007105) + bytes(4 * (ihl - 5))
+        return ip + struct.pack("!HHHH", 1234, port, 8 + len(payload), 0) + payload
+    spi = struct.pack("!I", 0x5001)
+    packets = [udp(4501, spi + bytes(20)),              # RFC 3948 framing: counted, and the example
+               udp(4502, bytes(8) + spi + bytes(8)),    # after the legacy 8-octet marker: counted
+               udp(4501, bytes(4) + spi),               # an IKE header behind the non-ESP marker
+               udp(4501, bytes(8) + spi[:3]),           # a marker and a cut SPI
+               udp(4501, spi[:3]),                      # a cut SPI
+               udp(4500, spi + bytes(20)),              # the parser port: not this count's
+               udp(4501, spi + bytes(20), proto=6),     # not UDP
+               udp(4501, spi, ihl=15)[:56],             # options, the SPI past the end
+               udp(4501, spi + bytes(20))[:20]]         # no UDP header
+    batch = natt.PacketBatch.from_packets(packets)
+    stats = CaptureStats(["sa"], [0])
+    stats._count_esp_on_other_ports(batch, np.arange(len(packets)),
+                                    InboundSas(frozenset({4500}), frozenset(), np.array([0x5001], np.int64)))
+    assert stats.spi_elsewhere == 2 and stats.spi_example == (0x5001, "203.0.113.5", 4501)
 
 
 @pytest.mark.parametrize("dask", [False, True], ids=["local", "dask"])
