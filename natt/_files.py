@@ -62,8 +62,12 @@ class Replacement:
             fd, self._tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".part",
                                              prefix=f".{os.path.basename(target)}.")
         except OSError as e:
-            # Name the file the caller asked for, not the temporary one it never heard of.
-            raise type(e)(e.errno, e.strerror, path) from None
+            # Name the file the caller asked for, not the temporary one it never heard of, and
+            # say where the failure was: a writable file in a directory that is not (or /proc)
+            # fails here, which "cannot write FILE: Permission denied" alone makes a puzzle.
+            where = os.path.dirname(target) or "."
+            raise type(e)(e.errno, f"{e.strerror} (a new file is written in {where}, then renamed over it)",
+                          path) from None
         self._target = target
         try:
             give(fd, mode, owner)

@@ -595,6 +595,30 @@ def test_every_report_write_error_reads_the_same(scenario, tmp_path, capsys, mon
     assert not out.exists() and not report.exists()
 
 
+@pytest.mark.parametrize("which", ["-o", "--report"])
+def test_a_directory_that_cannot_take_a_new_file_is_named(which, scenario, tmp_path, capsys, monkeypatch):
+    # The output is written to a new file beside it: a writable file in a directory that is not
+    # (or a file in /proc) failed with the file's name and "Permission denied" alone.
+    cap, keyfile, *_ = scenario
+    (tmp_path / "rep").mkdir()
+    report, out = tmp_path / "rep" / "r.json", tmp_path / "o.pcap"
+    target = out if which == "-o" else report
+    target.write_text("before")
+
+    def refused(*args, dir=None, **kwargs):
+        if dir == str(target.parent):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        return real(*args, dir=dir, **kwargs)
+    real = natt._files.tempfile.mkstemp
+    monkeypatch.setattr(natt._files.tempfile, "mkstemp", refused)
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(out), "--report", str(report)] + BACKEND,
+                     capsys)
+    prefix = "report: " if which == "--report" else ""
+    assert rc == 1 and err == (f"natt decap: {prefix}cannot write {target}: Permission denied (a new file is "
+                               f"written in {target.parent}, then renamed over it)\n"), err
+    assert target.read_text() == "before"
+
+
 def test_a_report_is_written_whole_or_not_at_all(scenario, tmp_path, capsys, monkeypatch):
     # It was opened first and then filled: a failure on the way left an empty or half file.
     cap, keyfile, *_ = scenario
