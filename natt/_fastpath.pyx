@@ -63,7 +63,7 @@ phases (the results are identical to
 
 from libc.stdint cimport UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy, memset, strchr, strlen
+from libc.string cimport memcpy, memmove, memset, strchr, strlen
 
 cimport numpy as cnp
 import numpy as np
@@ -2713,20 +2713,31 @@ def gather(uint8_t[::1] out, const int64_t[::1] out_off, const uint8_t[::1] src,
     """Copy ``length[i]`` octets from ``src[src_off[i]:]`` to ``out[out_off[i]:]`` for every
     ``i``: the contract of ``natt._batch._copy_segments_py`` (the Python fallback and
     reference), in one C loop instead of a Python step per segment. Every segment is checked before any is copied;
-    a bad one raises ValueError naming it."""
+    a bad one raises ValueError naming it. Overlapping ranges copy as numpy's slice assignment does."""
     cdef Py_ssize_t i, n = length.shape[0]
-    cdef int64_t o, s, ln
+    cdef int64_t o, s, ln, out_len = out.shape[0], src_len = src.shape[0], bad = -1
     if out_off.shape[0] != n or src_off.shape[0] != n:
         raise ValueError("gather: out_off, src_off and length differ in size")
     for i in range(n):
         o = out_off[i]
         s = src_off[i]
         ln = length[i]
-        if ln < 0 or o < 0 or s < 0 or o > out.shape[0] - ln or s > src.shape[0] - ln:
+        if ln < 0 or o < 0 or s < 0 or o > out_len - ln or s > src_len - ln:
             raise ValueError(f"gather: segment {i} ({ln} octets from {s} to {o}) is out of bounds")
     with nogil:
         for i in range(n):
-            memcpy(&out[out_off[i]], &src[src_off[i]], <size_t>length[i])
+            # Read once, check, use (SECURITY.md "Concurrency"): another thread may rewrite the
+            # arrays now that the GIL is released; the loop above was for the error message.
+            o = out_off[i]
+            s = src_off[i]
+            ln = length[i]
+            if ln < 0 or o < 0 or s < 0 or o > out_len - ln or s > src_len - ln:
+                if bad < 0:
+                    bad = i
+                continue
+            memmove(&out[o], &src[s], <size_t>ln)
+    if bad >= 0:
+        raise ValueError(f"gather: segment {bad} was rewritten out of bounds while the copy ran")
 
 
 def pcap_walk(const uint8_t[::1] buf, Py_ssize_t start, Py_ssize_t len_at, Py_ssize_t base,

@@ -536,6 +536,52 @@ def test_compiled_segment_copy_equals_python_copy(segments, out_size, src_size):
     assert results[0] == results[1]
 
 
+@pytest.mark.parametrize("o,s,ln", [(0, 3, 10), (3, 0, 10), (5, 5, 4), (0, 10, 10)])
+def test_compiled_segment_copy_of_overlapping_ranges_equals_python_copy(o, s, ln):
+    results = []
+    for copy in (_batch.copy_segments, _batch._copy_segments_py):
+        buf = np.arange(20, dtype=np.uint8)
+        copy(buf, _arr(o), buf, _arr(s), _arr(ln))
+        results.append(buf.tobytes())
+    assert results[0] == results[1]
+
+
+_REWRITTEN_WHILE_COPYING = """
+import sys, threading
+import numpy as np
+from natt._fastpath import gather
+
+n = 4_000_000
+src, out = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+off, length = np.arange(n, dtype=np.int64), np.ones(n, np.int64)
+src_off = off.copy()
+stop = False
+
+def rewrite():                  # gets the GIL while gather's copy loop runs without it
+    while not stop:
+        src_off[n // 2:] = 1 << 44
+        src_off[n // 2:] = off[n // 2:]
+
+sys.setswitchinterval(1e-6)
+threading.Thread(target=rewrite, daemon=True).start()
+for _ in range(60):
+    try:
+        gather(out, off, src, src_off, length)
+    except ValueError as e:
+        assert "is out of bounds" in str(e) or "was rewritten out of bounds while the copy ran" in str(e), e
+stop = True
+print("done")
+"""
+
+
+def test_segments_rewritten_while_the_compiled_copy_runs_are_never_copied_unchecked(tmp_path):
+    # gather checked every segment with the GIL held, then read the arrays again for the copy:
+    # a thread rewriting them in between made it copy from an unchecked offset (SIGSEGV).
+    done = subprocess.run([sys.executable, "-c", _REWRITTEN_WHILE_COPYING], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == "done\n", (done.returncode, done.stderr[-2000:])
+
+
 def test_batches_and_results_index_and_slice_like_lists():
     packets = [b"ab", b"cde", b"", b"f"]
     batch = PacketBatch.from_packets(packets)
