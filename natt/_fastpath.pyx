@@ -2256,11 +2256,11 @@ cdef class FastBackend:
 
     def add_entry(self, handle: int, encap_type: UdpEncapType, port: int) -> None:
         """Install parser entry ``handle``: packets to UDP ``port`` are parsed with ``encap_type``."""
+        if not 1 <= port <= 65535 or handle == 0:
+            raise ValueError("port/handle out of range")
         cdef int64_t h = handle
         cdef uint16_t p = port
         cdef uint8_t t = <uint8_t>int(UdpEncapType(encap_type))
-        if not 1 <= port <= 65535 or h == 0:
-            raise ValueError("port/handle out of range")
         self._lock()
         self.st.port_handle[p] = h
         self.st.port_type[p] = t
@@ -2285,8 +2285,8 @@ cdef class FastBackend:
         cdef uint64_t nbits
         if sa == NULL:
             raise MemoryError()
-        suite = cfg.suite
         try:
+            suite = cfg.suite
             sa.handle = cfg.handle
             sa.inbound = bool(cfg.inbound)
             sa.spi = cfg.spi

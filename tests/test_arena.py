@@ -40,3 +40,15 @@ def test_deleted_sas_give_their_slabs_back():
         for h in hs:
             nic.delete_sa(h)
         assert _fastpath._sa_arena_slabs() <= before + 1     # at most a spare stays mapped
+
+
+def test_an_sa_the_backend_refuses_gives_its_slot_back():
+    # The slot was taken before the first read of the request, outside the try that frees it:
+    # each refused request leaked one (helper scripts call FastBackend directly).
+    from natt import _fastpath
+    backend = _fastpath.FastBackend()
+    before = _fastpath._sa_arena_slabs()
+    for _ in range(8_000):                       # more than two slabs of 3 640 SAs
+        with pytest.raises(AttributeError):
+            backend.add_sa(object())
+    assert _fastpath._sa_arena_slabs() <= before + 1
