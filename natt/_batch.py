@@ -36,6 +36,8 @@ def _index_array(name: str, a: Any) -> np.ndarray:
         raise ValueError(f"{name}: must be one-dimensional, got {a.ndim} dimensions")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name}: must be C-contiguous (use np.ascontiguousarray)")
+    if not a.flags.aligned:     # the kernels read it through int64_t *, undefined if misaligned
+        raise ValueError(f"{name}: not aligned to 8 octets (np.frombuffer at an odd offset?); pass a.copy()")
     return a
 
 
@@ -303,6 +305,9 @@ def _layout_slots_numpy(batch_offsets: Any, batch_lengths: Any, batch_data: Any,
             raise ValueError(f"batch.{name}: wrong dtype {arr.dtype}")
         if arr.ndim != 1 or not arr.flags.c_contiguous:
             raise ValueError(f"batch.{name}: must be one-dimensional and C-contiguous")
+        if not arr.flags.aligned:
+            raise ValueError(f"batch.{name}: not aligned to its dtype (np.frombuffer at an odd offset?); "
+                             "pass a copy")
         if name == "lengths" and arr.size != batch_offsets.size:
             raise ValueError(f"batch.lengths: has {arr.size} elements, the batch has {batch_offsets.size} packets")
         if any(np.may_share_memory(arr, mine) for mine in (data, offsets, lengths)):

@@ -2069,6 +2069,8 @@ cdef cnp.ndarray natt_arr(object a, str name, int typenum, int64_t n, bint writa
         raise ValueError(f"{name}: wrong dtype {arr.dtype}")
     if cnp.PyArray_NDIM(arr) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         raise ValueError(f"{name}: must be one-dimensional and C-contiguous")
+    if not cnp.PyArray_ISALIGNED(arr):      # read through int64_t *: misaligned is undefined in C
+        raise ValueError(f"{name}: not aligned to its dtype (np.frombuffer at an odd offset?); pass a copy")
     if writable and not cnp.PyArray_ISWRITEABLE(arr):
         raise ValueError(f"{name}: must be writable")
     size[0] = cnp.PyArray_DIM(arr, 0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import array
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -100,6 +102,15 @@ def test_one_packet_repeated_by_offset_is_decapped_as_copies(nic, threads):
     assert res[0] == inner_udp(b"again") and nic.sa_stats(in_h)["replays"] == n - 1
 
 
+def _misaligned(a: np.ndarray) -> np.ndarray:
+    """A copy of the int64 array ``a`` one octet off its alignment (as np.frombuffer at an odd offset)."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    b = buf[1:].view(np.int64)
+    b[:] = a
+    assert not b.flags.aligned
+    return b
+
+
 def _bad_cases():
     d = np.zeros(16, np.uint8)
     o, n = _arr(0, 8), _arr(8, 8)
@@ -113,6 +124,8 @@ def _bad_cases():
     yield "offsets dtype uint64", (d, o.astype(np.uint64), n), r"^offsets: dtype"
     yield "offsets dtype float", (d, o.astype(np.float64), n), r"^offsets: dtype"
     yield "offsets big-endian", (d, o.astype(">i8"), n), r"^offsets: dtype"
+    yield "offsets misaligned", (d, _misaligned(o), n), r"^offsets: not aligned to 8 octets"
+    yield "lengths misaligned", (d, o, _misaligned(n)), r"^lengths: not aligned to 8 octets"
     yield "offsets a list", (d, [0, 8], n), r"^offsets: expected"
     yield "offsets 2-D", (d, o.reshape(2, 1), n), r"^offsets: .*one-dimensional"
     yield "offsets not contiguous", (d, _arr(0, 99, 8, 99)[::2], n), r"^offsets: .*C-contiguous"
@@ -427,6 +440,8 @@ def test_out_overlapping_the_input_through_a_view_is_refused(nic):
     (lambda b: setattr(b, "data", np.zeros((3, 30), np.uint8)), r"^batch\.data: must be one-dimensional"),
     (lambda b: setattr(b, "offsets", b.offsets.astype(">i8")), r"^batch\.offsets: wrong dtype >i8"),
     (lambda b: setattr(b, "lengths", [30, 30, 30]), r"^batch\.lengths: expected a numpy array, got list"),
+    (lambda b: setattr(b, "offsets", _misaligned(b.offsets)), r"^batch\.offsets: not aligned to its dtype"),
+    (lambda b: setattr(b, "lengths", _misaligned(b.lengths)), r"^batch\.lengths: not aligned to its dtype"),
 ])
 @pytest.mark.parametrize("call", ["decap", "encap"])
 def test_batch_arrays_rebound_after_validation_are_refused_alike(nic, rebind, message, call):
