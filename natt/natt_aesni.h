@@ -301,8 +301,10 @@ static void natt_gcm(const uint8_t *st, int nr, const uint8_t *salt, const uint8
     const __m128i one = _mm_set_epi32(0, 0, 0, 1);
     __m128i ctr, ek0, ks[8], c, x, msr, msl, sv[4];
     natt_ghash g;
-    uint8_t b[16], t[128 + NATT_GCM_IN2_MAX + 16];
-    size_t len = in_len + in2_len, i, j = 0, k, l, r, o, a, q, m;
+    /* t: the whole text when in is shorter than a block (then len <= 15 + NATT_GCM_IN2_MAX,
+       one pass of the loop below), zero-padded to whole blocks */
+    uint8_t b[16], t[16 + NATT_GCM_IN2_MAX + 16];
+    size_t len = in_len + in2_len, i, k, l, r, o, a, q, m;
     uint32_t w0, w1, w2 = 0;
     int direct;
 
@@ -373,21 +375,20 @@ static void natt_gcm(const uint8_t *st, int nr, const uint8_t *salt, const uint8
             }
             continue;
         }
-        if (!direct && i <= in_len) {
-            /* first time here: gather the rest before any of it is overwritten, and zeros
-               after it, so that the last block loads whole and zero-padded */
-            memcpy(t, in + i, in_len - i);
+        if (!direct) {
+            /* (i == 0: the only pass) gather the text before any of it is overwritten, and
+               zeros after it, so that the last block loads whole and zero-padded */
+            memcpy(t, in, in_len);
             if (in2_len)
-                memcpy(t + in_len - i, in2, in2_len);
-            memset(t + len - i, 0, 16);
-            j = 0;
+                memcpy(t + in_len, in2, in2_len);
+            memset(t + len, 0, 16);
         }
         r = len - i < 128 ? len - i : 128;
         for (l = 0; 16 * l < r; l++) {
             o = i + 16 * l;
             k = r - 16 * l < 16 ? r - 16 * l : 16;
             if (!direct) {
-                c = _mm_loadu_si128((const __m128i *)(t + j + 16 * l));
+                c = _mm_loadu_si128((const __m128i *)(t + 16 * l));
             } else if (o + 16 <= q) {
                 c = _mm_loadu_si128((const __m128i *)(in + o));
             } else {
@@ -405,7 +406,6 @@ static void natt_gcm(const uint8_t *st, int nr, const uint8_t *salt, const uint8
             }
             natt_ghash_block(&g, hp, enc ? x : c);
         }
-        j += r;
     }
     /* len(A) ‖ len(C) in bits, 64 bits each, big-endian (§7.1 step 5); reversed, len(A) is
        the high half */
