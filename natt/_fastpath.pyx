@@ -92,7 +92,6 @@ from ._constants import Status as _Status, UdpEncapType
 from ._suites import Cipher as _Cipher, Mac as _Mac
 
 cnp.import_array()
-assert COUNTER_NAMES[:2] == ("packets", "bytes")      # natt_sa.packets, natt_sa.bytes
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
@@ -330,14 +329,16 @@ cdef union natt_cipher_state:
 
 
 cdef struct natt_sa:
-    # Field order is for the cache (an SA is allocated on a 64-octet boundary, natt_sa_new). A
-    # decap touches line 0 (lookup key and per-packet parameters), line 1 (anti-replay state
-    # and the counters of every packet) and the cipher state from line 2 on: thread 0's
+    # Field order is for the cache (an SA is allocated on a 64-octet boundary, natt_sa_new). An
+    # AEAD decap touches line 0 (lookup key and per-packet parameters), line 1 (anti-replay
+    # state and the counters of every packet) and the cipher state from line 2 on: thread 0's
     # context pointer, or natt's own AES state (240 octets for AES-128-GCM, to line 5). That
-    # matters once there are more SAs than fit in the cache (BENCHMARKS.md, 100 000 SAs). Line
-    # 1 is all the serial passes write per packet; nothing else is written during a batch (bar
-    # the error counters, cold), so that the threads decrypting later packets (threaded
-    # pipeline, phase 1) never have the lines they read pulled away by phase 2's writes.
+    # matters once there are more SAs than fit in the cache (BENCHMARKS.md, 100 000 SAs); an
+    # HMAC SA also reads its two digest states from the cold end. Line 1 is what the serial
+    # passes write per accepted packet. Besides it, a batch writes only a failed packet's
+    # counter (``ctr``, cold) and, the first time a thread uses the SA, that thread's context
+    # pointer (``cs.tctx[tid]``, natt_tctx), so the threads decrypting later packets (threaded
+    # pipeline, phase 1) do not have the lines they read pulled away by phase 2's writes.
     # -- line 0: lookup (read-only during a batch), then the per-packet parameters
     natt_sa *hnext                # hash chain (inbound)
     int64_t entry_handle          # parser entry (inbound)
@@ -374,7 +375,7 @@ cdef struct natt_sa:
     uint64_t oseq                 # outbound: last sequence number sent
     # -- from line 2: read-only during a batch
     natt_cipher_state cs          # offset 128 on x86-64
-    # -- cold: other counters, encap-only and control-plane state
+    # -- cold for AEADs: failure counters, HMAC digest states, encap-only and control-plane state
     uint64_t ctr[NATT_N_COUNTERS]
     EVP_MD_CTX *inner             # HMAC: digest state after key ^ ipad (RFC 2104)
     EVP_MD_CTX *outer             # HMAC: digest state after key ^ opad
@@ -650,7 +651,9 @@ cdef void natt_ring_export(const natt_sa *sa, uint8_t *out) noexcept nogil:
 # costs about a quarter of the time per packet (a C loop over 64-octet AES-128-GCM packets:
 # 268 ns through EVP, 194 ns calling the provider; natt's own figures in BENCHMARKS.md), and
 # owning the provider context's address lets the serial decap prefetch it when there are many
-# SAs (natt_decap_serial). CBC ciphers stay on EVP, where HMAC dominates.
+# SAs (natt_decap_serial). CBC decryption stays on EVP, where HMAC dominates; CBC encryption
+# runs on natt's own AES-NI lanes when it can (natt_on_lanes: a packet's blocks are serial, so
+# the lanes are packets), else on EVP too.
 
 cdef natt_aead natt_aeads[4]      # AES-128/192/256-GCM, ChaCha20-Poly1305; filled on first use
 
@@ -2160,7 +2163,13 @@ if (_ENCAP_OVERHEAD != NATT_ENCAP_OVERHEAD   # pragma: no cover - guards a silen
                                       NATT_MAC_HMAC_SHA256_128, NATT_MAC_HMAC_SHA384_192,
                                       NATT_MAC_HMAC_SHA512_256]
         or int(_Status.ERROR) != NATT_ERROR or int(_Status.SEQ_OVERFLOW) != NATT_SEQ_OVERFLOW
-        or int(UdpEncapType.IKE) != NATT_ENCAP_IKE):
+        or int(UdpEncapType.IKE) != NATT_ENCAP_IKE
+        # counters(): natt_sa.packets, natt_sa.bytes, then natt_sa.ctr in NATT_C_* order
+        or COUNTER_NAMES != ("packets", "bytes") + tuple(
+            n for _, n in sorted([(NATT_C_AUTH_FAILURES, "auth_failures"), (NATT_C_REPLAYS, "replays"),
+                                  (NATT_C_MALFORMED, "malformed"), (NATT_C_DUMMY, "dummy"),
+                                  (NATT_C_PROTOCOL, "protocol"), (NATT_C_SEQ_OVERFLOWS, "seq_overflows"),
+                                  (NATT_C_ERRORS, "errors")]))):
     raise ImportError("natt._fastpath was built against different natt constants")
 
 
@@ -2743,7 +2752,7 @@ def gather(uint8_t[::1] out, const int64_t[::1] out_off, const uint8_t[::1] src,
 
 
 def pcap_walk(const uint8_t[::1] buf, Py_ssize_t start, Py_ssize_t len_at, Py_ssize_t base,
-              uint32_t min_len, bint big_endian, bint pad4):
+              uint32_t min_len, bint big_endian, bint pad4) -> tuple:
     """Offsets of the complete capture records in ``buf[start:]`` and where the walk stopped.
 
     The contract of ``natt.pcap._walk`` (the Python fallback and reference): a record at ``p``

@@ -117,10 +117,9 @@ def _int(name: str, value: Any, lo: int, hi: int) -> int:
     v = _as_int(value)
     if v is None:
         raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: expected an integer, got {type(value).__name__}")
-    value = v
-    if not lo <= value <= hi:
-        raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {shown(value)} is outside {lo}..{hi}")
-    return int(value)
+    if not lo <= v <= hi:
+        raise _Reject(NdisStatus.INVALID_PARAMETER, f"{name}: {shown(v)} is outside {lo}..{hi}")
+    return v
 
 
 @functools.lru_cache(maxsize=4096)
@@ -404,7 +403,7 @@ class Offload:
             if suite.cipher is Cipher.AES_GCM:
                 suite = SUITES[f"aes{suite.enc_key_len * 8}gcm{icv}"]
 
-        src_addr = _addr("src_addr", req.src_addr)
+        _addr("src_addr", req.src_addr)    # validated, not matched (docs/semantics.md §6, "Filter fields")
         _mask("src_mask", req.src_mask)
         dst_addr = _addr("dst_addr", req.dst_addr)
         dst_mask = _mask("dst_mask", req.dst_mask)
@@ -416,7 +415,6 @@ class Offload:
         if bool(src_tun) != bool(dst_tun):
             missing = "src_tunnel_addr" if not src_tun else "dst_tunnel_addr"
             raise _Reject(INVALID_PARAMETER, f"{missing}: a tunnel SA needs both tunnel addresses (0 means transport)")
-        del src_addr
         tunnel = bool(dst_tun)
         if tunnel:
             key_addr, key_mask = dst_tun, 0xFFFFFFFF

@@ -61,14 +61,17 @@ class Suite:
 
     @property
     def aead(self) -> bool:
+        """Whether the cipher authenticates too (AES-GCM, AES-GMAC, ChaCha20-Poly1305): no MAC."""
         return self.cipher in (Cipher.AES_GCM, Cipher.CHACHA20_POLY1305, Cipher.AES_GMAC)
 
     @property
     def has_integrity(self) -> bool:
+        """Whether packets carry an ICV (an AEAD, or a MAC): what anti-replay rests on."""
         return self.aead or self.mac is not Mac.NONE
 
     @property
     def key_len(self) -> int:
+        """Octets of key material: the encryption key, the salt (AEADs), then the integrity key."""
         return self.enc_key_len + self.salt_len + self.auth_key_len
 
     @property

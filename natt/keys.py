@@ -173,6 +173,7 @@ class SaSpec:
 
     @property
     def uses_esn(self) -> bool:
+        """Whether the SA has extended sequence numbers: ``esn``, or an ``-esn`` suite keyword."""
         return self.esn or parse_suite(self.suite)[1]
 
     def label(self) -> str:

@@ -759,6 +759,7 @@ class SaSpec:
 
     @property
     def mode(self) -> str:
+        """``"tunnel"`` or ``"transport"``, as ``add_sa`` and key files spell it."""
         return "tunnel" if self.tunnel else "transport"
 
     def request(self, direction: str = "in", replay_oseq: int = 0) -> AddUdpEspSa:
