@@ -590,10 +590,13 @@ class PcapReader:
             if magic in (_PCAP_MAGIC_US, _PCAP_MAGIC_NS, _PCAP_MAGIC_KUZNETZOV):
                 break
         else:
-            if head[:2] == b"\x1f\x8b":
-                # Wireshark saves compressed captures; tshark reads them, natt maps files whole.
-                raise PcapError(f"{self.name}: gzip-compressed; decompress it first (gunzip -k), or "
-                                f"pipe it in: gunzip -c FILE | natt ... -", 0)
+            # Wireshark saves compressed captures and tshark reads them; natt reads the capture
+            # formats only, so it names the compression and the command that undoes it.
+            for magic_prefix, what, tool in ((b"\x1f\x8b", "gzip", "gunzip"), (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+                                             (b"\x04\x22\x4d\x18", "lz4", "unlz4")):
+                if head.startswith(magic_prefix):
+                    raise PcapError(f"{self.name}: {what}-compressed; decompress it first ({tool} -k), or "
+                                    f"pipe it in: {tool} -c FILE | natt ... -", 0)
             raise PcapError(f"{self.name}: not a pcap or pcapng file (magic {head.hex()})", 0)
         if b.size < 24:
             raise PcapError(f"{self.name}: pcap file header truncated ({b.size} of 24 octets)", 0)

@@ -147,6 +147,17 @@ def test_a_gzip_compressed_capture_is_named_as_such(tmp_path):
         pcap.read_frames(path)
 
 
+@pytest.mark.parametrize("magic,what,tool", [(b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+                                             (b"\x04\x22\x4d\x18", "lz4", "unlz4")])
+def test_zstd_and_lz4_captures_are_named_as_such(tmp_path, magic, what, tool):
+    # tshark reads these too; natt said "not a pcap or pcapng file (magic 28b52ffd)".
+    path = tmp_path / f"c.pcap.{what}"
+    path.write_bytes(magic + bytes(60))     # the frame's magic is what tells them apart
+    with pytest.raises(pcap.PcapError, match=rf"c\.pcap\.{what}: {what}-compressed; decompress it first "
+                                             rf"\({tool} -k\), or pipe it in: {tool} -c FILE \| natt \.\.\. -"):
+        pcap.read_frames(path)
+
+
 def test_unknown_link_type_passes_through():
     _, chunks = read_all(classic([(0, 0, IP)], linktype=105))    # 802.11
     assert chunks[0].ipv4.tolist() == [False]
