@@ -17,7 +17,9 @@ memory: the reader keeps one chunk (``chunk_size`` octets, default 8 MiB) and th
 record that follows it.
 
 Formats: classic pcap (both byte orders; microsecond magic ``a1b2c3d4``, nanosecond magic
-``a1b23c4d``, and Kuznetzov's ``a1b2cd34`` with its 24-octet record header) and pcapng (every
+``a1b23c4d``, and Kuznetzov's ``a1b2cd34`` with its 24-octet record header; the variants patched
+libpcaps wrote with longer record headers, Red Hat 6.1, Nokia IPSO and SuSE 6.3, are told apart
+by where their records fall, as Wireshark does) and pcapng (every
 section with its own byte order; Interface Description, Enhanced Packet, Simple Packet and the
 obsolete Packet block; each interface with its own link type, ``if_tsresol`` and ``if_tsoffset``).
 Other pcapng blocks (name resolution, statistics, secrets, custom) are skipped.
@@ -37,8 +39,8 @@ followed by the new datagram, and by a new FCS when a classic pcap
 header declares one; its captured and original lengths become the new frame length. Frames not
 replaced are written as read, with their original lengths.
 Timestamps are kept: classic pcap keeps the input's resolution and byte order (a Kuznetzov
-input is written with the standard magic and 16-octet record headers: its records' interface
-index, protocol and packet type are dropped); pcapng is written
+input, or another with longer record headers, is written with the standard magic and 16-octet
+record headers: what its records had beyond those is dropped); pcapng is written
 little-endian with nanosecond ``if_tsresol`` on every interface (exact for every decimal
 resolution up to 1 ns) and the input's ``if_tsoffset``, one section whose interfaces are every
 section's interfaces in order, numbered as read: each is declared before the first record that
@@ -109,6 +111,13 @@ _MAX_VLAN_TAGS = 8
 _PCAP_MAGIC_US = 0xA1B2C3D4
 _PCAP_MAGIC_NS = 0xA1B23C4D
 _PCAP_MAGIC_KUZNETZOV = 0xA1B2CD34   # patched libpcap: 24-octet record header (ifindex, protocol, type)
+# Record header lengths each magic has been written with, most common first. Patched libpcaps of
+# 1999 kept a magic and lengthened the header (Wireshark's wiretap/libpcap.c reads them all,
+# editcap -F writes them): the standard magic also came with 24 octets (Red Hat 6.1, "ss990417")
+# and 20 (Nokia IPSO), the modified one with 28 (SuSE 6.3, "ss990915"). The first 16 octets are
+# always the standard header; which length a file has shows only in where its records fall.
+_PCAP_RECORD_HEADERS = {_PCAP_MAGIC_US: (16, 24, 20), _PCAP_MAGIC_NS: (16,), _PCAP_MAGIC_KUZNETZOV: (24, 28)}
+_PROBE_RECORDS = 16
 _PCAP_FCS_P = 0x04000000             # link-type field: the FCS length (bits 28-31) is present
 
 _PCAPNG_SHB = 0x0A0D0D0A
@@ -527,6 +536,7 @@ class PcapReader:
         self.snaplen = 262144
         self.fcs_len: Optional[int] = None   # classic pcap: octets of FCS per frame, if the header says
         self._rec_hdr = 16
+        self._max_cap = _MAX_RECORD    # classic pcap: the largest captured length taken as sane
         self._pos = 0                  # file offset of self._buf[0]
         self._buf = np.zeros(0, np.uint8)
         self._eof = False
@@ -603,11 +613,12 @@ class PcapReader:
         self.format = "pcap"
         self.byteorder = order
         self.nanosecond = magic == _PCAP_MAGIC_NS
-        self._rec_hdr = 24 if magic == _PCAP_MAGIC_KUZNETZOV else 16
         _, major, minor, _zone, _sigfigs, snaplen, network = struct.unpack(order + "IHHiIII", b[:24].tobytes())
         if major != 2:
             raise PcapError(f"{self.name}: unsupported pcap version {major}.{minor}", 4)
         self.snaplen = snaplen
+        # Above the snap length is corruption, but some writers understate it (TSO frames).
+        self._max_cap = min(max(snaplen, 262144), _MAX_RECORD)
         # The upper bits of the link-type field may carry FCS information (pcap-savefile(5),
         # "LinkType and additional information": |FCS len|R|P|Reserved3|Link-layer type|, the
         # FCS length in 16-bit units when P is set); the link type proper is the low 16 bits.
@@ -615,6 +626,32 @@ class PcapReader:
             self.fcs_len = 2 * (network >> 28)
         self.interfaces.append(Interface(network & 0xFFFF, snaplen, 9 if self.nanosecond else 6))
         self._consume(24)
+        self._rec_hdr = self._probe_record_header(_PCAP_RECORD_HEADERS[magic])
+
+    def _probe_record_header(self, lengths: tuple[int, ...]) -> int:
+        """The first record header length, of ``lengths``, under which the first records (up
+        to ``_PROBE_RECORDS``) are sane (a fraction below a second or just at it, a captured
+        length at most the maximum and the original length, which is not 0) and end where the
+        file does or the look-ahead stops. If none is, the one with the most sane records."""
+        if len(lengths) == 1:
+            return lengths[0]
+        self._fill(1 << 16)
+        buf, size, fmt = self._buf.data, self._buf.size, self.byteorder + "III"
+        second = 1_000_000_000 if self.nanosecond else 1_000_000
+
+        def fit(h: int) -> tuple[bool, int]:
+            p = n = 0
+            while n < _PROBE_RECORDS:
+                if p + h > size:            # at the end: whole records only, or a cut one
+                    return (True, 0) if p == size or not self._eof else (False, n)
+                frac, cap, orig = struct.unpack_from(fmt, buf, p + 4)
+                if frac > second or cap > self._max_cap or cap > orig or orig == 0:
+                    return False, n
+                p += h + cap
+                n += 1
+            return True, 0
+        fits = [fit(h) for h in lengths]
+        return lengths[max(range(len(lengths)), key=lambda i: (fits[i], -i))]
 
     # -- iteration -------------------------------------------------------------------------
 
@@ -632,8 +669,7 @@ class PcapReader:
         big = self.byteorder == ">"
         swap = big != (sys.byteorder == "big")
         h = self._rec_hdr
-        # Above the snap length is corruption, but some writers understate it (TSO frames).
-        max_cap = min(max(self.snaplen, 262144), _MAX_RECORD)
+        max_cap = self._max_cap
         iface = self.interfaces[0]
         while True:
             self._fill(self.chunk_size)

@@ -95,6 +95,24 @@ def test_kuznetzov_magic_has_24_octet_record_headers():
     assert frames_of(chunks) == [(1_000_002_000, 0, ETH + IP, IP)]
 
 
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("magic,extra", [(0xA1B2C3D4, 0), (0xA1B2C3D4, 8), (0xA1B2C3D4, 4), (0xA1B2CD34, 8),
+                                         (0xA1B2CD34, 12)],
+                         ids=["standard", "redhat-6.1", "nokia", "kuznetzov", "suse-6.3"])
+@pytest.mark.parametrize("n", [1, 2, 40])
+def test_record_headers_of_every_length_a_magic_came_with(order, magic, extra, n):
+    # Patched libpcaps kept the magic and lengthened the record header (Wireshark reads them,
+    # editcap -F writes them); SuSE 6.3's 28 octets under Kuznetzov's magic read as 24 walked
+    # into the frames ("corrupt pcap record"), and the others were not read at all.
+    arp = ETH[:12] + b"\x08\x06" + b"\0" * 28
+    records = [(1_700_000_000 + i, (i * 37_171) % 1_000_000, [ETH + IP, arp, ETH + IP + b"\0" * i][i % 3])
+               for i in range(n)]
+    data = classic(records, order=order, magic=magic, rec_extra=bytes(range(1, extra + 1)))
+    _, chunks = read_all(data)
+    assert [(ts, frame) for ts, _, frame, _ in frames_of(chunks)] == \
+        [(sec * 1_000_000_000 + frac * 1000, frame) for sec, frac, frame in records]
+
+
 def test_ethernet_vlan_qinq_and_non_ipv4():
     q = ETH[:12] + b"\x81\x00\x00\x05"
     qinq = ETH[:12] + b"\x88\xa8\x00\x64" + b"\x81\x00\x00\x05"
