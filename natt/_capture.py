@@ -12,7 +12,7 @@ import numpy as np
 
 from ._batch import PacketBatch
 from ._constants import Status, UdpEncapType
-from .pcap import IPV4_LINKTYPES
+from .pcap import IPV4_LINKTYPES, _gather_u32
 
 # Statuses counted as failures in the per-SA table.
 FAILURES = (Status.NO_SA, Status.MALFORMED, Status.AUTH_FAILED, Status.REPLAY, Status.PROTOCOL,
@@ -159,8 +159,7 @@ class CaptureStats:
         d, off = batch.data, batch.offsets[no_sa]
         ihl4, port = _udp_dst_port(batch, no_sa)
         esp = off + ihl4 + 8 + 8 * np.isin(port, list(sas.ike_ports))
-        spi = (d[esp].astype(np.int64) << 24 | d[esp + 1].astype(np.int64) << 16
-               | d[esp + 2].astype(np.int64) << 8 | d[esp + 3])
+        spi = _gather_u32(d, esp, True)
         known = np.nonzero(np.isin(spi, sas.spis))[0]
         self.spi_elsewhere += int(known.size)
         if known.size and self.spi_example is None:
@@ -183,14 +182,10 @@ class CaptureStats:
             return
         d, n = batch.data, n[k]
         at = batch.offsets[not_esp[k]] + ihl4[k] + 8                  # the UDP payload
-
-        def word(pos: np.ndarray) -> np.ndarray:
-            return (d[pos].astype(np.int64) << 24 | d[pos + 1].astype(np.int64) << 16
-                    | d[pos + 2].astype(np.int64) << 8 | d[pos + 3])
-        spi = word(at)
+        spi = _gather_u32(d, at, True)
         marker = np.nonzero((spi == 0) & (n >= ihl4[k] + 8 + 12))[0]
-        legacy = marker[word(at[marker] + 4) == 0]
-        spi[legacy] = word(at[legacy] + 8)
+        legacy = marker[_gather_u32(d, at[marker] + 4, True) == 0]
+        spi[legacy] = _gather_u32(d, at[legacy] + 8, True)
         known = np.nonzero((spi != 0) & np.isin(spi, sas.spis))[0]
         self.spi_elsewhere += int(known.size)
         if known.size and self.spi_example is None:
