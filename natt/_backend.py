@@ -19,7 +19,7 @@ from ._suites import Suite
 if TYPE_CHECKING:
     from ._batch import DecapResult, EncapResult, PacketBatch
 
-__all__ = ["SaConfig", "Backend", "COUNTER_NAMES", "wipe_key"]
+__all__ = ["SaConfig", "Backend", "COUNTER_NAMES", "ESN_RESYNC_TRIGGER", "ESN_RESYNC_LIMIT", "wipe_key"]
 
 
 def wipe_key(key: object) -> None:
@@ -100,7 +100,17 @@ COUNTER_NAMES = (
     "protocol",       # PROTOCOL
     "seq_overflows",  # SEQ_OVERFLOW (encap)
     "errors",         # ERROR
+    "esn_resyncs",    # ESN SA: a packet authenticated by the RFC 4303 Appendix A3 retry
 )
+
+#: RFC 4303 Appendix A3 resynchronisation of an inbound ESN SA (docs/semantics.md §3). After a
+#: loss of 2**32 or more consecutive packets the inferred seq_hi is too small and every packet
+#: fails authentication. Every ESN_RESYNC_TRIGGER-th consecutive AUTH_FAILED packet of the SA is
+#: retried with the next ESN_RESYNC_LIMIT values of seq_hi above the one inferred. Both are A3's
+#: "local parameters": this pair bounds the extra crypto a stream of forged packets can cause to
+#: 4 trials per 64 failures, and recovers a loss of up to about 4 * 2**32 packets.
+ESN_RESYNC_TRIGGER = 64
+ESN_RESYNC_LIMIT = 4
 
 
 class Backend(Protocol):

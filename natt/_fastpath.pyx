@@ -86,7 +86,7 @@ from natt._openssl cimport (
     OSSL_PROVIDER_unquery_operation, RAND_bytes,
 )
 
-from ._backend import COUNTER_NAMES, wipe_key
+from ._backend import COUNTER_NAMES, ESN_RESYNC_LIMIT, ESN_RESYNC_TRIGGER, wipe_key
 from ._batch import ENCAP_OVERHEAD as _ENCAP_OVERHEAD
 from ._constants import Status as _Status, UdpEncapType
 from ._suites import Cipher as _Cipher, Mac as _Mac
@@ -268,7 +268,13 @@ cdef enum:
     NATT_C_PROTOCOL = 4
     NATT_C_SEQ_OVERFLOWS = 5
     NATT_C_ERRORS = 6
-    NATT_N_COUNTERS = 7
+    NATT_C_ESN_RESYNCS = 7
+    NATT_N_COUNTERS = 8
+
+# RFC 4303 Appendix A3 (natt._backend.ESN_RESYNC_TRIGGER, ESN_RESYNC_LIMIT; checked at import).
+cdef enum:
+    NATT_ESN_RESYNC_TRIGGER = 64
+    NATT_ESN_RESYNC_LIMIT = 4
 
 # Results of the stateless crypto step (natt_open).
 cdef enum:
@@ -360,15 +366,16 @@ cdef struct natt_sa:
     uint32_t nat_oa_src
     uint32_t nat_oa_dst
     const natt_aead *aead         # AEAD suites; NULL: the cipher runs through EVP contexts
-    # -- line 1: what the serial passes read and write (eight 8-octet fields). Anti-replay
+    # -- line 1: what the serial passes read and write (64 octets). Anti-replay
     # (semantics §3): T = top; bit (s & bmask) of bitmap stands for number s, valid for s in
     # (top - window, top]; the ring has a power-of-two number of bits >= window (windows up
     # to 64 use the inline bitmap_word). ``top`` is stored and, by the threaded pipeline's
     # ESN guess, loaded with relaxed atomics (natt_chunk_decap).
     uint64_t bitmap_word
     uint64_t top
-    uint64_t bmask
     uint64_t *bitmap
+    uint32_t bmask                # ring of at most 65 536 bits
+    uint32_t auth_run             # consecutive AUTH_FAILED packets (RFC 4303 Appendix A3.1)
     uint64_t packets              # COUNTER_NAMES "packets" and "bytes"
     uint64_t bytes
     int64_t handle
@@ -1331,6 +1338,23 @@ cdef inline void natt_decap_parse(const natt_state *st, natt_io *io, int64_t i, 
         natt_decap_lookup(st, io, i, pk, &key)
 
 
+cdef int natt_resync(natt_state *st, natt_sa *sa, natt_pkt *pk, uint8_t *dst, uint64_t *seq) noexcept nogil:
+    """RFC 4303 Appendix A3.2: retry a packet that failed authentication as ``seq`` with the
+    next NATT_ESN_RESYNC_LIMIT values of seq_hi above ``seq``'s (never past 2**32 - 1). The
+    natt_open result of the last try; ``seq`` becomes the number that authenticated."""
+    cdef uint32_t seq_hi = <uint32_t>(seq[0] >> 32)
+    cdef int k, r = NATT_CR_AUTH
+    for k in range(NATT_ESN_RESYNC_LIMIT):
+        if seq_hi == UINT32_MAX:
+            break
+        seq_hi += 1
+        r = natt_open(sa, 0, st.mdw[0], pk.inp + pk.esp_off, pk.esp_len, seq_hi, dst, pk)
+        if r != NATT_CR_AUTH:
+            seq[0] = (<uint64_t>seq_hi << 32) | pk.seql
+            break
+    return r
+
+
 cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk, bint cached) noexcept nogil:
     """Semantics §1 steps 6 (ESN inference) and 7–12 for a packet whose SA was found, in
     packet order against the real replay window; reuses ``pk``'s crypto result when it was
@@ -1364,6 +1388,15 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
         r = pk.crypto
     else:
         r = natt_open(sa, 0, st.mdw[0], p + pk.esp_off, pk.esp_len, seq_hi, o + dst_off, pk)
+    if r == NATT_CR_AUTH and sa.esn:
+        # RFC 4303 Appendix A3: every NATT_ESN_RESYNC_TRIGGER-th consecutive failure is
+        # retried with larger seq_hi values, in case 2**32 or more packets were lost.
+        sa.auth_run += 1
+        if sa.auth_run % NATT_ESN_RESYNC_TRIGGER == 0:
+            r = natt_resync(st, sa, pk, o + dst_off, &seq)
+            if r == NATT_CR_OK or r == NATT_CR_PAD:
+                sa.ctr[NATT_C_ESN_RESYNCS] += 1
+                io.oseq[i] = seq
     if r == NATT_CR_ERR:
         ERR_clear_error()
         sa.ctr[NATT_C_ERRORS] += 1
@@ -1376,6 +1409,7 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
         natt_copy_input(io, i, pk)
         return
     # Authenticated: the window moves now, whatever the trailer says (RFC 4303 §3.4.3).
+    sa.auth_run = 0
     natt_accept(sa, seq)
     nh = pk.nh
     io.onh[i] = nh
@@ -2169,7 +2203,8 @@ if (_ENCAP_OVERHEAD != NATT_ENCAP_OVERHEAD   # pragma: no cover - guards a silen
             n for _, n in sorted([(NATT_C_AUTH_FAILURES, "auth_failures"), (NATT_C_REPLAYS, "replays"),
                                   (NATT_C_MALFORMED, "malformed"), (NATT_C_DUMMY, "dummy"),
                                   (NATT_C_PROTOCOL, "protocol"), (NATT_C_SEQ_OVERFLOWS, "seq_overflows"),
-                                  (NATT_C_ERRORS, "errors")]))):
+                                  (NATT_C_ERRORS, "errors"), (NATT_C_ESN_RESYNCS, "esn_resyncs")]))
+        or (ESN_RESYNC_TRIGGER, ESN_RESYNC_LIMIT) != (NATT_ESN_RESYNC_TRIGGER, NATT_ESN_RESYNC_LIMIT)):
     raise ImportError("natt._fastpath was built against different natt constants")
 
 
@@ -2339,7 +2374,7 @@ cdef class FastBackend:
                 nbits = 64
                 while nbits < sa.window:
                     nbits <<= 1
-                sa.bmask = nbits - 1
+                sa.bmask = <uint32_t>(nbits - 1)
                 if nbits == 64:
                     sa.bitmap = &sa.bitmap_word
                 else:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher as _Cipher
 from cryptography.hazmat.primitives.ciphers import algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from ._backend import COUNTER_NAMES, SaConfig, wipe_key
+from ._backend import COUNTER_NAMES, ESN_RESYNC_LIMIT, ESN_RESYNC_TRIGGER, SaConfig, wipe_key
 from ._batch import DecapResult, EncapResult, PacketBatch
 from ._constants import Status, UdpEncapType
 from ._suites import Cipher, Mac
@@ -104,7 +104,7 @@ class _Sa:
     """One installed SA: its configuration, keyed transforms, replay state and counters."""
 
     __slots__ = ("cfg", "suite", "_aes", "_chacha", "_des3", "_mac", "top", "bitmap",
-                 "oseq", "counters")
+                 "oseq", "auth_run", "counters")
 
     def __init__(self, cfg: SaConfig) -> None:
         self.cfg = cfg
@@ -130,6 +130,7 @@ class _Sa:
         full = (1 << cfg.replay_window) - 1
         self.bitmap = full if cfg.replay_bitmap is None else cfg.replay_bitmap & full
         self.oseq = cfg.replay_oseq
+        self.auth_run = 0        # consecutive AUTH_FAILED packets (RFC 4303 Appendix A3.1)
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
 
     def wipe(self) -> None:
@@ -195,10 +196,32 @@ class _Sa:
         m.update(seq_hi)
         return m.digest()[: self.suite.icv_len]
 
+    def authenticate(self, esp: bytes, seq: int) -> Optional[bytes]:
+        """Semantics §1 step 9 and the decryption of step 10 for the full number ``seq``: the
+        plaintext (payload to next header), or ``None`` when the ICV or tag fails. HMAC first
+        (RFC 4303 §3.4.4: verify, then decrypt); an AEAD in one call."""
+        seq_hi = (seq >> 32).to_bytes(4, "big") if self.cfg.esn else b""
+        if self.suite.mac is not Mac.NONE:
+            icv = esp[len(esp) - self.suite.icv_len:]
+            if not hmac.compare_digest(self.hmac_icv(esp[: len(esp) - self.suite.icv_len], seq_hi), icv):
+                return None
+        return self.open(esp, seq_hi)
+
+    def resync(self, esp: bytes, seq: int) -> Optional[tuple[int, bytes]]:
+        """RFC 4303 Appendix A3.2: retry a packet that failed authentication as ``seq`` with the
+        next ``ESN_RESYNC_LIMIT`` values of seq_hi above ``seq``'s (never past 2**32 - 1);
+        ``(number, plaintext)`` of the first that authenticates, else ``None``."""
+        seql = seq & 0xFFFFFFFF
+        for seq_hi in range((seq >> 32) + 1, min((seq >> 32) + 1 + ESN_RESYNC_LIMIT, _U32)):
+            plain = self.authenticate(esp, seq_hi << 32 | seql)
+            if plain is not None:
+                return seq_hi << 32 | seql, plain
+        return None
+
     def open(self, esp: bytes, seq_hi: bytes) -> Optional[bytes]:
         """Verify and decrypt ``esp`` (header to ICV). ``None`` when the ICV or tag fails.
 
-        For HMAC suites the caller has already checked the ICV; this only decrypts.
+        For HMAC suites ``authenticate`` has already checked the ICV; this only decrypts.
         """
         s = self.suite
         iv = esp[8: 8 + s.iv_len]
@@ -490,18 +513,23 @@ class ReferenceBackend:
             c["replays"] += 1
             return Status.REPLAY, sa, res_seq, 0, None
         assert seq is not None
-        seq_hi = (seq >> 32).to_bytes(4, "big") if sa.cfg.esn else b""
-        # 9. Integrity. HMAC first (RFC 4303 §3.4.4: verify, then decrypt); AEAD in one call.
-        if s.mac is not Mac.NONE:
-            icv = esp[len(esp) - s.icv_len:]
-            if not hmac.compare_digest(sa.hmac_icv(esp[: len(esp) - s.icv_len], seq_hi), icv):
-                c["auth_failures"] += 1
-                return Status.AUTH_FAILED, sa, res_seq, 0, None
-        plain = sa.open(esp, seq_hi)
+        # 9. Integrity.
+        plain = sa.authenticate(esp, seq)
+        if plain is None and sa.cfg.esn:
+            # RFC 4303 Appendix A3: every ESN_RESYNC_TRIGGER-th consecutive failure is retried
+            # with larger seq_hi values, in case 2**32 or more packets were lost.
+            sa.auth_run += 1
+            if sa.auth_run % ESN_RESYNC_TRIGGER == 0:
+                retried = sa.resync(esp, seq)
+                if retried is not None:
+                    seq, plain = retried
+                    res_seq = seq
+                    c["esn_resyncs"] += 1
         if plain is None:
             c["auth_failures"] += 1
             return Status.AUTH_FAILED, sa, res_seq, 0, None
         # Authenticated: the window moves now, whatever the trailer turns out to be.
+        sa.auth_run = 0
         sa.accept(seq)
         # 10. Trailer (RFC 4303 §2.4: default padding is 1, 2, 3, …).
         pad_len, nh = plain[-2], plain[-1]

@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher as _CryptoCipher
 from cryptography.hazmat.primitives.ciphers import algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from ._backend import ESN_RESYNC_LIMIT, ESN_RESYNC_TRIGGER
 from ._batch import PacketBatch
 from ._constants import (
     OFFLOAD_INBOUND_SA,
@@ -694,6 +695,7 @@ MIXED_KINDS: dict[str, float] = {
     "ok": 40.0,            # a valid packet with the next sequence number
     "reorder": 5.0,        # 2-6 valid packets with consecutive numbers, delivered shuffled
     "jump": 1.5,           # the sender skips ahead (lost packets), sometimes past the window
+    "desync": 0.05,        # ESN SA: 2**32 or more packets lost, then a burst (RFC 4303 Appendix A3)
     "replay": 4.0,         # an exact copy of an earlier valid packet
     "old": 1.0,            # a fresh, valid packet numbered left of the receiver's window
     "seq_zero": 0.5,       # valid ICV over sequence number 0 (never sent, RFC 4303 §3.3.3)
@@ -873,7 +875,10 @@ class _Window:
             self.t = max(self.t, seq)
             return
         if seq > self.t:
-            self.bits = (self.bits << (seq - self.t)) & ((1 << self.w) - 1)
+            # A jump past the window (a resynchronisation moves T by 2**32 or more) clears it
+            # without building a (seq - t)-bit integer.
+            shift = seq - self.t
+            self.bits = (self.bits << shift) & ((1 << self.w) - 1) if shift < self.w else 0
             self.t = seq
         self.bits |= 1 << (self.t - seq)
 
@@ -882,7 +887,7 @@ class _Sa:
     """Generator-side state of one SA: the peer's sender and the receiver's window model."""
 
     __slots__ = ("index", "spec", "suite", "sealer", "window", "next_seq", "history", "key_addr", "key_mask",
-                 "peer")
+                 "peer", "auth_run")
 
     def __init__(self, index: int, spec: SaSpec, peer: str) -> None:
         self.index = index
@@ -900,6 +905,7 @@ class _Sa:
         else:
             self.key_addr = self.key_mask = 0
         self.peer = peer                  # the peer's public (post-NAT) address
+        self.auth_run = 0                 # the receiver's consecutive AUTH_FAILED packets
 
     def exhausted(self, k: int = 1) -> bool:
         return self.next_seq + k - 1 > ((1 << 64) - 1 if self.spec.esn else _M32)
@@ -1004,8 +1010,19 @@ class _Model:
             return Status.REPLAY, sa.index
         if sa.window.replayed(seq):
             return Status.REPLAY, sa.index
-        if origin is None or origin.sa is not sa or origin.seq != seq or origin.esp != esp:
+        if origin is None or origin.sa is not sa or origin.esp != esp:
+            sa.auth_run += 1
             return Status.AUTH_FAILED, sa.index
+        if origin.seq != seq:
+            # Semantics §3, RFC 4303 Appendix A3: on an ESN SA every ESN_RESYNC_TRIGGER-th
+            # consecutive failure is retried with the ESN_RESYNC_LIMIT seq_hi values above the
+            # inferred one.
+            sa.auth_run += 1
+            if not (sa.spec.esn and sa.auth_run % ESN_RESYNC_TRIGGER == 0
+                    and 0 < (origin.seq >> 32) - (seq >> 32) <= ESN_RESYNC_LIMIT):
+                return Status.AUTH_FAILED, sa.index
+            seq = self._seq = origin.seq
+        sa.auth_run = 0
         sa.window.accept(seq)
         self._authenticated = True
         self._nh = origin.next_header
@@ -1201,6 +1218,22 @@ class _Generator:
         sa.next_seq += gap
         p, origin = self.build(sa, sa.take())
         self.emit(kind, p, origin)
+
+    def k_desync(self, kind: str) -> None:
+        # The sender goes on through an outage of k * 2**32 + d packets (k = 1 .. 4, so that the
+        # seq_hi it reaches is within ESN_RESYNC_LIMIT of any the receiver infers), then a burst
+        # long enough to reach the trigger, with other traffic in between.
+        esn = [sa for sa in self.sas if sa.spec.esn and not sa.exhausted((5 << 32) + 200)]
+        if not esn:
+            return self.k_ok(kind)
+        r = self.rng
+        sa = r.choice(esn)
+        sa.next_seq += (r.randrange(1, 5) << 32) + r.randrange(0, 1 << 31)
+        for _ in range(ESN_RESYNC_TRIGGER + r.randrange(0, 16)):
+            if r.random() < 0.3:
+                self.k_ok("ok")
+            p, origin = self.build(sa, sa.take(), inner=self.inner(sa, max_payload=200))
+            self.emit(kind, p, origin)
 
     def k_replay(self, kind: str) -> None:
         candidates = [sa for sa in self.sas if sa.history]

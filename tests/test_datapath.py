@@ -600,6 +600,96 @@ class TestEsn:
         assert [int(x) for x in res.seq] == [2**64 - 1, 2**64 - 64, 5]
 
 
+class TestEsnResync:
+    """RFC 4303 Appendix A3 (semantics §3): after 2**32 or more lost packets Appendix A infers a
+    seq_hi too small and every packet fails; every ESN_RESYNC_TRIGGER-th consecutive failure is
+    retried with the ESN_RESYNC_LIMIT seq_hi values above the inferred one."""
+
+    TRIGGER, LIMIT = 64, 4          # natt._backend's values, fixed here so that a change shows
+    T = (5 << 32) + 1000            # the receiver's top before the outage
+
+    def test_constants(self):
+        from natt._backend import ESN_RESYNC_LIMIT, ESN_RESYNC_TRIGGER
+        assert (ESN_RESYNC_TRIGGER, ESN_RESYNC_LIMIT) == (self.TRIGGER, self.LIMIT)
+
+    @pytest.mark.parametrize("suite", ["aes128gcm16", "aes256-sha256", "chacha20poly1305", "aes128gmac",
+                                       "null-sha1", "aes192gcm8"])
+    @pytest.mark.parametrize("threads", [None, 2])
+    def test_the_trigger_th_failure_resynchronises(self, nic, suite, threads):
+        h, peer = add_in(nic, SUITES[suite], esn=True, replay_seq=self.T, mode="tunnel")
+        # 300 packets before the outage (so that threads=2 splits the batch), then the sender's
+        # numbers 2**32 + 1000 further on: seql 2000.. is inferred into epoch 5, sealed in epoch 6.
+        before = [self.T + 1 + k for k in range(300)]
+        after = [(6 << 32) + 2000 + k for k in range(self.TRIGGER + 40)]
+        packets = [peer.packet(n) for n in before + after]
+        res = nic.decap(packets, threads=threads)
+        nf = self.TRIGGER - 1
+        assert statuses(res) == [Status.OK] * 300 + [Status.AUTH_FAILED] * nf + [Status.OK] * 41
+        # The failed ones report the inferred number, the resynchronised one its real number.
+        assert [int(x) for x in res.seq] == before + [n - (1 << 32) for n in after[:nf]] + after[nf:]
+        assert [res[300 + nf + k] for k in range(41)] == [peer.plain_payload(n) for n in after[nf:]]
+        st_ = stats(nic, h)
+        assert (st_["auth_failures"], st_["esn_resyncs"], st_["packets"]) == (nf, 1, 300 + 41)
+        assert st_["replay_seq"] == after[-1]
+        # The window now is epoch 6's: the accepted numbers are replays, a failed one inside
+        # the window was never accepted, and one left of it is inferred into epoch 7 (Appendix A).
+        res2 = nic.decap([peer.packet(n) for n in (after[nf], after[-1], after[nf - 1], after[0], after[-1] + 1)])
+        assert statuses(res2) == [Status.REPLAY, Status.REPLAY, Status.OK, Status.AUTH_FAILED, Status.OK]
+
+    def test_an_authenticated_packet_restarts_the_count(self, nic):
+        h, peer = add_in(nic, esn=True, replay_seq=self.T)
+        lost = [(6 << 32) + 2000 + k for k in range(2 * self.TRIGGER)]
+        # 40 failures, a late packet of the old epoch (authenticates: the run restarts), then the
+        # failures count from 1 again: the retry comes at the TRIGGER-th after it.
+        packets = [peer.packet(n) for n in lost[:40]] + [peer.packet(self.T + 1)] + \
+            [peer.packet(n) for n in lost[40:40 + self.TRIGGER]]
+        res = nic.decap(packets)
+        assert statuses(res) == [Status.AUTH_FAILED] * 40 + [Status.OK] + \
+            [Status.AUTH_FAILED] * (self.TRIGGER - 1) + [Status.OK]
+        assert stats(nic, h)["esn_resyncs"] == 1 and res.seq[-1] == lost[40 + self.TRIGGER - 1]
+
+    def test_a_forged_packet_at_the_trigger_defers_the_retry(self, nic):
+        h, peer = add_in(nic, esn=True, replay_seq=self.T)
+        lost = [(6 << 32) + 2000 + k for k in range(2 * self.TRIGGER)]
+        packets = [peer.packet(n) for n in lost]
+        forged = bytearray(packets[self.TRIGGER - 1])
+        forged[-1] ^= 1                                   # its ICV: no seq_hi makes it verify
+        packets[self.TRIGGER - 1] = bytes(forged)
+        res = nic.decap(packets)
+        assert statuses(res) == [Status.AUTH_FAILED] * (2 * self.TRIGGER - 1) + [Status.OK]
+        st_ = stats(nic, h)
+        assert (st_["auth_failures"], st_["esn_resyncs"]) == (2 * self.TRIGGER - 1, 1)
+
+    @pytest.mark.parametrize("epochs,found", [(4, True), (5, False)])
+    def test_the_retries_stop_at_the_limit(self, nic, epochs, found):
+        h, peer = add_in(nic, esn=True, replay_seq=self.T)
+        res = nic.decap([peer.packet(((5 + epochs) << 32) + 2000 + k) for k in range(self.TRIGGER)])
+        last = Status.OK if found else Status.AUTH_FAILED
+        assert statuses(res) == [Status.AUTH_FAILED] * (self.TRIGGER - 1) + [last]
+        assert stats(nic, h)["esn_resyncs"] == int(found)
+        assert stats(nic, h)["replay_seq"] == (((5 + epochs) << 32) + 2000 + self.TRIGGER - 1 if found else self.T)
+
+    def test_the_count_runs_across_batches(self, nic):
+        h, peer = add_in(nic, esn=True, replay_seq=self.T)
+        packets = [peer.packet((6 << 32) + 2000 + k) for k in range(self.TRIGGER + 1)]
+        got = [Status(s) for k in range(0, len(packets), 5) for s in nic.decap(packets[k:k + 5]).status]
+        assert got == [Status.AUTH_FAILED] * (self.TRIGGER - 1) + [Status.OK, Status.OK]
+
+    def test_no_retry_wraps_past_the_last_epoch(self, nic):
+        # T in the last epoch: seq_hi + 1 does not exist, so nothing is retried (a wrap to 0
+        # would retry numbers below T).
+        top = ((2**32 - 1) << 32) + 1000
+        h, peer = add_in(nic, esn=True, replay_seq=top)
+        res = nic.decap([peer.packet(2000 + k) for k in range(self.TRIGGER)])
+        assert statuses(res) == [Status.AUTH_FAILED] * self.TRIGGER
+        assert stats(nic, h)["esn_resyncs"] == 0 and stats(nic, h)["replay_seq"] == top
+        # One epoch below the last, the retry reaches the last epoch and stops there.
+        h2, peer2 = add_in(nic, esn=True, replay_seq=top - (1 << 32), spi=SPI + 1)
+        res = nic.decap([peer2.packet(top + 1000 + k) for k in range(self.TRIGGER)])
+        assert statuses(res) == [Status.AUTH_FAILED] * (self.TRIGGER - 1) + [Status.OK]
+        assert res.seq[-1] == top + 1000 + self.TRIGGER - 1
+
+
 # --------------------------------------------------------------------------------------- step 10–12
 
 class TestTrailer:
