@@ -45,10 +45,26 @@ little-endian with nanosecond ``if_tsresol`` on every interface (exact for every
 resolution up to 1 ns) and the input's ``if_tsoffset``, one section whose interfaces are every
 section's interfaces in order, numbered as read: each is declared before the first record that
 names it, and a :meth:`PcapWriter.like` writer declares those that no record names when it closes
-(a capture of interfaces and no packets keeps them). pcapng block options (comments, flags,
-hashes) of packet records are not carried over, nor are the section's options (comment,
-hardware, OS, application) and an interface's other than its name, link type, ``if_tsresol``
-and ``if_tsoffset`` (description, filter, speed, FCS length). A Simple Packet Block has no
+(a capture of interfaces and no packets keeps them).
+
+pcapng options are carried over (:attr:`Chunk.options`, :attr:`Interface.options`,
+:attr:`PcapReader.section_options`): every frame's (comments, ``epb_flags``, drop count,
+packet id, queue, verdict, process and thread ids, custom and unknown options), every
+interface's and the first section header's, each list ending in ``opt_endofopt`` as writers
+must (draft-ietf-opsawg-pcapng §3.5). Left out are: ``epb_hash`` on a frame natt replaced (it
+hashes data the frame no longer has), the custom options 19372 and 19373 (§3.5.1: not to be
+copied by an application that manipulates the file), options of a length their code does not
+allow (§3.5: a writer MUST NOT write them), ``if_fcslen`` (a replaced frame has no FCS and
+``epb_flags`` cannot say "none": 0 is "not known", §4.3.1; for the same reason a replaced
+frame's ``epb_flags`` lose their FCS length), the input's ``if_tsresol`` and ``if_tsoffset``
+(natt writes its own, those its timestamps are in), its ``shb_userappl`` (natt names itself)
+and a later section's header options (the output has one section). The output is
+little-endian: a big-endian section's options are converted where their layout is known (the
+numbers in ``epb_flags``, ``epb_dropcount``, ``epb_packetid``, ``epb_queue``, eBPF verdicts,
+``epb_processid_threadid``, ``if_speed``... and a custom option's PEN; strings, addresses and
+MD5 or SHA-1 hashes as they are) and left out where not (binary custom data, CRC32 and
+Toeplitz hashes, hardware verdicts, ``if_tzone``, BPF ``if_filter`` programs, unknown codes).
+A Simple Packet Block has no
 timestamp: it is read with ``ts_ns`` 0 and written as an Enhanced Packet Block stamped 0 (1970)
 (pcapng §4.4). ``ts_ns`` is int64 nanoseconds since 1970: a
 pcapng timestamp outside 1677-09-21 .. 2262-04-11 (legal there, 64-bit ticks plus a 64-bit
@@ -56,7 +72,10 @@ offset in seconds) is a :class:`PcapError` rather than a wrapped-around time.
 
 Corrupt or truncated input raises :class:`PcapError` (a ``ValueError``) whose ``offset`` is the
 file offset of the record at fault; records before it have already been yielded (the chunk that
-would have held it ends before it).
+would have held it ends before it). An option whose value runs past its block is such an error,
+at the option's offset (a list without ``opt_endofopt`` is not: it ends with its block, §3.5).
+A pcapng file's first Section Header Block is read when the reader is constructed, and its
+errors raised there.
 """
 
 from __future__ import annotations
@@ -71,14 +90,15 @@ import struct
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import BinaryIO, Literal, Optional, Union
+from typing import BinaryIO, Literal, NamedTuple, Optional, Union
 
 import numpy as np
 
 from ._batch import PacketBatch, copy_segments
+from ._version import __version__
 
 __all__ = [
-    "PcapError", "PcapTruncated", "Interface", "Chunk", "PcapReader", "PcapWriter",
+    "PcapError", "PcapTruncated", "Interface", "FrameOptions", "Chunk", "PcapReader", "PcapWriter",
     "read_frames", "write_datagrams",
     "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_BSD_RAW", "LINKTYPE_LINUX_SLL",
     "LINKTYPE_LINUX_SLL2", "LINKTYPE_IPV4", "LINKTYPE_NULL", "LINKTYPE_LOOP", "LINKTYPE_OPENBSD_RAW",
@@ -166,7 +186,11 @@ class Interface:
 
     ``tsresol`` is the pcapng ``if_tsresol`` octet (6 = microseconds, 9 = nanoseconds; high bit
     set = a power of two) and ``tsoffset`` the ``if_tsoffset`` seconds added to every timestamp
-    (at most 9223372036 either way, the reach of int64 nanoseconds).
+    (at most 9223372036 either way, the reach of int64 nanoseconds). ``options`` are the
+    Interface Description Block's other options (``if_description``, ``if_filter``,
+    ``if_speed``, comments, ...) as ``(code, value)`` pairs, the values little-endian as natt
+    writes pcapng: :class:`PcapReader` converts a big-endian section's where it knows their
+    layout and leaves out the others, and leaves out ``if_fcslen`` (see the module docstring).
     """
 
     linktype: int
@@ -174,6 +198,24 @@ class Interface:
     tsresol: int = 6
     tsoffset: int = 0
     name: str = ""
+    options: tuple[tuple[int, bytes], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FrameOptions:
+    """The pcapng options of a :class:`Chunk`'s packet blocks, one entry per option, in file order.
+
+    Option ``k`` belongs to frame ``frame[k]``, has code ``code[k]`` (1 ``opt_comment``, 2
+    ``epb_flags``, 3 ``epb_hash``, ...) and its value is ``buffer[pos[k] : pos[k] + length[k]]``
+    of the chunk, in the byte order of the section it was read in (``big_endian``). The
+    ``opt_endofopt`` that ends a list, and whatever follows it in the block, are not listed.
+    """
+
+    frame: np.ndarray
+    code: np.ndarray
+    pos: np.ndarray
+    length: np.ndarray
+    big_endian: bool
 
 
 @dataclasses.dataclass(eq=False)
@@ -194,6 +236,9 @@ class Chunk:
       ``buffer[frame_offsets[i] : frame_offsets[i] + caplen[i]]``;
     * ``origlen`` (int64) -- the frame's length on the wire;
     * ``file_offsets`` (int64) -- where each record starts in the file (for error messages).
+
+    ``options`` holds the pcapng options of the packet blocks (:class:`FrameOptions`), or is None
+    when none has any (always for classic pcap); :meth:`frame_options` gives one frame's.
     """
 
     buffer: np.ndarray
@@ -208,6 +253,7 @@ class Chunk:
     origlen: np.ndarray
     file_offsets: np.ndarray
     interfaces: tuple[Interface, ...]
+    options: Optional[FrameOptions] = None
 
     def __len__(self) -> int:
         return int(self.caplen.size)
@@ -216,6 +262,16 @@ class Chunk:
         """Captured frame ``i`` (link header included), as bytes."""
         o = int(self.frame_offsets[i])
         return self.buffer[o: o + int(self.caplen[i])].tobytes()
+
+    def frame_options(self, i: int) -> list[tuple[int, bytes]]:
+        """Frame ``i``'s pcapng options as ``(code, value)`` pairs in file order, the values in
+        their section's byte order (``options.big_endian``); [] when it has none."""
+        o = self.options
+        if o is None:
+            return []
+        lo, hi = np.searchsorted(o.frame, [i, i + 1]).tolist()
+        return [(c, self.buffer[p: p + n].tobytes())
+                for c, p, n in zip(o.code[lo:hi].tolist(), o.pos[lo:hi].tolist(), o.length[lo:hi].tolist())]
 
     def __repr__(self) -> str:
         return f"Chunk({len(self)} frames, {int(self.ipv4.sum())} IPv4)"
@@ -485,6 +541,169 @@ def _ns_since_epoch(ticks: np.ndarray, itf: Interface) -> tuple[np.ndarray, np.n
 
 
 # ----------------------------------------------------------------------------------------------
+# pcapng options (draft-ietf-opsawg-pcapng §3.5): a list of (code, length, value padded to 4)
+# ending at opt_endofopt or at the end of the block. natt writes pcapng little-endian, so the
+# options of a big-endian section are rewritten; the numbers in a value turn with the byte order
+# (§3.6.1), and an option whose layout natt does not know is left out rather than written wrong.
+
+
+class _OptionRule(NamedTuple):
+    """What pcapng says of one option code in one kind of block.
+
+    ``least``: its length, or with ``exact`` False the least length it may have (§3.5: a writer
+    MUST NOT write an option of another length, so natt drops such an option). ``numbers``: the
+    (offset, width) of the integers in its value, whose octets a change of byte order reverses;
+    ``kinds``, when set, the values of its first octet (a hash algorithm, a verdict or filter
+    type) for which that layout is known. ``portable`` False: no layout is known at all.
+    """
+
+    least: int
+    exact: bool = False
+    numbers: tuple[tuple[int, int], ...] = ()
+    kinds: Optional[tuple[int, ...]] = None
+    portable: bool = True
+
+
+_OPT_COMMENT = 1
+_OPT_FLAGS = 2          # epb_flags / the obsolete Packet Block's pack_flags (§4.3.1, appendix A)
+_OPT_HASH = 3           # epb_hash / pack_hash: a hash of the packet data
+# Custom options "that should not be copied to a new file if the pcapng file is manipulated"
+# (§3.5.1); natt rewrites every block, and Wireshark's editcap leaves them out as well.
+_OPT_CUSTOM_NO_COPY = (19372, 19373)
+_IF_NAME, _IF_TSRESOL, _IF_FCSLEN, _IF_TSOFFSET = 2, 9, 13, 14
+_SHB_USERAPPL = 4
+
+_STRING = _OptionRule(0)
+_U32 = _OptionRule(4, True, ((0, 4),))
+_U64 = _OptionRule(8, True, ((0, 8),))
+_COMMON_OPTIONS = {
+    _OPT_COMMENT: _STRING,
+    2988: _OptionRule(4, numbers=((0, 4),)),   # custom, UTF-8 data after the PEN, a number (§3.5.1)
+    2989: _OptionRule(4, portable=False),      # custom, binary data: laid out as the PEN's owner says
+}
+_SHB_OPTIONS = {**_COMMON_OPTIONS, 2: _STRING, 3: _STRING, _SHB_USERAPPL: _STRING}   # §4.1
+_IDB_OPTIONS = {   # §4.2; if_name, if_tsresol and if_tsoffset are Interface fields
+    **_COMMON_OPTIONS, 3: _STRING, 4: _OptionRule(8, True), 5: _OptionRule(17, True),
+    6: _OptionRule(6, True), 7: _OptionRule(8, True), 8: _U64,
+    10: _OptionRule(4, True, portable=False),   # if_tzone: "never specified in greater detail"
+    11: _OptionRule(1, kinds=(0,)),             # if_filter: a libpcap filter string; BPF code has no layout yet
+    12: _STRING, 15: _STRING, 16: _U64, 17: _U64, 18: _STRING,
+}
+_EPB_OPTIONS = {   # §4.3; the obsolete Packet Block's pack_flags and pack_hash are the same
+    **_COMMON_OPTIONS, _OPT_FLAGS: _U32,
+    # MD5 and SHA-1 hashes are octet strings; the 4-octet ones (CRC32, Toeplitz) have no stated order.
+    _OPT_HASH: _OptionRule(1, kinds=(3, 4)),
+    4: _U64, 5: _U64, 6: _U32,                  # epb_dropcount, epb_packetid, epb_queue
+    7: _OptionRule(1, numbers=((1, 8),), kinds=(1, 2)),   # epb_verdict: eBPF TC and XDP, a 64-bit number
+    8: _OptionRule(8, True, ((0, 4), (4, 4))),  # epb_processid_threadid
+}
+
+
+def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[tuple[int, int, int]]]:
+    """The options of the blocks whose option lists are ``buf[start[b]:end[b]]`` (each a multiple
+    of 4 octets, as blocks and packet data are padded to 4): per option, in file order, its block
+    ``b``, code, value position and value length. A list ends at opt_endofopt or, lacking one, at
+    the end of its block (§3.5: readers MUST NOT assume it is there). The last item is the first
+    option in the file whose value runs past its block, as (position, code, length), or None.
+
+    Vectorised across blocks: one numpy step per place in a list, as many steps as the longest
+    list has options (a handful in what capture tools write)."""
+    blk = np.nonzero(end > start)[0]
+    p, e = start[blk], end[blk]
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    bad: Optional[tuple[int, int, int]] = None
+    while blk.size:
+        w = _gather_u32(buf, p, big)        # p + 4 <= e: both are 4 apart from the list's start
+        code, olen = (w >> 16, w & 0xFFFF) if big else (w & 0xFFFF, w >> 16)
+        more = code != 0
+        over = more & (p + 4 + olen > e)
+        if over.any():
+            k = int(np.argmax(over))        # blocks are in file order
+            if bad is None or p[k] < bad[0]:
+                bad = (int(p[k]), int(code[k]), int(olen[k]))
+            more &= ~over
+        parts.append((blk[more], code[more], p[more] + 4, olen[more]))
+        p = p + 4 + ((olen + 3) & ~3)
+        go = more & (p < e)
+        blk, p, e = blk[go], p[go], e[go]
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty, empty, bad
+    b = np.concatenate([x[0] for x in parts])
+    # Step t found each list's option t: in file order, a block's options follow the earlier
+    # blocks' ones, at their place in the list.
+    step = np.repeat(np.arange(len(parts)), [x[0].size for x in parts])
+    count = np.bincount(b, minlength=start.size)
+    order = np.empty(b.size, np.int64)
+    order[(np.cumsum(count) - count)[b] + step] = np.arange(b.size)
+    code, pos, olen = (np.concatenate([x[k] for x in parts])[order] for k in (1, 2, 3))
+    return np.repeat(np.arange(start.size), count), code, pos, olen, bad
+
+
+def _writable(rules: dict[int, _OptionRule], buf: np.ndarray, code: np.ndarray, pos: np.ndarray,
+              length: np.ndarray, swap: bool) -> tuple[np.ndarray, list[tuple[np.ndarray, int, int]]]:
+    """Which of the options (``code``, value at ``pos`` in ``buf``, ``length``) natt writes, by
+    ``rules`` (the block kind's): every one but the custom options not to be copied and those of
+    a length their code does not allow; with ``swap`` (a big-endian section, written
+    little-endian) only those whose layout is known. And the numbers to reverse then, as
+    (options, offset, width)."""
+    keep = ~np.isin(code, _OPT_CUSTOM_NO_COPY)
+    known = np.zeros(code.size, bool)
+    numbers: list[tuple[np.ndarray, int, int]] = []
+    first = buf[np.where(length > 0, pos, 0)] if swap else None     # a hash algorithm, a verdict type...
+    for c in np.flatnonzero(np.bincount(code)).tolist():             # the codes there are
+        rule = rules.get(c)
+        if rule is None:
+            continue
+        sel = code == c
+        keep &= ~sel | ((length == rule.least) if rule.exact else (length >= rule.least))
+        if swap and rule.portable:
+            end = max((off + width for off, width in rule.numbers), default=0)
+            sel &= length >= end
+            if rule.kinds is not None and first is not None:    # (first is set whenever swap is)
+                sel &= np.isin(first, rule.kinds)
+            known |= sel
+            numbers += [(sel, off, width) for off, width in rule.numbers]
+    if swap:
+        keep &= known
+    return keep, numbers
+
+
+def _reverse(buf: np.ndarray, pos: np.ndarray, width: int) -> None:
+    """Reverse the ``width`` octets at each of ``pos`` in place: a number to the other byte order."""
+    at = pos[:, None] + np.arange(width)
+    buf[at] = buf[at[:, ::-1]]
+
+
+def _block_options(block: bytes, at: int, big: bool, rules: dict[int, _OptionRule]
+                   ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], Optional[tuple[int, int, int]]]:
+    """The options of one SHB or IDB, from octet ``at`` to its trailing Block Total Length: as
+    read (code, value in the section's byte order), and as natt writes them (little-endian, by
+    ``rules``); and the option at fault, as :func:`_option_walk` gives it."""
+    buf = np.frombuffer(block, np.uint8)
+    _, code, pos, olen, bad = _option_walk(buf, np.array([at], np.int64), np.array([len(block) - 4], np.int64), big)
+    if bad is not None:
+        return [], [], bad
+    read = [(c, block[p: p + n]) for c, p, n in zip(code.tolist(), pos.tolist(), olen.tolist())]
+    keep, numbers = _writable(rules, buf, code, pos, olen, big)
+    out = buf.copy()
+    for sel, off, width in numbers:
+        _reverse(out, pos[sel & keep] + off, width)
+    written = [(c, out[p: p + n].tobytes()) for c, p, n in zip(code[keep].tolist(), pos[keep].tolist(),
+                                                                 olen[keep].tolist())]
+    return read, written, None
+
+
+def _pack_options(options: Sequence[tuple[int, bytes]]) -> bytes:
+    """``options`` as a little-endian option list with its opt_endofopt, or b"" when empty."""
+    if not options:
+        return b""
+    return b"".join(struct.pack("<HH", code, len(v)) + v + b"\0" * _pad4(len(v)) for code, v in options) \
+        + struct.pack("<HH", 0, 0)
+
+
+# ----------------------------------------------------------------------------------------------
 # Reader
 
 
@@ -515,7 +734,10 @@ class PcapReader:
     than that is read whole. ``format`` (``"pcap"`` or ``"pcapng"``) is known once the reader
     is constructed; ``interfaces`` lists every interface seen so far (pcapng: filled in as
     Interface Description Blocks are read). A classic pcap header's ``fcs_len`` is the FCS
-    length its link-type field declares, in octets (None when it declares none). Iterate once.
+    length its link-type field declares, in octets (None when it declares none). pcapng:
+    ``section_options`` are the first Section Header Block's options (``shb_comment``,
+    ``shb_hardware``, ``shb_os``, ``shb_userappl``, ...) as ``(code, value)`` pairs, read when
+    the reader is constructed and converted as :class:`Interface` options are. Iterate once.
     """
 
     def __init__(self, source: PathOrFile, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
@@ -535,6 +757,7 @@ class PcapReader:
         self.nanosecond = False        # classic pcap: nanosecond magic
         self.snaplen = 262144
         self.fcs_len: Optional[int] = None   # classic pcap: octets of FCS per frame, if the header says
+        self.section_options: tuple[tuple[int, bytes], ...] = ()
         self._rec_hdr = 16
         self._max_cap = _MAX_RECORD    # classic pcap: the largest captured length taken as sane
         self._pos = 0                  # file offset of self._buf[0]
@@ -594,7 +817,9 @@ class PcapReader:
         head = b[:4].tobytes()
         if head == struct.pack("<I", _PCAPNG_SHB):
             self.format = "pcapng"
-            return        # the SHB is parsed as the first block of the stream
+            # The first SHB now, so that its options are known before any chunk (PcapWriter.like).
+            self._consume(self._parse_shb())
+            return
         for order in ("<", ">"):
             magic = struct.unpack(order + "I", head)[0]
             if magic in (_PCAP_MAGIC_US, _PCAP_MAGIC_NS, _PCAP_MAGIC_KUZNETZOV):
@@ -752,7 +977,25 @@ class PcapReader:
             raise PcapError(f"{self.name}: unsupported pcapng version {major}", self._pos + 12)
         self.byteorder = order
         self._section_base = len(self.interfaces)
+        _, written = self._options(self._buf[:length].tobytes(), 24, self._pos, _SHB_OPTIONS)
+        if self._pos == 0:
+            self.section_options = tuple(written)
         return length
+
+    def _option_error(self, bad: tuple[int, int, int], base: int) -> PcapError:
+        """The PcapError of :func:`_option_walk`'s option at fault; ``base``: the file offset of
+        octet 0 of what it walked."""
+        p, code, olen = bad
+        return PcapError(f"{self.name}: corrupt pcapng option (code {code}, length {olen}): it runs past the "
+                         f"end of its block", base + p)
+
+    def _options(self, block: bytes, at: int, file_offset: int, rules: dict[int, _OptionRule]
+                 ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+        """:func:`_block_options` of a block at ``file_offset``; an option at fault is a PcapError."""
+        read, written, bad = _block_options(block, at, self.byteorder == ">", rules)
+        if bad is not None:
+            raise self._option_error(bad, file_offset)
+        return read, written
 
     def _parse_idb(self, block: bytes, file_offset: int) -> None:
         o = self.byteorder
@@ -760,22 +1003,18 @@ class PcapReader:
             raise PcapError(f"{self.name}: corrupt pcapng Interface Description Block", file_offset)
         linktype, _, snaplen = struct.unpack(o + "HHI", block[8:16])
         tsresol, tsoffset, name = 6, 0, ""
-        p, end = 16, len(block) - 4
-        while p + 4 <= end:
-            code, olen = struct.unpack(o + "HH", block[p: p + 4])
-            val = block[p + 4: p + 4 + olen]
-            if code == 0:
-                break
-            if p + 4 + olen > end:
-                raise PcapError(f"{self.name}: corrupt pcapng option (code {code}, length {olen})",
-                                file_offset + p)
-            if code == 9 and olen >= 1:       # if_tsresol
+        read, written = self._options(block, 16, file_offset, _IDB_OPTIONS)
+        for code, val in read:
+            if code == _IF_TSRESOL and val:
                 tsresol = val[0]
-            elif code == 14 and olen >= 8:    # if_tsoffset (seconds)
+            elif code == _IF_TSOFFSET and len(val) >= 8:    # seconds
                 tsoffset = struct.unpack(o + "q", val[:8])[0]
-            elif code == 2:                   # if_name
+            elif code == _IF_NAME:
                 name = val.decode("utf-8", "replace").rstrip("\0")
-            p += 4 + ((olen + 3) & ~3)
+        # The writer writes its own if_tsresol and the if_tsoffset of ``tsoffset``. if_fcslen is
+        # left out: a frame natt replaces has no FCS, and pcapng cannot say "none" for one
+        # frame (epb_flags' FCS length 0 means "not known", §4.3.1).
+        others = tuple((c, v) for c, v in written if c not in (_IF_NAME, _IF_TSRESOL, _IF_TSOFFSET, _IF_FCSLEN))
         if (tsresol & 0x7F) > 63 or (not tsresol & 0x80 and (tsresol & 0x7F) > 18):
             raise PcapError(f"{self.name}: unsupported if_tsresol {tsresol:#x}", file_offset)
         # An offset int64 nanoseconds cannot hold would put every packet of the interface out of
@@ -783,7 +1022,7 @@ class PcapReader:
         if not _TSOFFSET_MIN <= tsoffset <= _TSOFFSET_MAX:
             raise PcapError(f"{self.name}: if_tsoffset {tsoffset} s is outside 1677-09-21 .. 2262-04-11, "
                             f"the range of natt's int64 nanoseconds", file_offset)
-        self.interfaces.append(Interface(linktype, snaplen, tsresol, tsoffset, name))
+        self.interfaces.append(Interface(linktype, snaplen, tsresol, tsoffset, name, others))
 
     def _chunks_pcapng(self) -> Iterator[Chunk]:
         while True:
@@ -798,8 +1037,6 @@ class PcapReader:
             if btype == _PCAPNG_SHB:
                 self._consume(self._parse_shb())
                 continue
-            if self._pos == 0:
-                raise PcapError(f"{self.name}: pcapng file does not start with a Section Header Block", 0)
             swap = big != (sys.byteorder == "big")
             off, stop = _walk(buf, 0, 4, 0, 12, swap, True)
             # One gather of the first 7 words of every block: type, length and, for packet
@@ -945,6 +1182,20 @@ class PcapReader:
             caplen[s] = c
             iface[s] = 0
             ticks[s] = 0   # an SPB has no timestamp
+        # An EPB or Packet Block has options when it holds 4 octets or more past its padded data
+        # and the 32 around it (both multiples of 4); an SPB has none (§4.4). The test is cheap,
+        # as a capture without options (tcpdump's) must be.
+        room = blen - caplen
+        if epb is not None:
+            room = np.where(epb, room, 0)
+        options = None
+        if int(room.max()) >= 36:
+            start = foff + caplen + (-caplen % 4)
+            end = po + blen - 4
+            b, code, pos, olen, worst = _option_walk(buf, start if epb is None else np.where(epb, start, end), end, big)
+            if worst is not None:
+                raise self._option_error(worst, self._pos)
+            options = FrameOptions(b, code, pos, olen, big)
         # Interface ids are per section; make them global indexes into self.interfaces.
         known = np.broadcast_to(idb_before + n_before - self._section_base, iface.shape)
         bad = iface >= known
@@ -977,7 +1228,7 @@ class PcapReader:
         ipv4, link_len = _link_layer(buf, linktype, foff, caplen)
         return Chunk(buf, _make_batch(buf, foff, caplen, ipv4, link_len), ipv4, ts,
                      iface.astype(np.int32), linktype, link_len, foff, caplen, origlen,
-                     po + self._pos, tuple(ifs))
+                     po + self._pos, tuple(ifs), options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1002,6 +1253,24 @@ def _check_interface(itf: object, name: str) -> None:
     _check_int(f"{name}.linktype", itf.linktype, 0, 0xFFFF)
     _check_int(f"{name}.snaplen", itf.snaplen, 0, 0xFFFFFFFF)
     _check_int(f"{name}.tsoffset", itf.tsoffset, _TSOFFSET_MIN, _TSOFFSET_MAX)   # as PcapReader takes
+    # The writer writes these itself, from the fields (if_tsresol: always nanoseconds).
+    _check_options(f"{name}.options", itf.options, (_IF_NAME, _IF_TSRESOL, _IF_TSOFFSET))
+
+
+def _check_options(name: str, options: object, own: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``options`` is a sequence of ``(code, value)``
+    pairs an option list holds (pcapng §3.5: 16-bit codes, not opt_endofopt, and values of at
+    most 65535 octets, as bytes), none of a code in ``own``, which the writer writes itself."""
+    if not isinstance(options, (tuple, list)):
+        raise ValueError(f"{name}: a sequence of (code, value) pairs, got {type(options).__name__}")
+    for k, opt in enumerate(options):
+        if not (isinstance(opt, tuple) and len(opt) == 2 and isinstance(opt[1], bytes)):
+            raise ValueError(f"{name}[{k}]: a (code, value) pair with a bytes value, got {opt!r}")
+        _check_int(f"{name}[{k}] code", opt[0], 1, 0xFFFF)
+        if opt[0] in own:
+            raise ValueError(f"{name}[{k}]: option code {opt[0]} is written by natt itself")
+        if len(opt[1]) > 0xFFFF:
+            raise ValueError(f"{name}[{k}]: a value of {len(opt[1])} octets; an option holds at most 65535")
 
 
 def _as_written(linktype: int) -> int:
@@ -1034,6 +1303,12 @@ class PcapWriter:
     replacing frames may write (a tunnel SA's inner IPv6); :meth:`like` sets it. A replaced
     frame whose new datagram is IPv6 gets a link header that says so (see :meth:`write_chunk`).
 
+    pcapng: ``section_options`` are the Section Header Block's options as ``(code, value)``
+    pairs, values little-endian (:attr:`PcapReader.section_options`); natt writes its own
+    ``shb_userappl`` (code 4), "natt" and its version, as the application that made the section.
+    Each interface's :attr:`Interface.options` go into its IDB, and :meth:`write_chunk` carries
+    the frames' options.
+
     Arguments that do not fit the format raise ``ValueError`` naming the parameter: the
     constructor's before ``dest`` is created or truncated, a write's before it writes anything.
     """
@@ -1041,7 +1316,7 @@ class PcapWriter:
     def __init__(self, dest: PathOrFile, *, fmt: str = "pcap", linktype: int = LINKTYPE_ETHERNET,
                  nanosecond: bool = False, byteorder: str = "<", snaplen: int = 262144,
                  interfaces: Iterable[Interface] = (), fcs_len: Optional[int] = None, grow: int = 0,
-                 ipv4_as_raw: bool = False) -> None:
+                 ipv4_as_raw: bool = False, section_options: Sequence[tuple[int, bytes]] = ()) -> None:
         # Everything is checked before ``dest`` is created or truncated.
         if fmt not in ("pcap", "pcapng"):
             raise ValueError(f"fmt: 'pcap' or 'pcapng', got {fmt!r}")
@@ -1061,6 +1336,9 @@ class PcapWriter:
             raise ValueError("interfaces: pcapng only (a classic pcap file has one link type: linktype)")
         for k, itf in enumerate(interfaces):
             _check_interface(itf, f"interfaces[{k}]")
+        if section_options and fmt == "pcap":
+            raise ValueError("section_options: pcapng only (a classic pcap file header has none)")
+        _check_options("section_options", section_options, (_SHB_USERAPPL,))
         if isinstance(dest, (str, os.PathLike)):
             self._file: BinaryIO = open(dest, "wb")
             self._owns = True
@@ -1084,8 +1362,11 @@ class PcapWriter:
             field = self.linktype if fcs_len is None else self.linktype | _PCAP_FCS_P | (fcs_len // 2) << 28
             self._write(struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, self.snaplen, field))
         else:
-            # SHB: byte-order magic, version 1.0, section length unknown (-1).
-            self._write(struct.pack("<IIIHHqI", _PCAPNG_SHB, 28, _PCAPNG_BOM, 1, 0, -1, 28))
+            # SHB: byte-order magic, version 1.0, section length unknown (-1), the options given
+            # and natt's shb_userappl: the application that made this section (§4.1).
+            body = struct.pack("<IHHq", _PCAPNG_BOM, 1, 0, -1) + _pack_options(
+                [*section_options, (_SHB_USERAPPL, f"natt {__version__}".encode())])
+            self._write(struct.pack("<II", _PCAPNG_SHB, 12 + len(body)) + body + struct.pack("<I", 12 + len(body)))
             for itf in interfaces:
                 self._declare(itf)
 
@@ -1094,15 +1375,16 @@ class PcapWriter:
         """A writer producing the same format as ``reader`` (pcap: same link type, timestamp
         resolution, byte order and FCS length; pcapng: the reader's interfaces, with the same
         numbers, each declared at the first chunk whose records name it, and those no record
-        names when the writer closes). ``grow``: how many octets replaced frames may be longer
-        than the frames read (``natt._batch.ENCAP_OVERHEAD`` for encap), added to the snap
-        lengths."""
+        names when the writer closes, and the first section's options but its ``shb_userappl``).
+        ``grow``: how many octets replaced frames may be longer than the frames read
+        (``natt._batch.ENCAP_OVERHEAD`` for encap), added to the snap lengths."""
         if reader.format == "pcap":
             itf = reader.interfaces[0]
             return cls(dest, fmt="pcap", linktype=itf.linktype, nanosecond=reader.nanosecond,
                        byteorder=reader.byteorder, snaplen=max(reader.snaplen, 65535),
                        fcs_len=reader.fcs_len, grow=grow, ipv4_as_raw=True)
-        writer = cls(dest, fmt="pcapng", interfaces=reader.interfaces, grow=grow, ipv4_as_raw=True)
+        writer = cls(dest, fmt="pcapng", interfaces=reader.interfaces, grow=grow, ipv4_as_raw=True,
+                     section_options=[o for o in reader.section_options if o[0] != _SHB_USERAPPL])
         # A pcapng reader learns its interfaces as it reads, and one that no packet names reaches
         # no chunk (a capture of interfaces and no packets would come out as a bare SHB):
         # close() asks the reader for them.
@@ -1151,13 +1433,14 @@ class PcapWriter:
         # Nanosecond resolution for every interface: the reader hands out nanoseconds. The input's
         # if_tsoffset is kept: times before 1970 (a negative offset) have no other way into the
         # unsigned EPB timestamp (pcapng §4.2 if_tsoffset, §4.3 Timestamp).
-        opts = struct.pack("<HHB3x", 9, 1, 9)
+        # The interface's other options follow (Interface.options: little-endian already).
+        own = [(_IF_TSRESOL, b"\x09")]
         if itf.tsoffset:
-            opts += struct.pack("<HHq", 14, 8, itf.tsoffset)
+            own.append((_IF_TSOFFSET, struct.pack("<q", itf.tsoffset)))
         name = itf.name.encode()
         if name:
-            opts += struct.pack("<HH", 2, len(name)) + name + b"\0" * _pad4(len(name))
-        opts += struct.pack("<HH", 0, 0)
+            own.append((_IF_NAME, name))
+        opts = _pack_options([*own, *itf.options])
         blen = 20 + len(opts)
         self._write(struct.pack("<IIHHI", _PCAPNG_IDB, blen, itf.linktype & 0xFFFF, 0, itf.snaplen)
                          + opts + struct.pack("<I", blen))
@@ -1213,8 +1496,9 @@ class PcapWriter:
         return ticks
 
     def _record_headers(self, ts_ns: np.ndarray, caplen: np.ndarray, origlen: np.ndarray,
-                        iface: np.ndarray) -> np.ndarray:
-        """Per-record headers as an (n, h) uint8 array (pcap: 16 octets; pcapng EPB: 28)."""
+                        iface: np.ndarray, opt_len: Optional[np.ndarray] = None) -> np.ndarray:
+        """Per-record headers as an (n, h) uint8 array (pcap: 16 octets; pcapng EPB: 28, the
+        block length counting ``opt_len`` octets of options per record)."""
         n = ts_ns.size
         if self.fmt == "pcap":
             if n and (int(ts_ns.min()) < 0 or int(ts_ns.max()) >= 2**32 * 1_000_000_000):
@@ -1233,7 +1517,7 @@ class PcapWriter:
                        ("cap", "<u4"), ("orig", "<u4")])
         h = np.empty(n, dt)
         h["type"] = _PCAPNG_EPB
-        h["blen"] = 32 + caplen + (-caplen % 4)
+        h["blen"] = 32 + caplen + (-caplen % 4) + (0 if opt_len is None else opt_len)
         h["if"] = iface
         t = self._ticks(ts_ns, iface)
         h["hi"] = t >> np.uint64(32)
@@ -1242,16 +1526,18 @@ class PcapWriter:
         h["orig"] = origlen
         return h.view(np.uint8).reshape(n, 28)
 
-    def _records(self, hdrs: np.ndarray, caplen: np.ndarray,
-                 parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    def _records(self, hdrs: np.ndarray, caplen: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 options: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray]:
         """The octets of ``len(hdrs)`` records: each header, then its ``caplen`` octets gathered
         from ``parts`` (``(buffer, offsets, lengths)``, one after another, lengths summing to
-        ``caplen``), then for pcapng the zero pad and the trailing Block Total Length, which
-        repeats the header's (octets 4..7); and where in them each frame starts."""
+        ``caplen``), then for pcapng the zero pad, the record's ``options`` (``(buffer, offsets,
+        lengths)``, as :meth:`_frame_options` gives them) and the trailing Block Total Length,
+        which repeats the header's (octets 4..7); and where in them each frame starts."""
         n, hsize = hdrs.shape
         ng = self.fmt == "pcapng"
         pad = -caplen % 4 if ng else 0
-        rec_len = hsize + caplen + pad + (4 if ng else 0)
+        opt_len = 0 if options is None else options[2]
+        rec_len = hsize + caplen + pad + opt_len + (4 if ng else 0)
         pos = np.cumsum(rec_len) - rec_len
         out = (np.zeros if ng else np.empty)(int(rec_len.sum()), np.uint8)   # pcapng pads are zero
         hflat = hdrs.reshape(-1)
@@ -1261,8 +1547,10 @@ class PcapWriter:
         for buf, offsets, lengths in parts:
             copy_segments(out, pos, buf, offsets, lengths)
             pos = pos + lengths
+        if options is not None:
+            copy_segments(out, pos + pad, *options)
         if ng:
-            copy_segments(out, pos + pad, hflat, h_off + 4, np.full(n, 4, np.int64))
+            copy_segments(out, pos + pad + opt_len, hflat, h_off + 4, np.full(n, 4, np.int64))
         return out, frames
 
     @staticmethod
@@ -1338,20 +1626,67 @@ class PcapWriter:
         caplen = np.where(rep, link + dlen + fcs, chunk.caplen[idx])
         self._check_caplen(caplen, "datagrams", idx)
         origlen = np.where(rep, caplen, chunk.origlen[idx])
-        hdrs = self._record_headers(chunk.ts_ns[idx], caplen, origlen, chunk.iface[idx])
+        options = None
+        if self.fmt == "pcapng" and chunk.options is not None:
+            options = self._frame_options(chunk.options, chunk.buffer, len(chunk), idx, rep)
+        hdrs = self._record_headers(chunk.ts_ns[idx], caplen, origlen, chunk.iface[idx],
+                                    None if options is None else options[2])
         first = np.where(rep, link, chunk.caplen[idx])        # octets taken from the frame as read
         parts = [(chunk.buffer, chunk.frame_offsets[idx], first)]
         if datagrams is not None and rep.any():
             parts.append((datagrams.data, datagrams.offsets[idx], dlen))
             if self.fcs_len:
                 parts.append((self._fcs(chunk, datagrams, idx, rep), np.arange(idx.size) * self.fcs_len, fcs))
-        out, frames = self._records(hdrs, caplen, parts)
+        out, frames = self._records(hdrs, caplen, parts, options)
         if datagrams is not None and rep.any():
             self._say_ipv6(out, frames, chunk.linktype[idx], link, rep & (dlen > 0),
                            datagrams.data, datagrams.offsets[idx])
         self._write(out.data)
         self.frames_written += idx.size
         return int(idx.size)
+
+    @staticmethod
+    def _frame_options(o: FrameOptions, buffer: np.ndarray, n: int, idx: np.ndarray, rep: np.ndarray
+                       ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The option lists of the records of frames ``idx`` of a chunk of ``n`` frames, whose
+        options are ``o`` over ``buffer`` (``rep``: the frames replaced), little-endian, one after
+        another: (octets, where each record's list starts, its length, 0 when it has none), or
+        None when no record has any.
+
+        Every option is kept but those :func:`_writable` leaves out and, on a replaced frame,
+        the hash of the data it no longer has (epb_hash); a replaced frame's epb_flags lose
+        their FCS length, as the frame has no FCS (§4.3.1: 0 is "not known")."""
+        record = np.full(n, -1, np.int64)
+        record[idx] = np.arange(idx.size)
+        changed = np.zeros(n, bool)
+        changed[idx] = rep
+        changed = changed[o.frame]
+        keep, numbers = _writable(_EPB_OPTIONS, buffer, o.code, o.pos, o.length, o.big_endian)
+        keep &= (record[o.frame] >= 0) & ~(changed & (o.code == _OPT_HASH))
+        k = np.nonzero(keep)[0]
+        if not k.size:
+            return None
+        code, length, rec = o.code[k], o.length[k], record[o.frame[k]]
+        size = 4 + length + (-length % 4)
+        sums = np.bincount(rec, weights=size, minlength=idx.size).astype(np.int64)
+        lists = np.where(sums > 0, sums + 4, 0)   # opt_endofopt: a writer MUST end a list with it (§3.5)
+        starts = np.cumsum(lists) - lists
+        # Options are in record order, a record's together: where one goes in its record's list
+        # is the size of the options before it less that of the earlier records' options.
+        before = np.cumsum(size) - size
+        dst = starts[rec] + before - (np.cumsum(sums) - sums)[rec]
+        out = np.zeros(int(lists.sum()), np.uint8)   # pads and each opt_endofopt are zeros
+        head = np.empty((k.size, 2), "<u2")
+        head[:, 0], head[:, 1] = code, length
+        copy_segments(out, dst, head.view(np.uint8).reshape(-1), np.arange(k.size, dtype=np.int64) * 4,
+                      np.full(k.size, 4, np.int64))
+        copy_segments(out, dst + 4, buffer, o.pos[k], length)
+        for sel, off, width in numbers:
+            _reverse(out, dst[sel[k]] + 4 + off, width)
+        flags = dst[(code == _OPT_FLAGS) & changed[k]] + 4
+        out[flags] &= 0x1F                    # bits 5..8, little-endian: the top 3 of octet 0 ...
+        out[flags + 1] &= 0xFE                # ... and the lowest of octet 1
+        return out, starts, lists
 
     def _fcs(self, chunk: Chunk, datagrams: PacketBatch, idx: np.ndarray, rep: np.ndarray) -> np.ndarray:
         """``fcs_len`` octets per frame ``idx``: the FCS of the new frame (link header, then the

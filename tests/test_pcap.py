@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from natt import PacketBatch, pcap
+from natt._version import __version__ as natt_version
 
 IP = bytes.fromhex("4500001c0001000040117cce7f0000017f000001" "00350035000801 72".replace(" ", ""))
 ETH = bytes.fromhex("020000000002020000000001") + b"\x08\x00"
@@ -35,24 +36,58 @@ def ng_block(btype, body, order="<"):
     return struct.pack(order + "II", btype, n) + body + struct.pack(order + "I", n)
 
 
-def ng_shb(order="<"):
-    return ng_block(0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1), order)
+def ng_opts(options, order="<", end=True):
+    """An option list: (code, value) pairs, values padded to 4, then opt_endofopt (unless not ``end``)."""
+    out = b"".join(struct.pack(order + "HH", code, len(v)) + v + b"\0" * (-len(v) % 4) for code, v in options)
+    return out + (struct.pack(order + "HH", 0, 0) if end and options else b"")
 
 
-def ng_idb(linktype, order="<", tsresol=None, snaplen=0, tsoffset=None):
-    opts = b""
+def ng_shb(order="<", opts=b""):
+    return ng_block(0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1) + opts, order)
+
+
+def ng_idb(linktype, order="<", tsresol=None, snaplen=0, tsoffset=None, other=()):
+    opts = []
     if tsresol is not None:
-        opts += struct.pack(order + "HHB3x", 9, 1, tsresol)
+        opts.append((9, bytes([tsresol])))
     if tsoffset is not None:
-        opts += struct.pack(order + "HHq", 14, 8, tsoffset)
-    if opts:
-        opts += struct.pack(order + "HH", 0, 0)
-    return ng_block(1, struct.pack(order + "HHI", linktype, 0, snaplen) + opts, order)
+        opts.append((14, struct.pack(order + "q", tsoffset)))
+    return ng_block(1, struct.pack(order + "HHI", linktype, 0, snaplen) + ng_opts(opts + list(other), order), order)
 
 
-def ng_epb(iface, ticks, frame, order="<", origlen=None):
+def ng_epb(iface, ticks, frame, order="<", origlen=None, opts=b""):
     return ng_block(6, struct.pack(order + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(frame),
-                                   len(frame) if origlen is None else origlen) + frame, order)
+                                   len(frame) if origlen is None else origlen)
+                    + frame + b"\0" * (-len(frame) % 4) + opts, order)
+
+
+def ng_blocks(data: bytes):
+    """Every block of a pcapng file as (type, options): an independent parser for what natt
+    writes (type, and the (code, value) options of SHBs, IDBs and EPBs, in their section's order)."""
+    out, p, order = [], 0, "<"
+    while p < len(data):
+        if data[p: p + 4] == b"\n\r\r\n":
+            order = "<" if data[p + 8: p + 12] == struct.pack("<I", 0x1A2B3C4D) else ">"
+        btype, blen = struct.unpack_from(order + "II", data, p)
+        assert struct.unpack_from(order + "I", data, p + blen - 4)[0] == blen
+        at = {0x0A0D0D0A: 24, 1: 16}.get(btype)
+        if btype == 6:
+            cap = struct.unpack_from(order + "I", data, p + 20)[0]
+            at = 28 + cap + (-cap % 4)
+        opts, q = [], p + (at or blen - 4)
+        while q < p + blen - 4:
+            code, n = struct.unpack_from(order + "HH", data, q)
+            if code == 0:
+                assert n == 0 and q + 4 == p + blen - 4, "opt_endofopt ends the list"
+                break
+            opts.append((code, data[q + 4: q + 4 + n]))
+            assert data[q + 4 + n: q + 4 + n + (-n % 4)] == b"\0" * (-n % 4), "zero padding"
+            q += 4 + n + (-n % 4)
+        else:
+            assert not opts, "an option list ends with opt_endofopt"
+        out.append((btype, opts))
+        p += blen
+    return out
 
 
 def ng_spb(frame, order="<"):
@@ -577,6 +612,7 @@ def _read_until_error(data: bytes, chunk_size: int) -> tuple[list[int], pcap.Pca
 
 
 _Y2300_US = 10_413_792_000 * 10**6
+_PAST_BLOCK = "runs past the end of its block"
 # A block at fault after good EPBs: (block, what the error says, its offset into the block).
 _BAD_PCAPNG_BLOCKS = {
     "no such interface": (ng_epb(5, 0, ETH + IP), "names interface 5", 0),
@@ -586,6 +622,13 @@ _BAD_PCAPNG_BLOCKS = {
     "year 2300": (ng_epb(0, _Y2300_US, ETH + IP), "outside 1677-09-21", 0),
     "block length": (struct.pack("<II", 6, 13) + bytes(40), "block length", 4),
     "truncated": (ng_epb(0, 0, ETH + IP)[:-8], "truncated pcapng block", 0),
+    # An option whose value runs past its block (pcapng §3.5), in an EPB (the first option and
+    # a later one of a list), an IDB and a later section's SHB.
+    "EPB option": (ng_epb(0, 9, ETH + IP, opts=struct.pack("<HH", 1, 9) + b"abcd"), _PAST_BLOCK, 28 + 44),
+    "EPB 2nd option": (ng_epb(0, 9, ETH + IP, opts=ng_opts([(1, b"ok")], end=False) + struct.pack("<HH", 2, 8)
+                              + bytes(4)), _PAST_BLOCK, 28 + 44 + 8),
+    "IDB option": (ng_block(1, struct.pack("<HHI", 1, 0, 0) + struct.pack("<HH", 3, 200) + b"desc"), _PAST_BLOCK, 16),
+    "SHB option": (ng_shb(opts=struct.pack("<HH", 1, 5) + b"abcd"), _PAST_BLOCK, 24),
 }
 
 
@@ -972,3 +1015,233 @@ def test_classic_writer_refuses_a_chunk_of_another_link_type():
     plain = pcap.PcapWriter(io.BytesIO(), linktype=pcap.LINKTYPE_RAW)
     with pytest.raises(ValueError, match="a classic pcap file has one link type"):
         plain.write_chunk(chunks[0])
+
+
+# ---------------------------------------------------------------------------------------------- pcapng options
+
+PEN = 32473     # IANA's example PEN (RFC 5612)
+_FLAGS = 0b01 | 0b001 << 2 | 4 << 5 | 1 << 24           # inbound, unicast, 4-octet FCS, CRC error
+
+
+def _option_kinds(order):
+    """Every kind of packet-block option: (code, value in ``order``, the value natt writes,
+    little-endian, or None when natt cannot write it from a section of ``order``)."""
+    big = order == ">"
+
+    def num(fmt, *v):
+        return struct.pack(order + fmt, *v), struct.pack("<" + fmt, *v)
+
+    def same(value, portable=True):
+        return value, value if portable or not big else None
+
+    kinds = [
+        (1, *same(b"decrypt me")),                                     # opt_comment, twice
+        (1, *same("zweite Anmerkung \u2713".encode())),
+        (2, *num("I", _FLAGS)),                                        # epb_flags
+        (3, *same(b"\x03" + bytes(range(16)))),                        # epb_hash MD5: octets
+        (3, *same(b"\x02\xec\x1d\x87\x97", portable=False)),           # CRC32: no order stated
+        (4, *num("Q", 7)),                                             # epb_dropcount
+        (5, *num("Q", 0x1122334455667788)),                            # epb_packetid
+        (6, *num("I", 3)),                                             # epb_queue
+        (7, b"\x02" + num("Q", 2)[0], b"\x02" + num("Q", 2)[1]),       # epb_verdict XDP_PASS
+        (7, *same(b"\x00hw", portable=False)),                         # hardware verdict: opaque
+        (8, *num("II", 1234, 5)),                                      # epb_processid_threadid
+        (2988, num("I", PEN)[0] + b"copy me", num("I", PEN)[1] + b"copy me"),
+        (2989, *same(num("I", PEN)[0] + b"\x01\x02\x03", portable=False)),
+        (19372, num("I", PEN)[0] + b"no copy", None),                  # §3.5.1: never copied
+        (19373, num("I", PEN)[0] + b"\x04", None),
+        (0x8123, *same(b"local use", portable=False)),                 # local-use code
+        (99, *same(b"unknown", portable=False)),                       # a code natt does not know
+    ]
+    return [(c, v, None if w is None or (c in (19372, 19373)) else w) for c, v, w in kinds]
+
+
+def _expected(kinds, replaced):
+    """What natt writes of ``kinds`` for a frame it replaced or wrote as read."""
+    out = []
+    for code, _, written in kinds:
+        if written is None or (replaced and code == 3):      # the hash is of data the frame lost
+            continue
+        if replaced and code == 2:                            # no FCS on a replaced frame
+            written = struct.pack("<I", struct.unpack("<I", written)[0] & ~(0xF << 5))
+        out.append((code, written))
+    return out
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("end", [True, False], ids=["endofopt", "no-endofopt"])
+def test_every_frame_option_kind_is_carried_in_both_byte_orders(order, end):
+    """Hand-built EPBs holding every kind of option, read, rewritten by PcapWriter.like with some
+    frames replaced, and parsed back independently: each frame keeps its options, converted to
+    little-endian where the layout is known; the hash only where the data is unchanged; the
+    no-copy customs never. A list without opt_endofopt reads to its block's end (§3.5)."""
+    kinds = _option_kinds(order)
+    arp = ETH[:12] + b"\x08\x06" + b"\0" * 28
+    opts = ng_opts([(c, v) for c, v, _ in kinds], order, end)
+    frames = [(ETH + IP, opts), (ETH + IP, opts), (arp, opts), (ETH + IP, b""),
+              (ETH + IP, ng_opts([(1, b"last")], order, end))]
+    data = ng_shb(order) + ng_idb(1, order) + b"".join(
+        ng_epb(0, i, f, order, opts=o) for i, (f, o) in enumerate(frames))
+    replace = np.array([True, False, False, False, True])
+    new = b"\x45" + b"D" * 27
+    with pcap.PcapReader(io.BytesIO(data)) as r:
+        (c,) = list(r)
+        # The reader hands out every option as read, in the section's byte order.
+        assert c.frame_options(0) == [(code, v) for code, v, _ in kinds]
+        assert c.frame_options(3) == [] and c.frame_options(4) == [(1, b"last")]
+        assert c.options.big_endian is (order == ">")
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data)) as r, pcap.PcapWriter.like(r, out) as w:
+        for c in r:
+            w.write_chunk(c, pcap.PacketBatch.from_packets([new] * len(c)), replace=replace)
+    got = [opts for btype, opts in ng_blocks(out.getvalue()) if btype == 6]
+    assert got == [_expected(kinds, True), _expected(kinds, False), _expected(kinds, False), [],
+                   [(1, b"last")]]
+    assert [g[2] for g in pcap.read_frames(io.BytesIO(out.getvalue()))] == \
+        [ETH + new, ETH + IP, arp, ETH + IP, ETH + new]
+    # Classic pcap has no place for options: its records are those of the frames without them.
+    classic_out = []
+    bare = ng_shb(order) + ng_idb(1, order) + b"".join(ng_epb(0, i, f, order) for i, (f, _) in enumerate(frames))
+    for d in (data, bare):
+        o = io.BytesIO()
+        with pcap.PcapReader(io.BytesIO(d)) as r, pcap.PcapWriter(o, fmt="pcap") as w:
+            for c in r:
+                w.write_chunk(c, pcap.PacketBatch.from_packets([new] * len(c)), replace=replace)
+        classic_out.append(o.getvalue())
+    assert classic_out[0] == classic_out[1]
+
+
+def test_options_of_a_length_their_code_does_not_allow_are_not_written():
+    """§3.5: "Software that writes these files MUST NOT write ... options that have invalid lengths"."""
+    bad = [(2, b"\x01\x00\x00"), (4, b"\x07"), (8, bytes(12)), (2988, b"\x01\x02"), (3, b"")]
+    good = [(1, b""), (2, b"\x01\x00\x00\x00"), (1, b"ok")]
+    data = ng_shb() + ng_idb(1) + ng_epb(0, 1, ETH + IP, opts=ng_opts(bad + good))
+    got = [opts for btype, opts in ng_blocks(_rewrite_like(data)) if btype == 6]
+    assert got == [good]
+
+
+def test_frame_options_across_chunks_sections_and_dropped_frames():
+    """Options stay with their frames whatever the chunking, across a big-endian section and a
+    little-endian one, with frames left out (keep) and others replaced."""
+    rng = np.random.default_rng(5)
+    frames, want = [], []
+    data = b""
+    for section, order in enumerate([">", "<"]):
+        data += ng_shb(order) + ng_idb(1, order)
+        for i in range(300):
+            opts = [(1, f"s{section} f{i}".encode())] * int(rng.integers(0, 3))
+            if rng.random() < 0.5:
+                opts.append((2, struct.pack(order + "I", int(rng.integers(0, 4)))))
+            if rng.random() < 0.3:
+                opts.append((3, b"\x04" + bytes(20)))         # SHA-1
+            rng.shuffle(opts)
+            opts = [tuple(o) for o in opts]
+            frame = ETH + IP + bytes(int(rng.integers(0, 9)))
+            data += ng_epb(0, i, frame, order, opts=ng_opts(opts, order))
+            frames.append(frame)
+            want.append([(c, v if c != 2 else struct.pack("<I", struct.unpack(order + "I", v)[0])) for c, v in opts])
+    n = len(frames)
+    keep = np.arange(n) % 7 != 3
+    replace = np.arange(n) % 5 == 1
+    expect = [[o for o in w if not (replace[i] and o[0] == 3)] for i, w in enumerate(want) if keep[i]]
+    for chunk_size in (4096, pcap.DEFAULT_CHUNK_SIZE):
+        out = io.BytesIO()
+        base = 0
+        with pcap.PcapReader(io.BytesIO(data), chunk_size=chunk_size) as r, pcap.PcapWriter.like(r, out) as w:
+            for c in r:
+                sl = slice(base, base + len(c))
+                w.write_chunk(c, pcap.PacketBatch.from_packets([b"\x45" + bytes(19)] * len(c)),
+                              replace=replace[sl], keep=keep[sl])
+                base += len(c)
+        got = [opts for btype, opts in ng_blocks(out.getvalue()) if btype == 6]
+        assert got == expect
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_interface_and_section_options_are_carried(order):
+    """An IDB's options but if_tsresol and if_tsoffset (natt writes its own, the ones its
+    timestamps are in) and if_fcslen (a replaced frame has none); the first SHB's options but
+    shb_userappl, which says natt. Converted from big-endian where the layout is known."""
+    o = order
+    idb_opts = [(2, b"eth0"), (3, b"uplink"), (4, bytes([192, 0, 2, 1, 255, 255, 255, 0])),
+                (6, bytes.fromhex("020000000001")), (8, struct.pack(o + "Q", 10**9)), (13, b"\x04"),
+                (11, b"\x00udp port 4500"), (11, b"\x01" + bytes(8)), (10, struct.pack(o + "I", 0)),
+                (1, b"a comment"), (15, b"NIC"), (16, struct.pack(o + "Q", 5)), (19372, struct.pack(o + "I", PEN))]
+    shb_opts = [(1, b"file comment"), (2, b"x86"), (3, b"Linux"), (4, b"dumpcap"), (1, b"again"),
+                (2988, struct.pack(o + "I", PEN) + b"s"), (2989, struct.pack(o + "I", PEN) + b"b")]
+    data = (ng_shb(o, ng_opts(shb_opts, o)) + ng_idb(1, o, tsresol=6, tsoffset=-5, other=idb_opts)
+            + ng_epb(0, 7_000_000, ETH + IP, o))     # 7 s in microseconds, less 5
+    out = _rewrite_like(data)
+    blocks = ng_blocks(out)
+    le = order == "<"
+    assert blocks[0] == (0x0A0D0D0A, [(1, b"file comment"), (2, b"x86"), (3, b"Linux"), (1, b"again"),
+                                      (2988, struct.pack("<I", PEN) + b"s")]
+                         + ([(2989, struct.pack("<I", PEN) + b"b")] if le else [])
+                         + [(4, f"natt {natt_version}".encode())])
+    assert blocks[1] == (1, [(9, b"\x09"), (14, struct.pack("<q", -5)), (2, b"eth0"), (3, b"uplink"),
+                             (4, bytes([192, 0, 2, 1, 255, 255, 255, 0])), (6, bytes.fromhex("020000000001")),
+                             (8, struct.pack("<Q", 10**9)), (11, b"\x00udp port 4500")]
+                         + ([(11, b"\x01" + bytes(8)), (10, bytes(4))] if le else [])
+                         + [(1, b"a comment"), (15, b"NIC"), (16, struct.pack("<Q", 5))])
+    r, chunks = read_all(out)
+    assert frames_of(chunks)[0][0] == 2_000_000_000
+    assert r.interfaces[0].name == "eth0" and (3, b"uplink") in r.interfaces[0].options
+    assert r.section_options[-1] == (4, f"natt {natt_version}".encode())
+
+
+def test_writer_refuses_options_it_cannot_write():
+    for kw, match in [({"section_options": [(4, b"me")]}, "written by natt itself"),
+                      ({"section_options": [(0, b"")]}, "code"),
+                      ({"section_options": [(1, "text")]}, "bytes value"),
+                      ({"section_options": [(1, bytes(70000))]}, "at most 65535"),
+                      ({"interfaces": [pcap.Interface(1, options=((9, b"\x06"),))]}, "written by natt itself"),
+                      ({"interfaces": [pcap.Interface(1, options=((3,),))]}, r"interfaces\[0\]\.options\[0\]")]:
+        with pytest.raises(ValueError, match=match):
+            pcap.PcapWriter(io.BytesIO(), fmt="pcapng", **kw)
+    with pytest.raises(ValueError, match="section_options: pcapng only"):
+        pcap.PcapWriter(io.BytesIO(), section_options=[(1, b"x")])
+
+
+def test_an_option_running_past_the_first_section_header_is_refused_at_once():
+    with pytest.raises(pcap.PcapError, match="corrupt pcapng option .code 1, length 5.") as ei:
+        pcap.PcapReader(io.BytesIO(_BAD_PCAPNG_BLOCKS["SHB option"][0] + ng_idb(1)))
+    assert ei.value.offset == 24
+
+
+def _walk_options(body: bytes, order: str):
+    """An option list walked octet by octet: its (code, value)s, and the offset into ``body`` of an
+    option that runs past it (None if none)."""
+    out, q = [], 0
+    while q < len(body):
+        code, n = struct.unpack_from(order + "HH", body, q)
+        if code == 0:
+            break
+        if q + 4 + n > len(body):
+            return out, q
+        out.append((code, body[q + 4: q + 4 + n]))
+        q += 4 + n + (-n % 4)
+    return out, None
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_random_option_lists_read_as_walked_or_refused_at_the_option(order):
+    """Option lists corrupted at random (lengths, codes, cut short) read as an octet-by-octet walk
+    reads them, or raise the PcapError of the first option that runs past its block, at its
+    offset; never an out-of-bounds read. What reads, writes and reads back."""
+    rng = np.random.default_rng(11)
+    head = ng_shb(order) + ng_idb(1, order)
+    for _ in range(200):
+        body = bytearray(ng_opts([(1, b"comment"), (2, bytes(4)), (3, b"\x03" + bytes(16))], order))
+        for pos in rng.integers(0, len(body), size=rng.integers(1, 4)):
+            body[pos] = int(rng.integers(0, 256))
+        body = bytes(body[: 4 * int(rng.integers(0, len(body) // 4 + 1))])
+        first = ng_epb(0, 1, ETH + IP, order, opts=body)
+        data = head + first + ng_epb(0, 2, ETH + IP, order)
+        want, bad = _walk_options(body, order)
+        if bad is not None:
+            got, err = _read_until_error(data, 4096)
+            assert got == [] and err.offset == len(head) + 28 + 44 + bad and _PAST_BLOCK in str(err)
+            continue
+        (c,) = read_all(data)[1]
+        assert c.frame_options(0) == want and c.frame_options(1) == []
+        assert len([b for b in ng_blocks(_rewrite_like(data)) if b[0] == 6]) == 2
