@@ -604,12 +604,11 @@ def _forget_job(job: str) -> int:
 def _header(rs: _RangeSpec) -> bytes:
     """The file header ``natt decap``'s writer puts first (``PcapWriter.like``)."""
     buf = io.BytesIO()
-    if rs.fmt == "pcap":
-        with pcap.PcapReader(_NamedBytesIO(rs.header, rs.path)) as r:
-            pcap.PcapWriter.like(r, buf).close()
-    else:
-        # A pcapng reader knows no interface before its first block: the header is the SHB alone.
-        pcap.PcapWriter(buf, fmt="pcapng").close()
+    # pcapng: a reader, constructed, has read the capture's first Section Header Block (whose
+    # options the writer carries) and no interface yet: the header is the SHB alone.
+    source = _NamedBytesIO(rs.header, rs.path) if rs.fmt == "pcap" else rs.path
+    with pcap.PcapReader(source, chunk_size=pcap.MIN_CHUNK_SIZE) as r:     # the first block, not 8 MiB
+        pcap.PcapWriter.like(r, buf).close()
     return buf.getvalue()
 
 
