@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import subprocess
 
 import pytest
@@ -320,3 +321,67 @@ def test_natt_decaps_the_pcap_variants_editcap_writes_as_it_decaps_the_original(
     assert [g[2:] for g in got] == [w[2:] for w in want]
     assert [g[0] // 1000 for g in got] == [w[0] // 1000 for w in want]
     assert len(tshark(out, "frame.number")) == len(want)
+
+
+def _pcapng(order: str, frames: list[bytes], frame_options: list[list[tuple[int, bytes]]],
+            shb_options: list[tuple[int, bytes]], idb_options: list[tuple[int, bytes]]) -> bytes:
+    """A one-interface Ethernet pcapng in byte order ``order``, built by hand (not by natt)."""
+    def opts(options):
+        if not options:
+            return b""
+        return b"".join(struct.pack(order + "HH", c, len(v)) + v + b"\0" * (-len(v) % 4) for c, v in options) \
+            + struct.pack(order + "HH", 0, 0)
+
+    def block(btype, body):
+        return struct.pack(order + "II", btype, 12 + len(body)) + body + struct.pack(order + "I", 12 + len(body))
+
+    out = block(0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1) + opts(shb_options))
+    out += block(1, struct.pack(order + "HHI", pcap.LINKTYPE_ETHERNET, 0, 0) + opts(idb_options))
+    for i, (frame, fo) in enumerate(zip(frames, frame_options)):
+        out += block(6, struct.pack(order + "IIIII", 0, 0, i, len(frame), len(frame)) + frame
+                     + b"\0" * (-len(frame) % 4) + opts(fo))
+    return out
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_comments_and_directions_stay_on_their_frames_through_natt_decap(tmp_path, capsys, order):
+    """pcapng comments (some added by editcap -a) and epb_flags directions, read by tshark from
+    natt decap's output, are on the frames they were on; the section's comment, hardware and OS
+    and the interface's description too. natt dropped every option."""
+    editcap, capinfos = shutil.which("editcap"), shutil.which("capinfos")
+    assert editcap and capinfos, "editcap and capinfos (Wireshark's command-line tools) are not installed"
+    assert cli.main(["demo", "--out-dir", str(tmp_path), "--packets", "40", "--backend", "reference"]) == 0
+    capsys.readouterr()
+    frames = [f for _, _, f, _ in pcap.read_frames(tmp_path / "demo.pcap")]
+    directions = [i % 3 for i in range(len(frames))]         # epb_flags: none, inbound, outbound
+    frame_options = [[(2, struct.pack(order + "I", d))] if d else [] for d in directions]
+    frame_options[5].insert(0, (1, "natt, frame six \u2713".encode()))
+    frame_options[30].append((1, b"thirty-one"))
+    src = tmp_path / "src.pcapng"
+    src.write_bytes(_pcapng(order, frames, frame_options,
+                            [(1, b"ESP capture"), (2, b"x86_64"), (3, b"Linux 6.1"), (4, b"dumpcap")],
+                            [(2, b"eth0"), (3, b"uplink to the VPN gateway")]))
+    if order == "<":
+        # editcap writes little-endian: the big-endian file keeps the comments built into it.
+        annotated = tmp_path / "annotated.pcapng"
+        subprocess.run([editcap, "-a", "3:third frame", "-a", "17:seventeen", str(src), str(annotated)],
+                       check=True, timeout=60, capture_output=True)
+        src = annotated
+    out = tmp_path / "clear.pcapng"
+    assert cli.main(["decap", str(src), "-k", str(tmp_path / "demo.esp_sa"), "-o", str(out), "--no-progress"]) == 0
+    assert f"{len(frames)} written" in capsys.readouterr().out
+    fields = ("frame.comment", "frame.p2p_dir", "frame.interface_description", "esp.spi")
+    before = tshark(src, *fields, config_dir=tmp_path / "empty")
+    after = tshark(out, *fields, config_dir=tmp_path / "empty")
+    assert len(before) == len(after) == len(frames)
+    assert [row[:3] for row in after] == [row[:3] for row in before]
+    comments = {i + 1: row[0] for i, row in enumerate(after) if row[0]}
+    want = {6: "natt, frame six \u2713", 31: "thirty-one"}
+    assert comments == (want | {3: "third frame", 17: "seventeen"} if order == "<" else want)
+    assert [row[1] for row in after] == [["", "1", "0"][d] for d in directions]     # tshark: 1 in, 0 out
+    assert {row[2] for row in after} == {"uplink to the VPN gateway"}
+    assert all(row[3] for row in before) and not any(row[3] for row in after), "decrypted: no ESP left"
+    info = subprocess.run([capinfos, str(out)], check=True, capture_output=True, text=True, timeout=60).stdout
+    for line in ("Capture comment:     ESP capture", "Capture hardware:    x86_64", "Capture oper-sys:    Linux 6.1",
+                 f"Capture application: natt {natt.__version__}"):
+        assert line in info, info
