@@ -1517,7 +1517,8 @@ class PcapWriter:
                        ("cap", "<u4"), ("orig", "<u4")])
         h = np.empty(n, dt)
         h["type"] = _PCAPNG_EPB
-        h["blen"] = 32 + caplen + (-caplen % 4) + (0 if opt_len is None else opt_len)
+        blen = 32 + caplen + (-caplen % 4)
+        h["blen"] = blen if opt_len is None else blen + opt_len
         h["if"] = iface
         t = self._ticks(ts_ns, iface)
         h["hi"] = t >> np.uint64(32)
@@ -1536,8 +1537,9 @@ class PcapWriter:
         n, hsize = hdrs.shape
         ng = self.fmt == "pcapng"
         pad = -caplen % 4 if ng else 0
-        opt_len = 0 if options is None else options[2]
-        rec_len = hsize + caplen + pad + opt_len + (4 if ng else 0)
+        rec_len = hsize + caplen + pad + (4 if ng else 0)
+        if options is not None:
+            rec_len = rec_len + options[2]
         pos = np.cumsum(rec_len) - rec_len
         out = (np.zeros if ng else np.empty)(int(rec_len.sum()), np.uint8)   # pcapng pads are zero
         hflat = hdrs.reshape(-1)
@@ -1549,8 +1551,9 @@ class PcapWriter:
             pos = pos + lengths
         if options is not None:
             copy_segments(out, pos + pad, *options)
+            pad = pad + options[2]           # the trailing length comes after them
         if ng:
-            copy_segments(out, pos + pad + opt_len, hflat, h_off + 4, np.full(n, 4, np.int64))
+            copy_segments(out, pos + pad, hflat, h_off + 4, np.full(n, 4, np.int64))
         return out, frames
 
     @staticmethod
