@@ -599,6 +599,13 @@ _EPB_OPTIONS = {   # §4.3; the obsolete Packet Block's pack_flags and pack_hash
 }
 
 
+# Fewer option lists than this still going: the rest are walked one option at a time. A numpy
+# step costs tens of microseconds however few lists it moves, a Python step about one; a block
+# with a long list (valid: 16000 empty comments fit in 64 KiB) would otherwise cost a numpy step
+# per option. Either way the work is bounded by the octets of options.
+_OPTION_WALK_VECTOR_MIN = 64
+
+
 def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[tuple[int, int, int]]]:
     """The options of the blocks whose option lists are ``buf[start[b]:end[b]]`` (each a multiple
@@ -607,13 +614,15 @@ def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
     the end of its block (§3.5: readers MUST NOT assume it is there). The last item is the first
     option in the file whose value runs past its block, as (position, code, length), or None.
 
-    Vectorised across blocks: one numpy step per place in a list, as many steps as the longest
-    list has options (a handful in what capture tools write)."""
+    Vectorised across blocks, one numpy step per place in the lists, while there are
+    ``_OPTION_WALK_VECTOR_MIN`` lists or more going; the rest one option at a time."""
     blk = np.nonzero(end > start)[0]
     p, e = start[blk], end[blk]
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    # Per step: (block, code, value position, length, place of the option in its list).
+    parts: list[tuple[np.ndarray, ...]] = []
     bad: Optional[tuple[int, int, int]] = None
-    while blk.size:
+    step = 0
+    while blk.size >= _OPTION_WALK_VECTOR_MIN:
         w = _gather_u32(buf, p, big)        # p + 4 <= e: both are 4 apart from the list's start
         code, olen = (w >> 16, w & 0xFFFF) if big else (w & 0xFFFF, w >> 16)
         more = code != 0
@@ -623,22 +632,37 @@ def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
             if bad is None or p[k] < bad[0]:
                 bad = (int(p[k]), int(code[k]), int(olen[k]))
             more &= ~over
-        parts.append((blk[more], code[more], p[more] + 4, olen[more]))
+        parts.append((blk[more], code[more], p[more] + 4, olen[more], np.full(int(more.sum()), step)))
         p = p + 4 + ((olen + 3) & ~3)
         go = more & (p < e)
         blk, p, e = blk[go], p[go], e[go]
+        step += 1
+    rows: list[tuple[int, int, int, int, int]] = []
+    fmt, view = (">HH" if big else "<HH"), buf.data
+    for b, q, stop in zip(blk.tolist(), p.tolist(), e.tolist()):
+        place = step
+        while q < stop:
+            c, n = struct.unpack_from(fmt, view, q)
+            if not c:
+                break
+            if q + 4 + n > stop:
+                if bad is None or q < bad[0]:
+                    bad = (q, c, n)
+                break
+            rows.append((b, c, q + 4, n, place))
+            q += 4 + ((n + 3) & ~3)
+            place += 1
+    if rows:
+        parts.append(tuple(np.array(col, np.int64) for col in zip(*rows)))
     if not parts:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty, empty, bad
-    b = np.concatenate([x[0] for x in parts])
-    # Step t found each list's option t: in file order, a block's options follow the earlier
-    # blocks' ones, at their place in the list.
-    step = np.repeat(np.arange(len(parts)), [x[0].size for x in parts])
-    count = np.bincount(b, minlength=start.size)
-    order = np.empty(b.size, np.int64)
-    order[(np.cumsum(count) - count)[b] + step] = np.arange(b.size)
-    code, pos, olen = (np.concatenate([x[k] for x in parts])[order] for k in (1, 2, 3))
-    return np.repeat(np.arange(start.size), count), code, pos, olen, bad
+    b_all, code_all, pos_all, olen_all, place_all = (np.concatenate([x[k] for x in parts]) for k in range(5))
+    # In file order a block's options follow the earlier blocks' ones, each at its place in its list.
+    count = np.bincount(b_all, minlength=start.size)
+    order = np.empty(b_all.size, np.int64)
+    order[(np.cumsum(count) - count)[b_all] + place_all] = np.arange(b_all.size)
+    return np.repeat(np.arange(start.size), count), code_all[order], pos_all[order], olen_all[order], bad
 
 
 def _writable(rules: dict[int, _OptionRule], buf: np.ndarray, code: np.ndarray, pos: np.ndarray,

@@ -1245,3 +1245,35 @@ def test_random_option_lists_read_as_walked_or_refused_at_the_option(order):
         (c,) = read_all(data)[1]
         assert c.frame_options(0) == want and c.frame_options(1) == []
         assert len([b for b in ng_blocks(_rewrite_like(data)) if b[0] == 6]) == 2
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("vector_min", [1, 64, 1 << 30], ids=["numpy", "default", "one-by-one"])
+def test_option_walk_of_many_lists_is_the_octet_walk(monkeypatch, order, vector_min):
+    """The option walk steps with numpy while many lists go on and finishes the last few one
+    option at a time; whichever does the work, every list reads as an octet-by-octet walk
+    reads it, and the option at fault is the first in the file."""
+    monkeypatch.setattr(pcap, "_OPTION_WALK_VECTOR_MIN", vector_min)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        lists = []
+        for _ in range(int(rng.integers(0, 300))):
+            opts = [(int(rng.integers(1, 70000)) % 0xFFFF + 1, bytes(int(rng.integers(0, 12))))
+                    for _ in range(int(rng.geometric(0.3)) - 1)]
+            body = bytearray(ng_opts(opts, order, end=rng.random() < 0.7))
+            if body and rng.random() < 0.05:      # a length running past the list
+                body[2 if order == "<" else 3] = 0xF0
+            lists.append(bytes(body))
+        buf = np.frombuffer(b"".join(lists), np.uint8)
+        ends = np.cumsum([len(b) for b in lists]).astype(np.int64)
+        starts = ends - [len(b) for b in lists]
+        blk, code, pos, olen, bad = pcap._option_walk(buf, starts, ends, order == ">")
+        want_rows, want_bad = [], None
+        for k, body in enumerate(lists):
+            opts, at = _walk_options(body, order)
+            want_rows += [(k, c, int(starts[k]) + sum(4 + len(v) + (-len(v) % 4) for _, v in opts[:i]) + 4, len(v))
+                          for i, (c, v) in enumerate(opts)]
+            if at is not None and want_bad is None:
+                want_bad = int(starts[k]) + at
+        assert list(zip(blk.tolist(), code.tolist(), pos.tolist(), olen.tolist())) == want_rows
+        assert (bad[0] if bad else None) == want_bad
