@@ -69,6 +69,9 @@ class SaConfig:
     # ``replay_seq - i`` (i < replay_window); None = full (every number <= replay_seq seen).
     # Not in ``repr``: a 65536-bit int exceeds Python's int-to-decimal limit.
     replay_bitmap: Optional[int] = dataclasses.field(default=None, repr=False)
+    # Inbound ESN SAs: consecutive AUTH_FAILED packets so far (RFC 4303 Appendix A3.1), as
+    # counters() exports it in ``replay_fail_run``; 0 for every other SA.
+    replay_fail_run: int = 0
     # Outbound tunnel SAs: the outer header's DF bit, one of _constants.DF_BIT_MODES ("copy"
     # from an inner IPv4 header, "set", "clear"; RFC 4301 §8.1). Always "copy" on inbound and
     # transport SAs (Offload refuses the others there).
@@ -136,7 +139,8 @@ class Backend(Protocol):
         """Remove an SA and wipe every copy of its keys the backend made."""
 
     def counters(self, handle: int) -> dict[str, int]:
-        """COUNTER_NAMES plus ``replay_seq`` (inbound: highest accepted) and
+        """COUNTER_NAMES plus ``replay_seq`` (inbound: highest accepted),
+        ``replay_fail_run`` (inbound ESN: consecutive AUTH_FAILED packets) and
         ``replay_oseq`` (outbound: last sent)."""
 
     def replay_state(self, handle: int) -> tuple[int, int]:

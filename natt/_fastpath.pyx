@@ -375,7 +375,7 @@ cdef struct natt_sa:
     uint64_t top
     uint64_t *bitmap
     uint32_t bmask                # ring of at most 65 536 bits
-    uint32_t auth_run             # consecutive AUTH_FAILED packets (RFC 4303 Appendix A3.1)
+    uint32_t fail_run             # consecutive AUTH_FAILED packets (RFC 4303 Appendix A3.1)
     uint64_t packets              # COUNTER_NAMES "packets" and "bytes"
     uint64_t bytes
     int64_t handle
@@ -1391,8 +1391,8 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
     if r == NATT_CR_AUTH and sa.esn:
         # RFC 4303 Appendix A3: every NATT_ESN_RESYNC_TRIGGER-th consecutive failure is
         # retried with larger seq_hi values, in case 2**32 or more packets were lost.
-        sa.auth_run += 1
-        if sa.auth_run % NATT_ESN_RESYNC_TRIGGER == 0:
+        sa.fail_run += 1
+        if sa.fail_run % NATT_ESN_RESYNC_TRIGGER == 0:
             r = natt_resync(st, sa, pk, o + dst_off, &seq)
             if r == NATT_CR_OK or r == NATT_CR_PAD:
                 sa.ctr[NATT_C_ESN_RESYNCS] += 1
@@ -1409,7 +1409,7 @@ cdef void natt_decap_finish(natt_state *st, natt_io *io, int64_t i, natt_pkt *pk
         natt_copy_input(io, i, pk)
         return
     # Authenticated: the window moves now, whatever the trailer says (RFC 4303 §3.4.3).
-    sa.auth_run = 0
+    sa.fail_run = 0
     natt_accept(sa, seq)
     nh = pk.nh
     io.onh[i] = nh
@@ -2366,6 +2366,7 @@ cdef class FastBackend:
             sa.window = cfg.replay_window
             sa.top = natt_u64(cfg.replay_seq)
             sa.oseq = natt_u64(cfg.replay_oseq)
+            sa.fail_run = <uint32_t>cfg.replay_fail_run   # Offload checked 0 .. 2**32 - 1
             if sa.handle == 0 or sa.window > 65536 or (sa.esn and sa.window == 0):
                 raise ValueError("SaConfig: handle 0, or replay window out of range")
             if sa.window:
@@ -2503,10 +2504,12 @@ cdef class FastBackend:
         natt_sa_free(sa)
 
     def counters(self, handle: int) -> dict:
-        """COUNTER_NAMES plus ``replay_seq`` (highest authenticated) and ``replay_oseq`` (last sent)."""
+        """COUNTER_NAMES plus ``replay_seq`` (highest authenticated), ``replay_fail_run``
+        (consecutive AUTH_FAILED packets) and ``replay_oseq`` (last sent)."""
         cdef natt_sa *sa
         cdef uint64_t c[NATT_N_COUNTERS]
         cdef uint64_t top, oseq, packets, nbytes
+        cdef uint32_t fail_run
         self._lock()
         slot = self._slot_of.get(handle)
         if slot is None:
@@ -2517,11 +2520,13 @@ cdef class FastBackend:
         packets = sa.packets
         nbytes = sa.bytes
         top = sa.top
+        fail_run = sa.fail_run
         oseq = sa.oseq
         self._unlock()
         d = {"packets": packets, "bytes": nbytes}
         d.update({name: c[k] for k, name in enumerate(COUNTER_NAMES[2:])})
         d["replay_seq"] = top
+        d["replay_fail_run"] = fail_run
         d["replay_oseq"] = oseq
         return d
 

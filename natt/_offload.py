@@ -459,6 +459,10 @@ class Offload:
                 raise _Reject(INVALID_PARAMETER, f"replay_bitmap: must be 0 <= x < 2**replay_window "
                                                  f"(2**{window}); got {got}")
             replay_bitmap = bitmap
+        replay_fail_run = _int("replay_fail_run", req.replay_fail_run, 0, 0xFFFFFFFF)
+        if replay_fail_run and not (inbound and esn):
+            raise _Reject(INVALID_PARAMETER, "replay_fail_run: only an inbound ESN SA counts its failed "
+                                             "packets (RFC 4303 Appendix A3)")
         sport = _int("encap_src_port", req.encap_src_port, 1, 65535)
         dport = _int("encap_dst_port", req.encap_dst_port, 1, 65535)
         oa_src = _addr("nat_oa_src", req.nat_oa_src)
@@ -529,7 +533,7 @@ class Offload:
             entry_handle=0, encap_type=encap_type, port=port,
             encap_src_port=sport, encap_dst_port=dport, replay_window=window, esn=esn,
             replay_seq=replay_seq, replay_oseq=replay_oseq, nat_oa_src=oa_src, nat_oa_dst=oa_dst, key=key,
-            replay_bitmap=replay_bitmap, df_bit=str(df_bit))
+            replay_bitmap=replay_bitmap, replay_fail_run=replay_fail_run, df_bit=str(df_bit))
         return cfg, (entry_handle, encap_type, port)
 
     def _handle(self) -> int:
@@ -630,7 +634,7 @@ class Offload:
                dport: int = 4500,
                replay_window: int = 64, esn: bool = False, nat_oa_src: Optional[Address] = None,
                nat_oa_dst: Optional[Address] = None, replay_seq: int = 0, replay_oseq: int = 0,
-               replay_bitmap: Optional[int] = None, df_bit: str = "copy") -> int:
+               replay_bitmap: Optional[int] = None, replay_fail_run: int = 0, df_bit: str = "copy") -> int:
         """Install one SA and return its handle; raises :class:`OffloadError` naming the field at fault.
 
         ``suite`` is a strongSwan ESP proposal keyword (``aes128gcm16``,
@@ -644,7 +648,9 @@ class Offload:
         ports ``sport`` → ``dport`` and the framing ``encap``: a
         :class:`UdpEncapType` or its name, ``"OTHER"`` (RFC 3948) or ``"IKE"``.
         ``replay_seq``/``replay_bitmap`` (inbound) start the anti-replay window
-        from a state :meth:`replay_state` exported (docs/semantics.md §3).
+        from a state :meth:`replay_state` exported, and ``replay_fail_run`` (inbound ESN)
+        the count of consecutive failed packets ``sa_stats`` exports under that name, which
+        decides the RFC 4303 Appendix A3 retries (docs/semantics.md §3).
         ``df_bit`` (outbound tunnel SAs) is the DF bit of the outer IPv4 header:
         ``"copy"`` from an inner IPv4 header (clear for inner IPv6; the default),
         ``"set"`` or ``"clear"`` (RFC 4301 §8.1); other SAs take ``"copy"`` only.
@@ -705,7 +711,8 @@ class Offload:
             encap_src_port=sport, encap_dst_port=dport,
             nat_oa_src=0 if nat_oa_src is None else nat_oa_src,
             nat_oa_dst=0 if nat_oa_dst is None else nat_oa_dst,
-            replay_seq=replay_seq, replay_oseq=replay_oseq, replay_bitmap=replay_bitmap, df_bit=df_bit)
+            replay_seq=replay_seq, replay_oseq=replay_oseq, replay_bitmap=replay_bitmap,
+            replay_fail_run=replay_fail_run, df_bit=df_bit)
         if mode == "tunnel":      # both given and not 0 (checked above)
             req.src_tunnel_addr = 0 if src is None else src
             req.dst_tunnel_addr = 0 if dst is None else dst
@@ -774,7 +781,10 @@ class Offload:
         (numbers <= 0 read as seen). Installing the SA elsewhere with ``replay_seq=top,
         replay_bitmap=bitmap`` gives exactly the same REPLAY/OK decisions from then on: this
         moves an SA between instances without replays, like ``ip xfrm state``
-        replay-seq/replay-bitmap. Read atomically with respect to ``decap`` batches.
+        replay-seq/replay-bitmap. An ESN SA's decisions also depend on its count of consecutive
+        failed packets (RFC 4303 Appendix A3): pass ``replay_fail_run=sa_stats(handle)
+        ["replay_fail_run"]`` too, read with no ``decap`` of the SA in between. Read atomically
+        with respect to ``decap`` batches.
         Raises :class:`OffloadError` (INVALID_PARAMETER) for an unknown handle, an outbound
         SA or an SA without anti-replay (``replay_window=0``).
         """

@@ -123,6 +123,9 @@ class AddUdpEspSa:
     #: as ``Offload.replay_state`` exports it; None = every number <= replay_seq seen. Kept out
     #: of ``repr``: a 65536-bit int exceeds Python's int-to-decimal limit (repr would raise).
     replay_bitmap: Optional[int] = dataclasses.field(default=None, repr=False)
+    #: Inbound ESN SAs: consecutive AUTH_FAILED packets so far, the RFC 4303 Appendix A3 count
+    #: ``Offload.sa_stats`` exports as ``replay_fail_run`` (docs/semantics.md §3).
+    replay_fail_run: int = 0
     #: Outbound tunnel SAs: the DF bit of the outer IPv4 header, "copy" (from an inner IPv4
     #: header; clear for inner IPv6), "set" or "clear" (RFC 4301 §8.1: configurable per SA).
     #: Inbound and transport SAs take "copy" only (docs/semantics.md §2, step 7).

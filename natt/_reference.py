@@ -104,7 +104,7 @@ class _Sa:
     """One installed SA: its configuration, keyed transforms, replay state and counters."""
 
     __slots__ = ("cfg", "suite", "_aes", "_chacha", "_des3", "_mac", "top", "bitmap",
-                 "oseq", "auth_run", "counters")
+                 "oseq", "fail_run", "counters")
 
     def __init__(self, cfg: SaConfig) -> None:
         self.cfg = cfg
@@ -130,7 +130,7 @@ class _Sa:
         full = (1 << cfg.replay_window) - 1
         self.bitmap = full if cfg.replay_bitmap is None else cfg.replay_bitmap & full
         self.oseq = cfg.replay_oseq
-        self.auth_run = 0        # consecutive AUTH_FAILED packets (RFC 4303 Appendix A3.1)
+        self.fail_run = cfg.replay_fail_run   # consecutive AUTH_FAILED packets (RFC 4303 Appendix A3.1)
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
 
     def wipe(self) -> None:
@@ -365,10 +365,11 @@ class ReferenceBackend:
             sa.wipe()
 
     def counters(self, handle: int) -> dict[str, int]:
-        """COUNTER_NAMES plus ``replay_seq`` (highest authenticated) and ``replay_oseq`` (last sent)."""
+        """COUNTER_NAMES plus ``replay_seq`` (highest authenticated), ``replay_fail_run``
+        (consecutive AUTH_FAILED packets) and ``replay_oseq`` (last sent)."""
         with self._lock:
             sa = self._sas[handle]
-            return {**sa.counters, "replay_seq": sa.top, "replay_oseq": sa.oseq}
+            return {**sa.counters, "replay_seq": sa.top, "replay_fail_run": sa.fail_run, "replay_oseq": sa.oseq}
 
     def replay_state(self, handle: int) -> tuple[int, int]:
         """``(T, bitmap)`` of an inbound SA, in this backend's own representation (see
@@ -518,8 +519,8 @@ class ReferenceBackend:
         if plain is None and sa.cfg.esn:
             # RFC 4303 Appendix A3: every ESN_RESYNC_TRIGGER-th consecutive failure is retried
             # with larger seq_hi values, in case 2**32 or more packets were lost.
-            sa.auth_run += 1
-            if sa.auth_run % ESN_RESYNC_TRIGGER == 0:
+            sa.fail_run += 1
+            if sa.fail_run % ESN_RESYNC_TRIGGER == 0:
                 retried = sa.resync(esp, seq)
                 if retried is not None:
                     seq, plain = retried
@@ -529,7 +530,7 @@ class ReferenceBackend:
             c["auth_failures"] += 1
             return Status.AUTH_FAILED, sa, res_seq, 0, None
         # Authenticated: the window moves now, whatever the trailer turns out to be.
-        sa.auth_run = 0
+        sa.fail_run = 0
         sa.accept(seq)
         # 10. Trailer (RFC 4303 §2.4: default padding is 1, 2, 3, …).
         pad_len, nh = plain[-2], plain[-1]

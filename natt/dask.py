@@ -40,12 +40,14 @@ does the same with Dask tasks, the flow being an inbound SA's lookup key (parser
    (round-robin among them), else to any lane.
 3. ``step`` (lane x range): each lane is a chain of tasks, one per range in input order, so all
    packets of one SA are decapsulated in input order by one task at a time. A step hands the next
-   one the lane's anti-replay state -- per SA the highest authenticated number ``T`` and the
-   window bitmap (RFC 4303 §3.4.3). A step that finds the lane's Offload of the previous step
+   one the lane's anti-replay state -- per SA the highest authenticated number ``T``, the
+   window bitmap (RFC 4303 §3.4.3) and an ESN SA's count of consecutive failed packets (its
+   resynchronisation, Appendix A3). A step that finds the lane's Offload of the previous step
    cached on its worker goes on with it; otherwise (the lane moved, or a worker died and Dask
    re-ran the chain) it rebuilds the state exactly: the state is exported from the data path at
-   the end of each step (:meth:`natt.Offload.replay_state`) and the SA installed again with
-   ``replay_seq=T, replay_bitmap=bitmap``, like ``ip xfrm state`` replay-seq/replay-bitmap.
+   the end of each step (:meth:`natt.Offload.replay_state`, ``sa_stats``' ``replay_fail_run``)
+   and the SA installed again with ``replay_seq=T, replay_bitmap=bitmap, replay_fail_run=...``,
+   like ``ip xfrm state`` replay-seq/replay-bitmap.
    Lanes are pinned (loosely) to workers so the cache normally hits.
 4. ``part`` (one task per range): re-reads the range, merges the lanes' results back into frame
    order and writes the range's records to a part file next to the output; ``finish`` (one per
@@ -462,13 +464,15 @@ def _split(rs: _RangeSpec, sa_set: _SaSet, lanes: int) -> tuple:
 @dataclasses.dataclass(frozen=True)
 class _LaneState:
     """A lane's anti-replay state after a step: per key-file index of an SA with a window,
-    ``(T, bitmap)`` where bit ``i`` of ``bitmap`` stands for number ``T - i``, exactly as
-    :meth:`natt.Offload.replay_state` exports it. ``token`` names the Offload that holds exactly this state,
-    so that the next step on the same worker may go on with it."""
+    ``(T, bitmap, fail_run)`` where bit ``i`` of ``bitmap`` stands for number ``T - i``, exactly
+    as :meth:`natt.Offload.replay_state` exports it, and ``fail_run`` the SA's count of
+    consecutive failed packets (``sa_stats``' ``replay_fail_run``: ESN resynchronisation,
+    RFC 4303 Appendix A3). ``token`` names the Offload that holds exactly this state, so that
+    the next step on the same worker may go on with it."""
 
     token: str
     # Not in ``repr``: a 65536-bit bitmap exceeds Python's int-to-decimal limit.
-    windows: dict[int, tuple[int, int]] = dataclasses.field(repr=False)
+    windows: dict[int, tuple[int, int, int]] = dataclasses.field(repr=False)
 
 
 @dataclasses.dataclass
@@ -505,14 +509,15 @@ def _initial_state(specs: Sequence[keyfile.SaSpec], routing: _Routing, lane: int
     for i in routing.lane_sas[lane]:
         if specs[i].replay_window > 0:
             top, bitmap = keyfile._inbound_window(specs[i])
-            windows[i] = (top, (1 << specs[i].replay_window) - 1 if bitmap is None else bitmap)
+            windows[i] = (top, (1 << specs[i].replay_window) - 1 if bitmap is None else bitmap, 0)
     return _LaneState("", windows)
 
 
 def _restore(specs: Sequence[keyfile.SaSpec], lane_sas: Sequence[int], state: _LaneState,
              backend: Optional[str]) -> tuple[Offload, list[int]]:
     """A fresh Offload with the lane's SAs (``lane_sas``, key-file indexes) installed in exactly
-    ``state``'s anti-replay state (``replay_seq``/``replay_bitmap``, docs/semantics.md §3);
+    ``state``'s anti-replay state (``replay_seq``/``replay_bitmap``/``replay_fail_run``,
+    docs/semantics.md §3);
     returns it and the handle of every key-file index (0 for the SAs of other lanes)."""
     nic = Offload(backend=backend, max_sas=max(len(lane_sas), 1))
     try:
@@ -558,7 +563,8 @@ def _step(sa_set: _SaSet, previous: Optional[tuple[_LaneState, _LaneResult]], pk
         seconds = time.perf_counter() - t0
         status, sa_idx = res.status.copy(), sa_index(handles, res.sa)
         # The data path's own state, exported exactly (not recomputed from the results).
-        windows = {i: nic.replay_state(handles[i]) for i in prev.windows}
+        windows = {i: (*nic.replay_state(handles[i]), nic.sa_stats(handles[i])["replay_fail_run"])
+                   for i in prev.windows}
         # The writer needs the outputs of OK packets only; the others are written from the input.
         ok = status == Status.OK
         if ok.all():

@@ -873,7 +873,7 @@ def _inbound_window(s: SaSpec) -> tuple[int, Optional[int]]:
 
 
 def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] = None,
-            replay_state: Optional[Mapping[int, tuple[int, int]]] = None) -> list[int]:
+            replay_state: Optional[Mapping[int, tuple[int, ...]]] = None) -> list[int]:
     """Install ``specs`` on ``offload`` (a :class:`natt.Offload`); returns one handle per spec.
 
     ``direction=None`` installs each SA with its own direction (an SA with none -- from an
@@ -884,8 +884,10 @@ def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] =
     never looks at an SA's source (docs/semantics.md §1, step 6), but a tunnel SA needs one.
 
     ``replay_state`` maps an index into ``specs`` to the ``(top, bitmap)`` that
-    ``Offload.replay_state`` exported for that SA: it is installed inbound in exactly that
-    anti-replay state (``replay_seq=top, replay_bitmap=bitmap``) instead of its own ``replay_seq``.
+    ``Offload.replay_state`` exported for that SA, or ``(top, bitmap, fail_run)`` with the
+    ``replay_fail_run`` of its ``Offload.sa_stats``: it is installed inbound in exactly that
+    anti-replay state (``replay_seq=top, replay_bitmap=bitmap, replay_fail_run=fail_run``)
+    instead of its own ``replay_seq``.
 
     With ``direction`` given, a spec that would install exactly what an earlier one installed
     (a key file holding one SA's two directions: same SPI, ends, settings and key; installed
@@ -920,7 +922,7 @@ def same_sa(specs: Sequence[SaSpec], direction: Optional[str] = None) -> list[in
 _OUTBOUND_ONLY = ("sport", "dport", "replay_oseq", "df_bit")
 
 
-def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optional[Mapping[int, tuple[int, int]]]
+def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optional[Mapping[int, tuple[int, ...]]]
           ) -> Iterator[tuple[int, SaSpec, str, dict[str, Any], Optional[int]]]:
     """What :func:`install` asks of the Offload for each spec: ``(index, spec, direction,
     add_sa keyword arguments, index of an earlier spec installing the same SA or None)``."""
@@ -945,13 +947,15 @@ def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optio
             raise KeyFileError(f"{_installing(i, s)}: an outbound tunnel-mode SA needs src, its tunnel's "
                                f"source end: encap writes it as the outer source ('*' or null will not do)")
         replay_seq, replay_bitmap = _inbound_window(s) if d == "in" else (s.replay_seq, None)
+        fail_run = 0
         if replay_state is not None and i in replay_state:
-            replay_seq, replay_bitmap = replay_state[i]
+            replay_seq, replay_bitmap, *rest = replay_state[i]
+            fail_run = rest[0] if rest else 0
         kwargs = dict(mode=s.mode, src=src, dst=dst, encap=s.encap, port=s.port, sport=s.sport,
                       dport=s.dport, replay_window=s.replay_window, esn=s.esn,
                       nat_oa_src=s.nat_oa_src if d == "in" else None,
                       nat_oa_dst=s.nat_oa_dst if d == "in" else None, replay_seq=replay_seq,
-                      replay_oseq=s.replay_oseq, replay_bitmap=replay_bitmap,
+                      replay_oseq=s.replay_oseq, replay_bitmap=replay_bitmap, replay_fail_run=fail_run,
                       # What encap writes (RFC 4301 §8.1); an inbound SA takes "copy" only.
                       df_bit=s.df_bit if d == "out" else "copy")
         # A key file that holds an SA's two directions (same SPI, ends and key) gives the

@@ -887,7 +887,7 @@ class _Sa:
     """Generator-side state of one SA: the peer's sender and the receiver's window model."""
 
     __slots__ = ("index", "spec", "suite", "sealer", "window", "next_seq", "history", "key_addr", "key_mask",
-                 "peer", "auth_run")
+                 "peer", "fail_run")
 
     def __init__(self, index: int, spec: SaSpec, peer: str) -> None:
         self.index = index
@@ -905,7 +905,7 @@ class _Sa:
         else:
             self.key_addr = self.key_mask = 0
         self.peer = peer                  # the peer's public (post-NAT) address
-        self.auth_run = 0                 # the receiver's consecutive AUTH_FAILED packets
+        self.fail_run = 0                 # the receiver's consecutive AUTH_FAILED packets
 
     def exhausted(self, k: int = 1) -> bool:
         return self.next_seq + k - 1 > ((1 << 64) - 1 if self.spec.esn else _M32)
@@ -1011,18 +1011,18 @@ class _Model:
         if sa.window.replayed(seq):
             return Status.REPLAY, sa.index
         if origin is None or origin.sa is not sa or origin.esp != esp:
-            sa.auth_run += 1
+            sa.fail_run += 1
             return Status.AUTH_FAILED, sa.index
         if origin.seq != seq:
             # Semantics §3, RFC 4303 Appendix A3: on an ESN SA every ESN_RESYNC_TRIGGER-th
             # consecutive failure is retried with the ESN_RESYNC_LIMIT seq_hi values above the
             # inferred one.
-            sa.auth_run += 1
-            if not (sa.spec.esn and sa.auth_run % ESN_RESYNC_TRIGGER == 0
+            sa.fail_run += 1
+            if not (sa.spec.esn and sa.fail_run % ESN_RESYNC_TRIGGER == 0
                     and 0 < (origin.seq >> 32) - (seq >> 32) <= ESN_RESYNC_LIMIT):
                 return Status.AUTH_FAILED, sa.index
             seq = self._seq = origin.seq
-        sa.auth_run = 0
+        sa.fail_run = 0
         sa.window.accept(seq)
         self._authenticated = True
         self._nh = origin.next_header

@@ -59,7 +59,9 @@ def _replay_esn_traffic(seed: int) -> tuple[list[keyfile.SaSpec], list[bytes]]:
       the window; a copy of every 7th packet resent ~100 packets later (a later range: REPLAY only
       if the state crossed the boundary); numbers left of the window; an ICV failure before the
       genuine packet; a padding error after a valid ICV (moves the window; its resend is a REPLAY);
-      a truncated ESP (MALFORMED before the ICV: does not move it).
+      a truncated ESP (MALFORMED before the ICV: does not move it); at the end, 2**32 packets
+      lost and 80 more sent, which fail until the 64th in a row resynchronises the SA (RFC 4303
+      Appendix A3: the count of failures is state that crosses ranges too).
     * non-ESN CBC+HMAC with window 32 and the same kinds of replays.
     * legacy IKE framing on port 500, anti-replay off (replays are accepted).
     """
@@ -107,6 +109,11 @@ def _replay_esn_traffic(seed: int) -> tuple[list[keyfile.SaSpec], list[bytes]]:
                 pkts.append(history[-3])
             if n % 5 == 0 and len(history) > 20:      # resent from inside the window, a range back
                 pkts.append(history[-20])
+        if spec.esn:
+            for seq in range(first + 260 + (1 << 32), first + 340 + (1 << 32)):
+                inner = traffic.icmp_echo("10.1.0.2", "10.2.0.7", seq=seq & 0xFFFF, payload=40)
+                pkts.append(traffic.esp_in_udp(sealer, seq, inner, tunnel=True, src=spec.src, dst=spec.dst,
+                                               sport=spec.port, dport=spec.port, framing=spec.encap, rng=rng))
         streams.append(pkts)
     mixed: list[bytes] = []
     its = [iter(s) for s in streams]
@@ -384,31 +391,34 @@ def test_each_lane_holds_its_own_sas_and_decaps_as_one_offload(capture_sets, lan
 @pytest.mark.parametrize("backend", ["fast", "reference"])
 def test_lane_state_rebuilt_exactly(capture_sets, backend):
     """A lane whose Offload is lost (another worker, or a restarted one) rebuilds its anti-replay
-    state from the carried (T, bitmap) alone: forcing a rebuild before every step changes nothing."""
+    state from the carried (T, bitmap, fail_run) alone: forcing a rebuild before every step
+    changes nothing."""
     specs, paths = capture_sets["state"]
     packets = [d for p in paths for (_, _, _, d) in pcap.read_frames(p)]
     batch = natt.PacketBatch.from_packets(packets)
     with natt.Offload(backend=backend) as nic:
-        keyfile.install(nic, specs, direction="in")
+        handles = keyfile.install(nic, specs, direction="in")
         want = nic.decap(batch).status.copy()
+        assert nic.sa_stats(handles[0])["esn_resyncs"] == 1
     sa_set = ndask._SaSet(specs)
     step = None
     got = []
-    with_holes = 0
+    with_holes = mid_run = 0
     for lo in range(0, len(packets), 37):
         hi = min(lo + 37, len(packets))
         pk = ndask._LanePackets(np.arange(lo, hi), batch.data, batch.offsets[lo:hi].copy(), batch.lengths[lo:hi].copy())
         if step is not None:
             # A window that is not full below T cannot be rebuilt from replay_seq alone.
-            with_holes += any(b != (1 << specs[i].replay_window) - 1 for i, (t, b) in step[0].windows.items())
+            with_holes += any(b != (1 << specs[i].replay_window) - 1 for i, (t, b, f) in step[0].windows.items())
+            mid_run += any(f for t, b, f in step[0].windows.values())
             # The rebuild installs the exported state and decapsulates nothing: no packet is
             # ever sealed under the SA's key to get there.
             nic, handles = ndask._restore(specs, range(len(specs)), step[0], backend)
             try:
-                for i, (t, b) in step[0].windows.items():
+                for i, (t, b, f) in step[0].windows.items():
                     assert nic.replay_state(handles[i]) == (t, b)
                     stats = nic.sa_stats(handles[i])
-                    assert stats["packets"] == stats["dummy"] == 0
+                    assert stats["packets"] == stats["dummy"] == 0 and stats["replay_fail_run"] == f
             finally:
                 nic.close()
         job = uuid.uuid4().hex          # a new job id each time: never the cached Offload
@@ -417,6 +427,7 @@ def test_lane_state_rebuilt_exactly(capture_sets, backend):
         got.append(step[1].status)
     assert (np.concatenate(got) == want).all()
     assert with_holes > 0, "the scenario never carried a window with holes between steps"
+    assert mid_run > 0, "the scenario never carried a run of ESN failures between steps"
 
 
 @pytest.mark.parametrize("backend", ["fast", "reference"])
@@ -444,7 +455,7 @@ def test_lanes_start_windows_as_keys_install_does(backend):
     ndask._forget_job(job)
     assert res.status.tolist() == [Status.OK] * 12
     # Numbers 0 .. 5 of the epoch seen: bits 63 - 0 .. 63 - 5 of the window topped at 63.
-    assert state.windows[1] == ((5 << 32) | 63, sum(1 << (63 - low) for low in range(6)))
+    assert state.windows[1] == ((5 << 32) | 63, sum(1 << (63 - low) for low in range(6)), 0)
 
 
 def test_worker_killed_mid_job(client, capture_sets, tmp_path):

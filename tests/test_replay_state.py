@@ -1,4 +1,5 @@
-"""Anti-replay state export/import (``Offload.replay_state``, ``replay_bitmap``; docs/semantics.md §3).
+"""Anti-replay state export/import (``Offload.replay_state``, ``replay_bitmap``, ``replay_fail_run``;
+docs/semantics.md §3).
 
 An SA's window moved to another Offload -- the same backend or the other one -- must make
 exactly the decisions the original would have made on the same follow-up traffic. Expected
@@ -201,6 +202,62 @@ def test_replay_bitmap_validation_oid(nic: natt.Offload) -> None:
     req.replay_seq = 40
     assert nic.set_oid(natt.OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req) == natt.NdisStatus.SUCCESS
     assert nic.replay_state(req.offload_handle) == (40, (1 << 32) - 2)
+
+
+@pytest.mark.parametrize("carried", [True, False], ids=["with-fail-run", "window-only"])
+def test_moved_esn_sa_keeps_its_run_of_failures(nic: natt.Offload, carried: bool) -> None:
+    """An ESN SA moved in the middle of a run of failed packets (2**32 lost: RFC 4303 Appendix
+    A3) resynchronises at the same packet as the original only if its count of failures moves
+    with it (``sa_stats`` ``replay_fail_run`` -> ``add_sa(replay_fail_run=...)``)."""
+    top = (5 << 32) + 1000
+    h, peer = add_in(nic, GCM, esn=True, replay_seq=top)
+    lost = [peer.packet((6 << 32) + 2000 + k) for k in range(64)]
+    first = nic.decap(lost[:50])
+    assert (first.status == Status.AUTH_FAILED).all()
+    state, run = nic.replay_state(h), nic.sa_stats(h)["replay_fail_run"]
+    assert state == (top, (1 << 64) - 1) and run == 50
+    want = nic.decap(lost[50:])
+    assert want.status.tolist() == [Status.AUTH_FAILED] * 13 + [Status.OK]
+    for other in natt.backends():
+        with natt.Offload(backend=other) as o:
+            mh, _ = add_in(o, GCM, esn=True, replay_seq=state[0], replay_bitmap=state[1],
+                           replay_fail_run=run if carried else 0)
+            assert o.sa_stats(mh)["replay_fail_run"] == (run if carried else 0)
+            got = o.decap(lost[50:])
+            if carried:
+                assert np.array_equal(got.status, want.status) and np.array_equal(got.seq, want.seq), other
+                assert o.replay_state(mh) == nic.replay_state(h), other
+                assert o.sa_stats(mh)["replay_fail_run"] == nic.sa_stats(h)["replay_fail_run"] == 0
+            else:
+                assert (got.status == Status.AUTH_FAILED).all(), other
+                assert o.sa_stats(mh)["replay_fail_run"] == 14
+
+
+@pytest.mark.parametrize("kw, why", [
+    ({"replay_fail_run": -1}, "negative"),
+    ({"replay_fail_run": 1 << 32}, "wider than the count"),
+    ({"replay_fail_run": "3"}, "not an int"),
+    ({"replay_fail_run": 5}, "not ESN"),
+    ({"replay_fail_run": 5, "esn": True, "direction": "out"}, "outbound"),
+])
+def test_replay_fail_run_validation(nic: natt.Offload, kw: dict[str, Any], why: str) -> None:
+    args = dict(kw)
+    direction = args.pop("direction", "in")
+    with pytest.raises(natt.OffloadError) as ei:
+        nic.add_sa(SPI, bytes(GCM.key_len), GCM.name, direction, src="198.51.100.2", dst="203.0.113.5", **args)
+    assert ei.value.status == natt.NdisStatus.INVALID_PARAMETER, why
+    assert str(ei.value).startswith("replay_fail_run:"), why
+    assert nic.sa_handles() == []
+    # Through the OID layer too: the status, nothing installed.
+    req = natt.AddUdpEspSa(
+        flags=natt.OFFLOAD_INBOUND_SA if direction == "in" else natt.OFFLOAD_OUTBOUND_SA,
+        sec_assoc=[natt.OffloadSecurityAssociation(
+            natt.Operation.ENCRYPT, SPI, integrity_algo=natt.AlgoInfo(GCM.integ_algo, GCM.integ_key_len),
+            conf_algo=natt.AlgoInfo(GCM.conf_algo, GCM.conf_key_len))],
+        key_mat=bytes(GCM.key_len), icv_len=GCM.icv_len, esn=args.get("esn", False),
+        replay_fail_run=args["replay_fail_run"])
+    assert nic.set_oid(natt.OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req) == natt.NdisStatus.INVALID_PARAMETER
+    assert nic.sa_handles() == []
 
 
 def test_replay_state_refusals(nic: natt.Offload) -> None:
