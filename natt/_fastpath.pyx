@@ -1341,7 +1341,7 @@ cdef inline void natt_decap_parse(const natt_state *st, natt_io *io, int64_t i, 
 cdef int natt_resync(natt_state *st, natt_sa *sa, natt_pkt *pk, uint8_t *dst, uint64_t *seq) noexcept nogil:
     """RFC 4303 Appendix A3.2: retry a packet that failed authentication as ``seq`` with the
     next NATT_ESN_RESYNC_LIMIT values of seq_hi above ``seq``'s (never past 2**32 - 1). The
-    natt_open result of the last try; ``seq`` becomes the number that authenticated."""
+    natt_open result of the last try; ``seq`` becomes the number that authenticated, if one did."""
     cdef uint32_t seq_hi = <uint32_t>(seq[0] >> 32)
     cdef int k, r = NATT_CR_AUTH
     for k in range(NATT_ESN_RESYNC_LIMIT):
@@ -1349,8 +1349,9 @@ cdef int natt_resync(natt_state *st, natt_sa *sa, natt_pkt *pk, uint8_t *dst, ui
             break
         seq_hi += 1
         r = natt_open(sa, 0, st.mdw[0], pk.inp + pk.esp_off, pk.esp_len, seq_hi, dst, pk)
-        if r != NATT_CR_AUTH:
+        if r == NATT_CR_OK or r == NATT_CR_PAD:
             seq[0] = (<uint64_t>seq_hi << 32) | pk.seql
+        if r != NATT_CR_AUTH:
             break
     return r
 

@@ -519,7 +519,7 @@ class ReferenceBackend:
         if plain is None and sa.cfg.esn:
             # RFC 4303 Appendix A3: every ESN_RESYNC_TRIGGER-th consecutive failure is retried
             # with larger seq_hi values, in case 2**32 or more packets were lost.
-            sa.fail_run += 1
+            sa.fail_run = (sa.fail_run + 1) & 0xFFFFFFFF   # a 32-bit count, as sa_stats reports it
             if sa.fail_run % ESN_RESYNC_TRIGGER == 0:
                 retried = sa.resync(esp, seq)
                 if retried is not None:

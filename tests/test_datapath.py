@@ -675,6 +675,23 @@ class TestEsnResync:
         got = [Status(s) for k in range(0, len(packets), 5) for s in nic.decap(packets[k:k + 5]).status]
         assert got == [Status.AUTH_FAILED] * (self.TRIGGER - 1) + [Status.OK, Status.OK]
 
+    def test_the_count_is_32_bits_and_wraps(self, nic):
+        # sa_stats' replay_fail_run is a 32-bit count on both backends: 2**32 - 1 failures in a
+        # row, then one more gives 0, a multiple of the trigger, so that packet is retried.
+        h, peer = add_in(nic, esn=True, replay_seq=self.T, replay_fail_run=2**32 - 2)
+        lost = [peer.packet((6 << 32) + 2000 + k) for k in range(2)]
+        s, _ = decap1(nic, lost[0])
+        assert s is Status.AUTH_FAILED and stats(nic, h)["replay_fail_run"] == 2**32 - 1
+        s, res = decap1(nic, lost[1])
+        assert s is Status.OK and res.seq[0] == (6 << 32) + 2001
+        assert stats(nic, h)["replay_fail_run"] == 0 and stats(nic, h)["esn_resyncs"] == 1
+        # A failure no retry saves leaves the wrapped count, 0, not 2**32.
+        h2, peer2 = add_in(nic, esn=True, replay_seq=self.T, replay_fail_run=2**32 - 1, spi=SPI + 1)
+        forged = bytearray(peer2.packet(self.T + 1))
+        forged[-1] ^= 1
+        assert decap1(nic, bytes(forged))[0] is Status.AUTH_FAILED
+        assert stats(nic, h2)["replay_fail_run"] == 0 and stats(nic, h2)["esn_resyncs"] == 0
+
     def test_no_retry_wraps_past_the_last_epoch(self, nic):
         # T in the last epoch: seq_hi + 1 does not exist, so nothing is retried (a wrap to 0
         # would retry numbers below T).
