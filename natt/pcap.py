@@ -73,7 +73,9 @@ offset in seconds) is a :class:`PcapError` rather than a wrapped-around time.
 Corrupt or truncated input raises :class:`PcapError` (a ``ValueError``) whose ``offset`` is the
 file offset of the record at fault; records before it have already been yielded (the chunk that
 would have held it ends before it). An option whose value runs past its block is such an error,
-at the option's offset (a list without ``opt_endofopt`` is not: it ends with its block, §3.5).
+at the option's offset (a list without ``opt_endofopt`` is not: it ends with its block, §3.5), and
+so is a block of more than 65 536 options (pcapng sets no limit; natt's per-option arrays would
+take ten times the block's octets).
 A pcapng file's first Section Header Block is read when the reader is constructed, and its
 errors raised there.
 """
@@ -555,6 +557,7 @@ class _OptionRule(NamedTuple):
     (offset, width) of the integers in its value, whose octets a change of byte order reverses;
     ``kinds``, when set, the values of its first octet (a hash algorithm, a verdict or filter
     type) for which that layout is known. ``portable`` False: no layout is known at all.
+    ``sized``: (first octet, length) pairs, the one length a value of that kind may have.
     """
 
     least: int
@@ -562,6 +565,7 @@ class _OptionRule(NamedTuple):
     numbers: tuple[tuple[int, int], ...] = ()
     kinds: Optional[tuple[int, ...]] = None
     portable: bool = True
+    sized: tuple[tuple[int, int], ...] = ()
 
 
 _OPT_COMMENT = 1
@@ -592,9 +596,11 @@ _IDB_OPTIONS = {   # §4.2; if_name, if_tsresol and if_tsoffset are Interface fi
 _EPB_OPTIONS = {   # §4.3; the obsolete Packet Block's pack_flags and pack_hash are the same
     **_COMMON_OPTIONS, _OPT_FLAGS: _U32,
     # MD5 and SHA-1 hashes are octet strings; the 4-octet ones (CRC32, Toeplitz) have no stated order.
-    _OPT_HASH: _OptionRule(1, kinds=(3, 4)),
+    # Each algorithm's hash has its length (2 CRC32, 3 MD5, 4 SHA-1, 5 Toeplitz; §4.3.1).
+    _OPT_HASH: _OptionRule(1, kinds=(3, 4), sized=((2, 5), (3, 17), (4, 21), (5, 5))),
     4: _U64, 5: _U64, 6: _U32,                  # epb_dropcount, epb_packetid, epb_queue
-    7: _OptionRule(1, numbers=((1, 8),), kinds=(1, 2)),   # epb_verdict: eBPF TC and XDP, a 64-bit number
+    # epb_verdict: eBPF TC and XDP, a 64-bit number (Wireshark refuses a file with another length)
+    7: _OptionRule(1, numbers=((1, 8),), kinds=(1, 2), sized=((1, 9), (2, 9))),
     8: _OptionRule(8, True, ((0, 4), (4, 4))),  # epb_processid_threadid
 }
 
@@ -604,15 +610,20 @@ _EPB_OPTIONS = {   # §4.3; the obsolete Packet Block's pack_flags and pack_hash
 # with a long list (valid: 16000 empty comments fit in 64 KiB) would otherwise cost a numpy step
 # per option. Either way the work is bounded by the octets of options.
 _OPTION_WALK_VECTOR_MIN = 64
+# Options natt reads in one block. pcapng sets no limit, but a block of millions of 4-octet
+# options (a 256 MiB block holds 67 million) would cost gigabytes of per-option arrays and a
+# Python step each; 65536 is four times the 16384 empty options a 64 KiB list holds.
+_MAX_BLOCK_OPTIONS = 65536
 
 
 def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[tuple[int, int, int]]]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[tuple[int, str]]]:
     """The options of the blocks whose option lists are ``buf[start[b]:end[b]]`` (each a multiple
     of 4 octets, as blocks and packet data are padded to 4): per option, in file order, its block
     ``b``, code, value position and value length. A list ends at opt_endofopt or, lacking one, at
     the end of its block (§3.5: readers MUST NOT assume it is there). The last item is the first
-    option in the file whose value runs past its block, as (position, code, length), or None.
+    option in the file that natt cannot take, as (position, what is wrong), or None: one whose
+    value runs past its block, or one past the ``_MAX_BLOCK_OPTIONS`` of its block.
 
     Vectorised across blocks, one numpy step per place in the lists, while there are
     ``_OPTION_WALK_VECTOR_MIN`` lists or more going; the rest one option at a time."""
@@ -620,24 +631,32 @@ def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
     p, e = start[blk], end[blk]
     # Per step: (block, code, value position, length, place of the option in its list).
     parts: list[tuple[np.ndarray, ...]] = []
-    bad: Optional[tuple[int, int, int]] = None
+    bad: Optional[tuple[int, str]] = None
+
+    def past_block(q: int, c: int, n: int) -> tuple[int, str]:
+        return q, f"corrupt pcapng option (code {c}, length {n}): it runs past the end of its block"
+
+    too_many = f"more than {_MAX_BLOCK_OPTIONS} options in one pcapng block; natt reads at most that many"
     step = 0
     while blk.size >= _OPTION_WALK_VECTOR_MIN:
         w = _gather_u32(buf, p, big)        # p + 4 <= e: both are 4 apart from the list's start
         code, olen = (w >> 16, w & 0xFFFF) if big else (w & 0xFFFF, w >> 16)
         more = code != 0
-        over = more & (p + 4 + olen > e)
+        over = more & ((p + 4 + olen > e) | (step >= _MAX_BLOCK_OPTIONS))
         if over.any():
             k = int(np.argmax(over))        # blocks are in file order
             if bad is None or p[k] < bad[0]:
-                bad = (int(p[k]), int(code[k]), int(olen[k]))
+                bad = (int(p[k]), too_many) if step >= _MAX_BLOCK_OPTIONS else \
+                    past_block(int(p[k]), int(code[k]), int(olen[k]))
             more &= ~over
         parts.append((blk[more], code[more], p[more] + 4, olen[more], np.full(int(more.sum()), step)))
         p = p + 4 + ((olen + 3) & ~3)
         go = more & (p < e)
         blk, p, e = blk[go], p[go], e[go]
         step += 1
-    rows: list[tuple[int, int, int, int, int]] = []
+    # The columns of the rest, 8 octets per value (a tuple per option took some 300).
+    cols = [array.array("q") for _ in range(5)]
+    put_b, put_c, put_p, put_n, put_place = (col.append for col in cols)
     fmt, view = (">HH" if big else "<HH"), buf.data
     for b, q, stop in zip(blk.tolist(), p.tolist(), e.tolist()):
         place = step
@@ -645,15 +664,19 @@ def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
             c, n = struct.unpack_from(fmt, view, q)
             if not c:
                 break
-            if q + 4 + n > stop:
+            if q + 4 + n > stop or place >= _MAX_BLOCK_OPTIONS:
                 if bad is None or q < bad[0]:
-                    bad = (q, c, n)
+                    bad = (q, too_many) if place >= _MAX_BLOCK_OPTIONS else past_block(q, c, n)
                 break
-            rows.append((b, c, q + 4, n, place))
+            put_b(b)
+            put_c(c)
+            put_p(q + 4)
+            put_n(n)
+            put_place(place)
             q += 4 + ((n + 3) & ~3)
             place += 1
-    if rows:
-        parts.append(tuple(np.array(col, np.int64) for col in zip(*rows)))
+    if cols[0]:
+        parts.append(tuple(np.frombuffer(col, np.int64) for col in cols))
     if not parts:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty, empty, bad
@@ -675,17 +698,19 @@ def _writable(rules: dict[int, _OptionRule], buf: np.ndarray, code: np.ndarray, 
     keep = ~np.isin(code, _OPT_CUSTOM_NO_COPY)
     known = np.zeros(code.size, bool)
     numbers: list[tuple[np.ndarray, int, int]] = []
-    first = buf[np.where(length > 0, pos, 0)] if swap else None     # a hash algorithm, a verdict type...
+    first = buf[np.where(length > 0, pos, 0)]     # a hash algorithm, a verdict type...
     for c in np.flatnonzero(np.bincount(code)).tolist():             # the codes there are
         rule = rules.get(c)
         if rule is None:
             continue
         sel = code == c
         keep &= ~sel | ((length == rule.least) if rule.exact else (length >= rule.least))
+        for kind, size in rule.sized:
+            keep &= ~(sel & (first == kind)) | (length == size)
         if swap and rule.portable:
             end = max((off + width for off, width in rule.numbers), default=0)
             sel &= length >= end
-            if rule.kinds is not None and first is not None:    # (first is set whenever swap is)
+            if rule.kinds is not None:
                 sel &= np.isin(first, rule.kinds)
             known |= sel
             numbers += [(sel, off, width) for off, width in rule.numbers]
@@ -701,7 +726,7 @@ def _reverse(buf: np.ndarray, pos: np.ndarray, width: int) -> None:
 
 
 def _block_options(block: bytes, at: int, big: bool, rules: dict[int, _OptionRule]
-                   ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], Optional[tuple[int, int, int]]]:
+                   ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], Optional[tuple[int, str]]]:
     """The options of one SHB or IDB, from octet ``at`` to its trailing Block Total Length: as
     read (code, value in the section's byte order), and as natt writes them (little-endian, by
     ``rules``); and the option at fault, as :func:`_option_walk` gives it."""
@@ -1006,12 +1031,11 @@ class PcapReader:
             self.section_options = tuple(written)
         return length
 
-    def _option_error(self, bad: tuple[int, int, int], base: int) -> PcapError:
+    def _option_error(self, bad: tuple[int, str], base: int) -> PcapError:
         """The PcapError of :func:`_option_walk`'s option at fault; ``base``: the file offset of
         octet 0 of what it walked."""
-        p, code, olen = bad
-        return PcapError(f"{self.name}: corrupt pcapng option (code {code}, length {olen}): it runs past the "
-                         f"end of its block", base + p)
+        p, what = bad
+        return PcapError(f"{self.name}: {what}", base + p)
 
     def _options(self, block: bytes, at: int, file_offset: int, rules: dict[int, _OptionRule]
                  ) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:

@@ -1113,11 +1113,38 @@ def test_every_frame_option_kind_is_carried_in_both_byte_orders(order, end):
 
 def test_options_of_a_length_their_code_does_not_allow_are_not_written():
     """§3.5: "Software that writes these files MUST NOT write ... options that have invalid lengths"."""
-    bad = [(2, b"\x01\x00\x00"), (4, b"\x07"), (8, bytes(12)), (2988, b"\x01\x02"), (3, b"")]
-    good = [(1, b""), (2, b"\x01\x00\x00\x00"), (1, b"ok")]
+    bad = [(2, b"\x01\x00\x00"), (4, b"\x07"), (8, bytes(12)), (2988, b"\x01\x02"), (3, b""),
+           # an eBPF TC / XDP verdict is 1 + 8 octets (tshark refuses a file with another length);
+           # each hash algorithm's hash has its own length (MD5 16, SHA-1 20, CRC32 and Toeplitz 4)
+           (7, b"\x01\x00\x00"), (7, b"\x02" + bytes(9)), (3, b"\x03" + bytes(3)), (3, b"\x04" + bytes(16)),
+           (3, b"\x02" + bytes(8)), (3, b"\x05" + bytes(2))]
+    good = [(1, b""), (2, b"\x01\x00\x00\x00"), (1, b"ok"), (7, b"\x01" + bytes(8)), (7, b"\x00hw"),
+            (3, b"\x03" + bytes(16)), (3, b"\x04" + bytes(20)), (3, b"\x02" + bytes(4)), (3, b"\x00" + bytes(3))]
     data = ng_shb() + ng_idb(1) + ng_epb(0, 1, ETH + IP, opts=ng_opts(bad + good))
     got = [opts for btype, opts in ng_blocks(_rewrite_like(data)) if btype == 6]
     assert got == [good]
+
+
+@pytest.mark.parametrize("vector_min", [1, 1 << 30], ids=["numpy", "one-by-one"])
+def test_a_block_with_more_options_than_natt_reads_is_refused_at_the_option(monkeypatch, vector_min):
+    """pcapng sets no limit, but millions of tiny options in one block would cost gigabytes of
+    per-option arrays (a 32 MiB block of empty comments took 2.3 GiB): past _MAX_BLOCK_OPTIONS
+    in one block the capture is refused at the first option over, records before it handed out."""
+    monkeypatch.setattr(pcap, "_OPTION_WALK_VECTOR_MIN", vector_min)
+    monkeypatch.setattr(pcap, "_MAX_BLOCK_OPTIONS", 100)
+    ok = ng_epb(0, 1, ETH + IP, opts=ng_opts([(1, b"")] * 100))
+    over = ng_epb(0, 2, ETH + IP, opts=ng_opts([(1, b"")] * 101))
+    head = ng_shb() + ng_idb(1)
+    r, chunks = read_all(head + ok + ok)
+    assert [len(c.frame_options(i)) for c in chunks for i in range(len(c))] == [100, 100]
+    frames = []
+    with pytest.raises(pcap.PcapError, match="more than 100 options in one pcapng block") as ei:
+        with pcap.PcapReader(io.BytesIO(head + ok + over + ok)) as r:
+            for c in r:
+                frames += [len(c.frame_options(i)) for i in range(len(c))]
+    assert frames == [100]
+    # The 101st option of the second EPB: 28 octets of EPB header, the frame, 100 options of 4.
+    assert ei.value.offset == len(head + ok) + 28 + len(ETH + IP) + (-len(ETH + IP) % 4) + 400
 
 
 def test_frame_options_across_chunks_sections_and_dropped_frames():
