@@ -562,8 +562,10 @@ def _step(sa_set: _SaSet, previous: Optional[tuple[_LaneState, _LaneResult]], pk
         res = nic.decap(PacketBatch(pk.data, pk.offsets, pk.lengths), threads=threads)
         seconds = time.perf_counter() - t0
         status, sa_idx = res.status.copy(), sa_index(handles, res.sa)
-        # The data path's own state, exported exactly (not recomputed from the results).
-        windows = {i: (*nic.replay_state(handles[i]), nic.sa_stats(handles[i])["replay_fail_run"])
+        # The data path's own state, exported exactly (not recomputed from the results); only
+        # an ESN SA counts failures (the rest are refused a non-zero replay_fail_run anyway).
+        windows = {i: (*nic.replay_state(handles[i]),
+                       nic.sa_stats(handles[i])["replay_fail_run"] if specs[i].uses_esn else 0)
                    for i in prev.windows}
         # The writer needs the outputs of OK packets only; the others are written from the input.
         ok = status == Status.OK
