@@ -508,8 +508,8 @@ def _initial_state(specs: Sequence[keyfile.SaSpec], routing: _Routing, lane: int
     windows = {}
     for i in routing.lane_sas[lane]:
         if specs[i].replay_window > 0:
-            top, bitmap = keyfile._inbound_window(specs[i])
-            windows[i] = (top, (1 << specs[i].replay_window) - 1 if bitmap is None else bitmap, 0)
+            top, bitmap, fail_run = keyfile._inbound_window(specs[i])
+            windows[i] = (top, (1 << specs[i].replay_window) - 1 if bitmap is None else bitmap, fail_run)
     return _LaneState("", windows)
 
 

@@ -9,46 +9,49 @@ JSON schema
 
 A JSON key file is a list of SA objects (or an object ``{"sas": [...]}``). Fields:
 
-=================  ========================  ===================================================
-field              type / default            meaning
-=================  ========================  ===================================================
-``spi``            int or ``"0x…"`` string   Security Parameters Index, 1 .. 2**32-1 (required)
-``suite``          string                    strongSwan ESP proposal keyword, e.g. ``aes128gcm16``,
-                                             ``aes256-sha256``, ``3des-sha1``, ``chacha20poly1305``;
-                                             a ``-esn`` suffix means ``esn: true`` (required)
-``key``            hex string                encryption key, then the 4-octet salt (AEADs), then
-                                             the integrity key; ``0x`` prefix, spaces and ``:``
-                                             allowed (required)
-``direction``      ``"in"`` / ``"out"``      ``"in"`` (decap) or ``"out"`` (encap); default ``"in"``
-``mode``           ``"tunnel"``/``"transport"``  default: the ``mode`` passed to :func:`load`,
-                                             ``"tunnel"`` unless said (``natt --mode``)
-``src``, ``dst``   dotted quad or null       outer addresses: tunnel end points, or transport
-                                             hosts (``dst`` restricts an inbound transport SA)
-``encap``          ``"OTHER"`` / ``"IKE"``   UDP framing: RFC 3948 (``OTHER``, default) or the
-                                             legacy non-IKE-marker draft (``IKE``)
-``port``           int, 4500                 parser-entry port (inbound)
-``sport``,         int, 4500                 outer UDP ports written by encap (outbound)
+===================  ========================  ===================================================
+field                type / default            meaning
+===================  ========================  ===================================================
+``spi``              int or ``"0x…"`` string   Security Parameters Index, 1 .. 2**32-1 (required)
+``suite``            string                    strongSwan ESP proposal keyword, e.g. ``aes128gcm16``,
+                                               ``aes256-sha256``, ``3des-sha1``, ``chacha20poly1305``;
+                                               a ``-esn`` suffix means ``esn: true`` (required)
+``key``              hex string                encryption key, then the 4-octet salt (AEADs), then
+                                               the integrity key; ``0x`` prefix, spaces and ``:``
+                                               allowed (required)
+``direction``        ``"in"`` / ``"out"``      ``"in"`` (decap) or ``"out"`` (encap); default ``"in"``
+``mode``             ``"tunnel"``/``"transport"``  default: the ``mode`` passed to :func:`load`,
+                                               ``"tunnel"`` unless said (``natt --mode``)
+``src``, ``dst``     dotted quad or null       outer addresses: tunnel end points, or transport
+                                               hosts (``dst`` restricts an inbound transport SA)
+``encap``            ``"OTHER"`` / ``"IKE"``   UDP framing: RFC 3948 (``OTHER``, default) or the
+                                               legacy non-IKE-marker draft (``IKE``)
+``port``             int, 4500                 parser-entry port (inbound)
+``sport``,           int, 4500                 outer UDP ports written by encap (outbound)
 ``dport``
-``esn``            bool, false               64-bit extended sequence numbers (RFC 4303 §2.2.1);
-                                             ``false`` with a ``-esn`` suite is refused
-``replay_window``  int, 64                   0 (off) or 32 .. 65536
-``replay_seq``     int, 0                    inbound: highest sequence number already accepted
-``replay_oseq``    int, 0                    outbound: last sequence number sent
-``replay_bitmap``  int, ``"0x…"`` or null    inbound: which numbers up to ``replay_seq`` were
-                                             seen (bit i = ``replay_seq - i``), as
-                                             ``Offload.replay_state`` exports it; null = all
-``nat_oa_src``,    dotted quad or null       NAT-OA original addresses (inbound transport SAs,
-``nat_oa_dst``                               RFC 3948 §3.1.2)
-``inner_src``,     CIDR, address or null     outbound tunnel SAs: which inner packets ``natt
-``inner_dst``                                encap`` sends through this SA (traffic selectors);
-                                             no host bits (``10.0.0.1/8`` is refused); refused
-                                             on a transport SA
-``df_bit``         ``"copy"``/``"set"``/     tunnel SAs installed outbound: the outer header's
-                   ``"clear"``, ``"copy"``   DF bit (RFC 4301 §8.1); ``"copy"`` takes it from an
-                                             inner IPv4 header; refused on a transport SA unless
-                                             ``"copy"``
-``name``           string, ""                a label for reports
-=================  ========================  ===================================================
+``esn``              bool, false               64-bit extended sequence numbers (RFC 4303 §2.2.1);
+                                               ``false`` with a ``-esn`` suite is refused
+``replay_window``    int, 64                   0 (off) or 32 .. 65536
+``replay_seq``       int, 0                    inbound: highest sequence number already accepted
+``replay_oseq``      int, 0                    outbound: last sequence number sent
+``replay_bitmap``    int, ``"0x…"`` or null    inbound: which numbers up to ``replay_seq`` were
+                                               seen (bit i = ``replay_seq - i``), as
+                                               ``Offload.replay_state`` exports it; null = all
+``replay_fail_run``  int, 0                    inbound ESN SAs: consecutive ICV failures so far
+                                               (``Offload.sa_stats``; RFC 4303 Appendix A3),
+                                               0 .. 2**32-1
+``nat_oa_src``,      dotted quad or null       NAT-OA original addresses (inbound transport SAs,
+``nat_oa_dst``                                 RFC 3948 §3.1.2)
+``inner_src``,       CIDR, address or null     outbound tunnel SAs: which inner packets ``natt
+``inner_dst``                                  encap`` sends through this SA (traffic selectors);
+                                               no host bits (``10.0.0.1/8`` is refused); refused
+                                               on a transport SA
+``df_bit``           ``"copy"``/``"set"``/     tunnel SAs installed outbound: the outer header's
+                     ``"clear"``, ``"copy"``   DF bit (RFC 4301 §8.1); ``"copy"`` takes it from an
+                                               inner IPv4 header; refused on a transport SA unless
+                                               ``"copy"``
+``name``             string, ""                a label for reports
+===================  ========================  ===================================================
 
 Wireshark ``esp_sa``
 --------------------
@@ -154,6 +157,10 @@ class SaSpec:
     #: seen), as ``Offload.replay_state`` exports it; ``None`` = every number up to
     #: ``replay_seq`` seen (docs/semantics.md §3).
     replay_bitmap: Optional[int] = None
+    #: Inbound ESN: the SA's count of consecutive ICV failures (``Offload.sa_stats(h)
+    #: ["replay_fail_run"]``), which paces RFC 4303 Appendix A3 resynchronisation; saved with
+    #: the window so an SA restored from a file resyncs at the same packet (docs/semantics.md §3).
+    replay_fail_run: int = 0
     nat_oa_src: Optional[str] = None
     nat_oa_dst: Optional[str] = None
     inner_src: Optional[str] = None
@@ -316,6 +323,18 @@ def _replay_bitmap(obj: dict[str, Any], where: str, direction: str, window: int)
     return bitmap
 
 
+def _replay_fail_run(obj: dict[str, Any], where: str, direction: str, esn: bool) -> int:
+    """``replay_fail_run``: 0 .. 2**32-1, and not 0 only on an inbound ESN SA, as ``add_sa``
+    takes it (RFC 4303 Appendix A3 resyncs only 64-bit numbers)."""
+    v = _int(obj.get("replay_fail_run", 0), where, "replay_fail_run")
+    if not 0 <= v < 2**32:
+        raise KeyFileError(f"{where}: replay_fail_run: 0 .. 2**32-1, got {shown(v)}")
+    if v and not (direction == "in" and esn):
+        raise KeyFileError(f"{where}: replay_fail_run: only an inbound ESN SA counts its failed packets "
+                           f"(direction {shown(direction)}, esn {shown(esn)})")
+    return v
+
+
 def _port(v: Any, where: str, field: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 65536:
         raise KeyFileError(f"{where}: {field}: must be 1 .. 65535, got {shown(v)}")
@@ -421,6 +440,7 @@ def _spec_from_json(i: int, obj: Any, default_mode: str = "tunnel") -> SaSpec:
         replay_window=replay_window, replay_seq=_int(obj.get("replay_seq", 0), w, "replay_seq"),
         replay_oseq=_int(obj.get("replay_oseq", 0), w, "replay_oseq"),
         replay_bitmap=_replay_bitmap(obj, w, direction, replay_window),
+        replay_fail_run=_replay_fail_run(obj, w, direction, esn or suite_esn),
         nat_oa_src=_addr(obj.get("nat_oa_src"), w, "nat_oa_src"),
         nat_oa_dst=_addr(obj.get("nat_oa_dst"), w, "nat_oa_dst"),
         inner_src=_net(obj.get("inner_src"), w, "inner_src"),
@@ -434,7 +454,7 @@ def _spec_to_json(s: SaSpec) -> dict[str, Any]:
     d["mode"] = s.mode
     defaults = SaSpec(0, "", b"")
     for f in ("src", "dst", "encap", "port", "sport", "dport", "esn", "replay_window", "replay_seq",
-              "replay_oseq", "nat_oa_src", "nat_oa_dst", "inner_src", "inner_dst", "df_bit", "name"):
+              "replay_oseq", "replay_fail_run", "nat_oa_src", "nat_oa_dst", "inner_src", "inner_dst", "df_bit", "name"):
         v = getattr(s, f)
         if f in ("src", "dst") or v != getattr(defaults, f):
             d[f] = v.name if isinstance(v, UdpEncapType) else v
@@ -860,16 +880,16 @@ def save(path: PathLike, specs: Iterable[SaSpec], fmt: Optional[str] = None) -> 
 # Installing
 
 
-def _inbound_window(s: SaSpec) -> tuple[int, Optional[int]]:
-    """``(replay_seq, replay_bitmap)`` that ``s`` installed inbound starts its window at
-    (``None``: every number up to ``replay_seq`` seen)."""
+def _inbound_window(s: SaSpec) -> tuple[int, Optional[int], int]:
+    """``(replay_seq, replay_bitmap, replay_fail_run)`` that ``s`` installed inbound starts its
+    window at (``None``: every number up to ``replay_seq`` seen)."""
     if s.direction == "out" and s.uses_esn:
         # Decapping what an outbound SA sent (natt decap installs every SA inbound): its packets
         # follow replay_oseq, the last number it had sent. A window starting at 0 would infer
         # their ESN high bits in epoch 0 (RFC 4303 Appendix A) and fail every ICV once the
         # sender is past 2**32.
-        return s.replay_oseq, None
-    return s.replay_seq, s.replay_bitmap
+        return s.replay_oseq, None, 0
+    return s.replay_seq, s.replay_bitmap, s.replay_fail_run
 
 
 def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] = None,
@@ -946,8 +966,7 @@ def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optio
         if s.mode == "tunnel" and src is None:
             raise KeyFileError(f"{_installing(i, s)}: an outbound tunnel-mode SA needs src, its tunnel's "
                                f"source end: encap writes it as the outer source ('*' or null will not do)")
-        replay_seq, replay_bitmap = _inbound_window(s) if d == "in" else (s.replay_seq, None)
-        fail_run = 0
+        replay_seq, replay_bitmap, fail_run = _inbound_window(s) if d == "in" else (s.replay_seq, None, 0)
         if replay_state is not None and i in replay_state:
             replay_seq, replay_bitmap, *rest = replay_state[i]
             fail_run = rest[0] if rest else 0

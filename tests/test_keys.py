@@ -37,6 +37,8 @@ def test_json_round_trip_keeps_every_field(tmp_path):
                     sport=1234, dport=4501, esn=True, replay_window=0, replay_seq=7, replay_oseq=9,
                     nat_oa_src="10.0.0.1", nat_oa_dst="10.0.0.2", inner_src="10.1.0.0/16",
                     inner_dst="10.2.3.0/24", df_bit="clear", name="peer-b"),
+        spec(spi=0x1002, suite="aes128gcm16-esn", esn=True, replay_seq=(3 << 32) + 5, replay_bitmap=0x15,
+             replay_fail_run=2**32 - 1),
     ]
     path = tmp_path / "k.json"
     keys.save(path, specs)
@@ -44,7 +46,7 @@ def test_json_round_trip_keeps_every_field(tmp_path):
     for a, b in zip(specs, back):
         assert dataclasses_equal(a, b)
     # Where each was read, for install's errors; not a field of the file.
-    assert [b.origin for b in back] == [f"{path}: SA #1", f"{path}: SA #2"]
+    assert [b.origin for b in back] == [f"{path}: SA #1", f"{path}: SA #2", f"{path}: SA #3"]
 
 
 def test_json_carries_an_exported_replay_state(tmp_path):
@@ -71,6 +73,36 @@ def test_json_carries_an_exported_replay_state(tmp_path):
         keys.install(second, [back])
         # Every number the first SA took is a replay on the second; the rest pass on both.
         assert second.decap(sealed).status.tolist() == first.decap(sealed).status.tolist()
+
+
+def test_json_carries_an_esn_sa_run_of_failed_packets(tmp_path):
+    # An ESN SA saved in the middle of a run of ICV failures (2**32 packets lost, RFC 4303
+    # Appendix A3): restored from the file, it resynchronises at the same packet as the original.
+    inner = traffic.inner_traffic(2, 1)
+    for backend in natt.backends():
+        tx = natt.Offload(backend=backend)
+        (txh,) = keys.install(tx, [spec(suite="aes128gcm16-esn", direction="out",
+                                        replay_oseq=(6 << 32) + 2000)])
+        lost = list(tx.encap((inner * 64)[:64], txh))
+        first = natt.Offload(backend=backend)
+        (h,) = keys.install(first, [spec(suite="aes128gcm16-esn", replay_seq=(5 << 32) + 1000)])
+        assert set(first.decap(lost[:50]).status.tolist()) == {natt.Status.AUTH_FAILED}
+        top, bitmap = first.replay_state(h)
+        run = first.sa_stats(h)["replay_fail_run"]
+        assert run == 50
+        path = tmp_path / f"{backend}.json"
+        keys.save(path, [spec(suite="aes128gcm16-esn", replay_seq=top, replay_bitmap=bitmap,
+                              replay_fail_run=run)])
+        assert json.loads(path.read_text())[0]["replay_fail_run"] == 50
+        (back,) = keys.load(path)
+        assert back.replay_fail_run == 50
+        second = natt.Offload(backend=backend)
+        (h2,) = keys.install(second, [back])
+        assert second.sa_stats(h2)["replay_fail_run"] == 50
+        want = first.decap(lost[50:])
+        assert want.status.tolist() == [natt.Status.AUTH_FAILED] * 13 + [natt.Status.OK]
+        got = second.decap(lost[50:])
+        assert got.status.tolist() == want.status.tolist() and got.seq.tolist() == want.seq.tolist()
 
 
 def dataclasses_equal(a, b):
@@ -169,6 +201,16 @@ def test_json_mistakes_json_itself_would_let_through(text, message):
      r"replay_bitmap: only an inbound SA .*replay_window 0"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "replay_bitmap": "0x1" + "0" * 16, "replay_window": 64},
      r"replay_bitmap: has bits past the 64-number window"),
+    ({"spi": 1, "suite": "aes128gcm16-esn", "key": K20.hex(), "replay_fail_run": -1},
+     "replay_fail_run: must be a non-negative integer, got -1"),
+    ({"spi": 1, "suite": "aes128gcm16-esn", "key": K20.hex(), "replay_fail_run": "3"},
+     "replay_fail_run: must be a non-negative integer, got '3'"),
+    ({"spi": 1, "suite": "aes128gcm16-esn", "key": K20.hex(), "replay_fail_run": 1 << 32},
+     r"replay_fail_run: 0 .. 2\*\*32-1, got 4294967296"),
+    ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "replay_fail_run": 5},
+     r"replay_fail_run: only an inbound ESN SA counts its failed packets \(direction 'in', esn False\)"),
+    ({"spi": 1, "suite": "aes128gcm16-esn", "key": K20.hex(), "replay_fail_run": 5, "direction": "out"},
+     r"replay_fail_run: only an inbound ESN SA .*\(direction 'out', esn True\)"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "df_bit": "sometimes"},
      r"df_bit: 'copy', 'set' or 'clear', got 'sometimes'"),
     ({"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "df_bit": True}, r"df_bit: 'copy', 'set' or 'clear', got True"),
