@@ -94,7 +94,8 @@ high bits of a 32-bit SA are ignored, as Wireshark ignores them.
 SA's next sequence number (``replay_oseq + 1`` outbound, else ``replay_seq + 1``). Every other SA
 keeps the 8-field line, so a table without ESN SAs is exactly the tshark 4.0 form. tshark 4.0
 (no such fields) still loads a line with 10: it warns ``More fields than required. Discarding
-…`` and takes the SA as 32-bit, failing that SA's ICVs, as it must fail any ESN SA.
+…`` and takes the SA as 32-bit, failing that SA's ICVs, as it must fail any ESN SA. tshark
+4.4.19 reads both fields and verifies the ICVs.
 
 Keys never appear in a ``repr``, ``str`` or exception message of this module.
 """
@@ -475,7 +476,8 @@ WIRESHARK_ENC = {
     "AES-GCM with 8 octet ICV [RFC4106]": "gcm8",
     "AES-GCM with 12 octet ICV [RFC4106]": "gcm12",
     "AES-GCM with 16 octet ICV [RFC4106]": "gcm16",
-    # Wireshark >= 4.2 (not in tshark 4.0, which cannot decrypt it).
+    # In Wireshark's development sources; tshark 4.0.17 and 4.4.19 refuse the line ("invalid
+    # value") and load the others.
     "ChaCha20 with Poly1305 [RFC7634]": "chacha20poly1305",
 }
 # Accepted on reading only: the deprecated ICV-less GCM name (Wireshark reads it as a 16-octet

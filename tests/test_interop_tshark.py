@@ -3,7 +3,8 @@
 * tshark decrypts natt's encap output with the esp_sa table natt wrote, and every ICV checks;
 * a hand-written esp_sa with text keys (no ``0x``) reads to the same keys in tshark and natt;
 * natt's esp_sa for ESN SAs (newer Wireshark's SN and ESN High Bits columns) still loads in
-  tshark 4.0, which skips those columns, and reads back in natt to SAs that decap the packets;
+  tshark 4.0, which skips those columns, and verifies every ICV in a tshark that has them (4.4);
+  it reads back in natt to SAs that decap the packets;
 * natt decaps ESP-in-UDP that scapy's ``SecurityAssociation`` sealed;
 * ``natt decap``'s output, read back by tshark, shows the inner ICMP / UDP / TCP.
 
@@ -47,7 +48,10 @@ def inner_packets(src: str, dst: str) -> list[bytes]:
 
 def tshark(capture, *fields: str, config_dir=None, display_filter: str | None = None, stderr: list | None = None
            ) -> list[list[str]]:
-    """Rows of ``fields``; tshark's warnings go to ``stderr`` (a list) when one is given."""
+    """Rows of ``fields``; tshark's warnings go to ``stderr`` (a list) when one is given.
+
+    A boolean field reads ``1``/``0`` as tshark 4.0 prints it; tshark 4.4 prints ``True``/``False``
+    (checked with 4.4.19 from Debian 13)."""
     args = [TSHARK, "-n", "-r", str(capture), "-o", "esp.enable_encryption_decode:TRUE",
             "-o", "esp.enable_authentication_check:TRUE", "-T", "fields"]
     for f in fields:
@@ -61,7 +65,10 @@ def tshark(capture, *fields: str, config_dir=None, display_filter: str | None = 
     assert p.returncode == 0, p.stderr
     if stderr is not None:
         stderr.append(p.stderr)
-    return [line.split("\t") for line in p.stdout.splitlines()]
+    return [[_BOOL.get(v, v) for v in line.split("\t")] for line in p.stdout.splitlines()]
+
+
+_BOOL = {"True": "1", "False": "0"}
 
 
 def wireshark_profile(tmp_path, specs) -> "os.PathLike[str]":
