@@ -75,7 +75,11 @@ file offset of the record at fault; records before it have already been yielded 
 would have held it ends before it). An option whose value runs past its block is such an error,
 at the option's offset (a list without ``opt_endofopt`` is not: it ends with its block, §3.5), and
 so is a block of more than 65 536 options (pcapng sets no limit; natt's per-option arrays would
-take ten times the block's octets).
+take ten times the block's octets). An ``opt_endofopt`` with a length (§3.5 gives it none) is
+held to the rules of other options: one whose length runs past its block is the error above,
+and one whose length fits, like an option of a length its code does not allow, is read (it
+ends its list) but not written (natt ends each list with its own, of length 0). tshark 4.0
+does the same: it reads the second kind and refuses a file with the first.
 A pcapng file's first Section Header Block is read when the reader is constructed, and its
 errors raised there.
 """
@@ -623,7 +627,8 @@ def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
     ``b``, code, value position and value length. A list ends at opt_endofopt or, lacking one, at
     the end of its block (§3.5: readers MUST NOT assume it is there). The last item is the first
     option in the file that natt cannot take, as (position, what is wrong), or None: one whose
-    value runs past its block, or one past the ``_MAX_BLOCK_OPTIONS`` of its block.
+    value runs past its block (opt_endofopt included), or one past the ``_MAX_BLOCK_OPTIONS`` of
+    its block.
 
     Vectorised across blocks, one numpy step per place in the lists, while there are
     ``_OPTION_WALK_VECTOR_MIN`` lists or more going; the rest one option at a time."""
@@ -642,12 +647,12 @@ def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
         w = _gather_u32(buf, p, big)        # p + 4 <= e: both are 4 apart from the list's start
         code, olen = (w >> 16, w & 0xFFFF) if big else (w & 0xFFFF, w >> 16)
         more = code != 0
-        over = more & ((p + 4 + olen > e) | (step >= _MAX_BLOCK_OPTIONS))
+        many = more & (step >= _MAX_BLOCK_OPTIONS)
+        over = many | (p + 4 + olen > e)
         if over.any():
             k = int(np.argmax(over))        # blocks are in file order
             if bad is None or p[k] < bad[0]:
-                bad = (int(p[k]), too_many) if step >= _MAX_BLOCK_OPTIONS else \
-                    past_block(int(p[k]), int(code[k]), int(olen[k]))
+                bad = (int(p[k]), too_many) if many[k] else past_block(int(p[k]), int(code[k]), int(olen[k]))
             more &= ~over
         parts.append((blk[more], code[more], p[more] + 4, olen[more], np.full(int(more.sum()), step)))
         p = p + 4 + ((olen + 3) & ~3)
@@ -662,11 +667,12 @@ def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
         place = step
         while q < stop:
             c, n = struct.unpack_from(fmt, view, q)
-            if not c:
-                break
-            if q + 4 + n > stop or place >= _MAX_BLOCK_OPTIONS:
+            many = c != 0 and place >= _MAX_BLOCK_OPTIONS
+            if many or q + 4 + n > stop:
                 if bad is None or q < bad[0]:
-                    bad = (q, too_many) if place >= _MAX_BLOCK_OPTIONS else past_block(q, c, n)
+                    bad = (q, too_many) if many else past_block(q, c, n)
+                break
+            if not c:
                 break
             put_b(b)
             put_c(c)

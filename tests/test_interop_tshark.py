@@ -7,6 +7,7 @@
   it reads back in natt to SAs that decap the packets;
 * natt decaps ESP-in-UDP that scapy's ``SecurityAssociation`` sealed;
 * ``natt decap``'s output, read back by tshark, shows the inner ICMP / UDP / TCP.
+* a pcapng opt_endofopt with a length is read, or refused, by natt as by tshark.
 
 tshark comes from Debian's ``tshark`` package (CI installs it). Without it these tests are
 skipped on a developer machine and fail under CI (``CI`` set), so a CI without tshark cannot
@@ -392,3 +393,27 @@ def test_comments_and_directions_stay_on_their_frames_through_natt_decap(tmp_pat
     for line in ("Capture comment:     ESP capture", "Capture hardware:    x86_64", "Capture oper-sys:    Linux 6.1",
                  f"Capture application: natt {natt.__version__}"):
         assert line in info, info
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_an_end_of_options_with_a_length_reads_in_natt_as_in_tshark(tmp_path, order):
+    """An opt_endofopt with a length (pcapng §3.5 gives it none): one that fits its block ends the
+    list for tshark and natt alike, the comment after it unread; one whose length runs past the
+    block makes both refuse the file."""
+    frame = traffic.udp_datagram("192.0.2.1", "192.0.2.2", 40000, 40001, b"x")
+    eth = bytes.fromhex("020000000002020000000001") + b"\x08\x00" + frame
+    data = _pcapng(order, [eth], [[(1, b"kept"), (0, b"junk"), (1, b"hidden")]], [], [])
+    fits = tmp_path / "fits.pcapng"
+    fits.write_bytes(data)
+    assert tshark(fits, "frame.comment", config_dir=tmp_path / "empty") == [["kept"]]
+    with pcap.PcapReader(fits) as r:
+        assert [c.frame_options(0) for c in r] == [[(1, b"kept")]]
+    end = struct.pack(order + "HH", 0, 4) + b"junk"
+    assert data.count(end) == 1
+    past = tmp_path / "past.pcapng"
+    past.write_bytes(data.replace(end, struct.pack(order + "HH", 0, 200) + b"junk"))
+    p = subprocess.run([TSHARK, "-n", "-r", str(past)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "empty")))
+    assert p.returncode != 0 and "Not enough data to handle option of length 200" in p.stderr, p.stderr
+    with pytest.raises(pcap.PcapError, match=r"option \(code 0, length 200\).*runs past"):
+        pcap.read_frames(past)

@@ -1237,14 +1237,14 @@ def test_an_option_running_past_the_first_section_header_is_refused_at_once():
 
 def _walk_options(body: bytes, order: str):
     """An option list walked octet by octet: its (code, value)s, and the offset into ``body`` of an
-    option that runs past it (None if none)."""
+    option that runs past it, opt_endofopt included (None if none)."""
     out, q = [], 0
     while q < len(body):
         code, n = struct.unpack_from(order + "HH", body, q)
-        if code == 0:
-            break
         if q + 4 + n > len(body):
             return out, q
+        if code == 0:
+            break
         out.append((code, body[q + 4: q + 4 + n]))
         q += 4 + n + (-n % 4)
     return out, None
@@ -1272,6 +1272,37 @@ def test_random_option_lists_read_as_walked_or_refused_at_the_option(order):
         (c,) = read_all(data)[1]
         assert c.frame_options(0) == want and c.frame_options(1) == []
         assert len([b for b in ng_blocks(_rewrite_like(data)) if b[0] == 6]) == 2
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("vector_min", [1, 1 << 30], ids=["numpy", "one-by-one"])
+def test_an_end_of_options_with_a_length_ends_its_list_or_runs_past_its_block(monkeypatch, order, vector_min):
+    """§3.5 gives opt_endofopt no value. One with a length that fits its block ends the list (what
+    follows is not read) and is written as natt's own, of length 0; one whose length runs past its
+    block is a PcapError at its offset like any such option, the records before it handed out.
+    In an EPB, an IDB and the first SHB; tshark reads and refuses the same files
+    (test_interop_tshark)."""
+    monkeypatch.setattr(pcap, "_OPTION_WALK_VECTOR_MIN", vector_min)
+    ok = ng_opts([(1, b"ok")], order, end=False)
+    fits = struct.pack(order + "HH", 0, 4) + ng_opts([(1, b"hidden")], order)
+    past = struct.pack(order + "HH", 0, 200) + b"junk"
+    head = ng_shb(order) + ng_idb(1, order)
+    good = ng_epb(0, 1, ETH + IP, order, opts=ok + fits)
+    r, chunks = read_all(ng_shb(order, ok + fits) + ng_block(1, struct.pack(order + "HHI", 1, 0, 0) + ok + fits, order)
+                         + good)
+    assert r.section_options == ((1, b"ok"),) and r.interfaces[0].options == ((1, b"ok"),)
+    assert chunks[0].frame_options(0) == [(1, b"ok")]
+    assert [o for _, o in ng_blocks(_rewrite_like(head + good))][2] == [(1, b"ok")]
+    bad = ng_epb(0, 2, ETH + IP, order, opts=ok + past)
+    got, err = _read_until_error(head + good + bad + good, 4096)
+    assert got == [1000] and "option (code 0, length 200)" in str(err) and _PAST_BLOCK in str(err)
+    assert err.offset == len(head + good) + 28 + 44 + 8
+    idb = ng_block(1, struct.pack(order + "HHI", 1, 0, 0) + ok + past, order)
+    got, err = _read_until_error(head + good + idb + good, 4096)
+    assert got == [1000] and err.offset == len(head + good) + 16 + 8 and _PAST_BLOCK in str(err)
+    with pytest.raises(pcap.PcapError, match=_PAST_BLOCK) as ei:
+        pcap.PcapReader(io.BytesIO(ng_shb(order, ok + past) + ng_idb(1, order)))
+    assert ei.value.offset == 24 + 8
 
 
 @pytest.mark.parametrize("order", ["<", ">"])
