@@ -51,11 +51,14 @@ pcapng options are carried over (:attr:`Chunk.options`, :attr:`Interface.options
 :attr:`PcapReader.section_options`): every frame's (comments, ``epb_flags``, drop count,
 packet id, queue, verdict, process and thread ids, custom and unknown options), every
 interface's and the first section header's, each list ending in ``opt_endofopt`` as writers
-must (draft-ietf-opsawg-pcapng §3.5). Left out are: ``epb_hash`` on a frame natt replaced (it
-hashes data the frame no longer has), the custom options 19372 and 19373 (§3.5.1: not to be
-copied by an application that manipulates the file), options of a length their code does not
-allow (§3.5: a writer MUST NOT write them), ``if_fcslen`` (a replaced frame has no FCS and
-``epb_flags`` cannot say "none": 0 is "not known", §4.3.1; for the same reason a replaced
+must (draft-ietf-opsawg-pcapng §3.5). An obsolete Packet Block's Drops Count is read as an
+``epb_dropcount`` after the block's options, as Wireshark reads it, unless it is 0xFFFF ("not
+available", Appendix A) or the block has an ``epb_dropcount`` of its own. Left out are:
+``epb_hash`` on a frame natt replaced (it hashes data the frame no longer has), the custom
+options 19372 and 19373 (§3.5.1: not to be copied by an application that manipulates the
+file), options of a length their code does not allow (§3.5: a writer MUST NOT write them),
+``if_fcslen`` (a replaced frame has no FCS and ``epb_flags`` cannot say "none": 0 is "not
+known", §4.3.1; for the same reason a replaced
 frame's ``epb_flags`` lose their FCS length), the input's ``if_tsresol`` and ``if_tsoffset``
 (natt writes its own, those its timestamps are in), its ``shb_userappl`` (natt names itself)
 and a later section's header options (the output has one section). The output is
@@ -212,9 +215,11 @@ class FrameOptions:
     """The pcapng options of a :class:`Chunk`'s packet blocks, one entry per option, in file order.
 
     Option ``k`` belongs to frame ``frame[k]``, has code ``code[k]`` (1 ``opt_comment``, 2
-    ``epb_flags``, 3 ``epb_hash``, ...) and its value is ``buffer[pos[k] : pos[k] + length[k]]``
-    of the chunk, in the byte order of the section it was read in (``big_endian``). The
-    ``opt_endofopt`` that ends a list, and whatever follows it in the block, are not listed.
+    ``epb_flags``, 3 ``epb_hash``, ...) and its value is ``data[pos[k] : pos[k] + length[k]]``, in
+    the byte order of the section it was read in (``big_endian``). ``data`` is None when the
+    values are where the file has them, in the chunk's ``buffer``; it is an array of their own
+    when the reader made some up (an obsolete Packet Block's Drops Count, as ``epb_dropcount``).
+    The ``opt_endofopt`` that ends a list, and whatever follows it in the block, are not listed.
     """
 
     frame: np.ndarray
@@ -222,6 +227,7 @@ class FrameOptions:
     pos: np.ndarray
     length: np.ndarray
     big_endian: bool
+    data: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -276,7 +282,8 @@ class Chunk:
         if o is None:
             return []
         lo, hi = np.searchsorted(o.frame, [i, i + 1]).tolist()
-        return [(c, self.buffer[p: p + n].tobytes())
+        data = self.buffer if o.data is None else o.data
+        return [(c, data[p: p + n].tobytes())
                 for c, p, n in zip(o.code[lo:hi].tolist(), o.pos[lo:hi].tolist(), o.length[lo:hi].tolist())]
 
     def __repr__(self) -> str:
@@ -575,6 +582,7 @@ class _OptionRule(NamedTuple):
 _OPT_COMMENT = 1
 _OPT_FLAGS = 2          # epb_flags / the obsolete Packet Block's pack_flags (§4.3.1, appendix A)
 _OPT_HASH = 3           # epb_hash / pack_hash: a hash of the packet data
+_OPT_DROPCOUNT = 4      # epb_dropcount: packets lost between this one and the one before
 # Custom options "that should not be copied to a new file if the pcapng file is manipulated"
 # (§3.5.1); natt rewrites every block, and Wireshark's editcap leaves them out as well.
 _OPT_CUSTOM_NO_COPY = (19372, 19373)
@@ -602,7 +610,7 @@ _EPB_OPTIONS = {   # §4.3; the obsolete Packet Block's pack_flags and pack_hash
     # MD5 and SHA-1 hashes are octet strings; the 4-octet ones (CRC32, Toeplitz) have no stated order.
     # Each algorithm's hash has its length (2 CRC32, 3 MD5, 4 SHA-1, 5 Toeplitz; §4.3.1).
     _OPT_HASH: _OptionRule(1, kinds=(3, 4), sized=((2, 5), (3, 17), (4, 21), (5, 5))),
-    4: _U64, 5: _U64, 6: _U32,                  # epb_dropcount, epb_packetid, epb_queue
+    _OPT_DROPCOUNT: _U64, 5: _U64, 6: _U32,     # epb_dropcount, epb_packetid, epb_queue
     # epb_verdict: eBPF TC and XDP, a 64-bit number (Wireshark refuses a file with another length)
     7: _OptionRule(1, numbers=((1, 8),), kinds=(1, 2), sized=((1, 9), (2, 9))),
     8: _OptionRule(8, True, ((0, 4), (4, 4))),  # epb_processid_threadid
@@ -748,6 +756,32 @@ def _block_options(block: bytes, at: int, big: bool, rules: dict[int, _OptionRul
     written = [(c, out[p: p + n].tobytes()) for c, p, n in zip(code[keep].tolist(), pos[keep].tolist(),
                                                                  olen[keep].tolist())]
     return read, written, None
+
+
+def _with_drop_counts(buf: np.ndarray, o: Optional[FrameOptions], drops: np.ndarray, big: bool
+                      ) -> Optional[FrameOptions]:
+    """``o``, the options of a chunk over ``buf``, with an epb_dropcount (in the section's byte
+    order) after the options of every frame whose ``drops`` is known (an obsolete Packet Block's
+    Drops Count; 0xFFFF is "not available", pcapng Appendix A) and that has no epb_dropcount of its
+    own. Wireshark reads a Packet Block so. The values made up are not in ``buf``: every value is
+    copied to an array of the options' own (a cost only chunks of Packet Blocks pay)."""
+    empty = np.zeros(0, np.int64)
+    frame, code, pos, length = (empty,) * 4 if o is None else (o.frame, o.code, o.pos, o.length)
+    add = drops != 0xFFFF
+    add[frame[code == _OPT_DROPCOUNT]] = False
+    new = np.nonzero(add)[0]
+    if not new.size:
+        return o
+    have = int(length.sum())
+    data = np.empty(have + 8 * new.size, np.uint8)
+    at = np.cumsum(length) - length
+    copy_segments(data, at, buf if o is None or o.data is None else o.data, pos, length)
+    data[have:] = drops[new].astype(">u8" if big else "<u8").view(np.uint8)
+    frame = np.concatenate([frame, new])
+    order = np.argsort(frame, kind="stable")     # a frame's own options first, in file order
+    return FrameOptions(frame[order], np.concatenate([code, np.full(new.size, _OPT_DROPCOUNT)])[order],
+                        np.concatenate([at, have + 8 * np.arange(new.size)])[order],
+                        np.concatenate([length, np.full(new.size, 8)])[order], big, data)
 
 
 def _pack_options(options: Sequence[tuple[int, bytes]]) -> bytes:
@@ -1197,6 +1231,7 @@ class PcapReader:
         ticks = (ph[:, 3].astype(np.uint64) << 32) | ph[:, 4].astype(np.uint64)
         caplen = ph[:, 5].copy()
         origlen = ph[:, 6].copy()
+        drops = None
         if all_epb:
             foff = po + 28
             epb = None
@@ -1206,6 +1241,7 @@ class PcapReader:
             pb = pt == _PCAPNG_PB
             if pb.any():
                 iface = np.where(pb, _gather_u16(buf, po + 8, big), iface)
+                drops = np.where(pb, _gather_u16(buf, po + 10, big), 0xFFFF)
         short = (caplen + 32 > blen) | (blen < 32)
         if epb is not None:
             short &= epb
@@ -1250,6 +1286,8 @@ class PcapReader:
             if worst is not None:
                 raise self._option_error(worst, self._pos)
             options = FrameOptions(b, code, pos, olen, big)
+        if drops is not None:
+            options = _with_drop_counts(buf, options, drops, big)
         # Interface ids are per section; make them global indexes into self.interfaces.
         known = np.broadcast_to(idb_before + n_before - self._section_base, iface.shape)
         bad = iface >= known
@@ -1685,7 +1723,8 @@ class PcapWriter:
         origlen = np.where(rep, caplen, chunk.origlen[idx])
         options = None
         if self.fmt == "pcapng" and chunk.options is not None:
-            options = self._frame_options(chunk.options, chunk.buffer, len(chunk), idx, rep)
+            o = chunk.options
+            options = self._frame_options(o, chunk.buffer if o.data is None else o.data, len(chunk), idx, rep)
         hdrs = self._record_headers(chunk.ts_ns[idx], caplen, origlen, chunk.iface[idx],
                                     None if options is None else options[2])
         first = np.where(rep, link, chunk.caplen[idx])        # octets taken from the frame as read
@@ -1706,9 +1745,9 @@ class PcapWriter:
     def _frame_options(o: FrameOptions, buffer: np.ndarray, n: int, idx: np.ndarray, rep: np.ndarray
                        ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The option lists of the records of frames ``idx`` of a chunk of ``n`` frames, whose
-        options are ``o`` over ``buffer`` (``rep``: the frames replaced), little-endian, one after
-        another: (octets, where each record's list starts, its length, 0 when it has none), or
-        None when no record has any.
+        options are ``o``, their values in ``buffer`` (``rep``: the frames replaced), little-endian,
+        one after another: (octets, where each record's list starts, its length, 0 when it has
+        none), or None when no record has any.
 
         Every option is kept but those :func:`_writable` leaves out and, on a replaced frame,
         the hash of the data it no longer has (epb_hash); a replaced frame's epb_flags lose

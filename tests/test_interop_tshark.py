@@ -8,6 +8,7 @@
 * natt decaps ESP-in-UDP that scapy's ``SecurityAssociation`` sealed;
 * ``natt decap``'s output, read back by tshark, shows the inner ICMP / UDP / TCP.
 * a pcapng opt_endofopt with a length is read, or refused, by natt as by tshark.
+* an obsolete Packet Block's drop count reads the same in tshark from natt's output.
 
 tshark comes from Debian's ``tshark`` package (CI installs it). Without it these tests are
 skipped on a developer machine and fail under CI (``CI`` set), so a CI without tshark cannot
@@ -417,3 +418,32 @@ def test_an_end_of_options_with_a_length_reads_in_natt_as_in_tshark(tmp_path, or
     assert p.returncode != 0 and "Not enough data to handle option of length 200" in p.stderr, p.stderr
     with pytest.raises(pcap.PcapError, match=r"option \(code 0, length 200\).*runs past"):
         pcap.read_frames(past)
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_tshark_reads_the_drop_counts_of_packet_blocks_from_natts_output_as_from_its_input(tmp_path, order):
+    """Obsolete Packet Blocks (Drops Count 7, 0xFFFF "not available", 0, and 5 with an
+    epb_dropcount of 9 in the block), written by natt as Enhanced Packet Blocks: tshark's
+    frame.drop_count is the same in both files."""
+    eth = bytes.fromhex("020000000002020000000001") + b"\x08\x00" + traffic.udp_datagram(
+        "192.0.2.1", "192.0.2.2", 40000, 40001, b"x")
+
+    def block(btype, body):
+        return struct.pack(order + "II", btype, 12 + len(body)) + body + struct.pack(order + "I", 12 + len(body))
+
+    def pb(drops, opts=b""):
+        return block(2, struct.pack(order + "HHIIII", 0, drops, 0, 0, len(eth), len(eth)) + eth
+                     + b"\0" * (-len(eth) % 4) + opts)
+
+    src = tmp_path / "pb.pcapng"
+    src.write_bytes(block(0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+                    + block(1, struct.pack(order + "HHI", pcap.LINKTYPE_ETHERNET, 0, 0))
+                    + pb(7) + pb(0xFFFF) + pb(0)
+                    + pb(5, struct.pack(order + "HHQ", 4, 8, 9) + struct.pack(order + "HH", 0, 0)))
+    out = tmp_path / "out.pcapng"
+    with pcap.PcapReader(src) as r, pcap.PcapWriter.like(r, out) as w:
+        for c in r:
+            w.write_chunk(c)
+    before = tshark(src, "frame.drop_count", config_dir=tmp_path / "empty")
+    assert before == [["7"], [""], ["0"], ["9"]]
+    assert tshark(out, "frame.drop_count", config_dir=tmp_path / "empty") == before

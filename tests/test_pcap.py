@@ -278,6 +278,36 @@ def test_pcapng_simple_packet_block_and_obsolete_packet_block():
     assert got[1][0] == 7000
 
 
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_an_obsolete_packet_blocks_drops_count_is_an_epb_dropcount(order):
+    """pcapng Appendix A: a Packet Block's Drops Count is what epb_dropcount says of an EPB, and
+    0xFFFF is "not available". natt reads it as one, after the block's own options, as Wireshark
+    does, unless it is 0xFFFF or the block has an epb_dropcount; PcapWriter writes it in the EPB
+    that replaces the Packet Block, replaced frame or not."""
+    def pb(ticks, drops, opts=()):
+        return ng_block(2, struct.pack(order + "HHIIII", 0, drops, 0, ticks, len(ETH + IP), len(ETH + IP))
+                        + ETH + IP + b"\0" * (-len(ETH + IP) % 4) + ng_opts(opts, order), order)
+
+    def count(n, o=order):
+        return (4, struct.pack(o + "Q", n))
+
+    flags = (2, struct.pack(order + "I", 1))
+    data = (ng_shb(order) + ng_idb(1, order, snaplen=0) + pb(1, 7) + pb(2, 0xFFFF) + pb(3, 0, [flags, (1, b"c")])
+            + pb(4, 5, [count(9), (1, b"own")]) + ng_epb(0, 5, ETH + IP, order, opts=ng_opts([(1, b"epb")], order))
+            + ng_spb(ETH + IP, order) + pb(6, 0xFFFE))
+    (c,) = read_all(data)[1]
+    assert [c.frame_options(i) for i in range(len(c))] == [
+        [count(7)], [], [flags, (1, b"c"), count(0)], [count(9), (1, b"own")], [(1, b"epb")], [], [count(0xFFFE)]]
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data)) as r, pcap.PcapWriter.like(r, out) as w:
+        for c in r:
+            w.write_chunk(c, pcap.PacketBatch.from_packets([b"\x45" + bytes(19)] * len(c)), replace=c.ipv4)
+    le_flags = (2, struct.pack("<I", 1))
+    assert [o for t, o in ng_blocks(out.getvalue()) if t == 6] == [
+        [count(7, "<")], [], [le_flags, (1, b"c"), count(0, "<")], [count(9, "<"), (1, b"own")], [(1, b"epb")], [],
+        [count(0xFFFE, "<")]]
+
+
 def test_pcapng_skips_other_blocks():
     nrb = ng_block(4, struct.pack("<HH", 0, 0))
     data = ng_shb() + ng_idb(1) + nrb + ng_epb(0, 1, ETH + IP) + ng_block(5, b"\0" * 8)
