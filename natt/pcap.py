@@ -196,10 +196,17 @@ class Interface:
     ``tsresol`` is the pcapng ``if_tsresol`` octet (6 = microseconds, 9 = nanoseconds; high bit
     set = a power of two) and ``tsoffset`` the ``if_tsoffset`` seconds added to every timestamp
     (at most 9223372036 either way, the reach of int64 nanoseconds). ``options`` are the
-    Interface Description Block's other options (``if_description``, ``if_filter``,
+    Interface Description Block's other options (``if_name``, ``if_description``, ``if_filter``,
     ``if_speed``, comments, ...) as ``(code, value)`` pairs, the values little-endian as natt
     writes pcapng: :class:`PcapReader` converts a big-endian section's where it knows their
     layout and leaves out the others, and leaves out ``if_fcslen`` (see the module docstring).
+
+    ``if_name`` (code 2) is among ``options`` as read, octet for octet, every one of them in its
+    place, as for comments: pcapng says UTF-8 without a NUL, once, but natt passes on what it
+    reads. ``name`` is its text, for display: the last ``if_name``'s value decoded as UTF-8
+    (undecodable octets replaced, trailing NULs dropped). A writer writes ``name`` as an
+    ``if_name`` only when ``options`` hold none; when they do, they are what is written, and a
+    ``name`` other than "" or their text is refused (it would not reach the file).
     """
 
     linktype: int
@@ -598,8 +605,8 @@ _COMMON_OPTIONS = {
     2989: _OptionRule(4, portable=False),      # custom, binary data: laid out as the PEN's owner says
 }
 _SHB_OPTIONS = {**_COMMON_OPTIONS, 2: _STRING, 3: _STRING, _SHB_USERAPPL: _STRING}   # §4.1
-_IDB_OPTIONS = {   # §4.2; if_name, if_tsresol and if_tsoffset are Interface fields
-    **_COMMON_OPTIONS, 3: _STRING, 4: _OptionRule(8, True), 5: _OptionRule(17, True),
+_IDB_OPTIONS = {   # §4.2; if_tsresol and if_tsoffset are Interface fields
+    **_COMMON_OPTIONS, _IF_NAME: _STRING, 3: _STRING, 4: _OptionRule(8, True), 5: _OptionRule(17, True),
     6: _OptionRule(6, True), 7: _OptionRule(8, True), 8: _U64,
     10: _OptionRule(4, True, portable=False),   # if_tzone: "never specified in greater detail"
     11: _OptionRule(1, kinds=(0,)),             # if_filter: a libpcap filter string; BPF code has no layout yet
@@ -782,6 +789,12 @@ def _with_drop_counts(buf: np.ndarray, o: Optional[FrameOptions], drops: np.ndar
     return FrameOptions(frame[order], np.concatenate([code, np.full(new.size, _OPT_DROPCOUNT)])[order],
                         np.concatenate([at, have + 8 * np.arange(new.size)])[order],
                         np.concatenate([length, np.full(new.size, 8)])[order], big, data)
+
+
+def _if_name_text(options: Sequence[tuple[int, bytes]]) -> str:
+    """:attr:`Interface.name` of an interface with ``options``: the last if_name's text, "" if none."""
+    names = [v for c, v in options if c == _IF_NAME]
+    return names[-1].decode("utf-8", "replace").rstrip("\0") if names else ""
 
 
 def _pack_options(options: Sequence[tuple[int, bytes]]) -> bytes:
@@ -1090,19 +1103,17 @@ class PcapReader:
         if len(block) < 20:
             raise PcapError(f"{self.name}: corrupt pcapng Interface Description Block", file_offset)
         linktype, _, snaplen = struct.unpack(o + "HHI", block[8:16])
-        tsresol, tsoffset, name = 6, 0, ""
+        tsresol, tsoffset = 6, 0
         read, written = self._options(block, 16, file_offset, _IDB_OPTIONS)
         for code, val in read:
             if code == _IF_TSRESOL and val:
                 tsresol = val[0]
             elif code == _IF_TSOFFSET and len(val) >= 8:    # seconds
                 tsoffset = struct.unpack(o + "q", val[:8])[0]
-            elif code == _IF_NAME:
-                name = val.decode("utf-8", "replace").rstrip("\0")
         # The writer writes its own if_tsresol and the if_tsoffset of ``tsoffset``. if_fcslen is
         # left out: a frame natt replaces has no FCS, and pcapng cannot say "none" for one
         # frame (epb_flags' FCS length 0 means "not known", §4.3.1).
-        others = tuple((c, v) for c, v in written if c not in (_IF_NAME, _IF_TSRESOL, _IF_TSOFFSET, _IF_FCSLEN))
+        others = tuple((c, v) for c, v in written if c not in (_IF_TSRESOL, _IF_TSOFFSET, _IF_FCSLEN))
         if (tsresol & 0x7F) > 63 or (not tsresol & 0x80 and (tsresol & 0x7F) > 18):
             raise PcapError(f"{self.name}: unsupported if_tsresol {tsresol:#x}", file_offset)
         # An offset int64 nanoseconds cannot hold would put every packet of the interface out of
@@ -1110,7 +1121,7 @@ class PcapReader:
         if not _TSOFFSET_MIN <= tsoffset <= _TSOFFSET_MAX:
             raise PcapError(f"{self.name}: if_tsoffset {tsoffset} s is outside 1677-09-21 .. 2262-04-11, "
                             f"the range of natt's int64 nanoseconds", file_offset)
-        self.interfaces.append(Interface(linktype, snaplen, tsresol, tsoffset, name, others))
+        self.interfaces.append(Interface(linktype, snaplen, tsresol, tsoffset, _if_name_text(others), others))
 
     def _chunks_pcapng(self) -> Iterator[Chunk]:
         while True:
@@ -1346,7 +1357,11 @@ def _check_interface(itf: object, name: str) -> None:
     _check_int(f"{name}.snaplen", itf.snaplen, 0, 0xFFFFFFFF)
     _check_int(f"{name}.tsoffset", itf.tsoffset, _TSOFFSET_MIN, _TSOFFSET_MAX)   # as PcapReader takes
     # The writer writes these itself, from the fields (if_tsresol: always nanoseconds).
-    _check_options(f"{name}.options", itf.options, (_IF_NAME, _IF_TSRESOL, _IF_TSOFFSET))
+    _check_options(f"{name}.options", itf.options, (_IF_TSRESOL, _IF_TSOFFSET))
+    text = _if_name_text(itf.options)
+    if itf.name and any(c == _IF_NAME for c, _ in itf.options) and itf.name != text:
+        raise ValueError(f"{name}.name: {itf.name!r}, but its if_name option, which is what is written, "
+                         f"reads {text!r}; change or drop the if_name options too")
 
 
 def _check_options(name: str, options: object, own: tuple[int, ...]) -> None:
@@ -1529,9 +1544,9 @@ class PcapWriter:
         own = [(_IF_TSRESOL, b"\x09")]
         if itf.tsoffset:
             own.append((_IF_TSOFFSET, struct.pack("<q", itf.tsoffset)))
-        name = itf.name.encode()
-        if name:
-            own.append((_IF_NAME, name))
+        # An if_name among the options holds the octets read; ``name`` is only their text then.
+        if itf.name and not any(c == _IF_NAME for c, _ in itf.options):
+            own.append((_IF_NAME, itf.name.encode()))
         opts = _pack_options([*own, *itf.options])
         blen = 20 + len(opts)
         self._write(struct.pack("<IIHHI", _PCAPNG_IDB, blen, itf.linktype & 0xFFFF, 0, itf.snaplen)

@@ -1246,6 +1246,29 @@ def test_interface_and_section_options_are_carried(order):
     assert r.section_options[-1] == (4, f"natt {natt_version}".encode())
 
 
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_if_name_is_carried_octet_for_octet_every_one_in_its_place(order):
+    """if_name options go through read and write as read, like comments: octets that are not
+    UTF-8, a trailing NUL, and a second if_name (pcapng allows one) all kept, in their places.
+    Interface.name is the last one's text; a writer given a name and no if_name writes the name."""
+    names = [(2, b"eth0\x00"), (3, b"uplink"), (2, b"\xffwan\x00\x00")]
+    data = ng_shb(order) + ng_idb(1, order, other=names) + ng_epb(0, 1, ETH + IP, order)
+    r, _ = read_all(data)
+    assert r.interfaces[0].options == tuple(names) and r.interfaces[0].name == "\ufffdwan"
+    out = _rewrite_like(data)
+    assert ng_blocks(out)[1] == (1, [(9, b"\x09"), *names])
+    (back,) = read_all(out)[0].interfaces
+    assert (back.name, back.options) == (r.interfaces[0].name, tuple(names))
+    for itf, written in [(pcap.Interface(1, name="eth1"), [(2, b"eth1")]),
+                         (pcap.Interface(1, options=((2, b"x\xff"),)), [(2, b"x\xff")]),
+                         (pcap.Interface(1, name="x\ufffd", options=((2, b"x\xff"),)), [(2, b"x\xff")])]:
+        o = io.BytesIO()
+        pcap.PcapWriter(o, fmt="pcapng", interfaces=[itf]).close()
+        assert ng_blocks(o.getvalue())[1] == (1, [(9, b"\x09"), *written])
+    with pytest.raises(ValueError, match=r"interfaces\[0\]\.name: 'eth1', but its if_name option"):
+        pcap.PcapWriter(io.BytesIO(), fmt="pcapng", interfaces=[pcap.Interface(1, name="eth1", options=names)])
+
+
 def test_writer_refuses_options_it_cannot_write():
     for kw, match in [({"section_options": [(4, b"me")]}, "written by natt itself"),
                       ({"section_options": [(0, b"")]}, "code"),
