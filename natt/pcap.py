@@ -1583,6 +1583,22 @@ class PcapWriter:
             raise ValueError(f"{name}[{int(index[k])}]: a {int(caplen[k])}-octet frame; a {self.fmt} record "
                              f"written here holds at most {top}")
 
+    @staticmethod
+    def _check_blocks(chunk: Chunk, idx: np.ndarray, caplen: np.ndarray, opt_len: np.ndarray) -> None:
+        """Raise ``ValueError`` naming the first of frames ``idx`` of ``chunk`` whose Enhanced
+        Packet Block, ``caplen`` octets of frame and ``opt_len`` of options, would be longer than
+        the blocks PcapReader takes. A frame :meth:`_check_caplen` passes fits a block on its own,
+        but not always with its options: a list may hold 65536 options of up to 65535 octets, and
+        gains an opt_endofopt, or an epb_dropcount from a Packet Block, on the way through natt."""
+        blen = 32 + caplen + (-caplen % 4) + opt_len
+        if not blen.size or int(blen.max()) <= _MAX_RECORD:
+            return
+        k = int(np.argmax(blen > _MAX_RECORD))
+        i = int(idx[k])
+        raise ValueError(f"chunk: frame {i} (read at file offset {int(chunk.file_offsets[i])}) would be a "
+                         f"{int(blen[k])}-octet pcapng block, {int(caplen[k])} octets of frame and "
+                         f"{int(opt_len[k])} of options; natt reads blocks of at most {_MAX_RECORD} octets")
+
     def _ticks(self, ts_ns: np.ndarray, iface: np.ndarray) -> np.ndarray:
         """pcapng EPB timestamps (uint64 nanoseconds since each interface's if_tsoffset)."""
         # write_frames declares its default interface (no offset) once its records pass.
@@ -1698,6 +1714,11 @@ class PcapWriter:
         the file header declares an FCS, a new one: see ``fcs_len``); if that datagram is IPv6,
         the header's Ethertype, protocol or address family says IPv6 instead. Only IPv4 frames
         can be replaced. Frames with ``keep[i]`` False are left out.
+
+        A record longer than PcapReader reads back (classic pcap: a frame longer than the larger
+        of the snap length and 262144 octets; pcapng: a block of more than 256 MiB, its options
+        included) is a ``ValueError`` naming the frame, raised before anything of the chunk is
+        written.
         """
         n = len(chunk)
         if replace is None:
@@ -1713,19 +1734,13 @@ class PcapWriter:
         keepm = np.ones(n, bool) if keep is None else np.asarray(keep, bool)
         if keepm.shape != (n,):
             raise ValueError(f"keep: expected {n} flags, got shape {keepm.shape}")
-        if self.fmt == "pcapng":
-            top = int(chunk.iface.max()) + 1 if n else 0
-            while len(self._declared) < top:
-                self._declare(chunk.interfaces[len(self._declared)])
-        elif n:
+        if self.fmt == "pcap" and n:
             written = chunk.linktype
             if self._ipv4_as_raw:       # frames read as raw IPv4 are written as raw IP
                 written = np.where(written == LINKTYPE_IPV4, _as_written(LINKTYPE_IPV4), written)
             if (written != self.linktype).any():
                 raise ValueError("a classic pcap file has one link type; this chunk has frames of another")
         idx = np.nonzero(keepm)[0]
-        if idx.size == 0:
-            return 0
         rep = replace[idx]
         link = chunk.link_len[idx]
         if datagrams is not None and rep.any():
@@ -1740,6 +1755,15 @@ class PcapWriter:
         if self.fmt == "pcapng" and chunk.options is not None:
             o = chunk.options
             options = self._frame_options(o, chunk.buffer if o.data is None else o.data, len(chunk), idx, rep)
+        if self.fmt == "pcapng":
+            if options is not None:
+                self._check_blocks(chunk, idx, caplen, options[2])
+            # After the checks, so that a refused chunk leaves no trace, not even an IDB.
+            top = int(chunk.iface.max()) + 1 if n else 0
+            while len(self._declared) < top:
+                self._declare(chunk.interfaces[len(self._declared)])
+        if idx.size == 0:
+            return 0
         hdrs = self._record_headers(chunk.ts_ns[idx], caplen, origlen, chunk.iface[idx],
                                     None if options is None else options[2])
         first = np.where(rep, link, chunk.caplen[idx])        # octets taken from the frame as read

@@ -1177,6 +1177,33 @@ def test_a_block_with_more_options_than_natt_reads_is_refused_at_the_option(monk
     assert ei.value.offset == len(head + ok) + 28 + len(ETH + IP) + (-len(ETH + IP) % 4) + 400
 
 
+def test_pcapng_writer_refuses_a_record_its_options_take_past_the_block_limit(monkeypatch):
+    """PcapReader refuses a block over _MAX_RECORD (256 MiB), so the writer must not write one: a
+    frame that fits a block alone may not with its options. Such a chunk is a ValueError naming
+    the frame and the size, raised before anything of it is written (its IDB neither). A lowered
+    limit stands in for 256 MiB."""
+    head = ng_shb() + ng_idb(1)
+    ok = ng_epb(0, 1, ETH + IP, opts=ng_opts([(1, b"x" * 100)]))
+    big = ng_epb(0, 2, ETH + IP, opts=ng_opts([(1, b"y" * 4020)]))
+    with pcap.PcapReader(io.BytesIO(head + ok + big)) as r:
+        (c,) = list(r)
+    assert len(big) == 28 + 44 + 4 + 4020 + 4 + 4
+    monkeypatch.setattr(pcap, "_MAX_RECORD", len(big) - 4)
+    out = io.BytesIO()
+    w = pcap.PcapWriter.like(r, out)
+    shb = out.getvalue()
+    with pytest.raises(ValueError, match=rf"^chunk: frame 1 \(read at file offset {len(head + ok)}\) would be a "
+                                         rf"{len(big)}-octet pcapng block, 42 octets of frame and 4028 of options; "
+                                         rf"natt reads blocks of at most {len(big) - 4} octets$"):
+        w.write_chunk(c)
+    assert out.getvalue() == shb
+    assert w.write_chunk(c, keep=np.array([True, False])) == 1
+    w.close()
+    assert [g[0] for g in frames_of(read_all(out.getvalue())[1])] == [1000]
+    monkeypatch.setattr(pcap, "_MAX_RECORD", len(big))      # at the limit: written, and read back
+    assert [g[0] for g in frames_of(read_all(_rewrite_like(head + ok + big))[1])] == [1000, 2000]
+
+
 def test_frame_options_across_chunks_sections_and_dropped_frames():
     """Options stay with their frames whatever the chunking, across a big-endian section and a
     little-endian one, with frames left out (keep) and others replaced."""
