@@ -240,10 +240,22 @@ def decap_capture(nic: Offload, handles: list[int], labels: list[str], reader: p
         # The previous chunk's result is written out by now: reuse its buffers.
         res = nic.decap(chunk.batch, threads=threads, out=res)
         stats.crypto_seconds += time.perf_counter() - t1
-        stats.write_decapped(writer, chunk, res.batch(), res.status, sa_index(handles, res.sa), res.lengths,
-                             sas, drop_undecrypted)
+        with _record_refused():
+            stats.write_decapped(writer, chunk, res.batch(), res.status, sa_index(handles, res.sa), res.lengths,
+                                 sas, drop_undecrypted)
     stats.elapsed = time.perf_counter() - t0
     return stats
+
+
+@contextlib.contextmanager
+def _record_refused() -> Iterator[None]:
+    """A record ``PcapWriter.write_chunk`` refuses (``ValueError``: one natt could not read back,
+    such as a pcapng block its options take past 256 MiB) as a :class:`CliError`; the writer
+    has written nothing of the chunk, and the output file is not kept."""
+    try:
+        yield
+    except ValueError as e:
+        raise CliError(f"cannot write the output: {e}") from None
 
 
 def _is_stdout(path: str) -> bool:
@@ -695,7 +707,8 @@ def encap_capture(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaSp
         # A packet its SA could not seal is left out: written as read, it would leave in the
         # clear a packet policy sends through the SA (RFC 4301 §5.1: PROTECT, never BYPASS), and
         # SEQ_OVERFLOW means the SA must send nothing more (RFC 4303 §3.3.3).
-        stats.written += writer.write_chunk(chunk, out, replace=replace, keep=(which < 0) | replace)
+        with _record_refused():
+            stats.written += writer.write_chunk(chunk, out, replace=replace, keep=(which < 0) | replace)
         stats.frames += n
         # IPv4 by content, not just by link type (an Ethertype 0x0800 frame holding IPv6 or 11
         # octets is written as read and is no "IPv4 packet with no SA chosen").

@@ -418,6 +418,30 @@ def test_a_failed_run_leaves_the_output_as_it_was(cmd, failure, scenario, tmp_pa
     assert out.read_bytes() == b"old"
 
 
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+def test_a_record_the_writer_refuses_is_one_line_and_leaves_no_output(cmd, scenario, tmp_path, capsys,
+                                                                       monkeypatch):
+    # A pcapng block whose option list ends with the block (no opt_endofopt, which pcapng allows)
+    # gains one when written: at the block limit, the record read would not be read back. A
+    # lowered limit stands in for 256 MiB.
+    def block(btype: int, body: bytes) -> bytes:
+        body += bytes(-len(body) % 4)
+        return struct.pack("<II", btype, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+    epb = block(6, struct.pack("<IIIII", 0, 0, 1000, len(ARP), len(ARP)) + ARP + bytes(-len(ARP) % 4)
+                + struct.pack("<HH", 1, 100) + b"c" * 100)
+    cap = tmp_path / "in.pcapng"
+    cap.write_bytes(block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+                    + block(1, struct.pack("<HHI", 1, 0, 262144)) + epb)
+    monkeypatch.setattr(pcap, "_MAX_RECORD", len(epb))
+    out = tmp_path / "o.pcapng"
+    listing = sorted(os.listdir(tmp_path))
+    rc, _, err = run([cmd, str(cap), "-k", str(scenario[1]), "-o", str(out)] + BACKEND, capsys)
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"natt {cmd}: cannot write the output: chunk: frame 0 (read at file offset 48) would be a "
+                          f"{len(epb) + 4}-octet pcapng block"), err
+    assert sorted(os.listdir(tmp_path)) == listing
+
+
 def test_the_output_gets_the_mode_of_a_new_file_or_the_mode_and_owner_of_the_file_it_replaces(
         scenario, tmp_path, capsys):
     cap, keyfile, *_ = scenario
