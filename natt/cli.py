@@ -275,11 +275,11 @@ _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @contextlib.contextmanager
-def _output_file(path: str, to_stdout: bool) -> Iterator[BinaryIO]:
+def _output_file(path: str, to_stdout: bool, source: Optional[str] = None) -> Iterator[BinaryIO]:
     """The file to write the capture ``-o path`` into (see :func:`_output_stream`); a write
     that fails for want of space is a :class:`CliError` naming it."""
     try:
-        with _output_stream(path, to_stdout) as f:
+        with _output_stream(path, to_stdout, source) as f:
             yield f
     except OSError as e:
         if e.filename is None and e.errno in _WRITE_ERRNOS:
@@ -288,8 +288,9 @@ def _output_file(path: str, to_stdout: bool) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def _output_stream(path: str, to_stdout: bool) -> Iterator[BinaryIO]:
-    """The file to write the capture ``-o path`` into.
+def _output_stream(path: str, to_stdout: bool, source: Optional[str] = None) -> Iterator[BinaryIO]:
+    """The file to write the capture ``-o path`` into, made from the regular file ``source``
+    (None: from nothing to keep private, or from a pipe).
 
     Standard output (``to_stdout``) is written through the stream the process already has: a
     new open() of /dev/stdout would truncate a file stdout appends to. A regular file (or a
@@ -320,16 +321,28 @@ def _output_stream(path: str, to_stdout: bool) -> Iterator[BinaryIO]:
     if st is not None and not os.access(path, os.W_OK):
         raise CliError(f"cannot write {path}: {os.strerror(errno.EACCES)}")
     # mkstemp makes its file 0o600; give it the mode and owner the file it replaces had, or the
-    # mode a plainly created file would get.
+    # mode a plainly created file would get, but not readable by anyone ``source`` is not
+    # readable by: a decap's output is what the keys protect, and a private capture's own
+    # contents stay as private.
     try:
         if st is not None:
             out = Replacement(path, stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
         else:
-            out = Replacement(path, 0o666 & ~_umask())
+            out = Replacement(path, 0o666 & ~_umask() & (_source_mode(source) | 0o700))
     except OSError as e:
         raise CliError(f"cannot write {path}: {e.strerror or e}") from None
     with out as f:
         yield f
+
+
+def _source_mode(source: Optional[str]) -> int:
+    """The permission bits of the regular file ``source``; all of them for None or anything
+    else (a pipe's own mode says nothing of who may read what comes through it)."""
+    try:
+        st = os.stat(source) if source is not None else None
+    except OSError:
+        st = None
+    return stat.S_IMODE(st.st_mode) if st is not None and stat.S_ISREG(st.st_mode) else 0o777
 
 
 def _umask() -> int:
@@ -351,7 +364,7 @@ def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], directio
         # Encap makes each frame it replaces up to ENCAP_OVERHEAD octets longer: the snap lengths
         # the output declares must grow with it (a record longer than its snaplen is invalid).
         grow = 0 if direction == "in" else ENCAP_OVERHEAD
-        with _output_file(args.output, to_stdout) as f:
+        with _output_file(args.output, to_stdout, args.input) as f:
             with pcap.PcapWriter.like(reader, f, grow=grow) as writer, \
                     _progress(args, os.path.getsize(args.input), verb) as bar:
                 stats = work(nic, handles, reader, writer, bar)

@@ -462,6 +462,27 @@ def test_the_output_gets_the_mode_of_a_new_file_or_the_mode_and_owner_of_the_fil
         os.umask(old)
 
 
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+def test_a_new_output_is_no_more_readable_than_its_input(cmd, scenario, tmp_path, capsys):
+    cap, keyfile = capture_for(cmd, scenario, tmp_path)
+    old = os.umask(0o022)
+    try:
+        for input_mode, want in [(0o600, 0o600), (0o640, 0o640), (0o444, 0o644), (0o604, 0o604)]:
+            cap.chmod(input_mode)
+            out = tmp_path / f"o{input_mode:o}.pcap"
+            assert run([cmd, str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND, capsys)[0] == 0
+            assert stat.S_IMODE(out.stat().st_mode) == want, oct(input_mode)
+        # Through a pipe: the pipe's own mode (0600) is not the capture's, which is unknown.
+        cap.chmod(0o600)
+        out = tmp_path / "piped.pcap"
+        p = subprocess.run([sys.executable, "-m", "natt", cmd, "-", "-k", str(keyfile), "-o", str(out),
+                            *BACKEND], input=cap.read_bytes(), capture_output=True, cwd=tmp_path, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+
 def test_a_symlinked_output_replaces_the_file_it_names(scenario, tmp_path, capsys):
     cap, keyfile, *_ = scenario
     real, link = tmp_path / "real.pcap", tmp_path / "link.pcap"
