@@ -1265,8 +1265,19 @@ def _stopped_by_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _fill_closed_std_streams() -> None:
+    """Started with a standard descriptor closed (``2>&-``), Python leaves that ``sys.std*``
+    None, which every print to it would trip over, and the next file opened would take the
+    descriptor: whatever C code writes to fd 2 would land in the output capture. /dev/null
+    takes the place (opened lowest first, each takes its own closed descriptor)."""
+    for name, mode in (("stdin", os.O_RDONLY), ("stdout", os.O_WRONLY), ("stderr", os.O_WRONLY)):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.open(os.devnull, mode), "r" if name == "stdin" else "w"))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``natt`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    _fill_closed_std_streams()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:

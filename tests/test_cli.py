@@ -1158,6 +1158,23 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(scenario, tmp_path):
     assert [g[3] for g in pcap.read_frames(out)][:12] == inner
 
 
+@pytest.mark.parametrize("closed", [(2,), (0, 1, 2)], ids=["stderr", "all"])
+def test_a_closed_standard_descriptor_is_no_failure(closed, scenario, tmp_path):
+    """natt decap ... 2>&-: Python starts with sys.stderr None. The run still succeeds (whether
+    to show a progress bar asks stderr; the summary goes nowhere), and its output is the same
+    octets as with every descriptor open: nothing meant for stderr lands in the file that took
+    fd 2."""
+    cap, keyfile, *_ = scenario
+    want = tmp_path / "want.pcap"
+    argv = [sys.executable, "-m", "natt", "decap", str(cap), "-k", str(keyfile), *BACKEND]
+    subprocess.run([*argv, "-o", str(want)], check=True, capture_output=True, cwd=tmp_path, timeout=120)
+    out = tmp_path / "closed.pcap"
+    proc = subprocess.run([*argv, "-o", str(out)], cwd=tmp_path, timeout=120,
+                          preexec_fn=lambda: [os.close(fd) for fd in closed])
+    assert proc.returncode == 0
+    assert out.read_bytes() == want.read_bytes()
+
+
 def test_encap_takes_the_datagram_not_the_link_padding_and_declares_room_for_the_growth(scenario, tmp_path):
     """A 60-octet Ethernet minimum frame pads a short datagram: the octets past the IPv4 total
     length are not the datagram's (RFC 791; docs/semantics.md §2 step 1), so they do not travel
