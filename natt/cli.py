@@ -153,7 +153,8 @@ def _write_report(args: argparse.Namespace, stats: CaptureStats) -> None:
 
 def _load_keys(path: str, mode: str) -> list[keyfile.SaSpec]:
     try:
-        specs = keyfile.load(path, mode=mode)
+        # -k - : keys piped from a secret store need not touch the disk.
+        specs = keyfile.load("/dev/stdin" if path == "-" else path, mode=mode)
     except OSError as e:
         raise CliError(f"cannot read key file {path}: {e.strerror or e}") from None
     except keyfile.KeyFileError as e:
@@ -427,6 +428,8 @@ def _quiet_task_failures(client: Any) -> None:
 def _stdin_input(args: argparse.Namespace) -> None:
     """``IN`` of ``-`` is standard input, read as the FIFO or file it is (``-o -`` is stdout)."""
     if args.input == "-":
+        if args.keys == "-":
+            raise UsageError("-k -: standard input carries the capture (IN is -); name a key file")
         args.input = "/dev/stdin"
 
 
@@ -1066,11 +1069,26 @@ def _accepted_by(check: Callable[[int], object], expected: Optional[str] = None)
     return parse
 
 
+class _Once(argparse.Action):
+    """An option that may be given once: a second ``-k`` or ``-o`` would silently replace the
+    first (two key files are not merged)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        seen = namespace.__dict__.setdefault("_given_once", set())
+        if self.dest in seen:
+            parser.error(f"{'/'.join(self.option_strings)}: given twice; it takes one "
+                         f"{self.metavar or self.dest.upper()}")
+        seen.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
 def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
     if files:
         p.add_argument("--threads", default=None, metavar="N",
                        type=_accepted_by(_check_threads, f"a whole number 1..{MAX_THREADS}"),
-                       help="data-path threads per batch (results are identical to one thread)")
+                       help="data-path threads per batch (default: none, the calling thread does it all; "
+                            "results are identical whatever the number)")
         p.add_argument("--chunk-size", type=_accepted_by(pcap.check_chunk_size), default=pcap.DEFAULT_CHUNK_SIZE,
                        metavar="OCTETS",
                        help=f"octets of capture read per batch ({pcap.MIN_CHUNK_SIZE} .. {pcap.MAX_CHUNK_SIZE}, "
@@ -1084,7 +1102,8 @@ def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
     prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
 
 
-_KEYS_HELP = ("SA file: natt JSON (docs/keys.md) or a Wireshark/strongSwan esp_sa table")
+_KEYS_HELP = ("SA file: natt JSON (docs/keys.md) or a Wireshark/strongSwan esp_sa table; '-' reads it "
+              "from standard input")
 _OUTPUT_HELP = ("it is written as a temporary file beside OUT and renamed over OUT only when the run "
                 "succeeds (keeping OUT's mode and, where allowed, its owner), so a failed run leaves OUT "
                 "as it was and OUT may be IN; a FIFO or a device "
@@ -1134,11 +1153,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("input", metavar="IN", nargs="+",
                    help="capture to read (pcap or pcapng; - reads standard input); several only with "
                         "--dask/--workers")
-    d.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
-    d.add_argument("-o", "--output", required=True, metavar="OUT", type=_path,
+    d.add_argument("-k", "--keys", required=True, metavar="KEYS", action=_Once, help=_KEYS_HELP)
+    d.add_argument("-o", "--output", required=True, metavar="OUT", type=_path, action=_Once,
                    help=f"capture to write (same format as IN); {_OUTPUT_HELP}. With --dask/--workers, "
                         "a directory")
-    d.add_argument("--report", metavar="REPORT.json", type=_path, help=_REPORT_HELP)
+    d.add_argument("--report", metavar="REPORT.json", type=_path, action=_Once, help=_REPORT_HELP)
     d.add_argument("--drop-undecrypted", action="store_true",
                    help="leave out ESP packets that could not be decrypted (no SA, ICV failure, replay, "
                         "malformed, ...); frames that are not ESP are still written (a frame too short or "
@@ -1173,10 +1192,10 @@ def build_parser() -> argparse.ArgumentParser:
                "exit status: as natt decap's: 0 done (the summary counts what was sealed), 1 unreadable\n"
                "capture or keys, 2 bad usage, 128 + the signal's number when stopped.")
     e.add_argument("input", metavar="IN", help="capture of inner packets (pcap or pcapng; - reads standard input)")
-    e.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
-    e.add_argument("-o", "--output", required=True, metavar="OUT", type=_path,
+    e.add_argument("-k", "--keys", required=True, metavar="KEYS", action=_Once, help=_KEYS_HELP)
+    e.add_argument("-o", "--output", required=True, metavar="OUT", type=_path, action=_Once,
                    help=f"capture to write (same format as IN); {_OUTPUT_HELP}")
-    e.add_argument("--report", metavar="REPORT.json", type=_path, help=_REPORT_HELP)
+    e.add_argument("--report", metavar="REPORT.json", type=_path, action=_Once, help=_REPORT_HELP)
     e.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
     _common(e)
     e.set_defaults(func=_cmd_encap, parser=e)
@@ -1221,7 +1240,7 @@ def build_parser() -> argparse.ArgumentParser:
                "exit status: 0 explained, whatever the verdict (the last line, '=> STATUS'), 1 HEX or\n"
                "KEYS unusable, 2 bad usage.")
     x.add_argument("hex", metavar="HEX", help="the packet in hex, from its IPv4 header (spaces and ':' allowed)")
-    x.add_argument("-k", "--keys", required=True, metavar="KEYS", help=_KEYS_HELP)
+    x.add_argument("-k", "--keys", required=True, metavar="KEYS", action=_Once, help=_KEYS_HELP)
     x.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
     x.set_defaults(func=_cmd_explain, parser=x)
 

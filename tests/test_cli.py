@@ -306,6 +306,33 @@ def test_out_of_range_threads_and_chunk_size_are_usage_errors(cmd, option, scena
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, option", [
+    (["decap", "IN", "-k", "a.json", "-k", "b.json", "-o", "o.pcap"], "-k/--keys: given twice; it takes one KEYS"),
+    (["encap", "IN", "-k", "a.json", "-o", "o.pcap", "--output", "p.pcap"], "-o/--output: given twice; it takes one OUT"),
+    (["decap", "IN", "-k", "a.json", "-o", "o.pcap", "--report", "r", "--report", "s"],
+     "--report: given twice; it takes one REPORT.json"),
+    (["explain", "4500", "--keys", "a.json", "-k", "b.json"], "-k/--keys: given twice; it takes one KEYS"),
+])
+def test_a_second_key_file_or_output_is_a_usage_error_not_a_replacement(argv, option, capsys):
+    rc, _, err = run(argv, capsys)
+    assert rc == 2 and err.endswith(f"natt {argv[0]}: error: {option}\n"), err
+
+
+def test_keys_from_standard_input(scenario, tmp_path):
+    cap, keyfile, inner, *_ = scenario
+    out = tmp_path / "o.pcap"
+    argv = [sys.executable, "-m", "natt", "decap", str(cap), "-k", "-", "-o", str(out), *BACKEND]
+    p = subprocess.run(argv, input=keyfile.read_bytes(), capture_output=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert [g[3] for g in pcap.read_frames(out)][:12] == inner
+    # Not both the capture and the keys.
+    p = subprocess.run([*argv[:4], "-", *argv[5:]], input=cap.read_bytes(), capture_output=True, text=False,
+                       cwd=tmp_path, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.decode().endswith("natt decap: error: -k -: standard input carries the capture (IN is -); "
+                                      "name a key file\n")
+
+
 def test_options_that_do_not_go_together_are_usage_errors(scenario, tmp_path, capsys):
     cap, keyfile, *_ = scenario
     common = ["-k", str(keyfile)] + BACKEND
