@@ -193,9 +193,16 @@ def _finish(args: argparse.Namespace, stats: CaptureStats, out: TextIO, hints: S
     if stats.truncated:
         print(f"natt {args.command}: warning: {stats.truncated}; the records before it were processed "
               "(a capture cut short)", file=sys.stderr)
-    print(stats.table(), file=out)
     rate = stats.frames / stats.elapsed if stats.elapsed > 0 else 0.0
-    print(f"{stats.elapsed:.3f} s, {rate:,.0f} frames/s", file=out)
+    try:
+        print(stats.table(), file=out)
+        print(f"{stats.elapsed:.3f} s, {rate:,.0f} frames/s", file=out, flush=True)
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise           # BrokenPipeError: main's handler
+        where = "standard output" if out is sys.stdout else "standard error"
+        raise CliError(f"cannot write the summary to {where}: {e.strerror}; the run itself is done "
+                       f"(-o {args.output} is complete)") from None
     for hint in hints:
         print(f"hint: {hint}", file=sys.stderr)
 

@@ -1202,6 +1202,18 @@ def test_a_closed_standard_descriptor_is_no_failure(closed, scenario, tmp_path):
     assert out.read_bytes() == want.read_bytes()
 
 
+def test_a_summary_that_cannot_be_written_says_so_and_that_the_output_is_complete(scenario, tmp_path):
+    cap, keyfile, inner, *_ = scenario
+    out = tmp_path / "o.pcap"
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "natt", "decap", str(cap), "-k", str(keyfile), "-o", str(out),
+                            *BACKEND], stdout=full, stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr == (f"natt decap: cannot write the summary to standard output: No space left on device; "
+                        f"the run itself is done (-o {out} is complete)\n")
+    assert [g[3] for g in pcap.read_frames(out)][:12] == inner
+
+
 def test_encap_takes_the_datagram_not_the_link_padding_and_declares_room_for_the_growth(scenario, tmp_path):
     """A 60-octet Ethernet minimum frame pads a short datagram: the octets past the IPv4 total
     length are not the datagram's (RFC 791; docs/semantics.md §2 step 1), so they do not travel
