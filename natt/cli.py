@@ -818,14 +818,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         frames = [f for round_ in itertools.zip_longest(*per_sa) for f in round_ if f is not None]
         ts = [1_700_000_000_000_000_000 + 10_000 * j for j in range(len(frames))]
         bar.set_description("demo write", refresh=False)
-        with _output_file(pcap_path, False) as f:
+        esp_sa = os.path.join(args.out_dir, "demo.esp_sa")
+        json_path = os.path.join(args.out_dir, "demo-keys.json")
+        out_path = os.path.join(args.out_dir, "demo-decap.pcap")
+        # The files of an earlier run in --out-dir are replaced as a set: the capture and its keys
+        # are renamed into place together, with Ctrl-C held off (and keys.save's mode 0600), and
+        # the earlier decap output is gone by then, so an interrupted run never leaves a capture
+        # beside another run's keys or decap.
+        with _held_signals() as hold, _output_file(pcap_path, False) as f, \
+                Replacement(esp_sa) as esp_sa_f, Replacement(json_path) as json_f:
             pcap.write_datagrams(f, frames, ts_ns=ts)
-    keyfile.save(os.path.join(args.out_dir, "demo.esp_sa"), specs)
-    keyfile.save(os.path.join(args.out_dir, "demo-keys.json"), specs)
+            esp_sa_f.write(keyfile.dumps(specs, "esp_sa").encode())
+            json_f.write(keyfile.dumps(specs, "json").encode())
+            hold()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(out_path)
     # Decap the capture back through the same path as `natt decap`.
     rx = _offload(args, len(specs))
     rx_handles = _install(rx, specs, "in")
-    out_path = os.path.join(args.out_dir, "demo-decap.pcap")
     with pcap.PcapReader(pcap_path) as reader, _output_file(out_path, False) as f, \
             pcap.PcapWriter.like(reader, f) as writer, \
             _progress(args, os.path.getsize(pcap_path), "demo decap") as bar:
@@ -839,7 +849,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"decap: {n} packets in {stats.crypto_seconds:.3f} s ({n / stats.crypto_seconds:,.0f} packets/s, "
               f"{octets * 8 / stats.crypto_seconds / 1e6:,.1f} Mbit/s of inner packets; "
               f"backend {rx.backend})")
-    esp_sa = os.path.join(args.out_dir, "demo.esp_sa")
     print(f"wrote {pcap_path}, {out_path},\n      {esp_sa} "
           f"(Wireshark: copy to ~/.config/wireshark/esp_sa, or use the commands below),\n"
           f"      {os.path.join(args.out_dir, 'demo-keys.json')} (natt decap -k)")

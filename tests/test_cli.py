@@ -917,6 +917,33 @@ def test_demo_writes_files_and_decaps_everything(tmp_path, capsys):
     assert len(decap) == 250 and all(g[3][0] >> 4 == 4 and g[3][9] in (1, 6, 17) for g in decap)
 
 
+@pytest.mark.parametrize("where", ["writing", "decap"])
+def test_an_interrupted_demo_leaves_no_capture_beside_another_runs_keys_or_decap(where, tmp_path, capsys,
+                                                                                   monkeypatch):
+    names = ("demo.pcap", "demo.esp_sa", "demo-keys.json", "demo-decap.pcap")
+    assert run(["demo", "--out-dir", str(tmp_path), "--packets", "50", "--seed", "1"] + BACKEND, capsys)[0] == 0
+    first = {n: (tmp_path / n).read_bytes() for n in names}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pcap if where == "writing" else cli, "write_datagrams" if where == "writing"
+                        else "decap_capture", interrupted)
+    rc, _, err = run(["demo", "--out-dir", str(tmp_path), "--packets", "50", "--seed", "2"] + BACKEND, capsys)
+    assert rc == 130 and err == "natt demo: interrupted\n"
+    left = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if where == "writing":
+        assert left == first        # the earlier run's set, whole
+    else:
+        # The new capture and its keys; the earlier run's decap would not match them.
+        assert sorted(left) == sorted(names[:3]) and all(left[n] != first[n] for n in names[:3])
+        specs = keys.load(tmp_path / "demo-keys.json")
+        assert [(s.spi, s.key) for s in keys.load(tmp_path / "demo.esp_sa")] == [(s.spi, s.key) for s in specs]
+        nic = natt.Offload(backend="reference")
+        keys.install(nic, specs, direction="in")
+        frames = pcap.read_frames(tmp_path / "demo.pcap")
+        assert nic.decap([g[3] for g in frames]).counts() == {natt.Status.OK: 50}
+
+
 @pytest.mark.parametrize("packets, message", [("0", "must be at least 1, got 0"),
                                               ("1000001", "must be at most 1,000,000, got 1,000,001"),
                                               ("1e11", "'1e11' is not a whole number")])
