@@ -31,15 +31,31 @@ def give(fd: int, mode: Optional[int], owner: Optional[tuple[int, int]]) -> None
         os.fchmod(fd, mode)
 
 
-def give_as(fd: int, path: str) -> None:
+def give_as(fd: int, path: str, source: Optional[str] = None) -> None:
     """Give the open file ``fd`` the mode and owner of the file ``path`` it is to replace, if
-    there is one: a decrypted capture written over a 0600 one stays 0600."""
+    there is one: a decrypted capture written over a 0600 one stays 0600. Else the mode of
+    :func:`new_file_mode` (``source``)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        give(fd, new_file_mode(source), None)
         return
     if stat.S_ISREG(st.st_mode):
         give(fd, stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
+
+
+def new_file_mode(source: Optional[str] = None) -> int:
+    """The mode of a new output file: what ``open()`` gives one (0o666 less the umask), but no
+    more readable by group or others than the regular file ``source`` it is made from. A decap's
+    output is what the keys protect, and a private capture's contents stay as private; a pipe's
+    own mode (or None) says nothing of who may read what comes through it."""
+    mask = _umask()
+    try:
+        st = os.stat(source) if source is not None else None
+    except OSError:
+        st = None
+    kept = stat.S_IMODE(st.st_mode) | 0o700 if st is not None and stat.S_ISREG(st.st_mode) else 0o777
+    return 0o666 & ~mask & kept
 
 
 class Replacement:
@@ -97,3 +113,18 @@ class Replacement:
         self._file.close()
         with contextlib.suppress(OSError):
             os.unlink(self._tmp)
+
+
+def _umask() -> int:
+    """The process's umask: Linux shows it in /proc (since 4.7); elsewhere the only way to read
+    it is to set it, which a file another thread creates meanwhile would get."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

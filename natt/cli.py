@@ -33,7 +33,7 @@ from . import pcap
 from ._batch import ENCAP_OVERHEAD, PacketBatch
 from ._capture import CaptureStats, InboundSas, sa_index, sa_table
 from ._constants import Status
-from ._files import Replacement
+from ._files import Replacement, new_file_mode
 from ._offload import MAX_THREADS, Offload, _check_threads
 from ._suites import Cipher, Mac
 from ._version import __version__
@@ -329,34 +329,16 @@ def _output_stream(path: str, to_stdout: bool, source: Optional[str] = None) -> 
     if st is not None and not os.access(path, os.W_OK):
         raise CliError(f"cannot write {path}: {os.strerror(errno.EACCES)}")
     # mkstemp makes its file 0o600; give it the mode and owner the file it replaces had, or the
-    # mode a plainly created file would get, but not readable by anyone ``source`` is not
-    # readable by: a decap's output is what the keys protect, and a private capture's own
-    # contents stay as private.
+    # mode a plainly created file would get, no more readable than ``source``.
     try:
         if st is not None:
             out = Replacement(path, stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
         else:
-            out = Replacement(path, 0o666 & ~_umask() & (_source_mode(source) | 0o700))
+            out = Replacement(path, new_file_mode(source))
     except OSError as e:
         raise CliError(f"cannot write {path}: {e.strerror or e}") from None
     with out as f:
         yield f
-
-
-def _source_mode(source: Optional[str]) -> int:
-    """The permission bits of the regular file ``source``; all of them for None or anything
-    else (a pipe's own mode says nothing of who may read what comes through it)."""
-    try:
-        st = os.stat(source) if source is not None else None
-    except OSError:
-        st = None
-    return stat.S_IMODE(st.st_mode) if st is not None and stat.S_ISREG(st.st_mode) else 0o777
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)      # the only way to read it is to set it
-    os.umask(mask)
-    return mask
 
 
 def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], direction: str, to_stdout: bool,

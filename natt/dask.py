@@ -682,14 +682,15 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, sas: I
 
 def _finish(head: _RangeSpec, output: str, part_paths: list[str], *parts_done: Any) -> int:
     """Write the output capture: header, then every part in order; returns its size. An output
-    that exists keeps its mode and owner (as ``natt decap -o`` does), a symbolic link keeps
-    naming the file it names, and a failure leaves no temporary file."""
+    that exists keeps its mode and owner (as ``natt decap -o`` does), a new one is no more
+    readable than its input, a symbolic link keeps naming the file it names, and a failure
+    leaves no temporary file."""
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     target = os.path.realpath(output)
     tmp = target + ".natt-tmp"
     try:
         with open(tmp, "wb") as out:
-            give_as(out.fileno(), target)
+            give_as(out.fileno(), target, head.path)
             out.write(_header(head))
             out.flush()
             for p in part_paths:

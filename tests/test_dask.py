@@ -14,6 +14,7 @@ import json
 import io
 import os
 import signal
+import shutil
 import stat
 import struct
 import threading
@@ -644,6 +645,19 @@ def test_an_output_written_over_keeps_its_mode_and_a_symlink_its_file(client, ca
     assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o600
     assert (out / name).read_bytes() == (ref / name).read_bytes()
     assert (out / "b" / name).is_symlink() and elsewhere.read_bytes() == (ref / name).read_bytes()
+
+
+def test_a_new_output_is_no_more_readable_than_its_input(client, capture_sets, tmp_path):
+    # As natt decap -o does: a private capture does not decap to a world-readable file.
+    specs, paths = capture_sets["mixed"]
+    for input_mode in (0o600, 0o640):
+        src = tmp_path / f"in{input_mode:o}" / os.path.basename(paths[0])
+        src.parent.mkdir()
+        shutil.copyfile(paths[0], src)
+        src.chmod(input_mode)
+        out = tmp_path / f"out{input_mode:o}"
+        ndask.decap_captures([str(src)], specs, out, client, chunk_size=BIG_CHUNK, progress=False)
+        assert stat.S_IMODE(os.stat(out / src.name).st_mode) == input_mode & 0o644
 
 
 def test_spis_and_ports_of_any_integer_type_route_as_ints(client, capture_sets, tmp_path):
