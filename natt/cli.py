@@ -422,10 +422,13 @@ def _stdin_input(args: argparse.Namespace) -> None:
         args.input = "/dev/stdin"
 
 
+_DASK_CONNECT_TIMEOUT = 10      # seconds
+
+
 def _cmd_decap_dask(args: argparse.Namespace) -> int:
     """``natt decap IN... -k KEYS -o OUTDIR (--dask ADDRESS | --workers N)``: natt.dask does the
     work; the same summary table as ``natt decap`` is printed."""
-    from .dask import decap_captures      # imports dask itself only when it runs
+    from .dask import _outputs, decap_captures      # imports dask itself only when it runs
 
     if "-" in args.input:
         raise UsageError("IN: standard input (-) cannot be split over Dask workers; name a capture file")
@@ -441,11 +444,17 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
     if args.output == "-" or (os.path.exists(args.output) and not os.path.isdir(args.output)):
         raise UsageError(f"-o {args.output}: not a directory; with --dask/--workers, -o names the directory "
                        f"that gets one output per input")
+    try:
+        # Before the cluster starts, and in the command line's terms (decap_captures says out_dir).
+        _outputs(args.input, args.output, what=("IN", "-o"))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     specs = _load_keys(args.keys, args.mode)
     cluster = None
     try:
         if args.dask:
-            client = distributed.Client(args.dask)
+            # Dask's default is to retry for 30 s; a scheduler that is up answers within a second.
+            client = distributed.Client(args.dask, timeout=_DASK_CONNECT_TIMEOUT)
         else:
             cluster = distributed.LocalCluster(n_workers=args.workers or 1, threads_per_worker=1, processes=True)
             client = distributed.Client(cluster)

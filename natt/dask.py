@@ -735,17 +735,20 @@ def _cleanup(parts_dir: str) -> None:
 # The job
 
 
-def _outputs(paths: Sequence[str], out_dir: str) -> list[str]:
+def _outputs(paths: Sequence[str], out_dir: str, what: tuple[str, str] = ("paths", "out_dir")) -> list[str]:
+    """The output of each of ``paths`` in ``out_dir``; ``ValueError`` naming the parameter
+    (``what``: their names in the caller's terms) when two would collide or one would overwrite
+    its input."""
     names = [os.path.basename(os.fspath(p)) for p in paths]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise ValueError(f"paths: two inputs share the name {sorted(dup)[0]!r}; their outputs would "
+        raise ValueError(f"{what[0]}: two inputs share the name {sorted(dup)[0]!r}; their outputs would "
                          f"collide in {out_dir}")
     outs = [os.path.join(out_dir, n) for n in names]
     for p, o in zip(paths, outs):
         # realpath: out_dir may reach the inputs' directory through a symbolic link.
         if os.path.realpath(p) == os.path.realpath(o) or (os.path.exists(o) and os.path.samefile(p, o)):
-            raise ValueError(f"out_dir: writing {o} would overwrite its input")
+            raise ValueError(f"{what[1]}: writing {o} would overwrite its input")
     return outs
 
 

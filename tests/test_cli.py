@@ -11,12 +11,14 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import struct
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -358,6 +360,36 @@ def test_a_dask_address_dask_cannot_parse_is_one_line(scenario, tmp_path, capsys
     rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "d"), "--dask", "nonsense"]
                      + BACKEND, capsys)
     assert rc == 1 and err.startswith("natt decap: cannot reach the Dask scheduler nonsense: ") and err.count("\n") == 1
+
+
+def test_a_dask_scheduler_that_does_not_answer_is_given_up_after_10_s(scenario, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    cap, keyfile, *_ = scenario
+    with socket.socket() as s:          # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.monotonic()
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "d"), "--dask",
+                      f"tcp://127.0.0.1:{port}"] + BACKEND, capsys)
+    assert rc == 1 and err.startswith(f"natt decap: cannot reach the Dask scheduler tcp://127.0.0.1:{port}: ")
+    assert "after 10 s" in err and time.monotonic() - t < 25
+
+
+@pytest.mark.parametrize("case", ["-o is the inputs' directory", "two inputs of one name"])
+def test_dask_outputs_that_would_clash_are_usage_errors_in_the_cli_terms(case, scenario, tmp_path, capsys):
+    # Refused before any cluster starts (the library's own error says out_dir / paths).
+    cap, keyfile, *_ = scenario
+    if case == "two inputs of one name":
+        (tmp_path / "sub").mkdir()
+        shutil.copyfile(cap, tmp_path / "sub" / cap.name)
+        inputs, out, want = [str(cap), str(tmp_path / "sub" / cap.name)], tmp_path / "o", \
+            f"IN: two inputs share the name '{cap.name}'; their outputs would collide in {tmp_path / 'o'}"
+    else:
+        inputs, out, want = [str(cap)], tmp_path, f"-o: writing {cap} would overwrite its input"
+    t = time.monotonic()
+    rc, _, err = run(["decap", *inputs, "-k", str(keyfile), "-o", str(out), "--workers", "1"] + BACKEND, capsys)
+    assert rc == 2 and err.endswith(f"natt decap: error: {want}\n"), err
+    assert time.monotonic() - t < 5
 
 
 def test_the_library_limits_are_the_cli_limits(scenario, tmp_path, capsys):
