@@ -1112,7 +1112,8 @@ def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
 _KEYS_HELP = ("SA file: natt JSON (docs/keys.md) or a Wireshark/strongSwan esp_sa table; '-' reads it "
               "from standard input")
 _OUTPUT_HELP = ("it is written as a temporary file beside OUT and renamed over OUT only when the run "
-                "succeeds (keeping OUT's mode and, where allowed, its owner), so a failed run leaves OUT "
+                "succeeds (keeping OUT's mode and, where allowed, its owner; a new OUT is no more readable "
+                "than IN), so a failed run leaves OUT "
                 "as it was and OUT may be IN; a FIFO or a device "
                 "is written as the run goes. '-' (or /dev/stdout) is standard output: the summary "
                 "then goes to stderr")

@@ -686,10 +686,10 @@ def test_every_report_write_error_reads_the_same(scenario, tmp_path, capsys, mon
     real = cli._output_file
 
     @contextlib.contextmanager
-    def failing(path, to_stdout):
+    def failing(path, to_stdout, *source):
         if path == str(report):
             raise OSError(errno.EIO, os.strerror(errno.EIO), path)
-        with real(path, to_stdout) as f:
+        with real(path, to_stdout, *source) as f:
             yield f
 
     monkeypatch.setattr(cli, "_output_file", failing)
