@@ -82,7 +82,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Optional, Union, overload
 
 import numpy as np
@@ -500,6 +500,10 @@ class _CachedLane:
 _LANE_CACHE: dict[tuple[str, int], _CachedLane] = {}
 _ENDED_JOBS: set[str] = set()
 _LANE_CACHE_LOCK = threading.Lock()
+# Per job, the part and output files being written on this worker: a job that ends (the client
+# stopped on Ctrl-C or a failure) waits for them, so none is written after its cleanup.
+_WRITING: dict[str, int] = {}
+_WRITING_DONE = threading.Condition()
 
 
 def _initial_state(specs: Sequence[keyfile.SaSpec], routing: _Routing, lane: int) -> _LaneState:
@@ -595,14 +599,45 @@ def _forget_lane(job: str, lane: int) -> None:
 
 
 def _forget_job(job: str) -> int:
-    """Drop (and wipe the keys of) every cached lane Offload of ``job`` on this worker."""
+    """Drop (and wipe the keys of) every cached lane Offload of ``job`` on this worker; from now
+    on its tasks write nothing, and the files they are writing are finished (or abandoned) when
+    this returns."""
     with _LANE_CACHE_LOCK:
         _ENDED_JOBS.add(job)
         mine = [k for k in _LANE_CACHE if k[0] == job]
         gone = [_LANE_CACHE.pop(k) for k in mine]
     for c in gone:
         c.nic.close()
+    with _WRITING_DONE:
+        # A part is one write of at most a few chunk sizes; _finish stops between parts.
+        _WRITING_DONE.wait_for(lambda: not _WRITING.get(job), timeout=60)
     return len(gone)
+
+
+def _job_ended(job: str) -> bool:
+    with _LANE_CACHE_LOCK:
+        return job in _ENDED_JOBS
+
+
+@contextlib.contextmanager
+def _writing(job: str) -> Iterator[bool]:
+    """Yields False when ``job`` has ended on this worker (write nothing), else True, and
+    :func:`_forget_job` waits until the block is left."""
+    with _WRITING_DONE:
+        live = not _job_ended(job)
+        if live:
+            _WRITING[job] = _WRITING.get(job, 0) + 1
+    if not live:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        with _WRITING_DONE:
+            _WRITING[job] -= 1
+            if not _WRITING[job]:
+                del _WRITING[job]
+            _WRITING_DONE.notify_all()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -620,15 +655,17 @@ def _header(rs: _RangeSpec) -> bytes:
     return buf.getvalue()
 
 
-def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, sas: InboundSas, drop_undecrypted: bool,
-          want_status: bool, part_path: str, *steps: tuple[_LaneState, _LaneResult]) -> dict[str, Any]:
+def _part(job: str, rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, sas: InboundSas,
+          drop_undecrypted: bool, want_status: bool, part_path: str, *steps: tuple[_LaneState, _LaneResult]
+          ) -> Optional[dict[str, Any]]:
     """Write the range's records, in file order, to ``part_path``; return its statistics.
 
     ``declared_before`` is how many pcapng interfaces ``natt decap``'s writer has declared when it
     reaches this range (it declares them lazily, up to the highest one a chunk names). ``last``:
     the capture's last range, whose part ends with the interfaces that no packet named, as that
     writer (``PcapWriter.like``) declares them when it closes. ``sas``: the run's inbound SAs;
-    ``drop_undecrypted``: leave out undecrypted ESP (``natt._capture.undecrypted``)."""
+    ``drop_undecrypted``: leave out undecrypted ESP (``natt._capture.undecrypted``). Returns
+    None, writing nothing, once ``job`` has ended (its client stopped or failed)."""
     results = [st[1] for st in steps]
     chunks, interfaces, truncated = _read_range(rs)
     total = sum(len(c) for c in chunks)
@@ -670,37 +707,48 @@ def _part(rs: _RangeSpec, n_specs: int, declared_before: int, last: bool, sas: I
         writer.declare_interfaces(interfaces)
     writer.close()
     records = buf.getbuffer()[head:]
-    os.makedirs(os.path.dirname(part_path), exist_ok=True)
-    tmp = part_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(records)
-    os.replace(tmp, part_path)      # a re-run task overwrites, never appends
+    with _writing(job) as live:
+        if not live:
+            return None
+        os.makedirs(os.path.dirname(part_path), exist_ok=True)
+        tmp = part_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(records)
+        os.replace(tmp, part_path)      # a re-run task overwrites, never appends
     stats.crypto_seconds = sum(res.seconds for res in results)
     stats.truncated = truncated
     return {"status": status if want_status else None, "stats": stats}
 
 
-def _finish(head: _RangeSpec, output: str, part_paths: list[str], *parts_done: Any) -> int:
+def _finish(job: str, head: _RangeSpec, output: str, part_paths: list[str], *parts_done: Any) -> int:
     """Write the output capture: header, then every part in order; returns its size. An output
     that exists keeps its mode and owner (as ``natt decap -o`` does), a new one is no more
     readable than its input, a symbolic link keeps naming the file it names, and a failure
-    leaves no temporary file."""
-    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-    target = os.path.realpath(output)
-    tmp = target + ".natt-tmp"
-    try:
-        with open(tmp, "wb") as out:
-            give_as(out.fileno(), target, head.path)
-            out.write(_header(head))
-            out.flush()
-            for p in part_paths:
-                with open(p, "rb") as f:
-                    _append(f, out)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    leaves no temporary file; nor does the end of ``job`` (its client stopped or failed) while
+    this runs, which leaves the output as it was (returns -1)."""
+    with _writing(job) as live:
+        if not live:
+            return -1
+        os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+        target = os.path.realpath(output)
+        tmp = target + ".natt-tmp"
+        replaced = False
+        try:
+            with open(tmp, "wb") as out:
+                give_as(out.fileno(), target, head.path)
+                out.write(_header(head))
+                out.flush()
+                for p in part_paths:
+                    if _job_ended(job):
+                        return -1
+                    with open(p, "rb") as f:
+                        _append(f, out)
+            os.replace(tmp, target)
+            replaced = True
+        finally:
+            if not replaced:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
     # The parts stay until the job ends (_cleanup): if this task is re-run they are still there.
     return os.path.getsize(output)
 
@@ -896,7 +944,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                     steps.append(step)
                 part = (f"natt-part-{job}", g)
                 part_path = os.path.join(parts_dir, f"{plan.index:06d}-{r:08d}.part")
-                write[part] = (_part, rs, len(specs), declared, r == len(plan.ranges) - 1, sas, drop_undecrypted,
+                write[part] = (_part, job, rs, len(specs), declared, r == len(plan.ranges) - 1, sas, drop_undecrypted,
                                return_statuses, part_path, *steps)
                 declared = max(declared, plan.ranges[r].top)
                 part_paths.append(part_path)
@@ -906,7 +954,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                 g += 1
             fin = (f"natt-finish-{job}", plan.index)
             head = _RangeSpec(plan.path, plan.fmt, plan.prefixes[0] if plan.prefixes else b"", b"", 0, 0)
-            write[fin] = (_finish, head, plan.output, part_paths, *file_parts)
+            write[fin] = (_finish, job, head, plan.output, part_paths, *file_parts)
             finish_keys.append(fin)
 
         layers: dict[str, Any] = {f"natt-read-{job}": MaterializedLayer(read)}
@@ -950,9 +998,12 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                 client.cancel(futures)
             if sa_future is not None:
                 client.cancel([sa_future])
-            client.run(_forget_job, job)
-            # The part files live where the workers write; the client may not see that storage.
-            client.submit(_cleanup, parts_dir, key=f"natt-cleanup-{job}", pure=False).result()
+            # On every worker: the job's tasks write nothing more, and what they were writing is
+            # finished or gone (a task still running is not stopped by the cancel). Only then can
+            # the part files go (the client may not see the storage the workers write to): in the
+            # workers' event loops, not behind tasks in their threads.
+            client.run(_forget_job, job, on_error="ignore")
+            client.run(_cleanup, parts_dir, on_error="ignore")
         except Exception:   # pragma: no cover - a cluster going away while we clean up
             pass
         shutil.rmtree(parts_dir, ignore_errors=True)

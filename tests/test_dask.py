@@ -626,6 +626,33 @@ def test_a_failed_output_leaves_no_temporary_file(client, capture_sets, tmp_path
     assert sorted(os.listdir(out)) == [os.path.basename(paths[0])]
 
 
+def test_a_task_of_a_job_that_ended_writes_nothing_more(tmp_path):
+    # Cancelling a job's futures does not stop a task that is running: its part file came after
+    # the job's cleanup, and brought the part directory back.
+    job = uuid.uuid4().hex
+    writing, go_on = threading.Event(), threading.Event()
+
+    def write_part() -> None:
+        with ndask._writing(job) as live:
+            assert live
+            writing.set()
+            go_on.wait(30)
+            (tmp_path / "part").write_bytes(b"records")
+    writer = threading.Thread(target=write_part)
+    writer.start()
+    assert writing.wait(30)
+    forget = threading.Thread(target=ndask._forget_job, args=(job,))
+    forget.start()
+    forget.join(0.3)
+    assert forget.is_alive()           # the job's end waits for the write under way
+    go_on.set()
+    forget.join(30)
+    writer.join(30)
+    assert not forget.is_alive() and (tmp_path / "part").exists()
+    with ndask._writing(job) as live:  # and then nothing more is written
+        assert not live
+
+
 def test_an_output_written_over_keeps_its_mode_and_a_symlink_its_file(client, capture_sets, tmp_path):
     # As natt decap -o does: a 0600 file of decrypted traffic stays 0600.
     specs, paths = capture_sets["mixed"]
