@@ -775,8 +775,39 @@ def _append(src: Any, dst: Any) -> None:
         dst.flush()
 
 
-def _cleanup(parts_dir: str) -> None:
+def _missing_dirs(path: str) -> list[str]:
+    """The directories ``os.makedirs(path)`` would create, deepest first (absolute)."""
+    missing = []
+    d = os.path.abspath(path)
+    while not os.path.lexists(d):
+        missing.append(d)
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    return missing
+
+
+def _make_out_dir(out_dir: str) -> list[str]:
+    """Create ``out_dir`` where the workers write; returns the directories that made (deepest
+    first), which a job that fails removes again."""
+    made = _missing_dirs(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    return made
+
+
+def _remove_dirs(dirs: Sequence[str]) -> None:
+    """Remove each of ``dirs`` (deepest first) while it is empty."""
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
+
+
+def _cleanup(parts_dir: str, made: Sequence[str] = ()) -> None:
     shutil.rmtree(parts_dir, ignore_errors=True)
+    _remove_dirs(made)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -856,8 +887,9 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     a corrupt capture, and ``OSError`` for one that cannot be read or written. A capture that
     ends inside a record is decapsulated up to it, and the stats' ``truncated`` says so, as in
     ``natt decap``. After
-    a failure no part file is left behind, but outputs of captures that were already finished
-    stay.
+    a failure, or a KeyboardInterrupt while it waits, no part file is left behind and an
+    ``out_dir`` that the call created is removed again when nothing was written into it, but
+    outputs of captures that were already finished stay.
     """
     import distributed
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
@@ -896,6 +928,9 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     parts_dir = os.path.join(out_dir, f".natt-dask-{job}")
     futures: list[Any] = []
     sa_future = None
+    made: list[str] = []      # the directories the job made for out_dir, removed if it fails
+    missing_here = _missing_dirs(out_dir)
+    done = False
     try:
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"].items())
         n_threads = sum(w.get("nthreads", 1) for _, w in workers) or 1
@@ -907,6 +942,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         elif isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes: expected a positive integer, got {lanes!r}")
 
+        made = client.submit(_make_out_dir, out_dir, key=f"natt-outdir-{job}", pure=False).result()
         # Stage 1: cut the captures into ranges (on the workers: they see the files).
         scan = [client.submit(_scan, i, p, o, chunk_size, key=(f"natt-scan-{job}", i), pure=False)
                 for i, (p, o) in enumerate(zip(files, outputs))]
@@ -982,6 +1018,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                 bar.update(size_of[fut.key])
             client.gather(finish_futures)
         stats.elapsed = time.perf_counter() - t_start
+        done = True
         if not return_statuses:
             return stats
         per_file, i = [], 0
@@ -1003,10 +1040,13 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
             # the part files go (the client may not see the storage the workers write to): in the
             # workers' event loops, not behind tasks in their threads.
             client.run(_forget_job, job, on_error="ignore")
-            client.run(_cleanup, parts_dir, on_error="ignore")
+            client.run(_cleanup, parts_dir, [] if done else made, on_error="ignore")
         except Exception:   # pragma: no cover - a cluster going away while we clean up
             pass
         shutil.rmtree(parts_dir, ignore_errors=True)
+        if not done:
+            # Here too, those missing here as well (the client may not see the workers' storage).
+            _remove_dirs([d for d in made if d in missing_here])
         if own_cluster is not None:
             client.close()
             own_cluster.close()

@@ -10,6 +10,7 @@ lane's anti-replay state has to be rebuilt on another worker.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import io
 import os
@@ -624,6 +625,21 @@ def test_a_failed_output_leaves_no_temporary_file(client, capture_sets, tmp_path
     with pytest.raises(IsADirectoryError):
         ndask.decap_captures(paths[:1], specs, out, client, chunk_size=BIG_CHUNK, progress=False)
     assert sorted(os.listdir(out)) == [os.path.basename(paths[0])]
+
+
+def test_a_failed_job_leaves_out_dir_as_it_was(capture_sets, tmp_path, monkeypatch):
+    # The workers made out_dir (and its missing parents) for the part files; a job that failed, or
+    # was stopped by Ctrl-C, removed the parts and left the directories behind, empty.
+    specs, paths = capture_sets["mixed"]
+
+    def fails(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(ndask, "_finish", fails)     # every part is written by then
+    # Workers in this process: they run the patched _finish.
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
+        with pytest.raises(OSError, match="No space left"):
+            ndask.decap_captures(paths[:1], specs, tmp_path / "new" / "out", c, chunk_size=4096, progress=False)
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_task_of_a_job_that_ended_writes_nothing_more(tmp_path):
