@@ -428,7 +428,7 @@ _DASK_CONNECT_TIMEOUT = 10      # seconds
 def _cmd_decap_dask(args: argparse.Namespace) -> int:
     """``natt decap IN... -k KEYS -o OUTDIR (--dask ADDRESS | --workers N)``: natt.dask does the
     work; the same summary table as ``natt decap`` is printed."""
-    from .dask import _outputs, decap_captures      # imports dask itself only when it runs
+    from .dask import _local_cluster, _outputs, decap_captures      # import dask itself only when they run
 
     if "-" in args.input:
         raise UsageError("IN: standard input (-) cannot be split over Dask workers; name a capture file")
@@ -456,11 +456,16 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
             # Dask's default is to retry for 30 s; a scheduler that is up answers within a second.
             client = distributed.Client(args.dask, timeout=_DASK_CONNECT_TIMEOUT)
         else:
-            cluster = distributed.LocalCluster(n_workers=args.workers or 1, threads_per_worker=1, processes=True)
+            # Its workers leave Ctrl-C, SIGTERM and SIGHUP to this process, which stops the run.
+            cluster = _local_cluster(n_workers=args.workers or 1, threads_per_worker=1)
             client = distributed.Client(cluster)
             _quiet_task_failures(client)
     except (OSError, ValueError) as e:     # ValueError: an address Dask cannot parse
         raise CliError(f"cannot reach the Dask scheduler {args.dask}: {e}") from None
+    except BaseException:                  # Ctrl-C while the cluster starts
+        if cluster is not None:
+            cluster.close()
+        raise
     with _held_signals() as hold:
         try:
             stats = decap_captures(args.input, specs, args.output, client, chunk_size=args.chunk_size,

@@ -77,6 +77,7 @@ import operator
 import os
 import re
 import shutil
+import signal
 import struct
 import sys
 import threading
@@ -814,6 +815,46 @@ def _cleanup(parts_dir: str, made: Sequence[str] = ()) -> None:
 # The job
 
 
+# Signals that stop a run: a terminal's Ctrl-C (and its hang-up) goes to every process of its
+# foreground process group, ``kill -TERM -PGID`` and service managers signal them all as well.
+_STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _local_cluster(**kwargs: Any) -> Any:
+    """A ``distributed.LocalCluster`` of worker processes that leave Ctrl-C, SIGTERM and SIGHUP to
+    this process: it stops the job and closes the cluster, which ends them. Signalled too (the
+    whole process group is, by a terminal), each worker died with a KeyboardInterrupt traceback
+    and the job waited for the dead workers.
+
+    A thread's signal mask is inherited by the threads it starts and by the processes they spawn,
+    exec included: the cluster is started with these signals blocked, so its threads (event loop,
+    nannies, and the threads that spawn a worker process, now or when a nanny restarts one) and
+    every worker have them blocked. The calling thread gets them back when the cluster is up (one
+    that came meanwhile is delivered then). A worker still ends when the cluster closes it (a
+    stop message, then SIGKILL) or when this process goes away (it watches a pipe from it)."""
+    import distributed
+    from multiprocessing import resource_tracker
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING_SIGNALS)
+    cluster = None
+    try:
+        # The first process spawned starts multiprocessing's resource tracker (it unlinks the
+        # semaphores of the cluster's queues), which ignores SIGINT and SIGTERM, and unblocks
+        # them in the thread that starts it: start it here, with SIGHUP blocked for it, not from
+        # the cluster's event loop; then block them again.
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING_SIGNALS)
+        cluster = distributed.LocalCluster(processes=True, **kwargs)
+    finally:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)     # runs the handler of one that came
+        except BaseException:
+            if cluster is not None:
+                cluster.close()
+            raise
+    return cluster
+
+
 def _outputs(paths: Sequence[str], out_dir: str, what: tuple[str, str] = ("paths", "out_dir")) -> list[str]:
     """The output of each of ``paths`` in ``out_dir``; ``ValueError`` naming the parameter
     (``what``: their names in the caller's terms) when two would collide or one would overwrite
@@ -872,7 +913,9 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     or a list of :class:`natt.keys.SaSpec`; every SA is installed inbound. ``client`` is a
     ``distributed.Client``; ``None`` takes the current one (``distributed.get_client()``) or, when
     there is none, starts a ``distributed.LocalCluster`` of worker processes (Dask's default size
-    for the machine) for this call and closes it before returning. ``chunk_size`` is the octets
+    for the machine) for this call and closes it before returning (its workers leave Ctrl-C,
+    SIGTERM and SIGHUP to the calling process, whose KeyboardInterrupt stops the job as any
+    failure does). ``chunk_size`` is the octets
     of capture per task; ``threads`` the data-path threads per task; ``lanes`` the number of SA
     lanes (default: the cluster's worker threads, at most one per SA key). ``progress`` shows a
     bar on stderr (default: when stderr is a terminal).
@@ -921,8 +964,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         try:
             client = distributed.get_client()
         except ValueError:
-            own_cluster = distributed.LocalCluster(processes=True)
-            client = distributed.Client(own_cluster)
+            own_cluster = _local_cluster()
     job = uuid.uuid4().hex[:16]
     # Created by the workers that write into it (the client may not see the shared storage).
     parts_dir = os.path.join(out_dir, f".natt-dask-{job}")
@@ -932,6 +974,8 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     missing_here = _missing_dirs(out_dir)
     done = False
     try:
+        if own_cluster is not None:
+            client = distributed.Client(own_cluster)
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"].items())
         n_threads = sum(w.get("nthreads", 1) for _, w in workers) or 1
         n_keys = len({(s.port, s.spi) for s in specs})
@@ -946,7 +990,9 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         # Stage 1: cut the captures into ranges (on the workers: they see the files).
         scan = [client.submit(_scan, i, p, o, chunk_size, key=(f"natt-scan-{job}", i), pure=False)
                 for i, (p, o) in enumerate(zip(files, outputs))]
-        plans: list[_FilePlan] = client.gather(scan)
+        # One future at a time, not client.gather: a gather cut short by Ctrl-C leaves asyncio
+        # tasks whose exceptions ("AllExit") are logged to stderr as never retrieved.
+        plans: list[_FilePlan] = [f.result() for f in scan]
         del scan
         sa_future = client.scatter(_SaSet(specs), hash=False)
 
@@ -1016,7 +1062,8 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                     range_status[order[fut.key]] = d["status"]
                 stats.merge(d["stats"])
                 bar.update(size_of[fut.key])
-            client.gather(finish_futures)
+            for f in finish_futures:
+                f.result()
         stats.elapsed = time.perf_counter() - t_start
         done = True
         if not return_statuses:
@@ -1029,24 +1076,31 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         return stats, per_file
     finally:
         try:
-            # On failure, stop what is still queued; then wipe every lane Offload of the job and
-            # drop the scattered SA set from worker memory.
-            if futures:
-                client.cancel(futures)
-            if sa_future is not None:
-                client.cancel([sa_future])
-            # On every worker: the job's tasks write nothing more, and what they were writing is
-            # finished or gone (a task still running is not stopped by the cancel). Only then can
-            # the part files go (the client may not see the storage the workers write to): in the
-            # workers' event loops, not behind tasks in their threads.
-            client.run(_forget_job, job, on_error="ignore")
-            client.run(_cleanup, parts_dir, [] if done else made, on_error="ignore")
+            if client is not None:        # (None: Client(own_cluster) failed)
+                # On failure, stop what is still queued; then wipe every lane Offload of the job
+                # and drop the scattered SA set from worker memory.
+                if futures:
+                    client.cancel(futures)
+                if sa_future is not None:
+                    client.cancel([sa_future])
+                # On every worker: the job's tasks write nothing more, and what they were writing
+                # is finished or gone (a task still running is not stopped by the cancel). Only
+                # then can the part files go (the client may not see the storage the workers
+                # write to): in the workers' event loops, not behind tasks in their threads.
+                client.run(_forget_job, job, on_error="ignore")
+                client.run(_cleanup, parts_dir, [] if done else made, on_error="ignore")
         except Exception:   # pragma: no cover - a cluster going away while we clean up
             pass
-        shutil.rmtree(parts_dir, ignore_errors=True)
-        if not done:
-            # Here too, those missing here as well (the client may not see the workers' storage).
-            _remove_dirs([d for d in made if d in missing_here])
-        if own_cluster is not None:
-            client.close()
-            own_cluster.close()
+        finally:
+            # Also after a second Ctrl-C (KeyboardInterrupt, or SIGTERM as natt.cli raises it)
+            # cut the above short.
+            shutil.rmtree(parts_dir, ignore_errors=True)
+            if not done:
+                # Here too, those missing here as well (the client may not see the workers' storage).
+                _remove_dirs([d for d in made if d in missing_here])
+            if own_cluster is not None:
+                try:
+                    if client is not None:
+                        client.close()
+                finally:
+                    own_cluster.close()

@@ -827,6 +827,43 @@ def test_dask_reports_a_corrupt_capture_in_one_line_without_the_workers_log(scen
     assert p.stderr.startswith("natt decap: ") and "corrupt pcap record" in p.stderr and p.stderr.count("\n") == 1, p.stderr
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_dask_a_signal_to_the_whole_process_group_stops_the_run_cleanly(sig, tmp_path, capsys):
+    # A terminal's Ctrl-C goes to its whole foreground process group, the --workers processes
+    # included: each printed a KeyboardInterrupt traceback and died, natt then waited for them
+    # for good, and a second Ctrl-C left -o/.natt-dask-<job>/ full of part files.
+    pytest.importorskip("distributed")
+    assert run(["demo", "--out-dir", str(tmp_path / "in"), "--packets", "20000", "--no-progress"], capsys)[0] == 0
+    out = tmp_path / "out"
+    # ~14 MB in ranges of 64 KiB: ~200 ranges, seconds of work after the first part is written.
+    p = subprocess.Popen([sys.executable, "-m", "natt.cli", "decap", str(tmp_path / "in" / "demo.pcap"), "-k",
+                          str(tmp_path / "in" / "demo-keys.json"), "-o", str(out), "--workers", "2",
+                          "--chunk-size", "65536", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"), cwd=tmp_path,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(out.glob(".natt-dask-*/*.part")):      # the workers are under way
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "no part file after 120 s"
+            time.sleep(0.02)
+        os.killpg(p.pid, sig)
+        signalled = time.monotonic()
+        try:
+            _, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail(f"still running 60 s after {sig.name}; stderr: {p.communicate()[1]}")
+        took = time.monotonic() - signalled
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)        # workers too, whatever happened
+    assert p.returncode == 128 + sig, err
+    assert err == ("natt decap: interrupted\n" if sig == signal.SIGINT else f"natt decap: stopped by {sig.name}\n")
+    assert not out.exists(), sorted(out.rglob("*"))     # no part directory, no temporary: -o as it was
+    assert took < 30, took
+
+
 # ---------------------------------------------------------------------------------------------- encap
 
 
