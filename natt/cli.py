@@ -2,7 +2,11 @@
 
 Every subcommand is a thin layer over :mod:`natt.pcap`, :mod:`natt.keys` and
 :class:`natt.Offload`; ``main(argv)`` returns the exit status (0 success, 1 failure with a
-one-line message on stderr, 2 bad usage) and never prints a traceback for bad input.
+one-line message on stderr, 2 bad usage, 128 + N stopped by signal N) and never prints a
+traceback for bad input. A reader of standard output that goes away early (``natt ... | head``)
+ends the command with 1, as Python programs do for a broken pipe, and a message only when the
+capture itself went there; whether the reader left before natt's last write is up to the two
+processes, so a ``set -o pipefail`` script should not cut the summary short.
 """
 
 from __future__ import annotations
