@@ -711,9 +711,11 @@ def _part(job: str, rs: _RangeSpec, n_specs: int, declared_before: int, last: bo
     with _writing(job) as live:
         if not live:
             return None
-        os.makedirs(os.path.dirname(part_path), exist_ok=True)
+        # Parts hold decrypted traffic until the job ends (for good, if nothing cleans up after
+        # a crash): only their owner may read them, whatever the umask.
+        os.makedirs(os.path.dirname(part_path), mode=0o700, exist_ok=True)
         tmp = part_path + ".tmp"
-        with open(tmp, "wb") as f:
+        with open(_private(tmp), "wb") as f:
             f.write(records)
         os.replace(tmp, part_path)      # a re-run task overwrites, never appends
     stats.crypto_seconds = sum(res.seconds for res in results)
@@ -732,10 +734,12 @@ def _finish(job: str, head: _RangeSpec, output: str, part_paths: list[str], *par
             return -1
         os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
         target = os.path.realpath(output)
-        tmp = target + ".natt-tmp"
+        # The job in the name: another job writing an output of the same name at the same time
+        # has its own (a re-run task of this job overwrites its own).
+        tmp = f"{target}.natt-tmp-{job}"
         replaced = False
         try:
-            with open(tmp, "wb") as out:
+            with open(_private(tmp), "wb") as out:
                 give_as(out.fileno(), target, head.path)
                 out.write(_header(head))
                 out.flush()
@@ -789,11 +793,21 @@ def _missing_dirs(path: str) -> list[str]:
     return missing
 
 
+def _private(path: str) -> int:
+    """``path`` created (or truncated) for writing with mode 0600, as an open descriptor."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+
 def _make_out_dir(out_dir: str) -> list[str]:
     """Create ``out_dir`` where the workers write; returns the directories that made (deepest
-    first), which a job that fails removes again."""
+    first), which a job that fails removes again (and this call, if it fails halfway)."""
+    out_dir = os.path.abspath(out_dir)      # what _missing_dirs lists: "a/../b" makes no "a"
     made = _missing_dirs(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except BaseException:
+        _remove_dirs([d for d in made if os.path.isdir(d)])     # as far as makedirs got
+        raise
     return made
 
 
@@ -1096,8 +1110,9 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
             # cut the above short.
             shutil.rmtree(parts_dir, ignore_errors=True)
             if not done:
-                # Here too, those missing here as well (the client may not see the workers' storage).
-                _remove_dirs([d for d in made if d in missing_here])
+                # Here too, those missing here as well (the client may not see the workers' storage);
+                # all of those when the workers never said which they made (Ctrl-C came first).
+                _remove_dirs([d for d in (made or missing_here) if d in missing_here and os.path.isdir(d)])
             if own_cluster is not None:
                 try:
                     if client is not None:

@@ -642,6 +642,73 @@ def test_a_failed_job_leaves_out_dir_as_it_was(capture_sets, tmp_path, monkeypat
     assert os.listdir(tmp_path) == []
 
 
+def test_part_files_are_private_while_the_job_runs(capture_sets, tmp_path, monkeypatch):
+    # They hold the decrypted traffic until the job ends (for good after a crash), so group and
+    # others may not read them, whatever the umask and the input's mode.
+    specs, paths = capture_sets["mixed"]
+    seen = tmp_path / "seen"        # the task is a copy of spy (Dask pickles it): a file it writes
+    finish = ndask._finish
+
+    def spy(job, head, output, part_paths, *done):
+        modes = {stat.S_IMODE(os.stat(p).st_mode) for p in part_paths}
+        seen.write_text(f"{stat.S_IMODE(os.stat(os.path.dirname(part_paths[0])).st_mode):o} "
+                        f"{' '.join(f'{m:o}' for m in sorted(modes))}")
+        return finish(job, head, output, part_paths, *done)
+    monkeypatch.setattr(ndask, "_finish", spy)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
+        ndask.decap_captures(paths[:1], specs, tmp_path / "out", c, chunk_size=4096, progress=False)
+    assert seen.read_text() == "700 600"
+
+
+def test_two_jobs_finishing_outputs_of_one_name_at_once_each_write_a_whole_one(capture_sets, tmp_path):
+    # Two jobs (say, two captures of one name from two directories into one out_dir) finish an
+    # output of the same name at once. Each writes beside the name and renames over it, so the
+    # file ends as one whole output and neither fails; with one temporary name for both, the
+    # second truncated the first's, the first then wrote into the renamed file, and failed.
+    specs, paths = capture_sets["mixed"]
+    with open(paths[0], "rb") as f:
+        head = ndask._RangeSpec(paths[0], "pcap", f.read(24), b"", 0, 0)
+    out = tmp_path / "out" / "same.pcap"
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)         # job A's first part: opening it waits until the test opens the other end
+    a_part, b_part = tmp_path / "a.part", tmp_path / "b.part"
+    a_part.write_bytes(b"A" * 1000)
+    b_part.write_bytes(b"B" * 3000)
+    got: dict[str, object] = {}
+
+    def job_a() -> None:
+        try:
+            got["a"] = ndask._finish(uuid.uuid4().hex, head, str(out), [str(gate), str(a_part)])
+        except BaseException as e:     # noqa: BLE001 - compared below
+            got["a"] = e
+    a = threading.Thread(target=job_a)
+    a.start()
+    deadline = time.monotonic() + 30
+    while not list(out.parent.glob("same.pcap.natt-tmp*")):       # A has its temporary file
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    got["b"] = ndask._finish(uuid.uuid4().hex, head, str(out), [str(b_part)])
+    with open(gate, "wb"):
+        pass                # A goes on
+    a.join(30)
+    header = ndask._header(head)
+    assert got == {"a": len(header) + 1000, "b": len(header) + 3000}
+    assert out.read_bytes() == header + b"A" * 1000        # A renamed last
+    assert os.listdir(out.parent) == ["same.pcap"]
+
+
+def test_the_directories_a_job_makes_for_out_dir_are_the_ones_it_removes(tmp_path):
+    # "a/../b" made a/ too, which the list of directories to remove did not name; and a makedirs
+    # that failed halfway left what it had made.
+    made = ndask._make_out_dir(str(tmp_path / "n1" / "a" / ".." / "b"))
+    assert sorted(os.listdir(tmp_path / "n1")) == ["b"]
+    ndask._remove_dirs(made)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(OSError):
+        ndask._make_out_dir(str(tmp_path / "n2" / ("x" * 300)))     # ENAMETOOLONG once n2 is made
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_task_of_a_job_that_ended_writes_nothing_more(tmp_path):
     # Cancelling a job's futures does not stop a task that is running: its part file came after
     # the job's cleanup, and brought the part directory back.
