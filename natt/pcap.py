@@ -236,6 +236,10 @@ class FrameOptions:
     big_endian: bool
     data: Optional[np.ndarray] = None
 
+    def values(self, buffer: np.ndarray) -> np.ndarray:
+        """The array ``pos`` indexes: ``data``, or the chunk's ``buffer`` when that is None."""
+        return buffer if self.data is None else self.data
+
 
 @dataclasses.dataclass(eq=False)
 class Chunk:
@@ -289,7 +293,7 @@ class Chunk:
         if o is None:
             return []
         lo, hi = np.searchsorted(o.frame, [i, i + 1]).tolist()
-        data = self.buffer if o.data is None else o.data
+        data = o.values(self.buffer)
         return [(c, data[p: p + n].tobytes())
                 for c, p, n in zip(o.code[lo:hi].tolist(), o.pos[lo:hi].tolist(), o.length[lo:hi].tolist())]
 
@@ -782,7 +786,7 @@ def _with_drop_counts(buf: np.ndarray, o: Optional[FrameOptions], drops: np.ndar
     have = int(length.sum())
     data = np.empty(have + 8 * new.size, np.uint8)
     at = np.cumsum(length) - length
-    copy_segments(data, at, buf if o is None or o.data is None else o.data, pos, length)
+    copy_segments(data, at, buf if o is None else o.values(buf), pos, length)
     data[have:] = drops[new].astype(">u8" if big else "<u8").view(np.uint8)
     frame = np.concatenate([frame, new])
     order = np.argsort(frame, kind="stable")     # a frame's own options first, in file order
@@ -1753,8 +1757,7 @@ class PcapWriter:
         origlen = np.where(rep, caplen, chunk.origlen[idx])
         options = None
         if self.fmt == "pcapng" and chunk.options is not None:
-            o = chunk.options
-            options = self._frame_options(o, chunk.buffer if o.data is None else o.data, len(chunk), idx, rep)
+            options = self._frame_options(chunk.options, chunk.options.values(chunk.buffer), len(chunk), idx, rep)
         if self.fmt == "pcapng":
             if options is not None:
                 self._check_blocks(chunk, idx, caplen, options[2])
