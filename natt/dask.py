@@ -69,6 +69,7 @@ CephFS, a cloud bucket mounted with FUSE, or one machine). The client needs neit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import io
@@ -83,8 +84,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal, Optional, Union, overload
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, Optional, TypeVar, Union, overload
 
 import numpy as np
 
@@ -825,6 +826,17 @@ def _cleanup(parts_dir: str, made: Sequence[str] = ()) -> None:
     _remove_dirs(made)
 
 
+_T = TypeVar("_T")
+
+
+async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a thread of the worker, for ``client.run``: that runs a plain function in
+    the worker's event loop itself, so one that blocks (:func:`_forget_job` waits for writes in
+    progress, :func:`_cleanup` removes a tree of part files) would stall the worker's heartbeats
+    and every other job's transfers for as long; a coroutine function it awaits there instead."""
+    return await asyncio.to_thread(fn, *args)
+
+
 # ----------------------------------------------------------------------------------------------
 # The job
 
@@ -858,6 +870,11 @@ def _local_cluster(**kwargs: Any) -> Any:
         # the cluster's event loop; then block them again.
         resource_tracker.ensure_running()
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING_SIGNALS)
+        # The scheduler's HTTP server (and dashboard, with bokeh) on a free port of the loopback
+        # interface: Dask's default, ":8787", listens on every interface, and warns on stderr
+        # when another cluster has the port (None still means port 8787). A dashboard on a
+        # known address: start a scheduler, and --dask.
+        kwargs.setdefault("dashboard_address", "127.0.0.1:0")
         cluster = distributed.LocalCluster(processes=True, **kwargs)
     finally:
         try:
@@ -1100,9 +1117,10 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
                 # On every worker: the job's tasks write nothing more, and what they were writing
                 # is finished or gone (a task still running is not stopped by the cancel). Only
                 # then can the part files go (the client may not see the storage the workers
-                # write to): in the workers' event loops, not behind tasks in their threads.
-                client.run(_forget_job, job, on_error="ignore")
-                client.run(_cleanup, parts_dir, [] if done else made, on_error="ignore")
+                # write to): run out of band (client.run), not behind tasks in the workers'
+                # task threads, and off their event loops (_in_thread).
+                client.run(_in_thread, _forget_job, job, on_error="ignore")
+                client.run(_in_thread, _cleanup, parts_dir, [] if done else made, on_error="ignore")
         except Exception:   # pragma: no cover - a cluster going away while we clean up
             pass
         finally:

@@ -16,11 +16,13 @@ import io
 import os
 import signal
 import shutil
+import socket
 import stat
 import struct
 import threading
 import time
 import uuid
+import warnings
 
 # natt[dask] must be installed where the suite runs: a missing extra fails here rather than
 # silently shrinking the suite (as a missing backend does in conftest.py).
@@ -182,7 +184,7 @@ def _pcapng_sections(path: str, pkts: list[bytes]) -> None:
 @pytest.fixture(scope="module")
 def client():
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+                                  dashboard_address="127.0.0.1:0") as cluster, distributed.Client(cluster) as c:
         yield c
 
 
@@ -636,7 +638,7 @@ def test_a_failed_job_leaves_out_dir_as_it_was(capture_sets, tmp_path, monkeypat
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(ndask, "_finish", fails)     # every part is written by then
     # Workers in this process: they run the patched _finish.
-    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
         with pytest.raises(OSError, match="No space left"):
             ndask.decap_captures(paths[:1], specs, tmp_path / "new" / "out", c, chunk_size=4096, progress=False)
     assert os.listdir(tmp_path) == []
@@ -655,7 +657,7 @@ def test_part_files_are_private_while_the_job_runs(capture_sets, tmp_path, monke
                         f"{' '.join(f'{m:o}' for m in sorted(modes))}")
         return finish(job, head, output, part_paths, *done)
     monkeypatch.setattr(ndask, "_finish", spy)
-    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as c:
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
         ndask.decap_captures(paths[:1], specs, tmp_path / "out", c, chunk_size=4096, progress=False)
     assert seen.read_text() == "700 600"
 
@@ -734,6 +736,65 @@ def test_a_task_of_a_job_that_ended_writes_nothing_more(tmp_path):
     assert not forget.is_alive() and (tmp_path / "part").exists()
     with ndask._writing(job) as live:  # and then nothing more is written
         assert not live
+
+
+def _hold_a_write(job: str, inside: str, go_on: str) -> None:
+    # A task of ``job`` in the middle of writing a part, until the file ``go_on`` appears.
+    with ndask._writing(job) as live:
+        assert live
+        open(inside, "w").close()
+        deadline = time.monotonic() + 20
+        while not os.path.exists(go_on) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def test_the_end_of_a_job_waits_for_its_writes_off_the_workers_event_loop(client, tmp_path):
+    # client.run runs a plain function inside the worker's event loop: _forget_job waiting there
+    # for a write in progress stalled everything else the worker does (heartbeats, other jobs'
+    # transfers, another client.run) for as long as the write took.
+    job = uuid.uuid4().hex
+    worker = sorted(client.scheduler_info()["workers"])[0]
+    inside, go_on = str(tmp_path / "inside"), str(tmp_path / "go_on")
+    task = client.submit(_hold_a_write, job, inside, go_on, workers=[worker], pure=False)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(inside):
+        assert time.monotonic() < deadline and not task.done()
+        time.sleep(0.02)
+    ended = threading.Thread(target=client.run, args=(ndask._in_thread, ndask._forget_job, job),
+                             kwargs={"workers": [worker]})
+    ended.start()
+    try:
+        time.sleep(0.3)
+        assert ended.is_alive()                 # the job's end waits for the write under way
+        t = time.monotonic()
+        assert client.run(os.getpid, workers=[worker])[worker] > 0
+        assert time.monotonic() - t < 5         # and the worker answers meanwhile
+        assert ended.is_alive()
+    finally:
+        open(go_on, "w").close()
+        ended.join(60)
+    assert not ended.is_alive()
+    task.result(timeout=30)
+
+
+def test_natts_own_cluster_serves_http_on_a_free_loopback_port():
+    # Dask's default (":8787") listened on every interface, and warned on stderr when another
+    # cluster had port 8787 (as a listener here makes sure of, unless something already has it).
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 8787))
+        taken.listen()
+    except OSError:
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cluster = ndask._local_cluster(n_workers=1, threads_per_worker=1)
+    try:
+        bound = [sock.getsockname() for sock in cluster.scheduler.http_server._sockets.values()]
+    finally:
+        cluster.close()
+        taken.close()
+    assert bound and all(host == "127.0.0.1" and port != 8787 for host, port in bound)
 
 
 def test_an_output_written_over_keeps_its_mode_and_a_symlink_its_file(client, capture_sets, tmp_path):
