@@ -406,7 +406,7 @@ class ReferenceBackend:
             for i in range(len(out)):
                 p = _segment(arrays, i)
                 sa: Optional[_Sa] = None
-                found: list[_Sa] = []          # the SA of step 6, kept if a later step fails
+                found: list[tuple[_Sa, int]] = []   # step 6's SA and res.seq, kept if a later step fails
                 output: Optional[bytes]
                 if p is None:
                     status, seq, nh, output = Status.ERROR, 0, 0, b""
@@ -416,7 +416,7 @@ class ReferenceBackend:
                     except Exception:   # noqa: BLE001 — the data path never raises (semantics §1: ERROR)
                         status, seq, nh, output = Status.ERROR, 0, 0, None
                         if found:
-                            sa = found[0]
+                            sa, seq = found[0]
                             sa.counters["errors"] += 1
                 _store(out, i, status, sa.cfg.handle if sa else 0, seq, nh,
                        p if output is None else output)
@@ -446,7 +446,7 @@ class ReferenceBackend:
     # ---- decap, one packet (semantics §1). Returns (status, sa, seq, next_header, output);
     # output None means "the input segment unchanged".
 
-    def _decap_one(self, p: bytes, found: list[_Sa]) -> tuple[Status, Optional[_Sa], int, int, Optional[bytes]]:
+    def _decap_one(self, p: bytes, found: list[tuple[_Sa, int]]) -> tuple[Status, Optional[_Sa], int, int, Optional[bytes]]:
         # 1. IPv4 at all?
         if len(p) < 20 or p[0] >> 4 != 4:
             return Status.NOT_ESP, None, 0, 0, None
@@ -496,9 +496,9 @@ class ReferenceBackend:
                    if dst & x.cfg.dst_mask == x.cfg.dst_addr & x.cfg.dst_mask), None)
         if sa is None:
             return Status.NO_SA, None, seql, 0, None
-        found.append(sa)
         seq = sa.infer_seq(seql)
         res_seq = seql if seq is None else seq
+        found.append((sa, res_seq))
         s = sa.suite
         c = sa.counters
         # 7. Lengths: header + IV + trailer + ICV, whole cipher blocks.

@@ -1500,6 +1500,7 @@ def test_internal_failure_is_error_not_exception(monkeypatch):
         res = nic.decap([p, outer(b"\xff", dst=US)])
         assert statuses(res) == [Status.ERROR, Status.KEEPALIVE]
         assert res[0] == p and res.sa[0] == h
+        assert int(res.seq[0]) == 1                     # set once the ESP header parsed (§1 step 6)
         assert stats(nic, h)["errors"] == 1
         monkeypatch.undo()
         assert decap1(nic, p)[0] is Status.OK          # the failure did not consume seq 1
