@@ -801,6 +801,14 @@ def _if_name_text(options: Sequence[tuple[int, bytes]]) -> str:
     return names[-1].decode("utf-8", "replace").rstrip("\0") if names else ""
 
 
+def _check_block_len(name: str, block: str, blen: int, opt_len: int) -> None:
+    """``ValueError`` naming ``name`` when its pcapng ``block``, ``blen`` octets with ``opt_len``
+    of options, would be longer than the blocks PcapReader takes (so it would not read back)."""
+    if blen > _MAX_RECORD:
+        raise ValueError(f"{name}: its {block} would be {blen} octets, {opt_len} of them options; natt "
+                         f"reads blocks of at most {_MAX_RECORD} octets")
+
+
 def _pack_options(options: Sequence[tuple[int, bytes]]) -> bytes:
     """``options`` as a little-endian option list with its opt_endofopt, or b"" when empty."""
     if not options:
@@ -1450,12 +1458,6 @@ class PcapWriter:
         if section_options and fmt == "pcap":
             raise ValueError("section_options: pcapng only (a classic pcap file header has none)")
         _check_options("section_options", section_options, (_SHB_USERAPPL,))
-        if isinstance(dest, (str, os.PathLike)):
-            self._file: BinaryIO = open(dest, "wb")
-            self._owns = True
-        else:
-            self._file = dest
-            self._owns = False
         self.fmt = fmt
         self.byteorder = byteorder if fmt == "pcap" else "<"
         self.nanosecond = nanosecond
@@ -1471,15 +1473,24 @@ class PcapWriter:
         if fmt == "pcap":
             magic = _PCAP_MAGIC_NS if nanosecond else _PCAP_MAGIC_US
             field = self.linktype if fcs_len is None else self.linktype | _PCAP_FCS_P | (fcs_len // 2) << 28
-            self._write(struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, self.snaplen, field))
+            header = struct.pack(byteorder + "IHHiIII", magic, 2, 4, 0, 0, self.snaplen, field)
+            idbs = []
         else:
             # SHB: byte-order magic, version 1.0, section length unknown (-1), the options given
             # and natt's shb_userappl: the application that made this section (§4.1).
             body = struct.pack("<IHHq", _PCAPNG_BOM, 1, 0, -1) + _pack_options(
                 [*section_options, (_SHB_USERAPPL, f"natt {__version__}".encode())])
-            self._write(struct.pack("<II", _PCAPNG_SHB, 12 + len(body)) + body + struct.pack("<I", 12 + len(body)))
-            for itf in interfaces:
-                self._declare(itf)
+            _check_block_len("section_options", "Section Header Block", 12 + len(body), len(body) - 16)
+            header = struct.pack("<II", _PCAPNG_SHB, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+            idbs = self._idbs(interfaces, 0, "interfaces")
+        if isinstance(dest, (str, os.PathLike)):
+            self._file: BinaryIO = open(dest, "wb")
+            self._owns = True
+        else:
+            self._file = dest
+            self._owns = False
+        self._write(header)
+        self._declare(idbs)
 
     @classmethod
     def like(cls, reader: PcapReader, dest: PathOrFile, *, grow: int = 0) -> "PcapWriter":
@@ -1538,7 +1549,20 @@ class PcapWriter:
         # no further than libpcap's MAXIMUM_SNAPLEN, 262144; 0, pcapng's "no limit", stays.
         return max(snaplen, min(snaplen + self._grow, 262144)) if snaplen else 0
 
-    def _declare(self, itf: Interface) -> None:
+    def _idbs(self, interfaces: Sequence[Interface], first: int, name: str) -> list[tuple[Interface, bytes]]:
+        """Each of ``interfaces`` as it is declared, and its Interface Description Block; those are
+        interfaces ``first``, ``first + 1``, ... of the output, and ``name[k]`` in the caller's
+        terms (a ``ValueError`` names one whose block would be longer than PcapReader takes)."""
+        return [self._idb(itf, f"{name}[{k}]") for k, itf in enumerate(interfaces, first)]
+
+    def _declare(self, idbs: list[tuple[Interface, bytes]]) -> None:
+        """Write the blocks of :meth:`_idbs` (after every check of the call, so that a refused
+        call leaves no trace)."""
+        for itf, block in idbs:
+            self._write(block)
+            self._declared.append(itf)
+
+    def _idb(self, itf: Interface, name: str) -> tuple[Interface, bytes]:
         itf = dataclasses.replace(itf, snaplen=self._grown(itf.snaplen),
                                   linktype=_as_written(itf.linktype) if self._ipv4_as_raw else itf.linktype)
         # Nanosecond resolution for every interface: the reader hands out nanoseconds. The input's
@@ -1553,9 +1577,9 @@ class PcapWriter:
             own.append((_IF_NAME, itf.name.encode()))
         opts = _pack_options([*own, *itf.options])
         blen = 20 + len(opts)
-        self._write(struct.pack("<IIHHI", _PCAPNG_IDB, blen, itf.linktype & 0xFFFF, 0, itf.snaplen)
-                         + opts + struct.pack("<I", blen))
-        self._declared.append(itf)
+        _check_block_len(name, "Interface Description Block", blen, len(opts))
+        return itf, (struct.pack("<IIHHI", _PCAPNG_IDB, blen, itf.linktype & 0xFFFF, 0, itf.snaplen)
+                     + opts + struct.pack("<I", blen))
 
     def declare_interfaces(self, interfaces: Sequence[Interface]) -> int:
         """pcapng: declare every interface of ``interfaces`` past the ones this writer has
@@ -1568,8 +1592,7 @@ class PcapWriter:
         new = list(interfaces)[len(self._declared):]
         for k, itf in enumerate(new, len(self._declared)):
             _check_interface(itf, f"interfaces[{k}]")
-        for itf in new:
-            self._declare(itf)
+        self._declare(self._idbs(new, len(self._declared), "interfaces"))
         return len(new)
 
     def _max_caplen(self) -> int:
@@ -1721,8 +1744,8 @@ class PcapWriter:
 
         A record longer than PcapReader reads back (classic pcap: a frame longer than the larger
         of the snap length and 262144 octets; pcapng: a block of more than 256 MiB, its options
-        included) is a ``ValueError`` naming the frame, raised before anything of the chunk is
-        written.
+        included) is a ``ValueError`` naming the frame, and an interface whose IDB would be one
+        a ``ValueError`` naming the interface, raised before anything of the chunk is written.
         """
         n = len(chunk)
         if replace is None:
@@ -1761,10 +1784,10 @@ class PcapWriter:
         if self.fmt == "pcapng":
             if options is not None:
                 self._check_blocks(chunk, idx, caplen, options[2])
-            # After the checks, so that a refused chunk leaves no trace, not even an IDB.
             top = int(chunk.iface.max()) + 1 if n else 0
-            while len(self._declared) < top:
-                self._declare(chunk.interfaces[len(self._declared)])
+            # After the checks, so that a refused chunk leaves no trace, not even an IDB.
+            self._declare(self._idbs(chunk.interfaces[len(self._declared):top], len(self._declared),
+                                     "chunk.interfaces"))
         if idx.size == 0:
             return 0
         hdrs = self._record_headers(chunk.ts_ns[idx], caplen, origlen, chunk.iface[idx],
@@ -1870,7 +1893,7 @@ class PcapWriter:
         self._check_caplen(caplen, "frames", np.arange(n))
         hdrs = self._record_headers(ts, caplen, caplen, np.full(n, iface, np.int64))
         if self.fmt == "pcapng" and not self._declared:
-            self._declare(Interface(self.linktype))
+            self._declare(self._idbs([Interface(self.linktype)], 0, "interfaces"))
         data = np.frombuffer(b"".join(frames), np.uint8)
         self._write(self._records(hdrs, caplen, [(data, np.cumsum(caplen) - caplen, caplen)])[0].data)
         self.frames_written += n

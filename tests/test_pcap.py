@@ -1204,6 +1204,41 @@ def test_pcapng_writer_refuses_a_record_its_options_take_past_the_block_limit(mo
     assert [g[0] for g in frames_of(read_all(_rewrite_like(head + ok + big))[1])] == [1000, 2000]
 
 
+def test_pcapng_writer_refuses_a_section_or_interface_block_past_the_block_limit(monkeypatch, tmp_path):
+    """The same limit for the blocks natt adds options to: the SHB (shb_userappl) and an IDB
+    (if_tsresol). A ValueError names the section options or the interface; the call that is
+    refused writes nothing (the constructor: does not truncate its file). A lowered limit stands in
+    for 256 MiB."""
+    desc = [(3, b"d" * 1000)]                               # if_description
+    head = ng_shb() + ng_idb(1, other=desc)
+    data = head + ng_epb(0, 1, ETH + IP)
+    idb_in = len(ng_idb(1, other=desc))                     # 1028; as written, 8 more (if_tsresol)
+    monkeypatch.setattr(pcap, "_MAX_RECORD", idb_in)
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data)) as r:
+        w = pcap.PcapWriter.like(r, out)                    # as natt decap: before the first chunk
+        shb = out.getvalue()
+        (c,) = list(r)
+    with pytest.raises(ValueError, match=rf"^chunk.interfaces\[0\]: its Interface Description Block would be "
+                                         rf"{idb_in + 8} octets, 1016 of them options; natt reads blocks of at "
+                                         rf"most {idb_in} octets$"):
+        w.write_chunk(c)
+    itf = pcap.Interface(1, options=tuple(desc))
+    with pytest.raises(ValueError, match=r"^interfaces\[1\]: its Interface Description Block"):
+        w.declare_interfaces([pcap.Interface(1), itf])
+    assert out.getvalue() == shb                            # not even interface 0's IDB
+    dest = tmp_path / "kept"
+    dest.write_bytes(b"before")
+    with pytest.raises(ValueError, match=r"^interfaces\[0\]: its Interface Description Block"):
+        pcap.PcapWriter(dest, fmt="pcapng", interfaces=[itf])
+    with pytest.raises(ValueError, match=rf"^section_options: its Section Header Block would be \d+ octets"):
+        pcap.PcapWriter(dest, fmt="pcapng", section_options=desc)
+    assert dest.read_bytes() == b"before"                   # refused before dest is truncated
+    monkeypatch.setattr(pcap, "_MAX_RECORD", idb_in + 8)   # at the limit: written, and read back
+    again, chunks = read_all(_rewrite_like(data))
+    assert again.interfaces[0].options == tuple(desc) and [g[0] for g in frames_of(chunks)] == [1000]
+
+
 def test_frame_options_across_chunks_sections_and_dropped_frames():
     """Options stay with their frames whatever the chunking, across a big-endian section and a
     little-endian one, with frames left out (keep) and others replaced."""
