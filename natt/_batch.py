@@ -9,7 +9,7 @@ because the caller keeps write access to the arrays).
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, SupportsIndex, Union, overload
 
 import numpy as np
@@ -52,22 +52,46 @@ class _Segments:
     def __len__(self) -> int:
         return int(self.offsets.size)
 
+    # An ndarray is SupportsIndex as well (a 0-D one converts): the list overload comes first.
+    @overload
+    def __getitem__(self, i: Union[slice, np.ndarray, Sequence[int]]) -> list[bytes]: ...  # type: ignore[overload-overlap]
+
     @overload
     def __getitem__(self, i: SupportsIndex) -> bytes: ...
 
-    @overload
-    def __getitem__(self, i: slice) -> list[bytes]: ...
-
-    def __getitem__(self, i: Union[SupportsIndex, slice]) -> Union[bytes, list[bytes]]:
-        """Packet ``i`` as bytes (negative ``i`` counts from the end), or a list for a slice."""
+    def __getitem__(self, i: Union[SupportsIndex, slice, np.ndarray, Sequence[int]]) -> Union[bytes, list[bytes]]:
+        """Packet ``i`` as bytes (negative ``i`` counts from the end); a list of them for a
+        slice, for a sequence or array of indices, or for a boolean mask of one flag per packet
+        (numpy's rules: ``res[res.status == Status.OK]`` is the packets that decapped)."""
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
+        if (isinstance(i, np.ndarray) and i.ndim) or (
+                isinstance(i, Sequence) and not isinstance(i, (str, bytes, bytearray))):
+            return [self[k] for k in self._picked(np.asarray(i))]
         try:
-            k = operator.index(i)
+            k = operator.index(i)  # type: ignore[arg-type]  # str, bytes: the TypeError below
         except TypeError:
-            raise TypeError(f"packet index: an integer or a slice, got {type(i).__name__}") from None
+            raise TypeError(f"packet index: an integer, a slice, indices or a boolean mask, "
+                            f"got {type(i).__name__}") from None
         o = int(self.offsets[k])
         return self.data[o: o + int(self.lengths[k])].tobytes()
+
+    def _picked(self, a: np.ndarray) -> list[int]:
+        """The packet numbers an index array or boolean mask ``a`` picks (``IndexError`` past
+        the end, as for one index)."""
+        n = len(self)
+        if a.dtype == bool:
+            if a.shape != (n,):
+                raise IndexError(f"packet mask: one flag per packet ({n}), got shape {a.shape}")
+            return np.flatnonzero(a).tolist()
+        if a.size == 0:
+            return []
+        if a.dtype.kind not in "iu" or a.ndim != 1:
+            raise TypeError(f"packet indices: a 1-D sequence of integers or a boolean mask, got {a.ndim}-D {a.dtype}")
+        bad = (a >= n) | (a < -n)
+        if bad.any():
+            raise IndexError(f"packet index {int(a[np.argmax(bad)])} out of range for {n} packets")
+        return np.where(a < 0, a + n, a).tolist()
 
     def __iter__(self) -> Iterator[bytes]:
         for i in range(len(self)):
@@ -134,6 +158,7 @@ class PacketBatch(_Segments):
         A packet is its octets as the buffer protocol gives them (``bytes(p)``), whatever the
         item type: a numpy array of ``>u2`` contributes two octets per item, never a cast.
         """
+        _refuse_one_packet(packets)
         views = [_octets(i, p) for i, p in enumerate(packets)]
         lengths = np.fromiter((v.nbytes for v in views), dtype=np.int64, count=len(views))
         offsets = np.zeros(len(views), dtype=np.int64)
@@ -151,10 +176,22 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def _refuse_one_packet(packets: Any) -> None:
+    """``ValueError`` for one packet where an iterable of packets belongs: iterated, a bytes
+    object or a 1-D numpy array (``res.data`` too) would give one-octet packets."""
+    if isinstance(packets, (bytes, bytearray, memoryview)):
+        raise ValueError("packets: expected a PacketBatch or an iterable of packets, got one bytes object")
+    if isinstance(packets, np.ndarray) and packets.ndim <= 1 and not packets.dtype.hasobject:
+        raise ValueError(f"packets: expected a PacketBatch or an iterable of packets, got one "
+                         f"{packets.ndim}-D numpy array of {packets.dtype} (one packet: pass [packet])")
+
+
 def _octets(i: int, p: Any) -> memoryview:
     """Packet ``i`` of ``from_packets`` as a flat view of its octets."""
     if isinstance(p, np.ndarray) and p.dtype.hasobject:
         raise TypeError(f"packets[{i}]: a numpy array of Python objects holds no packet octets")
+    if isinstance(p, np.generic):
+        raise TypeError(f"packets[{i}]: a numpy {type(p).__name__} scalar is not a packet")
     try:
         v = memoryview(p)
     except TypeError:
@@ -168,8 +205,7 @@ def as_batch(packets: Union[PacketBatch, Iterable[BytesLike]]) -> PacketBatch:
     """A ``PacketBatch`` as is, or a new one copied from an iterable of bytes-like packets."""
     if isinstance(packets, PacketBatch):
         return packets
-    if isinstance(packets, (bytes, bytearray, memoryview)):
-        raise ValueError("packets: expected a PacketBatch or an iterable of packets, got one bytes object")
+    _refuse_one_packet(packets)
     if isinstance(packets, str) or not isinstance(packets, Iterable):
         raise TypeError(f"packets: expected a PacketBatch or an iterable of bytes-like packets, "
                         f"got {type(packets).__name__}")

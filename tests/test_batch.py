@@ -606,7 +606,40 @@ def test_batches_and_results_index_and_slice_like_lists():
         assert batch[s] == packets[s], s
     with pytest.raises(IndexError):
         batch[4]
-    with pytest.raises(TypeError, match="packet index: an integer or a slice, got str"):
+    with pytest.raises(TypeError, match="packet index: an integer, a slice, indices or a boolean mask, got str"):
         batch["0"]
     res = natt.Offload(backend="reference").decap(batch)      # not ESP: each packet comes back as it was
     assert res[1:] == packets[1:] and res[-1] == b"f"
+    # Indices and masks, numpy's way: a list of packets.
+    assert batch[[3, 0, -3]] == [b"f", b"ab", b"cde"] and batch[np.array([1, 1])] == [b"cde", b"cde"]
+    assert batch[np.array([True, False, False, True])] == [b"ab", b"f"] == batch[[True, False, False, True]]
+    assert batch[[]] == [] and batch[np.array(2)] == b""
+    assert res[res.lengths > 1] == [b"ab", b"cde"]
+    with pytest.raises(IndexError, match=r"^packet index 4 out of range for 4 packets$"):
+        batch[[0, 4]]
+    with pytest.raises(IndexError, match=r"^packet mask: one flag per packet \(4\), got shape \(3,\)$"):
+        batch[np.ones(3, bool)]
+    with pytest.raises(TypeError, match=r"^packet indices: a 1-D sequence of integers or a boolean mask, got 1-D float64$"):
+        batch[[0.0]]
+
+
+def test_decap_result_mask_picks_the_packets_that_decapped(nic):
+    out_h, in_h = sa_pair(nic)
+    sealed = nic.encap([inner_udp(b"one"), inner_udp(b"two")], out_h)
+    res = nic.decap([sealed[0], b"not a packet", sealed[1]])
+    assert res[res.status == Status.OK] == [inner_udp(b"one"), inner_udp(b"two")]
+
+
+def test_one_packet_where_packets_belong_is_refused_not_split_into_octets(nic):
+    # Iterated, a bytes object or a 1-D numpy array (a result's data, say) gives one-octet packets.
+    one = np.frombuffer(inner_udp(), np.uint8)
+    for packets in (inner_udp(), bytearray(inner_udp()), memoryview(inner_udp()), one, nic.decap([b"x"]).data):
+        with pytest.raises(ValueError, match=r"^packets: expected a PacketBatch or an iterable of packets, got one "):
+            nic.decap(packets)
+        with pytest.raises(ValueError, match=r"^packets: expected a PacketBatch or an iterable of packets, got one "):
+            PacketBatch.from_packets(packets)
+    with pytest.raises(ValueError, match=r"got one 1-D numpy array of uint8 \(one packet: pass \[packet\]\)$"):
+        nic.encap(one, sa_pair(nic)[0])
+    with pytest.raises(TypeError, match=r"^packets\[1\]: a numpy uint8 scalar is not a packet$"):
+        PacketBatch.from_packets([one, one[0]])
+    assert len(nic.decap(np.stack([one, one]))) == 2                 # rows of a 2-D array are packets
