@@ -876,6 +876,10 @@ class Offload:
 
         Returns UDP-encapsulated ESP IPv4 packets, one result per input.
         Raises :class:`OffloadError` if ``handle`` is not an outbound SA.
+
+        Send only the packets whose status is ``OK`` (``res[res.status == Status.OK]``): as the
+        status table has it, a ``MALFORMED`` or ``ERROR`` packet's output is its input unchanged,
+        which here is the cleartext inner datagram (``SEQ_OVERFLOW``'s is empty).
         """
         # Exact-type tests before the calls: at a batch of one the Python around the kernel is
         # most of the cost (BENCHMARKS.md, "fixed cost").
