@@ -796,18 +796,23 @@ def loads(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
     text = text.removeprefix("\ufeff")
     stripped = text.lstrip()
     if stripped[:1] in ("[", "{"):
+        # Raised after the except clauses, not in them: a JSONDecodeError holds the whole text,
+        # keys included (its ``doc``), and would stay reachable as the KeyFileError's
+        # ``__context__`` even ``from None``.
+        why = ""
         try:
             doc = json.loads(text, object_pairs_hook=_JsonObject.of)
         except json.JSONDecodeError as e:
             # The message carries position only; json's own text could quote the document.
-            raise KeyFileError(f"not valid JSON: {e.msg}: line {e.lineno} column {e.colno}") from None
+            why = f"not valid JSON: {e.msg}: line {e.lineno} column {e.colno}"
         except RecursionError:
-            raise KeyFileError("not a key file: JSON nested too deeply") from None
+            why = "not a key file: JSON nested too deeply"
         except ValueError:
             # Python reads no integer of more decimal digits than this (CVE-2020-10735).
-            raise KeyFileError(f"not a usable key file: a JSON number has more than "
-                               f"{sys.get_int_max_str_digits()} digits (write a wide replay_bitmap "
-                               f"as \"0x…\" hex)") from None
+            why = (f"not a usable key file: a JSON number has more than {sys.get_int_max_str_digits()} "
+                   f"digits (write a wide replay_bitmap as \"0x…\" hex)")
+        if why:
+            raise KeyFileError(why)
         if isinstance(doc, dict):
             if "sas" not in doc:
                 raise KeyFileError("a JSON key file is a list of SAs or an object with an 'sas' list")
@@ -831,9 +836,11 @@ def load(path: PathLike, *, mode: str = "tunnel") -> list[SaSpec]:
     """
     with open(path, encoding="utf-8", errors="strict") as f:
         try:
-            text = f.read()
-        except UnicodeDecodeError:
-            raise KeyFileError(f"{os.fspath(path)}: not a text file (invalid UTF-8)") from None
+            text: Optional[str] = f.read()
+        except UnicodeDecodeError:      # holds the file's octets (``object``): not the __context__
+            text = None
+    if text is None:
+        raise KeyFileError(f"{os.fspath(path)}: not a text file (invalid UTF-8)")
     try:
         specs = loads(text, mode=mode)
     except KeyFileError as e:

@@ -262,6 +262,47 @@ def test_invalid_json_reports_position_only():
         keys.loads('[{"spi": 1,\n "key": "' + secret)
 
 
+def _everything_reachable(obj, seen=None, depth=0):
+    """The strings and octets reachable from an exception: its message, chained exceptions and
+    their attributes, as anything that logs or walks an exception could reach them."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth > 6:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, (str, bytes, bytearray, memoryview)):
+        yield bytes(obj) if not isinstance(obj, str) else obj
+        return
+    if isinstance(obj, BaseException):
+        yield str(obj)
+        for nxt in (obj.__context__, obj.__cause__, *obj.args, *vars(obj).values()):
+            yield from _everything_reachable(nxt, seen, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            yield from _everything_reachable(x, seen, depth + 1)
+
+
+@pytest.mark.parametrize("text", [
+    '[{"spi": 1, "suite": "aes128gcm16", "key": "KEY",,}]',              # not valid JSON
+    '[' * 100000 + '"KEY"' + ']' * 100000,                                # nested too deeply
+    '[{"spi": 1, "suite": "aes128gcm16", "key": "KEY", "replay_bitmap": 1%s}]' % ("0" * 19727),
+], ids=["invalid", "deep", "long-number"])
+def test_a_refused_key_file_leaves_its_keys_nowhere_in_the_exception(tmp_path, text):
+    # raise ... from None hides a JSONDecodeError only from tracebacks: it stayed the
+    # KeyFileError's __context__, whose ``doc`` is the whole file, keys included.
+    secret = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"
+    text = text.replace("KEY", secret)
+    with pytest.raises(keys.KeyFileError) as ei:
+        keys.loads(text)
+    found = list(_everything_reachable(ei.value))
+    assert found and not [x for x in found if (secret in x if isinstance(x, str) else secret.encode() in x)]
+    path = tmp_path / "k.json"
+    path.write_bytes(text.encode() + b"\xff")                           # and invalid UTF-8 at the end
+    with pytest.raises(keys.KeyFileError, match=r"not a text file \(invalid UTF-8\)$") as ei:
+        keys.load(path)
+    found = list(_everything_reachable(ei.value))
+    assert found and not [x for x in found if (secret in x if isinstance(x, str) else secret.encode() in x)]
+
+
 def test_repr_hides_key():
     s = spec(key=bytes.fromhex("a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"))
     assert "a1b2c3d4" not in repr(s) and "a1b2c3d4" not in str(s)
