@@ -8,6 +8,7 @@ NDIS values are those of ``ntddndis.h`` (spec/udp-esp-offload.md §3); the
 from __future__ import annotations
 
 import enum
+import operator
 
 __all__ = [
     "OID_TCP_TASK_OFFLOAD",
@@ -135,9 +136,24 @@ def ndis_receive_info(status: int, tunnel: bool) -> tuple[int, int, int]:
     Returns ``(crypto_done, next_crypto_done, crypto_status)`` as the
     ``NDIS_IPSEC_OFFLOAD_V1_NET_BUFFER_LIST_INFO.Receive`` fields (spec §4.2).
     ``tunnel`` says whether the SA that handled the packet is a tunnel SA; it
-    only matters for AUTH_FAILED.
+    only matters for AUTH_FAILED. One packet's status (an element of ``res.status``
+    will do); anything but a status is a ``ValueError``, a ``tunnel`` that is not
+    True or False a ``TypeError`` (a string such as "no" would read as a tunnel).
     """
-    s = Status(status)
+    import numpy as np              # here: the rest of this module is plain names and numbers
+
+    from ._redact import shown
+
+    if not isinstance(tunnel, (bool, np.bool_)):
+        raise TypeError(f"tunnel: expected True or False, got {shown(tunnel)}")
+    s = None
+    if not isinstance(status, (bool, np.bool_)):
+        try:
+            s = Status(operator.index(status))
+        except (TypeError, ValueError):
+            pass
+    if s is None:
+        raise ValueError(f"status: expected a natt.Status (0 .. {int(max(Status))}), got {shown(status)}")
     if s in (Status.OK, Status.DUMMY):
         return (1, 0, _CRYPTO_SUCCESS)
     if s is Status.AUTH_FAILED:

@@ -975,6 +975,19 @@ def test_ndis_receive_info_table(status, tunnel):
     assert natt.ndis_receive_info(int(status), tunnel) == expected
 
 
+def test_ndis_receive_info_refuses_what_is_not_a_status_or_a_bool():
+    # "no" was read as a tunnel and [] as transport; a string status was echoed unredacted.
+    assert natt.ndis_receive_info(np.uint8(7), np.True_) == (1, 0, 5)
+    for tunnel in ("no", [], 1, None):
+        with pytest.raises(TypeError, match=r"^tunnel: expected True or False, got "):
+            natt.ndis_receive_info(Status.AUTH_FAILED, tunnel)
+    key_hex = "a1b2c3d4e5f60718293a4b5c6d7e8f9001122334"
+    for status in (13, -1, True, 7.0, key_hex, np.array([0, 7])):
+        with pytest.raises(ValueError, match=r"^status: expected a natt.Status \(0 \.\. 12\), got ") as ei:
+            natt.ndis_receive_info(status, False)
+        assert key_hex not in str(ei.value)
+
+
 def test_ndis_receive_info_of_decap_results(nic):
     ht, tpeer = add_in(nic, mode="tunnel")
     hx, xpeer = add_in(nic, spi=SPI + 1, seed=2)
