@@ -783,15 +783,25 @@ def to_esp_sa(specs: Iterable[SaSpec]) -> str:
 # Files
 
 
-def loads(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
+def loads(text: Union[str, bytes], *, mode: str = "tunnel") -> list[SaSpec]:
     """Parse a key file's text: JSON when it starts with ``[`` or ``{``, else ``esp_sa``. A leading
-    UTF-8 byte order mark is skipped.
+    UTF-8 byte order mark is skipped. Octets (``bytes``) are read as UTF-8.
 
     ``mode`` is the mode of SAs whose text does not say: every SA of an ``esp_sa`` table, and
     JSON SAs without a ``"mode"`` field.
     """
     if mode not in ("tunnel", "transport"):
         raise ValueError(f"mode: 'tunnel' or 'transport', got {shown(mode)}")
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            decoded: Optional[str] = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:      # holds the octets (``object``): not the __context__
+            decoded = None
+        if decoded is None:
+            raise KeyFileError("not a text file (invalid UTF-8)")
+        text = decoded
+    if not isinstance(text, str):
+        raise TypeError(f"text: expected str or UTF-8 bytes, got {type(text).__name__}")
     # Editors on Windows start UTF-8 files with a byte order mark; it belongs to neither format.
     text = text.removeprefix("\ufeff")
     stripped = text.lstrip()
@@ -834,15 +844,10 @@ def load(path: PathLike, *, mode: str = "tunnel") -> list[SaSpec]:
     Raises :class:`KeyFileError` (with the file name) when the file is not a usable key file,
     and ``OSError`` when it cannot be read.
     """
-    with open(path, encoding="utf-8", errors="strict") as f:
-        try:
-            text: Optional[str] = f.read()
-        except UnicodeDecodeError:      # holds the file's octets (``object``): not the __context__
-            text = None
-    if text is None:
-        raise KeyFileError(f"{os.fspath(path)}: not a text file (invalid UTF-8)")
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        specs = loads(text, mode=mode)
+        specs = loads(data, mode=mode)
     except KeyFileError as e:
         raise KeyFileError(f"{os.fspath(path)}: {e}") from None
     return [dataclasses.replace(s, origin=f"{os.fspath(path)}: {s.origin}") for s in specs]

@@ -303,6 +303,17 @@ def test_a_refused_key_file_leaves_its_keys_nowhere_in_the_exception(tmp_path, t
     assert found and not [x for x in found if (secret in x if isinstance(x, str) else secret.encode() in x)]
 
 
+def test_loads_reads_octets_as_utf8():
+    # It said "a bytes-like object is required, not 'str'" when given bytes.
+    text = keys.dumps([spec()])
+    assert [s.spi for s in keys.loads(text.encode())] == [s.spi for s in keys.loads(text)] == [spec().spi]
+    assert keys.loads(bytearray(b"# no SA here\r\n")) == []
+    with pytest.raises(keys.KeyFileError, match=r"^not a text file \(invalid UTF-8\)$"):
+        keys.loads(text.encode() + b"\xff")
+    with pytest.raises(TypeError, match=r"^text: expected str or UTF-8 bytes, got int$"):
+        keys.loads(17)
+
+
 def test_repr_hides_key():
     s = spec(key=bytes.fromhex("a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"))
     assert "a1b2c3d4" not in repr(s) and "a1b2c3d4" not in str(s)
