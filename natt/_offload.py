@@ -20,7 +20,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import numpy as np
 
@@ -628,7 +628,7 @@ class Offload:
 
     # ------------------------------------------------------------------ Pythonic layer
 
-    def add_sa(self, spi: int, key: Union[bytes, bytearray, memoryview], suite: str, direction: str = "in", *,
+    def add_sa(self, spi: int, key: Union[bytes, bytearray, memoryview, np.ndarray], suite: str, direction: str = "in", *,
                mode: str = "tunnel", src: Optional[Address] = None, dst: Optional[Address] = None,
                encap: Union[UdpEncapType, str] = UdpEncapType.OTHER, port: int = 4500, sport: int = 4500,
                dport: int = 4500,
@@ -668,6 +668,8 @@ class Offload:
             # Either one is a typo, as in a key file (natt.keys refuses the same).
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"esn: True, but the suite is {s.name}-noesn; "
                                                              "make them agree")
+        # Any case, as suite and encap: "IN", "Tunnel".
+        direction, mode, df_bit = (v.strip().lower() if isinstance(v, str) else v for v in (direction, mode, df_bit))
         if not isinstance(direction, str) or direction not in ("in", "out"):
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"direction: {shown(direction)} is neither 'in' nor 'out'")
         if not isinstance(mode, str) or mode not in ("tunnel", "transport"):
@@ -690,7 +692,11 @@ class Offload:
                                    f"nor 'IKE' (non-IKE marker)")
             encap = named
         if not isinstance(key, (bytes, bytearray, memoryview)):
-            raise OffloadError(NdisStatus.INVALID_DATA, f"key: expected bytes, got {type(key).__name__}")
+            # Any buffer (a numpy array, array.array) as its octets, as memoryview(key) would be.
+            try:
+                key = memoryview(cast(Any, key))      # numpy's stubs do not call ndarray a Buffer
+            except TypeError:
+                raise OffloadError(NdisStatus.INVALID_DATA, f"key: expected bytes, got {type(key).__name__}") from None
         try:
             n = memoryview(key).nbytes      # octets, whatever the item size of a memoryview
         except ValueError:                  # a released memoryview

@@ -1017,6 +1017,23 @@ def test_add_sa_measures_a_key_in_octets_whatever_its_item_size(backend: str) ->
         assert e.value.status is NS.INVALID_DATA and counts(nic) == (1, 1)
 
 
+def test_add_sa_takes_a_key_in_any_buffer_and_its_words_in_any_case(backend: str) -> None:
+    # suite and encap took any case, direction, mode and df_bit only lower case; memoryview(a) of a
+    # numpy array was a key, the array itself not.
+    key = np.arange(40, dtype=np.uint8)[::2]                    # not even contiguous
+    inner = bytes.fromhex("4500001c0001000040017cdd0a0000010a000002" "0800f7ff00000000")
+    with natt.Offload(backend=backend) as nic:
+        tx = nic.add_sa(0x1001, key, "AES128GCM16", " OUT", mode="Tunnel", src="198.51.100.2",
+                        dst="203.0.113.5", df_bit="Set")
+        rx = nic.add_sa(0x1001, bytes(key), "aes128gcm16", "In", mode="TUNNEL", src="198.51.100.2",
+                        dst="203.0.113.5")
+        assert (nic.sa_stats(tx)["df_bit"], nic.sa_stats(rx)["direction"]) == ("set", "in")
+        res = nic.decap(nic.encap([inner], tx).batch())
+        assert res.status.tolist() == [Status.OK] and res[0] == inner
+        with pytest.raises(natt.OffloadError, match=r"^key: expected bytes, got str \(INVALID_DATA\)$"):
+            nic.add_sa(0x1002, "k" * 20, "aes128gcm16", "in", mode="transport")
+
+
 KEY_HEX = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"
 KEY_B64 = "obLD1OX2BxgpOktcbX6PkKGyw9Q="                      # KEY_HEX's octets in base64
 
