@@ -42,7 +42,19 @@ OFFLOAD_MAX_SAS = 3
 DF_BIT_MODES = ("copy", "set", "clear")
 
 
-class UdpEncapType(enum.IntEnum):
+class _Named(enum.IntEnum):
+    """An IntEnum that prints as its name: ``str(Status.AUTH_FAILED)`` and ``f"{status}"`` say
+    ``AUTH_FAILED`` where Python 3.11's IntEnum says ``7`` (``f"{status:d}"`` and ``int()`` still
+    give the number, and comparisons, JSON and numpy see the integer)."""
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return self.name if not spec else int.__format__(int(self), spec)
+
+
+class UdpEncapType(_Named):
     """UDP_ENCAP_TYPE of a parser entry (spec §1.1, §1.3).
 
     ``OTHER`` is RFC 3948 framing (normally port 4500); ``IKE`` is the legacy
@@ -53,14 +65,14 @@ class UdpEncapType(enum.IntEnum):
     OTHER = 1
 
 
-class Operation(enum.IntEnum):
+class Operation(_Named):
     """OFFLOAD_OPERATION_E."""
 
     AUTHENTICATE = 1
     ENCRYPT = 2
 
 
-class NdisStatus(enum.IntEnum):
+class NdisStatus(_Named):
     """NDIS_STATUS values returned by the control plane."""
 
     SUCCESS = 0x00000000
@@ -73,7 +85,7 @@ class NdisStatus(enum.IntEnum):
     INVALID_OID = 0xC0010017
 
 
-class ConfAlgo(enum.IntEnum):
+class ConfAlgo(_Named):
     """OFFLOAD_CONF_ALGO: NDIS v1 values, NDIS v2 AES values, natt's ChaCha20."""
 
     NONE = 0
@@ -89,7 +101,7 @@ class ConfAlgo(enum.IntEnum):
     CHACHA20_POLY1305 = 0x200
 
 
-class IntegrityAlgo(enum.IntEnum):
+class IntegrityAlgo(_Named):
     """OFFLOAD_INTEGRITY_ALGO: NDIS v1 values, NDIS v2 values, natt's SHA-384/512."""
 
     NONE = 0
@@ -103,7 +115,7 @@ class IntegrityAlgo(enum.IntEnum):
     SHA_512 = 0x800
 
 
-class Status(enum.IntEnum):
+class Status(_Named):
     """Per-packet result of ``decap`` / ``encap`` (uint8, fixed numbering)."""
 
     OK = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import ipaddress
+import json
 import logging
 import pickle
 import sys
@@ -1472,6 +1473,17 @@ class _Index:
 
     def __index__(self) -> int:
         return self.v
+
+
+@pytest.mark.parametrize("enum_cls", [natt.Status, natt.NdisStatus, natt.UdpEncapType, natt.Operation,
+                                      natt.ConfAlgo, natt.IntegrityAlgo])
+def test_the_enums_print_their_names_and_stay_their_numbers(enum_cls):
+    # Python 3.11's IntEnum prints the number: "add failed: 3221291029" for INVALID_DATA.
+    for m in enum_cls:
+        assert str(m) == f"{m}" == "%s" % m == m.name
+        assert f"{m:d}" == str(int(m)) and int(m) == m.value and m == m.value
+        assert json.loads(json.dumps({"v": m})) == {"v": m.value}
+    assert np.array(list(enum_cls)).tolist() == [m.value for m in enum_cls]
 
 
 def test_numpy_and_index_values_are_the_numbers_they_hold(nic):
