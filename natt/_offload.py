@@ -20,7 +20,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any, Optional, Union, cast
+from typing import Any, Optional, SupportsIndex, Union, cast
 
 import numpy as np
 
@@ -730,7 +730,7 @@ class Offload:
             raise OffloadError(status, _pythonic_field(message))
         return req.offload_handle
 
-    def delete_sa(self, handle: int) -> None:
+    def delete_sa(self, handle: SupportsIndex) -> None:
         """Delete an SA; its parser entry goes too when this was the entry's last SA."""
         with self._lock:
             self._check_open()
@@ -764,7 +764,7 @@ class Offload:
                         self._drop_sa(cfg, keep=before)
             raise
 
-    def sa_stats(self, handle: int) -> dict[str, Any]:
+    def sa_stats(self, handle: SupportsIndex) -> dict[str, Any]:
         """Counters and settings of one SA, like ``ip -s xfrm state`` (never any key)."""
         with self._lock:
             self._check_open()
@@ -779,7 +779,7 @@ class Offload:
             stats.update(self._backend.counters(cfg.handle))   # the int, not the caller's object
             return stats
 
-    def replay_state(self, handle: int) -> tuple[int, int]:
+    def replay_state(self, handle: SupportsIndex) -> tuple[int, int]:
         """The anti-replay state of an inbound SA with a window, as ``(top, bitmap)``.
 
         ``top`` is the highest authenticated sequence number (64-bit with ESN); bit ``i`` of
@@ -802,7 +802,7 @@ class Offload:
                                    f"handle: {shown(handle)} is not an inbound SA with anti-replay")
             return self._backend.replay_state(cfg.handle)
 
-    def claim_after_fork(self, handle: int) -> None:
+    def claim_after_fork(self, handle: SupportsIndex) -> None:
         """Let this process encap with outbound SA ``handle``, which it got by ``fork()``.
 
         After a fork both processes hold the SA at the same sequence number. If both sent with
@@ -817,7 +817,7 @@ class Offload:
         with self._lock:
             self._inherited.discard(self._outbound_sa(handle, "only outbound SAs are claimed").handle)
 
-    def _outbound_sa(self, handle: int, why: str) -> SaConfig:
+    def _outbound_sa(self, handle: SupportsIndex, why: str) -> SaConfig:
         """The open Offload's outbound SA ``handle`` (the caller holds the lock), else OffloadError
         saying ``why`` an inbound one will not do."""
         self._check_open()
@@ -841,7 +841,7 @@ class Offload:
 
     # ------------------------------------------------------------------ data path
 
-    def decap(self, packets: Union[PacketBatch, Iterable[Any]], *, threads: Optional[int] = None,
+    def decap(self, packets: Union[PacketBatch, Iterable[Any]], *, threads: Optional[SupportsIndex] = None,
               out: Optional[DecapResult] = None) -> DecapResult:
         """Decapsulate a batch of received IPv4 packets; one result per packet, never raises on content.
 
@@ -876,7 +876,8 @@ class Offload:
             del _FILLING[key]
         return out
 
-    def encap(self, packets: Union[PacketBatch, Iterable[Any]], handle: int, *, threads: Optional[int] = None,
+    def encap(self, packets: Union[PacketBatch, Iterable[Any]], handle: SupportsIndex, *,
+              threads: Optional[SupportsIndex] = None,
               out: Optional[EncapResult] = None) -> EncapResult:
         """Encapsulate inner IPv4 (tunnel: IPv4 or IPv6) datagrams with outbound SA ``handle``.
 
@@ -1020,7 +1021,7 @@ def _as_bool(value: Any) -> Optional[bool]:
 MAX_THREADS = 256      # more is clamped to the fast backend's pool size anyway
 
 
-def _check_threads(threads: Optional[int]) -> Optional[int]:
+def _check_threads(threads: Optional[SupportsIndex]) -> Optional[int]:
     """``threads`` as None or a Python int (numpy integers too, as everywhere), else ValueError."""
     if threads is None:
         return None

@@ -730,6 +730,15 @@ def forged(nic: natt.Offload) -> bytes:
 
 def name(nic: natt.Offload) -> str:
     return nic.backend
+
+
+def numpy_values(nic: natt.Offload, res: natt.DecapResult) -> None:
+    # res.sa holds int64 handles; natt takes numpy integers wherever it takes an int, and its
+    # hints say so for handles, threads and packet picks.
+    nic.sa_stats(res.sa[0])
+    nic.delete_sa(res.sa[0])
+    nic.decap(res.batch(), threads=res.sa[0], out=res)
+    clear: list[bytes] = res[res.status == natt.Status.OK] + res[[0, 1]]
 '''
 
 # ... and what they refuse (a hex string is not a key): natt's hints are really in force.
@@ -742,7 +751,8 @@ natt.AddUdpEspSa(key_mat="00" * 20)
 
 def test_mypy_finds_nothing_in_natt_and_typed_callers_may_pass_key_buffers(tmp_path):
     """``mypy natt`` with pyproject.toml's [tool.mypy] reports nothing, and code typed against
-    natt's hints may pass a key as a bytearray or a memoryview wherever natt accepts one."""
+    natt's hints may pass a key as a bytearray or a memoryview wherever natt accepts one, and a
+    numpy integer as a handle or a thread count."""
     api = pytest.importorskip("mypy.api", reason="mypy comes with the test extra: pip install '.[test]'")
     config = Path(__file__).resolve().parents[1] / "pyproject.toml"
     # The checkout's natt, the source that ships: an installed copy sits in site-packages, where
