@@ -699,6 +699,8 @@ def test_add_delete_sas_leaves_no_python_objects(backend):
 # memoryview): what add_sa, AddUdpEspSa.key_mat, keys.SaSpec and EspSealer accept at run time.
 _TYPED_USER_CODE = '''\
 # mypy: disallow-untyped-calls, disallow-untyped-defs, warn-return-any
+import numpy as np
+
 import natt
 from natt.keys import SaSpec, dumps, install
 from natt.traffic import EspSealer, make_sa_pair
@@ -735,9 +737,12 @@ def name(nic: natt.Offload) -> str:
 def numpy_values(nic: natt.Offload, res: natt.DecapResult) -> None:
     # res.sa holds int64 handles; natt takes numpy integers wherever it takes an int, and its
     # hints say so for handles, threads and packet picks.
-    nic.sa_stats(res.sa[0])
-    nic.delete_sa(res.sa[0])
-    nic.decap(res.batch(), threads=res.sa[0], out=res)
+    h = np.int64(res.sa[0])
+    nic.sa_stats(h)
+    nic.replay_state(h)
+    nic.encap(res.batch(), h, threads=np.uint8(2))
+    nic.delete_sa(h)
+    nic.decap(res.batch(), threads=np.int64(2), out=res)
     clear: list[bytes] = res[res.status == natt.Status.OK] + res[[0, 1]]
 '''
 
