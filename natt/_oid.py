@@ -89,7 +89,10 @@ class AddUdpEspSa:
 
     Pass to ``Offload.set_oid(OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req)``. On
     success ``offload_handle`` and ``encap_type_entry_offld_handle`` are
-    written back. ``key_mat`` holds, per ``sec_assoc`` element, the
+    written back, as NDIS does: a request used again as a template then
+    names that parser entry, which is refused once the entry is deleted
+    (``dataclasses.replace(req, offload_handle=0, encap_type_entry_offld_handle=0)``
+    asks for a new one). ``key_mat`` holds, per ``sec_assoc`` element, the
     confidentiality key then the integrity key; it never appears in ``repr``.
     """
 

@@ -137,6 +137,9 @@ class SaSpec:
     ``bytes``, and a spec made in code may hold a ``bytearray`` its owner wipes after use (not a
     memoryview: :mod:`natt.dask` pickles the specs).
     ``direction`` is ``None`` for SAs read from a Wireshark table, which has no direction.
+    Specs compare by identity, not by field: an ``==`` over every field would compare keys, and
+    not in constant time; compare the fields you mean (``hmac.compare_digest`` for keys).
+    (:class:`natt.traffic.SaSpec` is another class: a traffic generator's SA, not a key file's.)
     """
 
     spi: int
