@@ -1231,7 +1231,7 @@ def test_pcapng_writer_refuses_a_section_or_interface_block_past_the_block_limit
     dest.write_bytes(b"before")
     with pytest.raises(ValueError, match=r"^interfaces\[0\]: its Interface Description Block"):
         pcap.PcapWriter(dest, fmt="pcapng", interfaces=[itf])
-    with pytest.raises(ValueError, match=rf"^section_options: its Section Header Block would be \d+ octets"):
+    with pytest.raises(ValueError, match=r"^section_options: its Section Header Block would be \d+ octets"):
         pcap.PcapWriter(dest, fmt="pcapng", section_options=desc)
     assert dest.read_bytes() == b"before"                   # refused before dest is truncated
     monkeypatch.setattr(pcap, "_MAX_RECORD", idb_in + 8)   # at the limit: written, and read back
