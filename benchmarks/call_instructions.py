@@ -39,15 +39,24 @@ exec(compile("for _ in range(" + sys.argv[1] + "): " + sys.argv[2], "statement",
 """
 
 
-def instructions(calls: int, statement: str) -> int:
+def _child_env(pycache: str) -> dict[str, str]:
+    """The children's environment: one BLAS thread and a fixed hash seed (fewer instructions that
+    vary from run to run), and their own cache of compiled modules, ``pycache``, filled before
+    the counted runs: a module compiled from source in one run and loaded compiled in the other
+    (another process wrote its .pyc meanwhile, or none can be written) moved the difference by
+    tens of millions of instructions, a negative count per call included."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONHASHSEED="0", PYTHONPYCACHEPREFIX=pycache)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def instructions(calls: int, statement: str, env: dict[str, str]) -> int:
     """Instructions callgrind counts for the child with ``calls`` executions of ``statement``."""
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={os.path.join(tmp, 'cg.out')}",
              sys.executable, "-c", CHILD, str(calls), statement],
-            capture_output=True, text=True, cwd=tmp,
-            # One BLAS thread and a fixed hash seed: fewer instructions that vary from run to run.
-            env=dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONHASHSEED="0"))
+            capture_output=True, text=True, cwd=tmp, env=env)
     m = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or m is None:
         raise SystemExit(f"call_instructions: the child failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
@@ -66,8 +75,15 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--calls: must be at least 1")
     if shutil.which("valgrind") is None:
         raise SystemExit("call_instructions: needs valgrind (apt-get install valgrind)")
-    base = instructions(0, args.statement)
-    total = instructions(args.calls, args.statement)
+    with tempfile.TemporaryDirectory() as pycache:
+        env = _child_env(pycache)
+        # Outside valgrind: compiles every module the child imports into pycache.
+        warm = subprocess.run([sys.executable, "-c", CHILD, "0", "pass"], capture_output=True, text=True,
+                              cwd=pycache, env=env)
+        if warm.returncode != 0:
+            raise SystemExit(f"call_instructions: the child failed (exit {warm.returncode}):\n{warm.stderr[-2000:]}")
+        base = instructions(0, args.statement, env)
+        total = instructions(args.calls, args.statement, env)
     print(f"{args.statement}: {(total - base) / args.calls:.0f} instructions per execution "
           f"({args.calls} executions; an empty statement counts about 400, the loop's own)")
 
