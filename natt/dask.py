@@ -889,7 +889,18 @@ def _local_cluster(**kwargs: Any) -> Any:
 def _outputs(paths: Sequence[str], out_dir: str, what: tuple[str, str] = ("paths", "out_dir")) -> list[str]:
     """The output of each of ``paths`` in ``out_dir``; ``ValueError`` naming the parameter
     (``what``: their names in the caller's terms) when two would collide or one would overwrite
-    its input."""
+    its input, when there is no input, or when ``out_dir``, or a directory it would be made in,
+    is something else than a directory (the workers' makedirs said only "File exists")."""
+    if not paths:
+        raise ValueError(f"{what[0]}: no capture given")
+    d = out_dir
+    while not os.path.isdir(d):
+        if os.path.lexists(d):
+            raise ValueError(f"{what[1]}: {d} is not a directory" + ("" if d == out_dir else f" ({out_dir} would be in it)"))
+        parent = os.path.dirname(d.rstrip(os.sep)) or os.curdir
+        if parent == d:
+            break
+        d = parent
     names = [os.path.basename(os.fspath(p)) for p in paths]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

@@ -811,6 +811,11 @@ def test_dask_refuses_an_output_that_is_a_file_before_starting_a_cluster(output,
     assert rc == 2 and f"\nnatt decap: error: -o {out}: not a directory" in err and err.startswith("usage: ")
     if output == "file":
         assert out.read_bytes() == b"not a directory"
+        # -o in a directory that is a file: natt.dask's check, in the command line's terms.
+        rc, _, err = run(["decap", str(cap), str(other), "-k", str(keyfile), "-o", str(out / "sub"),
+                          "--workers", "1"] + BACKEND, capsys)
+        assert rc == 2 and err.endswith(f"\nnatt decap: error: -o: {out} is not a directory ({out / 'sub'} would be "
+                                        f"in it)\n"), err
     else:
         assert not (tmp_path / "-").exists()
 

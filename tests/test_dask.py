@@ -842,6 +842,24 @@ def test_spis_and_ports_of_any_integer_type_route_as_ints(client, capture_sets, 
         assert got.counts.tolist() == ref.counts.tolist() and got.labels == ref.labels
 
 
+def test_no_capture_or_an_out_dir_that_is_no_directory_is_refused_before_any_cluster(capture_sets, tmp_path,
+                                                                                       monkeypatch):
+    # A file as out_dir was a worker's FileExistsError ("File exists", from a task, logged with
+    # a traceback); no capture at all made an empty out_dir and returned empty stats.
+    specs, paths = capture_sets["mixed"]
+    monkeypatch.setattr(ndask, "_local_cluster", lambda **kw: pytest.fail("a cluster was started"))
+    monkeypatch.setattr(distributed, "get_client", lambda: pytest.fail("a client was looked for"))
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"x")
+    with pytest.raises(ValueError, match=rf"^out_dir: {afile} is not a directory$"):
+        ndask.decap_captures(paths[:1], specs, afile, progress=False)
+    with pytest.raises(ValueError, match=rf"^out_dir: {afile} is not a directory \({afile / 'sub'} would be in it\)$"):
+        ndask.decap_captures(paths[:1], specs, afile / "sub", progress=False)
+    with pytest.raises(ValueError, match=r"^paths: no capture given$"):
+        ndask.decap_captures([], specs, tmp_path / "out", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["afile"] and afile.read_bytes() == b"x"
+
+
 def test_one_path_given_as_a_string_is_refused(client, capture_sets, tmp_path):
     # A str is a Sequence: its characters were taken for file names.
     specs, paths = capture_sets["mixed"]
