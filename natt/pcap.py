@@ -844,8 +844,8 @@ class PcapReader:
     """Iterate over a pcap or pcapng capture as :class:`Chunk` objects.
 
     ``source`` is a path or a binary file object opened for reading (not closed by the reader
-    unless it opened it). ``chunk_size`` is the number of octets read per chunk; a record larger
-    than that is read whole. ``format`` (``"pcap"`` or ``"pcapng"``) is known once the reader
+    unless it opened it). ``chunk_size`` is the number of octets read per chunk
+    (``MIN_CHUNK_SIZE`` .. ``MAX_CHUNK_SIZE``, 4 KiB .. 1 GiB); a record larger than that is read whole. ``format`` (``"pcap"`` or ``"pcapng"``) is known once the reader
     is constructed; ``interfaces`` lists every interface seen so far (pcapng: filled in as
     Interface Description Blocks are read). A classic pcap header's ``fcs_len`` is the FCS
     length its link-type field declares, in octets (None when it declares none). pcapng:
@@ -1441,6 +1441,9 @@ class PcapWriter:
             raise ValueError(f"fmt: 'pcap' or 'pcapng', got {fmt!r}")
         if byteorder not in ("<", ">"):
             raise ValueError(f"byteorder: '<' or '>', got {byteorder!r}")
+        if byteorder != "<" and fmt != "pcap":
+            raise ValueError("byteorder: classic pcap only (natt writes pcapng little-endian, which every "
+                             "reader takes)")
         _check_int("linktype", linktype, 0, 0xFFFF)
         _check_int("snaplen", snaplen, 0, 0xFFFFFFFF)
         _check_int("grow", grow, 0, 0xFFFFFFFF)

@@ -450,8 +450,9 @@ def test_like_grow_raises_every_snap_length_to_cover_grown_frames():
     (dict(fcs_len=3), "fcs_len: a whole number"),
     (dict(fcs_len=32), "fcs_len"),
     (dict(fcs_len=4, fmt="pcapng"), "fcs_len: classic pcap only"),
+    (dict(byteorder=">", fmt="pcapng"), "byteorder: classic pcap only"),     # was written little-endian
 ])
-def test_writer_refuses_fcs_lengths_the_header_cannot_say(kw, match):
+def test_writer_refuses_fcs_lengths_and_byte_orders_the_header_cannot_say(kw, match):
     with pytest.raises(ValueError, match=match):
         pcap.PcapWriter(io.BytesIO(), **kw)
 
