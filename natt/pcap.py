@@ -801,6 +801,11 @@ def _if_name_text(options: Sequence[tuple[int, bytes]]) -> str:
     return names[-1].decode("utf-8", "replace").rstrip("\0") if names else ""
 
 
+def _trailing_length_error(name: str, block: str, trail: int, blen: int, offset: int) -> PcapError:
+    return PcapError(f"{name}: corrupt pcapng {block}: it ends with a Block Total Length of {trail}, "
+                     f"and begins with {blen}", offset)
+
+
 def _check_block_len(name: str, block: str, blen: int, opt_len: int) -> None:
     """``ValueError`` naming ``name`` when its pcapng ``block``, ``blen`` octets with ``opt_len``
     of options, would be longer than the blocks PcapReader takes (so it would not read back)."""
@@ -1086,6 +1091,9 @@ class PcapReader:
         self._fill(length)
         if self._buf.size < length:
             raise self._truncated("pcapng Section Header Block")
+        trail = struct.unpack(order + "I", self._buf[length - 4: length].tobytes())[0]
+        if trail != length:
+            raise _trailing_length_error(self.name, "Section Header Block", trail, length, self._pos + length - 4)
         major = struct.unpack(order + "H", self._buf[12:14].tobytes())[0]
         if major != 1:
             raise PcapError(f"{self.name}: unsupported pcapng version {major}", self._pos + 12)
@@ -1200,8 +1208,16 @@ class PcapReader:
         n_before = len(self.interfaces)      # interfaces of earlier runs
         end = off.size                       # the blocks before this one are sound so far
         error: Optional[PcapError] = None
-        if not (types == _PCAPNG_EPB).all():
-            for i in np.nonzero(types == _PCAPNG_IDB)[0].tolist():
+        # A block ends with its length again (pcapng §3.1): one that does not is corrupt (tshark
+        # refuses the file), whatever the blocks' contents say.
+        trail = _gather_u32(buf, off + hdr[:, 1] - 4, big)
+        bad = trail != hdr[:, 1]
+        if bad.any():
+            end = int(np.argmax(bad))
+            error = _trailing_length_error(self.name, "block", int(trail[end]), int(hdr[end, 1]),
+                                           self._pos + int(off[end] + hdr[end, 1]) - 4)
+        if not (types[:end] == _PCAPNG_EPB).all():
+            for i in np.nonzero(types[:end] == _PCAPNG_IDB)[0].tolist():
                 p = int(off[i])
                 blen = struct.unpack(o + "I", buf[p + 4: p + 8].tobytes())[0]
                 try:

@@ -645,6 +645,13 @@ def _read_until_error(data: bytes, chunk_size: int) -> tuple[list[int], pcap.Pca
 _Y2300_US = 10_413_792_000 * 10**6
 _PAST_BLOCK = "runs past the end of its block"
 # A block at fault after good EPBs: (block, what the error says, its offset into the block).
+def _retrailed(block: bytes) -> bytes:
+    """``block`` ending with a Block Total Length 4 more than its own."""
+    return block[:-4] + struct.pack("<I", len(block) + 4)
+
+
+_TRAILING = "ends with a Block Total Length of"
+
 _BAD_PCAPNG_BLOCKS = {
     "no such interface": (ng_epb(5, 0, ETH + IP), "names interface 5", 0),
     "captured length": (ng_block(6, struct.pack("<IIIII", 0, 0, 0, 500, 500)), "does not fit", 0),
@@ -660,6 +667,11 @@ _BAD_PCAPNG_BLOCKS = {
                               + bytes(4)), _PAST_BLOCK, 28 + 44 + 8),
     "IDB option": (ng_block(1, struct.pack("<HHI", 1, 0, 0) + struct.pack("<HH", 3, 200) + b"desc"), _PAST_BLOCK, 16),
     "SHB option": (ng_shb(opts=struct.pack("<HH", 1, 5) + b"abcd"), _PAST_BLOCK, 24),
+    # A block that does not end with its own length (pcapng §3.1; tshark: "total block lengths
+    # (first 68 and second 72) don't match"): read as sound before.
+    "EPB trailing length": (_retrailed(ng_epb(0, 9, ETH + IP)), _TRAILING, len(ng_epb(0, 9, ETH + IP)) - 4),
+    "IDB trailing length": (_retrailed(ng_idb(1)), _TRAILING, len(ng_idb(1)) - 4),
+    "SHB trailing length": (_retrailed(ng_shb()), _TRAILING, len(ng_shb()) - 4),
 }
 
 
