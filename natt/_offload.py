@@ -692,11 +692,15 @@ class Offload:
                                    f"nor 'IKE' (non-IKE marker)")
             encap = named
         if not isinstance(key, (bytes, bytearray, memoryview)):
-            # Any buffer (a numpy array, array.array) as its octets, as memoryview(key) would be.
+            # Any buffer (a numpy array, array.array) as its octets, as memoryview(key) would be;
+            # not an array of Python objects, whose buffer holds their addresses.
             try:
+                if isinstance(key, np.ndarray) and key.dtype.hasobject:
+                    raise TypeError
                 key = memoryview(cast(Any, key))      # numpy's stubs do not call ndarray a Buffer
-            except TypeError:
-                raise OffloadError(NdisStatus.INVALID_DATA, f"key: expected bytes, got {type(key).__name__}") from None
+            except (TypeError, ValueError):
+                raise OffloadError(NdisStatus.INVALID_DATA, f"key: expected bytes, got {type(key).__name__}"
+                                   + (" of Python objects" if isinstance(key, np.ndarray) else "")) from None
         try:
             n = memoryview(key).nbytes      # octets, whatever the item size of a memoryview
         except ValueError:                  # a released memoryview
