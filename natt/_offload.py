@@ -376,6 +376,12 @@ class Offload:
         if not isinstance(key_mat, (bytes, bytearray, memoryview)):
             raise _Reject(INVALID_DATA, f"key_mat: expected bytes, got {type(key_mat).__name__}")
         try:
+            objects = isinstance(key_mat, memoryview) and key_mat.format == "O"
+        except ValueError:          # a released memoryview
+            objects = False
+        if objects:                 # a view of Python objects: their addresses are no key
+            raise _Reject(INVALID_DATA, "key_mat: a memoryview of Python objects holds no key octets")
+        try:
             key = bytearray(key_mat)
         except ValueError:          # a released memoryview
             raise _Reject(INVALID_DATA, "key_mat: cannot be read (a released memoryview?)") from None

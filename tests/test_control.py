@@ -1034,8 +1034,11 @@ def test_add_sa_takes_a_key_in_any_buffer_and_its_words_in_any_case(backend: str
         with pytest.raises(natt.OffloadError, match=r"^key: expected bytes, got str \(INVALID_DATA\)$"):
             nic.add_sa(0x1002, "k" * 20, "aes128gcm16", "in", mode="transport")
         # Its buffer holds 8 addresses: 64 octets, an aes256-sha256 key's length.
+        objects = np.array([b"k"] * 8, dtype=object)
         with pytest.raises(natt.OffloadError, match=r"^key: expected bytes, got ndarray of Python objects "):
-            nic.add_sa(0x1002, np.array([b"k"] * 8, dtype=object), "aes256-sha256", "in", mode="transport")
+            nic.add_sa(0x1002, objects, "aes256-sha256", "in", mode="transport")
+        with pytest.raises(natt.OffloadError, match=r"^key: a memoryview of Python objects holds no key octets "):
+            nic.add_sa(0x1002, memoryview(objects), "aes256-sha256", "in", mode="transport")
 
 
 KEY_HEX = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"
