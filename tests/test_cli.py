@@ -845,7 +845,10 @@ def test_dask_a_signal_to_the_whole_process_group_stops_the_run_cleanly(sig, tmp
                           str(tmp_path / "in" / "demo-keys.json"), "-o", str(out), "--workers", "2",
                           "--chunk-size", "65536", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"), cwd=tmp_path,
-                         start_new_session=True)
+                         start_new_session=True,
+                         # As a terminal's foreground job has it: a test run started in the
+                         # background of a script inherits SIGINT ignored (and natt then keeps it so).
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not any(out.glob(".natt-dask-*/*.part")):      # the workers are under way
