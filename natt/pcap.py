@@ -851,9 +851,10 @@ class PcapReader:
 
     ``source`` is a path or a binary file object opened for reading (not closed by the reader
     unless it opened it). ``chunk_size`` is the number of octets read per chunk
-    (``MIN_CHUNK_SIZE`` .. ``MAX_CHUNK_SIZE``, 4 KiB .. 1 GiB); a record larger than that is read whole. ``format`` (``"pcap"`` or ``"pcapng"``) is known once the reader
-    is constructed; ``interfaces`` lists every interface seen so far (pcapng: filled in as
-    Interface Description Blocks are read). A classic pcap header's ``fcs_len`` is the FCS
+    (``MIN_CHUNK_SIZE`` .. ``MAX_CHUNK_SIZE``, 4 KiB .. 1 GiB); a record larger than that is read
+    whole. ``format`` (``"pcap"`` or ``"pcapng"``) is known once the reader is constructed;
+    ``interfaces`` lists every interface seen so far (pcapng: filled in as Interface Description
+    Blocks are read). A classic pcap header's ``fcs_len`` is the FCS
     length its link-type field declares, in octets (None when it declares none). pcapng:
     ``section_options`` are the first Section Header Block's options (``shb_comment``,
     ``shb_hardware``, ``shb_os``, ``shb_userappl``, ...) as ``(code, value)`` pairs, read when
