@@ -205,7 +205,6 @@ def as_batch(packets: Union[PacketBatch, Iterable[BytesLike]]) -> PacketBatch:
     """A ``PacketBatch`` as is, or a new one copied from an iterable of bytes-like packets."""
     if isinstance(packets, PacketBatch):
         return packets
-    _refuse_one_packet(packets)
     if isinstance(packets, str) or not isinstance(packets, Iterable):
         raise TypeError(f"packets: expected a PacketBatch or an iterable of bytes-like packets, "
                         f"got {type(packets).__name__}")
