@@ -63,18 +63,20 @@ class _Segments:
         """Packet ``i`` as bytes (negative ``i`` counts from the end); a list of them for a
         slice, for a sequence or array of indices, or for a boolean mask of one flag per packet
         (numpy's rules: ``res[res.status == Status.OK]`` is the packets that decapped)."""
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        if (isinstance(i, np.ndarray) and i.ndim) or (
-                isinstance(i, Sequence) and not isinstance(i, (str, bytes, bytearray))):
-            return [self[k] for k in self._picked(np.asarray(i))]
-        try:
-            k = operator.index(i)  # type: ignore[arg-type]  # str, bytes: the TypeError below
-        except TypeError:
-            raise TypeError(f"packet index: an integer, a slice, indices or a boolean mask, "
-                            f"got {type(i).__name__}") from None
-        o = int(self.offsets[k])
-        return self.data[o: o + int(self.lengths[k])].tobytes()
+        # A plain int first, with one check: iterating a result goes through here per packet.
+        if type(i) is not int:
+            if isinstance(i, slice):
+                return [self[k] for k in range(*i.indices(len(self)))]
+            if (isinstance(i, np.ndarray) and i.ndim) or (
+                    isinstance(i, Sequence) and not isinstance(i, (str, bytes, bytearray))):
+                return [self[k] for k in self._picked(np.asarray(i))]
+            try:
+                i = operator.index(i)  # type: ignore[arg-type]  # str, bytes: the TypeError below
+            except TypeError:
+                raise TypeError(f"packet index: an integer, a slice, indices or a boolean mask, "
+                                f"got {type(i).__name__}") from None
+        o = int(self.offsets[i])
+        return self.data[o: o + int(self.lengths[i])].tobytes()
 
     def _picked(self, a: np.ndarray) -> list[int]:
         """The packet numbers an index array or boolean mask ``a`` picks (``IndexError`` past
