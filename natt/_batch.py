@@ -17,7 +17,8 @@ import numpy as np
 from ._constants import Status
 
 
-__all__ = ["PacketBatch", "BatchResult", "DecapResult", "EncapResult", "ENCAP_OVERHEAD", "as_batch"]
+__all__ = ["PacketBatch", "BatchResult", "DecapResult", "EncapResult", "ENCAP_OVERHEAD", "as_batch",
+           "copy_segments"]
 
 BytesLike = Union[bytes, bytearray, memoryview, np.ndarray]
 
@@ -93,7 +94,8 @@ class _Segments:
         bad = (a >= n) | (a < -n)
         if bad.any():
             raise IndexError(f"packet index {int(a[np.argmax(bad)])} out of range for {n} packets")
-        return np.where(a < 0, a + n, a).tolist()
+        picks: list[int] = np.where(a < 0, a + n, a).tolist()
+        return picks
 
     def __iter__(self) -> Iterator[bytes]:
         for i in range(len(self)):
@@ -213,7 +215,7 @@ def as_batch(packets: Union[PacketBatch, Iterable[BytesLike]]) -> PacketBatch:
     return PacketBatch.from_packets(packets)
 
 
-class _StatusCounts(dict):
+class _StatusCounts(dict[Status, int]):
     """:meth:`BatchResult.counts`: a plain dict (its repr, its equality) in which a status that
     no packet ended with reads as 0; a key that is no status is still a KeyError."""
 
@@ -358,7 +360,7 @@ def _layout_slots_numpy(batch_offsets: Any, batch_lengths: Any, batch_data: Any,
     # Slot sizes come from the caller's lengths, which may have been rewritten since the batch was
     # validated: clamp them to the buffer, so that a bad length costs that packet an ERROR (the
     # kernels re-check every segment), not a huge allocation.
-    size = batch_data.size
+    size: int = batch_data.size
     offsets[0] = 0
     np.clip(batch_lengths[:n - 1], 0, size, out=offsets[1:n])
     np.cumsum(offsets[1:n], out=offsets[1:n])

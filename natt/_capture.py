@@ -31,7 +31,7 @@ def undecrypted(batch: PacketBatch, ipv4: np.ndarray, status: np.ndarray, ports:
     A MALFORMED frame is left out only if its captured octets show UDP to one of ``ports`` (the
     SAs' parser-entry ports): only then can it be ESP.
     """
-    drop = ipv4 & (status != Status.OK) & ~np.isin(status, NOT_ESP)
+    drop: np.ndarray = ipv4 & (status != Status.OK) & ~np.isin(status, NOT_ESP)
     m = np.nonzero(drop & (status == Status.MALFORMED))[0]
     if m.size:
         _, port = _udp_dst_port(batch, m)

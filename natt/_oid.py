@@ -106,7 +106,7 @@ class AddUdpEspSa:
     src_tunnel_addr: Address = 0
     dst_tunnel_addr: Address = 0
     flags: int = OFFLOAD_INBOUND_SA
-    sec_assoc: list = dataclasses.field(default_factory=list)
+    sec_assoc: list[OffloadSecurityAssociation] = dataclasses.field(default_factory=list)
     offload_handle: int = 0
     encap_type_entry: EncapTypeEntry = dataclasses.field(default_factory=EncapTypeEntry)
     encap_type_entry_offld_handle: int = 0

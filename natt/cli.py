@@ -1331,7 +1331,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return int(e.code or 0)
     try:
         with _stopped_by_signals():
-            return args.func(args)
+            status: int = args.func(args)
+            return status
     except SystemExit as e:       # natt bench's own parser: --help, usage errors
         return int(e.code or 0)
     except _Stopped as e:

@@ -428,7 +428,7 @@ def _compact(batch: PacketBatch, pos: np.ndarray, sel: np.ndarray) -> _LanePacke
     return _LanePackets(pos[sel], data, offsets, lengths)
 
 
-def _split(rs: _RangeSpec, sa_set: _SaSet, lanes: int) -> tuple:
+def _split(rs: _RangeSpec, sa_set: _SaSet, lanes: int) -> tuple[_LanePackets, ...]:
     """Read a range and route its frames; returns one _LanePackets per lane."""
     routing = sa_set.routing(lanes)
     chunks, _, _ = _read_range(rs)

@@ -111,13 +111,16 @@ import re
 import string
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._constants import DF_BIT_MODES, UdpEncapType
 from ._files import Replacement
 from ._offload import _as_int
 from ._redact import shown
 from ._suites import Cipher, Mac, Suite, parse_suite
+
+if TYPE_CHECKING:
+    from ._offload import Offload
 
 __all__ = ["SaSpec", "KeyFileError", "load", "loads", "save", "dumps", "install", "same_sa",
            "to_esp_sa", "from_esp_sa", "WIRESHARK_ENC", "WIRESHARK_AUTH"]
@@ -909,7 +912,7 @@ def _inbound_window(s: SaSpec) -> tuple[int, Optional[int], int]:
     return s.replay_seq, s.replay_bitmap, s.replay_fail_run
 
 
-def install(offload: Any, specs: Sequence[SaSpec], *, direction: Optional[str] = None,
+def install(offload: Offload, specs: Sequence[SaSpec], *, direction: Optional[str] = None,
             replay_state: Optional[Mapping[int, tuple[int, ...]]] = None) -> list[int]:
     """Install ``specs`` on ``offload`` (a :class:`natt.Offload`); returns one handle per spec.
 

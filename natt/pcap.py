@@ -99,7 +99,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import BinaryIO, Literal, NamedTuple, Optional, Union
+from typing import Any, BinaryIO, Literal, NamedTuple, Optional, Union, overload
 
 import numpy as np
 
@@ -514,10 +514,15 @@ def _gather_words(buf: np.ndarray, pos: np.ndarray, words: int, big_endian: bool
 def _gather_u16(buf: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
     b0 = buf[pos].astype(np.int64)
     b1 = buf[pos + 1].astype(np.int64)
-    return (b0 << 8) | b1 if big_endian else (b1 << 8) | b0
+    u16: np.ndarray = (b0 << 8) | b1 if big_endian else (b1 << 8) | b0
+    return u16
 
 
-def _tsresol_to_ns(ticks, tsresol: int):
+@overload
+def _tsresol_to_ns(ticks: int, tsresol: int) -> int: ...
+@overload
+def _tsresol_to_ns(ticks: np.ndarray, tsresol: int) -> np.ndarray: ...
+def _tsresol_to_ns(ticks: Any, tsresol: int) -> Any:
     """Timestamps in units of ``if_tsresol`` -> nanoseconds (pcapng §4.2, option if_tsresol).
 
     Exact integer arithmetic on Python ints, and the same modulo 2**64 on uint64 arrays: right
@@ -1087,7 +1092,7 @@ class PcapReader:
         else:
             raise PcapError(f"{self.name}: corrupt pcapng Section Header Block: byte-order magic "
                             f"{bom.hex()}", self._pos + 8)
-        length = struct.unpack(order + "I", b[4:8].tobytes())[0]
+        length: int = struct.unpack(order + "I", b[4:8].tobytes())[0]
         if length < 28 or length % 4 or length > _MAX_RECORD:
             raise PcapError(f"{self.name}: corrupt pcapng Section Header Block length {length}", self._pos + 4)
         self._fill(length)

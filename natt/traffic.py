@@ -72,6 +72,7 @@ from ._suites import SUITES, Cipher, Mac, Suite, parse_suite
 
 if TYPE_CHECKING:
     from ._batch import EncapResult
+    from ._offload import Offload
 
 __all__ = [
     "Address",
@@ -149,7 +150,7 @@ def internet_checksum(data: Union[bytes, bytearray, memoryview]) -> int:
     data = bytes(data)      # a copy, so that the padding never lands in the caller's bytearray
     if len(data) & 1:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
@@ -434,13 +435,14 @@ class EspSealer:
         if s.cipher in (Cipher.AES_GCM, Cipher.CHACHA20_POLY1305):
             # RFC 4106 §5 / RFC 7634 §2.1: AAD = SPI ‖ [seq_hi ‖] seql; nonce = salt ‖ IV.
             aad = header[:4] + seq_hi + header[4:]
-            sealed = self._aead.encrypt(self._salt + iv, plain, aad)
+            sealed: bytes = self._aead.encrypt(self._salt + iv, plain, aad)
             # A truncated GCM tag is the leading octets of the full one (NIST SP 800-38D §5.2.1.2).
             return header + iv + sealed[:-16] + sealed[-16:][: s.icv_len]
         if s.cipher is Cipher.AES_GMAC:
             # RFC 4543 §3.5: everything after the ESP header, IV included, is authenticated only.
             aad = header[:4] + seq_hi + header[4:] + iv + plain
-            return header + iv + plain + self._aead.encrypt(self._salt + iv, b"", aad)
+            tag: bytes = self._aead.encrypt(self._salt + iv, b"", aad)
+            return header + iv + plain + tag
         if s.cipher is Cipher.NULL:
             body = plain
         else:
@@ -585,8 +587,8 @@ class SaPair:
     Built by :func:`make_sa_pair`. ``key`` is excluded from ``repr``.
     """
 
-    out_nic: Any
-    in_nic: Any
+    out_nic: Offload
+    in_nic: Offload
     out_handle: int
     in_handle: int
     spi: int
@@ -614,7 +616,7 @@ class SaPair:
         self.in_nic.delete_sa(self.in_handle)
 
 
-def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16", mode: str = "tunnel",
+def make_sa_pair(out_nic: Offload, in_nic: Optional[Offload] = None, *, suite: str = "aes128gcm16", mode: str = "tunnel",
                  framing: UdpEncapType = UdpEncapType.OTHER, esn: bool = False, spi: int = 0x1001,
                  key: Union[bytes, bytearray, memoryview, None] = None, seed: int = 0,
                  src: Optional[str] = "198.51.100.2", dst: Optional[str] = "203.0.113.5",
@@ -639,7 +641,7 @@ def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16"
         key = random.Random(seed).randbytes(s.key_len)
     if port is None:
         port = DEFAULT_PORT[UdpEncapType(framing)]
-    common = dict(spi=spi, key=key, suite=s.name, mode=mode, src=src, dst=dst, encap=UdpEncapType(framing),
+    common: dict[str, Any] = dict(spi=spi, key=key, suite=s.name, mode=mode, src=src, dst=dst, encap=UdpEncapType(framing),
                   port=port, esn=esn)
     # If the outbound add fails, the inbound SA goes, with its parser entry only if it made it.
     with in_nic._all_or_nothing() as added:
@@ -651,7 +653,7 @@ def make_sa_pair(out_nic: Any, in_nic: Any = None, *, suite: str = "aes128gcm16"
                   src, dst, port, bytes(key))
 
 
-def encapsulated_traffic(out_nic: Any, in_nic: Any = None, n: int = 100, *, seed: int = 0,
+def encapsulated_traffic(out_nic: Offload, in_nic: Optional[Offload] = None, n: int = 100, *, seed: int = 0,
                          inner: Optional[Sequence[bytes]] = None, max_payload: int = 1400,
                          **pair: Any) -> tuple[SaPair, list[bytes]]:
     """Install an SA pair (:func:`make_sa_pair`, which takes ``pair``) and encapsulate traffic with it.

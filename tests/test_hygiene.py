@@ -755,7 +755,7 @@ natt.AddUdpEspSa(key_mat="00" * 20)
 
 
 def test_mypy_finds_nothing_in_natt_and_typed_callers_may_pass_key_buffers(tmp_path):
-    """``mypy natt`` with pyproject.toml's [tool.mypy] reports nothing, and code typed against
+    """``mypy --strict natt`` with pyproject.toml's [tool.mypy] reports nothing, and code typed against
     natt's hints may pass a key as a bytearray or a memoryview wherever natt accepts one, and a
     numpy integer as a handle or a thread count."""
     api = pytest.importorskip("mypy.api", reason="mypy comes with the test extra: pip install '.[test]'")
@@ -766,7 +766,7 @@ def test_mypy_finds_nothing_in_natt_and_typed_callers_may_pass_key_buffers(tmp_p
     good, bad = tmp_path / "typed_user.py", tmp_path / "mistyped_user.py"
     good.write_text(_TYPED_USER_CODE)
     bad.write_text(_MISTYPED_USER_CODE)
-    args = ["--config-file", str(config), "--cache-dir", str(tmp_path / "cache"), "--no-error-summary",
+    args = ["--strict", "--config-file", str(config), "--cache-dir", str(tmp_path / "cache"), "--no-error-summary",
             "--show-error-codes", "--hide-error-context", "--no-pretty", "--no-color-output"]
     out, err, status = api.run([*args, str(package), str(good)])
     assert (status, out, err) == (0, "", ""), out + err
