@@ -2792,38 +2792,59 @@ def gather(uint8_t[::1] out, const int64_t[::1] out_off, const uint8_t[::1] src,
         raise ValueError(f"gather: segment {bad} was rewritten out of bounds while the copy ran")
 
 
+cdef inline uint32_t natt_rd32le(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
+
+
 def pcap_walk(const uint8_t[::1] buf, Py_ssize_t start, Py_ssize_t len_at, Py_ssize_t base,
-              uint32_t min_len, bint big_endian, bint pad4) -> tuple:
-    """Offsets of the complete capture records in ``buf[start:]`` and where the walk stopped.
+              uint32_t min_len, bint big_endian, bint pad4, bint trailer) -> tuple:
+    """Offsets of the complete capture records in ``buf[start:]``, where the walk stopped, and
+    whether it stopped at a record whose trailing length is wrong.
 
     The contract of ``natt.pcap._walk`` (the Python fallback and reference): a record at ``p``
     is ``base + L`` octets, ``L`` being the 32-bit value at ``p + len_at`` in the file's byte
     order; the walk stops at the first record that is incomplete, shorter than ``min_len``,
-    not a multiple of 4 when ``pad4`` (pcapng), or that would not move forward. Each record's
-    position depends on the one before, so this loop is inherently serial: in C it runs at
-    memory speed instead of one Python iteration per record.
+    not a multiple of 4 when ``pad4`` (pcapng), or that would not move forward. With
+    ``trailer`` (pcapng), a record must also end with ``L`` again; the walk stops at the first
+    complete one that does not and says so: ``(offsets, stop, True)``, the bad record at
+    ``stop`` (record number ``len(offsets)``, from 0). Any other stop is ``(offsets, stop, False)``, so a caller
+    can tell a corrupt record from one it has not read whole yet. Each record's position
+    depends on the one before, so this loop is inherently serial: in C it runs at memory speed
+    instead of one Python iteration per record.
     """
-    cdef Py_ssize_t end = buf.shape[0], p = start, n = 0, q
+    cdef Py_ssize_t end = buf.shape[0], p = start, n = 0
+    cdef const uint8_t *b
     cdef uint32_t v
     cdef int64_t nxt
+    cdef bint bad_trailer = False
     if start < 0 or len_at < 0 or base < 0:
         raise ValueError("pcap_walk: negative start, len_at or base")
+    # The trailer is read at the record's last 4 octets: they must lie past its length field.
+    if trailer and base + min_len < len_at + 8:
+        raise ValueError("pcap_walk: with trailer, base + min_len must be at least len_at + 8")
     cap = max((end - start) // max(base + min_len, 1) + 1, 1) if end > start else 1
     offsets = np.empty(cap, np.int64)
     cdef int64_t[::1] out = offsets
+    if end == 0:
+        return offsets[:0], p, False
+    b = &buf[0]
     with nogil:
         while p + len_at + 4 <= end and n < cap:
-            q = p + len_at
-            if big_endian:
-                v = (<uint32_t>buf[q] << 24) | (<uint32_t>buf[q + 1] << 16) | (<uint32_t>buf[q + 2] << 8) | buf[q + 3]
-            else:
-                v = (<uint32_t>buf[q + 3] << 24) | (<uint32_t>buf[q + 2] << 16) | (<uint32_t>buf[q + 1] << 8) | buf[q]
+            v = natt_rd32(b + p + len_at) if big_endian else natt_rd32le(b + p + len_at)
             if v < min_len or (pad4 and (v & 3)):
                 break
             nxt = <int64_t>p + base + v
             if nxt > end or nxt <= p:
                 break
+            # pcapng (draft-ietf-opsawg-pcapng, section 3.1): a block ends with its Block Total
+            # Length again, so that a reader can walk back; one whose two lengths differ is
+            # corrupt (tshark refuses the file). Checked here, while the walk is at the block,
+            # for about nothing: the block is whole in ``buf`` (``nxt <= end``), so a mismatch is
+            # corruption, never a block not read yet. Classic pcap records have no trailer.
+            if trailer and (natt_rd32(b + nxt - 4) if big_endian else natt_rd32le(b + nxt - 4)) != v:
+                bad_trailer = True
+                break
             out[n] = p
             n += 1
             p = <Py_ssize_t>nxt
-    return offsets[:n], p
+    return offsets[:n], p, bad_trailer

@@ -957,29 +957,62 @@ def test_pcapng_writer_keeps_times_before_1970_through_if_tsoffset():
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.integers(0, 80), max_size=30), st.binary(max_size=40), st.integers(0, 8),
-       st.sampled_from([(8, 16, 0), (4, 0, 12)]), st.booleans(), st.booleans())
-def test_compiled_record_walk_equals_python_walk(sizes, tail, start, layout, big_endian, pad4):
+       st.sampled_from([(8, 16, 0), (4, 0, 12)]), st.booleans(), st.booleans(), st.booleans(),
+       st.sets(st.integers(0, 29)))
+def test_compiled_record_walk_equals_python_walk(sizes, tail, start, layout, big_endian, pad4, trailer, wrong):
     """natt._fastpath.pcap_walk and the Python walk it stands in for agree, record for record,
     on chains of records (pcap-like: length at 8, 16-octet header; pcapng-like: block length at
-    4) followed by arbitrary bytes — including runs of equal sizes and impossible lengths."""
+    4) followed by arbitrary bytes — including runs of equal sizes, impossible lengths and, with
+    ``trailer``, records (those in ``wrong``) that do not end with their length."""
     len_at, base, min_len = layout
     order = ">" if big_endian else "<"
     blob = bytearray(bytes(start))
-    for n in sizes:
+    for i, n in enumerate(sizes):
         rec = bytearray(base + n if base + n >= len_at + 4 else len_at + 4)
         struct.pack_into(order + "I", rec, len_at, len(rec) - base)
+        if len(rec) >= len_at + 8:
+            struct.pack_into(order + "I", rec, len(rec) - 4, len(rec) - base + 4 * (i in wrong))
         blob += rec
     blob += tail
     buf = np.frombuffer(bytes(blob), dtype=np.uint8)
     swap = big_endian != (sys.byteorder == "big")
-    c_offs, c_stop = pcap._c_walk(buf, start, len_at, base, min_len, big_endian, pad4)
+    c_offs, c_stop, c_bad = pcap._c_walk(buf, start, len_at, base, min_len, big_endian, pad4, trailer)
     saved, pcap._c_walk = pcap._c_walk, None
     try:
-        py_offs, py_stop = pcap._walk(buf, start, len_at, base, min_len, swap, pad4)
+        py_offs, py_stop, py_bad = pcap._walk(buf, start, len_at, base, min_len, swap, pad4, trailer)
     finally:
         pcap._c_walk = saved
-    assert c_stop == py_stop
+    assert (c_stop, c_bad) == (py_stop, py_bad)
     assert c_offs.tolist() == py_offs.tolist()
+    assert trailer or not c_bad
+
+
+@pytest.mark.parametrize("walk", ["C", "Python"])
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize("cut", [0, 4, 80])
+@pytest.mark.parametrize("bad", [None, 0, 1, 17, 40, 99])
+def test_record_walk_stops_at_a_wrong_trailer_not_at_a_cut_block(monkeypatch, walk, big_endian, cut, bad):
+    """With ``trailer`` (pcapng §3.1) the walk stops at the first whole block that does not end
+    with its length, and says so, also inside a run of equal blocks (the Python walk confirms
+    those in one numpy step); a block the end of the buffer cuts is not corrupt but unread, and
+    without ``trailer`` (classic pcap) the trailer is not looked at."""
+    if walk == "Python":
+        monkeypatch.setattr(pcap, "_c_walk", None)
+    elif pcap._c_walk is None:
+        pytest.skip("no compiled core")
+    order = ">" if big_endian else "<"
+    swap = big_endian != (sys.byteorder == "big")
+    data = b"".join(struct.pack(order + "II", 6, 80) + bytes(68) + struct.pack(order + "I", 84 if i == bad else 80)
+                    for i in range(100))
+    buf = np.frombuffer(data[:len(data) - cut], np.uint8)
+    whole = buf.size // 80
+    offs, stop, bad_trailer = pcap._walk(buf, 0, 4, 0, 12, swap, True, True)
+    if bad is not None and bad < whole:
+        assert (offs.tolist(), stop, bad_trailer) == (list(range(0, 80 * bad, 80)), 80 * bad, True)
+    else:
+        assert (offs.tolist(), stop, bad_trailer) == (list(range(0, 80 * whole, 80)), 80 * whole, False)
+    offs, stop, bad_trailer = pcap._walk(buf, 0, 4, 0, 12, swap, True, False)
+    assert (offs.tolist(), stop, bad_trailer) == (list(range(0, 80 * whole, 80)), 80 * whole, False)
 
 
 @pytest.mark.parametrize("chunk_size", [pcap.MIN_CHUNK_SIZE - 1, pcap.MAX_CHUNK_SIZE + 1, 1 << 40, True, 4096.0])
