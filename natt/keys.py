@@ -799,8 +799,11 @@ def loads(text: Union[str, bytes], *, mode: str = "tunnel") -> list[SaSpec]:
     if mode not in ("tunnel", "transport"):
         raise ValueError(f"mode: 'tunnel' or 'transport', got {shown(mode)}")
     if isinstance(text, (bytes, bytearray, memoryview)):
+        octets = bytes(text)
+        if octets.startswith(_UTF16_BOMS):
+            raise KeyFileError(_UTF16)
         try:
-            decoded: Optional[str] = bytes(text).decode("utf-8")
+            decoded: Optional[str] = octets.decode("utf-8")
         except UnicodeDecodeError:      # holds the octets (``object``): not the __context__
             decoded = None
         if decoded is None:
@@ -844,15 +847,44 @@ def loads(text: Union[str, bytes], *, mode: str = "tunnel") -> list[SaSpec]:
     return from_esp_sa(text, mode=mode)
 
 
+# A key file is text: up to about 1 KiB per SA, for as many SAs as an Offload holds by default
+# (2**20). Past that, or at the first NUL octet (no key file format has one), it is refused
+# without reading on: `-k` naming a device such as /dev/zero, or a large capture given in the
+# key file's place, ran the process out of memory.
+_MAX_KEY_FILE = 1 << 30
+_READ_CHUNK = 1 << 20
+# PowerShell's ">" writes UTF-16 with a byte order mark (UTF-32 starts the same way).
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_UTF16 = "UTF-16 or UTF-32 text (it starts with a byte order mark): save the key file as UTF-8"
+
+
+def _read_key_file(path: PathLike) -> bytes:
+    """The file's octets, read a chunk at a time (a signal is handled between chunks)."""
+    chunks: list[bytes] = []
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_CHUNK):
+            if not size and chunk.startswith(_UTF16_BOMS):
+                raise KeyFileError(_UTF16)
+            nul = chunk.find(0)
+            if nul >= 0:
+                raise KeyFileError(f"not a text file (a NUL octet at offset {size + nul})")
+            size += len(chunk)
+            if size > _MAX_KEY_FILE:
+                raise KeyFileError(f"not a key file: larger than {_MAX_KEY_FILE >> 20} MiB")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def load(path: PathLike, *, mode: str = "tunnel") -> list[SaSpec]:
     """Read a JSON key file or a Wireshark/strongSwan ``esp_sa`` file.
 
     Raises :class:`KeyFileError` (with the file name) when the file is not a usable key file,
-    and ``OSError`` when it cannot be read.
+    and ``OSError`` when it cannot be read. Reading stops, with that error, at the first NUL
+    octet or past 1 GiB: a device or a capture named in a key file's place is not read whole.
     """
-    with open(path, "rb") as f:
-        data = f.read()
     try:
+        data = _read_key_file(path)
         specs = loads(data, mode=mode)
     except KeyFileError as e:
         raise KeyFileError(f"{os.fspath(path)}: {e}") from None

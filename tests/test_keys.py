@@ -314,6 +314,50 @@ def test_loads_reads_octets_as_utf8():
         keys.loads(17)
 
 
+def test_load_stops_at_what_no_key_file_holds(tmp_path, monkeypatch):
+    # ``-k /dev/zero`` grew the process to 24 GB until the OOM killer ended it: load read the
+    # whole file before looking at it.
+    with pytest.raises(keys.KeyFileError, match=r"^/dev/zero: not a text file \(a NUL octet at offset 0\)$"):
+        keys.load("/dev/zero")
+    path = tmp_path / "capture.pcap"
+    path.write_bytes(b"# a comment line\n" * 100_000 + b"\xd4\xc3\xb2\xa1\x02\x00\x04\x00")
+    with pytest.raises(keys.KeyFileError, match=r"not a text file \(a NUL octet at offset 1700005\)$"):
+        keys.load(path)
+    # A text file past the limit is refused once the limit is passed, not read to its end.
+    monkeypatch.setattr(keys, "_MAX_KEY_FILE", 3 << 20)
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"#" * (5 << 20))
+    reads: list[int] = []
+    real_open = open
+
+    def counting_open(*args, **kwargs):
+        f = real_open(*args, **kwargs)
+        real_read = f.read
+        f.read = lambda n=-1: reads.append(n) or real_read(n)
+        return f
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    with pytest.raises(keys.KeyFileError, match=r"big.txt: not a key file: larger than 3 MiB$"):
+        keys.load(big)
+    assert reads == [keys._READ_CHUNK] * 4
+
+
+def test_utf16_key_file_is_named(tmp_path):
+    # PowerShell's ">" saves UTF-16 with a byte order mark: it was "not a text file (invalid UTF-8)".
+    text = keys.dumps([spec()])
+    for encoding in ("utf-16", "utf-16-be", "utf-32"):
+        path = tmp_path / "k.json"
+        octets = text.encode(encoding)
+        if encoding == "utf-16-be":
+            octets = b"\xfe\xff" + octets
+        path.write_bytes(octets)
+        with pytest.raises(keys.KeyFileError, match=r"k.json: UTF-16 or UTF-32 text .*save the key file as UTF-8$"):
+            keys.load(path)
+        with pytest.raises(keys.KeyFileError, match=r"^UTF-16 or UTF-32 text"):
+            keys.loads(octets)
+    assert [s.spi for s in keys.loads(text.encode("utf-8-sig"))] == [spec().spi]
+
+
 def test_repr_hides_key():
     s = spec(key=bytes.fromhex("a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4"))
     assert "a1b2c3d4" not in repr(s) and "a1b2c3d4" not in str(s)
