@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import shlex
 import signal
 import stat
@@ -325,8 +326,18 @@ def _output_stream(path: str, to_stdout: bool, source: Optional[str] = None) -> 
             f = open(path, "wb")
         except OSError as e:
             raise CliError(f"cannot write {path}: {e.strerror or e}") from None
-        with f:
-            yield f
+        # A duplicate of its descriptor outlives f's close (whose flush may be what fails), to
+        # tell a FIFO whose reader left from anything else that ends in EPIPE (a --report -).
+        probe = os.dup(f.fileno())
+        try:
+            with f:
+                yield f
+        except BrokenPipeError:
+            if not _reader_gone(probe):
+                raise
+            raise CliError(f"{path}: the reader of the pipe went away; what it got is incomplete") from None
+        finally:
+            os.close(probe)
         return
     # Renaming over a file needs only the directory's permission: keep refusing a file the
     # user could not have written.
@@ -343,6 +354,15 @@ def _output_stream(path: str, to_stdout: bool, source: Optional[str] = None) -> 
         raise CliError(f"cannot write {path}: {e.strerror or e}") from None
     with out as f:
         yield f
+
+
+def _reader_gone(fd: int) -> bool:
+    """Whether ``fd`` is the write end of a pipe or FIFO that nothing reads any more: Linux
+    reports that as POLLERR (pipe(7)); elsewhere this may say False, and the caller's error
+    stands as it was."""
+    probe = select.poll()
+    probe.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in probe.poll(0))
 
 
 def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], direction: str, to_stdout: bool,

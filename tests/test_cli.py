@@ -566,6 +566,24 @@ def test_a_fifo_output_is_written_as_the_run_goes(scenario, tmp_path, capsys):
     assert got == [want.read_bytes()] and stat.S_ISFIFO(fifo.stat().st_mode)
 
 
+def test_a_fifo_output_whose_reader_leaves_is_reported(scenario, tmp_path):
+    # It ended with exit 1 and nothing on stderr; -o - says what happened, and so does a FIFO.
+    _, keyfile, *_ = scenario
+    cap = tmp_path / "arp.pcap"           # passed through: 1.2 MB of output, more than a pipe holds
+    with pcap.PcapWriter(cap) as w:
+        w.write_frames([ARP] * 20_000)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "natt.cli", "decap", str(cap), "-k", str(keyfile), "-o",
+                             str(fifo), "--no-progress"] + BACKEND, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    with open(fifo, "rb") as r:
+        assert len(r.read(10)) == 10          # the reader takes a little, then goes away
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (
+        1, "", f"natt decap: {fifo}: the reader of the pipe went away; what it got is incomplete\n")
+
+
 @pytest.mark.parametrize(("cmd", "spelling", "stdout"), [
     ("decap", "-", "pipe"), ("decap", "-", "file"), ("decap", "/dev/stdout", "pipe"),
     ("decap", "/dev/stdout", "file"), ("encap", "-", "pipe")])
