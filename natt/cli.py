@@ -1250,7 +1250,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt decap /tmp/natt-demo/demo.pcap -k /tmp/natt-demo/demo.esp_sa -o /tmp/clear.pcap\n"
                "exit status: 0 every demo packet decapsulated as expected, 1 otherwise or a file could\n"
                "not be written, 2 bad usage.")
-    m.add_argument("--out-dir", default="natt-demo", metavar="DIR", help="where to write the files (default ./natt-demo)")
+    m.add_argument("--out-dir", default="natt-demo", metavar="DIR",
+                   help="where to write the files, made with any missing parents (default ./natt-demo)")
     # The demo holds its traffic in memory, about 3 KB a packet (100 000 packets: 371 MB max RSS,
     # 6 s), so the bound is about 3 GB and a minute: a typo does not fill the machine.
     m.add_argument("--packets", type=at_least(1, DEMO_MAX_PACKETS), default=5000,
