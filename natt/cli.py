@@ -222,6 +222,9 @@ def _chunks(reader: pcap.PcapReader, bar: Any, stats: CaptureStats) -> Iterator[
         try:
             chunk = next(it)
         except StopIteration:
+            # The chunks' offsets say where their last record starts: the bar ends at its end.
+            if bar is not None and bar.total:
+                bar.update(max(0, bar.total - bar.n))
             return
         except pcap.PcapTruncated as e:
             stats.truncated = str(e)

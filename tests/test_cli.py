@@ -1257,6 +1257,22 @@ def test_progress_bar_on_request_goes_to_stderr(scenario, tmp_path, capsys, monk
     assert rc == 0 and err == ""
 
 
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_progress_bar_ends_at_the_end_of_the_capture(fmt, tmp_path):
+    # It stopped at the start of the last record: 99.9 %, "13.2M/13.2M".
+    import io
+
+    from tqdm import tqdm
+    path = tmp_path / f"in.{fmt}"
+    with pcap.PcapWriter(path, fmt=fmt) as w:
+        w.write_frames([ARP] * 1000)
+    stats = cli.CaptureStats(["sa"])
+    with pcap.PcapReader(path, chunk_size=4096) as reader, \
+            tqdm(total=path.stat().st_size, file=io.StringIO(), mininterval=0) as bar:
+        assert sum(len(c) for c in cli._chunks(reader, bar, stats)) == 1000
+        assert bar.n == bar.total == path.stat().st_size
+
+
 def test_demo_progress_covers_making_the_traffic(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "PROGRESS_DELAY", 0.0)
     rc, out, err = run(["demo", "--out-dir", str(tmp_path), "--packets", "250", "--progress"] + BACKEND, capsys)
