@@ -381,6 +381,11 @@ def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], directio
         # Encap makes each frame it replaces up to ENCAP_OVERHEAD octets longer: the snap lengths
         # the output declares must grow with it (a record longer than its snaplen is invalid).
         grow = 0 if direction == "in" else ENCAP_OVERHEAD
+        suffix = os.path.splitext(args.output)[1].lower()
+        other = {".pcap": "pcapng", ".pcapng": "pcap"}.get(suffix)
+        if other == reader.format:
+            print(f"hint: -o {args.output} is written as {other}, the format of {args.input} "
+                  f"(natt keeps the input's format whatever the name)", file=sys.stderr)
         with _output_file(args.output, to_stdout, args.input) as f:
             with pcap.PcapWriter.like(reader, f, grow=grow) as writer, \
                     _progress(args, os.path.getsize(args.input), verb) as bar:

@@ -1257,6 +1257,24 @@ def test_progress_bar_on_request_goes_to_stderr(scenario, tmp_path, capsys, monk
     assert rc == 0 and err == ""
 
 
+@pytest.mark.parametrize(("fmt", "name", "hint"), [
+    ("pcap", "out.pcapng", "hint: -o {out} is written as pcap, the format of {cap} (natt keeps the input's "
+                           "format whatever the name)\n"),
+    ("pcapng", "out.PCAP", "hint: -o {out} is written as pcapng, the format of {cap} (natt keeps the input's "
+                           "format whatever the name)\n"),
+    ("pcap", "out.pcap", ""), ("pcapng", "out.pcapng", ""), ("pcap", "out.cap", "")])
+def test_an_output_named_for_the_other_format_gets_a_hint(fmt, name, hint, tmp_path, capsys):
+    cap, out = tmp_path / f"in.{fmt}", tmp_path / name
+    with pcap.PcapWriter(cap, fmt=fmt) as w:
+        w.write_frames([ARP])
+    keyfile = tmp_path / "keys.json"
+    keys.save(keyfile, make_specs())
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND, capsys)
+    assert (rc, err) == (0, hint.format(out=out, cap=cap))
+    with pcap.PcapReader(out) as r:
+        assert r.format == fmt
+
+
 @pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
 def test_progress_bar_ends_at_the_end_of_the_capture(fmt, tmp_path):
     # It stopped at the start of the last record: 99.9 %, "13.2M/13.2M".
