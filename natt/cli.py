@@ -643,6 +643,30 @@ def choose_sa(specs: Sequence[keyfile.SaSpec], src: np.ndarray, dst: np.ndarray)
     return best
 
 
+def shadow_hints(specs: Sequence[keyfile.SaSpec]) -> list[str]:
+    """A hint for each outbound SA that :func:`choose_sa` can never pick: one earlier in the key
+    file selects exactly the same packets (the tie goes to it). An ``esp_sa`` table names no
+    inner networks, so all its tunnel SAs select every packet and the first carries them all."""
+    def selects(s: keyfile.SaSpec) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Network]:
+        ends = (s.src, s.dst) if s.mode == "transport" else (s.inner_src, s.inner_dst)
+        return (ipaddress.IPv4Network(ends[0] or "0.0.0.0/0"), ipaddress.IPv4Network(ends[1] or "0.0.0.0/0"))
+
+    first: dict[tuple[ipaddress.IPv4Network, ipaddress.IPv4Network], int] = {}
+    shadowed: dict[int, list[int]] = {}
+    for k, s in enumerate(specs):
+        j = first.setdefault(selects(s), k)
+        if j != k:
+            shadowed.setdefault(j, []).append(k)
+    def names(ks: list[int]) -> str:
+        shown = ", ".join(specs[k].label() for k in ks[:3])
+        return shown + (f" and {len(ks) - 3} more SAs" if len(ks) > 3 else "")
+
+    return [f"{names(ks)} {'carries' if len(ks) == 1 else 'carry'} no packet: {specs[j].label()} selects the "
+            "same packets and comes first in the key file; give each SA its own inner_src / inner_dst "
+            "(tunnel) or src / dst (transport) in a JSON key file"
+            for j, ks in shadowed.items()]
+
+
 def _ip_addresses(batch: PacketBatch, ipv4: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(usable, src, dst, length) per segment: usable = IPv4 frame of at least 20 octets,
     version 4; length = the datagram's own (its total length field) where that fits in the
@@ -782,7 +806,7 @@ def _cmd_encap(args: argparse.Namespace) -> int:
     to_stdout = _is_stdout(args.output)
     stats = _run_capture(args, specs, "out", to_stdout, lambda nic, handles, reader, writer, bar: encap_capture(
         nic, handles, specs, reader, writer, threads=args.threads, bar=bar))
-    _finish(args, stats, _summary_stream(args), snap_hints(stats) + link_hints(stats))
+    _finish(args, stats, _summary_stream(args), snap_hints(stats) + link_hints(stats) + shadow_hints(specs))
     return 0
 
 
