@@ -420,14 +420,22 @@ def _held_signals() -> Iterator[Callable[[], None]]:
         raise _Stopped(came[0])
 
 
+# A worker of --workers is a process of its own (about 65 MB, and a second or so of CPU to
+# start): an unbounded N (a typo such as 100000) had the cluster start for minutes, taking memory
+# as it went. A local cluster gains nothing from more workers than CPUs; the bound is --threads'.
+MAX_WORKERS = MAX_THREADS
+
+
 def _dask_arguments(parser: argparse.ArgumentParser) -> None:
     """``--dask ADDRESS`` / ``--workers N`` of ``natt decap`` (docs/dask.md)."""
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--dask", metavar="SCHEDULER", default=None,
                    help="decap on this Dask cluster (e.g. tcp://10.0.0.5:8786); IN may then name several "
                         "captures and -o is a directory (needs the dask extra)")
-    g.add_argument("--workers", type=at_least(1), default=None, metavar="N",
-                   help="decap on a local Dask cluster of N worker processes (needs the dask extra)")
+    g.add_argument("--workers", type=at_least(1, MAX_WORKERS), default=None, metavar="N",
+                   help=f"decap on a local Dask cluster of N worker processes, 1..{MAX_WORKERS} (each a "
+                        "Python process of about 65 MB; more than the machine's CPUs gain nothing; needs "
+                        "the dask extra)")
 
 
 def _quiet_task_failures(client: Any) -> None:

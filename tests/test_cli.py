@@ -838,6 +838,22 @@ def test_dask_refuses_an_output_that_is_a_file_before_starting_a_cluster(output,
         assert not (tmp_path / "-").exists()
 
 
+@pytest.mark.parametrize("workers, message", [("257", "must be at most 256, got 257"),
+                                              ("100000", "must be at most 256, got 100,000")])
+def test_workers_beyond_the_bound_are_a_usage_error_before_any_cluster(workers, message, scenario, tmp_path,
+                                                                      capsys, monkeypatch):
+    # --workers 100000 started a local cluster that took minutes and memory before anything ran.
+    distributed = pytest.importorskip("distributed")
+    cap, keyfile, *_ = scenario
+    monkeypatch.setattr(distributed, "LocalCluster", lambda *a, **k: pytest.fail("started a cluster"))
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "out"), "--workers", workers]
+                     + BACKEND, capsys)
+    assert rc == 2 and err.startswith("usage: natt decap") and err.endswith(
+        f"natt decap: error: argument --workers: {message}\n"), err
+    assert "--workers N decap on a local Dask cluster of N worker processes, 1..256 " in " ".join(
+        run(["decap", "--help"], capsys)[1].split())
+
+
 def test_dask_reports_a_corrupt_capture_in_one_line_without_the_workers_log(scenario, tmp_path):
     pytest.importorskip("distributed")
     cap, keyfile, *_ = scenario
