@@ -490,6 +490,10 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     specs = _load_keys(args.keys, args.mode)
+    # natt.dask opens the inputs only once the cluster is up, seconds later, and its OSError
+    # reads otherwise than natt decap's without a cluster.
+    for path in args.input:
+        _open_capture(path, pcap.MIN_CHUNK_SIZE).close()
     cluster = None
     try:
         if args.dask:

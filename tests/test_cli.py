@@ -854,6 +854,28 @@ def test_workers_beyond_the_bound_are_a_usage_error_before_any_cluster(workers, 
         run(["decap", "--help"], capsys)[1].split())
 
 
+@pytest.mark.parametrize("problem", ["missing", "directory", "not a capture"])
+def test_dask_refuses_an_unreadable_input_as_decap_does_before_starting_a_cluster(problem, scenario, tmp_path,
+                                                                                  capsys, monkeypatch):
+    # It was found once the cluster was up, seconds later, and worded otherwise ("IN: No such file").
+    distributed = pytest.importorskip("distributed")
+    cap, keyfile, *_ = scenario
+    bad = tmp_path / "bad.pcap"
+    if problem == "directory":
+        bad.mkdir()
+    elif problem == "not a capture":
+        bad.write_bytes(b"hello\n")
+    rc, _, alone = run(["decap", str(bad), "-k", str(keyfile), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    assert rc == 1 and alone.startswith("natt decap: ") and alone.count("\n") == 1
+    if problem != "not a capture":
+        assert alone.startswith(f"natt decap: cannot read capture {bad}: ")
+    monkeypatch.setattr(distributed, "LocalCluster", lambda *a, **k: pytest.fail("started a cluster"))
+    rc, _, err = run(["decap", str(cap), str(bad), "-k", str(keyfile), "-o", str(tmp_path / "out"), "--workers",
+                      "1"] + BACKEND, capsys)
+    assert rc == 1 and err == alone
+    assert not (tmp_path / "out").exists()
+
+
 def test_dask_reports_a_corrupt_capture_in_one_line_without_the_workers_log(scenario, tmp_path):
     pytest.importorskip("distributed")
     cap, keyfile, *_ = scenario
