@@ -55,7 +55,7 @@ import numpy as np
 
 from ._batch import DecapResult, EncapResult, PacketBatch
 from ._constants import Status
-from ._offload import MAX_THREADS, Offload, backends
+from ._offload import DEFAULT_MAX_SAS, MAX_THREADS, Offload, backends
 from ._suites import Cipher, Mac, Suite, parse_suite
 from ._version import __version__
 from .cli import at_least, destination_problem
@@ -1300,6 +1300,16 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+# Bounds on the workload, so that a typo is refused before the run rather than failing to
+# allocate after minutes of timed cases. Measured peak memory of a run: about 1 KB per packet of
+# --batch plus 13 octets per octet of a batch of the largest --sizes (256 MiB of packets: some
+# 3.5 GB), 0.55 KB per call of --calls, 4.4 KB per SA of --sas (Offload's default max_sas of
+# them: some 4.6 GB, and minutes to install).
+MAX_BATCH = 1_000_000
+MAX_BATCH_OCTETS = 256 << 20
+MAX_CALLS = 1_000_000
+
+
 def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=(
         "Time natt's decap and encap against a bare C loop of the same EVP calls (compiled at run\n"
@@ -1315,8 +1325,12 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
                "C compiler or libcrypto headers the C loop's rows are skipped with a note), 2 bad\n"
                "usage or a variant that could not run (a failed decap, too little memory).")
     p.add_argument("--quick", action="store_true", help="CI-sized run: the smaller defaults below")
-    p.add_argument("--batch", type=at_least(1), metavar="N", help="packets per batch (default 100000; quick 10000)")
-    p.add_argument("--sas", type=at_least(1), metavar="N", help="SAs of the many-SA case (default 100000; quick 10000)")
+    p.add_argument("--batch", type=at_least(1, MAX_BATCH), metavar="N",
+                   help=f"packets per batch, 1..{MAX_BATCH:,}, and at most {MAX_BATCH_OCTETS >> 20} MiB of "
+                        "packets of the largest of --sizes (default 100000; quick 10000)")
+    p.add_argument("--sas", type=at_least(1, DEFAULT_MAX_SAS), metavar="N",
+                   help=f"SAs of the many-SA case, 1..{DEFAULT_MAX_SAS:,} (Offload's default max_sas; "
+                        "default 100000; quick 10000)")
     p.add_argument("--reps", type=at_least(1), metavar="N", help="timed repetitions per variant (default 7; quick 3)")
     p.add_argument("--sizes", type=_sizes, metavar="OCTETS,...",
                    help="inner packet sizes, 28..65000 (default 64,512,1400; quick 64,1400)")
@@ -1324,8 +1338,8 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
                    help=f"threads of the threaded decap, 1..{MAX_THREADS} (default 2)")
     p.add_argument("--scapy-packets", type=at_least(0), metavar="N",
                    help="packets of the scapy subset; 0 skips scapy (default 2000; quick 200)")
-    p.add_argument("--calls", type=at_least(1), metavar="N",
-                   help="decap calls of the per-call cost (default 20000; quick 5000)")
+    p.add_argument("--calls", type=at_least(1, MAX_CALLS), metavar="N",
+                   help=f"decap calls of the per-call cost, 1..{MAX_CALLS:,} (default 20000; quick 5000)")
     p.add_argument("--backend", choices=("fast", "reference"), default="fast",
                    help="natt backend to time (default fast)")
     p.add_argument("--json", metavar="OUT.json", help="also write every timing and ratio as JSON")
@@ -1351,13 +1365,24 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
                                ("single_calls", args.calls)) if v is not None}
     given.update(threads=args.threads, backend=args.backend)
     cfg = Config.quick(**given) if args.quick else Config(**given)
+    octets = cfg.batch * max(cfg.sizes)
+    if octets > MAX_BATCH_OCTETS:
+        default = "" if args.batch is not None else " (the --quick default)" if args.quick else " (the default)"
+        parser.error(f"--batch {cfg.batch}{default}: {cfg.batch} packets of {max(cfg.sizes)} octets (--sizes) "
+                     f"make {octets / (1 << 20):,.0f} MiB a batch, more than {MAX_BATCH_OCTETS >> 20} MiB; give "
+                     f"a smaller --batch or --sizes")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     try:
         result = run(cfg, log)
-    except (RuntimeError, ValueError, MemoryError) as e:
+    except MemoryError:
+        # numpy's own message ("Unable to allocate ... for an array with shape ...") names no option.
+        print("natt bench: out of memory; a smaller --batch, --sizes, --sas or --calls needs less",
+              file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError) as e:
         print(f"natt bench: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -130,12 +130,43 @@ def test_bench_output_says_which_way_its_ratios_go():
     (["--scapy-packets", "-1"], "--scapy-packets: must be at least 0, got -1"),
     (["--backend", "cuda"], "--backend: invalid choice: 'cuda'"),
     (["--threads", "999"], "--threads: must be at most 256, got 999"),
+    # Sizes that cannot fit in memory: refused before the run, not after minutes of timed cases.
+    (["--sas", "99999999999999", "--sizes", "64"], "--sas: must be at most 1,048,576, got 99,999,999,999,999"),
+    (["--batch", "99999999999999"], "--batch: must be at most 1,000,000, got 99,999,999,999,999"),
+    (["--calls", "99999999999999"], "--calls: must be at most 1,000,000, got 99,999,999,999,999"),
+    (["--sizes", "64,65000"], "--batch 100000 (the default): 100000 packets of 65000 octets (--sizes) make "
+                              "6,199 MiB a batch, more than 256 MiB; give a smaller --batch or --sizes"),
+    (["--quick", "--batch", "200000", "--sizes", "1400"], "--batch 200000: 200000 packets of 1400 octets"),
 ])
 def test_bad_bench_arguments_are_usage_errors(argv, message, capsys, monkeypatch):
     from natt import _bench
     monkeypatch.setattr(_bench, "run", lambda *a, **k: pytest.fail("benchmarked with a bad argument"))
     rc, _, err = run(["bench"] + argv, capsys)
-    assert rc == 2 and message in err
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_the_bench_bounds_themselves_are_accepted_and_in_its_help(capsys, monkeypatch):
+    from natt import _bench
+    seen = []
+    monkeypatch.setattr(_bench, "run", lambda cfg, log: seen.append(cfg) or _BENCH_RESULT)
+    for argv in (["--sas", str(natt.Offload().max_sas), "--batch", "1000000", "--sizes", "28,268"],
+                 ["--batch", str((256 << 20) // 65000), "--sizes", "65000", "--calls", "1000000"]):
+        assert run(["bench"] + argv, capsys)[0] == 0
+    assert [(c.many_sas, c.batch, c.single_calls) for c in seen] == [(1 << 20, 1_000_000, 20_000),
+                                                                      (100_000, 4129, 1_000_000)]
+    text = " ".join(run(["bench", "--help"], capsys)[1].split())
+    assert "packets per batch, 1..1,000,000, and at most 256 MiB of packets of the largest of --sizes" in text
+    assert "SAs of the many-SA case, 1..1,048,576" in text and "per-call cost, 1..1,000,000" in text
+
+
+def test_bench_out_of_memory_names_the_options_to_make_smaller(capsys, monkeypatch):
+    from natt import _bench
+
+    def too_big(cfg, log):
+        raise MemoryError("Unable to allocate 1.42 PiB for an array with shape (99999999999999, 16)")
+    monkeypatch.setattr(_bench, "run", too_big)
+    _, _, err = run(["bench", "--quick"], capsys)
+    assert err == "natt bench: out of memory; a smaller --batch, --sizes, --sas or --calls needs less\n"
 
 
 def test_bad_usage_exits_2(capsys):
