@@ -1322,8 +1322,8 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
                "  natt bench --markdown --json run.json   # the full run, tables as in BENCHMARKS.md\n"
                "  natt bench --sizes 64 --reps 15         # only 64-octet packets, more repetitions\n"
                "exit status: 0 ran (whether or not every target was met: the table says; without a\n"
-               "C compiler or libcrypto headers the C loop's rows are skipped with a note), 2 bad\n"
-               "usage or a variant that could not run (a failed decap, too little memory).")
+               "C compiler or libcrypto headers the C loop's rows are skipped with a note), 1 a variant\n"
+               "that could not run (a failed decap, too little memory), 2 bad usage.")
     p.add_argument("--quick", action="store_true", help="CI-sized run: the smaller defaults below")
     p.add_argument("--batch", type=at_least(1, MAX_BATCH), metavar="N",
                    help=f"packets per batch, 1..{MAX_BATCH:,}, and at most {MAX_BATCH_OCTETS >> 20} MiB of "
@@ -1350,9 +1350,9 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
     """Entry point of ``natt bench`` and ``python -m benchmarks.compare``; returns the exit status.
 
-    0: ran (whether or not every target was met; the table says), 2: the
+    0: ran (whether or not every target was met; the table says), 1: the
     backend or the workload could not run. Bad arguments exit through
-    argparse (status 2) as usual.
+    argparse (status 2) as usual, as in every natt command.
     """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
@@ -1381,10 +1381,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
         # numpy's own message ("Unable to allocate ... for an array with shape ...") names no option.
         print("natt bench: out of memory; a smaller --batch, --sizes, --sas or --calls needs less",
               file=sys.stderr)
-        return 2
+        return 1
     except (RuntimeError, ValueError) as e:
         print(f"natt bench: {e}", file=sys.stderr)
-        return 2
+        return 1
     if args.json:
         # Before the tables: a reader of stdout that goes away (| head) must not cost the run.
         with open(args.json, "w") as f:

@@ -169,6 +169,22 @@ def test_bench_out_of_memory_names_the_options_to_make_smaller(capsys, monkeypat
     assert err == "natt bench: out of memory; a smaller --batch, --sizes, --sas or --calls needs less\n"
 
 
+@pytest.mark.parametrize("failure", [RuntimeError("gcm.decap.64: 3 of 10 packets not OK"),
+                                     ValueError("backend: 'fast' is not available in this build"),
+                                     MemoryError("Unable to allocate 1.42 PiB")])
+def test_a_bench_that_cannot_run_exits_1_as_every_command_does(failure, capsys, monkeypatch):
+    # It exited 2, which every other natt command keeps for bad usage.
+    from natt import _bench
+
+    def fails(cfg, log):
+        raise failure
+    monkeypatch.setattr(_bench, "run", fails)
+    rc, out, err = run(["bench", "--quick"], capsys)
+    assert rc == 1 and out == "" and err.startswith("natt bench: ") and err.count("\n") == 1
+    assert "1 a variant that could not run (a failed decap, too little memory), 2 bad usage." in " ".join(
+        run(["bench", "--help"], capsys)[1].split())
+
+
 def test_bad_usage_exits_2(capsys):
     rc, _, err = run(["decap", "x.pcap"], capsys)
     assert rc == 2 and "-k/--keys" in err
