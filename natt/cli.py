@@ -1167,8 +1167,8 @@ def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
     if files:
         p.add_argument("--threads", default=None, metavar="N",
                        type=_accepted_by(_check_threads, f"a whole number 1..{MAX_THREADS}"),
-                       help="data-path threads per batch (default: none, the calling thread does it all; "
-                            "results are identical whatever the number)")
+                       help=f"data-path threads per batch, 1..{MAX_THREADS} (default: none, the calling thread "
+                            "does it all; results are identical whatever the number)")
         p.add_argument("--chunk-size", type=_accepted_by(pcap.check_chunk_size), default=pcap.DEFAULT_CHUNK_SIZE,
                        metavar="OCTETS",
                        help=f"octets of capture read per batch ({pcap.MIN_CHUNK_SIZE} .. {pcap.MAX_CHUNK_SIZE}, "

@@ -439,6 +439,13 @@ def test_dask_outputs_that_would_clash_are_usage_errors_in_the_cli_terms(case, s
     assert time.monotonic() - t < 5
 
 
+@pytest.mark.parametrize("cmd", ["decap", "encap"])
+def test_the_help_states_the_range_of_threads(cmd, capsys):
+    # As the error for one out of range does ("expected a whole number 1..256"), and bench's help.
+    text = " ".join(run([cmd, "--help"], capsys)[1].split())
+    assert "--threads N data-path threads per batch, 1..256 " in text
+
+
 def test_the_library_limits_are_the_cli_limits(scenario, tmp_path, capsys):
     cap, keyfile, *_ = scenario
     out = tmp_path / "o.pcap"
