@@ -1058,8 +1058,27 @@ def explain_packet(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaS
     return out
 
 
+# More than the hex of the largest IPv4 packet with a separator after every octet, with room to
+# spare: what is longer (a capture piped in by mistake) is not read to its end.
+_EXPLAIN_STDIN_LIMIT = 1 << 20
+
+
+def _explain_hex(args: argparse.Namespace) -> str:
+    """The HEX argument, or with ``-`` what standard input holds."""
+    if args.hex != "-":
+        return str(args.hex)
+    if args.keys == "-":
+        raise UsageError("-k -: standard input carries the packet (HEX is -); name a key file")
+    data = sys.stdin.buffer.read(_EXPLAIN_STDIN_LIMIT + 1)
+    if len(data) > _EXPLAIN_STDIN_LIMIT:
+        raise CliError(f"HEX: standard input holds more than {_EXPLAIN_STDIN_LIMIT >> 20} MiB; give one packet "
+                       "in hex, starting at the IP header")
+    # Not ASCII is not hex either: the digit check below names the first such character.
+    return data.decode("ascii", errors="replace")
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
-    text = "".join(args.hex.replace(":", " ").split())
+    text = "".join(_explain_hex(args).replace(":", " ").split())
     if text[:2].lower() == "0x":
         text = text[2:]
     if not text:
@@ -1316,12 +1335,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  natt explain 4500003c0001000040113... -k keys.json\n"
                "  # the IPv4 packet of frame 7 (index 6) of a capture:\n"
-               "  natt explain \"$(python3 -c \"from natt import pcap; print(pcap.read_frames('cap.pcap')[6][3].hex())\")\" \\\n"
-               "      -k esp_sa\n"
+               "  python3 -c \"from natt import pcap; print(pcap.read_frames('cap.pcap')[6][3].hex())\" \\\n"
+               "      | natt explain - -k esp_sa\n"
                "  natt explain 45:00:00:3c:... -k esp_sa --mode transport\n"
                "exit status: 0 explained, whatever the verdict (the last line, '=> STATUS'), 1 HEX or\n"
                "KEYS unusable, 2 bad usage.")
-    x.add_argument("hex", metavar="HEX", help="the packet in hex, from its IPv4 header (spaces and ':' allowed)")
+    x.add_argument("hex", metavar="HEX", help="the packet in hex, from its IPv4 header (spaces and ':' allowed); "
+                                              "- reads it from standard input")
     x.add_argument("-k", "--keys", required=True, metavar="KEYS", action=_Once, help=_KEYS_HELP)
     x.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
     x.set_defaults(func=_cmd_explain, parser=x)

@@ -1343,6 +1343,34 @@ def test_explain_refuses_an_empty_packet(hexarg, scenario, capsys):
     assert rc == 1 and err.startswith("natt explain: HEX: empty") and out == ""
 
 
+def test_explain_reads_hex_from_standard_input_but_not_the_keys_too(scenario, capsys, monkeypatch):
+    import io
+    _, keyfile, _, _, frames = scenario
+    packet = frames[0][14:].hex()
+    # As the HEX argument: spaces, ':' and line breaks between the digits (a hex dump's lines).
+    text = "\n".join(":".join(packet[i:i + 2] for i in range(j, min(j + 32, len(packet)), 2))
+                     for j in range(0, len(packet), 32)) + "\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    rc, out, err = run(["explain", "-", "-k", str(keyfile)], capsys)
+    assert rc == 0 and out.splitlines()[-1] == "=> OK (step 12)", err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    rc, out, err = run(["explain", "-", "-k", str(keyfile)], capsys)
+    assert rc == 1 and err.startswith("natt explain: HEX: empty") and out == ""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\xd4\xc3\xb2\xa1" + bytes(2 << 20))))
+    rc, out, err = run(["explain", "-", "-k", str(keyfile)], capsys)
+    assert rc == 1 and err.startswith("natt explain: HEX: standard input holds more than 1 MiB") and out == ""
+    # Both from standard input: neither is read.
+    stdin = io.BytesIO(text.encode())
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stdin))
+    rc, out, err = run(["explain", "-", "-k", "-"], capsys)
+    assert rc == 2 and err.startswith("usage: natt explain") and err.endswith(
+        "natt explain: error: -k -: standard input carries the packet (HEX is -); name a key file\n")
+    assert stdin.tell() == 0
+    text = run(["explain", "--help"], capsys)[1]
+    assert "- reads it from standard input" in " ".join(text.split()) and "| natt explain - -k esp_sa\n" in text
+    assert "$(" not in text
+
+
 def test_explain_help_example_runs_on_a_demo_capture(tmp_path, capsys):
     """The example that takes a frame from a capture runs as printed (tshark 4.0 has no ip.raw field)."""
     if not os.path.exists("/bin/sh"):
