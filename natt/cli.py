@@ -1302,11 +1302,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser(
         "demo", formatter_class=fmt, help="built-in scenario: make NAT-T traffic, decap it, summarise",
-        description="Encapsulate inner traffic (ICMP, UDP, TCP) with one tunnel SA per suite\n"
-                    f"({', '.join(DEMO_SUITES)}), write it as demo.pcap with its keys as\n"
-                    "demo.esp_sa (Wireshark) and demo-keys.json (natt), then decapsulate demo.pcap as\n"
-                    "'natt decap' would into demo-decap.pcap and print the per-SA summary and throughput.\n"
-                    "Every file goes into --out-dir (default ./natt-demo).",
+        # DEMO_SUITES on a line of its own: the line that holds the list grows with it.
+        description="Encapsulate inner traffic (ICMP, UDP, TCP) with one tunnel SA per suite:\n"
+                    f"  {', '.join(DEMO_SUITES)};\n"
+                    "write it as demo.pcap with its keys as demo.esp_sa (Wireshark) and demo-keys.json\n"
+                    "(natt), then decapsulate demo.pcap as 'natt decap' would into demo-decap.pcap and\n"
+                    "print the per-SA summary and throughput. Every file goes into --out-dir (default\n"
+                    "./natt-demo).",
         epilog="examples:\n"
                "  natt demo\n"
                "  natt demo --out-dir /tmp/natt-demo --packets 20000\n"

@@ -78,10 +78,13 @@ def run(argv, capsys):
 
 
 @pytest.mark.parametrize("cmd", [[], ["decap"], ["encap"], ["demo"], ["explain"], ["bench"]])
-def test_help_has_description_and_examples(cmd, capsys):
+def test_help_has_description_and_examples_and_fits_100_columns(cmd, capsys, monkeypatch):
+    # argparse wraps the options to COLUMNS; the descriptions and examples are as written.
+    monkeypatch.setenv("COLUMNS", "100")
     rc, out, _ = run(cmd + ["--help"], capsys)
     assert rc == 0
     assert "examples:" in out and "usage: natt" in out
+    assert [line for line in out.splitlines() if len(line) > 100] == []
 
 
 def test_bench_delegates_to_the_benchmark_module(capsys):
