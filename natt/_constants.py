@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import enum
 import operator
+from typing import TYPE_CHECKING, Any, Union, overload
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "OID_TCP_TASK_OFFLOAD",
@@ -142,20 +146,34 @@ _CRYPTO_INVALID_PACKET_SYNTAX = 6
 _CRYPTO_INVALID_PROTOCOL = 7
 
 
-def ndis_receive_info(status: int, tunnel: bool) -> tuple[int, int, int]:
+@overload
+def ndis_receive_info(status: Union[int, np.integer[Any]], tunnel: Union[bool, np.bool_]) -> tuple[int, int, int]: ...
+@overload
+def ndis_receive_info(status: np.ndarray, tunnel: Union[bool, np.bool_, np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def ndis_receive_info(status: Any, tunnel: Any) -> Any:
     """Map a decap :class:`Status` onto NDIS per-packet receive info.
 
     Returns ``(crypto_done, next_crypto_done, crypto_status)`` as the
     ``NDIS_IPSEC_OFFLOAD_V1_NET_BUFFER_LIST_INFO.Receive`` fields (spec §4.2).
     ``tunnel`` says whether the SA that handled the packet is a tunnel SA; it
-    only matters for AUTH_FAILED. One packet's status (an element of ``res.status``
-    will do); anything but a status is a ``ValueError``, a ``tunnel`` that is not
-    True or False a ``TypeError`` (a string such as "no" would read as a tunnel).
+    only matters for AUTH_FAILED.
+
+    One packet's status (an element of ``res.status`` will do) gives three ints.
+    A whole integer array of them (``res.status``) gives three arrays of its shape
+    (uint8, uint8, uint32), with ``tunnel`` one bool or a bool array for each packet,
+    e.g. ``np.isin(res.sa, tunnel_handles)``.
+
+    Anything but a status (or an integer array of them) is a ``ValueError``, a
+    ``tunnel`` that is not True or False (or a bool array) a ``TypeError`` (a string
+    such as "no" would read as a tunnel).
     """
     import numpy as np              # here: the rest of this module is plain names and numbers
 
     from ._redact import shown
 
+    if isinstance(status, np.ndarray):
+        return _ndis_receive_info_array(status, tunnel)
     if not isinstance(tunnel, (bool, np.bool_)):
         raise TypeError(f"tunnel: expected True or False, got {shown(tunnel)}")
     s = None
@@ -166,14 +184,46 @@ def ndis_receive_info(status: int, tunnel: bool) -> tuple[int, int, int]:
             pass
     if s is None:
         raise ValueError(f"status: expected a natt.Status (0 .. {int(max(Status))}), got {shown(status)}")
-    if s in (Status.OK, Status.DUMMY):
-        return (1, 0, _CRYPTO_SUCCESS)
-    if s is Status.AUTH_FAILED:
-        return (1, 0, _CRYPTO_TUNNEL_ESP_AUTH_FAILED if tunnel else _CRYPTO_TRANSPORT_ESP_AUTH_FAILED)
-    if s is Status.MALFORMED:
-        return (1, 0, _CRYPTO_INVALID_PACKET_SYNTAX)
-    if s is Status.PROTOCOL:
-        return (1, 0, _CRYPTO_INVALID_PROTOCOL)
-    if s in (Status.REPLAY, Status.ERROR):
-        return (1, 0, _CRYPTO_GENERIC_ERROR)
-    return (0, 0, _CRYPTO_SUCCESS)
+    return _RECEIVE_INFO[s] if s is not Status.AUTH_FAILED else _auth_failed_info(bool(tunnel))
+
+
+def _auth_failed_info(tunnel: bool) -> tuple[int, int, int]:
+    return (1, 0, _CRYPTO_TUNNEL_ESP_AUTH_FAILED if tunnel else _CRYPTO_TRANSPORT_ESP_AUTH_FAILED)
+
+
+# Statuses that mean the NIC checked the ESP payload (CryptoDone = 1, spec §4.2); every other
+# one passed the packet up unprocessed, (0, 0, 0). AUTH_FAILED's code depends on the SA's mode.
+_RECEIVE_INFO = {s: (0, 0, _CRYPTO_SUCCESS) for s in Status} | {
+    Status.OK: (1, 0, _CRYPTO_SUCCESS), Status.DUMMY: (1, 0, _CRYPTO_SUCCESS),
+    Status.MALFORMED: (1, 0, _CRYPTO_INVALID_PACKET_SYNTAX), Status.PROTOCOL: (1, 0, _CRYPTO_INVALID_PROTOCOL),
+    Status.REPLAY: (1, 0, _CRYPTO_GENERIC_ERROR), Status.ERROR: (1, 0, _CRYPTO_GENERIC_ERROR),
+    Status.AUTH_FAILED: (1, 0, _CRYPTO_TRANSPORT_ESP_AUTH_FAILED)}
+
+
+def _ndis_receive_info_array(status: np.ndarray, tunnel: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`ndis_receive_info` over an array of statuses: one table lookup each."""
+    import numpy as np
+
+    from ._redact import shown
+
+    if status.dtype.kind not in "iu":
+        raise ValueError(f"status: expected an integer array of natt.Status values, got dtype {status.dtype}")
+    bad = (status < 0) | (status > int(max(Status)))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"status: element {i} is {int(status.flat[i])}, not a natt.Status "
+                         f"(0 .. {int(max(Status))})")
+    if isinstance(tunnel, np.ndarray):
+        if tunnel.dtype != np.bool_:
+            raise TypeError(f"tunnel: expected True or False or a bool array, got dtype {tunnel.dtype}")
+        try:
+            tunnel = np.broadcast_to(tunnel, status.shape)
+        except ValueError:
+            raise ValueError(f"tunnel: shape {tunnel.shape} does not fit status's {status.shape}") from None
+    elif not isinstance(tunnel, (bool, np.bool_)):
+        raise TypeError(f"tunnel: expected True or False or a bool array, got {shown(tunnel)}")
+    table = np.array([_RECEIVE_INFO[s] for s in Status], np.uint32)
+    done = table[status, 0].astype(np.uint8)
+    crypto = table[status, 2]
+    crypto[(status == Status.AUTH_FAILED) & tunnel] = _CRYPTO_TUNNEL_ESP_AUTH_FAILED
+    return done, table[status, 1].astype(np.uint8), crypto

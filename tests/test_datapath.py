@@ -982,7 +982,7 @@ def test_ndis_receive_info_refuses_what_is_not_a_status_or_a_bool():
         with pytest.raises(TypeError, match=r"^tunnel: expected True or False, got "):
             natt.ndis_receive_info(Status.AUTH_FAILED, tunnel)
     key_hex = "a1b2c3d4e5f60718293a4b5c6d7e8f9001122334"
-    for status in (13, -1, True, 7.0, key_hex, np.array([0, 7])):
+    for status in (13, -1, True, 7.0, key_hex, [0, 7]):
         with pytest.raises(ValueError, match=r"^status: expected a natt.Status \(0 \.\. 12\), got ") as ei:
             natt.ndis_receive_info(status, False)
         assert key_hex not in str(ei.value)
@@ -999,6 +999,38 @@ def test_ndis_receive_info_of_decap_results(nic):
     tunnel_of = {ht: True, hx: False, 0: False}
     info = [natt.ndis_receive_info(int(s), tunnel_of[int(h)]) for s, h in zip(res.status, res.sa)]
     assert info == [(1, 0, 5), (1, 0, 3), (1, 0, 0), (0, 0, 0)]
+    # The whole result at once: the same, per packet.
+    done, next_done, crypto = natt.ndis_receive_info(res.status, np.isin(res.sa, [ht]))
+    assert list(zip(done.tolist(), next_done.tolist(), crypto.tolist())) == info
+    assert (done.dtype, next_done.dtype, crypto.dtype) == (np.uint8, np.uint8, np.uint32)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64, np.uint64])
+def test_ndis_receive_info_of_an_array_is_the_table_per_element(dtype):
+    status = np.array([s for s in Status] * 2, dtype).reshape(2, len(Status))
+    tunnel = np.array([[False], [True]])
+    done, next_done, crypto = natt.ndis_receive_info(status, tunnel)
+    want = [[natt.ndis_receive_info(int(v), bool(tunnel[i, 0])) for v in row] for i, row in enumerate(status)]
+    assert np.array_equal(np.stack([done, next_done, crypto], -1), np.array(want))
+    for t in (True, np.False_):
+        assert [tuple(x.tolist()) for x in natt.ndis_receive_info(status[0], t)] == [
+            tuple(col) for col in zip(*[natt.ndis_receive_info(int(v), bool(t)) for v in status[0]])]
+
+
+def test_ndis_receive_info_refuses_a_bad_array():
+    with pytest.raises(ValueError, match=r"^status: element 2 is 13, not a natt.Status \(0 \.\. 12\)$"):
+        natt.ndis_receive_info(np.array([0, 7, 13, -1]), False)
+    with pytest.raises(ValueError, match=r"^status: element 1 is -1, not a natt.Status"):
+        natt.ndis_receive_info(np.array([0, -1]), False)
+    for status in (np.array([0.0, 7.0]), np.array([True, False]), np.array([0, 7], object)):
+        with pytest.raises(ValueError, match=r"^status: expected an integer array of natt.Status values, got dtype"):
+            natt.ndis_receive_info(status, False)
+    with pytest.raises(TypeError, match=r"^tunnel: expected True or False or a bool array, got dtype int64$"):
+        natt.ndis_receive_info(np.array([7, 7]), np.array([1, 0]))
+    with pytest.raises(TypeError, match=r"^tunnel: expected True or False or a bool array, got 'no'$"):
+        natt.ndis_receive_info(np.array([7, 7]), "no")
+    with pytest.raises(ValueError, match=r"^tunnel: shape \(3,\) does not fit status's \(2,\)$"):
+        natt.ndis_receive_info(np.array([7, 7]), np.array([True, False, True]))
 
 
 # --------------------------------------------------------------------------------------- round trips
