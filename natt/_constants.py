@@ -147,7 +147,8 @@ _CRYPTO_INVALID_PROTOCOL = 7
 
 
 @overload
-def ndis_receive_info(status: Union[int, np.integer[Any]], tunnel: Union[bool, np.bool_]) -> tuple[int, int, int]: ...
+def ndis_receive_info(status: Union[int, np.integer[Any]], tunnel: Union[bool, np.bool_]
+                      ) -> tuple[int, int, int]: ...
 @overload
 def ndis_receive_info(status: np.ndarray, tunnel: Union[bool, np.bool_, np.ndarray]
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
@@ -184,15 +185,14 @@ def ndis_receive_info(status: Any, tunnel: Any) -> Any:
             pass
     if s is None:
         raise ValueError(f"status: expected a natt.Status (0 .. {int(max(Status))}), got {shown(status)}")
-    return _RECEIVE_INFO[s] if s is not Status.AUTH_FAILED else _auth_failed_info(bool(tunnel))
-
-
-def _auth_failed_info(tunnel: bool) -> tuple[int, int, int]:
-    return (1, 0, _CRYPTO_TUNNEL_ESP_AUTH_FAILED if tunnel else _CRYPTO_TRANSPORT_ESP_AUTH_FAILED)
+    if s is Status.AUTH_FAILED and tunnel:
+        return (1, 0, _CRYPTO_TUNNEL_ESP_AUTH_FAILED)
+    return _RECEIVE_INFO[s]
 
 
 # Statuses that mean the NIC checked the ESP payload (CryptoDone = 1, spec §4.2); every other
-# one passed the packet up unprocessed, (0, 0, 0). AUTH_FAILED's code depends on the SA's mode.
+# one passed the packet up unprocessed, (0, 0, 0). AUTH_FAILED's code is a transport SA's; a
+# tunnel SA's is _CRYPTO_TUNNEL_ESP_AUTH_FAILED.
 _RECEIVE_INFO = {s: (0, 0, _CRYPTO_SUCCESS) for s in Status} | {
     Status.OK: (1, 0, _CRYPTO_SUCCESS), Status.DUMMY: (1, 0, _CRYPTO_SUCCESS),
     Status.MALFORMED: (1, 0, _CRYPTO_INVALID_PACKET_SYNTAX), Status.PROTOCOL: (1, 0, _CRYPTO_INVALID_PROTOCOL),

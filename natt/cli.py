@@ -669,6 +669,7 @@ def shadow_hints(specs: Sequence[keyfile.SaSpec]) -> list[str]:
         j = first.setdefault(selects(s), k)
         if j != k:
             shadowed.setdefault(j, []).append(k)
+
     def names(ks: list[int]) -> str:
         shown = ", ".join(specs[k].label() for k in ks[:3])
         return shown + (f" and {len(ks) - 3} more SAs" if len(ks) > 3 else "")
