@@ -1215,10 +1215,10 @@ def machine() -> dict[str, Any]:
         if k.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Hypervisor vendor", "L2 cache", "L3 cache"):
             info[k.strip()] = v.strip()
     try:
-        libcrypto = ctypes.CDLL("libcrypto.so.3")
-        libcrypto.OpenSSL_version.restype = ctypes.c_char_p
-        info["libcrypto"] = libcrypto.OpenSSL_version(0).decode()
-    except (OSError, AttributeError):
+        from ._fastpath import openssl_version     # the libcrypto natt's data path loaded
+
+        info["libcrypto"] = openssl_version()
+    except ImportError:
         info["libcrypto"] = _run_text("openssl", "version")
     try:
         import cryptography

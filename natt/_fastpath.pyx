@@ -76,7 +76,7 @@ from natt._openssl cimport (
     EVP_DigestUpdate, EVP_MAX_MD_SIZE, EVP_MD, EVP_MD_CTX, EVP_MD_CTX_copy_ex, EVP_MD_CTX_free,
     EVP_MD_CTX_new, EVP_MD_fetch, EVP_MD_free, EVP_MD_get_block_size,
     EVP_CIPHER_get0_name, EVP_CIPHER_get0_provider, EVP_CIPHER_get_key_length,
-    OPENSSL_cleanse, OSSL_ALGORITHM, OSSL_CIPHER_PARAM_AEAD_TAG,
+    OPENSSL_cleanse, OPENSSL_VERSION, OpenSSL_version, OSSL_ALGORITHM, OSSL_CIPHER_PARAM_AEAD_TAG,
     OSSL_DISPATCH,
     OSSL_FUNC_CIPHER_DECRYPT_INIT, OSSL_FUNC_CIPHER_DUPCTX, OSSL_FUNC_CIPHER_ENCRYPT_INIT,
     OSSL_FUNC_CIPHER_FINAL, OSSL_FUNC_CIPHER_FREECTX, OSSL_FUNC_CIPHER_GET_CTX_PARAMS,
@@ -404,6 +404,12 @@ cdef struct natt_sa:
 # Every backend's SAs (one arena: the slabs fill up whichever backend adds SAs).
 cdef natt_arena natt_sa_arena
 natt_arena_init(&natt_sa_arena, sizeof(natt_sa))
+
+
+def openssl_version() -> str:
+    """The libcrypto this extension runs on, as it names itself (``OpenSSL_version``): the one
+    loaded at run time, which need not be the one whose headers it was built with."""
+    return OpenSSL_version(OPENSSL_VERSION).decode("ascii", "replace")
 
 
 def _sa_arena_slabs() -> int:
@@ -2022,7 +2028,7 @@ cdef const char *natt_md_name(int mac) noexcept:
 cdef int natt_sa_key(natt_sa *sa, int enc_key_len, int auth_key_len, const uint8_t *key) except -1:
     """Fetch the algorithms and key the template contexts once per SA: OpenSSL 3's per-call
     fetch and key schedule would otherwise dominate a small packet's cost."""
-    cdef const char *name
+    cdef const char *name = "cipher"   # set by each branch below that can fail; keeps gcc sure of it
     cdef uint8_t pad[128]
     cdef int block, k, enc = 0 if sa.inbound else 1
     cdef int aead_idx = natt_aead_index(sa.cipher, enc_key_len)

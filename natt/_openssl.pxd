@@ -111,6 +111,8 @@ cdef extern from "openssl/evp.h" nogil:
 cdef extern from "openssl/crypto.h" nogil:
     int CRYPTO_memcmp(const void *a, const void *b, size_t length)
     void OPENSSL_cleanse(void *ptr, size_t length)
+    const char *OpenSSL_version(int t)
+    enum: OPENSSL_VERSION
 
 
 cdef extern from "openssl/rand.h" nogil:

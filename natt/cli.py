@@ -1183,6 +1183,37 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def version_text() -> str:
+    """What ``natt --version`` prints: natt's version, then each data path and what it runs on
+    (for a bug report: the libcrypto the extension loaded, and whether natt's own AES-NI code
+    runs AES-GCM on this CPU)."""
+    from ._offload import _fast_unavailable
+
+    why = _fast_unavailable()
+    if why is None:
+        from ._fastpath import _aesni, openssl_version
+        aes = ("AES-GCM and AES-GMAC on natt's own AES-NI code" if _aesni()
+               else "every cipher on libcrypto (this CPU lacks AES-NI or PCLMULQDQ)")
+        fast = f"(the default): Cython on {openssl_version()}\n  {aes}"
+    else:
+        fast = f": unavailable, {why}"
+    import cryptography
+    return (f"natt {__version__}\nfast data path {fast}\n"
+            f"reference data path: Python on cryptography {cryptography.__version__}")
+
+
+class _Version(argparse.Action):
+    """``--version``: :func:`version_text`, worked out only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def _common(p: argparse.ArgumentParser, *, files: bool = True) -> None:
     if files:
         p.add_argument("--threads", default=None, metavar="N",
@@ -1231,7 +1262,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt explain 4500009c... -k keys.json       # why did this packet fail?\n"
                "  natt bench --quick\n"
                "run 'natt COMMAND --help' for each command's options.")
-    p.add_argument("--version", action="version", version=f"natt {__version__}")
+    p.add_argument("--version", action=_Version, help="show natt's version and what its data paths run on, and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     d = sub.add_parser(

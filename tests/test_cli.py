@@ -77,6 +77,18 @@ def run(argv, capsys):
 # ---------------------------------------------------------------------------------------------- help
 
 
+def test_version_names_what_each_data_path_runs_on(capsys, monkeypatch):
+    from natt import _fastpath
+    assert run(["--version"], capsys) == (0, cli.version_text() + "\n", "")
+    lines = cli.version_text().splitlines()
+    assert lines[0] == f"natt {natt.__version__}" and max(map(len, lines)) <= 100
+    assert lines[1] == f"fast data path (the default): Cython on {_fastpath.openssl_version()}"
+    assert _fastpath.openssl_version().startswith("OpenSSL 3.")
+    assert lines[-1].startswith("reference data path: Python on cryptography ")
+    monkeypatch.setattr(_fastpath, "_aesni", lambda: False)
+    assert cli.version_text().splitlines()[2] == "  every cipher on libcrypto (this CPU lacks AES-NI or PCLMULQDQ)"
+
+
 @pytest.mark.parametrize("cmd", [[], ["decap"], ["encap"], ["demo"], ["explain"], ["bench"]])
 def test_help_has_description_and_examples_and_fits_100_columns(cmd, capsys, monkeypatch):
     # argparse wraps the options to COLUMNS; the descriptions and examples are as written.
