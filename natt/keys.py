@@ -873,6 +873,10 @@ def _read_key_file(path: PathLike) -> bytes:
             if size > _MAX_KEY_FILE:
                 raise KeyFileError(f"not a key file: larger than {_MAX_KEY_FILE >> 20} MiB")
             chunks.append(chunk)
+            # A buffered read comes back short only at the end; reading on would wait for more
+            # at a terminal, whose end of input (Ctrl-D) holds for one read.
+            if len(chunk) < _READ_CHUNK:
+                break
     return b"".join(chunks)
 
 
