@@ -156,7 +156,14 @@ def _write_report(args: argparse.Namespace, stats: CaptureStats) -> None:
         raise CliError(f"report: cannot write {args.report}: {e.strerror or e}") from None
 
 
+def _reading_from_terminal(what: str) -> None:
+    """Say so before reading ``what`` from a terminal: a bare wait looks like a hang."""
+    print(f"reading {what} from the terminal; end it with Ctrl-D", file=sys.stderr, flush=True)
+
+
 def _load_keys(path: str, mode: str) -> list[keyfile.SaSpec]:
+    if path == "-" and sys.stdin.isatty():
+        _reading_from_terminal("the key file")
     try:
         # -k - : keys piped from a secret store need not touch the disk.
         specs = keyfile.load("/dev/stdin" if path == "-" else path, mode=mode)
@@ -459,6 +466,10 @@ def _stdin_input(args: argparse.Namespace) -> None:
     if args.input == "-":
         if args.keys == "-":
             raise UsageError("-k -: standard input carries the capture (IN is -); name a key file")
+        if sys.stdin.isatty():
+            # A capture is binary: nothing typed is one, and the run would wait for it silently.
+            raise UsageError("IN: - reads a capture from standard input, which is a terminal here; "
+                             "pipe one in (tcpdump -w - ... | natt ...) or name the file")
         args.input = "/dev/stdin"
 
 
@@ -1070,6 +1081,8 @@ def _explain_hex(args: argparse.Namespace) -> str:
         return str(args.hex)
     if args.keys == "-":
         raise UsageError("-k -: standard input carries the packet (HEX is -); name a key file")
+    if sys.stdin.isatty():
+        _reading_from_terminal("the packet's hex")
     data = sys.stdin.buffer.read(_EXPLAIN_STDIN_LIMIT + 1)
     if len(data) > _EXPLAIN_STDIN_LIMIT:
         raise CliError(f"HEX: standard input holds more than {_EXPLAIN_STDIN_LIMIT >> 20} MiB; give one packet "

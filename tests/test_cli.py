@@ -1386,6 +1386,51 @@ def test_explain_reads_hex_from_standard_input_but_not_the_keys_too(scenario, ca
     assert "$(" not in text
 
 
+def _natt_on_a_terminal(args, typed=b""):
+    """natt ``args`` with a pseudo-terminal as its standard input, ``typed`` then Ctrl-D at its
+    prompt; returns (exit status, stdout, stderr)."""
+    import pty
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "natt.cli", *args], stdin=follower, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        os.close(follower)
+        if typed:
+            # The hint comes before the read: wait for it, so the input is read after it.
+            import select
+            deadline = time.monotonic() + 20
+            err = b""
+            while b"Ctrl-D" not in err and select.select([proc.stderr], [], [], max(0, deadline - time.monotonic()))[0]:
+                got = os.read(proc.stderr.fileno(), 4096)
+                if not got:         # natt ended without asking
+                    break
+                err += got
+            os.write(leader, typed + b"\n\x04")       # Ctrl-D at the start of a line: end of input
+        else:
+            err = b""
+        out, rest = proc.communicate(timeout=60)
+        return proc.returncode, out.decode(), (err + rest).decode()
+    finally:
+        os.close(leader)
+
+
+def test_reading_from_a_terminal_says_so_or_is_refused(scenario, tmp_path):
+    # ``natt explain -`` and ``-k -`` waited silently for a terminal's input; a capture cannot be
+    # typed at all.
+    cap, keyfile, _, _, frames = scenario
+    rc, out, err = _natt_on_a_terminal(["explain", "-", "-k", str(keyfile)], frames[0][14:].hex().encode())
+    assert rc == 0 and out.splitlines()[-1] == "=> OK (step 12)", err
+    assert err == "reading the packet's hex from the terminal; end it with Ctrl-D\n"
+    rc, out, err = _natt_on_a_terminal(["explain", frames[0][14:].hex(), "-k", "-"], keyfile.read_bytes())
+    assert rc == 0 and out.splitlines()[-1] == "=> OK (step 12)", err
+    assert err == "reading the key file from the terminal; end it with Ctrl-D\n"
+    rc, out, err = _natt_on_a_terminal(["decap", "-", "-k", str(keyfile), "-o", str(tmp_path / "o.pcap")])
+    assert rc == 2 and out == "" and err.endswith(
+        "natt decap: error: IN: - reads a capture from standard input, which is a terminal here; pipe one in "
+        "(tcpdump -w - ... | natt ...) or name the file\n"), err
+    assert not (tmp_path / "o.pcap").exists()
+
+
 def test_explain_help_example_runs_on_a_demo_capture(tmp_path, capsys):
     """The example that takes a frame from a capture runs as printed (tshark 4.0 has no ip.raw field)."""
     if not os.path.exists("/bin/sh"):
