@@ -2825,14 +2825,16 @@ def pcap_walk(const uint8_t[::1] buf, Py_ssize_t start, Py_ssize_t len_at, Py_ss
     cdef bint bad_trailer = False
     if start < 0 or len_at < 0 or base < 0:
         raise ValueError("pcap_walk: negative start, len_at or base")
+    # No record starts, or is read, past the buffer; this also keeps every sum below far from
+    # overflowing (a start or len_at near PY_SSIZE_T_MAX made p + len_at + 4 wrap).
+    if start >= end or len_at >= end or base > end:
+        return np.empty(0, np.int64), start, False
     # The trailer is read at the record's last 4 octets: they must lie past its length field.
     if trailer and base + min_len < len_at + 8:
         raise ValueError("pcap_walk: with trailer, base + min_len must be at least len_at + 8")
-    cap = max((end - start) // max(base + min_len, 1) + 1, 1) if end > start else 1
+    cap = (end - start) // max(base + min_len, 1) + 1
     offsets = np.empty(cap, np.int64)
     cdef int64_t[::1] out = offsets
-    if end == 0:
-        return offsets[:0], p, False
     b = &buf[0]
     with nogil:
         while p + len_at + 4 <= end and n < cap:

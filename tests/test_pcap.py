@@ -987,6 +987,19 @@ def test_compiled_record_walk_equals_python_walk(sizes, tail, start, layout, big
     assert trailer or not c_bad
 
 
+@pytest.mark.skipif(pcap._c_walk is None, reason="no compiled core")
+@pytest.mark.parametrize(("start", "len_at", "base", "min_len"), [
+    (0, sys.maxsize, 0, 0), (0, sys.maxsize - 3, 0, 0), (sys.maxsize - 2, 4, 0, 12), (0, 4, sys.maxsize, 12),
+    (64, 4, 0, 12), (0, 64, 0, 12), (0, 8, 65, 0)])
+def test_compiled_walk_reads_nothing_past_the_buffer(start, len_at, base, min_len):
+    # A start or len_at near sys.maxsize made ``p + len_at + 4`` wrap, and the walk read far
+    # outside the buffer (a segfault).
+    buf = np.zeros(64, np.uint8)
+    for trailer in (False, True):
+        offs, stop, bad = pcap._c_walk(buf, start, len_at, base, min_len, False, True, trailer)
+        assert (offs.tolist(), stop, bad) == ([], start, False)
+
+
 @pytest.mark.parametrize("walk", ["C", "Python"])
 @pytest.mark.parametrize("big_endian", [False, True])
 @pytest.mark.parametrize("cut", [0, 4, 80])
