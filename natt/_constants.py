@@ -223,7 +223,6 @@ def _ndis_receive_info_array(status: np.ndarray, tunnel: Any) -> tuple[np.ndarra
     elif not isinstance(tunnel, (bool, np.bool_)):
         raise TypeError(f"tunnel: expected True or False or a bool array, got {shown(tunnel)}")
     table = np.array([_RECEIVE_INFO[s] for s in Status], np.uint32)
-    done = table[status, 0].astype(np.uint8)
-    crypto = table[status, 2]
-    crypto[(status == Status.AUTH_FAILED) & tunnel] = _CRYPTO_TUNNEL_ESP_AUTH_FAILED
-    return done, table[status, 1].astype(np.uint8), crypto
+    crypto = np.where((status == Status.AUTH_FAILED) & tunnel, np.uint32(_CRYPTO_TUNNEL_ESP_AUTH_FAILED),
+                      table[status, 2])
+    return table[status, 0].astype(np.uint8), table[status, 1].astype(np.uint8), crypto

@@ -1012,6 +1012,12 @@ def test_ndis_receive_info_of_an_array_is_the_table_per_element(dtype):
     done, next_done, crypto = natt.ndis_receive_info(status, tunnel)
     want = [[natt.ndis_receive_info(int(v), bool(tunnel[i, 0])) for v in row] for i, row in enumerate(status)]
     assert np.array_equal(np.stack([done, next_done, crypto], -1), np.array(want))
+    # A 0-d array is an array too (its three results are 0-d).
+    for v in Status:
+        for t in (False, True, np.array(True)):
+            got = natt.ndis_receive_info(np.array(v, dtype), t)
+            assert [(x.shape, x.dtype) for x in got] == [((), np.uint8), ((), np.uint8), ((), np.uint32)]
+            assert tuple(int(x) for x in got) == natt.ndis_receive_info(int(v), bool(t))
     for t in (True, np.False_):
         assert [tuple(x.tolist()) for x in natt.ndis_receive_info(status[0], t)] == [
             tuple(col) for col in zip(*[natt.ndis_receive_info(int(v), bool(t)) for v in status[0]])]
