@@ -391,7 +391,8 @@ def _run_capture(args: argparse.Namespace, specs: list[keyfile.SaSpec], directio
         suffix = os.path.splitext(args.output)[1].lower()
         other = {".pcap": "pcapng", ".pcapng": "pcap"}.get(suffix)
         if other == reader.format:
-            print(f"hint: -o {args.output} is written as {other}, the format of {args.input} "
+            source = "standard input" if args.input == "/dev/stdin" else args.input   # IN of -
+            print(f"hint: -o {args.output} is written as {other}, the format of {source} "
                   f"(natt keeps the input's format whatever the name)", file=sys.stderr)
         with _output_file(args.output, to_stdout, args.input) as f:
             with pcap.PcapWriter.like(reader, f, grow=grow) as writer, \
@@ -501,10 +502,20 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     specs = _load_keys(args.keys, args.mode)
-    # natt.dask opens the inputs only once the cluster is up, seconds later, and its OSError
-    # reads otherwise than natt decap's without a cluster.
-    for path in args.input:
-        _open_capture(path, pcap.MIN_CHUNK_SIZE).close()
+    if args.workers is not None:
+        # The local workers see this machine's files: open each input before the cluster starts
+        # (natt.dask does it seconds later, in other words than natt decap's). Workers map their
+        # ranges of it, so it must be a regular file: a FIFO read here is gone for them, and they
+        # waited for its writer forever. With --dask the inputs are where the workers are.
+        for path in args.input:
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                mode = stat.S_IFREG     # _open_capture names the error, as for a directory
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise UsageError(f"IN: {path} is not a regular file (a FIFO or a device); --workers splits "
+                                 "captures into ranges, which needs files")
+            _open_capture(path, pcap.MIN_CHUNK_SIZE).close()
     cluster = None
     try:
         if args.dask:
@@ -683,7 +694,8 @@ def shadow_hints(specs: Sequence[keyfile.SaSpec]) -> list[str]:
 
     def names(ks: list[int]) -> str:
         shown = ", ".join(specs[k].label() for k in ks[:3])
-        return shown + (f" and {len(ks) - 3} more SAs" if len(ks) > 3 else "")
+        more = len(ks) - 3
+        return shown + (f" and {more} more SA{'s' if more > 1 else ''}" if more > 0 else "")
 
     return [f"{names(ks)} {'carries' if len(ks) == 1 else 'carry'} no packet: {specs[j].label()} selects the "
             "same packets and comes first in the key file; give each SA its own inner_src / inner_dst "

@@ -945,6 +945,35 @@ def test_dask_refuses_an_unreadable_input_as_decap_does_before_starting_a_cluste
     assert not (tmp_path / "out").exists()
 
 
+def test_workers_refuse_a_fifo_input_and_dask_leaves_inputs_to_its_workers(scenario, tmp_path, capsys, monkeypatch):
+    # --workers: a FIFO's header read here was gone for the workers, which then waited for its
+    # writer forever. --dask: the captures are on the workers' storage, which this machine need
+    # not see (docs/dask.md), so they are not opened here.
+    distributed = pytest.importorskip("distributed")
+    cap, keyfile, *_ = scenario
+    fifo = tmp_path / "feed.pcap"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(distributed, "LocalCluster", lambda *a, **k: pytest.fail("started a cluster"))
+    feed = os.open(fifo, os.O_RDWR)         # held open and fed: code that reads it does not block
+    try:
+        os.write(feed, cap.read_bytes()[:4096])
+        rc, _, err = run(["decap", str(fifo), "-k", str(keyfile), "-o", str(tmp_path / "out"), "--workers", "1"]
+                         + BACKEND, capsys)
+    finally:
+        os.close(feed)
+    assert rc == 2 and err.endswith(f"natt decap: error: IN: {fifo} is not a regular file (a FIFO or a device); "
+                                    "--workers splits captures into ranges, which needs files\n"), err
+
+    def no_scheduler(*args, **kwargs):
+        raise OSError("no scheduler here")
+
+    monkeypatch.setattr(distributed, "Client", no_scheduler)
+    elsewhere = tmp_path / "on-the-workers" / "cap.pcap"
+    rc, _, err = run(["decap", str(elsewhere), "-k", str(keyfile), "-o", str(tmp_path / "out"), "--dask",
+                      "tcp://127.0.0.1:1"] + BACKEND, capsys)
+    assert (rc, err) == (1, "natt decap: cannot reach the Dask scheduler tcp://127.0.0.1:1: no scheduler here\n")
+
+
 def test_dask_reports_a_corrupt_capture_in_one_line_without_the_workers_log(scenario, tmp_path):
     pytest.importorskip("distributed")
     cap, keyfile, *_ = scenario
@@ -1132,7 +1161,7 @@ def test_encap_with_an_esp_sa_table_of_several_sas_hints_that_the_first_carries_
     rc, out, err = run(["encap", str(cap), "-k", str(key), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
     assert rc == 0
     assert err.splitlines() == [
-        "hint: spi=0x00001002 aes128gcm16, spi=0x00001003 aes128gcm16, spi=0x00001004 aes128gcm16 and 1 more SAs "
+        "hint: spi=0x00001002 aes128gcm16, spi=0x00001003 aes128gcm16, spi=0x00001004 aes128gcm16 and 1 more SA "
         "carry no packet: spi=0x00001001 aes128gcm16 selects the same packets and comes first in the key file; "
         "give each SA its own inner_src / inner_dst (tunnel) or src / dst (transport) in a JSON key file"]
 
@@ -1496,6 +1525,10 @@ def test_an_output_named_for_the_other_format_gets_a_hint(fmt, name, hint, tmp_p
     assert (rc, err) == (0, hint.format(out=out, cap=cap))
     with pcap.PcapReader(out) as r:
         assert r.format == fmt
+    with open(cap, "rb") as stdin:          # IN of -: named as the user named it
+        p = subprocess.run([sys.executable, "-m", "natt.cli", "decap", "-", "-k", str(keyfile), "-o", str(out)]
+                           + BACKEND, stdin=stdin, capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stderr) == (0, hint.format(out=out, cap="standard input"))
 
 
 @pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
