@@ -853,8 +853,8 @@ def loads(text: Union[str, bytes], *, mode: str = "tunnel") -> list[SaSpec]:
 # key file's place, ran the process out of memory.
 _MAX_KEY_FILE = 1 << 30
 _READ_CHUNK = 1 << 20
-# PowerShell's ">" writes UTF-16 with a byte order mark (UTF-32 starts the same way).
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# PowerShell's ">" writes UTF-16 with a byte order mark; little-endian UTF-32's starts the same.
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 _UTF16 = "UTF-16 or UTF-32 text (it starts with a byte order mark): save the key file as UTF-8"
 
 

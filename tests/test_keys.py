@@ -345,11 +345,11 @@ def test_load_stops_at_what_no_key_file_holds(tmp_path, monkeypatch):
 def test_utf16_key_file_is_named(tmp_path):
     # PowerShell's ">" saves UTF-16 with a byte order mark: it was "not a text file (invalid UTF-8)".
     text = keys.dumps([spec()])
-    for encoding in ("utf-16", "utf-16-be", "utf-32"):
+    for encoding in ("utf-16", "utf-16-be", "utf-32", "utf-32-be"):
         path = tmp_path / "k.json"
         octets = text.encode(encoding)
-        if encoding == "utf-16-be":
-            octets = b"\xfe\xff" + octets
+        if encoding.endswith("-be"):      # Python writes no byte order mark for these
+            octets = "\ufeff".encode(encoding) + octets
         path.write_bytes(octets)
         with pytest.raises(keys.KeyFileError, match=r"k.json: UTF-16 or UTF-32 text .*save the key file as UTF-8$"):
             keys.load(path)
