@@ -660,35 +660,32 @@ def choose_sa(specs: Sequence[keyfile.SaSpec], src: np.ndarray, dst: np.ndarray)
     for k, s in enumerate(specs):
         m = np.ones(src.size, bool)
         score = 0
-        if s.mode == "transport":
-            for addr, col in ((s.src, src), (s.dst, dst)):
-                if addr is not None:
-                    m &= col == int(ipaddress.IPv4Address(addr))
-                    score += 32
-        else:
-            for net, col in ((s.inner_src, src), (s.inner_dst, dst)):
-                if net is not None:
-                    n = ipaddress.IPv4Network(net)
-                    m &= (col & int(n.netmask)) == int(n.network_address)
-                    score += n.prefixlen
+        for n, col in zip(_selects(s), (src, dst)):
+            if n.prefixlen:
+                m &= (col & int(n.netmask)) == int(n.network_address)
+                score += n.prefixlen
         better = m & (score > best_score)
         best[better] = k
         best_score[better] = score
     return best
 
 
+def _selects(s: keyfile.SaSpec) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Network]:
+    """The (source, destination) networks of the inner packets outbound SA ``s`` may carry: a
+    transport SA's ``src`` and ``dst`` as hosts (/32: 32 bits each), a tunnel SA's ``inner_src``
+    and ``inner_dst``; unset = any (/0). The prefix lengths are :func:`choose_sa`'s score."""
+    ends = (s.src, s.dst) if s.mode == "transport" else (s.inner_src, s.inner_dst)
+    return ipaddress.IPv4Network(ends[0] or "0.0.0.0/0"), ipaddress.IPv4Network(ends[1] or "0.0.0.0/0")
+
+
 def shadow_hints(specs: Sequence[keyfile.SaSpec]) -> list[str]:
     """A hint for each outbound SA that :func:`choose_sa` can never pick: one earlier in the key
     file selects exactly the same packets (the tie goes to it). An ``esp_sa`` table names no
     inner networks, so all its tunnel SAs select every packet and the first carries them all."""
-    def selects(s: keyfile.SaSpec) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Network]:
-        ends = (s.src, s.dst) if s.mode == "transport" else (s.inner_src, s.inner_dst)
-        return (ipaddress.IPv4Network(ends[0] or "0.0.0.0/0"), ipaddress.IPv4Network(ends[1] or "0.0.0.0/0"))
-
     first: dict[tuple[ipaddress.IPv4Network, ipaddress.IPv4Network], int] = {}
     shadowed: dict[int, list[int]] = {}
     for k, s in enumerate(specs):
-        j = first.setdefault(selects(s), k)
+        j = first.setdefault(_selects(s), k)
         if j != k:
             shadowed.setdefault(j, []).append(k)
 
