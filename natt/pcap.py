@@ -1246,8 +1246,8 @@ class PcapReader:
         end = off.size                       # the blocks before this one are sound so far
         error: Optional[PcapError] = None
         # Each block's trailing length was checked by the walk (_walk, pcapng §3.1).
-        if not (types[:end] == _PCAPNG_EPB).all():
-            for i in np.nonzero(types[:end] == _PCAPNG_IDB)[0].tolist():
+        if not (types == _PCAPNG_EPB).all():
+            for i in np.nonzero(types == _PCAPNG_IDB)[0].tolist():
                 p = int(off[i])
                 blen = struct.unpack(o + "I", buf[p + 4: p + 8].tobytes())[0]
                 try:
