@@ -250,8 +250,21 @@ class BatchResult(_Segments):
     when a batch needs more room and otherwise allocates nothing.
     """
 
-    __slots__ = ("status", "sa", "seq", "next_header", "data", "offsets", "lengths",
-                 "_status", "_sa", "_seq", "_nh", "_data", "_offsets", "_lengths")
+    # A dict, so that help(res) and help(natt.DecapResult) say what each field holds: the
+    # public classes are the subclasses, which would otherwise list the names bare.
+    __slots__ = {
+        "status": "numpy uint8 array: each packet's natt.Status (natt.Status(res.status[i]) names it).",
+        "sa": "numpy int64 array: handle of the SA that handled each packet, 0 if none.",
+        "seq": "numpy uint64 array: each packet's full (ESN-inferred) sequence number, 0 if not parsed.",
+        "next_header": "numpy uint8 array: each packet's ESP next header (4 IPv4, 41 IPv6, 6 TCP...), "
+                       "0 if not reached.",
+        "data": "numpy uint8 array: the output buffer; packet i is data[offsets[i]:offsets[i] + lengths[i]] "
+                "(res[i]).",
+        "offsets": "numpy int64 array: where each output packet starts in data.",
+        "lengths": "numpy int64 array: each output packet's length in octets.",
+        "_status": None, "_sa": None, "_seq": None, "_nh": None, "_data": None, "_offsets": None,
+        "_lengths": None,
+    }
 
     def __init__(self) -> None:
         self._status = np.zeros(0, np.uint8)
@@ -319,13 +332,32 @@ class BatchResult(_Segments):
 
 
 class DecapResult(BatchResult):
-    """Result of :meth:`natt.Offload.decap`; output slot ``i`` is as long as input ``i``."""
+    """Result of :meth:`natt.Offload.decap`; output slot ``i`` is as long as input ``i``.
+
+    ``res[i]`` is packet ``i``'s output as bytes: the decrypted packet when
+    ``res.status[i] == Status.OK``, nothing for ``DUMMY``, and for every other
+    status the input packet unchanged (ESP, IKE, anything else): keep
+    ``res[res.status == Status.OK]`` for the cleartext. ``len(res)``, iteration
+    (bytes), slices, index arrays and boolean masks work as on a list;
+    ``res.counts()`` tallies the statuses; ``res.batch()`` is the output as a
+    :class:`PacketBatch`. Pass a result back as ``out=`` to reuse its buffers.
+    The per-packet arrays are listed below (help(natt.DecapResult)).
+    """
 
     __slots__ = ()
 
 
 class EncapResult(BatchResult):
-    """Result of :meth:`natt.Offload.encap`; output slot ``i`` is ``ENCAP_OVERHEAD`` longer than input ``i``."""
+    """Result of :meth:`natt.Offload.encap`; output slot ``i`` is ``ENCAP_OVERHEAD`` longer than input ``i``.
+
+    ``res[i]`` is packet ``i``'s output as bytes: the ESP-in-UDP packet when
+    ``res.status[i] == Status.OK``, nothing for ``SEQ_OVERFLOW``, and for
+    ``MALFORMED`` and ``ERROR`` the input unchanged, which here is the
+    *cleartext* inner packet: send only ``res[res.status == Status.OK]``.
+    ``sa`` and ``next_header`` are set only on ``OK``. Otherwise as
+    :class:`DecapResult`: ``len``, iteration, slices and masks, ``counts()``,
+    ``batch()`` (a :class:`PacketBatch` to pass to ``decap``), ``out=``.
+    """
 
     __slots__ = ()
 

@@ -120,7 +120,32 @@ class IntegrityAlgo(_Named):
 
 
 class Status(_Named):
-    """Per-packet result of ``decap`` / ``encap`` (uint8, fixed numbering)."""
+    """Per-packet result of ``decap`` / ``encap`` (uint8, fixed numbering).
+
+    ``res.status`` holds the numbers; ``Status(res.status[i])`` names one, and
+    ``res.counts()`` tallies a batch. What each means, and what ``res[i]`` then holds
+    (docs/semantics.md has the exact rules and the order decap tries them in):
+
+    - ``OK`` (0): decap: ICV verified, decrypted, padding checked; output the inner
+      packet. encap: output the ESP-in-UDP packet.
+    - ``NOT_ESP`` (1): not IPv4/UDP to a parser entry's port; input unchanged.
+    - ``IKE`` (2): an IKE message on an encapsulation port; input unchanged.
+    - ``KEEPALIVE`` (3): a NAT keepalive (one 0xFF octet); input unchanged.
+    - ``FRAGMENT`` (4): an outer IPv4 fragment, not processed; input unchanged.
+    - ``NO_SA`` (5): no inbound SA for this SPI (and destination) on that port; input unchanged.
+    - ``MALFORMED`` (6): lengths, header fields or padding inconsistent (encap: the inner
+      packet is not a datagram the SA can carry); input unchanged.
+    - ``AUTH_FAILED`` (7): ICV or AEAD tag mismatch (wrong key, corrupted); input unchanged.
+    - ``REPLAY`` (8): sequence number already seen or left of the window; input unchanged.
+    - ``DUMMY`` (9): next header 59, a dummy packet, verified and dropped; output empty.
+    - ``PROTOCOL`` (10): next header not allowed for the SA's mode (tunnel: IPv4 or IPv6 only);
+      input unchanged.
+    - ``SEQ_OVERFLOW`` (11): encap: the SA's sequence number would wrap (rekey); output empty.
+    - ``ERROR`` (12): internal failure (the crypto library failed); input unchanged.
+
+    Only ``OK`` outputs are cleartext (decap) or safe to send (encap: a failed packet's
+    "input unchanged" is the cleartext inner packet).
+    """
 
     OK = 0
     NOT_ESP = 1

@@ -643,3 +643,19 @@ def test_one_packet_where_packets_belong_is_refused_not_split_into_octets(nic):
     with pytest.raises(TypeError, match=r"^packets\[1\]: a numpy uint8 scalar is not a packet$"):
         PacketBatch.from_packets([one, one[0]])
     assert len(nic.decap(np.stack([one, one]))) == 2                 # rows of a 2-D array are packets
+
+
+def test_help_on_a_result_says_what_each_field_and_status_means():
+    """A REPL user reads ``help(res)``: the public result classes inherit their fields from
+    BatchResult, so the fields' own docs are all that help() shows of them."""
+    import inspect
+    import pydoc
+    for cls in (natt.DecapResult, natt.EncapResult):
+        text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+        for field in ("status", "sa", "seq", "next_header", "data", "offsets", "lengths"):
+            doc = inspect.getdoc(getattr(cls, field))
+            assert doc and doc.startswith("numpy ") and doc in text.replace("\n |      ", " "), (cls, field)
+        assert "Status.OK" in (cls.__doc__ or "") and "unchanged" in (cls.__doc__ or "")
+    doc = Status.__doc__ or ""
+    for s in Status:
+        assert f"``{s.name}`` ({s.value}): " in doc, s
