@@ -76,7 +76,11 @@ class _Segments:
             except TypeError:
                 raise TypeError(f"packet index: an integer, a slice, indices or a boolean mask, "
                                 f"got {type(i).__name__}") from None
-        o = int(self.offsets[i])
+        try:
+            o = int(self.offsets[i])
+        except IndexError:
+            # numpy's own message speaks of "axis 0": say it in packets, as an index array does.
+            raise IndexError(f"packet index {i} out of range for {len(self)} packets") from None
         return self.data[o: o + int(self.lengths[i])].tobytes()
 
     def _picked(self, a: np.ndarray) -> list[int]:

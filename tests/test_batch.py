@@ -521,7 +521,7 @@ def test_counts_and_indexing(nic):
     assert res[3] == enc[0]                              # REPLAY: input unchanged
     assert list(res) == [res[i] for i in range(6)]
     assert res.sa.tolist() == [in_h, 0, 0, in_h, in_h, 0]
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"^packet index 6 out of range for 6 packets$"):
         res[6]
     # The output batch is a valid PacketBatch over the result's buffer.
     ob = res.batch()
@@ -604,8 +604,10 @@ def test_batches_and_results_index_and_slice_like_lists():
     assert batch[np.int64(1)] == b"cde"
     for s in (slice(None), slice(1, 3), slice(None, None, -1), slice(3, 0, -2), slice(9, 12)):
         assert batch[s] == packets[s], s
-    with pytest.raises(IndexError):
-        batch[4]
+    # One index past the end is named as an index array's is, not as numpy's "axis 0".
+    for i in (4, -5, np.int64(4)):
+        with pytest.raises(IndexError, match=rf"^packet index {int(i)} out of range for 4 packets$"):
+            batch[i]
     with pytest.raises(TypeError, match="packet index: an integer, a slice, indices or a boolean mask, got str"):
         batch["0"]
     res = natt.Offload(backend="reference").decap(batch)      # not ESP: each packet comes back as it was
