@@ -374,7 +374,7 @@ class Offload:
                                             f"the algorithm needs {want}")
         key_mat = req.key_mat
         if not isinstance(key_mat, (bytes, bytearray, memoryview)):
-            raise _Reject(INVALID_DATA, f"key_mat: expected bytes, got {type(key_mat).__name__}")
+            raise _Reject(INVALID_DATA, f"key_mat: expected bytes, got {type(key_mat).__name__}{_hex_hint(key_mat)}")
         try:
             objects = isinstance(key_mat, memoryview) and key_mat.format == "O"
         except ValueError:          # a released memoryview
@@ -706,7 +706,7 @@ class Offload:
                 key = memoryview(cast(Any, key))      # numpy's stubs do not call ndarray a Buffer
             except (TypeError, ValueError):
                 raise OffloadError(NdisStatus.INVALID_DATA, f"key: expected bytes, got {type(key).__name__}"
-                                   + (" of Python objects" if isinstance(key, np.ndarray) else "")) from None
+                                   + (" of Python objects" if isinstance(key, np.ndarray) else _hex_hint(key))) from None
         try:
             n = memoryview(key).nbytes      # octets, whatever the item size of a memoryview
         except ValueError:                  # a released memoryview
@@ -1005,6 +1005,14 @@ def _pythonic_field(message: str) -> str:
         if message.startswith(oid_name + ":"):
             return arg + message[len(oid_name):]
     return message
+
+
+def _hex_hint(key: Any) -> str:
+    """What to do with a key given as text: key files and ``ip xfrm state`` print keys in hex,
+    which is what a string in a key field most likely holds (never quoted: it may be the key)."""
+    if isinstance(key, str):
+        return " (a key in hex? pass bytes.fromhex(...))"
+    return ""
 
 
 def _as_int(value: Any) -> Optional[int]:

@@ -1018,7 +1018,7 @@ def test_add_sa_measures_a_key_in_octets_whatever_its_item_size(backend: str) ->
         assert e.value.status is NS.INVALID_DATA and counts(nic) == (1, 1)
 
 
-def test_add_sa_takes_a_key_in_any_buffer_and_its_words_in_any_case(backend: str) -> None:
+def test_add_sa_takes_a_key_in_any_buffer_and_its_words_in_any_case(backend: str, caplog) -> None:
     # suite and encap took any case, direction, mode and df_bit only lower case; memoryview(a) of a
     # numpy array was a key, the array itself not.
     key = np.arange(40, dtype=np.uint8)[::2]                    # not even contiguous
@@ -1031,8 +1031,17 @@ def test_add_sa_takes_a_key_in_any_buffer_and_its_words_in_any_case(backend: str
         assert (nic.sa_stats(tx)["df_bit"], nic.sa_stats(rx)["direction"]) == ("set", "in")
         res = nic.decap(nic.encap([inner], tx).batch())
         assert res.status.tolist() == [Status.OK] and res[0] == inner
-        with pytest.raises(natt.OffloadError, match=r"^key: expected bytes, got str \(INVALID_DATA\)$"):
+        # A string is most likely the key in hex, as key files and ip xfrm print it: say how to
+        # pass it, without quoting it.
+        hint = r" \(a key in hex\? pass bytes\.fromhex\(\.\.\.\)\)"
+        with pytest.raises(natt.OffloadError, match=rf"^key: expected bytes, got str{hint} \(INVALID_DATA\)$"):
             nic.add_sa(0x1002, "k" * 20, "aes128gcm16", "in", mode="transport")
+        req = natt.AddUdpEspSa(key_mat="ab" * 20, sec_assoc=[natt.OffloadSecurityAssociation(
+            natt.Operation.ENCRYPT, 0x1003, conf_algo=natt.AlgoInfo(natt.ConfAlgo.AES_GCM_128, 20))])
+        with caplog.at_level(logging.DEBUG, logger="natt"):
+            assert nic.set_oid(natt.OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req) is NS.INVALID_DATA
+        assert "add refused: key_mat: expected bytes, got str (a key in hex? pass bytes.fromhex(...))" in caplog.text
+        assert "ab" * 20 not in caplog.text
         # Its buffer holds 8 addresses: 64 octets, an aes256-sha256 key's length.
         objects = np.array([b"k"] * 8, dtype=object)
         with pytest.raises(natt.OffloadError, match=r"^key: expected bytes, got ndarray of Python objects "):
