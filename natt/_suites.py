@@ -163,8 +163,33 @@ def parse_suite(text: str) -> tuple[Suite, bool]:
             name = f"{base}gcm{icv_octets}"
     suite = SUITES.get(name)
     if suite is None:
-        raise ValueError(f"suite: unknown ESP proposal {shown(text)}; natt knows {', '.join(suite_names())}")
+        respelled = _respelled(text)
+        hint = f" (did you mean {respelled!r}?)" if respelled else ""
+        raise ValueError(f"suite: unknown ESP proposal {shown(text)}{hint}; natt knows {', '.join(suite_names())}")
     return suite, esn
+
+
+def _squashed(text: str) -> str:
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+# Keyword by its letters and digits alone, for the hint of parse_suite: OpenSSL, Linux and
+# other IKE daemons spell the same transforms with other separators ("aes-128-gcm-16",
+# "chacha20-poly1305", "aes128_sha1"). Only a match of every letter and digit is suggested: a
+# nearest match could name another ICV length or hash, which would fail every packet.
+_BY_SQUASHED = {_squashed(n): n for n in SUITES} | {
+    _squashed(n.removesuffix("16")): n for n in SUITES if SUITES[n].cipher is Cipher.AES_GCM and n.endswith("gcm16")}
+
+
+def _respelled(text: str) -> str | None:
+    """The keyword ``text`` spells with other separators (``-esn`` kept), or None."""
+    squashed = _squashed(text)
+    for suffix in ("noesn", "esn", ""):
+        if squashed.endswith(suffix):
+            name = _BY_SQUASHED.get(squashed[:len(squashed) - len(suffix)])
+            if name is not None:
+                return f"{name}-{suffix}" if suffix else name
+    return None
 
 
 def suite_for_algos(conf_algo: int, integ_algo: int) -> Suite | None:

@@ -923,6 +923,23 @@ def test_add_sa_suite_spellings(backend: str) -> None:
             assert (s["suite"], s["esn"]) == (name, esn), text
 
 
+def test_a_suite_spelled_with_other_separators_is_refused_with_the_keyword_it_spells() -> None:
+    # OpenSSL and Linux write "aes-128-gcm", "chacha20-poly1305": the hint names the keyword, and
+    # only one that every letter and digit matches (a nearest match could be another ICV or hash).
+    for text, hint in (("aes128-gcm16", "aes128gcm16"), ("chacha20-poly1305", "chacha20poly1305"),
+                       ("AES-128-GCM-ESN", "aes128gcm16-esn"), ("aes128_sha1", "aes128-sha1"),
+                       ("aes_256_sha2_256", None), ("aes-gcm-128", None), ("rot13", None)):
+        with pytest.raises(ValueError) as e:
+            parse_suite(text)
+        message = str(e.value)
+        assert message.startswith(f"suite: unknown ESP proposal {text!r}"
+                                  + (f" (did you mean {hint!r}?); natt knows " if hint else "; natt knows ")), message
+    with natt.Offload(backend="reference") as nic:
+        with pytest.raises(natt.OffloadError, match=r"^suite: unknown ESP proposal 'aes-128-gcm-16' "
+                                                    r"\(did you mean 'aes128gcm16'\?\); natt knows "):
+            nic.add_sa(0x1001, bytes(20), "aes-128-gcm-16", "in", mode="transport")
+
+
 def test_add_sa_takes_the_framing_by_name(backend: str) -> None:
     # Like direction and mode, and as key files spell it.
     with natt.Offload(backend=backend) as nic:
