@@ -775,7 +775,26 @@ class Offload:
             raise
 
     def sa_stats(self, handle: SupportsIndex) -> dict[str, Any]:
-        """Counters and settings of one SA, like ``ip -s xfrm state`` (never any key)."""
+        """Counters and settings of one SA, like ``ip -s xfrm state`` (never any key).
+
+        Settings: ``handle``, ``spi``, ``direction`` ("in"/"out"), ``mode``
+        ("tunnel"/"transport"), ``suite`` (its canonical keyword), ``esn``,
+        ``replay_window``, ``encap`` ("OTHER"/"IKE"), ``port`` and ``entry_handle``
+        (the parser entry; 0 for an outbound SA), ``df_bit``.
+
+        Counters since the SA was added, by the status of the packets it handled:
+        ``packets`` (decap: OK and DUMMY; encap: OK), ``bytes`` (decap: output
+        octets of OK packets; encap: input octets of OK packets), ``auth_failures``,
+        ``replays``, ``malformed``, ``dummy``, ``protocol``, ``seq_overflows``,
+        ``errors``, and ``esn_resyncs`` (packets an ESN SA authenticated only by the
+        RFC 4303 Appendix A3 retry). Packets refused before an SA was found (NOT_ESP,
+        NO_SA, ...) count nowhere here: ``res.counts()`` has them.
+
+        Sequence state: ``replay_seq`` (inbound: the highest number authenticated),
+        ``replay_fail_run`` (inbound ESN: consecutive AUTH_FAILED packets) and
+        ``replay_oseq`` (outbound: the last number sent), what ``add_sa`` takes under
+        the same names to move the SA to another instance (see :meth:`replay_state`).
+        """
         with self._lock:
             self._check_open()
             cfg = self._sa(handle)

@@ -962,6 +962,16 @@ def test_counters(nic):
     assert not any(isinstance(v, (bytes, bytearray)) for v in st_.values())
 
 
+def test_sa_stats_docstring_names_every_key(nic):
+    """help(nic.sa_stats) is where a REPL user looks up what a counter counts."""
+    h, _ = add_in(nic)
+    out = nic.add_sa(SPI + 1, bytes(20), "aes128gcm16", "out", mode="transport")
+    doc = natt.Offload.sa_stats.__doc__ or ""
+    for handle in (h, out):
+        missing = [k for k in nic.sa_stats(handle) if f"``{k}``" not in doc]
+        assert not missing, missing
+
+
 @pytest.mark.parametrize("status", list(Status))
 @pytest.mark.parametrize("tunnel", [False, True])
 def test_ndis_receive_info_table(status, tunnel):
