@@ -2,14 +2,19 @@
 
 from typing import ClassVar
 
+from typing_extensions import disjoint_base
+
 import numpy as np
 import numpy.typing as npt
 
 from ._backend import COUNTER_NAMES as COUNTER_NAMES
+from ._backend import ESN_RESYNC_LIMIT as ESN_RESYNC_LIMIT
+from ._backend import ESN_RESYNC_TRIGGER as ESN_RESYNC_TRIGGER
 from ._backend import SaConfig
 from ._batch import DecapResult, EncapResult, PacketBatch
 from ._constants import UdpEncapType
 
+@disjoint_base  # a cdef class: its C struct layout cannot be combined with another's
 class FastBackend:
     """Cython/OpenSSL implementation of :class:`natt._backend.Backend`."""
 

@@ -776,3 +776,21 @@ def test_mypy_finds_nothing_in_natt_and_typed_callers_may_pass_key_buffers(tmp_p
     assert len(lines) == 1 and lines[0].endswith(
         f'{bad.name}:3: error: Argument "key_mat" to "AddUdpEspSa" has incompatible type "str"; '
         'expected "bytes | bytearray | memoryview[int]"  [arg-type]'), out
+
+
+def test_the_fast_path_stub_matches_the_compiled_module(tmp_path):
+    """``natt/_fastpath.pyi`` is what type checkers see of the extension: ``mypy.stubtest`` compares
+    it with the module as built. Allowed are only the names Cython adds to every module."""
+    pytest.importorskip("mypy.stubtest", reason="mypy comes with the test extra: pip install '.[test]'")
+    pytest.importorskip("natt._fastpath", reason="the compiled extension is not built")
+    allowlist = tmp_path / "allowlist.txt"
+    allowlist.write_text("natt._fastpath.__reduce_cython__\nnatt._fastpath.__setstate_cython__\n"
+                         "natt._fastpath.__test__\n")
+    # From tmp_path with natt's parent first on the path: the natt under test, not a copy beside it.
+    env = {**os.environ, "PYTHONPATH": str(Path(natt.__file__).resolve().parents[1])}
+    # --ignore-unused-allowlist: whether Cython adds those names depends on its version.
+    run = subprocess.run([sys.executable, "-m", "mypy.stubtest", "natt._fastpath", "--allowlist", str(allowlist),
+                          "--ignore-unused-allowlist",
+                          "--mypy-config-file", str(Path(natt.__file__).resolve().parents[1] / "pyproject.toml")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
