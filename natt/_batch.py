@@ -180,8 +180,8 @@ class PacketBatch(_Segments):
         return f"PacketBatch({_count(n, 'packet')}, {_count(int(self.lengths.sum()) if n else 0, 'octet')})"
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def _count(n: int, noun: str, plural: str = "") -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
 def _refuse_one_packet(packets: Any) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Optional, SupportsIndex, Union, cast
 import numpy as np
 
 from ._backend import Backend, SaConfig, wipe_key
-from ._batch import ENCAP_OVERHEAD, BatchResult, DecapResult, EncapResult, PacketBatch, as_batch
+from ._batch import ENCAP_OVERHEAD, BatchResult, DecapResult, EncapResult, PacketBatch, _count, as_batch
 from ._constants import (
     DF_BIT_MODES,
     OFFLOAD_INBOUND_SA,
@@ -243,7 +243,8 @@ class Offload:
                         "save the SA set with natt.keys instead")
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._sas)} SAs, {len(self._entries)} parser entries"
+        state = "closed" if self._closed else (f"{_count(len(self._sas), 'SA')}, "
+                                               f"{_count(len(self._entries), 'parser entry', 'parser entries')}")
         return f"<natt.Offload backend={self.backend!r} {state}>"
 
     def _check_open(self) -> None:

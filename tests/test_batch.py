@@ -213,6 +213,10 @@ def test_reprs_count_in_the_singular_and_plural():
     assert repr(PacketBatch.from_packets([b"x"])) == "PacketBatch(1 packet, 1 octet)"
     assert repr(PacketBatch.from_packets([b"xy", b"z"])) == "PacketBatch(2 packets, 3 octets)"
     assert repr(natt.Offload().decap([b"x"])) == "DecapResult(1 packet: NOT_ESP=1)"
+    with natt.Offload(backend="reference") as nic:
+        assert repr(nic) == "<natt.Offload backend='reference' 0 SAs, 0 parser entries>"
+        nic.add_sa(1, bytes(20), "aes128gcm16", "in", mode="transport")
+        assert repr(nic) == "<natt.Offload backend='reference' 1 SA, 1 parser entry>"
 
 
 # --------------------------------------------------------------------------- through the data path
