@@ -203,7 +203,11 @@ def _octets(i: int, p: Any) -> memoryview:
     try:
         v = memoryview(p)
     except TypeError:
-        raise TypeError(f"packets[{i}]: expected a bytes-like packet, got {type(p).__name__}") from None
+        # A packet object of a library (scapy's IP(), Ether()) converts with bytes(), which natt does
+        # not do for it: an Ether() would give the link header too, and natt wants the IPv4 datagram.
+        hint = (" (convert it: bytes() of the IPv4 datagram, e.g. bytes(p[IP]) for a scapy packet)"
+                if hasattr(type(p), "__bytes__") else "")
+        raise TypeError(f"packets[{i}]: expected a bytes-like packet, got {type(p).__name__}{hint}") from None
     except ValueError:
         raise ValueError(f"packets[{i}]: cannot be read (a released memoryview?)") from None
     return v.cast("B") if v.c_contiguous else memoryview(v.tobytes())

@@ -194,12 +194,19 @@ def test_from_packets_takes_raw_octets_of_any_numpy_array():
 
 
 def test_from_packets_refuses_non_bytes_naming_the_packet():
-    with pytest.raises(TypeError, match=r"^packets\[1\]: expected a bytes-like packet, got str"):
+    with pytest.raises(TypeError, match=r"^packets\[1\]: expected a bytes-like packet, got str$"):
         PacketBatch.from_packets([b"ok", "text is not a packet"])
     with pytest.raises(TypeError, match=r"^packets\[1\]: expected a bytes-like packet, got int"):
         PacketBatch.from_packets([b"ok", 17])
     with pytest.raises(TypeError, match=r"^packets\[0\]: a numpy array of Python objects"):
         PacketBatch.from_packets([np.array([b"ab"], dtype=object)])
+
+    class Frame:            # a packet library's object (scapy's Ether(), IP()): bytes() gives its octets
+        def __bytes__(self) -> bytes:
+            return b"\x45" + bytes(19)
+    with pytest.raises(TypeError, match=r"^packets\[1\]: expected a bytes-like packet, got Frame \(convert it: "
+                                        r"bytes\(\) of the IPv4 datagram, e\.g\. bytes\(p\[IP\]\) for a scapy packet\)$"):
+        PacketBatch.from_packets([b"ok", Frame()])
 
 
 @pytest.mark.parametrize("packets, kind", [("abc", "str"), (None, "NoneType"), (17, "int")])
