@@ -271,7 +271,7 @@ class BatchResult(_Segments):
         "offsets": "numpy int64 array: where each output packet starts in data.",
         "lengths": "numpy int64 array: each output packet's length in octets.",
         "_status": None, "_sa": None, "_seq": None, "_nh": None, "_data": None, "_offsets": None,
-        "_lengths": None,
+        "_lengths": None, "_views": None,
     }
 
     def __init__(self) -> None:
@@ -284,6 +284,7 @@ class BatchResult(_Segments):
         self._data = np.zeros(0, np.uint8)
         self.status, self.sa, self.seq, self.next_header = self._status, self._sa, self._seq, self._nh
         self.offsets, self.lengths, self.data = self._offsets, self._lengths, self._data
+        self._views = (self.status, self.sa, self.seq, self.next_header, self.offsets, self.lengths, self.data)
 
     def _prepare(self, batch: PacketBatch, slot_extra: int) -> None:
         """Size the result for ``batch``: slot ``i`` holds ``lengths[i] + slot_extra`` octets."""
@@ -307,9 +308,16 @@ class BatchResult(_Segments):
             except BaseException:
                 self._clear()           # the offsets are laid out already
                 raise
-        status, data = self.status, self.data
+        views = self._views
+        status, data = views[0], views[6]
         if status.size == n and data.size == nbytes and status.base is self._status and data.base is self._data:
-            return      # steady state (one call per packet): the views from the last call still fit
+            # Steady state (one call per packet): the views from the last call still fit. Put
+            # back all of them, not only those found unchanged: the kernels write where
+            # out.offsets says and into the arrays the attributes name, so a view the caller
+            # rebound (res.offsets = res.offsets.copy(), one array aliasing another) would keep
+            # a stale layout, and a packet's output would overwrite the next one's under OK.
+            (self.status, self.sa, self.seq, self.next_header, self.offsets, self.lengths, self.data) = views
+            return
         self.status = self._status[:n]
         self.sa = self._sa[:n]
         self.seq = self._seq[:n]
@@ -317,6 +325,7 @@ class BatchResult(_Segments):
         self.offsets = self._offsets[:n]
         self.lengths = self._lengths[:n]
         self.data = self._data[:nbytes]
+        self._views = (self.status, self.sa, self.seq, self.next_header, self.offsets, self.lengths, self.data)
 
     def _clear(self) -> None:
         """Show no packets: after a call that raised, the views would describe a batch that was

@@ -356,6 +356,26 @@ def test_out_reuse_grows_and_shrinks(nic):
     assert len(eres) == 1 and nic.decap([eres[0]]).status.tolist() == [Status.OK]
 
 
+@pytest.mark.parametrize("rebind", [
+    lambda r: setattr(r, "offsets", r.offsets.copy()),           # a stale copy of the layout
+    lambda r: setattr(r, "next_header", r.status),               # two results in one array
+])
+def test_out_whose_views_the_caller_rebound_is_laid_out_again(nic, rebind):
+    # Same packet count and total size as the last batch, so _prepare's steady-state shortcut
+    # applies: it once kept a rebound offsets array, and packet 0's 90 octets, written at the
+    # old slot of 10, were overwritten by packet 1's (status NOT_ESP, "input unchanged").
+    first = [b"\x11" * 10, b"\x22" * 90]
+    second = [b"\x33" * 90, b"\x44" * 10]
+    res = nic.decap(first)
+    rebind(res)
+    assert nic.decap(second, out=res) is res
+    assert res.status.tolist() == [Status.NOT_ESP] * 2 and list(res) == second
+    assert res.next_header.tolist() == [0, 0] and res.sa.tolist() == [0, 0]
+    assert res.offsets.tolist() == [0, 90] and res.lengths.tolist() == [90, 10]
+    ours = [res.status, res.sa, res.seq, res.next_header, res.offsets, res.lengths, res.data]
+    assert not any(np.shares_memory(a, b) for k, a in enumerate(ours) for b in ours[k + 1:])
+
+
 def test_a_new_results_slot_tails_hold_nothing_but_the_packets_own_trailer(nic):
     # A decap slot is as long as its input; the octets after the output belong to no packet,
     # and a buffer fresh from the allocator may hold anything the process freed before. The
