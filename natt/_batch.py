@@ -403,6 +403,11 @@ def _layout_slots_numpy(batch_offsets: Any, batch_lengths: Any, batch_data: Any,
             raise ValueError("out: this result's buffers hold the input packets (out=res with "
                              "res.batch(), or a view into them); pass another result, or copy "
                              "the batch first")
+    if not (offsets.dtype == np.int64 and offsets.flags.c_contiguous and offsets.flags.aligned
+            and offsets.flags.writeable and offsets.size >= batch_offsets.size):
+        raise ValueError("offsets: must be a writable, aligned, C-contiguous int64 array as long as the batch")
+    if not 0 <= slot_extra <= _MAX_SEGMENT:
+        raise ValueError(f"slot_extra: {slot_extra} is outside 0..{_MAX_SEGMENT}")
     n = batch_lengths.size
     if not n:
         return 0
@@ -410,6 +415,11 @@ def _layout_slots_numpy(batch_offsets: Any, batch_lengths: Any, batch_data: Any,
     # validated: clamp them to the buffer, so that a bad length costs that packet an ERROR (the
     # kernels re-check every segment), not a huge allocation.
     size: int = batch_data.size
+    if n * (size + slot_extra) >= 1 << 63:
+        # Only then can the int64 sums below wrap (segments may overlap: n slots of a whole
+        # buffer each are a valid batch); they must not wrap into a total too small for them.
+        if sum(min(max(ln, 0), size) for ln in batch_lengths.tolist()) + n * slot_extra >= 1 << 63:
+            raise ValueError("batch: its output slots add up to 2**63 octets or more")
     offsets[0] = 0
     np.clip(batch_lengths[:n - 1], 0, size, out=offsets[1:n])
     np.cumsum(offsets[1:n], out=offsets[1:n])

@@ -61,7 +61,7 @@ phases (the results are identical to
    between, so the phases overlap and a chunk's packets are still in cache.
 """
 
-from libc.stdint cimport UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport INT64_MAX, UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset, strchr, strlen
 
@@ -225,6 +225,7 @@ cdef enum:
     NATT_GIL_HOLD_PACKETS = 4    # a serial batch this small may run with the GIL held (natt_brief)
     NATT_GIL_HOLD_OCTETS = 2048  # ... if its packets add up to no more octets than this
     NATT_LAYOUT_GIL_HOLD = 4096  # layout_slots lays out this many slots with the GIL held
+    NATT_MAX_SLOT_EXTRA = 2147483647    # layout_slots' slot_extra: at most a segment's length
 
 # natt.Status (fixed numbering, docs/semantics.md §1)
 cdef enum:
@@ -2725,9 +2726,16 @@ def layout_slots(batch_offsets, batch_lengths, batch_data, cnp.ndarray data, cnp
     bl = natt_arr(batch_lengths, "batch.lengths", cnp.NPY_INT64, n, False, &ptr, &size)
     cdef const int64_t *src = <const int64_t *>ptr
     bd = natt_arr(batch_data, "batch.data", cnp.NPY_UINT8, -1, False, &ptr, &size)
+    # Written below through int64_t *: a read-only array (np.frombuffer of bytes, a read-only
+    # mmap) was written all the same, or the process died of SIGSEGV.
     if (cnp.PyArray_TYPE(offsets) != cnp.NPY_INT64 or not cnp.PyArray_IS_C_CONTIGUOUS(offsets)
+            or not cnp.PyArray_ISALIGNED(offsets) or not cnp.PyArray_ISWRITEABLE(offsets)
             or cnp.PyArray_SIZE(offsets) < n):
-        raise ValueError("offsets: must be a C-contiguous int64 array as long as the batch")
+        raise ValueError("offsets: must be a writable, aligned, C-contiguous int64 array as long as the batch")
+    if not 0 <= slot_extra <= NATT_MAX_SLOT_EXTRA:
+        # _prepare passes 0 or ENCAP_OVERHEAD; a negative one made negative slots, a huge one
+        # wrapped the total around int64.
+        raise ValueError(f"slot_extra: {slot_extra} is outside 0..{NATT_MAX_SLOT_EXTRA}")
     # Pointers and sizes in C arrays, each computed once (PyArray_NBYTES multiplies out the
     # shape), not a loop over tuples of arrays: at a batch of one that loop cost a quarter of
     # this call.
@@ -2746,15 +2754,20 @@ def layout_slots(batch_offsets, batch_lengths, batch_data, cnp.ndarray data, cnp
                                  "the batch first")
     cdef int64_t *dst = <int64_t *>cnp.PyArray_DATA(offsets)
     if n <= NATT_LAYOUT_GIL_HOLD:       # shorter than releasing the GIL takes (natt_brief)
-        return natt_layout(dst, src, n, size, slot_extra)
-    with nogil:
         total = natt_layout(dst, src, n, size, slot_extra)
+    else:
+        with nogil:
+            total = natt_layout(dst, src, n, size, slot_extra)
+    if total < 0:
+        raise ValueError("batch: its output slots add up to 2**63 octets or more")
     return total
 
 
 cdef int64_t natt_layout(int64_t *dst, const int64_t *src, int64_t n, int64_t size,
                          int64_t slot_extra) noexcept nogil:
-    """layout_slots' loop: slot offsets into ``dst``; returns the octets the slots take."""
+    """layout_slots' loop: slot offsets into ``dst``; returns the octets the slots take, or -1
+    if that is more than int64 holds (segments may overlap, so n slots of a whole buffer each
+    are a valid batch; the sum must not wrap into a small buffer that the slots overrun)."""
     cdef int64_t i, ln, pos = 0
     for i in range(n):
         dst[i] = pos
@@ -2763,6 +2776,8 @@ cdef int64_t natt_layout(int64_t *dst, const int64_t *src, int64_t n, int64_t si
             ln = 0
         elif ln > size:
             ln = size
+        if pos > INT64_MAX - ln - slot_extra:
+            return -1
         pos += ln + slot_extra
     return pos
 

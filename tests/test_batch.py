@@ -527,6 +527,43 @@ def test_compiled_slot_layout_equals_numpy_layout(slot_extra):
         assert messages[0] == messages[1]
 
 
+def test_slot_layout_refuses_what_it_cannot_write_or_sum():
+    # layout_slots writes the offsets through int64_t *: a read-only array was written anyway
+    # (one on a read-only mmap killed the process); a negative slot_extra made negative slots.
+    from natt._fastpath import layout_slots
+    batch = PacketBatch.from_packets([b"abc", b"de"])
+    ro = np.full(2, -1, np.int64)
+    ro.flags.writeable = False
+    for layout in (layout_slots, _batch._layout_slots_numpy):
+        with pytest.raises(ValueError, match="^offsets: must be a writable"):
+            layout(batch.offsets, batch.lengths, batch.data, np.zeros(0, np.uint8), ro, np.zeros(0, I64), 0)
+        assert ro.tolist() == [-1, -1]
+        for extra in (-1, 2**31, 2**63 - 1):
+            with pytest.raises(ValueError, match="^slot_extra: "):
+                layout(batch.offsets, batch.lengths, batch.data, np.zeros(0, np.uint8), np.zeros(2, I64),
+                       np.zeros(0, I64), extra)
+
+
+def test_slot_layout_refuses_a_total_past_int64(tmp_path):
+    # Overlapping segments: 2**20 + 1 slots, each of a whole 8 TiB buffer (a sparse file), add
+    # up to more than 2**63 octets. The sum wrapped to a negative (or a small) total before.
+    from natt._fastpath import layout_slots
+    size = 1 << 43
+    path = tmp_path / "sparse"
+    try:
+        with open(path, "wb") as f:
+            f.truncate(size)
+        data = np.memmap(path, np.uint8, "r", shape=(size,))
+    except (OSError, ValueError, OverflowError) as e:
+        pytest.skip(f"no 8 TiB sparse file here: {e}")
+    n = (1 << 20) + 1
+    offsets, lengths = np.zeros(n, I64), np.full(n, size, I64)
+    for layout in (layout_slots, _batch._layout_slots_numpy):
+        with pytest.raises(ValueError, match=r"^batch: its output slots add up to 2\*\*63"):
+            layout(offsets, lengths, data, np.zeros(0, np.uint8), np.zeros(n, I64), np.zeros(0, I64), 0)
+    del data
+
+
 def test_counts_and_indexing(nic):
     out_h, in_h = sa_pair(nic)
     enc = nic.encap([inner_udp(b"x"), inner_udp(b"y")], out_h)
