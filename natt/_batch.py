@@ -434,6 +434,10 @@ def _copy_segments_py(out: np.ndarray, out_off: np.ndarray, src: np.ndarray, src
     every segment is checked before any is copied (ValueError naming the first bad one)."""
     if not out_off.size == src_off.size == length.size:
         raise ValueError("gather: out_off, src_off and length differ in size")
+    if length.size and not (out_off.flags.aligned and src_off.flags.aligned and length.flags.aligned):
+        # As the compiled copy, which reads them through int64_t * (misaligned: undefined in C).
+        raise ValueError("gather: out_off, src_off and length must be aligned to 8 octets (np.frombuffer at "
+                         "an odd offset?); pass copies")
     segs = list(zip(out_off.tolist(), src_off.tolist(), length.tolist()))
     for i, (o, s, ln) in enumerate(segs):
         if ln < 0 or o < 0 or s < 0 or o > out.size - ln or s > src.size - ln:

@@ -2791,6 +2791,11 @@ def gather(uint8_t[::1] out, const int64_t[::1] out_off, const uint8_t[::1] src,
     cdef int64_t o, s, ln, out_len = out.shape[0], src_len = src.shape[0], bad = -1
     if out_off.shape[0] != n or src_off.shape[0] != n:
         raise ValueError("gather: out_off, src_off and length differ in size")
+    # Read below through int64_t *: a typed memoryview takes an int64 array at any address, and
+    # a misaligned load is undefined in C (UBSan stops there; natt_arr refuses the same).
+    if n and (<uintptr_t>&out_off[0] | <uintptr_t>&src_off[0] | <uintptr_t>&length[0]) & 7:
+        raise ValueError("gather: out_off, src_off and length must be aligned to 8 octets (np.frombuffer at "
+                         "an odd offset?); pass copies")
     for i in range(n):
         o = out_off[i]
         s = src_off[i]

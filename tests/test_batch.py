@@ -619,6 +619,21 @@ def test_compiled_segment_copy_equals_python_copy(segments, out_size, src_size):
     assert results[0] == results[1]
 
 
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_segment_copy_refuses_misaligned_index_arrays_alike(which):
+    # The compiled copy reads them through int64_t *, at whatever address a typed memoryview
+    # takes (UBSan: "load of misaligned address"); both copies refuse them, as PacketBatch does.
+    arrays = [np.zeros(2, np.int64), np.zeros(2, np.int64), np.ones(2, np.int64)]
+    arrays[which] = _misaligned(arrays[which])
+    assert not arrays[which].flags.aligned
+    src = np.arange(8, dtype=np.uint8)
+    for copy in (_batch.copy_segments, _batch._copy_segments_py):
+        out = np.full(4, 0xEE, np.uint8)
+        with pytest.raises(ValueError, match="^gather: out_off, src_off and length must be aligned"):
+            copy(out, arrays[0], src, arrays[1], arrays[2])
+        assert out.tolist() == [0xEE] * 4
+
+
 @pytest.mark.parametrize("o,s,ln", [(0, 3, 10), (3, 0, 10), (5, 5, 4), (0, 10, 10)])
 def test_compiled_segment_copy_of_overlapping_ranges_equals_python_copy(o, s, ln):
     results = []
