@@ -255,7 +255,9 @@ class BatchResult(_Segments):
     laid out in it, empty (no packets): never half-filled.
 
     A result can be passed back as ``out=`` to reuse its buffers: it grows
-    when a batch needs more room and otherwise allocates nothing.
+    when a batch needs more room and otherwise allocates nothing. The call
+    writes into the result's own arrays and binds its seven attributes to them
+    again, so an array you bound to one of them yourself is left as it was.
     """
 
     # A dict, so that help(res) and help(natt.DecapResult) say what each field holds: the
