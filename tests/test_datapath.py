@@ -346,6 +346,20 @@ class TestLookup:
         s, res = decap1(nic, Peer(GCM, k_host).packet(2, dst=OTHER_HOST))
         assert s is Status.AUTH_FAILED and res.sa[0] == h_net
 
+    def test_most_specific_mask_wins_whatever_the_insertion_order(self, nic):
+        # Semantics §1 step 6: the longest matching mask wins, not the first match found. The
+        # test above installs the least specific SA first; a table that prepends to its chain
+        # would then meet the most specific first and pass with a first-match walk. Installed
+        # most specific first here, so such a walk would pick the 0/0 SA for every packet.
+        k_any, k_net, k_host = key_for(GCM, 1), key_for(GCM, 2), key_for(GCM, 3)
+        h_host = add_oid(nic, GCM, k_host, dst_addr=US, dst_mask=0xFFFFFFFF).offload_handle
+        h_net = add_oid(nic, GCM, k_net, dst_addr=US, dst_mask=addr("255.255.255.0")).offload_handle
+        h_any = add_oid(nic, GCM, k_any).offload_handle
+        res = nic.decap([Peer(GCM, k_host).packet(1, dst=US), Peer(GCM, k_net).packet(1, dst=OTHER_HOST),
+                         Peer(GCM, k_any).packet(1, dst=addr("192.0.2.200"))])
+        assert statuses(res) == [Status.OK] * 3
+        assert list(res.sa) == [h_host, h_net, h_any]
+
     def test_spi_is_per_parser_entry(self, nic):
         h1, p1 = add_in(nic, port=4500, seed=1)
         h2, p2 = add_in(nic, port=4501, seed=2)          # same SPI, other entry, other key
