@@ -19,6 +19,7 @@ import pytest
 
 from benchmarks import bench_active_sas, bench_threads
 from natt import Offload, PacketBatch, Status
+from natt import _bench
 from natt._bench import (NATT_PORT, TUNNEL_DST, TUNNEL_SRC, EvpLoop, Timing, build_workload, c_compiler,
                          inner_packets, main, python_aesgcm_loop, _paired, _scapy_decryptor, _speed_ratio)
 from natt._suites import parse_suite
@@ -356,3 +357,19 @@ def test_grid_table_divides_per_packet_and_names_a_bad_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         grid_table.main([str(path)])
     assert "not a pytest-benchmark JSON file" in capsys.readouterr().err
+
+
+def test_machine_record_names_the_cpu_generation(monkeypatch):
+    # A VM's "Model name" is "AMD EPYC" for Zen 3 and Zen 4 alike; the record must tell them apart
+    # (family and model) and say which wide-crypto features the host gives.
+    lscpu = ("Model name:          AMD EPYC\nCPU family:          25\nModel:               17\n"
+             "Flags:               fpu sse2 pclmulqdq aes avx2 avx512f avx512vl sha_ni vaes vpclmulqdq\n"
+             "L1d cache:           64 KiB (2 instances)\n")
+    monkeypatch.setattr(_bench, "_run_text", lambda *cmd: lscpu if cmd == ("lscpu",) else "")
+    m = _bench.machine()
+    assert (m["Model name"], m["CPU family"], m["Model"], m["L1d cache"]) == ("AMD EPYC", "25", "17",
+                                                                             "64 KiB (2 instances)")
+    assert m["crypto flags"] == "aes pclmulqdq avx2 sha_ni vaes vpclmulqdq avx512f avx512vl"
+    report = _bench.format_report({"natt_version": "x", "machine": m, "config": {"reps": 1}, "timings": [],
+                                   "ratios": [], "notes": []})
+    assert report.splitlines()[0].startswith("natt x on AMD EPYC (family 25, model 17), ")

@@ -1206,14 +1206,25 @@ def _run_text(*cmd: str) -> str:
         return ""
 
 
+# CPU features the crypto underneath natt or the baselines may use (lscpu's names).
+_CRYPTO_FLAGS = ("aes", "pclmulqdq", "avx2", "sha_ni", "vaes", "vpclmulqdq", "avx512f", "avx512vl")
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on: CPU, cores, the libcrypto natt links, library versions."""
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
                             "nproc": os.cpu_count(), "numpy": np.__version__}
     for line in _run_text("lscpu").splitlines():
         k, _, v = line.partition(":")
-        if k.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Hypervisor vendor", "L2 cache", "L3 cache"):
-            info[k.strip()] = v.strip()
+        k, v = k.strip(), v.strip()
+        # A VM names its CPU "AMD EPYC" whatever the generation: family and model tell Zen 3
+        # (25, 1) from Zen 4 (25, 17), and the flags whether wide AES and AVX-512 are there. The
+        # same image has landed on both, and ratios such as 100 000 SAs / 1 SA differ by host.
+        if k in ("Model name", "CPU family", "Model", "CPU(s)", "Thread(s) per core", "Hypervisor vendor",
+                 "L1d cache", "L2 cache", "L3 cache"):
+            info[k] = v
+        elif k == "Flags":
+            info["crypto flags"] = " ".join(f for f in _CRYPTO_FLAGS if f in v.split())
     try:
         from ._fastpath import openssl_version     # the libcrypto natt's data path loaded
 
@@ -1239,7 +1250,10 @@ def machine() -> dict[str, Any]:
 def format_report(result: dict[str, Any]) -> str:
     """The timings and ratios as two plain-text tables."""
     load = result.get("load_average") or {}
-    lines = [f"natt {result['natt_version']} on {result['machine'].get('Model name', '?')}, "
+    cpu = result["machine"].get("Model name", "?")
+    if "CPU family" in result["machine"]:
+        cpu += f" (family {result['machine']['CPU family']}, model {result['machine'].get('Model', '?')})"
+    lines = [f"natt {result['natt_version']} on {cpu}, "
              f"{result['machine'].get('nproc')} CPUs, {result['machine'].get('libcrypto', '?')}",
              f"{result['config']['reps']} repetitions; per packet: median (min .. max); "
              f"load average at start {load.get('start')}, at end {load.get('end')}", ""]
