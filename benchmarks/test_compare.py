@@ -227,11 +227,9 @@ def test_main_refuses_an_unknown_backend_as_usage(capsys) -> None:
 
 def test_main_reports_a_backend_that_cannot_run(capsys, monkeypatch) -> None:
     # e.g. "fast" in a checkout whose extension was not built: Offload refuses it.
-    import natt._bench as bench
-
     def unavailable(*args, **kwargs):
         raise ValueError("backend: 'fast' is not available in this build (no natt._fastpath)")
-    monkeypatch.setattr(bench, "Offload", unavailable)
+    monkeypatch.setattr(_bench, "Offload", unavailable)
     assert main(["--backend", "fast", "--batch", "10"]) == 1
     assert "natt bench: backend: 'fast' is not available in this build" in capsys.readouterr().err
 
