@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import bench_active_sas, bench_threads
+from benchmarks import bench_active_sas, bench_replay_window, bench_threads
 from natt import Offload, PacketBatch, Status
 from natt import _bench
 from natt._bench import (NATT_PORT, TUNNEL_DST, TUNNEL_SRC, EvpLoop, Timing, build_workload, c_compiler,
@@ -264,6 +264,18 @@ def test_active_sas_table_has_the_baseline_and_every_count(capsys) -> None:
     assert [r.split()[0] for r in rows] == ["1", "1", "30"] and "receiver with 1 SA" in rows[0]
     with pytest.raises(SystemExit):
         bench_active_sas.main(["--sas", "10", "--active", "11"])
+
+
+def test_replay_window_table_has_every_window_and_refuses_bad_ones(capsys) -> None:
+    # Two rounds: the second decaps the same packets again, so it must reinstall the SAs (a
+    # replayed packet would fail measure()'s all-OK check).
+    assert bench_replay_window.main(["--sas", "30", "--windows", "0,64,128", "--packets", "200",
+                                     "--reps", "2"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [r.split()[0] for r in rows] == ["0", "64", "128"] and "(off)" in rows[0]
+    for bad in ("16", "64,64", "128,x", "70000"):
+        with pytest.raises(SystemExit):
+            bench_replay_window.main(["--windows", bad])
 
 
 def test_threads_summary_sets_low_ceiling_rounds_apart() -> None:
