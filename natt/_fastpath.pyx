@@ -1499,18 +1499,25 @@ cdef inline void natt_prefetch_sa(const natt_sa *sa) noexcept nogil:
     natt_prefetch_r(<const uint8_t *>sa + 128)
 
 
-cdef inline void natt_prefetch_lookup(const natt_sa *head, uint32_t spi, uint32_t seql) noexcept nogil:
+cdef inline void natt_prefetch_ring_word(const natt_sa *sa, uint32_t seql) noexcept nogil:
+    """With line 1 of ``sa`` cached: start loading the replay ring's word that natt_accept
+    writes for ``seql`` (and usually clears from top + 1), where the ring is an allocation of
+    its own (windows above 64). The ring index needs only the low 32 bits of the number."""
+    if sa.bmask > 63:
+        natt_prefetch_w(<const uint8_t *>&sa.bitmap[(seql & sa.bmask) >> 6])
+
+
+cdef inline void natt_prefetch_lookup(const natt_sa *head, uint32_t spi, uint32_t seql,
+                                      bint replay) noexcept nogil:
     """With bucket head ``head`` cached: start loading the cipher state of the SA with ``spi``,
     which is the head or, rarely (chains average 1.1 SAs, FastBackend._insert), the next one,
-    the next link the lookup will read, and the replay ring's word for ``seql`` where the ring
-    is an allocation of its own (windows above 64)."""
+    and the next link the lookup will read; with ``replay``, the head's replay ring word for
+    ``seql`` too (at 100 000 SAs, 64 octets, a window of 128 took 221 ns per packet without
+    it and 133 with it, against 124 for a window of 64: BENCHMARKS.md)."""
     if head.spi == spi or head.hnext == NULL:
         natt_prefetch_ctx(head)
-        if head.bmask > 63:
-            # natt_accept writes this word (and clears from top + 1, usually the same word);
-            # without the prefetch a window of 128 cost 216 ns per packet at 100 000 SAs
-            # against 124 for 64 (BENCHMARKS.md). The ring index needs only the low 32 bits.
-            natt_prefetch_w(<const uint8_t *>&head.bitmap[(seql & head.bmask) >> 6])
+        if replay:
+            natt_prefetch_ring_word(head, seql)
         if head.hnext != NULL:
             natt_prefetch_w(<const uint8_t *>head.hnext)
     else:
@@ -1530,6 +1537,52 @@ cdef inline void natt_ring_fill(const natt_state *st, natt_io *io, int64_t k, na
         natt_prefetch_r(&st.buckets[key.bucket])
 
 
+cdef inline natt_pkt *natt_pipe_pkt(natt_pkt *pkts, int64_t k, bint ring) noexcept nogil:
+    """Packet ``k``'s state: in a ring of 16 (natt_decap_serial) or the scratch array."""
+    return &pkts[k & 15] if ring else &pkts[k]
+
+
+cdef inline void natt_pipe_start(const natt_state *st, natt_io *io, int64_t lo, int64_t hi,
+                                 natt_pkt *pkts, bint ring, natt_key *keys) noexcept nogil:
+    """Fill the look-ahead of natt_pipe_step for packets lo..hi-1 (``keys``: a ring of 16)."""
+    cdef int64_t k
+    for k in range(lo, lo + 12 if hi - lo > 12 else hi):
+        natt_ring_fill(st, io, k, natt_pipe_pkt(pkts, k, ring), &keys[k & 15])
+
+
+cdef inline natt_pkt *natt_pipe_step(const natt_state *st, natt_io *io, int64_t i, int64_t hi,
+                                     natt_pkt *pkts, bint ring, natt_key *keys,
+                                     bint replay) noexcept nogil:
+    """One step of the many-SA pipeline over packets ..hi-1: start the loads of packets i+4,
+    i+8 and i+12 (natt_decap_serial), then look up packet i; its state, NATT_CONT if it goes on
+    to the crypto. ``replay``: the caller checks the replay window too."""
+    cdef int64_t k
+    cdef natt_pkt *q
+    cdef natt_sa *head
+    k = i + 4
+    if k < hi:
+        q = natt_pipe_pkt(pkts, k, ring)
+        if q.status == NATT_CONT:
+            head = st.buckets[keys[k & 15].bucket]
+            if head != NULL:
+                natt_prefetch_lookup(head, keys[k & 15].spi, q.seql, replay)
+    k = i + 8
+    if k < hi:
+        q = natt_pipe_pkt(pkts, k, ring)
+        if q.status == NATT_CONT:
+            head = st.buckets[keys[k & 15].bucket]
+            if head != NULL:
+                natt_prefetch_sa(head)
+    # In the ring, slot (i+12) & 15 last held packet i-4, finished.
+    k = i + 12
+    if k < hi:
+        natt_ring_fill(st, io, k, natt_pipe_pkt(pkts, k, ring), &keys[k & 15])
+    q = natt_pipe_pkt(pkts, i, ring)
+    if q.status == NATT_CONT:
+        natt_decap_lookup(st, io, i, q, &keys[i & 15])
+    return q
+
+
 cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
     # With many SAs a decap is dominated by cache misses: the bucket array, the SA struct and
     # the SA's cipher state (BENCHMARKS.md, 100 000-SA case). Software-pipeline them: packet
@@ -1538,13 +1591,12 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
     # the cipher state of the SA with the packet's SPI; packet i then only has its lookup and
     # the rest to do. Measured at 100 000 SAs, 64-octet AES-GCM: bucket and SA only, 1.2-1.5
     # -> 1.0-1.2 us/packet; the rest, see BENCHMARKS.md. With few SAs everything is cached
-    # anyway and the ring would be pure overhead, hence the threshold. The threaded path
-    # (natt_decap_parallel) is left as it is.
-    cdef int64_t i, j
+    # anyway and the ring would be pure overhead, hence the threshold. The threaded pipeline
+    # runs the same steps in its two phases (natt_chunk_decap, natt_chunk_finish).
+    cdef int64_t i
     cdef natt_pkt ring[16]              # packet k at ring[k & 15]
     cdef natt_key keys[16]              # and its lookup key (when its status is NATT_CONT)
     cdef natt_pkt *pk
-    cdef natt_sa *head
     cdef int64_t n = io.n
     cdef natt_pkt one
     if st.n_inbound < NATT_PREFETCH_MIN_SAS:
@@ -1553,28 +1605,11 @@ cdef void natt_decap_serial(natt_state *st, natt_io *io) noexcept nogil:
             if one.status == NATT_CONT:
                 natt_decap_finish(st, io, i, &one, False)
         return
-    for j in range(12 if n > 12 else n):
-        natt_ring_fill(st, io, j, &ring[j], &keys[j])
+    natt_pipe_start(st, io, 0, n, ring, True, keys)
     for i in range(n):
-        j = (i + 4) & 15
-        if i + 4 < n and ring[j].status == NATT_CONT:
-            head = st.buckets[keys[j].bucket]
-            if head != NULL:
-                natt_prefetch_lookup(head, keys[j].spi, ring[j].seql)
-        j = (i + 8) & 15
-        if i + 8 < n and ring[j].status == NATT_CONT:
-            head = st.buckets[keys[j].bucket]
-            if head != NULL:
-                natt_prefetch_sa(head)
-        # Slot (i+12) & 15 last held packet i-4, finished.
-        j = (i + 12) & 15
-        if i + 12 < n:
-            natt_ring_fill(st, io, i + 12, &ring[j], &keys[j])
-        pk = &ring[i & 15]
+        pk = natt_pipe_step(st, io, i, n, ring, True, keys, True)
         if pk.status == NATT_CONT:
-            natt_decap_lookup(st, io, i, pk, &keys[i & 15])
-            if pk.status == NATT_CONT:
-                natt_decap_finish(st, io, i, pk, False)
+            natt_decap_finish(st, io, i, pk, False)
 
 
 cdef void natt_chunk_decap(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
@@ -1586,16 +1621,24 @@ cdef void natt_chunk_decap(natt_job *job, int64_t lo, int64_t hi, int tid) noexc
     decision depends on it. Without ESN the guess is 0 and always right; with ESN it reads
     ``top`` once per run of packets of one SA and follows the packets it guessed, as the
     serial pass would if all of them authenticate. Replays are decrypted too and rejected by
-    phase 2: checking the window here would read the bitmap phase 2 is writing."""
+    phase 2: checking the window here would read the bitmap phase 2 is writing. With many
+    SAs the lookups run through natt_decap_serial's pipeline, within the chunk."""
     cdef natt_state *st = job.st
     cdef int64_t i
     cdef natt_pkt *pk
     cdef natt_sa *sa
     cdef natt_sa *last = NULL
     cdef uint64_t top = 0, seq
+    cdef natt_key keys[16]
+    cdef bint pipe = st.n_inbound >= NATT_PREFETCH_MIN_SAS
+    if pipe:
+        natt_pipe_start(st, job.io, lo, hi, st.scratch, False, keys)
     for i in range(lo, hi):
-        pk = &st.scratch[i]
-        natt_decap_parse(st, job.io, i, pk)
+        if pipe:
+            pk = natt_pipe_step(st, job.io, i, hi, st.scratch, False, keys, False)
+        else:
+            pk = &st.scratch[i]
+            natt_decap_parse(st, job.io, i, pk)
         if pk.status != NATT_CONT or pk.bad_len:
             continue
         sa = pk.sa
@@ -1614,10 +1657,22 @@ cdef void natt_chunk_decap(natt_job *job, int64_t lo, int64_t hi, int tid) noexc
 
 
 cdef void natt_chunk_finish(natt_job *job, int64_t lo, int64_t hi, int tid) noexcept nogil:
+    """Phase 2 on packets lo..hi-1, in order. It reads and writes line 1 of each packet's SA
+    (replay window, counters), which phase 1 did not touch; with many SAs those are misses in
+    packet order, so start them 8 packets ahead, and the replay ring word 4 ahead, once line 1
+    is in. Only within the chunk: phase 1 may still be writing the next one."""
     cdef int64_t i
     cdef natt_pkt *pk
+    cdef natt_pkt *scratch = job.st.scratch
+    cdef bint ahead = job.st.n_inbound >= NATT_PREFETCH_MIN_SAS
     for i in range(lo, hi):
-        pk = &job.st.scratch[i]
+        if ahead:
+            if i + 8 < hi and scratch[i + 8].status == NATT_CONT:
+                natt_prefetch_r(<const uint8_t *>scratch[i + 8].sa)
+                natt_prefetch_w(<const uint8_t *>scratch[i + 8].sa + 64)
+            if i + 4 < hi and scratch[i + 4].status == NATT_CONT:
+                natt_prefetch_ring_word(scratch[i + 4].sa, scratch[i + 4].seql)
+        pk = &scratch[i]
         if pk.status == NATT_CONT:
             natt_decap_finish(job.st, job.io, i, pk, True)
 

@@ -626,11 +626,13 @@ def test_threaded_decap_works_in_a_forked_child():
     proc.join(30)
 
 
-def test_many_sas_prefetch_path_matches_reference():
-    """With >= 1024 inbound SAs the serial decap loop prefetches the SAs of packets ahead: its
-    look-ahead reads offsets and headers of later packets, so feed it truncated, empty and unknown
-    packets next to good ones and require the reference's exact results. Replay windows are
-    mixed, among them rings of their own (above 64), whose words the look-ahead prefetches."""
+@pytest.mark.parametrize("threads", [None, 2, 4])
+def test_many_sas_prefetch_path_matches_reference(threads):
+    """With >= 1024 inbound SAs the decap loops (serial, and both phases of the threaded
+    pipeline) prefetch the SAs of packets ahead: the look-ahead reads offsets and headers of
+    later packets, so feed it truncated, empty and unknown packets next to good ones and
+    require the reference's exact results. Replay windows are mixed, among them rings of their
+    own (above 64), whose words the look-ahead prefetches, and ESN SAs, some crossing 2**32."""
     rng = random.Random(1500)
     nics = [natt.Offload(backend="fast"), natt.Offload(backend="reference")]
     tx = natt.Offload(backend="reference")
@@ -640,11 +642,14 @@ def test_many_sas_prefetch_path_matches_reference():
     wire = []
     for spi in spis:
         window = rng.choice([0, 32, 64, 128, 1024])
+        esn = window > 0 and rng.random() < 0.3
+        start = rng.choice([0, 2**32 - 2]) if esn else 0
         for nic in nics:
             nic.add_sa(spi, key, "aes128gcm16", "in", src="198.51.100.2", dst="203.0.113.5",
-                       replay_window=window)
-        h = tx.add_sa(spi, key, "aes128gcm16", "out", src="198.51.100.2", dst="203.0.113.5")
-        wire.extend(tx.encap([inner] * 3, h))         # sequence numbers 1 to 3
+                       replay_window=window, esn=esn, replay_seq=start)
+        h = tx.add_sa(spi, key, "aes128gcm16", "out", src="198.51.100.2", dst="203.0.113.5",
+                      esn=esn, replay_oseq=start)
+        wire.extend(tx.encap([inner] * 3, h))         # sequence numbers start+1 to start+3
     packets = []
     for _ in range(6000):
         p = bytearray(rng.choice(wire))
@@ -657,11 +662,12 @@ def test_many_sas_prefetch_path_matches_reference():
             p[28:32] = rng.randbytes(4)                        # unknown SPI
         packets.append(bytes(p))
     batch = natt.PacketBatch.from_packets(packets)
-    fast, ref = (nic.decap(batch) for nic in nics)
+    fast, ref = nics[0].decap(batch, threads=threads), nics[1].decap(batch)
     assert np.array_equal(fast.status, ref.status) and np.array_equal(fast.sa, ref.sa)
     assert np.array_equal(fast.seq, ref.seq) and np.array_equal(fast.next_header, ref.next_header)
     assert [fast[i] for i in range(len(fast))] == [ref[i] for i in range(len(ref))]
     assert {natt.Status.OK, natt.Status.AUTH_FAILED, natt.Status.REPLAY, natt.Status.NO_SA} <= set(fast.counts())
+    assert int(np.count_nonzero(fast.seq > 2**32)) > 100      # ESN SAs past 2**32 decapped
     for nic in nics + [tx]:
         nic.close()
 
