@@ -1042,6 +1042,8 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
             _decap_variant(f"gcm.decap_many.{size}", f"natt decap ({b}), {cfg.many_sas} SAs", wl_many, b, None),
             _decap_variant(f"gcm.decap_many_cold.{size}", f"natt decap ({b}), {cfg.many_sas} SAs, no warm-up",
                            wl_many, b, None, warm=False),
+            _decap_variant(f"gcm.decap_many_t{cfg.threads}.{size}",
+                           f"natt decap ({b}), {cfg.many_sas} SAs, threads={cfg.threads}", wl_many, b, cfg.threads),
         ]
         variants[1].timing.note = f"SA install {t_install / cfg.many_sas * 1e6:.1f} us/SA (untimed)"
         sas = None
@@ -1158,6 +1160,9 @@ def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
         if have(f"gcm.decap_many.{size}", f"gcm.evp_many.{size}"):
             out.append(_speed_ratio(f"natt decap / bare EVP loop, {cfg.many_sas} SAs, {size} octets",
                                     t[f"gcm.decap_many.{size}"], t[f"gcm.evp_many.{size}"]))
+        if have(f"gcm.decap_many_t{th}.{size}", f"gcm.decap_many.{size}"):
+            out.append(_speed_ratio(f"natt decap threads={th} / threads=None, {cfg.many_sas} SAs, {size} octets",
+                                    t[f"gcm.decap_many_t{th}.{size}"], t[f"gcm.decap_many.{size}"]))
         if have(f"gcm.decap_many_cold.{size}", f"gcm.decap_1sa.{size}"):
             out.append(_speed_ratio(f"natt decap {cfg.many_sas} SAs no warm-up / 1 SA, {size} octets",
                                     t[f"gcm.decap_many_cold.{size}"], t[f"gcm.decap_1sa.{size}"]))
