@@ -1049,6 +1049,7 @@ cdef struct natt_pool:
     uint64_t gen                    # bumped per job
     int want                        # worker tids 1..want may join the running job
     int nworkers                    # started workers, tids 1..nworkers
+    long worker_chunks              # chunks the workers have run, ever (_pool_stats)
 
 cdef natt_pool natt_gpool
 
@@ -1058,13 +1059,15 @@ cdef inline int64_t natt_chunk_hi(int64_t lo, int64_t n) noexcept nogil:
     return lo + NATT_CHUNK if lo + NATT_CHUNK < n else n
 
 
-cdef void natt_job_work(natt_job *job, int tid) noexcept nogil:
-    cdef long c
+cdef long natt_job_work(natt_job *job, int tid) noexcept nogil:
+    """Claim and run chunks of ``job`` until none is left; how many this thread ran."""
+    cdef long c, done = 0
     cdef int64_t lo, n = job.io.n
     while True:
         c = natt_atomic_fetch_add(&job.next, 1)
         if c >= job.nchunks:
-            return
+            return done
+        done += 1
         lo = c * NATT_CHUNK
         job.fn(job, lo, natt_chunk_hi(lo, n), tid)
         if job.after != NULL:
@@ -1108,8 +1111,13 @@ cdef void *natt_worker(void *arg) noexcept nogil:
     cdef natt_pool *pool = &natt_gpool
     cdef natt_job *job
     cdef uint64_t seen
+    cdef long done
     pthread_mutex_lock(&pool.m)
-    seen = pool.gen
+    # natt_pool_run starts workers while it holds the mutex and publishes its job before it
+    # lets go, so a new worker first sees the generation of the job that started it: one
+    # behind, it joins that job instead of waiting for the next call (which left a process's
+    # first threaded batch, such as a one-batch `natt decap --threads 2`, to one thread).
+    seen = pool.gen - 1 if pool.job != NULL else pool.gen
     while True:
         while pool.gen == seen:
             pthread_cond_wait(&pool.work_cv, &pool.m)
@@ -1119,10 +1127,11 @@ cdef void *natt_worker(void *arg) noexcept nogil:
             continue
         job.active += 1
         pthread_mutex_unlock(&pool.m)
-        natt_job_work(job, tid)
+        done = natt_job_work(job, tid)
         ERR_clear_error()
         natt_scrub_stack()
         pthread_mutex_lock(&pool.m)
+        pool.worker_chunks += done
         job.active -= 1
         if job.active == 0:
             pthread_cond_signal(&pool.idle_cv)
@@ -1188,9 +1197,23 @@ cdef void natt_pool_init() noexcept nogil:
     natt_gpool.gen = 0
     natt_gpool.want = 0
     natt_gpool.nworkers = 0
+    natt_gpool.worker_chunks = 0
 
 
 natt_pool_init()
+
+
+def _pool_stats() -> tuple[int, int]:
+    """(workers started, chunks of NATT_CHUNK packets they have run) in this process: whether
+    ``threads=N`` calls are shared (tests)."""
+    cdef long chunks
+    cdef int nworkers
+    with nogil:
+        pthread_mutex_lock(&natt_gpool.m)
+        nworkers = natt_gpool.nworkers
+        chunks = natt_gpool.worker_chunks
+        pthread_mutex_unlock(&natt_gpool.m)
+    return nworkers, chunks
 
 
 # --------------------------------------------------------------------------- decap kernel

@@ -607,6 +607,39 @@ def test_small_batches_with_the_gil_held_do_not_deadlock_with_control_calls(tmp_
     assert int(done.stdout) >= 100, done.stdout     # enough rounds to have met the churn
 
 
+def test_a_process_first_threaded_batch_is_shared_with_the_workers_it_starts(tmp_path):
+    """The pool's workers are started inside the first ``threads=N`` call; they must join that
+    very batch. They used to wait for the next call, so a process's first threaded batch (all
+    of a one-batch ``natt decap --threads 2``) ran on the calling thread alone. In a fresh child
+    (the pool is per process), whose first call is a batch of 50 000 packets: about 200 chunks,
+    milliseconds of work, while a started thread runs within a fraction of one. A child whose
+    new worker the host did not run in time is tried again; before the fix every try ran 0."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import natt, natt._fastpath as fp
+        from natt._bench import build_workload
+        wl = build_workload("fast", "aes128gcm16", 64, 50_000)
+        nic = wl.receiver("fast", replay_window=0)
+        assert fp._pool_stats() == (0, 0)
+        assert nic.decap(wl.esp, threads=2).counts() == {natt.Status.OK: 50_000}
+        print(*fp._pool_stats())
+    """)
+    runs = []
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        workers, chunks = map(int, done.stdout.split())
+        assert workers == 1
+        runs.append(chunks)
+        if chunks > 0:
+            return
+    pytest.fail(f"the new worker ran none of the first batch's chunks in {len(runs)} fresh processes: {runs}")
+
+
 def test_threaded_decap_works_in_a_forked_child():
     """Worker threads do not survive fork(): the child must not wait for them."""
     import multiprocessing
