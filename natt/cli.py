@@ -28,6 +28,7 @@ import string
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO, Optional, TextIO
 
@@ -465,6 +466,26 @@ def _quiet_task_failures(client: Any) -> None:
     client.register_plugin(QuietTaskFailures(), name="natt-quiet-task-failures")
 
 
+class _SyncCancelRace(logging.Filter):
+    """Drop tornado's log of one known race in ``distributed.utils.sync`` (seen with distributed
+    2025.x). On Ctrl-C, ``sync`` schedules a ``cancel`` callback for the coroutine it waits on; if
+    the interrupt came before that coroutine had created its future, the callback fails with a
+    NameError and tornado logs it, traceback and all, under "tornado.application", after natt
+    has said "interrupted". The run is being abandoned; nothing is lost by not logging it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, NameError) or exc.__traceback__ is None:
+            return True
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        import distributed.utils
+        return not (last.name == "cancel"
+                    and os.path.realpath(last.filename) == os.path.realpath(distributed.utils.__file__))
+
+
+_SYNC_CANCEL_RACE = _SyncCancelRace()      # one instance: addFilter skips one already there
+
+
 def _stdin_input(args: argparse.Namespace) -> None:
     """``IN`` of ``-`` is standard input, read as the FIFO or file it is (``-o -`` is stdout)."""
     if args.input == "-":
@@ -519,6 +540,7 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
                 raise UsageError(f"IN: {path} is not a regular file (a FIFO or a device); --workers splits "
                                  "captures into ranges, which needs files")
             _open_capture(path, pcap.MIN_CHUNK_SIZE).close()
+    logging.getLogger("tornado.application").addFilter(_SYNC_CANCEL_RACE)
     cluster = None
     try:
         if args.dask:
