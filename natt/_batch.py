@@ -126,7 +126,7 @@ class PacketBatch(_Segments):
             except ValueError:
                 raise ValueError("data: cannot be read (a released memoryview?)") from None
         if not isinstance(data, np.ndarray):
-            raise ValueError(f"data: expected a numpy uint8 array, got {type(data).__name__}")
+            raise ValueError(f"data: expected a numpy uint8 array, got {type(data).__name__}{_data_hint(data)}")
         if data.dtype != np.uint8:
             raise ValueError(f"data: dtype must be uint8, got {data.dtype}")
         if data.ndim != 1:
@@ -178,6 +178,17 @@ class PacketBatch(_Segments):
     def __repr__(self) -> str:
         n = len(self)
         return f"PacketBatch({_count(n, 'packet')}, {_count(int(self.lengths.sum()) if n else 0, 'octet')})"
+
+
+def _data_hint(data: Any) -> str:
+    """What a list or tuple given as ``PacketBatch``'s ``data`` most likely meant: packets are
+    ``from_packets``' job (the constructor wraps one buffer already laid out), octets as ints
+    are one ``np.array`` away. Only these two guesses: anything else gets no hint."""
+    if not isinstance(data, (list, tuple)):
+        return ""
+    if data and all(isinstance(v, int) for v in data):
+        return " (the octets of the buffer? use np.array(data, dtype=np.uint8))"
+    return f" (a {type(data).__name__} of packets? use PacketBatch.from_packets([...]))"
 
 
 def _count(n: int, noun: str, plural: str = "") -> str:

@@ -70,6 +70,19 @@ def test_bytes_like_data_is_accepted():
     assert b[0] == b"bc"
 
 
+@pytest.mark.parametrize("data, hint", [
+    ([b"abc", b"def"], r"got list \(a list of packets\? use PacketBatch\.from_packets\(\[\.\.\.\]\)\)$"),
+    ((b"abc", b"def"), r"got tuple \(a tuple of packets\? use PacketBatch\.from_packets\(\[\.\.\.\]\)\)$"),
+    ([0x45, 0, 0, 20, 1, 2], r"got list \(the octets of the buffer\? use np\.array\(data, dtype=np\.uint8\)\)$"),
+    ("abcdef", r"got str$"),        # no guess to offer
+], ids=["list of packets", "tuple of packets", "list of octets", "str"])
+def test_data_of_the_wrong_kind_gets_a_hint_at_what_was_meant(data, hint):
+    # PacketBatch([pkt1, pkt2], offsets, lengths) is the natural first try; the constructor wraps
+    # a buffer already laid out, and from_packets is the call that builds one from packets.
+    with pytest.raises(ValueError, match=r"^data: expected a numpy uint8 array, " + hint):
+        PacketBatch(data, _arr(0, 3), _arr(3, 3))
+
+
 def test_segments_in_any_order_and_adjacent_are_accepted():
     data = np.arange(10, dtype=np.uint8)
     b = PacketBatch(data, _arr(6, 0, 3), _arr(4, 3, 3))   # [6,10) [0,3) [3,6): touching, not overlapping
