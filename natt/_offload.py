@@ -267,6 +267,12 @@ class Offload:
             if status != NdisStatus.SUCCESS:
                 log.debug("delete refused: %s (%s)", message, status.name)
             return status
+        # DEBUG, as refused adds and deletes are: the status already tells the caller, and a
+        # miniport answers INVALID_OID to OIDs it does not handle as a matter of course (spec §3.1
+        # table, "OID not handled"; NDIS traces that at verbose level, not as a warning). A WARNING
+        # would reach the stderr of every program that has not set up logging (logging.lastResort)
+        # for a request its author may send on purpose.
+        log.debug("set refused: oid: %s (INVALID_OID)", _unset_oid(oid))
         return NdisStatus.INVALID_OID
 
     def query_oid(self, oid: int) -> OffloadCapabilities:
@@ -1033,6 +1039,28 @@ def _hex_hint(key: Any) -> str:
     if isinstance(key, str):
         return " (a key in hex? pass bytes.fromhex(...))"
     return ""
+
+
+#: OIDs natt knows but does not set, named in the log of a refused ``set_oid``.
+_OID_NAMES = {
+    OID_TCP_TASK_OFFLOAD: "OID_TCP_TASK_OFFLOAD: a query, see query_oid",
+    # IPsec offload v1's SAs for ESP and AH straight over IP (spec §3.1), the likely mix-up with
+    # the UDP-ESP pair: natt offloads only UDP-encapsulated ESP.
+    0xFC010202: "OID_TCP_TASK_IPSEC_ADD_SA: ESP/AH without UDP encapsulation",
+    0xFC010203: "OID_TCP_TASK_IPSEC_DELETE_SA: ESP/AH without UDP encapsulation",
+}
+
+
+def _unset_oid(oid: Any) -> str:
+    """Why ``set_oid`` answers ``oid`` with INVALID_OID, for the log: the OID in hex and its name
+    when natt knows it. A value that is no 32-bit OID goes through ``shown``, since the caller
+    may have passed a key where the OID belongs (SECURITY.md)."""
+    v = _as_int(oid)
+    if v is None or not 0 <= v <= 0xFFFFFFFF:
+        return f"{shown(oid)} is not an OID"
+    name = _OID_NAMES.get(v)
+    return (f"0x{v:08X}" + (f" ({name})" if name else "") + " is not one natt sets; it sets "
+            "OID_TCP_TASK_IPSEC_ADD_UDPESP_SA and OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA")
 
 
 def _as_int(value: Any) -> Optional[int]:

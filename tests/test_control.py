@@ -800,11 +800,24 @@ def test_query_of_other_oids_is_invalid_oid(backend: str, oid) -> None:
         assert e.value.status is NS.INVALID_OID
 
 
-@pytest.mark.parametrize("oid", [natt.OID_TCP_TASK_OFFLOAD, 0xFC010202, 0xFC010207, 0, "add", None])
-def test_set_of_other_oids_is_invalid_oid(backend: str, oid) -> None:
+@pytest.mark.parametrize("oid, logged", [
+    (natt.OID_TCP_TASK_OFFLOAD, "oid: 0xFC010201 (OID_TCP_TASK_OFFLOAD: a query, see query_oid) is not one natt sets"),
+    (0xFC010202, "oid: 0xFC010202 (OID_TCP_TASK_IPSEC_ADD_SA: ESP/AH without UDP encapsulation) is not one natt sets"),
+    (np.uint32(0xFC010207), "oid: 0xFC010207 is not one natt sets"),
+    (0, "oid: 0x00000000 is not one natt sets"),
+    ("add", "oid: 'add' is not an OID"),
+    (None, "oid: None is not an OID"),
+])
+def test_set_of_other_oids_is_invalid_oid_and_logged_at_debug(backend: str, oid, logged, caplog) -> None:
+    # A driver developer whose set_oid got INVALID_OID finds why on the natt logger, as for a
+    # refused add or delete: the OID in hex, and its name when natt knows it.
     with natt.Offload(backend=backend) as nic:
-        assert nic.set_oid(oid, base_request()) is NS.INVALID_OID
+        with caplog.at_level(logging.DEBUG, logger="natt"):
+            assert nic.set_oid(oid, base_request()) is NS.INVALID_OID
         assert counts(nic) == (0, 0)
+    [record] = [r for r in caplog.records if r.name == "natt"]
+    assert record.levelno == logging.DEBUG
+    assert record.getMessage().startswith(f"set refused: {logged}") and record.getMessage().endswith(" (INVALID_OID)")
 
 
 _GARBAGE = st.sampled_from([None, -1, 0, 1, 2, 3, 2**32, 2**64, 2**100, 1.5, float("nan"), "", "x", "1.2.3.4",
@@ -1129,6 +1142,7 @@ def test_no_entry_point_echoes_a_key_given_in_the_wrong_place(backend: str, capl
                 assert add(nic, req) is not NS.SUCCESS
             for req in (natt.DeleteUdpEspSa(k), natt.DeleteUdpEspSa(1, k)):
                 assert nic.set_oid(DELETE, req) is NS.INVALID_PARAMETER
+            assert nic.set_oid(k, base_request()) is NS.INVALID_OID    # logged, naming the oid
         assert caplog.records and not _leaks(caplog.text, key) and str(int(KEY_HEX, 16))[:12] not in caplog.text
         assert counts(nic) == (0, 0)
 
