@@ -33,7 +33,7 @@ from ._oid import (
     OffloadError,
     OffloadSecurityAssociation,
 )
-from ._offload import Offload, backends
+from ._offload import Offload, SaStats, backends
 
 __all__ = [
     "__version__",
@@ -44,5 +44,5 @@ __all__ = [
     "Suite", "parse_suite", "suite_names",
     "AlgoInfo", "OffloadSecurityAssociation", "EncapTypeEntry", "AddUdpEspSa", "DeleteUdpEspSa",
     "OffloadCapabilities", "OffloadError",
-    "Offload", "backends",
+    "Offload", "SaStats", "backends",
 ]

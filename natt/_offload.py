@@ -20,7 +20,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any, Optional, SupportsIndex, Union, cast
+from typing import Any, Literal, Optional, SupportsIndex, TypedDict, Union, cast
 
 import numpy as np
 
@@ -53,7 +53,7 @@ from ._oid import (
 )
 from ._suites import SUITES, Cipher, Suite, parse_suite, suite_for_algos
 
-__all__ = ["Offload", "backends"]
+__all__ = ["Offload", "SaStats", "backends"]
 
 log = logging.getLogger("natt")
 
@@ -161,6 +161,43 @@ class _Entry:
     encap_type: UdpEncapType
     port: int
     refcount: int = 0
+
+
+class SaStats(TypedDict):
+    """What :meth:`Offload.sa_stats` returns: a plain ``dict`` at run time, with these keys.
+
+    Inbound and outbound SAs report the same keys (both backends give every counter for
+    either direction), so every key is always there; :meth:`Offload.sa_stats` says what each
+    one holds for each direction. No key material, ever (SECURITY.md).
+    """
+
+    # settings
+    handle: int
+    spi: int
+    direction: Literal["in", "out"]
+    mode: Literal["tunnel", "transport"]
+    suite: str                                  # canonical strongSwan keyword, e.g. "aes128gcm16"
+    esn: bool
+    replay_window: int                          # 0: anti-replay off
+    encap: Literal["IKE", "OTHER"]              # UdpEncapType name of the parser entry
+    port: int
+    entry_handle: int
+    df_bit: Literal["copy", "set", "clear"]     # DF_BIT_MODES (RFC 4301 §8.1)
+    # counters since the SA was added (COUNTER_NAMES)
+    packets: int
+    bytes: int
+    auth_failures: int
+    replays: int
+    malformed: int
+    dummy: int
+    protocol: int
+    seq_overflows: int
+    errors: int
+    esn_resyncs: int
+    # sequence state (what add_sa takes under the same names)
+    replay_seq: int
+    replay_fail_run: int
+    replay_oseq: int
 
 
 class Offload:
@@ -781,7 +818,7 @@ class Offload:
                         self._drop_sa(cfg, keep=before)
             raise
 
-    def sa_stats(self, handle: SupportsIndex) -> dict[str, Any]:
+    def sa_stats(self, handle: SupportsIndex) -> SaStats:
         """Counters and settings of one SA, like ``ip -s xfrm state`` (never any key).
 
         Settings: ``handle``, ``spi``, ``direction`` ("in"/"out"), ``mode``
@@ -813,7 +850,10 @@ class Offload:
                 "df_bit": cfg.df_bit,
             }
             stats.update(self._backend.counters(cfg.handle))   # the int, not the caller's object
-            return stats
+            # A cast: the counters come from the backend as dict[str, int] (COUNTER_NAMES and the
+            # sequence state), which mypy cannot merge into a TypedDict; test_datapath checks that
+            # SaStats names exactly the keys both backends give, for either direction.
+            return cast(SaStats, stats)
 
     def replay_state(self, handle: SupportsIndex) -> tuple[int, int]:
         """The anti-replay state of an inbound SA with a window, as ``(top, bitmap)``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import struct
+import typing
 from typing import Any, Optional
 
 import numpy as np
@@ -984,6 +985,31 @@ def test_sa_stats_docstring_names_every_key(nic):
     for handle in (h, out):
         missing = [k for k in nic.sa_stats(handle) if f"``{k}``" not in doc]
         assert not missing, missing
+
+
+def _of_type(value: Any, hint: Any) -> bool:
+    """``value`` is of TypedDict field type ``hint`` (int, bool, str or a Literal of strings)."""
+    if typing.get_origin(hint) is typing.Literal:
+        return value in typing.get_args(hint)
+    return type(value) is hint        # exactly: a bool is no count, a numpy integer no int
+
+
+def test_sa_stats_type_names_every_key_with_its_type(nic):
+    """natt.SaStats, sa_stats' return annotation, is what a typed caller checks its reads against:
+    it must name exactly the keys sa_stats gives (all of them required, as either direction has
+    each one) and their types, for an inbound and an outbound SA of each mode."""
+    hints = typing.get_type_hints(natt.SaStats)
+    assert natt.SaStats.__required_keys__ == set(hints) and not natt.SaStats.__optional_keys__
+    assert typing.get_type_hints(natt.Offload.sa_stats)["return"] is natt.SaStats
+    handles = [add_in(nic)[0], add_in(nic, spi=SPI + 1, mode="tunnel", esn=True)[0],
+               nic.add_sa(SPI + 2, bytes(20), "aes128gcm16", "out", mode="transport"),
+               nic.add_sa(SPI + 3, bytes(48), "aes128-sha256", "out", src="192.0.2.1", dst="192.0.2.2",
+                          df_bit="set")]
+    for handle in handles:
+        stats = nic.sa_stats(handle)
+        assert list(stats) == list(hints)           # same keys, in the documented order
+        wrong = {k: v for k, v in stats.items() if not _of_type(v, hints[k])}
+        assert not wrong, wrong
 
 
 @pytest.mark.parametrize("status", list(Status))
