@@ -14,7 +14,7 @@ from typing import Any, SupportsIndex, Union, overload
 
 import numpy as np
 
-from ._constants import Status
+from ._constants import ENCAP_OVERHEAD, Status
 
 
 __all__ = ["PacketBatch", "BatchResult", "DecapResult", "EncapResult", "ENCAP_OVERHEAD", "as_batch",
@@ -22,9 +22,6 @@ __all__ = ["PacketBatch", "BatchResult", "DecapResult", "EncapResult", "ENCAP_OV
 
 BytesLike = Union[bytes, bytearray, memoryview, np.ndarray]
 
-#: Octets encap may add to a packet: outer IPv4 (20) + UDP (8) + non-IKE marker (8)
-#: + ESP header (8) + IV (≤16) + padding, pad length and next header (≤17) + ICV (≤32).
-ENCAP_OVERHEAD = 128
 _MAX_SEGMENT = 2**31 - 1
 
 
@@ -459,9 +456,8 @@ def _copy_segments_py(out: np.ndarray, out_off: np.ndarray, src: np.ndarray, src
         out[o: o + ln] = src[s: s + ln]
 
 
-# At the end: natt._fastpath imports ENCAP_OVERHEAD from this module. The compiled versions do
-# the same in one C loop (at a batch of one, numpy's calls cost more than the decap; a capture
-# chunk's thousands of segments cost a Python step each).
+# The compiled versions do the same in one C loop (at a batch of one, numpy's calls cost more
+# than the decap; a capture chunk's thousands of segments cost a Python step each).
 try:
     from ._fastpath import gather as copy_segments
     from ._fastpath import layout_slots as _layout_slots

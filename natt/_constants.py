@@ -45,6 +45,12 @@ OFFLOAD_MAX_SAS = 3
 #: values are the strings themselves.
 DF_BIT_MODES = ("copy", "set", "clear")
 
+#: Octets encap may add to a packet: outer IPv4 (20) + UDP (8) + non-IKE marker (8)
+#: + ESP header (8) + IV (≤16) + padding, pad length and next header (≤17) + ICV (≤32).
+#: Here, not in natt._batch (which exports it): natt._fastpath checks its own copy against it
+#: at import, and importing natt._batch from there made the two modules import each other.
+ENCAP_OVERHEAD = 128
+
 
 class _Named(enum.IntEnum):
     """An IntEnum that prints as its name: ``str(Status.AUTH_FAILED)`` and ``f"{status}"`` say

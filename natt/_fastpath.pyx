@@ -87,8 +87,9 @@ from natt._openssl cimport (
 )
 
 from ._backend import COUNTER_NAMES, ESN_RESYNC_LIMIT, ESN_RESYNC_TRIGGER, wipe_key
-from ._batch import ENCAP_OVERHEAD as _ENCAP_OVERHEAD
-from ._constants import Status as _Status, UdpEncapType
+# Not from natt._batch, which imports this module: whichever of the two came first, the other
+# found it half-initialised (natt._batch then silently took its pure-Python copy_segments).
+from ._constants import ENCAP_OVERHEAD as _ENCAP_OVERHEAD, Status as _Status, UdpEncapType
 from ._suites import Cipher as _Cipher, Mac as _Mac
 
 cnp.import_array()
@@ -220,7 +221,7 @@ cdef enum:
     NATT_CBC_GROUP = 32          # AES-NI CBC encap: packets framed, encrypted side by side, MACed
     NATT_SCRATCH_KEEP = 4 << 20  # octets of per-packet scratch always kept (FastBackend._scratch)
     NATT_SCRATCH_IDLE = 8        # calls using under a quarter of a larger scratch before it shrinks
-    NATT_ENCAP_OVERHEAD = 128    # natt._batch.ENCAP_OVERHEAD (checked at import)
+    NATT_ENCAP_OVERHEAD = 128    # natt._constants.ENCAP_OVERHEAD (checked at import)
     NATT_CONT = 255              # parse status: an SA was found, the packet goes on
     NATT_GIL_HOLD_PACKETS = 4    # a serial batch this small may run with the GIL held (natt_brief)
     NATT_GIL_HOLD_OCTETS = 2048  # ... if its packets add up to no more octets than this

@@ -640,6 +640,23 @@ def test_a_process_first_threaded_batch_is_shared_with_the_workers_it_starts(tmp
     pytest.fail(f"the new worker ran none of the first batch's chunks in {len(runs)} fresh processes: {runs}")
 
 
+def test_the_extension_imported_first_still_gives_batches_their_compiled_helpers():
+    """natt._batch takes gather and layout_slots from the extension, or its pure-Python copies
+    when the extension is not built. ``import natt`` no longer imports natt._batch first, so
+    ``import natt._fastpath`` may come first: the extension used to import natt._batch, which
+    then found it half-initialised and silently took the slow copies."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import natt._fastpath as f, natt._batch as b\n"
+            "assert (b.copy_segments, b._layout_slots) == (f.gather, f.layout_slots), b.copy_segments\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(natt.__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_threaded_decap_works_in_a_forked_child():
     """Worker threads do not survive fork(): the child must not wait for them."""
     import multiprocessing

@@ -794,3 +794,36 @@ def test_the_fast_path_stub_matches_the_compiled_module(tmp_path):
                           "--mypy-config-file", str(Path(natt.__file__).resolve().parents[1] / "pyproject.toml")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _in_a_fresh_process(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a new interpreter on the natt under test (what it imports is the point)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(natt.__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_import_natt_defers_numpy_until_a_name_needs_it():
+    """``import natt`` loads the modules that need numpy (and the extension) on the first use of a
+    name of theirs (PEP 562): the ``natt`` command's entry point is imported through the package,
+    and it turns a Ctrl-C during startup into a message only if the heavy imports come after it.
+    Once loaded, natt is as the eager import left it: every name of ``__all__``, in ``dir``,
+    ``from natt import *``, and the submodules as attributes."""
+    done = _in_a_fresh_process(
+        "import sys, natt\n"
+        "assert 'numpy' not in sys.modules, 'import natt imported numpy'\n"
+        "assert natt.OID_TCP_TASK_OFFLOAD == 0xFC010201 and natt.Status.OK == 0 and natt.__version__\n"
+        "assert 'numpy' not in sys.modules, 'a constant imported numpy'\n"
+        "assert set(natt.__all__) <= set(dir(natt))\n"
+        "ns = {}\n"
+        "exec('from natt import *', ns)\n"
+        "assert set(ns) - {'__builtins__'} == set(natt.__all__)\n"
+        "assert natt.PacketBatch.__module__ == 'natt._batch' and natt.Offload is natt._offload.Offload\n"
+        "try:\n"
+        "    natt.no_such_name\n"
+        "except AttributeError as e:\n"
+        "    assert str(e) == \"module 'natt' has no attribute 'no_such_name'\", e\n"
+        "else:\n"
+        "    raise AssertionError('natt.no_such_name')\n")
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = _in_a_fresh_process("from natt import Offload, SaStats; print(Offload.__name__, SaStats.__name__)")
+    assert (done.returncode, done.stdout) == (0, "Offload SaStats\n"), done.stderr[-2000:]
