@@ -35,7 +35,7 @@ from ._oid import (
     OffloadSecurityAssociation,
 )
 
-# The modules below import numpy (and the extension), a good part of a second's startup. They load
+# The modules below import numpy (and the extension), most of the command's startup. They load
 # on the first use of a name of theirs, not with the package: the ``natt`` command's entry point
 # (natt/_entry.py) is imported through this package, and it can turn a Ctrl-C that comes during
 # startup into a message only if startup's heavy imports happen inside it.

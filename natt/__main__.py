@@ -1,7 +1,7 @@
-"""``python -m natt``: the ``natt`` command line (:func:`natt.cli.main`)."""
+"""``python -m natt``: the ``natt`` command line (:func:`natt._entry.main`, as the console script)."""
 
 import sys
 
-from .cli import main
+from ._entry import main
 
 sys.exit(main())

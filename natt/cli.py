@@ -39,6 +39,7 @@ from . import pcap
 from ._batch import ENCAP_OVERHEAD, PacketBatch
 from ._capture import CaptureStats, InboundSas, sa_index, sa_table
 from ._constants import Status
+from ._entry import interrupted
 from ._files import Replacement, new_file_mode
 from ._offload import MAX_THREADS, Offload, _check_threads
 from ._suites import Cipher, Mac
@@ -1536,8 +1537,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"natt {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return interrupted(args.command)
 
 
 if __name__ == "__main__":

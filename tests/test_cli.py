@@ -8,6 +8,7 @@ import errno
 import ipaddress
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -72,6 +73,61 @@ def run(argv, capsys):
     rc = cli.main(argv)
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+# ---------------------------------------------------------------------------------------------- startup
+
+# Ctrl-C at a chosen point of startup, deterministically: a finder first on sys.meta_path raises
+# SIGINT (the signal itself, through Python's handler, as a terminal's Ctrl-C does) when asked for
+# module TARGET. Then natt starts as the console script pip writes for pyproject.toml's entry
+# point does (from MODULE import ATTR; sys.exit(ATTR())), or as ``python -m natt``.
+_INTERRUPTED_AT_IMPORT = textwrap.dedent("""
+    import importlib, importlib.abc, runpy, signal, sys
+    target, entry = sys.argv[1], sys.argv[2]
+
+    class CtrlC(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, module=None):
+            if name == target:
+                sys.meta_path.remove(self)
+                signal.raise_signal(signal.SIGINT)
+            return None
+
+    # Python's own handler, even where the test run inherited SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.meta_path.insert(0, CtrlC())
+    sys.argv = ["natt", *sys.argv[3:]]
+    if entry == "-m natt":
+        runpy.run_module("natt", run_name="__main__", alter_sys=True)
+    module, _, attr = entry.partition(":")
+    sys.exit(getattr(importlib.import_module(module), attr)())
+""")
+
+
+def _console_script_entry() -> str:
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+    pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+    entry: str = tomllib.loads(pyproject.read_text())["project"]["scripts"]["natt"]
+    return entry
+
+
+@pytest.mark.parametrize("how", ["console script", "-m natt"])
+@pytest.mark.parametrize("target, command, message", [
+    ("numpy", ["--version"], "natt: interrupted"),                # natt's modules' first heavy import
+    ("natt._fastpath", ["--version"], "natt: interrupted"),       # the extension
+    ("natt.cli", ["--version"], "natt: interrupted"),
+    ("natt.pcap", ["--version"], "natt: interrupted"),            # an import of natt.cli's own
+    ("natt.traffic", ["demo", "--packets", "10", "--no-progress"], "natt demo: interrupted"),  # in the command
+], ids=["numpy", "extension", "natt.cli", "natt.pcap", "demo imports natt.traffic"])
+def test_ctrl_c_during_startup_ends_with_one_line_and_status_130(how, target, command, message, tmp_path):
+    # Ctrl-C while natt was still importing (numpy, the extension, natt.cli: 0.1 s warm, more from
+    # a cold disk cache) printed a traceback: the console script imported natt.cli, and natt/__init__
+    # numpy, outside any handler.
+    entry = _console_script_entry() if how == "console script" else "-m natt"
+    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_AT_IMPORT, target, entry, *command,
+                           *(["--out-dir", str(tmp_path)] if command[0] == "demo" else [])],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert (done.returncode, done.stderr, done.stdout) == (130, message + "\n", ""), done.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []           # the demo was stopped before it wrote a file
 
 
 # ---------------------------------------------------------------------------------------------- help
