@@ -1574,6 +1574,15 @@ cdef inline void natt_pipe_start(const natt_state *st, natt_io *io, int64_t lo, 
         natt_ring_fill(st, io, k, natt_pipe_pkt(pkts, k, ring), &keys[k & 15])
 
 
+cdef inline natt_sa *natt_pipe_head(const natt_state *st, natt_pkt *pkts, int64_t k, int64_t hi,
+                                    bint ring, const natt_key *keys) noexcept nogil:
+    """The head of packet ``k``'s hash chain if ``k`` is a packet (below ``hi``) that goes on to
+    an SA lookup, else NULL."""
+    if k >= hi or natt_pipe_pkt(pkts, k, ring).status != NATT_CONT:
+        return NULL
+    return st.buckets[keys[k & 15].bucket]
+
+
 cdef inline natt_pkt *natt_pipe_step(const natt_state *st, natt_io *io, int64_t i, int64_t hi,
                                      natt_pkt *pkts, bint ring, natt_key *keys,
                                      bint replay) noexcept nogil:
@@ -1584,19 +1593,12 @@ cdef inline natt_pkt *natt_pipe_step(const natt_state *st, natt_io *io, int64_t 
     cdef natt_pkt *q
     cdef natt_sa *head
     k = i + 4
-    if k < hi:
-        q = natt_pipe_pkt(pkts, k, ring)
-        if q.status == NATT_CONT:
-            head = st.buckets[keys[k & 15].bucket]
-            if head != NULL:
-                natt_prefetch_lookup(head, keys[k & 15].spi, q.seql, replay)
-    k = i + 8
-    if k < hi:
-        q = natt_pipe_pkt(pkts, k, ring)
-        if q.status == NATT_CONT:
-            head = st.buckets[keys[k & 15].bucket]
-            if head != NULL:
-                natt_prefetch_sa(head)
+    head = natt_pipe_head(st, pkts, k, hi, ring, keys)
+    if head != NULL:
+        natt_prefetch_lookup(head, keys[k & 15].spi, natt_pipe_pkt(pkts, k, ring).seql, replay)
+    head = natt_pipe_head(st, pkts, i + 8, hi, ring, keys)
+    if head != NULL:
+        natt_prefetch_sa(head)
     # In the ring, slot (i+12) & 15 last held packet i-4, finished.
     k = i + 12
     if k < hi:
