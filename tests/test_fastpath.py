@@ -640,7 +640,7 @@ def test_a_process_first_threaded_batch_is_shared_with_the_workers_it_starts(tmp
     pytest.fail(f"the new worker ran none of the first batch's chunks in {len(runs)} fresh processes: {runs}")
 
 
-def test_the_extension_imported_first_still_gives_batches_their_compiled_helpers():
+def test_the_extension_imported_first_still_gives_batches_their_compiled_helpers(tmp_path):
     """natt._batch takes gather and layout_slots from the extension, or its pure-Python copies
     when the extension is not built. ``import natt`` no longer imports natt._batch first, so
     ``import natt._fastpath`` may come first: the extension used to import natt._batch, which
@@ -653,7 +653,10 @@ def test_the_extension_imported_first_still_gives_batches_their_compiled_helpers
     code = ("import natt._fastpath as f, natt._batch as b\n"
             "assert (b.copy_segments, b._layout_slots) == (f.gather, f.layout_slots), b.copy_segments\n")
     env = {**os.environ, "PYTHONPATH": str(Path(natt.__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    # cwd: "python -c" puts the working directory first on sys.path, and from a checkout that
+    # would import the source tree's natt (no compiled extension) instead of the installed one.
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
