@@ -796,13 +796,16 @@ def test_the_fast_path_stub_matches_the_compiled_module(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def _in_a_fresh_process(code: str) -> subprocess.CompletedProcess[str]:
+def _in_a_fresh_process(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a new interpreter on the natt under test (what it imports is the point)."""
     env = {**os.environ, "PYTHONPATH": str(Path(natt.__file__).resolve().parents[1])}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    # cwd: "python -c" puts the working directory first on sys.path, and from a checkout that
+    # would import the source tree's natt (no compiled extension) instead of the installed one.
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
 
 
-def test_import_natt_defers_numpy_until_a_name_needs_it():
+def test_import_natt_defers_numpy_until_a_name_needs_it(tmp_path):
     """``import natt`` loads the modules that need numpy (and the extension) on the first use of a
     name of theirs (PEP 562): the ``natt`` command's entry point is imported through the package,
     and it turns a Ctrl-C during startup into a message only if the heavy imports come after it.
@@ -823,7 +826,8 @@ def test_import_natt_defers_numpy_until_a_name_needs_it():
         "except AttributeError as e:\n"
         "    assert str(e) == \"module 'natt' has no attribute 'no_such_name'\", e\n"
         "else:\n"
-        "    raise AssertionError('natt.no_such_name')\n")
+        "    raise AssertionError('natt.no_such_name')\n", tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    done = _in_a_fresh_process("from natt import Offload, SaStats; print(Offload.__name__, SaStats.__name__)")
+    done = _in_a_fresh_process("from natt import Offload, SaStats; print(Offload.__name__, SaStats.__name__)",
+                               tmp_path)
     assert (done.returncode, done.stdout) == (0, "Offload SaStats\n"), done.stderr[-2000:]
