@@ -122,6 +122,11 @@ def _check_report(args: argparse.Namespace) -> None:
 
 def _check_output(args: argparse.Namespace) -> None:
     if _is_stdout(args.output):
+        if sys.stdout.isatty():
+            # A capture is binary: on a terminal it is noise that can leave the terminal in a
+            # state of its control sequences, and nothing could read it back.
+            raise UsageError(f"-o {args.output}: standard output is a terminal here; pipe the capture on "
+                             f"(natt ... -o - | tshark -r -) or name a file")
         return
     why = destination_problem(args.output)
     if why:
@@ -1287,8 +1292,8 @@ _OUTPUT_HELP = ("it is written as a temporary file beside OUT and renamed over O
                 "succeeds (keeping OUT's mode and, where allowed, its owner; a new OUT is no more readable "
                 "than IN), so a failed run leaves OUT "
                 "as it was and OUT may be IN; a FIFO or a device "
-                "is written as the run goes. '-' (or /dev/stdout) is standard output: the summary "
-                "then goes to stderr")
+                "is written as the run goes. '-' (or /dev/stdout) is standard output, a pipe or "
+                "a file but not a terminal: the summary then goes to stderr")
 _REPORT_HELP = ("also write the summary as JSON (written whole or not at all; '-' is standard output, "
                 "the summary table then goes to stderr)")
 _MODE_HELP = ("IPsec mode of SAs whose key file does not say: every SA of an esp_sa table, and "

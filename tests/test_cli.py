@@ -1573,6 +1573,26 @@ def test_reading_from_a_terminal_says_so_or_is_refused(scenario, tmp_path):
     assert not (tmp_path / "o.pcap").exists()
 
 
+@pytest.mark.parametrize("command", ["decap", "encap"])
+@pytest.mark.parametrize("output", ["-", "/dev/stdout"])
+def test_a_capture_is_not_written_to_a_terminal(scenario, tmp_path, command, output):
+    # -o - with standard output on a terminal printed the binary capture there.
+    import pty
+    cap, keyfile, _, _, _ = scenario
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "natt.cli", command, str(cap), "-k", str(keyfile), "-o", output],
+                              stdout=follower, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60,
+                              env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    finally:
+        os.close(follower)
+        os.close(leader)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.endswith(
+        f"natt {command}: error: -o {output}: standard output is a terminal here; pipe the capture on "
+        "(natt ... -o - | tshark -r -) or name a file\n"), err
+
+
 def test_explain_help_example_runs_on_a_demo_capture(tmp_path, capsys):
     """The example that takes a frame from a capture runs as printed (tshark 4.0 has no ip.raw field)."""
     if not os.path.exists("/bin/sh"):
