@@ -249,7 +249,15 @@ def _spi(v: Any, where: str, show: Callable[[Any], str] = shown) -> int:
         prefix = 2 if text[:2] in ("0x", "0X") else 0
         digits = string.hexdigits if prefix else string.digits
         bad = next((i for i, c in enumerate(text[prefix:], prefix) if c not in digits), None)
-        at = f" (character {bad + 1} is not a {'hex ' if prefix else ''}digit)" if bad is not None else ""
+        if bad is not None:
+            # Hex digits alone are a hex SPI without its 0x (Wireshark's strtoul reads no number there).
+            hint = "; hex needs 0x" if not prefix and all(c in string.hexdigits for c in text) else ""
+            at = f" (character {bad + 1} is not a {'hex ' if prefix else ''}digit{hint})"
+        elif text[prefix:]:
+            # Only decimal digits, led by a 0: C (Wireshark) would read them as octal.
+            at = " (a leading 0: hex needs 0x, and a decimal SPI has no leading zeros)"
+        else:
+            at = " (no digits)"
         raise KeyFileError(f"{where}: spi: {show(v)} is not a number{at}")
     if spi is None or not 0 < spi < 2**32:
         raise KeyFileError(f"{where}: spi: must be 1 .. 2**32-1, got {show(v)}")

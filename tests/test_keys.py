@@ -947,8 +947,13 @@ def test_a_key_in_a_name_column_is_not_echoed(text):
 
 
 @pytest.mark.parametrize("spi,where", [("0xc0de000g", "character 10 is not a hex digit"),
-                                       ("12ab", "character 3 is not a digit"),
-                                       ("0x12 34", "character 5 is not a hex digit")])
+                                       ("12ab", "character 3 is not a digit; hex needs 0x"),
+                                       ("12 ab", "character 3 is not a digit"),
+                                       ("0x12 34", "character 5 is not a hex digit"),
+                                       # int(text, 0) refuses these without saying why: the message
+                                       # said "is not a number" of a run of digits
+                                       ("00001001", "a leading 0: hex needs 0x, and a decimal SPI has no leading zeros"),
+                                       ("0x", "no digits")])
 def test_an_spi_typo_is_located_even_where_the_value_is_not_shown(spi, where):
     # A 10-character value may be a key from a shifted field, so it is not shown; where the
     # number breaks still finds the typo.
