@@ -380,6 +380,14 @@ class _JsonObject(dict[str, Any]):
         return obj
 
 
+def _unknown_field(name: str) -> str:
+    """An unknown JSON field as an error names it, with the field it is likely a typo of. Only
+    a known name is suggested: the unknown one may be a key, which ``shown`` does not echo."""
+    # 0.65: 'source' suggests 'src', while 'destination' suggests nothing rather than 'direction'.
+    close = difflib.get_close_matches(name.lower(), sorted(_FIELDS), n=1, cutoff=0.65)
+    return shown(name) + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
 def _refuse_repeats(obj: Any, where: str) -> None:
     repeated = getattr(obj, "repeated", ())
     if repeated:
@@ -392,7 +400,7 @@ def _spec_from_json(i: int, obj: Any, default_mode: str = "tunnel") -> SaSpec:
     _refuse_repeats(obj, _where(i))
     unknown = sorted(set(obj) - _FIELDS)
     if unknown:
-        raise KeyFileError(f"{_where(i)}: unknown field(s) {', '.join(map(shown, unknown))}")
+        raise KeyFileError(f"{_where(i)}: unknown field(s) {', '.join(map(_unknown_field, unknown))}")
     for req in ("spi", "suite", "key"):
         if req not in obj:
             raise KeyFileError(f"{_where(i, obj.get('spi'))}: missing field {req!r}")

@@ -556,6 +556,19 @@ def test_esp_sa_text_keys_in_the_wrong_field_are_never_shown():
         keys.from_esp_sa(ctr)
 
 
+@pytest.mark.parametrize("field,said", [
+    ("replay_windw", "'replay_windw' (did you mean 'replay_window'?)"),
+    ("SPI", "'SPI' (did you mean 'spi'?)"),
+    ("inner-src", "'inner-src' (did you mean 'inner_src'?)"),
+    ("colour", "'colour'"),
+])
+def test_json_unknown_field_names_its_likely_spelling(field, said):
+    # Only the field was named: a typo of a long name had to be found by eye in docs/keys.md.
+    with pytest.raises(keys.KeyFileError) as ei:
+        keys.loads(json.dumps([{"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), field: 64}]))
+    assert str(ei.value) == f"SA #1: unknown field(s) {said}"
+
+
 def test_json_unknown_field_names_are_not_shown_when_they_could_be_keys():
     with pytest.raises(keys.KeyFileError, match=r"unknown field\(s\) <40 hex digits, not shown") as ei:
         keys.loads('[{"spi": 1, "suite": "aes128gcm16", "key": "00", "%s": 1}]' % bytes(range(20)).hex())
