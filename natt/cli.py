@@ -625,6 +625,16 @@ def decap_hints(stats: CaptureStats, specs: Sequence[keyfile.SaSpec]) -> list[st
         hints.append(f"{carried} packets decrypted under transport-mode SAs carry a whole IP packet (next "
                      "header 4 or 41), written behind the outer header: tunnel traffic? A tunnel-mode SA "
                      "writes the inner packet alone (--mode tunnel, or \"mode\": \"tunnel\" in a JSON key file)")
+    # An SA that decrypted nothing and found its packets malformed passed their ICVs and then
+    # failed the padding (decap's steps 9, 10): the silent failure of a wrong encryption key, such
+    # as an esp_sa key written without 0x, whose text is twice as long and may fit another AES.
+    garbled = [s.label() for k, s in enumerate(specs)
+               if stats.counts[k, Status.MALFORMED] and not stats.counts[k, Status.OK]]
+    if garbled:
+        hints.append(f"{_listed(garbled)} decrypted no packet and found them malformed: when the ICV verifies, "
+                     "that is a wrong encryption key under a right integrity key (natt explain shows the "
+                     "steps for one packet); in an esp_sa table a key without 0x is text, one octet per "
+                     "character (docs/keys.md)")
     hints += snap_hints(stats)
     hints += link_hints(stats)
     if stats.spi_elsewhere and stats.spi_example is not None:
@@ -709,6 +719,12 @@ def _selects(s: keyfile.SaSpec) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Ne
     return ipaddress.IPv4Network(ends[0] or "0.0.0.0/0"), ipaddress.IPv4Network(ends[1] or "0.0.0.0/0")
 
 
+def _listed(labels: Sequence[str]) -> str:
+    """SA labels for a hint: the first three, then how many more."""
+    more = len(labels) - 3
+    return ", ".join(labels[:3]) + (f" and {more} more SA{'s' if more > 1 else ''}" if more > 0 else "")
+
+
 def shadow_hints(specs: Sequence[keyfile.SaSpec]) -> list[str]:
     """A hint for each outbound SA that :func:`choose_sa` can never pick: one earlier in the key
     file selects exactly the same packets (the tie goes to it). An ``esp_sa`` table names no
@@ -720,12 +736,7 @@ def shadow_hints(specs: Sequence[keyfile.SaSpec]) -> list[str]:
         if j != k:
             shadowed.setdefault(j, []).append(k)
 
-    def names(ks: list[int]) -> str:
-        shown = ", ".join(specs[k].label() for k in ks[:3])
-        more = len(ks) - 3
-        return shown + (f" and {more} more SA{'s' if more > 1 else ''}" if more > 0 else "")
-
-    return [f"{names(ks)} {'carries' if len(ks) == 1 else 'carry'} no packet: {specs[j].label()} selects the "
+    return [f"{_listed([specs[k].label() for k in ks])} {'carries' if len(ks) == 1 else 'carry'} no packet: {specs[j].label()} selects the "
             "same packets and comes first in the key file; give each SA its own inner_src / inner_dst "
             "(tunnel) or src / dst (transport) in a JSON key file"
             for j, ks in shadowed.items()]

@@ -1846,6 +1846,21 @@ def test_decap_hints_name_what_went_wrong_and_what_to_do(dask, scenario, tmp_pat
         got), got
 
 
+def test_an_sa_whose_packets_all_decrypt_malformed_gets_a_hint(scenario, tmp_path, capsys):
+    # A wrong encryption key under the right integrity key (an esp_sa key without 0x: text) showed
+    # only as a count of malformed packets, while natt explain named the cause.
+    cap, _, _, specs, _ = scenario
+    wrong = tmp_path / "wrong.json"
+    cbc = specs[1]      # aes256-sha256: the ICV verifies, the padding after decryption does not
+    keys.save(wrong, [specs[0], dataclasses.replace(cbc, key=bytes(32) + bytes(cbc.key[32:])), specs[2]])
+    rc, _, err = run(["decap", str(cap), "-k", str(wrong), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    assert rc == 0, err
+    assert ("hint: spi=0x00005001 aes256-sha256 decrypted no packet and found them malformed: when the ICV "
+            "verifies, that is a wrong encryption key under a right integrity key (natt explain shows the steps "
+            "for one packet); in an esp_sa table a key without 0x is text, one octet per character "
+            "(docs/keys.md)") in err.splitlines(), err
+
+
 def test_esp_to_a_port_without_an_sa_is_counted_in_either_framing_and_never_read_past_its_end():
     from natt._capture import CaptureStats, InboundSas
 
