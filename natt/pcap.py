@@ -971,9 +971,11 @@ class PcapReader:
                 break
         else:
             # Wireshark saves compressed captures and tshark reads them; natt reads the capture
-            # formats only, so it names the compression and the command that undoes it.
+            # formats only, so it names the compression and the command that undoes it (xz and
+            # bzip2 too, which captures are archived with).
             for magic_prefix, what, tool in ((b"\x1f\x8b", "gzip", "gunzip"), (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
-                                             (b"\x04\x22\x4d\x18", "lz4", "unlz4")):
+                                             (b"\x04\x22\x4d\x18", "lz4", "unlz4"), (b"\xfd7zX", "xz", "unxz"),
+                                             (b"BZh", "bzip2", "bunzip2")):
                 if head.startswith(magic_prefix):
                     raise PcapError(f"{self.name}: {what}-compressed; decompress it first ({tool} -k), or "
                                     f"pipe it in: {tool} -c FILE | natt ... -", 0)

@@ -201,9 +201,12 @@ def test_a_gzip_compressed_capture_is_named_as_such(tmp_path):
 
 
 @pytest.mark.parametrize("magic,what,tool", [(b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
-                                             (b"\x04\x22\x4d\x18", "lz4", "unlz4")])
-def test_zstd_and_lz4_captures_are_named_as_such(tmp_path, magic, what, tool):
-    # tshark reads these too; natt said "not a pcap or pcapng file (magic 28b52ffd)".
+                                             (b"\x04\x22\x4d\x18", "lz4", "unlz4"),
+                                             (b"\xfd7zXZ\x00", "xz", "unxz"),
+                                             (b"BZh9", "bzip2", "bunzip2")])
+def test_zstd_lz4_xz_and_bzip2_captures_are_named_as_such(tmp_path, magic, what, tool):
+    # tshark reads zstd and lz4 too; natt said "not a pcap or pcapng file (magic 28b52ffd)", and
+    # of a capture archived with xz or bzip2 it said so still.
     path = tmp_path / f"c.pcap.{what}"
     path.write_bytes(magic + bytes(60))     # the frame's magic is what tells them apart
     with pytest.raises(pcap.PcapError, match=rf"c\.pcap\.{what}: {what}-compressed; decompress it first "
