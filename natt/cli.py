@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO, Optional, TextIO
 
@@ -172,14 +173,18 @@ def _load_keys(path: str, mode: str) -> list[keyfile.SaSpec]:
     if path == "-" and sys.stdin.isatty():
         _reading_from_terminal("the key file")
     try:
-        # -k - : keys piped from a secret store need not touch the disk.
-        specs = keyfile.load("/dev/stdin" if path == "-" else path, mode=mode)
+        with warnings.catch_warnings(record=True) as left_out:
+            warnings.simplefilter("always", keyfile.KeyFileWarning)
+            # -k - : keys piped from a secret store need not touch the disk.
+            specs = keyfile.load("/dev/stdin" if path == "-" else path, mode=mode)
     except OSError as e:
         raise CliError(f"cannot read key file {path}: {e.strerror or e}") from None
     except keyfile.KeyFileError as e:
         raise CliError(f"bad key file: {e}") from None
+    for w in left_out:
+        print(f"natt: note: key file {path}: {w.message}", file=sys.stderr)
     if not specs:
-        raise CliError(f"key file {path} holds no SA")
+        raise CliError(f"key file {path} holds no {'IPv4 ' if left_out else ''}SA")
     return specs
 
 

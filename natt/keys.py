@@ -110,6 +110,7 @@ import os
 import re
 import string
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -122,7 +123,7 @@ from ._suites import Cipher, Mac, Suite, parse_suite
 if TYPE_CHECKING:
     from ._offload import Offload
 
-__all__ = ["SaSpec", "KeyFileError", "load", "loads", "save", "dumps", "install", "same_sa",
+__all__ = ["SaSpec", "KeyFileError", "KeyFileWarning", "load", "loads", "save", "dumps", "install", "same_sa",
            "to_esp_sa", "from_esp_sa", "WIRESHARK_ENC", "WIRESHARK_AUTH"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -130,6 +131,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 class KeyFileError(ValueError):
     """A key file could not be read or an SA in it is not usable; names the place, never a key."""
+
+
+class KeyFileWarning(UserWarning):
+    """A line of a key file that was left out, not refused: an ``esp_sa`` line of an IPv6 SA."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -741,7 +746,9 @@ def from_esp_sa(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
     Lines of 8 fields (tshark 4.0) and of 9 or 10 (newer Wireshark: ``SN``, ``ESN High Bits``)
     may be mixed; see the module docstring for what ESN SAs load as.
 
-    A line that repeats an earlier SA exactly is dropped (tables that save-keys appends to
+    A line of an IPv6 SA is left out with a :class:`KeyFileWarning` (strongSwan's save-keys
+    writes a dual-stack host's IPv6 SAs into the same table); any other protocol but ``IPv4`` is
+    refused. A line that repeats an earlier SA exactly is dropped (tables that save-keys appends to
     across restarts can hold one SA twice); two different SAs with one SPI and destination
     (keys, or ESN, or ESN high bits apart) are kept, and :func:`install` refuses them.
     """
@@ -754,6 +761,12 @@ def from_esp_sa(text: str, *, mode: str = "tunnel") -> list[SaSpec]:
         fields = _uat_fields(line)
         if fields is None:
             raise KeyFileError(f"line {lineno}: not a list of double-quoted fields")
+        if len(fields) >= 8 and _uat_text(fields[0]) == "IPv6":
+            # save-keys writes a dual-stack host's IPv6 SAs into the same table. Their packets are
+            # never IPv4, so leaving them out loses nothing natt could decrypt.
+            warnings.warn(f"line {lineno}: an IPv6 SA, left out: natt handles IPv4 SAs only",
+                          KeyFileWarning, stacklevel=2)
+            continue
         s = _esp_sa_spec(lineno, fields, mode)
         ident = (s.spi, s.suite, s.key, s.src, s.dst, s.esn, s.replay_seq, s.replay_bitmap)
         if ident not in seen:

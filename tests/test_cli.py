@@ -368,6 +368,24 @@ def test_decap_with_esp_sa_keys_and_pcapng_output_format(scenario, tmp_path, cap
     assert [c.batch[i] for c in chunks for i in range(len(c))][:12] == inner
 
 
+def test_decap_leaves_out_the_ipv6_sas_of_an_esp_sa_table_with_a_note(scenario, tmp_path, capsys):
+    cap, _, inner, specs, _ = scenario
+    v6 = ('"IPv6","2001:db8::1","2001:db8::2","0x00000007","AES-GCM with 16 octet ICV [RFC4106]",'
+          '"0x000102030405060708090a0b0c0d0e0f10111213","NULL",""\n')
+    esp_sa = tmp_path / "esp_sa"
+    esp_sa.write_text(v6 + keys.dumps(specs, fmt="esp_sa"))
+    out = tmp_path / "out.pcap"
+    rc, _, err = run(["decap", str(cap), "-k", str(esp_sa), "-o", str(out)] + BACKEND, capsys)
+    assert rc == 0, err
+    assert f"natt: note: key file {esp_sa}: line 1: an IPv6 SA, left out: natt handles IPv4 SAs only" in err
+    with pcap.PcapReader(out) as r:
+        assert [c.batch[i] for c in r for i in range(len(c))][:12] == inner
+    # A table of IPv6 SAs alone holds nothing to install.
+    esp_sa.write_text(v6)
+    rc, _, err = run(["decap", str(cap), "-k", str(esp_sa), "-o", str(out)] + BACKEND, capsys)
+    assert rc == 1 and f"key file {esp_sa} holds no IPv4 SA" in err
+
+
 @pytest.mark.skipif("fast" not in natt.backends(), reason="the compiled fast path is not built")
 def test_decap_output_identical_on_fast_and_reference_backends(scenario, tmp_path, capsys):
     cap, keyfile, *_ = scenario

@@ -511,7 +511,7 @@ def test_esp_sa_round_trip_every_wireshark_suite(tmp_path):
     ('"IPv4","*","*","0x1","AES-CBC [RFC3602]","0x{k16}","ANY 96 bit authentication [no checking]",""',
      "always verifies the ICV"),
     ('"IPv4","*","*","0x1","AES-CBC [RFC3602]","0x{k16}","NULL",""', "integrity algorithm"),
-    ('"IPv6","*","*","0x1","NULL","","HMAC-SHA-1-96 [RFC2404]","0x{k20}"', "IPv4"),
+    ('"Any","*","*","0x1","NULL","","HMAC-SHA-1-96 [RFC2404]","0x{k20}"', "IPv4"),
     ('"IPv4","*","*","*","NULL","","HMAC-SHA-1-96 [RFC2404]","0x{k20}"', "SPI"),
     ('"IPv4","*","*","0x1","AES-CBC [RFC3602]","0x{k20}","HMAC-SHA-1-96 [RFC2404]","0x{k20}"', "AES-CBC needs"),
     ('"IPv4","*","*","0x1","AES-CBC [RFC3602]","0x{k16}","HMAC-SHA-1-96 [RFC2404]","0x{k16}"', "needs 16 \\+ 20"),
@@ -526,6 +526,19 @@ def test_esp_sa_errors_name_the_line_never_the_key(line, message):
         keys.loads("# header\n" + _fill(line))
     assert "line 2" in str(ei.value)
     assert bytes(range(16)).hex() not in str(ei.value)
+
+
+def test_esp_sa_ipv6_lines_are_left_out_with_a_warning_not_refused():
+    # strongSwan's save-keys writes a dual-stack host's IPv6 SAs into the same table; the IPv4
+    # SAs of the file must still load (one IPv6 line used to refuse the whole file).
+    v4 = '"IPv4","198.51.100.2","203.0.113.5","0x1","NULL","","HMAC-SHA-1-96 [RFC2404]","0x{k20}"'
+    v6 = '"IPv6","2001:db8::1","2001:db8::2","0x2","NULL","","HMAC-SHA-1-96 [RFC2404]","0x{k20}"'
+    with pytest.warns(keys.KeyFileWarning) as record:
+        specs = keys.loads(_fill("\n".join([v6, v4, v6])))
+    assert [s.spi for s in specs] == [1]
+    assert [str(w.message) for w in record] == [f"line {n}: an IPv6 SA, left out: natt handles IPv4 SAs only"
+                                                for n in (1, 3)]
+    assert all(bytes(range(20)).hex() not in str(w.message) for w in record)
 
 
 def test_esp_sa_text_keys_in_the_wrong_field_are_never_shown():
