@@ -120,6 +120,8 @@ class PacketBatch(_Segments):
         if isinstance(data, (bytes, bytearray, memoryview)):
             try:
                 data = np.frombuffer(data, dtype=np.uint8)
+            except BufferError:     # a strided memoryview (memoryview(buf)[::2])
+                raise ValueError("data: must be C-contiguous (pass bytes(data))") from None
             except ValueError:
                 raise ValueError("data: cannot be read (a released memoryview?)") from None
         if not isinstance(data, np.ndarray):
@@ -194,7 +196,12 @@ def _count(n: int, noun: str, plural: str = "") -> str:
 
 def _refuse_one_packet(packets: Any) -> None:
     """``ValueError`` for one packet where an iterable of packets belongs: iterated, a bytes
-    object or a 1-D numpy array (``res.data`` too) would give one-octet packets."""
+    object or a 1-D numpy array (``res.data`` too) would give one-octet packets. ``TypeError``
+    for a str or anything not iterable, naming ``packets`` (``iter(None)``'s own message names
+    no argument)."""
+    if isinstance(packets, str) or not isinstance(packets, Iterable):
+        raise TypeError(f"packets: expected a PacketBatch or an iterable of bytes-like packets, "
+                        f"got {type(packets).__name__}")
     if isinstance(packets, (bytes, bytearray, memoryview)):
         raise ValueError("packets: expected a PacketBatch or an iterable of packets, got one bytes object")
     if isinstance(packets, np.ndarray) and packets.ndim <= 1 and not packets.dtype.hasobject:
@@ -225,9 +232,6 @@ def as_batch(packets: Union[PacketBatch, Iterable[BytesLike]]) -> PacketBatch:
     """A ``PacketBatch`` as is, or a new one copied from an iterable of bytes-like packets."""
     if isinstance(packets, PacketBatch):
         return packets
-    if isinstance(packets, str) or not isinstance(packets, Iterable):
-        raise TypeError(f"packets: expected a PacketBatch or an iterable of bytes-like packets, "
-                        f"got {type(packets).__name__}")
     return PacketBatch.from_packets(packets)
 
 

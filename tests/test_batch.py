@@ -224,9 +224,13 @@ def test_from_packets_refuses_non_bytes_naming_the_packet():
 
 @pytest.mark.parametrize("packets, kind", [("abc", "str"), (None, "NoneType"), (17, "int")])
 def test_decap_of_something_not_a_batch_names_packets(nic, packets, kind):
-    with pytest.raises(TypeError, match=f"^packets: expected a PacketBatch or an iterable of bytes-like packets, "
-                                        f"got {kind}$"):
+    message = f"^packets: expected a PacketBatch or an iterable of bytes-like packets, got {kind}$"
+    with pytest.raises(TypeError, match=message):
         nic.decap(packets)
+    # from_packets, the call the constructor's hint sends readers to, says the same (it used to
+    # let iter() speak: "'NoneType' object is not iterable", or blame packets[0] for a str).
+    with pytest.raises(TypeError, match=message):
+        PacketBatch.from_packets(packets)
 
 
 def test_reprs_count_in_the_singular_and_plural():
@@ -437,6 +441,12 @@ def test_a_released_memoryview_is_named():
         PacketBatch.from_packets([b"ok", m])
     with pytest.raises(ValueError, match=r"^data: cannot be read \(a released memoryview\?\)$"):
         PacketBatch(m, _arr(0), _arr(1))
+
+
+def test_a_strided_memoryview_as_data_is_named():
+    # np.frombuffer raises BufferError for it, which named no field.
+    with pytest.raises(ValueError, match=r"^data: must be C-contiguous \(pass bytes\(data\)\)$"):
+        PacketBatch(memoryview(b"abcdef")[::2], _arr(0), _arr(1))
 
 
 def test_out_holding_the_input_is_refused(nic):
