@@ -294,11 +294,17 @@ class Offload:
         """Issue a set request; returns an :class:`NdisStatus` and never raises for bad contents.
 
         ``OID_TCP_TASK_IPSEC_ADD_UDPESP_SA`` takes an :class:`AddUdpEspSa` and
-        writes the handles back on success; ``OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA``
+        writes the handles back on success (on failure ``offload_handle`` is set to 0); ``OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA``
         takes a :class:`DeleteUdpEspSa`. Any other OID gives ``INVALID_OID``.
         """
         if oid == OID_TCP_TASK_IPSEC_ADD_UDPESP_SA:
-            return self._add(request)[0]
+            status = self._add(request)[0]
+            if status != NdisStatus.SUCCESS and isinstance(request, AddUdpEspSa):
+                # OffloadHandle is an output (spec §3.3), and a failed SA gets NULL (§3.5). A
+                # request used again as a template would otherwise still hold the handle of the
+                # SA an earlier add installed, and the caller could take it for this one's.
+                request.offload_handle = 0
+            return status
         if oid == OID_TCP_TASK_IPSEC_DELETE_UDPESP_SA:
             status, message = self._delete(request)
             if status != NdisStatus.SUCCESS:

@@ -92,8 +92,9 @@ class AddUdpEspSa:
     written back, as NDIS does: a request used again as a template then
     names that parser entry, which is refused once the entry is deleted
     (``dataclasses.replace(req, offload_handle=0, encap_type_entry_offld_handle=0)``
-    asks for a new one). ``key_mat`` holds, per ``sec_assoc`` element, the
-    confidentiality key then the integrity key; it never appears in ``repr``.
+    asks for a new one). A failed add sets ``offload_handle`` to 0. ``key_mat`` holds,
+    per ``sec_assoc`` element, the confidentiality key then the integrity key; it never
+    appears in ``repr``.
     """
 
     src_addr: Address = 0

@@ -465,6 +465,26 @@ def test_entry_found_or_created_and_shared(backend: str) -> None:
         assert counts(nic) == (5, 3)
 
 
+def test_a_failed_add_leaves_no_handle_in_a_reused_request(backend: str) -> None:
+    # OffloadHandle is an output, NULL for a failed SA (spec §3.3, §3.5). A request reused as a
+    # template still held the handle of the SA its earlier add installed, so code that read
+    # req.offload_handle after a refused add got another SA's handle.
+    with natt.Offload(backend=backend, max_sas=2) as nic:
+        req = install(nic, base_request())
+        first = req.offload_handle
+        assert add(nic, req) is NS.INVALID_DATA                  # the same SPI and destination again
+        assert req.offload_handle == 0
+        req.sec_assoc = [_sa_element(spi=0x2001)]
+        assert add(nic, req) is NS.SUCCESS and req.offload_handle not in (0, first)
+        req.sec_assoc = [_sa_element(spi=0x2002)]
+        assert add(nic, req) is NS.RESOURCES and req.offload_handle == 0
+        nic.close()
+        req.offload_handle = first
+        assert add(nic, req) is NS.FAILURE and req.offload_handle == 0
+        # The entry handle is an input too ("find or create" when 0): left as the caller set it.
+        assert req.encap_type_entry_offld_handle != 0
+
+
 def test_outbound_sa_uses_no_entry(backend: str) -> None:
     with natt.Offload(backend=backend, max_parser_entries=1) as nic:
         install(nic, other_request(port=4501))                 # fills the entry table
