@@ -106,8 +106,9 @@ class _Segments:
 class PacketBatch(_Segments):
     """A batch of packets in one buffer: ``data[offsets[i] : offsets[i] + lengths[i]]``.
 
-    ``data`` is a 1-D C-contiguous ``uint8`` array; ``offsets`` and ``lengths``
-    are 1-D C-contiguous ``int64`` arrays of equal size. Segments must lie
+    ``data`` is a 1-D C-contiguous ``uint8`` array, or a bytes-like object (viewed as
+    one, not copied); ``offsets`` and ``lengths`` are 1-D C-contiguous ``int64`` arrays
+    of equal size. Segments must lie
     inside ``data`` and must each be shorter than 2**31 octets; anything else
     raises ``ValueError`` naming the field. Segments may overlap, in any order:
     the data path only reads a batch, so one packet may appear many times
@@ -116,7 +117,8 @@ class PacketBatch(_Segments):
 
     __slots__ = ("data", "offsets", "lengths")
 
-    def __init__(self, data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
+    def __init__(self, data: Union[np.ndarray, bytes, bytearray, memoryview], offsets: np.ndarray,
+                 lengths: np.ndarray) -> None:
         if isinstance(data, (bytes, bytearray, memoryview)):
             try:
                 data = np.frombuffer(data, dtype=np.uint8)

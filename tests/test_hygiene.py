@@ -744,6 +744,13 @@ def numpy_values(nic: natt.Offload, res: natt.DecapResult) -> None:
     nic.delete_sa(h)
     nic.decap(res.batch(), threads=np.int64(2), out=res)
     clear: list[bytes] = res[res.status == natt.Status.OK] + res[[0, 1]]
+
+
+def wrapped(nic: natt.Offload, frame: bytes) -> natt.DecapResult:
+    # PacketBatch wraps a bytes-like buffer as it wraps a uint8 array (a received frame, a
+    # pcap read whole), without a copy.
+    one = np.zeros(1, np.int64)
+    return nic.decap(natt.PacketBatch(frame, one, one + len(frame)))
 '''
 
 # ... and what they refuse (a hex string is not a key): natt's hints are really in force.
@@ -756,8 +763,8 @@ natt.AddUdpEspSa(key_mat="00" * 20)
 
 def test_mypy_finds_nothing_in_natt_and_typed_callers_may_pass_key_buffers(tmp_path):
     """``mypy --strict natt`` with pyproject.toml's [tool.mypy] reports nothing, and code typed against
-    natt's hints may pass a key as a bytearray or a memoryview wherever natt accepts one, and a
-    numpy integer as a handle or a thread count."""
+    natt's hints may pass a key as a bytearray or a memoryview wherever natt accepts one, a
+    numpy integer as a handle or a thread count, and bytes as a PacketBatch's buffer."""
     api = pytest.importorskip("mypy.api", reason="mypy comes with the test extra: pip install '.[test]'")
     config = Path(__file__).resolve().parents[1] / "pyproject.toml"
     # The checkout's natt, the source that ships: an installed copy sits in site-packages, where
