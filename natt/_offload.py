@@ -499,6 +499,12 @@ class Offload:
         seq_max = (1 << 64) - 1 if esn else 0xFFFFFFFF
         replay_seq = _int("replay_seq", req.replay_seq, 0, seq_max)
         replay_oseq = _int("replay_oseq", req.replay_oseq, 0, seq_max)
+        if replay_seq and not inbound:
+            # An outbound SA would send from 1 whatever replay_seq says, and a number sent again
+            # under the same key reuses an AES-GCM or ChaCha20-Poly1305 nonce (RFC 4106 §3.1,
+            # RFC 7634 §2): the SA moved from elsewhere is the case where that happens.
+            raise _Reject(INVALID_PARAMETER, "replay_seq: the top of an inbound SA's window; an outbound SA "
+                                             "continues from replay_oseq, the last number it sent")
         replay_bitmap = req.replay_bitmap
         if replay_bitmap is not None:
             if not inbound or not window:
@@ -704,7 +710,8 @@ class Offload:
         ports ``sport`` → ``dport`` and the framing ``encap``: a
         :class:`UdpEncapType` or its name, ``"OTHER"`` (RFC 3948) or ``"IKE"``.
         ``replay_seq``/``replay_bitmap`` (inbound) start the anti-replay window
-        from a state :meth:`replay_state` exported, and ``replay_fail_run`` (inbound ESN)
+        from a state :meth:`replay_state` exported (an outbound SA continues from
+        ``replay_oseq``, the last number it sent, and refuses a ``replay_seq``), and ``replay_fail_run`` (inbound ESN)
         the count of consecutive failed packets ``sa_stats`` exports under that name, which
         decides the RFC 4303 Appendix A3 retries (docs/semantics.md §3).
         ``df_bit`` (outbound tunnel SAs) is the DF bit of the outer IPv4 header:

@@ -1051,7 +1051,11 @@ def _plan(specs: Sequence[SaSpec], direction: Optional[str], replay_state: Optio
         if s.mode == "tunnel" and src is None:
             raise KeyFileError(f"{_installing(i, s)}: an outbound tunnel-mode SA needs src, its tunnel's "
                                f"source end: encap writes it as the outer source ('*' or null will not do)")
-        replay_seq, replay_bitmap, fail_run = _inbound_window(s) if d == "in" else (s.replay_seq, None, 0)
+        # Outbound, replay_seq is the spec's own only if it is an outbound spec (add_sa refuses
+        # it there: the SA sends from replay_oseq); an inbound or esp_sa spec's window state does
+        # not apply to sending.
+        replay_seq, replay_bitmap, fail_run = (_inbound_window(s) if d == "in" else
+                                               (s.replay_seq if s.direction == "out" else 0, None, 0))
         if replay_state is not None and i in replay_state:
             replay_seq, replay_bitmap, *rest = replay_state[i]
             fail_run = rest[0] if rest else 0

@@ -58,17 +58,16 @@ def base_request(**changes: Any) -> natt.AddUdpEspSa:
                            key_mat=GCM_B.key, replay_window=64, replay_seq=GCM_B.seq - 1)
     for k, v in changes.items():
         setattr(req, k, v)
+    if req.flags == natt.OFFLOAD_OUTBOUND_SA and "replay_seq" not in changes:
+        req.replay_seq = 0      # an outbound SA continues from replay_oseq; replay_seq is refused
     return req
 
 
 def other_request(spi: int = 0x2001, port: int = 4500, encap: natt.UdpEncapType = natt.UdpEncapType.OTHER,
                   flags: int = natt.OFFLOAD_INBOUND_SA, **changes: Any) -> natt.AddUdpEspSa:
     """A valid SA unrelated to D1 (another SPI), on parser entry (encap, port)."""
-    req = base_request(sec_assoc=[_sa_element(spi=spi)], flags=flags,
-                       encap_type_entry=natt.EncapTypeEntry(encap, port))
-    for k, v in changes.items():
-        setattr(req, k, v)
-    return req
+    return base_request(**{"sec_assoc": [_sa_element(spi=spi)], "flags": flags,
+                           "encap_type_entry": natt.EncapTypeEntry(encap, port), **changes})
 
 
 def add(nic: natt.Offload, req: Any) -> NS:
@@ -258,6 +257,10 @@ FAULTS = [
           _set(replay_oseq=2**32, esn=False)),
     Fault("14-esn-replay-seq-2**64", 14, NS.INVALID_PARAMETER, frozenset({"replay_seq", "esn"}),
           _set(replay_seq=2**64, esn=True)),
+    # An outbound SA sends from replay_oseq: a replay_seq there was meant as replay_oseq, and
+    # sending from 1 again would reuse GCM nonces under the key.
+    Fault("14-replay-seq-outbound", 14, NS.INVALID_PARAMETER, frozenset({"replay_seq", "flags"}),
+          _set(flags=natt.OFFLOAD_OUTBOUND_SA, replay_seq=5)),
     Fault("15-encap-src-port-0", 15, NS.INVALID_PARAMETER, frozenset({"encap_src_port"}), _set(encap_src_port=0)),
     Fault("15-encap-dst-port-65536", 15, NS.INVALID_PARAMETER, frozenset({"encap_dst_port"}),
           _set(encap_dst_port=65536)),
