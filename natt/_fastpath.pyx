@@ -440,6 +440,7 @@ cdef struct natt_pkt:
     uint8_t crypto                # NATT_CR_*
     uint8_t nh
     uint8_t done                  # first packet of a chunk: phase 1 is done with the chunk
+    uint8_t tos                   # encap: the inner TOS / traffic class (natt_inner)
 
 
 cdef struct natt_key:
@@ -1800,6 +1801,13 @@ cdef void natt_encap_assign(natt_sa *sa, natt_io *io, natt_pkt *pkts, int64_t lo
         sa.bytes += <uint64_t>n
         pk.status = NATT_OK
         pk.seq = sa.oseq
+        # natt_encap_build writes the packet from these, not from a second parse: the caller
+        # may rewrite the octets meanwhile (SECURITY.md), and the packet must be as long as
+        # the olen given here, or its tail would be whatever the slot held before.
+        pk.ihl4 = hdr
+        pk.payload_len = plen
+        pk.nh = nh
+        pk.tos = tos
         natt_put(io, i, NATT_OK, sa.handle, sa.oseq, nh)
         io.olen[i] = total
 
@@ -1858,14 +1866,13 @@ cdef bint natt_encap_build(natt_state *st, natt_sa *sa, int tid, natt_pkt *pk) n
     """
     cdef const uint8_t *p = pk.inp
     cdef uint8_t *o = pk.outp
-    cdef int32_t hdr = 0, plen = 0, ct_len = 0, total, k, pad, ohdr, marker
-    cdef uint8_t nh = 0, tos = 0
+    cdef int32_t hdr = pk.ihl4, plen = pk.payload_len, ct_len = 0, total, k, pad, ohdr, marker
+    cdef uint8_t nh = pk.nh, tos = pk.tos
     cdef uint32_t df
     cdef uint64_t seq = pk.seq
     cdef uint8_t *esp
     cdef uint8_t *ct
     cdef bint direct
-    natt_inner(sa, p, pk.in_len, &hdr, &plen, &nh, &tos)
     total = natt_encap_len(sa, hdr, plen, &ct_len)
     ohdr = 20 if sa.tunnel else hdr
     marker = 8 if sa.encap_ike else 0

@@ -25,6 +25,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import natt
@@ -543,6 +544,49 @@ def test_rewriting_batch_arrays_during_decap_never_crashes(backend, threads, tmp
                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert child.returncode == 0, f"exit status {child.returncode}: {child.stderr[-2000:]}"
     assert child.stdout.startswith("survived")
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_rewriting_packets_during_encap_never_sends_stale_octets(backend, threads):
+    """SECURITY.md: rewriting a batch's packets while encap runs is the caller's bug, but an OK
+    packet must still be exactly the packet encap wrote: as long as its own IPv4 total length
+    says. The fast path used to size the output by one parse of the inner header and write it
+    from a second one, so a total length rewritten in between gave an OK packet whose
+    ``res.lengths`` ran past what was written, into octets the ``out=`` slot held before (here
+    the cleartext of inner packets an earlier call refused, ready to go on the wire)."""
+    n, size, secret = 500, 1400, b"EARLIER-CLEARTEXT"
+    nic = natt.Offload(backend=backend)
+    h = nic.add_sa(0x1001, key_for("aes128gcm16"), "aes128gcm16", "out", mode="transport")
+    refused = bytearray(inner(0, n=size - 28))
+    refused[6] = 0x20                                  # MF: transport mode refuses fragments
+    refused[28:] = (secret * size)[: size - 28]
+    out = natt.EncapResult()
+    data = np.frombuffer(inner(1, n=size - 28) * n, np.uint8).copy()
+    batch = natt.PacketBatch(data, np.arange(n, dtype=np.int64) * size, np.full(n, size, np.int64))
+    at = (batch.offsets[:, None] + np.array([2, 3])).ravel()
+    long, short = np.tile(np.array(divmod(size, 256), np.uint8), n), np.tile(np.array([0, 28], np.uint8), n)
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            data[at] = short
+            data[at] = long
+
+    w = threading.Thread(target=rewrite)
+    w.start()
+    try:
+        end = time.monotonic() + 1
+        while time.monotonic() < end:
+            assert nic.encap([bytes(refused)] * n, h, out=out).counts() == {Status.MALFORMED: n}
+            res = nic.encap(batch, h, out=out, threads=threads)
+            for i in np.flatnonzero(res.status == Status.OK).tolist():
+                p = res[i]
+                assert int.from_bytes(p[2:4], "big") == len(p) and secret not in p, (
+                    f"packet {i}: {len(p)} octets, its header says {int.from_bytes(p[2:4], 'big')}")
+    finally:
+        stop.set()
+        w.join()
+    nic.close()
 
 
 # --------------------------------------------------------------------------- limits
