@@ -208,6 +208,21 @@ def test_a_single_size_runs_each_case_once(tmp_path, capsys) -> None:
     assert log.count("SAs with random SPIs vs 1 SA") == 1 and log.count("aes128-sha1, tunnel, 1 SA") == 1
 
 
+def test_report_is_json_as_natt_decap_names_it_and_dash_is_standard_output(tmp_path, capsys) -> None:
+    # natt decap and encap write their JSON summary with --report (- for standard output); bench
+    # takes the same option beside its --json, and with - the tables go to stderr, out of the JSON.
+    argv = ["--backend", BACKEND, "--batch", "20", "--sas", "10", "--reps", "1", "--sizes", "64",
+            "--scapy-packets", "0", "--calls", "10"]
+    assert main(argv + ["--report", "-"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["ratios"] and "fixed cost of one decap call" in err
+    path = tmp_path / "bench.json"
+    assert main(argv + ["--report", str(path)]) == 0
+    assert json.loads(path.read_text())["ratios"]
+    assert list(tmp_path.iterdir()) == [path]       # no temporary file left beside it
+
+
 def test_a_missing_scapy_is_noted_once_with_the_extra_that_installs_it(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "scapy", None)      # import scapy now raises ImportError
     out = tmp_path / "bench.json"

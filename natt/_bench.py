@@ -55,6 +55,7 @@ import numpy as np
 
 from ._batch import DecapResult, EncapResult, PacketBatch
 from ._constants import Status
+from ._files import Replacement, new_file_mode
 from ._offload import DEFAULT_MAX_SAS, MAX_THREADS, Offload, backends
 from ._suites import Cipher, Mac, Suite, parse_suite
 from ._version import __version__
@@ -1361,7 +1362,9 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
                    help=f"decap calls of the per-call cost, 1..{MAX_CALLS:,} (default 20000; quick 5000)")
     p.add_argument("--backend", choices=("fast", "reference"), default="fast",
                    help="natt backend to time (default fast)")
-    p.add_argument("--json", metavar="OUT.json", help="also write every timing and ratio as JSON")
+    p.add_argument("--json", "--report", dest="json", metavar="OUT.json",
+                   help="also write every timing and ratio as JSON (written whole or not at all; '-' is "
+                        "standard output, the tables then go to stderr); --report as in natt decap")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     return p
 
@@ -1375,10 +1378,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
     """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    why = args.json and destination_problem(args.json)
+    to_stdout = args.json == "-"
+    why = args.json and not to_stdout and destination_problem(args.json)
     if why:
         # Found out after the run, this would lose every result.
-        parser.error(f"--json {args.json}: {why}")
+        parser.error(f"--json (--report) {args.json}: {why}")
     given = {k: v for k, v in (("batch", args.batch), ("many_sas", args.sas), ("reps", args.reps),
                                ("sizes", args.sizes), ("scapy_packets", args.scapy_packets),
                                ("single_calls", args.calls)) if v is not None}
@@ -1404,10 +1408,19 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
     except (RuntimeError, ValueError) as e:
         print(f"natt bench: {e}", file=sys.stderr)
         return 1
-    if args.json:
+    text = json.dumps(result, indent=1) + "\n"
+    if to_stdout:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    elif args.json:
         # Before the tables: a reader of stdout that goes away (| head) must not cost the run.
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
-    print(format_markdown(result) if args.markdown else format_report(result))
+        # Whole or not at all, as natt decap's --report: a full disk must not leave half a file.
+        try:
+            with Replacement(args.json, new_file_mode()) as f:
+                f.write(text.encode())
+        except OSError as e:
+            print(f"natt bench: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
+            return 1
+    print(format_markdown(result) if args.markdown else format_report(result),
+          file=sys.stderr if to_stdout else sys.stdout)
     return 0
