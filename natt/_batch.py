@@ -386,7 +386,8 @@ class EncapResult(BatchResult):
     ``res[i]`` is packet ``i``'s output as bytes: the ESP-in-UDP packet when
     ``res.status[i] == Status.OK``, nothing for ``SEQ_OVERFLOW``, and for
     ``MALFORMED`` and ``ERROR`` the input unchanged, which here is the
-    *cleartext* inner packet: send only ``res[res.status == Status.OK]``.
+    *cleartext* inner packet (an ``ERROR`` for a segment outside the batch's
+    buffer: nothing): send only ``res[res.status == Status.OK]``.
     ``sa`` and ``next_header`` are set only on ``OK``. Otherwise as
     :class:`DecapResult`: ``len``, iteration, slices and masks, ``counts()``,
     ``batch()`` (a :class:`PacketBatch` to pass to ``decap``), ``out=``.

@@ -147,7 +147,9 @@ class Status(_Named):
     - ``PROTOCOL`` (10): next header not allowed for the SA's mode (tunnel: IPv4 or IPv6 only);
       input unchanged.
     - ``SEQ_OVERFLOW`` (11): encap: the SA's sequence number would wrap (rekey); output empty.
-    - ``ERROR`` (12): internal failure (the crypto library failed); input unchanged.
+    - ``ERROR`` (12): internal failure (the crypto library failed); input unchanged. Also a
+      segment that no longer lies inside the batch's buffer (its arrays rewritten after the
+      batch was made): output empty, no SA touched.
 
     Only ``OK`` outputs are cleartext (decap) or safe to send (encap: a failed packet's
     "input unchanged" is the cleartext inner packet).
