@@ -886,6 +886,13 @@ def _local_cluster(**kwargs: Any) -> Any:
     return cluster
 
 
+def _from_here(path: PathLike) -> str:
+    """``path`` made absolute against this process's working directory (an absolute one is kept
+    as spelt: messages name it as the caller did)."""
+    path = os.fspath(path)
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
 def _outputs(paths: Sequence[str], out_dir: str, what: tuple[str, str] = ("paths", "out_dir")) -> list[str]:
     """The output of each of ``paths`` in ``out_dir``; ``ValueError`` naming the parameter
     (``what``: their names in the caller's terms) when two would collide or one would overwrite
@@ -997,8 +1004,11 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     with Offload(backend=backend, max_sas=len(specs)) as probe:
         keyfile.install(probe, specs, direction="in")
         sas = InboundSas.of(probe)
-    files = [os.fspath(p) for p in paths]
-    out_dir = os.fspath(out_dir)
+    # The workers resolve paths against their own working directory (that of `dask worker`,
+    # not this process's): a relative path read another capture, or none, and wrote the outputs
+    # elsewhere than out_dir -- over an input, even, that the check below saw as another file.
+    files = [_from_here(p) for p in paths]
+    out_dir = _from_here(out_dir)
     outputs = _outputs(files, out_dir)
 
     own_cluster = None

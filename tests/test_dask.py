@@ -865,3 +865,30 @@ def test_one_path_given_as_a_string_is_refused(client, capture_sets, tmp_path):
     specs, paths = capture_sets["mixed"]
     with pytest.raises(TypeError, match=r"paths: expected a list of captures, got one str; pass \[path\]"):
         ndask.decap_captures(paths[0], specs, tmp_path, client, progress=False)
+
+
+def test_relative_paths_mean_the_callers_working_directory_not_the_workers(capture_sets, tmp_path, monkeypatch):
+    # The workers of a `dask worker` started elsewhere resolved relative paths against their own
+    # working directory: a relative input was not found (or another file read), and a relative
+    # out_dir put the outputs there -- over the input itself when it sat in the workers' directory.
+    specs, paths = capture_sets["mixed"]
+    data = open(paths[0], "rb").read()
+    workers_dir, here = tmp_path / "workers", tmp_path / "here"
+    workers_dir.mkdir()
+    here.mkdir()
+    (workers_dir / "cap.pcap").write_bytes(data)
+    (here / "sub").mkdir()
+    (here / "sub" / "rel.pcap").write_bytes(data)
+    monkeypatch.chdir(workers_dir)          # worker processes start in the directory they are spawned in
+    with distributed.LocalCluster(n_workers=1, processes=True, threads_per_worker=1,
+                                  dashboard_address="127.0.0.1:0") as cluster, distributed.Client(cluster) as c:
+        monkeypatch.chdir(here)
+        # Was the input decapsulated over itself (./cap.pcap of the workers' directory).
+        ndask.decap_captures([workers_dir / "cap.pcap"], specs, ".", c, chunk_size=BIG_CHUNK, progress=False)
+        # Was "No such file or directory" (the workers have no sub/rel.pcap).
+        stats = ndask.decap_captures(["sub/rel.pcap"], specs, "out", c, chunk_size=BIG_CHUNK, progress=False)
+    assert (workers_dir / "cap.pcap").read_bytes() == data
+    assert sorted(os.listdir(workers_dir)) == ["cap.pcap"]
+    assert sorted(os.listdir(here)) == ["cap.pcap", "out", "sub"] and os.listdir(here / "out") == ["rel.pcap"]
+    assert (here / "cap.pcap").read_bytes() == (here / "out" / "rel.pcap").read_bytes() != data
+    assert stats.frames == len(pcap.read_frames(paths[0]))
