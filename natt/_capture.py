@@ -209,7 +209,8 @@ class CaptureStats:
         self.spi_elsewhere += other.spi_elsewhere
         if self.spi_example is None:
             self.spi_example = other.spi_example
-        self.truncated = self.truncated or other.truncated
+        # Each capture of a run may end inside a record: say so of every one (in merge order).
+        self.truncated = "; ".join(t for t in (self.truncated, other.truncated) if t) or None
 
     def totals(self) -> dict[str, int]:
         t = self.counts.sum(axis=0)

@@ -1106,16 +1106,21 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         size_of = {f.key: s for f, s in zip(part_futures, sizes)}
         order = {f.key: i for i, f in enumerate(part_futures)}
         range_status: list[Any] = [None] * len(part_futures)
+        range_stats: list[Any] = [None] * len(part_futures)
         stats = CaptureStats([s.label() for s in specs], keyfile.same_sa(specs, "in"))
         with _progress_bar(progress, sum(p.size for p in plans)) as bar:
             for fut in distributed.as_completed(part_futures):
                 d = fut.result()
                 if return_statuses:
                     range_status[order[fut.key]] = d["status"]
-                stats.merge(d["stats"])
+                range_stats[order[fut.key]] = d["stats"]
                 bar.update(size_of[fut.key])
             for f in finish_futures:
                 f.result()
+        # In input order, not as the parts came in: the first example of a hint (spi_example),
+        # and which capture was cut short, are those of the captures in the order given.
+        for st in range_stats:
+            stats.merge(st)
         stats.elapsed = time.perf_counter() - t_start
         done = True
         if not return_statuses:

@@ -892,3 +892,32 @@ def test_relative_paths_mean_the_callers_working_directory_not_the_workers(captu
     assert sorted(os.listdir(here)) == ["cap.pcap", "out", "sub"] and os.listdir(here / "out") == ["rel.pcap"]
     assert (here / "cap.pcap").read_bytes() == (here / "out" / "rel.pcap").read_bytes() != data
     assert stats.frames == len(pcap.read_frames(paths[0]))
+
+
+def test_every_capture_cut_short_is_reported_in_input_order(capture_sets, tmp_path, monkeypatch):
+    # The summary was merged as the parts came in: of two captures cut short, it named only the
+    # one whose last part finished first (the other's cut went unreported), and which one that
+    # was depended on the workers' timing.
+    specs, paths = capture_sets["mixed"]
+    data = open(paths[0], "rb").read()
+    cuts = [tmp_path / "first.pcap", tmp_path / "second.pcap"]
+    for c in cuts:
+        c.write_bytes(data[: len(data) - 5])
+    messages = []
+    for c in cuts:
+        with pytest.raises(pcap.PcapTruncated) as single:
+            with pcap.PcapReader(c, chunk_size=CHUNK) as r:
+                for _ in r:
+                    pass
+        messages.append(str(single.value))
+    part = ndask._part
+
+    def first_capture_last(job, rs, *args):
+        if rs.path == str(cuts[0]):
+            time.sleep(1.0)
+        return part(job, rs, *args)
+    monkeypatch.setattr(ndask, "_part", first_capture_last)
+    # Workers in this process: they run the patched _part; two threads let the second go first.
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
+        stats = ndask.decap_captures(cuts, specs, tmp_path / "out", c, chunk_size=BIG_CHUNK, progress=False)
+    assert stats.truncated == "; ".join(messages)
