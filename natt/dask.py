@@ -749,7 +749,12 @@ def _finish(job: str, head: _RangeSpec, output: str, part_paths: list[str], *par
                         return -1
                     with open(p, "rb") as f:
                         _append(f, out)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError as e:
+                # Named after the temporary file, the error said "<output>.natt-tmp-<job>: Is a
+                # directory" when the output's name is taken by a directory: name the output.
+                raise OSError(e.errno, e.strerror, output) from None
             replaced = True
         finally:
             if not replaced:

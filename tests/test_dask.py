@@ -624,8 +624,10 @@ def test_a_failed_output_leaves_no_temporary_file(client, capture_sets, tmp_path
     specs, paths = capture_sets["mixed"]
     out = tmp_path / "out"
     (out / os.path.basename(paths[0])).mkdir(parents=True)       # the output's name is taken
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(IsADirectoryError) as e:
         ndask.decap_captures(paths[:1], specs, out, client, chunk_size=BIG_CHUNK, progress=False)
+    # The error names the output, not the temporary file beside it (natt decap prints filename).
+    assert e.value.filename == str(out / os.path.basename(paths[0]))
     assert sorted(os.listdir(out)) == [os.path.basename(paths[0])]
 
 
