@@ -59,8 +59,8 @@ does the same with Dask tasks, the flow being an inbound SA's lookup key (parser
    Interfaces that no record names come at the end, after the last part's records, as ``natt
    decap`` writes them when it closes its output.
 
-Keys travel once per job: the SA set is ``scatter``-ed to the cluster and every task refers to
-it; task keys are ``natt-<stage>-<job id>`` with integer indexes and never hold key material, and
+Keys travel once per job: the SA set is one data key of the graph (held by the scheduler, so a
+worker replacing a dead one gets it again) and every task refers to it; task keys are ``natt-<stage>-<job id>`` with integer indexes and never hold key material, and
 neither do logs, task results or the dashboard's task descriptions.
 
 Storage: every worker must see the captures and the output directory at the same paths (NFS,
@@ -293,7 +293,8 @@ def _read_range(rs: _RangeSpec) -> tuple[list[pcap.Chunk], list[pcap.Interface],
 
 
 class _SaSet:
-    """The job's SA set as it travels to the workers (scattered once). Never shows a key."""
+    """The job's SA set as it travels to the workers (one data key of the job's graph). Never
+    shows a key."""
 
     def __init__(self, specs: Sequence[keyfile.SaSpec]) -> None:
         self.specs = list(specs)
@@ -1026,7 +1027,6 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     # Created by the workers that write into it (the client may not see the shared storage).
     parts_dir = os.path.join(out_dir, f".natt-dask-{job}")
     futures: list[Any] = []
-    sa_future = None
     made: list[str] = []      # the directories the job made for out_dir, removed if it fails
     missing_here = _missing_dirs(out_dir)
     done = False
@@ -1051,12 +1051,16 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
         # tasks whose exceptions ("AllExit") are logged to stderr as never retrieved.
         plans: list[_FilePlan] = [f.result() for f in scan]
         del scan
-        sa_future = client.scatter(_SaSet(specs), hash=False)
+        # The SA set is data of the graph, not scattered: the scheduler holds it for the job, so
+        # a worker that replaces one that died (or --workers 1's only worker, restarted) gets it
+        # again. Scattered, it was lost with the last worker holding it, and with it the job
+        # ("lost dependencies"), which the captures could not rebuild. Its key names no key.
+        sa_set = (f"natt-sas-{job}", 0)
 
         # Stage 2: the graph. Keys are (stage-job, integers): never anything derived from keys.
         # Three kinds of layer: reading/routing, one per lane (annotated with the lane's worker:
         # RSS-style affinity keeps a lane on one worker so its Offload is reused), and writing.
-        read: dict[Any, Any] = {}
+        read: dict[Any, Any] = {sa_set: _SaSet(specs)}
         lane_layers: list[dict[Any, Any]] = [{} for _ in range(lanes)]
         write: dict[Any, Any] = {}
         part_keys, finish_keys, sizes = [], [], []
@@ -1070,14 +1074,14 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
             for r in range(len(plan.ranges)):
                 rs = _range_spec(plan, r)
                 split = (f"natt-split-{job}", g)
-                read[split] = (_split, rs, sa_future, lanes)
+                read[split] = (_split, rs, sa_set, lanes)
                 steps = []
                 for k in range(lanes):
                     # Only lane k's packets travel to lane k's worker, not the whole range.
                     lane_in = (f"natt-lanein-{job}", k, g)
                     read[lane_in] = (operator.getitem, split, k)
                     step = (f"natt-step-{job}", k, g)
-                    lane_layers[k][step] = (_step, sa_future, prev_step[k], lane_in, job, k, lanes, backend,
+                    lane_layers[k][step] = (_step, sa_set, prev_step[k], lane_in, job, k, lanes, backend,
                                             threads, g == steps_total - 1)
                     prev_step[k] = step
                     steps.append(step)
@@ -1139,12 +1143,11 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     finally:
         try:
             if client is not None:        # (None: Client(own_cluster) failed)
-                # On failure, stop what is still queued; then wipe every lane Offload of the job
-                # and drop the scattered SA set from worker memory.
+                # On failure, stop what is still queued and, with the job's futures, drop its
+                # SA set from the scheduler and worker memory; then wipe every lane Offload of
+                # the job.
                 if futures:
                     client.cancel(futures)
-                if sa_future is not None:
-                    client.cancel([sa_future])
                 # On every worker: the job's tasks write nothing more, and what they were writing
                 # is finished or gone (a task still running is not stopped by the cancel). Only
                 # then can the part files go (the client may not see the storage the workers

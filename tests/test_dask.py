@@ -465,6 +465,21 @@ def test_lanes_start_windows_as_keys_install_does(backend):
 def test_worker_killed_mid_job(client, capture_sets, tmp_path):
     """SIGKILL one worker while the job runs: Dask re-runs what it lost, lanes rebuild their
     state elsewhere, and every result is the same."""
+    _kill_a_worker_mid_job(client, capture_sets, tmp_path)
+    client.wait_for_workers(2, timeout=30)
+
+
+def test_the_only_worker_killed_mid_job(capture_sets, tmp_path):
+    """The SA set is not lost with the worker that held it: it was scattered, and the job failed
+    ("lost dependencies", a FutureCancelledError traceback from natt decap --workers 1) once the
+    last worker holding it died, although everything else could be recomputed from the captures.
+    One worker (restarted by its nanny) holds it alone."""
+    with distributed.LocalCluster(n_workers=1, processes=True, threads_per_worker=1,
+                                  dashboard_address="127.0.0.1:0") as cluster, distributed.Client(cluster) as c:
+        _kill_a_worker_mid_job(c, capture_sets, tmp_path)
+
+
+def _kill_a_worker_mid_job(client, capture_sets, tmp_path) -> None:
     specs, paths = capture_sets["state"]
     ref, ref_status = _single_process(paths, specs, str(tmp_path / "ref"))
     result: dict = {}
@@ -500,7 +515,6 @@ def test_worker_killed_mid_job(client, capture_sets, tmp_path):
         raise result["error"]
     got, got_status = result["value"]
     _assert_same(paths, str(tmp_path / "ref"), str(tmp_path / "out"), ref, ref_status, got, got_status)
-    client.wait_for_workers(2, timeout=30)
 
 
 def test_task_keys_and_logs_hold_no_key_material(client, capture_sets, tmp_path):
