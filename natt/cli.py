@@ -12,6 +12,7 @@ processes, so a ``set -o pipefail`` script should not cut the summary short.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -582,6 +583,11 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
             raise CliError(str(e)) from None
         except OSError as e:
             raise CliError(f"{e.filename or 'I/O'}: {e.strerror or e}") from None
+        except (concurrent.futures.CancelledError, distributed.KilledWorker) as e:
+            # The cluster gave up on the job: the scheduler went away (a task "cancelled for
+            # reason: scheduler-connection-lost"), or a task killed every worker that ran it.
+            # Not natt's failure to trace back; the job's part files are gone by now.
+            raise CliError(f"the Dask job failed: {e}") from None
         finally:
             client.close()
             if cluster is not None:

@@ -937,3 +937,27 @@ def test_every_capture_cut_short_is_reported_in_input_order(capture_sets, tmp_pa
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0") as c:
         stats = ndask.decap_captures(cuts, specs, tmp_path / "out", c, chunk_size=BIG_CHUNK, progress=False)
     assert stats.truncated == "; ".join(messages)
+
+
+@pytest.mark.parametrize("failure", ["scheduler lost", "killed workers"])
+def test_cli_a_job_the_cluster_gave_up_on_is_one_line(client, capture_sets, tmp_path, capsys, monkeypatch, failure):
+    # The scheduler going away mid-job (FutureCancelledError: "cancelled for reason:
+    # scheduler-connection-lost") or a task that killed every worker it ran on (KilledWorker)
+    # ended natt decap with a traceback.
+    from natt.cli import main
+    specs, paths = capture_sets["mixed"]
+    key_path = tmp_path / "keys.json"
+    keyfile.save(key_path, specs)
+
+    class Worker:
+        address = "tcp://127.0.0.1:1"
+    error = (distributed.client.FutureCancelledError(("natt-part-0", 1), "scheduler-connection-lost")
+             if failure == "scheduler lost" else distributed.KilledWorker(("natt-step-0", 0, 1), Worker(), 3))
+
+    def fails(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(ndask, "decap_captures", fails)
+    rc = main(["decap", *paths, "-k", str(key_path), "-o", str(tmp_path / "out"), "--dask", client.scheduler.address,
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err == f"natt decap: the Dask job failed: {error}\n"
