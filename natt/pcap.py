@@ -1540,8 +1540,14 @@ class PcapWriter:
         else:
             self._file = dest
             self._owns = False
-        self._write(header)
-        self._declare(idbs)
+        try:
+            self._write(header)
+            self._declare(idbs)
+        except BaseException:
+            # No writer comes back to close it: the file (a full disk, a closed pipe) would stay
+            # open for as long as anything holds this exception's traceback.
+            self._close_owned()
+            raise
 
     @classmethod
     def like(cls, reader: PcapReader, dest: PathOrFile, *, grow: int = 0) -> "PcapWriter":
@@ -1575,12 +1581,27 @@ class PcapWriter:
         flush, and close the file if this writer opened it."""
         if self._file.closed:
             return
-        if self._source is not None:
-            self.declare_interfaces(self._source.interfaces)
-            self._source = None
-        self._file.flush()
+        try:
+            if self._source is not None:
+                self.declare_interfaces(self._source.interfaces)
+                self._source = None
+            self._file.flush()
+        except BaseException:
+            # The file is closed all the same: a flush that failed (ENOSPC) fails again on every
+            # retry, and the descriptor would stay open for as long as the writer is referenced.
+            self._close_owned()
+            raise
         if self._owns:
             self._file.close()
+
+    def _close_owned(self) -> None:
+        """Close the file if this writer opened it, after an error that is being raised: the
+        buffered octets are lost, and the second failure to write them is not reported."""
+        if self._owns:
+            try:
+                self._file.close()      # flushes again, and releases the descriptor even if that fails
+            except OSError:
+                pass
 
     def _write(self, data: bytes | memoryview) -> None:
         # A raw stream (sys.stdout.buffer under ``python -u`` or PYTHONUNBUFFERED, a FileIO the

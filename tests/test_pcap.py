@@ -6,7 +6,9 @@ reader is checked against formats it did not produce.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import shutil
 import struct
 import subprocess
@@ -517,6 +519,32 @@ def test_writer_finishes_writes_a_raw_stream_takes_in_part(fmt):
     with pytest.raises(BlockingIOError):
         w.write_frames(frames)
 
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full") or not os.path.isdir("/proc/self/fd"),
+                    reason="needs Linux's /dev/full and /proc/self/fd")
+def test_writer_that_fails_to_write_still_closes_the_file_it_opened():
+    # A full disk shows at close (the last flush) or, for a header larger than the buffer, in
+    # the constructor. Either used to raise with the file left open: each failed writer the
+    # caller kept (or each kept exception, whose traceback holds the writer) held a descriptor.
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    big_idb = [pcap.Interface(1, options=((1, b"c" * 9000),))]     # opt_comment: past the 8 KiB buffer
+    before = fds()
+    kept = []
+    for _ in range(50):
+        w = pcap.PcapWriter("/dev/full")
+        assert w.write_frames([bytes(100)]) == 1                  # buffered: not written yet
+        with pytest.raises(OSError) as closing:
+            w.close()
+        assert closing.value.errno == errno.ENOSPC
+        w.close()                                                  # closed: nothing left to do
+        with pytest.raises(OSError) as opening:
+            pcap.PcapWriter("/dev/full", fmt="pcapng", interfaces=big_idb)
+        assert opening.value.errno == errno.ENOSPC
+        kept += [w, closing, opening]
+    assert fds() == before
 
 def test_writer_keep_mask_and_refuses_replacing_non_ipv4():
     arp = ETH[:12] + b"\x08\x06" + b"\0" * 28
