@@ -110,7 +110,12 @@ class Replacement:
         self._discard()
 
     def _discard(self) -> None:
-        self._file.close()
+        # close() flushes what is still buffered, which fails again when the write error being
+        # raised was a full disk (or quota, or file size limit): that must neither stop the
+        # unlink, which left a partial file (holding keys, for a key file) per failed save, nor
+        # replace the error being raised. close() releases the descriptor even so.
+        with contextlib.suppress(OSError):
+            self._file.close()
         with contextlib.suppress(OSError):
             os.unlink(self._tmp)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import dataclasses
+import errno
+import io
 import json
 import os
 import stat
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 import natt
+import natt._files
 from natt import keys
 from natt import traffic
 
@@ -379,6 +382,27 @@ def test_saving_over_a_readable_file_makes_it_private_and_leaves_no_temporary(tm
     assert keys.load(path)[0].spi == spec().spi
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.json"]
 
+
+
+def test_a_save_that_cannot_write_leaves_no_temporary(tmp_path, monkeypatch):
+    # A full disk shows when the buffered text is flushed, after the block: the temporary file
+    # was then closed with that flush failing again, and not deleted. Each failed save left a
+    # partial key file behind, the first octets of the keys included.
+    class FullDisk(io.FileIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(natt._files, "open", lambda fd, mode: io.BufferedWriter(FullDisk(fd, mode)), raising=False)
+    path = tmp_path / "k.json"
+    path.write_text("[]")
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for _ in range(20):
+        with pytest.raises(OSError) as e:
+            keys.save(path, [spec()])
+        assert e.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.json"] and path.read_text() == "[]"
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) == fds
 
 def test_saving_through_a_symlink_replaces_the_file_it_names(tmp_path):
     # e.g. ~/.config/wireshark/esp_sa linked into a dotfiles repository
