@@ -1355,8 +1355,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt decap capture.pcap -k keys.json -o only-decrypted.pcap --drop-undecrypted\n"
                "  natt decap day1.pcap day2.pcap -k keys.json -o clear/ --workers 2     # Dask\n"
                "exit status: 0 done (however many packets decrypted: the summary says), 1 unreadable\n"
-               "capture or keys (message on stderr), 2 bad usage, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP\n"
-               "(the output as it was, no temporary file left).")
+               "capture or keys, or an output that cannot be written (message on stderr), 2 bad usage,\n"
+               "130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the output as it was, no temporary file left).")
     d.add_argument("input", metavar="IN", nargs="+",
                    help="capture to read (pcap or pcapng; - reads standard input); several only with "
                         "--dask/--workers")
@@ -1397,7 +1397,8 @@ def build_parser() -> argparse.ArgumentParser:
                '    "direction": "out", "src": "198.51.100.2", "dst": "203.0.113.5",\n'
                '    "inner_src": "10.1.0.0/16"}]\n'
                "exit status: as natt decap's: 0 done (the summary counts what was sealed), 1 unreadable\n"
-               "capture or keys, 2 bad usage, 128 + the signal's number when stopped.")
+               "capture or keys, or an output that cannot be written, 2 bad usage, 128 + the signal's\n"
+               "number when stopped.")
     e.add_argument("input", metavar="IN", help="capture of inner packets (pcap or pcapng; - reads standard input)")
     e.add_argument("-k", "--keys", required=True, metavar="KEYS", action=_Once, help=_KEYS_HELP)
     e.add_argument("-o", "--output", required=True, metavar="OUT", type=_path, action=_Once,
