@@ -1173,9 +1173,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     handles = _install(nic, specs, "in")
     for line in explain_packet(nic, handles, specs, packet):
         print(line)
-    if packet[0] >> 4 != 4:
+    ihl, tl = (packet[0] & 15) * 4, int.from_bytes(packet[2:4], "big")
+    if packet[0] >> 4 != 4 or len(packet) < 20 or ihl < 20 or not ihl <= tl <= len(packet):
         # Wireshark's "Copy as Hex Stream" of a whole frame starts at the Ethernet header: read
-        # it as the capture reader reads an Ethernet frame (VLAN tags included).
+        # it as the capture reader reads an Ethernet frame (VLAN tags included). A destination
+        # MAC address whose first octet is 0x40-0x4f (MikroTik's 4c:5e:0c, ...) reads as
+        # version 4 with a header that does not fit (step 2), so that case needs the hint too.
         is4, hdr = pcap._link_layer(np.frombuffer(packet, np.uint8), np.array([pcap.LINKTYPE_ETHERNET]),
                                     np.zeros(1, np.int64), np.array([len(packet)], np.int64))
         if is4[0] and packet[hdr[0]] >> 4 == 4:

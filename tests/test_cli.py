@@ -1499,9 +1499,14 @@ def test_explain_says_when_the_packet_is_an_ethernet_frame(scenario, capsys):
     # Wireshark's "Copy as Hex Stream" of a frame starts at the Ethernet header.
     _, keyfile, _, _, frames = scenario
     tagged = frames[0][:12] + b"\x81\x00\x00\x07" + frames[0][12:]          # 802.1Q, VLAN 7
-    for frame, skip in ((frames[0], 14), (tagged, 18)):
+    # A destination MAC address starting 0x4c (MikroTik) or 0x45 reads as an IPv4 version nibble:
+    # the walk stops at step 2 (header inconsistent), and the hint is as much in order.
+    mikrotik = bytes.fromhex("4c5e0c000001") + frames[0][6:]
+    v4ihl5 = bytes.fromhex("450000000001") + frames[0][6:]
+    for frame, skip, stop in ((frames[0], 14, "=> NOT_ESP (step 1)"), (tagged, 18, "=> NOT_ESP (step 1)"),
+                              (mikrotik, 14, "=> MALFORMED (step 2)"), (v4ihl5, 14, "=> MALFORMED (step 2)")):
         rc, out, _ = run(["explain", frame.hex(), "-k", str(keyfile)], capsys)
-        assert rc == 0 and out.splitlines()[-2] == "=> NOT_ESP (step 1)"
+        assert rc == 0 and out.splitlines()[-2] == stop
         assert out.splitlines()[-1] == (f"hint: this looks like an Ethernet frame with IPv4 at octet {skip + 1}: "
                                         f"leave out its first {skip} octets ({2 * skip} hex digits) to start at "
                                         f"the IPv4 header")
