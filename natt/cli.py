@@ -40,7 +40,7 @@ from . import keys as keyfile
 from . import pcap
 from ._batch import ENCAP_OVERHEAD, PacketBatch
 from ._capture import CaptureStats, InboundSas, sa_index, sa_table
-from ._constants import Status
+from ._constants import Status, UdpEncapType
 from ._entry import interrupted
 from ._files import Replacement, new_file_mode
 from ._offload import MAX_THREADS, Offload, _check_threads
@@ -1054,8 +1054,12 @@ def explain_packet(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaS
     if st is Status.KEEPALIVE:
         return stop(5, "a single 0xFF octet: NAT-keepalive (RFC 3948 §2.3)")
     if st is Status.IKE:
-        return stop(5, "non-ESP marker (four zero octets, RFC 3948 §2.2) or legacy framing without the "
-                       "8-octet non-IKE marker: IKE")
+        # The port's framing decides what reads as IKE (docs/semantics.md §1 step 5): name that
+        # one's rule, not both (a legacy packet with its marker but too short is IKE too).
+        if any(s.port == dport and s.encap is UdpEncapType.IKE for s in specs):
+            return stop(5, f"port {dport} has the legacy framing (\"encap\": \"IKE\"), and this is not the "
+                           f"8-octet zero non-IKE marker followed by more than 8 octets of ESP: IKE")
+        return stop(5, "non-ESP marker (four zero octets, RFC 3948 §2.2): IKE")
     marker = 8 if len(u) > 16 and u[:8] == bytes(8) else 0
     esp = u[marker:]
     if st is Status.MALFORMED and sa == 0:

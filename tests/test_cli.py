@@ -2151,6 +2151,24 @@ def test_explain_names_the_esn_high_bits_and_a_window_of_zero(tmp_path, capsys):
     assert "step 9: ICV verified\n" in out and "window moves" not in out
 
 
+def test_explain_names_the_ike_rule_of_the_ports_framing(tmp_path, capsys):
+    # explain named both framings' rules whatever the port's, so a legacy packet that has its
+    # 8-octet marker but no more than 8 octets of ESP behind it read as "without the marker".
+    spi = struct.pack("!I", 0x900)
+    keyfile = tmp_path / "k.json"
+    keyfile.write_text(json.dumps([{"spi": "0x900", "suite": "aes128gcm16", "key": bytes(20).hex(),
+                                    "src": TUNNEL[0], "dst": TUNNEL[1], "encap": "IKE", "port": 500},
+                                   {"spi": "0x901", "suite": "aes128gcm16", "key": bytes(20).hex(),
+                                    "src": TUNNEL[0], "dst": TUNNEL[1]}]))
+    for port, payload, why in (
+            (500, bytes(8) + spi + bytes(4), 'port 500 has the legacy framing ("encap": "IKE"), and this is not '
+             "the 8-octet zero non-IKE marker followed by more than 8 octets of ESP: IKE"),
+            (4500, bytes(4) + spi, "non-ESP marker (four zero octets, RFC 3948 §2.2): IKE")):
+        pkt = traffic.udp_datagram(TUNNEL[0], TUNNEL[1], port, port, payload)
+        rc, out, _ = run(["explain", pkt.hex(), "-k", str(keyfile)], capsys)
+        assert rc == 0 and out.splitlines()[-2:] == [f"step 5: {why}", "=> IKE (step 5)"], out
+
+
 def test_one_key_file_with_both_directions_encaps_and_decaps(tmp_path, capsys):
     # The natural round trip: one key file holding the SA out and in (same SPI, ends and key).
     key = bytes(range(20))
