@@ -1099,6 +1099,11 @@ def explain_packet(nic: Offload, handles: list[int], specs: Sequence[keyfile.SaS
     # which high bits it took, or a wrong epoch reads as a wrong key.
     number = f"{seq} (ESN: high bits {seq >> 32} inferred, low {seq & 0xFFFFFFFF})" if esn else str(seq)
     window = spec.replay_window if spec else None
+    if st is Status.REPLAY and seq == 0:
+        # Its own rule (docs/semantics.md §3), whatever the window holds: with a window top of 5,
+        # 0 is neither seen nor left of the window.
+        return stop(8, "sequence number 0 is never sent (RFC 4303 §3.3.3: the first packet is 1), so it counts "
+                       "as a replay; the SA has not moved")
     if st is Status.REPLAY:
         return stop(8, f"sequence number {number} already seen or left of the replay window "
                        f"({window if window is not None else '?'} packets)"

@@ -2169,6 +2169,23 @@ def test_explain_names_the_ike_rule_of_the_ports_framing(tmp_path, capsys):
         assert rc == 0 and out.splitlines()[-2:] == [f"step 5: {why}", "=> IKE (step 5)"], out
 
 
+def test_explain_names_the_rule_that_refuses_sequence_number_0(tmp_path, capsys):
+    # With the window's top at 5, number 0 is neither seen nor left of the window; explain said
+    # it was one of the two.
+    key = bytes(range(20))
+    keyfile = tmp_path / "k.json"
+    for esn in (False, True):
+        sealer = traffic.EspSealer("aes128gcm16", key, 0x900, esn=esn)
+        pkt = traffic.esp_in_udp(sealer, 0, traffic.icmp_echo("10.0.0.1", "10.0.0.2"), tunnel=True,
+                                 src=TUNNEL[0], dst=TUNNEL[1])
+        keyfile.write_text(json.dumps([{"spi": "0x900", "suite": "aes128gcm16", "esn": esn, "key": key.hex(),
+                                        "src": TUNNEL[0], "dst": TUNNEL[1], "replay_seq": 5, "replay_bitmap": 1}]))
+        rc, out, _ = run(["explain", pkt.hex(), "-k", str(keyfile)], capsys)
+        assert rc == 0 and out.splitlines()[-2:] == [
+            "step 8: sequence number 0 is never sent (RFC 4303 §3.3.3: the first packet is 1), so it counts as a "
+            "replay; the SA has not moved", "=> REPLAY (step 8)"], out
+
+
 def test_one_key_file_with_both_directions_encaps_and_decaps(tmp_path, capsys):
     # The natural round trip: one key file holding the SA out and in (same SPI, ends and key).
     key = bytes(range(20))
