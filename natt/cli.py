@@ -685,6 +685,17 @@ def link_hints(stats: CaptureStats) -> list[str]:
     return hints
 
 
+def clear_hints(stats: CaptureStats) -> list[str]:
+    """``natt encap``: a hint when frames of a link natt reads held no IPv4 packet (IPv6, ARP,
+    runts). They are written as read, in the clear: a tunnel SA that selects every packet still
+    does not carry them, which the summary's frame counts alone leave to be worked out."""
+    n = stats.frames - stats.ipv4 - sum(stats.other_links.values())
+    if n <= 0:
+        return []
+    return [f"{n} frames held no IPv4 packet (IPv6, ARP, a runt) and were written unchanged, in the clear: "
+            "natt encap seals IPv4 packets only"]
+
+
 # How to say an SA is transport mode: an esp_sa table does not record it, a JSON SA may (and
 # --mode does not override it where it does).
 _TRANSPORT_HOW = '--mode transport, or "mode": "transport" in the SA of a JSON key file'
@@ -892,7 +903,8 @@ def _cmd_encap(args: argparse.Namespace) -> int:
     to_stdout = _is_stdout(args.output)
     stats = _run_capture(args, specs, "out", to_stdout, lambda nic, handles, reader, writer, bar: encap_capture(
         nic, handles, specs, reader, writer, threads=args.threads, bar=bar))
-    _finish(args, stats, _summary_stream(args), snap_hints(stats) + link_hints(stats) + shadow_hints(specs))
+    _finish(args, stats, _summary_stream(args),
+            snap_hints(stats) + link_hints(stats) + clear_hints(stats) + shadow_hints(specs))
     return 0
 
 

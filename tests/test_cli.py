@@ -2115,10 +2115,17 @@ def test_encap_counts_ipv4_by_content_not_by_ethertype(tmp_path, capsys):
     cap, out = tmp_path / "odd.pcap", tmp_path / "o.pcap"
     with pcap.PcapWriter(cap) as w:
         w.write_frames([eth + v4, eth + v6, eth + b"\x45" * 11])
-    rc, text, _ = run(["encap", str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND, capsys)
+    rc, text, err = run(["encap", str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND, capsys)
     assert rc == 0 and "3 frames (1 IPv4), 3 written; 0 IPv4 packets with no SA chosen" in text
     got = [g[2] for g in pcap.read_frames(out)]
     assert got[1:] == [eth + v6, eth + b"\x45" * 11] and got[0] != eth + v4
+    # The tunnel SA selects every IPv4 packet; the IPv6 one left in the clear is said in words.
+    assert "2 frames held no IPv4 packet (IPv6, ARP, a runt) and were written unchanged, in the clear" in err
+    cap.unlink()
+    with pcap.PcapWriter(cap) as w:
+        w.write_frames([eth + v4])
+    rc, _, err = run(["encap", str(cap), "-k", str(keyfile), "-o", str(out)] + BACKEND, capsys)
+    assert rc == 0 and "held no IPv4 packet" not in err
 
 
 def test_explain_names_the_esn_high_bits_and_a_window_of_zero(tmp_path, capsys):
