@@ -12,7 +12,9 @@ Conventions that differ between the two (each is handled below):
   the 4-octet salt off the *end* of ``crypt_key`` (``SecurityAssociation.__init__``), which is
   exactly RFC 4106 §8.1's KEYMAT layout and natt's: so ``crypt_key = key[:enc+salt]``.
 * ESN. scapy does not infer the high half of the sequence number: the SA is given ``esn_en=True``
-  and the high 32 bits (``esn=``) explicitly, for sealing and for opening alike.
+  and the high 32 bits (``esn=``) explicitly, for sealing and for opening alike. Across a carry
+  they are set on the SA per packet, not passed to ``encrypt()``, which drops a 0 (scapy bug, see
+  ``_scapy_seal_at``).
 * AES-GCM ICV length. scapy's AES-GCM goes through ``cryptography``'s AESGCM AEAD API, which always
   writes and expects a 16-octet tag (its ``crypt_icv_size`` only changes where scapy slices), so
   scapy cannot produce or read the 8- and 12-octet ICVs of ``aes*gcm8``/``aes*gcm12``; those suites
@@ -21,10 +23,16 @@ Conventions that differ between the two (each is handled below):
   must then ignore it (semantics §1.4): one test recomputes it before decap.
 * Framing. scapy knows only RFC 3948 framing; the legacy non-IKE marker (UdpEncapType.IKE) is
   added/removed by hand in one test per direction.
+
+Beyond the suite × mode × sequence-number matrix: every padding length (and padding up to 255
+octets), ESN carries with reordering, non-4500 ports, TFC padding and dummy packets. natt makes
+neither TFC padding nor dummy packets, so those are tested scapy -> natt only.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import struct
 
 import pytest
@@ -64,7 +72,8 @@ def _key(s: Suite) -> bytes:
 
 
 def scapy_sa(s: Suite, key: bytes, *, tunnel: bool, start: int, esn: bool,
-             tunnel_src: str = PEER, tunnel_dst: str = LOCAL) -> SecurityAssociation:
+             tunnel_src: str = PEER, tunnel_dst: str = LOCAL, sport: int = 4500,
+             dport: int = 4500) -> SecurityAssociation:
     """scapy's view of the SA natt has with ``key``: first packet numbered ``start``."""
     enc_len = s.enc_key_len + s.salt_len
     return SecurityAssociation(
@@ -72,7 +81,7 @@ def scapy_sa(s: Suite, key: bytes, *, tunnel: bool, start: int, esn: bool,
         crypt_algo=_SCAPY_CRYPT[s.cipher], crypt_key=key[:enc_len] if enc_len else None,
         auth_algo=_SCAPY_AUTH[s.mac], auth_key=key[enc_len:] or None,
         tunnel_header=IP(src=tunnel_src, dst=tunnel_dst) if tunnel else None,
-        nat_t_header=UDP(sport=4500, dport=4500), esn_en=esn, esn=start >> 32)
+        nat_t_header=UDP(sport=sport, dport=dport), esn_en=esn, esn=start >> 32)
 
 
 def inner_packets(tunnel: bool) -> list:
@@ -100,10 +109,10 @@ def install_in(nic: natt.Offload, s: Suite, key: bytes, *, tunnel: bool, start: 
 
 
 def install_out(nic: natt.Offload, s: Suite, key: bytes, *, tunnel: bool, start: int, esn: bool,
-                encap: natt.UdpEncapType = natt.UdpEncapType.OTHER, port: int = 4500) -> int:
+                encap: natt.UdpEncapType = natt.UdpEncapType.OTHER, sport: int = 4500, dport: int = 4500) -> int:
     return nic.add_sa(SPI, key, s.name, "out", mode="tunnel" if tunnel else "transport",
                       src=PEER if tunnel else None, dst=LOCAL if tunnel else None, encap=encap,
-                      sport=port, dport=port, esn=esn, replay_oseq=start - 1)
+                      sport=sport, dport=dport, esn=esn, replay_oseq=start - 1)
 
 
 @pytest.mark.parametrize("start", list(STARTS), ids=list(STARTS))
@@ -227,7 +236,7 @@ def test_legacy_framing_both_ways(nic, suite, mode):
     key = _key(s)
     ike = natt.UdpEncapType.IKE
     install_in(nic, s, key, tunnel=tunnel, start=1, esn=False, encap=ike, port=500)
-    h_out = install_out(nic, s, key, tunnel=tunnel, start=1, esn=False, encap=ike, port=500)
+    h_out = install_out(nic, s, key, tunnel=tunnel, start=1, esn=False, encap=ike, sport=500, dport=500)
     inner = inner_packets(tunnel)
     # scapy -> natt
     sa = scapy_sa(s, key, tunnel=tunnel, start=1, esn=False)
@@ -261,6 +270,221 @@ def test_scapy_replay_and_tamper_rejected(nic, suite):
     res = nic.decap([w1, w2, w1, bytes(tampered)])
     assert res.status.tolist() == [Status.OK, Status.OK, Status.REPLAY, Status.AUTH_FAILED]
     assert res.seq.tolist() == [1, 2, 1, 3]
+
+
+# --------------------------------------------------------------------------------------------------
+# Padding, ESN carries, ports, TFC padding and dummy packets
+# --------------------------------------------------------------------------------------------------
+
+def _esp_of(w: bytes) -> bytes:
+    """The ESP packet inside an RFC 3948 ESP-in-UDP datagram."""
+    return w[(w[0] & 15) * 4 + 8:]
+
+
+def _as_scapy_esp(w: bytes) -> IP:
+    """natt's datagram dissected with ESP after UDP whatever the ports: scapy binds ESP to 4500 only."""
+    ihl = (w[0] & 15) * 4
+    pkt = IP(w[:ihl + 8]) / ESP(w[ihl + 8:])      # dissected lengths are kept, so the octets are w's
+    assert raw(pkt) == w
+    return pkt
+
+
+def _pad_past_minimum(sa: SecurityAssociation, align: int) -> None:
+    """Make ``sa`` pad as much as the Pad Length octet can say (RFC 4303 §2.4: a sender MAY add
+    0 to 255 octets of padding, e.g. to hide lengths): scapy's own minimal padding plus whole
+    alignment units, with the default contents 1, 2, 3, …; scapy's encryption does the rest."""
+    algo = copy.copy(sa.crypt_algo)              # scapy's algorithm objects are shared module globals
+    minimal = type(algo).pad
+
+    def pad(esp):
+        esp = minimal(algo, esp)
+        esp.padlen += (255 - esp.padlen) // align * align
+        esp.padding = bytes(range(1, esp.padlen + 1))
+        return esp
+
+    algo.pad = pad
+    sa.crypt_algo = algo
+
+
+# One suite per trailer alignment (RFC 4303 §2.4: payload ‖ padding ‖ pad length ‖ next header fills
+# whole cipher blocks and ends on a 4-octet boundary): AES-CBC, block 16 (RFC 3602 §2.4), once per
+# key size; 3DES, block 8; and the transforms of block size 1, aligned to 4 only: AES-GCM (RFC 4106),
+# ChaCha20-Poly1305 (RFC 7634), AES-GMAC (RFC 4543), NULL (RFC 2410 §2).
+PAD_SUITES = ["aes128-sha1", "aes192-sha384", "aes256-md5", "3des-sha256", "aes192gcm16", "chacha20poly1305",
+              "aes256gmac", "null-sha512"]
+
+
+@pytest.mark.parametrize("suite", PAD_SUITES)
+def test_every_pad_length_both_ways(nic, suite):
+    """Inner packets one octet apart, so that the minimal padding takes every value from 0 to
+    alignment - 1: scapy -> natt and natt -> scapy (natt pads minimally, semantics §2 step 3); and
+    scapy's packets padded to (nearly) 255 octets, which natt must strip as well."""
+    s = SUITES[suite]
+    key = _key(s)
+    align = math.lcm(s.block_size, 4)
+    inner = [IP(raw(IP(src="10.1.0.2", dst="10.2.0.7") / ICMP(seq=n) / Raw(bytes(range(n)))))
+             for n in range(align)]
+    pads = [-(len(p) + 2) % align for p in inner]
+    assert sorted(pads) == list(range(align))
+    overhead = 8 + s.iv_len + s.icv_len + 2       # ESP header, IV, ICV, pad length and next header
+    # scapy -> natt, minimal and maximal padding: 2 * align packets numbered 1, 2, ...
+    install_in(nic, s, key, tunnel=True, start=1, esn=False)
+    sa = scapy_sa(s, key, tunnel=True, start=1, esn=False)
+    wire = [raw(sa.encrypt(p)) for p in inner]
+    _pad_past_minimum(sa, align)
+    wire += [raw(sa.encrypt(p)) for p in inner]
+    sent = [len(_esp_of(w)) - overhead - len(p) for w, p in zip(wire, inner * 2)]
+    assert sent == pads + [pad + (255 - pad) // align * align for pad in pads]
+    assert max(sent) == 255
+    res = nic.decap(wire)
+    assert res.status.tolist() == [Status.OK] * len(wire)
+    assert res.seq.tolist() == list(range(1, len(wire) + 1))
+    assert [res[i] for i in range(len(wire))] == [raw(p) for p in inner * 2]
+    # natt -> scapy
+    h = install_out(nic, s, key, tunnel=True, start=1, esn=False)
+    out = nic.encap([raw(p) for p in inner], h)
+    assert out.status.tolist() == [Status.OK] * len(inner)
+    assert out.seq.tolist() == list(range(1, len(inner) + 1))
+    rx = scapy_sa(s, key, tunnel=True, start=1, esn=False)
+    for i, p in enumerate(inner):
+        assert len(_esp_of(out[i])) - overhead - len(p) == pads[i], f"packet {i}"
+        assert raw(rx.decrypt(IP(out[i]), verify=True)) == raw(p), f"packet {i}"
+
+
+def _scapy_seal_at(sa: SecurityAssociation, p, seq: int) -> bytes:
+    """scapy seals ``p`` as the packet numbered ``seq`` (64 bits).
+
+    Set on the SA, not passed to encrypt(): scapy 2.8 reads ``seq_num or self.seq_num`` and
+    ``esn or self.esn``, so a low half of 0 — the very packet after each carry — or a high half of
+    0 passed per call is silently replaced by the SA's own (a scapy bug: 0 is a valid value of both,
+    RFC 4303 §2.2, §2.2.1)."""
+    sa.seq_num, sa.esn = seq & 0xFFFFFFFF, seq >> 32
+    return raw(sa.encrypt(p))
+
+
+# The high halves before a carry: the first, one in the middle, and the last carry into 0xFFFFFFFF
+# (2**64 - 1 is the last number an SA may send, RFC 4303 §3.3.3).
+@pytest.mark.parametrize("hi", [0, 0x7FFFFFFF, 0xFFFFFFFE], ids=["hi0", "hi-mid", "hi-top"])
+@pytest.mark.parametrize("suite", ["aes256-sha512", "aes128gcm16", "aes192gmac", "chacha20poly1305", "3des-md5",
+                                   "null-sha1"])
+def test_esn_carry_both_ways(nic, suite, hi):
+    """ESN across the carry of the low 32 bits into the high half (RFC 4303 §2.2.1): the high half
+    is never sent, only fed to the ICV (§3.3.2.1) or the AEAD's AAD (RFC 4106 §5, RFC 7634 §2.1),
+    so each side must infer it. scapy -> natt with reordering across the carry: after packets of
+    the new high half, late ones of the old half still inside the window keep the old high half
+    (Appendix A2.2, case B: Tl < W - 1 and Seql >= Tl - W + 1); natt -> scapy in order."""
+    s = SUITES[suite]
+    key = _key(s)
+    first = (hi << 32) | 0xFFFFFFFA              # six packets before the carry, six after it
+    seqs = [first + i for i in range(12)]
+    inner = (inner_packets(True) * 2)[:12]
+    order = [0, 1, 2, 6, 7, 8, 9, 10, 11, 3, 4, 5]
+    install_in(nic, s, key, tunnel=True, start=first, esn=True)
+    sa = scapy_sa(s, key, tunnel=True, start=first, esn=True)
+    wire = [_scapy_seal_at(sa, p, q) for p, q in zip(inner, seqs)]
+    assert [struct.unpack_from("!I", _esp_of(w), 4)[0] for w in wire] == [q & 0xFFFFFFFF for q in seqs]
+    res = nic.decap([wire[j] for j in order])
+    assert res.status.tolist() == [Status.OK] * len(order)
+    assert res.seq.tolist() == [seqs[j] for j in order]
+    assert [res[i] for i in range(len(order))] == [raw(inner[j]) for j in order]
+    # natt -> scapy
+    h = install_out(nic, s, key, tunnel=True, start=first, esn=True)
+    out = nic.encap([raw(p) for p in inner], h)
+    assert out.status.tolist() == [Status.OK] * len(inner)
+    assert out.seq.tolist() == seqs
+    rx = scapy_sa(s, key, tunnel=True, start=first, esn=True)
+    for i, (p, q) in enumerate(zip(inner, seqs)):
+        pkt = IP(out[i])
+        assert pkt[ESP].seq == q & 0xFFFFFFFF
+        rx.esn = q >> 32                         # set, not passed: see _scapy_seal_at
+        assert raw(rx.decrypt(pkt, verify=True)) == raw(p), f"packet {i}: seq {q:#x}"
+
+
+# ESP-in-UDP is told apart by the parser entry's port, not by 4500: its ports are those of the IKE
+# traffic (RFC 3948 §2.1), whose source port a NAT maps to any other, and an implementation may be
+# configured to float IKE to a port other than 4500 (strongSwan's charon.port_nat_t).
+@pytest.mark.parametrize("sport,dport", [(61034, 4500), (4500, 14500), (14500, 14500)],
+                         ids=["nat-sport", "custom-dport", "custom-both"])
+@pytest.mark.parametrize("mode", ["tunnel", "transport"])
+@pytest.mark.parametrize("suite", ["aes128gcm16", "aes256-sha256"])
+def test_nondefault_ports_both_ways(nic, suite, mode, sport, dport):
+    s, tunnel = SUITES[suite], mode == "tunnel"
+    key = _key(s)
+    inner = inner_packets(tunnel)
+    # scapy -> natt: the inbound SA's parser entry listens on dport.
+    h_in = install_in(nic, s, key, tunnel=tunnel, start=1, esn=False, port=dport)
+    sa = scapy_sa(s, key, tunnel=tunnel, start=1, esn=False, sport=sport, dport=dport)
+    wire = [raw(sa.encrypt(p)) for p in inner]
+    for w in wire:
+        assert struct.unpack_from("!HH", w, (w[0] & 15) * 4) == (sport, dport)
+    res = nic.decap(wire)
+    assert res.status.tolist() == [Status.OK] * len(inner)
+    assert res.sa.tolist() == [h_in] * len(inner)
+    assert res.seq.tolist() == list(range(1, len(inner) + 1))
+    assert [res[i] for i in range(len(inner))] == [raw(p) for p in inner]
+    # natt -> scapy: the outbound SA writes sport -> dport.
+    h_out = install_out(nic, s, key, tunnel=tunnel, start=1, esn=False, sport=sport, dport=dport)
+    out = nic.encap([raw(p) for p in inner], h_out)
+    assert out.status.tolist() == [Status.OK] * len(inner)
+    assert out.seq.tolist() == list(range(1, len(inner) + 1))
+    rx = scapy_sa(s, key, tunnel=tunnel, start=1, esn=False, sport=sport, dport=dport)
+    for i, p in enumerate(inner):
+        pkt = _as_scapy_esp(out[i])
+        assert (pkt[UDP].sport, pkt[UDP].dport, pkt[UDP].chksum) == (sport, dport, 0)
+        assert raw(rx.decrypt(pkt, verify=True)) == raw(p), f"packet {i}: {p.summary()}"
+
+
+@pytest.mark.parametrize("suite", ["aes128gcm16", "aes256-sha384", "3des-sha1", "null-sha256"])
+def test_scapy_tfc_padding_tunnel(nic, suite):
+    """Traffic flow confidentiality padding (RFC 4303 §2.7): in tunnel mode a sender may append
+    octets after the inner datagram, whose own length field (IPv4 total length, IPv6 payload
+    length) delimits it. scapy encrypts the datagram with TFC octets after it; natt hands up the
+    payload exactly, TFC octets included, for the stack to trim like link padding (semantics §1,
+    outputs), so the inner header's length recovers the original."""
+    s = SUITES[suite]
+    key = _key(s)
+    install_in(nic, s, key, tunnel=True, start=1, esn=False)
+    sa = scapy_sa(s, key, tunnel=True, start=1, esn=False)
+    inner = inner_packets(True)
+    tfc = [bytes(17 * i + 1) for i in range(len(inner))]   # 1 to 103 zero octets
+    # scapy dissects the octets after the length as a Padding layer and encrypts them with the rest.
+    padded = [(IP if p.version == 4 else IPv6)(raw(p) + t) for p, t in zip(inner, tfc)]
+    res = nic.decap([raw(sa.encrypt(q)) for q in padded])
+    assert res.status.tolist() == [Status.OK] * len(inner)
+    assert res.seq.tolist() == list(range(1, len(inner) + 1))
+    for i, (p, t) in enumerate(zip(inner, tfc)):
+        assert res[i] == raw(p) + t, f"packet {i}: {p.summary()}"
+        out = res[i]
+        length = struct.unpack_from("!H", out, 2)[0] if p.version == 4 else 40 + struct.unpack_from("!H", out, 4)[0]
+        assert out[:length] == raw(p)
+
+
+@pytest.mark.parametrize("mode", ["tunnel", "transport"])
+@pytest.mark.parametrize("suite", ["aes256gcm16", "aes128-sha512", "chacha20poly1305"])
+def test_scapy_dummy_packets(nic, suite, mode):
+    """Dummy packets (RFC 4303 §2.6, next header 59): the receiver must discard them, and does
+    so after the ICV check, so they advance the replay window (§3.4.3) and a replay of one is
+    still refused. scapy has no dummy-packet option; its transport-mode SA seals an IPv4 packet
+    of protocol 59 from PEER to LOCAL, which is octet for octet what a tunnel-mode sender with
+    tunnel ends PEER -> LOCAL emits as a dummy, so one scapy SA serves both modes. (natt does
+    not generate dummy packets: encap takes IP datagrams only, so there is no other direction.)"""
+    s, tunnel = SUITES[suite], mode == "tunnel"
+    key = _key(s)
+    h = install_in(nic, s, key, tunnel=tunnel, start=1, esn=False)
+    sa = scapy_sa(s, key, tunnel=False, start=1, esn=False)
+    real = inner_packets(tunnel)[0]
+    wire = [raw(sa.encrypt(IP(src=PEER, dst=LOCAL, proto=59) / Raw(bytes(n)))) for n in (0, 1, 40)]
+    if tunnel:
+        wire.append(raw(scapy_sa(s, key, tunnel=True, start=4, esn=False).encrypt(real)))
+    else:
+        wire.append(raw(sa.encrypt(real)))
+    res = nic.decap(wire + wire[:1])
+    assert res.status.tolist() == [Status.DUMMY] * 3 + [Status.OK, Status.REPLAY]
+    assert res.seq.tolist() == [1, 2, 3, 4, 1]
+    assert res.sa.tolist() == [h] * 5
+    assert res.next_header.tolist()[:3] == [59] * 3
+    assert [res[i] for i in range(3)] == [b""] * 3
+    assert res[3] == raw(real)
 
 
 # --------------------------------------------------------------------------------------------------
