@@ -25,8 +25,9 @@ Conventions that differ between the two (each is handled below):
   added/removed by hand in one test per direction.
 
 Beyond the suite × mode × sequence-number matrix: every padding length (and padding up to 255
-octets), ESN carries with reordering, non-4500 ports, TFC padding and dummy packets. natt makes
-neither TFC padding nor dummy packets, so those are tested scapy -> natt only.
+octets), ESN carries with reordering, non-4500 ports, TFC padding, dummy packets and
+confidentiality-only SAs. natt makes neither TFC padding nor dummy packets, so those are tested
+scapy -> natt only.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from scapy.packet import Raw, raw
 
 import natt
 from natt import Status, traffic
-from natt._suites import SUITES, Cipher, Mac, Suite
+from natt._suites import SUITES, Cipher, Mac, Suite, suite_for_algos
 
 SPI = 0x0BADCAFE
 PEER, LOCAL = "198.51.100.2", "203.0.113.5"
@@ -485,6 +486,42 @@ def test_scapy_dummy_packets(nic, suite, mode):
     assert res.next_header.tolist()[:3] == [59] * 3
     assert [res[i] for i in range(3)] == [b""] * 3
     assert res[3] == raw(real)
+
+
+# Confidentiality-only ESP (RFC 4303 §3.2 allows it, a MAY): natt offers it through the OID layer
+# only (no strongSwan keyword names it), scapy with ``auth_algo=None``.
+@pytest.mark.parametrize("conf", [natt.ConfAlgo.AES_CBC_128, natt.ConfAlgo.AES_CBC_192, natt.ConfAlgo.AES_CBC_256,
+                                  natt.ConfAlgo.TRIPLE_DES], ids=lambda c: c.name)
+def test_confidentiality_only_both_ways(nic, conf):
+    s = suite_for_algos(conf, natt.IntegrityAlgo.NONE)
+    assert s.icv_len == 0
+    key = _key(s)
+    handles = []
+    for flags in (natt.OFFLOAD_INBOUND_SA, natt.OFFLOAD_OUTBOUND_SA):    # transport: no tunnel addresses
+        req = natt.AddUdpEspSa(flags=flags, key_mat=key, sec_assoc=[natt.OffloadSecurityAssociation(
+            natt.Operation.ENCRYPT, SPI, integrity_algo=natt.AlgoInfo(natt.IntegrityAlgo.NONE, 0),
+            conf_algo=natt.AlgoInfo(conf, s.enc_key_len))])
+        assert nic.set_oid(natt.OID_TCP_TASK_IPSEC_ADD_UDPESP_SA, req) == natt.NdisStatus.SUCCESS
+        handles.append(req.offload_handle)
+    h_in, h_out = handles
+    inner = inner_packets(False)
+    # scapy -> natt
+    sa = scapy_sa(s, key, tunnel=False, start=1, esn=False)
+    assert sa.auth_algo.icv_size == 0
+    res = nic.decap([raw(sa.encrypt(p)) for p in inner])
+    assert res.status.tolist() == [Status.OK] * len(inner)
+    assert res.sa.tolist() == [h_in] * len(inner)
+    assert res.seq.tolist() == list(range(1, len(inner) + 1))
+    assert [res[i] for i in range(len(inner))] == [raw(p) for p in inner]
+    # natt -> scapy: no ICV after the ciphertext.
+    out = nic.encap([raw(p) for p in inner], h_out)
+    assert out.status.tolist() == [Status.OK] * len(inner)
+    assert out.seq.tolist() == list(range(1, len(inner) + 1))
+    rx = scapy_sa(s, key, tunnel=False, start=1, esn=False)
+    for i, p in enumerate(inner):
+        payload = raw(p)[(raw(p)[0] & 15) * 4:]
+        assert len(_esp_of(out[i])) == 8 + s.iv_len + len(payload) + 2 + (-(len(payload) + 2) % s.block_size)
+        assert raw(rx.decrypt(IP(out[i]), verify=True)) == raw(p), f"packet {i}: {p.summary()}"
 
 
 # --------------------------------------------------------------------------------------------------
