@@ -19,7 +19,8 @@ from ._suites import Suite
 if TYPE_CHECKING:
     from ._batch import DecapResult, EncapResult, PacketBatch
 
-__all__ = ["SaConfig", "Backend", "COUNTER_NAMES", "ESN_RESYNC_TRIGGER", "ESN_RESYNC_LIMIT", "wipe_key"]
+__all__ = ["SaConfig", "Backend", "BackendClosed", "COUNTER_NAMES", "ESN_RESYNC_TRIGGER", "ESN_RESYNC_LIMIT",
+           "wipe_key"]
 
 
 def wipe_key(key: object) -> None:
@@ -27,6 +28,13 @@ def wipe_key(key: object) -> None:
     deleted or its add refused. Anything but a ``bytearray`` (``None`` for no copy) is left alone."""
     if isinstance(key, bytearray):
         key[:] = bytes(len(key))
+
+
+class BackendClosed(RuntimeError):
+    """A backend's ``decap``/``encap`` found the backend closed. A backend that runs batches
+    outside ``Offload``'s lock (the fast one) can be closed by another thread after ``Offload``
+    saw the instance open and before the batch starts; ``Offload`` turns this into
+    ``OffloadError(FAILURE)``, what any call after ``close`` raises (docs/semantics.md §6)."""
 
 
 @dataclasses.dataclass(eq=False)

@@ -86,7 +86,7 @@ from natt._openssl cimport (
     OSSL_PROVIDER_unquery_operation, RAND_bytes,
 )
 
-from ._backend import COUNTER_NAMES, ESN_RESYNC_LIMIT, ESN_RESYNC_TRIGGER, wipe_key
+from ._backend import COUNTER_NAMES, ESN_RESYNC_LIMIT, ESN_RESYNC_TRIGGER, BackendClosed, wipe_key
 # Not from natt._batch, which imports this module: whichever of the two came first, the other
 # found it half-initialised (natt._batch then silently took its pure-Python copy_segments).
 from ._constants import ENCAP_OVERHEAD as _ENCAP_OVERHEAD, Status as _Status, UdpEncapType
@@ -2333,6 +2333,10 @@ cdef class FastBackend:
     cdef dict _keys           # SA handle -> the SaConfig.key bytearray, zeroed on removal
     cdef dict _entries        # parser entry handle -> port
     cdef bint _lock_ready
+    # Set by close() under the mutex: a batch that gets the mutex afterwards runs nothing
+    # (BackendClosed). add_entry/add_sa clear it: the backend itself may be filled again after
+    # close() (Offload never does that: its close() is final and it checks before every add).
+    cdef bint _closed
 
     def __cinit__(self) -> None:
         cdef int t
@@ -2410,6 +2414,7 @@ cdef class FastBackend:
         cdef uint16_t p = port
         cdef uint8_t t = <uint8_t>int(UdpEncapType(encap_type))
         self._lock()
+        self._closed = False
         self.st.port_handle[p] = h
         self.st.port_type[p] = t
         self._entries[h] = p
@@ -2519,6 +2524,7 @@ cdef class FastBackend:
             raise
         self._slot_of[sa.handle] = sa.slot
         self._keys[sa.handle] = cfg.key
+        self._closed = False
         self._unlock()
 
     cdef int _insert(self, natt_sa *sa) except -1:
@@ -2657,8 +2663,12 @@ cdef class FastBackend:
 
     def close(self) -> None:
         """Drop every SA (cleansing its keyed state) and every parser entry, and give back the
-        per-packet scratch (72 octets a packet of the largest recent threaded batch, _scratch)."""
+        per-packet scratch (72 octets a packet of the largest recent threaded batch, _scratch).
+        A batch that gets the mutex after this raises BackendClosed instead of running on the
+        emptied tables (every packet NOT_ESP, every SA unknown), until add_entry or add_sa fills
+        the backend again."""
         self._lock()
+        self._closed = True
         self._drop_all()
         for key in self._keys.values():
             wipe_key(key)
@@ -2729,13 +2739,18 @@ cdef class FastBackend:
             with nogil:
                 pthread_mutex_lock(&self.st.lock)
                 rc = self._decap_locked(&io, nt)
+        if rc == -2:
+            raise BackendClosed("the backend is closed")
         if rc != 0:
             raise MemoryError()
 
     cdef int _decap_locked(self, natt_io *io, int nt) noexcept nogil:
-        """Run a decap with the mutex held, then release it; -1 if the scratch ran out."""
+        """Run a decap with the mutex held, then release it; -1 if the scratch ran out, -2 if
+        the backend was closed (by another thread, after Offload saw it open)."""
         cdef int rc = 0
-        if nt == 0:
+        if self._closed:
+            rc = -2
+        elif nt == 0:
             natt_decap_serial(&self.st, io)
         else:
             rc = self._scratch(io.n)
@@ -2756,6 +2771,9 @@ cdef class FastBackend:
         pinned = natt_setup_io(&io, batch, out)   # noqa: F841 (kept alive for the kernel)
         slot = self._slot_of.get(handle)
         if slot is None:
+            # close() sets the flag before it empties _slot_of (both with the GIL held).
+            if self._closed:
+                raise BackendClosed("the backend is closed")
             raise KeyError(handle)
         s = slot
         if nt == 0 and natt_brief(&io) and pthread_mutex_trylock(&self.st.lock) == 0:
@@ -2770,15 +2788,19 @@ cdef class FastBackend:
             raise ValueError(f"handle: SA {handle} is inbound; encap needs an outbound SA")
         if rc == 3:
             raise MemoryError()
+        if rc == 4:
+            raise BackendClosed("the backend is closed")
 
     cdef int _encap_locked(self, natt_io *io, int32_t s, int64_t h, int nt) noexcept nogil:
         """Run an encap with the mutex held, then release it; 1 if SA ``h`` is gone, 2 if it is
-        inbound, 3 if the scratch ran out."""
+        inbound, 3 if the scratch ran out, 4 if the backend was closed meanwhile."""
         cdef int rc = 0
         # Re-check under the mutex: the SA may have been removed since the dict lookup
         # (handles are never reused, so a live slot with this handle is this SA).
         cdef natt_sa *sa = self.st.slots[s] if s < self.st.nslots else NULL
-        if sa == NULL or sa.handle != h:
+        if self._closed:
+            rc = 4
+        elif sa == NULL or sa.handle != h:
             rc = 1
         elif sa.inbound:
             rc = 2

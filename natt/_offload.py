@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional, SupportsIndex, TypedDict, Union, cast
 
 import numpy as np
 
-from ._backend import Backend, SaConfig, wipe_key
+from ._backend import Backend, BackendClosed, SaConfig, wipe_key
 from ._batch import ENCAP_OVERHEAD, BatchResult, DecapResult, EncapResult, PacketBatch, _count, as_batch
 from ._constants import (
     DF_BIT_MODES,
@@ -961,6 +961,10 @@ class Offload:
             except BaseException:
                 out._clear()            # laid out for this batch, never filled
                 raise
+        except BackendClosed:
+            # close() from another thread landed after the check above (the fast backend runs
+            # batches outside self._lock): the same error as a call after close (semantics §6).
+            raise OffloadError(NdisStatus.FAILURE, "Offload: this instance is closed") from None
         finally:
             del _FILLING[key]
         return out
@@ -1006,6 +1010,9 @@ class Offload:
         except KeyError:
             # Deleted by another thread between the check above and the batch.
             raise OffloadError(NdisStatus.INVALID_PARAMETER, f"handle: {shown(handle)} names no SA") from None
+        except BackendClosed:
+            # Closed by another thread between the check above and the batch (as in decap).
+            raise OffloadError(NdisStatus.FAILURE, "Offload: this instance is closed") from None
         finally:
             del _FILLING[key]
         return out

@@ -1717,6 +1717,35 @@ def test_a_result_being_filled_is_refused_as_another_calls_out(backend, call):
         assert len(run(res, 5)) == 5                  # free again once the first call is done
 
 
+@pytest.mark.parametrize("threads", [None, 2])
+@pytest.mark.parametrize("call", ["decap", "encap"])
+def test_a_close_landing_before_a_fast_batch_takes_the_mutex_raises_failure(call, threads):
+    """semantics §6: after close, decap and encap raise OffloadError(FAILURE). The fast backend
+    runs batches outside Offload's lock, so another thread's close() can land after Offload saw
+    the instance open and before the batch takes the backend's mutex. The batch then ran on the
+    emptied tables: a decap gave every packet NOT_ESP (as if no parser entry had ever been
+    installed) and an encap said its SA did not exist (INVALID_PARAMETER). The reference backend
+    cannot see this: its batches run under Offload's lock, which close() takes."""
+    nic = natt.Offload(backend="fast")
+    _, peer = add_in(nic)
+    tx = nic.add_sa(SPI + 1, key_for(GCM, 2), GCM.name, "out", mode="transport")
+    out: natt.DecapResult | natt.EncapResult
+    out = nic.decap([peer.packet(1)]) if call == "decap" else nic.encap([ipv4(bytes(8), proto=UDP)], tx)
+    assert statuses(out) == [Status.OK]                   # a result to reuse: left as it was or empty
+    gated = nic._backend = _Gated(nic._backend)
+    gated.go.set()
+    real_gate = gated._gate
+    gated._gate = lambda: (nic.close(), real_gate())      # close() from "another thread", just then
+    if call == "decap":
+        with pytest.raises(natt.OffloadError) as e:
+            nic.decap([peer.packet(n) for n in range(2, 40)], threads=threads, out=out)
+    else:
+        with pytest.raises(natt.OffloadError) as e:
+            nic.encap([ipv4(bytes(8), proto=UDP)] * 40, tx, threads=threads, out=out)
+    assert e.value.status is natt.NdisStatus.FAILURE and "closed" in str(e.value)
+    assert len(out) == 0
+
+
 def test_encap_of_an_sa_deleted_after_the_handle_check_raises(backend):
     """semantics §5: encap of an SA deleted meanwhile raises OffloadError on both backends, also
     when the delete lands between Offload's handle check and the batch."""
