@@ -850,7 +850,10 @@ class Offload:
         Sequence state: ``replay_seq`` (inbound: the highest number authenticated),
         ``replay_fail_run`` (inbound ESN: consecutive AUTH_FAILED packets) and
         ``replay_oseq`` (outbound: the last number sent), what ``add_sa`` takes under
-        the same names to move the SA to another instance (see :meth:`replay_state`).
+        the same names to move the SA to another instance (see :meth:`replay_state`). To move an
+        outbound SA, read ``replay_oseq`` after its last ``encap`` (stop encap with the SA, read,
+        delete): a number sent after the read would be sent again by the new instance, and with
+        AES-GCM, AES-GMAC and ChaCha20-Poly1305 it is the nonce (RFC 4106 §3.1).
         """
         with self._lock:
             self._check_open()
