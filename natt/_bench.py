@@ -59,7 +59,7 @@ from ._files import Replacement, new_file_mode
 from ._offload import DEFAULT_MAX_SAS, MAX_THREADS, Offload, backends
 from ._suites import Cipher, Mac, Suite, parse_suite
 from ._version import __version__
-from .cli import at_least, destination_problem
+from .cli import at_least, destination_problem, say
 
 __all__ = ["main", "Timing", "Workload", "build_workload", "inner_packets", "EvpLoop"]
 
@@ -1343,7 +1343,8 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
                "  natt bench --sizes 64 --reps 15         # only 64-octet packets, more repetitions\n"
                "exit status: 0 ran (whether or not every target was met: the table says; without a\n"
                "C compiler or libcrypto headers the C loop's rows are skipped with a note), 1 a variant\n"
-               "that could not run (a failed decap, too little memory), 2 bad usage.")
+               "that could not run (a failed decap, too little memory), 2 bad usage; the same when the\n"
+               "reader of the tables or of --json - stops early (| head -1).")
     p.add_argument("--quick", action="store_true", help="CI-sized run: the smaller defaults below")
     p.add_argument("--batch", type=at_least(1, MAX_BATCH), metavar="N",
                    help=f"packets per batch, 1..{MAX_BATCH:,}, and at most {MAX_BATCH_OCTETS >> 20} MiB of "
@@ -1410,8 +1411,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
         return 1
     text = json.dumps(result, indent=1) + "\n"
     if to_stdout:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        # A reader that takes part of it (| head -c 100) and leaves is no failure of the run.
+        say(text, end="")
     elif args.json:
         # Before the tables: a reader of stdout that goes away (| head) must not cost the run.
         # Whole or not at all, as natt decap's --report: a full disk must not leave half a file.
@@ -1421,6 +1422,6 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
         except OSError as e:
             print(f"natt bench: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
             return 1
-    print(format_markdown(result) if args.markdown else format_report(result),
-          file=sys.stderr if to_stdout else sys.stdout)
+    say(format_markdown(result) if args.markdown else format_report(result),
+        file=sys.stderr if to_stdout else sys.stdout)
     return 0

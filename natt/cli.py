@@ -3,10 +3,16 @@
 Every subcommand is a thin layer over :mod:`natt.pcap`, :mod:`natt.keys` and
 :class:`natt.Offload`; ``main(argv)`` returns the exit status (0 success, 1 failure with a
 one-line message on stderr, 2 bad usage, 128 + N stopped by signal N) and never prints a
-traceback for bad input. A reader of standard output that goes away early (``natt ... | head``)
-ends the command with 1, as Python programs do for a broken pipe, and a message only when the
-capture itself went there; whether the reader left before natt's last write is up to the two
-processes, so a ``set -o pipefail`` script should not cut the summary short.
+traceback for bad input.
+
+A reader of the text natt prints (the summary, explain's walk, a ``--report -``, ``--version``)
+may stop reading when it has seen enough (``natt ... | head -1``, ``| grep -q``): that costs the
+command nothing, quietly, and its exit status is the one it would have had (:func:`say`).
+Whether the reader left before natt's last write is up to the two processes, so any other
+answer would make the status of ``set -o pipefail`` scripts a matter of timing. The reader of a
+capture (``-o -``, a FIFO) leaving before its end does stop the run, which exits quietly with
+141 (128 + SIGPIPE), as a shell reports ``tcpdump -w - | head -c 100``; the report is not
+written, as for any run that did not end.
 """
 
 from __future__ import annotations
@@ -153,8 +159,9 @@ def _write_report(args: argparse.Namespace, stats: CaptureStats) -> None:
     doc = {"command": args.command, "input": args.input, "output": args.output, **stats.as_dict()}
     text = json.dumps(doc, indent=2) + "\n"
     if _is_stdout(args.report):
-        sys.stdout.write(text)      # the stream itself: reopening /dev/stdout would truncate a file
-        sys.stdout.flush()
+        # The stream itself: reopening /dev/stdout would truncate a file. A reader that takes
+        # only part of it (| head -c 100) keeps -o from nothing: it is renamed into place.
+        say(text, end="")
         return
     try:
         with _output_file(args.report, False) as f:
@@ -216,20 +223,20 @@ def _finish(args: argparse.Namespace, stats: CaptureStats, out: TextIO, hints: S
     """The end of a run over a capture: the truncation warning, the summary, then ``hints``
     (decap_hints) on stderr."""
     if stats.truncated:
-        print(f"natt {args.command}: warning: {stats.truncated}; the records before it were processed "
-              "(a capture cut short)", file=sys.stderr)
+        say(f"natt {args.command}: warning: {stats.truncated}; the records before it were processed "
+            "(a capture cut short)", file=sys.stderr)
     rate = stats.frames / stats.elapsed if stats.elapsed > 0 else 0.0
     try:
-        print(stats.table(), file=out)
-        print(f"{stats.elapsed:.3f} s, {rate:,.0f} frames/s", file=out, flush=True)
+        # The output is complete by now: a reader of the summary that leaves early (| head -1)
+        # costs nothing, and the status is the run's.
+        say(stats.table(), f"{stats.elapsed:.3f} s, {rate:,.0f} frames/s", file=out)
     except OSError as e:
         if e.errno not in _WRITE_ERRNOS:
-            raise           # BrokenPipeError: main's handler
+            raise
         where = "standard output" if out is sys.stdout else "standard error"
         raise CliError(f"cannot write the summary to {where}: {e.strerror}; the run itself is done "
                        f"(-o {args.output} is complete)") from None
-    for hint in hints:
-        print(f"hint: {hint}", file=sys.stderr)
+    say(*(f"hint: {hint}" for hint in hints), file=sys.stderr)
 
 
 def _chunks(reader: pcap.PcapReader, bar: Any, stats: CaptureStats) -> Iterator[pcap.Chunk]:
@@ -358,7 +365,7 @@ def _output_stream(path: str, to_stdout: bool, source: Optional[str] = None) -> 
         except BrokenPipeError:
             if not _reader_gone(probe):
                 raise
-            raise CliError(f"{path}: the reader of the pipe went away; what it got is incomplete") from None
+            raise ReaderLeft(path) from None
         finally:
             os.close(probe)
         return
@@ -377,6 +384,51 @@ def _output_stream(path: str, to_stdout: bool, source: Optional[str] = None) -> 
         raise CliError(f"cannot write {path}: {e.strerror or e}") from None
     with out as f:
         yield f
+
+
+class ReaderLeft(Exception):
+    """The reader of the capture being written (``-o -``, a FIFO) went away before its end: the
+    run stops, the report is not written, and natt exits with :data:`READER_LEFT`, quietly."""
+
+
+#: Exit status when the reader of the capture goes away: 128 + SIGPIPE, what a shell reports for
+#: any tool a closed pipe ends (tcpdump -w - | head -c 100, cat | head).
+READER_LEFT = 128 + signal.SIGPIPE
+
+
+def reader_left(stream: TextIO) -> None:
+    """The reader of ``stream`` (stdout or stderr) has gone: point its descriptor at /dev/null,
+    so that what is still written to it, and Python's flush at exit, go nowhere instead of
+    failing again ("Exception ignored ... BrokenPipeError", exit status 120); Python's docs,
+    "Note on SIGPIPE", do the same."""
+    with contextlib.suppress(OSError, ValueError):     # ValueError: no descriptor (a StringIO)
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, stream.fileno())
+        finally:
+            os.close(null)
+
+
+def say(*lines: str, file: Optional[TextIO] = None, end: str = "\n") -> None:
+    """Print ``lines`` (to ``file``, default stdout) for a reader that may stop reading when it
+    has seen enough (``natt explain ... | head -1``, ``| grep -q``): that reader leaving is not
+    natt's failure, and the command goes on to its own exit status. Text only: a capture whose
+    reader leaves is :class:`ReaderLeft`."""
+    out = sys.stdout if file is None else file
+    try:
+        for line in lines:
+            print(line, file=out, end=end)
+        out.flush()     # here, not at exit: where the error can still be told from others
+    except BrokenPipeError:
+        reader_left(out)
+
+
+def _stream_reader_gone(stream: TextIO) -> bool:
+    """:func:`_reader_gone` for a stream that may have no descriptor (False then)."""
+    try:
+        return _reader_gone(stream.fileno())
+    except (OSError, ValueError):
+        return False
 
 
 def _reader_gone(fd: int) -> bool:
@@ -990,27 +1042,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             pcap.PcapWriter.like(reader, f) as writer, \
             _progress(args, os.path.getsize(pcap_path), "demo decap") as bar:
         stats = decap_capture(rx, rx_handles, [s.label() for s in specs], reader, writer, bar=bar)
-    print(stats.table())
+    say(stats.table())
     n = stats.ipv4
     octets = int(stats.octets.sum())
-    print(f"encap: {len(frames)} packets in {t_enc:.3f} s ({len(frames) / t_enc:,.0f} packets/s)"
-          if t_enc > 0 else "encap: done")
+    say(f"encap: {len(frames)} packets in {t_enc:.3f} s ({len(frames) / t_enc:,.0f} packets/s)"
+        if t_enc > 0 else "encap: done")
     if stats.crypto_seconds > 0:
-        print(f"decap: {n} packets in {stats.crypto_seconds:.3f} s ({n / stats.crypto_seconds:,.0f} packets/s, "
-              f"{octets * 8 / stats.crypto_seconds / 1e6:,.1f} Mbit/s of inner packets; "
-              f"backend {rx.backend})")
-    print(f"wrote {pcap_path}, {out_path},\n      {esp_sa} "
-          f"(Wireshark: copy to ~/.config/wireshark/esp_sa, or use the commands below),\n"
-          f"      {os.path.join(args.out_dir, 'demo-keys.json')} (natt decap -k)")
+        say(f"decap: {n} packets in {stats.crypto_seconds:.3f} s ({n / stats.crypto_seconds:,.0f} packets/s, "
+            f"{octets * 8 / stats.crypto_seconds / 1e6:,.1f} Mbit/s of inner packets; "
+            f"backend {rx.backend})")
+    say(f"wrote {pcap_path}, {out_path},\n      {esp_sa} "
+        f"(Wireshark: copy to ~/.config/wireshark/esp_sa, or use the commands below),\n"
+        f"      {os.path.join(args.out_dir, 'demo-keys.json')} (natt decap -k)")
     # Pasteable as printed: paths quoted for the shell; tshark reads every SA of the table from
     # a profile directory (one -o uat:esp_sa option holds one SA).
     q = shlex.quote
     profile = os.path.join(os.path.abspath(args.out_dir), "tshark")
-    print(f"try:  mkdir -p {q(os.path.join(profile, 'wireshark'))} && "
-          f"cp {q(esp_sa)} {q(os.path.join(profile, 'wireshark', 'esp_sa'))}")
-    print(f"      XDG_CONFIG_HOME={q(profile)} tshark -o esp.enable_encryption_decode:TRUE "
-          f"-o esp.enable_authentication_check:TRUE -r {q(pcap_path)}")
-    print(f"      natt decap {q(pcap_path)} -k {q(esp_sa)} -o clear.pcap")
+    say(f"try:  mkdir -p {q(os.path.join(profile, 'wireshark'))} && "
+        f"cp {q(esp_sa)} {q(os.path.join(profile, 'wireshark', 'esp_sa'))}",
+        f"      XDG_CONFIG_HOME={q(profile)} tshark -o esp.enable_encryption_decode:TRUE "
+        f"-o esp.enable_authentication_check:TRUE -r {q(pcap_path)}",
+        f"      natt decap {q(pcap_path)} -k {q(esp_sa)} -o clear.pcap")
     ok = stats.counts[:, Status.OK].sum()
     if ok != len(frames):
         raise CliError(f"demo: only {ok} of {len(frames)} packets decapsulated: {stats.totals()}")
@@ -1192,8 +1244,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     specs = _load_keys(args.keys, args.mode)
     nic = Offload(backend="reference", max_sas=max(len(specs), 1))
     handles = _install(nic, specs, "in")
-    for line in explain_packet(nic, handles, specs, packet):
-        print(line)
+    say(*explain_packet(nic, handles, specs, packet))
     ihl, tl = (packet[0] & 15) * 4, int.from_bytes(packet[2:4], "big")
     if packet[0] >> 4 != 4 or len(packet) < 20 or ihl < 20 or not ihl <= tl <= len(packet):
         # Wireshark's "Copy as Hex Stream" of a whole frame starts at the Ethernet header: read
@@ -1203,8 +1254,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         is4, hdr = pcap._link_layer(np.frombuffer(packet, np.uint8), np.array([pcap.LINKTYPE_ETHERNET]),
                                     np.zeros(1, np.int64), np.array([len(packet)], np.int64))
         if is4[0] and packet[hdr[0]] >> 4 == 4:
-            print(f"hint: this looks like an Ethernet frame with IPv4 at octet {hdr[0] + 1}: leave out its "
-                  f"first {hdr[0]} octets ({2 * hdr[0]} hex digits) to start at the IPv4 header")
+            say(f"hint: this looks like an Ethernet frame with IPv4 at octet {hdr[0] + 1}: leave out its "
+                f"first {hdr[0]} octets ({2 * hdr[0]} hex digits) to start at the IPv4 header")
     return 0
 
 
@@ -1309,7 +1360,7 @@ class _Version(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: Optional[str] = None) -> None:
-        print(version_text())
+        say(version_text())
         parser.exit()
 
 
@@ -1380,7 +1431,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt decap day1.pcap day2.pcap -k keys.json -o clear/ --workers 2     # Dask\n"
                "exit status: 0 done (however many packets decrypted: the summary says), 1 unreadable\n"
                "capture or keys, or an output that cannot be written (message on stderr), 2 bad usage,\n"
-               "130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the output as it was, no temporary file left).")
+               "130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the output as it was, no temporary file left),\n"
+               "141 the reader of OUT (- or a FIFO) left before its end (no message, no report). A\n"
+               "reader of the summary or of --report - that stops early (| head -1) changes nothing.")
     d.add_argument("input", metavar="IN", nargs="+",
                    help="capture to read (pcap or pcapng; - reads standard input); several only with "
                         "--dask/--workers")
@@ -1422,7 +1475,8 @@ def build_parser() -> argparse.ArgumentParser:
                '    "inner_src": "10.1.0.0/16"}]\n'
                "exit status: as natt decap's: 0 done (the summary counts what was sealed), 1 unreadable\n"
                "capture or keys, or an output that cannot be written, 2 bad usage, 128 + the signal's\n"
-               "number when stopped.")
+               "number when stopped, 141 the reader of OUT (- or a FIFO) left before its end. A reader\n"
+               "of the summary or of --report - that stops early (| head -1) changes nothing.")
     e.add_argument("input", metavar="IN", help="capture of inner packets (pcap or pcapng; - reads standard input)")
     e.add_argument("-k", "--keys", required=True, metavar="KEYS", action=_Once, help=_KEYS_HELP)
     e.add_argument("-o", "--output", required=True, metavar="OUT", type=_path, action=_Once,
@@ -1446,7 +1500,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt demo --out-dir /tmp/natt-demo --packets 20000\n"
                "  natt decap /tmp/natt-demo/demo.pcap -k /tmp/natt-demo/demo.esp_sa -o /tmp/clear.pcap\n"
                "exit status: 0 every demo packet decapsulated as expected, 1 otherwise or a file could\n"
-               "not be written, 2 bad usage.")
+               "not be written, 2 bad usage; the same when the reader of what it prints stops early\n"
+               "(natt demo | head -1).")
     m.add_argument("--out-dir", default="natt-demo", metavar="DIR",
                    help="where to write the files, made with any missing parents (default ./natt-demo)")
     # The demo holds its traffic in memory, about 3 KB a packet (100 000 packets: 371 MB max RSS,
@@ -1473,7 +1528,7 @@ def build_parser() -> argparse.ArgumentParser:
                "      | natt explain - -k esp_sa\n"
                "  natt explain 45:00:00:3c:... -k esp_sa --mode transport\n"
                "exit status: 0 explained, whatever the verdict (the last line, '=> STATUS'), 1 HEX or\n"
-               "KEYS unusable, 2 bad usage.")
+               "KEYS unusable, 2 bad usage; the same when the reader stops early (| head -1, | grep -q).")
     x.add_argument("hex", metavar="HEX", help="the packet in hex, from its IPv4 header (spaces and ':' allowed); "
                                               "- reads it from standard input")
     x.add_argument("-k", "--keys", required=True, metavar="KEYS", action=_Once, help=_KEYS_HELP)
@@ -1533,6 +1588,18 @@ def _fill_closed_std_streams() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``natt`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     _fill_closed_std_streams()
+    status = _run(argv)
+    # Text still in stdout's buffer (argparse's --help, whatever a short run printed) would be
+    # written at exit, past every handler: a reader gone by then made that "Exception ignored
+    # ... BrokenPipeError" and exit status 120 instead of the command's.
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        reader_left(sys.stdout)
+    return status
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
@@ -1566,18 +1633,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CliError as e:
         print(f"natt {args.command}: {e}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        # Whatever read our stdout has gone (natt decap -o - | tshark -c 2, natt demo | head).
-        # Python's flush of stdout at exit would complain again (Python docs, "Note on SIGPIPE").
-        # A reader of the summary alone may well leave early; one of the capture gets less than
-        # the run made, and is told so.
-        capture = _is_stdout(getattr(args, "output", None) or "")
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        with contextlib.suppress(OSError):
-            if capture:
-                print(f"natt {args.command}: standard output closed early (the reader of the pipe went "
-                      f"away); what it got is incomplete", file=sys.stderr)
-        return 1
+    except (ReaderLeft, BrokenPipeError):
+        # The reader of the capture went away before its end (natt decap -o - | tshark -r - -c 2,
+        # a FIFO's reader): the run stops there, as any tool a closed pipe ends, with the status
+        # a shell gives one, and quietly: that reader may well have meant to stop. (Text goes
+        # through say(), whose reader leaving early is no failure; a BrokenPipeError that gets
+        # here is the capture's on stdout, or, rarer, stderr's: 2>&1 | head.)
+        for stream in (sys.stdout, sys.stderr):
+            if stream is sys.stdout or _stream_reader_gone(stream):
+                reader_left(stream)
+        return READER_LEFT
     except MemoryError:
         # numpy's allocation failures are MemoryErrors too; what to change is the command's own.
         less = {"demo": "fewer --packets", "decap": "a smaller --chunk-size", "encap": "a smaller --chunk-size"}
