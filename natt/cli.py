@@ -1247,16 +1247,54 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     say(*explain_packet(nic, handles, specs, packet))
     ihl, tl = (packet[0] & 15) * 4, int.from_bytes(packet[2:4], "big")
     if packet[0] >> 4 != 4 or len(packet) < 20 or ihl < 20 or not ihl <= tl <= len(packet):
-        # Wireshark's "Copy as Hex Stream" of a whole frame starts at the Ethernet header: read
-        # it as the capture reader reads an Ethernet frame (VLAN tags included). A destination
-        # MAC address whose first octet is 0x40-0x4f (MikroTik's 4c:5e:0c, ...) reads as
-        # version 4 with a header that does not fit (step 2), so that case needs the hint too.
-        is4, hdr = pcap._link_layer(np.frombuffer(packet, np.uint8), np.array([pcap.LINKTYPE_ETHERNET]),
-                                    np.zeros(1, np.int64), np.array([len(packet)], np.int64))
-        if is4[0] and packet[hdr[0]] >> 4 == 4:
-            say(f"hint: this looks like an Ethernet frame with IPv4 at octet {hdr[0] + 1}: leave out its "
-                f"first {hdr[0]} octets ({2 * hdr[0]} hex digits) to start at the IPv4 header")
+        # A destination MAC address whose first octet is 0x40-0x4f (MikroTik's 4c:5e:0c, ...)
+        # reads as version 4 with a header that does not fit (step 2): that case needs the hint too.
+        link = pasted_link(packet)
+        if link is not None:
+            what, hl = link
+            say(f"hint: this looks like {what} with IPv4 at octet {hl + 1}: leave out its first {hl} octets "
+                f"({2 * hl} hex digits) to start at the IPv4 header")
     return 0
+
+
+# The link headers a whole frame pasted in hex may start with (Wireshark's "Copy as Hex Stream",
+# tshark -x, tcpdump -xx), in the order they are tried: those natt's capture reader reads IPv4
+# from (pcap.IPV4_LINKTYPES) but raw IP, which needs no hint. LINKTYPE_NULL reads the address
+# family in either byte order, so it stands for LINKTYPE_LOOP (OpenBSD) too.
+_PASTED_LINKS = ((pcap.LINKTYPE_ETHERNET, "an Ethernet frame"),
+                 (pcap.LINKTYPE_LINUX_SLL, "a Linux cooked frame (SLL, 16-octet header: tcpdump -i any)"),
+                 (pcap.LINKTYPE_LINUX_SLL2, "a Linux cooked v2 frame (SLL2, 20-octet header: tcpdump -i any, "
+                                            "libpcap 1.10 and later)"),
+                 (pcap.LINKTYPE_NULL, "a BSD loopback frame (4-octet address family header, AF_INET in {order} "
+                                      "byte order: {where})"))
+
+
+def pasted_link(frame: bytes) -> Optional[tuple[str, int]]:
+    """What link header ``frame`` starts with, if it reads as one of :data:`_PASTED_LINKS` as the
+    capture reader reads it (pcap._link_layer: VLAN tags included) followed by an IPv4 header
+    (version 4, a header length of 20 or more that fits, a total length no shorter): its
+    description and length in octets; None if none does.
+
+    The IPv4 header's check keeps, say, an Ethernet frame from reading as SLL because octets 14
+    and 15 happen to be 08 00."""
+    buf = np.frombuffer(frame, np.uint8)
+    for linktype, what in _PASTED_LINKS:
+        is4, hdr = pcap._link_layer(buf, np.array([linktype]), np.zeros(1, np.int64),
+                                    np.array([len(frame)], np.int64))
+        ip = frame[int(hdr[0]):]
+        ihl = (ip[0] & 15) * 4 if ip else 0
+        if not (is4[0] and len(ip) >= 20 and ip[0] >> 4 == 4 and 20 <= ihl <= len(ip)
+                and int.from_bytes(ip[2:4], "big") >= ihl):
+            continue
+        if linktype == pcap.LINKTYPE_NULL:
+            # AF_INET is 2 on every BSD and macOS; the capturing host's order (LINKTYPE_NULL) is
+            # little-endian on macOS and x86 BSDs, OpenBSD's LINKTYPE_LOOP is network order.
+            little = frame[0] == 2
+            what = what.format(order="little-endian" if little else "big-endian",
+                               where="macOS lo0 or utun, FreeBSD lo0" if little else
+                               "OpenBSD lo0, or a big-endian host")
+        return what, int(hdr[0])
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1520,7 +1558,10 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", formatter_class=fmt, help="say where and why decap stops for one packet",
         description="Walk docs/semantics.md's decision order (§1, steps 1-12) for one IPv4 packet and\n"
                     "print each step until the one that decides its status, with the reason. The verdict\n"
-                    "is the reference data path's own; the SAs of KEYS are installed inbound.",
+                    "is the reference data path's own; the SAs of KEYS are installed inbound. A whole\n"
+                    "frame (Wireshark's 'Copy as Hex Stream') that starts with an Ethernet, Linux cooked\n"
+                    "(SLL, SLL2: tcpdump -i any) or BSD loopback header gets a hint saying how many\n"
+                    "octets to leave out.",
         epilog="examples:\n"
                "  natt explain 4500003c0001000040113... -k keys.json\n"
                "  # the IPv4 packet of frame 7 (index 6) of a capture:\n"

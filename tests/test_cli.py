@@ -1520,6 +1520,50 @@ def test_explain_says_when_the_packet_is_an_ethernet_frame(scenario, capsys):
     assert "hint" not in out
 
 
+def test_explain_says_when_the_packet_is_a_linux_cooked_or_bsd_loopback_frame(scenario, capsys):
+    # tshark -x / tcpdump -xx of a capture taken with tcpdump -i any (Linux cooked, SLL and SLL2)
+    # or on a BSD or macOS loopback or utun (a 4-octet AF_INET, 2, in either byte order) starts at
+    # that header: explain walked it as "not IPv4 (version 0)" and said nothing more.
+    _, keyfile, _, _, frames = scenario
+    packet = frames[0][14:]
+    mac = bytes.fromhex("020000000001") + bytes(2)
+    sll = bytes.fromhex("0000" "0001" "0006") + mac + b"\x08\x00"                    # to us, ARPHRD_ETHER
+    sll_vlan = bytes.fromhex("0004" "0001" "0006") + mac + bytes.fromhex("8100" "0007" "0800")
+    sll2 = bytes.fromhex("0800" "0000" "00000003" "0001" "00" "06") + mac
+    null_le, loop_be = (2).to_bytes(4, "little"), (2).to_bytes(4, "big")
+    sll_text = "a Linux cooked frame (SLL, 16-octet header: tcpdump -i any)"
+    for link, linktype, what in [
+            (sll, pcap.LINKTYPE_LINUX_SLL, sll_text), (sll_vlan, pcap.LINKTYPE_LINUX_SLL, sll_text),
+            (sll2, pcap.LINKTYPE_LINUX_SLL2,
+             "a Linux cooked v2 frame (SLL2, 20-octet header: tcpdump -i any, libpcap 1.10 and later)"),
+            (null_le, pcap.LINKTYPE_NULL, "a BSD loopback frame (4-octet address family header, AF_INET in "
+                                          "little-endian byte order: macOS lo0 or utun, FreeBSD lo0)"),
+            (loop_be, pcap.LINKTYPE_LOOP, "a BSD loopback frame (4-octet address family header, AF_INET in "
+                                          "big-endian byte order: OpenBSD lo0, or a big-endian host)")]:
+        skip = len(link)
+        rc, out, _ = run(["explain", (link + packet).hex(), "-k", str(keyfile)], capsys)
+        assert rc == 0 and out.splitlines()[-2] == "=> NOT_ESP (step 1)"
+        assert out.splitlines()[-1] == (f"hint: this looks like {what} with IPv4 at octet {skip + 1}: leave out its "
+                                        f"first {skip} octets ({2 * skip} hex digits) to start at the IPv4 header")
+        # What to leave out is what natt's capture reader takes off a frame of that link type.
+        assert pcap.read_frames(_one_frame_capture(link + packet, linktype))[0][3] == packet
+    # Not every header that starts with 0 is one: IPv6 on a loopback (AF_INET6: 24, 28 or 30), an
+    # SLL frame of ARP, or an IPv4 header that does not fit after it get no hint.
+    for frame in [(24).to_bytes(4, "little") + packet, sll[:-2] + b"\x08\x06" + packet,
+                  null_le + b"\x44" + packet[1:], sll + packet[:19]]:
+        rc, out, _ = run(["explain", frame.hex(), "-k", str(keyfile)], capsys)
+        assert rc == 0 and "hint" not in out, frame.hex()
+
+
+def _one_frame_capture(frame, linktype):
+    import io
+    buf = io.BytesIO()
+    with pcap.PcapWriter(buf, linktype=linktype) as w:
+        w.write_frames([frame])
+    buf.seek(0)
+    return buf
+
+
 @pytest.mark.parametrize("hexarg", ["", "  ", "0x", " : "])
 def test_explain_refuses_an_empty_packet(hexarg, scenario, capsys):
     _, keyfile, *_ = scenario
