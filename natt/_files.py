@@ -44,6 +44,17 @@ def give_as(fd: int, path: str, source: Optional[str] = None) -> None:
         give(fd, stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid))
 
 
+def same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: the same inode (another spelling, a hard
+    link, a symbolic link), or, if either does not exist yet, the same absolute path (a
+    symbolic link resolved as far as it goes). For refusing an output that would replace an
+    input before the run, in ``natt decap`` and ``natt.dask`` alike."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def new_file_mode(source: Optional[str] = None) -> int:
     """The mode of a new output file: what ``open()`` gives one (0o666 less the umask), but no
     more readable by group or others than the regular file ``source`` it is made from. A decap's

@@ -48,7 +48,7 @@ from ._batch import ENCAP_OVERHEAD, PacketBatch
 from ._capture import CaptureStats, InboundSas, sa_index, sa_table
 from ._constants import Status, UdpEncapType
 from ._entry import interrupted
-from ._files import Replacement, new_file_mode
+from ._files import Replacement, new_file_mode, same_file
 from ._offload import MAX_THREADS, Offload, _check_threads
 from ._suites import Cipher, Mac
 from ._version import __version__
@@ -99,15 +99,6 @@ def destination_problem(path: str) -> Optional[str]:
     return None if os.access(parent, os.W_OK | os.X_OK) else f"directory {parent} is not writable"
 
 
-def _same_file(a: str, b: str) -> bool:
-    """Whether paths ``a`` and ``b`` name one file: the same inode (another spelling, a hard
-    link, a symbolic link), or, if either does not exist yet, the same absolute path."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
 def _check_report(args: argparse.Namespace) -> None:
     """Refuse, before the run, a --report the run could not write or that would replace one
     of the run's own files (it is written at the end, over whatever it names)."""
@@ -124,7 +115,7 @@ def _check_report(args: argparse.Namespace) -> None:
     inputs = args.input if isinstance(args.input, list) else [args.input]
     for what, path in [*(("the input capture", p) for p in inputs), ("the output (-o)", args.output),
                        ("the key file (-k)", args.keys)]:
-        if _same_file(args.report, path):
+        if same_file(args.report, path):
             raise UsageError(f"--report {args.report}: is {what} {path}; name another file")
 
 
@@ -140,7 +131,7 @@ def _check_output(args: argparse.Namespace) -> None:
     if why:
         raise CliError(f"-o {args.output}: {why}")
     # The keys are read before the run; a run that succeeded would then replace them with a capture.
-    if _same_file(args.output, args.keys):
+    if same_file(args.output, args.keys):
         raise UsageError(f"-o {args.output}: is the key file (-k) {args.keys}; name another file")
 
 
@@ -586,9 +577,14 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
                        f"that gets one output per input")
     try:
         # Before the cluster starts, and in the command line's terms (decap_captures says out_dir).
-        _outputs(args.input, args.output, what=("IN", "-o"))
+        outputs = _outputs(args.input, args.output, what=("IN", "-o"), keys=None if args.keys == "-" else args.keys)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    # _check_report saw -o, the directory, not the outputs in it: the report, written after them,
+    # would replace one.
+    for o in outputs if args.report is not None and not _is_stdout(args.report) else ():
+        if same_file(args.report, o):
+            raise UsageError(f"--report {args.report}: is the output (-o) {o}; name another file")
     specs = _load_keys(args.keys, args.mode)
     if args.workers is not None:
         # The local workers see this machine's files: open each input before the cluster starts

@@ -93,7 +93,7 @@ from . import keys as keyfile
 from . import pcap
 from ._batch import PacketBatch, copy_segments
 from ._constants import Status, UdpEncapType
-from ._files import give_as
+from ._files import give_as, same_file
 from ._offload import Offload, _check_threads, backends
 from ._capture import CaptureStats, InboundSas, sa_index
 
@@ -899,11 +899,13 @@ def _from_here(path: PathLike) -> str:
     return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
-def _outputs(paths: Sequence[str], out_dir: str, what: tuple[str, str] = ("paths", "out_dir")) -> list[str]:
+def _outputs(paths: Sequence[str], out_dir: str, what: tuple[str, str] = ("paths", "out_dir"),
+             keys: Optional[str] = None) -> list[str]:
     """The output of each of ``paths`` in ``out_dir``; ``ValueError`` naming the parameter
     (``what``: their names in the caller's terms) when two would collide or one would overwrite
-    its input, when there is no input, or when ``out_dir``, or a directory it would be made in,
-    is something else than a directory (the workers' makedirs said only "File exists")."""
+    an input (its own or another) or the key file ``keys``, when there is no input, or when
+    ``out_dir``, or a directory it would be made in, is something else than a directory (the
+    workers' makedirs said only "File exists")."""
     if not paths:
         raise ValueError(f"{what[0]}: no capture given")
     d = out_dir
@@ -920,10 +922,16 @@ def _outputs(paths: Sequence[str], out_dir: str, what: tuple[str, str] = ("paths
         raise ValueError(f"{what[0]}: two inputs share the name {sorted(dup)[0]!r}; their outputs would "
                          f"collide in {out_dir}")
     outs = [os.path.join(out_dir, n) for n in names]
-    for p, o in zip(paths, outs):
-        # realpath: out_dir may reach the inputs' directory through a symbolic link.
-        if os.path.realpath(p) == os.path.realpath(o) or (os.path.exists(o) and os.path.samefile(p, o)):
-            raise ValueError(f"{what[1]}: writing {o} would overwrite its input")
+    for own, o in zip(paths, outs):
+        # Any input, not only its own: an output name that is a symbolic or hard link to another
+        # input (or out_dir a link to the inputs' directory) was written through, over a capture
+        # other tasks were still reading. The check natt decap's -o and --report get (same_file).
+        for p in sorted(paths, key=lambda p: p is not own):
+            if same_file(p, o):
+                raise ValueError(f"{what[1]}: writing {o} would overwrite "
+                                 + ("its input" if p is own else f"the input {p}"))
+        if keys is not None and same_file(keys, o):
+            raise ValueError(f"{what[1]}: writing {o} would overwrite the key file {keys}")
     return outs
 
 
@@ -995,8 +1003,10 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     t_start = time.perf_counter()
     if isinstance(paths, (str, bytes, os.PathLike)):
         raise TypeError(f"paths: expected a list of captures, got one {type(paths).__name__}; pass [path]")
+    key_path: Optional[str] = None
     if isinstance(keys, (str, os.PathLike)):
-        specs = keyfile.load(keys, mode=mode)
+        key_path = os.fspath(keys)
+        specs = keyfile.load(key_path, mode=mode)
     else:
         # SPIs and ports as ints: the tasks route by them (a numpy SPI is fine for install).
         specs = keyfile._canonical(keys)
@@ -1015,7 +1025,7 @@ def decap_captures(paths: Sequence[PathLike], keys: Union[PathLike, Sequence[key
     # elsewhere than out_dir -- over an input, even, that the check below saw as another file.
     files = [_from_here(p) for p in paths]
     out_dir = _from_here(out_dir)
-    outputs = _outputs(files, out_dir)
+    outputs = _outputs(files, out_dir, keys=key_path)
 
     own_cluster = None
     if client is None:

@@ -514,21 +514,45 @@ def test_a_dask_scheduler_that_does_not_answer_is_given_up_after_10_s(scenario, 
     assert "after 10 s" in err and time.monotonic() - t < 25
 
 
-@pytest.mark.parametrize("case", ["-o is the inputs' directory", "two inputs of one name"])
+@pytest.mark.parametrize("case", ["-o is the inputs' directory", "two inputs of one name",
+                                  "an output links to another input", "an output links to the keys",
+                                  "--report is an output"])
 def test_dask_outputs_that_would_clash_are_usage_errors_in_the_cli_terms(case, scenario, tmp_path, capsys):
-    # Refused before any cluster starts (the library's own error says out_dir / paths).
+    # Refused before any cluster starts (the library's own error says out_dir / paths). The last
+    # three were written through: over another input (while its tasks read it), over the keys,
+    # and the report over the output it describes, each with exit status 0.
     cap, keyfile, *_ = scenario
+    out = tmp_path / "o"
+    other = tmp_path / "other.pcap"
+    shutil.copyfile(cap, other)
+    report = []
     if case == "two inputs of one name":
         (tmp_path / "sub").mkdir()
         shutil.copyfile(cap, tmp_path / "sub" / cap.name)
-        inputs, out, want = [str(cap), str(tmp_path / "sub" / cap.name)], tmp_path / "o", \
+        inputs, want = [str(cap), str(tmp_path / "sub" / cap.name)], \
             f"IN: two inputs share the name '{cap.name}'; their outputs would collide in {tmp_path / 'o'}"
-    else:
+    elif case == "-o is the inputs' directory":
         inputs, out, want = [str(cap)], tmp_path, f"-o: writing {cap} would overwrite its input"
+    elif case == "an output links to another input":
+        out.mkdir()
+        (out / cap.name).symlink_to(other)
+        inputs, want = [str(cap), str(other)], f"-o: writing {out / cap.name} would overwrite the input {other}"
+    elif case == "an output links to the keys":
+        out.mkdir()
+        (out / cap.name).symlink_to(keyfile)
+        inputs, want = [str(cap)], f"-o: writing {out / cap.name} would overwrite the key file {keyfile}"
+    else:
+        out.mkdir()
+        inputs, want = [str(cap), str(other)], f"--report {out / other.name}: is the output (-o) " \
+                                               f"{out / other.name}; name another file"
+        report = ["--report", str(out / other.name)]
+    before = [pathlib.Path(p).read_bytes() for p in [*inputs, keyfile]]
     t = time.monotonic()
-    rc, _, err = run(["decap", *inputs, "-k", str(keyfile), "-o", str(out), "--workers", "1"] + BACKEND, capsys)
+    rc, _, err = run(["decap", *inputs, "-k", str(keyfile), "-o", str(out), "--workers", "1", *report] + BACKEND,
+                     capsys)
     assert rc == 2 and err.endswith(f"natt decap: error: {want}\n"), err
     assert time.monotonic() - t < 5
+    assert [pathlib.Path(p).read_bytes() for p in [*inputs, keyfile]] == before
 
 
 @pytest.mark.parametrize("cmd", ["decap", "encap"])

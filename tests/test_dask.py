@@ -634,6 +634,38 @@ def test_an_out_dir_reached_through_a_symlink_does_not_overwrite_the_inputs(clie
         ndask.decap_captures([capture], specs, tmp_path, client, progress=False)
 
 
+def test_an_output_name_linking_to_another_input_or_the_keys_is_refused(capture_sets, tmp_path):
+    # out_dir/a.pcap a symbolic link to input b.pcap: a's output was written through it, over b
+    # while b's tasks still read it (b's own output then came out cut short, with a warning),
+    # and the run exited 0. Refused before anything runs, as an output over its own input is.
+    specs, paths = capture_sets["mixed"]
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    a, b = data / "a.pcap", data / "b.pcapng"
+    a.write_bytes(open(paths[0], "rb").read())
+    b.write_bytes(open(paths[1], "rb").read())
+    before = b.read_bytes()
+    (out / "a.pcap").symlink_to(b)
+    with pytest.raises(ValueError, match=rf"^out_dir: writing {out}/a\.pcap would overwrite the input {b}$"):
+        ndask.decap_captures([a, b], specs, out, None, progress=False)
+    (out / "a.pcap").unlink()
+    os.link(b, out / "a.pcap")                     # a hard link is the same file too
+    with pytest.raises(ValueError, match=rf"^out_dir: writing {out}/a\.pcap would overwrite the input {b}$"):
+        ndask.decap_captures([a, b], specs, out, None, progress=False)
+    (out / "a.pcap").unlink()
+    assert b.read_bytes() == before
+    # The key file, when keys is one: natt decap's -o refuses it too.
+    keys_path = tmp_path / "keys.json"
+    keyfile.save(keys_path, specs)
+    saved = keys_path.read_bytes()
+    (out / "b.pcapng").symlink_to(keys_path)
+    with pytest.raises(ValueError, match=rf"^out_dir: writing {out}/b\.pcapng would overwrite the key file "
+                                         rf"{keys_path}$"):
+        ndask.decap_captures([a, b], keys_path, out, None, progress=False)
+    assert keys_path.read_bytes() == saved
+
+
 def test_a_failed_output_leaves_no_temporary_file(client, capture_sets, tmp_path):
     specs, paths = capture_sets["mixed"]
     out = tmp_path / "out"
