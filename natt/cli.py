@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import select
 import shlex
 import signal
@@ -1222,8 +1223,65 @@ def _explain_hex(args: argparse.Namespace) -> str:
     return data.decode("ascii", errors="replace")
 
 
-def _cmd_explain(args: argparse.Namespace) -> int:
-    text = "".join(_explain_hex(args).replace(":", " ").split())
+# A line of a hex dump: tshark -x ("0010  04 44 00 01 ...   .D....") or tcpdump -x, -xx, -X
+# ("\t0x0010:  0444 0001 ...  .D.."): an offset (hex), two spaces or more, the octets (pairs or
+# groups of hex digits, single spaces between), and perhaps their text after two spaces or more.
+_DUMP_LINE = re.compile(r"\s*(?:0x([0-9a-fA-F]{4,8}):|([0-9a-fA-F]{4,8}))  +"
+                        r"([0-9a-fA-F]{2}(?: ?[0-9a-fA-F]{2})*)(?:  .*)?")
+
+
+def hex_dump(text: str) -> Optional[tuple[bytes, bool]]:
+    """The octets of the first hex dump in ``text`` (tshark -x, tcpdump -x/-xx/-X, as piped
+    or pasted; lines before it, such as tcpdump's summary line, are skipped), and whether
+    another dump follows it (another frame, or tshark's decrypted data); None if ``text`` holds
+    none. A dump is a run of :data:`_DUMP_LINE` lines whose offsets are 0 and then the octets
+    so far: a packet pasted as plain hex, whatever its spacing, starts with no such line."""
+    def offset(line: str) -> tuple[int, str]:
+        m = _DUMP_LINE.fullmatch(line.rstrip())
+        return (int(m.group(1) or m.group(2), 16), m.group(3)) if m else (-1, "")
+
+    lines = [offset(line) for line in text.splitlines()]
+    first = next((i for i, (o, _) in enumerate(lines) if o == 0), None)
+    if first is None:
+        return None
+    octets = bytearray()
+    for i in range(first, len(lines)):
+        o, digits = lines[i]
+        if o > 0 and o != len(octets):
+            # Not the end of the dump: a line of it lost or repeated in the copy, which would
+            # have the walk read the octets before it, or the wrong ones, as the packet.
+            raise CliError(f"HEX: line {i + 1} of the hex dump is at offset 0x{o:04x}, not 0x{len(octets):04x}: "
+                           "a line is missing or repeated")
+        if o != len(octets):
+            # The dump ends at a line of another (its offset 0 again) or of no dump.
+            return bytes(octets), any(o == 0 for o, _ in lines[i:])
+        octets += bytes.fromhex(digits.replace(" ", ""))
+    return bytes(octets), False
+
+
+def _fits_ipv4(p: bytes) -> bool:
+    """Whether ``p`` starts with an IPv4 header whose lengths fit it (steps 1-2 pass)."""
+    ihl, tl = (p[0] & 15) * 4 if p else 0, int.from_bytes(p[2:4], "big")
+    return len(p) >= 20 and p[0] >> 4 == 4 and 20 <= ihl <= tl <= len(p)
+
+
+def _explained_octets(raw: str) -> tuple[bytes, list[str]]:
+    """The octets HEX (``raw``) gives, and the lines to print before the walk: a hex dump
+    (:func:`hex_dump`) of a whole frame is walked from its IPv4 header, its link header named,
+    as tshark -x and tcpdump -xx print frames; plain hex is taken as it is (a hint follows the
+    walk when it looks like a frame)."""
+    dump = hex_dump(raw)
+    if dump is not None:
+        octets, more = dump
+        if more:
+            say(f"natt explain: note: HEX holds more than one hex dump; the first ({len(octets)} octets) is "
+                "explained", file=sys.stderr)
+        link = None if _fits_ipv4(octets) else pasted_link(octets)
+        if link is None:
+            return octets, []
+        what, hl = link
+        return octets[hl:], [f"frame: {what}; the walk starts at its IPv4 header, octet {hl + 1}"]
+    text = "".join(raw.replace(":", " ").split())
     if text[:2].lower() == "0x":
         text = text[2:]
     if not text:
@@ -1236,13 +1294,16 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                        "in hex, starting at the IP header)")
     if len(text) % 2:
         raise CliError(f"HEX: {len(text)} hex digits, an odd number: a digit is missing or one too many")
-    packet = bytes.fromhex(text)
+    return bytes.fromhex(text), []
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    packet, lead = _explained_octets(_explain_hex(args))
     specs = _load_keys(args.keys, args.mode)
     nic = Offload(backend="reference", max_sas=max(len(specs), 1))
     handles = _install(nic, specs, "in")
-    say(*explain_packet(nic, handles, specs, packet))
-    ihl, tl = (packet[0] & 15) * 4, int.from_bytes(packet[2:4], "big")
-    if packet[0] >> 4 != 4 or len(packet) < 20 or ihl < 20 or not ihl <= tl <= len(packet):
+    say(*lead, *explain_packet(nic, handles, specs, packet))
+    if not _fits_ipv4(packet):
         # A destination MAC address whose first octet is 0x40-0x4f (MikroTik's 4c:5e:0c, ...)
         # reads as version 4 with a header that does not fit (step 2): that case needs the hint too.
         link = pasted_link(packet)
@@ -1554,20 +1615,23 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", formatter_class=fmt, help="say where and why decap stops for one packet",
         description="Walk docs/semantics.md's decision order (§1, steps 1-12) for one IPv4 packet and\n"
                     "print each step until the one that decides its status, with the reason. The verdict\n"
-                    "is the reference data path's own; the SAs of KEYS are installed inbound. A whole\n"
-                    "frame (Wireshark's 'Copy as Hex Stream') that starts with an Ethernet, Linux cooked\n"
-                    "(SLL, SLL2: tcpdump -i any) or BSD loopback header gets a hint saying how many\n"
-                    "octets to leave out.",
+                    "is the reference data path's own; the SAs of KEYS are installed inbound.\n\n"
+                    "HEX is plain hex (Wireshark's 'Copy as Hex Stream') or a hex dump as tshark -x and\n"
+                    "tcpdump -x, -xx or -X print one (lines before it are skipped; of several dumps, the\n"
+                    "first is read). A dump of a whole frame is walked from its IPv4 header after an\n"
+                    "Ethernet, Linux cooked (SLL, SLL2: tcpdump -i any) or BSD loopback header; plain hex\n"
+                    "that starts with one gets a hint saying how many octets to leave out.",
         epilog="examples:\n"
                "  natt explain 4500003c0001000040113... -k keys.json\n"
                "  # the IPv4 packet of frame 7 (index 6) of a capture:\n"
                "  python3 -c \"from natt import pcap; print(pcap.read_frames('cap.pcap')[6][3].hex())\" \\\n"
                "      | natt explain - -k esp_sa\n"
                "  natt explain 45:00:00:3c:... -k esp_sa --mode transport\n"
+               "  tshark -r cap.pcap -x -Y frame.number==7 | natt explain - -k esp_sa\n"
                "exit status: 0 explained, whatever the verdict (the last line, '=> STATUS'), 1 HEX or\n"
                "KEYS unusable, 2 bad usage; the same when the reader stops early (| head -1, | grep -q).")
-    x.add_argument("hex", metavar="HEX", help="the packet in hex, from its IPv4 header (spaces and ':' allowed); "
-                                              "- reads it from standard input")
+    x.add_argument("hex", metavar="HEX", help="the packet in hex, from its IPv4 header (spaces and ':' allowed), "
+                                              "or a hex dump of it or its frame; - reads it from standard input")
     x.add_argument("-k", "--keys", required=True, metavar="KEYS", action=_Once, help=_KEYS_HELP)
     x.add_argument("--mode", choices=("tunnel", "transport"), default="tunnel", help=_MODE_HELP)
     x.set_defaults(func=_cmd_explain, parser=x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import io
 import ipaddress
 import json
 import os
@@ -1577,6 +1578,59 @@ def test_explain_says_when_the_packet_is_a_linux_cooked_or_bsd_loopback_frame(sc
                   null_le + b"\x44" + packet[1:], sll + packet[:19]]:
         rc, out, _ = run(["explain", frame.hex(), "-k", str(keyfile)], capsys)
         assert rc == 0 and "hint" not in out, frame.hex()
+
+
+def _tshark_x(frame):
+    """``frame`` as tshark -x prints it: offset, 16 octets in pairs, their text."""
+    return "".join(f"{i:04x}  {' '.join(f'{b:02x}' for b in frame[i:i + 16]):<47}   "
+                   f"{''.join(chr(b) if 32 <= b < 127 else '.' for b in frame[i:i + 16])}\n"
+                   for i in range(0, len(frame), 16)) + "\n"
+
+
+def _tcpdump_x(frame, text=False):
+    """``frame`` as tcpdump -xx (or -XX, ``text``) prints it, after its summary line."""
+    lines = ["12:00:00.000001 IP 198.51.100.2.4500 > 203.0.113.5.4500: UDP-encap: ESP(spi=0x00005000,seq=0x1), "
+             "length 100"]
+    for i in range(0, len(frame), 16):
+        row = frame[i:i + 16]
+        groups = " ".join(row[j:j + 2].hex() for j in range(0, len(row), 2))
+        lines.append(f"\t0x{i:04x}:  {groups:<39}" + (f"  {''.join(chr(b) if 32 <= b < 127 else '.' for b in row)}"
+                                                      if text else ""))
+    return "\n".join(lines) + "\n"
+
+
+def test_explain_reads_a_tshark_or_tcpdump_hex_dump(scenario, capsys, monkeypatch):
+    # tshark -r cap -x -c 1 | natt explain - -k keys: the dump's offsets and text column were read
+    # as digits ("HEX: '.' at position 37 is not a hex digit"), and the frame's link header
+    # would have needed cutting off by hand.
+    _, keyfile, _, _, frames = scenario
+    frame = frames[0]
+    packet = frame[14:]
+    sll = bytes.fromhex("0000" "0001" "0006" "020000000001" "0000" "0800") + packet
+    ok = run(["explain", packet.hex(), "-k", str(keyfile)], capsys)[1].splitlines()
+    assert ok[-1] == "=> OK (step 12)"
+    eth_line = "frame: an Ethernet frame; the walk starts at its IPv4 header, octet 15"
+    sll_line = ("frame: a Linux cooked frame (SLL, 16-octet header: tcpdump -i any); the walk starts at its IPv4 "
+                "header, octet 17")
+    for dump, first in [(_tshark_x(frame), [eth_line]), (_tcpdump_x(frame), [eth_line]),
+                        (_tcpdump_x(frame, text=True), [eth_line]), (_tcpdump_x(sll), [sll_line]),
+                        (_tcpdump_x(packet), []),                     # tcpdump -x: from the IP header
+                        (_tshark_x(packet).replace("\n", "\r\n"), [])]:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(dump.encode())))
+        rc, out, err = run(["explain", "-", "-k", str(keyfile)], capsys)
+        assert (rc, err) == (0, "") and out.splitlines() == first + ok, dump
+    # tshark's dump of a frame it decrypted has a block per data source; so do two frames.
+    two = "Frame (%d bytes):\n" % len(frame) + _tshark_x(frame) + "Decrypted Data (2 bytes):\n" + _tshark_x(b"ab")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(two.encode())))
+    rc, out, err = run(["explain", "-", "-k", str(keyfile)], capsys)
+    assert rc == 0 and out.splitlines() == [eth_line] + ok
+    assert err == f"natt explain: note: HEX holds more than one hex dump; the first ({len(frame)} octets) is explained\n"
+    # Plain hex is still plain hex, double spaces and all; the dump's offsets must count its octets.
+    spaced = "  ".join(packet[i:i + 2].hex() for i in range(0, len(packet), 2))
+    assert run(["explain", spaced, "-k", str(keyfile)], capsys)[1].splitlines() == ok
+    rc, out, err = run(["explain", _tshark_x(frame).replace("0010  ", "0020  ", 1), "-k", str(keyfile)], capsys)
+    assert (rc, out, err) == (1, "", "natt explain: HEX: line 2 of the hex dump is at offset 0x0020, not 0x0010: a "
+                                     "line is missing or repeated\n")
 
 
 def _one_frame_capture(frame, linktype):

@@ -23,6 +23,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 
 import pytest
 
@@ -450,3 +451,31 @@ def test_tshark_reads_the_drop_counts_of_packet_blocks_from_natts_output_as_from
     before = tshark(src, "frame.drop_count", config_dir=tmp_path / "empty")
     assert before == [["7"], [""], ["0"], ["9"]]
     assert tshark(out, "frame.drop_count", config_dir=tmp_path / "empty") == before
+
+
+@pytest.mark.parametrize("decrypting", [False, True], ids=["plain", "decrypting"])
+def test_natt_explain_reads_tsharks_hex_dump_of_a_frame(tmp_path, capsys, decrypting):
+    """The example of natt explain --help, as printed: tshark -x's dump of frame 7 of the demo
+    capture, piped in, walks to OK from the IPv4 header. With the keys in tshark's profile,
+    tshark adds a dump of the decrypted data after the frame's: the frame's is read."""
+    assert cli.main(["demo", "--out-dir", str(tmp_path), "--packets", "50", "--backend", "reference"]) == 0
+    capsys.readouterr()
+    (tmp_path / "demo.pcap").rename(tmp_path / "cap.pcap")
+    (tmp_path / "demo.esp_sa").rename(tmp_path / "esp_sa")
+    cli.main(["explain", "--help"])
+    text = capsys.readouterr().out
+    example = next(line for line in text.splitlines() if "tshark -r" in line).strip()
+    command = example.replace("natt explain", f"{sys.executable} -m natt explain", 1).replace("tshark", TSHARK, 1)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    if decrypting:
+        (tmp_path / "xdg" / "wireshark").mkdir(parents=True)
+        (tmp_path / "xdg" / "wireshark" / "esp_sa").write_bytes((tmp_path / "esp_sa").read_bytes())
+        command = command.replace(" -x ", " -o esp.enable_encryption_decode:TRUE -x ", 1)
+    p = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "frame: an Ethernet frame; the walk starts at its IPv4 header, octet 15"
+    assert lines[-1] == "=> OK (step 12)"
+    frame = pcap.read_frames(tmp_path / "cap.pcap")[6][2]
+    assert (f"natt explain: note: HEX holds more than one hex dump; the first ({len(frame)} octets) is explained"
+            in p.stderr) == decrypting
