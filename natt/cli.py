@@ -1223,22 +1223,33 @@ def _explain_hex(args: argparse.Namespace) -> str:
     return data.decode("ascii", errors="replace")
 
 
-# A line of a hex dump: tshark -x ("0010  04 44 00 01 ...   .D....") or tcpdump -x, -xx, -X
-# ("\t0x0010:  0444 0001 ...  .D.."): an offset (hex), two spaces or more, the octets (pairs or
-# groups of hex digits, single spaces between), and perhaps their text after two spaces or more.
-_DUMP_LINE = re.compile(r"\s*(?:0x([0-9a-fA-F]{4,8}):|([0-9a-fA-F]{4,8}))  +"
+# A line of a hex dump: tshark -x ("0010  04 44 00 01 ...   .D...."), tcpdump -x, -xx, -X
+# ("\t0x0010:  0444 0001 ...  .D..") or xxd ("00000010: 0444 0001 ...  .D.."): an offset (hex),
+# the octets (pairs or groups of hex digits, single spaces between), and perhaps their text after
+# two spaces or more. An offset without a colon takes two spaces after it, so that plain hex in
+# groups ("0000 0c07 ac01 ...", a frame to a Cisco MAC) is not one.
+_DUMP_LINE = re.compile(r"\s*(?:0x([0-9a-fA-F]{4,8}):  +|([0-9a-fA-F]{4,8})  +|([0-9a-fA-F]{8}): +)"
                         r"([0-9a-fA-F]{2}(?: ?[0-9a-fA-F]{2})*)(?:  .*)?")
+# hexdump -C ("00000010  04 44 ... 00 01  02 03 ...  |.D..|"): two spaces in the middle of the
+# octets, told from those before the text by the text's bars.
+_HEXDUMP_C_LINE = re.compile(r"([0-9a-fA-F]{8})  ((?:[0-9a-fA-F]{2} ){0,7}[0-9a-fA-F]{2})"
+                             r"(?:  ((?:[0-9a-fA-F]{2} ){0,7}[0-9a-fA-F]{2}))? +\|.*\|")
 
 
 def hex_dump(text: str) -> Optional[tuple[bytes, bool]]:
-    """The octets of the first hex dump in ``text`` (tshark -x, tcpdump -x/-xx/-X, as piped
-    or pasted; lines before it, such as tcpdump's summary line, are skipped), and whether
-    another dump follows it (another frame, or tshark's decrypted data); None if ``text`` holds
-    none. A dump is a run of :data:`_DUMP_LINE` lines whose offsets are 0 and then the octets
-    so far: a packet pasted as plain hex, whatever its spacing, starts with no such line."""
+    """The octets of the first hex dump in ``text`` (tshark -x, tcpdump -x/-xx/-X, xxd,
+    hexdump -C, as piped or pasted; lines before it, such as tcpdump's summary line, are
+    skipped), and whether another dump follows it (another frame, or tshark's decrypted data);
+    None if ``text`` holds none. A dump is a run of lines of :data:`_HEXDUMP_C_LINE` or
+    :data:`_DUMP_LINE` whose offsets are 0 and then the octets so far: a packet pasted as plain
+    hex, whatever its spacing, starts with no such line."""
     def offset(line: str) -> tuple[int, str]:
+        # hexdump -C's first: _DUMP_LINE would take its first eight octets and the rest as text.
+        m = _HEXDUMP_C_LINE.fullmatch(line.rstrip())
+        if m:
+            return int(m.group(1), 16), m.group(2) + (m.group(3) or "")
         m = _DUMP_LINE.fullmatch(line.rstrip())
-        return (int(m.group(1) or m.group(2), 16), m.group(3)) if m else (-1, "")
+        return (int(m.group(1) or m.group(2) or m.group(3), 16), m.group(4)) if m else (-1, "")
 
     lines = [offset(line) for line in text.splitlines()]
     first = next((i for i, (o, _) in enumerate(lines) if o == 0), None)
@@ -1616,9 +1627,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Walk docs/semantics.md's decision order (§1, steps 1-12) for one IPv4 packet and\n"
                     "print each step until the one that decides its status, with the reason. The verdict\n"
                     "is the reference data path's own; the SAs of KEYS are installed inbound.\n\n"
-                    "HEX is plain hex (Wireshark's 'Copy as Hex Stream') or a hex dump as tshark -x and\n"
-                    "tcpdump -x, -xx or -X print one (lines before it are skipped; of several dumps, the\n"
-                    "first is read). A dump of a whole frame is walked from its IPv4 header after an\n"
+                    "HEX is plain hex (Wireshark's 'Copy as Hex Stream') or a hex dump as tshark -x,\n"
+                    "tcpdump -x, -xx or -X, xxd and hexdump -C print one (lines before it are skipped; of\n"
+                    "several dumps, the first is read). A dump of a whole frame is walked from its IPv4 header after an\n"
                     "Ethernet, Linux cooked (SLL, SLL2: tcpdump -i any) or BSD loopback header; plain hex\n"
                     "that starts with one gets a hint saying how many octets to leave out.",
         epilog="examples:\n"

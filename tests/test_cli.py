@@ -1599,6 +1599,21 @@ def _tcpdump_x(frame, text=False):
     return "\n".join(lines) + "\n"
 
 
+def _xxd(frame):
+    """``frame`` as xxd prints it."""
+    return "".join(f"{i:08x}: {' '.join(frame[j:j + 2].hex() for j in range(i, min(i + 16, len(frame)), 2)):<39}  "
+                   f"{''.join(chr(b) if 32 <= b < 127 else '.' for b in frame[i:i + 16])}\n"
+                   for i in range(0, len(frame), 16))
+
+
+def _hexdump_c(frame):
+    """``frame`` as hexdump -C prints it (a space more after the eighth octet), and its end offset."""
+    def row(r):
+        return " ".join(f"{b:02x}" for b in r[:8]) + ("  " + " ".join(f"{b:02x}" for b in r[8:]) if len(r) > 8 else "")
+    return "".join(f"{i:08x}  {row(frame[i:i + 16]):<48}  |{''.join(chr(b) if 32 <= b < 127 else '.' for b in frame[i:i + 16])}|\n"
+                   for i in range(0, len(frame), 16)) + f"{len(frame):08x}\n"
+
+
 def test_explain_reads_a_tshark_or_tcpdump_hex_dump(scenario, capsys, monkeypatch):
     # tshark -r cap -x -c 1 | natt explain - -k keys: the dump's offsets and text column were read
     # as digits ("HEX: '.' at position 37 is not a hex digit"), and the frame's link header
@@ -1615,7 +1630,8 @@ def test_explain_reads_a_tshark_or_tcpdump_hex_dump(scenario, capsys, monkeypatc
     for dump, first in [(_tshark_x(frame), [eth_line]), (_tcpdump_x(frame), [eth_line]),
                         (_tcpdump_x(frame, text=True), [eth_line]), (_tcpdump_x(sll), [sll_line]),
                         (_tcpdump_x(packet), []),                     # tcpdump -x: from the IP header
-                        (_tshark_x(packet).replace("\n", "\r\n"), [])]:
+                        (_tshark_x(packet).replace("\n", "\r\n"), []),
+                        (_xxd(frame), [eth_line]), (_hexdump_c(frame), [eth_line])]:
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(dump.encode())))
         rc, out, err = run(["explain", "-", "-k", str(keyfile)], capsys)
         assert (rc, err) == (0, "") and out.splitlines() == first + ok, dump
