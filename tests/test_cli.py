@@ -2414,3 +2414,22 @@ def test_one_key_file_with_both_directions_encaps_and_decaps(tmp_path, capsys):
     assert re.search(rf"^{re.escape(name)} = {re.escape(name)} +5 ", out, re.M), out
     rc, out, err = run(["explain", pcap.read_frames(enc)[0][3].hex(), "-k", str(keyfile)], capsys)
     assert rc == 0 and out.strip().endswith("=> OK (step 12)")
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["decap", "--help"], ["bench", "--help"]])
+def test_a_reader_that_goes_away_before_help_or_version_is_no_traceback(argv, unbuffered, tmp_path):
+    """natt --version | head -1: --help and --version print while the arguments are parsed,
+    outside the command's handler of a broken pipe. The reader leaving early was a traceback
+    (stdout unbuffered) or Python's "Exception ignored ... BrokenPipeError" and status 120 from
+    its flush at exit (buffered, a pipe's default)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    proc = subprocess.Popen([sys.executable, "-m", "natt", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp_path, env=dict(env, PYTHONWARNINGS="ignore"))
+    proc.stdout.close()                       # before natt has started: its first write finds no reader
+    err = proc.stderr.read().decode()
+    # The status the command would have had (cli.say: a reader of text may stop early).
+    assert proc.wait(60) == 0
+    assert err == ""
