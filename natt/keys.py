@@ -637,8 +637,10 @@ def _algorithm_shown(value: str, known: Iterable[str]) -> str:
     """How an error shows an algorithm field natt does not know. The field is free text, and a
     line whose fields have shifted puts a key there (a key without 0x is any text): the value is
     shown when it looks like a Wireshark algorithm name (they end in ``[RFC…]``, ``[draft…]`` or
-    ``[no checking]``) or is close to one natt knows (a typo, named with its correction), else
-    only its length."""
+    ``[no checking]``) or is close to one natt knows (a typo, named with its correction), or
+    starts one (scapy's names, ``AES-CBC``, ``AES-GCM``: Wireshark's without
+    the rest, named in full), or is shorter than any key (8 octets: DES, as
+    :func:`_uat_shown`), else only its length."""
     close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.6)
     if value.rstrip().endswith("]"):
         # A whole name is a typo of a close one only if it has the same name or the same
@@ -648,6 +650,12 @@ def _algorithm_shown(value: str, known: Iterable[str]) -> str:
         return shown(value) + (f" (did you mean {close[0]!r}?)" if close else "")
     if close:
         return f"{shown(value)} (did you mean {close[0]!r}?)"
+    start = value.strip().casefold()
+    completions = [k for k in known if start and k.casefold().startswith(start)]
+    if completions:
+        return f"{shown(value)} (did you mean {' or '.join(map(repr, completions))}?)"
+    if len(value) < 8:
+        return shown(value)
     return f"<{len(value)} characters, not shown: no algorithm name, maybe a key from a shifted field>"
 
 

@@ -593,6 +593,27 @@ def test_esp_sa_text_keys_in_the_wrong_field_are_never_shown():
         keys.from_esp_sa(ctr)
 
 
+@pytest.mark.parametrize("enc,auth,said", [
+    # scapy's names: Wireshark's without its reference, or the start of one.
+    ("AES-CBC", "HMAC-SHA-1-96 [RFC2404]",
+     "encryption algorithm 'AES-CBC' (did you mean 'AES-CBC [RFC3602]'?) is not one natt implements"),
+    ("aes-gcm", "NULL",
+     "encryption algorithm 'aes-gcm' (did you mean 'AES-GCM with 8 octet ICV [RFC4106]' or 'AES-GCM with 12 "
+     "octet ICV [RFC4106]' or 'AES-GCM with 16 octet ICV [RFC4106]'?) is not one natt implements"),
+    # Shorter than any key (8 octets: DES): shown, as keys.md says, not called a shifted key.
+    ("3DES", "HMAC-SHA-1-96 [RFC2404]", "encryption algorithm '3DES' is not one natt implements"),
+    ("AES-CBC [RFC3602]", "SHA1", "authentication algorithm 'SHA1' is not one natt implements"),
+])
+def test_a_short_algorithm_name_is_shown_and_completed(enc, auth, said):
+    # A newcomer writing scapy's "AES-GCM" was told "<7 characters, not shown: no algorithm
+    # name, maybe a key from a shifted field>": too short to be a key, and an algorithm name.
+    line = f'"IPv4","1.2.3.4","5.6.7.8","0x00001001","{enc}","0x{bytes(16).hex()}","{auth}","0x{bytes(20).hex()}"'
+    with pytest.raises(keys.KeyFileError) as e:
+        keys.from_esp_sa(line)
+    assert said in str(e.value)
+    assert "not shown" not in str(e.value)
+
+
 @pytest.mark.parametrize("field,said", [
     ("replay_windw", "'replay_windw' (did you mean 'replay_window'?)"),
     ("SPI", "'SPI' (did you mean 'spi'?)"),
