@@ -75,3 +75,31 @@ def test_the_key_files_example_runs(tmp_path, monkeypatch):
     exec(compile(block, "docs/keys.md", "exec"), namespace)
     assert len(namespace["handles"]) == 1
     assert [s.spi for s in keys.load("esp_sa")] == [s.spi for s in keys.load("keys.json")] == [0x1001]
+
+
+def test_the_sdist_holds_every_file_of_the_repository(monkeypatch):
+    """MANIFEST.in picks what the sdist holds beyond the package: the README's test command
+    cites .ci/run (which CI runs), and tests/vectors/README.md says where the test vectors come
+    from; neither was in the sdist. Every file git tracks must be, but .gitignore; outside a git
+    checkout (an unpacked sdist), every file of the directories the sdist carries."""
+    import subprocess
+
+    from setuptools.command.egg_info import FileList
+
+    root = README.parent
+    if (root / ".git").exists():
+        tracked = set(subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True,
+                                     text=True).stdout.split("\0")) - {""}
+    else:
+        tracked = {str(p.relative_to(root)) for d in (".ci", "ci", "docs", "tests", "benchmarks", "fuzz")
+                   for p in (root / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    monkeypatch.chdir(root)
+    manifest = FileList()
+    manifest.findall()
+    for line in (root / "MANIFEST.in").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            manifest.process_template_line(line)
+    # What setuptools adds without MANIFEST.in: the build files and the package's modules.
+    automatic = {"setup.py", "pyproject.toml"} | {f for f in tracked if re.fullmatch(r"natt/[^/]+\.py", f)}
+    missing = tracked - set(manifest.files) - automatic - {".gitignore"}
+    assert not missing, sorted(missing)
