@@ -1213,6 +1213,21 @@ def test_encap_then_decap_gives_the_inner_capture_back(tmp_path, capsys):
     assert [g[3] for g in pcap.read_frames(dec)][:16] == inner
 
 
+@pytest.mark.parametrize("snaplen,grown", [(65535, 65535 + 128), (262144, 262144), (1400, 65535 + 128)])
+def test_encap_then_decap_gives_every_pcap_record_back_octet_for_octet(snaplen, grown, tmp_path, capsys):
+    """README: a pcap of whole packets through natt encap and back through natt decap has every record as it was;
+    only the file header's snap length may differ (at least 65535, encap adds 128, at most 262144)."""
+    inner = traffic.inner_traffic(40, 6, src="10.1.0.9", dst="10.9.9.9")
+    clear, enc, dec, keyfile = (tmp_path / n for n in ("clear.pcap", "enc.pcap", "dec.pcap", "k.json"))
+    _raw_pcap(clear, [pcap._ETH_HEADER + p for p in inner], snaplen=snaplen)
+    keys.save(keyfile, make_specs())
+    assert run(["encap", str(clear), "-k", str(keyfile), "-o", str(enc)] + BACKEND, capsys)[0] == 0
+    assert run(["decap", str(enc), "-k", str(keyfile), "-o", str(dec)] + BACKEND, capsys)[0] == 0
+    a, b = clear.read_bytes(), dec.read_bytes()
+    assert a[24:] == b[24:] and a[:16] == b[:16] and a[20:24] == b[20:24]
+    assert struct.unpack("<I", b[16:20]) == (grown,)
+
+
 def test_encap_summary_has_only_encap_columns_and_counts_input_bytes(tmp_path, capsys):
     specs = make_specs()
     inner = traffic.inner_traffic(30, 6, src="10.1.0.9", dst="10.9.9.9")
