@@ -1450,11 +1450,11 @@ def version_text() -> str:
         from ._fastpath import _aesni, openssl_version
         aes = ("AES-GCM and AES-GMAC on natt's own AES-NI code" if _aesni()
                else "every cipher on libcrypto (this CPU lacks AES-NI or PCLMULQDQ)")
-        fast = f"(the default): Cython on {openssl_version()}\n  {aes}"
+        fast = f" (the default): Cython on {openssl_version()}\n  {aes}"
     else:
         fast = f": unavailable, {why}"
     import cryptography
-    return (f"natt {__version__}\nfast data path {fast}\n"
+    return (f"natt {__version__}\nfast data path{fast}\n"
             f"reference data path: Python on cryptography {cryptography.__version__}")
 
 

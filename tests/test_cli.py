@@ -144,6 +144,11 @@ def test_version_names_what_each_data_path_runs_on(capsys, monkeypatch):
     assert lines[-1].startswith("reference data path: Python on cryptography ")
     monkeypatch.setattr(_fastpath, "_aesni", lambda: False)
     assert cli.version_text().splitlines()[2] == "  every cipher on libcrypto (this CPU lacks AES-NI or PCLMULQDQ)"
+    # Without the extension (natt run from its source tree): "fast data path : unavailable" had
+    # a space before its colon.
+    from natt import _offload
+    monkeypatch.setattr(_offload, "_fast_unavailable", lambda: "no module named natt._fastpath")
+    assert cli.version_text().splitlines()[1] == "fast data path: unavailable, no module named natt._fastpath"
 
 
 @pytest.mark.parametrize("cmd", [[], ["decap"], ["encap"], ["demo"], ["explain"], ["bench"]])
