@@ -674,10 +674,14 @@ def decap_hints(stats: CaptureStats, specs: Sequence[keyfile.SaSpec]) -> list[st
     and what to do; none when the run went as expected."""
     hints = []
     # Only a tunnel SA can give PROTOCOL; the hint goes once the key file says transport.
-    if any(stats.counts[k, Status.PROTOCOL] and s.mode == "tunnel" for k, s in enumerate(specs)):
+    protocol = [s.suite_info for k, s in enumerate(specs) if stats.counts[k, Status.PROTOCOL] and s.mode == "tunnel"]
+    if protocol:
+        # A wrong encryption key gets that far only under a separate, right integrity key: an
+        # AEAD's tag fails first (AUTH_FAILED), as natt explain says (step 11).
+        wrong_key = any(su.mac is not Mac.NONE and su.cipher is not Cipher.NULL for su in protocol)
         hints.append("PROTOCOL means a tunnel-mode SA decrypted something that is not an IP packet: "
-                     f"a transport-mode SA ({_TRANSPORT_HOW}), or a wrong encryption key under a right "
-                     "integrity key")
+                     f"a transport-mode SA ({_TRANSPORT_HOW})"
+                     + (", or a wrong encryption key under a right integrity key" if wrong_key else ""))
     # And a transport SA's output is a whole IP packet behind the outer header when the ESP
     # carried tunnel traffic (next header 4 or 41): legal, but most likely the wrong mode.
     carried = sum(int(stats.carried_ip[k]) for k, s in enumerate(specs) if s.mode == "transport")

@@ -346,6 +346,9 @@ def test_the_protocol_hint_names_what_sets_the_mode_and_stays_while_the_key_file
         rc, _, err = run(["decap", str(cap), "-k", str(tunnel_json), "-o", str(tmp_path / "o.pcap")] + extra + BACKEND,
                          capsys)
         assert rc == 0 and 'hint: PROTOCOL' in err and '"mode": "transport" in the SA of a JSON key file' in err
+        # An AEAD has no integrity key of its own to be right while its encryption key is wrong
+        # (its tag fails first, AUTH_FAILED), as natt explain says too.
+        assert "integrity key" not in err
     keys.save(tunnel_json, [keys.SaSpec(0x7001, "aes128gcm16", key, "in", "transport", "10.3.0.1", "10.3.0.2")])
     rc, out, err = run(["decap", str(cap), "-k", str(tunnel_json), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
     assert rc == 0 and "hint" not in err and "1 written" in out
@@ -358,6 +361,18 @@ def test_the_protocol_hint_names_what_sets_the_mode_and_stays_while_the_key_file
     assert rc == 1 and "a tunnel-mode SA needs dst, its tunnel's destination end; for a wildcard" in err
     rc, out, err = run(argv + ["--mode", "transport"], capsys)
     assert rc == 0 and "hint" not in err and "1 written" in out
+
+
+def test_the_protocol_hint_names_a_wrong_encryption_key_only_for_an_sa_with_an_integrity_key(tmp_path, capsys):
+    key = os.urandom(36)
+    tx = natt.Offload(backend="reference")
+    (h,) = keys.install(tx, [keys.SaSpec(0x7002, "aes128-sha1", key, "out", "transport", "10.3.0.1", "10.3.0.2")])
+    cap = tmp_path / "transport.pcap"
+    pcap.write_datagrams(cap, list(tx.encap([traffic.udp_datagram("10.3.0.1", "10.3.0.2", 9, 9, 40)], h)))
+    tunnel_json = tmp_path / "k.json"
+    keys.save(tunnel_json, [keys.SaSpec(0x7002, "aes128-sha1", key, "in", "tunnel", "10.3.0.1", "10.3.0.2")])
+    rc, _, err = run(["decap", str(cap), "-k", str(tunnel_json), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
+    assert rc == 0 and "hint: PROTOCOL" in err and "or a wrong encryption key under a right integrity key" in err
 
 
 def test_decap_with_esp_sa_keys_and_pcapng_output_format(scenario, tmp_path, capsys):
