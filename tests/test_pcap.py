@@ -987,6 +987,24 @@ def test_pcapng_writer_keeps_times_before_1970_through_if_tsoffset():
 
 
 @settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=4, max_size=64), st.integers(1, 7), st.booleans(), st.data())
+def test_gathered_words_are_the_octets_at_each_position(blob, words, big_endian, data):
+    """pcap._gather_words, which reads every record header of a chunk, gives the 32-bit values
+    int.from_bytes gives, at any mix of alignments, positions repeated or out of order, up to
+    the buffer's last octet, and in a buffer that is a slice of a larger one."""
+    width = 4 * words
+    buf = np.frombuffer(b"\xee" * 3 + blob, np.uint8)[3:]      # starts 3 octets into its base
+    if buf.size < width:
+        return
+    pos = np.array(data.draw(st.lists(st.integers(0, buf.size - width), max_size=12)), np.int64)
+    order = "big" if big_endian else "little"
+    want = [[int.from_bytes(blob[p + 4 * w: p + 4 * w + 4], order) for w in range(words)] for p in pos.tolist()]
+    got = pcap._gather_words(buf, pos, words, big_endian)
+    assert got.dtype == np.int64 and got.shape == (pos.size, words)
+    assert got.tolist() == want
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.integers(0, 80), max_size=30), st.binary(max_size=40), st.integers(0, 8),
        st.sampled_from([(8, 16, 0), (4, 0, 12)]), st.booleans(), st.booleans(), st.booleans(),
        st.sets(st.integers(0, 29)))
