@@ -1303,6 +1303,43 @@ def test_encap_leaves_out_packets_their_sa_cannot_seal(tmp_path, capsys):
     assert "3 that their SA could not seal" in text
 
 
+def test_encap_reads_each_usable_frames_addresses_and_total_length():
+    """cli._ip_addresses, what encap chooses SAs by: segments at any alignment, short ones, ones
+    that are not version 4, a total length shorter than the header or longer than the segment
+    (then the segment's length), the last one ending at the buffer's end; every value as read
+    octet by octet."""
+    rng = np.random.default_rng(7)
+    segs, offsets, lengths, ipv4 = [], [], [], []
+    pos = 0
+    for k in range(200):
+        n = int(rng.integers(0, 60))
+        seg = bytearray(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+        if n and k % 5:
+            seg[0] = 0x45
+        if n >= 4 and k % 3 == 0:
+            seg[2:4] = int(rng.integers(0, n + 1)).to_bytes(2, "big")
+        gap = int(rng.integers(0, 4))
+        segs.append(bytes(gap) + seg)
+        offsets.append(pos + gap)
+        lengths.append(n)
+        ipv4.append(bool(k % 7))
+        pos += gap + n
+    batch = natt.PacketBatch(np.frombuffer(b"".join(segs), np.uint8), np.array(offsets, np.int64),
+                             np.array(lengths, np.int64))
+    usable, src, dst, length = cli._ip_addresses(batch, np.array(ipv4))
+    data = b"".join(segs)
+    for i, (o, n, v4) in enumerate(zip(offsets, lengths, ipv4)):
+        h = data[o: o + n]
+        ok = v4 and n >= 20 and h[0] >> 4 == 4
+        assert bool(usable[i]) == ok, i
+        if ok:
+            total = int.from_bytes(h[2:4], "big")
+            assert (int(src[i]), int(dst[i])) == (int.from_bytes(h[12:16], "big"), int.from_bytes(h[16:20], "big"))
+            assert int(length[i]) == (total if 20 <= total <= n else n)
+        else:
+            assert int(length[i]) == n
+
+
 def test_choose_sa_rule():
     ip = lambda s: int(ipaddress.IPv4Address(s))  # noqa: E731
     specs = [
