@@ -20,6 +20,10 @@ _KEYLIKE = re.compile(r"(0[xX])?([0-9a-fA-F][\s:-]?){16,}")
 # A key in base64 (strongSwan and most secret stores print keys so): 20 characters hold 15 octets,
 # and a random key's base64 mixes upper and lower case, which no name natt asks for does.
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{20,}={0,2}")
+# No name natt asks for is anywhere near this long. A longer string is not looked into: the
+# patterns above keep a backtracking state per character (500 MiB and seconds for a 3 MB value,
+# e.g. a key file field), and the message would quote all of it.
+_LONGEST_SHOWN = 256
 
 
 def shown(value: Any) -> str:
@@ -37,6 +41,8 @@ def shown(value: Any) -> str:
             return f"<a {value.bit_length()}-bit integer, not shown: a key?>"
         return repr(value)
     if isinstance(value, str):
+        if len(value) > _LONGEST_SHOWN:
+            return f"<{len(value)} characters, not shown: longer than any name>"
         if _KEYLIKE.fullmatch(value.strip()):
             return f"<{len(value)} hex digits, not shown: a key?>"
         if _KEYLIKE.search(value):              # a key with something around it ("<hex>-esn")

@@ -385,11 +385,22 @@ class _JsonObject(dict[str, Any]):
         return obj
 
 
+def _close_matches(word: str, candidates: list[str], cutoff: float) -> list[str]:
+    """``difflib.get_close_matches(word, candidates, 1, cutoff)``, at once for a ``word`` too long
+    to match: a ratio is at most 2 * min(len) / (sum of lens), below ``cutoff`` once ``word`` is
+    (2 / cutoff - 1) times the longest candidate. difflib indexes ``word`` first, about 3 µs a
+    character: 20 s for a 3 MB esp_sa field."""
+    longest = max(map(len, candidates), default=0)
+    if len(word) * cutoff > (2 - cutoff) * longest:
+        return []
+    return difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)
+
+
 def _unknown_field(name: str) -> str:
     """An unknown JSON field as an error names it, with the field it is likely a typo of. Only
     a known name is suggested: the unknown one may be a key, which ``shown`` does not echo."""
     # 0.65: 'source' suggests 'src', while 'destination' suggests nothing rather than 'direction'.
-    close = difflib.get_close_matches(name.lower(), sorted(_FIELDS), n=1, cutoff=0.65)
+    close = _close_matches(name.lower(), sorted(_FIELDS), 0.65)
     return shown(name) + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
@@ -524,17 +535,39 @@ _MAC_WIRESHARK = {v: k for k, v in WIRESHARK_AUTH.items()}
 _MAC_KEYWORD = {Mac.HMAC_MD5_96: "md5", Mac.HMAC_SHA1_96: "sha1", Mac.HMAC_SHA256_128: "sha256",
                 Mac.HMAC_SHA384_192: "sha384", Mac.HMAC_SHA512_256: "sha512"}
 
-_UAT_FIELD = re.compile(r'\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+_UAT_OPEN = re.compile(r'\s*"')
+_UAT_QUOTE_OR_ESCAPE = re.compile(r'["\\]')
+_UAT_SEPARATOR = re.compile(r'\s*(?:,|$)')
 
 
 def _uat_fields(line: str) -> Optional[list[str]]:
-    """The fields of one UAT line, still escaped (see :func:`_uat_octets`)."""
-    fields, pos = [], 0
-    while pos < len(line):
-        m = _UAT_FIELD.match(line, pos)
-        if not m or m.end() == pos:
+    """The fields of one UAT line, still escaped (see :func:`_uat_octets`): each is ``"`` then
+    characters other than ``"`` and ``\\``, or ``\\`` and any character, up to a closing ``"``,
+    then a ``,`` or the end of the line.
+
+    Scanned from quote to quote, not matched as one pattern: ``(?:[^"\\]|\\.)*`` kept a
+    backtracking state per character, about 150 octets each, so a 2 MiB field (a key file may be
+    1 GiB) took 300 MiB."""
+    fields, pos, end = [], 0, len(line)
+    while pos < end:
+        m = _UAT_OPEN.match(line, pos)
+        if not m:
             return None
-        fields.append(m.group(1))
+        start = q = m.end()
+        while True:
+            s = _UAT_QUOTE_OR_ESCAPE.search(line, q)
+            if s is None:
+                return None                     # no closing quote
+            q = s.start()
+            if line[q] == '"':
+                break
+            if q + 1 >= end or line[q + 1] == "\n":
+                return None                     # a backslash escapes nothing
+            q += 2
+        fields.append(line[start:q])
+        m = _UAT_SEPARATOR.match(line, q + 1)
+        if not m:
+            return None
         pos = m.end()
     return fields
 
@@ -641,7 +674,7 @@ def _algorithm_shown(value: str, known: Iterable[str]) -> str:
     starts one (scapy's names, ``AES-CBC``, ``AES-GCM``: Wireshark's without
     the rest, named in full), or is shorter than any key (8 octets: DES, as
     :func:`_uat_shown`), else only its length."""
-    close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.6)
+    close = _close_matches(value, list(known), 0.6)
     if value.rstrip().endswith("]"):
         # A whole name is a typo of a close one only if it has the same name or the same
         # reference: 'AES-CTR [RFC3686]' is another algorithm, not a misspelt 'AES-CBC [RFC3602]'.

@@ -1122,3 +1122,53 @@ def test_one_sa_in_both_directions_installs_once_when_the_direction_is_given():
         with pytest.raises(keys.KeyFileError, match=r"SA #2 \(spi 0x00001001\): .*already installed"):
             keys.install(nic, other, direction="in")
         assert nic.query_oid(natt.OID_TCP_TASK_OFFLOAD).sa_count == 0
+
+
+# ---------------------------------------------------------------------------------------------- long input (found by fuzzing)
+
+
+def _peak_and_error(text):
+    """(peak octets traced while loading ``text``, the KeyFileError's message)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        with pytest.raises(keys.KeyFileError) as ei:
+            keys.loads(text)
+        return tracemalloc.get_traced_memory()[1], str(ei.value)
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("field", ["x" * (2 << 20), r"\t" * (1 << 20)], ids=["text", "escapes"])
+@pytest.mark.parametrize("closed", [True, False])
+def test_a_long_esp_sa_field_costs_memory_in_proportion_to_it(field, closed):
+    # The field pattern (?:[^"\\]|\\.)* kept a backtracking state per character: a 2 MiB
+    # text key (a key file may be up to 1 GiB) took about 300 MiB to split into fields.
+    line = _fill('"IPv4","192.0.2.1","192.0.2.2","0x00000101","NULL","",'
+                 '"HMAC-SHA-1-96 [RFC2404]","') + field + ('"' if closed else "")
+    peak, msg = _peak_and_error(line)
+    assert peak < 8 * len(line) + (1 << 20), peak
+    assert msg.startswith("line 1") and ("keys: 0 + " in msg if closed else "not a list of double-quoted" in msg)
+
+
+@pytest.mark.parametrize("text", [
+    # An algorithm field of 1 MiB of words: difflib looked for a close name in all of it, then
+    # the message quoted it whole.
+    '"IPv4","192.0.2.1","192.0.2.2","0x00000101","' + "xyz " * (1 << 18) + '","0x00","NULL",""',
+    '"IPv4","192.0.2.1","192.0.2.2","0x00000101","NULL","","' + "xyz " * (1 << 18) + '","0x00"',
+    '"IPv4","' + "xyz " * (1 << 18) + '","192.0.2.2","0x00000101","NULL","","HMAC-SHA-1-96 [RFC2404]","0x'
+    + K20.hex() + '"',
+    json.dumps([{"spi": 1, "suite": "xyz " * (1 << 18), "key": K20.hex()}]),
+    json.dumps([{"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "mode": "xyz " * (1 << 18)}]),
+    json.dumps([{"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "xyz " * (1 << 18): 1}]),
+    json.dumps([{"spi": 1, "suite": "aes128gcm16", "key": K20.hex(), "src": "xyz " * (1 << 18)}]),
+], ids=["esp_sa-encryption", "esp_sa-authentication", "esp_sa-source", "json-suite", "json-mode",
+        "json-field-name", "json-src"])
+def test_a_long_value_where_a_name_belongs_is_refused_cheaply_in_a_short_message(text):
+    # difflib indexed the whole value to look for a close algorithm or field name (seconds and
+    # 100 MiB for 1 MiB), natt._redact.shown matched its key patterns against all of it, and a
+    # JSON value was then quoted whole in a one-line message of a megabyte.
+    peak, msg = _peak_and_error(text)
+    assert len(msg) < 1000 and "xyz xyz" not in msg, msg[:300]
+    assert f"<{4 << 18} characters, not shown" in msg
+    assert peak < 16 * len(text) + (1 << 20), peak
