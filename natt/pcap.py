@@ -1002,26 +1002,40 @@ class PcapReader:
         """The first record header length, of ``lengths``, under which the first records (up
         to ``_PROBE_RECORDS``) are sane (a fraction below a second or just at it, a captured
         length at most the maximum and the original length, which is not 0) and end where the
-        file does or the look-ahead stops. If none is, the one with the most sane records."""
+        file does or the look-ahead stops. If none is, the one with the most sane records among
+        those walked, preferring one under which every captured length fits and the records end
+        where the file does.
+
+        An odd record (a fraction, or an original length, out of place) does not stop the walk:
+        its captured length still says where the next record is. Stopping there took a
+        standard capture whose second record had an original length of 0 for a Red Hat 6.1 or
+        Nokia one, which had more sane records before the first odd one, and refused it as
+        corrupt; tshark reads it (and natt writes records with their original lengths)."""
         if len(lengths) == 1:
             return lengths[0]
         self._fill(1 << 16)
         buf, size, fmt = self._buf.data, self._buf.size, self.byteorder + "III"
         second = 1_000_000_000 if self.nanosecond else 1_000_000
 
-        def fit(h: int) -> tuple[bool, int]:
-            p = n = 0
+        def fit(h: int) -> tuple[bool, int, int]:
+            """(every captured length fits and the records end where the file does or the
+            look-ahead stops, sane records, records walked)."""
+            p = n = sane = 0
             while n < _PROBE_RECORDS:
                 if p + h > size:            # at the end: whole records only, or a cut one
-                    return (True, 0) if p == size or not self._eof else (False, n)
+                    return p == size or not self._eof, sane, n
                 frac, cap, orig = struct.unpack_from(fmt, buf, p + 4)
-                if frac > second or cap > self._max_cap or cap > orig or orig == 0:
-                    return False, n
+                if cap > self._max_cap:
+                    return False, sane, n
+                sane += not (frac > second or cap > orig or orig == 0)
                 p += h + cap
                 n += 1
-            return True, 0
+            return True, sane, n
         fits = [fit(h) for h in lengths]
-        return lengths[max(range(len(lengths)), key=lambda i: (fits[i], -i))]
+        for h, (whole, sane, n) in zip(lengths, fits):
+            if whole and sane == n:
+                return h
+        return lengths[max(range(len(lengths)), key=lambda i: (fits[i][:2], -i))]
 
     # -- iteration -------------------------------------------------------------------------
 
