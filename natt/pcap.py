@@ -932,9 +932,14 @@ class PcapReader:
 
         Reads straight into a new array after the unconsumed tail (one copy of the tail, none
         of the data): chunks handed out earlier keep their own buffers.
+
+        Each round reads at most what the buffer already holds or a chunk, whichever is more:
+        ``want`` comes from a length field in the file (up to ``_MAX_RECORD``, 256 MiB), and
+        allocating all of it before reading gave a 300 KB file with one lying block length a
+        256 MiB buffer. Doubling keeps the copies of the tail within twice the record's size.
         """
         while self._buf.size < want and not self._eof:
-            need = max(want - self._buf.size, self.chunk_size)
+            need = max(min(want - self._buf.size, self._buf.size), self.chunk_size)
             tail = self._buf.size
             new = np.empty(tail + need, np.uint8)
             new[:tail] = self._buf

@@ -790,6 +790,33 @@ def test_absurd_captured_length_is_corruption_not_a_hang():
     assert ei.value.offset == 24 + 16 + len(ETH + IP)
 
 
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng", "pcapng-shb"])
+def test_a_length_the_file_does_not_hold_allocates_no_more_than_the_file(fmt):
+    # Found by fuzzing: a block or record length within the limit (256 MiB) but past the end
+    # of the file allocated all of it before reading: 256 MiB for a 300 KB file, which under a
+    # memory limit (ulimit -v 400000) ended natt decap with "out of memory; a smaller
+    # --chunk-size needs less" at --chunk-size 4096. The buffer now grows as octets arrive.
+    import tracemalloc
+    many = 2000
+    if fmt == "pcap":    # a snap length of 2**32-1 lets a record be as long as natt reads
+        good = classic([(i, 0, ETH + IP) for i in range(many)], snaplen=2**32 - 1)
+        liar = struct.pack("<IIII", 7, 0, (1 << 28) - 16, 60) + ETH + IP
+        data, what = good + liar + good[24:], "truncated pcap record"
+    else:
+        good = b"".join(ng_epb(0, i, ETH + IP) for i in range(many))
+        liar = bytearray(ng_shb() if fmt == "pcapng-shb" else ng_epb(0, 7, ETH + IP))
+        struct.pack_into("<I", liar, 4, (1 << 28) - 4)
+        data, what = ng_shb() + ng_idb(1) + good + bytes(liar) + good, "truncated pcapng"
+    tracemalloc.start()
+    try:
+        with pytest.raises(pcap.PcapTruncated, match=what):
+            read_all(data, chunk_size=4096)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(data) + (1 << 20), peak
+
+
 @pytest.mark.parametrize("blen", [0, 8, 13])
 def test_pcapng_bad_block_length(blen):
     data = ng_shb() + ng_idb(1) + struct.pack("<II", 6, blen) + b"\0" * 40
