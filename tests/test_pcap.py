@@ -873,6 +873,86 @@ def test_random_garbage_never_crashes_or_hangs():
                 pass
 
 
+def _fuzz_seeds() -> list[bytes]:
+    """Valid captures of every kind the reader takes, for the mutation fuzz test below."""
+    vlan = ETH[:12] + b"\x81\x00\x00\x05\x88\xa8\x00\x07\x08\x00"
+    sll = b"\0\0\0\1\0\6\2\0\0\0\0\1\0\0\x08\x00"
+    sll2 = b"\x08\x00\0\0\0\0\0\2\0\1\0\6\2\0\0\0\0\1\0\0"
+    heads = {1: [ETH, vlan], 113: [sll], 276: [sll2], 0: [b"\2\0\0\0", b"\0\0\0\2"], 108: [b"\0\0\0\2"],
+             101: [b""], 228: [b""]}
+    out = []
+    for order in "<>":
+        for magic, extra in ((0xA1B2C3D4, 0), (0xA1B23C4D, 0), (0xA1B2CD34, 8), (0xA1B2C3D4, 8), (0xA1B2C3D4, 4)):
+            for lt, hs in heads.items():
+                out.append(classic([(1000 + i, 7 * i, hs[i % len(hs)] + IP) for i in range(5)], order=order,
+                                   magic=magic, linktype=lt, rec_extra=b"\0" * extra))
+        opts = ng_opts([(1, b"comment"), (2, struct.pack(order + "I", 1)), (4, struct.pack(order + "Q", 5)),
+                        (3, b"\x03" + b"m" * 16), (2989, b"\0\0\0\1\1")], order)
+        idbs = b"".join(ng_idb(lt, order, tsresol=r, tsoffset=o, other=[(2, b"eth0")])
+                        for lt, r, o in ((1, 9, None), (113, 0x86, -100), (276, None, None), (0, 3, 10**6)))
+        epbs = b"".join(ng_epb(i % 4, 10**12 + i, heads[(1, 113, 276, 0)[i % 4]][0] + IP, order,
+                               opts=opts if i % 2 else b"") for i in range(8))
+        other = ng_block(5, struct.pack(order + "III", 0, 0, 0), order) + ng_spb(ETH + IP, order) \
+            + ng_block(2, struct.pack(order + "HHIIII", 0, 3, 0, 5, len(ETH + IP), len(ETH + IP)) + ETH + IP, order)
+        out.append(ng_shb(order, ng_opts([(2, b"hw"), (4, b"app")], order)) + idbs + epbs + other)
+    return out + [out[-1] + ng_shb("<") + ng_idb(228) + ng_epb(0, 1, IP)]
+
+
+def _records(data: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]:
+    """Every record the reader gives before any PcapError, and what PcapWriter.like writes of them."""
+    got: list[tuple[int, int, int, bytes]] = []
+    out = io.BytesIO()
+    with pcap.PcapReader(io.BytesIO(data), chunk_size=4096) as r, pcap.PcapWriter.like(r, out) as w:
+        try:
+            for c in r:
+                w.write_chunk(c)
+                got += [(int(c.ts_ns[i]), {228: 101}.get(int(c.linktype[i]), int(c.linktype[i])),
+                         int(c.origlen[i]), c.frame(i)) for i in range(len(c))]
+        except pcap.PcapError:
+            pass
+    return got, out.getvalue()
+
+
+def test_mutated_captures_raise_only_pcap_errors_and_what_is_read_writes_back():
+    # Seeded mutations (bit flips, lengths set to 0 / 2**31 / 2**32-1 / 2**28, truncation,
+    # repeated and spliced ranges) of every kind of capture natt reads. Whatever natt reads
+    # before a PcapError it writes, and reads back the same (raw IPv4, 228, is written as 101).
+    import random
+    rng = random.Random(20261128)
+    seeds = _fuzz_seeds()
+    values = [0, 1, 12, 16, 28, 0xFFFF, (1 << 28) - 4, 1 << 28, 2**31, 2**32 - 4, 2**32 - 1]
+    tried = read_some = 0
+    for _ in range(1500):
+        b = bytearray(rng.choice(seeds))
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            if not b:
+                break
+            p, m = rng.randrange(len(b)), rng.randrange(6)
+            if m == 0:
+                b[p] ^= 1 << rng.randrange(8)
+            elif m in (1, 2) and p + 4 <= len(b):
+                struct.pack_into(rng.choice("<>") + "I", b, p & ~3 if m == 1 else p, rng.choice(values))
+            elif m == 3:
+                del b[p:]
+            elif m == 4:
+                q = min(len(b), p + rng.randrange(1, 200))
+                b[q:q] = b[p:q] * rng.randrange(1, 4)
+            elif m == 5:
+                o = rng.choice(seeds)
+                q = rng.randrange(len(o))
+                b[p:p] = o[q: q + rng.randrange(1, 300)]
+        data = bytes(b)
+        try:
+            got, written = _records(data)
+        except pcap.PcapError:
+            continue        # the file header or the first SHB
+        tried += 1
+        read_some += bool(got)
+        back, _ = _records(written)
+        assert back == got, data.hex()
+    assert tried > 1000 and read_some > 500, (tried, read_some)
+
+
 # ---------------------------------------------------------------------------------------------- properties
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
