@@ -1172,3 +1172,55 @@ def test_a_long_value_where_a_name_belongs_is_refused_cheaply_in_a_short_message
     assert len(msg) < 1000 and "xyz xyz" not in msg, msg[:300]
     assert f"<{4 << 18} characters, not shown" in msg
     assert peak < 16 * len(text) + (1 << 20), peak
+
+
+# ---------------------------------------------------------------------------------------------- property: any text
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_HIDDEN = "5ec4e7c0ffee5ec4e7c0ffee5ec4e7c0ffee5ec4"     # a key (20 octets as hex) no message may show
+_TEXT_KEY = "Zx9Qw3Er7Ty1Ui5Op2As"                        # one written as text (esp_sa without 0x)
+_odd_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+_esp_sa_field = st.one_of(
+    st.sampled_from(["IPv4", "IPv6", "*", "", "192.0.2.1", "203.0.113.5", "0x00001001", "4097", "0x", "64-bit",
+                     "32-bit", "5", "0xffffffff", "NULL", "AES-CBC [RFC3602]", "AES-GCM with 16 octet ICV [RFC4106]",
+                     "TripleDES-CBC [RFC2451]", "HMAC-SHA-1-96 [RFC2404]", "ChaCha20 with Poly1305 [RFC7634]",
+                     "0x" + _HIDDEN, _HIDDEN, _TEXT_KEY, "0x" + _HIDDEN[:32], "\\x41\\102\\t", "\\q", "\\"]),
+    _odd_text)
+_esp_sa_line = st.lists(_esp_sa_field, min_size=0, max_size=11).map(
+    lambda fs: ",".join('"' + f.replace('"', "\\x22") + '"' for f in fs))
+_json_value = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
+                        st.sampled_from(["0x" + _HIDDEN, _HIDDEN, _TEXT_KEY, "in", "out", "tunnel", "transport", "IKE",
+                                         "aes128gcm16", "aes128-sha1-esn", "192.0.2.1", "10.0.0.0/8", "set"]),
+                        _odd_text, st.lists(st.just(_HIDDEN), max_size=2))
+_json_sa = st.dictionaries(st.sampled_from(sorted(keys._FIELDS) + ["colour", _HIDDEN]), _json_value, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.one_of(
+    st.lists(_esp_sa_line, min_size=1, max_size=4).map("\n".join),
+    st.lists(_json_sa, min_size=1, max_size=3).map(json.dumps),
+    st.lists(_json_sa, min_size=1, max_size=3).map(lambda sas: json.dumps({"sas": sas}))))
+def test_any_key_file_text_gives_sas_or_a_one_line_key_file_error_without_its_keys(text):
+    # What the fuzzing of this module checked, kept as a property: any esp_sa or JSON text,
+    # fields of any kind in any place, reads as SAs or raises KeyFileError; its message is one
+    # line and names no key, whichever field the key was put in.
+    import warnings
+    try:
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", keys.KeyFileWarning)
+            specs = keys.loads(text)
+    except keys.KeyFileError as e:
+        msg = str(e)
+        assert "\n" not in msg and _HIDDEN not in msg.lower() and _TEXT_KEY not in msg, msg
+        return
+    assert not any(_HIDDEN in str(w.message).lower() or _TEXT_KEY in str(w.message) for w in notes)
+    for s in specs:
+        assert _HIDDEN not in repr(s) and _TEXT_KEY not in repr(s)
+    for direction in ("in", "out"):
+        with natt.Offload(backend="reference") as nic:
+            try:
+                keys.install(nic, specs, direction=direction)
+            except keys.KeyFileError as e:
+                assert "\n" not in str(e) and _HIDDEN not in str(e).lower() and _TEXT_KEY not in str(e), str(e)
