@@ -332,16 +332,22 @@ def test_drop_undecrypted_keeps_frames_the_data_path_calls_malformed_before_it_s
     assert len(got) == 3 and [g[2] for g in got[1:]] == recs[1:3]   # the cut ESP and the bad ICV are left out
 
 
+def _transport_capture_under_tunnel_keys(tmp_path, spi, suite, key):
+    """A capture of one transport-mode packet of SA ``spi``, and a JSON key file whose SA says tunnel."""
+    tx = natt.Offload(backend="reference")
+    (h,) = keys.install(tx, [keys.SaSpec(spi, suite, key, "out", "transport", "10.3.0.1", "10.3.0.2")])
+    cap = tmp_path / "transport.pcap"
+    pcap.write_datagrams(cap, list(tx.encap([traffic.udp_datagram("10.3.0.1", "10.3.0.2", 9, 9, 40)], h)))
+    tunnel_json = tmp_path / "k.json"
+    keys.save(tunnel_json, [keys.SaSpec(spi, suite, key, "in", "tunnel", "10.3.0.1", "10.3.0.2")])
+    return cap, tunnel_json
+
+
 def test_the_protocol_hint_names_what_sets_the_mode_and_stays_while_the_key_file_says_tunnel(tmp_path, capsys):
     # Transport-mode traffic under a JSON SA that says tunnel: --mode does not override what a
     # JSON SA says, so the hint must point at the key file and not go away with --mode transport.
     key = os.urandom(20)
-    tx = natt.Offload(backend="reference")
-    (h,) = keys.install(tx, [keys.SaSpec(0x7001, "aes128gcm16", key, "out", "transport", "10.3.0.1", "10.3.0.2")])
-    cap = tmp_path / "transport.pcap"
-    pcap.write_datagrams(cap, list(tx.encap([traffic.udp_datagram("10.3.0.1", "10.3.0.2", 9, 9, 40)], h)))
-    tunnel_json = tmp_path / "k.json"
-    keys.save(tunnel_json, [keys.SaSpec(0x7001, "aes128gcm16", key, "in", "tunnel", "10.3.0.1", "10.3.0.2")])
+    cap, tunnel_json = _transport_capture_under_tunnel_keys(tmp_path, 0x7001, "aes128gcm16", key)
     for extra in ([], ["--mode", "transport"]):
         rc, _, err = run(["decap", str(cap), "-k", str(tunnel_json), "-o", str(tmp_path / "o.pcap")] + extra + BACKEND,
                          capsys)
@@ -364,13 +370,7 @@ def test_the_protocol_hint_names_what_sets_the_mode_and_stays_while_the_key_file
 
 
 def test_the_protocol_hint_names_a_wrong_encryption_key_only_for_an_sa_with_an_integrity_key(tmp_path, capsys):
-    key = os.urandom(36)
-    tx = natt.Offload(backend="reference")
-    (h,) = keys.install(tx, [keys.SaSpec(0x7002, "aes128-sha1", key, "out", "transport", "10.3.0.1", "10.3.0.2")])
-    cap = tmp_path / "transport.pcap"
-    pcap.write_datagrams(cap, list(tx.encap([traffic.udp_datagram("10.3.0.1", "10.3.0.2", 9, 9, 40)], h)))
-    tunnel_json = tmp_path / "k.json"
-    keys.save(tunnel_json, [keys.SaSpec(0x7002, "aes128-sha1", key, "in", "tunnel", "10.3.0.1", "10.3.0.2")])
+    cap, tunnel_json = _transport_capture_under_tunnel_keys(tmp_path, 0x7002, "aes128-sha1", os.urandom(36))
     rc, _, err = run(["decap", str(cap), "-k", str(tunnel_json), "-o", str(tmp_path / "o.pcap")] + BACKEND, capsys)
     assert rc == 0 and "hint: PROTOCOL" in err and "or a wrong encryption key under a right integrity key" in err
 
