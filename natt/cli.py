@@ -1045,11 +1045,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             pcap.PcapWriter.like(reader, f) as writer, \
             _progress(args, os.path.getsize(pcap_path), "demo decap") as bar:
         stats = decap_capture(rx, rx_handles, [s.label() for s in specs], reader, writer, bar=bar)
-    say(stats.table())
+    # In the order the demo ran: the table and its frame counts are the decap's, as natt decap
+    # prints them, so they follow the encap line under a heading of their own.
+    say(f"encap: {len(frames)} packets in {t_enc:.3f} s ({len(frames) / t_enc:,.0f} packets/s)"
+        if t_enc > 0 else "encap: done",
+        f"decap of {pcap_path}, as natt decap summarises it:", stats.table())
     n = stats.ipv4
     octets = int(stats.octets.sum())
-    say(f"encap: {len(frames)} packets in {t_enc:.3f} s ({len(frames) / t_enc:,.0f} packets/s)"
-        if t_enc > 0 else "encap: done")
     if stats.crypto_seconds > 0:
         say(f"decap: {n} packets in {stats.crypto_seconds:.3f} s ({n / stats.crypto_seconds:,.0f} packets/s, "
             f"{octets * 8 / stats.crypto_seconds / 1e6:,.1f} Mbit/s of inner packets; "

@@ -1415,6 +1415,12 @@ def test_demo_writes_files_and_decaps_everything(tmp_path, capsys):
     for name in ("demo.pcap", "demo.esp_sa", "demo-keys.json", "demo-decap.pcap"):
         assert (tmp_path / name).stat().st_size > 0
     assert "packets/s" in out
+    # The SA table and its frame counts are the decap's: they come after the encap line, under
+    # a heading that says so (the frame-count line used to sit between the table and "encap:").
+    lines = out.splitlines()
+    enc = next(i for i, line in enumerate(lines) if line.startswith("encap: "))
+    assert lines[enc + 1] == f"decap of {tmp_path / 'demo.pcap'}, as natt decap summarises it:"
+    assert lines[enc + 2].startswith("SA ") and "250 frames (250 IPv4), 250 written" in lines[enc + 2:]
     specs = keys.load(tmp_path / "demo.esp_sa")
     assert [s.suite for s in specs] == list(cli.DEMO_SUITES)
     for s in specs:
