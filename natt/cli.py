@@ -710,7 +710,8 @@ def decap_hints(stats: CaptureStats, specs: Sequence[keyfile.SaSpec]) -> list[st
             hints.append(f"{stats.spi_elsewhere} packets without an SA carry the SPI of an SA in the key file, "
                          f"but to another UDP port (e.g. SPI 0x{spi:08x} to {dst} port {port}; the key file "
                          f"says port {ports}): an inbound SA is looked up among the SAs of the port the "
-                         f"packet arrived on, so give the SA \"port\": {port} in a JSON key file (docs/keys.md)")
+                         f"packet arrived on, so give the SA \"port\": {port} in a JSON key file (an esp_sa table "
+                         "converts with keys.save('keys.json', keys.load('esp_sa')); docs/keys.md)")
         else:
             wanted = sorted({s.dst or "*" for s in same})
             hints.append(f"{stats.spi_elsewhere} packets without an SA carry the SPI of an SA in the key file, "

@@ -2136,7 +2136,8 @@ def test_decap_hints_name_what_went_wrong_and_what_to_do(dask, scenario, tmp_pat
         r"hint: \d+ packets without an SA carry the SPI of an SA in the key file, but to another UDP port "
         rf"\(e\.g\. SPI 0x0000500[12] to {re.escape(TUNNEL[1])} port 4500; the key file says port 4501\): an "
         r"inbound SA is looked up among the SAs of the port the packet arrived on, so give the SA \"port\": 4500 "
-        r"in a JSON key file \(docs/keys\.md\)", got), got
+        r"in a JSON key file \(an esp_sa table converts with keys\.save\('keys\.json', keys\.load\('esp_sa'\)\); "
+        r"docs/keys\.md\)", got), got
     # No SA on the packets' port at all: they are not ESP to natt (no parser entry there), and said nothing.
     keys.save(moved, [dataclasses.replace(s, port=4501) for s in specs])
     got, = hints(cap, moved)

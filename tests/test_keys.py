@@ -8,7 +8,12 @@ import errno
 import io
 import json
 import os
+import re
+import shlex
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -526,6 +531,22 @@ def test_esp_sa_round_trip_every_wireshark_suite(tmp_path):
     text = path.read_text()
     assert all(line.count('","') == 7 for line in text.splitlines() if not line.startswith("#"))
     back = keys.load(path)
+    assert [(s.spi, s.suite, s.key, s.src, s.dst) for s in back] == \
+        [(s.spi, s.suite, s.key, s.src, s.dst) for s in specs]
+
+
+def test_the_esp_sa_to_json_conversion_of_keys_md_runs_as_printed(tmp_path):
+    """docs/keys.md and natt decap's port hint give a one-line conversion of an esp_sa table to
+    JSON (to add a "port"): it must run as printed and keep every SA."""
+    specs = [spec(spi=0x300 + i, suite=name, key=os.urandom(natt.parse_suite(name)[0].key_len), direction=None)
+             for i, name in enumerate(["aes128gcm16", "aes256-sha256"])]
+    keys.save(tmp_path / "esp_sa", specs)
+    doc = (Path(__file__).parent.parent / "docs" / "keys.md").read_text()
+    command = re.search(r"`(python3 -c \"from natt import keys; keys\.save\('keys\.json', "
+                        r"keys\.load\('esp_sa'\)\)\")`", doc).group(1)
+    # python3 as this interpreter, which has natt.
+    subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=tmp_path, check=True)
+    back = keys.load(tmp_path / "keys.json")
     assert [(s.spi, s.suite, s.key, s.src, s.dst) for s in back] == \
         [(s.spi, s.suite, s.key, s.src, s.dst) for s in specs]
 
