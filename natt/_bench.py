@@ -1335,6 +1335,10 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
         "Time natt's decap and encap against a bare C loop of the same EVP calls (compiled at run\n"
         "time with cc), a Python loop over cryptography's AESGCM and scapy, on the same packets in\n"
         "one process, and print each ratio beside its target (BENCHMARKS.md explains the variants).\n"
+        "Times are in ns per packet: the median of the repetitions, their min and max, and the\n"
+        "calling thread's CPU time (cpu ns); Mpps and Gbit/s are of the input packets. Ratios are\n"
+        "speeds, natt's over the other variant's (above 1: natt is faster), except the 'time / time'\n"
+        "rows (below 1: the first is faster); the fixed cost of a call is in microseconds (us).\n"
         "A full run takes 5 to 8 minutes; keep the machine otherwise idle: the ratios are only\n"
         "as steady as the CPU time the run gets."),
         epilog="examples:\n"
