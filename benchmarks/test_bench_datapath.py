@@ -119,6 +119,9 @@ def test_encap(benchmark, workloads, case: Case) -> None:
     tx.close()
 
 
+# Part of the grid (-m grid) and of the default set alike.
+@pytest.mark.grid
+@pytest.mark.smoke
 @pytest.mark.parametrize("size", [64, 1400])
 def test_decap_replay_window(benchmark, workloads, size: int) -> None:
     """AES-GCM decap of 65 536 packets with natt's default anti-replay window (64), on a fresh SA each round."""
