@@ -414,3 +414,33 @@ def test_the_whole_grid_holds_every_point_of_the_default_set():
     default, grid = _benchmark_ids(), _benchmark_ids("-m", "grid")
     assert any("test_decap_replay_window" in i for i in default)
     assert default <= grid and len(grid) > len(default)
+
+
+@pytest.mark.parametrize("module, argv", [
+    (bench_active_sas, ["--sas", "10", "--active", "1", "--packets", "100", "--reps", "0"]),
+    (bench_active_sas, ["--sas", "10", "--active", "1", "--packets", "0"]),
+    (bench_active_sas, ["--sas", "10", "--active", "1", "--size", "20"]),
+    (bench_replay_window, ["--sas", "10", "--packets", "100", "--reps", "0"]),
+    (bench_replay_window, ["--sas", "0"]),
+    (bench_threads, ["--size", "20", "--packets", "100"]),
+])
+def test_the_scripts_refuse_sizes_they_cannot_run_as_usage_errors(module, argv, capsys) -> None:
+    # --reps 0 ended in "min() arg is an empty sequence", --packets 0 in a ZeroDivisionError and
+    # --size 20 in inner_packets' ValueError, each a traceback after the workload was built.
+    with pytest.raises(SystemExit) as e:
+        module.main(argv)
+    assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, says", [
+    (bench_active_sas, ["(default 1,64,1000,4000,100000)", "in ns per packet",
+                        "the one-SA receiver's median time over the row's", "below 1, the batch is slower"]),
+    (bench_replay_window, ["in ns per packet", "the first window's median time over the row's",
+                           "below 1, the row's window is slower than the first"]),
+])
+def test_the_scripts_help_gives_defaults_units_and_which_way_the_ratio_goes(module, says, capsys) -> None:
+    # bench_replay_window's help had the ratio upside down ("each window's median over window 0's").
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert [s for s in says if s not in text] == []
