@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from natt import pcap
+from natt.cli import at_least
 
 
 def make_capture(path: str, n: int, size: int, fmt: str, mixed: bool) -> None:
@@ -57,11 +58,15 @@ def one_pass(path: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--records", type=int, default=2_000_000)
-    ap.add_argument("--size", type=int, default=64, help="frame size in octets (default 64)")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--records", type=at_least(1), default=2_000_000, metavar="N",
+                    help="frames in the capture (default 2000000)")
+    ap.add_argument("--size", type=at_least(42, 65535), default=64, metavar="OCTETS",
+                    help="frame size in octets, 42..65535, with --mixed 42..1514 (default 64)")
+    ap.add_argument("--reps", type=at_least(1), default=5, metavar="R", help="timed passes (default 5)")
     ap.add_argument("--mixed", action="store_true", help="frame sizes drawn from SIZE..1514 instead of all SIZE")
     args = ap.parse_args(argv)
+    if args.mixed and args.size > 1514:
+        ap.error(f"--size {args.size}: with --mixed, at most 1514")
     with tempfile.TemporaryDirectory() as d:
         for fmt in ("pcap", "pcapng"):
             path = os.path.join(d, f"bench.{fmt}")
