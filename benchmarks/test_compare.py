@@ -478,3 +478,20 @@ def test_the_other_scripts_help_gives_defaults_and_units(name, says, capsys) -> 
         with pytest.raises(SystemExit) as e:
             module.main(argv)
         assert e.value.code == 2
+
+
+def test_the_ratio_run_names_itself_as_it_was_run(capsys, monkeypatch) -> None:
+    # python -m benchmarks.compare --help showed natt bench's examples, and its errors began
+    # "natt bench:"; the help did not say which cases take only the smallest and largest size.
+    prog = "python -m benchmarks.compare"
+    with pytest.raises(SystemExit):
+        main(["--help"], prog=prog)
+    out = capsys.readouterr().out
+    assert f"  {prog} --quick " in out and "natt bench" not in out
+    assert "many-SA, aes128-sha1 and chacha20poly1305 cases take the smallest and largest" in " ".join(out.split())
+
+    def fails(cfg, log):
+        raise RuntimeError("gcm.decap.64: 3 of 10 packets not OK")
+    monkeypatch.setattr(_bench, "run", fails)
+    assert main(["--quick"], prog=prog) == 1
+    assert capsys.readouterr().err == f"{prog}: gcm.decap.64: 3 of 10 packets not OK\n"

@@ -1341,10 +1341,11 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
         "rows (below 1: the first is faster); the fixed cost of a call is in microseconds (us).\n"
         "A full run takes 5 to 8 minutes; keep the machine otherwise idle: the ratios are only\n"
         "as steady as the CPU time the run gets."),
-        epilog="examples:\n"
-               "  natt bench --quick                      # smaller batches: about half a minute\n"
-               "  natt bench --markdown --json run.json   # the full run, tables as in BENCHMARKS.md\n"
-               "  natt bench --sizes 64 --reps 15         # only 64-octet packets, more repetitions\n"
+        epilog="examples:\n" + "".join(
+            f"  {prog} {example:<28} # {what}\n" for example, what in (
+                ("--quick", "smaller batches: about half a minute"),
+                ("--markdown --json run.json", "the full run, tables as in BENCHMARKS.md"),
+                ("--sizes 64 --reps 15", "only 64-octet packets, more repetitions"))) +
                "exit status: 0 ran (whether or not every target was met: the table says; without a\n"
                "C compiler or libcrypto headers the C loop's rows are skipped with a note), 1 a variant\n"
                "that could not run (a failed decap, too little memory), 2 bad usage; the same when the\n"
@@ -1358,7 +1359,8 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
                         "default 100000; quick 10000)")
     p.add_argument("--reps", type=at_least(1), metavar="N", help="timed repetitions per variant (default 7; quick 3)")
     p.add_argument("--sizes", type=_sizes, metavar="OCTETS,...",
-                   help="inner packet sizes, 28..65000 (default 64,512,1400; quick 64,1400)")
+                   help="inner packet sizes, 28..65000; the many-SA, aes128-sha1 and chacha20poly1305 "
+                        "cases take the smallest and largest (default 64,512,1400; quick 64,1400)")
     p.add_argument("--threads", type=at_least(1, MAX_THREADS), default=2, metavar="N",
                    help=f"threads of the threaded decap, 1..{MAX_THREADS} (default 2)")
     p.add_argument("--scapy-packets", type=at_least(0), metavar="N",
@@ -1407,11 +1409,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
         result = run(cfg, log)
     except MemoryError:
         # numpy's own message ("Unable to allocate ... for an array with shape ...") names no option.
-        print("natt bench: out of memory; a smaller --batch, --sizes, --sas or --calls needs less",
+        print(f"{prog}: out of memory; a smaller --batch, --sizes, --sas or --calls needs less",
               file=sys.stderr)
         return 1
     except (RuntimeError, ValueError) as e:
-        print(f"natt bench: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
     text = json.dumps(result, indent=1) + "\n"
     if to_stdout:
@@ -1424,7 +1426,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
             with Replacement(args.json, new_file_mode()) as f:
                 f.write(text.encode())
         except OSError as e:
-            print(f"natt bench: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
+            print(f"{prog}: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
             return 1
     say(format_markdown(result) if args.markdown else format_report(result),
         file=sys.stderr if to_stdout else sys.stdout)
