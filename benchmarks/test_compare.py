@@ -506,3 +506,12 @@ def test_only_threads_2_is_judged_against_the_threads_2_target(threads, target) 
     (r,) = _bench._ratios(_bench.Config(sizes=(64,), threads=threads), t)
     assert r.name == f"natt decap threads={threads} / threads=None, 64 octets" and r.value == pytest.approx(2.0)
     assert r.target == target and r.met == (True if threads == 2 else None)
+
+
+@pytest.mark.parametrize("threads, label", [(1, "bare EVP loop 1 thread / 1 thread"), (2, "bare EVP loop 2 threads / 1 thread")])
+def test_the_ceiling_label_counts_threads_in_english(threads, label) -> None:
+    # natt bench --threads 1 printed "bare EVP loop 1 threads / 1 thread".
+    t = {"gcm.evp.64": Timing("gcm.evp.64", "evp", 10, 640, seconds=[2.0]),
+         f"gcm.evp_t{threads}.64": Timing(f"gcm.evp_t{threads}.64", "evp t", 10, 640, seconds=[1.0])}
+    (r,) = _bench._ratios(_bench.Config(sizes=(64,), threads=threads), t)
+    assert r.name == f"{label} (the machine's ceiling), 64 octets"

@@ -934,6 +934,11 @@ def _decap_variant(key: str, label: str, wl: Workload, backend: str, threads: Op
     return _Variant(t, run, setup, check)
 
 
+def _threads(n: int) -> str:
+    """``n`` threads, in a label (``natt bench --threads 1`` printed "1 threads")."""
+    return f"{n} thread" if n == 1 else f"{n} threads"
+
+
 def _encap_variant(key: str, label: str, wl: Workload, backend: str, threads: Optional[int]) -> _Variant:
     out = EncapResult()
     nic, h = wl.sender(backend)
@@ -998,7 +1003,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         ]
         if evp is not None:
             variants.append(_c_variant(f"gcm.evp.{size}", "bare EVP loop (C, ctypes)", wl, evp))
-            variants.append(_c_variant(f"gcm.evp_t{th}.{size}", f"bare EVP loop (C), {th} threads", wl, evp, th))
+            variants.append(_c_variant(f"gcm.evp_t{th}.{size}", f"bare EVP loop (C), {_threads(th)}", wl, evp, th))
         buf = wl.esp.data.tobytes()
         offs, lens = wl.esp.offsets.tolist(), wl.esp.lengths.tolist()
 
@@ -1151,7 +1156,7 @@ def _ratios(cfg: Config, t: dict[str, Timing]) -> list[Ratio]:
                                     t[f"gcm.decap_t{th}.{size}"], t[f"gcm.decap.{size}"], 1.8 if th == 2 else 0))
     for size in cfg.sizes:
         if have(f"gcm.evp_t{th}.{size}", f"gcm.evp.{size}"):
-            out.append(_speed_ratio(f"bare EVP loop {th} threads / 1 thread (the machine's ceiling), {size} octets",
+            out.append(_speed_ratio(f"bare EVP loop {_threads(th)} / 1 thread (the machine's ceiling), {size} octets",
                                     t[f"gcm.evp_t{th}.{size}"], t[f"gcm.evp.{size}"]))
     for size in _ends(cfg.sizes):
         if have(f"gcm.decap_many.{size}", f"gcm.decap_1sa.{size}"):
