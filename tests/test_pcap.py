@@ -817,6 +817,46 @@ def test_a_length_the_file_does_not_hold_allocates_no_more_than_the_file(fmt):
     assert peak < 4 * len(data) + (1 << 20), peak
 
 
+
+def _profiled_calls(data: bytes, **kw) -> int:
+    """Python and C function calls made reading ``data``: a measure of work that does not
+    depend on how loaded the machine is."""
+    n = 0
+
+    def count(frame, event, arg):
+        nonlocal n
+        n += event in ("call", "c_call")
+
+    sys.setprofile(count)
+    try:
+        read_all(data, **kw)
+    finally:
+        sys.setprofile(None)
+    return n
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_many_interfaces_cost_a_few_calls_each(order, interleaved):
+    # Found by fuzzing: each IDB's options were walked and sorted out on their own (some 150
+    # numpy and Python calls, about 70 us), and each chunk went over all its frames once per
+    # interface they name, so 20 000 IDBs (a 2 MB file) took seconds to read. The calls one
+    # more IDB and a frame naming it cost now are counted, not timed.
+    def capture(k):
+        idbs = [ng_idb(1 + i % 2, order, tsresol=6 + 3 * (i % 2), tsoffset=i % 3,
+                       other=[(2, b"eth%d" % i), (1, b"comment"), (8, struct.pack(order + "Q", i))]) for i in range(k)]
+        epbs = [ng_epb(i, i, ETH + IP, order) for i in range(k)]
+        body = b"".join(x for pair in zip(idbs, epbs) for x in pair) if interleaved else b"".join(idbs + epbs)
+        return ng_shb(order) + body
+
+    r, chunks = read_all(capture(300))
+    assert [itf.options[0] for itf in r.interfaces][:2] == [(2, b"eth0"), (2, b"eth1")]
+    assert [int(i) for c in chunks for i in c.iface] == list(range(300))
+    assert [int(t) for c in chunks for t in c.linktype] == [1 + i % 2 for i in range(300)]
+    per_idb = (_profiled_calls(capture(2000)) - _profiled_calls(capture(1000))) / 1000
+    assert per_idb < 40, per_idb     # 150 before
+
+
 @pytest.mark.parametrize("blen", [0, 8, 13])
 def test_pcapng_bad_block_length(blen):
     data = ng_shb() + ng_idb(1) + struct.pack("<II", 6, blen) + b"\0" * 40
