@@ -1208,6 +1208,10 @@ class PcapReader:
         snaplens = head[:, 1].tolist()
         if not n:
             return fault
+        # Options of the IDBs from the fault on are not wanted (their values lie past ``hi``).
+        count = np.bincount(b, minlength=n)[:n]
+        m = int(count.sum())
+        code, pos, olen = code[:m], pos[:m], olen[:m]
         # The values, as read and as written, from one copy of the octets the IDBs span.
         lo, hi = int(at[0]), int(at[n - 1] + blen[n - 1])
         raw = buf[lo:hi].tobytes()
@@ -1219,9 +1223,6 @@ class PcapReader:
             out = seg.tobytes()
         else:
             out = raw
-        # Options of the IDBs past the fault are not wanted.
-        count = np.bincount(b, minlength=n)[:n]
-        m = int(count.sum())
         bounds = np.concatenate([[0], np.cumsum(count)]).tolist()
         dropped = (_IF_TSRESOL, _IF_TSOFFSET, _IF_FCSLEN)
         # The options as Python ints a batch of IDBs at a time (some 65536 options): lists of

@@ -858,6 +858,49 @@ def test_many_interfaces_cost_a_few_calls_each(order, interleaved):
 
 
 
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_a_run_of_interfaces_stops_at_its_first_faulty_one_as_one_by_one(order):
+    # The IDBs of a run are parsed together; the first at fault (by whatever check) is the
+    # error, at its offset, and the ones before it are read as each alone would be. Options of
+    # the IDBs after a fault were once still converted, an IndexError in a big-endian section.
+    def idb(kind, i):
+        if kind == "short":
+            return ng_block(1, struct.pack(order + "HH", 1, 0), order)
+        if kind == "past":
+            return ng_block(1, struct.pack(order + "HHI", 1, 0, 0) + struct.pack(order + "HH", 1, 200) + b"junk", order)
+        if kind == "tsresol":
+            return ng_idb(1, order, tsresol=19)
+        if kind == "tsoffset":
+            return ng_idb(1, order, tsoffset=1 << 40)
+        return ng_idb(1 + i % 3, order, tsresol=6 + 3 * (i % 2), tsoffset=i - 2, snaplen=i,
+                      other=[(2, b"if%d" % i), (8, struct.pack(order + "Q", i)), (19372, b"x" * 4), (4, bytes(8))])
+
+    def error_of(block):
+        with pytest.raises(pcap.PcapError) as ei:
+            read_all(ng_shb(order) + block)
+        return str(ei.value).rsplit(" (at file offset", 1)[0], ei.value.offset - len(ng_shb(order))
+
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        kinds = [str(k) for k in rng.choice(["good"] * 6 + ["short", "past", "tsresol", "tsoffset"], 8)]
+        blocks = [idb(k, i) for i, k in enumerate(kinds)]
+        data = ng_shb(order) + b"".join(blocks) + ng_epb(0, 1, ETH + IP, order)
+        first = next((i for i, k in enumerate(kinds) if k != "good"), None)
+        want = [read_all(ng_shb(order) + b)[0].interfaces[0] for b in blocks[:first]]
+        with pcap.PcapReader(io.BytesIO(data)) as r:
+            if first is None:
+                list(r)
+                assert r.interfaces == want
+                continue
+            with pytest.raises(pcap.PcapError) as ei:
+                list(r)
+        assert r.interfaces == want
+        what, at = error_of(blocks[first])
+        assert str(ei.value).rsplit(" (at file offset", 1)[0] == what
+        assert ei.value.offset == len(ng_shb(order) + b"".join(blocks[:first])) + at
+
+
 @pytest.mark.parametrize("kind", ["epb", "idb"])
 def test_many_options_cost_little_memory_and_few_calls_each(kind):
     # Found by fuzzing: 12 MiB of empty options in 48 EPBs took 2.5 s and a peak of some 400 MiB
