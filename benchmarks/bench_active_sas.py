@@ -25,7 +25,8 @@ import numpy as np
 
 from natt import DecapResult, PacketBatch, Status
 from natt._bench import Workload, build_workload
-from natt.cli import at_least
+
+from ._args import add_workload
 
 SUITE = "aes128gcm16"
 
@@ -75,14 +76,10 @@ def _counts(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_active_sas", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sas", type=at_least(1), default=100_000, help="inbound SAs installed (default 100000)")
+    add_workload(ap, sas=True, reps=7)
     ap.add_argument("--active", type=_counts, default=[1, 64, 1000, 4000, 100_000],
                     help="comma-separated counts of SAs the packets pick from, each at most --sas "
                          "(default 1,64,1000,4000,100000)")
-    ap.add_argument("--size", type=at_least(28, 65000), default=64,
-                    help="inner packet size in octets, 28..65000 (default 64)")
-    ap.add_argument("--packets", type=at_least(1), default=100_000, help="packets per batch (default 100000)")
-    ap.add_argument("--reps", type=at_least(1), default=7, help="interleaved repetitions (default 7)")
     args = ap.parse_args(argv)
     if max(args.active) > args.sas:
         ap.error(f"--active: {max(args.active)} is more than --sas {args.sas}")

@@ -24,7 +24,8 @@ import numpy as np
 
 from natt import DecapResult, Status
 from natt._bench import build_workload
-from natt.cli import at_least
+
+from ._args import add_workload
 
 SUITE = "aes128gcm16"
 
@@ -65,14 +66,10 @@ def _windows(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_replay_window", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sas", type=at_least(1), default=100_000, help="inbound SAs installed (default 100000)")
+    add_workload(ap, sas=True, reps=5)
     ap.add_argument("--windows", type=_windows, default=[0, 64, 128, 1024, 65536],
                     help="comma-separated replay windows, 0 (off) or 32..65536; the first is the "
                          "baseline of the last column (default 0,64,128,1024,65536)")
-    ap.add_argument("--size", type=at_least(28, 65000), default=64,
-                    help="inner packet size in octets, 28..65000 (default 64)")
-    ap.add_argument("--packets", type=at_least(1), default=100_000, help="packets per batch (default 100000)")
-    ap.add_argument("--reps", type=at_least(1), default=5, help="interleaved repetitions (default 5)")
     args = ap.parse_args(argv)
     print(f"AES-128-GCM decap, {args.size}-octet inner packets, batches of {args.packets} over "
           f"{args.sas} SAs, {args.reps} interleaved repetitions (SAs reinstalled before each)", flush=True)

@@ -30,6 +30,9 @@ import numpy as np
 from natt import DecapResult, Status
 from natt._bench import EvpLoop, build_workload
 from natt._suites import parse_suite
+from natt.cli import at_least
+
+from ._args import add_workload
 
 SUITE = "aes128gcm16"
 LOW_CEILING = 1.6     # rounds whose ceiling is below this are reported apart
@@ -93,18 +96,10 @@ def summary(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_threads", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=64, help="inner packet size in octets, 28..65000 (default 64)")
-    ap.add_argument("--packets", type=int, default=100_000, help="packets per batch (default 100000)")
-    ap.add_argument("--threads", type=int, default=2, help="N of threads=N, 2..64 (default 2)")
-    ap.add_argument("--rounds", type=int, default=30, help="paired rounds (default 30)")
+    add_workload(ap)
+    ap.add_argument("--threads", type=at_least(2, 64), default=2, help="N of threads=N, 2..64 (default 2)")
+    ap.add_argument("--rounds", type=at_least(1), default=30, help="paired rounds (default 30)")
     args = ap.parse_args(argv)
-    for name in ("packets", "rounds"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name}: must be 1 or more")
-    if not 28 <= args.size <= 65000:
-        ap.error(f"--size: expected 28 to 65000 octets, got {args.size}")
-    if not 2 <= args.threads <= 64:
-        ap.error(f"--threads: expected 2 to 64, got {args.threads}")
     print(f"AES-128-GCM decap, {args.size}-octet inner packets, batches of {args.packets}, "
           f"threads={args.threads} against threads=None, {args.rounds} paired rounds", flush=True)
     print(f"{'round':>5} {'serial ns/pkt':>14} {'natt speed-up':>14} {'ceiling':>8} {'natt / ceiling':>15}")
