@@ -574,7 +574,6 @@ _TSOFFSET_MAX = _NS_MAX // 1_000_000_000   # if_tsoffset seconds whose nanosecon
 _TSOFFSET_MIN = -_TSOFFSET_MAX             # (back to 1677-09-21)
 
 
-@functools.lru_cache(maxsize=64)
 @functools.lru_cache(maxsize=1024)    # a bisection of some 64 steps, once per chunk per interface
 def _last_tick(tsresol: int, tsoffset: int) -> int:
     """The last pcapng timestamp (ticks) of an interface whose time, ``if_tsoffset`` seconds
