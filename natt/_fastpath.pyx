@@ -1538,7 +1538,8 @@ cdef inline void natt_prefetch_lookup(const natt_sa *head, uint32_t spi, uint32_
     which is the head or, rarely (chains average 1.1 SAs, FastBackend._insert), the next one,
     and the next link the lookup will read; with ``replay``, the head's replay ring word for
     ``seql`` too (at 100 000 SAs, 64 octets, a window of 128 took 221 ns per packet without
-    it and 133 with it, against 124 for a window of 64: BENCHMARKS.md)."""
+    it and 133 with it, against 124 for a window of 64: benchmarks/HISTORY.md, "The
+    twenty-third session")."""
     if head.spi == spi or head.hnext == NULL:
         natt_prefetch_ctx(head)
         if replay:

@@ -429,7 +429,8 @@ def _walk(buf: np.ndarray, start: int, len_at: int, base: int, min_len: int, swa
     again), a complete record whose last 4 octets are not ``L`` stops it too, as
     ``(offsets, stop, True)``: that record is at ``stop`` and it is corrupt, not unread. The
     walk compares the trailer because it is at the block anyway: a separate numpy pass over
-    the blocks made reading 200 000 60-octet frames about 8 % slower (BENCHMARKS.md).
+    the blocks made reading 200 000 60-octet frames about 8 % slower (benchmarks/HISTORY.md,
+    "The twenty-first session").
 
     Each position depends on the length before it, so this step is sequential. Two things keep
     it fast in Python: one memoryview index per record, and runs of equal-length records
@@ -518,7 +519,8 @@ def _gather_words(buf: np.ndarray, pos: np.ndarray, words: int, big_endian: bool
     whose row ``p`` starts at octet ``p``: numpy copies each row as one run, where an (n, words)
     index array (made per alignment group) cost it an index per element. Reading pcapng headers
     (7 words) went from about 65 to 15 ns a block, a classic pcap's (4 words, records at two
-    alignments) from about 80 to 13 (BENCHMARKS.md, twenty-fifth session).
+    alignments) from about 80 to 13 (commit ``999c7d0``; whole reads: BENCHMARKS.md, "The
+    twenty-fifth session (28 November), later").
     """
     dt = np.dtype(">u4" if big_endian else "<u4")
     if pos.size == 0:
