@@ -530,8 +530,8 @@ cdef inline void natt_copy_ip_header(uint8_t *h, const uint8_t *p, int32_t ihl4,
 
     The checksum is summed from ``p`` and the new values, not read back from ``h``: a wide load
     of octets just written by narrower stores waits for them to reach the cache (a failed
-    store-to-load forward), and that read-back had 3.5 % of a 64-octet AES-GCM encap's ``perf``
-    samples on the one load (BENCHMARKS.md, "GCM encap vs decap")."""
+    store-to-load forward), and that read-back had 14.6 % of ``natt_encap_build``'s ``perf``
+    samples in 64-octet AES-GCM encaps, on the one load (BENCHMARKS.md, "GCM encap vs decap")."""
     cdef uint32_t s = 0
     cdef int32_t k
     for k in range(0, ihl4 - 1, 2):
@@ -1538,8 +1538,8 @@ cdef inline void natt_prefetch_lookup(const natt_sa *head, uint32_t spi, uint32_
     which is the head or, rarely (chains average 1.1 SAs, FastBackend._insert), the next one,
     and the next link the lookup will read; with ``replay``, the head's replay ring word for
     ``seql`` too (at 100 000 SAs, 64 octets, a window of 128 took 221 ns per packet without
-    it and 133 with it, against 124 for a window of 64: benchmarks/HISTORY.md, "The
-    twenty-third session")."""
+    it and 133 with it, against 119 for a window of 64 in the same run: benchmarks/HISTORY.md,
+    "The twenty-third session")."""
     if head.spi == spi or head.hnext == NULL:
         natt_prefetch_ctx(head)
         if replay:
