@@ -25,6 +25,7 @@ import numpy as np
 
 from natt import DecapResult, PacketBatch, Status
 from natt._bench import Workload, build_workload
+from natt.cli import run_script, say
 
 from ._args import add_workload
 
@@ -83,14 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if max(args.active) > args.sas:
         ap.error(f"--active: {max(args.active)} is more than --sas {args.sas}")
-    print(f"AES-128-GCM decap, {args.size}-octet inner packets, batches of {args.packets}, "
-          f"{args.sas} SAs installed, {args.reps} interleaved repetitions", flush=True)
-    print(f"{'SAs the batch touches':>24} {'median ns/pkt':>14} {'min ns/pkt':>11} {'1 SA / this':>12}")
+    say(f"AES-128-GCM decap, {args.size}-octet inner packets, batches of {args.packets}, "
+        f"{args.sas} SAs installed, {args.reps} interleaved repetitions")
+    say(f"{'SAs the batch touches':>24} {'median ns/pkt':>14} {'min ns/pkt':>11} {'1 SA / this':>12}")
     for row in measure(args.sas, args.active, args.size, args.packets, args.reps):
         what = "1 (receiver with 1 SA)" if row["active"] == 0 else str(row["active"])
-        print(f"{what:>24} {row['median_ns']:14.0f} {row['min_ns']:11.0f} {row['ratio']:12.2f}")
+        say(f"{what:>24} {row['median_ns']:14.0f} {row['min_ns']:11.0f} {row['ratio']:12.2f}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

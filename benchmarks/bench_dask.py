@@ -36,7 +36,7 @@ import numpy as np
 import natt
 from natt import keys as keyfile
 from natt import pcap, traffic
-from natt.cli import CaptureStats, at_least, decap_capture
+from natt.cli import CaptureStats, at_least, decap_capture, run_script, say
 
 SUITES = ("aes128gcm16", "aes256-sha256", "chacha20poly1305", "aes128-sha1")
 
@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         paths, specs = make_captures(os.path.join(tmp), args.packets, args.files, args.sas)
         total = sum(os.path.getsize(p) for p in paths)
-        print(f"capture set: {args.files} files, {args.packets} packets, {total / 1e6:.1f} MB, "
-              f"{args.sas} SAs (built in {time.perf_counter() - t0:.1f} s); chunk {args.chunk_size} octets; "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
+        say(f"capture set: {args.files} files, {args.packets} packets, {total / 1e6:.1f} MB, "
+            f"{args.sas} SAs (built in {time.perf_counter() - t0:.1f} s); chunk {args.chunk_size} octets; "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         single, single_cpu = single_process(paths, specs, os.path.join(tmp, "single"), args.backend)
         runs = [dask_run(paths, specs, os.path.join(tmp, f"dask{w}"), w, args.chunk_size, args.backend)
                 for w in (1, 2)]
@@ -166,17 +166,17 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"output {name} of dask-{r['workers']} differs from the single-process output",
                           file=sys.stderr)
                     return 1
-        print(f"{'run':<8} {'wall s':>8} {'MB/s':>8} {'CPU s':>8} {'ranges':>7} {'tasks':>6} "
-              f"{'overhead/range ms':>18} {'tasks in flight':>16}")
-        print(f"{'single':<8} {single:8.2f} {total / 1e6 / single:8.1f} {single_cpu:8.2f}")
+        say(f"{'run':<8} {'wall s':>8} {'MB/s':>8} {'CPU s':>8} {'ranges':>7} {'tasks':>6} "
+            f"{'overhead/range ms':>18} {'tasks in flight':>16}")
+        say(f"{'single':<8} {single:8.2f} {total / 1e6 / single:8.1f} {single_cpu:8.2f}")
         for r in runs:
-            print(f"dask-{r['workers']:<3} {r['wall_s']:8.2f} {total / 1e6 / r['wall_s']:8.1f} {r['cpu_s']:8.2f} "
-                  f"{r['ranges']:7d} {r['tasks']:6d} {r['overhead_per_range_ms']:18.1f} {r['concurrency']:16.2f}")
+            say(f"dask-{r['workers']:<3} {r['wall_s']:8.2f} {total / 1e6 / r['wall_s']:8.1f} {r['cpu_s']:8.2f} "
+                f"{r['ranges']:7d} {r['tasks']:6d} {r['overhead_per_range_ms']:18.1f} {r['concurrency']:16.2f}")
         ratio = runs[0]["wall_s"] / runs[1]["wall_s"]
-        print(f"speed-up of 2 workers over 1: {ratio:.2f}x; load average now {os.getloadavg()[0]:.1f}")
+        say(f"speed-up of 2 workers over 1: {ratio:.2f}x; load average now {os.getloadavg()[0]:.1f}")
         for r in runs:
-            print(f"  dask-{r['workers']} task compute seconds by stage: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["compute_s"].items(), key=lambda kv: -kv[1])))
+            say(f"  dask-{r['workers']} task compute seconds by stage: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["compute_s"].items(), key=lambda kv: -kv[1])))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"packets": args.packets, "files": args.files, "sas": args.sas, "octets": total,
@@ -190,4 +190,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -17,7 +17,7 @@ import os
 import time
 
 import natt
-from natt.cli import at_least
+from natt.cli import at_least, run_script, say
 
 _INNER = bytes.fromhex("4500001c000100004011000a0a0000010a000002") + bytes(8)
 _KW = dict(src="198.51.100.2", dst="203.0.113.5")
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     key = bytes(range(20))
     nic = natt.Offload(backend=args.backend)
-    print(f"baseline: {rss_mb():.1f} MB")
+    say(f"baseline: {rss_mb():.1f} MB")
     step, t0, done = 100_000, time.time(), 0
     while done < args.cycles:
         n = min(step, args.cycles - done)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         del hs
         gc.collect()
         done += n
-        print(f"SA add/delete: {done:>9,} cycles  RSS {rss_mb():7.1f} MB  {time.time() - t0:6.1f} s", flush=True)
+        say(f"SA add/delete: {done:>9,} cycles  RSS {rss_mb():7.1f} MB  {time.time() - t0:6.1f} s")
 
     tx = nic.add_sa(1, key, "aes128gcm16", "out", **_KW)
     nic.add_sa(1, key, "aes128gcm16", "in", replay_window=0, **_KW)
@@ -62,15 +62,15 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("steady decap: a packet did not decap OK")
         sent += len(batch)
         if sent % 2_000_000 < len(batch) or sent >= args.packets:
-            print(f"decap: {sent:>11,} packets  RSS {rss_mb():7.1f} MB (start {start:.1f} MB)  "
-                  f"{time.time() - t0:6.1f} s", flush=True)
+            say(f"decap: {sent:>11,} packets  RSS {rss_mb():7.1f} MB (start {start:.1f} MB)  "
+                f"{time.time() - t0:6.1f} s")
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        print(f"after malloc_trim: {rss_mb():.1f} MB")
+        say(f"after malloc_trim: {rss_mb():.1f} MB")
     except OSError:
         pass
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from natt import pcap
-from natt.cli import at_least
+from natt.cli import at_least, run_script, say
 
 
 def make_capture(path: str, n: int, size: int, fmt: str, mixed: bool) -> None:
@@ -84,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
             med = statistics.median(times)
             what = f"{args.size}..1514 (mixed)" if args.mixed else str(args.size)
-            print(f"{fmt:7s} {args.records} records of {what} octets: "
-                  f"{args.records / med / 1e6:6.2f} M records/s  {nbytes / med / 1e6:7.1f} MB/s  "
-                  f"(median of {args.reps}; min {min(times):.3f} s, max {max(times):.3f} s; "
-                  f"CPU {args.records / statistics.median(cpu) / 1e6:.2f} M records/s)")
+            say(f"{fmt:7s} {args.records} records of {what} octets: "
+                f"{args.records / med / 1e6:6.2f} M records/s  {nbytes / med / 1e6:7.1f} MB/s  "
+                f"(median of {args.reps}; min {min(times):.3f} s, max {max(times):.3f} s; "
+                f"CPU {args.records / statistics.median(cpu) / 1e6:.2f} M records/s)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -24,6 +24,7 @@ import numpy as np
 
 from natt import DecapResult, Status
 from natt._bench import build_workload
+from natt.cli import run_script, say
 
 from ._args import add_workload
 
@@ -71,14 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="comma-separated replay windows, 0 (off) or 32..65536; the first is the "
                          "baseline of the last column (default 0,64,128,1024,65536)")
     args = ap.parse_args(argv)
-    print(f"AES-128-GCM decap, {args.size}-octet inner packets, batches of {args.packets} over "
-          f"{args.sas} SAs, {args.reps} interleaved repetitions (SAs reinstalled before each)", flush=True)
-    print(f"{'replay window':>14} {'median ns/pkt':>14} {'min ns/pkt':>11} {'first / this':>13}")
+    say(f"AES-128-GCM decap, {args.size}-octet inner packets, batches of {args.packets} over "
+        f"{args.sas} SAs, {args.reps} interleaved repetitions (SAs reinstalled before each)")
+    say(f"{'replay window':>14} {'median ns/pkt':>14} {'min ns/pkt':>11} {'first / this':>13}")
     for row in measure(args.sas, args.windows, args.size, args.packets, args.reps):
         what = "0 (off)" if row["window"] == 0 else str(row["window"])
-        print(f"{what:>14} {row['median_ns']:14.0f} {row['min_ns']:11.0f} {row['ratio']:13.2f}")
+        say(f"{what:>14} {row['median_ns']:14.0f} {row['min_ns']:11.0f} {row['ratio']:13.2f}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -30,7 +30,7 @@ import numpy as np
 from natt import DecapResult, Status
 from natt._bench import EvpLoop, build_workload
 from natt._suites import parse_suite
-from natt.cli import at_least
+from natt.cli import at_least, run_script, say
 
 from ._args import add_workload
 
@@ -100,21 +100,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=at_least(2, 64), default=2, help="N of threads=N, 2..64 (default 2)")
     ap.add_argument("--rounds", type=at_least(1), default=30, help="paired rounds (default 30)")
     args = ap.parse_args(argv)
-    print(f"AES-128-GCM decap, {args.size}-octet inner packets, batches of {args.packets}, "
-          f"threads={args.threads} against threads=None, {args.rounds} paired rounds", flush=True)
-    print(f"{'round':>5} {'serial ns/pkt':>14} {'natt speed-up':>14} {'ceiling':>8} {'natt / ceiling':>15}")
+    say(f"AES-128-GCM decap, {args.size}-octet inner packets, batches of {args.packets}, "
+        f"threads={args.threads} against threads=None, {args.rounds} paired rounds")
+    say(f"{'round':>5} {'serial ns/pkt':>14} {'natt speed-up':>14} {'ceiling':>8} {'natt / ceiling':>15}")
 
     def show(k: int, r: dict[str, float]) -> None:
-        print(f"{k:5d} {r['serial_ns']:14.0f} {r['natt']:14.2f} {r['ceiling']:8.2f} "
-              f"{r['natt'] / r['ceiling']:15.2f}", flush=True)
+        say(f"{k:5d} {r['serial_ns']:14.0f} {r['natt']:14.2f} {r['ceiling']:8.2f} "
+            f"{r['natt'] / r['ceiling']:15.2f}")
 
     rows = measure(args.size, args.packets, args.threads, args.rounds, show)
     for name, s in summary(rows).items():
         what = "all rounds" if name == "all" else f"rounds with a ceiling below {LOW_CEILING}"
-        print(f"median over {what} ({s['rounds']}): natt {s['natt']:.2f}, ceiling {s['ceiling']:.2f}, "
-              f"natt / ceiling {s['share']:.2f}")
+        say(f"median over {what} ({s['rounds']}): natt {s['natt']:.2f}, ceiling {s['ceiling']:.2f}, "
+            f"natt / ceiling {s['share']:.2f}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 
+from natt.cli import run_script, say
+
 CHILD = """
 import sys
 from natt import DecapResult, PacketBatch
@@ -84,9 +86,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"call_instructions: the child failed (exit {warm.returncode}):\n{warm.stderr[-2000:]}")
         base = instructions(0, args.statement, env)
         total = instructions(args.calls, args.statement, env)
-    print(f"{args.statement}: {(total - base) / args.calls:.0f} instructions per execution "
-          f"({args.calls} executions; an empty statement counts about 400, the loop's own)")
+    say(f"{args.statement}: {(total - base) / args.calls:.0f} instructions per execution "
+        f"({args.calls} executions; an empty statement counts about 400, the loop's own)")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

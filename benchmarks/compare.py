@@ -8,6 +8,7 @@ point. See BENCHMARKS.md for what it measures and the figures.
 import sys
 
 from natt._bench import main
+from natt.cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], prog="python -m benchmarks.compare"))
+    run_script(lambda: main(sys.argv[1:], prog="python -m benchmarks.compare"))

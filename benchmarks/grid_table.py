@@ -15,6 +15,8 @@ import json
 import sys
 from typing import Any
 
+from natt.cli import run_script, say
+
 
 def rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per benchmark: its test parameters and per-packet min/median in ns."""
@@ -56,9 +58,9 @@ def main(argv: list[str]) -> int:
         parser.error(f"{args.json}: not JSON ({e})")
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
         parser.error(f"{args.json}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
-    print(markdown(doc))
+    say(markdown(doc))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_script(lambda: main(sys.argv[1:]))

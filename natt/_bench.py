@@ -1411,7 +1411,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
                      f"a smaller --batch or --sizes")
 
     def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        say(msg, file=sys.stderr)     # 2>&1 | head -1: the progress's reader leaving costs the run nothing
 
     try:
         result = run(cfg, log)

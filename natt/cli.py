@@ -39,7 +39,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, BinaryIO, Optional, TextIO
+from typing import Any, BinaryIO, NoReturn, Optional, TextIO
 
 import numpy as np
 
@@ -413,6 +413,27 @@ def say(*lines: str, file: Optional[TextIO] = None, end: str = "\n") -> None:
         out.flush()     # here, not at exit: where the error can still be told from others
     except BrokenPipeError:
         reader_left(out)
+
+
+def flush_stdout() -> None:
+    """Write out what stdout still holds (argparse's --help, the last lines of a short run) now:
+    at exit, past every handler, a reader gone by then made that "Exception ignored ...
+    BrokenPipeError" and exit status 120 instead of the command's."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        reader_left(sys.stdout)
+
+
+def run_script(main: Callable[[], Optional[int]]) -> NoReturn:
+    """Exit with the status of ``main()`` (or of its SystemExit: argparse's --help and usage
+    errors), for a script outside the ``natt`` command whose text goes through :func:`say`, as
+    the checkout's benchmarks: a reader that leaves early (``| head -1``) costs it nothing
+    either."""
+    try:
+        sys.exit(main())
+    finally:
+        flush_stdout()
 
 
 def _stream_reader_gone(stream: TextIO) -> bool:
@@ -1710,13 +1731,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``natt`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     _fill_closed_std_streams()
     status = _run(argv)
-    # Text still in stdout's buffer (argparse's --help, whatever a short run printed) would be
-    # written at exit, past every handler: a reader gone by then made that "Exception ignored
-    # ... BrokenPipeError" and exit status 120 instead of the command's.
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        reader_left(sys.stdout)
+    flush_stdout()
     return status
 
 

@@ -1967,15 +1967,17 @@ def test_sigterm_and_sighup_end_a_run_like_ctrl_c(sig, scenario, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fifo.name, out.name, cap.name, keyfile.name])
 
 
-def _with_stdout_unread(argv, buffered, **kwargs):
+def _with_stdout_unread(argv, buffered, *, stderr_too=False, env=None, **kwargs):
     """Run ``argv`` with a standard output nothing reads (``| head -1`` that has already left),
-    stdout block-buffered (Python's default on a pipe) or unbuffered (``python -u``)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    stdout block-buffered (Python's default on a pipe) or unbuffered (``python -u``); with
+    ``stderr_too``, stderr goes there as well (``2>&1 | head -1``)."""
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTHONUNBUFFERED"}
     env.update(PYTHONWARNINGS="ignore", **({} if buffered else {"PYTHONUNBUFFERED": "1"}))
     r, w = os.pipe()
     os.close(r)
     try:
-        return subprocess.run(argv, stdout=w, stderr=subprocess.PIPE, env=env, timeout=300, **kwargs)
+        return subprocess.run(argv, stdout=w, stderr=w if stderr_too else subprocess.PIPE, env=env, timeout=300,
+                              **kwargs)
     finally:
         os.close(w)
 
@@ -2010,6 +2012,42 @@ def test_a_reader_of_text_that_leaves_early_changes_no_exit_status(buffered, sce
         assert done.returncode == status, (argv, done.stderr)
         assert done.stderr == (b"natt explain: HEX: 'z' at position 1 is not a hex digit (give the IPv4 packet in "
                                b"hex, starting at the IP header)\n" if status else b""), argv
+
+
+_CHECKOUT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("bench_pcap", ["--records", "100", "--reps", "1"]),
+    ("bench_active_sas", ["--sas", "10", "--active", "1,5", "--packets", "100", "--reps", "1"]),
+    ("bench_replay_window", ["--sas", "10", "--windows", "0,64", "--packets", "100", "--reps", "1"]),
+    ("bench_threads", ["--packets", "100", "--rounds", "1"]),
+    ("bench_memory", ["--cycles", "10", "--packets", "1"]),
+    ("bench_dask", ["--packets", "100", "--files", "1", "--sas", "1"]),
+    ("grid_table", ["GRID.json"]),
+    ("compare", ["--quick", "--batch", "100", "--sas", "10", "--reps", "1", "--sizes", "64", "--calls", "10",
+                 "--scapy-packets", "0"]),
+    ("call_instructions", ["--help"]),    # a run takes valgrind minutes
+])
+def test_the_benchmark_scripts_take_a_reader_that_leaves_early_as_natt_does(script, argv, tmp_path):
+    """python benchmarks/bench_pcap.py | head -1 (and every other script of benchmarks/): a
+    BrokenPipeError traceback and exit status 1, or 120 with "Exception ignored" for a --help
+    still in stdout's buffer at exit. As natt's own commands (say()): nothing said, the run's
+    own status."""
+    (tmp_path / "GRID.json").write_text('{"benchmarks": []}')
+    # The child imports what this process does (the natt under test), and benchmarks/ from the checkout.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([p for p in sys.path if p] + [str(_CHECKOUT)]))
+    cmd = [sys.executable, "-m", f"benchmarks.{script}"]
+    for args in ([argv] if argv == ["--help"] else [argv, ["--help"]]):
+        for buffered in (True, False):
+            done = _with_stdout_unread(cmd + args, buffered, env=env, cwd=tmp_path)
+            err = done.stderr.decode()
+            assert done.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err, (args, buffered, err)
+            assert err == "" or script == "compare" and args == argv, err     # compare's progress goes to stderr
+    if script == "compare":
+        # 2>&1 | head -1: the progress on stderr loses its reader too.
+        done = _with_stdout_unread(cmd + argv, True, stderr_too=True, env=env, cwd=tmp_path)
+        assert done.returncode == 0
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "PYTHONUNBUFFERED"])
