@@ -1266,13 +1266,40 @@ _HEXDUMP_C_LINE = re.compile(r"([0-9a-fA-F]{8})  ((?:[0-9a-fA-F]{2} ){0,7}[0-9a-
                              r"(?:  ((?:[0-9a-fA-F]{2} ){0,7}[0-9a-fA-F]{2}))? +\|.*\|")
 
 
+# od -tx1 (coreutils): an offset of 6 digits (hex, -Ax) or 7 (octal, od's default, or decimal,
+# -Ad), each octet after one space, perhaps their text in >...< (-tx1z). A line "*" stands for
+# lines the same as the one before, up to the next offset (unless -v), and the last line is the
+# length alone. Only one space after the offset: no other dump's line is one.
+_OD_LINE = re.compile(r"([0-9a-fA-F]{6,7})((?: [0-9a-fA-F]{2})*)(?:  +>.*<)?")
+# od -An -tx1: the same without offsets.
+_OD_AN_LINE = re.compile(r"((?: [0-9a-fA-F]{2})+)(?:  +>.*<)?")
+# The first line of od -x (-tx2) and of hexdump with no options or -x: 2-octet words, in the
+# host's byte order.
+_OD_WORDS_LINE = re.compile(r"0{6,7}(?: +[0-9a-fA-F]{4})+(?:  +>.*<)?")
+
+
 def hex_dump(text: str) -> Optional[tuple[bytes, bool]]:
     """The octets of the first hex dump in ``text`` (tshark -x, tcpdump -x/-xx/-X, xxd,
-    hexdump -C, as piped or pasted; lines before it, such as tcpdump's summary line, are
+    hexdump -C, od -tx1, as piped or pasted; lines before it, such as tcpdump's summary line, are
     skipped), and whether another dump follows it (another frame, or tshark's decrypted data);
     None if ``text`` holds none. A dump is a run of lines of :data:`_HEXDUMP_C_LINE` or
-    :data:`_DUMP_LINE` whose offsets are 0 and then the octets so far: a packet pasted as plain
-    hex, whatever its spacing, starts with no such line."""
+    :data:`_DUMP_LINE` (or :data:`_OD_LINE`) whose offsets are 0 and then the octets so far: a
+    packet pasted as plain hex, whatever its spacing, starts with no such line. od -An's dump
+    (:data:`_OD_AN_LINE`), which has no offsets, must be all of ``text``."""
+    found = _offset_dump(text)
+    if found is None:
+        found = _od_dump(text)
+    if found is None:
+        found = _od_dump_without_offsets(text)
+    if found is None and any(_OD_WORDS_LINE.fullmatch(line.rstrip()) for line in text.splitlines()):
+        # As plain hex, each pair of octets would be read the wrong way round on a little-endian host.
+        raise CliError("HEX: a dump in 2-octet words (od -x, hexdump), their octets in the host's byte order: "
+                       "give od -tx1 or hexdump -C")
+    return found
+
+
+def _offset_dump(text: str) -> Optional[tuple[bytes, bool]]:
+    """:func:`hex_dump` of tshark -x, tcpdump, xxd and hexdump -C dumps."""
     def offset(line: str) -> tuple[int, str]:
         # hexdump -C's first: _DUMP_LINE would take its first eight octets and the rest as text.
         m = _HEXDUMP_C_LINE.fullmatch(line.rstrip())
@@ -1298,6 +1325,82 @@ def hex_dump(text: str) -> Optional[tuple[bytes, bool]]:
             return bytes(octets), any(o == 0 for o, _ in lines[i:])
         octets += bytes.fromhex(digits.replace(" ", ""))
     return bytes(octets), False
+
+
+def _od_dump(text: str) -> Optional[tuple[bytes, bool]]:
+    """:func:`hex_dump` of od -tx1 with offsets (:data:`_OD_LINE`)."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    first = next((i for i, line in enumerate(lines)
+                  if (m := _OD_LINE.fullmatch(line)) and m.group(2) and int(m.group(1), 16) == 0), None)
+    if first is None:
+        return None
+    # Seven digits are octal (od's default) or decimal (-Ad): the radix in which the offsets
+    # count the octets.
+    radixes = (16,) if len(lines[first]) > 6 and lines[first][6] == " " else (8, 10)
+    for radix in radixes:
+        found = _od_octets(lines, first, radix, strict=False)
+        if found is not None:
+            return found
+    return _od_octets(lines, first, radixes[0], strict=True)
+
+
+def _od_octets(lines: list[str], first: int, radix: int, strict: bool) -> Optional[tuple[bytes, bool]]:
+    """The octets of the od dump at ``lines[first]``, its offsets in ``radix``, and whether
+    another follows it; None (or, ``strict``, a CliError) if its offsets do not count them."""
+    def offset(line: str) -> tuple[int, str]:
+        m = _OD_LINE.fullmatch(line)
+        try:
+            return (int(m.group(1), radix), m.group(2)) if m else (-1, "")
+        except ValueError:      # 8 or 9 in an octal offset
+            return -1, ""
+
+    def wrong(i: int) -> None:
+        if strict:
+            raise CliError(f"HEX: line {i + 1} of the od dump is at offset {lines[i].split()[0]}, but "
+                           f"{len(octets)} octets come before it: a line is missing or repeated")
+
+    octets = bytearray()
+    previous = b""
+    repeated = False
+    for i in range(first, len(lines) + 1):      # and past the end: a dump may end at its "*"
+        line = lines[i] if i < len(lines) else ""
+        if line == "*" and previous:
+            repeated = True
+            continue
+        o, digits = offset(line)
+        if repeated:
+            # The lines "*" left out: as many as the next offset says.
+            gap = o - len(octets)
+            if o < 0 or gap <= 0 or gap % len(previous):
+                if strict and o < 0:
+                    raise CliError(f"HEX: the od dump ends at its line {i} ('*', lines the same as the one before) "
+                                   "with no offset after it to say how many")
+                wrong(i)
+                return None
+            octets += previous * (gap // len(previous))
+            repeated = False
+        if o > 0 and o != len(octets):
+            wrong(i)
+            return None
+        if o != len(octets) or not digits:
+            # The dump ends at its length, a line of another (its offset 0 again) or of no dump.
+            rest = (offset(later) for later in lines[i + 1 if o == len(octets) else i:])
+            return bytes(octets), any(p == 0 and d for p, d in rest)
+        previous = bytes.fromhex(digits.replace(" ", ""))
+        octets += previous
+    return bytes(octets), False
+
+
+def _od_dump_without_offsets(text: str) -> Optional[tuple[bytes, bool]]:
+    """:func:`hex_dump` of od -An -tx1 (:data:`_OD_AN_LINE`); plain hex with a space before each
+    octet reads the same."""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    found = [_OD_AN_LINE.fullmatch(line) for line in lines]
+    if not lines or not all(m or line == "*" for m, line in zip(found, lines)):
+        return None
+    if "*" in lines:
+        raise CliError("HEX: od -An left out repeated lines ('*') and, with no offsets, how many: give od -v")
+    return b"".join(bytes.fromhex(m.group(1).replace(" ", "")) for m in found if m), False
 
 
 def _fits_ipv4(p: bytes) -> bool:
@@ -1658,10 +1761,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "print each step until the one that decides its status, with the reason. The verdict\n"
                     "is the reference data path's own; the SAs of KEYS are installed inbound.\n\n"
                     "HEX is plain hex (Wireshark's 'Copy as Hex Stream') or a hex dump as tshark -x,\n"
-                    "tcpdump -x, -xx or -X, xxd and hexdump -C print one (lines before it are skipped; of\n"
-                    "several dumps, the first is read). A dump of a whole frame is walked from its IPv4 header after an\n"
-                    "Ethernet, Linux cooked (SLL, SLL2: tcpdump -i any) or BSD loopback header; plain hex\n"
-                    "that starts with one gets a hint saying how many octets to leave out.",
+                    "tcpdump -x, -xx or -X, xxd, hexdump -C and od -tx1 (any -A; -tx1z) print one (lines\n"
+                    "before it are skipped; of several dumps, the first is read). A dump of a whole frame\n"
+                    "is walked from its IPv4 header after an Ethernet, Linux cooked (SLL, SLL2: tcpdump\n"
+                    "-i any) or BSD loopback header; plain hex that starts with one gets a hint saying how\n"
+                    "many octets to leave out.",
         epilog="examples:\n"
                "  natt explain 4500003c0001000040113... -k keys.json\n"
                "  # the IPv4 packet of frame 7 (index 6) of a capture:\n"

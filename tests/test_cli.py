@@ -1736,6 +1736,53 @@ def test_explain_reads_a_tshark_or_tcpdump_hex_dump(scenario, capsys, monkeypatc
                                      "line is missing or repeated\n")
 
 
+def _od(octets, *options):
+    """``octets`` as coreutils' od prints them with ``options``."""
+    return subprocess.run(["od", *options], input=octets, capture_output=True, check=True).stdout.decode()
+
+
+def test_explain_reads_an_od_dump_as_the_other_dumps(scenario, capsys, monkeypatch):
+    # od -Ax -tx1 | natt explain -: od's offset column (one space after it, where the other dumps
+    # have two or a colon) was read as the packet's first octets. od -tx1z's text, od -An's
+    # dump and the "*" od prints for repeated lines were not read at all.
+    _, keyfile, _, _, frames = scenario
+    frame = frames[0]
+    # Ethernet padding to a whole line: od leaves out lines of it as "*" (unless -v), up to its
+    # last line, the length.
+    padded = frame + bytes(80 + -len(frame) % 16)
+
+    def explain(text):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+        return run(["explain", "-", "-k", str(keyfile)], capsys)
+    for octets in (frame, frame[14:], padded):
+        want = explain(_xxd(octets))
+        assert want[0] == 0 and want[1].splitlines()[-1] == "=> OK (step 12)", want
+        for options in (["-Ax", "-tx1"], ["-tx1"], ["-Ad", "-tx1"], ["-Ax", "-tx1z"], ["-tx1z", "-v"],
+                        ["-An", "-tx1"], ["-An", "-tx1z", "-v"], ["-Ax", "-tx1", "-w8"], ["-tx1", "-w10"]):
+            dump = _od(octets, *options)
+            if octets is padded and "-An" in options:
+                continue                    # below: with no offsets, "*" cannot say how many
+            assert explain(dump) == want, (options, dump)
+    assert "\n*\n" in _od(padded, "-tx1")
+    # Two dumps: the first is explained, as of the other formats.
+    rc, out, err = explain(_od(frame, "-Ax", "-tx1") + _od(b"ab", "-Ax", "-tx1"))
+    assert (rc, out) == explain(_xxd(frame))[:2]
+    assert err == f"natt explain: note: HEX holds more than one hex dump; the first ({len(frame)} octets) is explained\n"
+    rc, out, err = explain(_od(padded, "-An", "-tx1"))
+    assert (rc, out, err) == (1, "", "natt explain: HEX: od -An left out repeated lines ('*') and, with no offsets, "
+                                     "how many: give od -v\n")
+    lines = _od(frame, "-tx1").splitlines(keepends=True)
+    rc, out, err = explain("".join(lines[:1] + lines[2:]))
+    assert (rc, out, err) == (1, "", "natt explain: HEX: line 2 of the od dump is at offset 0000040, but 16 octets "
+                                     "come before it: a line is missing or repeated\n")
+    rc, out, err = explain(_od(padded, "-Ax", "-tx1").rsplit("\n", 2)[0] + "\n")     # that last line lost
+    assert (rc, out) == (1, "") and err.startswith("natt explain: HEX: the od dump ends at its line ")
+    # 2-octet words are in the host's byte order: refused, not read as plain hex.
+    rc, out, err = explain(_od(frame, "-x"))
+    assert (rc, out, err) == (1, "", "natt explain: HEX: a dump in 2-octet words (od -x, hexdump), their octets in "
+                                     "the host's byte order: give od -tx1 or hexdump -C\n")
+
+
 def _one_frame_capture(frame, linktype):
     import io
     buf = io.BytesIO()
