@@ -1355,8 +1355,10 @@ def build_parser(prog: str = "natt bench") -> argparse.ArgumentParser:
                 ("--sizes 64 --reps 15", "only 64-octet packets, more repetitions"))) +
                "exit status: 0 ran (whether or not every target was met: the table says; without a\n"
                "C compiler or libcrypto headers the C loop's rows are skipped with a note), 1 a variant\n"
-               "that could not run (a failed decap, too little memory), 2 bad usage; the same when the\n"
-               "reader of the tables or of --json - stops early (| head -1).")
+               "that could not run (a failed decap, too little memory) or a --json that cannot be\n"
+               "written where it is (a directory, a missing or read-only directory: found before the\n"
+               "run), 2 bad usage; the same when the reader of the tables or of --json - stops early\n"
+               "(| head -1).")
     p.add_argument("--quick", action="store_true", help="CI-sized run: the smaller defaults below")
     p.add_argument("--batch", type=at_least(1, MAX_BATCH), metavar="N",
                    help=f"packets per batch, 1..{MAX_BATCH:,}, and at most {MAX_BATCH_OCTETS >> 20} MiB of "
@@ -1388,16 +1390,19 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "natt bench") -> int:
     """Entry point of ``natt bench`` and ``python -m benchmarks.compare``; returns the exit status.
 
     0: ran (whether or not every target was met; the table says), 1: the
-    backend or the workload could not run. Bad arguments exit through
-    argparse (status 2) as usual, as in every natt command.
+    backend or the workload could not run, or --json cannot be written. Bad
+    arguments exit through argparse (status 2) as usual, as in every natt
+    command.
     """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     to_stdout = args.json == "-"
     why = args.json and not to_stdout and destination_problem(args.json)
     if why:
-        # Found out after the run, this would lose every result.
-        parser.error(f"--json (--report) {args.json}: {why}")
+        # Found out after the run, this would lose every result. Status 1 as natt decap's
+        # --report: the file system's state, not the arguments, is what is wrong.
+        print(f"{prog}: --json (--report) {args.json}: {why}", file=sys.stderr)
+        return 1
     given = {k: v for k, v in (("batch", args.batch), ("many_sas", args.sas), ("reps", args.reps),
                                ("sizes", args.sizes), ("scapy_packets", args.scapy_packets),
                                ("single_calls", args.calls)) if v is not None}

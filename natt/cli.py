@@ -94,7 +94,7 @@ def destination_problem(path: str) -> Optional[str]:
         return "no such directory (a name ending in / names a directory)"
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        return f"directory {parent} does not exist"
+        return f"{parent} is not a directory" if os.path.exists(parent) else f"directory {parent} does not exist"
     if os.path.exists(path):
         return None if os.access(path, os.W_OK) else "not writable"
     return None if os.access(parent, os.W_OK | os.X_OK) else f"directory {parent} is not writable"
@@ -594,9 +594,17 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
     _check_report(args)
     # The outputs go into -o, one per input; finding out that it is a file would otherwise take
     # the cluster's start and a scan of every capture.
-    if args.output == "-" or (os.path.exists(args.output) and not os.path.isdir(args.output)):
-        raise UsageError(f"-o {args.output}: not a directory; with --dask/--workers, -o names the directory "
-                       f"that gets one output per input")
+    if args.output == "-":
+        raise UsageError("-o -: standard output cannot take one output per input; with --dask/--workers, -o "
+                         "names the directory that gets them")
+    found = os.path.abspath(args.output)
+    while not os.path.lexists(found) and found != os.path.dirname(found):
+        found = os.path.dirname(found)
+    if not os.path.isdir(found):
+        # As -o naming a directory without --dask: the file system's state, not the arguments.
+        where = "" if found == os.path.abspath(args.output) else f"{found} is "
+        raise CliError(f"-o {args.output}: {where}not a directory; with --dask/--workers, -o names the directory "
+                       "that gets one output per input")
     try:
         # Before the cluster starts, and in the command line's terms (decap_captures says out_dir).
         outputs = _outputs(args.input, args.output, what=("IN", "-o"), keys=None if args.keys == "-" else args.keys)
@@ -1010,12 +1018,20 @@ def _demo_specs(seed: int) -> list[keyfile.SaSpec]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import traffic
+    if args.out_dir == "-":
+        raise UsageError("--out-dir -: the demo writes four files, not standard output; name a directory")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise CliError(f"--out-dir {args.out_dir}: is a file, not a directory")
     try:
         os.makedirs(args.out_dir, exist_ok=True)
     except OSError as e:
         raise CliError(f"--out-dir {args.out_dir}: cannot make the directory: {e.strerror or e}") from None
+    # Before any is written: they are replaced as a set, which a directory in place of one of
+    # them broke halfway (demo-keys.json new, demo.esp_sa not), naming a temporary file.
+    for name in ("demo.pcap", "demo.esp_sa", "demo-keys.json", "demo-decap.pcap"):
+        why = destination_problem(os.path.join(args.out_dir, name))
+        if why:
+            raise CliError(f"cannot write {os.path.join(args.out_dir, name)}: {why}")
     specs = _demo_specs(args.seed)
     tx = _offload(args, len(specs))
     handles = _install(tx, specs, "out")
@@ -1669,10 +1685,14 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt decap capture.pcap -k keys.json -o only-decrypted.pcap --drop-undecrypted\n"
                "  natt decap day1.pcap day2.pcap -k keys.json -o clear/ --workers 2     # Dask\n"
                "exit status: 0 done (however many packets decrypted: the summary says), 1 unreadable\n"
-               "capture or keys, or an output that cannot be written (message on stderr), 2 bad usage,\n"
-               "130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the output as it was, no temporary file left),\n"
-               "141 the reader of OUT (- or a FIFO) left before its end (no message, no report). A\n"
-               "reader of the summary or of --report - that stops early (| head -1) changes nothing.")
+               "capture or keys, or an output the file system will not take: a directory (with\n"
+               "--dask/--workers, a file), a missing or read-only directory, a full disk (one line on\n"
+               "stderr naming it; OUT and the report as they were), 2 bad usage, and outputs that clash\n"
+               "with the other arguments whatever the files: --report naming IN, OUT or KEYS, OUT naming\n"
+               "KEYS (OUT may be IN), - for both; 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the output as it\n"
+               "was, no temporary file left), 141 the reader of OUT (- or a FIFO) left before its end\n"
+               "(no message, no report). A reader of the summary or of --report - that stops early\n"
+               "(| head -1) changes nothing.")
     d.add_argument("input", metavar="IN", nargs="+",
                    help="capture to read (pcap or pcapng; - reads standard input); several only with "
                         "--dask/--workers")
@@ -1713,9 +1733,11 @@ def build_parser() -> argparse.ArgumentParser:
                '    "direction": "out", "src": "198.51.100.2", "dst": "203.0.113.5",\n'
                '    "inner_src": "10.1.0.0/16"}]\n'
                "exit status: as natt decap's: 0 done (the summary counts what was sealed), 1 unreadable\n"
-               "capture or keys, or an output that cannot be written, 2 bad usage, 128 + the signal's\n"
-               "number when stopped, 141 the reader of OUT (- or a FIFO) left before its end. A reader\n"
-               "of the summary or of --report - that stops early (| head -1) changes nothing.")
+               "capture or keys, or an output the file system will not take (a directory, a missing or\n"
+               "read-only directory, a full disk), 2 bad usage, and outputs that clash with the other\n"
+               "arguments (--report naming IN, OUT or KEYS, OUT naming KEYS, - for both), 128 + the\n"
+               "signal's number when stopped, 141 the reader of OUT (- or a FIFO) left before its end. A\n"
+               "reader of the summary or of --report - that stops early (| head -1) changes nothing.")
     e.add_argument("input", metavar="IN", help="capture of inner packets (pcap or pcapng; - reads standard input)")
     e.add_argument("-k", "--keys", required=True, metavar="KEYS", action=_Once, help=_KEYS_HELP)
     e.add_argument("-o", "--output", required=True, metavar="OUT", type=_path, action=_Once,
@@ -1738,8 +1760,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  natt demo\n"
                "  natt demo --out-dir /tmp/natt-demo --packets 20000\n"
                "  natt decap /tmp/natt-demo/demo.pcap -k /tmp/natt-demo/demo.esp_sa -o /tmp/clear.pcap\n"
-               "exit status: 0 every demo packet decapsulated as expected, 1 otherwise or a file could\n"
-               "not be written, 2 bad usage; the same when the reader of what it prints stops early\n"
+               "exit status: 0 every demo packet decapsulated as expected, 1 otherwise or a file the\n"
+               "file system will not take (DIR a file, a directory in place of one of its four files,\n"
+               "a read-only place: found before any is written, and DIR's files as they were), 2 bad\n"
+               "usage (--out-dir -); the same when the reader of what it prints stops early\n"
                "(natt demo | head -1).")
     m.add_argument("--out-dir", default="natt-demo", metavar="DIR",
                    help="where to write the files, made with any missing parents (default ./natt-demo)")

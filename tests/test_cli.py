@@ -270,7 +270,7 @@ def test_a_bench_that_cannot_run_exits_1_as_every_command_does(failure, capsys, 
     monkeypatch.setattr(_bench, "run", fails)
     rc, out, err = run(["bench", "--quick"], capsys)
     assert rc == 1 and out == "" and err.startswith("natt bench: ") and err.count("\n") == 1
-    assert "1 a variant that could not run (a failed decap, too little memory), 2 bad usage;" in " ".join(
+    assert "1 a variant that could not run (a failed decap, too little memory) or a --json that" in " ".join(
         run(["bench", "--help"], capsys)[1].split())
 
 
@@ -1010,7 +1010,9 @@ def test_bench_refuses_an_unwritable_json_before_running(tmp_path, capsys, monke
     from natt import _bench
     monkeypatch.setattr(_bench, "run", lambda *a, **k: pytest.fail("benchmarked before checking --json"))
     rc, _, err = run(["bench", "--quick", "--json", str(tmp_path / "no" / "x.json")], capsys)
-    assert rc == 2 and "--json" in err and "does not exist" in err and "Traceback" not in err
+    # 1, as natt decap --report in a missing directory: the file system's state, not bad usage.
+    assert (rc, err) == (1, f"natt bench: --json (--report) {tmp_path / 'no' / 'x.json'}: directory "
+                            f"{tmp_path / 'no'} does not exist\n")
 
 
 @pytest.mark.parametrize("output", ["file", "stdout"])
@@ -1027,15 +1029,20 @@ def test_dask_refuses_an_output_that_is_a_file_before_starting_a_cluster(output,
         out.write_bytes(b"not a directory")
     rc, _, err = run(["decap", str(cap), str(other), "-k", str(keyfile), "-o", str(out), "--workers", "1"] + BACKEND,
                      capsys)
-    assert rc == 2 and f"\nnatt decap: error: -o {out}: not a directory" in err and err.startswith("usage: ")
     if output == "file":
+        # 1, as -o naming a directory without --dask: the file system's state, not bad usage.
+        assert (rc, err) == (1, f"natt decap: -o {out}: not a directory; with --dask/--workers, -o names the "
+                                "directory that gets one output per input\n")
         assert out.read_bytes() == b"not a directory"
-        # -o in a directory that is a file: natt.dask's check, in the command line's terms.
+        # -o in a directory that is a file.
         rc, _, err = run(["decap", str(cap), str(other), "-k", str(keyfile), "-o", str(out / "sub"),
                           "--workers", "1"] + BACKEND, capsys)
-        assert rc == 2 and err.endswith(f"\nnatt decap: error: -o: {out} is not a directory ({out / 'sub'} would be "
-                                        f"in it)\n"), err
+        assert (rc, err) == (1, f"natt decap: -o {out / 'sub'}: {out} is not a directory; with --dask/--workers, "
+                                "-o names the directory that gets one output per input\n")
     else:
+        assert rc == 2 and err.startswith("usage: ") and err.endswith(
+            "\nnatt decap: error: -o -: standard output cannot take one output per input; with --dask/--workers, "
+            "-o names the directory that gets them\n")
         assert not (tmp_path / "-").exists()
 
 
@@ -2606,3 +2613,84 @@ def test_a_reader_that_goes_away_before_help_or_version_is_no_traceback(argv, un
     # The status the command would have had (cli.say: a reader of text may stop early).
     assert proc.wait(60) == 0
     assert err == ""
+
+
+# Where a file cannot be made whoever runs the tests (root may write in a 0500 directory).
+_UNWRITABLE = "/proc/natt-test.out"
+
+
+def _tree(top):
+    """Every path under ``top`` with its contents (None for a directory)."""
+    return {p: None if p.is_dir() else p.read_bytes() for p in sorted(top.rglob("*"))}
+
+
+@pytest.mark.parametrize("command", ["decap", "encap"])
+@pytest.mark.parametrize("option", ["-o", "--report"])
+@pytest.mark.parametrize("case", ["a directory", "in a missing directory", "under a file", "not writable",
+                                  "a full disk", "IN", "IN, a symbolic link", "IN, a hard link", "KEYS",
+                                  "KEYS, a symbolic link", "KEYS, a hard link", "-"])
+def test_an_output_path_problem_exits_as_the_help_says(command, option, case, scenario, tmp_path, capsys,
+                                                       monkeypatch):
+    # --help's rule: 1 for an output the file system will not take (one line naming it, OUT and
+    # the report as they were), 2 for outputs that clash with the other arguments; OUT may be IN.
+    cap, keyfile, _, _, frames = scenario
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_bytes(b"a file")
+    for name, target in [("in-sym.pcap", cap), ("keys-sym.json", keyfile)]:
+        (tmp_path / name).symlink_to(target.name)
+    os.link(cap, tmp_path / "in-hard.pcap")
+    os.link(keyfile, tmp_path / "keys-hard.json")
+    path = {"a directory": "adir", "in a missing directory": "nodir/out", "under a file": "afile/out",
+            "not writable": _UNWRITABLE, "a full disk": "/dev/full", "IN": "in.pcap",
+            "IN, a symbolic link": "in-sym.pcap", "IN, a hard link": "in-hard.pcap", "KEYS": "keys.json",
+            "KEYS, a symbolic link": "keys-sym.json", "KEYS, a hard link": "keys-hard.json", "-": "-"}[case]
+    status = (0 if case == "-" or case.startswith("IN") and option == "-o"
+              else 2 if case.startswith(("IN", "KEYS")) else 1)
+    before = _tree(tmp_path)
+    argv = [command, "in.pcap", "-k", "keys.json", option, path] + (["-o", "out.pcap"] if option == "--report" else [])
+    if case == "-":
+        # A capture on stdout is binary, which capsys cannot take.
+        done = subprocess.run([sys.executable, "-m", "natt"] + argv + BACKEND, cwd=tmp_path, capture_output=True,
+                              timeout=120)
+        rc, out, err = done.returncode, done.stdout, done.stderr.decode()
+    else:
+        rc, out, err = run(argv + BACKEND, capsys)
+    assert rc == status, err
+    assert "Traceback" not in err
+    if status == 1:
+        assert err.count("\n") == 1 and err.startswith(f"natt {command}: ") and path in err, err
+        # Not "directory .../afile does not exist": it does, as a file.
+        assert ("afile is not a directory" in err) == (case == "under a file"), err
+    elif status == 2:
+        assert err.startswith(f"usage: natt {command} ") and f"\nnatt {command}: error: {option} {path}: " in err, err
+    if status:
+        assert _tree(tmp_path) == before           # nothing written, nothing left half-written
+        return
+    written = tmp_path / ("out.pcap" if option == "--report" else path)
+    if case == "-":
+        assert json.loads(out)["command"] == command if option == "--report" else out.startswith(cap.read_bytes()[:4])
+    # -o IN: IN read to its end, then replaced by the whole output.
+    assert len(pcap.read_frames(io.BytesIO(out) if option == "-o" and case == "-" else written)) == len(frames)
+    assert (tmp_path / "keys.json").read_bytes() == before[tmp_path / "keys.json"]
+
+
+@pytest.mark.parametrize("argv, status, says", [
+    (["--out-dir", "afile"], 1, "natt demo: --out-dir afile: is a file, not a directory\n"),
+    (["--out-dir", "afile/d"], 1, "natt demo: --out-dir afile/d: cannot make the directory: Not a directory\n"),
+    (["--out-dir", "adir"], 1, "natt demo: cannot write adir/demo.esp_sa: is a directory\n"),
+    (["--out-dir", _UNWRITABLE], 1, f"natt demo: --out-dir {_UNWRITABLE}: cannot make the directory: "),
+    (["--out-dir", "-"], 2, "natt demo: error: --out-dir -: the demo writes four files, not standard output; name a "
+                            "directory\n"),
+])
+def test_a_demo_directory_problem_exits_as_the_help_says(argv, status, says, tmp_path, capsys, monkeypatch):
+    # A directory in place of demo.esp_sa: the run wrote demo-keys.json, not demo.esp_sa nor
+    # demo.pcap, and named a temporary file ("Is a directory: .../.demo.esp_sa.x1y2.part").
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_bytes(b"a file")
+    (tmp_path / "adir" / "demo.esp_sa").mkdir(parents=True)
+    before = _tree(tmp_path)
+    rc, _, err = run(["demo", "--packets", "10"] + argv + BACKEND, capsys)
+    assert rc == status and (err.startswith(says) if status == 1 else err.endswith(says)), err
+    assert err.count("\n") == 1 if status == 1 else err.startswith("usage: natt demo ")
+    assert _tree(tmp_path) == before
