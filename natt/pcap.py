@@ -1028,6 +1028,16 @@ class PcapReader:
         those walked, preferring one under which every captured length fits and the records end
         where the file does.
 
+        The usual length (the first) is taken before any of that when its records fit and end
+        so and none has a fraction out of place, however odd their original lengths: a
+        longer header misplaces the records read as standard, which shows in captured lengths
+        or fractions, whereas an original length is the one field a walk does not need, and
+        the one a cut or fuzzed capture gets wrong. Counting such records as insane took short
+        standard captures (three records, one of them empty, or with an original length of 0
+        or 1) for Red Hat 6.1 or Nokia ones, whose walk over two records happened to fit;
+        tshark reads them as standard. An original length below the captured one still counts
+        against the longer headers, as it does in Wireshark's guess.
+
         An odd record (a fraction, or an original length, out of place) does not stop the walk:
         its captured length still says where the next record is. Stopping there took a
         standard capture whose second record had an original length of 0 for a Red Hat 6.1 or
@@ -1039,22 +1049,26 @@ class PcapReader:
         buf, size, fmt = self._buf.data, self._buf.size, self.byteorder + "III"
         second = 1_000_000_000 if self.nanosecond else 1_000_000
 
-        def fit(h: int) -> tuple[bool, int, int]:
+        def fit(h: int) -> tuple[bool, int, int, bool]:
             """(every captured length fits and the records end where the file does or the
-            look-ahead stops, sane records, records walked)."""
+            look-ahead stops, sane records, records walked, every fraction in place)."""
             p = n = sane = 0
+            fracs = True
             while n < _PROBE_RECORDS:
                 if p + h > size:            # at the end: whole records only, or a cut one
-                    return p == size or not self._eof, sane, n
+                    return p == size or not self._eof, sane, n, fracs
                 frac, cap, orig = struct.unpack_from(fmt, buf, p + 4)
                 if cap > self._max_cap:
-                    return False, sane, n
+                    return False, sane, n, fracs
+                fracs &= frac <= second
                 sane += not (frac > second or cap > orig or orig == 0)
                 p += h + cap
                 n += 1
-            return True, sane, n
+            return True, sane, n, fracs
         fits = [fit(h) for h in lengths]
-        for h, (whole, sane, n) in zip(lengths, fits):
+        if fits[0][0] and fits[0][3]:
+            return lengths[0]
+        for h, (whole, sane, n, _) in zip(lengths, fits):
             if whole and sane == n:
                 return h
         return lengths[max(range(len(lengths)), key=lambda i: (fits[i][:2], -i))]

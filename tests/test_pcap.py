@@ -170,6 +170,47 @@ def test_one_odd_record_does_not_make_a_capture_read_as_another_variant(order, e
         [(sec * 1_000_000_000 + frac * 1000, orig, f) for sec, frac, f, orig in records]
 
 
+def short_standard_captures(seed: int, count: int):
+    """(capture, its records) for ``count`` seeded standard captures of 2 to 4 records, one or more
+    of them empty or with an original length of 0 or 1, at any place; the captures a fuzz run
+    (seeded mutations of small captures) found read as Red Hat 6.1 or Nokia ones."""
+    import random
+    rng = random.Random(seed)
+    for _ in range(count):
+        n = rng.randint(2, 4)
+        odd = rng.sample(range(n), rng.randint(1, n))
+        records = []
+        for i in range(n):
+            frame = rng.choice([ETH + IP, b"\2\0\0\0" + IP, ETH[:12] + b"\x08\x06" + bytes(28), b"",
+                                bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))])
+            orig = len(frame) + rng.choice((0, 0, 4, 100))
+            if i in odd:
+                kind = rng.randrange(3)
+                if kind != 1:
+                    frame = b""
+                if kind != 2:
+                    orig = rng.choice((0, 1))
+            # Seconds of 0 or a few are what a mutation leaves, and what lines a longer header up.
+            sec = rng.choice((0, 0, 1, i, rng.randrange(1 << 16), 1_700_000_000 + i, rng.randrange(1 << 32)))
+            records.append((sec, rng.randrange(1_000_000), frame, orig))
+        order, linktype = rng.choice("<>"), rng.choice((1, 0, 101, 113))
+        yield classic(records, order=order, linktype=linktype, snaplen=rng.choice((65535, 1500))), records
+
+
+def test_short_standard_captures_with_empty_records_read_as_standard():
+    # Found by fuzzing: 8 of 80 000 mutated captures of about three records, one of them empty
+    # (captured length 0, or an original length of 0 or 1), read as Red Hat 6.1 or Nokia ones
+    # (or were refused): their walk over two records happened to fit the file, and the probe
+    # counted the odd original length against the standard header. tshark reads such captures
+    # as standard (four in test_interop_tshark.py), though not all: of the 13 here that natt
+    # misread, 5 (two records, the second a 42-octet frame of zeros with an original length of
+    # 0 or 1) tshark 4.0 and 4.4 read as Red Hat 6.1 too. These are checked against the format.
+    for data, records in short_standard_captures(20261128, 600):
+        _, chunks = read_all(data)
+        assert [(int(c.ts_ns[i]), int(c.origlen[i]), c.frame(i)) for c in chunks for i in range(len(c))] == \
+            [(sec * 1_000_000_000 + frac * 1000, orig, f) for sec, frac, f, orig in records], data.hex()
+
+
 def test_ethernet_vlan_qinq_and_non_ipv4():
     q = ETH[:12] + b"\x81\x00\x00\x05"
     qinq = ETH[:12] + b"\x88\xa8\x00\x64" + b"\x81\x00\x00\x05"
