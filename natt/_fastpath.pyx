@@ -61,7 +61,7 @@ phases (the results are identical to
    between, so the phases overlap and a chunk's packets are still in cache.
 """
 
-from libc.stdint cimport INT64_MAX, UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport INT32_MAX, INT64_MAX, UINT32_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset, strchr, strlen
 
@@ -3002,13 +3002,14 @@ def pcapng_option_walk(const uint8_t[::1] buf, const int64_t[::1] start, const i
 
     The contract of ``natt.pcap._option_walk`` (the numpy fallback and reference), whose caller
     words the fault: per option, in file order (list by list, each in its order), its list
-    ``b``, code, value position and value length, as int64 arrays; a list ends at opt_endofopt
+    ``b`` (int32), code (uint16), value position (int64) and value length (uint16); a list ends at opt_endofopt
     or at its end. ``bad_at`` is -1, or the position of the first option in the file that runs
     past its list (opt_endofopt included: its ``bad_code`` and ``bad_length``), or that is past
     the ``max_options``-th of its list (``bad_many``); its list ends there. Each option's
     position depends on the length before it, so the walk is serial: numpy took a step per
     place in the lists, Python one per option (about 1 us, and 40 octets of columns), where
-    this loop counts the options, then fills arrays of exactly that size.
+    this loop counts the options, then fills arrays of exactly that size: 16 octets an option,
+    where four int64 columns took 32 (an empty option is 4 in the file).
     """
     cdef Py_ssize_t nb = start.shape[0], size = buf.shape[0], i
     cdef int64_t p, e, n = 0, total = 0, place, bad_at = -1, bad_code = 0, bad_len = 0
@@ -3018,19 +3019,24 @@ def pcapng_option_walk(const uint8_t[::1] buf, const int64_t[::1] start, const i
     cdef const uint8_t *b
     if end.shape[0] != nb:
         raise ValueError("pcapng_option_walk: start and end differ in length")
+    if nb > INT32_MAX:
+        raise ValueError("pcapng_option_walk: more option lists than an int32 counts")
     for i in range(nb):
         if end[i] > start[i] and (start[i] < 0 or end[i] > size):
             raise ValueError("pcapng_option_walk: an option list outside the buffer")
-    frame_a = np.empty(0, np.int64)
-    code_a = np.empty(0, np.int64)
+    frame_a = np.empty(0, np.int32)
+    code_a = np.empty(0, np.uint16)
     pos_a = np.empty(0, np.int64)
-    len_a = np.empty(0, np.int64)
-    cdef int64_t[::1] fr = frame_a, co = code_a, po = pos_a, ln = len_a
+    len_a = np.empty(0, np.uint16)
+    cdef int32_t[::1] fr = frame_a
+    cdef uint16_t[::1] co = code_a, ln = len_a
+    cdef int64_t[::1] po = pos_a
     b = &buf[0] if size else NULL
     for fill in (False, True):
         if fill:
             total = n
-            frame_a, code_a, pos_a, len_a = (np.empty(total, np.int64) for _ in range(4))
+            frame_a, code_a = np.empty(total, np.int32), np.empty(total, np.uint16)
+            pos_a, len_a = np.empty(total, np.int64), np.empty(total, np.uint16)
             fr, co, po, ln = frame_a, code_a, pos_a, len_a
             n = 0
         with nogil:
@@ -3050,10 +3056,10 @@ def pcapng_option_walk(const uint8_t[::1] buf, const int64_t[::1] start, const i
                     if c == 0:
                         break
                     if fill:
-                        fr[n] = i
-                        co[n] = c
+                        fr[n] = <int32_t>i
+                        co[n] = <uint16_t>c
                         po[n] = p + 4
-                        ln[n] = olen
+                        ln[n] = <uint16_t>olen
                     n += 1
                     place += 1
                     p += 4 + ((olen + 3) & ~3)

@@ -223,8 +223,10 @@ class FrameOptions:
 
     Option ``k`` belongs to frame ``frame[k]``, has code ``code[k]`` (1 ``opt_comment``, 2
     ``epb_flags``, 3 ``epb_hash``, ...) and its value is ``data[pos[k] : pos[k] + length[k]]``, in
-    the byte order of the section it was read in (``big_endian``). ``data`` is None when the
-    values are where the file has them, in the chunk's ``buffer``; it is an array of their own
+    the byte order of the section it was read in (``big_endian``). ``frame`` is int32, ``code``
+    and ``length`` uint16 (the widths of the file's fields: add to a length in a wider type),
+    ``pos`` int64: 16 octets an option, which may take as few as 4 in the file. ``data`` is None
+    when the values are where the file has them, in the chunk's ``buffer``; it is an array of their own
     when the reader made some up (an obsolete Packet Block's Drops Count, as ``epb_dropcount``).
     The ``opt_endofopt`` that ends a list, and whatever follows it in the block, are not listed.
     """
@@ -670,13 +672,18 @@ _OPTION_WALK_VECTOR_MIN = 64
 # options (a 256 MiB block holds 67 million) would cost gigabytes of per-option arrays and a
 # Python step each; 65536 is four times the 16384 empty options a 64 KiB list holds.
 _MAX_BLOCK_OPTIONS = 65536
+# Octets of IDBs whose options are walked and converted together (PcapReader._parse_idbs): enough
+# for thousands of small IDBs in one numpy pass, few enough that the walk's columns (16 octets an
+# option, at most 4 MiB then) are small beside the interfaces' own options.
+_IDB_GROUP = 1 << 20
 
 
 def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Optional[tuple[int, str]]]:
     """The options of the blocks whose option lists are ``buf[start[b]:end[b]]`` (each a multiple
     of 4 octets, as blocks and packet data are padded to 4): per option, in file order, its block
-    ``b``, code, value position and value length. A list ends at opt_endofopt or, lacking one, at
+    ``b``, code, value position and value length (int32, uint16, int64 and uint16, as
+    :class:`FrameOptions` holds them). A list ends at opt_endofopt or, lacking one, at
     the end of its block (§3.5: readers MUST NOT assume it is there). The last item is the first
     option in the file that natt cannot take, as (position, what is wrong), or None: one whose
     value runs past its block (opt_endofopt included), or one past the ``_MAX_BLOCK_OPTIONS`` of
@@ -743,14 +750,15 @@ def _option_walk(buf: np.ndarray, start: np.ndarray, end: np.ndarray, big: bool
     if cols[0]:
         parts.append(tuple(np.frombuffer(col, np.int64) for col in cols))
     if not parts:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty, empty, bad
+        return (np.zeros(0, np.int32), np.zeros(0, np.uint16), np.zeros(0, np.int64), np.zeros(0, np.uint16),
+                bad)
     b_all, code_all, pos_all, olen_all, place_all = (np.concatenate([x[k] for x in parts]) for k in range(5))
     # In file order a block's options follow the earlier blocks' ones, each at its place in its list.
     count = np.bincount(b_all, minlength=start.size)
     order = np.empty(b_all.size, np.int64)
     order[(np.cumsum(count) - count)[b_all] + place_all] = np.arange(b_all.size)
-    return np.repeat(np.arange(start.size), count), code_all[order], pos_all[order], olen_all[order], bad
+    return (np.repeat(np.arange(start.size, dtype=np.int32), count), code_all[order].astype(np.uint16),
+            pos_all[order], olen_all[order].astype(np.uint16), bad)
 
 
 def _writable(rules: dict[int, _OptionRule], buf: np.ndarray, code: np.ndarray, pos: np.ndarray,
@@ -763,12 +771,17 @@ def _writable(rules: dict[int, _OptionRule], buf: np.ndarray, code: np.ndarray, 
     keep = ~np.isin(code, _OPT_CUSTOM_NO_COPY)
     known = np.zeros(code.size, bool)
     numbers: list[tuple[np.ndarray, int, int]] = []
-    first = buf[np.where(length > 0, pos, 0)]     # a hash algorithm, a verdict type...
+    # A value's first octet (a hash algorithm, a verdict type...), gathered only for the codes
+    # whose rule looks at it: an int64 index per option took twice the octets of the options.
+    first = np.zeros(code.size, np.uint8)
     for c in np.flatnonzero(np.bincount(code)).tolist():             # the codes there are
         rule = rules.get(c)
         if rule is None:
             continue
         sel = code == c
+        if rule.sized or rule.kinds is not None:
+            at = np.flatnonzero(sel & (length > 0))
+            first[at] = buf[pos[at]]
         keep &= ~sel | ((length == rule.least) if rule.exact else (length >= rule.least))
         for kind, size in rule.sized:
             keep &= ~(sel & (first == kind)) | (length == size)
@@ -816,23 +829,27 @@ def _with_drop_counts(buf: np.ndarray, o: Optional[FrameOptions], drops: np.ndar
     Drops Count; 0xFFFF is "not available", pcapng Appendix A) and that has no epb_dropcount of its
     own. Wireshark reads a Packet Block so. The values made up are not in ``buf``: every value is
     copied to an array of the options' own (a cost only chunks of Packet Blocks pay)."""
-    empty = np.zeros(0, np.int64)
-    frame, code, pos, length = (empty,) * 4 if o is None else (o.frame, o.code, o.pos, o.length)
+    if o is None:
+        frame, code, pos, length = (np.zeros(0, np.int32), np.zeros(0, np.uint16), np.zeros(0, np.int64),
+                                    np.zeros(0, np.uint16))
+    else:
+        frame, code, pos, length = o.frame, o.code, o.pos, o.length
     add = drops != 0xFFFF
     add[frame[code == _OPT_DROPCOUNT]] = False
     new = np.nonzero(add)[0]
     if not new.size:
         return o
-    have = int(length.sum())
+    wide = length.astype(np.int64)
+    have = int(wide.sum())
     data = np.empty(have + 8 * new.size, np.uint8)
-    at = np.cumsum(length) - length
-    copy_segments(data, at, buf if o is None else o.values(buf), pos, length)
+    at = np.cumsum(wide) - wide
+    copy_segments(data, at, buf if o is None else o.values(buf), pos, wide)
     data[have:] = drops[new].astype(">u8" if big else "<u8").view(np.uint8)
-    frame = np.concatenate([frame, new])
+    frame = np.concatenate([frame, new.astype(np.int32)])
     order = np.argsort(frame, kind="stable")     # a frame's own options first, in file order
-    return FrameOptions(frame[order], np.concatenate([code, np.full(new.size, _OPT_DROPCOUNT)])[order],
+    return FrameOptions(frame[order], np.concatenate([code, np.full(new.size, _OPT_DROPCOUNT, np.uint16)])[order],
                         np.concatenate([at, have + 8 * np.arange(new.size)])[order],
-                        np.concatenate([length, np.full(new.size, 8)])[order], big, data)
+                        np.concatenate([length, np.full(new.size, 8, np.uint16)])[order], big, data)
 
 
 def _if_name_text(options: Sequence[tuple[int, bytes]]) -> str:
@@ -1198,6 +1215,22 @@ class PcapReader:
         """Parse the IDBs at offsets ``at`` of ``buf`` (in file order) into ``self.interfaces``,
         up to the first at fault: None, or (its index in ``at``, its PcapError).
 
+        A group of IDBs of at most ``_IDB_GROUP`` octets at a time (or one larger IDB): the
+        options of all the IDBs of a chunk at once took 16 octets of walk columns, and some
+        more of Python ints, an option that may take 4, on top of what the interfaces keep."""
+        ends = np.cumsum(_gather_u32(buf, at + 4, self.byteorder == ">"))
+        i = 0
+        while i < at.size:
+            j = max(i + 1, int(np.searchsorted(ends, (int(ends[i - 1]) if i else 0) + _IDB_GROUP, side="right")))
+            fault = self._parse_idb_group(buf, at[i:j])
+            if fault is not None:
+                return i + fault[0], fault[1]
+            i = j
+        return None
+
+    def _parse_idb_group(self, buf: np.ndarray, at: np.ndarray) -> Optional[tuple[int, PcapError]]:
+        """:meth:`_parse_idbs` of one group of IDBs (``at``: their offsets in ``buf``).
+
         Their options are walked and sorted out together, one numpy pass for all of them: a
         pass per IDB (some 30 numpy calls) cost about 70 us an IDB, so a file of 20 000
         small IDBs took seconds; what is left per IDB is a few Python steps per option."""
@@ -1240,38 +1273,39 @@ class PcapReader:
             out = raw
         bounds = np.concatenate([[0], np.cumsum(count)]).tolist()
         dropped = (_IF_TSRESOL, _IF_TSOFFSET, _IF_FCSLEN)
-        # The options as Python ints a batch of IDBs at a time (some 65536 options): lists of
-        # them all took some 80 octets an option at once, more than the 4 of an empty option.
+        # The options as Python ints 8192 at a time, across IDBs and within one: about 100 octets
+        # an option in lists, which for all of them (or all of one IDB's 65536) at once came to
+        # more than the 4 an empty option takes and the 8 an interface keeps of it.
         batch_lo = batch_hi = 0
         codes: list[int] = []
         starts: list[int] = []
         ends: list[int] = []
         keeps: list[bool] = []
         for i in range(n):
-            j0, j1 = bounds[i], bounds[i + 1]
-            if j1 > batch_hi:
-                batch_lo, batch_hi = j0, max(j1, min(m, j0 + 65536))
-                s = slice(batch_lo, batch_hi)
-                codes, starts, ends = code[s].tolist(), (pos[s] - lo).tolist(), (pos[s] + olen[s] - lo).tolist()
-                keeps = keep[s].tolist()
             tsresol, tsoffset = 6, 0
             others = []
             # Equal options share one tuple: thousands of empty comments in an IDB (valid, and
             # what fuzzing makes) cost a pointer each, not a tuple each (some 60 octets).
             same: dict[tuple[int, bytes], tuple[int, bytes]] = {}
-            for j in range(j0 - batch_lo, j1 - batch_lo):
-                c = codes[j]
+            for j in range(bounds[i], bounds[i + 1]):
+                if j == batch_hi:
+                    batch_lo, batch_hi = j, min(m, j + 8192)
+                    s = slice(batch_lo, batch_hi)
+                    codes, starts, ends = code[s].tolist(), (pos[s] - lo).tolist(), (pos[s] + olen[s] - lo).tolist()
+                    keeps = keep[s].tolist()
+                k = j - batch_lo
+                c = codes[k]
                 if c == _IF_TSRESOL:
-                    if ends[j] > starts[j]:
-                        tsresol = raw[starts[j]]
+                    if ends[k] > starts[k]:
+                        tsresol = raw[starts[k]]
                 elif c == _IF_TSOFFSET:
-                    if ends[j] - starts[j] >= 8:    # seconds
-                        tsoffset = struct.unpack_from(o + "q", raw, starts[j])[0]
+                    if ends[k] - starts[k] >= 8:    # seconds
+                        tsoffset = struct.unpack_from(o + "q", raw, starts[k])[0]
                 # The writer writes its own if_tsresol and the if_tsoffset of ``tsoffset``.
                 # if_fcslen is left out: a frame natt replaces has no FCS, and pcapng cannot say
                 # "none" for one frame (epb_flags' FCS length 0 means "not known", §4.3.1).
-                if keeps[j] and c not in dropped:
-                    pair = (c, out[starts[j]: ends[j]])
+                if keeps[k] and c not in dropped:
+                    pair = (c, out[starts[k]: ends[k]])
                     others.append(same.setdefault(pair, pair))
             file_offset = self._pos + int(at[i])
             if (tsresol & 0x7F) > 63 or (not tsresol & 0x80 and (tsresol & 0x7F) > 18):
@@ -2014,7 +2048,7 @@ class PcapWriter:
         k = np.nonzero(keep)[0]
         if not k.size:
             return None
-        code, length, rec = o.code[k], o.length[k], record[o.frame[k]]
+        code, length, rec = o.code[k], o.length[k].astype(np.int64), record[o.frame[k]]
         size = 4 + length + (-length % 4)
         sums = np.bincount(rec, weights=size, minlength=idx.size).astype(np.int64)
         lists = np.where(sums > 0, sums + 4, 0)   # opt_endofopt: a writer MUST end a list with it (§3.5)
