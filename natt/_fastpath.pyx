@@ -1052,6 +1052,7 @@ cdef struct natt_pool:
     int want                        # worker tids 1..want may join the running job
     int nworkers                    # started workers, tids 1..nworkers
     long worker_chunks              # chunks the workers have run, ever (_pool_stats)
+    long jobs                       # jobs offered to the workers, ever (_pool_stats)
 
 cdef natt_pool natt_gpool
 
@@ -1174,6 +1175,7 @@ cdef long natt_pool_run(natt_chunk_fn fn, natt_chunk_fn after, natt_state *st, n
             pool.job = &job
             pool.want = nt - 1
             pool.gen += 1
+            pool.jobs += 1
             pthread_cond_broadcast(&pool.work_cv)
             shared = True
         pthread_mutex_unlock(&pool.m)
@@ -1205,17 +1207,18 @@ cdef void natt_pool_init() noexcept nogil:
 natt_pool_init()
 
 
-def _pool_stats() -> tuple[int, int]:
-    """(workers started, chunks of NATT_CHUNK packets they have run) in this process: whether
-    ``threads=N`` calls are shared (tests)."""
-    cdef long chunks
+def _pool_stats() -> tuple[int, int, int]:
+    """(workers started, chunks of NATT_CHUNK packets they have run, jobs offered to them) in
+    this process: whether ``threads=N`` calls are shared (tests)."""
+    cdef long chunks, jobs
     cdef int nworkers
     with nogil:
         pthread_mutex_lock(&natt_gpool.m)
         nworkers = natt_gpool.nworkers
         chunks = natt_gpool.worker_chunks
+        jobs = natt_gpool.jobs
         pthread_mutex_unlock(&natt_gpool.m)
-    return nworkers, chunks
+    return nworkers, chunks, jobs
 
 
 # --------------------------------------------------------------------------- decap kernel
@@ -2269,6 +2272,40 @@ cdef inline int natt_threads(object threads) except -2:
     return NATT_MAX_THREADS if t > NATT_MAX_THREADS else <int>t
 
 
+# A threaded batch wakes the pool's workers and waits for the last one to finish, and a worker
+# on an idle vCPU joins tens of microseconds late, or later when the host is busy; a batch of
+# less work than that ran slower on threads than on one (64-octet AES-GCM, back-to-back calls on
+# this 2-vCPU guest, threads=2 / None: 0.51-0.95 at 512 packets, 64 KiB; 0.99-1.27 at 1 024;
+# 1.18-1.59 at 2 560; BENCHMARKS.md, "Small batches"). So a batch under this many octets of
+# input runs serially, whatever ``threads`` says; the results are the same either way.
+cdef int64_t natt_share_min_octets = 131072
+
+
+def _share_min_octets(value: int | None = None) -> int:
+    """The input size under which a ``threads=N`` batch runs serially; set it with ``value``
+    (tests set 0, so that their small batches still run the threaded pipelines)."""
+    global natt_share_min_octets
+    if value is not None:
+        if value < 0:
+            raise ValueError(f"expected 0 or more octets, got {value!r}")
+        natt_share_min_octets = value
+    return natt_share_min_octets
+
+
+cdef inline int natt_threads_for(const natt_io *io, int nt) noexcept nogil:
+    """``nt``, or 0 if the batch's input is under natt_share_min_octets. The lengths are only
+    an estimate of the work here (the kernels check each one when they read it)."""
+    cdef int64_t i, total = 0, m = natt_share_min_octets
+    if nt <= 1 or m == 0:
+        return nt
+    for i in range(io.n):
+        if io.len[i] > 0:
+            total += io.len[i] if io.len[i] < m else m
+            if total >= m:
+                return nt
+    return 0
+
+
 cdef inline bint natt_brief(const natt_io *io) noexcept nogil:
     """Whether a serial batch is small enough to run with the GIL held.
 
@@ -2734,6 +2771,7 @@ cdef class FastBackend:
         cdef int nt = natt_threads(threads)
         cdef int rc
         pinned = natt_setup_io(&io, batch, out)   # noqa: F841 (kept alive for the kernel)
+        nt = natt_threads_for(&io, nt)
         if nt == 0 and natt_brief(&io) and pthread_mutex_trylock(&self.st.lock) == 0:
             rc = self._decap_locked(&io, nt)
         else:
@@ -2770,6 +2808,7 @@ cdef class FastBackend:
         cdef int32_t s
         cdef int64_t h = handle
         pinned = natt_setup_io(&io, batch, out)   # noqa: F841 (kept alive for the kernel)
+        nt = natt_threads_for(&io, nt)
         slot = self._slot_of.get(handle)
         if slot is None:
             # close() sets the flag before it empties _slot_of (both with the GIL held).

@@ -24,9 +24,9 @@ settings.load_profile(os.environ.get("NATT_HYPOTHESIS_PROFILE", "deterministic")
 # "fast-libcrypto" is the fast backend with that switched off, so the libcrypto path that
 # other CPUs take passes the same suite.
 try:
-    from natt._fastpath import _aesni
+    from natt._fastpath import _aesni, _share_min_octets
 except ImportError:
-    _aesni = None
+    _aesni = _share_min_octets = None
 BACKENDS = ["reference", "fast"] + (["fast-libcrypto"] if _aesni is not None and _aesni() else [])
 
 
@@ -39,6 +39,22 @@ def aes_switch(enabled: bool):
         yield
     finally:
         _aesni(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def threads_on_small_batches() -> Iterator[None]:
+    """The fast backend runs a ``threads=N`` batch of less than 128 KiB serially (natt/_fastpath.pyx,
+    ``natt_share_min_octets``), and most of the tests' batches are smaller: they must still run
+    the threaded pipelines they check. test_fastpath checks the threshold itself."""
+    if _share_min_octets is None:
+        yield
+        return
+    before = _share_min_octets()
+    _share_min_octets(0)
+    try:
+        yield
+    finally:
+        _share_min_octets(before)
 
 
 @pytest.fixture(params=BACKENDS)

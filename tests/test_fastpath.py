@@ -32,6 +32,7 @@ if "fast" not in natt.backends():  # conftest's backend fixture fails loudly too
     pytest.fail("natt._fastpath did not build", pytrace=False)
 
 from natt._fastpath import FastBackend, _aesni  # noqa: E402
+import natt._fastpath as fp  # noqa: E402
 from conftest import aes_switch  # noqa: E402
 
 PEER = addr("198.51.100.2")
@@ -623,7 +624,7 @@ def test_a_process_first_threaded_batch_is_shared_with_the_workers_it_starts(tmp
         from natt._bench import build_workload
         wl = build_workload("fast", "aes128gcm16", 64, 50_000)
         nic = wl.receiver("fast", replay_window=0)
-        assert fp._pool_stats() == (0, 0)
+        assert fp._pool_stats() == (0, 0, 0)
         assert nic.decap(wl.esp, threads=2).counts() == {natt.Status.OK: 50_000}
         print(*fp._pool_stats())
     """)
@@ -632,12 +633,40 @@ def test_a_process_first_threaded_batch_is_shared_with_the_workers_it_starts(tmp
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                               cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
-        workers, chunks = map(int, done.stdout.split())
+        workers, chunks, _ = map(int, done.stdout.split())
         assert workers == 1
         runs.append(chunks)
         if chunks > 0:
             return
     pytest.fail(f"the new worker ran none of the first batch's chunks in {len(runs)} fresh processes: {runs}")
+
+
+def test_a_threaded_batch_of_little_input_runs_serially_and_a_larger_one_is_shared():
+    """Waking the pool costs more than a small batch's work (natt_share_min_octets): under the
+    threshold a ``threads=2`` batch is never offered to the workers; at it, it is. Both give the
+    serial results. (conftest sets the threshold to 0 for every other test.)"""
+    from natt._bench import build_workload
+
+    wl = build_workload("fast", "aes128gcm16", 64, 600)
+    size = int(wl.esp.lengths[0])
+    assert (wl.esp.lengths == size).all()
+    before = fp._share_min_octets()
+    try:
+        fp._share_min_octets(400 * size)
+        # More than one chunk of 256 packets each, or no batch is shared at all.
+        for n, shared in ((300, False), (399, False), (400, True), (600, True)):
+            part = natt.PacketBatch(wl.esp.data, wl.esp.offsets[:n], wl.esp.lengths[:n])
+            serial = wl.receiver("fast").decap(part)
+            jobs = fp._pool_stats()[2]
+            threaded = wl.receiver("fast").decap(part, threads=2)
+            assert fp._pool_stats()[2] - jobs == (1 if shared else 0), n
+            assert list(threaded) == list(serial) and (threaded.status == serial.status).all(), n
+            assert (threaded.status == natt.Status.OK).all()
+        with pytest.raises(ValueError, match="0 or more"):
+            fp._share_min_octets(-1)
+    finally:
+        fp._share_min_octets(before)
+    assert fp._share_min_octets() == before
 
 
 def test_the_extension_imported_first_still_gives_batches_their_compiled_helpers(tmp_path):
