@@ -96,6 +96,7 @@ cnp.import_array()
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
+    int sched_getcpu()
 
 
 cdef extern from "<strings.h>" nogil:
@@ -137,6 +138,27 @@ cdef extern from *:
         __asm__ __volatile__("yield");
     #endif
     }
+    /* Move the calling thread off CPU ``cpu`` if it runs there and may run elsewhere: narrow
+       its affinity for the migration, then give the old mask back (the thread stays where it
+       was moved). 1 if it moved; 0 where sched_setaffinity is not there. natt_worker says why. */
+    static int natt_move_off_cpu(int cpu) {
+    #if defined(__linux__) && defined(CPU_COUNT)
+        cpu_set_t old, mask;
+        if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof old, &old) != 0)
+            return 0;
+        if (!CPU_ISSET(cpu, &old) || CPU_COUNT(&old) < 2)
+            return 0;
+        mask = old;
+        CPU_CLR(cpu, &mask);
+        if (sched_setaffinity(0, sizeof mask, &mask) != 0)
+            return 0;
+        sched_setaffinity(0, sizeof old, &old);
+        return 1;
+    #else
+        (void)cpu;
+        return 0;
+    #endif
+    }
     #define natt_prefetch_r(p) __builtin_prefetch((const void *)(p), 0, 3)
     #define natt_prefetch_w(p) __builtin_prefetch((const void *)(p), 1, 3)
     #include <openssl/crypto.h>
@@ -155,6 +177,7 @@ cdef extern from *:
     uint64_t natt_load_relaxed64(const uint64_t *p) nogil
     void natt_store_relaxed64(uint64_t *p, uint64_t v) nogil
     void natt_cpu_relax() nogil
+    int natt_move_off_cpu(int cpu) nogil
     void natt_prefetch_r(const void *p) nogil
     void natt_prefetch_w(const void *p) nogil
     void natt_scrub_stack() nogil
@@ -1021,7 +1044,8 @@ cdef bint natt_seal(natt_sa *sa, int tid, EVP_MD_CTX *mdw, uint8_t *esp, int32_t
 # A job is cut into chunks of NATT_CHUNK packets that threads claim with one atomic add. The
 # caller works too and, once every chunk is claimed, waits only for the workers that actually
 # joined the job; a worker that has not woken up yet (descheduled on a busy host) holds nothing
-# up, and one that wakes late finds the job gone. Workers sleep on a condition variable between
+# up, and one that wakes late finds the job gone; one that wakes on the caller's CPU moves to
+# another first (natt_worker). Workers sleep on a condition variable between
 # jobs: no spinning that would steal the core a late worker needs (what OpenMP's default active
 # wait does on an oversubscribed host, measured at ~20 ms per call on 10 000 packets). One job
 # at a time: a second caller (another backend's batch) runs its job on its own thread, which
@@ -1042,6 +1066,7 @@ cdef struct natt_job:
     long next          # next chunk to claim (atomic)
     long failed        # encap crypto failures (atomic)
     int active         # workers inside the job (under the pool mutex)
+    int caller_cpu     # where the calling thread ran when it published the job, or -1
 
 cdef struct natt_pool:
     pthread_mutex_t m
@@ -1053,6 +1078,7 @@ cdef struct natt_pool:
     int nworkers                    # started workers, tids 1..nworkers
     long worker_chunks              # chunks the workers have run, ever (_pool_stats)
     long jobs                       # jobs offered to the workers, ever (_pool_stats)
+    long moves                      # times a worker moved off the caller's CPU (_pool_stats)
 
 cdef natt_pool natt_gpool
 
@@ -1115,6 +1141,7 @@ cdef void *natt_worker(void *arg) noexcept nogil:
     cdef natt_job *job
     cdef uint64_t seen
     cdef long done
+    cdef int moved
     pthread_mutex_lock(&pool.m)
     # natt_pool_run starts workers while it holds the mutex and publishes its job before it
     # lets go, so a new worker first sees the generation of the job that started it: one
@@ -1128,6 +1155,22 @@ cdef void *natt_worker(void *arg) noexcept nogil:
         job = pool.job
         if job == NULL or tid > pool.want:
             continue
+        if sched_getcpu() == job.caller_cpu:
+            # The kernel may wake a worker on the CPU of the thread that woke it (wake-affine;
+            # a guest also avoids an idle vCPU the host has descheduled) and let it preempt
+            # that thread: the batch then runs on one CPU while the other idles until the load
+            # balancer notices, milliseconds later. On this 2-vCPU guest, threads=2 after a 2 ms
+            # pause, 64-octet AES-GCM: the worker woke on the caller's CPU in 19 of 30 calls of
+            # 1 024 to 8 192 packets and ran every chunk; threads=2 / None was 0.90-0.93 at
+            # 4 096 and 8 192 packets, 1.01-1.09 and 1.11-1.53 with the move (BENCHMARKS.md,
+            # "Small batches"). It moves before it joins: a move can wait for the host too, and
+            # the caller must not wait for it.
+            pthread_mutex_unlock(&pool.m)
+            moved = natt_move_off_cpu(job.caller_cpu)
+            pthread_mutex_lock(&pool.m)
+            pool.moves += moved
+            if pool.job == NULL or pool.gen != seen:    # that job is over (another may run)
+                continue
         job.active += 1
         pthread_mutex_unlock(&pool.m)
         done = natt_job_work(job, tid)
@@ -1160,6 +1203,7 @@ cdef long natt_pool_run(natt_chunk_fn fn, natt_chunk_fn after, natt_state *st, n
     job.next = 0
     job.failed = 0
     job.active = 0
+    job.caller_cpu = sched_getcpu()
     if after != NULL:
         for c in range(job.nchunks):
             st.scratch[c * NATT_CHUNK].done = 0
@@ -1207,18 +1251,30 @@ cdef void natt_pool_init() noexcept nogil:
 natt_pool_init()
 
 
-def _pool_stats() -> tuple[int, int, int]:
-    """(workers started, chunks of NATT_CHUNK packets they have run, jobs offered to them) in
-    this process: whether ``threads=N`` calls are shared (tests)."""
-    cdef long chunks, jobs
+def _pool_stats() -> tuple[int, int, int, int]:
+    """(workers started, chunks of NATT_CHUNK packets they have run, jobs offered to them, times
+    a worker moved off the calling thread's CPU) in this process: whether ``threads=N`` calls are
+    shared (tests)."""
+    cdef long chunks, jobs, moves
     cdef int nworkers
     with nogil:
         pthread_mutex_lock(&natt_gpool.m)
         nworkers = natt_gpool.nworkers
         chunks = natt_gpool.worker_chunks
         jobs = natt_gpool.jobs
+        moves = natt_gpool.moves
         pthread_mutex_unlock(&natt_gpool.m)
-    return nworkers, chunks, jobs
+    return nworkers, chunks, jobs, moves
+
+
+def _move_off_cpu(int cpu) -> bool:
+    """Move the calling thread off CPU ``cpu`` as a pool worker does (tests)."""
+    return natt_move_off_cpu(cpu) != 0
+
+
+def _cpu() -> int:
+    """The CPU the calling thread runs on, -1 if unknown (tests)."""
+    return sched_getcpu()
 
 
 # --------------------------------------------------------------------------- decap kernel

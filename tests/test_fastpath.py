@@ -624,7 +624,7 @@ def test_a_process_first_threaded_batch_is_shared_with_the_workers_it_starts(tmp
         from natt._bench import build_workload
         wl = build_workload("fast", "aes128gcm16", 64, 50_000)
         nic = wl.receiver("fast", replay_window=0)
-        assert fp._pool_stats() == (0, 0, 0)
+        assert fp._pool_stats() == (0, 0, 0, 0)
         assert nic.decap(wl.esp, threads=2).counts() == {natt.Status.OK: 50_000}
         print(*fp._pool_stats())
     """)
@@ -633,7 +633,7 @@ def test_a_process_first_threaded_batch_is_shared_with_the_workers_it_starts(tmp
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                               cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
-        workers, chunks, _ = map(int, done.stdout.split())
+        workers, chunks, _, _ = map(int, done.stdout.split())
         assert workers == 1
         runs.append(chunks)
         if chunks > 0:
@@ -667,6 +667,38 @@ def test_a_threaded_batch_of_little_input_runs_serially_and_a_larger_one_is_shar
     finally:
         fp._share_min_octets(before)
     assert fp._share_min_octets() == before
+
+
+def test_a_worker_woken_on_the_callers_cpu_moves_off_it_and_keeps_its_affinity():
+    """A pool worker that the kernel woke on the calling thread's CPU moves itself off (the
+    comment in natt_worker says why). The move narrows the thread's affinity for a moment: it
+    must leave the thread elsewhere and its mask as it was. On one allowed CPU there is nowhere
+    to go, and nothing changes."""
+    import os
+    import threading
+
+    seen = {}
+
+    def run():
+        before = os.sched_getaffinity(0)
+        cpu = fp._cpu()
+        seen["moved"] = fp._move_off_cpu(cpu)
+        seen["now"] = fp._cpu()
+        seen["after"] = os.sched_getaffinity(0)
+        seen["before"], seen["cpu"] = before, cpu
+        # A CPU outside the mask, or none: nothing to move off.
+        seen["outside"] = fp._move_off_cpu(max(before) + 1) or fp._move_off_cpu(-1)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert seen["cpu"] in seen["before"]
+    assert seen["after"] == seen["before"]
+    assert seen["outside"] is False
+    if len(seen["before"]) > 1:
+        assert seen["moved"] is True and seen["now"] != seen["cpu"], seen
+    else:
+        assert seen["moved"] is False and seen["now"] == seen["cpu"], seen
 
 
 def test_the_extension_imported_first_still_gives_batches_their_compiled_helpers(tmp_path):
