@@ -1,11 +1,11 @@
 """Command-line options the decap benchmark scripts share (``bench_active_sas``,
-``bench_replay_window``, ``bench_threads``): one definition of each, so that their bounds,
-defaults and help read the same everywhere."""
+``bench_batch_size``, ``bench_replay_window``, ``bench_threads``): one definition of each, so
+that their bounds, defaults and help read the same everywhere."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+from typing import Callable, Optional
 
 from natt.cli import at_least
 
@@ -20,3 +20,17 @@ def add_workload(ap: argparse.ArgumentParser, *, sas: bool = False, reps: Option
     ap.add_argument("--packets", type=at_least(1), default=100_000, help="packets per batch (default 100000)")
     if reps is not None:
         ap.add_argument("--reps", type=at_least(1), default=reps, help=f"interleaved repetitions (default {reps})")
+
+
+def counts(what: str) -> Callable[[str], list[int]]:
+    """An argparse type: a comma-separated list of whole numbers of 1 or more (``what`` names
+    them in the message for a bad list)."""
+    def parse(text: str) -> list[int]:
+        try:
+            ks = [int(x) for x in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a comma-separated list of {what}: {text!r}") from None
+        if not ks or min(ks) < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be 1 or more: {text!r}")
+        return ks
+    return parse

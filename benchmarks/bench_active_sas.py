@@ -27,7 +27,7 @@ from natt import DecapResult, PacketBatch, Status
 from natt._bench import Workload, build_workload
 from natt.cli import run_script, say
 
-from ._args import add_workload
+from ._args import add_workload, counts
 
 SUITE = "aes128gcm16"
 
@@ -64,21 +64,11 @@ def measure(sas: int, active: Sequence[int], size: int, packets: int, reps: int)
             for k, v in times.items()]
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        ks = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of SA counts: {text!r}") from None
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"SA counts must be 1 or more: {text!r}")
-    return ks
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_active_sas", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_workload(ap, sas=True, reps=7)
-    ap.add_argument("--active", type=_counts, default=[1, 64, 1000, 4000, 100_000],
+    ap.add_argument("--active", type=counts("SA counts"), default=[1, 64, 1000, 4000, 100_000],
                     help="comma-separated counts of SAs the packets pick from, each at most --sas "
                          "(default 1,64,1000,4000,100000)")
     args = ap.parse_args(argv)

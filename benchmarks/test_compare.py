@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import bench_active_sas, bench_replay_window, bench_threads
+from benchmarks import bench_active_sas, bench_batch_size, bench_replay_window, bench_threads
 from natt import Offload, PacketBatch, Status
 from natt import _bench
 from natt._bench import (NATT_PORT, TUNNEL_DST, TUNNEL_SRC, EvpLoop, Timing, build_workload, c_compiler,
@@ -293,6 +293,19 @@ def test_replay_window_table_has_every_window_and_refuses_bad_ones(capsys) -> No
             bench_replay_window.main(["--windows", bad])
 
 
+def test_batch_size_table_has_a_row_per_batch_in_both_modes_and_refuses_bad_sizes(capsys) -> None:
+    assert bench_batch_size.main(["--batches", "300,600", "--packets", "600", "--rounds", "2",
+                                  "--pause-ms", "1"]) == 0
+    rows = [r.split() for r in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["300", "600"]
+    assert all(len(r) == 5 and float(r[1]) > 0 and float(r[2]) > 0 and float(r[4]) > 0 for r in rows), rows
+    for bad in (["--batches", "601", "--packets", "600"], ["--batches", "0"], ["--batches", "1,x"],
+                ["--pause-ms", "0"], ["--threads", "1"]):
+        with pytest.raises(SystemExit) as e:
+            bench_batch_size.main(bad)
+        assert e.value.code == 2
+
+
 def test_threads_summary_sets_low_ceiling_rounds_apart() -> None:
     rows = [{"natt": 2.0, "ceiling": 2.0, "serial_ns": 180.0},
             {"natt": 1.5, "ceiling": 1.2, "serial_ns": 100.0},
@@ -437,6 +450,8 @@ def test_the_scripts_refuse_sizes_they_cannot_run_as_usage_errors(module, argv, 
                         "the one-SA receiver's median time over the row's", "below 1, the batch is slower"]),
     (bench_replay_window, ["in ns per packet", "the first window's median time over the row's",
                            "below 1, the row's window is slower than the first"]),
+    (bench_batch_size, ["(default 512,1024,2560,8192,32768,100000)", "median ``threads=None`` time over median",
+                        "below 1, the threads cost more than they bring"]),
 ])
 def test_the_scripts_help_gives_defaults_units_and_which_way_the_ratio_goes(module, says, capsys) -> None:
     # bench_replay_window's help had the ratio upside down ("each window's median over window 0's").

@@ -2076,6 +2076,7 @@ _CHECKOUT = pathlib.Path(__file__).resolve().parent.parent
     ("bench_active_sas", ["--sas", "10", "--active", "1,5", "--packets", "100", "--reps", "1"]),
     ("bench_replay_window", ["--sas", "10", "--windows", "0,64", "--packets", "100", "--reps", "1"]),
     ("bench_threads", ["--packets", "100", "--rounds", "1"]),
+    ("bench_batch_size", ["--packets", "300", "--batches", "300", "--rounds", "1", "--pause-ms", "1"]),
     ("bench_memory", ["--cycles", "10", "--packets", "1"]),
     ("bench_dask", ["--packets", "100", "--files", "1", "--sas", "1"]),
     ("grid_table", ["GRID.json"]),
