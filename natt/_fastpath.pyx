@@ -2329,12 +2329,14 @@ cdef inline int natt_threads(object threads) except -2:
 
 
 # A threaded batch wakes the pool's workers and waits for the last one to finish, and a worker
-# on an idle vCPU joins tens of microseconds late, or later when the host is busy; a batch of
-# less work than that ran slower on threads than on one (64-octet AES-GCM, back-to-back calls on
-# this 2-vCPU guest, threads=2 / None: 0.51-0.95 at 512 packets, 64 KiB; 0.99-1.27 at 1 024;
-# 1.18-1.59 at 2 560; BENCHMARKS.md, "Small batches"). So a batch under this many octets of
-# input runs serially, whatever ``threads`` says; the results are the same either way.
-cdef int64_t natt_share_min_octets = 131072
+# on an idle vCPU joins tens of microseconds late, or later when the host is busy: a batch of
+# little work ran slower on threads than on one. On this 2-vCPU guest, 64-octet AES-GCM
+# (128 octets of input a packet), threads=2 / None: 0.51-0.95 at 512 packets back to back and
+# 0.70-0.77 after a 2 ms pause; at 1 024 packets 0.85-1.27 and 0.67-0.83; at 2 048 about 1.5
+# and 0.9-1.0 (BENCHMARKS.md, "Small batches"). So a batch of less input than this runs
+# serially, whatever ``threads`` says; the results are the same either way. The suites that
+# cost more per octet (AES-CBC with HMAC: 4-5 times AES-GCM's) would pay from less.
+cdef int64_t natt_share_min_octets = 262144
 
 
 def _share_min_octets(value: int | None = None) -> int:

@@ -939,8 +939,10 @@ class Offload:
 
         ``packets`` is a :class:`PacketBatch` or an iterable of bytes-like
         packets. ``threads=N`` splits the work over N native threads (fast
-        backend) with results identical to ``threads=None``. Pass a previous
-        result as ``out`` to reuse its buffers.
+        backend) with results identical to ``threads=None``; a batch of less
+        than 256 KiB of input runs on the calling thread alone, as waking the
+        threads would cost more than they bring (BENCHMARKS.md, "Small
+        batches"). Pass a previous result as ``out`` to reuse its buffers.
         """
         # Exact-type tests before the calls: at a batch of one the Python around the kernel is
         # most of the cost (BENCHMARKS.md, "fixed cost").
@@ -983,6 +985,8 @@ class Offload:
         Send only the packets whose status is ``OK`` (``res[res.status == Status.OK]``): as the
         status table has it, a ``MALFORMED`` or ``ERROR`` packet's output is its input unchanged,
         which here is the cleartext inner datagram (``SEQ_OVERFLOW``'s is empty).
+
+        ``threads`` and ``out`` work as in :meth:`decap`.
         """
         # Exact-type tests before the calls: at a batch of one the Python around the kernel is
         # most of the cost (BENCHMARKS.md, "fixed cost").

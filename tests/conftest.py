@@ -43,7 +43,7 @@ def aes_switch(enabled: bool):
 
 @pytest.fixture(autouse=True, scope="session")
 def threads_on_small_batches() -> Iterator[None]:
-    """The fast backend runs a ``threads=N`` batch of less than 128 KiB serially (natt/_fastpath.pyx,
+    """The fast backend runs a ``threads=N`` batch of less than 256 KiB serially (natt/_fastpath.pyx,
     ``natt_share_min_octets``), and most of the tests' batches are smaller: they must still run
     the threaded pipelines they check. test_fastpath checks the threshold itself."""
     if _share_min_octets is None:
