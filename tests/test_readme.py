@@ -103,3 +103,43 @@ def test_the_sdist_holds_every_file_of_the_repository(monkeypatch):
     automatic = {"setup.py", "pyproject.toml"} | {f for f in tracked if re.fullmatch(r"natt/[^/]+\.py", f)}
     missing = tracked - set(manifest.files) - automatic - {".gitignore"}
     assert not missing, sorted(missing)
+
+
+def test_every_api_name_the_docs_cite_exists():
+    """The prose names more of the API than the examples run (``natt.ndis_receive_info``,
+    ``nic.claim_after_fork``, ``res.sa``, ``natt.dask.decap_captures``...): a rename must not leave
+    a reader a name that is gone."""
+    import importlib
+
+    import natt
+    cited = 0
+    for doc in ["README.md", "SECURITY.md", *(f"docs/{p.name}" for p in (README.parent / "docs").glob("*.md"))]:
+        text = (README.parent / doc).read_text()
+        for dotted in set(re.findall(r"\bnatt\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)", text)):
+            obj: object = natt
+            for part in dotted.split("."):
+                if hasattr(obj, part):
+                    obj = getattr(obj, part)
+                    continue
+                try:        # a submodule not imported yet (natt.dask)
+                    obj = importlib.import_module(f"{getattr(obj, '__name__')}.{part}")
+                except ImportError:
+                    raise AssertionError(f"{doc} names natt.{dotted}, which does not exist") from None
+            cited += 1
+        for owner, attrs in ((natt.Offload, re.findall(r"\bnic\.([A-Za-z_]\w*)", text)),
+                             (natt.DecapResult(), re.findall(r"\bres\.([A-Za-z_]\w*)", text))):
+            missing = sorted(a for a in set(attrs) if not hasattr(owner, a))
+            assert not missing, (doc, missing)
+    assert cited > 20
+
+
+def test_the_receive_info_sentence_runs_as_written():
+    """README: ``natt.ndis_receive_info(res.status, tunnel)`` takes one packet's status or a whole
+    result's ``status`` with ``tunnel`` per packet, e.g. ``np.isin(res.sa, tunnel_handles)``."""
+    import numpy as np
+    namespace: dict = {}
+    exec(compile("\n".join(BLOCKS), str(README), "exec"), namespace)
+    natt, res = namespace["natt"], namespace["res"]
+    whole = natt.ndis_receive_info(res.status, np.isin(res.sa, [namespace["rx"]]))
+    one = natt.ndis_receive_info(res.status[0], True)
+    assert [int(a[0]) for a in whole] == list(one)
