@@ -143,3 +143,36 @@ def test_the_receive_info_sentence_runs_as_written():
     whole = natt.ndis_receive_info(res.status, np.isin(res.sa, [namespace["rx"]]))
     one = natt.ndis_receive_info(res.status[0], True)
     assert [int(a[0]) for a in whole] == list(one)
+
+
+def test_the_walkthroughs_stand_in_peer_runs_and_its_traffic_decrypts_with_the_keys_it_saved(tmp_path, monkeypatch):
+    """docs/walkthrough.md's appendix, as written, with its socket caught instead of sent: the
+    capture the page decrypts is what this script sends, so it must keep working."""
+    import socket
+    import time
+
+    import natt
+    from natt import keys, traffic
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    class CaughtSocket:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def bind(self, address: tuple[str, int]) -> None:
+            assert address == ("127.0.0.1", 45000)
+
+        def sendto(self, payload: bytes, address: tuple[str, int]) -> None:
+            sent.append((bytes(payload), address))
+
+    block, = re.findall(r"```python\n(.*?)```", (README.parent / "docs" / "walkthrough.md").read_text(), re.S)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(socket, "socket", CaughtSocket)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    exec(compile(block, "docs/walkthrough.md", "exec"), {})
+    assert {address for _, address in sent} == {("127.0.0.2", 4500)} and len(sent) == 202
+    nic = natt.Offload()
+    keys.install(nic, keys.load("esp_sa"), direction="in")       # as `natt decap -k esp_sa` does
+    res = nic.decap([traffic.udp_encapsulate(p, "127.0.0.1", "127.0.0.2", sport=45000, dport=4500)
+                     for p, _ in sent])
+    assert res.counts() == {natt.Status.OK: 200, natt.Status.IKE: 1, natt.Status.KEEPALIVE: 1}
