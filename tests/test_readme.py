@@ -176,3 +176,29 @@ def test_the_walkthroughs_stand_in_peer_runs_and_its_traffic_decrypts_with_the_k
     res = nic.decap([traffic.udp_encapsulate(p, "127.0.0.1", "127.0.0.2", sport=45000, dport=4500)
                      for p, _ in sent])
     assert res.counts() == {natt.Status.OK: 200, natt.Status.IKE: 1, natt.Status.KEEPALIVE: 1}
+
+
+def test_every_link_between_the_documents_resolves():
+    """Relative links and their #anchors (GitHub's heading slugs) in the Markdown pages: sections
+    move between BENCHMARKS.md and benchmarks/HISTORY.md, and a link must follow."""
+    root = README.parent
+    pages = [root / "README.md", root / "BENCHMARKS.md", root / "SECURITY.md", root / "benchmarks" / "HISTORY.md",
+             *(root / "docs").glob("*.md")]
+
+    def anchors(page: pathlib.Path) -> set[str]:
+        return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.*)$", page.read_text(), re.M)}
+
+    broken = []
+    links = 0
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            links += 1
+            if not linked.is_file() or (anchor and anchor not in anchors(linked)):
+                broken.append(f"{page.relative_to(root)}: {target}")
+    assert not broken, broken
+    assert links > 10
