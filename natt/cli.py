@@ -660,6 +660,12 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
         except (pcap.PcapError, keyfile.KeyFileError, ValueError) as e:
             raise CliError(str(e)) from None
         except OSError as e:
+            # The job's first task makes -o (natt.dask._make_out_dir): an error there names the
+            # directory it could not make, -o or a parent, as the workers resolve it.
+            failed = os.path.abspath(os.fsdecode(e.filename)) if e.filename else None
+            out = os.path.abspath(args.output)
+            if failed is not None and (failed == out or out.startswith(failed.rstrip(os.sep) + os.sep)):
+                raise CliError(f"-o {args.output}: cannot make the directory {failed}: {e.strerror or e}") from None
             raise CliError(f"{e.filename or 'I/O'}: {e.strerror or e}") from None
         except (concurrent.futures.CancelledError, distributed.KilledWorker) as e:
             # The cluster gave up on the job: the scheduler went away (a task "cancelled for

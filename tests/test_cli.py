@@ -1046,6 +1046,18 @@ def test_dask_refuses_an_output_that_is_a_file_before_starting_a_cluster(output,
         assert not (tmp_path / "-").exists()
 
 
+def test_decap_workers_names_o_when_its_directory_cannot_be_made(scenario, tmp_path, capsys):
+    # The workers make -o; a failure there said only "natt decap: /proc/x: No such file or
+    # directory", without saying that it was -o (nor what with it).
+    pytest.importorskip("distributed")
+    cap, keyfile, *_ = scenario
+    out = "/proc/natt-test-out/sub"
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", out, "--workers", "1", "--no-progress"] + BACKEND,
+                     capsys)
+    assert (rc, err) == (1, f"natt decap: -o {out}: cannot make the directory /proc/natt-test-out: "
+                            "No such file or directory\n"), err
+
+
 @pytest.mark.parametrize("workers, message", [("257", "must be at most 256, got 257"),
                                               ("100000", "must be at most 256, got 100,000")])
 def test_workers_beyond_the_bound_are_a_usage_error_before_any_cluster(workers, message, scenario, tmp_path,
