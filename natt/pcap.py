@@ -1597,6 +1597,79 @@ def _as_written(linktype: int) -> int:
     return LINKTYPE_RAW if linktype == LINKTYPE_IPV4 else linktype
 
 
+# Options _OptionLists takes at a time. Its temporaries, some 120 octets an option, stay near 4 MiB
+# however many options a chunk holds (16384 empty ones fit one 64 KiB list, 67 million a 256 MiB
+# block), and a step's few dozen numpy calls cost little beside 32768 options' own work.
+_OPTION_SLICE = 1 << 15
+
+
+class _OptionLists:
+    """The option lists of the Enhanced Packet Blocks natt writes for frames ``idx`` of a chunk
+    of ``n`` frames, from the chunk's options ``o`` (their values in ``buffer``; ``rep``: the
+    frames replaced), little-endian, each ending in opt_endofopt: ``lengths``, in octets per
+    record (0 when it has none), then the octets themselves, which :meth:`put` writes straight
+    into the records. Made and written ``_OPTION_SLICE`` options at a time: at once, and
+    gathered into an array of their own first, they took 100 octets an option of int64
+    temporaries, 25 times the size of a file of empty options.
+
+    Every option is kept but those :func:`_writable` leaves out and, on a replaced frame,
+    the hash of the data it no longer has (epb_hash); a replaced frame's epb_flags lose
+    their FCS length, as the frame has no FCS (§4.3.1: 0 is "not known")."""
+
+    def __init__(self, o: FrameOptions, buffer: np.ndarray, n: int, idx: np.ndarray, rep: np.ndarray) -> None:
+        self._o, self._buffer = o, buffer
+        self._record = np.full(n, -1, np.int64)
+        self._record[idx] = np.arange(idx.size)
+        self._changed = np.zeros(n, bool)
+        self._changed[idx] = rep
+        self._keep = np.empty(o.code.size, bool)
+        self._sums = np.zeros(idx.size, np.int64)      # octets of each record's options
+        for a in range(0, o.code.size, _OPTION_SLICE):
+            s = slice(a, a + _OPTION_SLICE)
+            frame, code, length = o.frame[s], o.code[s], o.length[s]
+            keep, _ = _writable(_EPB_OPTIONS, buffer, code, o.pos[s], length, o.big_endian)
+            rec = self._record[frame]
+            keep &= (rec >= 0) & ~(self._changed[frame] & (code == _OPT_HASH))
+            self._keep[s] = keep
+            rec = rec[keep]
+            if rec.size:       # a record's options are together, in record order: rec[0] .. rec[-1]
+                size = 4 + ((length[keep].astype(np.int64) + 3) & ~3)
+                self._sums[rec[0]: rec[-1] + 1] += np.bincount(rec - rec[0], weights=size).astype(np.int64)
+        # opt_endofopt: a writer MUST end a list with it (§3.5)
+        self.lengths = np.where(self._sums > 0, self._sums + 4, 0)
+
+    def put(self, out: np.ndarray, at: np.ndarray) -> None:
+        """Write the lists into ``out``, record ``r``'s at ``at[r]``, over zeros (they are its
+        pads and opt_endofopt)."""
+        o = self._o
+        # Where an option goes: its record's list, plus the options kept before it less the
+        # earlier records' ones.
+        base = at - (np.cumsum(self._sums) - self._sums)
+        done = 0
+        for a in range(0, o.code.size, _OPTION_SLICE):
+            s = slice(a, a + _OPTION_SLICE)
+            k = np.flatnonzero(self._keep[s])
+            if not k.size:
+                continue
+            code, length, frame = o.code[s][k], o.length[s][k].astype(np.int64), o.frame[s][k]
+            size = 4 + ((length + 3) & ~3)
+            before = np.cumsum(size)
+            dst = base[self._record[frame]] + (done - size + before)
+            done += int(before[-1])
+            head = np.empty((k.size, 2), "<u2")
+            head[:, 0], head[:, 1] = code, length
+            copy_segments(out, dst, head.view(np.uint8).reshape(-1), np.arange(0, 4 * k.size, 4, dtype=np.int64),
+                          np.full(k.size, 4, np.int64))
+            copy_segments(out, dst + 4, self._buffer, o.pos[s][k], length)
+            if o.big_endian:      # asked again rather than kept: a mask an option per number
+                _, numbers = _writable(_EPB_OPTIONS, self._buffer, o.code[s], o.pos[s], o.length[s], True)
+                for sel, off, width in numbers:
+                    _reverse(out, dst[sel[k]] + 4 + off, width)
+            flags = dst[(code == _OPT_FLAGS) & self._changed[frame]] + 4
+            out[flags] &= 0x1F                    # bits 5..8, little-endian: the top 3 of octet 0 ...
+            out[flags + 1] &= 0xFE                # ... and the lowest of octet 1
+
+
 class PcapWriter:
     """Write packet records as classic pcap or pcapng.
 
@@ -1899,18 +1972,18 @@ class PcapWriter:
         return h.view(np.uint8).reshape(n, 28)
 
     def _records(self, hdrs: np.ndarray, caplen: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 options: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray]:
+                 options: Optional[_OptionLists] = None) -> tuple[np.ndarray, np.ndarray]:
         """The octets of ``len(hdrs)`` records: each header, then its ``caplen`` octets gathered
         from ``parts`` (``(buffer, offsets, lengths)``, one after another, lengths summing to
-        ``caplen``), then for pcapng the zero pad, the record's ``options`` (``(buffer, offsets,
-        lengths)``, as :meth:`_frame_options` gives them) and the trailing Block Total Length,
-        which repeats the header's (octets 4..7); and where in them each frame starts."""
+        ``caplen``), then for pcapng the zero pad, the record's list of ``options`` (as
+        :meth:`_frame_options` gives them) and the trailing Block Total Length, which repeats
+        the header's (octets 4..7); and where in them each frame starts."""
         n, hsize = hdrs.shape
         ng = self.fmt == "pcapng"
         pad = -caplen % 4 if ng else 0
         rec_len = hsize + caplen + pad + (4 if ng else 0)
         if options is not None:
-            rec_len = rec_len + options[2]
+            rec_len = rec_len + options.lengths
         pos = np.cumsum(rec_len) - rec_len
         out = (np.zeros if ng else np.empty)(int(rec_len.sum()), np.uint8)   # pcapng pads are zero
         hflat = hdrs.reshape(-1)
@@ -1921,8 +1994,8 @@ class PcapWriter:
             copy_segments(out, pos, buf, offsets, lengths)
             pos = pos + lengths
         if options is not None:
-            copy_segments(out, pos + pad, *options)
-            pad = pad + options[2]           # the trailing length comes after them
+            options.put(out, pos + pad)
+            pad = pad + options.lengths      # the trailing length comes after them
         if ng:
             copy_segments(out, pos + pad, hflat, h_off + 4, np.full(n, 4, np.int64))
         return out, frames
@@ -2004,7 +2077,7 @@ class PcapWriter:
             options = self._frame_options(chunk.options, chunk.options.values(chunk.buffer), len(chunk), idx, rep)
         if self.fmt == "pcapng":
             if options is not None:
-                self._check_blocks(chunk, idx, caplen, options[2])
+                self._check_blocks(chunk, idx, caplen, options.lengths)
             top = int(chunk.iface.max()) + 1 if n else 0
             # After the checks, so that a refused chunk leaves no trace, not even an IDB.
             self._declare(self._idbs(chunk.interfaces[len(self._declared):top], len(self._declared),
@@ -2012,7 +2085,7 @@ class PcapWriter:
         if idx.size == 0:
             return 0
         hdrs = self._record_headers(chunk.ts_ns[idx], caplen, origlen, chunk.iface[idx],
-                                    None if options is None else options[2])
+                                    None if options is None else options.lengths)
         first = np.where(rep, link, chunk.caplen[idx])        # octets taken from the frame as read
         parts = [(chunk.buffer, chunk.frame_offsets[idx], first)]
         if datagrams is not None and rep.any():
@@ -2029,46 +2102,12 @@ class PcapWriter:
 
     @staticmethod
     def _frame_options(o: FrameOptions, buffer: np.ndarray, n: int, idx: np.ndarray, rep: np.ndarray
-                       ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                       ) -> Optional[_OptionLists]:
         """The option lists of the records of frames ``idx`` of a chunk of ``n`` frames, whose
-        options are ``o``, their values in ``buffer`` (``rep``: the frames replaced), little-endian,
-        one after another: (octets, where each record's list starts, its length, 0 when it has
-        none), or None when no record has any.
-
-        Every option is kept but those :func:`_writable` leaves out and, on a replaced frame,
-        the hash of the data it no longer has (epb_hash); a replaced frame's epb_flags lose
-        their FCS length, as the frame has no FCS (§4.3.1: 0 is "not known")."""
-        record = np.full(n, -1, np.int64)
-        record[idx] = np.arange(idx.size)
-        changed = np.zeros(n, bool)
-        changed[idx] = rep
-        changed = changed[o.frame]
-        keep, numbers = _writable(_EPB_OPTIONS, buffer, o.code, o.pos, o.length, o.big_endian)
-        keep &= (record[o.frame] >= 0) & ~(changed & (o.code == _OPT_HASH))
-        k = np.nonzero(keep)[0]
-        if not k.size:
-            return None
-        code, length, rec = o.code[k], o.length[k].astype(np.int64), record[o.frame[k]]
-        size = 4 + length + (-length % 4)
-        sums = np.bincount(rec, weights=size, minlength=idx.size).astype(np.int64)
-        lists = np.where(sums > 0, sums + 4, 0)   # opt_endofopt: a writer MUST end a list with it (§3.5)
-        starts = np.cumsum(lists) - lists
-        # Options are in record order, a record's together: where one goes in its record's list
-        # is the size of the options before it less that of the earlier records' options.
-        before = np.cumsum(size) - size
-        dst = starts[rec] + before - (np.cumsum(sums) - sums)[rec]
-        out = np.zeros(int(lists.sum()), np.uint8)   # pads and each opt_endofopt are zeros
-        head = np.empty((k.size, 2), "<u2")
-        head[:, 0], head[:, 1] = code, length
-        copy_segments(out, dst, head.view(np.uint8).reshape(-1), np.arange(k.size, dtype=np.int64) * 4,
-                      np.full(k.size, 4, np.int64))
-        copy_segments(out, dst + 4, buffer, o.pos[k], length)
-        for sel, off, width in numbers:
-            _reverse(out, dst[sel[k]] + 4 + off, width)
-        flags = dst[(code == _OPT_FLAGS) & changed[k]] + 4
-        out[flags] &= 0x1F                    # bits 5..8, little-endian: the top 3 of octet 0 ...
-        out[flags + 1] &= 0xFE                # ... and the lowest of octet 1
-        return out, starts, lists
+        options are ``o``, their values in ``buffer`` (``rep``: the frames replaced), or None
+        when no record has any."""
+        lists = _OptionLists(o, buffer, n, idx, rep)
+        return lists if lists.lengths.any() else None
 
     def _fcs(self, chunk: Chunk, datagrams: PacketBatch, idx: np.ndarray, rep: np.ndarray) -> np.ndarray:
         """``fcs_len`` octets per frame ``idx``: the FCS of the new frame (link header, then the

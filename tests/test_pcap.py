@@ -985,6 +985,33 @@ def test_many_options_cost_little_memory_and_few_calls_each(kind):
         assert peak < (8 if kind == "epb" else 10) * len(data), peak / len(data)
 
 
+@pytest.mark.parametrize("order, code, value", [("<", 1, b""), (">", 2, b"\0\0\1\xe1")])
+def test_many_options_write_back_at_little_more_than_they_read(order, code, value):
+    # Writing back what was read peaked at some 25 times the file (empty comments) and 17 times
+    # (epb_flags, big-endian, turned little-endian): every option's list was laid out at once,
+    # with some 100 octets of int64 temporaries an option, into an array of its own that was
+    # then copied into the records. Now 32768 options at a time, straight into the records:
+    # 8.1 and 6.6 times, where reading alone takes 5.8 and 3.8.
+    import tracemalloc
+    opts = ng_opts([(code, value)] * (60000 if code == 1 else 30000), order)
+    data = ng_shb(order) + ng_idb(1, order, tsresol=9) + b"".join(ng_epb(0, i, ETH + IP, order, opts=opts)
+                                                                   for i in range(8))
+    out = io.BytesIO()
+    tracemalloc.start()
+    try:
+        with pcap.PcapReader(io.BytesIO(data), chunk_size=1 << 20) as r, pcap.PcapWriter.like(r, out) as w:
+            for c in r:
+                w.write_chunk(c)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    flags = ng_opts([(2, b"\xe1\1\0\0")] * 30000)
+    assert out.getvalue().endswith(b"".join(ng_epb(0, i, ETH + IP, opts=opts if code == 1 else flags)
+                                            for i in range(8)))
+    if pcap._c_option_walk is not None:      # the Python walk's own intermediates are larger
+        assert peak < 10 * len(data), peak / len(data)
+
+
 @pytest.mark.parametrize("blen", [0, 8, 13])
 def test_pcapng_bad_block_length(blen):
     data = ng_shb() + ng_idb(1) + struct.pack("<II", 6, blen) + b"\0" * 40
