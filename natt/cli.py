@@ -1298,6 +1298,10 @@ _OD_AN_LINE = re.compile(r"((?: [0-9a-fA-F]{2})+)(?:  +>.*<)?")
 # The first line of od -x (-tx2) and of hexdump with no options or -x: 2-octet words, in the
 # host's byte order.
 _OD_WORDS_LINE = re.compile(r"0{6,7}(?: +[0-9a-fA-F]{4})+(?:  +>.*<)?")
+# Octets a '*' may stand for: no frame is longer than tcpdump's and tshark's largest snap
+# length. Taken at its word, "*" then an offset of ffffff0 made a 4-line HEX 256 MiB of octets
+# (and 550 MB of peak memory).
+_OD_MOST = 262144
 
 
 def hex_dump(text: str) -> Optional[tuple[bytes, bool]]:
@@ -1398,6 +1402,11 @@ def _od_octets(lines: list[str], first: int, radix: int, strict: bool) -> Option
                     raise CliError(f"HEX: the od dump ends at its line {i} ('*', lines the same as the one before) "
                                    "with no offset after it to say how many")
                 wrong(i)
+                return None
+            if len(octets) + gap > _OD_MOST:
+                if strict:
+                    raise CliError(f"HEX: the od dump's '*' at its line {i} stands for {gap} octets: more than a "
+                                   f"frame holds ({_OD_MOST} at most)")
                 return None
             octets += previous * (gap // len(previous))
             repeated = False

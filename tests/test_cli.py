@@ -21,6 +21,7 @@ import sys
 import textwrap
 import threading
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -1796,6 +1797,16 @@ def test_explain_reads_an_od_dump_as_the_other_dumps(scenario, capsys, monkeypat
                                      "come before it: a line is missing or repeated\n")
     rc, out, err = explain(_od(padded, "-Ax", "-tx1").rsplit("\n", 2)[0] + "\n")     # that last line lost
     assert (rc, out) == (1, "") and err.startswith("natt explain: HEX: the od dump ends at its line ")
+    # A '*' stands for at most a frame's worth: four lines of HEX made 256 MiB of octets.
+    tracemalloc.start()
+    try:
+        rc, out, err = explain(_od(frame[:32], "-Ax", "-tx1").splitlines()[0] + "\n000010" + " 00" * 16 + "\n*\nffffff0\n")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (rc, out, err) == (1, "", "natt explain: HEX: the od dump's '*' at its line 3 stands for 268435408 octets: "
+                                     "more than a frame holds (262144 at most)\n")
+    assert peak < 8 << 20, peak
     # 2-octet words are in the host's byte order: refused, not read as plain hex.
     rc, out, err = explain(_od(frame, "-x"))
     assert (rc, out, err) == (1, "", "natt explain: HEX: a dump in 2-octet words (od -x, hexdump), their octets in "
