@@ -1141,7 +1141,7 @@ cdef void *natt_worker(void *arg) noexcept nogil:
     cdef natt_job *job
     cdef uint64_t seen
     cdef long done
-    cdef int moved
+    cdef int moved, cpu
     pthread_mutex_lock(&pool.m)
     # natt_pool_run starts workers while it holds the mutex and publishes its job before it
     # lets go, so a new worker first sees the generation of the job that started it: one
@@ -1155,7 +1155,8 @@ cdef void *natt_worker(void *arg) noexcept nogil:
         job = pool.job
         if job == NULL or tid > pool.want:
             continue
-        if sched_getcpu() == job.caller_cpu:
+        cpu = job.caller_cpu
+        if sched_getcpu() == cpu:
             # The kernel may wake a worker on the CPU of the thread that woke it (wake-affine;
             # a guest also avoids an idle vCPU the host has descheduled) and let it preempt
             # that thread: the batch then runs on one CPU while the other idles until the load
@@ -1165,8 +1166,10 @@ cdef void *natt_worker(void *arg) noexcept nogil:
             # 4 096 and 8 192 packets, 1.01-1.09 and 1.11-1.53 with the move (BENCHMARKS.md,
             # "Small batches"). It moves before it joins: a move can wait for the host too, and
             # the caller must not wait for it.
+            # ``cpu``, not job.caller_cpu: with the mutex let go, the caller may finish the job
+            # without this worker and return, and the job on its stack is gone.
             pthread_mutex_unlock(&pool.m)
-            moved = natt_move_off_cpu(job.caller_cpu)
+            moved = natt_move_off_cpu(cpu)
             pthread_mutex_lock(&pool.m)
             pool.moves += moved
             if pool.job == NULL or pool.gen != seen:    # that job is over (another may run)
