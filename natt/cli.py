@@ -662,7 +662,9 @@ def _cmd_decap_dask(args: argparse.Namespace) -> int:
         except OSError as e:
             # The job's first task makes -o (natt.dask._make_out_dir): an error there names the
             # directory it could not make, -o or a parent, as the workers resolve it.
-            failed = os.path.abspath(os.fsdecode(e.filename)) if e.filename else None
+            # (Not a descriptor: os.stat(fd) and the like name it by its number.)
+            name = e.filename if isinstance(e.filename, (str, bytes)) else None
+            failed = os.path.abspath(os.fsdecode(name)) if name else None
             out = os.path.abspath(args.output)
             if failed is not None and (failed == out or out.startswith(failed.rstrip(os.sep) + os.sep)):
                 raise CliError(f"-o {args.output}: cannot make the directory {failed}: {e.strerror or e}") from None

@@ -1059,6 +1059,21 @@ def test_decap_workers_names_o_when_its_directory_cannot_be_made(scenario, tmp_p
                             "No such file or directory\n"), err
 
 
+def test_decap_workers_reports_an_os_error_naming_a_descriptor(scenario, tmp_path, capsys, monkeypatch):
+    # os.stat(fd) and the like name the descriptor, an int: os.fsdecode of it was a TypeError's
+    # traceback instead of natt's one line.
+    pytest.importorskip("distributed")
+    import natt.dask
+
+    def fails(*args, **kwargs):
+        raise OSError(errno.EBADF, "Bad file descriptor", 7)
+    monkeypatch.setattr(natt.dask, "decap_captures", fails)
+    cap, keyfile, *_ = scenario
+    rc, _, err = run(["decap", str(cap), "-k", str(keyfile), "-o", str(tmp_path / "out"), "--workers", "1",
+                      "--no-progress"] + BACKEND, capsys)
+    assert (rc, err) == (1, "natt decap: 7: Bad file descriptor\n"), err
+
+
 @pytest.mark.parametrize("workers, message", [("257", "must be at most 256, got 257"),
                                               ("100000", "must be at most 256, got 100,000")])
 def test_workers_beyond_the_bound_are_a_usage_error_before_any_cluster(workers, message, scenario, tmp_path,
